@@ -1,0 +1,195 @@
+/* optim.c: Adam / AdamW, global gradient-norm clipping, and the optimizer
+ * state blob (see nf.h for the layout).
+ *
+ * One step, t counted from 1, bias corrections computed in double:
+ *   Adam:  g' = g + wd p                (L2 penalty folded into the gradient)
+ *   AdamW: p -= lr wd p, g' = g         (decoupled decay, before the update)
+ *   m = b1 m + (1 - b1) g',  v = b2 v + (1 - b2) g'^2
+ *   p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * The moments are stored as nf_real; each element's update is done in double.
+ */
+#include "nf.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int nf_adam_init(nf_adam *o, nf_opt_kind kind, size_t n, double weight_decay) {
+    if (!o) return NF_EINVAL;
+    memset(o, 0, sizeof *o);
+    if ((int)kind < 0 || kind >= NF_OPT_COUNT || !(weight_decay >= 0) || !isfinite(weight_decay))
+        return NF_EINVAL;
+    o->m = calloc(n ? n : 1, sizeof *o->m);
+    o->v = calloc(n ? n : 1, sizeof *o->v);
+    if (!o->m || !o->v) {
+        nf_adam_free(o);
+        return NF_ENOMEM;
+    }
+    o->kind = kind;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->weight_decay = weight_decay;
+    o->n = n;
+    o->t = 0;
+    return 0;
+}
+
+void nf_adam_free(nf_adam *o) {
+    if (!o) return;
+    free(o->m);
+    free(o->v);
+    o->m = o->v = NULL;
+    o->n = 0;
+}
+
+void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
+    o->t++;
+    double b1 = o->beta1, b2 = o->beta2, wd = o->weight_decay;
+    double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
+    int adamw = o->kind == NF_OPT_ADAMW;
+    for (size_t i = 0; i < o->n; i++) {
+        double p = params[i], g = grad[i];
+        if (adamw)
+            p -= lr * wd * p;
+        else
+            g += wd * p;
+        double m = b1 * o->m[i] + (1 - b1) * g;
+        double v = b2 * o->v[i] + (1 - b2) * g * g;
+        o->m[i] = (nf_real)m;
+        o->v[i] = (nf_real)v;
+        p -= lr * (m / bc1) / (sqrt(v / bc2) + o->eps);
+        params[i] = (nf_real)p;
+    }
+}
+
+double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)grad[i] * grad[i];
+    double norm = sqrt(ss);
+    if (!isfinite(norm)) return NAN;
+    if (max_norm > 0 && norm > max_norm) {
+        double s = max_norm / norm;
+        for (size_t i = 0; i < n; i++) grad[i] = (nf_real)(grad[i] * s);
+    }
+    return norm;
+}
+
+/* ---- state blob ----------------------------------------------------------
+ * "NFOP" u32 version=1 u32 kind f64 b1 b2 eps wd u64 n i64 t f32 m[n] f32 v[n]
+ * u32 crc32 (of every byte before it), all little-endian. */
+#define ADAM_MAGIC "NFOP"
+#define ADAM_VERSION 1u
+#define ADAM_HEADER (4 + 4 + 4 + 4 * 8 + 8 + 8)
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_u64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_f64(unsigned char *p, double d) {
+    uint64_t v;
+    memcpy(&v, &d, 8);
+    put_u64(p, v);
+}
+static void put_f32(unsigned char *p, float f) {
+    uint32_t v;
+    memcpy(&v, &f, 4);
+    put_u32(p, v);
+}
+static uint32_t get_u32(const unsigned char *p) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get_u64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+static double get_f64(const unsigned char *p) {
+    uint64_t v = get_u64(p);
+    double d;
+    memcpy(&d, &v, 8);
+    return d;
+}
+static float get_f32(const unsigned char *p) {
+    uint32_t v = get_u32(p);
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+
+int nf_adam_save(const nf_adam *o, void **buf, size_t *len) {
+    if (!o || !buf || !len) return NF_EINVAL;
+    *buf = NULL;
+    *len = 0;
+    if (o->n > (SIZE_MAX - ADAM_HEADER - 4) / 8) return NF_ENOMEM;
+    size_t total = ADAM_HEADER + 8 * o->n + 4;
+    unsigned char *b = malloc(total), *p = b;
+    if (!b) return NF_ENOMEM;
+    memcpy(p, ADAM_MAGIC, 4), p += 4;
+    put_u32(p, ADAM_VERSION), p += 4;
+    put_u32(p, (uint32_t)o->kind), p += 4;
+    put_f64(p, o->beta1), p += 8;
+    put_f64(p, o->beta2), p += 8;
+    put_f64(p, o->eps), p += 8;
+    put_f64(p, o->weight_decay), p += 8;
+    put_u64(p, (uint64_t)o->n), p += 8;
+    put_u64(p, (uint64_t)o->t), p += 8;
+    for (size_t i = 0; i < o->n; i++, p += 4) put_f32(p, (float)o->m[i]);
+    for (size_t i = 0; i < o->n; i++, p += 4) put_f32(p, (float)o->v[i]);
+    put_u32(p, nf_crc32(b, total - 4));
+    *buf = b;
+    *len = total;
+    return 0;
+}
+
+/* Checks the CRC first (so any damaged or truncated blob is NF_ECORRUPT),
+ * then magic, version and fields (NF_EFORMAT), then the length implied by n
+ * (NF_ECORRUPT).  o must be zeroed or set up by nf_adam_init; on success its
+ * state (kind, betas, eps, wd, n, t, moments) is replaced, reusing the
+ * moment arrays when n matches; on failure o is unchanged. */
+int nf_adam_load(nf_adam *o, const void *buf, size_t len) {
+    const unsigned char *b = buf, *p;
+    if (!o || !buf) return NF_EINVAL;
+    if (len < ADAM_HEADER + 4) return len >= 4 && memcmp(b, ADAM_MAGIC, 4) ? NF_EFORMAT : NF_ECORRUPT;
+    if (nf_crc32(b, len - 4) != get_u32(b + len - 4)) return NF_ECORRUPT;
+    if (memcmp(b, ADAM_MAGIC, 4) || get_u32(b + 4) != ADAM_VERSION) return NF_EFORMAT;
+    uint32_t kind = get_u32(b + 8);
+    p = b + 12;
+    double b1 = get_f64(p), b2 = get_f64(p + 8), eps = get_f64(p + 16), wd = get_f64(p + 24);
+    uint64_t n = get_u64(p + 32);
+    int64_t t = (int64_t)get_u64(p + 40);
+    if (kind >= NF_OPT_COUNT || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(eps >= 0) ||
+        !isfinite(eps) || !(wd >= 0) || !isfinite(wd) || t < 0)
+        return NF_EFORMAT;
+    if (n > (SIZE_MAX - ADAM_HEADER - 4) / 8 || len != ADAM_HEADER + 8 * (size_t)n + 4)
+        return NF_ECORRUPT;
+    nf_real *m = o->m, *v = o->v;
+    if (!(m && v && o->n == n)) {
+        m = malloc(n ? (size_t)n * sizeof *m : 1);
+        v = malloc(n ? (size_t)n * sizeof *v : 1);
+        if (!m || !v) {
+            free(m);
+            free(v);
+            return NF_ENOMEM;
+        }
+        free(o->m);
+        free(o->v);
+    }
+    p = b + ADAM_HEADER;
+    for (size_t i = 0; i < n; i++, p += 4) m[i] = (nf_real)get_f32(p);
+    for (size_t i = 0; i < n; i++, p += 4) v[i] = (nf_real)get_f32(p);
+    o->m = m;
+    o->v = v;
+    o->kind = (nf_opt_kind)kind;
+    o->beta1 = b1;
+    o->beta2 = b2;
+    o->eps = eps;
+    o->weight_decay = wd;
+    o->n = (size_t)n;
+    o->t = t;
+    return 0;
+}
