@@ -1,0 +1,94 @@
+# flowd build.  Out-of-tree objects under build/<variant>/, -MMD -MP
+# dependency files, and a flags stamp so a change of flags rebuilds.
+#   make            build everything (release variant)
+#   make test       the whole test suite (core in float32 and float64, server)
+#   make asan       the whole suite under AddressSanitizer + UBSan
+#   make bench      the benchmarks
+#   make run        migrate a database under data/, start flowd on 127.0.0.1
+#   make deps       install the Debian packages the build needs (as root)
+
+V        ?= rel
+BUILD    := build/$(V)
+CC       ?= gcc
+PKGS     := openblas libcjson sqlite3 libmicrohttpd libcurl zlib libpng
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(strip $(PKG_LIBS)),)
+  # fallback where a package ships no .pc file
+  PKG_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-pthread
+  PKG_LIBS   := -lopenblas -lcjson -lsqlite3 -lmicrohttpd -lcurl -lz -lpng
+endif
+CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
+
+OPT      ?= -O2
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter \
+               -fno-strict-aliasing $(PKG_CFLAGS)
+ifeq ($(V),asan)
+  OPT    := -O1
+  SAN    := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+CFLAGS_ALL := $(CFLAGS_BASE) $(SAN) $(CFLAGS)
+LDFLAGS_ALL := $(SAN) $(LDFLAGS) -pthread
+
+CORE_SRC  := $(wildcard core/*.c)
+CORE_F32  := $(CORE_SRC:%.c=$(BUILD)/f32/%.o)
+CORE_F64  := $(CORE_SRC:%.c=$(BUILD)/f64/%.o)
+TCORE_SRC := tests/runner.c $(wildcard tests/core/*.c)
+TCORE_F32 := $(TCORE_SRC:%.c=$(BUILD)/f32/%.o)
+TCORE_F64 := $(TCORE_SRC:%.c=$(BUILD)/f64/%.o)
+BENCH_SRC := $(wildcard bench/*.c)
+
+.PHONY: all test asan bench run deps clean
+all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64
+
+$(BUILD)/flags: FORCE
+	@mkdir -p $(@D)
+	@echo '$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL)' > $@
+FORCE:
+
+$(BUILD)/f32/%.o: %.c $(BUILD)/flags
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+$(BUILD)/f64/%.o: %.c $(BUILD)/flags
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -DNF_DOUBLE -MMD -MP -c $< -o $@
+
+$(BUILD)/libflowcore.a: $(CORE_F32)
+	ar rcs $@ $^
+$(BUILD)/libflowcore_f64.a: $(CORE_F64)
+	ar rcs $@ $^
+
+# --whole-archive: layer constructors are found through weak references
+$(BUILD)/test_core: $(TCORE_F32) $(BUILD)/libflowcore.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F32) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
+$(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) -Wl,--whole-archive $(BUILD)/libflowcore_f64.a -Wl,--no-whole-archive $(CORE_LIBS)
+
+$(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
+
+test: deps-check all
+	@BUILD=$(BUILD) sh tests/run_all.sh
+
+asan:
+	$(MAKE) V=asan test
+
+bench: deps-check $(BUILD)/bench_core
+	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} $(BUILD)/bench_core
+
+DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
+            libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev sqlite3
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "all build packages present"; fi
+deps-check:
+	@pkg-config --exists $(PKGS) || { echo "missing build packages: run 'make deps' (as root)"; $(MAKE) deps; }
+.PHONY: deps-check
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

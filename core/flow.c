@@ -1,0 +1,534 @@
+/* flow.c: a flow = base distribution + layers in density order.
+ *
+ * Assumptions this file relies on:
+ *  - every layer's params/buffers are slices of the flow's one allocation;
+ *    the base distribution's params come last;
+ *  - a workspace (nf_ws) holds, for max_batch rows, the intermediate rows
+ *    h_1..h_K of one pass (layer k maps h_k -> h_{k+1}, h_0 is the caller's
+ *    x), one scratch region per layer (so backward can read what each
+ *    inverse stored), two gradient rows for the backward sweep and per-row
+ *    accumulators.  Nothing is allocated per call.
+ *
+ *   log p(x) = log p_Z(h_K) + sum_k logdet_k,   logdet_k = log|det dh_{k+1}/dh_k|
+ *   d/dθ sum_b w_b log p(x_b): the base backward seeds dh_K, and every layer
+ *   gets the same dlogdet = w, since log p is a plain sum of the log-dets.
+ */
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen); /* presets.c */
+
+/* Constructors written in other files; weak so a partial build still links
+ * (a missing kind reports "unknown layer type", and a test checks that none
+ * is missing in a full build). */
+#define WEAK __attribute__((weak))
+WEAK int nf_actnorm_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_permute_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_lu_linear_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_additive_coupling_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_affine_coupling_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_maf_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_iaf_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_spline_coupling_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_spline_ar_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_leaky_relu_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_batchnorm_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_logit_create(nf_layer *, const cJSON *, char *, size_t);
+WEAK int nf_elementwise_affine_create(nf_layer *, const cJSON *, char *, size_t);
+
+const nf_layer_kind nf_layer_kinds[] = {
+    {"actnorm", nf_actnorm_create},
+    {"permute", nf_permute_create},
+    {"lu_linear", nf_lu_linear_create},
+    {"additive_coupling", nf_additive_coupling_create},
+    {"affine_coupling", nf_affine_coupling_create},
+    {"maf", nf_maf_create},
+    {"iaf", nf_iaf_create},
+    {"spline_coupling", nf_spline_coupling_create},
+    {"spline_ar", nf_spline_ar_create},
+    {"leaky_relu", nf_leaky_relu_create},
+    {"batchnorm", nf_batchnorm_create},
+    {"logit", nf_logit_create},
+    {"elementwise_affine", nf_elementwise_affine_create},
+    {NULL, NULL},
+};
+
+#define NF_MAX_LAYERS 512
+#define NF_MAX_DIM 65536
+
+struct nf_ws {
+    int Bm;
+    nf_real *mem;
+    nf_real **h;      /* (nlayers+1) row buffers; h[0] unused (caller's x) */
+    nf_real **lws;    /* (nlayers) scratch per layer */
+    nf_real *g0, *g1; /* (Bm,D) gradient rows */
+    nf_real *ld, *bl; /* (Bm) log-det accumulator, base log p */
+};
+
+/* ---- creation ----------------------------------------------------------------- */
+static void free_layers(nf_flow *f) {
+    for (int k = 0; k < f->nlayers; k++)
+        if (f->layers[k].ops && f->layers[k].ops->destroy) f->layers[k].ops->destroy(&f->layers[k]);
+    free(f->layers);
+    f->layers = NULL;
+    f->nlayers = 0;
+}
+
+void nf_flow_free(nf_flow *f) {
+    if (!f) return;
+    free_layers(f);
+    free(f->params);
+    free(f->grad);
+    free(f->buffers);
+    free(f);
+}
+
+static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"dim", "context_dim", "base", "layers", "seed", NULL};
+    int rc = nf_json_check_keys(spec, keys, err, errlen);
+    if (rc) return rc;
+    if ((rc = nf_json_int(spec, "dim", 0, 1, NF_MAX_DIM, &f->D, err, errlen))) return rc;
+    if (!cJSON_GetObjectItemCaseSensitive(spec, "dim")) {
+        nf_set_err(err, errlen, "\"dim\" is required");
+        return NF_EINVAL;
+    }
+    if ((rc = nf_json_int(spec, "context_dim", 0, 0, NF_MAX_DIM, &f->C, err, errlen))) return rc;
+    double seed;
+    if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen))) return rc;
+    f->seed = (uint64_t)seed;
+    if ((rc = nf_base_parse(&f->base, f->D, cJSON_GetObjectItemCaseSensitive(spec, "base"), err,
+                            errlen)))
+        return rc;
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(spec, "layers");
+    if (!cJSON_IsArray(layers)) {
+        nf_set_err(err, errlen, "\"layers\" must be a list of layer objects (or give a \"preset\")");
+        return NF_EINVAL;
+    }
+    int n = cJSON_GetArraySize(layers);
+    if (n > NF_MAX_LAYERS) {
+        nf_set_err(err, errlen, "at most %d layers", NF_MAX_LAYERS);
+        return NF_EINVAL;
+    }
+    f->layers = calloc(n ? (size_t)n : 1, sizeof *f->layers);
+    if (!f->layers) return NF_ENOMEM;
+    const cJSON *ls;
+    size_t poff = 0, boff = 0;
+    cJSON_ArrayForEach(ls, layers) {
+        int k = f->nlayers;
+        const char *type = nf_json_str(ls, "type", NULL);
+        nf_layer_ctor ctor = NULL;
+        for (const nf_layer_kind *lk = nf_layer_kinds; type && lk->type; lk++)
+            if (!strcmp(type, lk->type)) ctor = lk->ctor;
+        if (!cJSON_IsObject(ls) || !type || !ctor) {
+            nf_set_err(err, errlen, "layer %d: unknown or missing \"type\"%s%s", k,
+                       type ? ": " : "", type ? type : "");
+            return NF_EINVAL;
+        }
+        nf_layer *L = &f->layers[k];
+        L->D = f->D;
+        L->C = f->C;
+        char lerr[200] = "";
+        rc = ctor(L, ls, lerr, sizeof lerr);
+        if (rc) {
+            if (L->ops && L->ops->destroy) L->ops->destroy(L);
+            L->ops = NULL;
+            nf_set_err(err, errlen, "layer %d (%s): %s", k, type,
+                       lerr[0] ? lerr : nf_strerror(rc));
+            return rc;
+        }
+        f->nlayers++;
+        L->param_off = poff;
+        L->buf_off = boff;
+        poff += L->nparams;
+        boff += L->nbuffers;
+    }
+    f->base.param_off = poff;
+    f->nparams = poff + f->base.nparams;
+    f->nbuffers = boff;
+    f->params = calloc(f->nparams + 1, sizeof *f->params);
+    f->grad = calloc(f->nparams + 1, sizeof *f->grad);
+    f->buffers = calloc(f->nbuffers + 1, sizeof *f->buffers);
+    if (!f->params || !f->grad || !f->buffers) return NF_ENOMEM;
+    return 0;
+}
+
+int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (err && errlen) err[0] = 0;
+    cJSON *spec = spec_json ? cJSON_Parse(spec_json) : NULL;
+    if (!spec) {
+        nf_set_err(err, errlen, "flow spec is not valid JSON");
+        return NF_EINVAL;
+    }
+    cJSON *expanded = NULL;
+    int rc = 0;
+    if (cJSON_GetObjectItemCaseSensitive(spec, "preset")) {
+        rc = nf_preset_expand(spec, &expanded, err, errlen);
+        if (rc) {
+            cJSON_Delete(spec);
+            return rc;
+        }
+    }
+    nf_flow *f = calloc(1, sizeof *f);
+    if (!f) rc = NF_ENOMEM;
+    else rc = build(f, expanded ? expanded : spec, err, errlen);
+    cJSON_Delete(spec);
+    cJSON_Delete(expanded);
+    if (rc) {
+        if (rc == NF_ENOMEM && err && !err[0]) nf_set_err(err, errlen, "out of memory");
+        nf_flow_free(f);
+        return rc;
+    }
+    nf_flow_init(f, f->seed);
+    *out = f;
+    return 0;
+}
+
+int nf_flow_dim(const nf_flow *f) { return f->D; }
+int nf_flow_context_dim(const nf_flow *f) { return f->C; }
+int nf_flow_num_layers(const nf_flow *f) { return f->nlayers; }
+const char *nf_flow_layer_type(const nf_flow *f, int k) {
+    return k >= 0 && k < f->nlayers ? f->layers[k].ops->type : NULL;
+}
+size_t nf_flow_num_params(const nf_flow *f) { return f->nparams; }
+nf_real *nf_flow_params(nf_flow *f) { return f->params; }
+nf_real *nf_flow_grad(nf_flow *f) { return f->grad; }
+void nf_flow_zero_grad(nf_flow *f) { memset(f->grad, 0, f->nparams * sizeof *f->grad); }
+
+void nf_flow_init(nf_flow *f, uint64_t seed) {
+    nf_rng rng;
+    for (int k = 0; k < f->nlayers; k++) {
+        nf_layer *L = &f->layers[k];
+        /* each layer its own stream, so adding a layer does not shift the others */
+        nf_rng_seed(&rng, seed * 0x9E3779B97F4A7C15ULL + (uint64_t)k + 1);
+        if (L->ops->init) L->ops->init(L, f->params + L->param_off, f->buffers + L->buf_off, &rng);
+    }
+    nf_base_init(&f->base, f->params + f->base.param_off);
+    nf_flow_constrain(f);
+    nf_flow_zero_grad(f);
+}
+
+void nf_flow_constrain(nf_flow *f) {
+    for (int k = 0; k < f->nlayers; k++) {
+        nf_layer *L = &f->layers[k];
+        if (L->ops->constrain) L->ops->constrain(L, f->params + L->param_off);
+    }
+}
+
+char *nf_flow_config_json(const nf_flow *f) {
+    cJSON *o = cJSON_CreateObject(), *base = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    if (!o || !base || !arr) {
+        cJSON_Delete(o);
+        cJSON_Delete(base);
+        cJSON_Delete(arr);
+        return NULL;
+    }
+    cJSON_AddNumberToObject(o, "dim", f->D);
+    cJSON_AddNumberToObject(o, "context_dim", f->C);
+    nf_base_to_json(&f->base, base);
+    cJSON_AddItemToObject(o, "base", base);
+    for (int k = 0; k < f->nlayers; k++) {
+        cJSON *l = cJSON_CreateObject();
+        cJSON_AddStringToObject(l, "type", f->layers[k].ops->type);
+        if (f->layers[k].ops->to_json) f->layers[k].ops->to_json(&f->layers[k], l);
+        cJSON_AddItemToArray(arr, l);
+    }
+    cJSON_AddItemToObject(o, "layers", arr);
+    cJSON_AddNumberToObject(o, "seed", (double)f->seed);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* ---- parameter blobs -------------------------------------------------------------- */
+static void put_u32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_u64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get_u64(const unsigned char *p) {
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+static void put_f32(unsigned char *p, nf_real v) {
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    put_u32(p, u);
+}
+static nf_real get_f32(const unsigned char *p) {
+    uint32_t u = get_u32(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return (nf_real)f;
+}
+
+#define PB_HEADER (4 + 4 + 8 + 8)
+
+int nf_flow_save_params(const nf_flow *f, void **buf, size_t *len) {
+    size_t n = PB_HEADER + 4 * (f->nparams + f->nbuffers) + 4;
+    unsigned char *p = malloc(n);
+    if (!p) return NF_ENOMEM;
+    memcpy(p, "NFPB", 4);
+    put_u32(p + 4, 1);
+    put_u64(p + 8, f->nparams);
+    put_u64(p + 16, f->nbuffers);
+    unsigned char *q = p + PB_HEADER;
+    for (size_t i = 0; i < f->nparams; i++, q += 4) put_f32(q, f->params[i]);
+    for (size_t i = 0; i < f->nbuffers; i++, q += 4) put_f32(q, f->buffers[i]);
+    put_u32(q, nf_crc32(p, n - 4));
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+int nf_flow_load_params(nf_flow *f, const void *buf, size_t len) {
+    const unsigned char *p = buf;
+    if (!p || len < PB_HEADER + 4 || memcmp(p, "NFPB", 4)) return NF_EFORMAT;
+    if (get_u32(p + 4) != 1) return NF_EFORMAT;
+    uint64_t np = get_u64(p + 8), nb = get_u64(p + 16);
+    if (np != f->nparams || nb != f->nbuffers) return NF_EFORMAT;
+    if (len != PB_HEADER + 4 * (np + nb) + 4) return NF_ECORRUPT;
+    if (get_u32(p + len - 4) != nf_crc32(p, len - 4)) return NF_ECORRUPT;
+    const unsigned char *q = p + PB_HEADER;
+    for (size_t i = 0; i < np; i++, q += 4) f->params[i] = get_f32(q);
+    for (size_t i = 0; i < nb; i++, q += 4) f->buffers[i] = get_f32(q);
+    nf_flow_constrain(f);
+    return 0;
+}
+
+/* ---- workspaces ----------------------------------------------------------------------- */
+int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
+    *out = NULL;
+    if (max_batch < 1 || max_batch > (1 << 24)) return NF_ERANGE;
+    size_t B = (size_t)max_batch, D = (size_t)f->D, total = 0;
+    total += (size_t)f->nlayers * B * D; /* h_1..h_K */
+    for (int k = 0; k < f->nlayers; k++)
+        total += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+    total += 2 * B * D + 2 * B;
+    nf_ws *w = calloc(1, sizeof *w);
+    if (!w) return NF_ENOMEM;
+    w->Bm = max_batch;
+    w->mem = malloc((total + 1) * sizeof *w->mem);
+    w->h = calloc((size_t)f->nlayers + 1, sizeof *w->h);
+    w->lws = calloc((size_t)f->nlayers + 1, sizeof *w->lws);
+    if (!w->mem || !w->h || !w->lws) {
+        nf_ws_free(w);
+        return NF_ENOMEM;
+    }
+    nf_real *p = w->mem;
+    for (int k = 1; k <= f->nlayers; k++, p += B * D) w->h[k] = p;
+    for (int k = 0; k < f->nlayers; k++) {
+        w->lws[k] = p;
+        p += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+    }
+    w->g0 = p;
+    w->g1 = p + B * D;
+    w->ld = p + 2 * B * D;
+    w->bl = w->ld + B;
+    *out = w;
+    return 0;
+}
+
+void nf_ws_free(nf_ws *w) {
+    if (!w) return;
+    free(w->mem);
+    free(w->h);
+    free(w->lws);
+    free(w);
+}
+
+int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }
+
+static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, int k, const nf_real *ctx, int B,
+                        int training) {
+    const nf_layer *L = &f->layers[k];
+    nf_ctx c = {
+        .params = f->params + L->param_off,
+        .grad = f->grad + L->param_off,
+        .buffers = f->buffers + L->buf_off,
+        .ctx = ctx,
+        .dctx = NULL,
+        .ws = w->lws[k],
+        .B = B,
+        .training = training,
+    };
+    return c;
+}
+
+/* density pass over one chunk; leaves h_1..h_K in w and the log-det sum in w->ld */
+static int inverse_chunk(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                         int training) {
+    int bad = 0;
+    memset(w->ld, 0, (size_t)B * sizeof *w->ld);
+    const nf_real *in = x;
+    for (int k = 0; k < f->nlayers; k++) {
+        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        int rc = f->layers[k].ops->inverse(&f->layers[k], &c, in, w->h[k + 1], w->ld);
+        if (rc == NF_ENONFINITE) bad = 1;
+        else if (rc) return rc;
+        in = w->h[k + 1];
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+static const nf_real *top(const nf_flow *f, const nf_ws *w, const nf_real *x) {
+    return f->nlayers ? w->h[f->nlayers] : x;
+}
+
+static int check_args(const nf_flow *f, const nf_ws *w, const nf_real *ctx, int B) {
+    if (!f || !w || B < 0) return NF_EINVAL;
+    if (f->C > 0 && !ctx && B > 0) return NF_EINVAL;
+    return 0;
+}
+
+int nf_flow_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                     nf_real *out) {
+    int rc = check_args(f, w, ctx, B);
+    if (rc) return rc;
+    for (int s = 0; s < B; s += w->Bm) {
+        int n = B - s < w->Bm ? B - s : w->Bm;
+        const nf_real *xs = x + (size_t)s * f->D, *cs = ctx ? ctx + (size_t)s * f->C : NULL;
+        rc = inverse_chunk(f, w, xs, cs, n, 0);
+        if (rc && rc != NF_ENONFINITE) return rc;
+        nf_base_log_prob(&f->base, f->params + f->base.param_off, top(f, w, xs), n, w->bl);
+        for (int r = 0; r < n; r++) {
+            double lp = (double)w->bl[r] + (double)w->ld[r];
+            out[s + r] = (w->ld[r] == -INFINITY) ? (nf_real)-INFINITY : (nf_real)lp;
+        }
+    }
+    return 0;
+}
+
+int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                   nf_real *z, nf_real *logdet) {
+    int rc = check_args(f, w, ctx, B), bad = 0;
+    if (rc) return rc;
+    for (int s = 0; s < B; s += w->Bm) {
+        int n = B - s < w->Bm ? B - s : w->Bm;
+        const nf_real *xs = x + (size_t)s * f->D;
+        rc = inverse_chunk(f, w, xs, ctx ? ctx + (size_t)s * f->C : NULL, n, 0);
+        if (rc == NF_ENONFINITE) bad = 1;
+        else if (rc) return rc;
+        memcpy(z + (size_t)s * f->D, top(f, w, xs), (size_t)n * f->D * sizeof *z);
+        if (logdet) memcpy(logdet + s, w->ld, (size_t)n * sizeof *logdet);
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+/* sampling pass over one chunk: z (n,D) -> x (n,D), w->ld = log|det dx/dz| */
+static int forward_chunk(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int n,
+                         nf_real *x) {
+    int bad = 0;
+    memset(w->ld, 0, (size_t)n * sizeof *w->ld);
+    if (f->nlayers == 0) {
+        memcpy(x, z, (size_t)n * f->D * sizeof *x);
+        return 0;
+    }
+    const nf_real *in = z;
+    for (int k = f->nlayers - 1; k >= 0; k--) {
+        nf_ctx c = layer_ctx(f, w, k, ctx, n, 0);
+        /* write into h[k] (h[0] is the caller's x) */
+        nf_real *out = k == 0 ? x : w->h[k];
+        int rc = f->layers[k].ops->forward(&f->layers[k], &c, in, out, w->ld);
+        if (rc == NF_ENONFINITE) bad = 1;
+        else if (rc) return rc;
+        in = out;
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int B,
+                   nf_real *x, nf_real *logdet) {
+    int rc = check_args(f, w, ctx, B), bad = 0;
+    if (rc) return rc;
+    for (int s = 0; s < B; s += w->Bm) {
+        int n = B - s < w->Bm ? B - s : w->Bm;
+        /* z may be h[K]'s source; copy through g0 so layers never alias */
+        memcpy(w->g0, z + (size_t)s * f->D, (size_t)n * f->D * sizeof *z);
+        rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, n,
+                           x + (size_t)s * f->D);
+        if (rc == NF_ENONFINITE) bad = 1;
+        else if (rc) return rc;
+        if (logdet) memcpy(logdet + s, w->ld, (size_t)n * sizeof *logdet);
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
+                   const nf_real *ctx, nf_real *x, nf_real *log_prob) {
+    int rc = check_args(f, w, ctx, n);
+    if (rc) return rc;
+    if (!(T > 0) || !isfinite(T)) return NF_EINVAL;
+    nf_rng rng;
+    nf_rng_seed(&rng, seed);
+    for (int s = 0; s < n; s += w->Bm) {
+        int m = n - s < w->Bm ? n - s : w->Bm;
+        nf_base_sample(&f->base, f->params + f->base.param_off, &rng, T, m, w->g0);
+        if (log_prob) nf_base_log_prob(&f->base, f->params + f->base.param_off, w->g0, m, w->bl);
+        rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, m,
+                           x + (size_t)s * f->D);
+        if (rc && rc != NF_ENONFINITE) return rc;
+        if (log_prob)
+            for (int r = 0; r < m; r++)
+                log_prob[s + r] = (nf_real)((double)w->bl[r] - (double)w->ld[r]);
+    }
+    return 0;
+}
+
+/* ---- training ---------------------------------------------------------------------------- */
+int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                          int training, const nf_real *dlogp, nf_real *logp, nf_real *dx,
+                          nf_real *dctx) {
+    int rc = check_args(f, w, ctx, B);
+    if (rc) return rc;
+    if (B > w->Bm) return NF_ERANGE;
+    rc = inverse_chunk(f, w, x, ctx, B, training);
+    if (rc) return rc; /* out of support: no gradient */
+    const nf_real *z = top(f, w, x);
+    nf_base_log_prob(&f->base, f->params + f->base.param_off, z, B, w->bl);
+    if (logp)
+        for (int r = 0; r < B; r++) logp[r] = (nf_real)((double)w->bl[r] + (double)w->ld[r]);
+    if (!dlogp) return 0;
+    size_t BD = (size_t)B * f->D;
+    nf_real *dz = w->g0, *dnext = w->g1;
+    memset(dz, 0, BD * sizeof *dz);
+    nf_base_log_prob_backward(&f->base, f->params + f->base.param_off,
+                              f->grad + f->base.param_off, z, B, dlogp, dz);
+    for (int k = f->nlayers - 1; k >= 0; k--) {
+        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        c.dctx = dctx;
+        const nf_real *xin = k == 0 ? x : w->h[k];
+        nf_real *dout = k == 0 ? dx : dnext;
+        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dlogp, dout);
+        nf_real *t = dz;
+        dz = dnext;
+        dnext = t;
+    }
+    if (f->nlayers == 0 && dx) memcpy(dx, dz, BD * sizeof *dx);
+    return 0;
+}
+
+int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B) {
+    int rc = check_args(f, w, ctx, B);
+    if (rc) return rc;
+    if (B > w->Bm) B = w->Bm;
+    memset(w->ld, 0, (size_t)B * sizeof *w->ld);
+    const nf_real *in = x;
+    for (int k = 0; k < f->nlayers; k++) {
+        nf_layer *L = &f->layers[k];
+        if (L->ops->data_init)
+            L->ops->data_init(L, f->params + L->param_off, f->buffers + L->buf_off, in, B);
+        nf_ctx c = layer_ctx(f, w, k, ctx, B, 0);
+        rc = L->ops->inverse(L, &c, in, w->h[k + 1], w->ld);
+        if (rc && rc != NF_ENONFINITE) return rc;
+        in = w->h[k + 1];
+    }
+    return 0;
+}

@@ -1,0 +1,500 @@
+/* net.c: conditioner networks (MLP, residual MLP, MADE) with hand-written
+ * backward passes.  Every dense product goes through nf_gemm (cblas); bias
+ * and activation are fused into one pass over the GEMM output.
+ *
+ * Layout of the scratch ws for a batch of B rows:
+ *   [activations written by forward, read by backward][gradient scratch]
+ * mlp/made: for each hidden layer l: pre_l (B,h_l) then post_l (B,h_l);
+ *           gradient scratch 2 x (B,maxw).
+ * resnet:   s_0 (B,H); per block b: a_b = act(s_b), u_b, au_b = act(u_b),
+ *           s_{b+1}; then af = act(s_nb); gradient scratch 3 x (B,maxw).
+ *
+ * MADE (Germain et al. 2015): input i has degree deg(i) in 1..D, hidden unit
+ * k of layer l a degree m_l(k) in [lo, D-1]; weight masks keep hidden
+ * connections with m_l(k) >= m_{l-1}(j) and output connections with
+ * deg(i) > m_L(k), so output i depends only on inputs of lower degree.
+ * Context columns have degree 0 and feed every unit of the first layer. */
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const act_names[NF_ACT_COUNT] = {"relu", "tanh", "elu"};
+static const char *const order_names[NF_ORDER_COUNT] = {"asc", "desc", "random"};
+_Static_assert(sizeof act_names / sizeof act_names[0] == NF_ACT_COUNT, "act names");
+_Static_assert(sizeof order_names / sizeof order_names[0] == NF_ORDER_COUNT, "order names");
+
+int nf_act_parse(const char *s, nf_act *out) {
+    for (int i = 0; s && i < NF_ACT_COUNT; i++)
+        if (!strcmp(s, act_names[i])) {
+            *out = (nf_act)i;
+            return 0;
+        }
+    return NF_EINVAL;
+}
+const char *nf_act_name(nf_act a) { return a < NF_ACT_COUNT ? act_names[a] : "?"; }
+
+/* ---- construction ---------------------------------------------------------- */
+static void add_linear(nf_net *n, int in, int out) {
+    nf_linear *l = &n->lin[n->nlin++];
+    l->in = in;
+    l->out = out;
+    l->w_off = n->nparams;
+    l->b_off = n->nparams + (size_t)in * out;
+    l->mask = NULL;
+    n->nparams += (size_t)in * out + out;
+}
+
+static int max_width(const nf_net *n) {
+    int m = n->out;
+    for (int i = 0; i < n->nlin; i++) m = n->lin[i].out > m ? n->lin[i].out : m;
+    return m;
+}
+
+static void finish_ws(nf_net *n) {
+    size_t act = 0;
+    if (n->kind == NF_NET_RESNET)
+        act = (size_t)n->hidden[0] * (2 + 4 * (size_t)n->nblocks);
+    else
+        for (int i = 0; i < n->nhidden; i++) act += 2 * (size_t)n->hidden[i];
+    n->ws_per_row = act + 3 * (size_t)max_width(n);
+}
+
+int nf_net_mlp(nf_net *n, int in, int ctx, int out, const int *hidden, int nh, nf_act act) {
+    memset(n, 0, sizeof *n);
+    if (in < 0 || ctx < 0 || out < 1 || nh < 1 || nh > 16 || in + ctx < 1) return NF_EINVAL;
+    n->kind = NF_NET_MLP;
+    n->act = act;
+    n->in = in;
+    n->ctx = ctx;
+    n->out = out;
+    n->nhidden = nh;
+    int prev = in + ctx;
+    for (int i = 0; i < nh; i++) {
+        if (hidden[i] < 1) return NF_EINVAL;
+        n->hidden[i] = hidden[i];
+        add_linear(n, prev, hidden[i]);
+        prev = hidden[i];
+    }
+    add_linear(n, prev, out);
+    finish_ws(n);
+    return 0;
+}
+
+int nf_net_resnet(nf_net *n, int in, int ctx, int out, int hidden, int nblocks, nf_act act) {
+    memset(n, 0, sizeof *n);
+    if (in < 0 || ctx < 0 || out < 1 || hidden < 1 || nblocks < 1 || nblocks > 16 ||
+        in + ctx < 1)
+        return NF_EINVAL;
+    n->kind = NF_NET_RESNET;
+    n->act = act;
+    n->in = in;
+    n->ctx = ctx;
+    n->out = out;
+    n->nhidden = 1;
+    n->hidden[0] = hidden;
+    n->nblocks = nblocks;
+    add_linear(n, in + ctx, hidden);
+    for (int b = 0; b < nblocks; b++) {
+        add_linear(n, hidden, hidden);
+        add_linear(n, hidden, hidden);
+    }
+    add_linear(n, hidden, out);
+    finish_ws(n);
+    return 0;
+}
+
+int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_act act,
+                nf_order order, uint64_t seed) {
+    int rc = nf_net_mlp(n, D, ctx, D * P, hidden, nh, act);
+    if (rc) return rc;
+    n->kind = NF_NET_MADE;
+    n->order = order;
+    n->order_seed = seed;
+    n->degrees = malloc((size_t)D * sizeof *n->degrees);
+    int maxh = 0;
+    for (int i = 0; i < nh; i++) maxh = hidden[i] > maxh ? hidden[i] : maxh;
+    int *prevdeg = malloc((size_t)(D + ctx + maxh) * sizeof(int));
+    int *curdeg = malloc((size_t)(maxh > 0 ? maxh : 1) * sizeof(int));
+    if (!n->degrees || !prevdeg || !curdeg) goto oom;
+    for (int i = 0; i < D; i++)
+        n->degrees[i] = order == NF_ORDER_DESC ? D - i : i + 1;
+    if (order == NF_ORDER_RANDOM) { /* Fisher-Yates on 1..D */
+        nf_rng r;
+        nf_rng_seed(&r, seed);
+        for (int i = D - 1; i > 0; i--) {
+            int j = (int)(nf_rng_u64(&r) % (uint64_t)(i + 1));
+            int t = n->degrees[i];
+            n->degrees[i] = n->degrees[j];
+            n->degrees[j] = t;
+        }
+    }
+    int nprev = D + ctx, lo = D;
+    for (int i = 0; i < D; i++) prevdeg[i] = n->degrees[i];
+    for (int j = 0; j < ctx; j++) prevdeg[D + j] = 0;
+    for (int l = 0; l <= nh; l++) {
+        nf_linear *L = &n->lin[l];
+        L->mask = malloc((size_t)L->in * L->out * sizeof(nf_real));
+        if (!L->mask) goto oom;
+        if (l < nh) {
+            /* hidden degrees cycle through [lo, D-1]; lo = min previous degree
+             * (capped at D-1) so every unit can see something valid */
+            int minprev = D;
+            for (int j = 0; j < D && l == 0; j++) minprev = prevdeg[j] < minprev ? prevdeg[j] : minprev;
+            if (l > 0) minprev = lo;
+            lo = minprev < D - 1 ? minprev : D - 1;
+            int span = D - lo;
+            for (int k = 0; k < L->out; k++) curdeg[k] = lo + k % span;
+            for (int k = 0; k < L->out; k++)
+                for (int j = 0; j < L->in; j++)
+                    L->mask[(size_t)k * L->in + j] = curdeg[k] >= prevdeg[j] ? 1 : 0;
+            for (int k = 0; k < L->out; k++) prevdeg[k] = curdeg[k];
+            nprev = L->out;
+            int mn = D;
+            for (int k = 0; k < L->out; k++) mn = curdeg[k] < mn ? curdeg[k] : mn;
+            lo = mn;
+        } else {
+            for (int o = 0; o < L->out; o++)
+                for (int j = 0; j < nprev; j++)
+                    L->mask[(size_t)o * L->in + j] = n->degrees[o / P] > prevdeg[j] ? 1 : 0;
+        }
+    }
+    free(prevdeg);
+    free(curdeg);
+    return 0;
+oom:
+    free(prevdeg);
+    free(curdeg);
+    nf_net_free(n);
+    return NF_ENOMEM;
+}
+
+void nf_net_free(nf_net *n) {
+    if (!n) return;
+    for (int i = 0; i < n->nlin; i++) free(n->lin[i].mask);
+    free(n->degrees);
+    memset(n, 0, sizeof *n);
+}
+
+void nf_net_constrain(const nf_net *n, nf_real *params) {
+    for (int l = 0; l < n->nlin; l++) {
+        const nf_linear *L = &n->lin[l];
+        if (!L->mask) continue;
+        nf_real *W = params + L->w_off;
+        for (size_t i = 0; i < (size_t)L->in * L->out; i++) W[i] *= L->mask[i];
+    }
+}
+
+/* PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and
+ * b; the final layer is zero so the conditioner starts at output 0. */
+void nf_net_init(const nf_net *n, nf_real *params, nf_rng *rng) {
+    for (int l = 0; l < n->nlin; l++) {
+        const nf_linear *L = &n->lin[l];
+        size_t nw = (size_t)L->in * L->out;
+        int last = l == n->nlin - 1;
+        double bound = 1.0 / sqrt((double)L->in);
+        for (size_t i = 0; i < nw; i++)
+            params[L->w_off + i] = last ? 0 : (nf_real)((2 * nf_rng_uniform(rng) - 1) * bound);
+        for (int i = 0; i < L->out; i++)
+            params[L->b_off + i] = last ? 0 : (nf_real)((2 * nf_rng_uniform(rng) - 1) * bound);
+    }
+    nf_net_constrain(n, params);
+}
+
+size_t nf_net_ws_size(const nf_net *n, int B) { return n->ws_per_row * (size_t)B; }
+
+/* ---- forward ------------------------------------------------------------------ */
+/* y = act(x + b) over (B,H), keeping pre (= x + b) in place; both arrays may
+ * be NULL-distinct. */
+static void bias_act(nf_act act, nf_real *pre, nf_real *post, const nf_real *b, int B, int H) {
+    for (int r = 0; r < B; r++) {
+        nf_real *p = pre + (size_t)r * H, *q = post + (size_t)r * H;
+        switch (act) {
+        case NF_ACT_RELU:
+            for (int j = 0; j < H; j++) {
+                nf_real v = p[j] + b[j];
+                p[j] = v;
+                q[j] = v > 0 ? v : 0;
+            }
+            break;
+        case NF_ACT_TANH:
+            for (int j = 0; j < H; j++) {
+                nf_real v = p[j] + b[j];
+                p[j] = v;
+                q[j] = (nf_real)tanh(v);
+            }
+            break;
+        default: /* ELU, alpha = 1 */
+            for (int j = 0; j < H; j++) {
+                nf_real v = p[j] + b[j];
+                p[j] = v;
+                q[j] = v > 0 ? v : (nf_real)expm1(v);
+            }
+            break;
+        }
+    }
+}
+
+/* post = act(pre) without bias (resnet pre-activations) */
+static void act_only(nf_act act, const nf_real *pre, nf_real *post, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        nf_real v = pre[i];
+        post[i] = act == NF_ACT_RELU ? (v > 0 ? v : 0)
+                  : act == NF_ACT_TANH ? (nf_real)tanh(v)
+                                       : (v > 0 ? v : (nf_real)expm1(v));
+    }
+}
+
+/* d *= act'(pre) using pre and post = act(pre). */
+static void act_grad(nf_act act, const nf_real *pre, const nf_real *post, nf_real *d, size_t n) {
+    switch (act) {
+    case NF_ACT_RELU:
+        for (size_t i = 0; i < n; i++) d[i] = pre[i] > 0 ? d[i] : 0;
+        break;
+    case NF_ACT_TANH:
+        for (size_t i = 0; i < n; i++) d[i] *= 1 - post[i] * post[i];
+        break;
+    default:
+        for (size_t i = 0; i < n; i++) d[i] *= pre[i] > 0 ? 1 : post[i] + 1;
+        break;
+    }
+}
+
+static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < H; j++) y[(size_t)r * H + j] += b[j];
+}
+
+/* y (B,out) = [in, ctx] W^T for the first linear layer (two GEMMs over the
+ * column blocks of W so the input is never copied). */
+static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *params,
+                         const nf_real *in, const nf_real *ctx, nf_real *y, int B) {
+    const nf_real *W = params + L->w_off;
+    int ld = n->in + n->ctx;
+    if (n->in > 0)
+        nf_gemm(0, 1, B, L->out, n->in, 1, in, n->in, W, ld, 0, y, L->out);
+    if (n->ctx > 0)
+        nf_gemm(0, 1, B, L->out, n->ctx, 1, ctx, n->ctx, W + n->in, ld, n->in > 0 ? 1 : 0, y,
+                L->out);
+}
+
+void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
+                    const nf_real *ctx, nf_real *out, int B, nf_real *ws) {
+    if (n->kind != NF_NET_RESNET) {
+        const nf_real *x = NULL;
+        nf_real *p = ws;
+        for (int l = 0; l < n->nlin; l++) {
+            const nf_linear *L = &n->lin[l];
+            int last = l == n->nlin - 1;
+            nf_real *pre = last ? out : p, *post = p + (size_t)B * L->out;
+            if (l == 0)
+                first_linear(n, L, params, in, ctx, pre, B);
+            else
+                nf_gemm(0, 1, B, L->out, L->in, 1, x, L->in, params + L->w_off, L->in, 0, pre,
+                        L->out);
+            if (last) {
+                add_bias(out, params + L->b_off, B, L->out);
+            } else {
+                bias_act(n->act, pre, post, params + L->b_off, B, L->out);
+                x = post;
+                p = post + (size_t)B * L->out;
+            }
+        }
+        return;
+    }
+    int H = n->hidden[0];
+    size_t BH = (size_t)B * H;
+    nf_real *s = ws;
+    first_linear(n, &n->lin[0], params, in, ctx, s, B);
+    add_bias(s, params + n->lin[0].b_off, B, H);
+    for (int b = 0; b < n->nblocks; b++) {
+        const nf_linear *L1 = &n->lin[1 + 2 * b], *L2 = &n->lin[2 + 2 * b];
+        nf_real *a = s + BH, *u = a + BH, *au = u + BH, *s2 = au + BH;
+        act_only(n->act, s, a, BH);
+        nf_gemm(0, 1, B, H, H, 1, a, H, params + L1->w_off, H, 0, u, H);
+        bias_act(n->act, u, au, params + L1->b_off, B, H);
+        /* s2 = s + au W2^T + b2 */
+        memcpy(s2, s, BH * sizeof *s2);
+        add_bias(s2, params + L2->b_off, B, H);
+        nf_gemm(0, 1, B, H, H, 1, au, H, params + L2->w_off, H, 1, s2, H);
+        s = s2;
+    }
+    const nf_linear *Lf = &n->lin[n->nlin - 1];
+    nf_real *af = s + BH;
+    act_only(n->act, s, af, BH);
+    nf_gemm(0, 1, B, n->out, H, 1, af, H, params + Lf->w_off, H, 0, out, n->out);
+    add_bias(out, params + Lf->b_off, B, n->out);
+}
+
+/* ---- backward ----------------------------------------------------------------- */
+/* grad W += dy^T x, grad b += colsum(dy), then mask. */
+static void linear_param_grad(const nf_linear *L, nf_real *grad, const nf_real *dy,
+                              const nf_real *x, int B) {
+    nf_real *gW = grad + L->w_off, *gb = grad + L->b_off;
+    nf_gemm(1, 0, L->out, L->in, B, 1, dy, L->out, x, L->in, 1, gW, L->in);
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
+    if (L->mask)
+        for (size_t i = 0; i < (size_t)L->in * L->out; i++) gW[i] *= L->mask[i];
+}
+
+/* The first layer: param grads split over the [in | ctx] column blocks, din
+ * written, dctx accumulated. */
+static void first_linear_backward(const nf_net *n, const nf_linear *L, const nf_real *params,
+                                  nf_real *grad, const nf_real *in, const nf_real *ctx,
+                                  const nf_real *dy, nf_real *din, nf_real *dctx, int B) {
+    int ld = n->in + n->ctx;
+    const nf_real *W = params + L->w_off;
+    if (grad) {
+        nf_real *gW = grad + L->w_off, *gb = grad + L->b_off;
+        if (n->in > 0) nf_gemm(1, 0, L->out, n->in, B, 1, dy, L->out, in, n->in, 1, gW, ld);
+        if (n->ctx > 0)
+            nf_gemm(1, 0, L->out, n->ctx, B, 1, dy, L->out, ctx, n->ctx, 1, gW + n->in, ld);
+        for (int r = 0; r < B; r++)
+            for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
+        if (L->mask)
+            for (size_t i = 0; i < (size_t)L->in * L->out; i++) gW[i] *= L->mask[i];
+    }
+    if (din && n->in > 0) nf_gemm(0, 0, B, n->in, L->out, 1, dy, L->out, W, ld, 0, din, n->in);
+    if (dctx && n->ctx > 0)
+        nf_gemm(0, 0, B, n->ctx, L->out, 1, dy, L->out, W + n->in, ld, 1, dctx, n->ctx);
+}
+
+void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
+                     const nf_real *in, const nf_real *ctx, const nf_real *dout,
+                     nf_real *din, nf_real *dctx, int B, nf_real *ws) {
+    size_t maxw = (size_t)max_width(n);
+    nf_real *scratch = ws + (n->ws_per_row - 3 * maxw) * (size_t)B;
+    nf_real *g0 = scratch, *g1 = scratch + maxw * B, *g2 = g1 + maxw * B;
+    if (n->kind != NF_NET_RESNET) {
+        /* locate pre_l/post_l of each hidden layer */
+        const nf_real *pre[17], *post[17];
+        nf_real *p = ws;
+        for (int l = 0; l < n->nhidden; l++) {
+            pre[l] = p;
+            post[l] = p + (size_t)B * n->hidden[l];
+            p += 2 * (size_t)B * n->hidden[l];
+        }
+        const nf_real *dy = dout;
+        for (int l = n->nlin - 1; l >= 0; l--) {
+            const nf_linear *L = &n->lin[l];
+            if (l == 0) {
+                first_linear_backward(n, L, params, grad, in, ctx, dy, din, dctx, B);
+                break;
+            }
+            if (grad) linear_param_grad(L, grad, dy, post[l - 1], B);
+            nf_real *dx = dy == g0 ? g1 : g0;
+            nf_gemm(0, 0, B, L->in, L->out, 1, dy, L->out, params + L->w_off, L->in, 0, dx,
+                    L->in);
+            act_grad(n->act, pre[l - 1], post[l - 1], dx, (size_t)B * L->in);
+            dy = dx;
+        }
+        return;
+    }
+    int H = n->hidden[0];
+    size_t BH = (size_t)B * H;
+    /* stream tensors: s_0 at ws, block b occupies 4 BH starting at ws + BH + 4b BH */
+    const nf_real *s_last = ws + 4 * BH * n->nblocks, *af = s_last + BH;
+    const nf_linear *Lf = &n->lin[n->nlin - 1];
+    nf_real *ds = g0, *du = g1, *da = g2;
+    if (grad) linear_param_grad(Lf, grad, dout, af, B);
+    nf_gemm(0, 0, B, H, n->out, 1, dout, n->out, params + Lf->w_off, H, 0, ds, H);
+    act_grad(n->act, s_last, af, ds, BH);
+    for (int b = n->nblocks - 1; b >= 0; b--) {
+        const nf_linear *L1 = &n->lin[1 + 2 * b], *L2 = &n->lin[2 + 2 * b];
+        const nf_real *s = ws + 4 * BH * b, *a = s + BH, *u = a + BH, *au = u + BH;
+        /* s' = s + W2 act(W1 act(s) + b1) + b2 */
+        if (grad) linear_param_grad(L2, grad, ds, au, B);
+        nf_gemm(0, 0, B, H, H, 1, ds, H, params + L2->w_off, H, 0, du, H);
+        act_grad(n->act, u, au, du, BH);
+        if (grad) linear_param_grad(L1, grad, du, a, B);
+        nf_gemm(0, 0, B, H, H, 1, du, H, params + L1->w_off, H, 0, da, H);
+        act_grad(n->act, s, a, da, BH);
+        for (size_t i = 0; i < BH; i++) ds[i] += da[i];
+    }
+    first_linear_backward(n, &n->lin[0], params, grad, in, ctx, ds, din, dctx, B);
+}
+
+/* ---- spec ---------------------------------------------------------------------- */
+void nf_net_to_json(const nf_net *n, cJSON *obj) {
+    if (n->kind == NF_NET_MADE) {
+        cJSON_AddItemToObject(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
+        cJSON_AddStringToObject(obj, "activation", nf_act_name(n->act));
+        cJSON_AddStringToObject(obj, "order", order_names[n->order]);
+        cJSON_AddNumberToObject(obj, "order_seed", (double)n->order_seed);
+        return;
+    }
+    cJSON_AddStringToObject(obj, "net", n->kind == NF_NET_RESNET ? "resnet" : "mlp");
+    cJSON_AddItemToObject(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
+    if (n->kind == NF_NET_RESNET) cJSON_AddNumberToObject(obj, "blocks", n->nblocks);
+    cJSON_AddStringToObject(obj, "activation", nf_act_name(n->act));
+}
+
+static int parse_act(const cJSON *spec, nf_act *act, char *err, size_t errlen) {
+    const char *s = nf_json_str(spec, "activation", "relu");
+    if (!s || nf_act_parse(s, act)) {
+        nf_set_err(err, errlen, "\"activation\" must be \"relu\", \"tanh\" or \"elu\"");
+        return NF_EINVAL;
+    }
+    return 0;
+}
+
+int nf_net_from_spec(nf_net *n, const cJSON *spec, int in, int ctx, int out,
+                     const int *def_hidden, int ndef, char *err, size_t errlen) {
+    int hidden[16], nh, blocks, rc;
+    nf_act act;
+    memset(n, 0, sizeof *n);
+    nh = nf_json_int_list(spec, "hidden", def_hidden, ndef, hidden, 16, err, errlen);
+    if (nh < 0) return nh;
+    if ((rc = parse_act(spec, &act, err, errlen))) return rc;
+    if ((rc = nf_json_int(spec, "blocks", 2, 1, 16, &blocks, err, errlen))) return rc;
+    const char *kind = nf_json_str(spec, "net", "mlp");
+    if (kind && !strcmp(kind, "mlp")) {
+        rc = nf_net_mlp(n, in, ctx, out, hidden, nh, act);
+    } else if (kind && !strcmp(kind, "resnet")) {
+        for (int i = 1; i < nh; i++)
+            if (hidden[i] != hidden[0]) {
+                nf_set_err(err, errlen, "resnet conditioners have one width: \"hidden\":[H]");
+                return NF_EINVAL;
+            }
+        rc = nf_net_resnet(n, in, ctx, out, hidden[0], blocks, act);
+    } else {
+        nf_set_err(err, errlen, "\"net\" must be \"mlp\" or \"resnet\"");
+        return NF_EINVAL;
+    }
+    if (rc) nf_set_err(err, errlen, "cannot build conditioner network (%s)", nf_strerror(rc));
+    return rc;
+}
+
+int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
+                          const int *def_hidden, int ndef, char *err, size_t errlen) {
+    int hidden[16], nh, rc;
+    double seed;
+    nf_act act;
+    nf_order order = NF_ORDER_ASC;
+    memset(n, 0, sizeof *n);
+    nh = nf_json_int_list(spec, "hidden", def_hidden, ndef, hidden, 16, err, errlen);
+    if (nh < 0) return nh;
+    if ((rc = parse_act(spec, &act, err, errlen))) return rc;
+    if ((rc = nf_json_num(spec, "order_seed", 0, 0, 9007199254740992.0, &seed, err, errlen)))
+        return rc;
+    const char *o = nf_json_str(spec, "order", "asc");
+    int found = 0;
+    for (int i = 0; o && i < NF_ORDER_COUNT; i++)
+        if (!strcmp(o, order_names[i])) {
+            order = (nf_order)i;
+            found = 1;
+        }
+    if (!found) {
+        nf_set_err(err, errlen, "\"order\" must be \"asc\", \"desc\" or \"random\"");
+        return NF_EINVAL;
+    }
+    if (D < 1) {
+        nf_set_err(err, errlen, "autoregressive layers need dim >= 1");
+        return NF_EINVAL;
+    }
+    rc = nf_net_made(n, D, ctx, P, hidden, nh, act, order, (uint64_t)seed);
+    if (rc) nf_set_err(err, errlen, "cannot build MADE (%s)", nf_strerror(rc));
+    return rc;
+}

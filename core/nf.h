@@ -1,0 +1,174 @@
+/* nf.h: the public API of flowd's core, a leaf library of normalizing flows.
+ *
+ * A flow is a base distribution p_Z and a stack of invertible layers.  Layers
+ * are kept in *density order*: layer 0 touches the data, the last layer
+ * touches the base.
+ *
+ *     inverse (density, x -> z):  x = h_0 -> L_0^-1 -> h_1 -> ... -> h_K = z
+ *     forward (sampling, z -> x): the same chain run backwards.
+ *
+ *     log p(x) = log p_Z(z) + sum_k log|det d h_{k+1} / d h_k|
+ *
+ * Size letters used in shape comments: B batch rows, D data dimension,
+ * C context dimension, P parameters, H hidden width.  All row data is
+ * row-major (B,D).  nf_real is float (the product); the test suite also
+ * builds the same sources with -DNF_DOUBLE so gradients and Jacobians can be
+ * checked against finite differences in double precision.
+ *
+ * Conventions:
+ *  - Every function that can fail returns 0 or a negative NF_E* status;
+ *    nf_strerror() names it.  Core never prints and never exits.
+ *  - Pointers are borrowed unless a comment says "takes" or "caller frees".
+ *  - The flow object (config + parameters) is read-only during log_prob,
+ *    sample, encode and decode, so many threads may share one flow as long as
+ *    each has its own nf_ws workspace.  Training calls mutate the flow.
+ *  - No allocation happens inside forward/inverse/backward: an nf_ws is sized
+ *    once for a maximum batch; larger requests are processed in chunks.
+ */
+#ifndef NF_H
+#define NF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef NF_DOUBLE
+typedef double nf_real;
+#else
+typedef float nf_real;
+#endif
+
+/* ---- status codes ------------------------------------------------------ */
+enum {
+    NF_OK = 0,
+    NF_EINVAL = -1,       /* bad argument or config */
+    NF_ENOMEM = -2,       /* allocation failed */
+    NF_ENONFINITE = -3,   /* NaN or Inf produced or given */
+    NF_ECORRUPT = -4,     /* checksum mismatch / truncated data */
+    NF_EFORMAT = -5,      /* malformed file or unsupported version */
+    NF_ERANGE = -6,       /* value outside the allowed range (batch, dim) */
+    NF_EIO = -7,          /* read/write failure */
+    NF_ECANCELLED = -8,   /* cancelled by the caller */
+    NF_EUNSUPPORTED = -9, /* operation not available for this flow */
+    NF_ERR_COUNT = 10     /* number of codes, keep in step with nf_strerror */
+};
+const char *nf_strerror(int status);
+
+/* ---- random numbers (xoshiro256**, seeded by splitmix64) --------------- */
+typedef struct nf_rng {
+    uint64_t s[4];
+    int has_spare;     /* Box-Muller keeps its second value */
+    double spare;
+} nf_rng;
+void nf_rng_seed(nf_rng *r, uint64_t seed);
+uint64_t nf_rng_u64(nf_rng *r);
+double nf_rng_uniform(nf_rng *r);  /* [0,1) */
+double nf_rng_normal(nf_rng *r);   /* N(0,1) */
+
+/* ---- flows -------------------------------------------------------------- */
+typedef struct nf_flow nf_flow;
+typedef struct nf_ws nf_ws;
+
+/* Build a flow from a JSON spec (see core/spec.md for the schema):
+ *   {"dim":D, "context_dim":C?, "base":{"type":"normal"|"diag_normal"|"mixture",...}?,
+ *    "layers":[{"type":"actnorm"},{"type":"affine_coupling","hidden":[64,64]},...]}
+ * or a preset:
+ *   {"dim":D, "preset":"realnvp"|"maf"|"nsf"|"nsf_ar"|"glow"|"nice"|"iaf", "depth":..,...}
+ * Parameters are initialised from "seed" (default 0).  On failure *out is NULL
+ * and err (if non-NULL) holds a message.  Caller frees with nf_flow_free. */
+int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errlen);
+void nf_flow_free(nf_flow *f); /* NULL is a no-op */
+
+int nf_flow_dim(const nf_flow *f);
+int nf_flow_context_dim(const nf_flow *f);
+int nf_flow_num_layers(const nf_flow *f);
+const char *nf_flow_layer_type(const nf_flow *f, int k);
+size_t nf_flow_num_params(const nf_flow *f);
+nf_real *nf_flow_params(nf_flow *f);       /* (P) contiguous, all layers + base */
+nf_real *nf_flow_grad(nf_flow *f);         /* (P) mirrors params */
+void nf_flow_zero_grad(nf_flow *f);
+/* Re-initialise every parameter from seed (final conditioner layers zero, so
+ * a fresh flow is the identity map with the base distribution's density). */
+void nf_flow_init(nf_flow *f, uint64_t seed);
+/* Re-apply structural constraints to parameters (MADE masks zeroed).  Called
+ * after loading; training keeps them by masking gradients. */
+void nf_flow_constrain(nf_flow *f);
+
+/* The canonical JSON config (explicit layer list, every default filled in);
+ * creating a flow from it gives the same architecture.  Caller free()s. */
+char *nf_flow_config_json(const nf_flow *f);
+
+/* Parameters and layer state (batch-norm running statistics, act-norm
+ * initialised flags) as a versioned little-endian blob with a CRC-32:
+ *   "NFPB" u32 version=1 u64 nparams u64 nbuffers f32[nparams] f32[nbuffers] u32 crc32
+ * Values are always stored as float32.  *buf is malloc'd, caller free()s. */
+int nf_flow_save_params(const nf_flow *f, void **buf, size_t *len);
+int nf_flow_load_params(nf_flow *f, const void *buf, size_t len); /* NF_ECORRUPT, NF_EFORMAT */
+
+/* Workspace for batches of at most max_batch rows.  One per thread. */
+int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out);
+void nf_ws_free(nf_ws *w);
+int nf_ws_max_batch(const nf_ws *w);
+
+/* log p(x | ctx) for B rows (any B: chunked by the workspace size).
+ * x (B,D), ctx (B,C) or NULL when C == 0, out (B).  A row where the density is
+ * not defined (outside the support, e.g. logit of a value outside (0,1)) gets
+ * -INFINITY; the call still succeeds. */
+int nf_flow_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx,
+                     int B, nf_real *out);
+
+/* Exact encode: z = T^-1(x) (B,D), logdet (B) = log|det dz/dx| (may be NULL). */
+int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx,
+                   int B, nf_real *z, nf_real *logdet);
+/* Exact decode: x = T(z) (B,D), logdet (B) = log|det dx/dz| (may be NULL). */
+int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx,
+                   int B, nf_real *x, nf_real *logdet);
+
+/* Draw n samples: z ~ base with its standard deviations scaled by temperature
+ * T > 0, x = T(z).  ctx (n,C) or NULL.  log_prob (n), if non-NULL, receives
+ * the model's (untempered) log p(x) = log p_Z(z) - log|det dx/dz|.  The same
+ * seed gives the same samples whatever the workspace size. */
+int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double temperature, uint64_t seed,
+                   const nf_real *ctx, nf_real *x, nf_real *log_prob);
+
+/* ---- training primitives ------------------------------------------------ */
+/* One pass of log p(x|ctx) and its exact gradient.  B <= max_batch.
+ * training != 0: batch-norm layers use batch statistics and update their
+ * running averages.  logp (B) is written if non-NULL.  With upstream weights
+ * dlogp (B) (e.g. -1/B for mean NLL), accumulates d(sum_b dlogp_b logp_b)/dθ
+ * into nf_flow_grad(f) (caller zeroes), writes dx (B,D) if non-NULL and
+ * accumulates dctx (B,C) if non-NULL. */
+int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                          int training, const nf_real *dlogp, nf_real *logp,
+                          nf_real *dx, nf_real *dctx);
+/* Data-dependent initialisation (act-norm): run x through the layers in
+ * density order, letting each not-yet-initialised act-norm set its scale and
+ * bias so its output has zero mean and unit variance on this batch. */
+int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B);
+
+/* ---- optimisation -------------------------------------------------------- */
+typedef enum { NF_OPT_ADAM = 0, NF_OPT_ADAMW = 1, NF_OPT_COUNT } nf_opt_kind;
+typedef struct nf_adam {
+    nf_opt_kind kind;
+    double beta1, beta2, eps;
+    double weight_decay; /* Adam: L2 added to the gradient; AdamW: decoupled */
+    size_t n;
+    int64_t t;           /* steps taken */
+    nf_real *m, *v;      /* (n) first and second moments */
+} nf_adam;
+/* Defaults beta1 0.9, beta2 0.999, eps 1e-8.  Free with nf_adam_free. */
+int nf_adam_init(nf_adam *o, nf_opt_kind kind, size_t n, double weight_decay);
+void nf_adam_free(nf_adam *o);
+/* Bias-corrected Adam/AdamW step with learning rate lr. */
+void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr);
+/* Global L2 norm of grad; if max_norm > 0 and the norm exceeds it, grad is
+ * scaled to max_norm.  Returns the norm before clipping (NaN if non-finite). */
+double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm);
+/* Optimizer state as a blob: "NFOP" u32 version u32 kind f64 b1 b2 eps wd u64 n
+ * i64 t f32 m[n] f32 v[n] u32 crc32.  Caller free()s. */
+int nf_adam_save(const nf_adam *o, void **buf, size_t *len);
+int nf_adam_load(nf_adam *o, const void *buf, size_t len);
+
+/* CRC-32 (zlib polynomial) used by every blob format. */
+uint32_t nf_crc32(const void *buf, size_t len);
+
+#endif

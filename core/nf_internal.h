@@ -1,0 +1,239 @@
+/* nf_internal.h: how layers, conditioner networks and the flow fit together.
+ * Not installed; used by the core sources and the unit tests.
+ *
+ * A layer is a struct nf_layer with a table of operations (nf_layer_ops).
+ * Parameters of all layers live in one contiguous buffer owned by the flow;
+ * a layer sees params + L->param_off.  The gradient buffer mirrors it.
+ * Non-trainable state (batch-norm running stats, act-norm flags) lives in a
+ * second buffer, "buffers", at L->buf_off.
+ *
+ * Direction names (see nf.h):
+ *   inverse: x -> z (density direction), logdet += log|det dz/dx| per row
+ *   forward: z -> x (sampling direction), logdet += log|det dx/dz| per row
+ * backward differentiates the *inverse* call (the one training uses):
+ *   given x, the z it produced, dz = dL/dz (B,D) and dlogdet = dL/dlogdet (B),
+ *   it writes dx = dL/dx (B,D) (=, not +=; may be NULL when not wanted),
+ *   accumulates dL/dθ into grad (+=), and accumulates dL/dctx into dctx (+=,
+ *   may be NULL).  It may read the scratch that the preceding inverse call on
+ *   the same x wrote into ws: callers must call inverse then backward with the
+ *   same ws, x, ctx, B and training flag.
+ * x and z never alias.  ws holds ops->ws_size(L, B) nf_reals.
+ */
+#ifndef NF_INTERNAL_H
+#define NF_INTERNAL_H
+
+#include "nf.h"
+#include <cjson/cJSON.h>
+
+typedef struct nf_layer nf_layer;
+
+typedef struct nf_ctx {
+    const nf_real *params;  /* this layer's parameters */
+    nf_real *grad;          /* this layer's gradient (backward only), may be NULL */
+    nf_real *buffers;       /* this layer's non-trainable state */
+    const nf_real *ctx;     /* (B,C) context rows or NULL */
+    nf_real *dctx;          /* (B,C) context gradient (+=) or NULL */
+    nf_real *ws;            /* scratch of ws_size(B) */
+    int B;
+    int training;           /* batch-norm: batch stats + running-average update */
+} nf_ctx;
+
+typedef struct nf_layer_ops {
+    const char *type;
+    size_t (*ws_size)(const nf_layer *L, int B);
+    void (*init)(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng);
+    /* Return 0, or NF_ENONFINITE if a row left the domain (the row's logdet is
+     * then -INFINITY for inverse; callers treat such rows as out of support). */
+    int (*inverse)(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z, nf_real *logdet);
+    int (*forward)(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x, nf_real *logdet);
+    void (*backward)(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                     const nf_real *dz, const nf_real *dlogdet, nf_real *dx);
+    /* optional: data-dependent init from a batch x (B,D) in the density direction */
+    void (*data_init)(const nf_layer *L, nf_real *params, nf_real *buffers, const nf_real *x, int B);
+    /* optional: enforce structural zeros (masks) on params */
+    void (*constrain)(const nf_layer *L, nf_real *params);
+    /* add this layer's canonical spec fields to obj (type is added by caller) */
+    void (*to_json)(const nf_layer *L, cJSON *obj);
+    void (*destroy)(nf_layer *L); /* frees L->impl, not L */
+} nf_layer_ops;
+
+struct nf_layer {
+    const nf_layer_ops *ops;
+    int D, C;              /* data and context dimensions */
+    size_t nparams, param_off;
+    size_t nbuffers, buf_off;
+    void *impl;            /* layer-specific, owned */
+};
+
+/* Layer constructors: parse spec (borrowed) and fill L (ops, nparams,
+ * nbuffers, impl); D, C are already set.  Return 0 or NF_EINVAL with a
+ * message in err.  Unknown fields in spec are an error (caught by the
+ * caller's key check), missing ones take defaults. */
+typedef int (*nf_layer_ctor)(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+typedef struct { const char *type; nf_layer_ctor ctor; } nf_layer_kind;
+extern const nf_layer_kind nf_layer_kinds[]; /* terminated by {NULL,NULL} */
+
+int nf_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_permute_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_lu_linear_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_additive_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_affine_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_maf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_iaf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_leaky_relu_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+
+/* ---- conditioner networks (core/net.c) ------------------------------------
+ * A net maps an input row u (in) plus an optional context row c (ctx) to an
+ * output row (out).  Weights of a linear layer are W (out,in) row-major then
+ * b (out); the first linear layer has in + ctx columns, the input columns
+ * first.  The final linear layer is initialised to zero.
+ *   mlp:    h = act(W1 [u,c] + b1); ...; out = Wk h + bk
+ *   resnet: h = W0 [u,c] + b0; h += W2 act(W1 act(h) + b1) + b2 (nblocks
+ *           times); out = Wf act(h) + bf
+ *   made:   an mlp whose weights are masked so out unit (i,p) (index i*P+p)
+ *           depends only on inputs j with deg(j) < deg(i); context columns
+ *           have degree 0 and reach every hidden unit.
+ * Masked weights are kept at exactly zero: init zeroes them, backward masks
+ * their gradient, nf_net_constrain re-zeroes after a load.
+ */
+typedef enum { NF_ACT_RELU = 0, NF_ACT_TANH, NF_ACT_ELU, NF_ACT_COUNT } nf_act;
+typedef enum { NF_NET_MLP = 0, NF_NET_RESNET, NF_NET_MADE, NF_NET_COUNT } nf_net_kind;
+typedef enum { NF_ORDER_ASC = 0, NF_ORDER_DESC, NF_ORDER_RANDOM, NF_ORDER_COUNT } nf_order;
+
+typedef struct nf_linear {
+    int in, out;
+    size_t w_off, b_off;   /* offsets inside the net's parameters */
+    nf_real *mask;         /* (out,in) 0/1 or NULL */
+} nf_linear;
+
+typedef struct nf_net {
+    nf_net_kind kind;
+    nf_act act;
+    int in, ctx, out;
+    int nhidden;
+    int hidden[16];
+    int nblocks;           /* resnet */
+    int nlin;
+    nf_linear lin[40];
+    size_t nparams;
+    int *degrees;          /* made: (in) input degrees 1..in */
+    nf_order order;        /* made */
+    uint64_t order_seed;   /* made, random order */
+    size_t ws_per_row;     /* scratch floats per batch row */
+} nf_net;
+
+int nf_act_parse(const char *s, nf_act *out);
+const char *nf_act_name(nf_act a);
+
+int nf_net_mlp(nf_net *n, int in, int ctx, int out, const int *hidden, int nh, nf_act act);
+int nf_net_resnet(nf_net *n, int in, int ctx, int out, int hidden, int nblocks, nf_act act);
+/* MADE over D inputs with P outputs per input; order gives input degrees. */
+int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_act act,
+                nf_order order, uint64_t seed);
+void nf_net_free(nf_net *n);
+void nf_net_init(const nf_net *n, nf_real *params, nf_rng *rng);
+void nf_net_constrain(const nf_net *n, nf_real *params);
+size_t nf_net_ws_size(const nf_net *n, int B);
+/* in (B,in), ctx (B,ctx) or NULL, out (B,out); stores activations in ws. */
+void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
+                    const nf_real *ctx, nf_real *out, int B, nf_real *ws);
+/* After nf_net_forward with the same in/ctx/ws: dout (B,out) given;
+ * grad (+=, may be NULL), din (B,in) (=, may be NULL), dctx (B,ctx) (+=, may
+ * be NULL).  The activations stored by forward are not modified (backward
+ * uses a separate part of ws), so backward may be called several times.
+ * dout may not alias ws. */
+void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
+                     const nf_real *in, const nf_real *ctx, const nf_real *dout,
+                     nf_real *din, nf_real *dctx, int B, nf_real *ws);
+/* Canonical JSON for the conditioner part of a layer spec:
+ *   mlp:    "net":"mlp", "hidden":[h1,...], "activation":"relu"
+ *   resnet: "net":"resnet", "hidden":[h], "blocks":n, "activation":...
+ *   made:   "hidden":[h1,...], "activation", "order":"asc"|"desc"|"random",
+ *           "order_seed":s  (no "net" key: autoregressive layers are MADE) */
+void nf_net_to_json(const nf_net *n, cJSON *obj);
+/* Build a coupling conditioner from those keys (defaults: mlp, hidden
+ * def_hidden, relu, blocks 2). */
+int nf_net_from_spec(nf_net *n, const cJSON *spec, int in, int ctx, int out,
+                     const int *def_hidden, int ndef, char *err, size_t errlen);
+/* Build a MADE from those keys (defaults: hidden def_hidden, relu, asc). */
+int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
+                          const int *def_hidden, int ndef, char *err, size_t errlen);
+/* Keys the two functions above read, for nf_json_check_keys lists. */
+#define NF_NET_KEYS "net", "hidden", "blocks", "activation"
+#define NF_MADE_KEYS "hidden", "activation", "order", "order_seed"
+
+/* Coupling masks: "mask":"even" (default; dims 0,2,4,... pass through and
+ * condition the others), "odd", or a list of D 0/1 ints (1 = passes
+ * through).  Needs at least one 1 and one 0, so D >= 2.  mask (D) out. */
+int nf_mask_parse(const cJSON *spec, int D, int *mask, char *err, size_t errlen);
+void nf_mask_to_json(const int *mask, int D, cJSON *obj); /* always the list form */
+
+/* ---- small shared helpers (core/util.c) --------------------------------- */
+void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
+/* read optional fields from a spec, with type checks */
+int nf_json_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
+                char *err, size_t errlen);
+int nf_json_num(const cJSON *o, const char *key, double def, double lo, double hi,
+                double *out, char *err, size_t errlen);
+int nf_json_bool(const cJSON *o, const char *key, int def, int *out, char *err, size_t errlen);
+const char *nf_json_str(const cJSON *o, const char *key, const char *def);
+/* "hidden": int or list of ints (each 1..65536), at most maxn. Returns count or <0. */
+int nf_json_int_list(const cJSON *o, const char *key, const int *def, int ndef, int *out,
+                     int maxn, char *err, size_t errlen);
+/* Reject keys of o not in the NULL-terminated allowed list. */
+int nf_json_check_keys(const cJSON *o, const char *const *allowed, char *err, size_t errlen);
+
+/* C = alpha * A(M,K) * op(B) + beta * C, row-major; transA/transB 0 or 1.
+ * Goes to cblas_sgemm/dgemm; nf_gemm_ref is the plain-loop twin for tests. */
+void nf_gemm(int transA, int transB, int M, int N, int K, nf_real alpha,
+             const nf_real *A, int lda, const nf_real *Bm, int ldb, nf_real beta,
+             nf_real *C, int ldc);
+void nf_gemm_ref(int transA, int transB, int M, int N, int K, nf_real alpha,
+                 const nf_real *A, int lda, const nf_real *Bm, int ldb, nf_real beta,
+                 nf_real *C, int ldc);
+
+/* log-scale soft clamp used by affine couplings and MAF/IAF:
+ * s = bound * tanh(h / bound), ds/dh = 1 - (s/bound)^2; s(0) = 0 so a zero
+ * conditioner output is the identity. */
+#define NF_SCALE_BOUND 3.0
+
+/* ---- the flow object ----------------------------------------------------- */
+typedef enum { NF_BASE_NORMAL = 0, NF_BASE_DIAG, NF_BASE_MIXTURE, NF_BASE_COUNT } nf_base_kind;
+
+typedef struct nf_base {
+    nf_base_kind kind;
+    int D;
+    int K;                  /* mixture components */
+    size_t nparams, param_off;
+} nf_base;
+
+struct nf_flow {
+    int D, C;
+    int nlayers;
+    nf_layer *layers;       /* (nlayers) density order */
+    nf_base base;
+    size_t nparams, nbuffers;
+    nf_real *params, *grad, *buffers;
+    uint64_t seed;
+};
+
+/* base distribution (core/base.c) */
+int nf_base_parse(nf_base *b, int D, const cJSON *spec, char *err, size_t errlen);
+void nf_base_to_json(const nf_base *b, cJSON *obj);
+void nf_base_init(const nf_base *b, nf_real *params);
+/* logp (B) = log p(z); with dz (B,D) (+=, may be NULL) and grad (+=, may be
+ * NULL) for upstream weights w (B) when w != NULL. */
+void nf_base_log_prob(const nf_base *b, const nf_real *params, const nf_real *z, int B,
+                      nf_real *logp);
+void nf_base_log_prob_backward(const nf_base *b, const nf_real *params, nf_real *grad,
+                               const nf_real *z, int B, const nf_real *w, nf_real *dz);
+/* z (B,D) ~ base with stds scaled by T. */
+void nf_base_sample(const nf_base *b, const nf_real *params, nf_rng *rng, double T, int B,
+                    nf_real *z);
+
+#endif
