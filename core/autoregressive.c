@@ -1,0 +1,317 @@
+/* autoregressive.c: MAF and IAF, affine autoregressive layers on a MADE.
+ *
+ * Both layers share one "fast" map, a single MADE pass over u (D):
+ *     [h_i, t_i] = MADE(u, ctx) outputs i*2+0, i*2+1; they depend only on
+ *                  u_j with deg(j) < deg(i) (degrees from net.degrees)
+ *     s_i = S tanh(h_i / S)              S = NF_SCALE_BOUND, s(0) = 0
+ *     F(u)_i = u_i exp(s_i) + t_i        log|det dF/du| = sum_i s_i(u)
+ * F^-1(y) needs D passes: start from u = 0 and set u = (y - t(u)) exp(-s(u))
+ * D times; after pass k every dim of degree <= k is exact (and bit-stable,
+ * since masked weights are exactly zero).
+ *
+ *   maf: inverse (density)  z = F(x),     logdet += sum s(x)   1 pass
+ *        forward (sampling) x = F^-1(z),  logdet -= sum s(x)   D passes
+ *   iaf: forward (sampling) x = F(z),     logdet += sum s(z)   1 pass
+ *        inverse (density)  z = F^-1(x),  logdet -= sum s(z)   D passes
+ *
+ * A fresh layer has a zero final MADE layer, so h = t = 0 and F is the
+ * identity.  The layer's impl begins with its nf_net (tests read degrees).
+ */
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NF_DOUBLE
+#define AR_EXP exp
+#define AR_TANH tanh
+#else
+#define AR_EXP expf
+#define AR_TANH tanhf
+#endif
+
+typedef struct ar_layer {
+    nf_net net; /* MADE over D inputs, P = 2 outputs per input; keep first */
+    int iaf;    /* 0: maf, 1: iaf */
+} ar_layer;
+
+static const int ar_def_hidden[2] = {64, 64};
+
+/* s = S tanh(h/S), ds/dh = 1 - (s/S)^2 */
+static inline nf_real ar_scale(nf_real h, nf_real *dsdh) {
+    const nf_real S = (nf_real)NF_SCALE_BOUND;
+    nf_real s = S * AR_TANH(h / S);
+    if (dsdh) *dsdh = (nf_real)1 - (s / S) * (s / S);
+    return s;
+}
+
+/* ws layout: [net scratch][out (B,2D)][dout (B,2D)][g (B,D)][v (B,D)][w (B,D)] */
+static size_t ar_ws_size(const nf_layer *L, int B) {
+    const ar_layer *A = L->impl;
+    return nf_net_ws_size(&A->net, B) + (size_t)4 * B * L->D + (size_t)3 * B * L->D;
+}
+
+static nf_real *ar_out(const nf_layer *L, const nf_ctx *c) {
+    const ar_layer *A = L->impl;
+    return c->ws + nf_net_ws_size(&A->net, c->B);
+}
+
+/* Rows of y (B,D) with a non-finite value: logdet -INFINITY when mark_ld. */
+static int ar_check(const nf_layer *L, int B, const nf_real *y, nf_real *logdet, int mark_ld) {
+    int bad = 0;
+    for (int b = 0; b < B; b++) {
+        int row_bad = 0;
+        for (int i = 0; i < L->D; i++)
+            if (!isfinite((double)y[(size_t)b * L->D + i])) row_bad = 1;
+        if (row_bad) {
+            bad = 1;
+            if (mark_ld && logdet) logdet[b] = (nf_real)-INFINITY;
+        }
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+/* y = F(u) (B,D), one MADE pass; logdet (B) += sign * sum_i s_i(u). */
+static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
+                    nf_real *logdet, nf_real sign) {
+    const ar_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    nf_real *out = ar_out(L, c); /* (B,2D) */
+    nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws);
+    for (int b = 0; b < B; b++) {
+        const nf_real *ur = u + (size_t)b * D, *o = out + (size_t)b * 2 * D;
+        nf_real *yr = y + (size_t)b * D;
+        nf_real acc = 0;
+        for (int i = 0; i < D; i++) {
+            nf_real s = ar_scale(o[2 * i], NULL);
+            yr[i] = ur[i] * AR_EXP(s) + o[2 * i + 1];
+            acc += s;
+        }
+        if (logdet) logdet[b] += sign * acc;
+    }
+}
+
+/* u = F^-1(y) (B,D) by D MADE passes; logdet (B) += sign * sum_i s_i(u).
+ * The last pass's s is s(u): it read u with every degree < D exact, and the
+ * final update only changes the degree-D dim, which no output depends on. */
+static void ar_solve(const nf_layer *L, nf_ctx *c, const nf_real *y, nf_real *u,
+                     nf_real *logdet, nf_real sign) {
+    const ar_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    nf_real *out = ar_out(L, c); /* (B,2D) */
+    memset(u, 0, sizeof(nf_real) * (size_t)B * D);
+    for (int k = 0; k < D; k++) {
+        nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws);
+        for (size_t n = 0; n < (size_t)B * D; n++) {
+            nf_real s = ar_scale(out[2 * n], NULL);
+            u[n] = (y[n] - out[2 * n + 1]) * AR_EXP(-s);
+        }
+    }
+    if (!logdet) return;
+    for (int b = 0; b < B; b++) {
+        const nf_real *o = out + (size_t)b * 2 * D;
+        nf_real acc = 0;
+        for (int i = 0; i < D; i++) acc += ar_scale(o[2 * i], NULL);
+        logdet[b] += sign * acc;
+    }
+}
+
+static int ar_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
+                      nf_real *logdet) {
+    const ar_layer *A = L->impl;
+    if (A->iaf)
+        ar_solve(L, c, x, z, logdet, (nf_real)-1);
+    else
+        ar_fast(L, c, x, z, logdet, (nf_real)1);
+    return ar_check(L, c->B, z, logdet, 1);
+}
+
+static int ar_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
+                      nf_real *logdet) {
+    const ar_layer *A = L->impl;
+    if (A->iaf)
+        ar_fast(L, c, z, x, logdet, (nf_real)1);
+    else
+        ar_solve(L, c, z, x, logdet, (nf_real)-1);
+    return ar_check(L, c->B, x, logdet, 0);
+}
+
+/* MAF backward of z = F(x), logdet = sum s(x), L = <dz, z> + <dl, logdet>:
+ *   dL/dx_i (direct) = dz_i exp(s_i)
+ *   dL/dh_i = (dz_i x_i exp(s_i) + dl) ds/dh,   dL/dt_i = dz_i
+ * and one MADE VJP carries dh, dt to x, ctx and the parameters. */
+static void maf_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *dz,
+                         const nf_real *dlogdet, nf_real *dx) {
+    const ar_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    nf_real *out = ar_out(L, c);                  /* (B,2D) */
+    nf_real *dout = out + (size_t)B * 2 * D;      /* (B,2D) */
+    nf_net_forward(&A->net, c->params, x, c->ctx, out, B, c->ws);
+    for (int b = 0; b < B; b++) {
+        nf_real dl = dlogdet ? dlogdet[b] : 0;
+        for (int i = 0; i < D; i++) {
+            size_t n = (size_t)b * D + i;
+            nf_real dsdh, s = ar_scale(out[2 * n], &dsdh);
+            nf_real dzi = dz ? dz[n] : 0;
+            dout[2 * n] = (dzi * x[n] * AR_EXP(s) + dl) * dsdh;
+            dout[2 * n + 1] = dzi;
+        }
+    }
+    nf_net_backward(&A->net, c->params, c->grad, x, c->ctx, dout, dx, c->dctx, B, c->ws);
+    if (!dx) return;
+    for (size_t n = 0; n < (size_t)B * D; n++) {
+        nf_real s = ar_scale(out[2 * n], NULL);
+        dx[n] += (dz ? dz[n] : 0) * AR_EXP(s);
+    }
+}
+
+/* IAF backward of z = F^-1(x), logdet = -sum s(z), by the implicit function
+ * theorem.  F(z; θ, ctx) = x, J = dF/dz = E + N with E = diag(exp(s)) and N
+ * strictly lower triangular in degree order, so
+ *   g = dz + d(-dl sum s)/dz                        (one MADE VJP)
+ *   J^T v = g  ->  v = E^-1 (g - N^T v)             (fixed point, exact after
+ *                                                    D steps: E^-1 N^T nilpotent)
+ *   dx = v,  dθ = -(dF/dθ)^T v + d(-dl sum s)/dθ     (one MADE VJP)
+ * N^T v is the MADE VJP with dh_i = v_i z_i exp(s_i) ds/dh, dt_i = v_i. */
+static void iaf_backward(const nf_layer *L, nf_ctx *c, const nf_real *z, const nf_real *dz,
+                         const nf_real *dlogdet, nf_real *dx) {
+    const ar_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    const size_t BD = (size_t)B * D;
+    nf_real *out = ar_out(L, c);       /* (B,2D) */
+    nf_real *dout = out + 2 * BD;      /* (B,2D) */
+    nf_real *g = dout + 2 * BD;        /* (B,D) */
+    nf_real *v = g + BD;               /* (B,D) */
+    nf_real *w = v + BD;               /* (B,D) */
+    nf_net_forward(&A->net, c->params, z, c->ctx, out, B, c->ws);
+
+    for (size_t n = 0; n < BD; n++) {
+        nf_real dsdh;
+        ar_scale(out[2 * n], &dsdh);
+        dout[2 * n] = -(dlogdet ? dlogdet[n / D] : 0) * dsdh;
+        dout[2 * n + 1] = 0;
+    }
+    nf_net_backward(&A->net, c->params, NULL, z, c->ctx, dout, g, NULL, B, c->ws);
+    for (size_t n = 0; n < BD; n++) {
+        if (dz) g[n] += dz[n];
+        v[n] = g[n] * AR_EXP(-ar_scale(out[2 * n], NULL));
+    }
+
+    for (int it = 1; it < D; it++) {
+        for (size_t n = 0; n < BD; n++) {
+            nf_real dsdh, s = ar_scale(out[2 * n], &dsdh);
+            dout[2 * n] = v[n] * z[n] * AR_EXP(s) * dsdh;
+            dout[2 * n + 1] = v[n];
+        }
+        nf_net_backward(&A->net, c->params, NULL, z, c->ctx, dout, w, NULL, B, c->ws);
+        int changed = 0;
+        for (size_t n = 0; n < BD; n++) {
+            nf_real vn = (g[n] - w[n]) * AR_EXP(-ar_scale(out[2 * n], NULL));
+            if (vn != v[n]) changed = 1;
+            v[n] = vn;
+        }
+        if (!changed) break;
+    }
+
+    if (c->grad || c->dctx) {
+        for (size_t n = 0; n < BD; n++) {
+            nf_real dsdh, s = ar_scale(out[2 * n], &dsdh);
+            nf_real dl = dlogdet ? dlogdet[n / D] : 0;
+            dout[2 * n] = -(v[n] * z[n] * AR_EXP(s) + dl) * dsdh;
+            dout[2 * n + 1] = -v[n];
+        }
+        nf_net_backward(&A->net, c->params, c->grad, z, c->ctx, dout, NULL, c->dctx, B, c->ws);
+    }
+    if (dx) memcpy(dx, v, sizeof(nf_real) * BD);
+}
+
+static void ar_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                        const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    const ar_layer *A = L->impl;
+    if (A->iaf)
+        iaf_backward(L, c, z, dz, dlogdet, dx);
+    else
+        maf_backward(L, c, x, dz, dlogdet, dx);
+}
+
+static void ar_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    (void)buffers;
+    const ar_layer *A = L->impl;
+    nf_net_init(&A->net, params, rng);
+}
+
+static void ar_constrain(const nf_layer *L, nf_real *params) {
+    const ar_layer *A = L->impl;
+    nf_net_constrain(&A->net, params);
+}
+
+static void ar_to_json(const nf_layer *L, cJSON *obj) {
+    const ar_layer *A = L->impl;
+    nf_net_to_json(&A->net, obj);
+}
+
+static void ar_destroy(nf_layer *L) {
+    ar_layer *A = L->impl;
+    if (!A) return;
+    nf_net_free(&A->net);
+    free(A);
+    L->impl = NULL;
+}
+
+static const nf_layer_ops maf_ops = {
+    .type = "maf",
+    .ws_size = ar_ws_size,
+    .init = ar_init,
+    .inverse = ar_inverse,
+    .forward = ar_forward,
+    .backward = ar_backward,
+    .data_init = NULL,
+    .constrain = ar_constrain,
+    .to_json = ar_to_json,
+    .destroy = ar_destroy,
+};
+
+static const nf_layer_ops iaf_ops = {
+    .type = "iaf",
+    .ws_size = ar_ws_size,
+    .init = ar_init,
+    .inverse = ar_inverse,
+    .forward = ar_forward,
+    .backward = ar_backward,
+    .data_init = NULL,
+    .constrain = ar_constrain,
+    .to_json = ar_to_json,
+    .destroy = ar_destroy,
+};
+
+static int ar_create(nf_layer *L, const cJSON *spec, int iaf, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", NF_MADE_KEYS, NULL};
+    int rc = nf_json_check_keys(spec, keys, err, errlen);
+    if (rc) return rc;
+    if (L->D < 1) {
+        nf_set_err(err, errlen, "%s needs dim >= 1", iaf ? "iaf" : "maf");
+        return NF_EINVAL;
+    }
+    ar_layer *A = calloc(1, sizeof(*A));
+    if (!A) return NF_ENOMEM;
+    rc = nf_net_made_from_spec(&A->net, spec, L->D, L->C, 2, ar_def_hidden, 2, err, errlen);
+    if (rc) {
+        free(A);
+        return rc;
+    }
+    A->iaf = iaf;
+    L->ops = iaf ? &iaf_ops : &maf_ops;
+    L->nparams = A->net.nparams;
+    L->nbuffers = 0;
+    L->impl = A;
+    return 0;
+}
+
+int nf_maf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    return ar_create(L, spec, 0, err, errlen);
+}
+
+int nf_iaf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    return ar_create(L, spec, 1, err, errlen);
+}

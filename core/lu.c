@@ -1,0 +1,252 @@
+/* lu.c: "lu_linear", an invertible dense linear layer in LU form (Glow).
+ *
+ *     W = P M P^T,  M = L (U + diag(s)),  s = exp(log_s)
+ *     inverse (density):  z = W x + bias   (rows: z = x W^T + bias)
+ *     logdet = log|det W| = sum_k log_s_k                   O(D)
+ *     forward (sampling): x = W^-1 (z - bias) = P (U+diag s)^-1 L^-1 P^T (z - bias),
+ *                         two triangular solves, no inverse is formed.
+ *
+ * L is unit lower triangular, U strictly upper, P a fixed permutation drawn
+ * from the spec's "seed" (P_{i,p[i]} = 1, so W_ij = M_{p[i],p[j]}).  P is
+ * applied on both sides so the zero-initialised parameters give W = I: a
+ * fresh layer is the identity whatever the seed; P only chooses the order in
+ * which the LU factorisation runs.  The signs of s are fixed at +1.
+ *
+ * Parameters (D(D+1)): L strict lower packed row-major (D(D-1)/2), U strict
+ * upper packed row-major (D(D-1)/2), log_s (D), bias (D).
+ */
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef NF_DOUBLE
+#define LU_EXP exp
+#else
+#define LU_EXP expf
+#endif
+
+typedef struct lu_layer {
+    int *perm;     /* (D) p, keep first: tests read it */
+    uint64_t seed;
+} lu_layer;
+
+/* packed offsets: L_ij (j < i) and U_ij (j > i) */
+static inline size_t lu_lidx(int i, int j) { return (size_t)i * (i - 1) / 2 + j; }
+static inline size_t lu_uidx(int D, int i, int j) {
+    return (size_t)i * (D - 1) - (size_t)i * (i - 1) / 2 + (size_t)(j - i - 1);
+}
+
+typedef struct lu_view {
+    const nf_real *l, *u, *log_s, *bias;
+} lu_view;
+
+static lu_view lu_params(const nf_layer *L, const nf_real *p) {
+    const size_t ntri = (size_t)L->D * (L->D - 1) / 2;
+    lu_view v = {p, p + ntri, p + 2 * ntri, p + 2 * ntri + L->D};
+    return v;
+}
+
+/* ws: [W (D,D)][M (D,D)][dW (D,D)][dM (D,D)][row (D)] */
+static size_t lu_ws_size(const nf_layer *L, int B) {
+    (void)B;
+    return (size_t)4 * L->D * L->D + L->D;
+}
+
+/* M = L (U + diag s) (D,D), then W_ij = M_{p[i],p[j]} (D,D). */
+static void lu_build(const nf_layer *L, const nf_real *params, nf_real *W, nf_real *M) {
+    const lu_layer *A = L->impl;
+    const int D = L->D;
+    lu_view v = lu_params(L, params);
+    for (int i = 0; i < D; i++) {
+        for (int j = 0; j < D; j++) {
+            /* sum_{k <= min(i,j)} L_ik Ut_kj, L_ii = 1, Ut_kk = s_k */
+            int kmax = i < j ? i : j;
+            double acc = 0;
+            for (int k = 0; k <= kmax; k++) {
+                double lik = k == i ? 1.0 : (double)v.l[lu_lidx(i, k)];
+                double ukj = k == j ? exp((double)v.log_s[k]) : (double)v.u[lu_uidx(D, k, j)];
+                acc += lik * ukj;
+            }
+            M[(size_t)i * D + j] = (nf_real)acc;
+        }
+    }
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++)
+            W[(size_t)i * D + j] = M[(size_t)A->perm[i] * D + A->perm[j]];
+}
+
+static nf_real lu_logdet(const nf_layer *L, const nf_real *params) {
+    lu_view v = lu_params(L, params);
+    double acc = 0;
+    for (int k = 0; k < L->D; k++) acc += v.log_s[k];
+    return (nf_real)acc;
+}
+
+/* z (B,D) = x (B,D) W^T + bias;  logdet (B) += sum log_s */
+static int lu_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
+                      nf_real *logdet) {
+    const int D = L->D, B = c->B;
+    nf_real *W = c->ws, *M = W + (size_t)D * D;
+    lu_view v = lu_params(L, c->params);
+    lu_build(L, c->params, W, M);
+    nf_gemm(0, 1, B, D, D, (nf_real)1, x, D, W, D, (nf_real)0, z, D);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < D; i++) z[(size_t)b * D + i] += v.bias[i];
+    if (logdet) {
+        nf_real ld = lu_logdet(L, c->params);
+        for (int b = 0; b < B; b++) logdet[b] += ld;
+    }
+    return 0;
+}
+
+/* x = P (U + diag s)^-1 L^-1 P^T (z - bias) per row;  logdet (B) -= sum log_s */
+static int lu_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
+                      nf_real *logdet) {
+    const lu_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    lu_view v = lu_params(L, c->params);
+    nf_real *y = c->ws + (size_t)4 * D * D; /* (D) */
+    for (int b = 0; b < B; b++) {
+        const nf_real *zr = z + (size_t)b * D;
+        nf_real *xr = x + (size_t)b * D;
+        for (int i = 0; i < D; i++) y[A->perm[i]] = zr[i] - v.bias[i];
+        for (int a = 1; a < D; a++) {
+            nf_real acc = y[a];
+            for (int k = 0; k < a; k++) acc -= v.l[lu_lidx(a, k)] * y[k];
+            y[a] = acc;
+        }
+        for (int a = D - 1; a >= 0; a--) {
+            nf_real acc = y[a];
+            for (int k = a + 1; k < D; k++) acc -= v.u[lu_uidx(D, a, k)] * y[k];
+            y[a] = acc * LU_EXP(-v.log_s[a]);
+        }
+        for (int i = 0; i < D; i++) xr[i] = y[A->perm[i]];
+    }
+    if (logdet) {
+        nf_real ld = lu_logdet(L, c->params);
+        for (int b = 0; b < B; b++) logdet[b] -= ld;
+    }
+    return 0;
+}
+
+/* dx = dz W;  dW = dz^T x, dM_{p[i],p[j]} = dW_ij, and through M = L Ut:
+ *   dL_ij = (dM Ut^T)_ij (i > j),   dUt_kj = (L^T dM)_kj (k <= j),
+ *   dlog_s_k = dUt_kk s_k + sum_b dlogdet_b,   dbias = sum_b dz_b. */
+static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                        const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    (void)z;
+    const lu_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    const size_t DD = (size_t)D * D;
+    nf_real *W = c->ws, *M = W + DD, *dW = M + DD, *dM = dW + DD;
+    lu_view v = lu_params(L, c->params);
+    lu_build(L, c->params, W, M);
+    if (dx) nf_gemm(0, 0, B, D, D, (nf_real)1, dz, D, W, D, (nf_real)0, dx, D);
+    if (!c->grad) return;
+
+    const size_t ntri = (size_t)D * (D - 1) / 2;
+    nf_real *gl = c->grad, *gu = gl + ntri, *gls = gu + ntri, *gb = gls + D;
+    nf_gemm(1, 0, D, D, B, (nf_real)1, dz, D, x, D, (nf_real)0, dW, D);
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) dM[(size_t)A->perm[i] * D + A->perm[j]] = dW[(size_t)i * D + j];
+
+    for (int i = 1; i < D; i++)
+        for (int j = 0; j < i; j++) {
+            double acc = 0; /* sum_{k >= j} dM_ik Ut_jk */
+            for (int k = j; k < D; k++) {
+                double ujk = k == j ? exp((double)v.log_s[j]) : (double)v.u[lu_uidx(D, j, k)];
+                acc += (double)dM[(size_t)i * D + k] * ujk;
+            }
+            gl[lu_lidx(i, j)] += (nf_real)acc;
+        }
+    double dlsum = 0;
+    for (int b = 0; b < B; b++) dlsum += dlogdet ? (double)dlogdet[b] : 0.0;
+    for (int k = 0; k < D; k++)
+        for (int j = k; j < D; j++) {
+            double acc = 0; /* sum_{i >= k} L_ik dM_ij */
+            for (int i = k; i < D; i++) {
+                double lik = i == k ? 1.0 : (double)v.l[lu_lidx(i, k)];
+                acc += lik * (double)dM[(size_t)i * D + j];
+            }
+            if (j == k)
+                gls[k] += (nf_real)(acc * exp((double)v.log_s[k]) + dlsum);
+            else
+                gu[lu_uidx(D, k, j)] += (nf_real)acc;
+        }
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < D; i++) gb[i] += dz[(size_t)b * D + i];
+}
+
+static void lu_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    (void)buffers;
+    (void)rng;
+    memset(params, 0, sizeof(nf_real) * L->nparams);
+}
+
+static void lu_to_json(const nf_layer *L, cJSON *obj) {
+    const lu_layer *A = L->impl;
+    cJSON_AddNumberToObject(obj, "seed", (double)A->seed);
+}
+
+static void lu_destroy(nf_layer *L) {
+    lu_layer *A = L->impl;
+    if (!A) return;
+    free(A->perm);
+    free(A);
+    L->impl = NULL;
+}
+
+static const nf_layer_ops lu_ops = {
+    .type = "lu_linear",
+    .ws_size = lu_ws_size,
+    .init = lu_init,
+    .inverse = lu_inverse,
+    .forward = lu_forward,
+    .backward = lu_backward,
+    .data_init = NULL,
+    .constrain = NULL,
+    .to_json = lu_to_json,
+    .destroy = lu_destroy,
+};
+
+int nf_lu_linear_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", "seed", NULL};
+    int rc = nf_json_check_keys(spec, keys, err, errlen);
+    if (rc) return rc;
+    double seed;
+    rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen);
+    if (rc) return rc;
+    if (seed != floor(seed)) {
+        nf_set_err(err, errlen, "\"seed\" must be a non-negative integer");
+        return NF_EINVAL;
+    }
+    if (L->D < 1) {
+        nf_set_err(err, errlen, "lu_linear needs dim >= 1");
+        return NF_EINVAL;
+    }
+    lu_layer *A = calloc(1, sizeof(*A));
+    int *perm = malloc(sizeof(int) * (size_t)L->D);
+    if (!A || !perm) {
+        free(A);
+        free(perm);
+        return NF_ENOMEM;
+    }
+    A->seed = (uint64_t)seed;
+    A->perm = perm;
+    nf_rng r;
+    nf_rng_seed(&r, A->seed);
+    for (int i = 0; i < L->D; i++) perm[i] = i;
+    for (int i = L->D - 1; i > 0; i--) { /* Fisher-Yates */
+        int j = (int)(nf_rng_u64(&r) % (uint64_t)(i + 1));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    L->ops = &lu_ops;
+    L->nparams = (size_t)L->D * (L->D + 1);
+    L->nbuffers = 0;
+    L->impl = A;
+    return 0;
+}
