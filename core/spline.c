@@ -1,0 +1,580 @@
+/* spline.c: rational-quadratic spline transforms (Durkan et al. 2019, "Neural
+ * Spline Flows") as a coupling layer ("spline_coupling") and as a MADE
+ * autoregressive layer ("spline_ar").
+ *
+ * One scalar spline g maps [-B,B] onto [-B,B] through K bins; outside that
+ * interval it is the identity (slope 1 at both ends keeps g' continuous).
+ * Per transformed dimension the conditioner emits P = 3K-1 numbers
+ *   theta = [uw (K), uh (K), ud (K-1)]
+ *   bin widths  w_k = 2B (min_w + (1 - K min_w) softmax(uw)_k), heights alike,
+ *   derivatives d_0 = d_K = 1, d_k = min_d + softplus(ud_{k-1} + c),
+ *   c = log(exp(1 - min_d) - 1),
+ * so theta = 0 gives equal bins and d_k = 1: g is exactly the identity, which
+ * a freshly initialised (zero final layer) conditioner produces.
+ *
+ * Density direction (inverse, x -> z) evaluates g in closed form; sampling
+ * (forward, z -> x) solves g's quadratic with the cancellation-free root.
+ * All spline arithmetic is done in double and rounded once at the end.
+ */
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RQS_KMAX 64
+
+typedef struct rqs_cfg {
+    int K;
+    double B, min_w, min_h, min_d;
+    double dconst; /* log(exp(1 - min_d) - 1): softplus(dconst) + min_d = 1 */
+} rqs_cfg;
+
+/* Knots of one spline, built from its theta. */
+typedef struct rqs_knots {
+    double xs[RQS_KMAX + 1], ys[RQS_KMAX + 1], ds[RQS_KMAX + 1];
+    double smw[RQS_KMAX], smh[RQS_KMAX]; /* softmaxes, kept for backward */
+} rqs_knots;
+
+/* Exposed for tests/core/test_spline.c (not in nf_internal.h): one spline.
+ * theta (3K-1).  dir 0: returns g(in), *ld = log g'(in); dir 1: returns
+ * g^-1(in), *ld = -log g'(g^-1(in)). */
+double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
+                    double min_d, double in, int dir, double *ld);
+
+static double softplus(double v) { return v > 0 ? v + log1p(exp(-v)) : log1p(exp(v)); }
+static double sigmoid(double v) {
+    if (v >= 0) return 1.0 / (1.0 + exp(-v));
+    double e = exp(v);
+    return e / (1.0 + e);
+}
+
+static void rqs_cfg_set(rqs_cfg *cf, int K, double B, double min_w, double min_h, double min_d) {
+    cf->K = K;
+    cf->B = B;
+    cf->min_w = min_w;
+    cf->min_h = min_h;
+    cf->min_d = min_d;
+    cf->dconst = log(expm1(1.0 - min_d));
+}
+
+/* sm (K) = softmax(u); knots (K+1) from -B to B with bin sizes
+ * 2B (mn + (1 - K mn) sm_k); the end knots are pinned exactly. */
+static void rqs_cumknots(const nf_real *u, int K, double B, double mn, double *sm,
+                         double *knots) {
+    double mx = u[0], sum = 0;
+    for (int k = 1; k < K; k++) mx = u[k] > mx ? u[k] : mx;
+    for (int k = 0; k < K; k++) sum += sm[k] = exp((double)u[k] - mx);
+    knots[0] = -B;
+    for (int k = 0; k < K; k++) {
+        sm[k] /= sum;
+        knots[k + 1] = knots[k] + 2.0 * B * (mn + (1.0 - K * mn) * sm[k]);
+    }
+    knots[K] = B;
+}
+
+static void rqs_build(const rqs_cfg *cf, const nf_real *theta, rqs_knots *kn) {
+    int K = cf->K;
+    rqs_cumknots(theta, K, cf->B, cf->min_w, kn->smw, kn->xs);
+    rqs_cumknots(theta + K, K, cf->B, cf->min_h, kn->smh, kn->ys);
+    kn->ds[0] = kn->ds[K] = 1.0;
+    for (int k = 1; k < K; k++) kn->ds[k] = cf->min_d + softplus((double)theta[2 * K + k - 1] + cf->dconst);
+}
+
+/* The bin k with knots[k] <= v < knots[k+1] (v == B gives K-1). */
+static int rqs_bin(const double *knots, int K, double v) {
+    int lo = 0, hi = K - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (v >= knots[mid]) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+static double clampr(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* log g' in bin with slope s = h/w, end derivatives d0, d1, at xi in [0,1]:
+ *   g' = s^2 (d1 xi^2 + 2 s xi(1-xi) + d0 (1-xi)^2) / (s + (d0+d1-2s) xi(1-xi))^2 */
+static double rqs_logderiv(double s, double d0, double d1, double xi) {
+    double t = xi * (1 - xi), om = 1 - xi;
+    double den = s + (d0 + d1 - 2 * s) * t;
+    double n2 = d1 * xi * xi + 2 * s * t + d0 * om * om;
+    return 2 * log(s) + log(n2) - 2 * log(den);
+}
+
+/* Density direction: z = g(x) = y_k + h (s xi^2 + d0 xi(1-xi)) / (s + (d0+d1-2s) xi(1-xi)),
+ * xi = (x - x_k)/w; *ld = log g'(x).  Identity outside [-B,B]. */
+static double rqs_eval(const rqs_cfg *cf, const rqs_knots *kn, double x, double *ld) {
+    if (!(x >= -cf->B && x <= cf->B)) {
+        *ld = 0;
+        return x;
+    }
+    int k = rqs_bin(kn->xs, cf->K, x);
+    double w = kn->xs[k + 1] - kn->xs[k], h = kn->ys[k + 1] - kn->ys[k];
+    double d0 = kn->ds[k], d1 = kn->ds[k + 1], s = h / w;
+    double xi = clamp01((x - kn->xs[k]) / w), t = xi * (1 - xi);
+    double den = s + (d0 + d1 - 2 * s) * t;
+    *ld = rqs_logderiv(s, d0, d1, xi);
+    /* the clamp only absorbs rounding, keeping z inside its bin (so |z| <= B) */
+    return clampr(kn->ys[k] + h * (s * xi * xi + d0 * t) / den, kn->ys[k], kn->ys[k + 1]);
+}
+
+/* Sampling direction: x = g^-1(y).  In bin k, with dy = y - y_k and
+ * delta = d0 + d1 - 2s, xi solves a xi^2 + b xi + c = 0 where
+ *   a = h (s - d0) + dy delta,  b = h d0 - dy delta,  c = -s dy,
+ * taken as xi = 2c / (-b - sqrt(b^2 - 4ac)) (no cancellation).
+ * *ld = -log g'(x).  Identity outside [-B,B]. */
+static double rqs_solve(const rqs_cfg *cf, const rqs_knots *kn, double y, double *ld) {
+    if (!(y >= -cf->B && y <= cf->B)) {
+        *ld = 0;
+        return y;
+    }
+    int k = rqs_bin(kn->ys, cf->K, y);
+    double w = kn->xs[k + 1] - kn->xs[k], h = kn->ys[k + 1] - kn->ys[k];
+    double d0 = kn->ds[k], d1 = kn->ds[k + 1], s = h / w;
+    double dy = y - kn->ys[k], delta = d0 + d1 - 2 * s;
+    double a = h * (s - d0) + dy * delta, b = h * d0 - dy * delta, c = -s * dy;
+    double disc = b * b - 4 * a * c;
+    double q = -b - sqrt(disc > 0 ? disc : 0);
+    double xi = q != 0 ? clamp01(2 * c / q) : 0;
+    *ld = -rqs_logderiv(s, d0, d1, xi);
+    return clampr(kn->xs[k] + xi * w, kn->xs[k], kn->xs[k + 1]);
+}
+
+/* Backward of the density direction at x: with gz = dJ/dz and gl = dJ/d(log g'),
+ * writes gth (P) = dJ/dtheta (=) and returns dJ/dx.
+ * Inside bin k (xi, s as above, t = xi(1-xi), num = s xi^2 + d0 t,
+ * den = s + (d0+d1-2s) t, N = d1 xi^2 + 2 s t + d0 (1-xi)^2):
+ *   z = y_k + h num/den,  log g' = 2 log s + log N - 2 log den,
+ * differentiated in (xi, s, h, y_k, d0, d1), then xi = (x-x_k)/w, s = h/w, the
+ * knots as cumulative sums of the bin sizes, softmax and softplus. */
+static double rqs_backward(const rqs_cfg *cf, const rqs_knots *kn, const nf_real *theta,
+                           double x, double gz, double gl, double *gth) {
+    int K = cf->K, P = 3 * K - 1;
+    for (int p = 0; p < P; p++) gth[p] = 0;
+    if (!(x >= -cf->B && x <= cf->B)) return gz;
+    int k = rqs_bin(kn->xs, K, x);
+    double w = kn->xs[k + 1] - kn->xs[k], h = kn->ys[k + 1] - kn->ys[k];
+    double d0 = kn->ds[k], d1 = kn->ds[k + 1], s = h / w;
+    double xi = clamp01((x - kn->xs[k]) / w), om = 1 - xi, t = xi * om;
+    double den = s + (d0 + d1 - 2 * s) * t;
+    double num = s * xi * xi + d0 * t;
+    double n2 = d1 * xi * xi + 2 * s * t + d0 * om * om;
+    double gp = s * s * n2 / (den * den); /* g' */
+    double den2 = den * den;
+
+    double dz_ds = h * (xi * xi * den - num * (1 - 2 * t)) / den2;
+    double dz_dd0 = h * t * (den - num) / den2;
+    double dz_dd1 = -h * num * t / den2;
+    double dz_dxi = gp * w;
+    double dl_ds = 2 / s + 2 * t / n2 - 2 * (1 - 2 * t) / den;
+    double dl_dd0 = om * om / n2 - 2 * t / den;
+    double dl_dd1 = xi * xi / n2 - 2 * t / den;
+    double dl_dxi = (2 * d1 * xi + 2 * s * (1 - 2 * xi) - 2 * d0 * om) / n2 -
+                    2 * (d0 + d1 - 2 * s) * (1 - 2 * xi) / den;
+
+    double gs = gz * dz_ds + gl * dl_ds;
+    double gxi = gz * dz_dxi + gl * dl_dxi;
+    double gd0 = gz * dz_dd0 + gl * dl_dd0, gd1 = gz * dz_dd1 + gl * dl_dd1;
+    double gh = gz * num / den + gs / w;
+    double gw = -(gs * s + gxi * xi) / w;
+    double gx = gxi / w;
+    /* knot gradients: x_k gets -gx - gw, x_{k+1} gets gw; y_k gets gz - gh,
+     * y_{k+1} gets gh.  Knots 0 and K are constants. */
+    double gxk = k > 0 ? -gx - gw : 0, gxk1 = k + 1 < K ? gw : 0;
+    double gyk = k > 0 ? gz - gh : 0, gyk1 = k + 1 < K ? gh : 0;
+    /* knot j = -B + 2B sum_{i<j} (mn + (1-K mn) sm_i): d knot_j / d sm_i = 2B(1-K mn) [i<j];
+     * softmax: d/du_i = sm_i (g_i - sum_j sm_j g_j). */
+    double cw = 2 * cf->B * (1 - K * cf->min_w), ch = 2 * cf->B * (1 - K * cf->min_h);
+    double dotw = 0, doth = 0;
+    for (int i = 0; i < K; i++) {
+        double gwi = cw * ((i < k ? gxk : 0) + (i < k + 1 ? gxk1 : 0));
+        double ghi = ch * ((i < k ? gyk : 0) + (i < k + 1 ? gyk1 : 0));
+        gth[i] = gwi;
+        gth[K + i] = ghi;
+        dotw += kn->smw[i] * gwi;
+        doth += kn->smh[i] * ghi;
+    }
+    for (int i = 0; i < K; i++) {
+        gth[i] = kn->smw[i] * (gth[i] - dotw);
+        gth[K + i] = kn->smh[i] * (gth[K + i] - doth);
+    }
+    /* d_j = min_d + softplus(ud_{j-1} + c), interior j only */
+    if (k > 0) gth[2 * K + k - 1] += gd0 * sigmoid((double)theta[2 * K + k - 1] + cf->dconst);
+    if (k + 1 < K) gth[2 * K + k] += gd1 * sigmoid((double)theta[2 * K + k] + cf->dconst);
+    return gx;
+}
+
+double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
+                    double min_d, double in, int dir, double *ld) {
+    rqs_cfg cf;
+    rqs_knots kn;
+    rqs_cfg_set(&cf, K, B, min_w, min_h, min_d);
+    rqs_build(&cf, theta, &kn);
+    return dir ? rqs_solve(&cf, &kn, in, ld) : rqs_eval(&cf, &kn, in, ld);
+}
+
+/* ---- shared spec parsing -------------------------------------------------- */
+
+static int rqs_parse(rqs_cfg *cf, const cJSON *spec, char *err, size_t errlen) {
+    int K;
+    double B, mw, mh, md;
+    if (nf_json_int(spec, "bins", 8, 2, RQS_KMAX, &K, err, errlen) ||
+        nf_json_num(spec, "tail_bound", 3.0, 1e-6, 1e6, &B, err, errlen) ||
+        nf_json_num(spec, "min_bin_width", 1e-3, 0, 1, &mw, err, errlen) ||
+        nf_json_num(spec, "min_bin_height", 1e-3, 0, 1, &mh, err, errlen) ||
+        nf_json_num(spec, "min_derivative", 1e-3, 0, 0.999, &md, err, errlen))
+        return NF_EINVAL;
+    if (mw * K >= 1 || mh * K >= 1) {
+        nf_set_err(err, errlen, "\"min_bin_width\" and \"min_bin_height\" must be below 1/bins");
+        return NF_EINVAL;
+    }
+    rqs_cfg_set(cf, K, B, mw, mh, md);
+    return 0;
+}
+
+static void rqs_to_json(const rqs_cfg *cf, cJSON *obj) {
+    cJSON_AddNumberToObject(obj, "bins", cf->K);
+    cJSON_AddNumberToObject(obj, "tail_bound", cf->B);
+    cJSON_AddNumberToObject(obj, "min_bin_width", cf->min_w);
+    cJSON_AddNumberToObject(obj, "min_bin_height", cf->min_h);
+    cJSON_AddNumberToObject(obj, "min_derivative", cf->min_d);
+}
+
+/* ---- spline coupling ------------------------------------------------------
+ * x = [x_p, x_t] by mask (1 = passes through).  theta = net(x_p, ctx) (Dt*P),
+ * spline j's parameters at j*P.  z_p = x_p, z_t = g(x_t; theta),
+ * log|det dz/dx| = sum_j log g'(x_tj). */
+
+typedef struct spline_coupling {
+    rqs_cfg cf;
+    int *mask;      /* (D) */
+    int *pass, *tr; /* (Dp), (Dt) dimension indices */
+    int Dp, Dt;
+    nf_net net;
+} spline_coupling;
+
+static int rqs_P(const rqs_cfg *cf) { return 3 * cf->K - 1; }
+
+/* ws: xp (B,Dp) | theta (B,Dt*P) | dtheta (B,Dt*P) | dxp (B,Dp) | net */
+static size_t sc_ws_size(const nf_layer *L, int B) {
+    const spline_coupling *S = L->impl;
+    size_t P = (size_t)rqs_P(&S->cf);
+    return (size_t)B * (2 * S->Dp + 2 * S->Dt * P) + nf_net_ws_size(&S->net, B);
+}
+
+static void sc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    const spline_coupling *S = L->impl;
+    (void)buffers;
+    nf_net_init(&S->net, params, rng);
+}
+
+/* Gathers x_p and runs the conditioner; returns theta (B,Dt*P) in ws. */
+static nf_real *sc_condition(const nf_layer *L, nf_ctx *c, const nf_real *in) {
+    const spline_coupling *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *xp = c->ws, *th = xp + (size_t)B * S->Dp;
+    nf_real *nws = th + (size_t)B * (2 * S->Dt * P) + (size_t)B * S->Dp;
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < S->Dp; j++) xp[(size_t)b * S->Dp + j] = in[(size_t)b * D + S->pass[j]];
+    nf_net_forward(&S->net, c->params, xp, c->ctx, th, B, nws);
+    return th;
+}
+
+static int sc_run(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *out,
+                  nf_real *logdet, int dir) {
+    const spline_coupling *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    const nf_real *th = sc_condition(L, c, in);
+    rqs_knots kn;
+    for (int b = 0; b < B; b++) {
+        double ld = 0;
+        for (int j = 0; j < S->Dp; j++) out[(size_t)b * D + S->pass[j]] = in[(size_t)b * D + S->pass[j]];
+        for (int j = 0; j < S->Dt; j++) {
+            size_t i = (size_t)b * D + S->tr[j];
+            double l;
+            rqs_build(&S->cf, th + ((size_t)b * S->Dt + j) * P, &kn);
+            out[i] = (nf_real)(dir ? rqs_solve(&S->cf, &kn, in[i], &l) : rqs_eval(&S->cf, &kn, in[i], &l));
+            ld += l;
+        }
+        if (logdet) logdet[b] += (nf_real)ld;
+    }
+    return 0;
+}
+
+static int sc_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z, nf_real *logdet) {
+    return sc_run(L, c, x, z, logdet, 0);
+}
+
+static int sc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x, nf_real *logdet) {
+    return sc_run(L, c, z, x, logdet, 1);
+}
+
+/* dx_t = dJ/dx_t through the spline; dx_p = dz_p + (net input gradient). */
+static void sc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                        const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    const spline_coupling *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *xp = c->ws, *th = xp + (size_t)B * S->Dp, *dth = th + (size_t)B * S->Dt * P;
+    nf_real *dxp = dth + (size_t)B * S->Dt * P, *nws = dxp + (size_t)B * S->Dp;
+    rqs_knots kn;
+    double gth[3 * RQS_KMAX];
+    (void)z;
+    for (int b = 0; b < B; b++) {
+        double gl = dlogdet ? dlogdet[b] : 0;
+        for (int j = 0; j < S->Dt; j++) {
+            size_t i = (size_t)b * D + S->tr[j], o = ((size_t)b * S->Dt + j) * P;
+            rqs_build(&S->cf, th + o, &kn);
+            double gx = rqs_backward(&S->cf, &kn, th + o, x[i], dz ? dz[i] : 0, gl, gth);
+            for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
+            if (dx) dx[i] = (nf_real)gx;
+        }
+    }
+    nf_net_backward(&S->net, c->params, c->grad, xp, c->ctx, dth, dx ? dxp : NULL, c->dctx, B, nws);
+    if (dx)
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < S->Dp; j++) {
+                size_t i = (size_t)b * D + S->pass[j];
+                dx[i] = (dz ? dz[i] : 0) + dxp[(size_t)b * S->Dp + j];
+            }
+}
+
+static void sc_to_json(const nf_layer *L, cJSON *obj) {
+    const spline_coupling *S = L->impl;
+    rqs_to_json(&S->cf, obj);
+    nf_mask_to_json(S->mask, L->D, obj);
+    nf_net_to_json(&S->net, obj);
+}
+
+static void sc_destroy(nf_layer *L) {
+    spline_coupling *S = L->impl;
+    if (!S) return;
+    nf_net_free(&S->net);
+    free(S->mask);
+    free(S);
+    L->impl = NULL;
+}
+
+static const nf_layer_ops sc_ops = {
+    .type = "spline_coupling",
+    .ws_size = sc_ws_size,
+    .init = sc_init,
+    .inverse = sc_inverse,
+    .forward = sc_forward,
+    .backward = sc_backward,
+    .to_json = sc_to_json,
+    .destroy = sc_destroy,
+};
+
+int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", "bins", "tail_bound", "min_bin_width",
+                                       "min_bin_height", "min_derivative", "mask",
+                                       NF_NET_KEYS, NULL};
+    static const int def_hidden[] = {64, 64};
+    int D = L->D;
+    if (nf_json_check_keys(spec, keys, err, errlen)) return NF_EINVAL;
+    spline_coupling *S = calloc(1, sizeof *S);
+    if (!S) return NF_ENOMEM;
+    if (rqs_parse(&S->cf, spec, err, errlen)) goto bad;
+    S->mask = calloc((size_t)(2 * D + 1), sizeof *S->mask);
+    if (!S->mask) {
+        free(S);
+        return NF_ENOMEM;
+    }
+    if (nf_mask_parse(spec, D, S->mask, err, errlen)) goto bad;
+    S->pass = S->mask + D;
+    for (int i = 0; i < D; i++)
+        if (S->mask[i]) S->pass[S->Dp++] = i;
+    S->tr = S->pass + S->Dp;
+    for (int i = 0; i < D; i++)
+        if (!S->mask[i]) S->tr[S->Dt++] = i;
+    int rc = nf_net_from_spec(&S->net, spec, S->Dp, L->C, S->Dt * rqs_P(&S->cf), def_hidden, 2,
+                              err, errlen);
+    if (rc) {
+        free(S->mask);
+        free(S);
+        return rc;
+    }
+    L->ops = &sc_ops;
+    L->impl = S;
+    L->nparams = S->net.nparams;
+    L->nbuffers = 0;
+    return 0;
+bad:
+    free(S->mask);
+    free(S);
+    return NF_EINVAL;
+}
+
+/* ---- spline autoregressive (MADE) ------------------------------------------
+ * theta = made(x, ctx) (D*P), spline i's parameters at i*P depend only on x_j
+ * with deg(j) < deg(i).  z_i = g(x_i; theta_i), log|det dz/dx| = sum_i log g'(x_i)
+ * (triangular Jacobian).  Density: one MADE pass.  Sampling: D passes; pass k
+ * recomputes the MADE on the current x and fills the dim of degree k. */
+
+typedef struct spline_ar {
+    rqs_cfg cf;
+    int *order; /* (D) order[k] = the dim with degree k+1 */
+    nf_net net;
+} spline_ar;
+
+/* ws: theta (B,D*P) | dtheta (B,D*P) | dxm (B,D) | net */
+static size_t sa_ws_size(const nf_layer *L, int B) {
+    const spline_ar *S = L->impl;
+    size_t P = (size_t)rqs_P(&S->cf);
+    return (size_t)B * (2 * (size_t)L->D * P + (size_t)L->D) + nf_net_ws_size(&S->net, B);
+}
+
+static void sa_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    const spline_ar *S = L->impl;
+    (void)buffers;
+    nf_net_init(&S->net, params, rng);
+}
+
+static void sa_constrain(const nf_layer *L, nf_real *params) {
+    const spline_ar *S = L->impl;
+    nf_net_constrain(&S->net, params);
+}
+
+static nf_real *sa_net_ws(const nf_layer *L, nf_ctx *c) {
+    const spline_ar *S = L->impl;
+    return c->ws + (size_t)c->B * (2 * (size_t)L->D * rqs_P(&S->cf) + (size_t)L->D);
+}
+
+static int sa_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z, nf_real *logdet) {
+    const spline_ar *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *th = c->ws;
+    rqs_knots kn;
+    nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
+    for (int b = 0; b < B; b++) {
+        double ld = 0;
+        for (int i = 0; i < D; i++) {
+            double l;
+            rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
+            z[(size_t)b * D + i] = (nf_real)rqs_eval(&S->cf, &kn, x[(size_t)b * D + i], &l);
+            ld += l;
+        }
+        if (logdet) logdet[b] += (nf_real)ld;
+    }
+    return 0;
+}
+
+static int sa_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x, nf_real *logdet) {
+    const spline_ar *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *th = c->ws;
+    rqs_knots kn;
+    memset(x, 0, (size_t)B * D * sizeof *x);
+    for (int k = 0; k < D; k++) {
+        int i = S->order[k];
+        nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
+        for (int b = 0; b < B; b++) {
+            double l;
+            rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
+            x[(size_t)b * D + i] = (nf_real)rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
+            if (logdet) logdet[b] += (nf_real)l;
+        }
+    }
+    return 0;
+}
+
+/* dx = (elementwise spline term) + (MADE input gradient of dtheta). */
+static void sa_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                        const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    const spline_ar *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *th = c->ws, *dth = th + (size_t)B * D * P, *dxm = dth + (size_t)B * D * P;
+    rqs_knots kn;
+    double gth[3 * RQS_KMAX];
+    (void)z;
+    for (int b = 0; b < B; b++) {
+        double gl = dlogdet ? dlogdet[b] : 0;
+        for (int i = 0; i < D; i++) {
+            size_t e = (size_t)b * D + i, o = e * P;
+            rqs_build(&S->cf, th + o, &kn);
+            double gx = rqs_backward(&S->cf, &kn, th + o, x[e], dz ? dz[e] : 0, gl, gth);
+            for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
+            if (dx) dx[e] = (nf_real)gx;
+        }
+    }
+    nf_net_backward(&S->net, c->params, c->grad, x, c->ctx, dth, dx ? dxm : NULL, c->dctx, B,
+                    sa_net_ws(L, c));
+    if (dx)
+        for (size_t e = 0; e < (size_t)B * D; e++) dx[e] += dxm[e];
+}
+
+static void sa_to_json(const nf_layer *L, cJSON *obj) {
+    const spline_ar *S = L->impl;
+    rqs_to_json(&S->cf, obj);
+    nf_net_to_json(&S->net, obj);
+}
+
+static void sa_destroy(nf_layer *L) {
+    spline_ar *S = L->impl;
+    if (!S) return;
+    nf_net_free(&S->net);
+    free(S->order);
+    free(S);
+    L->impl = NULL;
+}
+
+static const nf_layer_ops sa_ops = {
+    .type = "spline_ar",
+    .ws_size = sa_ws_size,
+    .init = sa_init,
+    .inverse = sa_inverse,
+    .forward = sa_forward,
+    .backward = sa_backward,
+    .constrain = sa_constrain,
+    .to_json = sa_to_json,
+    .destroy = sa_destroy,
+};
+
+int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", "bins", "tail_bound", "min_bin_width",
+                                       "min_bin_height", "min_derivative", NF_MADE_KEYS, NULL};
+    static const int def_hidden[] = {64, 64};
+    int D = L->D;
+    if (nf_json_check_keys(spec, keys, err, errlen)) return NF_EINVAL;
+    if (D < 1) {
+        nf_set_err(err, errlen, "spline_ar needs dim >= 1");
+        return NF_EINVAL;
+    }
+    spline_ar *S = calloc(1, sizeof *S);
+    if (!S) return NF_ENOMEM;
+    if (rqs_parse(&S->cf, spec, err, errlen)) {
+        free(S);
+        return NF_EINVAL;
+    }
+    int rc = nf_net_made_from_spec(&S->net, spec, D, L->C, rqs_P(&S->cf), def_hidden, 2, err, errlen);
+    if (rc) {
+        free(S);
+        return rc;
+    }
+    S->order = malloc((size_t)D * sizeof *S->order);
+    if (!S->order) {
+        nf_net_free(&S->net);
+        free(S);
+        return NF_ENOMEM;
+    }
+    for (int k = 0; k < D; k++) S->order[k] = -1;
+    for (int i = 0; i < D; i++) {
+        int dg = S->net.degrees[i];
+        if (dg < 1 || dg > D || S->order[dg - 1] >= 0) {
+            nf_set_err(err, errlen, "spline_ar: MADE degrees are not a permutation of 1..%d", D);
+            nf_net_free(&S->net);
+            free(S->order);
+            free(S);
+            return NF_EINVAL;
+        }
+        S->order[dg - 1] = i;
+    }
+    L->ops = &sa_ops;
+    L->impl = S;
+    L->nparams = S->net.nparams;
+    L->nbuffers = 0;
+    return 0;
+}

@@ -1,0 +1,255 @@
+/* test_spline.c: rational-quadratic spline layers (core/spline.c).
+ * Generic layer checks on spline_coupling and spline_ar (tails included via
+ * in_scale 2 against tail_bound 3), the identity at initialisation, and the
+ * scalar spline against a plain reference built here from the definition. */
+#include "../test.h"
+#include "layercheck.h"
+
+/* core/spline.c, exposed for this test only */
+double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
+                    double min_d, double in, int dir, double *ld);
+
+/* ---- generic checks -------------------------------------------------------- */
+
+static void check(const char *spec, int D, int C, uint64_t seed) {
+    lc_opts o = {0};
+    o.D = D;
+    o.C = C;
+    o.B = 9;
+    o.in_scale = 2.0;
+    o.seed = seed;
+    CHECK_MSG(lc_check_layer(spec, &o) == 0, "%s D=%d C=%d", spec, D, C);
+}
+
+TEST(spline_coupling_d2) { check("{\"type\":\"spline_coupling\",\"hidden\":[8]}", 2, 0, 1); }
+TEST(spline_coupling_d3_ctx) {
+    check("{\"type\":\"spline_coupling\",\"hidden\":[8,8],\"bins\":5,\"mask\":\"odd\"}", 3, 2, 2);
+}
+TEST(spline_coupling_d5) {
+    check("{\"type\":\"spline_coupling\",\"hidden\":[10],\"net\":\"resnet\",\"activation\":\"tanh\","
+          "\"tail_bound\":2.5}", 5, 0, 3);
+}
+TEST(spline_coupling_d5_ctx) {
+    check("{\"type\":\"spline_coupling\",\"hidden\":[8],\"mask\":[1,0,0,1,0]}", 5, 2, 4);
+}
+TEST(spline_ar_d2) { check("{\"type\":\"spline_ar\",\"hidden\":[8]}", 2, 0, 5); }
+TEST(spline_ar_d3_ctx) { check("{\"type\":\"spline_ar\",\"hidden\":[8,8],\"bins\":4}", 3, 2, 6); }
+TEST(spline_ar_d5) {
+    check("{\"type\":\"spline_ar\",\"hidden\":[12],\"order\":\"random\",\"order_seed\":7,"
+          "\"activation\":\"tanh\"}", 5, 0, 7);
+}
+TEST(spline_ar_d5_ctx_desc) {
+    check("{\"type\":\"spline_ar\",\"hidden\":[12],\"order\":\"desc\"}", 5, 2, 8);
+}
+
+/* ---- a fresh layer is exactly the identity ----------------------------------- */
+
+static void check_identity(const char *spec) {
+    char err[256] = "";
+    nf_flow *f = NULL;
+    nf_ws *w = NULL;
+    int B = 64, D = 4;
+    nf_real x[64 * 4], z[64 * 4], x2[64 * 4], ld[64], ld2[64];
+    CHECK_MSG(nf_flow_create(spec, &f, err, sizeof err) == 0, "%s: %s", spec, err);
+    REQUIRE(f);
+    REQUIRE(nf_ws_create(f, B, &w) == 0);
+    nf_rng r;
+    nf_rng_seed(&r, 11);
+    for (int i = 0; i < B * D; i++) x[i] = (nf_real)(2.5 * nf_rng_normal(&r));
+    x[0] = 3; /* the tail bound itself */
+    x[1] = -3;
+    REQUIRE(nf_flow_encode(f, w, x, NULL, B, z, ld) == 0);
+    REQUIRE(nf_flow_decode(f, w, x, NULL, B, x2, ld2) == 0);
+    for (int i = 0; i < B * D; i++) {
+        CHECK_CLOSE(z[i], x[i], 1e-6, 1e-6);
+        CHECK_CLOSE(x2[i], x[i], 1e-6, 1e-6);
+    }
+    for (int b = 0; b < B; b++) {
+        CHECK_CLOSE(ld[b], 0, 1e-6, 0);
+        CHECK_CLOSE(ld2[b], 0, 1e-6, 0);
+    }
+    nf_ws_free(w);
+    nf_flow_free(f);
+}
+
+TEST(spline_fresh_identity) {
+    check_identity("{\"dim\":4,\"layers\":[{\"type\":\"spline_coupling\",\"hidden\":[16]}]}");
+    check_identity("{\"dim\":4,\"layers\":[{\"type\":\"spline_ar\",\"hidden\":[16]}]}");
+    check_identity("{\"dim\":4,\"layers\":[{\"type\":\"spline_ar\",\"bins\":3,"
+                   "\"min_derivative\":0.1,\"min_bin_width\":0.2,\"min_bin_height\":0.05}]}");
+}
+
+/* ---- the scalar spline against a plain reference ----------------------------- */
+
+enum { RK = 6 };
+static const double RB = 3.0, RMW = 1e-3, RMH = 1e-3, RMD = 1e-3;
+
+typedef struct { double xs[RK + 1], ys[RK + 1], ds[RK + 1]; } ref_knots;
+
+/* Knots straight from the definition in core/spline.c's header comment. */
+static void ref_build(const nf_real *th, ref_knots *k) {
+    double ew[RK], eh[RK], sw = 0, sh = 0;
+    for (int i = 0; i < RK; i++) {
+        sw += ew[i] = exp(th[i]);
+        sh += eh[i] = exp(th[RK + i]);
+    }
+    k->xs[0] = k->ys[0] = -RB;
+    for (int i = 0; i < RK; i++) {
+        k->xs[i + 1] = k->xs[i] + 2 * RB * (RMW + (1 - RK * RMW) * ew[i] / sw);
+        k->ys[i + 1] = k->ys[i] + 2 * RB * (RMH + (1 - RK * RMH) * eh[i] / sh);
+    }
+    k->ds[0] = k->ds[RK] = 1;
+    for (int i = 1; i < RK; i++)
+        k->ds[i] = RMD + log(1 + exp(th[2 * RK + i - 1] + log(exp(1 - RMD) - 1)));
+}
+
+/* g(x) by the Gregory-Delbourgo formula, with a linear bin search. */
+static double ref_g(const ref_knots *k, double x) {
+    if (x < -RB || x > RB) return x;
+    int b = 0;
+    while (b < RK - 1 && x >= k->xs[b + 1]) b++;
+    double w = k->xs[b + 1] - k->xs[b], h = k->ys[b + 1] - k->ys[b], s = h / w;
+    double xi = (x - k->xs[b]) / w;
+    return k->ys[b] + h * (s * xi * xi + k->ds[b] * xi * (1 - xi)) /
+                          (s + (k->ds[b] + k->ds[b + 1] - 2 * s) * xi * (1 - xi));
+}
+
+static double rqs(const nf_real *th, double in, int dir, double *ld) {
+    return nf_rqs_apply(th, RK, RB, RMW, RMH, RMD, in, dir, ld);
+}
+
+TEST(spline_scalar_reference) {
+    nf_rng r;
+    nf_rng_seed(&r, 3);
+    for (int trial = 0; trial < 20; trial++) {
+        nf_real th[3 * RK - 1];
+        for (int p = 0; p < 3 * RK - 1; p++) th[p] = (nf_real)(1.5 * nf_rng_normal(&r));
+        ref_knots k;
+        ref_build(th, &k);
+        double ld;
+        /* knots map to knots with slope d_k */
+        for (int i = 0; i <= RK; i++) {
+            double z = rqs(th, k.xs[i], 0, &ld);
+            CHECK_CLOSE(z, k.ys[i], 1e-9, 1e-9);
+            CHECK_CLOSE(ld, log(k.ds[i]), 1e-6, 1e-6);
+        }
+        double prev = -INFINITY;
+        for (int n = 0; n < 1000; n++) {
+            double x = -2 * RB + 4 * RB * (n + 0.5) / 1000; /* a third in the tails */
+            double z = rqs(th, x, 0, &ld);
+            CHECK_MSG(z > prev, "not monotone at x=%g", x);
+            prev = z;
+            CHECK_CLOSE(z, ref_g(&k, x), 1e-9, 1e-9);
+            /* log g' against a central difference of the reference */
+            double e = 1e-6, fd = (ref_g(&k, x + e) - ref_g(&k, x - e)) / (2 * e);
+            int near_knot = 0;
+            for (int i = 0; i <= RK; i++) near_knot |= fabs(x - k.xs[i]) < 2 * e;
+            if (!near_knot) CHECK_CLOSE(ld, log(fd), 1e-5, 1e-5);
+            double ld2, x2 = rqs(th, z, 1, &ld2);
+            CHECK_CLOSE(x2, x, 1e-9, 1e-9);
+            CHECK_CLOSE(ld + ld2, 0, 1e-9, 0);
+            if (fabs(x) > RB) {
+                CHECK(z == x);
+                CHECK(ld == 0);
+            }
+        }
+        for (int s = -1; s <= 1; s += 2) {
+            double z = rqs(th, s * 1e3, 0, &ld), x2 = rqs(th, s * 1e3, 1, &ld);
+            CHECK(z == s * 1e3 && x2 == s * 1e3 && isfinite(ld));
+        }
+    }
+}
+
+/* Extreme conditioner outputs (very peaked softmax, huge/small slopes) stay
+ * finite and invertible. */
+TEST(spline_scalar_extreme) {
+    nf_rng r;
+    nf_rng_seed(&r, 9);
+    for (int trial = 0; trial < 20; trial++) {
+        nf_real th[3 * RK - 1];
+        for (int p = 0; p < 3 * RK - 1; p++) th[p] = (nf_real)(30 * nf_rng_normal(&r));
+        for (int n = 0; n < 200; n++) {
+            double x = -RB + 2 * RB * n / 199.0, ld, ld2;
+            double z = rqs(th, x, 0, &ld), x2 = rqs(th, z, 1, &ld2);
+            CHECK(isfinite(z) && isfinite(ld) && isfinite(x2) && isfinite(ld2));
+            CHECK(z >= -RB && z <= RB);
+        }
+    }
+}
+
+/* ---- large inputs through a perturbed layer ----------------------------------- */
+
+TEST(spline_large_inputs) {
+    const char *specs[] = {
+        "{\"dim\":3,\"context_dim\":2,\"layers\":[{\"type\":\"spline_coupling\",\"hidden\":[8]}]}",
+        "{\"dim\":3,\"context_dim\":2,\"layers\":[{\"type\":\"spline_ar\",\"hidden\":[8]}]}"};
+    for (int s = 0; s < 2; s++) {
+        char err[256] = "";
+        nf_flow *f = NULL;
+        nf_ws *w = NULL;
+        REQUIRE(nf_flow_create(specs[s], &f, err, sizeof err) == 0);
+        REQUIRE(nf_ws_create(f, 4, &w) == 0);
+        nf_rng r;
+        nf_rng_seed(&r, 5);
+        nf_real *p = nf_flow_params(f);
+        for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)nf_rng_normal(&r);
+        nf_flow_constrain(f);
+        nf_real x[12] = {1e3, -1e3, 1e3, -1e3, 1e3, 0.5, 0.1, -1e3, 2, 1e3, 1e3, 1e3};
+        nf_real ctx[8] = {1e3, -1e3, 0, 1, -1e3, 1e3, 2, 3};
+        nf_real z[12], x2[12], ld[4], ld2[4];
+        REQUIRE(nf_flow_encode(f, w, x, ctx, 4, z, ld) == 0);
+        REQUIRE(nf_flow_decode(f, w, x, ctx, 4, x2, ld2) == 0);
+        for (int i = 0; i < 12; i++) CHECK(isfinite(z[i]) && isfinite(x2[i]));
+        for (int b = 0; b < 4; b++) CHECK(isfinite(ld[b]) && isfinite(ld2[b]));
+        nf_ws_free(w);
+        nf_flow_free(f);
+    }
+}
+
+/* ---- config ------------------------------------------------------------------ */
+
+TEST(spline_config_roundtrip) {
+    const char *specs[] = {
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_coupling\",\"bins\":5,\"tail_bound\":4,"
+        "\"min_derivative\":0.01,\"mask\":\"odd\"}]}",
+        "{\"dim\":3,\"context_dim\":1,\"layers\":[{\"type\":\"spline_ar\",\"bins\":12,"
+        "\"min_bin_width\":0.01,\"order\":\"desc\"}]}"};
+    for (int s = 0; s < 2; s++) {
+        char err[256] = "";
+        nf_flow *f = NULL, *g = NULL;
+        REQUIRE(nf_flow_create(specs[s], &f, err, sizeof err) == 0);
+        char *j1 = nf_flow_config_json(f);
+        REQUIRE(j1);
+        CHECK_MSG(nf_flow_create(j1, &g, err, sizeof err) == 0, "%s: %s", j1, err);
+        if (g) {
+            char *j2 = nf_flow_config_json(g);
+            CHECK_MSG(j2 && strcmp(j1, j2) == 0, "%s vs %s", j1, j2 ? j2 : "(null)");
+            CHECK_EQ_INT(nf_flow_num_params(f), nf_flow_num_params(g));
+            free(j2);
+        }
+        CHECK(strstr(j1, "\"bins\"") && strstr(j1, "\"tail_bound\"") &&
+              strstr(j1, "\"min_bin_width\"") && strstr(j1, "\"min_bin_height\"") &&
+              strstr(j1, "\"min_derivative\""));
+        free(j1);
+        nf_flow_free(g);
+        nf_flow_free(f);
+    }
+}
+
+TEST(spline_bad_specs) {
+    const char *bad[] = {
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_coupling\",\"bins\":1}]}",
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_coupling\",\"bins\":8,\"min_bin_width\":0.2}]}",
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_ar\",\"min_derivative\":1}]}",
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_ar\",\"tail_bound\":0}]}",
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_ar\",\"mask\":\"even\"}]}",
+        "{\"dim\":3,\"layers\":[{\"type\":\"spline_coupling\",\"order\":\"asc\"}]}",
+        "{\"dim\":1,\"layers\":[{\"type\":\"spline_coupling\"}]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[256] = "";
+        nf_flow *f = NULL;
+        CHECK_MSG(nf_flow_create(bad[i], &f, err, sizeof err) < 0 && !f && err[0], "accepted %s",
+                  bad[i]);
+        nf_flow_free(f);
+    }
+}
