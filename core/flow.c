@@ -486,6 +486,12 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
 int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                           int training, const nf_real *dlogp, nf_real *logp, nf_real *dx,
                           nf_real *dctx) {
+    return nf_flow_log_prob_grad_ex(f, w, x, ctx, B, training, dlogp, 0, logp, NULL, dx, dctx);
+}
+
+int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                             int training, const nf_real *dlogp, double ld_l2, nf_real *logp,
+                             nf_real *logdet, nf_real *dx, nf_real *dctx) {
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm) return NF_ERANGE;
@@ -495,18 +501,23 @@ int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real 
     nf_base_log_prob(&f->base, f->params + f->base.param_off, z, B, w->bl);
     if (logp)
         for (int r = 0; r < B; r++) logp[r] = (nf_real)((double)w->bl[r] + (double)w->ld[r]);
+    if (logdet) memcpy(logdet, w->ld, (size_t)B * sizeof *logdet);
     if (!dlogp) return 0;
     size_t BD = (size_t)B * f->D;
     nf_real *dz = w->g0, *dnext = w->g1;
     memset(dz, 0, BD * sizeof *dz);
     nf_base_log_prob_backward(&f->base, f->params + f->base.param_off,
                               f->grad + f->base.param_off, z, B, dlogp, dz);
+    /* every layer's log-det enters log p with weight dlogp_b, and the
+     * penalty adds d(ld_l2 LD_b^2)/dLD_b = 2 ld_l2 LD_b (bl is free now) */
+    nf_real *dld = w->bl;
+    for (int r = 0; r < B; r++) dld[r] = (nf_real)(dlogp[r] + 2 * ld_l2 * (double)w->ld[r]);
     for (int k = f->nlayers - 1; k >= 0; k--) {
         nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
         c.dctx = dctx;
         const nf_real *xin = k == 0 ? x : w->h[k];
         nf_real *dout = k == 0 ? dx : dnext;
-        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dlogp, dout);
+        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dld, dout);
         nf_real *t = dz;
         dz = dnext;
         dnext = t;

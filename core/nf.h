@@ -140,6 +140,13 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double temperature, uint64
 int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                           int training, const nf_real *dlogp, nf_real *logp,
                           nf_real *dx, nf_real *dctx);
+/* The same with a log-det L2 penalty: differentiates
+ *   sum_b dlogp_b log p(x_b) + ld_l2 * sum_b LD_b^2
+ * where LD_b is the row's total log|det dz/dx|; logdet (B) receives LD if
+ * non-NULL. */
+int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                             int training, const nf_real *dlogp, double ld_l2, nf_real *logp,
+                             nf_real *logdet, nf_real *dx, nf_real *dctx);
 /* Data-dependent initialisation (act-norm): run x through the layers in
  * density order, letting each not-yet-initialised act-norm set its scale and
  * bias so its output has zero mean and unit variance on this batch. */

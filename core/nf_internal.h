@@ -202,6 +202,12 @@ void nf_gemm_ref(int transA, int transB, int M, int N, int K, nf_real alpha,
  * conditioner output is the identity. */
 #define NF_SCALE_BOUND 3.0
 
+/* The scalar rational-quadratic spline (core/spline.c): theta holds the
+ * 3K-1 unnormalised numbers of one dimension.  dir 0 returns g(in) with
+ * *ld = log g'(in); dir 1 returns g^-1(in) with *ld = -log g'(g^-1(in)). */
+double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
+                    double min_d, double in, int dir, double *ld);
+
 /* ---- the flow object ----------------------------------------------------- */
 typedef enum { NF_BASE_NORMAL = 0, NF_BASE_DIAG, NF_BASE_MIXTURE, NF_BASE_COUNT } nf_base_kind;
 

@@ -36,12 +36,6 @@ typedef struct rqs_knots {
     double smw[RQS_KMAX], smh[RQS_KMAX]; /* softmaxes, kept for backward */
 } rqs_knots;
 
-/* Exposed for tests/core/test_spline.c (not in nf_internal.h): one spline.
- * theta (3K-1).  dir 0: returns g(in), *ld = log g'(in); dir 1: returns
- * g^-1(in), *ld = -log g'(g^-1(in)). */
-double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
-                    double min_d, double in, int dir, double *ld);
-
 static double softplus(double v) { return v > 0 ? v + log1p(exp(-v)) : log1p(exp(v)); }
 static double sigmoid(double v) {
     if (v >= 0) return 1.0 / (1.0 + exp(-v));

@@ -5,10 +5,6 @@
 #include "../test.h"
 #include "layercheck.h"
 
-/* core/spline.c, exposed for this test only */
-double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
-                    double min_d, double in, int dir, double *ld);
-
 /* ---- generic checks -------------------------------------------------------- */
 
 static void check(const char *spec, int D, int C, uint64_t seed) {
