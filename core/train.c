@@ -1,0 +1,565 @@
+/* train.c: the training loop described in train.h.
+ *
+ * State that determines parameters (and so lives in the state blob): step,
+ * epoch, position in the epoch, parameters, layer buffers, optimizer
+ * moments, best parameters, early-stopping and plateau counters, the
+ * act-norm-initialised flag (a layer buffer), and the non-finite counters.
+ * Everything random is re-derived from (seed, epoch) or (seed, step).
+ * Reporting accumulators (loss since the last report, timings) are not state:
+ * they do not influence parameters. */
+#include "train.h"
+
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct nf_trainer {
+    nf_flow *f;
+    nf_train_config cfg;
+    const nf_real *train, *val;
+    int64_t ntrain, nval;
+    int D, B;
+    int64_t spe, total_steps; /* steps per epoch, total */
+    nf_ws *ws;
+    nf_adam opt;
+    nf_real *xb, *dlogp, *logp, *logdet, *keep_buffers;
+    nf_real *best_params, *best_buffers;
+    int64_t *perm;
+    int perm_epoch;
+    /* state */
+    int64_t step, batch_in_epoch, skipped;
+    int epoch, done, have_best, consecutive_bad, es_bad, plateau_bad;
+    double best_val, plateau_best, lr_scale, val_loss, val_bpd, nonfinite_frac;
+    /* reporting */
+    double acc_loss, last_lr, last_gn;
+    int64_t acc_n, rep_step;
+    double rep_time, t_start;
+    char err[300];
+};
+
+static const char *const sched_names[NF_SCHED_COUNT] = {"constant", "cosine", "plateau"};
+_Static_assert(sizeof sched_names / sizeof sched_names[0] == NF_SCHED_COUNT, "schedule names");
+
+int nf_sched_parse(const char *s, nf_sched_kind *out) {
+    for (int i = 0; s && i < NF_SCHED_COUNT; i++)
+        if (!strcmp(s, sched_names[i])) {
+            *out = (nf_sched_kind)i;
+            return 0;
+        }
+    return NF_EINVAL;
+}
+const char *nf_sched_name(nf_sched_kind k) { return k < NF_SCHED_COUNT ? sched_names[k] : "?"; }
+
+void nf_train_config_default(nf_train_config *c) {
+    memset(c, 0, sizeof *c);
+    c->epochs = 100;
+    c->batch_size = 256;
+    c->lr = 1e-3;
+    c->optimizer = NF_OPT_ADAM;
+    c->schedule = NF_SCHED_CONSTANT;
+    c->plateau_factor = 0.5;
+    c->plateau_patience = 5;
+    c->es_min_delta = 1e-4;
+    c->max_bad_batches = 10;
+    c->log_every = 50;
+    c->levels = 256;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double nf_bits_per_dim(double nll, int D) { return nll / (D * 0.6931471805599453); }
+
+double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed) {
+    if (n <= 0) return NAN;
+    int D = nf_flow_dim(f), chunk = n < 1024 ? (int)n : 1024;
+    nf_ws *w = NULL;
+    nf_real *buf = malloc((size_t)chunk * D * sizeof *buf), *lp = malloc((size_t)chunk * sizeof *lp);
+    if (!buf || !lp || nf_ws_create(f, chunk, &w)) {
+        free(buf);
+        free(lp);
+        nf_ws_free(w);
+        return NAN;
+    }
+    nf_rng r;
+    nf_rng_seed(&r, seed ^ 0xD1B54A32D192ED03ULL);
+    double tot = 0;
+    for (int64_t s = 0; s < n; s += chunk) {
+        int m = n - s < chunk ? (int)(n - s) : chunk;
+        memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
+        if (dequantize)
+            for (size_t i = 0; i < (size_t)m * D; i++) buf[i] += (nf_real)nf_rng_uniform(&r);
+        nf_flow_log_prob(f, w, buf, NULL, m, lp);
+        for (int i = 0; i < m; i++) tot -= lp[i];
+    }
+    free(buf);
+    free(lp);
+    nf_ws_free(w);
+    return isnan(tot) ? INFINITY : tot / n;
+}
+
+void nf_trainer_free(nf_trainer *t) {
+    if (!t) return;
+    nf_ws_free(t->ws);
+    nf_adam_free(&t->opt);
+    free(t->xb);
+    free(t->dlogp);
+    free(t->logp);
+    free(t->logdet);
+    free(t->keep_buffers);
+    free(t->best_params);
+    free(t->best_buffers);
+    free(t->perm);
+    free(t);
+}
+
+int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *train,
+                      int64_t ntrain, const nf_real *val, int64_t nval, nf_trainer **out,
+                      char *err, size_t errlen) {
+    *out = NULL;
+    if (nf_flow_context_dim(f) > 0) {
+        nf_set_err(err, errlen, "training conditional flows is not supported by this trainer");
+        return NF_EUNSUPPORTED;
+    }
+    if (ntrain < 1 || !train) {
+        nf_set_err(err, errlen, "no training rows");
+        return NF_EINVAL;
+    }
+    /* lr <= 10 keeps every Adam update (about lr per parameter) far from
+     * float overflow, so divergence shows as a non-finite loss, caught by the
+     * guard, never as non-finite parameters */
+    if (cfg->epochs < 1 || cfg->batch_size < 1 || !(cfg->lr > 0) || !(cfg->lr <= 10) ||
+        cfg->warmup_steps < 0 || cfg->max_bad_batches < 1 || cfg->log_every < 0 ||
+        cfg->val_every < 0 || cfg->es_patience < 0 || !(cfg->plateau_factor > 0) ||
+        !(cfg->plateau_factor < 1) || cfg->plateau_patience < 0 || cfg->weight_decay < 0 ||
+        cfg->clip_grad_norm < 0 || cfg->jacobian_l2 < 0 || cfg->lr_min < 0 ||
+        (unsigned)cfg->schedule >= NF_SCHED_COUNT || (unsigned)cfg->optimizer >= NF_OPT_COUNT) {
+        nf_set_err(err, errlen, "invalid training configuration");
+        return NF_EINVAL;
+    }
+    nf_trainer *t = calloc(1, sizeof *t);
+    if (!t) return NF_ENOMEM;
+    t->f = f;
+    t->cfg = *cfg;
+    t->train = train;
+    t->ntrain = ntrain;
+    t->val = val;
+    t->nval = val ? nval : 0;
+    t->D = nf_flow_dim(f);
+    t->B = cfg->batch_size < ntrain ? cfg->batch_size : (int)ntrain;
+    t->spe = ntrain / t->B;
+    t->total_steps = t->spe * cfg->epochs;
+    size_t P = nf_flow_num_params(f), NB = f->nbuffers;
+    int rc = nf_ws_create(f, t->B, &t->ws);
+    if (!rc) rc = nf_adam_init(&t->opt, cfg->optimizer, P, cfg->weight_decay);
+    t->xb = malloc((size_t)t->B * t->D * sizeof *t->xb);
+    t->dlogp = malloc((size_t)t->B * sizeof *t->dlogp);
+    t->logp = malloc((size_t)t->B * sizeof *t->logp);
+    t->logdet = malloc((size_t)t->B * sizeof *t->logdet);
+    t->keep_buffers = malloc((NB + 1) * sizeof(nf_real));
+    t->best_params = malloc((P + 1) * sizeof(nf_real));
+    t->best_buffers = malloc((NB + 1) * sizeof(nf_real));
+    t->perm = malloc((size_t)ntrain * sizeof *t->perm);
+    if (rc || !t->xb || !t->dlogp || !t->logp || !t->logdet || !t->keep_buffers ||
+        !t->best_params || !t->best_buffers || !t->perm) {
+        nf_trainer_free(t);
+        nf_set_err(err, errlen, "out of memory");
+        return rc ? rc : NF_ENOMEM;
+    }
+    for (int i = 0; i < t->B; i++) t->dlogp[i] = (nf_real)(-1.0 / t->B);
+    t->perm_epoch = -1;
+    t->best_val = INFINITY;
+    t->plateau_best = INFINITY;
+    t->lr_scale = 1;
+    t->val_loss = NAN;
+    t->val_bpd = NAN;
+    t->nonfinite_frac = NAN;
+    *out = t;
+    return 0;
+}
+
+const char *nf_trainer_error(const nf_trainer *t) { return t->err; }
+
+static double lr_at(const nf_trainer *t, int64_t step) {
+    const nf_train_config *c = &t->cfg;
+    double lr = c->lr;
+    if (step < c->warmup_steps) {
+        lr = c->lr * (double)(step + 1) / c->warmup_steps;
+    } else if (c->schedule == NF_SCHED_COSINE) {
+        double S = (double)(t->total_steps - c->warmup_steps), s = (double)(step - c->warmup_steps);
+        double fr = S > 0 ? s / S : 1;
+        if (fr > 1) fr = 1;
+        lr = c->lr_min + (c->lr - c->lr_min) * 0.5 * (1 + cos(3.141592653589793 * fr));
+    }
+    return lr * t->lr_scale;
+}
+
+static void build_perm(nf_trainer *t) {
+    if (t->perm_epoch == t->epoch) return;
+    nf_rng r;
+    nf_rng_seed(&r, t->cfg.seed * 0x9E3779B97F4A7C15ULL + 0x1000 + (uint64_t)t->epoch);
+    for (int64_t i = 0; i < t->ntrain; i++) t->perm[i] = i;
+    for (int64_t i = t->ntrain - 1; i > 0; i--) {
+        int64_t j = (int64_t)(nf_rng_u64(&r) % (uint64_t)(i + 1)), k = t->perm[i];
+        t->perm[i] = t->perm[j];
+        t->perm[j] = k;
+    }
+    t->perm_epoch = t->epoch;
+}
+
+void nf_trainer_metrics(const nf_trainer *t, nf_train_metrics *m) {
+    memset(m, 0, sizeof *m);
+    m->step = t->step;
+    m->total_steps = t->total_steps;
+    m->epoch = t->epoch;
+    m->epochs = t->cfg.epochs;
+    m->train_loss = t->acc_n ? t->acc_loss / t->acc_n : NAN;
+    m->val_loss = t->val_loss;
+    m->val_bits_per_dim = t->val_bpd;
+    m->best_val_loss = t->best_val;
+    m->lr = t->last_lr;
+    m->grad_norm = t->last_gn;
+    m->nonfinite_sample_fraction = t->nonfinite_frac;
+    m->skipped_batches = t->skipped;
+    double now = now_s(), dt = now - t->rep_time;
+    int64_t ds = t->step - t->rep_step;
+    m->samples_per_second = dt > 0 && ds > 0 ? (double)ds * t->B / dt : 0;
+    double el = now - t->t_start;
+    int64_t done = t->step, left = t->total_steps - t->step;
+    m->eta_seconds = done > 0 && el > 0 ? el / done * (left > 0 ? left : 0) : NAN;
+}
+
+static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
+    if (!h || !h->progress) return;
+    nf_train_metrics m;
+    nf_trainer_metrics(t, &m);
+    m.is_validation = is_val;
+    h->progress(h->user, &m);
+    if (!is_val) {
+        t->acc_loss = 0;
+        t->acc_n = 0;
+        t->rep_step = t->step;
+        t->rep_time = now_s();
+    }
+}
+
+/* validation; returns 1 when early stopping says stop */
+static int validate(nf_trainer *t) {
+    nf_flow *f = t->f;
+    size_t P = nf_flow_num_params(f), NB = f->nbuffers;
+    if (t->nval <= 0) return 0;
+    t->val_loss = nf_eval_nll(f, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
+    t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
+    /* fraction of non-finite values in 256 samples at T = 1 */
+    int n = 256;
+    nf_ws *w = NULL;
+    nf_real *s = malloc((size_t)n * t->D * sizeof *s);
+    if (s && !nf_ws_create(f, n, &w)) {
+        nf_flow_sample(f, w, n, 1.0, t->cfg.seed + (uint64_t)t->step, NULL, s, NULL);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)n * t->D; i++) bad += !isfinite(s[i]);
+        t->nonfinite_frac = (double)bad / ((double)n * t->D);
+    }
+    nf_ws_free(w);
+    free(s);
+    double v = t->val_loss;
+    if (v < t->best_val - t->cfg.es_min_delta || (!t->have_best && isfinite(v))) {
+        t->best_val = v;
+        memcpy(t->best_params, f->params, P * sizeof *f->params);
+        memcpy(t->best_buffers, f->buffers, NB * sizeof *f->buffers);
+        t->have_best = 1;
+        t->es_bad = 0;
+    } else {
+        t->es_bad++;
+    }
+    if (t->cfg.schedule == NF_SCHED_PLATEAU) {
+        if (v < t->plateau_best - t->cfg.es_min_delta) {
+            t->plateau_best = v;
+            t->plateau_bad = 0;
+        } else if (++t->plateau_bad > t->cfg.plateau_patience) {
+            t->lr_scale *= t->cfg.plateau_factor;
+            t->plateau_bad = 0;
+        }
+    }
+    return t->cfg.es_patience > 0 && t->es_bad >= t->cfg.es_patience;
+}
+
+static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
+    if (!h || !h->checkpoint) return 0;
+    void *buf;
+    size_t len;
+    int rc = nf_trainer_save_state(t, &buf, &len);
+    if (rc) return rc;
+    rc = h->checkpoint(h->user, buf, len, t->step);
+    free(buf);
+    return rc;
+}
+
+/* one optimisation step on batch batch_in_epoch of the current epoch;
+ * returns 0, or NF_ENONFINITE after max_bad_batches bad batches in a row */
+static int train_step(nf_trainer *t) {
+    nf_flow *f = t->f;
+    int B = t->B, D = t->D;
+    size_t P = nf_flow_num_params(f), NB = f->nbuffers;
+    build_perm(t);
+    for (int r = 0; r < B; r++)
+        memcpy(t->xb + (size_t)r * D, t->train + t->perm[t->batch_in_epoch * B + r] * D,
+               (size_t)D * sizeof *t->xb);
+    if (t->cfg.dequantize) {
+        nf_rng r;
+        nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x2000 + (uint64_t)t->step);
+        for (size_t i = 0; i < (size_t)B * D; i++) t->xb[i] += (nf_real)nf_rng_uniform(&r);
+    }
+    nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
+    memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
+    nf_flow_zero_grad(f);
+    int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, NULL, B, 1, t->dlogp,
+                                      t->cfg.jacobian_l2 / B, t->logp, t->logdet, NULL, NULL);
+    double loss = 0;
+    for (int r = 0; r < B; r++)
+        loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
+    loss /= B;
+    double gn = rc ? NAN : nf_clip_grad_norm(f->grad, P, t->cfg.clip_grad_norm);
+    if (rc || !isfinite(loss) || !isfinite(gn)) {
+        memcpy(f->buffers, t->keep_buffers, NB * sizeof *f->buffers);
+        t->skipped++;
+        if (++t->consecutive_bad >= t->cfg.max_bad_batches) {
+            snprintf(t->err, sizeof t->err,
+                     "training diverged: %d consecutive batches with a non-finite %s at step "
+                     "%lld (epoch %d, lr %.3g); parameters are the last finite ones; lower the "
+                     "learning rate, enable clip_grad_norm or standardize the data",
+                     t->consecutive_bad, rc == NF_ENONFINITE ? "log-likelihood (rows outside the support)"
+                                         : !isfinite(loss) ? "loss" : "gradient",
+                     (long long)t->step, t->epoch, lr_at(t, t->step));
+            return NF_ENONFINITE;
+        }
+    } else {
+        t->consecutive_bad = 0;
+        double lr = lr_at(t, t->step);
+        nf_adam_step(&t->opt, f->params, f->grad, lr);
+        t->acc_loss += loss;
+        t->acc_n++;
+        t->last_lr = lr;
+        t->last_gn = gn;
+    }
+    t->step++;
+    t->batch_in_epoch++;
+    return 0;
+}
+
+int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
+    nf_flow *f = t->f;
+    size_t P = nf_flow_num_params(f), NB = f->nbuffers;
+    int rc = 0, every = h ? h->checkpoint_every : 0;
+    t->t_start = t->rep_time = now_s();
+    t->rep_step = t->step;
+    t->err[0] = 0;
+    while (!t->done && t->epoch < t->cfg.epochs) {
+        while (t->batch_in_epoch < t->spe) {
+            if (h && h->cancel && *h->cancel) {
+                rc = NF_ECANCELLED;
+                snprintf(t->err, sizeof t->err, "cancelled at step %lld", (long long)t->step);
+                goto finish;
+            }
+            if ((rc = train_step(t))) goto finish;
+            if (t->cfg.log_every && t->step % t->cfg.log_every == 0) report(t, h, 0);
+            if (t->cfg.val_every && t->step % t->cfg.val_every == 0) {
+                if (validate(t)) t->done = 1;
+                report(t, h, 1);
+                if (t->done) goto finish;
+            }
+            if (every && t->step % every == 0 && (rc = checkpoint(t, h))) goto finish;
+        }
+        t->epoch++;
+        t->batch_in_epoch = 0;
+        if (!t->cfg.val_every) {
+            if (validate(t)) t->done = 1;
+            report(t, h, 1);
+            if (!every && (rc = checkpoint(t, h))) goto finish;
+        }
+    }
+    t->done = 1;
+finish:
+    if (t->acc_n) report(t, h, 0);
+    /* whatever ended the run, the flow holds the best parameters seen */
+    if (t->have_best) {
+        memcpy(f->params, t->best_params, P * sizeof *f->params);
+        memcpy(f->buffers, t->best_buffers, NB * sizeof *f->buffers);
+    }
+    return rc;
+}
+
+/* ---- state blob -------------------------------------------------------------------------- */
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+    int oom;
+} wbuf;
+
+static void wput(wbuf *b, const void *src, size_t n) {
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->n + n) cap *= 2;
+        unsigned char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+/* little-endian host assumed for the raw arrays (x86-64/aarch64); the
+ * header records sizeof(nf_real) so a float/double mismatch is refused */
+static void wu64(wbuf *b, uint64_t v) {
+    unsigned char c[8];
+    for (int i = 0; i < 8; i++) c[i] = (unsigned char)(v >> (8 * i));
+    wput(b, c, 8);
+}
+static void wf64(wbuf *b, double v) {
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    wu64(b, u);
+}
+
+static uint64_t fingerprint(const nf_trainer *t) {
+    uint64_t h = 1469598103934665603ULL;
+    uint64_t v[] = {nf_flow_num_params(t->f), t->f->nbuffers, (uint64_t)t->ntrain,
+                    (uint64_t)t->nval, (uint64_t)t->D, (uint64_t)t->B, t->cfg.seed,
+                    (uint64_t)t->cfg.epochs, sizeof(nf_real)};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ v[i]) * 1099511628211ULL;
+    return h;
+}
+
+int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
+    wbuf b = {0};
+    size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
+    void *ob = NULL;
+    size_t olen = 0;
+    int rc = nf_adam_save(&t->opt, &ob, &olen);
+    if (rc) return rc;
+    wput(&b, "NFTS", 4);
+    wu64(&b, 1); /* version */
+    wu64(&b, fingerprint(t));
+    wu64(&b, (uint64_t)t->step);
+    wu64(&b, (uint64_t)t->batch_in_epoch);
+    wu64(&b, (uint64_t)t->skipped);
+    wu64(&b, (uint64_t)t->epoch);
+    wu64(&b, (uint64_t)t->done);
+    wu64(&b, (uint64_t)t->have_best);
+    wu64(&b, (uint64_t)t->consecutive_bad);
+    wu64(&b, (uint64_t)t->es_bad);
+    wu64(&b, (uint64_t)t->plateau_bad);
+    wf64(&b, t->best_val);
+    wf64(&b, t->plateau_best);
+    wf64(&b, t->lr_scale);
+    wf64(&b, t->val_loss);
+    wf64(&b, t->val_bpd);
+    wf64(&b, t->nonfinite_frac);
+    wput(&b, t->f->params, P * sizeof(nf_real));
+    wput(&b, t->f->buffers, NB * sizeof(nf_real));
+    wput(&b, t->best_params, P * sizeof(nf_real));
+    wput(&b, t->best_buffers, NB * sizeof(nf_real));
+    wu64(&b, olen);
+    wput(&b, ob, olen);
+    free(ob);
+    if (!b.oom) {
+        uint32_t crc = nf_crc32(b.p, b.n);
+        unsigned char c[4] = {crc & 255, (crc >> 8) & 255, (crc >> 16) & 255, crc >> 24};
+        wput(&b, c, 4);
+    }
+    if (b.oom) {
+        free(b.p);
+        return NF_ENOMEM;
+    }
+    *buf = b.p;
+    *len = b.n;
+    return 0;
+}
+
+typedef struct {
+    const unsigned char *p;
+    size_t n, off;
+    int bad;
+} rbuf;
+static void rget(rbuf *b, void *dst, size_t n) {
+    if (b->bad || b->n - b->off < n) {
+        b->bad = 1;
+        return;
+    }
+    memcpy(dst, b->p + b->off, n);
+    b->off += n;
+}
+static uint64_t ru64(rbuf *b) {
+    unsigned char c[8] = {0};
+    rget(b, c, 8);
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | c[i];
+    return v;
+}
+static double rf64(rbuf *b) {
+    uint64_t u = ru64(b);
+    double v;
+    memcpy(&v, &u, 8);
+    return v;
+}
+
+int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
+    const unsigned char *p = buf;
+    if (!p || len < 8 + 4 || memcmp(p, "NFTS", 4)) return NF_EFORMAT;
+    uint32_t crc = (uint32_t)p[len - 4] | (uint32_t)p[len - 3] << 8 | (uint32_t)p[len - 2] << 16 |
+                   (uint32_t)p[len - 1] << 24;
+    if (crc != nf_crc32(p, len - 4)) return NF_ECORRUPT;
+    rbuf b = {p, len - 4, 4, 0};
+    if (ru64(&b) != 1 || ru64(&b) != fingerprint(t)) return NF_EFORMAT;
+    size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
+    int64_t step = (int64_t)ru64(&b), bie = (int64_t)ru64(&b), skipped = (int64_t)ru64(&b);
+    int epoch = (int)ru64(&b), done = (int)ru64(&b), have_best = (int)ru64(&b);
+    int cbad = (int)ru64(&b), esb = (int)ru64(&b), plb = (int)ru64(&b);
+    double bv = rf64(&b), pb = rf64(&b), ls = rf64(&b), vl = rf64(&b), vb = rf64(&b),
+           nf = rf64(&b);
+    size_t off_arrays = b.off, need = 2 * (P + NB) * sizeof(nf_real);
+    if (b.bad || b.n - b.off < need + 8) return NF_ECORRUPT;
+    b.off += need;
+    uint64_t olen = ru64(&b);
+    if (b.bad || olen != b.n - b.off) return NF_ECORRUPT;
+    if (epoch < 0 || epoch > t->cfg.epochs || bie < 0 || bie > t->spe || step < 0)
+        return NF_ECORRUPT;
+    int rc = nf_adam_load(&t->opt, b.p + b.off, olen);
+    if (rc) return rc;
+    const unsigned char *a = p + off_arrays;
+    memcpy(t->f->params, a, P * sizeof(nf_real));
+    a += P * sizeof(nf_real);
+    memcpy(t->f->buffers, a, NB * sizeof(nf_real));
+    a += NB * sizeof(nf_real);
+    memcpy(t->best_params, a, P * sizeof(nf_real));
+    a += P * sizeof(nf_real);
+    memcpy(t->best_buffers, a, NB * sizeof(nf_real));
+    t->step = step;
+    t->batch_in_epoch = bie;
+    t->skipped = skipped;
+    t->epoch = epoch;
+    t->done = done;
+    t->have_best = have_best;
+    t->consecutive_bad = cbad;
+    t->es_bad = esb;
+    t->plateau_bad = plb;
+    t->best_val = bv;
+    t->plateau_best = pb;
+    t->lr_scale = ls;
+    t->val_loss = vl;
+    t->val_bpd = vb;
+    t->nonfinite_frac = nf;
+    t->perm_epoch = -1;
+    return 0;
+}

@@ -1,0 +1,375 @@
+/* test_train.c: the training engine: fits, resumes, stops, guards. */
+#include "../test.h"
+#include "layercheck.h"
+#include "../../core/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static nf_flow *make(const char *spec) {
+    nf_flow *f = NULL;
+    char err[300] = "";
+    int rc = nf_flow_create(spec, &f, err, sizeof err);
+    CHECK_MSG(rc == 0, "nf_flow_create: %s", err);
+    return f;
+}
+
+/* rows of N(0, A A^T) with A lower triangular */
+static nf_real *gaussian_rows(int n, uint64_t seed, double *entropy) {
+    static const double A[3][3] = {{1.5, 0, 0}, {0.8, 0.6, 0}, {-0.5, 0.9, 0.3}};
+    nf_real *x = malloc((size_t)n * 3 * sizeof *x);
+    nf_rng r;
+    nf_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) {
+        double e[3] = {nf_rng_normal(&r), nf_rng_normal(&r), nf_rng_normal(&r)};
+        for (int a = 0; a < 3; a++) {
+            double s = 0;
+            for (int b = 0; b < 3; b++) s += A[a][b] * e[b];
+            x[i * 3 + a] = (nf_real)s;
+        }
+    }
+    /* H = 0.5 log det(2 pi e Sigma) = 3/2 log(2 pi e) + log|det A| */
+    *entropy = 1.5 * log(2 * M_PI * M_E) + log(1.5 * 0.6 * 0.3);
+    return x;
+}
+
+TEST_T(train_gaussian_reaches_entropy, 300) {
+    double H;
+    nf_real *tr = gaussian_rows(8000, 1, &H), *te = gaussian_rows(4000, 2, &H);
+    nf_flow *f = make("{\"dim\":3,\"preset\":\"maf\",\"depth\":2,\"hidden\":[32]}");
+    REQUIRE(f);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 30;
+    c.batch_size = 256;
+    c.lr = 3e-3;
+    c.schedule = NF_SCHED_COSINE;
+    c.log_every = 0;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 7000, tr + 7000 * 3, 1000, &t, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(t, NULL) == 0);
+    double nll = nf_eval_nll(f, te, 4000, 0, 0);
+    /* a maximum-likelihood fit cannot beat the entropy on fresh data by more
+     * than sampling noise (sd ~ sqrt(3/2)/sqrt(4000) ~ 0.02), and should get
+     * within 0.05 nats of it */
+    CHECK_MSG(nll > H - 0.06 && nll < H + 0.05, "test NLL %.4f, entropy %.4f", nll, H);
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+    free(te);
+}
+
+typedef struct {
+    int reports, vals;
+    double last_val;
+    double lrs[64];
+    int nlr;
+} rec;
+
+static void on_progress(void *u, const nf_train_metrics *m) {
+    rec *r = u;
+    r->reports++;
+    if (m->is_validation) {
+        r->vals++;
+        r->last_val = m->val_loss;
+        if (r->nlr < 64) r->lrs[r->nlr++] = m->lr;
+    }
+}
+
+/* resume equivalence: N steps straight equal N/2 steps, state blob, fresh
+ * trainer and flow, N/2 steps.  Float build only: the optimizer blob keeps
+ * its moments as float32 (the product's precision), so the double build's
+ * resume is close but not bitwise. */
+typedef struct {
+    void *blob;
+    size_t len;
+    int64_t at;
+    int64_t stop_at;
+} ckpt;
+
+static int on_ckpt(void *u, const void *state, size_t len, int64_t step) {
+    ckpt *c = u;
+    if (step == c->at) {
+        c->blob = malloc(len);
+        memcpy(c->blob, state, len);
+        c->len = len;
+    }
+    return step == c->stop_at ? NF_ECANCELLED : 0;
+}
+
+TEST_T(train_resume_is_bit_identical, 300) {
+#ifdef NF_DOUBLE
+    return;
+#endif
+    const char *spec = "{\"dim\":2,\"preset\":\"glow\",\"depth\":2,\"hidden\":[16],\"base\":\"diag_normal\"}";
+    double H;
+    nf_real *x = gaussian_rows(3000, 5, &H), *x2 = malloc(2000 * 2 * sizeof *x2);
+    for (int i = 0; i < 2000; i++) {
+        x2[2 * i] = x[3 * i];
+        x2[2 * i + 1] = x[3 * i + 2];
+    }
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 4;
+    c.batch_size = 64;
+    c.lr = 2e-3;
+    c.schedule = NF_SCHED_COSINE;
+    c.warmup_steps = 10;
+    c.clip_grad_norm = 5;
+    c.optimizer = NF_OPT_ADAMW;
+    c.weight_decay = 1e-3;
+    c.dequantize = 0;
+    c.es_patience = 10;
+    c.log_every = 0;
+    c.seed = 11;
+    /* straight run */
+    nf_flow *a = make(spec);
+    nf_trainer *ta;
+    char err[200];
+    REQUIRE(nf_trainer_create(a, &c, x2, 1700, x2 + 1700 * 2, 300, &ta, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(ta, NULL) == 0);
+    /* interrupted at step 37 (mid-epoch: 26 steps per epoch) */
+    nf_flow *b = make(spec);
+    nf_trainer *tb;
+    REQUIRE(nf_trainer_create(b, &c, x2, 1700, x2 + 1700 * 2, 300, &tb, err, sizeof err) == 0);
+    ckpt k = {.at = 37, .stop_at = 37};
+    nf_train_hooks h = {.user = &k, .checkpoint = on_ckpt, .checkpoint_every = 1};
+    CHECK(nf_trainer_run(tb, &h) == NF_ECANCELLED);
+    REQUIRE(k.blob);
+    nf_trainer_free(tb);
+    nf_flow_free(b);
+    /* resume in a fresh flow and trainer */
+    nf_flow *d = make(spec);
+    nf_trainer *td;
+    REQUIRE(nf_trainer_create(d, &c, x2, 1700, x2 + 1700 * 2, 300, &td, err, sizeof err) == 0);
+    CHECK(nf_trainer_load_state(td, k.blob, k.len) == 0);
+    CHECK(nf_trainer_run(td, NULL) == 0);
+    CHECK(nf_flow_num_params(a) == nf_flow_num_params(d));
+    CHECK(memcmp(nf_flow_params(a), nf_flow_params(d), nf_flow_num_params(a) * sizeof(nf_real)) == 0);
+    /* a corrupted or foreign state blob is refused */
+    ((unsigned char *)k.blob)[k.len / 2] ^= 1;
+    CHECK(nf_trainer_load_state(td, k.blob, k.len) == NF_ECORRUPT);
+    CHECK(nf_trainer_load_state(td, k.blob, k.len - 1) == NF_ECORRUPT);
+    CHECK(nf_trainer_load_state(td, k.blob, 10) == NF_EFORMAT);
+    free(k.blob);
+    nf_trainer_free(ta);
+    nf_trainer_free(td);
+    nf_flow_free(a);
+    nf_flow_free(d);
+    free(x);
+    free(x2);
+}
+
+/* Early stopping keeps the best: train on data, validate on a shifted set
+ * so validation worsens as training fits; the final parameters give the
+ * best validation loss recorded. */
+TEST_T(train_early_stopping_restores_best, 300) {
+    double H;
+    nf_real *tr = gaussian_rows(2000, 3, &H), *va = gaussian_rows(300, 4, &H);
+    for (int i = 0; i < 300 * 3; i++) va[i] = va[i] * 0.3f + 2.0f;
+    nf_flow *f = make("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]}");
+    REQUIRE(f);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 200;
+    c.batch_size = 200;
+    c.lr = 5e-3;
+    c.es_patience = 3;
+    c.es_min_delta = 0;
+    c.log_every = 0;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 2000, va, 300, &t, err, sizeof err) == 0);
+    rec r = {0};
+    nf_train_hooks h = {.user = &r, .progress = on_progress};
+    CHECK(nf_trainer_run(t, &h) == 0);
+    nf_train_metrics m;
+    nf_trainer_metrics(t, &m);
+    CHECK_MSG(m.epoch < 200, "early stopping never fired (epoch %d)", m.epoch);
+    CHECK(r.vals == m.epoch);
+    double now = nf_eval_nll(f, va, 300, 0, 0);
+    CHECK_CLOSE(now, m.best_val_loss, 1e-4, 1e-5);
+    CHECK(m.best_val_loss < r.last_val); /* the last validation was worse */
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+    free(va);
+}
+
+/* plateau: with validation that cannot improve, the rate halves every
+ * patience+1 evaluations */
+TEST_T(train_plateau_lowers_lr, 120) {
+    double H;
+    nf_real *tr = gaussian_rows(512, 3, &H), *va = gaussian_rows(64, 4, &H);
+    nf_flow *f = make("{\"dim\":3,\"layers\":[{\"type\":\"actnorm\",\"data_init\":false}]}");
+    REQUIRE(f);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 12;
+    c.batch_size = 512;
+    c.lr = 1e-12; /* effectively frozen: validation never improves past min_delta */
+    c.schedule = NF_SCHED_PLATEAU;
+    c.plateau_patience = 2;
+    c.plateau_factor = 0.5;
+    c.es_min_delta = 1e-3;
+    c.log_every = 1;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 512, va, 64, &t, err, sizeof err) == 0);
+    rec r = {0};
+    nf_train_hooks h = {.user = &r, .progress = on_progress};
+    CHECK(nf_trainer_run(t, &h) == 0);
+    REQUIRE(r.nlr == 12);
+    /* eval 1 sets the reference; evals 2,3,4 are bad: the third bad one
+     * (> patience) halves the rate, which the step after eval 4 uses */
+    CHECK_CLOSE(r.lrs[3], 1e-12, 1e-20, 1e-9);
+    CHECK_CLOSE(r.lrs[4], 0.5e-12, 1e-20, 1e-9);
+    CHECK_CLOSE(r.lrs[7], 0.25e-12, 1e-20, 1e-9);
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+    free(va);
+}
+
+typedef struct { double lr[200]; int n; } lrs;
+static void lr_cb(void *u, const nf_train_metrics *m) {
+    lrs *l = u;
+    if (!m->is_validation && l->n < 200) l->lr[l->n++] = m->lr;
+}
+
+TEST(train_warmup_and_cosine_schedule) {
+    double H;
+    nf_real *tr = gaussian_rows(100, 3, &H);
+    nf_flow *f = make("{\"dim\":3,\"layers\":[{\"type\":\"actnorm\",\"data_init\":false}]}");
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 20;
+    c.batch_size = 10; /* 10 steps/epoch, 200 steps */
+    c.lr = 1e-2;
+    c.lr_min = 1e-4;
+    c.warmup_steps = 20;
+    c.schedule = NF_SCHED_COSINE;
+    c.log_every = 1;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 100, NULL, 0, &t, err, sizeof err) == 0);
+    lrs L = {{0}, 0};
+    nf_train_hooks h = {.user = &L, .progress = lr_cb};
+    CHECK(nf_trainer_run(t, &h) == 0);
+    REQUIRE(L.n == 200);
+    CHECK_CLOSE(L.lr[0], 1e-2 / 20, 1e-12, 1e-9);
+    CHECK_CLOSE(L.lr[19], 1e-2, 1e-12, 1e-9);
+    CHECK_CLOSE(L.lr[20], 1e-2, 1e-12, 1e-9);
+    CHECK_CLOSE(L.lr[110], 1e-4 + (1e-2 - 1e-4) * 0.5, 1e-12, 1e-6);
+    CHECK(L.lr[199] < 1e-4 * 1.01);
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+}
+
+/* Float build only: in double precision the same setup grows huge but stays
+ * finite, which is the point of the soft clamps. */
+TEST_T(train_exploding_lr_stops_cleanly, 120) {
+#ifdef NF_DOUBLE
+    return;
+#endif
+    double H;
+    nf_real *tr = gaussian_rows(2000, 3, &H);
+    for (int i = 0; i < 2000 * 3; i++) tr[i] *= 1000;
+    nf_flow *f = make("{\"dim\":3,\"preset\":\"glow\",\"depth\":2,\"hidden\":[32],\"base\":\"diag_normal\"}");
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 50;
+    c.batch_size = 100;
+    c.lr = 10; /* the largest rate the trainer accepts */
+    c.max_bad_batches = 5;
+    c.log_every = 0;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 2000, NULL, 0, &t, err, sizeof err) == 0);
+    int rc = nf_trainer_run(t, NULL);
+    CHECK_EQ_INT(rc, NF_ENONFINITE);
+    CHECK_MSG(strstr(nf_trainer_error(t), "non-finite") != NULL, "message: %s", nf_trainer_error(t));
+    nf_real *p = nf_flow_params(f);
+    for (size_t i = 0; i < nf_flow_num_params(f); i++) REQUIRE(isfinite(p[i]));
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+}
+
+/* The dequantized NLL under N(0,1) of integer data is analytic:
+ *   E[-log N(x+u)] = 0.5 (E x^2 + E x + 1/3) + 0.5 log(2 pi)   per dim. */
+TEST(train_dequantized_nll_analytic) {
+    int n = 200000;
+    nf_real *x = malloc((size_t)n * sizeof *x);
+    nf_rng r;
+    nf_rng_seed(&r, 1);
+    double ex = 0, ex2 = 0;
+    for (int i = 0; i < n; i++) {
+        int k = (int)(nf_rng_uniform(&r) * 4) - 2; /* uniform on {-2,-1,0,1} */
+        x[i] = (nf_real)k;
+    }
+    for (int k = -2; k <= 1; k++) {
+        ex += k / 4.0;
+        ex2 += k * k / 4.0;
+    }
+    nf_flow *f = make("{\"dim\":1,\"layers\":[]}");
+    double nll = nf_eval_nll(f, x, n, 1, 3);
+    double want = 0.5 * (ex2 + ex + 1.0 / 3) + 0.5 * log(2 * M_PI);
+    CHECK_CLOSE(nll, want, 0.01, 0);
+    CHECK_CLOSE(nf_bits_per_dim(nll, 1), want / log(2), 0.015, 0);
+    nf_flow_free(f);
+    free(x);
+}
+
+/* Training on uniformly distributed 4-level data: the dequantized bits/dim
+ * bounds the true entropy (2 bits) from above and gets near it. */
+TEST_T(train_uniform_dequantization_bits_per_dim, 300) {
+    int n = 6000, D = 2;
+    nf_real *x = malloc((size_t)n * D * sizeof *x);
+    nf_rng r;
+    nf_rng_seed(&r, 2);
+    for (int i = 0; i < n * D; i++) x[i] = (nf_real)(int)(nf_rng_uniform(&r) * 4);
+    nf_flow *f = make("{\"dim\":2,\"layers\":[{\"type\":\"elementwise_affine\",\"shift\":[0,0],\"scale\":[4,4]},{\"type\":\"logit\",\"alpha\":0},{\"type\":\"spline_ar\",\"hidden\":[16],\"bins\":12,\"tail_bound\":12},{\"type\":\"permute\"},{\"type\":\"spline_ar\",\"hidden\":[16],\"bins\":12,\"tail_bound\":12}]}");
+    REQUIRE(f);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 40;
+    c.batch_size = 200;
+    c.lr = 5e-3;
+    c.schedule = NF_SCHED_COSINE;
+    c.dequantize = 1;
+    c.levels = 4;
+    c.log_every = 0;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, x, 5000, x + 5000 * D, 1000, &t, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(t, NULL) == 0);
+    nf_train_metrics m;
+    nf_trainer_metrics(t, &m);
+    CHECK_MSG(m.val_bits_per_dim > 2.0 - 0.01 && m.val_bits_per_dim < 2.02,
+              "bits/dim %.4f, entropy 2 bits", m.val_bits_per_dim);
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(x);
+}
+
+TEST(train_rejects_bad_config) {
+    nf_flow *f = make("{\"dim\":2,\"layers\":[]}");
+    nf_real x[4] = {0};
+    nf_train_config c;
+    nf_trainer *t = NULL;
+    char err[200];
+    nf_train_config_default(&c);
+    c.lr = -1;
+    CHECK(nf_trainer_create(f, &c, x, 2, NULL, 0, &t, err, sizeof err) == NF_EINVAL);
+    nf_train_config_default(&c);
+    c.plateau_factor = 1.5;
+    CHECK(nf_trainer_create(f, &c, x, 2, NULL, 0, &t, err, sizeof err) == NF_EINVAL);
+    nf_train_config_default(&c);
+    CHECK(nf_trainer_create(f, &c, x, 0, NULL, 0, &t, err, sizeof err) == NF_EINVAL);
+    CHECK(t == NULL);
+    nf_flow_free(f);
+}
