@@ -37,9 +37,11 @@ TCORE_SRC := tests/runner.c $(wildcard tests/core/*.c)
 TCORE_F32 := $(TCORE_SRC:%.c=$(BUILD)/f32/%.o)
 TCORE_F64 := $(TCORE_SRC:%.c=$(BUILD)/f64/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
+SERVER_SRC := $(wildcard server/*.c)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o)
 
 .PHONY: all test asan bench run deps clean
-all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64
+all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)
@@ -63,6 +65,9 @@ $(BUILD)/test_core: $(TCORE_F32) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F32) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
 $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) -Wl,--whole-archive $(BUILD)/libflowcore_f64.a -Wl,--no-whole-archive $(CORE_LIBS)
+
+$(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(PKG_LIBS) -lm
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)

@@ -1,0 +1,420 @@
+/* job.c: parse and run a training job (see job.h). */
+#include "job.h"
+
+#include "model.h"
+#include "nf_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen); /* presets.c */
+
+int nf_valid_name(const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    if (n < 1 || n > 64 || s[0] == '.') return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+void nf_job_free(nf_job *j) {
+    if (!j) return;
+    free(j->path);
+    cJSON_Delete(j->flow);
+    memset(j, 0, sizeof *j);
+}
+
+/* prefix field errors with their path */
+#define FAIL(...)                                                               \
+    do {                                                                        \
+        nf_set_err(err, errlen, __VA_ARGS__);                                   \
+        rc = NF_EINVAL;                                                         \
+        goto out;                                                               \
+    } while (0)
+#define TRY(call, path)                                                         \
+    do {                                                                        \
+        char e_[200];                                                           \
+        if ((call_rc = (call))) {                                               \
+            (void)e_;                                                           \
+            rc = call_rc;                                                       \
+            prefix(err, errlen, path);                                          \
+            goto out;                                                           \
+        }                                                                       \
+    } while (0)
+
+static void prefix(char *err, size_t errlen, const char *path) {
+    if (!err || !errlen) return;
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s: %s", path, err);
+    snprintf(err, errlen, "%s", tmp);
+}
+
+int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *err,
+                 size_t errlen) {
+    memset(j, 0, sizeof *j);
+    nf_train_config_default(&j->train);
+    j->standardize = -1;
+    j->val_fraction = 0.1;
+    j->builtin_noise = -1;
+    j->logit_alpha = 1e-6;
+    int rc = 0, call_rc;
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    const cJSON *v;
+    if (!o) FAIL("the job is not valid JSON");
+    static const char *const top[] = {"submission_id", "model", "dataset", "flow", "train",
+                                      "preprocess", NULL};
+    TRY(nf_json_check_keys(o, top, err, errlen), "job");
+    v = cJSON_GetObjectItemCaseSensitive(o, "submission_id");
+    if (v) {
+        if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 128)
+            FAIL("submission_id: must be a string of 1 to 128 characters");
+        strcpy(j->submission_id, v->valuestring);
+    }
+    v = cJSON_GetObjectItemCaseSensitive(o, "model");
+    if (!cJSON_IsString(v) || !nf_valid_name(v->valuestring))
+        FAIL("model: required, 1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)");
+    strcpy(j->model, v->valuestring);
+    /* dataset */
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(o, "dataset");
+    if (!cJSON_IsObject(ds)) FAIL("dataset: required object, {\"id\":...} or {\"builtin\":...}");
+    if (cJSON_GetObjectItemCaseSensitive(ds, "id")) {
+        static const char *const k[] = {"id", NULL};
+        TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
+        v = cJSON_GetObjectItemCaseSensitive(ds, "id");
+        if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 64)
+            FAIL("dataset.id: must be a dataset id string");
+        strcpy(j->dataset_id, v->valuestring);
+    } else if (cJSON_GetObjectItemCaseSensitive(ds, "builtin")) {
+        static const char *const k[] = {"builtin", "n", "noise", "seed", NULL};
+        TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
+        v = cJSON_GetObjectItemCaseSensitive(ds, "builtin");
+        int ok = 0;
+        for (const char *const *nm = nf_data_builtin_names(); cJSON_IsString(v) && *nm; nm++)
+            ok |= !strcmp(*nm, v->valuestring);
+        if (!ok)
+            FAIL("dataset.builtin: must be one of moons, circles, 8gaussians, checkerboard, "
+                 "pinwheel, 2spirals, rings");
+        snprintf(j->builtin, sizeof j->builtin, "%s", v->valuestring);
+        double n, seed;
+        TRY(nf_json_num(ds, "n", 10000, 1, 10000000, &n, err, errlen), "dataset");
+        if (n != floor(n)) FAIL("dataset.n: must be an integer");
+        j->builtin_n = (int64_t)n;
+        TRY(nf_json_num(ds, "noise", -1, 0, 10, &j->builtin_noise, err, errlen), "dataset");
+        if (!cJSON_GetObjectItemCaseSensitive(ds, "noise")) j->builtin_noise = -1;
+        TRY(nf_json_num(ds, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen), "dataset");
+        j->builtin_seed = (uint64_t)seed;
+    } else if (allow_path && cJSON_GetObjectItemCaseSensitive(ds, "path")) {
+        static const char *const k[] = {"path", "format", NULL};
+        TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
+        v = cJSON_GetObjectItemCaseSensitive(ds, "path");
+        if (!cJSON_IsString(v)) FAIL("dataset.path: must be a string");
+        j->path = strdup(v->valuestring);
+        const char *fmt = nf_json_str(ds, "format", "auto");
+        if (!fmt || nf_data_format_parse(fmt, &j->path_format))
+            FAIL("dataset.format: must be auto, csv, npy, idx or json");
+    } else {
+        FAIL(allow_path ? "dataset: give {\"id\"}, {\"builtin\"} or {\"path\"}"
+                        : "dataset: give {\"id\":...} or {\"builtin\":...}");
+    }
+    /* flow */
+    const cJSON *fl = cJSON_GetObjectItemCaseSensitive(o, "flow");
+    if (!cJSON_IsObject(fl)) FAIL("flow: required object, {\"preset\":...} or {\"layers\":[...]}");
+    if (cJSON_GetObjectItemCaseSensitive(fl, "dim"))
+        FAIL("flow.dim: set by the dataset, leave it out");
+    if (!cJSON_GetObjectItemCaseSensitive(fl, "preset") &&
+        !cJSON_GetObjectItemCaseSensitive(fl, "layers"))
+        FAIL("flow: needs \"preset\" or \"layers\"");
+    v = cJSON_GetObjectItemCaseSensitive(fl, "context_dim");
+    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
+        FAIL("flow.context_dim: training conditional flows from a job is not supported yet");
+    j->flow = cJSON_Duplicate(fl, 1);
+    /* train */
+    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(o, "train");
+    if (tr) {
+        static const char *const k[] = {
+            "epochs", "batch_size", "lr", "optimizer", "weight_decay", "clip_grad_norm",
+            "warmup_steps", "schedule", "early_stopping", "val_fraction", "seed", "lr_min",
+            "plateau_factor", "plateau_patience", "jacobian_l2", "test_fraction", "log_every",
+            "max_bad_batches", NULL};
+        nf_train_config *c = &j->train;
+        double seed;
+        TRY(nf_json_check_keys(tr, k, err, errlen), "train");
+        TRY(nf_json_int(tr, "epochs", c->epochs, 1, 100000, &c->epochs, err, errlen), "train");
+        TRY(nf_json_int(tr, "batch_size", c->batch_size, 1, 65536, &c->batch_size, err, errlen), "train");
+        TRY(nf_json_num(tr, "lr", c->lr, 1e-12, 10, &c->lr, err, errlen), "train");
+        TRY(nf_json_num(tr, "weight_decay", 0, 0, 10, &c->weight_decay, err, errlen), "train");
+        TRY(nf_json_num(tr, "clip_grad_norm", 0, 0, 1e9, &c->clip_grad_norm, err, errlen), "train");
+        TRY(nf_json_int(tr, "warmup_steps", 0, 0, 100000000, &c->warmup_steps, err, errlen), "train");
+        TRY(nf_json_num(tr, "val_fraction", 0.1, 0, 0.9, &j->val_fraction, err, errlen), "train");
+        TRY(nf_json_num(tr, "test_fraction", 0, 0, 0.9, &j->test_fraction, err, errlen), "train");
+        TRY(nf_json_num(tr, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen), "train");
+        c->seed = (uint64_t)seed;
+        TRY(nf_json_num(tr, "lr_min", 0, 0, 10, &c->lr_min, err, errlen), "train");
+        TRY(nf_json_num(tr, "plateau_factor", 0.5, 1e-6, 0.999999, &c->plateau_factor, err, errlen), "train");
+        TRY(nf_json_int(tr, "plateau_patience", 5, 0, 1000000, &c->plateau_patience, err, errlen), "train");
+        TRY(nf_json_num(tr, "jacobian_l2", 0, 0, 1e6, &c->jacobian_l2, err, errlen), "train");
+        TRY(nf_json_int(tr, "log_every", 50, 1, 1000000, &c->log_every, err, errlen), "train");
+        TRY(nf_json_int(tr, "max_bad_batches", 10, 1, 1000000, &c->max_bad_batches, err, errlen), "train");
+        const char *s = nf_json_str(tr, "optimizer", "adam");
+        if (!s || (strcmp(s, "adam") && strcmp(s, "adamw")))
+            FAIL("train.optimizer: must be \"adam\" or \"adamw\"");
+        c->optimizer = !strcmp(s, "adamw") ? NF_OPT_ADAMW : NF_OPT_ADAM;
+        s = nf_json_str(tr, "schedule", "constant");
+        if (!s || nf_sched_parse(s, &c->schedule))
+            FAIL("train.schedule: must be \"constant\", \"cosine\" or \"plateau\"");
+        const cJSON *es = cJSON_GetObjectItemCaseSensitive(tr, "early_stopping");
+        if (es && !cJSON_IsNull(es)) {
+            static const char *const ek[] = {"patience", "min_delta", NULL};
+            TRY(nf_json_check_keys(es, ek, err, errlen), "train.early_stopping");
+            TRY(nf_json_int(es, "patience", 20, 1, 1000000, &c->es_patience, err, errlen), "train.early_stopping");
+            TRY(nf_json_num(es, "min_delta", 1e-4, 0, 1e6, &c->es_min_delta, err, errlen), "train.early_stopping");
+        }
+        if (j->val_fraction + j->test_fraction >= 0.95)
+            FAIL("train: val_fraction + test_fraction must leave rows to train on");
+    }
+    /* preprocess */
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(o, "preprocess");
+    if (pp) {
+        static const char *const k[] = {"standardize", "dequantize", "logit", NULL};
+        TRY(nf_json_check_keys(pp, k, err, errlen), "preprocess");
+        if (cJSON_GetObjectItemCaseSensitive(pp, "standardize"))
+            TRY(nf_json_bool(pp, "standardize", 1, &j->standardize, err, errlen), "preprocess");
+        const cJSON *dq = cJSON_GetObjectItemCaseSensitive(pp, "dequantize");
+        if (dq && !cJSON_IsNull(dq) && !cJSON_IsFalse(dq)) {
+            static const char *const dk[] = {"kind", "levels", NULL};
+            TRY(nf_json_check_keys(dq, dk, err, errlen), "preprocess.dequantize");
+            const char *kind = nf_json_str(dq, "kind", "uniform");
+            if (kind && !strcmp(kind, "variational"))
+                FAIL("preprocess.dequantize.kind: \"variational\" is not implemented yet; use \"uniform\"");
+            if (!kind || strcmp(kind, "uniform"))
+                FAIL("preprocess.dequantize.kind: must be \"uniform\"");
+            TRY(nf_json_int(dq, "levels", 256, 2, 65536, &j->levels, err, errlen), "preprocess.dequantize");
+            j->dequantize = 1;
+        }
+        const cJSON *lg = cJSON_GetObjectItemCaseSensitive(pp, "logit");
+        if (lg && !cJSON_IsNull(lg) && !cJSON_IsFalse(lg)) {
+            static const char *const lk[] = {"alpha", NULL};
+            if (!cJSON_IsTrue(lg)) {
+                TRY(nf_json_check_keys(lg, lk, err, errlen), "preprocess.logit");
+                TRY(nf_json_num(lg, "alpha", 1e-6, 0, 0.1, &j->logit_alpha, err, errlen), "preprocess.logit");
+            }
+            j->logit = 1;
+        }
+        if (j->logit && j->standardize == 1)
+            FAIL("preprocess: choose standardize or logit, not both");
+    }
+    if (j->standardize < 0) j->standardize = !j->logit;
+    j->train.dequantize = j->dequantize;
+    j->train.levels = j->levels;
+out:
+    cJSON_Delete(o);
+    if (rc) nf_job_free(j);
+    return rc;
+}
+
+int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen) {
+    if (j->builtin[0])
+        return nf_data_builtin(j->builtin, j->builtin_n, j->builtin_noise, j->builtin_seed, out,
+                               err, errlen);
+    if (j->path) return nf_data_load_file(j->path, j->path_format, out, err, errlen);
+    nf_set_err(err, errlen, "dataset ids are resolved by the daemon");
+    return NF_EINVAL;
+}
+
+void nf_job_result_free(nf_job_result *r) {
+    if (!r) return;
+    free(r->model);
+    cJSON_Delete(r->metrics);
+    memset(r, 0, sizeof *r);
+}
+
+static cJSON *affine_layer(int D, const double *shift, const double *scale) {
+    cJSON *l = cJSON_CreateObject();
+    cJSON_AddStringToObject(l, "type", "elementwise_affine");
+    cJSON_AddItemToObject(l, "shift", cJSON_CreateDoubleArray(shift, D));
+    cJSON_AddItemToObject(l, "scale", cJSON_CreateDoubleArray(scale, D));
+    return l;
+}
+
+char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess, char *err,
+                       size_t errlen) {
+    int D = train->d;
+    cJSON *spec = cJSON_Duplicate(j->flow, 1), *layers = NULL, *pre = cJSON_CreateArray();
+    cJSON *pp = cJSON_CreateObject();
+    double *a = malloc(2 * (size_t)D * sizeof *a);
+    char *out = NULL;
+    if (!spec || !pre || !pp || !a) goto fail_oom;
+    cJSON_AddNumberToObject(spec, "dim", D);
+    if (cJSON_GetObjectItemCaseSensitive(spec, "preset")) {
+        if (!cJSON_GetObjectItemCaseSensitive(spec, "seed"))
+            cJSON_AddNumberToObject(spec, "seed", (double)j->train.seed);
+        cJSON *exp = NULL;
+        if (nf_preset_expand(spec, &exp, err, errlen)) goto fail;
+        cJSON_Delete(spec);
+        spec = exp;
+    } else if (!cJSON_GetObjectItemCaseSensitive(spec, "seed")) {
+        cJSON_AddNumberToObject(spec, "seed", (double)j->train.seed);
+    }
+    layers = cJSON_DetachItemFromObjectCaseSensitive(spec, "layers");
+    if (!cJSON_IsArray(layers)) {
+        nf_set_err(err, errlen, "flow.layers: must be a list");
+        goto fail;
+    }
+    /* data checks and the preprocessing layers */
+    double L = j->dequantize ? j->levels : 1;
+    if (j->dequantize && (!train->is_integer || train->vmin < 0 || train->vmax > j->levels - 1)) {
+        nf_set_err(err, errlen,
+                   "preprocess.dequantize: needs integer data in [0, %d] (found values in [%g, %g]%s)",
+                   j->levels - 1, train->vmin, train->vmax, train->is_integer ? "" : ", not all integers");
+        goto fail;
+    }
+    if (j->logit) {
+        if (!j->dequantize && (train->vmin < 0 || train->vmax > 1)) {
+            nf_set_err(err, errlen, "preprocess.logit: needs data in [0,1] or dequantize with levels "
+                       "(found values in [%g, %g])", train->vmin, train->vmax);
+            goto fail;
+        }
+        for (int d = 0; d < D; d++) {
+            a[d] = 0;
+            a[D + d] = L;
+        }
+        cJSON_AddItemToArray(pre, affine_layer(D, a, a + D));
+        cJSON *lg = cJSON_CreateObject();
+        cJSON_AddStringToObject(lg, "type", "logit");
+        cJSON_AddNumberToObject(lg, "alpha", j->logit_alpha);
+        cJSON_AddItemToArray(pre, lg);
+    } else if (j->standardize) {
+        double *mean = a, *sd = a + D;
+        nf_data_stats(train, mean, sd);
+        for (int d = 0; d < D; d++) {
+            if (j->dequantize) mean[d] += 0.5; /* the noise's mean; its variance 1/12 */
+            if (j->dequantize) sd[d] = sqrt(sd[d] * sd[d] + 1.0 / 12);
+            if (!(sd[d] > 1e-12)) sd[d] = 1;
+        }
+        cJSON_AddItemToArray(pre, affine_layer(D, mean, sd));
+    }
+    cJSON *l;
+    while ((l = cJSON_DetachItemFromArray(layers, 0))) cJSON_AddItemToArray(pre, l);
+    cJSON_AddItemToObject(spec, "layers", pre);
+    pre = NULL;
+    cJSON_AddBoolToObject(pp, "standardize", j->standardize && !j->logit);
+    if (j->dequantize) {
+        cJSON *dq = cJSON_AddObjectToObject(pp, "dequantize");
+        cJSON_AddStringToObject(dq, "kind", "uniform");
+        cJSON_AddNumberToObject(dq, "levels", j->levels);
+    } else {
+        cJSON_AddNullToObject(pp, "dequantize");
+    }
+    if (j->logit) {
+        cJSON *lg = cJSON_AddObjectToObject(pp, "logit");
+        cJSON_AddNumberToObject(lg, "alpha", j->logit_alpha);
+    } else {
+        cJSON_AddNullToObject(pp, "logit");
+    }
+    out = cJSON_PrintUnformatted(spec);
+    if (!out) goto fail_oom;
+    cJSON_Delete(spec);
+    cJSON_Delete(layers);
+    free(a);
+    *preprocess = pp;
+    return out;
+fail_oom:
+    nf_set_err(err, errlen, "out of memory");
+fail:
+    cJSON_Delete(spec);
+    cJSON_Delete(layers);
+    cJSON_Delete(pre);
+    cJSON_Delete(pp);
+    free(a);
+    return NULL;
+}
+
+static void iso_now(char *buf, size_t n) {
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
+int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
+               const void *resume, size_t resume_len, nf_job_result *res, char *err,
+               size_t errlen) {
+    memset(res, 0, sizeof *res);
+    nf_data tr = {0}, va = {0}, te = {0};
+    nf_flow *f = NULL;
+    nf_trainer *t = NULL;
+    cJSON *pp = NULL;
+    char *spec = NULL, ferr[300] = "";
+    int rc = nf_data_split(all, j->val_fraction, j->test_fraction, j->train.seed ^ 0x5711,
+                           &tr, j->val_fraction > 0 ? &va : NULL, j->test_fraction > 0 ? &te : NULL);
+    if (rc) {
+        nf_set_err(err, errlen, "dataset: too few rows to split (%lld rows)", (long long)all->n);
+        goto out;
+    }
+    spec = nf_job_flow_spec(j, &tr, &pp, err, errlen);
+    if (!spec) {
+        rc = NF_EINVAL;
+        goto out;
+    }
+    if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
+        nf_set_err(err, errlen, "flow: %s", ferr);
+        goto out;
+    }
+    if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
+        goto out;
+    if (resume && (rc = nf_trainer_load_state(t, resume, resume_len))) {
+        nf_set_err(err, errlen, "cannot resume from the saved training state: %s", nf_strerror(rc));
+        goto out;
+    }
+    rc = nf_trainer_run(t, hooks);
+    nf_trainer_metrics(t, &res->last);
+    if (rc) {
+        nf_set_err(err, errlen, "%s", nf_trainer_error(t)[0] ? nf_trainer_error(t) : nf_strerror(rc));
+        goto out;
+    }
+    /* final figures on the best parameters */
+    cJSON *m = cJSON_CreateObject();
+    int D = tr.d;
+    double trn = nf_eval_nll(f, tr.x, tr.n < 20000 ? tr.n : 20000, j->dequantize, 1);
+    cJSON_AddItemToObject(m, "train_nll", num_or_null(trn));
+    cJSON_AddItemToObject(m, "val_nll", num_or_null(res->last.best_val_loss));
+    if (te.n) {
+        double ten = nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
+        cJSON_AddItemToObject(m, "test_nll", num_or_null(ten));
+        if (j->dequantize) cJSON_AddItemToObject(m, "test_bits_per_dim", num_or_null(nf_bits_per_dim(ten, D)));
+    }
+    if (j->dequantize && va.n)
+        cJSON_AddItemToObject(m, "val_bits_per_dim", num_or_null(nf_bits_per_dim(res->last.best_val_loss, D)));
+    cJSON_AddNumberToObject(m, "epochs_run", res->last.epoch);
+    cJSON_AddNumberToObject(m, "steps", (double)res->last.step);
+    cJSON_AddNumberToObject(m, "skipped_batches", (double)res->last.skipped_batches);
+    cJSON_AddNumberToObject(m, "rows_train", (double)tr.n);
+    cJSON_AddNumberToObject(m, "rows_val", (double)va.n);
+    cJSON_AddNumberToObject(m, "rows_test", (double)te.n);
+    cJSON_AddNumberToObject(m, "dim", D);
+    cJSON_AddNumberToObject(m, "num_params", (double)nf_flow_num_params(f));
+    cJSON_AddStringToObject(m, "likelihood", j->dequantize ? "dequantized_lower_bound" : "exact");
+    res->metrics = m;
+    char now[32];
+    iso_now(now, sizeof now);
+    if ((rc = nf_model_save(f, pp, m, now, &res->model, &res->model_len)))
+        nf_set_err(err, errlen, "cannot serialise the model: %s", nf_strerror(rc));
+out:
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(spec);
+    cJSON_Delete(pp);
+    nf_data_free(&tr);
+    nf_data_free(&va);
+    nf_data_free(&te);
+    return rc;
+}

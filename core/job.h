@@ -1,0 +1,90 @@
+/* job.h: the training-job JSON of the HTTP API (../shared/API.md), parsed
+ * and run in the core so `flowd train` and the daemon's workers do exactly
+ * the same thing.
+ *
+ *   {"submission_id"?, "model", "dataset": {"id"} | {"builtin","n","noise"?,"seed"?}
+ *                                          | {"path","format"?} (offline CLI only),
+ *    "flow": {"preset", ...overrides} | {"layers":[...], "base"?},
+ *    "train": {"epochs","batch_size","lr","optimizer","weight_decay","clip_grad_norm",
+ *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
+ *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
+ *              "plateau_patience","jacobian_l2","test_fraction","log_every",
+ *              "max_bad_batches"},
+ *    "preprocess": {"standardize", "dequantize":{"kind":"uniform","levels"}, "logit":{"alpha"}}}
+ *
+ * Unknown fields are errors (typos are caught, not ignored).
+ *
+ * Preprocessing becomes fixed layers in front of the flow (density order):
+ *   logit:       elementwise_affine(shift 0, scale L or 1) -> logit(alpha),
+ *                mapping [0,L] (dequantized levels) or [0,1] into R;
+ *   standardize: elementwise_affine(shift mean, scale std) from the training
+ *                split (dequantized data: mean + 1/2, the noise's mean);
+ * so log p is always reported in the data's own units.  Dequantization adds
+ * U[0,1) noise to integer rows; the trained likelihood of the noisy rows is a
+ * lower bound on the discrete likelihood, and bits/dim = NLL/(D ln 2) in
+ * pixel units is the figure papers report.  "variational" dequantization is
+ * parsed but refused: not implemented yet. */
+#ifndef NF_JOB_H
+#define NF_JOB_H
+
+#include "data.h"
+#include "train.h"
+
+#include <cjson/cJSON.h>
+
+typedef struct nf_job {
+    char submission_id[129];
+    char model[65];
+    /* dataset: exactly one of id, builtin, path */
+    char dataset_id[65];
+    char builtin[32];
+    int64_t builtin_n;
+    double builtin_noise;  /* < 0: the set's default */
+    uint64_t builtin_seed;
+    char *path;            /* owned, offline CLI only */
+    nf_data_format path_format;
+    cJSON *flow;           /* owned copy of the "flow" object */
+    nf_train_config train;
+    double val_fraction, test_fraction;
+    int standardize;       /* -1 unset: on unless logit */
+    int dequantize, levels;
+    int logit;
+    double logit_alpha;
+} nf_job;
+
+/* allow_path: accept {"path":...} datasets (offline CLI).  On failure the
+ * message in err names the field.  Free with nf_job_free. */
+int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *out, char *err,
+                 size_t errlen);
+void nf_job_free(nf_job *j);
+/* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */
+int nf_valid_name(const char *s);
+
+/* Load the job's dataset (builtin or path; NF_EINVAL for an id, which only
+ * the daemon resolves). */
+int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen);
+
+/* Everything a finished run produced. */
+typedef struct nf_job_result {
+    void *model;           /* model file bytes (model.h), malloc'd */
+    size_t model_len;
+    cJSON *metrics;        /* owned: final metrics object */
+    nf_train_metrics last;
+} nf_job_result;
+void nf_job_result_free(nf_job_result *r);
+
+/* Split all (borrowed), build the flow with preprocessing, train with hooks,
+ * and serialise the best parameters as a model file.  resume (may be NULL)
+ * is a trainer state blob from a checkpoint hook of the same job and data.
+ * Returns 0 or the trainer's status (NF_ECANCELLED, NF_ENONFINITE, ...),
+ * with err set. */
+int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
+               const void *resume, size_t resume_len, nf_job_result *res, char *err,
+               size_t errlen);
+
+/* The flow spec (with dim and preprocessing layers) the job trains, as JSON
+ * text (caller frees), given the training split.  Exposed for tests. */
+char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess, char *err,
+                       size_t errlen);
+
+#endif

@@ -1,0 +1,217 @@
+/* model.c: the model file (see model.h). */
+#include "model.h"
+
+#include "nf_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void put_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint64_t get_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *metrics,
+                  const char *created_at, void **buf, size_t *len) {
+    char *cfg = nf_flow_config_json(flow);
+    cJSON *h = cJSON_CreateObject(), *flowj = cfg ? cJSON_Parse(cfg) : NULL;
+    free(cfg);
+    if (!h || !flowj) {
+        cJSON_Delete(h);
+        cJSON_Delete(flowj);
+        return NF_ENOMEM;
+    }
+    cJSON_AddStringToObject(h, "format", "flowd-model");
+    cJSON_AddNumberToObject(h, "format_version", 1);
+    cJSON_AddItemToObject(h, "flow", flowj);
+    cJSON *pp = preprocess ? cJSON_Duplicate(preprocess, 1) : cJSON_CreateObject();
+    cJSON_AddItemToObject(h, "preprocess", pp);
+    const cJSON *dq = preprocess ? cJSON_GetObjectItemCaseSensitive(preprocess, "dequantize") : NULL;
+    cJSON_AddStringToObject(h, "likelihood",
+                            dq && cJSON_IsObject(dq) ? "dequantized_lower_bound" : "exact");
+    cJSON_AddItemToObject(h, "metrics", metrics ? cJSON_Duplicate(metrics, 1) : cJSON_CreateObject());
+    if (created_at) cJSON_AddStringToObject(h, "created_at", created_at);
+    char *hs = cJSON_PrintUnformatted(h);
+    cJSON_Delete(h);
+    void *pb = NULL;
+    size_t pl = 0;
+    int rc = hs ? nf_flow_save_params(flow, &pb, &pl) : NF_ENOMEM;
+    if (rc) {
+        free(hs);
+        return rc;
+    }
+    size_t hl = strlen(hs), n = 4 + 4 + 8 + hl + 8 + pl + 4;
+    unsigned char *p = malloc(n);
+    if (!p) {
+        free(hs);
+        free(pb);
+        return NF_ENOMEM;
+    }
+    memcpy(p, "NFMD", 4);
+    put_le(p + 4, 1, 4);
+    put_le(p + 8, hl, 8);
+    memcpy(p + 16, hs, hl);
+    put_le(p + 16 + hl, pl, 8);
+    memcpy(p + 24 + hl, pb, pl);
+    put_le(p + n - 4, nf_crc32(p, n - 4), 4);
+    free(hs);
+    free(pb);
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+void nf_model_free(nf_model *m) {
+    if (!m) return;
+    nf_flow_free(m->flow);
+    cJSON_Delete(m->header);
+    free(m);
+}
+
+int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t errlen) {
+    const unsigned char *p = buf;
+    *out = NULL;
+    if (!p || len < 4 || memcmp(p, "NFMD", 4)) {
+        nf_set_err(err, errlen, "not a flowd model file (bad magic)");
+        return NF_EFORMAT;
+    }
+    if (len < 16 + 8 + 4) {
+        nf_set_err(err, errlen, "model file truncated");
+        return NF_ECORRUPT;
+    }
+    if (get_le(p + 4, 4) != 1) {
+        nf_set_err(err, errlen, "model format version %u is not supported (this build reads 1)",
+                   (unsigned)get_le(p + 4, 4));
+        return NF_EFORMAT;
+    }
+    if (get_le(p + len - 4, 4) != nf_crc32(p, len - 4)) {
+        nf_set_err(err, errlen, "model checksum mismatch: the file is corrupt or truncated");
+        return NF_ECORRUPT;
+    }
+    uint64_t hl = get_le(p + 8, 8);
+    if (hl > len - 28) {
+        nf_set_err(err, errlen, "model header length out of range");
+        return NF_ECORRUPT;
+    }
+    uint64_t pl = get_le(p + 16 + hl, 8);
+    if (pl != len - 28 - hl) {
+        nf_set_err(err, errlen, "model parameter length out of range");
+        return NF_ECORRUPT;
+    }
+    cJSON *h = cJSON_ParseWithLength((const char *)p + 16, hl);
+    const cJSON *fj = h ? cJSON_GetObjectItemCaseSensitive(h, "flow") : NULL;
+    if (!fj || !cJSON_IsObject(fj)) {
+        cJSON_Delete(h);
+        nf_set_err(err, errlen, "model header is not valid JSON with a \"flow\" object");
+        return NF_EFORMAT;
+    }
+    char *fs = cJSON_PrintUnformatted(fj);
+    nf_model *m = calloc(1, sizeof *m);
+    char ferr[200] = "";
+    int rc = !fs || !m ? NF_ENOMEM : nf_flow_create(fs, &m->flow, ferr, sizeof ferr);
+    free(fs);
+    if (rc) {
+        nf_set_err(err, errlen, "model flow config: %s", ferr[0] ? ferr : nf_strerror(rc));
+        cJSON_Delete(h);
+        nf_model_free(m);
+        return rc == NF_ENOMEM ? rc : NF_EFORMAT;
+    }
+    rc = nf_flow_load_params(m->flow, p + 24 + hl, pl);
+    if (rc) {
+        nf_set_err(err, errlen, "model parameters: %s", nf_strerror(rc));
+        cJSON_Delete(h);
+        nf_model_free(m);
+        return rc;
+    }
+    m->header = h;
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(h, "preprocess");
+    const cJSON *dq = pp ? cJSON_GetObjectItemCaseSensitive(pp, "dequantize") : NULL;
+    if (dq && cJSON_IsObject(dq)) {
+        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");
+        m->dequantize = 1;
+        m->levels = cJSON_IsNumber(lv) ? (int)lv->valuedouble : 256;
+    }
+    *out = m;
+    return 0;
+}
+
+int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                      nf_real *out) {
+    if (!m->dequantize) return nf_flow_log_prob(m->flow, w, x, ctx, B, out);
+    int D = nf_flow_dim(m->flow), Bm = nf_ws_max_batch(w);
+    nf_real *buf = malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
+    if (!buf) return NF_ENOMEM;
+    nf_rng r;
+    nf_rng_seed(&r, 0x5eed);
+    int rc = 0;
+    for (int s = 0; s < B && !rc; s += Bm) {
+        int n = B - s < Bm ? B - s : Bm;
+        for (size_t i = 0; i < (size_t)n * D; i++)
+            buf[i] = x[(size_t)s * D + i] + (nf_real)nf_rng_uniform(&r);
+        rc = nf_flow_log_prob(m->flow, w, buf, ctx ? ctx + (size_t)s * nf_flow_context_dim(m->flow) : NULL, n, out + s);
+    }
+    free(buf);
+    return rc;
+}
+
+int nf_file_read(const char *path, void **buf, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NF_EIO;
+    unsigned char *p = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 65536;
+            unsigned char *q = realloc(p, nc);
+            if (!q) {
+                free(p);
+                fclose(f);
+                return NF_ENOMEM;
+            }
+            p = q;
+            cap = nc;
+        }
+        size_t r = fread(p + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(p);
+        return NF_EIO;
+    }
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+int nf_file_write(const char *path, const void *buf, size_t len) {
+    size_t pl = strlen(path);
+    char *tmp = malloc(pl + 16);
+    if (!tmp) return NF_ENOMEM;
+    snprintf(tmp, pl + 16, "%s.tmp%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        free(tmp);
+        return NF_EIO;
+    }
+    int ok = fwrite(buf, 1, len, f) == len;
+    ok &= fflush(f) == 0;
+    ok &= fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        free(tmp);
+        return NF_EIO;
+    }
+    free(tmp);
+    return 0;
+}

@@ -1,0 +1,52 @@
+/* model.h: the self-describing model file, one format for `flowd train
+ * --out`, the daemon's stored model versions, downloads and imports.
+ *
+ *   "NFMD"  u32 format version (1)
+ *   u64 header length, header: UTF-8 JSON
+ *       {"format":"flowd-model","format_version":1,
+ *        "flow": <nf_flow_config_json: dim, context_dim, base, layers, seed>,
+ *        "preprocess": {"standardize":bool, "dequantize":{"kind","levels"}|null,
+ *                       "logit":{"alpha"}|null},
+ *        "likelihood": "exact" | "dequantized_lower_bound",
+ *        "metrics": {...training figures...}, "created_at": ISO-8601}
+ *   u64 parameter blob length, parameter blob (nf_flow_save_params: NFPB)
+ *   u32 CRC-32 of every byte before it
+ * All integers little-endian.  Preprocessing is also *inside* the flow as
+ * fixed layers (elementwise_affine, logit), so log_prob of raw rows is exact
+ * in the data's own units; the "preprocess" object records what was done,
+ * and "dequantize" tells scorers to add U[0,1) noise to integer rows. */
+#ifndef NF_MODEL_H
+#define NF_MODEL_H
+
+#include "nf.h"
+
+#include <cjson/cJSON.h>
+
+typedef struct nf_model {
+    nf_flow *flow;   /* owned */
+    cJSON *header;   /* owned: the whole header object */
+    int dequantize;  /* 1 if rows are integer levels to be dequantized */
+    int levels;
+} nf_model;
+
+/* Serialise flow + header fields.  preprocess and metrics are borrowed
+ * (may be NULL); created_at is an ISO-8601 string or NULL.  *buf malloc'd,
+ * caller free()s. */
+int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *metrics,
+                  const char *created_at, void **buf, size_t *len);
+/* Parse and verify (magic, version, CRC, header, flow config, parameter
+ * blob).  NF_ECORRUPT for a checksum mismatch or truncation, NF_EFORMAT for
+ * anything else malformed; err says which.  Caller frees with nf_model_free. */
+int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t errlen);
+void nf_model_free(nf_model *m);
+
+/* log p(x) for raw rows (B,D): dequantized models get fixed-seed U[0,1)
+ * noise per row (the seed makes scores reproducible).  out (B) as for
+ * nf_flow_log_prob. */
+int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                      nf_real *out);
+
+int nf_file_read(const char *path, void **buf, size_t *len);   /* NF_EIO */
+int nf_file_write(const char *path, const void *buf, size_t len); /* via temp + rename */
+
+#endif

@@ -1,0 +1,148 @@
+/* cmd_train.c: `flowd train --config job.json --out model.flow`, one training
+ * job in the foreground from the same job JSON the HTTP API accepts, with a
+ * progress bar on a terminal and plain lines otherwise. */
+#include "cmd.h"
+
+#include "../core/job.h"
+#include "../core/model.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile int cancel_flag;
+static void on_sigint(int sig) {
+    (void)sig;
+    cancel_flag = 1;
+}
+
+typedef struct {
+    int tty;
+    FILE *out;
+} progress_ctx;
+
+static void fmt_eta(double s, char *buf, size_t n) {
+    if (!isfinite(s) || s < 0) {
+        snprintf(buf, n, "--:--");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+static void on_progress(void *user, const nf_train_metrics *m) {
+    progress_ctx *p = user;
+    char eta[32];
+    fmt_eta(m->eta_seconds, eta, sizeof eta);
+    if (p->tty) {
+        int width = 24, fill = m->total_steps ? (int)(width * m->step / m->total_steps) : 0;
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        fprintf(p->out, "\r[%s] epoch %d/%d step %lld loss %.4f val %.4f%s lr %.2e %.0f/s ETA %s  ",
+                bar, m->epoch, m->epochs, (long long)m->step, m->train_loss, m->val_loss,
+                isfinite(m->val_bits_per_dim) ? "" : "", m->lr, m->samples_per_second, eta);
+        if (m->is_validation && isfinite(m->val_bits_per_dim))
+            fprintf(p->out, "bpd %.4f ", m->val_bits_per_dim);
+        fflush(p->out);
+    } else {
+        fprintf(p->out,
+                "%s epoch=%d/%d step=%lld/%lld train_loss=%.6g val_loss=%.6g val_bpd=%.6g "
+                "best_val=%.6g lr=%.3g grad_norm=%.3g samples_per_s=%.0f eta_s=%.0f\n",
+                m->is_validation ? "val " : "step", m->epoch, m->epochs, (long long)m->step,
+                (long long)m->total_steps, m->train_loss, m->val_loss, m->val_bits_per_dim,
+                m->best_val_loss, m->lr, m->grad_norm, m->samples_per_second,
+                isfinite(m->eta_seconds) ? m->eta_seconds : -1.0);
+    }
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: flowd train --config JOB.json --out MODEL.flow [--quiet]\n"
+            "\n"
+            "Runs one training job in the foreground and writes a self-describing model\n"
+            "file (flow config, preprocessing, parameters, metrics, checksum), the same\n"
+            "bytes the daemon stores as a model version.\n"
+            "\n"
+            "  --config FILE   the job JSON of POST /v1/jobs (see README); the dataset may\n"
+            "                  also be {\"path\":\"data.csv\",\"format\":\"auto\"} here\n"
+            "  --out FILE      where to write the model (atomically: temp file + rename)\n"
+            "  --quiet         no progress output\n"
+            "\n"
+            "Ctrl-C stops training; the best parameters so far are still written.\n");
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *config = NULL, *outp = NULL;
+    int quiet = 0;
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:o:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config = optarg; break;
+        case 'o': outp = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!config || !outp || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    void *buf;
+    size_t len;
+    if (nf_file_read(config, &buf, &len)) {
+        fprintf(stderr, "flowd train: cannot read %s\n", config);
+        return 1;
+    }
+    nf_job job;
+    char err[512] = "";
+    int rc = nf_job_parse(buf, len, 1, &job, err, sizeof err);
+    free(buf);
+    if (rc) {
+        fprintf(stderr, "flowd train: %s: %s\n", config, err);
+        return 1;
+    }
+    nf_data data = {0};
+    if ((rc = nf_job_load_data(&job, &data, err, sizeof err))) {
+        fprintf(stderr, "flowd train: dataset: %s\n", err);
+        nf_job_free(&job);
+        return 1;
+    }
+    progress_ctx pc = {isatty(fileno(stderr)), stderr};
+    signal(SIGINT, on_sigint);
+    nf_train_hooks hooks = {.user = &pc, .progress = quiet ? NULL : on_progress,
+                            .cancel = &cancel_flag};
+    nf_job_result res;
+    if (!quiet)
+        fprintf(stderr, "training %s on %lld rows x %d dims\n", job.model, (long long)data.n, data.d);
+    rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
+    if (pc.tty && !quiet) fputc('\n', stderr);
+    if (rc == NF_ECANCELLED) {
+        fprintf(stderr, "flowd train: cancelled; no model written\n");
+    } else if (rc) {
+        fprintf(stderr, "flowd train: %s\n", err);
+    } else if (nf_file_write(outp, res.model, res.model_len)) {
+        fprintf(stderr, "flowd train: cannot write %s\n", outp);
+        rc = NF_EIO;
+    } else {
+        char *ms = cJSON_PrintUnformatted(res.metrics);
+        printf("wrote %s (%zu bytes)\nmetrics %s\n", outp, res.model_len, ms ? ms : "{}");
+        free(ms);
+    }
+    nf_job_result_free(&res);
+    nf_data_free(&data);
+    nf_job_free(&job);
+    return rc ? 1 : 0;
+}
