@@ -1,0 +1,526 @@
+/* bench_core.c: throughput of flowd's core on three reference workloads.
+ *
+ *   W1  realnvp, 8 affine couplings, MLP [128,128], 2-D moons,  train batch 512
+ *   W2  maf, 5 MADE layers [1024], reverse permutations, 784-D, train batch 128
+ *   W3  nsf, 5 RQ-spline couplings (8 bins, tail 3, resnet [256] x 2 blocks)
+ *       with the preset's lu_linear between them, 30-D,            train batch 512
+ *
+ * Per workload: training samples/s (zero_grad + log_prob_grad with dlogp = -1/B
+ * + clip_grad_norm + adam_step), log_prob rows/s at batch 1, 64, 4096 (a
+ * workspace of exactly that size), sampling rows/s, parameter bytes, peak RSS
+ * and achieved GFLOP/s against the machine's cblas_sgemm peak.
+ *
+ * Timing: one warm-up phase (>= 0.1 s, or one call if a call is longer), then
+ * NREP repeats of ITERS calls, ITERS chosen so a repeat lasts >= MIN_S; the
+ * figure is the median repeat.  CLOCK_MONOTONIC throughout.
+ *
+ * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
+ * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
+ * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json).
+ * The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS; `make bench` sets 2).
+ */
+#include "../core/nf.h"
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define NREP_MAX 5
+
+static struct {
+    int quick;
+    double min_s;    /* shortest repeat */
+    double warm_s;   /* warm-up time */
+    int nrep;        /* repeats (median reported) */
+    double max_s;    /* soft cap on one measurement: fewer repeats if a call is long */
+} cfg;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void die(const char *what, int rc) {
+    fprintf(stderr, "bench_core: %s: %s\n", what, nf_strerror(rc));
+    exit(1);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Largest (max - min) / median over the repeats of the measurements taken
+ * since it was last zeroed: how noisy the machine was. */
+static double g_spread;
+
+/* Median seconds per call of fn(arg). */
+typedef int (*op_fn)(void *arg);
+static double time_op(op_fn fn, void *arg, const char *what) {
+    int rc, calls = 0;
+    double t0 = now_s(), t;
+    do {
+        if ((rc = fn(arg))) die(what, rc);
+        calls++;
+        t = now_s() - t0;
+    } while (t < cfg.warm_s);
+    double per = t / calls;
+    int iters = per >= cfg.min_s ? 1 : (int)ceil(cfg.min_s / per);
+    int nrep = cfg.nrep;
+    while (nrep > 1 && per * iters * nrep > cfg.max_s) nrep--;
+    double rep[NREP_MAX];
+    for (int r = 0; r < nrep; r++) {
+        t0 = now_s();
+        for (int i = 0; i < iters; i++)
+            if ((rc = fn(arg))) die(what, rc);
+        rep[r] = (now_s() - t0) / iters;
+    }
+    qsort(rep, (size_t)nrep, sizeof rep[0], cmp_double);
+    double med = nrep % 2 ? rep[nrep / 2] : 0.5 * (rep[nrep / 2 - 1] + rep[nrep / 2]);
+    double spread = (rep[nrep - 1] - rep[0]) / med;
+    g_spread = spread > g_spread ? spread : g_spread;
+    return med;
+}
+
+/* ---- peak RSS ------------------------------------------------------------------
+ * VmHWM from /proc/self/status.  Writing "5" to /proc/self/clear_refs resets
+ * the high-water mark to the current RSS (Linux >= 4.0), so each workload's
+ * figure is its own peak (plus the process baseline: binary, OpenBLAS). */
+static long long vm_hwm_bytes(void) {
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kb = -1;
+    if (!fp) return -1;
+    while (fgets(line, sizeof line, fp))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atoll(line + 6);
+    fclose(fp);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+static int reset_hwm(void) {
+    FILE *fp = fopen("/proc/self/clear_refs", "w");
+    if (!fp) return -1;
+    int ok = fputs("5", fp) >= 0;
+    return fclose(fp) == 0 && ok ? 0 : -1;
+}
+
+/* ---- sgemm peak ------------------------------------------------------------------ */
+static double sgemm_gflops(int n, int runs) {
+    size_t nn = (size_t)n * n;
+    float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
+    if (!a || !b || !c) die("sgemm buffers", NF_ENOMEM);
+    nf_rng r;
+    nf_rng_seed(&r, 7);
+    for (size_t i = 0; i < nn; i++) {
+        a[i] = (float)nf_rng_uniform(&r) - 0.5f;
+        b[i] = (float)nf_rng_uniform(&r) - 0.5f;
+        c[i] = 0;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
+                n); /* warm-up (thread pool, page faults) */
+    double best = 1e30;
+    for (int i = 0; i < runs; i++) {
+        double t0 = now_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                    c, n);
+        double t = now_s() - t0;
+        best = t < best ? t : best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * n * (double)n * n / best / 1e9;
+}
+
+/* ---- data ------------------------------------------------------------------------ */
+/* Two interleaved half circles (as sklearn's make_moons): upper arc
+ * (cos t, sin t), lower arc (1 - cos t, 0.5 - sin t), t ~ U[0, pi], plus
+ * N(0, 0.05^2) noise on both coordinates. */
+static void gen_moons(nf_rng *r, nf_real *x, int n, int D) {
+    (void)D;
+    for (int i = 0; i < n; i++) {
+        double t = M_PI * nf_rng_uniform(r);
+        int lower = nf_rng_uniform(r) < 0.5;
+        double a = lower ? 1.0 - cos(t) : cos(t);
+        double b = lower ? 0.5 - sin(t) : sin(t);
+        x[2 * i] = (nf_real)(a + 0.05 * nf_rng_normal(r));
+        x[2 * i + 1] = (nf_real)(b + 0.05 * nf_rng_normal(r));
+    }
+}
+
+/* Standardized Gaussian data, N(0, I). */
+static void gen_gauss(nf_rng *r, nf_real *x, int n, int D) {
+    for (size_t i = 0; i < (size_t)n * D; i++) x[i] = (nf_real)nf_rng_normal(r);
+}
+
+/* ---- analytic dense-layer counts ------------------------------------------------
+ * A linear layer in -> out over B rows costs 2*B*in*out flops forward.  For
+ * training we count 3x that: the forward GEMM plus the two backward GEMMs
+ * (dW = X^T dY and dX = dY W^T), i.e.
+ *     flops_train = 3 * 2 * B * sum_linear(in*out),
+ *     flops_log_prob = 2 * B * sum_linear(in*out).
+ * Biases, activations, the transforms themselves and masks are not counted.
+ * (flowd's maf backward recomputes the MADE forward, so it does 4 GEMM passes
+ * for W2; the count stays at the conventional 3.)
+ * mac = sum of in*out over all linears; par = weights + biases, checked
+ * against nf_flow_num_params so the counts describe the flow actually built. */
+typedef struct dense_count {
+    double mac;
+    double par;
+} dense_count;
+
+static void add_lin(dense_count *c, int in, int out, int bias) {
+    c->mac += (double)in * out;
+    c->par += (double)in * out + (bias ? out : 0);
+}
+
+static void add_mlp(dense_count *c, int in, const int *h, int nh, int out) {
+    for (int i = 0; i < nh; i++) {
+        add_lin(c, in, h[i], 1);
+        in = h[i];
+    }
+    add_lin(c, in, out, 1);
+}
+
+/* resnet conditioner: in -> H, nblocks x (H -> H, H -> H), H -> out */
+static void add_resnet(dense_count *c, int in, int H, int nblocks, int out) {
+    add_lin(c, in, H, 1);
+    for (int b = 0; b < 2 * nblocks; b++) add_lin(c, H, H, 1);
+    add_lin(c, H, out, 1);
+}
+
+/* ---- workloads ------------------------------------------------------------------- */
+typedef struct workload {
+    const char *key, *name, *spec, *data_desc;
+    int D, train_batch, sample_n;
+    void (*gen)(nf_rng *, nf_real *, int, int);
+    dense_count dc;
+} workload;
+
+typedef struct result {
+    double train_sps, lp_rps[3], sample_rps;
+    double gflops, gflops_lp4096;
+    long long rss;
+    double spread;
+    size_t nparams;
+    int sample_n;
+} result;
+
+static const int lp_batches[3] = {1, 64, 4096};
+
+typedef struct train_arg {
+    nf_flow *f;
+    nf_ws *w;
+    nf_adam *opt;
+    const nf_real *pool; /* (npool,D) */
+    int npool, D, B, next;
+    nf_real *dlogp;      /* (B) = -1/B */
+} train_arg;
+
+static int train_step(void *p) {
+    train_arg *a = p;
+    if (a->next + a->B > a->npool) a->next = 0;
+    const nf_real *x = a->pool + (size_t)a->next * a->D;
+    a->next += a->B;
+    nf_flow_zero_grad(a->f);
+    int rc = nf_flow_log_prob_grad(a->f, a->w, x, NULL, a->B, 1, a->dlogp, NULL, NULL, NULL);
+    if (rc) return rc;
+    size_t P = nf_flow_num_params(a->f);
+    double norm = nf_clip_grad_norm(nf_flow_grad(a->f), P, 10.0);
+    if (!isfinite(norm)) return NF_ENONFINITE;
+    nf_adam_step(a->opt, nf_flow_params(a->f), nf_flow_grad(a->f), 1e-4);
+    return 0;
+}
+
+typedef struct lp_arg {
+    const nf_flow *f;
+    nf_ws *w;
+    const nf_real *x;
+    int B;
+    nf_real *out;
+} lp_arg;
+
+static int lp_call(void *p) {
+    lp_arg *a = p;
+    int rc = nf_flow_log_prob(a->f, a->w, a->x, NULL, a->B, a->out);
+    if (rc) return rc;
+    for (int i = 0; i < a->B; i++)
+        if (!isfinite(a->out[i])) return NF_ENONFINITE;
+    return 0;
+}
+
+typedef struct sample_arg {
+    const nf_flow *f;
+    nf_ws *w;
+    int n;
+    uint64_t seed;
+    nf_real *x;
+} sample_arg;
+
+static int sample_call(void *p) {
+    sample_arg *a = p;
+    return nf_flow_sample(a->f, a->w, a->n, 1.0, a->seed++, NULL, a->x, NULL);
+}
+
+static void run_workload(const workload *wl, result *res) {
+    char err[256];
+    nf_flow *f;
+    int rc = nf_flow_create(wl->spec, &f, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "bench_core: %s: %s (%s)\n", wl->key, err, nf_strerror(rc));
+        exit(1);
+    }
+    const int D = wl->D;
+    g_spread = 0;
+    res->nparams = nf_flow_num_params(f);
+    if ((double)res->nparams != wl->dc.par)
+        fprintf(stderr, "bench_core: %s: warning: flow has %zu params, the flop model %.0f\n",
+                wl->key, res->nparams, wl->dc.par);
+
+    const int npool = 4096;
+    nf_real *pool = malloc((size_t)npool * D * sizeof *pool);
+    nf_real *out = malloc((size_t)npool * sizeof *out);
+    if (!pool || !out) die("data", NF_ENOMEM);
+    nf_rng r;
+    nf_rng_seed(&r, 1234);
+    wl->gen(&r, pool, npool, D);
+
+    /* training */
+    {
+        train_arg a = {.f = f, .pool = pool, .npool = npool, .D = D, .B = wl->train_batch};
+        nf_adam opt;
+        if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
+        if ((rc = nf_adam_init(&opt, NF_OPT_ADAM, res->nparams, 0))) die("adam", rc);
+        a.opt = &opt;
+        a.dlogp = malloc((size_t)a.B * sizeof *a.dlogp);
+        for (int i = 0; i < a.B; i++) a.dlogp[i] = (nf_real)(-1.0 / a.B);
+        double t = time_op(train_step, &a, "train step");
+        res->train_sps = a.B / t;
+        res->gflops = 3.0 * 2.0 * a.B * wl->dc.mac / t / 1e9;
+        free(a.dlogp);
+        nf_adam_free(&opt);
+        nf_ws_free(a.w);
+    }
+
+    /* log_prob at three batch sizes, each with a workspace of that size */
+    for (int k = 0; k < 3; k++) {
+        lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
+        if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
+        double t = time_op(lp_call, &a, "log_prob");
+        res->lp_rps[k] = a.B / t;
+        if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t / 1e9;
+        nf_ws_free(a.w);
+    }
+
+    /* sampling */
+    {
+        sample_arg a = {.f = f, .n = wl->sample_n, .seed = 99};
+        a.x = malloc((size_t)a.n * D * sizeof *a.x);
+        if (!a.x) die("sample buffer", NF_ENOMEM);
+        if ((rc = nf_ws_create(f, a.n, &a.w))) die("ws", rc);
+        double t = time_op(sample_call, &a, "sample");
+        res->sample_rps = a.n / t;
+        res->sample_n = a.n;
+        nf_ws_free(a.w);
+        free(a.x);
+    }
+
+    nf_flow_free(f);
+    free(pool);
+    free(out);
+    res->rss = vm_hwm_bytes();
+    res->spread = g_spread;
+}
+
+/* ---- output ------------------------------------------------------------------------ */
+static int mkdir_p(const char *path) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return 0;
+}
+
+static void fmt_rate(char *buf, size_t n, double v) {
+    if (v >= 1e6) snprintf(buf, n, "%.2fM", v / 1e6);
+    else if (v >= 1e4) snprintf(buf, n, "%.1fk", v / 1e3);
+    else if (v >= 100) snprintf(buf, n, "%.0f", v);
+    else snprintf(buf, n, "%.2f", v);
+}
+
+int main(void) {
+    const char *q = getenv("FLOWD_BENCH_QUICK");
+    cfg.quick = q && *q && strcmp(q, "0");
+    if (cfg.quick) {
+        cfg.min_s = 0.05;
+        cfg.warm_s = 0.02;
+        cfg.nrep = 3;
+        cfg.max_s = 0.6;
+    } else {
+        cfg.min_s = 0.3;
+        cfg.warm_s = 0.1;
+        cfg.nrep = 5;
+        cfg.max_s = 4.0;
+    }
+    /* W2 sampling: MAF sampling inverts each MADE with D = 784 sequential
+     * passes, so one row costs 784 x 5 full MADE forwards (~19 GFLOP).  The
+     * default rows per call keep the whole run short; set
+     * FLOWD_BENCH_W2_SAMPLE_N=512 for the 512-row figure (minutes). */
+    int w2_sample_n = cfg.quick ? 4 : 64;
+    const char *e = getenv("FLOWD_BENCH_W2_SAMPLE_N");
+    if (e && atoi(e) > 0) w2_sample_n = atoi(e);
+
+    workload wl[3] = {
+        {"W1", "realnvp moons",
+         "{\"dim\":2,\"preset\":\"realnvp\",\"depth\":8,\"hidden\":[128,128],\"seed\":1}",
+         "2-D two moons, noise 0.05", 2, 512, 4096, gen_moons, {0, 0}},
+        {"W2", "maf 784-D",
+         "{\"dim\":784,\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024],\"seed\":1}",
+         "784-D standard Gaussian", 784, 128, w2_sample_n, gen_gauss, {0, 0}},
+        {"W3", "nsf 30-D",
+         "{\"dim\":30,\"preset\":\"nsf\",\"depth\":5,\"hidden\":[256],\"bins\":8,"
+         "\"tail_bound\":3,\"seed\":1}",
+         "30-D standard Gaussian", 30, 512, 4096, gen_gauss, {0, 0}},
+    };
+    /* W1: 8 couplings, conditioner 1 -> [128,128] -> 2 (scale, shift of 1 dim) */
+    for (int k = 0; k < 8; k++) add_mlp(&wl[0].dc, 1, (const int[]){128, 128}, 2, 2);
+    /* W2: 5 MADEs 784 -> [1024] -> 2*784, counted as dense (masked entries too) */
+    for (int k = 0; k < 5; k++) add_mlp(&wl[1].dc, 784, (const int[]){1024}, 1, 2 * 784);
+    /* W3: 5 couplings, resnet 15 -> 256, 2 blocks, 256 -> 15*(3*8-1) spline params;
+     * 4 lu_linear 30x30 (params: D*D + D bias) */
+    for (int k = 0; k < 5; k++) add_resnet(&wl[2].dc, 15, 256, 2, 15 * (3 * 8 - 1));
+    for (int k = 0; k < 4; k++) {
+        add_lin(&wl[2].dc, 30, 30, 0);
+        wl[2].dc.par += 30;
+    }
+
+    int threads = openblas_get_num_threads();
+    double t_start = now_s();
+    /* sgemm peak measured before and after the workloads, best kept, so a
+     * busy moment on a shared host does not lower the reference */
+    double g1024 = sgemm_gflops(1024, cfg.quick ? 3 : 10);
+    double g2048 = sgemm_gflops(2048, cfg.quick ? 1 : 3);
+    int hwm_reset = reset_hwm() == 0;
+    result res[3];
+    memset(res, 0, sizeof res);
+    for (int i = 0; i < 3; i++) {
+        if (hwm_reset) reset_hwm();
+        fprintf(stderr, "bench_core: %s %s ...\n", wl[i].key, wl[i].name);
+        run_workload(&wl[i], &res[i]);
+    }
+    g1024 = fmax(g1024, sgemm_gflops(1024, cfg.quick ? 3 : 10));
+    g2048 = fmax(g2048, sgemm_gflops(2048, cfg.quick ? 1 : 3));
+    double peak = g1024 > g2048 ? g1024 : g2048;
+    double elapsed = now_s() - t_start;
+
+    /* table */
+    printf("\nflowd core benchmark (%s mode, OpenBLAS %d thread%s, float32)\n",
+           cfg.quick ? "quick" : "full", threads, threads == 1 ? "" : "s");
+    printf("sgemm peak: %.1f GFLOP/s (n=1024 %.1f, n=2048 %.1f; best of runs before and after)\n\n", peak, g1024,
+           g2048);
+    printf("%-28s %14s %14s %14s\n", "", "W1 realnvp", "W2 maf", "W3 nsf");
+    char c[3][32];
+#define ROW(label, expr, fmt)                                                     \
+    do {                                                                          \
+        for (int i = 0; i < 3; i++) fmt(c[i], sizeof c[i], (expr));               \
+        printf("%-28s %14s %14s %14s\n", label, c[0], c[1], c[2]);                 \
+    } while (0)
+    ROW("train samples/s", res[i].train_sps, fmt_rate);
+    ROW("log_prob rows/s  B=1", res[i].lp_rps[0], fmt_rate);
+    ROW("log_prob rows/s  B=64", res[i].lp_rps[1], fmt_rate);
+    ROW("log_prob rows/s  B=4096", res[i].lp_rps[2], fmt_rate);
+    ROW("sample rows/s", res[i].sample_rps, fmt_rate);
+    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%d", res[i].sample_n);
+    printf("%-28s %14s %14s %14s\n", "  (sample batch)", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++)
+        snprintf(c[i], sizeof c[i], "%.2f MB", 4.0 * (double)res[i].nparams / 1e6);
+    printf("%-28s %14s %14s %14s\n", "param bytes", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.1f MB", res[i].rss / 1e6);
+    printf("%-28s %14s %14s %14s\n", hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)",
+           c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++)
+        snprintf(c[i], sizeof c[i], "%.2f", 6.0 * wl[i].dc.mac / 1e6);
+    printf("%-28s %14s %14s %14s\n", "train MFLOP/row (3x fwd)", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++)
+        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops, 100 * res[i].gflops / peak);
+    printf("%-28s %14s %14s %14s\n", "train GFLOP/s (% of peak)", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++)
+        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops_lp4096,
+                 100 * res[i].gflops_lp4096 / peak);
+    printf("%-28s %14s %14s %14s\n", "log_prob B=4096 GFLOP/s", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.0f%%", 100 * res[i].spread);
+    printf("%-28s %14s %14s %14s\n", "max repeat spread", c[0], c[1], c[2]);
+    printf("\nW1: realnvp, 8 affine couplings, MLP [128,128], %s; train batch 512\n",
+           wl[0].data_desc);
+    printf("W2: maf, 5 MADE [1024] + reverse permutations, %s; train batch 128;\n"
+           "    sampling is 784 sequential MADE passes per layer, so %d rows per call\n",
+           wl[1].data_desc, res[1].sample_n);
+    printf("W3: nsf preset = 5 RQ-spline couplings (8 bins, tail 3, resnet [256] x 2 blocks)\n"
+           "    with lu_linear layers between them (4), %s; train batch 512\n",
+           wl[2].data_desc);
+    printf("GFLOP/s counts dense layers only: 2*B*in*out per linear (x3 for training).\n");
+    printf("Median of %d repeats of >= %.2f s after warm-up (fewer repeats where one call\n"
+           "is long); total %.1f s.\n",
+           cfg.nrep, cfg.min_s, elapsed);
+
+    /* JSON: per workload {"flowd":{...}} so a "torch" object can sit beside it */
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "mode", cfg.quick ? "quick" : "full");
+    cJSON_AddNumberToObject(root, "blas_threads", threads);
+    cJSON_AddNumberToObject(root, "sgemm_peak_gflops", peak);
+    cJSON *sg = cJSON_AddObjectToObject(root, "sgemm_gflops");
+    cJSON_AddNumberToObject(sg, "1024", g1024);
+    cJSON_AddNumberToObject(sg, "2048", g2048);
+    cJSON_AddBoolToObject(root, "peak_rss_per_workload", hwm_reset);
+    for (int i = 0; i < 3; i++) {
+        cJSON *w = cJSON_AddObjectToObject(root, wl[i].key);
+        cJSON_AddStringToObject(w, "spec", wl[i].spec);
+        cJSON_AddStringToObject(w, "data", wl[i].data_desc);
+        cJSON_AddNumberToObject(w, "train_batch", wl[i].train_batch);
+        cJSON_AddNumberToObject(w, "sample_batch", res[i].sample_n);
+        cJSON_AddNumberToObject(w, "dense_flops_per_row_fwd", 2.0 * wl[i].dc.mac);
+        cJSON *o = cJSON_AddObjectToObject(w, "flowd");
+        cJSON_AddNumberToObject(o, "train_samples_per_s", res[i].train_sps);
+        cJSON *lp = cJSON_AddObjectToObject(o, "log_prob_rows_per_s");
+        for (int k = 0; k < 3; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "%d", lp_batches[k]);
+            cJSON_AddNumberToObject(lp, key, res[i].lp_rps[k]);
+        }
+        cJSON_AddNumberToObject(o, "sample_rows_per_s", res[i].sample_rps);
+        cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)res[i].rss);
+        cJSON_AddNumberToObject(o, "gflops", res[i].gflops);
+        cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops / peak);
+        cJSON_AddNumberToObject(o, "gflops_log_prob_4096", res[i].gflops_lp4096);
+        cJSON_AddNumberToObject(o, "param_bytes", 4.0 * (double)res[i].nparams);
+        cJSON_AddNumberToObject(o, "max_repeat_spread", res[i].spread);
+    }
+    const char *path = getenv("FLOWD_BENCH_OUT");
+    if (!path || !*path) path = "build/bench/results.json";
+    char *txt = cJSON_Print(root);
+    FILE *fp = NULL;
+    if (txt && mkdir_p(path) == 0) fp = fopen(path, "w");
+    if (!fp || fputs(txt, fp) < 0 || fputc('\n', fp) < 0) {
+        fprintf(stderr, "bench_core: cannot write %s\n", path);
+        if (fp) fclose(fp);
+        free(txt);
+        cJSON_Delete(root);
+        return 1;
+    }
+    fclose(fp);
+    printf("JSON: %s\n", path);
+    free(txt);
+    cJSON_Delete(root);
+    return 0;
+}
