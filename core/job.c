@@ -142,7 +142,7 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
             "epochs", "batch_size", "lr", "optimizer", "weight_decay", "clip_grad_norm",
             "warmup_steps", "schedule", "early_stopping", "val_fraction", "seed", "lr_min",
             "plateau_factor", "plateau_patience", "jacobian_l2", "test_fraction", "log_every",
-            "max_bad_batches", NULL};
+            "max_bad_batches", "max_seconds", NULL};
         nf_train_config *c = &j->train;
         double seed;
         TRY(nf_json_check_keys(tr, k, err, errlen), "train");
@@ -162,6 +162,7 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
         TRY(nf_json_num(tr, "jacobian_l2", 0, 0, 1e6, &c->jacobian_l2, err, errlen), "train");
         TRY(nf_json_int(tr, "log_every", 50, 1, 1000000, &c->log_every, err, errlen), "train");
         TRY(nf_json_int(tr, "max_bad_batches", 10, 1, 1000000, &c->max_bad_batches, err, errlen), "train");
+        TRY(nf_json_num(tr, "max_seconds", 0, 0, 1e9, &c->max_seconds, err, errlen), "train");
         const char *s = nf_json_str(tr, "optimizer", "adam");
         if (!s || (strcmp(s, "adam") && strcmp(s, "adamw")))
             FAIL("train.optimizer: must be \"adam\" or \"adamw\"");

@@ -9,7 +9,7 @@
  *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
- *              "max_bad_batches"},
+ *              "max_bad_batches","max_seconds"},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform","levels"}, "logit":{"alpha"}}}
  *
  * Unknown fields are errors (typos are caught, not ignored).

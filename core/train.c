@@ -140,6 +140,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
         cfg->val_every < 0 || cfg->es_patience < 0 || !(cfg->plateau_factor > 0) ||
         !(cfg->plateau_factor < 1) || cfg->plateau_patience < 0 || cfg->weight_decay < 0 ||
         cfg->clip_grad_norm < 0 || cfg->jacobian_l2 < 0 || cfg->lr_min < 0 ||
+        !(cfg->max_seconds >= 0) ||
         (unsigned)cfg->schedule >= NF_SCHED_COUNT || (unsigned)cfg->optimizer >= NF_OPT_COUNT) {
         nf_set_err(err, errlen, "invalid training configuration");
         return NF_EINVAL;
@@ -369,6 +370,12 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 goto finish;
             }
             if ((rc = train_step(t))) goto finish;
+            if (t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
+                validate(t); /* score the final parameters too */
+                t->done = 1;
+                report(t, h, 1);
+                goto finish;
+            }
             if (t->cfg.log_every && t->step % t->cfg.log_every == 0) report(t, h, 0);
             if (t->cfg.val_every && t->step % t->cfg.val_every == 0) {
                 if (validate(t)) t->done = 1;

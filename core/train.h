@@ -62,6 +62,9 @@ typedef struct nf_train_config {
     int val_every;            /* steps between validations, 0 = every epoch */
     int dequantize;           /* add U[0,1) noise to integer-valued data */
     int levels;               /* discrete levels (for bits/dim), e.g. 256 */
+    double max_seconds;       /* wall-clock budget, 0 = none: when spent, the
+                                 run ends like an early stop (best params kept);
+                                 counted per nf_trainer_run call */
     uint64_t seed;
 } nf_train_config;
 

@@ -373,3 +373,28 @@ TEST(train_rejects_bad_config) {
     CHECK(t == NULL);
     nf_flow_free(f);
 }
+
+/* a wall-clock budget ends the run like an early stop, keeping the best */
+TEST_T(train_time_budget_stops, 120) {
+    double H;
+    nf_real *tr = gaussian_rows(4000, 3, &H);
+    nf_flow *f = make("{\"dim\":3,\"preset\":\"maf\",\"depth\":2,\"hidden\":[64]}");
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 100000;
+    c.batch_size = 100;
+    c.max_seconds = 0.3;
+    c.log_every = 0;
+    nf_trainer *t;
+    char err[200];
+    REQUIRE(nf_trainer_create(f, &c, tr, 3500, tr + 3500 * 3, 500, &t, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(t, NULL) == 0);
+    nf_train_metrics m;
+    nf_trainer_metrics(t, &m);
+    CHECK(m.epoch < 100000);
+    CHECK(isfinite(m.best_val_loss));
+    CHECK_CLOSE(nf_eval_nll(f, tr + 3500 * 3, 500, 0, 0), m.best_val_loss, 1e-4, 1e-5);
+    nf_trainer_free(t);
+    nf_flow_free(f);
+    free(tr);
+}
