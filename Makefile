@@ -10,13 +10,13 @@
 V        ?= rel
 BUILD    := build/$(V)
 CC       ?= gcc
-PKGS     := openblas libcjson sqlite3 libmicrohttpd libcurl zlib libpng
+PKGS     := openblas libcjson sqlite3 libmicrohttpd libcurl zlib libpng libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(strip $(PKG_LIBS)),)
   # fallback where a package ships no .pc file
   PKG_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-pthread
-  PKG_LIBS   := -lopenblas -lcjson -lsqlite3 -lmicrohttpd -lcurl -lz -lpng
+  PKG_LIBS   := -lopenblas -lcjson -lsqlite3 -lmicrohttpd -lcurl -lz -lpng -lcrypto
 endif
 CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
 
@@ -38,10 +38,14 @@ TCORE_F32 := $(TCORE_SRC:%.c=$(BUILD)/f32/%.o)
 TCORE_F64 := $(TCORE_SRC:%.c=$(BUILD)/f64/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
 SERVER_SRC := $(wildcard server/*.c)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/gen/migrations.o
+SERVER_LIB_OBJ := $(filter-out $(BUILD)/f32/server/main.o,$(SERVER_OBJ))
+TSERVER_SRC := tests/runner.c $(wildcard tests/server/*.c)
+TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
 
 .PHONY: all test asan bench run deps clean
-all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd
+all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \
+     $(BUILD)/test_server
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)
@@ -69,6 +73,17 @@ $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(PKG_LIBS) -lm
 
+$(BUILD)/gen/migrations.c: $(wildcard migrations/*.sql) tools/embed_migrations.sh
+	@mkdir -p $(@D)
+	sh tools/embed_migrations.sh migrations > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c $(BUILD)/flags
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# the server test binary links the daemon's code (not main.c) and starts the
+# real flowd binary for end-to-end tests
+$(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(PKG_LIBS) -lm
+
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
 
@@ -82,7 +97,8 @@ bench: deps-check $(BUILD)/bench_core
 	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} $(BUILD)/bench_core
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
-            libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev sqlite3
+            libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
+            curl
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -37,7 +37,7 @@ struct nf_trainer {
     /* reporting */
     double acc_loss, last_lr, last_gn;
     int64_t acc_n, rep_step;
-    double rep_time, t_start;
+    double rep_time, t_start, last_ckpt;
     char err[300];
 };
 
@@ -359,7 +359,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     nf_flow *f = t->f;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     int rc = 0, every = h ? h->checkpoint_every : 0;
-    t->t_start = t->rep_time = now_s();
+    t->t_start = t->rep_time = t->last_ckpt = now_s();
     t->rep_step = t->step;
     t->err[0] = 0;
     while (!t->done && t->epoch < t->cfg.epochs) {
@@ -367,6 +367,10 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
             if (h && h->cancel && *h->cancel) {
                 rc = NF_ECANCELLED;
                 snprintf(t->err, sizeof t->err, "cancelled at step %lld", (long long)t->step);
+                if (h->checkpoint_on_cancel) {
+                    int crc = checkpoint(t, h);
+                    if (crc) rc = crc;
+                }
                 goto finish;
             }
             if ((rc = train_step(t))) goto finish;
@@ -382,14 +386,21 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 report(t, h, 1);
                 if (t->done) goto finish;
             }
-            if (every && t->step % every == 0 && (rc = checkpoint(t, h))) goto finish;
+            if ((every && t->step % every == 0) ||
+                (h && h->checkpoint_seconds > 0 && now_s() - t->last_ckpt >= h->checkpoint_seconds)) {
+                t->last_ckpt = now_s();
+                if ((rc = checkpoint(t, h))) goto finish;
+            }
         }
         t->epoch++;
         t->batch_in_epoch = 0;
         if (!t->cfg.val_every) {
             if (validate(t)) t->done = 1;
             report(t, h, 1);
-            if (!every && (rc = checkpoint(t, h))) goto finish;
+            if (!every && !(h && h->checkpoint_seconds > 0)) {
+                t->last_ckpt = now_s();
+                if ((rc = checkpoint(t, h))) goto finish;
+            }
         }
     }
     t->done = 1;

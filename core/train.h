@@ -97,6 +97,11 @@ typedef struct nf_train_hooks {
      * stops the run with that status */
     int (*checkpoint)(void *user, const void *state, size_t len, int64_t step);
     int checkpoint_every;
+    /* also checkpoint when this many seconds passed since the last one (0 = off) */
+    double checkpoint_seconds;
+    /* on cancellation, checkpoint the current state before returning (a
+     * daemon shutting down keeps the job resumable) */
+    int checkpoint_on_cancel;
 } nf_train_hooks;
 
 typedef struct nf_trainer nf_trainer;

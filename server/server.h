@@ -1,0 +1,189 @@
+/* server.h: the flowd daemon's internals.
+ *
+ * Threads:
+ *  - libmicrohttpd's internal thread pool (epoll) runs request handlers;
+ *    each pool thread lazily opens its own fd_db connection and keeps its own
+ *    core workspaces (thread-local), so handlers share nothing mutable but the
+ *    model cache (reference-counted, mutex-protected) and atomic counters.
+ *  - fd_jobs runs training on its own worker threads; HTTP threads never
+ *    train.  BLAS runs single-threaded everywhere in the daemon (see README:
+ *    with 2 cores, request threads and one training worker are the
+ *    parallelism; BLAS threads on top would oversubscribe).
+ *
+ * A request's life: first callback allocates an fd_req and checks
+ * Content-Length against the body limit (413 before reading); following
+ * callbacks append the body (hard limit); the last one routes to a handler,
+ * which validates input and either sends an error itself and returns, or
+ * sends the success response.  Every response carries X-Request-Id and is
+ * logged in one line. */
+#ifndef FD_SERVER_H
+#define FD_SERVER_H
+
+#include "db.h"
+
+#include "../core/model.h"
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define FD_VERSION "0.1.0"
+
+typedef struct fd_config {
+    const char *db_path;
+    char listen_host[64];
+    int port;
+    int workers;           /* training worker threads, default 1 */
+    int http_threads;      /* MHD pool size, default 4 */
+    size_t max_body;       /* bytes, default 64 MiB */
+    int max_rows;          /* rows per log_prob/encode/decode request, default 100000 */
+    int max_sample;        /* n per sample request, default 100000 */
+    int max_connections;   /* default 512 */
+    size_t conn_memory;    /* per-connection memory limit, default 256 KiB */
+    int conn_timeout;      /* idle seconds, default 30 */
+    int max_inflight;      /* requests being handled at once before 503, default 256 */
+    int max_queued_jobs;   /* queued jobs before 429, default 64 */
+    int cache_models;      /* models kept loaded, default 16 */
+    const char *token_file;
+    int quiet;             /* no per-request log lines */
+} fd_config;
+
+typedef struct fd_token {
+    char hash[65];         /* sha256 hex */
+    int write;             /* scope */
+} fd_token;
+
+/* ---- model cache ---------------------------------------------------------- */
+typedef struct fd_model {
+    char name[65];
+    int version;
+    nf_model *m;           /* owned, read-only after load */
+    uint64_t uid;          /* unique per load: keys thread-local workspaces */
+    atomic_int refs;
+} fd_model;
+
+typedef struct fd_cache fd_cache;
+fd_cache *fd_cache_create(int capacity);
+void fd_cache_free(fd_cache *c);
+/* Get (loading from db on a miss) model name at version (0 = latest).  The
+ * returned model holds a reference: release with fd_model_release.  Errors:
+ * FD_ENOTFOUND, FD_ECORRUPT (checksum or parse failure; never loaded). */
+int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model **out,
+                 char *err, size_t errlen);
+void fd_model_release(fd_model *m);
+/* Forget every version of name (after DELETE); running requests keep theirs. */
+void fd_cache_evict(fd_cache *c, const char *name);
+int fd_cache_count(fd_cache *c);
+
+/* ---- training jobs ------------------------------------------------------------ */
+typedef struct fd_jobs fd_jobs;
+/* Start n worker threads on db_path.  Jobs found running (the daemon died
+ * under them) resume from their saved state; queued ones run in order. */
+int fd_jobs_start(const char *db_path, int n, fd_jobs **out, char *err, size_t errlen);
+/* Wake a worker: a job was queued. */
+void fd_jobs_notify(fd_jobs *j);
+/* Cancel a running job now (the HTTP handler has already flagged it in the
+ * database); a no-op if this daemon is not running it. */
+void fd_jobs_cancel(fd_jobs *j, int64_t id);
+/* Graceful stop: running jobs checkpoint and stay 'running' in the database,
+ * to resume at the next start; waits for the workers. */
+void fd_jobs_stop(fd_jobs *j);
+int fd_jobs_running(fd_jobs *j); /* workers currently training */
+
+/* ---- the server ------------------------------------------------------------------ */
+typedef struct fd_metrics fd_metrics;
+
+typedef struct fd_server {
+    fd_config cfg;
+    fd_token *tokens;
+    int ntokens;
+    struct MHD_Daemon *mhd;
+    fd_cache *cache;
+    fd_jobs *jobs;
+    fd_metrics *metrics;
+    atomic_int ready;      /* /readyz */
+    atomic_int draining;
+    atomic_int inflight;
+    pthread_key_t db_key;  /* per-thread fd_db */
+} fd_server;
+
+/* One request. */
+typedef struct fd_req {
+    fd_server *srv;
+    struct MHD_Connection *conn;
+    const char *method, *url;
+    char rid[40];          /* X-Request-Id */
+    char *body;            /* accumulated, NUL-terminated */
+    size_t len, cap;
+    int too_large;
+    int counted;           /* holds an inflight slot */
+    int route;             /* index into the route table, for metrics */
+    double t0;
+    int status;            /* sent status */
+    size_t sent_bytes;
+    int write_scope;       /* authenticated with a write token (or no tokens) */
+} fd_req;
+
+/* Per-thread database connection of the calling HTTP thread (opened on first
+ * use); NULL with a 500 sent if it cannot be opened. */
+fd_db *fd_req_db(fd_req *r);
+
+/* Responses.  All return MHD_YES/MHD_NO for the MHD callback to return. */
+enum MHD_Result fd_send_json(fd_req *r, int status, cJSON *body); /* takes body */
+enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *content_type, void *buf,
+                              size_t len); /* takes buf (free()d) */
+/* {"error":{"code","message","details"}}; details taken (may be NULL). */
+enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details,
+                              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Map an FD_E* storage error to a response. */
+enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err);
+
+/* Query-string and header access. */
+const char *fd_req_query(fd_req *r, const char *key);
+const char *fd_req_header(fd_req *r, const char *key);
+/* Parse the body as a JSON object: sends 400 invalid_json / 415 itself and
+ * returns NULL on failure. */
+cJSON *fd_req_json(fd_req *r);
+
+/* Route handlers (api_*.c).  args: path segments captured by the route. */
+typedef enum MHD_Result (*fd_handler)(fd_req *r, char **args);
+enum MHD_Result fd_api_models_list(fd_req *r, char **a);
+enum MHD_Result fd_api_model_get(fd_req *r, char **a);
+enum MHD_Result fd_api_model_delete(fd_req *r, char **a);
+enum MHD_Result fd_api_log_prob(fd_req *r, char **a);
+enum MHD_Result fd_api_sample(fd_req *r, char **a);
+enum MHD_Result fd_api_encode(fd_req *r, char **a);
+enum MHD_Result fd_api_decode(fd_req *r, char **a);
+enum MHD_Result fd_api_checkpoint(fd_req *r, char **a);
+enum MHD_Result fd_api_datasets_create(fd_req *r, char **a);
+enum MHD_Result fd_api_datasets_list(fd_req *r, char **a);
+enum MHD_Result fd_api_dataset_get(fd_req *r, char **a);
+enum MHD_Result fd_api_dataset_delete(fd_req *r, char **a);
+enum MHD_Result fd_api_jobs_create(fd_req *r, char **a);
+enum MHD_Result fd_api_jobs_list(fd_req *r, char **a);
+enum MHD_Result fd_api_job_get(fd_req *r, char **a);
+enum MHD_Result fd_api_job_metrics(fd_req *r, char **a);
+enum MHD_Result fd_api_job_events(fd_req *r, char **a);
+enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
+
+/* Metrics (metrics.c): counters are lock-free. */
+fd_metrics *fd_metrics_create(void);
+void fd_metrics_free(fd_metrics *m);
+void fd_metrics_request(fd_metrics *m, int route, int status, double seconds);
+void fd_metrics_rows(fd_metrics *m, int64_t scored, int64_t sampled);
+/* Prometheus text (malloc'd). */
+char *fd_metrics_render(fd_server *s, fd_db *db);
+
+/* Server lifecycle (http.c). */
+int fd_server_start(fd_server *s, char *err, size_t errlen);
+void fd_server_stop(fd_server *s);
+
+/* Route names for metrics labels; index = route number. */
+extern const char *const fd_route_names[];
+extern const int fd_route_count;
+
+double fd_now(void); /* monotonic seconds */
+
+#endif
