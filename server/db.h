@@ -41,7 +41,8 @@ int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen);
 void fd_db_close(fd_db *db); /* NULL is a no-op */
 /* Apply pending migrations (see above).  *applied (may be NULL) gets how many. */
 int fd_db_migrate(fd_db *db, int *applied, char *err, size_t errlen);
-/* Highest applied migration version (0 for an empty database). */
+/* Highest applied migration version (0 for an empty database; a negative
+ * FD_E* code when it cannot be read). */
 int fd_db_schema_version(fd_db *db);
 /* Highest migration version compiled into this binary. */
 int fd_db_binary_schema_version(void);
@@ -56,7 +57,7 @@ char *fd_db_schema_dump(fd_db *db);
 int fd_db_models_list(fd_db *db, cJSON **out, char *err, size_t errlen);
 /* {"name","created_at","latest_version","versions":[{"version","created_at","dim",
  *  "context_dim","size_bytes","sha256","config":{},"preprocess":{},"metrics":{},
- *  "job_id"}]} */
+ *  "job_id"}]}; versions ascending; job_id is the job's id as a string, or null. */
 int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t errlen);
 /* Deletes the model and all its versions.  FD_ENOTFOUND if absent. */
 int fd_db_model_delete(fd_db *db, const char *name, char *err, size_t errlen);
@@ -95,10 +96,13 @@ int fd_db_job_create(fd_db *db, const char *submission_id, const char *model,
                      const char *request_json, int64_t *id, int *existed, char *err,
                      size_t errlen);
 /* {"id","state","model","version"?,"progress":{...},"error"?,"created_at",
- *  "started_at"?,"finished_at"?,"submission_id"?,"request":{...}} */
+ *  "started_at"?,"finished_at"?,"submission_id"?,"request":{...},
+ *  "cancel_requested"?:true}.  "id" is the integer id as a string ("17");
+ *  "progress" is the last object given to fd_db_job_progress, {} before. */
 int fd_db_job_get(fd_db *db, int64_t id, cJSON **out, char *err, size_t errlen);
-/* {"jobs":[...]} newest first; state NULL = all; page_token: the id to
- * continue below (0 = from the newest); *next gets the next token or 0. */
+/* {"jobs":[...]} newest first (objects as fd_db_job_get); state NULL = all;
+ * page_token: the id to continue below (0 = from the newest); limit <= 0
+ * means 50, at most 1000; *next gets the next token or 0 on the last page. */
 int fd_db_jobs_list(fd_db *db, const char *state, int64_t page_token, int limit, cJSON **out,
                     int64_t *next, char *err, size_t errlen);
 /* The oldest queued job becomes running (started_at set) atomically:
@@ -117,7 +121,11 @@ int fd_db_job_metric_add(fd_db *db, int64_t id, int64_t step, const char *kind, 
                          double train_loss, double val_loss, double lr, double grad_norm,
                          double time, char *err, size_t errlen);
 /* {"metrics":[{"step","epoch","kind","train_loss","val_loss","lr","grad_norm","time"}],
- *  "next_after_step"} rows with step > after_step, at most limit */
+ *  "next_after_step"} rows with step > after_step ordered by step (train before
+ *  val), at most limit distinct steps (so a step's train and val rows are never
+ *  split across pages; limit <= 0 means 1000).  next_after_step is the last
+ *  step returned when more rows follow, null when none is left now.  Unset
+ *  (NaN) values are null. */
 int fd_db_job_metrics(fd_db *db, int64_t id, int64_t after_step, int limit, cJSON **out,
                       char *err, size_t errlen);
 /* Ask for cancellation: a queued job is cancelled at once; a running one gets
@@ -128,7 +136,8 @@ int fd_db_job_cancel(fd_db *db, int64_t id, char *err, size_t errlen);
 int fd_db_job_cancel_requested(fd_db *db, int64_t id);
 /* Final states: succeeded (with the published version), failed (error
  * message), cancelled.  Deletes the job's train state in the same
- * transaction.  finished_at set. */
+ * transaction.  finished_at set.  From queued or running only: FD_ECONFLICT
+ * for a job already finished, FD_EINVAL for a state that is not final. */
 int fd_db_job_finish(fd_db *db, int64_t id, const char *state, int version, const char *error,
                      char *err, size_t errlen);
 /* Publish: add the model version AND mark the job succeeded in ONE
@@ -152,6 +161,10 @@ int fd_db_job_counts(fd_db *db, int64_t counts[5], char *err, size_t errlen);
 /* Replace the stored tokens with these (sha256 hex hashes and scopes). */
 int fd_db_tokens_replace(fd_db *db, const char *const *hashes, const char *const *scopes, int n,
                          char *err, size_t errlen);
+
+/* The scope ("read"/"write") of the token whose sha256 hex is hash;
+ * FD_ENOTFOUND when no such token is stored. */
+int fd_db_token_scope(fd_db *db, const char *hash, char scope[8], char *err, size_t errlen);
 
 /* SHA-256 of buf as 64 lowercase hex digits + NUL into hex (65 bytes). */
 void fd_sha256_hex(const void *buf, size_t len, char hex[65]);
