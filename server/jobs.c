@@ -1,0 +1,495 @@
+/* jobs.c: training workers.
+ *
+ * n worker threads, each with its own database connection.  At start the
+ * jobs left 'running' by a daemon that died under them are handed out first
+ * (each resumes from its saved trainer state, or from scratch without one);
+ * then every worker claims the oldest queued job, or sleeps on a condition
+ * variable (woken by fd_jobs_notify, or after 500 ms to poll the database).
+ *
+ * A running job has a slot in a small table (under the mutex) holding its
+ * cancel flag, which the trainer reads every step.  Two reasons set it:
+ *  - the user (fd_jobs_cancel, or cancel_requested seen in the database):
+ *    the job ends 'cancelled' and its state is not saved;
+ *  - shutdown (fd_jobs_stop): the trainer checkpoints on cancellation and the
+ *    job stays 'running' in the database, to resume at the next start.
+ * Database errors while reporting progress or checkpointing are logged and
+ * training goes on; publishing is retried a few times before the job fails. */
+#include "server.h"
+
+#include "../core/job.h"
+#include "../core/model.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct fd_slot {
+    int64_t id;             /* 0: idle */
+    volatile int cancel;    /* the trainer's stop flag */
+    volatile int user_cancel; /* set with cancel by the user: end 'cancelled', no checkpoint */
+} fd_slot;
+
+typedef struct fd_worker {
+    struct fd_jobs *j;
+    int index;
+    fd_db *db;
+    pthread_t th;
+    int started;
+    double last_err_log; /* rate limit for progress-error lines */
+} fd_worker;
+
+struct fd_jobs {
+    int n;
+    fd_worker *w;
+    fd_slot *slots;         /* one per worker, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;           /* under mu */
+    int pending;            /* a notify not yet seen by an idle worker, under mu */
+    int64_t *resume;        /* ids left 'running' at start, under mu */
+    int nresume, resume_next;
+    double ckpt_seconds;
+    atomic_int running;
+};
+
+/* ---- helpers ------------------------------------------------------------------ */
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void sleep_s(double s) {
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) && errno == EINTR) {
+    }
+}
+
+static void add_num(cJSON *o, const char *k, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v);
+    else cJSON_AddNullToObject(o, k);
+}
+
+/* The model file's header (see model.h): dim, context_dim, the flow config
+ * and the preprocess object as JSON texts (malloc'd). */
+static int model_header(const void *buf, size_t len, int *dim, int *cdim, char **config,
+                        char **preprocess) {
+    const unsigned char *p = buf;
+    *config = *preprocess = NULL;
+    if (len < 16 || memcmp(p, "NFMD", 4)) return -1;
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | p[8 + i];
+    if (hl > len - 16) return -1;
+    char *hs = malloc((size_t)hl + 1);
+    if (!hs) return -1;
+    memcpy(hs, p + 16, (size_t)hl);
+    hs[hl] = 0;
+    cJSON *h = cJSON_Parse(hs);
+    free(hs);
+    const cJSON *flow = cJSON_GetObjectItemCaseSensitive(h, "flow");
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(h, "preprocess");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(flow, "dim");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(flow, "context_dim");
+    if (!cJSON_IsObject(flow) || !cJSON_IsNumber(d)) {
+        cJSON_Delete(h);
+        return -1;
+    }
+    *dim = (int)d->valuedouble;
+    *cdim = cJSON_IsNumber(c) ? (int)c->valuedouble : 0;
+    *config = cJSON_PrintUnformatted(flow);
+    *preprocess = cJSON_IsObject(pp) ? cJSON_PrintUnformatted(pp) : strdup("{}");
+    cJSON_Delete(h);
+    if (!*config || !*preprocess) {
+        free(*config);
+        free(*preprocess);
+        *config = *preprocess = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- hooks ------------------------------------------------------------------------ */
+typedef struct run_ctx {
+    fd_worker *w;
+    fd_slot *slot;
+    int64_t id;
+} run_ctx;
+
+static void log_db_error(fd_worker *w, int64_t id, const char *what, const char *err) {
+    double now = mono_now();
+    if (now - w->last_err_log < 5) return;
+    w->last_err_log = now;
+    fprintf(stderr, "flowd: job %" PRId64 ": %s: %s (training continues)\n", id, what, err);
+}
+
+static void on_progress(void *user, const nf_train_metrics *m) {
+    run_ctx *r = user;
+    char err[256] = "";
+    cJSON *o = cJSON_CreateObject();
+    if (o) {
+        cJSON_AddNumberToObject(o, "epoch", m->epoch);
+        cJSON_AddNumberToObject(o, "epochs", m->epochs);
+        cJSON_AddNumberToObject(o, "step", (double)m->step);
+        cJSON_AddNumberToObject(o, "total_steps", (double)m->total_steps);
+        add_num(o, "train_loss", m->train_loss);
+        add_num(o, "val_loss", m->val_loss);
+        if (isfinite(m->val_bits_per_dim)) add_num(o, "val_bits_per_dim", m->val_bits_per_dim);
+        add_num(o, "best_val_loss", m->best_val_loss);
+        add_num(o, "lr", m->lr);
+        add_num(o, "grad_norm", m->grad_norm);
+        add_num(o, "samples_per_second", m->samples_per_second);
+        add_num(o, "eta_seconds", m->eta_seconds);
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (s && fd_db_job_progress(r->w->db, r->id, s, err, sizeof err))
+            log_db_error(r->w, r->id, "cannot store progress", err);
+        free(s);
+    }
+    if (fd_db_job_metric_add(r->w->db, r->id, m->step, m->is_validation ? "val" : "train",
+                             m->epoch, m->train_loss, m->is_validation ? m->val_loss : NAN, m->lr,
+                             m->grad_norm, wall_now(), err, sizeof err))
+        log_db_error(r->w, r->id, "cannot store metrics", err);
+    /* a cancellation recorded in the database but not signalled to us */
+    if (!r->slot->cancel && fd_db_job_cancel_requested(r->w->db, r->id) == 1) {
+        r->slot->user_cancel = 1;
+        r->slot->cancel = 1;
+    }
+}
+
+static int on_checkpoint(void *user, const void *state, size_t len, int64_t step) {
+    run_ctx *r = user;
+    if (r->slot->user_cancel) return 0; /* ending 'cancelled': nothing to resume */
+    char err[256] = "";
+    if (fd_db_train_state_put(r->w->db, r->id, step, state, len, err, sizeof err))
+        log_db_error(r->w, r->id, "cannot store the training state", err);
+    return 0;
+}
+
+/* ---- one job --------------------------------------------------------------------- */
+/* Final state with a few retries: a locked database must not leave the job
+ * 'running' forever. */
+static void finish(fd_worker *w, int64_t id, const char *state, const char *msg) {
+    char err[256] = "";
+    for (int a = 0; a < 5; a++) {
+        int rc = fd_db_job_finish(w->db, id, state, 0, msg, err, sizeof err);
+        if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT) return;
+        fprintf(stderr, "flowd: job %" PRId64 ": cannot mark it %s: %s\n", id, state, err);
+        sleep_s(0.2 * (a + 1));
+    }
+}
+
+/* The rows of a stored dataset as an nf_data. */
+static int load_dataset(fd_worker *w, const char *dsid, nf_data *out, char *msg, size_t msglen) {
+    float *x = NULL;
+    int64_t rows = 0;
+    int dim = 0, is_int = 0;
+    double vmin = 0, vmax = 0;
+    char err[256] = "";
+    int rc = fd_db_dataset_data(w->db, dsid, &x, &rows, &dim, &is_int, &vmin, &vmax, err,
+                                sizeof err);
+    if (rc == FD_ENOTFOUND) {
+        snprintf(msg, msglen, "dataset %s not found (deleted?)", dsid);
+        return -1;
+    }
+    if (rc) {
+        snprintf(msg, msglen, "dataset %s: cannot read it: %s", dsid, err);
+        return -1;
+    }
+    if (nf_data_alloc(out, rows, dim, err, sizeof err)) {
+        snprintf(msg, msglen, "dataset %s: %s", dsid, err);
+        free(x);
+        return -1;
+    }
+    for (size_t i = 0; i < (size_t)rows * (size_t)dim; i++) out->x[i] = (nf_real)x[i];
+    free(x);
+    out->is_integer = is_int;
+    out->vmin = vmin;
+    out->vmax = vmax;
+    return 0;
+}
+
+static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *res) {
+    int dim = 0, cdim = 0, version = 0;
+    char *config = NULL, *pre = NULL, *metrics = NULL, err[256] = "", msg[400];
+    if (model_header(res->model, res->model_len, &dim, &cdim, &config, &pre)) {
+        finish(w, id, "failed", "internal error: the trained model file has no valid header");
+        return;
+    }
+    metrics = res->metrics ? cJSON_PrintUnformatted(res->metrics) : strdup("{}");
+    int rc = FD_ENOMEM;
+    for (int a = 0; a < 4 && metrics; a++) {
+        rc = fd_db_job_publish(w->db, id, job->model, res->model, res->model_len, dim, cdim,
+                               config, pre, metrics, &version, err, sizeof err);
+        if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
+        fprintf(stderr, "flowd: job %" PRId64 ": publishing failed (try %d): %s\n", id, a + 1, err);
+        sleep_s(0.25 * (1 << a));
+    }
+    if (rc == FD_ENOTFOUND) {
+        fprintf(stderr, "flowd: job %" PRId64 ": gone before publishing\n", id);
+    } else if (rc) {
+        snprintf(msg, sizeof msg, "cannot publish the model: %s",
+                 err[0] ? err : "out of memory");
+        finish(w, id, "failed", msg);
+    }
+    free(config);
+    free(pre);
+    free(metrics);
+}
+
+static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request, int resumed) {
+    fd_jobs *j = w->j;
+    char err[512] = "", msg[600];
+    nf_job job;
+    memset(&job, 0, sizeof job);
+    nf_data data = {0};
+    void *state = NULL;
+    size_t state_len = 0;
+    if (nf_job_parse(request, strlen(request), 0, &job, err, sizeof err)) {
+        snprintf(msg, sizeof msg, "invalid job: %s", err);
+        finish(w, id, "failed", msg);
+        return;
+    }
+    if (job.dataset_id[0]) {
+        if (load_dataset(w, job.dataset_id, &data, msg, sizeof msg)) {
+            finish(w, id, "failed", msg);
+            goto out;
+        }
+    } else if (nf_job_load_data(&job, &data, err, sizeof err)) {
+        snprintf(msg, sizeof msg, "dataset: %s", err);
+        finish(w, id, "failed", msg);
+        goto out;
+    }
+    if (resumed) {
+        int64_t step = 0;
+        char e2[256] = "";
+        int rc = fd_db_train_state_get(w->db, id, &state, &state_len, &step, e2, sizeof e2);
+        if (rc && rc != FD_ENOTFOUND)
+            fprintf(stderr, "flowd: job %" PRId64 ": saved training state unusable (%s); "
+                            "restarting from scratch\n", id, e2);
+        if (rc) state = NULL, state_len = 0;
+        else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
+    }
+    run_ctx rc_ = {w, slot, id};
+    nf_train_hooks hooks = {.user = &rc_,
+                            .progress = on_progress,
+                            .cancel = &slot->cancel,
+                            .checkpoint = on_checkpoint,
+                            .checkpoint_every = 0,
+                            .checkpoint_seconds = j->ckpt_seconds,
+                            .checkpoint_on_cancel = 1};
+    nf_job_result res;
+    int rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
+    if (state && (rc == NF_ECORRUPT || rc == NF_EFORMAT) && !slot->cancel) {
+        fprintf(stderr, "flowd: job %" PRId64 ": %s; restarting from scratch\n", id, err);
+        nf_job_result_free(&res);
+        rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
+    }
+    if (!rc) {
+        publish(w, id, &job, &res);
+    } else if (rc == NF_ECANCELLED && !slot->user_cancel) {
+        /* shutdown: stays 'running' with its checkpoint, resumes next start */
+        fprintf(stderr, "flowd: job %" PRId64 ": stopped for shutdown; it resumes at the next start\n", id);
+    } else if (rc == NF_ECANCELLED) {
+        finish(w, id, "cancelled", NULL);
+    } else {
+        finish(w, id, "failed", err[0] ? err : nf_strerror(rc));
+    }
+    nf_job_result_free(&res);
+out:
+    free(state);
+    nf_data_free(&data);
+    nf_job_free(&job);
+}
+
+/* ---- workers -------------------------------------------------------------------- */
+static void *worker_main(void *arg) {
+    fd_worker *w = arg;
+    fd_jobs *j = w->j;
+    fd_slot *slot = &j->slots[w->index];
+    char err[256];
+    pthread_mutex_lock(&j->mu);
+    while (!j->stopping) {
+        int64_t id = 0;
+        char *request = NULL;
+        int resumed = 0;
+        if (j->resume_next < j->nresume) {
+            id = j->resume[j->resume_next++];
+            resumed = 1;
+            pthread_mutex_unlock(&j->mu);
+            err[0] = 0;
+            int rc = fd_db_job_request(w->db, id, &request, err, sizeof err);
+            if (rc) {
+                fprintf(stderr, "flowd: job %" PRId64 ": cannot read it to resume: %s\n", id, err);
+                if (rc != FD_ENOTFOUND) finish(w, id, "failed", "cannot read the job to resume it");
+                id = 0;
+            }
+        } else {
+            pthread_mutex_unlock(&j->mu);
+            err[0] = 0;
+            int rc = fd_db_job_claim(w->db, &id, &request, err, sizeof err);
+            if (rc) {
+                fprintf(stderr, "flowd: worker %d: cannot claim a job: %s\n", w->index, err);
+                id = 0;
+            }
+            if (!id) {
+                free(request);
+                request = NULL;
+                pthread_mutex_lock(&j->mu);
+                if (!j->pending && !j->stopping) {
+                    struct timespec ts;
+                    clock_gettime(CLOCK_MONOTONIC, &ts);
+                    ts.tv_nsec += 500000000L;
+                    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                    pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+                }
+                j->pending = 0;
+                continue;
+            }
+        }
+        pthread_mutex_lock(&j->mu);
+        if (!id) continue;
+        slot->id = id;
+        slot->user_cancel = 0;
+        slot->cancel = j->stopping; /* a stop that came meanwhile */
+        atomic_fetch_add(&j->running, 1);
+        pthread_mutex_unlock(&j->mu);
+
+        /* a cancellation that reached the database before we registered */
+        if (fd_db_job_cancel_requested(w->db, id) == 1) {
+            pthread_mutex_lock(&j->mu);
+            slot->user_cancel = 1;
+            slot->cancel = 1;
+            pthread_mutex_unlock(&j->mu);
+        }
+        if (slot->user_cancel) finish(w, id, "cancelled", NULL);
+        else run_job(w, slot, id, request ? request : "", resumed);
+        free(request);
+
+        pthread_mutex_lock(&j->mu);
+        slot->id = 0;
+        slot->cancel = slot->user_cancel = 0;
+        atomic_fetch_sub(&j->running, 1);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* ---- API -------------------------------------------------------------------------- */
+static void jobs_free(fd_jobs *j) {
+    if (!j) return;
+    for (int i = 0; i < j->n; i++) fd_db_close(j->w[i].db);
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j->w);
+    free(j->slots);
+    free(j->resume);
+    free(j);
+}
+
+int fd_jobs_start(const char *db_path, int n, fd_jobs **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (n < 0 || n > 256) {
+        if (err) snprintf(err, errlen, "training workers: %d is out of range (0..256)", n);
+        return FD_EINVAL;
+    }
+    fd_jobs *j = calloc(1, sizeof *j);
+    if (!j) return FD_ENOMEM;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&j->running, 0);
+    j->ckpt_seconds = 10;
+    const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
+    if (cs && *cs) {
+        char *end;
+        double v = strtod(cs, &end);
+        if (*end == 0 && isfinite(v) && v >= 0) j->ckpt_seconds = v;
+    }
+    j->w = calloc(n ? (size_t)n : 1, sizeof *j->w);
+    j->slots = calloc(n ? (size_t)n : 1, sizeof *j->slots);
+    if (!j->w || !j->slots) {
+        jobs_free(j);
+        return FD_ENOMEM;
+    }
+    j->n = n;
+    for (int i = 0; i < n; i++) {
+        j->w[i].j = j;
+        j->w[i].index = i;
+        j->w[i].last_err_log = -1e9;
+        int rc = fd_db_open(db_path, &j->w[i].db, err, errlen);
+        if (rc) {
+            jobs_free(j);
+            return rc;
+        }
+    }
+    if (n > 0) {
+        int rc = fd_db_jobs_running(j->w[0].db, &j->resume, &j->nresume, err, errlen);
+        if (rc) {
+            jobs_free(j);
+            return rc;
+        }
+        if (j->nresume)
+            fprintf(stderr, "flowd: %d training job(s) were running when the daemon stopped; "
+                            "resuming\n", j->nresume);
+    }
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&j->w[i].th, NULL, worker_main, &j->w[i])) {
+            if (err) snprintf(err, errlen, "cannot start training worker %d", i);
+            fd_jobs_stop(j);
+            return FD_ENOMEM;
+        }
+        j->w[i].started = 1;
+    }
+    *out = j;
+    return 0;
+}
+
+void fd_jobs_notify(fd_jobs *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    j->pending = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void fd_jobs_cancel(fd_jobs *j, int64_t id) {
+    if (!j || id <= 0) return;
+    pthread_mutex_lock(&j->mu);
+    for (int i = 0; i < j->n; i++)
+        if (j->slots[i].id == id) {
+            j->slots[i].user_cancel = 1;
+            j->slots[i].cancel = 1;
+        }
+    pthread_mutex_unlock(&j->mu);
+}
+
+void fd_jobs_stop(fd_jobs *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    j->stopping = 1;
+    for (int i = 0; i < j->n; i++)
+        if (j->slots[i].id) j->slots[i].cancel = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    for (int i = 0; i < j->n; i++)
+        if (j->w[i].started) pthread_join(j->w[i].th, NULL);
+    jobs_free(j);
+}
+
+int fd_jobs_running(fd_jobs *j) {
+    return j ? atomic_load(&j->running) : 0;
+}

@@ -1,0 +1,454 @@
+/* test_jobs.c: the training workers (server/jobs.c) on a fresh database:
+ * builtin and uploaded datasets, a missing dataset, cancellation, queue
+ * order, and shutdown mid-training followed by a resume. */
+#include "../test.h"
+
+#include "../../server/server.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    char dir[64];
+    char path[128];
+    fd_db *db;
+} tdb;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void msleep(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int tdb_open(tdb *t) {
+    char err[256] = "";
+    snprintf(t->dir, sizeof t->dir, "/tmp/flowd_jobs_XXXXXX");
+    if (!mkdtemp(t->dir)) return -1;
+    snprintf(t->path, sizeof t->path, "%s/flowd.db", t->dir);
+    if (fd_db_open(t->path, &t->db, err, sizeof err)) {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    if (fd_db_migrate(t->db, NULL, err, sizeof err)) {
+        fprintf(stderr, "migrate: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void tdb_close(tdb *t) {
+    char p[160];
+    fd_db_close(t->db);
+    t->db = NULL;
+    unlink(t->path);
+    snprintf(p, sizeof p, "%s-wal", t->path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", t->path);
+    unlink(p);
+    rmdir(t->dir);
+}
+
+static int64_t submit(tdb *t, const char *model, const char *dataset, int epochs,
+                      const char *train_extra) {
+    char req[1024], err[256] = "";
+    snprintf(req, sizeof req,
+             "{\"model\":\"%s\",\"dataset\":%s,"
+             "\"flow\":{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]},"
+             "\"train\":{\"epochs\":%d%s}}",
+             model, dataset, epochs, train_extra ? train_extra : "");
+    int64_t id = 0;
+    int existed = 0;
+    int rc = fd_db_job_create(t->db, NULL, model, req, &id, &existed, err, sizeof err);
+    if (rc) fprintf(stderr, "job_create: %s\n", err);
+    return rc ? 0 : id;
+}
+
+#define MOONS "{\"builtin\":\"moons\",\"n\":2000,\"seed\":1}"
+
+/* The job object (caller deletes); NULL if it cannot be read. */
+static cJSON *job_get(tdb *t, int64_t id) {
+    cJSON *o = NULL;
+    char err[256] = "";
+    if (fd_db_job_get(t->db, id, &o, err, sizeof err)) return NULL;
+    return o;
+}
+
+static const char *jstr(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* ids are JSON strings (64-bit safe) */
+static int64_t jid(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (cJSON_IsString(v)) return strtoll(v->valuestring, NULL, 10);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
+}
+
+static int terminal(const char *s) {
+    return !strcmp(s, "succeeded") || !strcmp(s, "failed") || !strcmp(s, "cancelled");
+}
+
+/* Polls until the job reaches a final state or `want` (returns the job
+ * object, caller deletes), or timeout. */
+static cJSON *wait_job(tdb *t, int64_t id, const char *want, double timeout) {
+    double t0 = now_s();
+    for (;;) {
+        cJSON *o = job_get(t, id);
+        const char *s = o ? jstr(o, "state") : "";
+        if (o && (!strcmp(s, want) || terminal(s))) return o;
+        if (now_s() - t0 > timeout) return o;
+        cJSON_Delete(o);
+        msleep(10);
+    }
+}
+
+TEST_T(jobs_builtin_moons_succeeds, 90) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    CHECK_EQ_INT(fd_jobs_running(j), 0);
+    int64_t id = submit(&t, "moons1", MOONS, 3, NULL);
+    REQUIRE(id > 0);
+    fd_jobs_notify(j);
+    cJSON *o = wait_job(&t, id, "succeeded", 60);
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "succeeded"), "state %s error %s", jstr(o, "state"),
+              jstr(o, "error"));
+    CHECK_EQ_INT(jnum(o, "version"), 1);
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "progress");
+    CHECK(cJSON_IsObject(pr));
+    CHECK_EQ_INT(jnum(pr, "epochs"), 3);
+    CHECK_EQ_INT(jnum(pr, "epoch"), 3);
+    CHECK(isfinite(jnum(pr, "train_loss")));
+    CHECK(isfinite(jnum(pr, "val_loss")));
+    CHECK(cJSON_GetObjectItemCaseSensitive(pr, "val_bits_per_dim") == NULL);
+    cJSON_Delete(o);
+    fd_jobs_stop(j);
+
+    cJSON *m = NULL;
+    REQUIRE(fd_db_model_get(t.db, "moons1", &m, err, sizeof err) == 0);
+    const cJSON *vs = cJSON_GetObjectItemCaseSensitive(m, "versions");
+    REQUIRE(cJSON_GetArraySize(vs) == 1);
+    const cJSON *v = cJSON_GetArrayItem(vs, 0);
+    CHECK_EQ_INT(jnum(v, "version"), 1);
+    CHECK_EQ_INT(jnum(v, "dim"), 2);
+    CHECK_EQ_INT(jnum(v, "context_dim"), 0);
+    CHECK_EQ_INT(jid(v, "job_id"), id);
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(v, "metrics");
+    CHECK(isfinite(jnum(mm, "val_nll")));
+    CHECK_EQ_INT(jnum(mm, "epochs_run"), 3);
+    CHECK_EQ_INT(jnum(mm, "rows_train"), 1800);
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(v, "config");
+    CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(cfg, "layers")));
+    CHECK(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(v, "preprocess")));
+    cJSON_Delete(m);
+
+    /* the stored checkpoint loads as a model */
+    void *buf = NULL;
+    size_t len = 0;
+    int ver = 0;
+    REQUIRE(fd_db_version_get(t.db, "moons1", 0, &buf, &len, &ver, err, sizeof err) == 0);
+    nf_model *nm = NULL;
+    CHECK(nf_model_load(buf, len, &nm, err, sizeof err) == 0);
+    nf_model_free(nm);
+    free(buf);
+
+    cJSON *rows = NULL;
+    REQUIRE(fd_db_job_metrics(t.db, id, 0, 1000, &rows, err, sizeof err) == 0);
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(rows, "metrics");
+    int nval = 0, ntrain = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, arr) {
+        if (!strcmp(jstr(r, "kind"), "val")) {
+            nval++;
+            CHECK(isfinite(jnum(r, "val_loss")));
+        } else {
+            ntrain++;
+        }
+        CHECK(jnum(r, "time") > 1.6e9);
+    }
+    CHECK_EQ_INT(nval, 3);
+    CHECK(ntrain >= 1);
+    cJSON_Delete(rows);
+    /* finished jobs keep no training state */
+    void *st = NULL;
+    size_t sl = 0;
+    int64_t step = 0;
+    CHECK(fd_db_train_state_get(t.db, id, &st, &sl, &step, err, sizeof err) == FD_ENOTFOUND);
+    free(st);
+    tdb_close(&t);
+}
+
+TEST_T(jobs_missing_dataset_fails, 60) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    int64_t id = submit(&t, "nods", "{\"id\":\"ds_0123456789abcdef\"}", 3, NULL);
+    REQUIRE(id > 0);
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    cJSON *o = wait_job(&t, id, "failed", 20);
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "failed"), "state %s", jstr(o, "state"));
+    CHECK_MSG(strstr(jstr(o, "error"), "dataset ds_0123456789abcdef not found (deleted?)"),
+              "error '%s'", jstr(o, "error"));
+    cJSON_Delete(o);
+    fd_jobs_stop(j);
+    cJSON *m = NULL;
+    CHECK(fd_db_model_get(t.db, "nods", &m, err, sizeof err) == FD_ENOTFOUND);
+    cJSON_Delete(m);
+    tdb_close(&t);
+}
+
+/* Waits until the job is running and has reported progress. */
+static int wait_training(tdb *t, fd_jobs *j, int64_t id, double timeout) {
+    double t0 = now_s();
+    while (now_s() - t0 < timeout) {
+        cJSON *o = job_get(t, id);
+        int ok = o && !strcmp(jstr(o, "state"), "running") &&
+                 cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(o, "progress")) &&
+                 fd_jobs_running(j) == 1;
+        cJSON_Delete(o);
+        if (ok) return 1;
+        msleep(5);
+    }
+    return 0;
+}
+
+TEST_T(jobs_cancel_running, 60) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    /* through fd_jobs_cancel, as the HTTP handler does */
+    int64_t id = submit(&t, "long", MOONS, 10000, NULL);
+    REQUIRE(id > 0);
+    fd_jobs_notify(j);
+    REQUIRE(wait_training(&t, j, id, 20));
+    double t0 = now_s();
+    CHECK(fd_db_job_cancel(t.db, id, err, sizeof err) == 0);
+    fd_jobs_cancel(j, id);
+    cJSON *o = wait_job(&t, id, "cancelled", 10);
+    double dt = now_s() - t0;
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "cancelled"), "state %s", jstr(o, "state"));
+    CHECK_MSG(dt < 2.0, "cancelled after %.2f s", dt);
+    cJSON_Delete(o);
+
+    /* flagged in the database only: the worker notices on its own */
+    int64_t id2 = submit(&t, "long", MOONS, 10000, NULL);
+    REQUIRE(id2 > 0);
+    fd_jobs_notify(j);
+    REQUIRE(wait_training(&t, j, id2, 20));
+    t0 = now_s();
+    CHECK(fd_db_job_cancel(t.db, id2, err, sizeof err) == 0);
+    o = wait_job(&t, id2, "cancelled", 10);
+    dt = now_s() - t0;
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "cancelled"), "state %s", jstr(o, "state"));
+    CHECK_MSG(dt < 2.0, "cancelled after %.2f s", dt);
+    cJSON_Delete(o);
+
+    /* the worker idles again; nothing was published or kept */
+    double t1 = now_s();
+    while (fd_jobs_running(j) && now_s() - t1 < 5) msleep(5);
+    CHECK_EQ_INT(fd_jobs_running(j), 0);
+    fd_jobs_stop(j);
+    cJSON *m = NULL;
+    CHECK(fd_db_model_get(t.db, "long", &m, err, sizeof err) == FD_ENOTFOUND);
+    cJSON_Delete(m);
+    void *st = NULL;
+    size_t sl = 0;
+    int64_t step = 0;
+    CHECK(fd_db_train_state_get(t.db, id, &st, &sl, &step, err, sizeof err) == FD_ENOTFOUND);
+    free(st);
+    tdb_close(&t);
+}
+
+TEST_T(jobs_run_in_order, 90) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    int64_t a = submit(&t, "ord", MOONS, 3, NULL);
+    int64_t b = submit(&t, "ord", MOONS, 2, NULL);
+    REQUIRE(a > 0 && b > a);
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    cJSON *ob = wait_job(&t, b, "succeeded", 60);
+    cJSON *oa = wait_job(&t, a, "succeeded", 60);
+    REQUIRE(oa && ob);
+    CHECK_MSG(!strcmp(jstr(oa, "state"), "succeeded"), "a: %s %s", jstr(oa, "state"), jstr(oa, "error"));
+    CHECK_MSG(!strcmp(jstr(ob, "state"), "succeeded"), "b: %s %s", jstr(ob, "state"), jstr(ob, "error"));
+    CHECK_EQ_INT(jnum(oa, "version"), 1);
+    CHECK_EQ_INT(jnum(ob, "version"), 2);
+    /* ISO-8601 UTC with milliseconds compares as text */
+    CHECK_MSG(strcmp(jstr(oa, "finished_at"), jstr(ob, "started_at")) <= 0, "a finished %s, b started %s",
+              jstr(oa, "finished_at"), jstr(ob, "started_at"));
+    cJSON_Delete(oa);
+    cJSON_Delete(ob);
+    fd_jobs_stop(j);
+    tdb_close(&t);
+}
+
+TEST_T(jobs_shutdown_resumes, 90) {
+    setenv("FLOWD_CHECKPOINT_SECONDS", "0.2", 1);
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    const int epochs = 1500;
+    int64_t id = submit(&t, "res", MOONS, epochs, NULL);
+    REQUIRE(id > 0);
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    /* wait for a checkpoint well into the run */
+    void *st = NULL;
+    size_t sl = 0;
+    int64_t step = 0;
+    double t0 = now_s();
+    int have = 0;
+    while (now_s() - t0 < 30) {
+        if (fd_db_train_state_get(t.db, id, &st, &sl, &step, err, sizeof err) == 0) {
+            free(st);
+            st = NULL;
+            if (step >= 500) {
+                have = 1;
+                break;
+            }
+        }
+        cJSON *o = job_get(&t, id);
+        int done = o && terminal(jstr(o, "state"));
+        cJSON_Delete(o);
+        if (done) break;
+        msleep(10);
+    }
+    REQUIRE(have);
+    fd_jobs_stop(j);
+
+    /* still running in the database, with the shutdown checkpoint */
+    cJSON *o = job_get(&t, id);
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "running"), "state %s", jstr(o, "state"));
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "progress");
+    double total = jnum(pr, "total_steps");
+    char *old_progress = cJSON_PrintUnformatted(pr);
+    cJSON_Delete(o);
+    int64_t saved = 0;
+    REQUIRE(fd_db_train_state_get(t.db, id, &st, &sl, &saved, err, sizeof err) == 0);
+    free(st);
+    st = NULL;
+    CHECK(saved >= step);
+    CHECK(saved < total);
+
+    /* a new start resumes it from there: every progress report after the
+     * restart is past the saved step (from scratch it would start at 50) */
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    int64_t min_new = INT64_MAX;
+    t0 = now_s();
+    for (;;) {
+        o = job_get(&t, id);
+        REQUIRE(o);
+        if (terminal(jstr(o, "state"))) break;
+        pr = cJSON_GetObjectItemCaseSensitive(o, "progress");
+        char *p = pr ? cJSON_PrintUnformatted(pr) : NULL;
+        if (p && old_progress && strcmp(p, old_progress)) {
+            double s = jnum(pr, "step");
+            if (s < (double)min_new) min_new = (int64_t)s;
+        }
+        free(p);
+        cJSON_Delete(o);
+        if (now_s() - t0 > 60) break;
+        msleep(1);
+    }
+    free(old_progress);
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "succeeded"), "state %s error %s", jstr(o, "state"),
+              jstr(o, "error"));
+    cJSON_Delete(o);
+    CHECK_MSG(min_new == INT64_MAX || min_new > saved, "progress at step %lld after resuming at %lld",
+              (long long)min_new, (long long)saved);
+    fd_jobs_stop(j);
+
+    cJSON *m = NULL;
+    REQUIRE(fd_db_model_get(t.db, "res", &m, err, sizeof err) == 0);
+    const cJSON *v = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(m, "versions"), 0);
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(v, "metrics");
+    CHECK_EQ_INT(jnum(mm, "epochs_run"), epochs);
+    CHECK_EQ_INT(jnum(mm, "steps"), total);
+    cJSON_Delete(m);
+    tdb_close(&t);
+}
+
+TEST_T(jobs_uploaded_dataset, 60) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    /* 1000 rows of a correlated 2-D Gaussian */
+    enum { N = 1000 };
+    float *x = malloc(sizeof(float) * 2 * N);
+    REQUIRE(x);
+    uint64_t s = 12345;
+    double vmin = INFINITY, vmax = -INFINITY;
+    for (int i = 0; i < N; i++) {
+        double u[2];
+        for (int k = 0; k < 2; k++) {
+            s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+            u[k] = ((s >> 11) + 0.5) / 9007199254740992.0;
+        }
+        double g1 = sqrt(-2 * log(u[0])) * cos(2 * M_PI * u[1]);
+        double g2 = sqrt(-2 * log(u[0])) * sin(2 * M_PI * u[1]);
+        x[2 * i] = (float)(1 + g1);
+        x[2 * i + 1] = (float)(-2 + 0.8 * g1 + 0.3 * g2);
+        for (int k = 0; k < 2; k++) {
+            vmin = fmin(vmin, x[2 * i + k]);
+            vmax = fmax(vmax, x[2 * i + k]);
+        }
+    }
+    char sha[65];
+    fd_sha256_hex(x, sizeof(float) * 2 * N, sha);
+    cJSON *ds = NULL;
+    int rc = fd_db_dataset_add(t.db, "gauss", "csv", N, 2, 0, vmin, vmax, sha, x, &ds, err,
+                               sizeof err);
+    free(x);
+    REQUIRE(rc == 0);
+    char dsj[128];
+    snprintf(dsj, sizeof dsj, "{\"id\":\"%s\"}", jstr(ds, "id"));
+    cJSON_Delete(ds);
+    int64_t id = submit(&t, "gauss", dsj, 3, NULL);
+    REQUIRE(id > 0);
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    cJSON *o = wait_job(&t, id, "succeeded", 60);
+    REQUIRE(o);
+    CHECK_MSG(!strcmp(jstr(o, "state"), "succeeded"), "state %s error %s", jstr(o, "state"),
+              jstr(o, "error"));
+    cJSON_Delete(o);
+    fd_jobs_stop(j);
+    cJSON *m = NULL;
+    REQUIRE(fd_db_model_get(t.db, "gauss", &m, err, sizeof err) == 0);
+    const cJSON *v = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(m, "versions"), 0);
+    CHECK_EQ_INT(jnum(v, "dim"), 2);
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(v, "metrics");
+    CHECK_EQ_INT(jnum(mm, "rows_train"), 900);
+    CHECK(jnum(mm, "val_nll") < 4.0); /* a fitted Gaussian is ~2.3 nats */
+    cJSON_Delete(m);
+    tdb_close(&t);
+}
