@@ -38,7 +38,7 @@ TCORE_F32 := $(TCORE_SRC:%.c=$(BUILD)/f32/%.o)
 TCORE_F64 := $(TCORE_SRC:%.c=$(BUILD)/f64/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
 SERVER_SRC := $(wildcard server/*.c)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/gen/migrations.o
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/gen/migrations.o $(BUILD)/gen/assets.o
 SERVER_LIB_OBJ := $(filter-out $(BUILD)/f32/server/main.o,$(SERVER_OBJ))
 TSERVER_SRC := tests/runner.c $(wildcard tests/server/*.c)
 TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
@@ -77,6 +77,14 @@ $(BUILD)/gen/migrations.c: $(wildcard migrations/*.sql) tools/embed_migrations.s
 	@mkdir -p $(@D)
 	sh tools/embed_migrations.sh migrations > $@.tmp && mv $@.tmp $@
 $(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c $(BUILD)/flags
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+ASSETS := schema/openapi.yaml $(wildcard server/assets/*)
+$(BUILD)/gen/assets.c: $(ASSETS) tools/embed_file.sh
+	@mkdir -p $(@D)
+	{ sh tools/embed_file.sh fd_asset_openapi schema/openapi.yaml; \
+	  if [ -f server/assets/index.html ]; then sh tools/embed_file.sh fd_asset_index server/assets/index.html; \
+	  else echo 'const char fd_asset_index[] = ""; const unsigned long fd_asset_index_len = 0;'; fi; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 # the server test binary links the daemon's code (not main.c) and starts the

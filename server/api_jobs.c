@@ -1,0 +1,460 @@
+/* api_jobs.c: /v1/jobs routes and /v1/datasets routes.
+ *
+ * Jobs are validated with the same parser the workers use (nf_job_parse),
+ * so a job that is accepted (202) can only fail for reasons discovered while
+ * training (bad data values, divergence), never for its shape.
+ *
+ * Events (text/event-stream): the stream polls the job's metric rows and
+ * state on its own database connection, sending "progress" events per
+ * logged step and one final "state" event.  The content reader may wait up
+ * to 100 ms for new rows, which holds its pool thread; concurrent streams
+ * are therefore capped (half the pool) and refused with 503 beyond. */
+#include "server.h"
+
+#include "../core/data.h"
+#include "../core/job.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+static int parse_id(const char *s, int64_t *id) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < 1) return -1;
+    *id = v;
+    return 0;
+}
+
+/* ---- jobs ---------------------------------------------------------------------------- */
+enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
+    (void)a;
+    cJSON *probe = fd_req_json(r); /* 400/415 for non-JSON */
+    if (!probe) return MHD_YES;
+    cJSON_Delete(probe);
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    nf_job j;
+    char err[512] = "";
+    if (nf_job_parse(r->body, r->len, 0, &j, err, sizeof err))
+        return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    if (j.dataset_id[0]) {
+        cJSON *ds = NULL;
+        int rc = fd_db_dataset_get(db, j.dataset_id, &ds, err, sizeof err);
+        cJSON_Delete(ds);
+        if (rc == FD_ENOTFOUND) {
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddStringToObject(d, "dataset", j.dataset_id);
+            nf_job_free(&j);
+            return fd_send_error(r, 422, "invalid_input", d, "dataset %s does not exist", j.dataset_id);
+        }
+        if (rc) {
+            nf_job_free(&j);
+            return fd_send_db_error(r, rc, err);
+        }
+    }
+    int64_t counts[5];
+    if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs) {
+        nf_job_free(&j);
+        return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
+                             (long long)counts[0], r->srv->cfg.max_queued_jobs);
+    }
+    int64_t id = 0;
+    int existed = 0;
+    int rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model, r->body, &id,
+                              &existed, err, sizeof err);
+    nf_job_free(&j);
+    if (rc) return fd_send_db_error(r, rc, err);
+    if (!existed && r->srv->jobs) fd_jobs_notify(r->srv->jobs);
+    cJSON *job = NULL;
+    if ((rc = fd_db_job_get(db, id, &job, err, sizeof err))) return fd_send_db_error(r, rc, err);
+    cJSON *o = cJSON_CreateObject();
+    char ids[32], loc[64];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
+    cJSON_AddStringToObject(o, "id", ids);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(job, "state");
+    cJSON_AddStringToObject(o, "state", cJSON_IsString(st) ? st->valuestring : "queued");
+    if (existed) cJSON_AddBoolToObject(o, "duplicate", 1);
+    cJSON_Delete(job);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Location", loc);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    r->status = 202;
+    r->sent_bytes = strlen(s);
+    enum MHD_Result ret = MHD_queue_response(r->conn, 202, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* progress with every field of the contract present (null when unknown) */
+static void fill_progress(cJSON *job) {
+    cJSON *p = cJSON_GetObjectItemCaseSensitive(job, "progress");
+    if (!cJSON_IsObject(p)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(job, "progress");
+        p = cJSON_AddObjectToObject(job, "progress");
+    }
+    static const char *const keys[] = {"epoch", "epochs", "step", "train_loss", "val_loss",
+                                       "best_val_loss", "lr", "samples_per_second", "eta_seconds"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!cJSON_GetObjectItemCaseSensitive(p, keys[i])) {
+            if (i == 0 || i == 2) cJSON_AddNumberToObject(p, keys[i], 0);
+            else cJSON_AddNullToObject(p, keys[i]);
+        }
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(p, "epochs");
+    if (cJSON_IsNull(ep)) { /* before the first report: from the request */
+        const cJSON *rq = cJSON_GetObjectItemCaseSensitive(job, "request");
+        const cJSON *tr = rq ? cJSON_GetObjectItemCaseSensitive(rq, "train") : NULL;
+        const cJSON *e = tr ? cJSON_GetObjectItemCaseSensitive(tr, "epochs") : NULL;
+        cJSON_ReplaceItemInObjectCaseSensitive(p, "epochs", cJSON_CreateNumber(cJSON_IsNumber(e) ? e->valuedouble : 100));
+    }
+}
+
+enum MHD_Result fd_api_jobs_list(fd_req *r, char **a) {
+    (void)a;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    const char *state = fd_req_query(r, "state"), *tok = fd_req_query(r, "page_token"),
+               *lim = fd_req_query(r, "limit");
+    static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    if (state) {
+        int ok = 0;
+        for (int i = 0; i < 5; i++) ok |= !strcmp(state, states[i]);
+        if (!ok)
+            return fd_send_error(r, 400, "invalid_argument", NULL,
+                                 "state must be queued, running, succeeded, failed or cancelled");
+    }
+    int64_t page = 0;
+    if (tok && *tok && parse_id(tok, &page))
+        return fd_send_error(r, 400, "invalid_argument", NULL, "bad page_token");
+    int limit = 50;
+    if (lim) {
+        char *end;
+        long v = strtol(lim, &end, 10);
+        if (*end || v < 1 || v > 1000) return fd_send_error(r, 400, "invalid_argument", NULL, "limit must be 1..1000");
+        limit = (int)v;
+    }
+    cJSON *out = NULL;
+    int64_t next = 0;
+    char err[300] = "";
+    int rc = fd_db_jobs_list(db, state, page, limit, &out, &next, err, sizeof err);
+    if (rc) return fd_send_db_error(r, rc, err);
+    cJSON *e, *jobs = cJSON_GetObjectItemCaseSensitive(out, "jobs");
+    cJSON_ArrayForEach(e, jobs) {
+        fill_progress(e);
+        cJSON_DeleteItemFromObjectCaseSensitive(e, "request");
+    }
+    if (next) {
+        char t[32];
+        snprintf(t, sizeof t, "%lld", (long long)next);
+        cJSON_AddStringToObject(out, "next_page_token", t);
+    }
+    return fd_send_json(r, 200, out);
+}
+
+static int job_id_or_404(fd_req *r, const char *s, int64_t *id) {
+    if (parse_id(s, id)) {
+        fd_send_error(r, 404, "not_found", NULL, "no job %s", s);
+        return -1;
+    }
+    return 0;
+}
+
+enum MHD_Result fd_api_job_get(fd_req *r, char **a) {
+    int64_t id;
+    if (job_id_or_404(r, a[0], &id)) return MHD_YES;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    cJSON *out = NULL;
+    char err[300] = "";
+    int rc = fd_db_job_get(db, id, &out, err, sizeof err);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    fill_progress(out);
+    return fd_send_json(r, 200, out);
+}
+
+enum MHD_Result fd_api_job_metrics(fd_req *r, char **a) {
+    int64_t id;
+    if (job_id_or_404(r, a[0], &id)) return MHD_YES;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    const char *as = fd_req_query(r, "after_step"), *ls = fd_req_query(r, "limit");
+    long long after = -1;
+    long limit = 1000;
+    char *end;
+    if (as) {
+        after = strtoll(as, &end, 10);
+        if (*end || after < -1) return fd_send_error(r, 400, "invalid_argument", NULL, "after_step must be an integer");
+    }
+    if (ls) {
+        limit = strtol(ls, &end, 10);
+        if (*end || limit < 1 || limit > 10000)
+            return fd_send_error(r, 400, "invalid_argument", NULL, "limit must be 1..10000");
+    }
+    cJSON *job = NULL, *out = NULL;
+    char err[300] = "";
+    int rc = fd_db_job_get(db, id, &job, err, sizeof err);
+    cJSON_Delete(job);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    if ((rc = fd_db_job_metrics(db, id, after, (int)limit, &out, err, sizeof err))) return fd_send_db_error(r, rc, err);
+    return fd_send_json(r, 200, out);
+}
+
+enum MHD_Result fd_api_job_cancel(fd_req *r, char **a) {
+    int64_t id;
+    if (job_id_or_404(r, a[0], &id)) return MHD_YES;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    char err[300] = "";
+    int rc = fd_db_job_cancel(db, id, err, sizeof err);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
+    if (rc == FD_ECONFLICT) return fd_send_error(r, 409, "conflict", NULL, "job %s has already finished", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    if (r->srv->jobs) fd_jobs_cancel(r->srv->jobs, id);
+    cJSON *job = NULL, *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", a[0]);
+    if (fd_db_job_get(db, id, &job, err, sizeof err) == 0) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(job, "state");
+        cJSON_AddStringToObject(o, "state", cJSON_IsString(st) ? st->valuestring : "running");
+        cJSON_AddBoolToObject(o, "cancel_requested", 1);
+    }
+    cJSON_Delete(job);
+    return fd_send_json(r, 202, o);
+}
+
+/* ---- events -------------------------------------------------------------------------------- */
+static atomic_int streams;
+
+typedef struct {
+    fd_db *db;
+    int64_t id, after;
+    char *pend;
+    size_t plen, poff;
+    int final_sent, done;
+    double last_send;
+} stream;
+
+static void stream_free(void *p) {
+    stream *s = p;
+    fd_db_close(s->db);
+    free(s->pend);
+    free(s);
+    atomic_fetch_sub(&streams, 1);
+}
+
+static void stream_append(stream *s, const char *event, cJSON *data) {
+    char *d = cJSON_PrintUnformatted(data);
+    if (!d) return;
+    size_t need = strlen(event) + strlen(d) + 32, have = s->plen - s->poff;
+    char *p = malloc(have + need);
+    if (!p) {
+        free(d);
+        return;
+    }
+    memcpy(p, s->pend ? s->pend + s->poff : "", have);
+    int k = snprintf(p + have, need, "event: %s\ndata: %s\n\n", event, d);
+    free(d);
+    free(s->pend);
+    s->pend = p;
+    s->plen = have + (size_t)k;
+    s->poff = 0;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    stream *s = cls;
+    char err[200];
+    for (int tries = 0; s->poff == s->plen; tries++) {
+        if (s->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        cJSON *m = NULL, *e;
+        if (fd_db_job_metrics(s->db, s->id, s->after, 100, &m, err, sizeof err) == 0) {
+            cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(m, "metrics")) {
+                stream_append(s, "progress", e);
+                const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "step");
+                if (cJSON_IsNumber(st) && st->valuedouble > s->after) s->after = (int64_t)st->valuedouble;
+            }
+        }
+        cJSON_Delete(m);
+        if (s->poff < s->plen) break;
+        cJSON *job = NULL;
+        if (fd_db_job_get(s->db, s->id, &job, err, sizeof err) == 0) {
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(job, "state");
+            const char *sv = cJSON_IsString(st) ? st->valuestring : "";
+            if (strcmp(sv, "queued") && strcmp(sv, "running")) {
+                cJSON_DeleteItemFromObjectCaseSensitive(job, "request");
+                stream_append(s, "state", job);
+                s->done = 1;
+            }
+        } else {
+            s->done = 1;
+        }
+        cJSON_Delete(job);
+        if (s->poff < s->plen) break;
+        if (fd_now() - s->last_send > 5) { /* keep-alive comment */
+            cJSON *ping = cJSON_CreateObject();
+            stream_append(s, "ping", ping);
+            cJSON_Delete(ping);
+            break;
+        }
+        usleep(100000);
+        if (tries > 50) break;
+    }
+    size_t n = s->plen - s->poff;
+    if (n == 0) return 0;
+    if (n > max) n = max;
+    memcpy(buf, s->pend + s->poff, n);
+    s->poff += n;
+    s->last_send = fd_now();
+    return (ssize_t)n;
+}
+
+enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
+    int64_t id;
+    if (job_id_or_404(r, a[0], &id)) return MHD_YES;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    cJSON *job = NULL;
+    char err[300] = "";
+    int rc = fd_db_job_get(db, id, &job, err, sizeof err);
+    cJSON_Delete(job);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    int cap = r->srv->cfg.http_threads / 2 > 0 ? r->srv->cfg.http_threads / 2 : 1;
+    if (atomic_fetch_add(&streams, 1) >= cap) {
+        atomic_fetch_sub(&streams, 1);
+        return fd_send_error(r, 503, "overloaded", NULL, "too many event streams open (%d); poll GET /v1/jobs/%s instead", cap, a[0]);
+    }
+    stream *s = calloc(1, sizeof *s);
+    if (!s || fd_db_open(r->srv->cfg.db_path, &s->db, err, sizeof err)) {
+        free(s);
+        atomic_fetch_sub(&streams, 1);
+        return fd_send_error(r, 500, "internal", NULL, "cannot open the event stream");
+    }
+    s->id = id;
+    s->after = -1;
+    const char *as = fd_req_query(r, "after_step");
+    if (as) s->after = strtoll(as, NULL, 10);
+    s->last_send = fd_now();
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
+    if (!resp) {
+        stream_free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    r->status = 200;
+    enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ---- datasets ---------------------------------------------------------------------------------- */
+enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
+    (void)a;
+    const char *name = fd_req_query(r, "name");
+    if (!name || !nf_valid_name(name))
+        return fd_send_error(r, 400, "invalid_argument", NULL,
+                             "?name= is required: 1-64 characters of A-Z a-z 0-9 . _ -");
+    const char *ct = fd_req_header(r, "Content-Type");
+    nf_data_format fmt;
+    const char *fname;
+    if (!ct || !strncasecmp(ct, "application/octet-stream", 24) || !strncasecmp(ct, "application/gzip", 16)) {
+        fmt = NF_DATA_AUTO;
+    } else if (!strncasecmp(ct, "text/csv", 8)) {
+        fmt = NF_DATA_CSV;
+    } else if (!strncasecmp(ct, "application/x-npy", 17)) {
+        fmt = NF_DATA_NPY;
+    } else if (!strncasecmp(ct, "application/json", 16)) {
+        fmt = NF_DATA_JSON;
+    } else if (!strncasecmp(ct, "application/x-idx", 17)) {
+        fmt = NF_DATA_IDX;
+    } else {
+        return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                             "datasets are text/csv, application/x-npy, application/json, application/x-idx "
+                             "or application/octet-stream (detected); got %s", ct);
+    }
+    if (!r->len) return fd_send_error(r, 422, "invalid_input", NULL, "the body is empty");
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    nf_data d = {0};
+    char err[400] = "";
+    int rc = nf_data_load(r->body, r->len, fmt, &d, err, sizeof err);
+    if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    fname = nf_data_format_name(fmt == NF_DATA_AUTO ? nf_data_detect(r->body, r->len) : fmt);
+    char sha[65];
+    fd_sha256_hex(r->body, r->len, sha);
+    float *rows = (float *)d.x;
+#ifdef NF_DOUBLE
+#error "the daemon is built in float32"
+#endif
+    cJSON *out = NULL;
+    rc = fd_db_dataset_add(db, name, fname, d.n, d.d, d.is_integer, d.vmin, d.vmax, sha, rows, &out, err, sizeof err);
+    nf_data_free(&d);
+    if (rc) return fd_send_db_error(r, rc, err);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(out, "id");
+    char loc[96];
+    snprintf(loc, sizeof loc, "/v1/datasets/%s", cJSON_IsString(id) ? id->valuestring : "");
+    char *s = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    if (!s) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Location", loc);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    r->status = 201;
+    r->sent_bytes = strlen(s);
+    enum MHD_Result ret = MHD_queue_response(r->conn, 201, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result fd_api_datasets_list(fd_req *r, char **a) {
+    (void)a;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    cJSON *out = NULL;
+    char err[300] = "";
+    int rc = fd_db_datasets_list(db, &out, err, sizeof err);
+    if (rc) return fd_send_db_error(r, rc, err);
+    return fd_send_json(r, 200, out);
+}
+
+enum MHD_Result fd_api_dataset_get(fd_req *r, char **a) {
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    cJSON *out = NULL;
+    char err[300] = "";
+    int rc = fd_db_dataset_get(db, a[0], &out, err, sizeof err);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no dataset %s", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    return fd_send_json(r, 200, out);
+}
+
+enum MHD_Result fd_api_dataset_delete(fd_req *r, char **a) {
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    char err[300] = "";
+    int rc = fd_db_dataset_delete(db, a[0], err, sizeof err);
+    if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no dataset %s", a[0]);
+    if (rc) return fd_send_db_error(r, rc, err);
+    return fd_send_bytes(r, 204, NULL, NULL, 0);
+}

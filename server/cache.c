@@ -1,0 +1,143 @@
+/* cache.c: loaded models, shared read-only by request threads.
+ *
+ * Entries are (name, version) -> fd_model with a reference count.  The
+ * cache holds one reference; each fd_cache_get hands out another.  Eviction
+ * (capacity, LRU) and fd_cache_evict drop the cache's reference, so a model
+ * is freed only when the last request using it releases it: a new version
+ * or a DELETE never frees a model under a running request.  Loading happens
+ * outside the lock; if two threads load the same version, the second copy
+ * is dropped. */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    fd_model *m;
+    uint64_t used;
+} slot;
+
+struct fd_cache {
+    pthread_mutex_t mu;
+    int cap, n;
+    slot *slots;
+    uint64_t tick;
+    uint64_t next_uid;
+};
+
+fd_cache *fd_cache_create(int capacity) {
+    fd_cache *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->cap = capacity > 0 ? capacity : 16;
+    c->slots = calloc((size_t)c->cap, sizeof *c->slots);
+    if (!c->slots) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void fd_model_release(fd_model *m) {
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1) {
+        nf_model_free(m->m);
+        free(m);
+    }
+}
+
+void fd_cache_free(fd_cache *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n; i++) fd_model_release(c->slots[i].m);
+    pthread_mutex_destroy(&c->mu);
+    free(c->slots);
+    free(c);
+}
+
+static fd_model *lookup(fd_cache *c, const char *name, int version) {
+    for (int i = 0; i < c->n; i++)
+        if (c->slots[i].m->version == version && !strcmp(c->slots[i].m->name, name)) {
+            c->slots[i].used = ++c->tick;
+            atomic_fetch_add(&c->slots[i].m->refs, 1);
+            return c->slots[i].m;
+        }
+    return NULL;
+}
+
+int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model **out, char *err,
+                 size_t errlen) {
+    *out = NULL;
+    int rc;
+    if (version <= 0 && (rc = fd_db_latest_version(db, name, &version, err, errlen))) return rc;
+    pthread_mutex_lock(&c->mu);
+    fd_model *m = lookup(c, name, version);
+    pthread_mutex_unlock(&c->mu);
+    if (m) {
+        *out = m;
+        return 0;
+    }
+    void *buf = NULL;
+    size_t len = 0;
+    int got = 0;
+    if ((rc = fd_db_version_get(db, name, version, &buf, &len, &got, err, errlen))) return rc;
+    nf_model *nm = NULL;
+    char lerr[256] = "";
+    rc = nf_model_load(buf, len, &nm, lerr, sizeof lerr);
+    free(buf);
+    if (rc) {
+        snprintf(err, errlen, "model %s version %d cannot be loaded: %s", name, version, lerr);
+        return FD_ECORRUPT;
+    }
+    m = calloc(1, sizeof *m);
+    if (!m) {
+        nf_model_free(nm);
+        return FD_ENOMEM;
+    }
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->version = version;
+    m->m = nm;
+    atomic_init(&m->refs, 2); /* the cache's and the caller's */
+    pthread_mutex_lock(&c->mu);
+    fd_model *dup = lookup(c, name, version);
+    if (dup) { /* another thread loaded it meanwhile */
+        pthread_mutex_unlock(&c->mu);
+        atomic_store(&m->refs, 1);
+        fd_model_release(m);
+        *out = dup;
+        return 0;
+    }
+    m->uid = ++c->next_uid;
+    if (c->n == c->cap) { /* evict the least recently used */
+        int lru = 0;
+        for (int i = 1; i < c->n; i++)
+            if (c->slots[i].used < c->slots[lru].used) lru = i;
+        fd_model_release(c->slots[lru].m);
+        c->slots[lru] = c->slots[--c->n];
+    }
+    c->slots[c->n].m = m;
+    c->slots[c->n].used = ++c->tick;
+    c->n++;
+    pthread_mutex_unlock(&c->mu);
+    *out = m;
+    return 0;
+}
+
+void fd_cache_evict(fd_cache *c, const char *name) {
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < c->n;) {
+        if (!strcmp(c->slots[i].m->name, name)) {
+            fd_model_release(c->slots[i].m);
+            c->slots[i] = c->slots[--c->n];
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+int fd_cache_count(fd_cache *c) {
+    pthread_mutex_lock(&c->mu);
+    int n = c->n;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}

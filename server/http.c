@@ -1,0 +1,546 @@
+/* http.c: libmicrohttpd glue: request life cycle, routing, authentication,
+ * admission control, responses, logging.
+ *
+ * libmicrohttpd calls the access handler several times per request:
+ *   1. *con_cls == NULL: headers are in.  We route, authenticate, check
+ *      Content-Length against the body limit and admit (inflight limit);
+ *      any refusal is answered right here, before a byte of body is read.
+ *   2. *upload_data_size > 0: a piece of the body; appended with a hard cap.
+ *   3. *upload_data_size == 0 again: the body is complete; run the handler.
+ * The completion callback logs the request, records metrics and frees it. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+double fd_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- routes ------------------------------------------------------------------ */
+enum { SCOPE_PUBLIC = 0, SCOPE_READ = 1, SCOPE_WRITE = 2 };
+
+static enum MHD_Result h_healthz(fd_req *r, char **a);
+static enum MHD_Result h_readyz(fd_req *r, char **a);
+static enum MHD_Result h_metrics(fd_req *r, char **a);
+static enum MHD_Result h_version(fd_req *r, char **a);
+enum MHD_Result fd_api_openapi(fd_req *r, char **a);
+enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
+
+typedef struct {
+    const char *method, *pattern;
+    fd_handler fn;
+    int scope;
+    int body; /* accepts a body */
+} route;
+
+static const route routes[] = {
+    {"GET", "/healthz", h_healthz, SCOPE_PUBLIC, 0},
+    {"GET", "/readyz", h_readyz, SCOPE_PUBLIC, 0},
+    {"GET", "/metrics", h_metrics, SCOPE_PUBLIC, 0},
+    {"GET", "/openapi.yaml", fd_api_openapi, SCOPE_PUBLIC, 0},
+    {"GET", "/v1/version", h_version, SCOPE_READ, 0},
+    {"GET", "/v1/models", fd_api_models_list, SCOPE_READ, 0},
+    {"GET", "/v1/models/*", fd_api_model_get, SCOPE_READ, 0},
+    {"DELETE", "/v1/models/*", fd_api_model_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/models/*/log_prob", fd_api_log_prob, SCOPE_READ, 1},
+    {"POST", "/v1/models/*/sample", fd_api_sample, SCOPE_READ, 1},
+    {"POST", "/v1/models/*/encode", fd_api_encode, SCOPE_READ, 1},
+    {"POST", "/v1/models/*/decode", fd_api_decode, SCOPE_READ, 1},
+    {"GET", "/v1/models/*/versions/*/checkpoint", fd_api_checkpoint, SCOPE_READ, 0},
+    {"POST", "/v1/datasets", fd_api_datasets_create, SCOPE_WRITE, 1},
+    {"GET", "/v1/datasets", fd_api_datasets_list, SCOPE_READ, 0},
+    {"GET", "/v1/datasets/*", fd_api_dataset_get, SCOPE_READ, 0},
+    {"DELETE", "/v1/datasets/*", fd_api_dataset_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/jobs", fd_api_jobs_create, SCOPE_WRITE, 1},
+    {"GET", "/v1/jobs", fd_api_jobs_list, SCOPE_READ, 0},
+    {"GET", "/v1/jobs/*", fd_api_job_get, SCOPE_READ, 0},
+    {"GET", "/v1/jobs/*/metrics", fd_api_job_metrics, SCOPE_READ, 0},
+    {"GET", "/v1/jobs/*/events", fd_api_job_events, SCOPE_READ, 0},
+    {"POST", "/v1/jobs/*/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
+};
+#define NROUTES (int)(sizeof routes / sizeof routes[0])
+
+/* metric labels: the patterns, then "unmatched" */
+const char *const fd_route_names[] = {
+    "/healthz", "/readyz", "/metrics", "/openapi.yaml", "/v1/version", "/v1/models",
+    "/v1/models/{name}", "/v1/models/{name}", "/v1/models/{name}/log_prob",
+    "/v1/models/{name}/sample", "/v1/models/{name}/encode", "/v1/models/{name}/decode",
+    "/v1/models/{name}/versions/{v}/checkpoint", "/v1/datasets", "/v1/datasets",
+    "/v1/datasets/{id}", "/v1/datasets/{id}", "/v1/jobs", "/v1/jobs", "/v1/jobs/{id}",
+    "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel", "unmatched",
+};
+const int fd_route_count = NROUTES + 1;
+_Static_assert(sizeof fd_route_names / sizeof fd_route_names[0] == NROUTES + 1,
+               "route names out of step with the route table");
+
+#define MAX_SEGS 8
+/* Split path into segments (in place in buf).  Returns count or -1. */
+static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
+    size_t n = strlen(path);
+    if (n >= bufsz || path[0] != '/') return -1;
+    memcpy(buf, path, n + 1);
+    int k = 0;
+    char *p = buf + 1;
+    if (!*p) return 0;
+    for (;;) {
+        if (k == MAX_SEGS) return -1;
+        segs[k++] = p;
+        char *s = strchr(p, '/');
+        if (!s) break;
+        *s = 0;
+        p = s + 1;
+    }
+    return k;
+}
+
+/* Does path match pattern?  Captures '*' segments into args. */
+static int match(const char *pattern, char **segs, int nseg, char **args) {
+    char pbuf[128], *ps[MAX_SEGS];
+    int np = split_path(pattern, pbuf, sizeof pbuf, ps), na = 0;
+    if (np != nseg) return 0;
+    for (int i = 0; i < np; i++) {
+        if (!strcmp(ps[i], "*")) {
+            if (!*segs[i]) return 0;
+            args[na++] = segs[i];
+        } else if (strcmp(ps[i], segs[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- responses ------------------------------------------------------------------- */
+static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp,
+                             const char *ctype, size_t len) {
+    if (!resp) return MHD_NO;
+    if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    r->status = status;
+    r->sent_bytes = len;
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *ctype, void *buf, size_t len) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, buf, buf ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) free(buf);
+    return queue(r, status, resp, ctype, len);
+}
+
+enum MHD_Result fd_send_json(fd_req *r, int status, cJSON *body) {
+    char *s = body ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
+    if (!s) {
+        static char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\",\"details\":{}}}";
+        return queue(r, 500, MHD_create_response_from_buffer(sizeof oom - 1, oom, MHD_RESPMEM_PERSISTENT),
+                     "application/json", sizeof oom - 1);
+    }
+    size_t n = strlen(s);
+    s[n] = '\n'; /* a trailing newline for terminals; the NUL is not sent */
+    return fd_send_bytes(r, status, "application/json", s, n + 1);
+}
+
+static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, cJSON *details,
+                                      const char *msg, const char *retry_after, const char *allow) {
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s) return MHD_NO;
+    size_t n = strlen(s);
+    s[n] = '\n';
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n + 1, s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(s);
+        return MHD_NO;
+    }
+    if (retry_after) MHD_add_response_header(resp, "Retry-After", retry_after);
+    if (allow) MHD_add_response_header(resp, "Allow", allow);
+    return queue(r, status, resp, "application/json", n + 1);
+}
+
+enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details,
+                              const char *fmt, ...) {
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return send_error_msg(r, status, code, details, msg,
+                          status == 429 || status == 503 ? "1" : NULL, NULL);
+}
+
+enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err) {
+    switch (rc) {
+    case FD_ENOTFOUND: return fd_send_error(r, 404, "not_found", NULL, "%s", err && *err ? err : "not found");
+    case FD_ECONFLICT: return fd_send_error(r, 409, "conflict", NULL, "%s", err && *err ? err : "conflict");
+    case FD_EINVAL: return fd_send_error(r, 422, "invalid_input", NULL, "%s", err && *err ? err : "invalid input");
+    case FD_EBUSY: return fd_send_error(r, 503, "overloaded", NULL, "database busy, retry: %s", err ? err : "");
+    case FD_EFULL: return fd_send_error(r, 507, "internal", NULL, "storage full: %s", err ? err : "");
+    case FD_ECORRUPT: return fd_send_error(r, 500, "internal", NULL, "stored data is corrupt: %s", err ? err : "");
+    default: return fd_send_error(r, 500, "internal", NULL, "storage error: %s", err ? err : "");
+    }
+}
+
+/* ---- request helpers --------------------------------------------------------------- */
+const char *fd_req_query(fd_req *r, const char *key) {
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+const char *fd_req_header(fd_req *r, const char *key) {
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
+}
+
+cJSON *fd_req_json(fd_req *r) {
+    const char *ct = fd_req_header(r, "Content-Type");
+    /* curl -d sends application/x-www-form-urlencoded; a JSON body sent that
+     * way is accepted, anything else declared is refused */
+    if (ct && strncasecmp(ct, "application/json", 16) != 0 &&
+        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
+        fd_send_error(r, 415, "unsupported_media_type", NULL,
+                      "expected Content-Type application/json, got %s", ct);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *o = r->body ? cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0) : NULL;
+    if (!o) {
+        cJSON *d = cJSON_CreateObject();
+        size_t at = end && r->body ? (size_t)(end - r->body) : 0;
+        cJSON_AddNumberToObject(d, "offset", (double)at);
+        fd_send_error(r, 400, "invalid_json", d, r->len ? "the body is not valid JSON (near byte %zu)"
+                                                         : "the body is empty; a JSON object is required", at);
+        return NULL;
+    }
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        fd_send_error(r, 400, "invalid_json", NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+static void db_destroy(void *p) { fd_db_close(p); }
+
+fd_db *fd_req_db(fd_req *r) {
+    fd_db *db = pthread_getspecific(r->srv->db_key);
+    if (db) return db;
+    char err[256] = "";
+    if (fd_db_open(r->srv->cfg.db_path, &db, err, sizeof err)) {
+        fd_send_error(r, 500, "internal", NULL, "cannot open the database: %s", err);
+        return NULL;
+    }
+    pthread_setspecific(r->srv->db_key, db);
+    return db;
+}
+
+/* ---- built-in handlers ---------------------------------------------------------------- */
+static enum MHD_Result h_healthz(fd_req *r, char **a) {
+    (void)a;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    return fd_send_json(r, 200, o);
+}
+
+static enum MHD_Result h_readyz(fd_req *r, char **a) {
+    (void)a;
+    fd_server *s = r->srv;
+    int ok = atomic_load(&s->ready) && !atomic_load(&s->draining);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", ok ? "ready" : atomic_load(&s->draining) ? "draining" : "starting");
+    if (!ok) {
+        char *t = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return fd_send_bytes(r, 503, "application/json", t, t ? strlen(t) : 0);
+    }
+    return fd_send_json(r, 200, o);
+}
+
+static enum MHD_Result h_metrics(fd_req *r, char **a) {
+    (void)a;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    char *t = fd_metrics_render(r->srv, db);
+    if (!t) return fd_send_error(r, 500, "internal", NULL, "out of memory");
+    return fd_send_bytes(r, 200, "text/plain; version=0.0.4", t, strlen(t));
+}
+
+extern char *openblas_get_config(void);
+extern int openblas_get_num_threads(void);
+
+static enum MHD_Result h_version(fd_req *r, char **a) {
+    (void)a;
+    fd_db *db = fd_req_db(r);
+    if (!db) return MHD_YES;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "version", FD_VERSION);
+    cJSON_AddNumberToObject(o, "schema_version", fd_db_schema_version(db));
+    cJSON_AddStringToObject(o, "blas", openblas_get_config());
+    cJSON_AddNumberToObject(o, "blas_threads", openblas_get_num_threads());
+    cJSON_AddStringToObject(o, "microhttpd", MHD_get_version());
+    return fd_send_json(r, 200, o);
+}
+
+/* ---- authentication --------------------------------------------------------------------- */
+/* Returns the scope granted by the Authorization header: 0 none, 1 read,
+ * 2 write; -1 when a token was given but matches nothing.  Compares the
+ * SHA-256 of the presented token with every stored hash in constant time
+ * (CRYPTO_memcmp), visiting all of them, so neither timing nor position
+ * tells anything about a near miss. */
+static int authenticate(fd_req *r) {
+    fd_server *s = r->srv;
+    const char *h = fd_req_header(r, "Authorization");
+    if (!h) return 0;
+    if (strncasecmp(h, "Bearer ", 7) != 0) return -1;
+    const char *tok = h + 7;
+    while (*tok == ' ') tok++;
+    char hex[65];
+    fd_sha256_hex(tok, strlen(tok), hex);
+    int scope = -1;
+    for (int i = 0; i < s->ntokens; i++) {
+        int eq = CRYPTO_memcmp(hex, s->tokens[i].hash, 64) == 0;
+        int sc = s->tokens[i].write ? 2 : 1;
+        scope = eq && sc > scope ? sc : scope;
+    }
+    return scope;
+}
+
+/* ---- the access handler ----------------------------------------------------------------- */
+static void make_rid(fd_req *r) {
+    const char *in = fd_req_header(r, "X-Request-Id");
+    if (in) {
+        size_t n = strlen(in), ok = n > 0 && n < sizeof r->rid;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)in[i]) || in[i] == '-' || in[i] == '_' || in[i] == '.';
+        if (ok) {
+            memcpy(r->rid, in, n + 1);
+            return;
+        }
+    }
+    static _Thread_local uint64_t state;
+    if (!state) state = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)&state << 16) ^ (uint64_t)getpid();
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    snprintf(r->rid, sizeof r->rid, "%016llx", (unsigned long long)state);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+    (void)version;
+    fd_server *s = cls;
+    fd_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        *con_cls = r;
+        r->srv = s;
+        r->conn = conn;
+        r->method = method;
+        r->url = url;
+        r->t0 = fd_now();
+        r->route = NROUTES;
+        make_rid(r);
+        /* route */
+        char pbuf[1024], *segs[MAX_SEGS], *args[4] = {0};
+        int nseg = split_path(url, pbuf, sizeof pbuf, segs), found = -1;
+        char allow[128] = "";
+        for (int i = 0; nseg >= 0 && i < NROUTES; i++) {
+            if (!match(routes[i].pattern, segs, nseg, args)) continue;
+            if (!strcmp(routes[i].method, method)) {
+                found = i;
+                break;
+            }
+            if (!strstr(allow, routes[i].method)) {
+                if (*allow) strcat(allow, ", ");
+                strcat(allow, routes[i].method);
+            }
+        }
+        if (found < 0 && *allow) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "%s is not allowed here; allowed: %s", method, allow);
+            return send_error_msg(r, 405, "method_not_allowed", NULL, msg, NULL, allow);
+        }
+        if (found < 0) {
+            if (!strcmp(method, "GET") && !strcmp(url, "/")) return fd_api_dashboard(r, NULL);
+            return fd_send_error(r, 404, "not_found", NULL, "no route for %s %s", method, url);
+        }
+        r->route = found;
+        /* authenticate */
+        if (routes[found].scope != SCOPE_PUBLIC && s->ntokens > 0) {
+            int sc = authenticate(r);
+            if (sc <= 0)
+                return fd_send_error(r, 401, "unauthenticated", NULL,
+                                     sc < 0 ? "invalid token" : "an Authorization: Bearer token is required");
+            if (routes[found].scope == SCOPE_WRITE && sc < 2)
+                return fd_send_error(r, 403, "permission_denied", NULL,
+                                     "this route needs a write token; the token given has read scope");
+            r->write_scope = sc == 2;
+        } else {
+            r->write_scope = 1;
+        }
+        if (atomic_load(&s->draining))
+            return fd_send_error(r, 503, "overloaded", NULL, "the server is shutting down");
+        /* body limit before reading a byte */
+        const char *cl = fd_req_header(r, "Content-Length");
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(cl, &end, 10);
+            if (errno || *end || end == cl)
+                return fd_send_error(r, 400, "invalid_argument", NULL, "bad Content-Length");
+            if (v > s->cfg.max_body) {
+                cJSON *d = cJSON_CreateObject();
+                cJSON_AddNumberToObject(d, "max_bytes", (double)s->cfg.max_body);
+                return fd_send_error(r, 413, "payload_too_large", d,
+                                     "the body is %llu bytes; the limit is %zu", v, s->cfg.max_body);
+            }
+        }
+        /* admission */
+        if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
+            atomic_fetch_sub(&s->inflight, 1);
+            return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
+        }
+        r->counted = 1;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (r->status) { /* already answered: drain */
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        size_t n = *upload_size;
+        if (!routes[r->route < NROUTES ? r->route : 0].body || r->len + n > r->srv->cfg.max_body) {
+            r->too_large = r->len + n > r->srv->cfg.max_body;
+            r->len += n; /* count, do not keep */
+            free(r->body);
+            r->body = NULL;
+            r->cap = 0;
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        if (r->len + n + 1 > r->cap) {
+            size_t cap = r->cap ? r->cap : 4096;
+            while (cap < r->len + n + 1) cap *= 2;
+            char *b = realloc(r->body, cap);
+            if (!b) return MHD_NO;
+            r->body = b;
+            r->cap = cap;
+        }
+        memcpy(r->body + r->len, upload_data, n);
+        r->len += n;
+        r->body[r->len] = 0;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (r->status) return MHD_YES;
+    if (r->too_large) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "max_bytes", (double)s->cfg.max_body);
+        return fd_send_error(r, 413, "payload_too_large", d, "the body exceeds the limit of %zu bytes",
+                             s->cfg.max_body);
+    }
+    if (r->route >= NROUTES) return fd_send_error(r, 404, "not_found", NULL, "no route");
+    char pbuf[1024], *segs[MAX_SEGS], *args[4] = {0};
+    int nseg = split_path(url, pbuf, sizeof pbuf, segs);
+    match(routes[r->route].pattern, segs, nseg, args);
+    enum MHD_Result ret = routes[r->route].fn(r, args);
+    if (!r->status) /* a handler that forgot to answer is a bug: answer 500 */
+        ret = fd_send_error(r, 500, "internal", NULL, "no response produced");
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)conn;
+    fd_server *s = cls;
+    fd_req *r = *con_cls;
+    if (!r) return;
+    double dt = fd_now() - r->t0;
+    if (r->counted) atomic_fetch_sub(&s->inflight, 1);
+    fd_metrics_request(s->metrics, r->route, r->status, dt);
+    if (!s->cfg.quiet) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        char when[32];
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        fprintf(stderr, "%s.%03ldZ method=%s path=%s status=%d bytes=%zu us=%.0f rid=%s%s\n", when,
+                ts.tv_nsec / 1000000, r->method, r->url, r->status, r->sent_bytes, dt * 1e6, r->rid,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    }
+    free(r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+int fd_server_start(fd_server *s, char *err, size_t errlen) {
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)s->cfg.port);
+    if (inet_pton(AF_INET, s->cfg.listen_host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "cannot parse listen address %s (IPv4 expected)", s->cfg.listen_host);
+        return -1;
+    }
+    if (pthread_key_create(&s->db_key, db_destroy)) {
+        snprintf(err, errlen, "pthread_key_create failed");
+        return -1;
+    }
+    s->metrics = fd_metrics_create();
+    s->cache = fd_cache_create(s->cfg.cache_models);
+    if (!s->metrics || !s->cache) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    s->mhd = MHD_start_daemon(
+        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.conn_memory,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.conn_timeout,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)0,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_END);
+    if (!s->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%d (%s)", s->cfg.listen_host, s->cfg.port,
+                 strerror(errno));
+        return -1;
+    }
+    if (s->cfg.port == 0) {
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+        if (di) s->cfg.port = di->port;
+    }
+    return 0;
+}
+
+void fd_server_stop(fd_server *s) {
+    if (s->mhd) MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+    fd_cache_free(s->cache);
+    s->cache = NULL;
+    fd_metrics_free(s->metrics);
+    s->metrics = NULL;
+}
