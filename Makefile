@@ -95,6 +95,24 @@ $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
 
+# make run: a database under data/, a small demo model (trained in a few
+# seconds on 2-D moons) if there is none, then the daemon in the foreground
+FLOWD_LISTEN ?= 127.0.0.1:8080
+run: deps-check all
+	@mkdir -p data
+	@$(BUILD)/flowd migrate --db data/flowd.db
+	@if [ "$$(sqlite3 data/flowd.db "SELECT count(*) FROM models WHERE name = 'moons-demo'")" = 0 ]; then \
+	  echo "training the demo model (2-D moons, a few seconds)..."; \
+	  $(BUILD)/flowd train --quiet --config examples/moons-demo.json --out data/moons-demo.flow && \
+	  $(BUILD)/flowd import data/moons-demo.flow --name moons-demo --db data/flowd.db; fi
+	@echo
+	@echo "flowd on http://$(FLOWD_LISTEN)   (Ctrl-C stops it)"
+	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models"
+	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/log_prob -d '{\"inputs\":[[0.5,0.2],[3,3]]}'"
+	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/sample -d '{\"n\":5,\"seed\":1}'"
+	@echo
+	exec $(BUILD)/flowd serve --db data/flowd.db --listen $(FLOWD_LISTEN)
+
 test: deps-check all
 	@BUILD=$(BUILD) sh tests/run_all.sh
 
