@@ -74,7 +74,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &D, err, errlen))) return rc;
     if ((rc = nf_json_int(spec, "depth", presets[p].depth, 1, 128, &depth, err, errlen)))
         return rc;
-    if ((rc = nf_json_int(spec, "bins", 8, 2, 256, &bins, err, errlen))) return rc;
+    if ((rc = nf_json_int(spec, "bins", 8, 2, 64, &bins, err, errlen))) return rc;
     if ((rc = nf_json_num(spec, "tail_bound", 3.0, 1e-3, 1e6, &tail, err, errlen))) return rc;
     if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen))) return rc;
     nh = nf_json_int_list(spec, "hidden", presets[p].hidden, presets[p].nh, hidden, 16, err,

@@ -57,6 +57,53 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
             return fd_send_db_error(r, rc, err);
         }
     }
+    /* build the flow now (on a two-row stand-in with the data's dim, range
+     * and integrality), so a bad preset, layer or preprocessing choice is a
+     * 422 here and not a failed job later */
+    int dim = 2, is_int = 0;
+    double vmin = -4, vmax = 4;
+    if (j.dataset_id[0]) {
+        cJSON *ds = NULL;
+        if (fd_db_dataset_get(db, j.dataset_id, &ds, err, sizeof err) == 0) {
+            const cJSON *v;
+            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "dim"))) dim = (int)v->valuedouble;
+            if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(ds, "is_integer"))) is_int = cJSON_IsTrue(v);
+            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "min"))) vmin = v->valuedouble;
+            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "max"))) vmax = v->valuedouble;
+        }
+        cJSON_Delete(ds);
+    }
+    {
+        nf_data probe_data = {0};
+        char perr[400] = "";
+        int bad = nf_data_alloc(&probe_data, 2, dim, perr, sizeof perr);
+        if (!bad) {
+            for (int i = 0; i < dim; i++) {
+                probe_data.x[i] = (nf_real)vmin;
+                probe_data.x[dim + i] = (nf_real)vmax;
+            }
+            probe_data.is_integer = is_int;
+            probe_data.vmin = vmin;
+            probe_data.vmax = vmax;
+            cJSON *pp = NULL;
+            char *spec = nf_job_flow_spec(&j, &probe_data, &pp, perr, sizeof perr);
+            nf_flow *f = NULL;
+            char ferr[300] = "";
+            if (!spec) bad = 1;
+            else if (nf_flow_create(spec, &f, ferr, sizeof ferr)) {
+                snprintf(perr, sizeof perr, "flow: %s", ferr);
+                bad = 1;
+            }
+            nf_flow_free(f);
+            free(spec);
+            cJSON_Delete(pp);
+        }
+        nf_data_free(&probe_data);
+        if (bad) {
+            nf_job_free(&j);
+            return fd_send_error(r, 422, "invalid_input", NULL, "%s", perr);
+        }
+    }
     int64_t counts[5];
     if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs) {
         nf_job_free(&j);
@@ -347,7 +394,15 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
     s->id = id;
     s->after = -1;
     const char *as = fd_req_query(r, "after_step");
-    if (as) s->after = strtoll(as, NULL, 10);
+    if (as) {
+        char *end;
+        long long v = strtoll(as, &end, 10);
+        if (*end || v < -1) {
+            stream_free(s);
+            return fd_send_error(r, 400, "invalid_argument", NULL, "after_step must be an integer");
+        }
+        s->after = v;
+    }
     s->last_send = fd_now();
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
     if (!resp) {

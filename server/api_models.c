@@ -562,9 +562,12 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     fmt outf = accept_fmt(r);
     if (outf != FMT_JSON) {
         size_t len = 0;
-        char hdr[64];
-        snprintf(hdr, sizeof hdr, "# %d samples of dim %d", n, D);
-        char *b = outf == FMT_CSV ? csv_bytes(x, (size_t)n, D, hdr + 2, &len) : npy_bytes(x, (size_t)n, D, 1, &len);
+        /* header x0,x1,...: the CSV reads back as a dataset or a log_prob body */
+        char *hdr = malloc((size_t)D * 12 + 1);
+        size_t hk = 0;
+        for (int d = 0; hdr && d < D; d++) hk += (size_t)sprintf(hdr + hk, d ? ",x%d" : "x%d", d);
+        char *b = !hdr ? NULL : outf == FMT_CSV ? csv_bytes(x, (size_t)n, D, hdr, &len) : npy_bytes(x, (size_t)n, D, 1, &len);
+        free(hdr);
         if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
         else ret = fd_send_bytes(r, 200, outf == FMT_CSV ? "text/csv" : "application/x-npy", b, len);
         goto out;

@@ -397,7 +397,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         } else {
             r->write_scope = 1;
         }
-        if (atomic_load(&s->draining))
+        if (atomic_load(&s->draining) && routes[found].scope != SCOPE_PUBLIC)
             return fd_send_error(r, 503, "overloaded", NULL, "the server is shutting down");
         /* body limit before reading a byte */
         const char *cl = fd_req_header(r, "Content-Length");
@@ -414,7 +414,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                      "the body is %llu bytes; the limit is %zu", v, s->cfg.max_body);
             }
         }
-        /* admission */
+        /* admission (health, readiness and metrics stay answerable) */
+        if (routes[found].scope == SCOPE_PUBLIC) return MHD_YES;
         if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
             atomic_fetch_sub(&s->inflight, 1);
             return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
