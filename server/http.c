@@ -221,6 +221,14 @@ cJSON *fd_req_json(fd_req *r) {
     }
     const char *end = NULL;
     cJSON *o = r->body ? cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0) : NULL;
+    if (o && end) { /* only whitespace may follow the value */
+        const char *e = r->body + r->len;
+        while (end < e && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+        if (end < e) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    }
     if (!o) {
         cJSON *d = cJSON_CreateObject();
         size_t at = end && r->body ? (size_t)(end - r->body) : 0;
