@@ -42,10 +42,12 @@ SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/gen/migrations.o $(BUI
 SERVER_LIB_OBJ := $(filter-out $(BUILD)/f32/server/main.o,$(SERVER_OBJ))
 TSERVER_SRC := tests/runner.c $(wildcard tests/server/*.c)
 TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
+CLIENT_SRC := $(wildcard client/*.c)
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/f32/server/png.o
 
 .PHONY: all test asan bench run deps clean
 all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \
-     $(BUILD)/test_server
+     $(BUILD)/test_server $(BUILD)/flowctl
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)

@@ -1,0 +1,526 @@
+/* data.c: `flowctl score` (log_prob of every row of a CSV or .npy file,
+ * streamed: the file is read a chunk of rows at a time and each chunk is
+ * posted on its own, so files larger than memory work) and `flowctl sample`
+ * (CSV or .npy from the server, or a PNG: a scatter plot for 2-D models, an
+ * image grid for square-dimension models, drawn with server/png.c). */
+#include "flowctl.h"
+#include "../server/png.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* ---- .npy headers --------------------------------------------------------------------------- */
+typedef struct npy_hdr {
+    char descr[16];
+    int fortran;
+    int ndim;
+    long long shape[8];
+    size_t itemsize;
+    size_t data_off; /* bytes before the data */
+} npy_hdr;
+
+static const char *dict_value(const char *dict, const char *key) {
+    const char *p = strstr(dict, key);
+    if (!p) return NULL;
+    p = strchr(p + strlen(key), ':');
+    if (!p) return NULL;
+    p++;
+    while (*p == ' ') p++;
+    return p;
+}
+
+/* Parses the header text (dict) of a .npy file.  0 or -1 (err set). */
+static int npy_parse_dict(const char *dict, npy_hdr *h, char *err, size_t errlen) {
+    const char *v = dict_value(dict, "'descr'");
+    size_t k = 0;
+    if (!v || (*v != '\'' && *v != '"')) goto bad;
+    for (v++; *v && *v != '\'' && *v != '"' && k + 1 < sizeof h->descr; v++) h->descr[k++] = *v;
+    h->descr[k] = 0;
+    if (k < 3 || !strchr("<>|=", h->descr[0]) || !strchr("fiub", h->descr[1])) {
+        snprintf(err, errlen, "unsupported .npy dtype '%s'", h->descr);
+        return -1;
+    }
+    h->itemsize = (size_t)atoi(h->descr + 2);
+    if (h->itemsize < 1 || h->itemsize > 16) goto bad;
+    v = dict_value(dict, "'fortran_order'");
+    if (!v) goto bad;
+    h->fortran = !strncmp(v, "True", 4);
+    v = dict_value(dict, "'shape'");
+    if (!v || *v != '(') goto bad;
+    h->ndim = 0;
+    for (v++;;) {
+        while (*v == ' ' || *v == ',') v++;
+        if (*v == ')') break;
+        char *end;
+        long long d = strtoll(v, &end, 10);
+        if (end == v || d < 0 || h->ndim == 8) goto bad;
+        h->shape[h->ndim++] = d;
+        v = end;
+        while (*v == 'L') v++;
+    }
+    if (h->ndim < 1) {
+        snprintf(err, errlen, ".npy: a scalar is not a table of rows");
+        return -1;
+    }
+    if (h->fortran && h->ndim > 1) {
+        snprintf(err, errlen, ".npy: fortran_order arrays cannot be streamed by rows; save with C order");
+        return -1;
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "malformed .npy header");
+    return -1;
+}
+
+/* Header of a .npy held in memory. */
+static int npy_parse_buf(const unsigned char *b, size_t n, npy_hdr *h, char *err, size_t errlen) {
+    memset(h, 0, sizeof *h);
+    if (n < 10 || memcmp(b, "\x93NUMPY", 6)) {
+        snprintf(err, errlen, "not a .npy file");
+        return -1;
+    }
+    size_t hl, off;
+    if (b[6] == 1) hl = b[8] | (size_t)b[9] << 8, off = 10;
+    else if (n >= 12) hl = b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24, off = 12;
+    else hl = (size_t)-1, off = 12;
+    if (hl > n - off || hl > 1 << 20) {
+        snprintf(err, errlen, "truncated .npy header");
+        return -1;
+    }
+    char *dict = malloc(hl + 1);
+    if (!dict) return -1;
+    memcpy(dict, b + off, hl);
+    dict[hl] = 0;
+    int rc = npy_parse_dict(dict, h, err, errlen);
+    free(dict);
+    h->data_off = off + hl;
+    return rc;
+}
+
+/* Header of a .npy file; leaves f at the data. */
+static int npy_read_header(FILE *f, npy_hdr *h, char *err, size_t errlen) {
+    unsigned char b[12];
+    if (fread(b, 1, 10, f) != 10 || memcmp(b, "\x93NUMPY", 6)) {
+        snprintf(err, errlen, "not a .npy file");
+        return -1;
+    }
+    size_t hl, off = 10;
+    if (b[6] == 1) {
+        hl = b[8] | (size_t)b[9] << 8;
+    } else {
+        if (fread(b + 10, 1, 2, f) != 2) goto trunc;
+        hl = b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
+        off = 12;
+    }
+    if (hl > 1 << 20) goto trunc;
+    unsigned char *all = malloc(off + hl);
+    if (!all) return -1;
+    memcpy(all, b, off);
+    if (fread(all + off, 1, hl, f) != hl) {
+        free(all);
+        goto trunc;
+    }
+    int rc = npy_parse_buf(all, off + hl, h, err, errlen);
+    free(all);
+    return rc;
+trunc:
+    snprintf(err, errlen, "truncated .npy header");
+    return -1;
+}
+
+/* Writes a version 1.0 header for k rows of h's row shape into out (>= 256
+ * bytes); returns its length (a multiple of 64). */
+static size_t npy_chunk_header(const npy_hdr *h, long long k, char *out) {
+    char dict[200];
+    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,", h->descr, k);
+    for (int i = 1; i < h->ndim; i++) n += snprintf(dict + n, sizeof dict - n, "%s%lld", i > 1 ? ", " : " ", h->shape[i]);
+    n += snprintf(dict + n, sizeof dict - n, "), }");
+    size_t total = 10 + (size_t)n + 1, pad = (64 - total % 64) % 64, H = total + pad;
+    memcpy(out, "\x93NUMPY\x01\x00", 8);
+    out[8] = (char)((H - 10) & 255);
+    out[9] = (char)((H - 10) >> 8);
+    memcpy(out + 10, dict, (size_t)n);
+    memset(out + 10 + n, ' ', pad);
+    out[H - 1] = '\n';
+    return H;
+}
+
+static const char *ext_of(const char *path) {
+    const char *d = path ? strrchr(path, '.') : NULL;
+    return d && !strchr(d, '/') ? d : "";
+}
+
+/* ---- score --------------------------------------------------------------------------------- */
+static const char *help_score =
+    "usage: flowctl score NAME FILE [-o out.csv] [--batch 10000] [--version V] [--json]\n"
+    "\n"
+    "Writes the log-density log p(x) of every row of FILE under model NAME, one\n"
+    "value a line after a 'log_prob' header, to -o (default stdout).  FILE is CSV\n"
+    "(an optional header line; '-' reads stdin) or .npy.  The file is streamed: rows\n"
+    "are read and posted --batch at a time (text/csv, Accept text/csv), so files\n"
+    "larger than memory work.  A row outside the model's support is written as nan.\n"
+    "With --json and -o, a summary {\"rows\",\"output\"} is printed.\n";
+
+typedef struct scorer {
+    char path[700];
+    fc_outfile out;
+    long long rows; /* written so far */
+    int progress;   /* stderr is a terminal */
+} scorer;
+
+/* Posts one chunk and appends its k values to the output. */
+static int score_chunk(scorer *s, const char *ctype, const char *body, size_t len, long long k) {
+    fc_req q = {.method = "POST", .path = s->path, .ctype = ctype, .body = body, .len = len,
+                .accept = "text/csv"};
+    fc_resp r;
+    int rc = fc_http(&q, &r);
+    if (rc) {
+        if (rc == FC_API)
+            fprintf(stderr, "flowctl: (in the chunk of rows %lld..%lld)\n", s->rows + 1, s->rows + k);
+        fc_resp_free(&r);
+        return rc;
+    }
+    long long got = 0;
+    const char *p = r.body, *end = r.body + r.len;
+    int first = 1;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        if (n && p[n - 1] == '\r') n--;
+        if (first) {
+            first = 0;
+            if (n && !strchr("-+.0123456789", p[0])) { /* the "log_prob" header */
+                p = nl ? nl + 1 : end;
+                continue;
+            }
+        }
+        if (n == 0) fputs("nan\n", s->out.f);
+        else fprintf(s->out.f, "%.*s\n", (int)n, p);
+        got++;
+        p = nl ? nl + 1 : end;
+    }
+    fc_resp_free(&r);
+    if (got != k) {
+        fprintf(stderr, "flowctl: the server returned %lld values for %lld rows (rows %lld..%lld)\n", got, k,
+                s->rows + 1, s->rows + k);
+        return FC_API;
+    }
+    s->rows += k;
+    if (s->progress) fprintf(stderr, "\rscored %lld rows", s->rows);
+    return FC_OK;
+}
+
+/* 1 when every comma-separated cell of the line is a number */
+static int numeric_line(const char *l, size_t n) {
+    const char *p = l, *end = l + n;
+    while (p <= end) {
+        const char *c = memchr(p, ',', (size_t)(end - p));
+        const char *ce = c ? c : end;
+        while (p < ce && (*p == ' ' || *p == '\t')) p++;
+        const char *q = ce;
+        while (q > p && (q[-1] == ' ' || q[-1] == '\t' || q[-1] == '\r')) q--;
+        if (q == p) return 0;
+        char tmp[64];
+        size_t k = (size_t)(q - p);
+        if (k >= sizeof tmp) return 0;
+        memcpy(tmp, p, k);
+        tmp[k] = 0;
+        char *e;
+        strtod(tmp, &e);
+        if (*e) return 0;
+        if (!c) break;
+        p = c + 1;
+    }
+    return 1;
+}
+
+static int score_csv(scorer *s, FILE *f, long batch) {
+    char *line = NULL, *chunk = NULL;
+    size_t lcap = 0, ccap = 0, clen = 0;
+    long long k = 0, lineno = 0;
+    ssize_t n;
+    int rc = FC_OK, seen_first = 0;
+    while ((n = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        char *l = line;
+        if (lineno == 1 && n >= 3 && !memcmp(l, "\xEF\xBB\xBF", 3)) l += 3, n -= 3; /* BOM */
+        while (n && (l[n - 1] == '\n' || l[n - 1] == '\r')) n--;
+        size_t i = 0;
+        while (i < (size_t)n && (l[i] == ' ' || l[i] == '\t')) i++;
+        if (i == (size_t)n) continue; /* blank */
+        if (!seen_first) {
+            seen_first = 1;
+            if (!numeric_line(l, (size_t)n)) continue; /* header */
+        }
+        if (clen + (size_t)n + 2 > ccap) {
+            size_t cap = ccap ? ccap : 1 << 20;
+            while (cap < clen + (size_t)n + 2) cap *= 2;
+            char *c = realloc(chunk, cap);
+            if (!c) {
+                fprintf(stderr, "flowctl: out of memory\n");
+                rc = FC_USAGE;
+                break;
+            }
+            chunk = c;
+            ccap = cap;
+        }
+        memcpy(chunk + clen, l, (size_t)n);
+        clen += (size_t)n;
+        chunk[clen++] = '\n';
+        if (++k == batch) {
+            if ((rc = score_chunk(s, "text/csv", chunk, clen, k))) break;
+            clen = 0;
+            k = 0;
+        }
+    }
+    if (!rc && ferror(f)) {
+        fprintf(stderr, "flowctl: read error: %s\n", strerror(errno));
+        rc = FC_USAGE;
+    }
+    if (!rc && k) rc = score_chunk(s, "text/csv", chunk, clen, k);
+    free(line);
+    free(chunk);
+    return rc;
+}
+
+static int score_npy(scorer *s, FILE *f, long batch) {
+    npy_hdr h;
+    char err[200];
+    if (npy_read_header(f, &h, err, sizeof err)) {
+        fprintf(stderr, "flowctl: %s\n", err);
+        return FC_USAGE;
+    }
+    size_t rowb = h.itemsize;
+    for (int i = 1; i < h.ndim; i++) rowb *= (size_t)h.shape[i];
+    if (!rowb) {
+        fprintf(stderr, "flowctl: .npy rows are empty\n");
+        return FC_USAGE;
+    }
+    char *chunk = malloc(256 + rowb * (size_t)batch);
+    if (!chunk) {
+        fprintf(stderr, "flowctl: out of memory (try a smaller --batch)\n");
+        return FC_USAGE;
+    }
+    int rc = FC_OK;
+    for (long long done = 0; done < h.shape[0];) {
+        long long k = h.shape[0] - done < batch ? h.shape[0] - done : batch;
+        size_t H = npy_chunk_header(&h, k, chunk);
+        if (fread(chunk + H, rowb, (size_t)k, f) != (size_t)k) {
+            fprintf(stderr, "flowctl: the .npy file ends before its %lld rows\n", h.shape[0]);
+            rc = FC_USAGE;
+            break;
+        }
+        if ((rc = score_chunk(s, "application/x-npy", chunk, H + rowb * (size_t)k, k))) break;
+        done += k;
+    }
+    free(chunk);
+    return rc;
+}
+
+int fc_cmd_score(int argc, char **argv) {
+    static const fc_optdef defs[] = {{"output", 'o', 1}, {"batch", 'b', 1}, {"version", 0, 1}, {NULL, 0, 0}};
+    fc_args a;
+    int rc = fc_parse(argc, argv, defs, &a, help_score);
+    if (rc) return rc;
+    if (a.npos != 2) return fc_usage_error(help_score, "score takes NAME and FILE");
+    long batch = 10000, version = 0;
+    const char *bs = fc_opt(&a, defs, "batch"), *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output");
+    if (bs && fc_parse_long("--batch", bs, 1, 10000000, &batch)) return FC_USAGE;
+    if (vs && fc_parse_long("--version", vs, 1, 2147483647L, &version)) return FC_USAGE;
+    const char *file = a.pos[1];
+    FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "flowctl: cannot read %s: %s\n", file, strerror(errno));
+        return FC_USAGE;
+    }
+    int is_npy = 0;
+    if (f != stdin) {
+        unsigned char m[6] = {0};
+        is_npy = fread(m, 1, 6, f) == 6 && !memcmp(m, "\x93NUMPY", 6);
+        rewind(f);
+    }
+    scorer s;
+    memset(&s, 0, sizeof s);
+    int k = snprintf(s.path, sizeof s.path, "/v1/models/%s/log_prob", fc_esc(a.pos[0]));
+    if (version) snprintf(s.path + k, sizeof s.path - k, "?version=%ld", version);
+    s.progress = isatty(STDERR_FILENO) && out;
+    if ((rc = fc_out_open(&s.out, out))) {
+        if (f != stdin) fclose(f);
+        return rc;
+    }
+    fputs("log_prob\n", s.out.f);
+    rc = is_npy ? score_npy(&s, f, batch) : score_csv(&s, f, batch);
+    if (f != stdin) fclose(f);
+    if (s.progress) fprintf(stderr, "\n");
+    int wrc = fc_out_close(&s.out, rc == FC_OK);
+    if (!rc) rc = wrc;
+    if (!rc && fc.json && out) printf("{\"rows\":%lld,\"output\":\"%s\"}\n", s.rows, out);
+    return rc;
+}
+
+/* ---- sample ---------------------------------------------------------------------------------- */
+static const char *help_sample =
+    "usage: flowctl sample NAME -n N [--temperature T] [--seed S] [--version V]\n"
+    "                      [-o out.csv|out.npy|out.png] [--json]\n"
+    "\n"
+    "Draws N samples from model NAME.  The output format follows the -o extension:\n"
+    ".csv (default, also for stdout), .npy (float32), or .png: a scatter plot for\n"
+    "2-D models, an image grid for models whose dimension is a square (784 = 28x28).\n"
+    "--temperature scales the base distribution (default 1); --seed makes the draw\n"
+    "reproducible.  --json without -o prints the server's JSON answer.\n";
+
+/* The preprocessing of version (0 = latest) of the model: pixel range for
+ * image grids.  Returns 1 when lo/hi were set from the model. */
+static int model_pixel_range(const char *name, long version, double *lo, double *hi, int *floor_values) {
+    char path[600];
+    snprintf(path, sizeof path, "/v1/models/%s", fc_esc(name));
+    fc_req q = {.path = path};
+    fc_resp r;
+    int found = 0;
+    if (fc_http_raw(&q, &r) == FC_OK && r.status == 200) {
+        const cJSON *v, *pick = NULL;
+        cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(r.json, "versions")) {
+            const cJSON *vn = cJSON_GetObjectItemCaseSensitive(v, "version");
+            if (!version || (cJSON_IsNumber(vn) && vn->valuedouble == version)) pick = v;
+        }
+        const cJSON *pp = cJSON_GetObjectItemCaseSensitive(pick, "preprocess");
+        const cJSON *dq = cJSON_GetObjectItemCaseSensitive(pp, "dequantize");
+        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");
+        if (cJSON_IsNumber(lv) && lv->valuedouble > 1) {
+            *lo = 0, *hi = lv->valuedouble - 1, *floor_values = 1, found = 1;
+        } else if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(pp, "logit"))) {
+            *lo = 0, *hi = 1, *floor_values = 0, found = 1;
+        }
+    }
+    fc_resp_free(&r);
+    return found;
+}
+
+static int write_png(const char *name, long version, const char *out, const fc_resp *r) {
+    npy_hdr h;
+    char err[200];
+    if (npy_parse_buf((const unsigned char *)r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||
+        h.ndim != 2 || r->len < h.data_off + (size_t)(h.shape[0] * h.shape[1]) * 4) {
+        fprintf(stderr, "flowctl: unexpected sample answer (%s)\n", err);
+        return FC_API;
+    }
+    int n = (int)h.shape[0], D = (int)h.shape[1];
+    nf_real *x = malloc((size_t)n * D * sizeof *x);
+    if (!x) return FC_USAGE;
+    for (size_t i = 0; i < (size_t)n * D; i++) {
+        float v;
+        memcpy(&v, r->body + h.data_off + 4 * i, 4);
+        x[i] = (nf_real)v;
+    }
+    int side = (int)(sqrt((double)D) + 0.5), rc;
+    unsigned char *pix = NULL;
+    int w = 0, hh = 0;
+    if (D == 2) {
+        w = hh = 512;
+        rc = png_render_scatter(x, n, 512, &pix);
+    } else if (side >= 2 && side * side == D) {
+        double lo = INFINITY, hi = -INFINITY;
+        int fl = 0;
+        if (!model_pixel_range(name, version, &lo, &hi, &fl)) {
+            for (size_t i = 0; i < (size_t)n * D; i++)
+                if (isfinite(x[i])) {
+                    if (x[i] < lo) lo = x[i];
+                    if (x[i] > hi) hi = x[i];
+                }
+            if (!(hi > lo)) lo = 0, hi = 1;
+        }
+        rc = png_render_grid(x, n, side, lo, hi, fl, &pix, &w, &hh);
+    } else {
+        free(x);
+        fprintf(stderr, "flowctl: a PNG needs a 2-D model or a square dimension (this model has %d)\n", D);
+        return FC_USAGE;
+    }
+    free(x);
+    if (!rc) rc = png_write_gray(out, w, hh, pix);
+    free(pix);
+    if (rc) {
+        fprintf(stderr, "flowctl: cannot write %s (error %d)\n", out, rc);
+        return FC_USAGE;
+    }
+    return FC_OK;
+}
+
+/* Writes the server's CSV; replaces a first line that is not a header of
+ * one name per column ("x0,x1,...") so the file loads back as a table. */
+static int write_csv(fc_outfile *o, const char *b, size_t len) {
+    const char *nl1 = memchr(b, '\n', len);
+    if (nl1) {
+        size_t l1 = (size_t)(nl1 - b);
+        const char *r2 = nl1 + 1, *nl2 = memchr(r2, '\n', len - l1 - 1);
+        size_t l2 = nl2 ? (size_t)(nl2 - r2) : len - l1 - 1;
+        int c1 = 1, c2 = 1;
+        for (size_t i = 0; i < l1; i++) c1 += b[i] == ',';
+        for (size_t i = 0; i < l2; i++) c2 += r2[i] == ',';
+        if (l2 && !numeric_line(b, l1) && c1 != c2) {
+            for (int j = 0; j < c2; j++) fprintf(o->f, "%sx%d", j ? "," : "", j);
+            fputc('\n', o->f);
+            b = r2;
+            len -= l1 + 1;
+        }
+    }
+    fwrite(b, 1, len, o->f);
+    return FC_OK;
+}
+
+int fc_cmd_sample(int argc, char **argv) {
+    static const fc_optdef defs[] = {{"n", 'n', 1},      {"temperature", 't', 1}, {"seed", 's', 1},
+                                     {"version", 0, 1},  {"output", 'o', 1},      {NULL, 0, 0}};
+    fc_args a;
+    int rc = fc_parse(argc, argv, defs, &a, help_sample);
+    if (rc) return rc;
+    if (a.npos != 1) return fc_usage_error(help_sample, "sample takes one model NAME");
+    const char *ns = fc_opt(&a, defs, "n"), *ts = fc_opt(&a, defs, "temperature"), *ss = fc_opt(&a, defs, "seed"),
+               *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output");
+    if (!ns) return fc_usage_error(help_sample, "-n N is required");
+    long n, seed = 0, version = 0;
+    double T = 1;
+    if (fc_parse_long("-n", ns, 1, 100000000, &n) || (ts && fc_parse_double("--temperature", ts, &T)) ||
+        (ss && fc_parse_long("--seed", ss, 0, 0x7fffffffffffffffL, &seed)) ||
+        (vs && fc_parse_long("--version", vs, 1, 2147483647L, &version)))
+        return FC_USAGE;
+    const char *ext = ext_of(out);
+    int png = !strcasecmp(ext, ".png"), npy = !strcasecmp(ext, ".npy"), json_out = fc.json && !out;
+    if (out && !png && !npy && strcasecmp(ext, ".csv") && strcmp(out, "-"))
+        return fc_usage_error(help_sample, "-o: give a .csv, .npy or .png file");
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddNumberToObject(body, "n", (double)n);
+    if (ts) cJSON_AddNumberToObject(body, "temperature", T);
+    if (ss) cJSON_AddNumberToObject(body, "seed", (double)seed);
+    if (version) cJSON_AddNumberToObject(body, "version", (double)version);
+    char *bs = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    char path[600];
+    snprintf(path, sizeof path, "/v1/models/%s/sample", fc_esc(a.pos[0]));
+    fc_req q = {.method = "POST", .path = path, .ctype = "application/json", .body = bs, .len = strlen(bs),
+                .accept = json_out ? "application/json" : (png || npy) ? "application/x-npy" : "text/csv"};
+    fc_resp r;
+    rc = fc_http(&q, &r);
+    free(bs);
+    if (rc) goto done;
+    if (json_out) {
+        fc_print_json(r.json);
+    } else if (png) {
+        rc = write_png(a.pos[0], version, out, &r);
+    } else {
+        fc_outfile o;
+        if (!(rc = fc_out_open(&o, out))) {
+            if (npy) fwrite(r.body, 1, r.len, o.f);
+            else write_csv(&o, r.body, r.len);
+            rc = fc_out_close(&o, 1);
+        }
+    }
+    if (!rc && fc.json && out) printf("{\"n\":%ld,\"output\":\"%s\"}\n", n, out);
+done:
+    fc_resp_free(&r);
+    return rc;
+}
