@@ -43,7 +43,7 @@ SERVER_LIB_OBJ := $(filter-out $(BUILD)/f32/server/main.o,$(SERVER_OBJ))
 TSERVER_SRC := tests/runner.c $(wildcard tests/server/*.c)
 TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
 CLIENT_SRC := $(wildcard client/*.c)
-CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/f32/server/png.o
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(filter %/server/png.o,$(SERVER_OBJ))
 
 .PHONY: all test asan bench run deps clean
 all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \

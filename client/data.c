@@ -14,6 +14,11 @@
 #include <strings.h>
 #include <unistd.h>
 
+/* server/png.c is linked when the tree has it; without it -o out.png says so */
+#pragma weak png_write_gray
+#pragma weak png_render_scatter
+#pragma weak png_render_grid
+
 /* ---- .npy headers --------------------------------------------------------------------------- */
 typedef struct npy_hdr {
     char descr[16];
@@ -402,6 +407,10 @@ static int model_pixel_range(const char *name, long version, double *lo, double 
 }
 
 static int write_png(const char *name, long version, const char *out, const fc_resp *r) {
+    if (!png_write_gray || !png_render_scatter || !png_render_grid) {
+        fprintf(stderr, "flowctl: built without PNG support (server/png.c)\n");
+        return FC_USAGE;
+    }
     npy_hdr h;
     char err[200];
     if (npy_parse_buf((const unsigned char *)r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||

@@ -4,7 +4,9 @@
  * binary (or $FLOWD_BIN / $FLOWCTL_BIN), as subprocesses: listing on an
  * empty server, train --wait, streamed scoring of 25,000 CSV rows in chunks
  * against one-shot log_prob, sampling to CSV/.npy/PNG, and the exit codes
- * (usage 1, API error 2, server down 3, job failed 4, job cancelled 5). */
+ * (usage 1, API error 2, server down 3, job failed 4, job cancelled 5).
+ * The daemon runs with its default single training worker, which the
+ * failed-job case relies on to keep a job queued. */
 #include "../test.h"
 
 #include <cjson/cJSON.h>
@@ -213,7 +215,8 @@ static size_t fct_on_body(char *d, size_t sz, size_t nm, void *ud) {
     return n;
 }
 
-static cJSON *fct_post_json(fct_srv *s, const char *path, const char *body) {
+/* body NULL: DELETE path; returns the HTTP status through *status */
+static cJSON *fct_call(fct_srv *s, const char *path, const char *body, long *status) {
     char url[256];
     snprintf(url, sizeof url, "%s%s", s->url, path);
     fct_buf b = {0};
@@ -222,11 +225,14 @@ static cJSON *fct_post_json(fct_srv *s, const char *path, const char *body) {
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    if (body) curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    else curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fct_on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     CURLcode rc = curl_easy_perform(c);
+    *status = 0;
+    if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     cJSON *o = rc == CURLE_OK && b.p ? cJSON_Parse(b.p) : NULL;
@@ -334,7 +340,8 @@ TEST_T(flowctl_train_score_sample, 90) {
     }
     snprintf(json + k, cap - k, "]}");
     fclose(f);
-    cJSON *ref = fct_post_json(&s, "/v1/models/moons/log_prob", json);
+    long hs;
+    cJSON *ref = fct_call(&s, "/v1/models/moons/log_prob", json, &hs);
     free(json);
     cJSON *lp = cJSON_GetObjectItemCaseSensitive(ref, "log_prob");
     REQUIRE(cJSON_GetArraySize(lp) == N);
@@ -425,40 +432,74 @@ TEST_T(flowctl_train_score_sample, 90) {
     fct_cleanup(&s);
 }
 
+/* Waits for "job N submitted" in a train --wait output file; N or 0. */
+static long long fct_submitted(const char *path) {
+    for (double t0 = fct_now(); fct_now() - t0 < 10; fct_sleep_ms(20)) {
+        char *txt = fct_slurp(path, NULL);
+        const char *p = txt ? strstr(txt, "job ") : NULL;
+        long long id = p && strstr(p, "submitted") ? atoll(p + 4) : 0;
+        free(txt);
+        if (id) return id;
+    }
+    return 0;
+}
+
 TEST_T(flowctl_job_exit_codes, 60) {
     fct_srv s;
     REQUIRE(fct_start(&s) == 0);
-    const char *out = fct_path(&s, "out.txt");
+    const char *out = fct_path(&s, "out.txt"), *o1 = fct_path(&s, "o1.txt"), *o2 = fct_path(&s, "o2.txt");
 
-    /* a job that fails: 4.  (The server takes an unknown preset at submission
-       and the job fails when it starts; a server that checks presets up front
-       answers 422 instead, which is exit 2.) */
-    int rc = fct_run(&s, out, ARGS("train", "--builtin", "moons", "--n", "500", "--preset", "no_such_preset",
-                                   "--model", "bad", "--wait"));
-    CHECK_MSG(rc == 4 || rc == 2, "failed job: exit %d", rc);
+    /* a job the server refuses (unknown preset, 422): 2 */
+    CHECK_EQ_INT(fct_run(&s, out, ARGS("train", "--builtin", "moons", "--n", "500", "--preset", "no_such_preset",
+                                       "--model", "bad", "--wait")),
+                 2);
 
-    /* a job cancelled while train --wait follows it: 5 */
-    pid_t pid = fct_spawn(&s, out, ARGS("train", "--builtin", "moons", "--n", "200000", "--preset", "realnvp",
-                                        "--epochs", "500", "--model", "long", "--wait"));
-    REQUIRE(pid > 0);
-    long long id = 0;
-    for (double t0 = fct_now(); !id && fct_now() - t0 < 10; fct_sleep_ms(20)) {
-        char *txt = fct_slurp(out, NULL);
-        const char *p = txt ? strstr(txt, "job ") : NULL;
-        if (p && strstr(p, "submitted")) id = atoll(p + 4);
-        free(txt);
-    }
-    CHECK(id > 0);
-    char ids[32];
-    snprintf(ids, sizeof ids, "%lld", id);
-    fct_sleep_ms(300);
+    /* an uploaded dataset */
+    const char *csv = fct_path(&s, "d.csv");
+    FILE *f = fopen(csv, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 500; i++) fprintf(f, "%d.5,%d.25\n", i % 7, i % 5);
+    fclose(f);
+    CHECK_EQ_INT(fct_run(&s, out, ARGS("upload", csv, "--name", "small", "--json")), 0);
+    char *txt = fct_slurp(out, NULL);
+    cJSON *o = txt ? cJSON_Parse(txt) : NULL;
+    char ds[64] = "";
+    const char *dsid = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id"));
+    snprintf(ds, sizeof ds, "%s", dsid ? dsid : "");
+    CHECK_MSG(ds[0] && cJSON_GetObjectItemCaseSensitive(o, "rows") &&
+                  cJSON_GetObjectItemCaseSensitive(o, "rows")->valuedouble == 500,
+              "upload: %s", txt ? txt : "");
+    cJSON_Delete(o);
+    free(txt);
+
+    /* one worker: a long job A runs, job B on the dataset waits behind it;
+       the dataset is deleted, A is cancelled (A's follower: 5), B then fails
+       for want of its data (B's follower: 4) */
+    pid_t pa = fct_spawn(&s, o1, ARGS("train", "--builtin", "moons", "--n", "200000", "--preset", "realnvp",
+                                      "--epochs", "500", "--model", "long", "--wait"));
+    long long a = fct_submitted(o1);
+    CHECK(a > 0);
+    pid_t pb = fct_spawn(&s, o2, ARGS("train", "--dataset", ds, "--preset", "realnvp", "--depth", "2", "--hidden",
+                                      "8", "--epochs", "2", "--model", "doomed", "--wait"));
+    long long b = fct_submitted(o2);
+    CHECK(b > 0);
+    char path[128], ids[32];
+    snprintf(path, sizeof path, "/v1/datasets/%s", ds);
+    long hs = 0;
+    cJSON_Delete(fct_call(&s, path, NULL, &hs));
+    CHECK_EQ_INT(hs, 204);
+    snprintf(ids, sizeof ids, "%lld", a);
     CHECK_EQ_INT(fct_run(&s, NULL, ARGS("cancel", ids)), 0);
-    CHECK_EQ_INT(fct_wait(pid, 30), 5);
+    CHECK_EQ_INT(fct_wait(pa, 30), 5);
+    CHECK_EQ_INT(fct_wait(pb, 30), 4);
     /* cancelling a finished job is a 409: 2 */
     CHECK_EQ_INT(fct_run(&s, NULL, ARGS("cancel", ids)), 2);
     CHECK_EQ_INT(fct_run(&s, out, ARGS("jobs", "--state", "cancelled", "--json")), 0);
-    char *txt = fct_slurp(out, NULL);
+    txt = fct_slurp(out, NULL);
     CHECK(txt && strstr(txt, "\"long\""));
     free(txt);
+    char *err = fct_slurp(fct_path(&s, "flowctl.err"), NULL);
+    CHECK_MSG(err && strstr(err, "failed") && strstr(err, "cancelled"), "stderr: %s", err ? err : "");
+    free(err);
     fct_cleanup(&s);
 }
