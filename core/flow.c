@@ -543,3 +543,52 @@ int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx
     }
     return 0;
 }
+
+/* ---- a flow as a conditional transformation ------------------------------------------------
+ * The density pass used as a plain map v = T(z_in | ctx) with log|det dv/dz_in|
+ * (variational dequantization samples v this way: a flow is a bijection in
+ * either direction, and only this one has a backward).  No base
+ * distribution: the caller supplies dL/dv (dout) and per-row weights on the
+ * log-det (dlogdet_w: dL/dlogdet_b), and backward differentiates
+ *   L = sum_b dout_b . v_b + dlogdet_w_b logdet_b
+ * through the chain, accumulating into nf_flow_grad(f). */
+int nf_flow_transform_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                           int training, const nf_real *dout, const nf_real *dlogdet_w,
+                           nf_real *out, nf_real *logdet, nf_real *dx, nf_real *dctx) {
+    int rc = check_args(f, w, ctx, B);
+    if (rc) return rc;
+    if (B > w->Bm) return NF_ERANGE;
+    rc = inverse_chunk(f, w, x, ctx, B, training);
+    if (rc) return rc;
+    if (out) memcpy(out, top(f, w, x), (size_t)B * f->D * sizeof *out);
+    if (logdet) memcpy(logdet, w->ld, (size_t)B * sizeof *logdet);
+    if (!dout) return 0;
+    return nf_flow_transform_backward(f, w, x, ctx, B, training, dout, dlogdet_w, dx, dctx);
+}
+
+/* The backward half alone, after nf_flow_transform_grad (dout NULL) with the
+ * same w, x, ctx, B and training flag: the layers read what that pass left
+ * in the workspace.  Other flows' workspaces may be used in between. */
+int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                               int training, const nf_real *dout, const nf_real *dlogdet_w,
+                               nf_real *dx, nf_real *dctx) {
+    int rc = check_args(f, w, ctx, B);
+    if (rc) return rc;
+    if (B > w->Bm || !dout) return B > w->Bm ? NF_ERANGE : NF_EINVAL;
+    size_t BD = (size_t)B * f->D;
+    nf_real *dz = w->g0, *dnext = w->g1, *dld = w->bl;
+    memcpy(dz, dout, BD * sizeof *dz);
+    for (int r = 0; r < B; r++) dld[r] = dlogdet_w ? dlogdet_w[r] : 0;
+    for (int k = f->nlayers - 1; k >= 0; k--) {
+        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        c.dctx = dctx;
+        const nf_real *xin = k == 0 ? x : w->h[k];
+        nf_real *dnew = k == 0 ? dx : dnext;
+        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dld, dnew);
+        nf_real *t = dz;
+        dz = dnext;
+        dnext = t;
+    }
+    if (f->nlayers == 0 && dx) memcpy(dx, dz, BD * sizeof *dx);
+    return 0;
+}

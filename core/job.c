@@ -28,6 +28,7 @@ void nf_job_free(nf_job *j) {
     if (!j) return;
     free(j->path);
     cJSON_Delete(j->flow);
+    cJSON_Delete(j->dequantizer);
     memset(j, 0, sizeof *j);
 }
 
@@ -189,13 +190,25 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
             TRY(nf_json_bool(pp, "standardize", 1, &j->standardize, err, errlen), "preprocess");
         const cJSON *dq = cJSON_GetObjectItemCaseSensitive(pp, "dequantize");
         if (dq && !cJSON_IsNull(dq) && !cJSON_IsFalse(dq)) {
-            static const char *const dk[] = {"kind", "levels", NULL};
+            static const char *const dk[] = {"kind", "levels", "flow", NULL};
             TRY(nf_json_check_keys(dq, dk, err, errlen), "preprocess.dequantize");
             const char *kind = nf_json_str(dq, "kind", "uniform");
-            if (kind && !strcmp(kind, "variational"))
-                FAIL("preprocess.dequantize.kind: \"variational\" is not implemented yet; use \"uniform\"");
-            if (!kind || strcmp(kind, "uniform"))
-                FAIL("preprocess.dequantize.kind: must be \"uniform\"");
+            if (!kind || (strcmp(kind, "uniform") && strcmp(kind, "variational")))
+                FAIL("preprocess.dequantize.kind: must be \"uniform\" or \"variational\"");
+            j->variational = !strcmp(kind, "variational");
+            const cJSON *qf = cJSON_GetObjectItemCaseSensitive(dq, "flow");
+            if (qf && !j->variational)
+                FAIL("preprocess.dequantize.flow: only for \"kind\":\"variational\"");
+            if (qf) {
+                if (!cJSON_IsObject(qf) || (!cJSON_GetObjectItemCaseSensitive(qf, "preset") &&
+                                            !cJSON_GetObjectItemCaseSensitive(qf, "layers")))
+                    FAIL("preprocess.dequantize.flow: needs \"preset\" or \"layers\"");
+                if (cJSON_GetObjectItemCaseSensitive(qf, "dim") ||
+                    cJSON_GetObjectItemCaseSensitive(qf, "context_dim"))
+                    FAIL("preprocess.dequantize.flow: dim and context_dim are set by the dataset, leave them out");
+                j->dequantizer = cJSON_Duplicate(qf, 1);
+                if (!j->dequantizer) FAIL("out of memory");
+            }
             TRY(nf_json_int(dq, "levels", 256, 2, 65536, &j->levels, err, errlen), "preprocess.dequantize");
             j->dequantize = 1;
         }
@@ -308,7 +321,7 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     cJSON_AddBoolToObject(pp, "standardize", j->standardize && !j->logit);
     if (j->dequantize) {
         cJSON *dq = cJSON_AddObjectToObject(pp, "dequantize");
-        cJSON_AddStringToObject(dq, "kind", "uniform");
+        cJSON_AddStringToObject(dq, "kind", j->variational ? "variational" : "uniform");
         cJSON_AddNumberToObject(dq, "levels", j->levels);
     } else {
         cJSON_AddNullToObject(pp, "dequantize");
@@ -337,6 +350,48 @@ fail:
     return NULL;
 }
 
+char *nf_job_dequantizer_spec(const nf_job *j, int D, char *err, size_t errlen) {
+    cJSON *spec = NULL;
+    if (j->dequantizer) {
+        spec = cJSON_Duplicate(j->dequantizer, 1);
+    } else {
+        /* couplings need D >= 2; for D = 1 a MADE sees only the context */
+        spec = cJSON_CreateObject();
+        cJSON *ls = cJSON_AddArrayToObject(spec, "layers");
+        static const int hidden[2] = {64, 64};
+        for (int k = 0; ls && k < (D >= 2 ? 4 : 2); k++) {
+            cJSON *l = cJSON_CreateObject();
+            cJSON_AddStringToObject(l, "type", D >= 2 ? "affine_coupling" : "maf");
+            if (D >= 2) cJSON_AddStringToObject(l, "mask", k % 2 ? "odd" : "even");
+            cJSON_AddItemToObject(l, "hidden", cJSON_CreateIntArray(hidden, 2));
+            cJSON_AddItemToArray(ls, l);
+        }
+        /* v = 1.6 h: sigmoid of N(0, 1.6^2) is close to U(0,1) (a logistic
+         * has sd pi/sqrt(3) ~ 1.8), so a fresh q starts near uniform noise */
+        double *a = malloc(2 * (size_t)D * sizeof *a);
+        if (a) {
+            for (int d = 0; d < D; d++) {
+                a[d] = 0;
+                a[D + d] = 1 / 1.6;
+            }
+            cJSON_AddItemToArray(ls, affine_layer(D, a, a + D));
+        }
+        free(a);
+    }
+    if (!spec) {
+        nf_set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    cJSON_AddNumberToObject(spec, "dim", D);
+    cJSON_AddNumberToObject(spec, "context_dim", D);
+    if (!cJSON_GetObjectItemCaseSensitive(spec, "seed"))
+        cJSON_AddNumberToObject(spec, "seed", (double)(j->train.seed + 1));
+    char *out = cJSON_PrintUnformatted(spec);
+    cJSON_Delete(spec);
+    if (!out) nf_set_err(err, errlen, "out of memory");
+    return out;
+}
+
 static void iso_now(char *buf, size_t n) {
     time_t t = time(NULL);
     struct tm tm;
@@ -351,7 +406,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                size_t errlen) {
     memset(res, 0, sizeof *res);
     nf_data tr = {0}, va = {0}, te = {0};
-    nf_flow *f = NULL;
+    nf_flow *f = NULL, *q = NULL;
     nf_trainer *t = NULL;
     cJSON *pp = NULL;
     char *spec = NULL, ferr[300] = "";
@@ -372,6 +427,20 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
         goto out;
+    if (j->variational) {
+        char *qs = nf_job_dequantizer_spec(j, tr.d, err, errlen);
+        if (!qs) {
+            rc = NF_ENOMEM;
+            goto out;
+        }
+        rc = nf_flow_create(qs, &q, ferr, sizeof ferr);
+        free(qs);
+        if (rc) {
+            nf_set_err(err, errlen, "preprocess.dequantize.flow: %s", ferr);
+            goto out;
+        }
+        if ((rc = nf_trainer_set_dequantizer(t, q, err, errlen))) goto out;
+    }
     if (resume && (rc = nf_trainer_load_state(t, resume, resume_len))) {
         nf_set_err(err, errlen, "cannot resume from the saved training state: %s", nf_strerror(rc));
         goto out;
@@ -385,11 +454,14 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     /* final figures on the best parameters */
     cJSON *m = cJSON_CreateObject();
     int D = tr.d;
-    double trn = nf_eval_nll(f, tr.x, tr.n < 20000 ? tr.n : 20000, j->dequantize, 1);
+    int64_t ntr = tr.n < 20000 ? tr.n : 20000;
+    double trn = q ? nf_eval_nll_vdeq(f, q, tr.x, ntr, j->levels, 1)
+                   : nf_eval_nll(f, tr.x, ntr, j->dequantize, 1);
     cJSON_AddItemToObject(m, "train_nll", num_or_null(trn));
     cJSON_AddItemToObject(m, "val_nll", num_or_null(res->last.best_val_loss));
     if (te.n) {
-        double ten = nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
+        double ten = q ? nf_eval_nll_vdeq(f, q, te.x, te.n, j->levels, 2)
+                       : nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
         cJSON_AddItemToObject(m, "test_nll", num_or_null(ten));
         if (j->dequantize) cJSON_AddItemToObject(m, "test_bits_per_dim", num_or_null(nf_bits_per_dim(ten, D)));
     }
@@ -404,14 +476,21 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     cJSON_AddNumberToObject(m, "dim", D);
     cJSON_AddNumberToObject(m, "num_params", (double)nf_flow_num_params(f));
     cJSON_AddStringToObject(m, "likelihood", j->dequantize ? "dequantized_lower_bound" : "exact");
+    if (j->dequantize) {
+        cJSON *dq = cJSON_AddObjectToObject(m, "dequantize");
+        cJSON_AddStringToObject(dq, "kind", q ? "variational" : "uniform");
+        cJSON_AddNumberToObject(dq, "levels", j->levels);
+        if (q) cJSON_AddNumberToObject(dq, "num_params", (double)nf_flow_num_params(q));
+    }
     res->metrics = m;
     char now[32];
     iso_now(now, sizeof now);
-    if ((rc = nf_model_save(f, pp, m, now, &res->model, &res->model_len)))
+    if ((rc = nf_model_save_ex(f, q, pp, m, now, &res->model, &res->model_len)))
         nf_set_err(err, errlen, "cannot serialise the model: %s", nf_strerror(rc));
 out:
     nf_trainer_free(t);
     nf_flow_free(f);
+    nf_flow_free(q);
     free(spec);
     cJSON_Delete(pp);
     nf_data_free(&tr);

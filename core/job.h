@@ -10,7 +10,9 @@
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
  *              "max_bad_batches","max_seconds"},
- *    "preprocess": {"standardize", "dequantize":{"kind":"uniform","levels"}, "logit":{"alpha"}}}
+ *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
+ *                                               "flow"? (variational only)},
+ *                   "logit":{"alpha"}}}
  *
  * Unknown fields are errors (typos are caught, not ignored).
  *
@@ -22,8 +24,14 @@
  * so log p is always reported in the data's own units.  Dequantization adds
  * U[0,1) noise to integer rows; the trained likelihood of the noisy rows is a
  * lower bound on the discrete likelihood, and bits/dim = NLL/(D ln 2) in
- * pixel units is the figure papers report.  "variational" dequantization is
- * parsed but refused: not implemented yet. */
+ * pixel units is the figure papers report.
+ *
+ * "variational" dequantization (Flow++, see train.h) trains a conditional
+ * flow q(u|x) alongside the model; its "flow" is a spec like the model's
+ * ({"preset",...} or {"layers":[...]}, dim and context_dim are set to D),
+ * by default 4 affine couplings with MLP [64,64] conditioned on the row
+ * (2 MAF layers for D = 1), then a fixed x1.6 scale so that sigmoid(v)
+ * starts close to uniform.  The model file stores q as its dequantizer. */
 #ifndef NF_JOB_H
 #define NF_JOB_H
 
@@ -48,6 +56,8 @@ typedef struct nf_job {
     double val_fraction, test_fraction;
     int standardize;       /* -1 unset: on unless logit */
     int dequantize, levels;
+    int variational;       /* dequantize kind "variational" */
+    cJSON *dequantizer;    /* owned copy of preprocess.dequantize.flow, or NULL */
     int logit;
     double logit_alpha;
 } nf_job;
@@ -81,6 +91,11 @@ void nf_job_result_free(nf_job_result *r);
 int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen);
+
+/* The spec of the variational dequantizer q for D-dimensional rows (the
+ * job's "flow" or the default), as JSON text (caller frees); NULL with err
+ * set on failure. */
+char *nf_job_dequantizer_spec(const nf_job *j, int D, char *err, size_t errlen);
 
 /* The flow spec (with dim and preprocessing layers) the job trains, as JSON
  * text (caller frees), given the training split.  Exposed for tests. */

@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include "nf_internal.h"
+#include "train.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -20,49 +21,70 @@ static uint64_t get_le(const unsigned char *p, int n) {
 
 int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *metrics,
                   const char *created_at, void **buf, size_t *len) {
-    char *cfg = nf_flow_config_json(flow);
-    cJSON *h = cJSON_CreateObject(), *flowj = cfg ? cJSON_Parse(cfg) : NULL;
+    return nf_model_save_ex(flow, NULL, preprocess, metrics, created_at, buf, len);
+}
+
+static cJSON *config_of(const nf_flow *f) {
+    char *cfg = nf_flow_config_json(f);
+    cJSON *j = cfg ? cJSON_Parse(cfg) : NULL;
     free(cfg);
-    if (!h || !flowj) {
+    return j;
+}
+
+int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preprocess,
+                     const cJSON *metrics, const char *created_at, void **buf, size_t *len) {
+    cJSON *h = cJSON_CreateObject(), *flowj = config_of(flow), *qj = q ? config_of(q) : NULL;
+    if (!h || !flowj || (q && !qj)) {
         cJSON_Delete(h);
         cJSON_Delete(flowj);
+        cJSON_Delete(qj);
         return NF_ENOMEM;
     }
+    int version = q ? 2 : 1;
     cJSON_AddStringToObject(h, "format", "flowd-model");
-    cJSON_AddNumberToObject(h, "format_version", 1);
+    cJSON_AddNumberToObject(h, "format_version", version);
     cJSON_AddItemToObject(h, "flow", flowj);
     cJSON *pp = preprocess ? cJSON_Duplicate(preprocess, 1) : cJSON_CreateObject();
     cJSON_AddItemToObject(h, "preprocess", pp);
     const cJSON *dq = preprocess ? cJSON_GetObjectItemCaseSensitive(preprocess, "dequantize") : NULL;
     cJSON_AddStringToObject(h, "likelihood",
                             dq && cJSON_IsObject(dq) ? "dequantized_lower_bound" : "exact");
+    if (q) cJSON_AddItemToObject(cJSON_AddObjectToObject(h, "dequantizer"), "flow", qj);
     cJSON_AddItemToObject(h, "metrics", metrics ? cJSON_Duplicate(metrics, 1) : cJSON_CreateObject());
     if (created_at) cJSON_AddStringToObject(h, "created_at", created_at);
     char *hs = cJSON_PrintUnformatted(h);
     cJSON_Delete(h);
-    void *pb = NULL;
-    size_t pl = 0;
+    void *pb = NULL, *qb = NULL;
+    size_t pl = 0, ql = 0;
     int rc = hs ? nf_flow_save_params(flow, &pb, &pl) : NF_ENOMEM;
+    if (!rc && q) rc = nf_flow_save_params(q, &qb, &ql);
     if (rc) {
         free(hs);
+        free(pb);
         return rc;
     }
-    size_t hl = strlen(hs), n = 4 + 4 + 8 + hl + 8 + pl + 4;
+    size_t hl = strlen(hs), n = 4 + 4 + 8 + hl + 8 + pl + (q ? 8 + ql : 0) + 4;
     unsigned char *p = malloc(n);
     if (!p) {
         free(hs);
         free(pb);
+        free(qb);
         return NF_ENOMEM;
     }
     memcpy(p, "NFMD", 4);
-    put_le(p + 4, 1, 4);
+    put_le(p + 4, (uint64_t)version, 4);
     put_le(p + 8, hl, 8);
     memcpy(p + 16, hs, hl);
     put_le(p + 16 + hl, pl, 8);
     memcpy(p + 24 + hl, pb, pl);
+    if (q) {
+        put_le(p + 24 + hl + pl, ql, 8);
+        memcpy(p + 32 + hl + pl, qb, ql);
+    }
     put_le(p + n - 4, nf_crc32(p, n - 4), 4);
     free(hs);
     free(pb);
+    free(qb);
     *buf = p;
     *len = n;
     return 0;
@@ -71,6 +93,7 @@ int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *met
 void nf_model_free(nf_model *m) {
     if (!m) return;
     nf_flow_free(m->flow);
+    nf_flow_free(m->dequantizer);
     cJSON_Delete(m->header);
     free(m);
 }
@@ -86,9 +109,10 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         nf_set_err(err, errlen, "model file truncated");
         return NF_ECORRUPT;
     }
-    if (get_le(p + 4, 4) != 1) {
-        nf_set_err(err, errlen, "model format version %u is not supported (this build reads 1)",
-                   (unsigned)get_le(p + 4, 4));
+    unsigned version = (unsigned)get_le(p + 4, 4);
+    if (version != 1 && version != 2) {
+        nf_set_err(err, errlen, "model format version %u is not supported (this build reads 1 and 2)",
+                   version);
         return NF_EFORMAT;
     }
     if (get_le(p + len - 4, 4) != nf_crc32(p, len - 4)) {
@@ -100,17 +124,31 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         nf_set_err(err, errlen, "model header length out of range");
         return NF_ECORRUPT;
     }
-    uint64_t pl = get_le(p + 16 + hl, 8);
-    if (pl != len - 28 - hl) {
-        nf_set_err(err, errlen, "model parameter length out of range");
-        return NF_ECORRUPT;
-    }
     cJSON *h = cJSON_ParseWithLength((const char *)p + 16, hl);
     const cJSON *fj = h ? cJSON_GetObjectItemCaseSensitive(h, "flow") : NULL;
     if (!fj || !cJSON_IsObject(fj)) {
         cJSON_Delete(h);
         nf_set_err(err, errlen, "model header is not valid JSON with a \"flow\" object");
         return NF_EFORMAT;
+    }
+    const cJSON *dqr = version >= 2 ? cJSON_GetObjectItemCaseSensitive(h, "dequantizer") : NULL;
+    const cJSON *qj = dqr ? cJSON_GetObjectItemCaseSensitive(dqr, "flow") : NULL;
+    if (dqr && !cJSON_IsObject(qj)) {
+        cJSON_Delete(h);
+        nf_set_err(err, errlen, "model header: \"dequantizer\" needs a \"flow\" object");
+        return NF_EFORMAT;
+    }
+    /* the blobs: the model's, then (with a dequantizer) q's */
+    uint64_t pl = get_le(p + 16 + hl, 8), ql = 0, avail = len - 28 - hl;
+    int bad_len = qj ? avail < 8 || pl > avail - 8 : pl != avail;
+    if (!bad_len && qj) {
+        ql = get_le(p + 24 + hl + pl, 8);
+        bad_len = ql != avail - 8 - pl;
+    }
+    if (bad_len) {
+        cJSON_Delete(h);
+        nf_set_err(err, errlen, "model parameter length out of range");
+        return NF_ECORRUPT;
     }
     char *fs = cJSON_PrintUnformatted(fj);
     nf_model *m = calloc(1, sizeof *m);
@@ -138,6 +176,37 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         m->dequantize = 1;
         m->levels = cJSON_IsNumber(lv) ? (int)lv->valuedouble : 256;
     }
+    const char *kind = dq ? nf_json_str(dq, "kind", "uniform") : NULL;
+    int variational = kind && !strcmp(kind, "variational");
+    if (variational != (qj != NULL) || (variational && m->levels < 2)) {
+        nf_set_err(err, errlen, variational ? "model: variational dequantization without a "
+                                              "dequantizer flow (or levels < 2)"
+                                            : "model: a dequantizer flow but no variational "
+                                              "dequantization in \"preprocess\"");
+        nf_model_free(m);
+        return NF_EFORMAT;
+    }
+    if (qj) {
+        fs = cJSON_PrintUnformatted(qj);
+        rc = fs ? nf_flow_create(fs, &m->dequantizer, ferr, sizeof ferr) : NF_ENOMEM;
+        free(fs);
+        if (!rc && (nf_flow_dim(m->dequantizer) != nf_flow_dim(m->flow) ||
+                    nf_flow_context_dim(m->dequantizer) != nf_flow_dim(m->flow))) {
+            snprintf(ferr, sizeof ferr, "needs dim and context_dim equal to the model's dim");
+            rc = NF_EFORMAT;
+        }
+        if (rc) {
+            nf_set_err(err, errlen, "model dequantizer config: %s", ferr[0] ? ferr : nf_strerror(rc));
+            nf_model_free(m);
+            return rc == NF_ENOMEM ? rc : NF_EFORMAT;
+        }
+        rc = nf_flow_load_params(m->dequantizer, p + 32 + hl + pl, ql);
+        if (rc) {
+            nf_set_err(err, errlen, "model dequantizer parameters: %s", nf_strerror(rc));
+            nf_model_free(m);
+            return rc;
+        }
+    }
     *out = m;
     return 0;
 }
@@ -145,6 +214,11 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
 int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                       nf_real *out) {
     if (!m->dequantize) return nf_flow_log_prob(m->flow, w, x, ctx, B, out);
+    if (m->dequantizer) {
+        nf_rng r;
+        nf_rng_seed(&r, 0x5eed);
+        return nf_vdeq_log_prob(m->flow, w, m->dequantizer, x, ctx, B, m->levels, &r, out);
+    }
     int D = nf_flow_dim(m->flow), Bm = nf_ws_max_batch(w);
     nf_real *buf = malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
     if (!buf) return NF_ENOMEM;

@@ -151,6 +151,21 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
  * density order, letting each not-yet-initialised act-norm set its scale and
  * bias so its output has zero mean and unit variance on this batch. */
 int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B);
+/* The density pass as a plain conditional map, no base distribution:
+ * out (B,D) = T^-1(x | ctx), logdet (B) = log|det d out/dx| (either may be
+ * NULL).  With dout (B,D) = dL/dout given, also differentiates
+ *   L = sum_b dout_b . out_b + dlogdet_w_b logdet_b   (dlogdet_w (B) or NULL = 0)
+ * accumulating dL/dθ into nf_flow_grad(f), writing dx (B,D) and accumulating
+ * dctx (B,C) (each may be NULL).  B <= max_batch.  Variational
+ * dequantization uses it to sample u given x. */
+int nf_flow_transform_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                           int training, const nf_real *dout, const nf_real *dlogdet_w,
+                           nf_real *out, nf_real *logdet, nf_real *dx, nf_real *dctx);
+/* Its backward half alone, after nf_flow_transform_grad with dout NULL and the
+ * same w, x, ctx, B, training (dL/dout is often known only once out is). */
+int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                               int training, const nf_real *dout, const nf_real *dlogdet_w,
+                               nf_real *dx, nf_real *dctx);
 
 /* ---- optimisation -------------------------------------------------------- */
 typedef enum { NF_OPT_ADAM = 0, NF_OPT_ADAMW = 1, NF_OPT_COUNT } nf_opt_kind;

@@ -3,7 +3,9 @@
  * State that determines parameters (and so lives in the state blob): step,
  * epoch, position in the epoch, parameters, layer buffers, optimizer
  * moments, best parameters, early-stopping and plateau counters, the
- * act-norm-initialised flag (a layer buffer), and the non-finite counters.
+ * act-norm-initialised flag (a layer buffer), and the non-finite counters;
+ * with a variational dequantizer also its parameters, buffers, best
+ * snapshot and Adam moments (state blob version 2; version 1 without).
  * Everything random is re-derived from (seed, epoch) or (seed, step).
  * Reporting accumulators (loss since the last report, timings) are not state:
  * they do not influence parameters. */
@@ -30,6 +32,11 @@ struct nf_trainer {
     nf_real *best_params, *best_buffers;
     int64_t *perm;
     int perm_epoch;
+    /* variational dequantizer q (NULL: uniform noise), see train.h */
+    nf_flow *q;
+    nf_ws *qws;
+    nf_adam qopt;
+    nf_real *eps, *vscratch, *qkeep_buffers, *qbest_params, *qbest_buffers;
     /* state */
     int64_t step, batch_in_epoch, skipped;
     int epoch, done, have_best, consecutive_bad, es_bad, plateau_bad;
@@ -105,6 +112,94 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
     return isnan(tot) ? INFINITY : tot / n;
 }
 
+/* log(s(1-s)) for s = sigmoid(v): -softplus(-v) - softplus(v) */
+static double log_dsigmoid(double v) {
+    double a = fabs(v);
+    return -a - 2 * log1p(exp(-a));
+}
+
+static double sigmoid(double v) {
+    return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v));
+}
+
+/* q's context c (BD) = x/levels - 1/2 */
+static void vdeq_context(const nf_real *x, size_t BD, int levels, nf_real *c) {
+    for (size_t i = 0; i < BD; i++) c[i] = (nf_real)((double)x[i] / levels - 0.5);
+}
+
+/* after q's pass (v, ld): y (B,D) = x + sigmoid(v) (y may alias v), and per row
+ * lq (B) = log q(u|x) = log N(eps) - ld - sum_d log s(1-s) */
+static void vdeq_finish(const nf_real *x, const nf_real *eps, const nf_real *ld, int B, int D,
+                        const nf_real *v, nf_real *y, double *lq) {
+    for (int r = 0; r < B; r++) {
+        double acc = -0.5 * D * log(2 * 3.141592653589793) - (double)ld[r];
+        for (int d = 0; d < D; d++) {
+            size_t i = (size_t)r * D + d;
+            double e = eps[i], vv = v[i];
+            acc += -0.5 * e * e - log_dsigmoid(vv);
+            y[i] = (nf_real)((double)x[i] + sigmoid(vv));
+        }
+        lq[r] = isnan(acc) ? INFINITY : acc;
+    }
+}
+
+int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_real *x,
+                     const nf_real *ctx, int64_t n, int levels, nf_rng *rng, nf_real *out) {
+    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || levels < 1) return NF_EINVAL;
+    if (n <= 0) return n < 0 ? NF_EINVAL : 0;
+    int chunk = n < nf_ws_max_batch(wf) ? (int)n : nf_ws_max_batch(wf);
+    nf_ws *wq = NULL;
+    size_t BD = (size_t)chunk * D;
+    nf_real *mem = malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
+    double *lq = malloc((size_t)chunk * sizeof *lq);
+    int rc = mem && lq ? nf_ws_create(q, chunk, &wq) : NF_ENOMEM;
+    nf_real *eps = mem, *c = mem + BD, *v = mem + 2 * BD, *ld = mem + 3 * BD;
+    for (int64_t s = 0; s < n && !rc; s += chunk) {
+        int m = n - s < chunk ? (int)(n - s) : chunk;
+        const nf_real *xs = x + (size_t)s * D;
+        for (size_t i = 0; i < (size_t)m * D; i++) eps[i] = (nf_real)nf_rng_normal(rng);
+        vdeq_context(xs, (size_t)m * D, levels, c);
+        /* q is only read: without dout the pass touches no gradient */
+        rc = nf_flow_transform_grad((nf_flow *)q, wq, eps, c, m, 0, NULL, NULL, v, ld, NULL, NULL);
+        if (rc && rc != NF_ENONFINITE) break;
+        vdeq_finish(xs, eps, ld, m, D, v, v, lq);
+        rc = nf_flow_log_prob(f, wf, v, ctx ? ctx + (size_t)s * C : NULL, m, out + s);
+        for (int r = 0; r < m; r++) {
+            double b = (double)out[s + r] - lq[r];
+            out[s + r] = isnan(b) || ld[r] == -INFINITY ? (nf_real)-INFINITY : (nf_real)b;
+        }
+    }
+    nf_ws_free(wq);
+    free(mem);
+    free(lq);
+    return rc;
+}
+
+double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
+                        int levels, uint64_t seed) {
+    if (n <= 0) return NAN;
+    int chunk = n < 1024 ? (int)n : 1024;
+    nf_ws *w = NULL;
+    nf_real *lp = malloc((size_t)chunk * sizeof *lp);
+    if (!lp || nf_ws_create(f, chunk, &w)) {
+        free(lp);
+        return NAN;
+    }
+    nf_rng r;
+    nf_rng_seed(&r, seed ^ 0xD1B54A32D192ED03ULL);
+    double tot = 0;
+    int D = nf_flow_dim(f), failed = 0;
+    for (int64_t s = 0; s < n && !failed; s += chunk) {
+        int m = n - s < chunk ? (int)(n - s) : chunk;
+        failed = nf_vdeq_log_prob(f, w, q, x + s * D, NULL, m, levels, &r, lp) != 0;
+        for (int i = 0; i < m && !failed; i++) tot -= lp[i];
+    }
+    free(lp);
+    nf_ws_free(w);
+    return failed ? NAN : isnan(tot) ? INFINITY : tot / n;
+}
+
 void nf_trainer_free(nf_trainer *t) {
     if (!t) return;
     nf_ws_free(t->ws);
@@ -117,6 +212,13 @@ void nf_trainer_free(nf_trainer *t) {
     free(t->best_params);
     free(t->best_buffers);
     free(t->perm);
+    nf_ws_free(t->qws);
+    if (t->q) nf_adam_free(&t->qopt);
+    free(t->eps);
+    free(t->vscratch);
+    free(t->qkeep_buffers);
+    free(t->qbest_params);
+    free(t->qbest_buffers);
     free(t);
 }
 
@@ -188,6 +290,42 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
 
 const char *nf_trainer_error(const nf_trainer *t) { return t->err; }
 
+int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errlen) {
+    if (t->q || t->step > 0) {
+        nf_set_err(err, errlen, "the dequantizer must be set once, before training starts");
+        return NF_EINVAL;
+    }
+    if (!t->cfg.dequantize || t->cfg.levels < 2) {
+        nf_set_err(err, errlen, "variational dequantization needs dequantize and levels >= 2");
+        return NF_EINVAL;
+    }
+    if (nf_flow_dim(q) != t->D || nf_flow_context_dim(q) != t->D) {
+        nf_set_err(err, errlen, "the dequantizer flow needs dim %d and context_dim %d (has %d, %d)",
+                   t->D, t->D, nf_flow_dim(q), nf_flow_context_dim(q));
+        return NF_EINVAL;
+    }
+    size_t P = nf_flow_num_params(q), NB = q->nbuffers, BD = (size_t)t->B * t->D;
+    int rc = nf_ws_create(q, t->B, &t->qws);
+    if (!rc) rc = nf_adam_init(&t->qopt, t->cfg.optimizer, P, t->cfg.weight_decay);
+    if (rc) {
+        nf_ws_free(t->qws);
+        t->qws = NULL;
+        nf_set_err(err, errlen, "out of memory");
+        return rc;
+    }
+    t->q = q;
+    t->eps = malloc(BD * sizeof(nf_real));
+    t->vscratch = malloc(nf_vdeq_scratch_size(t->B, t->D) * sizeof(nf_real));
+    t->qkeep_buffers = malloc((NB + 1) * sizeof(nf_real));
+    t->qbest_params = malloc((P + 1) * sizeof(nf_real));
+    t->qbest_buffers = malloc((NB + 1) * sizeof(nf_real));
+    if (!t->eps || !t->vscratch || !t->qkeep_buffers || !t->qbest_params || !t->qbest_buffers) {
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM; /* the trainer stays consistent: nf_trainer_free releases it all */
+    }
+    return 0;
+}
+
 static double lr_at(const nf_trainer *t, int64_t step) {
     const nf_train_config *c = &t->cfg;
     double lr = c->lr;
@@ -256,7 +394,8 @@ static int validate(nf_trainer *t) {
     nf_flow *f = t->f;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     if (t->nval <= 0) return 0;
-    t->val_loss = nf_eval_nll(f, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
+    t->val_loss = t->q ? nf_eval_nll_vdeq(f, t->q, t->val, t->nval, t->cfg.levels, t->cfg.seed + 777)
+                       : nf_eval_nll(f, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
     /* fraction of non-finite values in 256 samples at T = 1 */
     int n = 256;
@@ -275,6 +414,10 @@ static int validate(nf_trainer *t) {
         t->best_val = v;
         memcpy(t->best_params, f->params, P * sizeof *f->params);
         memcpy(t->best_buffers, f->buffers, NB * sizeof *f->buffers);
+        if (t->q) {
+            memcpy(t->qbest_params, t->q->params, t->q->nparams * sizeof(nf_real));
+            memcpy(t->qbest_buffers, t->q->buffers, t->q->nbuffers * sizeof(nf_real));
+        }
         t->have_best = 1;
         t->es_bad = 0;
     } else {
@@ -303,6 +446,67 @@ static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     return rc;
 }
 
+size_t nf_vdeq_scratch_size(int B, int D) {
+    return (size_t)B * sizeof(double) / sizeof(nf_real) + 4 * (size_t)B * D + 3 * (size_t)B;
+}
+
+/* q's pass gives v and ld, y = x + sigmoid(v) goes through the model, and
+ * the model's dL/dy comes back to q as
+ *     dL/dv = dL/dy s(1-s) - (1-2s)/B,  dL/dld = -1/B.
+ * scratch (malloc'd, so aligned for double): lq (B doubles), then c, v, y,
+ * dy (B,D) and ld, w, logp (B); the model's logdet reuses ld once q's
+ * log-det is consumed. */
+int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
+                 const nf_real *eps, int B, int levels, int training, double jacobian_l2,
+                 nf_real *scratch, double *loss) {
+    int D = nf_flow_dim(f);
+    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || nf_flow_context_dim(f) != 0 ||
+        levels < 1 || B < 1)
+        return NF_EINVAL;
+    size_t BD = (size_t)B * D;
+    double *lq = (double *)(void *)scratch;
+    nf_real *c = scratch + (size_t)B * sizeof(double) / sizeof(nf_real), *v = c + BD, *y = v + BD,
+            *dy = y + BD, *ld = dy + BD, *w = ld + B, *logp = w + B;
+    vdeq_context(x, BD, levels, c);
+    int rc = nf_flow_transform_grad(q, wq, eps, c, B, training, NULL, NULL, v, ld, NULL, NULL);
+    if (rc) return rc;
+    vdeq_finish(x, eps, ld, B, D, v, y, lq);
+    double l = 0;
+    for (int b = 0; b < B; b++) {
+        l += lq[b];
+        w[b] = (nf_real)(-1.0 / B);
+    }
+    if (training) nf_flow_data_init(f, wf, y, NULL, B); /* no-op once act-norms are initialised */
+    nf_real *logdet = ld; /* q's log-det is in l now */
+    rc = nf_flow_log_prob_grad_ex(f, wf, y, NULL, B, training, w, jacobian_l2 / B, logp, logdet,
+                                  dy, NULL);
+    if (rc) return rc;
+    for (int b = 0; b < B; b++)
+        l += -(double)logp[b] + jacobian_l2 * (double)logdet[b] * logdet[b];
+    *loss = l / B;
+    /* dy holds dL/dy; turn it into dL/dv in place */
+    for (size_t i = 0; i < BD; i++) {
+        double sg = sigmoid(v[i]);
+        dy[i] = (nf_real)((double)dy[i] * sg * (1 - sg) - (1 - 2 * sg) / B);
+    }
+    return nf_flow_transform_backward(q, wq, eps, c, B, training, dy, w, NULL, NULL);
+}
+
+/* global L2 norm over both gradient buffers, clipped as nf_clip_grad_norm */
+static double clip_both(nf_real *g1, size_t n1, nf_real *g2, size_t n2, double max_norm) {
+    double ss = 0;
+    for (size_t i = 0; i < n1; i++) ss += (double)g1[i] * g1[i];
+    for (size_t i = 0; i < n2; i++) ss += (double)g2[i] * g2[i];
+    double norm = sqrt(ss);
+    if (!isfinite(norm)) return NAN;
+    if (max_norm > 0 && norm > max_norm) {
+        double s = max_norm / norm;
+        for (size_t i = 0; i < n1; i++) g1[i] = (nf_real)(g1[i] * s);
+        for (size_t i = 0; i < n2; i++) g2[i] = (nf_real)(g2[i] * s);
+    }
+    return norm;
+}
+
 /* one optimisation step on batch batch_in_epoch of the current epoch;
  * returns 0, or NF_ENONFINITE after max_bad_batches bad batches in a row */
 static int train_step(nf_trainer *t) {
@@ -313,6 +517,47 @@ static int train_step(nf_trainer *t) {
     for (int r = 0; r < B; r++)
         memcpy(t->xb + (size_t)r * D, t->train + t->perm[t->batch_in_epoch * B + r] * D,
                (size_t)D * sizeof *t->xb);
+    if (t->q) {
+        nf_flow *q = t->q;
+        memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
+        memcpy(t->qkeep_buffers, q->buffers, q->nbuffers * sizeof(nf_real));
+        double loss = NAN;
+        nf_rng r;
+        nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x3000 + (uint64_t)t->step);
+        for (size_t i = 0; i < (size_t)B * D; i++) t->eps[i] = (nf_real)nf_rng_normal(&r);
+        nf_flow_zero_grad(f);
+        nf_flow_zero_grad(q);
+        int rc = nf_vdeq_grad(f, t->ws, q, t->qws, t->xb, t->eps, B, t->cfg.levels, 1,
+                              t->cfg.jacobian_l2, t->vscratch, &loss);
+        double gn = rc ? NAN : clip_both(f->grad, P, q->grad, q->nparams, t->cfg.clip_grad_norm);
+        if (rc || !isfinite(loss) || !isfinite(gn)) {
+            memcpy(f->buffers, t->keep_buffers, NB * sizeof *f->buffers);
+            memcpy(q->buffers, t->qkeep_buffers, q->nbuffers * sizeof(nf_real));
+            t->skipped++;
+            if (++t->consecutive_bad >= t->cfg.max_bad_batches) {
+                snprintf(t->err, sizeof t->err,
+                         "training diverged: %d consecutive batches with a non-finite %s at step "
+                         "%lld (epoch %d, lr %.3g); parameters are the last finite ones; lower "
+                         "the learning rate or enable clip_grad_norm",
+                         t->consecutive_bad, rc ? "bound (rows outside the support)"
+                                             : !isfinite(loss) ? "loss" : "gradient",
+                         (long long)t->step, t->epoch, lr_at(t, t->step));
+                return NF_ENONFINITE;
+            }
+        } else {
+            t->consecutive_bad = 0;
+            double lr = lr_at(t, t->step);
+            nf_adam_step(&t->opt, f->params, f->grad, lr);
+            nf_adam_step(&t->qopt, q->params, q->grad, lr);
+            t->acc_loss += loss;
+            t->acc_n++;
+            t->last_lr = lr;
+            t->last_gn = gn;
+        }
+        t->step++;
+        t->batch_in_epoch++;
+        return 0;
+    }
     if (t->cfg.dequantize) {
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x2000 + (uint64_t)t->step);
@@ -410,6 +655,10 @@ finish:
     if (t->have_best) {
         memcpy(f->params, t->best_params, P * sizeof *f->params);
         memcpy(f->buffers, t->best_buffers, NB * sizeof *f->buffers);
+        if (t->q) {
+            memcpy(t->q->params, t->qbest_params, t->q->nparams * sizeof(nf_real));
+            memcpy(t->q->buffers, t->qbest_buffers, t->q->nbuffers * sizeof(nf_real));
+        }
     }
     return rc;
 }
@@ -456,6 +705,10 @@ static uint64_t fingerprint(const nf_trainer *t) {
                     (uint64_t)t->nval, (uint64_t)t->D, (uint64_t)t->B, t->cfg.seed,
                     (uint64_t)t->cfg.epochs, sizeof(nf_real)};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) h = (h ^ v[i]) * 1099511628211ULL;
+    if (t->q) {
+        uint64_t w[] = {nf_flow_num_params(t->q), t->q->nbuffers, (uint64_t)t->cfg.levels};
+        for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) h = (h ^ w[i]) * 1099511628211ULL;
+    }
     return h;
 }
 
@@ -464,10 +717,16 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
     size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
     void *ob = NULL;
     size_t olen = 0;
+    void *qob = NULL;
+    size_t qolen = 0;
     int rc = nf_adam_save(&t->opt, &ob, &olen);
     if (rc) return rc;
+    if (t->q && (rc = nf_adam_save(&t->qopt, &qob, &qolen))) {
+        free(ob);
+        return rc;
+    }
     wput(&b, "NFTS", 4);
-    wu64(&b, 1); /* version */
+    wu64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
     wu64(&b, fingerprint(t));
     wu64(&b, (uint64_t)t->step);
     wu64(&b, (uint64_t)t->batch_in_epoch);
@@ -491,6 +750,17 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
     wu64(&b, olen);
     wput(&b, ob, olen);
     free(ob);
+    if (t->q) {
+        /* version 2: q params, buffers, best params, best buffers, u64 len, Adam blob */
+        size_t QP = nf_flow_num_params(t->q), QB = t->q->nbuffers;
+        wput(&b, t->q->params, QP * sizeof(nf_real));
+        wput(&b, t->q->buffers, QB * sizeof(nf_real));
+        wput(&b, t->qbest_params, QP * sizeof(nf_real));
+        wput(&b, t->qbest_buffers, QB * sizeof(nf_real));
+        wu64(&b, qolen);
+        wput(&b, qob, qolen);
+        free(qob);
+    }
     if (!b.oom) {
         uint32_t crc = nf_crc32(b.p, b.n);
         unsigned char c[4] = {crc & 255, (crc >> 8) & 255, (crc >> 16) & 255, crc >> 24};
@@ -539,7 +809,7 @@ int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
                    (uint32_t)p[len - 1] << 24;
     if (crc != nf_crc32(p, len - 4)) return NF_ECORRUPT;
     rbuf b = {p, len - 4, 4, 0};
-    if (ru64(&b) != 1 || ru64(&b) != fingerprint(t)) return NF_EFORMAT;
+    if (ru64(&b) != (t->q ? 2u : 1u) || ru64(&b) != fingerprint(t)) return NF_EFORMAT;
     size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
     int64_t step = (int64_t)ru64(&b), bie = (int64_t)ru64(&b), skipped = (int64_t)ru64(&b);
     int epoch = (int)ru64(&b), done = (int)ru64(&b), have_best = (int)ru64(&b);
@@ -550,11 +820,50 @@ int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
     if (b.bad || b.n - b.off < need + 8) return NF_ECORRUPT;
     b.off += need;
     uint64_t olen = ru64(&b);
-    if (b.bad || olen != b.n - b.off) return NF_ECORRUPT;
+    size_t off_opt = b.off, off_q = 0, off_qopt = 0;
+    uint64_t qolen = 0;
+    size_t QP = t->q ? nf_flow_num_params(t->q) : 0, QB = t->q ? t->q->nbuffers : 0;
+    if (t->q) {
+        /* the dequantizer's section follows the model's Adam blob */
+        size_t qneed = 2 * (QP + QB) * sizeof(nf_real);
+        if (b.bad || b.n - b.off < olen || b.n - b.off - olen < qneed + 8) return NF_ECORRUPT;
+        off_q = b.off + olen;
+        b.off = off_q + qneed;
+        qolen = ru64(&b);
+        off_qopt = b.off;
+        if (b.bad || qolen != b.n - b.off) return NF_ECORRUPT;
+    } else if (b.bad || olen != b.n - b.off) {
+        return NF_ECORRUPT;
+    }
     if (epoch < 0 || epoch > t->cfg.epochs || bie < 0 || bie > t->spe || step < 0)
         return NF_ECORRUPT;
-    int rc = nf_adam_load(&t->opt, b.p + b.off, olen);
-    if (rc) return rc;
+    nf_adam qtmp = {0};
+    int rc = 0;
+    if (t->q) {
+        rc = nf_adam_init(&qtmp, t->cfg.optimizer, QP, t->cfg.weight_decay);
+        if (!rc) rc = nf_adam_load(&qtmp, b.p + off_qopt, qolen);
+        if (rc) {
+            nf_adam_free(&qtmp);
+            return rc;
+        }
+    }
+    rc = nf_adam_load(&t->opt, b.p + off_opt, olen);
+    if (rc) {
+        if (t->q) nf_adam_free(&qtmp);
+        return rc;
+    }
+    if (t->q) {
+        nf_adam_free(&t->qopt);
+        t->qopt = qtmp;
+        const unsigned char *a = p + off_q;
+        memcpy(t->q->params, a, QP * sizeof(nf_real));
+        a += QP * sizeof(nf_real);
+        memcpy(t->q->buffers, a, QB * sizeof(nf_real));
+        a += QB * sizeof(nf_real);
+        memcpy(t->qbest_params, a, QP * sizeof(nf_real));
+        a += QP * sizeof(nf_real);
+        memcpy(t->qbest_buffers, a, QB * sizeof(nf_real));
+    }
     const unsigned char *a = p + off_arrays;
     memcpy(t->f->params, a, P * sizeof(nf_real));
     a += P * sizeof(nf_real);

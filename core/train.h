@@ -3,8 +3,9 @@
  * The objective is the mean negative log-likelihood over mini-batches,
  *     L(θ) = -1/B sum_b log p_θ(y_b) + λ 1/B sum_b LD_b^2
  * where y_b is the batch row (plus dequantization noise u ~ U[0,1)^D for
- * integer data), LD_b the flow's total log-det for that row, and λ the
- * optional Jacobian (log-det) L2 penalty.
+ * integer data, or u ~ q(u|x) from a variational dequantizer, below, with
+ * + log q(u_b|x_b) added to the loss), LD_b the flow's total log-det for
+ * that row, and λ the optional Jacobian (log-det) L2 penalty.
  *
  * One step: gather a shuffled batch, dequantize, log_prob + exact backward,
  * guard against non-finite loss/gradient (skip the batch, restore layer
@@ -140,6 +141,53 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
  * (pixel units, bins of width 1):  bpd = nll / (D ln 2).  The dequantized NLL
  * upper-bounds the discrete -log P(x), so bpd is an upper bound too. */
 double nf_bits_per_dim(double nll, int D);
+
+/* ---- variational dequantization (Ho et al. 2019, Flow++) ----------------
+ * Instead of u ~ U[0,1)^D, the noise comes from a conditional flow q(u|x)
+ * trained jointly with the model p, maximising the bound
+ *     log P(x) >= E_{u~q(.|x)} [ log p(x + u) - log q(u|x) ].
+ * q is an nf_flow over D dims with context_dim D (context c = x/levels - 1/2)
+ * whose density pass is used as the sampler:
+ *     eps ~ N(0,I),  v = q^-1(eps | c),  ld = log|det dv/deps|,  u = sigmoid(v)
+ *     log q(u|x) = log N(eps) - ld - sum_d log(s_d (1 - s_d)),  s = sigmoid(v)
+ * (q's own base distribution is not used.)  The training loss per batch is
+ * L = -1/B sum_b [log p(x_b + u_b) - log q(u_b|x_b)]; the model's gradient
+ * dL/dy (y = x + u) reaches q through
+ *     dL/dv = dL/dy s(1-s) - (1-2s)/B,   dL/d ld = -1/B.
+ * With a dequantizer the validation NLL is minus the mean bound (fixed-seed
+ * eps), still an upper bound on -log P(x). */
+
+/* Attach q (borrowed, must outlive the trainer) before nf_trainer_run or
+ * nf_trainer_load_state.  Needs cfg.dequantize, q's dim == D and
+ * context_dim == D.  q gets its own Adam state with the same optimizer
+ * settings and schedule; gradient clipping is by the global norm over both
+ * flows; q is part of the state blob and of the best-parameter snapshot. */
+int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errlen);
+
+/* The bound log p(x+u) - log q(u|x) for n integer rows x (n,D) with one
+ * eps draw per row from rng (rows in order, so the result does not depend
+ * on chunking); ctx is the model's context (n,C) or NULL.  wf is a
+ * workspace of f (rows are processed in chunks of its size).  out (n); a
+ * row outside the support gets -INFINITY. */
+int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_real *x,
+                     const nf_real *ctx, int64_t n, int levels, nf_rng *rng, nf_real *out);
+/* Mean negative bound (nats/row), fixed seed; NAN on failure, +inf if a row
+ * is outside the support. */
+double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
+                        int levels, uint64_t seed);
+
+/* One batch of the joint objective, the trainer's step without the
+ * optimizer (exposed for tests):  x (B,D) integer rows, eps (B,D) the
+ * N(0,I) draws;  *loss = 1/B sum_b [ -(log p(y_b) - log q(u_b|x_b))
+ * + jacobian_l2 LD_b^2 ] (LD: the model's log-det), and its gradient is
+ * accumulated (+=) into nf_flow_grad(f) and nf_flow_grad(q).  wf and wq are
+ * workspaces of f and q for at least B rows; scratch holds
+ * nf_vdeq_scratch_size(B, D) reals and is malloc'd (aligned for double).  training: batch statistics (and
+ * act-norm data init of f).  NF_ENONFINITE if a row left the support. */
+size_t nf_vdeq_scratch_size(int B, int D);
+int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
+                 const nf_real *eps, int B, int levels, int training, double jacobian_l2,
+                 nf_real *scratch, double *loss);
 
 int nf_sched_parse(const char *s, nf_sched_kind *out);
 const char *nf_sched_name(nf_sched_kind k);

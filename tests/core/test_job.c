@@ -53,7 +53,7 @@ TEST(job_parse_errors_name_the_field) {
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{\"epochs\":0}}", "epochs"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{\"optimizer\":\"sgd\"}}", "optimizer"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{\"epoch\":3}}", "epoch"},
-        {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"dequantize\":{\"kind\":\"variational\"}}}", "variational"},
+        {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"dequantize\":{\"kind\":\"fancy\"}}}", "dequantize.kind"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"standardize\":true,\"logit\":{\"alpha\":0.01}}}", "preprocess"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{\"val_fraction\":0.6,\"test_fraction\":0.4}}", "val_fraction"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\",\"context_dim\":2}}", "context_dim"},
