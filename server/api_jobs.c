@@ -31,6 +31,27 @@ static int parse_id(const char *s, int64_t *id) {
 }
 
 /* ---- jobs ---------------------------------------------------------------------------- */
+/* Was a job submitted with submission_id sid?  Scans the job list, newest
+ * first; used only when the queue is full, so that an idempotent retry of a
+ * job already accepted finds it instead of getting a 429. */
+static int submission_exists(fd_db *db, const char *sid) {
+    int64_t page = 0, next = 0;
+    char err[200];
+    do {
+        cJSON *out = NULL, *e;
+        if (fd_db_jobs_list(db, NULL, page, 1000, &out, &next, err, sizeof err)) return 0;
+        int found = 0;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(out, "jobs")) {
+            const cJSON *s = cJSON_GetObjectItemCaseSensitive(e, "submission_id");
+            found |= cJSON_IsString(s) && !strcmp(s->valuestring, sid);
+        }
+        cJSON_Delete(out);
+        if (found) return 1;
+        page = next;
+    } while (next);
+    return 0;
+}
+
 enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     (void)a;
     cJSON *probe = fd_req_json(r); /* 400/415 for non-JSON */
@@ -49,8 +70,9 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         if (rc == FD_ENOTFOUND) {
             cJSON *d = cJSON_CreateObject();
             cJSON_AddStringToObject(d, "dataset", j.dataset_id);
-            nf_job_free(&j);
-            return fd_send_error(r, 422, "invalid_input", d, "dataset %s does not exist", j.dataset_id);
+            enum MHD_Result ret = fd_send_error(r, 422, "invalid_input", d, "dataset %s does not exist", j.dataset_id);
+            nf_job_free(&j); /* zeroes j: after the message that names the id */
+            return ret;
         }
         if (rc) {
             nf_job_free(&j);
@@ -105,7 +127,8 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         }
     }
     int64_t counts[5];
-    if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs) {
+    if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
+        !(j.submission_id[0] && submission_exists(db, j.submission_id))) {
         nf_job_free(&j);
         return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
                              (long long)counts[0], r->srv->cfg.max_queued_jobs);

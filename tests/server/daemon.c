@@ -312,6 +312,11 @@ static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
     return n;
 }
 
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return *(volatile int *)ud != 0;
+}
+
 int dmn_http(dmn *d, const hreq *q, hresp *out) {
     memset(out, 0, sizeof *out);
     CURL *c = curl_easy_init();
@@ -346,6 +351,11 @@ int dmn_http(dmn *d, const hreq *q, hresp *out) {
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &hdr);
+    if (q->abort_flag) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)q->abort_flag);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    }
     if (send_body) {
         curl_easy_setopt(c, CURLOPT_POST, 1L);
         if (q->chunked) {

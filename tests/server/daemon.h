@@ -72,6 +72,7 @@ typedef struct hreq {
     const char *const *headers; /* extra "Name: value" lines, NULL-terminated */
     double timeout_s;         /* default 30 */
     int quiet;                /* no message on a transport failure */
+    volatile int *abort_flag; /* the transfer is aborted once *abort_flag != 0 */
 } hreq;
 
 int dmn_http(dmn *d, const hreq *q, hresp *out);

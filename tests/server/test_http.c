@@ -712,6 +712,7 @@ static void errors_input_body(dmn *d) {
     post_raw(d, "/v1/jobs", "application/json",
              "{\"model\":\"x\",\"dataset\":{\"id\":\"does-not-exist\"},\"flow\":" SMALL_FLOW "}", &r);
     CHECK_ERROR(d, r, 422, "invalid_input");
+    CHECK_MSG(strstr(r.body, "dataset does-not-exist does not exist") != NULL, "%s", r.body);
     hresp_free(&r);
     http_get(d, "/v1/jobs/999", &r);
     CHECK_ERROR(d, r, 404, "not_found");
@@ -849,13 +850,19 @@ static void errors_queue_body(dmn *d) {
     static const char *const args[] = {"--workers", "0", "--max-queued-jobs", "1", NULL};
     REQUIRE(dmn_start(d, args, NULL) == 0);
     const char *job = "{\"model\":\"q\",\"dataset\":" MOONS_DS ",\"flow\":" SMALL_FLOW ",\"train\":{\"epochs\":1}}";
-    long long id = submit_job(d, job);
+    const char *keyed = "{\"submission_id\":\"q-1\",\"model\":\"q\",\"dataset\":" MOONS_DS ",\"flow\":" SMALL_FLOW
+                        ",\"train\":{\"epochs\":1}}";
+    long long id = submit_job(d, keyed);
     CHECK(id > 0);
     hresp r;
     http_post_json(d, "/v1/jobs", job, &r);
     CHECK_ERROR(d, r, 429, "overloaded");
     char ra[32];
     CHECK_MSG(hresp_header(&r, "Retry-After", ra, sizeof ra) && atoi(ra) >= 1, "headers: %s", r.headers);
+    hresp_free(&r);
+    /* a retry of the accepted job still finds it while the queue is full */
+    http_post_json(d, "/v1/jobs", keyed, &r);
+    CHECK_MSG(r.status == 202 && atoll(jstr(r.json, "id")) == id, "retry: %ld %s", r.status, r.body);
     hresp_free(&r);
     /* a queued job cancels at once, which frees the queue */
     char path[64];
@@ -884,11 +891,13 @@ TEST_T(http_errors_queue_full, 60) {
 /* --max-inflight 1: an open event stream holds the one slot, so an API
  * request is refused with 503 overloaded + Retry-After while /healthz,
  * /readyz and /metrics still answer */
+static volatile int events_stop;
+
 static void *events_main(void *p) {
     dmn *d = p;
-    hreq q = {.path = "/v1/jobs/1/events", .timeout_s = 1.5, .quiet = 1};
+    hreq q = {.path = "/v1/jobs/1/events", .timeout_s = 60, .quiet = 1, .abort_flag = &events_stop};
     hresp r;
-    dmn_http(d, &q, &r); /* ends by the timeout: the job runs on */
+    dmn_http(d, &q, &r); /* ends when aborted: the job runs on */
     hresp_free(&r);
     return NULL;
 }
@@ -901,10 +910,18 @@ static void overload_body(dmn *d) {
     REQUIRE(id == 1);
     REQUIRE(wait_running(d, id, 20, 1) == 0);
     pthread_t th;
+    events_stop = 0;
     pthread_create(&th, NULL, events_main, d);
-    dmn_sleep_ms(400);
     hresp r;
-    http_get(d, "/v1/models", &r);
+    double t0 = dmn_now();
+    long st = 0;
+    while (dmn_now() - t0 < 15) { /* until the stream holds the slot */
+        http_get(d, "/v1/models", &r);
+        st = r.status;
+        if (st == 503) break;
+        hresp_free(&r);
+        dmn_sleep_ms(20);
+    }
     char ra[32];
     CHECK_ERROR(d, r, 503, "overloaded");
     CHECK_MSG(hresp_header(&r, "Retry-After", ra, sizeof ra) && atoi(ra) >= 1, "headers: %s", r.headers);
@@ -915,11 +932,11 @@ static void overload_body(dmn *d) {
     http_get(d, "/metrics", &r);
     CHECK_EQ_INT(r.status, 200);
     hresp_free(&r);
+    events_stop = 1;
     pthread_join(th, NULL);
     /* the slot is free again once the stream is gone */
-    double t0 = dmn_now();
-    long st = 0;
-    while (dmn_now() - t0 < 10) {
+    t0 = dmn_now();
+    while (dmn_now() - t0 < 15) {
         http_get(d, "/v1/models", &r);
         st = r.status;
         hresp_free(&r);
