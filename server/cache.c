@@ -24,6 +24,7 @@ struct fd_cache {
     slot *slots;
     uint64_t tick;
     uint64_t next_uid;
+    uint64_t evictions; /* bumped by fd_cache_evict: a load that raced it is not cached */
 };
 
 fd_cache *fd_cache_create(int capacity) {
@@ -71,6 +72,7 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
     if (version <= 0 && (rc = fd_db_latest_version(db, name, &version, err, errlen))) return rc;
     pthread_mutex_lock(&c->mu);
     fd_model *m = lookup(c, name, version);
+    uint64_t evictions = c->evictions;
     pthread_mutex_unlock(&c->mu);
     if (m) {
         *out = m;
@@ -107,6 +109,15 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
         return 0;
     }
     m->uid = ++c->next_uid;
+    if (c->evictions != evictions) {
+        /* a DELETE happened while this version was loading: serve this
+         * request from the copy it loaded, but do not cache it, so a model
+         * later created under the same name is never answered with it */
+        pthread_mutex_unlock(&c->mu);
+        atomic_store(&m->refs, 1);
+        *out = m;
+        return 0;
+    }
     if (c->n == c->cap) { /* evict the least recently used */
         int lru = 0;
         for (int i = 1; i < c->n; i++)
@@ -124,6 +135,7 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
 
 void fd_cache_evict(fd_cache *c, const char *name) {
     pthread_mutex_lock(&c->mu);
+    c->evictions++;
     for (int i = 0; i < c->n;) {
         if (!strcmp(c->slots[i].m->name, name)) {
             fd_model_release(c->slots[i].m);
