@@ -15,6 +15,7 @@
  * Parameters (D(D+1)): L strict lower packed row-major (D(D-1)/2), U strict
  * upper packed row-major (D(D-1)/2), log_s (D), bias (D).
  */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -48,33 +49,34 @@ static lu_view lu_params(const nf_layer *L, const nf_real *p) {
     return v;
 }
 
-/* ws: [W (D,D)][M (D,D)][dW (D,D)][dM (D,D)][row (D)] */
+/* ws: [W][M][dW][dM][Lf][Ut] (D,D) each, then Y (B,D) */
 static size_t lu_ws_size(const nf_layer *L, int B) {
-    (void)B;
-    return (size_t)4 * L->D * L->D + L->D;
+    return (size_t)6 * L->D * L->D + (size_t)B * L->D;
 }
 
-/* M = L (U + diag s) (D,D), then W_ij = M_{p[i],p[j]} (D,D). */
-static void lu_build(const nf_layer *L, const nf_real *params, nf_real *W, nf_real *M) {
-    const lu_layer *A = L->impl;
+/* Dense factors: Lf (D,D) unit lower triangular, Ut (D,D) = U + diag(s). */
+static void lu_factors(const nf_layer *L, const nf_real *params, nf_real *Lf, nf_real *Ut) {
     const int D = L->D;
     lu_view v = lu_params(L, params);
-    for (int i = 0; i < D; i++) {
-        for (int j = 0; j < D; j++) {
-            /* sum_{k <= min(i,j)} L_ik Ut_kj, L_ii = 1, Ut_kk = s_k */
-            int kmax = i < j ? i : j;
-            double acc = 0;
-            for (int k = 0; k <= kmax; k++) {
-                double lik = k == i ? 1.0 : (double)v.l[lu_lidx(i, k)];
-                double ukj = k == j ? exp((double)v.log_s[k]) : (double)v.u[lu_uidx(D, k, j)];
-                acc += lik * ukj;
-            }
-            M[(size_t)i * D + j] = (nf_real)acc;
-        }
-    }
     for (int i = 0; i < D; i++)
-        for (int j = 0; j < D; j++)
-            W[(size_t)i * D + j] = M[(size_t)A->perm[i] * D + A->perm[j]];
+        for (int j = 0; j < D; j++) {
+            Lf[(size_t)i * D + j] = j < i ? v.l[lu_lidx(i, j)] : j == i ? 1 : 0;
+            Ut[(size_t)i * D + j] = j > i ? v.u[lu_uidx(D, i, j)] : j == i ? LU_EXP(v.log_s[i]) : 0;
+        }
+}
+
+/* M = Lf Ut (one GEMM, O(D^3) flops in BLAS), then W_ij = M_{p[i],p[j]}. */
+static void lu_build(const nf_layer *L, const nf_real *params, nf_real *W, nf_real *M,
+                     nf_real *Lf, nf_real *Ut) {
+    const lu_layer *A = L->impl;
+    const int D = L->D;
+    lu_factors(L, params, Lf, Ut);
+    nf_gemm(0, 0, D, D, D, (nf_real)1, Lf, D, Ut, D, (nf_real)0, M, D);
+    for (int i = 0; i < D; i++) {
+        const nf_real *mr = M + (size_t)A->perm[i] * D;
+        nf_real *wr = W + (size_t)i * D;
+        for (int j = 0; j < D; j++) wr[j] = mr[A->perm[j]];
+    }
 }
 
 static nf_real lu_logdet(const nf_layer *L, const nf_real *params) {
@@ -88,9 +90,10 @@ static nf_real lu_logdet(const nf_layer *L, const nf_real *params) {
 static int lu_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
                       nf_real *logdet) {
     const int D = L->D, B = c->B;
-    nf_real *W = c->ws, *M = W + (size_t)D * D;
+    const size_t DD = (size_t)D * D;
+    nf_real *W = c->ws, *M = W + DD, *Lf = M + 3 * DD, *Ut = Lf + DD;
     lu_view v = lu_params(L, c->params);
-    lu_build(L, c->params, W, M);
+    lu_build(L, c->params, W, M, Lf, Ut);
     nf_gemm(0, 1, B, D, D, (nf_real)1, x, D, W, D, (nf_real)0, z, D);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < D; i++) z[(size_t)b * D + i] += v.bias[i];
@@ -101,27 +104,26 @@ static int lu_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z
     return 0;
 }
 
-/* x = P (U + diag s)^-1 L^-1 P^T (z - bias) per row;  logdet (B) -= sum log_s */
+/* x = P Ut^-1 Lf^-1 P^T (z - bias) for every row: two triangular solves over
+ * the whole batch (cblas trsm);  logdet (B) -= sum log_s */
 static int lu_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
                       nf_real *logdet) {
     const lu_layer *A = L->impl;
     const int D = L->D, B = c->B;
+    const size_t DD = (size_t)D * D;
+    nf_real *Lf = c->ws + 4 * DD, *Ut = Lf + DD, *Y = Ut + DD;
     lu_view v = lu_params(L, c->params);
-    nf_real *y = c->ws + (size_t)4 * D * D; /* (D) */
+    lu_factors(L, c->params, Lf, Ut);
     for (int b = 0; b < B; b++) {
         const nf_real *zr = z + (size_t)b * D;
-        nf_real *xr = x + (size_t)b * D;
+        nf_real *y = Y + (size_t)b * D;
         for (int i = 0; i < D; i++) y[A->perm[i]] = zr[i] - v.bias[i];
-        for (int a = 1; a < D; a++) {
-            nf_real acc = y[a];
-            for (int k = 0; k < a; k++) acc -= v.l[lu_lidx(a, k)] * y[k];
-            y[a] = acc;
-        }
-        for (int a = D - 1; a >= 0; a--) {
-            nf_real acc = y[a];
-            for (int k = a + 1; k < D; k++) acc -= v.u[lu_uidx(D, a, k)] * y[k];
-            y[a] = acc * LU_EXP(-v.log_s[a]);
-        }
+    }
+    nf_trsm_rt(0, 1, B, D, Lf, D, Y, D); /* rows: y <- Lf^-1 y */
+    nf_trsm_rt(1, 0, B, D, Ut, D, Y, D); /* rows: y <- Ut^-1 y */
+    for (int b = 0; b < B; b++) {
+        const nf_real *y = Y + (size_t)b * D;
+        nf_real *xr = x + (size_t)b * D;
         for (int i = 0; i < D; i++) xr[i] = y[A->perm[i]];
     }
     if (logdet) {
@@ -131,18 +133,19 @@ static int lu_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
     return 0;
 }
 
-/* dx = dz W;  dW = dz^T x, dM_{p[i],p[j]} = dW_ij, and through M = L Ut:
- *   dL_ij = (dM Ut^T)_ij (i > j),   dUt_kj = (L^T dM)_kj (k <= j),
- *   dlog_s_k = dUt_kk s_k + sum_b dlogdet_b,   dbias = sum_b dz_b. */
+/* dx = dz W;  dW = dz^T x, dM_{p[i],p[j]} = dW_ij, and through M = Lf Ut:
+ *   dLf = dM Ut^T (strictly lower part),   dUt = Lf^T dM (upper part),
+ *   dlog_s_k = dUt_kk s_k + sum_b dlogdet_b,   dbias = sum_b dz_b.
+ * The two D x D x D products run in BLAS. */
 static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
                         const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
     (void)z;
     const lu_layer *A = L->impl;
     const int D = L->D, B = c->B;
     const size_t DD = (size_t)D * D;
-    nf_real *W = c->ws, *M = W + DD, *dW = M + DD, *dM = dW + DD;
+    nf_real *W = c->ws, *M = W + DD, *dW = M + DD, *dM = dW + DD, *Lf = dM + DD, *Ut = Lf + DD;
     lu_view v = lu_params(L, c->params);
-    lu_build(L, c->params, W, M);
+    lu_build(L, c->params, W, M, Lf, Ut);
     if (dx) nf_gemm(0, 0, B, D, D, (nf_real)1, dz, D, W, D, (nf_real)0, dx, D);
     if (!c->grad) return;
 
@@ -151,30 +154,18 @@ static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     nf_gemm(1, 0, D, D, B, (nf_real)1, dz, D, x, D, (nf_real)0, dW, D);
     for (int i = 0; i < D; i++)
         for (int j = 0; j < D; j++) dM[(size_t)A->perm[i] * D + A->perm[j]] = dW[(size_t)i * D + j];
-
+    /* dLf into W's space and dUt into M's (both free now) */
+    nf_real *dLf = W, *dUt = M;
+    nf_gemm(0, 1, D, D, D, (nf_real)1, dM, D, Ut, D, (nf_real)0, dLf, D);
+    nf_gemm(1, 0, D, D, D, (nf_real)1, Lf, D, dM, D, (nf_real)0, dUt, D);
     for (int i = 1; i < D; i++)
-        for (int j = 0; j < i; j++) {
-            double acc = 0; /* sum_{k >= j} dM_ik Ut_jk */
-            for (int k = j; k < D; k++) {
-                double ujk = k == j ? exp((double)v.log_s[j]) : (double)v.u[lu_uidx(D, j, k)];
-                acc += (double)dM[(size_t)i * D + k] * ujk;
-            }
-            gl[lu_lidx(i, j)] += (nf_real)acc;
-        }
+        for (int j = 0; j < i; j++) gl[lu_lidx(i, j)] += dLf[(size_t)i * D + j];
     double dlsum = 0;
     for (int b = 0; b < B; b++) dlsum += dlogdet ? (double)dlogdet[b] : 0.0;
-    for (int k = 0; k < D; k++)
-        for (int j = k; j < D; j++) {
-            double acc = 0; /* sum_{i >= k} L_ik dM_ij */
-            for (int i = k; i < D; i++) {
-                double lik = i == k ? 1.0 : (double)v.l[lu_lidx(i, k)];
-                acc += lik * (double)dM[(size_t)i * D + j];
-            }
-            if (j == k)
-                gls[k] += (nf_real)(acc * exp((double)v.log_s[k]) + dlsum);
-            else
-                gu[lu_uidx(D, k, j)] += (nf_real)acc;
-        }
+    for (int k = 0; k < D; k++) {
+        gls[k] += (nf_real)((double)dUt[(size_t)k * D + k] * exp((double)v.log_s[k]) + dlsum);
+        for (int j = k + 1; j < D; j++) gu[lu_uidx(D, k, j)] += dUt[(size_t)k * D + j];
+    }
     for (int b = 0; b < B; b++)
         for (int i = 0; i < D; i++) gb[i] += dz[(size_t)b * D + i];
 }
@@ -193,8 +184,8 @@ static void lu_to_json(const nf_layer *L, cJSON *obj) {
 static void lu_destroy(nf_layer *L) {
     lu_layer *A = L->impl;
     if (!A) return;
-    free(A->perm);
-    free(A);
+    nf_free(A->perm);
+    nf_free(A);
     L->impl = NULL;
 }
 
@@ -226,11 +217,11 @@ int nf_lu_linear_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
         nf_set_err(err, errlen, "lu_linear needs dim >= 1");
         return NF_EINVAL;
     }
-    lu_layer *A = calloc(1, sizeof(*A));
-    int *perm = malloc(sizeof(int) * (size_t)L->D);
+    lu_layer *A = nf_calloc(1, sizeof(*A));
+    int *perm = nf_malloc(sizeof(int) * (size_t)L->D);
     if (!A || !perm) {
-        free(A);
-        free(perm);
+        nf_free(A);
+        nf_free(perm);
         return NF_ENOMEM;
     }
     A->seed = (uint64_t)seed;

@@ -193,6 +193,11 @@ int nf_json_check_keys(const cJSON *o, const char *const *allowed, char *err, si
 void nf_gemm(int transA, int transB, int M, int N, int K, nf_real alpha,
              const nf_real *A, int lda, const nf_real *Bm, int ldb, nf_real beta,
              nf_real *C, int ldc);
+/* B (M,N) := B * inv(A^T), A (N,N) row-major lower (upper = 0) or upper
+ * (upper = 1) triangular, unit diagonal when unit = 1 (cblas_?trsm, right
+ * side): solves every row b of B for y in A y = b. */
+void nf_trsm_rt(int upper, int unit, int M, int N, const nf_real *A, int lda, nf_real *Bm,
+                int ldb);
 void nf_gemm_ref(int transA, int transB, int M, int N, int K, nf_real alpha,
                  const nf_real *A, int lda, const nf_real *Bm, int ldb, nf_real beta,
                  nf_real *C, int ldc);

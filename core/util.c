@@ -5,6 +5,7 @@
  * The RNG is xoshiro256** seeded through splitmix64: fast, 2^256 period, and
  * identical on every platform, so a seed fully determines parameters and
  * samples. */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <cblas.h>
@@ -231,7 +232,7 @@ bad:
 }
 
 void nf_mask_to_json(const int *mask, int D, cJSON *obj) {
-    cJSON_AddItemToObject(obj, "mask", cJSON_CreateIntArray(mask, D));
+    nf_json_attach(obj, "mask", cJSON_CreateIntArray(mask, D));
 }
 
 /* ---- gemm ------------------------------------------------------------------ */
@@ -246,6 +247,18 @@ void nf_gemm(int transA, int transB, int M, int N, int K, nf_real alpha, const n
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, Bm, ldb, beta, C,
                 ldc);
+#endif
+}
+
+void nf_trsm_rt(int upper, int unit, int M, int N, const nf_real *A, int lda, nf_real *Bm,
+                int ldb) {
+    if (M == 0 || N == 0) return;
+#ifdef NF_DOUBLE
+    cblas_dtrsm(CblasRowMajor, CblasRight, upper ? CblasUpper : CblasLower, CblasTrans,
+                unit ? CblasUnit : CblasNonUnit, M, N, 1.0, A, lda, Bm, ldb);
+#else
+    cblas_strsm(CblasRowMajor, CblasRight, upper ? CblasUpper : CblasLower, CblasTrans,
+                unit ? CblasUnit : CblasNonUnit, M, N, 1.0f, A, lda, Bm, ldb);
 #endif
 }
 
