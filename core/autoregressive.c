@@ -5,19 +5,24 @@
  *                  u_j with deg(j) < deg(i) (degrees from net.degrees)
  *     s_i = S tanh(h_i / S)              S = NF_SCALE_BOUND, s(0) = 0
  *     F(u)_i = u_i exp(s_i) + t_i        log|det dF/du| = sum_i s_i(u)
- * F^-1(y) needs D passes: start from u = 0 and set u = (y - t(u)) exp(-s(u))
- * D times; after pass k every dim of degree <= k is exact (and bit-stable,
- * since masked weights are exactly zero).
+ * F^-1(y) is sequential: u_i = (y_i - t_i) exp(-s_i) in degree order, where
+ * s_i, t_i need every u_j of lower degree.  The incremental MADE (made_inc.h)
+ * computes each hidden unit once, as soon as the inputs of its degree are
+ * known, so the whole inversion costs about one MADE pass.  The naive
+ * reference (nf_ar_solve_naive) runs D full passes from u = 0; after pass k
+ * every dim of degree <= k is exact.
  *
  *   maf: inverse (density)  z = F(x),     logdet += sum s(x)   1 pass
- *        forward (sampling) x = F^-1(z),  logdet -= sum s(x)   D passes
+ *        forward (sampling) x = F^-1(z),  logdet -= sum s(x)   1 incremental pass
  *   iaf: forward (sampling) x = F(z),     logdet += sum s(z)   1 pass
- *        inverse (density)  z = F^-1(x),  logdet -= sum s(z)   D passes
+ *        inverse (density)  z = F^-1(x),  logdet -= sum s(z)   1 incremental pass
  *
  * A fresh layer has a zero final MADE layer, so h = t = 0 and F is the
  * identity.  The layer's impl begins with its nf_net (tests read degrees).
  */
+#include "alloc.h"
 #include "nf_internal.h"
+#include "made_inc.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -46,15 +51,19 @@ static inline nf_real ar_scale(nf_real h, nf_real *dsdh) {
     return s;
 }
 
-/* ws layout: [net scratch][out (B,2D)][dout (B,2D)][g (B,D)][v (B,D)][w (B,D)] */
+/* ws layout: [net or incremental-MADE scratch][out (B,2D)][dout (B,2D)][g (B,D)]
+ * [v (B,D)][w (B,D)] */
+static size_t ar_net_ws(const ar_layer *A, int B) {
+    size_t a = nf_net_ws_size(&A->net, B), b = nf_made_inc_ws_size(&A->net, B);
+    return a > b ? a : b;
+}
+
 static size_t ar_ws_size(const nf_layer *L, int B) {
-    const ar_layer *A = L->impl;
-    return nf_net_ws_size(&A->net, B) + (size_t)4 * B * L->D + (size_t)3 * B * L->D;
+    return ar_net_ws(L->impl, B) + (size_t)4 * B * L->D + (size_t)3 * B * L->D;
 }
 
 static nf_real *ar_out(const nf_layer *L, const nf_ctx *c) {
-    const ar_layer *A = L->impl;
-    return c->ws + nf_net_ws_size(&A->net, c->B);
+    return c->ws + ar_net_ws(L->impl, c->B);
 }
 
 /* Rows of y (B,D) with a non-finite value: logdet -INFINITY when mark_ld. */
@@ -92,11 +101,40 @@ static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
     }
 }
 
-/* u = F^-1(y) (B,D) by D MADE passes; logdet (B) += sign * sum_i s_i(u).
- * The last pass's s is s(u): it read u with every degree < D exact, and the
- * final update only changes the degree-D dim, which no output depends on. */
+/* u = F^-1(y) (B,D) in one incremental MADE pass; logdet (B) += sign *
+ * sum_i s_i(u).  Step j: [h_i, t_i] of the input i of degree j, then
+ * u_i = (y_i - t_i) exp(-s_i), then feed u_i to the MADE. */
 static void ar_solve(const nf_layer *L, nf_ctx *c, const nf_real *y, nf_real *u,
                      nf_real *logdet, nf_real sign) {
+    const ar_layer *A = L->impl;
+    const int D = L->D, B = c->B;
+    nf_real *o = ar_out(L, c);            /* (B,2) */
+    nf_real *acc = o + (size_t)B * 2 * D; /* (B) */
+    nf_made_inc st;
+    nf_made_inc_begin(&st, &A->net, c->params, c->ctx, B, c->ws);
+    memset(acc, 0, sizeof(nf_real) * (size_t)B);
+    for (int j = 1; j <= D; j++) {
+        int i = nf_made_inc_input(&st, j);
+        nf_made_inc_outputs(&st, j, o);
+        for (int b = 0; b < B; b++) {
+            nf_real s = ar_scale(o[2 * b], NULL);
+            size_t n = (size_t)b * D + i;
+            u[n] = (y[n] - o[2 * b + 1]) * AR_EXP(-s);
+            acc[b] += s;
+        }
+        if (j < D) nf_made_inc_feed(&st, j, u + i, D);
+    }
+    if (logdet)
+        for (int b = 0; b < B; b++) logdet[b] += sign * acc[b];
+}
+
+/* The naive reference: u = F^-1(y) by D MADE passes; logdet (B) -= sum_i
+ * s_i(u).  The last pass's s is s(u): it read u with every degree < D exact,
+ * and the final update only changes the degree-D dim, which no output
+ * depends on. */
+void nf_ar_solve_naive(const nf_layer *L, nf_ctx *c, const nf_real *y, nf_real *u,
+                       nf_real *logdet) {
+    const nf_real sign = -1;
     const ar_layer *A = L->impl;
     const int D = L->D, B = c->B;
     nf_real *out = ar_out(L, c); /* (B,2D) */
@@ -255,7 +293,7 @@ static void ar_destroy(nf_layer *L) {
     ar_layer *A = L->impl;
     if (!A) return;
     nf_net_free(&A->net);
-    free(A);
+    nf_free(A);
     L->impl = NULL;
 }
 
@@ -293,11 +331,11 @@ static int ar_create(nf_layer *L, const cJSON *spec, int iaf, char *err, size_t 
         nf_set_err(err, errlen, "%s needs dim >= 1", iaf ? "iaf" : "maf");
         return NF_EINVAL;
     }
-    ar_layer *A = calloc(1, sizeof(*A));
+    ar_layer *A = nf_calloc(1, sizeof(*A));
     if (!A) return NF_ENOMEM;
     rc = nf_net_made_from_spec(&A->net, spec, L->D, L->C, 2, ar_def_hidden, 2, err, errlen);
     if (rc) {
-        free(A);
+        nf_free(A);
         return rc;
     }
     A->iaf = iaf;

@@ -14,8 +14,11 @@
  * connections with m_l(k) >= m_{l-1}(j) and output connections with
  * deg(i) > m_L(k), so output i depends only on inputs of lower degree.
  * Context columns have degree 0 and feed every unit of the first layer. */
+#include "alloc.h"
 #include "nf_internal.h"
+#include "made_inc.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,11 @@ int nf_act_parse(const char *s, nf_act *out) {
 const char *nf_act_name(nf_act a) { return a < NF_ACT_COUNT ? act_names[a] : "?"; }
 
 /* ---- construction ---------------------------------------------------------- */
+/* A conditioner holds at most this many parameters (512 MiB of float32), checked
+ * before any allocation: widths come from user specs (hidden <= 65536, dim
+ * <= 65536) and a product of two of them would otherwise be allocated. */
+#define NF_NET_MAX_PARAMS ((size_t)1 << 27)
+
 static void add_linear(nf_net *n, int in, int out) {
     nf_linear *l = &n->lin[n->nlin++];
     l->in = in;
@@ -78,6 +86,7 @@ int nf_net_mlp(nf_net *n, int in, int ctx, int out, const int *hidden, int nh, n
         prev = hidden[i];
     }
     add_linear(n, prev, out);
+    if (n->nparams > NF_NET_MAX_PARAMS) return NF_ERANGE;
     finish_ws(n);
     return 0;
 }
@@ -101,22 +110,24 @@ int nf_net_resnet(nf_net *n, int in, int ctx, int out, int hidden, int nblocks, 
         add_linear(n, hidden, hidden);
     }
     add_linear(n, hidden, out);
+    if (n->nparams > NF_NET_MAX_PARAMS) return NF_ERANGE;
     finish_ws(n);
     return 0;
 }
 
 int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_act act,
                 nf_order order, uint64_t seed) {
+    if (D < 1 || P < 1 || D > INT_MAX / P) return NF_ERANGE;
     int rc = nf_net_mlp(n, D, ctx, D * P, hidden, nh, act);
     if (rc) return rc;
     n->kind = NF_NET_MADE;
     n->order = order;
     n->order_seed = seed;
-    n->degrees = malloc((size_t)D * sizeof *n->degrees);
+    n->degrees = nf_malloc((size_t)D * sizeof *n->degrees);
     int maxh = 0;
     for (int i = 0; i < nh; i++) maxh = hidden[i] > maxh ? hidden[i] : maxh;
-    int *prevdeg = malloc((size_t)(D + ctx + maxh) * sizeof(int));
-    int *curdeg = malloc((size_t)(maxh > 0 ? maxh : 1) * sizeof(int));
+    int *prevdeg = nf_malloc((size_t)(D + ctx + maxh) * sizeof(int));
+    int *curdeg = nf_malloc((size_t)(maxh > 0 ? maxh : 1) * sizeof(int));
     if (!n->degrees || !prevdeg || !curdeg) goto oom;
     for (int i = 0; i < D; i++)
         n->degrees[i] = order == NF_ORDER_DESC ? D - i : i + 1;
@@ -135,7 +146,7 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
     for (int j = 0; j < ctx; j++) prevdeg[D + j] = 0;
     for (int l = 0; l <= nh; l++) {
         nf_linear *L = &n->lin[l];
-        L->mask = malloc((size_t)L->in * L->out * sizeof(nf_real));
+        L->mask = nf_malloc((size_t)L->in * L->out * sizeof(nf_real));
         if (!L->mask) goto oom;
         if (l < nh) {
             /* hidden degrees cycle through [lo, D-1]; lo = min previous degree
@@ -160,20 +171,20 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
                     L->mask[(size_t)o * L->in + j] = n->degrees[o / P] > prevdeg[j] ? 1 : 0;
         }
     }
-    free(prevdeg);
-    free(curdeg);
+    nf_free(prevdeg);
+    nf_free(curdeg);
     return 0;
 oom:
-    free(prevdeg);
-    free(curdeg);
+    nf_free(prevdeg);
+    nf_free(curdeg);
     nf_net_free(n);
     return NF_ENOMEM;
 }
 
 void nf_net_free(nf_net *n) {
     if (!n) return;
-    for (int i = 0; i < n->nlin; i++) free(n->lin[i].mask);
-    free(n->degrees);
+    for (int i = 0; i < n->nlin; i++) nf_free(n->lin[i].mask);
+    nf_free(n->degrees);
     memset(n, 0, sizeof *n);
 }
 
@@ -419,14 +430,14 @@ void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
 /* ---- spec ---------------------------------------------------------------------- */
 void nf_net_to_json(const nf_net *n, cJSON *obj) {
     if (n->kind == NF_NET_MADE) {
-        cJSON_AddItemToObject(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
+        nf_json_attach(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
         cJSON_AddStringToObject(obj, "activation", nf_act_name(n->act));
         cJSON_AddStringToObject(obj, "order", order_names[n->order]);
         cJSON_AddNumberToObject(obj, "order_seed", (double)n->order_seed);
         return;
     }
     cJSON_AddStringToObject(obj, "net", n->kind == NF_NET_RESNET ? "resnet" : "mlp");
-    cJSON_AddItemToObject(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
+    nf_json_attach(obj, "hidden", cJSON_CreateIntArray(n->hidden, n->nhidden));
     if (n->kind == NF_NET_RESNET) cJSON_AddNumberToObject(obj, "blocks", n->nblocks);
     cJSON_AddStringToObject(obj, "activation", nf_act_name(n->act));
 }
@@ -497,4 +508,109 @@ int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
     rc = nf_net_made(n, D, ctx, P, hidden, nh, act, order, (uint64_t)seed);
     if (rc) nf_set_err(err, errlen, "cannot build MADE (%s)", nf_strerror(rc));
     return rc;
+}
+
+/* ---- incremental MADE evaluation (see made_inc.h) ------------------------------
+ * nf_net_made gives hidden unit k of every layer the degree lo + k % span,
+ * lo = min(1, D-1), span = D - lo (the lo of the first layer is the smallest
+ * input degree, 1, capped at D-1; later layers inherit it).  The units of
+ * degree m in layer l are therefore k = m - lo + r span, r = 0, 1, ...: rows
+ * of W_l at a fixed stride, so one strided GEMM per (layer, degree) computes
+ * them all:  h_l[:, units(m)] = act(h_{l-1} W_l[units(m), :]^T + b).
+ * Units not yet final hold exactly 0 and meet only masked (exactly zero)
+ * weights, so full-width rows give the same sums as the dense forward. */
+
+static int inc_count(const nf_made_inc *s, int m, int h) {
+    int first = m - s->lo;
+    if (first < 0 || first >= s->span || first >= h) return 0;
+    return (h - first + s->span - 1) / s->span;
+}
+
+static int inc_max_count(const nf_net *n) {
+    int D = n->in, lo = D > 1 ? 1 : 0, span = D - lo, g = 0;
+    for (int l = 0; l < n->nhidden; l++) {
+        int c = (n->hidden[l] + span - 1) / span;
+        g = c > g ? c : g;
+    }
+    return g;
+}
+
+size_t nf_made_inc_ws_size(const nf_net *n, int B) {
+    size_t per_row = (size_t)(n->in + n->ctx) + (size_t)inc_max_count(n);
+    for (int l = 0; l < n->nhidden; l++) per_row += (size_t)n->hidden[l];
+    size_t idx = ((size_t)n->in * sizeof(int) + sizeof(nf_real) - 1) / sizeof(nf_real);
+    return per_row * (size_t)B + idx;
+}
+
+static inline nf_real act1(nf_act act, nf_real v) {
+    return act == NF_ACT_RELU   ? (v > 0 ? v : 0)
+           : act == NF_ACT_TANH ? (nf_real)tanh(v)
+                                : (v > 0 ? v : (nf_real)expm1(v));
+}
+
+/* Finalise the units of degree m in every hidden layer, first to last. */
+static void inc_finalise(const nf_made_inc *s, int m) {
+    const nf_net *n = s->n;
+    const int B = s->B;
+    for (int l = 0; l < n->nhidden; l++) {
+        const nf_linear *L = &n->lin[l];
+        int g = inc_count(s, m, L->out);
+        if (!g) continue;
+        int first = m - s->lo, K = L->in, H = L->out;
+        const nf_real *X = l == 0 ? s->x0 : s->h[l - 1]; /* (B,K) */
+        const nf_real *b = s->params + L->b_off;
+        nf_gemm(0, 1, B, g, K, 1, X, K, s->params + L->w_off + (size_t)first * K,
+                s->span * K, 0, s->tmp, g);
+        for (int r = 0; r < B; r++) {
+            nf_real *hr = s->h[l] + (size_t)r * H;
+            const nf_real *t = s->tmp + (size_t)r * g;
+            for (int q = 0; q < g; q++) {
+                int k = first + q * s->span;
+                hr[k] = act1(n->act, t[q] + b[k]);
+            }
+        }
+    }
+}
+
+void nf_made_inc_begin(nf_made_inc *s, const nf_net *n, const nf_real *params,
+                       const nf_real *ctx, int B, nf_real *ws) {
+    const int D = n->in, W = n->in + n->ctx;
+    s->n = n;
+    s->params = params;
+    s->B = B;
+    s->lo = D > 1 ? 1 : 0;
+    s->span = D - s->lo;
+    s->x0 = ws;
+    nf_real *p = ws + (size_t)B * W;
+    for (int l = 0; l < n->nhidden; l++) {
+        s->h[l] = p;
+        p += (size_t)B * n->hidden[l];
+    }
+    memset(ws, 0, (size_t)(p - ws) * sizeof *ws);
+    s->tmp = p;
+    s->index = (int *)(p + (size_t)B * inc_max_count(n));
+    for (int i = 0; i < D; i++) s->index[n->degrees[i] - 1] = i;
+    if (ctx)
+        for (int r = 0; r < B; r++)
+            memcpy(s->x0 + (size_t)r * W + D, ctx + (size_t)r * n->ctx,
+                   (size_t)n->ctx * sizeof *ctx);
+    inc_finalise(s, 0);
+}
+
+/* out (B,P) = h_L W_out[i*P .. i*P+P-1, :]^T + b: the rows of input i's
+ * outputs see only units of degree < j, all final. */
+void nf_made_inc_outputs(const nf_made_inc *s, int j, nf_real *out) {
+    const nf_net *n = s->n;
+    const nf_linear *L = &n->lin[n->nlin - 1];
+    const int P = n->out / n->in, i = s->index[j - 1], H = L->in;
+    const nf_real *b = s->params + L->b_off + (size_t)i * P;
+    nf_gemm(0, 1, s->B, P, H, 1, s->h[n->nhidden - 1], H,
+            s->params + L->w_off + (size_t)i * P * H, H, 0, out, P);
+    add_bias(out, b, s->B, P);
+}
+
+void nf_made_inc_feed(nf_made_inc *s, int j, const nf_real *x, int incx) {
+    const int i = s->index[j - 1], W = s->n->in + s->n->ctx;
+    for (int r = 0; r < s->B; r++) s->x0[(size_t)r * W + i] = x[(size_t)r * incx];
+    inc_finalise(s, j);
 }

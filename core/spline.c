@@ -16,7 +16,9 @@
  * (forward, z -> x) solves g's quadratic with the cancellation-free root.
  * All spline arithmetic is done in double and rounded once at the end.
  */
+#include "alloc.h"
 #include "nf_internal.h"
+#include "made_inc.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -346,8 +348,8 @@ static void sc_destroy(nf_layer *L) {
     spline_coupling *S = L->impl;
     if (!S) return;
     nf_net_free(&S->net);
-    free(S->mask);
-    free(S);
+    nf_free(S->mask);
+    nf_free(S);
     L->impl = NULL;
 }
 
@@ -369,12 +371,12 @@ int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t 
     static const int def_hidden[] = {64, 64};
     int D = L->D;
     if (nf_json_check_keys(spec, keys, err, errlen)) return NF_EINVAL;
-    spline_coupling *S = calloc(1, sizeof *S);
+    spline_coupling *S = nf_calloc(1, sizeof *S);
     if (!S) return NF_ENOMEM;
     if (rqs_parse(&S->cf, spec, err, errlen)) goto bad;
-    S->mask = calloc((size_t)(2 * D + 1), sizeof *S->mask);
+    S->mask = nf_calloc((size_t)(2 * D + 1), sizeof *S->mask);
     if (!S->mask) {
-        free(S);
+        nf_free(S);
         return NF_ENOMEM;
     }
     if (nf_mask_parse(spec, D, S->mask, err, errlen)) goto bad;
@@ -387,8 +389,8 @@ int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t 
     int rc = nf_net_from_spec(&S->net, spec, S->Dp, L->C, S->Dt * rqs_P(&S->cf), def_hidden, 2,
                               err, errlen);
     if (rc) {
-        free(S->mask);
-        free(S);
+        nf_free(S->mask);
+        nf_free(S);
         return rc;
     }
     L->ops = &sc_ops;
@@ -397,16 +399,18 @@ int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t 
     L->nbuffers = 0;
     return 0;
 bad:
-    free(S->mask);
-    free(S);
+    nf_free(S->mask);
+    nf_free(S);
     return NF_EINVAL;
 }
 
 /* ---- spline autoregressive (MADE) ------------------------------------------
  * theta = made(x, ctx) (D*P), spline i's parameters at i*P depend only on x_j
  * with deg(j) < deg(i).  z_i = g(x_i; theta_i), log|det dz/dx| = sum_i log g'(x_i)
- * (triangular Jacobian).  Density: one MADE pass.  Sampling: D passes; pass k
- * recomputes the MADE on the current x and fills the dim of degree k. */
+ * (triangular Jacobian).  Density: one MADE pass.  Sampling: one incremental
+ * MADE pass (made_inc.h): step k takes theta of the dim of degree k, solves
+ * its spline and feeds x back, each hidden unit computed once.  The naive
+ * reference (nf_spline_ar_forward_naive) recomputes the whole MADE D times. */
 
 typedef struct spline_ar {
     rqs_cfg cf;
@@ -414,11 +418,12 @@ typedef struct spline_ar {
     nf_net net;
 } spline_ar;
 
-/* ws: theta (B,D*P) | dtheta (B,D*P) | dxm (B,D) | net */
+/* ws: theta (B,D*P) | dtheta (B,D*P) | dxm (B,D) | net or incremental MADE */
 static size_t sa_ws_size(const nf_layer *L, int B) {
     const spline_ar *S = L->impl;
     size_t P = (size_t)rqs_P(&S->cf);
-    return (size_t)B * (2 * (size_t)L->D * P + (size_t)L->D) + nf_net_ws_size(&S->net, B);
+    size_t a = nf_net_ws_size(&S->net, B), b = nf_made_inc_ws_size(&S->net, B);
+    return (size_t)B * (2 * (size_t)L->D * P + (size_t)L->D) + (a > b ? a : b);
 }
 
 static void sa_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
@@ -457,6 +462,28 @@ static int sa_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z
 }
 
 static int sa_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x, nf_real *logdet) {
+    const spline_ar *S = L->impl;
+    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    nf_real *th = c->ws; /* (B,P) */
+    rqs_knots kn;
+    nf_made_inc st;
+    nf_made_inc_begin(&st, &S->net, c->params, c->ctx, B, sa_net_ws(L, c));
+    for (int j = 1; j <= D; j++) {
+        int i = S->order[j - 1];
+        nf_made_inc_outputs(&st, j, th);
+        for (int b = 0; b < B; b++) {
+            double l;
+            rqs_build(&S->cf, th + (size_t)b * P, &kn);
+            x[(size_t)b * D + i] = (nf_real)rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
+            if (logdet) logdet[b] += (nf_real)l;
+        }
+        if (j < D) nf_made_inc_feed(&st, j, x + i, D);
+    }
+    return 0;
+}
+
+int nf_spline_ar_forward_naive(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
+                               nf_real *logdet) {
     const spline_ar *S = L->impl;
     int B = c->B, D = L->D, P = rqs_P(&S->cf);
     nf_real *th = c->ws;
@@ -510,8 +537,8 @@ static void sa_destroy(nf_layer *L) {
     spline_ar *S = L->impl;
     if (!S) return;
     nf_net_free(&S->net);
-    free(S->order);
-    free(S);
+    nf_free(S->order);
+    nf_free(S);
     L->impl = NULL;
 }
 
@@ -537,21 +564,21 @@ int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
         nf_set_err(err, errlen, "spline_ar needs dim >= 1");
         return NF_EINVAL;
     }
-    spline_ar *S = calloc(1, sizeof *S);
+    spline_ar *S = nf_calloc(1, sizeof *S);
     if (!S) return NF_ENOMEM;
     if (rqs_parse(&S->cf, spec, err, errlen)) {
-        free(S);
+        nf_free(S);
         return NF_EINVAL;
     }
     int rc = nf_net_made_from_spec(&S->net, spec, D, L->C, rqs_P(&S->cf), def_hidden, 2, err, errlen);
     if (rc) {
-        free(S);
+        nf_free(S);
         return rc;
     }
-    S->order = malloc((size_t)D * sizeof *S->order);
+    S->order = nf_malloc((size_t)D * sizeof *S->order);
     if (!S->order) {
         nf_net_free(&S->net);
-        free(S);
+        nf_free(S);
         return NF_ENOMEM;
     }
     for (int k = 0; k < D; k++) S->order[k] = -1;
@@ -560,8 +587,8 @@ int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
         if (dg < 1 || dg > D || S->order[dg - 1] >= 0) {
             nf_set_err(err, errlen, "spline_ar: MADE degrees are not a permutation of 1..%d", D);
             nf_net_free(&S->net);
-            free(S->order);
-            free(S);
+            nf_free(S->order);
+            nf_free(S);
             return NF_EINVAL;
         }
         S->order[dg - 1] = i;
