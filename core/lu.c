@@ -145,7 +145,9 @@ static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     const size_t DD = (size_t)D * D;
     nf_real *W = c->ws, *M = W + DD, *dW = M + DD, *dM = dW + DD, *Lf = dM + DD, *Ut = Lf + DD;
     lu_view v = lu_params(L, c->params);
-    lu_build(L, c->params, W, M, Lf, Ut);
+    /* W, M, Lf and Ut are still in ws from the inverse pass on this x (the
+     * backward contract in nf_internal.h), so they are not rebuilt here */
+    (void)M;
     if (dx) nf_gemm(0, 0, B, D, D, (nf_real)1, dz, D, W, D, (nf_real)0, dx, D);
     if (!c->grad) return;
 
