@@ -10,6 +10,7 @@
  * sigma eps).  Mixture means start spread on a seeded grid-free pattern: the
  * init is deterministic (means at +-1 along alternating axes scaled by k), so
  * a fresh mixture is not degenerate. */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -23,8 +24,14 @@ int nf_base_parse(nf_base *b, int D, const cJSON *spec, char *err, size_t errlen
     b->kind = NF_BASE_NORMAL;
     if (!spec) return 0;
     if (cJSON_IsString(spec)) { /* "base":"normal" shorthand */
+        unsigned fails = nf_alloc_failures;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "type", spec->valuestring);
+        if (nf_alloc_failures != fails) { /* else parsed as the default base */
+            cJSON_Delete(o);
+            nf_set_err(err, errlen, "out of memory");
+            return NF_ENOMEM;
+        }
         int rc = nf_base_parse(b, D, o, err, errlen);
         cJSON_Delete(o);
         return rc;

@@ -14,6 +14,7 @@
  * Backward (density direction), per transformed dim j:
  *   dx_j = dz_j e^{s_j};  dt_j = dz_j;  dh_j = (dz_j x_j e^{s_j} + dlogdet) ds/dh
  * and dx_I = dz_I + (net input gradient). */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -163,10 +164,10 @@ static void cp_destroy(nf_layer *L) {
     coupling *c = L->impl;
     if (!c) return;
     nf_net_free(&c->net);
-    free(c->mask);
-    free(c->id);
-    free(c->tr);
-    free(c);
+    nf_free(c->mask);
+    nf_free(c->id);
+    nf_free(c->tr);
+    nf_free(c);
     L->impl = NULL;
 }
 
@@ -186,15 +187,15 @@ static int cp_create(nf_layer *L, const cJSON *spec, int affine, char *err, size
     static const int def_hidden[] = {64, 64};
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
-    coupling *c = calloc(1, sizeof *c);
+    coupling *c = nf_calloc(1, sizeof *c);
     if (!c) return NF_ENOMEM;
     L->impl = c;
     L->ops = affine ? &affine_ops : &additive_ops;
     c->affine = affine;
     c->P = affine ? 2 : 1;
-    c->mask = malloc((size_t)L->D * sizeof *c->mask);
-    c->id = malloc((size_t)L->D * sizeof *c->id);
-    c->tr = malloc((size_t)L->D * sizeof *c->tr);
+    c->mask = nf_malloc((size_t)L->D * sizeof *c->mask);
+    c->id = nf_malloc((size_t)L->D * sizeof *c->id);
+    c->tr = nf_malloc((size_t)L->D * sizeof *c->tr);
     if (!c->mask || !c->id || !c->tr) return NF_ENOMEM;
     if ((rc = nf_mask_parse(spec, L->D, c->mask, err, errlen))) return rc;
     for (int i = 0; i < L->D; i++) {

@@ -15,6 +15,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1 /* strtod_l, newlocale */
 #endif
+#include "alloc.h"
 #include "data.h"
 #include "nf_internal.h"
 
@@ -52,7 +53,7 @@ static int64_t mul_cap(int64_t a, int64_t b, int64_t cap) {
 /* ---- the dataset ------------------------------------------------------------ */
 void nf_data_free(nf_data *d) {
     if (!d) return;
-    free(d->x);
+    nf_free(d->x);
     memset(d, 0, sizeof *d);
 }
 
@@ -64,7 +65,7 @@ int nf_data_alloc(nf_data *out, int64_t n, int d, char *err, size_t errlen) {
     if (cnt < 0)
         return fail(NF_ERANGE, "%lld rows x %d columns exceeds the limit of %lld values",
                     (long long)n, d, (long long)NF_DATA_MAX_VALUES);
-    out->x = malloc((size_t)cnt * sizeof(nf_real));
+    out->x = nf_malloc((size_t)cnt * sizeof(nf_real));
     if (!out->x) return fail(NF_ENOMEM, "out of memory for %lld values", (long long)cnt);
     out->n = n;
     out->d = d;
@@ -114,12 +115,12 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
         if (isize > 0 && isize <= cap && isize / 1032 <= len) size = isize;
     }
     if (size < 4096) size = 4096;
-    unsigned char *buf = malloc(size);
+    unsigned char *buf = nf_malloc(size);
     if (!buf) return fail(NF_ENOMEM, "out of memory inflating gzip data");
     z_stream z;
     memset(&z, 0, sizeof z);
     if (inflateInit2(&z, 15 + 16) != Z_OK) {
-        free(buf);
+        nf_free(buf);
         return fail(NF_ENOMEM, "zlib inflateInit2 failed");
     }
     const unsigned char *end = in + len;
@@ -137,7 +138,7 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
                 break;
             }
             size_t ns = size > cap / 2 ? cap : size * 2;
-            unsigned char *nb = realloc(buf, ns);
+            unsigned char *nb = nf_realloc(buf, ns);
             if (!nb) {
                 rc = fail(NF_ENOMEM, "out of memory inflating gzip data");
                 break;
@@ -172,7 +173,7 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
     }
     inflateEnd(&z);
     if (rc) {
-        free(buf);
+        nf_free(buf);
         return rc;
     }
     *out = buf;
@@ -333,7 +334,7 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
             if (bound < rows) rows = bound;
             if (rows > NF_DATA_MAX_VALUES / d) rows = NF_DATA_MAX_VALUES / d;
             cap = rows;
-            if (cap < 1 || !(x = malloc((size_t)cap * d * sizeof(nf_real)))) {
+            if (cap < 1 || !(x = nf_malloc((size_t)cap * d * sizeof(nf_real)))) {
                 rc = fail(NF_ENOMEM, "out of memory for %lld rows of %d values", (long long)cap, d);
                 goto done;
             }
@@ -387,7 +388,7 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
         goto done;
     }
     if (n < cap) {
-        nf_real *s = realloc(x, (size_t)n * d * sizeof(nf_real));
+        nf_real *s = nf_realloc(x, (size_t)n * d * sizeof(nf_real));
         if (s) x = s;
     }
     out->x = x;
@@ -397,7 +398,7 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
     rc = nf_data_summarize(out, err, errlen);
     if (rc) nf_data_free(out);
 done:
-    free(x);
+    nf_free(x);
     if (cloc) freelocale(cloc);
     return rc;
 }
@@ -603,7 +604,7 @@ int nf_data_load_idx(const void *buf, size_t len, nf_data *out, char *err, size_
     int rc = gunzip(buf, len, &raw, &rlen, err, errlen);
     if (rc) return rc;
     rc = load_idx_raw(raw, rlen, out, err, errlen);
-    free(raw);
+    nf_free(raw);
     return rc;
 }
 
@@ -749,7 +750,7 @@ int nf_data_load(const void *buf, size_t len, nf_data_format fmt, nf_data *out, 
     if (rc) return rc;
     if (is_gzip(raw, rlen)) rc = fail(NF_EFORMAT, "gzip inside gzip is not supported");
     else rc = load_plain(raw, rlen, fmt, out, err, errlen);
-    free(raw);
+    nf_free(raw);
     return rc;
 }
 
@@ -761,7 +762,7 @@ int nf_data_load_file(const char *path, nf_data_format fmt, nf_data *out, char *
     FILE *f = fopen(path, "rb");
     if (!f) return fail(NF_EIO, "cannot open %s: %s", path, strerror(errno));
     size_t size = 1 << 16, have = 0;
-    unsigned char *buf = malloc(size);
+    unsigned char *buf = nf_malloc(size);
     int rc = 0;
     for (;;) {
         if (!buf) {
@@ -777,14 +778,14 @@ int nf_data_load_file(const char *path, nf_data_format fmt, nf_data *out, char *
             rc = fail(NF_ERANGE, "%s is too large", path);
             break;
         }
-        unsigned char *nb = realloc(buf, size * 2);
-        if (!nb) free(buf);
+        unsigned char *nb = nf_realloc(buf, size * 2);
+        if (!nb) nf_free(buf);
         buf = nb;
         size *= 2;
     }
     fclose(f);
     if (!rc) rc = nf_data_load(buf, have, fmt, out, err, errlen);
-    free(buf);
+    nf_free(buf);
     return rc;
 }
 
@@ -947,8 +948,8 @@ int nf_data_builtin(const char *name, int64_t n, double noise, uint64_t seed, nf
                     (long long)(NF_DATA_MAX_VALUES / 2));
     if (isnan(noise) || noise > 1e6) return fail(NF_EINVAL, "noise must be a finite number");
     if (noise < 0) noise = generators[g].noise;
-    double *tmp = malloc((size_t)n * 2 * sizeof(double));
-    int64_t *idx = malloc((size_t)n * sizeof(int64_t));
+    double *tmp = nf_malloc((size_t)n * 2 * sizeof(double));
+    int64_t *idx = nf_malloc((size_t)n * sizeof(int64_t));
     int rc = 0;
     if (!tmp || !idx) {
         rc = fail(NF_ENOMEM, "out of memory for %lld rows", (long long)n);
@@ -967,8 +968,8 @@ int nf_data_builtin(const char *name, int64_t n, double noise, uint64_t seed, nf
     rc = nf_data_summarize(out, err, errlen);
 done:
     if (rc) nf_data_free(out);
-    free(tmp);
-    free(idx);
+    nf_free(tmp);
+    nf_free(idx);
     return rc;
 }
 
@@ -980,7 +981,7 @@ static int take_rows(const nf_data *all, const int64_t *idx, int64_t m, nf_data 
     part->vmin = all->vmin;
     part->vmax = all->vmax;
     if (m == 0) return 0;
-    part->x = malloc((size_t)m * all->d * sizeof(nf_real));
+    part->x = nf_malloc((size_t)m * all->d * sizeof(nf_real));
     if (!part->x) return NF_ENOMEM;
     part->n = m;
     for (int64_t i = 0; i < m; i++)
@@ -1001,7 +1002,7 @@ int nf_data_split(const nf_data *all, double val_fraction, double test_fraction,
     int64_t nt = (int64_t)llround((double)n * test_fraction);
     int64_t nv = (int64_t)llround((double)n * val_fraction);
     if (nt + nv >= n || (nv && !val) || (nt && !test)) return NF_EINVAL;
-    int64_t *idx = malloc((size_t)n * sizeof(int64_t));
+    int64_t *idx = nf_malloc((size_t)n * sizeof(int64_t));
     if (!idx) return NF_ENOMEM;
     for (int64_t i = 0; i < n; i++) idx[i] = i;
     nf_rng r;
@@ -1011,10 +1012,10 @@ int nf_data_split(const nf_data *all, double val_fraction, double test_fraction,
     if (test && (rc = take_rows(all, idx, nt, test))) goto bad;
     if (val && (rc = take_rows(all, idx + nt, nv, val))) goto bad;
     if ((rc = take_rows(all, idx + nt + nv, n - nt - nv, train))) goto bad;
-    free(idx);
+    nf_free(idx);
     return 0;
 bad:
-    free(idx);
+    nf_free(idx);
     nf_data_free(train);
     nf_data_free(val);
     nf_data_free(test);

@@ -13,6 +13,7 @@
  * C > 0 may hold them, they ignore ctx and leave dctx untouched.
  * Per-row sums are accumulated in double; the layers allocate only in create.
  */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -23,7 +24,7 @@
 /* ---- shared helpers ------------------------------------------------------ */
 
 static void destroy_impl(nf_layer *L) {
-    free(L->impl);
+    nf_free(L->impl);
     L->impl = NULL;
 }
 
@@ -148,7 +149,7 @@ int nf_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) 
     int di, rc;
     if ((rc = nf_json_check_keys(spec, keys, err, errlen)) < 0) return rc;
     if ((rc = nf_json_bool(spec, "data_init", 1, &di, err, errlen)) < 0) return rc;
-    actnorm_impl *a = malloc(sizeof *a);
+    actnorm_impl *a = nf_malloc(sizeof *a);
     if (!a) return NF_ENOMEM;
     a->data_init = di;
     L->ops = &actnorm_ops;
@@ -167,7 +168,7 @@ typedef struct { int *perm; } permute_impl; /* perm (D) */
 
 static void permute_destroy(nf_layer *L) {
     permute_impl *p = L->impl;
-    if (p) free(p->perm);
+    if (p) nf_free(p->perm);
     destroy_impl(L);
 }
 
@@ -207,7 +208,7 @@ static void permute_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, con
 
 static void permute_to_json(const nf_layer *L, cJSON *obj) {
     const permute_impl *p = L->impl;
-    cJSON_AddItemToObject(obj, "order", cJSON_CreateIntArray(p->perm, L->D));
+    nf_json_attach(obj, "order", cJSON_CreateIntArray(p->perm, L->D));
 }
 
 static const nf_layer_ops permute_ops = {
@@ -226,12 +227,12 @@ int nf_permute_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) 
     int D = L->D, rc, seed;
     if ((rc = nf_json_check_keys(spec, keys, err, errlen)) < 0) return rc;
     if ((rc = nf_json_int(spec, "seed", 0, 0, 2147483647, &seed, err, errlen)) < 0) return rc;
-    permute_impl *p = calloc(1, sizeof *p);
-    int *seen = calloc((size_t)D + 1, sizeof *seen);
-    if (!p || !seen || !(p->perm = malloc(((size_t)D + 1) * sizeof *p->perm))) {
-        if (p) free(p->perm);
-        free(p);
-        free(seen);
+    permute_impl *p = nf_calloc(1, sizeof *p);
+    int *seen = nf_calloc((size_t)D + 1, sizeof *seen);
+    if (!p || !seen || !(p->perm = nf_malloc(((size_t)D + 1) * sizeof *p->perm))) {
+        if (p) nf_free(p->perm);
+        nf_free(p);
+        nf_free(seen);
         return NF_ENOMEM;
     }
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(spec, "order");
@@ -268,10 +269,10 @@ int nf_permute_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) 
                    D);
         rc = NF_EINVAL;
     }
-    free(seen);
+    nf_free(seen);
     if (rc < 0) {
-        free(p->perm);
-        free(p);
+        nf_free(p->perm);
+        nf_free(p);
         return rc;
     }
     L->ops = &permute_ops;
@@ -363,7 +364,7 @@ int nf_leaky_relu_create(nf_layer *L, const cJSON *spec, char *err, size_t errle
         nf_set_err(err, errlen, "leaky_relu: \"alpha\" must be > 0");
         return NF_EINVAL;
     }
-    leaky_impl *p = malloc(sizeof *p);
+    leaky_impl *p = nf_malloc(sizeof *p);
     if (!p) return NF_ENOMEM;
     p->alpha = a;
     L->ops = &leaky_ops;
@@ -534,7 +535,7 @@ int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
         nf_set_err(err, errlen, "batchnorm: need 0 <= momentum <= 1 and eps > 0");
         return NF_EINVAL;
     }
-    bn_impl *p = malloc(sizeof *p);
+    bn_impl *p = nf_malloc(sizeof *p);
     if (!p) return NF_ENOMEM;
     p->momentum = mom;
     p->eps = eps;
@@ -648,7 +649,7 @@ int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
         nf_set_err(err, errlen, "logit: \"alpha\" must be in [0, 0.5)");
         return NF_EINVAL;
     }
-    logit_impl *p = malloc(sizeof *p);
+    logit_impl *p = nf_malloc(sizeof *p);
     if (!p) return NF_ENOMEM;
     p->alpha = a;
     L->ops = &logit_ops;
@@ -673,8 +674,8 @@ typedef struct {
 static void ewa_destroy(nf_layer *L) {
     affine_impl *p = L->impl;
     if (p) {
-        free(p->shift);
-        free(p->scale);
+        nf_free(p->shift);
+        nf_free(p->scale);
     }
     destroy_impl(L);
 }
@@ -726,7 +727,7 @@ static void ewa_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const n
  * double; parsing the printed config gives the exact values again. */
 static cJSON *exact_double_array(const double *v, int n) {
     size_t cap = 2 + (size_t)n * 26;
-    char *s = malloc(cap), *p = s;
+    char *s = nf_malloc(cap), *p = s;
     if (!s) return cJSON_CreateDoubleArray(v, n);
     *p++ = '[';
     for (int i = 0; i < n; i++) {
@@ -739,14 +740,14 @@ static cJSON *exact_double_array(const double *v, int n) {
     }
     strcpy(p, "]");
     cJSON *a = cJSON_CreateRaw(s);
-    free(s);
+    nf_free(s);
     return a;
 }
 
 static void ewa_to_json(const nf_layer *L, cJSON *obj) {
     const affine_impl *p = L->impl;
-    cJSON_AddItemToObject(obj, "shift", exact_double_array(p->shift, L->D));
-    cJSON_AddItemToObject(obj, "scale", exact_double_array(p->scale, L->D));
+    nf_json_attach(obj, "shift", exact_double_array(p->shift, L->D));
+    nf_json_attach(obj, "scale", exact_double_array(p->scale, L->D));
 }
 
 static const nf_layer_ops ewa_ops = {
@@ -790,9 +791,9 @@ int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size
     static const char *const keys[] = {"type", "shift", "scale", NULL};
     int D = L->D, rc;
     if ((rc = nf_json_check_keys(spec, keys, err, errlen)) < 0) return rc;
-    affine_impl *p = calloc(1, sizeof *p);
-    if (!p || !(p->shift = malloc(((size_t)D + 1) * sizeof(double))) ||
-        !(p->scale = malloc(((size_t)D + 1) * sizeof(double)))) {
+    affine_impl *p = nf_calloc(1, sizeof *p);
+    if (!p || !(p->shift = nf_malloc(((size_t)D + 1) * sizeof(double))) ||
+        !(p->scale = nf_malloc(((size_t)D + 1) * sizeof(double)))) {
         rc = NF_ENOMEM;
         goto fail;
     }
@@ -807,9 +808,9 @@ int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size
     return 0;
 fail:
     if (p) {
-        free(p->shift);
-        free(p->scale);
+        nf_free(p->shift);
+        nf_free(p->scale);
     }
-    free(p);
+    nf_free(p);
     return rc;
 }

@@ -13,6 +13,7 @@
  *   d/dθ sum_b w_b log p(x_b): the base backward seeds dh_K, and every layer
  *   gets the same dlogdet = w, since log p is a plain sum of the log-dets.
  */
+#include "alloc.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -72,7 +73,7 @@ struct nf_ws {
 static void free_layers(nf_flow *f) {
     for (int k = 0; k < f->nlayers; k++)
         if (f->layers[k].ops && f->layers[k].ops->destroy) f->layers[k].ops->destroy(&f->layers[k]);
-    free(f->layers);
+    nf_free(f->layers);
     f->layers = NULL;
     f->nlayers = 0;
 }
@@ -80,10 +81,10 @@ static void free_layers(nf_flow *f) {
 void nf_flow_free(nf_flow *f) {
     if (!f) return;
     free_layers(f);
-    free(f->params);
-    free(f->grad);
-    free(f->buffers);
-    free(f);
+    nf_free(f->params);
+    nf_free(f->grad);
+    nf_free(f->buffers);
+    nf_free(f);
 }
 
 static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
@@ -112,7 +113,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
         nf_set_err(err, errlen, "at most %d layers", NF_MAX_LAYERS);
         return NF_EINVAL;
     }
-    f->layers = calloc(n ? (size_t)n : 1, sizeof *f->layers);
+    f->layers = nf_calloc(n ? (size_t)n : 1, sizeof *f->layers);
     if (!f->layers) return NF_ENOMEM;
     const cJSON *ls;
     size_t poff = 0, boff = 0;
@@ -148,9 +149,9 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     f->base.param_off = poff;
     f->nparams = poff + f->base.nparams;
     f->nbuffers = boff;
-    f->params = calloc(f->nparams + 1, sizeof *f->params);
-    f->grad = calloc(f->nparams + 1, sizeof *f->grad);
-    f->buffers = calloc(f->nbuffers + 1, sizeof *f->buffers);
+    f->params = nf_calloc(f->nparams + 1, sizeof *f->params);
+    f->grad = nf_calloc(f->nparams + 1, sizeof *f->grad);
+    f->buffers = nf_calloc(f->nbuffers + 1, sizeof *f->buffers);
     if (!f->params || !f->grad || !f->buffers) return NF_ENOMEM;
     return 0;
 }
@@ -158,7 +159,12 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
 int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errlen) {
     *out = NULL;
     if (err && errlen) err[0] = 0;
+    unsigned fails = nf_alloc_failures;
     cJSON *spec = spec_json ? cJSON_Parse(spec_json) : NULL;
+    if (!spec && nf_alloc_failures != fails) {
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM;
+    }
     if (!spec) {
         nf_set_err(err, errlen, "flow spec is not valid JSON");
         return NF_EINVAL;
@@ -172,7 +178,7 @@ int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errle
             return rc;
         }
     }
-    nf_flow *f = calloc(1, sizeof *f);
+    nf_flow *f = nf_calloc(1, sizeof *f);
     if (!f) rc = NF_ENOMEM;
     else rc = build(f, expanded ? expanded : spec, err, errlen);
     cJSON_Delete(spec);
@@ -219,6 +225,9 @@ void nf_flow_constrain(nf_flow *f) {
 }
 
 char *nf_flow_config_json(const nf_flow *f) {
+    /* the cJSON_Add* calls here and in the layers' to_json are unchecked: a
+     * failed allocation anywhere shows in the thread's failure count */
+    unsigned fails = nf_alloc_failures;
     cJSON *o = cJSON_CreateObject(), *base = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     if (!o || !base || !arr) {
         cJSON_Delete(o);
@@ -229,17 +238,22 @@ char *nf_flow_config_json(const nf_flow *f) {
     cJSON_AddNumberToObject(o, "dim", f->D);
     cJSON_AddNumberToObject(o, "context_dim", f->C);
     nf_base_to_json(&f->base, base);
-    cJSON_AddItemToObject(o, "base", base);
+    nf_json_attach(o, "base", base);
     for (int k = 0; k < f->nlayers; k++) {
         cJSON *l = cJSON_CreateObject();
+        if (!l) break; /* counted: the result is dropped below */
         cJSON_AddStringToObject(l, "type", f->layers[k].ops->type);
         if (f->layers[k].ops->to_json) f->layers[k].ops->to_json(&f->layers[k], l);
-        cJSON_AddItemToArray(arr, l);
+        nf_json_append(arr, l);
     }
-    cJSON_AddItemToObject(o, "layers", arr);
+    nf_json_attach(o, "layers", arr);
     cJSON_AddNumberToObject(o, "seed", (double)f->seed);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
+    if (nf_alloc_failures != fails) {
+        nf_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -273,7 +287,7 @@ static nf_real get_f32(const unsigned char *p) {
 
 int nf_flow_save_params(const nf_flow *f, void **buf, size_t *len) {
     size_t n = PB_HEADER + 4 * (f->nparams + f->nbuffers) + 4;
-    unsigned char *p = malloc(n);
+    unsigned char *p = nf_malloc(n);
     if (!p) return NF_ENOMEM;
     memcpy(p, "NFPB", 4);
     put_u32(p + 4, 1);
@@ -312,12 +326,12 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
     for (int k = 0; k < f->nlayers; k++)
         total += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
     total += 2 * B * D + 2 * B;
-    nf_ws *w = calloc(1, sizeof *w);
+    nf_ws *w = nf_calloc(1, sizeof *w);
     if (!w) return NF_ENOMEM;
     w->Bm = max_batch;
-    w->mem = malloc((total + 1) * sizeof *w->mem);
-    w->h = calloc((size_t)f->nlayers + 1, sizeof *w->h);
-    w->lws = calloc((size_t)f->nlayers + 1, sizeof *w->lws);
+    w->mem = nf_malloc((total + 1) * sizeof *w->mem);
+    w->h = nf_calloc((size_t)f->nlayers + 1, sizeof *w->h);
+    w->lws = nf_calloc((size_t)f->nlayers + 1, sizeof *w->lws);
     if (!w->mem || !w->h || !w->lws) {
         nf_ws_free(w);
         return NF_ENOMEM;
@@ -338,10 +352,10 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
 
 void nf_ws_free(nf_ws *w) {
     if (!w) return;
-    free(w->mem);
-    free(w->h);
-    free(w->lws);
-    free(w);
+    nf_free(w->mem);
+    nf_free(w->h);
+    nf_free(w->lws);
+    nf_free(w);
 }
 
 int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }

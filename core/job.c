@@ -1,4 +1,5 @@
 /* job.c: parse and run a training job (see job.h). */
+#include "alloc.h"
 #include "job.h"
 
 #include "model.h"
@@ -26,7 +27,7 @@ int nf_valid_name(const char *s) {
 
 void nf_job_free(nf_job *j) {
     if (!j) return;
-    free(j->path);
+    nf_free(j->path);
     cJSON_Delete(j->flow);
     cJSON_Delete(j->dequantizer);
     memset(j, 0, sizeof *j);
@@ -116,7 +117,7 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
         v = cJSON_GetObjectItemCaseSensitive(ds, "path");
         if (!cJSON_IsString(v)) FAIL("dataset.path: must be a string");
-        j->path = strdup(v->valuestring);
+        j->path = nf_strdup(v->valuestring);
         const char *fmt = nf_json_str(ds, "format", "auto");
         if (!fmt || nf_data_format_parse(fmt, &j->path_format))
             FAIL("dataset.format: must be auto, csv, npy, idx or json");
@@ -244,7 +245,7 @@ int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen) {
 
 void nf_job_result_free(nf_job_result *r) {
     if (!r) return;
-    free(r->model);
+    nf_free(r->model);
     cJSON_Delete(r->metrics);
     memset(r, 0, sizeof *r);
 }
@@ -252,8 +253,8 @@ void nf_job_result_free(nf_job_result *r) {
 static cJSON *affine_layer(int D, const double *shift, const double *scale) {
     cJSON *l = cJSON_CreateObject();
     cJSON_AddStringToObject(l, "type", "elementwise_affine");
-    cJSON_AddItemToObject(l, "shift", cJSON_CreateDoubleArray(shift, D));
-    cJSON_AddItemToObject(l, "scale", cJSON_CreateDoubleArray(scale, D));
+    nf_json_attach(l, "shift", cJSON_CreateDoubleArray(shift, D));
+    nf_json_attach(l, "scale", cJSON_CreateDoubleArray(scale, D));
     return l;
 }
 
@@ -262,7 +263,7 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     int D = train->d;
     cJSON *spec = cJSON_Duplicate(j->flow, 1), *layers = NULL, *pre = cJSON_CreateArray();
     cJSON *pp = cJSON_CreateObject();
-    double *a = malloc(2 * (size_t)D * sizeof *a);
+    double *a = nf_malloc(2 * (size_t)D * sizeof *a);
     char *out = NULL;
     if (!spec || !pre || !pp || !a) goto fail_oom;
     cJSON_AddNumberToObject(spec, "dim", D);
@@ -299,11 +300,11 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
             a[d] = 0;
             a[D + d] = L;
         }
-        cJSON_AddItemToArray(pre, affine_layer(D, a, a + D));
+        nf_json_append(pre, affine_layer(D, a, a + D));
         cJSON *lg = cJSON_CreateObject();
         cJSON_AddStringToObject(lg, "type", "logit");
         cJSON_AddNumberToObject(lg, "alpha", j->logit_alpha);
-        cJSON_AddItemToArray(pre, lg);
+        nf_json_append(pre, lg);
     } else if (j->standardize) {
         double *mean = a, *sd = a + D;
         nf_data_stats(train, mean, sd);
@@ -312,11 +313,11 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
             if (j->dequantize) sd[d] = sqrt(sd[d] * sd[d] + 1.0 / 12);
             if (!(sd[d] > 1e-12)) sd[d] = 1;
         }
-        cJSON_AddItemToArray(pre, affine_layer(D, mean, sd));
+        nf_json_append(pre, affine_layer(D, mean, sd));
     }
     cJSON *l;
-    while ((l = cJSON_DetachItemFromArray(layers, 0))) cJSON_AddItemToArray(pre, l);
-    cJSON_AddItemToObject(spec, "layers", pre);
+    while ((l = cJSON_DetachItemFromArray(layers, 0))) nf_json_append(pre, l);
+    nf_json_attach(spec, "layers", pre);
     pre = NULL;
     cJSON_AddBoolToObject(pp, "standardize", j->standardize && !j->logit);
     if (j->dequantize) {
@@ -336,7 +337,7 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     if (!out) goto fail_oom;
     cJSON_Delete(spec);
     cJSON_Delete(layers);
-    free(a);
+    nf_free(a);
     *preprocess = pp;
     return out;
 fail_oom:
@@ -346,7 +347,7 @@ fail:
     cJSON_Delete(layers);
     cJSON_Delete(pre);
     cJSON_Delete(pp);
-    free(a);
+    nf_free(a);
     return NULL;
 }
 
@@ -363,20 +364,20 @@ char *nf_job_dequantizer_spec(const nf_job *j, int D, char *err, size_t errlen) 
             cJSON *l = cJSON_CreateObject();
             cJSON_AddStringToObject(l, "type", D >= 2 ? "affine_coupling" : "maf");
             if (D >= 2) cJSON_AddStringToObject(l, "mask", k % 2 ? "odd" : "even");
-            cJSON_AddItemToObject(l, "hidden", cJSON_CreateIntArray(hidden, 2));
-            cJSON_AddItemToArray(ls, l);
+            nf_json_attach(l, "hidden", cJSON_CreateIntArray(hidden, 2));
+            nf_json_append(ls, l);
         }
         /* v = 1.6 h: sigmoid of N(0, 1.6^2) is close to U(0,1) (a logistic
          * has sd pi/sqrt(3) ~ 1.8), so a fresh q starts near uniform noise */
-        double *a = malloc(2 * (size_t)D * sizeof *a);
+        double *a = nf_malloc(2 * (size_t)D * sizeof *a);
         if (a) {
             for (int d = 0; d < D; d++) {
                 a[d] = 0;
                 a[D + d] = 1 / 1.6;
             }
-            cJSON_AddItemToArray(ls, affine_layer(D, a, a + D));
+            nf_json_append(ls, affine_layer(D, a, a + D));
         }
-        free(a);
+        nf_free(a);
     }
     if (!spec) {
         nf_set_err(err, errlen, "out of memory");
@@ -434,7 +435,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
             goto out;
         }
         rc = nf_flow_create(qs, &q, ferr, sizeof ferr);
-        free(qs);
+        nf_free(qs);
         if (rc) {
             nf_set_err(err, errlen, "preprocess.dequantize.flow: %s", ferr);
             goto out;
@@ -457,16 +458,16 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     int64_t ntr = tr.n < 20000 ? tr.n : 20000;
     double trn = q ? nf_eval_nll_vdeq(f, q, tr.x, ntr, j->levels, 1)
                    : nf_eval_nll(f, tr.x, ntr, j->dequantize, 1);
-    cJSON_AddItemToObject(m, "train_nll", num_or_null(trn));
-    cJSON_AddItemToObject(m, "val_nll", num_or_null(res->last.best_val_loss));
+    nf_json_attach(m, "train_nll", num_or_null(trn));
+    nf_json_attach(m, "val_nll", num_or_null(res->last.best_val_loss));
     if (te.n) {
         double ten = q ? nf_eval_nll_vdeq(f, q, te.x, te.n, j->levels, 2)
                        : nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
-        cJSON_AddItemToObject(m, "test_nll", num_or_null(ten));
-        if (j->dequantize) cJSON_AddItemToObject(m, "test_bits_per_dim", num_or_null(nf_bits_per_dim(ten, D)));
+        nf_json_attach(m, "test_nll", num_or_null(ten));
+        if (j->dequantize) nf_json_attach(m, "test_bits_per_dim", num_or_null(nf_bits_per_dim(ten, D)));
     }
     if (j->dequantize && va.n)
-        cJSON_AddItemToObject(m, "val_bits_per_dim", num_or_null(nf_bits_per_dim(res->last.best_val_loss, D)));
+        nf_json_attach(m, "val_bits_per_dim", num_or_null(nf_bits_per_dim(res->last.best_val_loss, D)));
     cJSON_AddNumberToObject(m, "epochs_run", res->last.epoch);
     cJSON_AddNumberToObject(m, "steps", (double)res->last.step);
     cJSON_AddNumberToObject(m, "skipped_batches", (double)res->last.skipped_batches);
@@ -491,7 +492,7 @@ out:
     nf_trainer_free(t);
     nf_flow_free(f);
     nf_flow_free(q);
-    free(spec);
+    nf_free(spec);
     cJSON_Delete(pp);
     nf_data_free(&tr);
     nf_data_free(&va);

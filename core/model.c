@@ -1,4 +1,5 @@
 /* model.c: the model file (see model.h). */
+#include "alloc.h"
 #include "model.h"
 
 #include "nf_internal.h"
@@ -27,12 +28,13 @@ int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *met
 static cJSON *config_of(const nf_flow *f) {
     char *cfg = nf_flow_config_json(f);
     cJSON *j = cfg ? cJSON_Parse(cfg) : NULL;
-    free(cfg);
+    nf_free(cfg);
     return j;
 }
 
 int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preprocess,
                      const cJSON *metrics, const char *created_at, void **buf, size_t *len) {
+    unsigned fails = nf_alloc_failures; /* the header's cJSON_Add* calls are unchecked */
     cJSON *h = cJSON_CreateObject(), *flowj = config_of(flow), *qj = q ? config_of(q) : NULL;
     if (!h || !flowj || (q && !qj)) {
         cJSON_Delete(h);
@@ -43,32 +45,36 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preproc
     int version = q ? 2 : 1;
     cJSON_AddStringToObject(h, "format", "flowd-model");
     cJSON_AddNumberToObject(h, "format_version", version);
-    cJSON_AddItemToObject(h, "flow", flowj);
+    nf_json_attach(h, "flow", flowj);
     cJSON *pp = preprocess ? cJSON_Duplicate(preprocess, 1) : cJSON_CreateObject();
-    cJSON_AddItemToObject(h, "preprocess", pp);
+    nf_json_attach(h, "preprocess", pp);
     const cJSON *dq = preprocess ? cJSON_GetObjectItemCaseSensitive(preprocess, "dequantize") : NULL;
     cJSON_AddStringToObject(h, "likelihood",
                             dq && cJSON_IsObject(dq) ? "dequantized_lower_bound" : "exact");
-    if (q) cJSON_AddItemToObject(cJSON_AddObjectToObject(h, "dequantizer"), "flow", qj);
-    cJSON_AddItemToObject(h, "metrics", metrics ? cJSON_Duplicate(metrics, 1) : cJSON_CreateObject());
+    if (q) nf_json_attach(cJSON_AddObjectToObject(h, "dequantizer"), "flow", qj);
+    nf_json_attach(h, "metrics", metrics ? cJSON_Duplicate(metrics, 1) : cJSON_CreateObject());
     if (created_at) cJSON_AddStringToObject(h, "created_at", created_at);
     char *hs = cJSON_PrintUnformatted(h);
     cJSON_Delete(h);
+    if (nf_alloc_failures != fails) {
+        nf_free(hs);
+        hs = NULL;
+    }
     void *pb = NULL, *qb = NULL;
     size_t pl = 0, ql = 0;
     int rc = hs ? nf_flow_save_params(flow, &pb, &pl) : NF_ENOMEM;
     if (!rc && q) rc = nf_flow_save_params(q, &qb, &ql);
     if (rc) {
-        free(hs);
-        free(pb);
+        nf_free(hs);
+        nf_free(pb);
         return rc;
     }
     size_t hl = strlen(hs), n = 4 + 4 + 8 + hl + 8 + pl + (q ? 8 + ql : 0) + 4;
-    unsigned char *p = malloc(n);
+    unsigned char *p = nf_malloc(n);
     if (!p) {
-        free(hs);
-        free(pb);
-        free(qb);
+        nf_free(hs);
+        nf_free(pb);
+        nf_free(qb);
         return NF_ENOMEM;
     }
     memcpy(p, "NFMD", 4);
@@ -82,9 +88,9 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preproc
         memcpy(p + 32 + hl + pl, qb, ql);
     }
     put_le(p + n - 4, nf_crc32(p, n - 4), 4);
-    free(hs);
-    free(pb);
-    free(qb);
+    nf_free(hs);
+    nf_free(pb);
+    nf_free(qb);
     *buf = p;
     *len = n;
     return 0;
@@ -95,7 +101,7 @@ void nf_model_free(nf_model *m) {
     nf_flow_free(m->flow);
     nf_flow_free(m->dequantizer);
     cJSON_Delete(m->header);
-    free(m);
+    nf_free(m);
 }
 
 int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t errlen) {
@@ -124,7 +130,12 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         nf_set_err(err, errlen, "model header length out of range");
         return NF_ECORRUPT;
     }
+    unsigned fails = nf_alloc_failures;
     cJSON *h = cJSON_ParseWithLength((const char *)p + 16, hl);
+    if (!h && nf_alloc_failures != fails) {
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM;
+    }
     const cJSON *fj = h ? cJSON_GetObjectItemCaseSensitive(h, "flow") : NULL;
     if (!fj || !cJSON_IsObject(fj)) {
         cJSON_Delete(h);
@@ -151,10 +162,10 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         return NF_ECORRUPT;
     }
     char *fs = cJSON_PrintUnformatted(fj);
-    nf_model *m = calloc(1, sizeof *m);
+    nf_model *m = nf_calloc(1, sizeof *m);
     char ferr[200] = "";
     int rc = !fs || !m ? NF_ENOMEM : nf_flow_create(fs, &m->flow, ferr, sizeof ferr);
-    free(fs);
+    nf_free(fs);
     if (rc) {
         nf_set_err(err, errlen, "model flow config: %s", ferr[0] ? ferr : nf_strerror(rc));
         cJSON_Delete(h);
@@ -189,7 +200,7 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
     if (qj) {
         fs = cJSON_PrintUnformatted(qj);
         rc = fs ? nf_flow_create(fs, &m->dequantizer, ferr, sizeof ferr) : NF_ENOMEM;
-        free(fs);
+        nf_free(fs);
         if (!rc && (nf_flow_dim(m->dequantizer) != nf_flow_dim(m->flow) ||
                     nf_flow_context_dim(m->dequantizer) != nf_flow_dim(m->flow))) {
             snprintf(ferr, sizeof ferr, "needs dim and context_dim equal to the model's dim");
@@ -220,7 +231,7 @@ int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_re
         return nf_vdeq_log_prob(m->flow, w, m->dequantizer, x, ctx, B, m->levels, &r, out);
     }
     int D = nf_flow_dim(m->flow), Bm = nf_ws_max_batch(w);
-    nf_real *buf = malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
+    nf_real *buf = nf_malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
     if (!buf) return NF_ENOMEM;
     nf_rng r;
     nf_rng_seed(&r, 0x5eed);
@@ -231,7 +242,7 @@ int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_re
             buf[i] = x[(size_t)s * D + i] + (nf_real)nf_rng_uniform(&r);
         rc = nf_flow_log_prob(m->flow, w, buf, ctx ? ctx + (size_t)s * nf_flow_context_dim(m->flow) : NULL, n, out + s);
     }
-    free(buf);
+    nf_free(buf);
     return rc;
 }
 
@@ -243,9 +254,9 @@ int nf_file_read(const char *path, void **buf, size_t *len) {
     for (;;) {
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 65536;
-            unsigned char *q = realloc(p, nc);
+            unsigned char *q = nf_realloc(p, nc);
             if (!q) {
-                free(p);
+                nf_free(p);
                 fclose(f);
                 return NF_ENOMEM;
             }
@@ -259,7 +270,7 @@ int nf_file_read(const char *path, void **buf, size_t *len) {
     int bad = ferror(f);
     fclose(f);
     if (bad) {
-        free(p);
+        nf_free(p);
         return NF_EIO;
     }
     *buf = p;
@@ -269,12 +280,12 @@ int nf_file_read(const char *path, void **buf, size_t *len) {
 
 int nf_file_write(const char *path, const void *buf, size_t len) {
     size_t pl = strlen(path);
-    char *tmp = malloc(pl + 16);
+    char *tmp = nf_malloc(pl + 16);
     if (!tmp) return NF_ENOMEM;
     snprintf(tmp, pl + 16, "%s.tmp%d", path, (int)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        free(tmp);
+        nf_free(tmp);
         return NF_EIO;
     }
     int ok = fwrite(buf, 1, len, f) == len;
@@ -283,9 +294,9 @@ int nf_file_write(const char *path, const void *buf, size_t len) {
     ok &= fclose(f) == 0;
     if (!ok || rename(tmp, path) != 0) {
         unlink(tmp);
-        free(tmp);
+        nf_free(tmp);
         return NF_EIO;
     }
-    free(tmp);
+    nf_free(tmp);
     return 0;
 }

@@ -8,6 +8,7 @@
  *   p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
  * The moments are stored as nf_real; each element's update is done in double.
  */
+#include "alloc.h"
 #include "nf.h"
 
 #include <math.h>
@@ -19,8 +20,8 @@ int nf_adam_init(nf_adam *o, nf_opt_kind kind, size_t n, double weight_decay) {
     memset(o, 0, sizeof *o);
     if ((int)kind < 0 || kind >= NF_OPT_COUNT || !(weight_decay >= 0) || !isfinite(weight_decay))
         return NF_EINVAL;
-    o->m = calloc(n ? n : 1, sizeof *o->m);
-    o->v = calloc(n ? n : 1, sizeof *o->v);
+    o->m = nf_calloc(n ? n : 1, sizeof *o->m);
+    o->v = nf_calloc(n ? n : 1, sizeof *o->v);
     if (!o->m || !o->v) {
         nf_adam_free(o);
         return NF_ENOMEM;
@@ -37,8 +38,8 @@ int nf_adam_init(nf_adam *o, nf_opt_kind kind, size_t n, double weight_decay) {
 
 void nf_adam_free(nf_adam *o) {
     if (!o) return;
-    free(o->m);
-    free(o->v);
+    nf_free(o->m);
+    nf_free(o->v);
     o->m = o->v = NULL;
     o->n = 0;
 }
@@ -127,7 +128,7 @@ int nf_adam_save(const nf_adam *o, void **buf, size_t *len) {
     *len = 0;
     if (o->n > (SIZE_MAX - ADAM_HEADER - 4) / 8) return NF_ENOMEM;
     size_t total = ADAM_HEADER + 8 * o->n + 4;
-    unsigned char *b = malloc(total), *p = b;
+    unsigned char *b = nf_malloc(total), *p = b;
     if (!b) return NF_ENOMEM;
     memcpy(p, ADAM_MAGIC, 4), p += 4;
     put_u32(p, ADAM_VERSION), p += 4;
@@ -169,15 +170,15 @@ int nf_adam_load(nf_adam *o, const void *buf, size_t len) {
         return NF_ECORRUPT;
     nf_real *m = o->m, *v = o->v;
     if (!(m && v && o->n == n)) {
-        m = malloc(n ? (size_t)n * sizeof *m : 1);
-        v = malloc(n ? (size_t)n * sizeof *v : 1);
+        m = nf_malloc(n ? (size_t)n * sizeof *m : 1);
+        v = nf_malloc(n ? (size_t)n * sizeof *v : 1);
         if (!m || !v) {
-            free(m);
-            free(v);
+            nf_free(m);
+            nf_free(v);
             return NF_ENOMEM;
         }
-        free(o->m);
-        free(o->v);
+        nf_free(o->m);
+        nf_free(o->v);
     }
     p = b + ADAM_HEADER;
     for (size_t i = 0; i < n; i++, p += 4) m[i] = (nf_real)get_f32(p);

@@ -27,16 +27,32 @@
 
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
 
-static cJSON *layer(cJSON *arr, const char *type) {
+/* The builders below count failed allocations in *bad instead of checking
+ * each call: an item that could not be attached is deleted (cJSON leaves it
+ * to the caller), and the caller gives up with NF_ENOMEM at the end. */
+static void add(cJSON *o, const char *k, cJSON *item, int *bad) {
+    if (!item || !o || !cJSON_AddItemToObject(o, k, item)) {
+        cJSON_Delete(item);
+        ++*bad;
+    }
+}
+#define ADD_NUM(o, k, v) add(o, k, cJSON_CreateNumber(v), bad)
+#define ADD_STR(o, k, v) add(o, k, cJSON_CreateString(v), bad)
+
+static cJSON *layer(cJSON *arr, const char *type, int *bad) {
     cJSON *l = cJSON_CreateObject();
-    cJSON_AddStringToObject(l, "type", type);
-    cJSON_AddItemToArray(arr, l);
+    if (!l || !cJSON_AddItemToArray(arr, l)) {
+        cJSON_Delete(l);
+        ++*bad;
+        return NULL;
+    }
+    ADD_STR(l, "type", type);
     return l;
 }
 
-static void add_hidden(cJSON *l, const int *h, int nh, const char *act) {
-    cJSON_AddItemToObject(l, "hidden", cJSON_CreateIntArray(h, nh));
-    cJSON_AddStringToObject(l, "activation", act);
+static void add_hidden(cJSON *l, const int *h, int nh, const char *act, int *bad) {
+    add(l, "hidden", cJSON_CreateIntArray(h, nh), bad);
+    ADD_STR(l, "activation", act);
 }
 
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
@@ -100,57 +116,64 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         cJSON_Delete(arr);
         return NF_ENOMEM;
     }
-    cJSON_AddNumberToObject(o, "dim", D);
+    int nbad = 0, *bad = &nbad;
+    ADD_NUM(o, "dim", D);
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(spec, "context_dim");
-    if (c) cJSON_AddItemToObject(o, "context_dim", cJSON_Duplicate(c, 1));
+    if (c) add(o, "context_dim", cJSON_Duplicate(c, 1), bad);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(spec, "base");
-    if (b) cJSON_AddItemToObject(o, "base", cJSON_Duplicate(b, 1));
-    cJSON_AddNumberToObject(o, "seed", seed);
-    cJSON_AddItemToObject(o, "layers", arr);
+    if (b) add(o, "base", cJSON_Duplicate(b, 1), bad);
+    ADD_NUM(o, "seed", seed);
+    add(o, "layers", arr, bad);
+    if (nbad) arr = NULL; /* deleted by add() */
     const char *an = nf_act_name(act);
     for (int k = 0; k < depth; k++) {
         cJSON *l;
         const char *mask = k % 2 ? "odd" : "even";
         if (!strcmp(name, "realnvp") || !strcmp(name, "nice")) {
-            l = layer(arr, name[0] == 'r' ? "affine_coupling" : "additive_coupling");
-            cJSON_AddStringToObject(l, "mask", mask);
-            add_hidden(l, hidden, nh, an);
+            l = layer(arr, name[0] == 'r' ? "affine_coupling" : "additive_coupling", bad);
+            ADD_STR(l, "mask", mask);
+            add_hidden(l, hidden, nh, an, bad);
         } else if (!strcmp(name, "maf") || !strcmp(name, "iaf") || !strcmp(name, "nsf_ar")) {
-            l = layer(arr, name[0] == 'n' ? "spline_ar" : name);
-            add_hidden(l, hidden, nh, an);
+            l = layer(arr, name[0] == 'n' ? "spline_ar" : name, bad);
+            add_hidden(l, hidden, nh, an, bad);
             if (name[0] == 'n') {
-                cJSON_AddNumberToObject(l, "bins", bins);
-                cJSON_AddNumberToObject(l, "tail_bound", tail);
+                ADD_NUM(l, "bins", bins);
+                ADD_NUM(l, "tail_bound", tail);
             }
             if (k < depth - 1 && D > 1) {
-                l = layer(arr, "permute");
-                cJSON_AddStringToObject(l, "order", "reverse");
+                l = layer(arr, "permute", bad);
+                ADD_STR(l, "order", "reverse");
             }
         } else if (!strcmp(name, "nsf")) {
-            l = layer(arr, "spline_coupling");
-            cJSON_AddStringToObject(l, "mask", mask);
-            cJSON_AddStringToObject(l, "net", "resnet");
-            cJSON_AddItemToObject(l, "hidden", cJSON_CreateIntArray(hidden, 1));
-            cJSON_AddNumberToObject(l, "blocks", 2);
-            cJSON_AddStringToObject(l, "activation", an);
-            cJSON_AddNumberToObject(l, "bins", bins);
-            cJSON_AddNumberToObject(l, "tail_bound", tail);
+            l = layer(arr, "spline_coupling", bad);
+            ADD_STR(l, "mask", mask);
+            ADD_STR(l, "net", "resnet");
+            add(l, "hidden", cJSON_CreateIntArray(hidden, 1), bad);
+            ADD_NUM(l, "blocks", 2);
+            ADD_STR(l, "activation", an);
+            ADD_NUM(l, "bins", bins);
+            ADD_NUM(l, "tail_bound", tail);
             if (k < depth - 1) {
-                l = layer(arr, "lu_linear");
-                cJSON_AddNumberToObject(l, "seed", seed + k);
+                l = layer(arr, "lu_linear", bad);
+                ADD_NUM(l, "seed", seed + k);
             }
         } else { /* glow */
-            layer(arr, "actnorm");
-            l = layer(arr, "lu_linear");
-            cJSON_AddNumberToObject(l, "seed", seed + k);
-            l = layer(arr, "affine_coupling");
-            cJSON_AddStringToObject(l, "mask", mask);
-            add_hidden(l, hidden, nh, an);
+            layer(arr, "actnorm", bad);
+            l = layer(arr, "lu_linear", bad);
+            ADD_NUM(l, "seed", seed + k);
+            l = layer(arr, "affine_coupling", bad);
+            ADD_STR(l, "mask", mask);
+            add_hidden(l, hidden, nh, an, bad);
         }
     }
     if (!strcmp(name, "nice")) {
-        cJSON *l = layer(arr, "actnorm");
-        cJSON_AddFalseToObject(l, "data_init");
+        cJSON *l = layer(arr, "actnorm", bad);
+        add(l, "data_init", cJSON_CreateFalse(), bad);
+    }
+    if (nbad) {
+        cJSON_Delete(o);
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM;
     }
     *out = o;
     return 0;

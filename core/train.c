@@ -9,6 +9,7 @@
  * Everything random is re-derived from (seed, epoch) or (seed, step).
  * Reporting accumulators (loss since the last report, timings) are not state:
  * they do not influence parameters. */
+#include "alloc.h"
 #include "train.h"
 
 #include "nf_internal.h"
@@ -88,10 +89,10 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
     if (n <= 0) return NAN;
     int D = nf_flow_dim(f), chunk = n < 1024 ? (int)n : 1024;
     nf_ws *w = NULL;
-    nf_real *buf = malloc((size_t)chunk * D * sizeof *buf), *lp = malloc((size_t)chunk * sizeof *lp);
+    nf_real *buf = nf_malloc((size_t)chunk * D * sizeof *buf), *lp = nf_malloc((size_t)chunk * sizeof *lp);
     if (!buf || !lp || nf_ws_create(f, chunk, &w)) {
-        free(buf);
-        free(lp);
+        nf_free(buf);
+        nf_free(lp);
         nf_ws_free(w);
         return NAN;
     }
@@ -106,8 +107,8 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
         nf_flow_log_prob(f, w, buf, NULL, m, lp);
         for (int i = 0; i < m; i++) tot -= lp[i];
     }
-    free(buf);
-    free(lp);
+    nf_free(buf);
+    nf_free(lp);
     nf_ws_free(w);
     return isnan(tot) ? INFINITY : tot / n;
 }
@@ -151,8 +152,8 @@ int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_rea
     int chunk = n < nf_ws_max_batch(wf) ? (int)n : nf_ws_max_batch(wf);
     nf_ws *wq = NULL;
     size_t BD = (size_t)chunk * D;
-    nf_real *mem = malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
-    double *lq = malloc((size_t)chunk * sizeof *lq);
+    nf_real *mem = nf_malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
+    double *lq = nf_malloc((size_t)chunk * sizeof *lq);
     int rc = mem && lq ? nf_ws_create(q, chunk, &wq) : NF_ENOMEM;
     nf_real *eps = mem, *c = mem + BD, *v = mem + 2 * BD, *ld = mem + 3 * BD;
     for (int64_t s = 0; s < n && !rc; s += chunk) {
@@ -171,8 +172,8 @@ int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_rea
         }
     }
     nf_ws_free(wq);
-    free(mem);
-    free(lq);
+    nf_free(mem);
+    nf_free(lq);
     return rc;
 }
 
@@ -181,9 +182,9 @@ double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, in
     if (n <= 0) return NAN;
     int chunk = n < 1024 ? (int)n : 1024;
     nf_ws *w = NULL;
-    nf_real *lp = malloc((size_t)chunk * sizeof *lp);
+    nf_real *lp = nf_malloc((size_t)chunk * sizeof *lp);
     if (!lp || nf_ws_create(f, chunk, &w)) {
-        free(lp);
+        nf_free(lp);
         return NAN;
     }
     nf_rng r;
@@ -195,7 +196,7 @@ double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, in
         failed = nf_vdeq_log_prob(f, w, q, x + s * D, NULL, m, levels, &r, lp) != 0;
         for (int i = 0; i < m && !failed; i++) tot -= lp[i];
     }
-    free(lp);
+    nf_free(lp);
     nf_ws_free(w);
     return failed ? NAN : isnan(tot) ? INFINITY : tot / n;
 }
@@ -204,22 +205,22 @@ void nf_trainer_free(nf_trainer *t) {
     if (!t) return;
     nf_ws_free(t->ws);
     nf_adam_free(&t->opt);
-    free(t->xb);
-    free(t->dlogp);
-    free(t->logp);
-    free(t->logdet);
-    free(t->keep_buffers);
-    free(t->best_params);
-    free(t->best_buffers);
-    free(t->perm);
+    nf_free(t->xb);
+    nf_free(t->dlogp);
+    nf_free(t->logp);
+    nf_free(t->logdet);
+    nf_free(t->keep_buffers);
+    nf_free(t->best_params);
+    nf_free(t->best_buffers);
+    nf_free(t->perm);
     nf_ws_free(t->qws);
     if (t->q) nf_adam_free(&t->qopt);
-    free(t->eps);
-    free(t->vscratch);
-    free(t->qkeep_buffers);
-    free(t->qbest_params);
-    free(t->qbest_buffers);
-    free(t);
+    nf_free(t->eps);
+    nf_free(t->vscratch);
+    nf_free(t->qkeep_buffers);
+    nf_free(t->qbest_params);
+    nf_free(t->qbest_buffers);
+    nf_free(t);
 }
 
 int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *train,
@@ -247,7 +248,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
         nf_set_err(err, errlen, "invalid training configuration");
         return NF_EINVAL;
     }
-    nf_trainer *t = calloc(1, sizeof *t);
+    nf_trainer *t = nf_calloc(1, sizeof *t);
     if (!t) return NF_ENOMEM;
     t->f = f;
     t->cfg = *cfg;
@@ -262,14 +263,14 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     int rc = nf_ws_create(f, t->B, &t->ws);
     if (!rc) rc = nf_adam_init(&t->opt, cfg->optimizer, P, cfg->weight_decay);
-    t->xb = malloc((size_t)t->B * t->D * sizeof *t->xb);
-    t->dlogp = malloc((size_t)t->B * sizeof *t->dlogp);
-    t->logp = malloc((size_t)t->B * sizeof *t->logp);
-    t->logdet = malloc((size_t)t->B * sizeof *t->logdet);
-    t->keep_buffers = malloc((NB + 1) * sizeof(nf_real));
-    t->best_params = malloc((P + 1) * sizeof(nf_real));
-    t->best_buffers = malloc((NB + 1) * sizeof(nf_real));
-    t->perm = malloc((size_t)ntrain * sizeof *t->perm);
+    t->xb = nf_malloc((size_t)t->B * t->D * sizeof *t->xb);
+    t->dlogp = nf_malloc((size_t)t->B * sizeof *t->dlogp);
+    t->logp = nf_malloc((size_t)t->B * sizeof *t->logp);
+    t->logdet = nf_malloc((size_t)t->B * sizeof *t->logdet);
+    t->keep_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
+    t->best_params = nf_malloc((P + 1) * sizeof(nf_real));
+    t->best_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
+    t->perm = nf_malloc((size_t)ntrain * sizeof *t->perm);
     if (rc || !t->xb || !t->dlogp || !t->logp || !t->logdet || !t->keep_buffers ||
         !t->best_params || !t->best_buffers || !t->perm) {
         nf_trainer_free(t);
@@ -314,11 +315,11 @@ int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errl
         return rc;
     }
     t->q = q;
-    t->eps = malloc(BD * sizeof(nf_real));
-    t->vscratch = malloc(nf_vdeq_scratch_size(t->B, t->D) * sizeof(nf_real));
-    t->qkeep_buffers = malloc((NB + 1) * sizeof(nf_real));
-    t->qbest_params = malloc((P + 1) * sizeof(nf_real));
-    t->qbest_buffers = malloc((NB + 1) * sizeof(nf_real));
+    t->eps = nf_malloc(BD * sizeof(nf_real));
+    t->vscratch = nf_malloc(nf_vdeq_scratch_size(t->B, t->D) * sizeof(nf_real));
+    t->qkeep_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
+    t->qbest_params = nf_malloc((P + 1) * sizeof(nf_real));
+    t->qbest_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
     if (!t->eps || !t->vscratch || !t->qkeep_buffers || !t->qbest_params || !t->qbest_buffers) {
         nf_set_err(err, errlen, "out of memory");
         return NF_ENOMEM; /* the trainer stays consistent: nf_trainer_free releases it all */
@@ -389,18 +390,20 @@ static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
     }
 }
 
-/* validation; returns 1 when early stopping says stop */
+/* validation; returns 1 when early stopping says stop, -1 (t->err set) when
+ * an allocation failed: the scores would be NaN, not the model's */
 static int validate(nf_trainer *t) {
     nf_flow *f = t->f;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     if (t->nval <= 0) return 0;
+    unsigned fails = nf_alloc_failures;
     t->val_loss = t->q ? nf_eval_nll_vdeq(f, t->q, t->val, t->nval, t->cfg.levels, t->cfg.seed + 777)
                        : nf_eval_nll(f, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
     /* fraction of non-finite values in 256 samples at T = 1 */
     int n = 256;
     nf_ws *w = NULL;
-    nf_real *s = malloc((size_t)n * t->D * sizeof *s);
+    nf_real *s = nf_malloc((size_t)n * t->D * sizeof *s);
     if (s && !nf_ws_create(f, n, &w)) {
         nf_flow_sample(f, w, n, 1.0, t->cfg.seed + (uint64_t)t->step, NULL, s, NULL);
         size_t bad = 0;
@@ -408,7 +411,11 @@ static int validate(nf_trainer *t) {
         t->nonfinite_frac = (double)bad / ((double)n * t->D);
     }
     nf_ws_free(w);
-    free(s);
+    nf_free(s);
+    if (nf_alloc_failures != fails) {
+        snprintf(t->err, sizeof t->err, "out of memory in validation at step %lld", (long long)t->step);
+        return -1;
+    }
     double v = t->val_loss;
     if (v < t->best_val - t->cfg.es_min_delta || (!t->have_best && isfinite(v))) {
         t->best_val = v;
@@ -442,7 +449,7 @@ static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     int rc = nf_trainer_save_state(t, &buf, &len);
     if (rc) return rc;
     rc = h->checkpoint(h->user, buf, len, t->step);
-    free(buf);
+    nf_free(buf);
     return rc;
 }
 
@@ -609,7 +616,8 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     t->err[0] = 0;
     while (!t->done && t->epoch < t->cfg.epochs) {
         while (t->batch_in_epoch < t->spe) {
-            if (h && h->cancel && *h->cancel) {
+            /* atomic: another thread sets the flag while we train */
+            if (h && h->cancel && __atomic_load_n(h->cancel, __ATOMIC_RELAXED)) {
                 rc = NF_ECANCELLED;
                 snprintf(t->err, sizeof t->err, "cancelled at step %lld", (long long)t->step);
                 if (h->checkpoint_on_cancel) {
@@ -620,14 +628,22 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
             }
             if ((rc = train_step(t))) goto finish;
             if (t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
-                validate(t); /* score the final parameters too */
+                if (validate(t) < 0) { /* score the final parameters too */
+                    rc = NF_ENOMEM;
+                    goto finish;
+                }
                 t->done = 1;
                 report(t, h, 1);
                 goto finish;
             }
             if (t->cfg.log_every && t->step % t->cfg.log_every == 0) report(t, h, 0);
             if (t->cfg.val_every && t->step % t->cfg.val_every == 0) {
-                if (validate(t)) t->done = 1;
+                int v = validate(t);
+                if (v < 0) {
+                    rc = NF_ENOMEM;
+                    goto finish;
+                }
+                if (v) t->done = 1;
                 report(t, h, 1);
                 if (t->done) goto finish;
             }
@@ -640,7 +656,12 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
         t->epoch++;
         t->batch_in_epoch = 0;
         if (!t->cfg.val_every) {
-            if (validate(t)) t->done = 1;
+            int v = validate(t);
+            if (v < 0) {
+                rc = NF_ENOMEM;
+                goto finish;
+            }
+            if (v) t->done = 1;
             report(t, h, 1);
             if (!every && !(h && h->checkpoint_seconds > 0)) {
                 t->last_ckpt = now_s();
@@ -675,7 +696,7 @@ static void wput(wbuf *b, const void *src, size_t n) {
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 4096;
         while (cap < b->n + n) cap *= 2;
-        unsigned char *q = realloc(b->p, cap);
+        unsigned char *q = nf_realloc(b->p, cap);
         if (!q) {
             b->oom = 1;
             return;
@@ -722,7 +743,7 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
     int rc = nf_adam_save(&t->opt, &ob, &olen);
     if (rc) return rc;
     if (t->q && (rc = nf_adam_save(&t->qopt, &qob, &qolen))) {
-        free(ob);
+        nf_free(ob);
         return rc;
     }
     wput(&b, "NFTS", 4);
@@ -749,7 +770,7 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
     wput(&b, t->best_buffers, NB * sizeof(nf_real));
     wu64(&b, olen);
     wput(&b, ob, olen);
-    free(ob);
+    nf_free(ob);
     if (t->q) {
         /* version 2: q params, buffers, best params, best buffers, u64 len, Adam blob */
         size_t QP = nf_flow_num_params(t->q), QB = t->q->nbuffers;
@@ -759,7 +780,7 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
         wput(&b, t->qbest_buffers, QB * sizeof(nf_real));
         wu64(&b, qolen);
         wput(&b, qob, qolen);
-        free(qob);
+        nf_free(qob);
     }
     if (!b.oom) {
         uint32_t crc = nf_crc32(b.p, b.n);
@@ -767,7 +788,7 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
         wput(&b, c, 4);
     }
     if (b.oom) {
-        free(b.p);
+        nf_free(b.p);
         return NF_ENOMEM;
     }
     *buf = b.p;
