@@ -27,6 +27,10 @@ ifeq ($(V),asan)
   OPT    := -O1
   SAN    := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
+ifeq ($(V),tsan)
+  OPT    := -O1
+  SAN    := -fsanitize=thread -O1 -fno-omit-frame-pointer
+endif
 CFLAGS_ALL := $(CFLAGS_BASE) $(SAN) $(CFLAGS)
 LDFLAGS_ALL := $(SAN) $(LDFLAGS) -pthread
 
@@ -140,6 +144,17 @@ deps:
 deps-check:
 	@pkg-config --exists $(PKGS) || { echo "missing build packages: run 'make deps' (as root)"; $(MAKE) deps; }
 .PHONY: deps-check
+
+# ---- sanitizers and memory (docs/reliability.md) ---------------------------
+#   make tsan       server tests (and the flowd they start) under ThreadSanitizer
+#   make valgrind   core tests in-process under valgrind memcheck (FLOWD_TEST filters)
+tsan: deps-check
+	$(MAKE) V=tsan build/tsan/flowd build/tsan/flowctl build/tsan/test_server
+	sh tests/tsan.sh build/tsan
+valgrind: deps-check
+	$(MAKE) V=rel build/rel/test_core
+	sh tests/valgrind.sh build/rel/test_core
+.PHONY: tsan valgrind
 
 clean:
 	rm -rf build

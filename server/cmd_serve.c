@@ -261,9 +261,13 @@ int cmd_serve(int argc, char **argv) {
     sigwait(&set, &sig);
     fprintf(stderr, "flowd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&s.draining, 1);
+    /* HTTP first: a request admitted before the drain may still call
+     * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
+     * freed only once libmicrohttpd has finished every handler.  (The other
+     * order was a use-after-free race, found by make tsan.) */
+    fd_server_stop(&s);
     if (s.jobs) fd_jobs_stop(s.jobs); /* running jobs checkpoint and stay resumable */
     s.jobs = NULL;
-    fd_server_stop(&s);
     char ierr[200] = "";
     if (fd_db_integrity_check(db, ierr, sizeof ierr)) fprintf(stderr, "flowd: integrity check: %s\n", ierr);
     fd_db_close(db);

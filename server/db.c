@@ -231,6 +231,13 @@ int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen) {
         }
         done(prag[i]);
     }
+    /* tests only (tests/server/test_faults.c): FLOWD_DB_NO_GROWTH=1 stops
+     * the database file from growing, so that a write needing a new page
+     * fails with SQLITE_FULL as on a full disk (SQLite clamps max_page_count
+     * to the current size; pages on the freelist are still reused).  Per
+     * connection. */
+    const char *ng = getenv("FLOWD_DB_NO_GROWTH");
+    if (ng && !strcmp(ng, "1")) sqlite3_exec(db->h, "PRAGMA max_page_count = 1", NULL, NULL, NULL);
     *out = db;
     return 0;
 }

@@ -28,6 +28,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The flags of a slot are read without the mutex (the trainer every step,
+ * on_progress, on_checkpoint) while an HTTP thread (cancel) or the main
+ * thread (stop) sets them: every access is a relaxed atomic.  Plain volatile
+ * accesses were a data race (found by make tsan). */
+#define FLAG(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define SET_FLAG(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
 typedef struct fd_slot {
     int64_t id;             /* 0: idle */
     volatile int cancel;    /* the trainer's stop flag */
@@ -161,15 +168,15 @@ static void on_progress(void *user, const nf_train_metrics *m) {
                              m->grad_norm, wall_now(), err, sizeof err))
         log_db_error(r->w, r->id, "cannot store metrics", err);
     /* a cancellation recorded in the database but not signalled to us */
-    if (!r->slot->cancel && fd_db_job_cancel_requested(r->w->db, r->id) == 1) {
-        r->slot->user_cancel = 1;
-        r->slot->cancel = 1;
+    if (!FLAG(r->slot->cancel) && fd_db_job_cancel_requested(r->w->db, r->id) == 1) {
+        SET_FLAG(r->slot->user_cancel, 1);
+        SET_FLAG(r->slot->cancel, 1);
     }
 }
 
 static int on_checkpoint(void *user, const void *state, size_t len, int64_t step) {
     run_ctx *r = user;
-    if (r->slot->user_cancel) return 0; /* ending 'cancelled': nothing to resume */
+    if (FLAG(r->slot->user_cancel)) return 0; /* ending 'cancelled': nothing to resume */
     char err[256] = "";
     if (fd_db_train_state_put(r->w->db, r->id, step, state, len, err, sizeof err))
         log_db_error(r->w, r->id, "cannot store the training state", err);
@@ -290,14 +297,14 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
                             .checkpoint_on_cancel = 1};
     nf_job_result res;
     int rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
-    if (state && (rc == NF_ECORRUPT || rc == NF_EFORMAT) && !slot->cancel) {
+    if (state && (rc == NF_ECORRUPT || rc == NF_EFORMAT) && !FLAG(slot->cancel)) {
         fprintf(stderr, "flowd: job %" PRId64 ": %s; restarting from scratch\n", id, err);
         nf_job_result_free(&res);
         rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
     }
     if (!rc) {
         publish(w, id, &job, &res);
-    } else if (rc == NF_ECANCELLED && !slot->user_cancel) {
+    } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
         /* shutdown: stays 'running' with its checkpoint, resumes next start */
         fprintf(stderr, "flowd: job %" PRId64 ": stopped for shutdown; it resumes at the next start\n", id);
     } else if (rc == NF_ECANCELLED) {
@@ -360,25 +367,26 @@ static void *worker_main(void *arg) {
         pthread_mutex_lock(&j->mu);
         if (!id) continue;
         slot->id = id;
-        slot->user_cancel = 0;
-        slot->cancel = j->stopping; /* a stop that came meanwhile */
+        SET_FLAG(slot->user_cancel, 0);
+        SET_FLAG(slot->cancel, j->stopping); /* a stop that came meanwhile */
         atomic_fetch_add(&j->running, 1);
         pthread_mutex_unlock(&j->mu);
 
         /* a cancellation that reached the database before we registered */
         if (fd_db_job_cancel_requested(w->db, id) == 1) {
             pthread_mutex_lock(&j->mu);
-            slot->user_cancel = 1;
-            slot->cancel = 1;
+            SET_FLAG(slot->user_cancel, 1);
+            SET_FLAG(slot->cancel, 1);
             pthread_mutex_unlock(&j->mu);
         }
-        if (slot->user_cancel) finish(w, id, "cancelled", NULL);
+        if (FLAG(slot->user_cancel)) finish(w, id, "cancelled", NULL);
         else run_job(w, slot, id, request ? request : "", resumed);
         free(request);
 
         pthread_mutex_lock(&j->mu);
         slot->id = 0;
-        slot->cancel = slot->user_cancel = 0;
+        SET_FLAG(slot->cancel, 0);
+        SET_FLAG(slot->user_cancel, 0);
         atomic_fetch_sub(&j->running, 1);
     }
     pthread_mutex_unlock(&j->mu);
@@ -471,8 +479,8 @@ void fd_jobs_cancel(fd_jobs *j, int64_t id) {
     pthread_mutex_lock(&j->mu);
     for (int i = 0; i < j->n; i++)
         if (j->slots[i].id == id) {
-            j->slots[i].user_cancel = 1;
-            j->slots[i].cancel = 1;
+            SET_FLAG(j->slots[i].user_cancel, 1);
+            SET_FLAG(j->slots[i].cancel, 1);
         }
     pthread_mutex_unlock(&j->mu);
 }
@@ -482,7 +490,7 @@ void fd_jobs_stop(fd_jobs *j) {
     pthread_mutex_lock(&j->mu);
     j->stopping = 1;
     for (int i = 0; i < j->n; i++)
-        if (j->slots[i].id) j->slots[i].cancel = 1;
+        if (j->slots[i].id) SET_FLAG(j->slots[i].cancel, 1);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     for (int i = 0; i < j->n; i++)

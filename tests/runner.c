@@ -1,5 +1,9 @@
 /* runner.c: runs every registered TEST in its own forked process with a
- * timeout and prints "<suite>: N passed, N failed" as its last line. */
+ * timeout and prints "<suite>: N passed, N failed" as its last line.
+ * FLOWD_NO_FORK=1 runs the tests in this process, one after the other, with
+ * no timeout (for valgrind: one process, and leaks reported at exit).
+ * FLOWD_TEST_EXCLUDE=a,b,... skips the tests whose name or file contains
+ * one of the comma-separated substrings. */
 #include "test.h"
 
 #include <signal.h>
@@ -30,6 +34,21 @@ void test_fail_at(const char *file, int line, const char *fmt, ...) {
     test_failures++;
 }
 
+static int excluded(const test_case *t, const char *ex) {
+    while (ex && *ex) {
+        const char *c = strchr(ex, ',');
+        size_t n = c ? (size_t)(c - ex) : strlen(ex);
+        char part[128];
+        if (n > 0 && n < sizeof part) {
+            memcpy(part, ex, n);
+            part[n] = 0;
+            if (strstr(t->name, part) || strstr(t->file, part)) return 1;
+        }
+        ex = c ? c + 1 : NULL;
+    }
+    return 0;
+}
+
 static int cmp_case(const void *a, const void *b) {
     const test_case *x = a, *y = b;
     int c = strcmp(x->file, y->file);
@@ -42,13 +61,25 @@ int main(int argc, char **argv) {
     int passed = 0, failed = 0;
     double scale = getenv("FLOWD_TIMEOUT_SCALE") ? atof(getenv("FLOWD_TIMEOUT_SCALE")) : 1.0;
     if (scale <= 0) scale = 1.0;
+    const char *nf = getenv("FLOWD_NO_FORK");
+    int no_fork = nf && *nf && strcmp(nf, "0");
     qsort(tests, ntests, sizeof tests[0], cmp_case);
     for (int i = 0; i < ntests; i++) {
         if (filter && !strstr(tests[i].name, filter) && !strstr(tests[i].file, filter)) continue;
+        if (excluded(&tests[i], getenv("FLOWD_TEST_EXCLUDE"))) continue;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         fflush(stdout);
         fflush(stderr);
+        if (no_fork) {
+            test_failures = 0;
+            tests[i].fn();
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+            if (test_failures) failed++, printf("FAIL %-48s (%s)\n", tests[i].name, tests[i].file);
+            else passed++, printf("PASS %-48s %8.1f ms\n", tests[i].name, ms);
+            continue;
+        }
         pid_t pid = fork();
         if (pid == 0) {
             alarm((unsigned)(tests[i].timeout * scale + 0.5));

@@ -314,7 +314,7 @@ static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
 
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-    return *(volatile int *)ud != 0;
+    return __atomic_load_n((volatile int *)ud, __ATOMIC_RELAXED) != 0; /* set by another thread */
 }
 
 int dmn_http(dmn *d, const hreq *q, hresp *out) {

@@ -932,7 +932,7 @@ static void overload_body(dmn *d) {
     http_get(d, "/metrics", &r);
     CHECK_EQ_INT(r.status, 200);
     hresp_free(&r);
-    events_stop = 1;
+    __atomic_store_n(&events_stop, 1, __ATOMIC_RELAXED); /* read by the curl thread */
     pthread_join(th, NULL);
     /* the slot is free again once the stream is gone */
     t0 = dmn_now();

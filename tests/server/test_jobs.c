@@ -375,6 +375,7 @@ TEST_T(jobs_shutdown_resumes, 90) {
         }
         free(p);
         cJSON_Delete(o);
+        o = NULL; /* a timeout must not read the freed object below */
         if (now_s() - t0 > 60) break;
         msleep(1);
     }
