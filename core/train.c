@@ -268,8 +268,10 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->logp = nf_malloc((size_t)t->B * sizeof *t->logp);
     t->logdet = nf_malloc((size_t)t->B * sizeof *t->logdet);
     t->keep_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
-    t->best_params = nf_malloc((P + 1) * sizeof(nf_real));
-    t->best_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
+    /* zeroed: a state saved before the first validation writes them out
+     * (valgrind found uninitialised bytes in the blob) */
+    t->best_params = nf_calloc(P + 1, sizeof(nf_real));
+    t->best_buffers = nf_calloc(NB + 1, sizeof(nf_real));
     t->perm = nf_malloc((size_t)ntrain * sizeof *t->perm);
     if (rc || !t->xb || !t->dlogp || !t->logp || !t->logdet || !t->keep_buffers ||
         !t->best_params || !t->best_buffers || !t->perm) {
@@ -318,8 +320,8 @@ int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errl
     t->eps = nf_malloc(BD * sizeof(nf_real));
     t->vscratch = nf_malloc(nf_vdeq_scratch_size(t->B, t->D) * sizeof(nf_real));
     t->qkeep_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
-    t->qbest_params = nf_malloc((P + 1) * sizeof(nf_real));
-    t->qbest_buffers = nf_malloc((NB + 1) * sizeof(nf_real));
+    t->qbest_params = nf_calloc(P + 1, sizeof(nf_real)); /* zeroed, as best_params */
+    t->qbest_buffers = nf_calloc(NB + 1, sizeof(nf_real));
     if (!t->eps || !t->vscratch || !t->qkeep_buffers || !t->qbest_params || !t->qbest_buffers) {
         nf_set_err(err, errlen, "out of memory");
         return NF_ENOMEM; /* the trainer stays consistent: nf_trainer_free releases it all */
