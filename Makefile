@@ -145,6 +145,36 @@ deps-check:
 	@pkg-config --exists $(PKGS) || { echo "missing build packages: run 'make deps' (as root)"; $(MAKE) deps; }
 .PHONY: deps-check
 
+# ---- fuzzing: libFuzzer harnesses under fuzz/ (docs/reliability.md) -------
+#   make fuzz          every harness for FUZZ_SECONDS (default 60) each
+#   make fuzz-smoke    10 s each (CI)
+# Core (and the request handlers, included by fuzz_request.c) compiled again
+# with clang + ASan/UBSan + fuzzer coverage into build/fuzz/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := build/fuzz
+FUZZ_NAMES   := csv npy idx json_rows model flow_spec params job train_state request
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wno-unused-parameter -fno-strict-aliasing \
+                $(PKG_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_CORE    := $(CORE_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/fuzz/fuzz_%.o $(FUZZ_CORE)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm -pthread
+fuzz: deps-check $(FUZZ_BINS)
+	sh fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_NAMES)
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+# rewrites the binary seeds of fuzz/corpus/ (valid inputs)
+fuzz-seeds: $(FUZZ_DIR)/obj/fuzz/gen_seeds.o $(FUZZ_CORE)
+	$(FUZZ_CC) $(FUZZ_SAN) -o $(FUZZ_DIR)/gen_seeds $^ $(PKG_LIBS) -lm -pthread
+	$(FUZZ_DIR)/gen_seeds
+.PHONY: fuzz fuzz-smoke fuzz-seeds
+.PRECIOUS: $(FUZZ_DIR)/obj/%.o
+
 # ---- sanitizers and memory (docs/reliability.md) ---------------------------
 #   make tsan       server tests (and the flowd they start) under ThreadSanitizer
 #   make valgrind   core tests in-process under valgrind memcheck (FLOWD_TEST filters)

@@ -59,6 +59,10 @@ const nf_layer_kind nf_layer_kinds[] = {
 
 #define NF_MAX_LAYERS 512
 #define NF_MAX_DIM 65536
+/* parameters (and, separately, buffer values) of a whole flow: 512 MiB of
+ * float32 each for parameters, gradients and Adam's two moments.  Specs come
+ * from users; dim 65536 with an lu_linear layer alone would ask for 16 GiB. */
+#define NF_MAX_PARAMS ((size_t)1 << 27)
 
 struct nf_ws {
     int Bm;
@@ -141,6 +145,11 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
             return rc;
         }
         f->nlayers++;
+        if (L->nparams > NF_MAX_PARAMS - poff || L->nbuffers > NF_MAX_PARAMS - boff) {
+            nf_set_err(err, errlen, "layer %d (%s): the flow would exceed %zu parameters", k, type,
+                       NF_MAX_PARAMS);
+            return NF_ERANGE;
+        }
         L->param_off = poff;
         L->buf_off = boff;
         poff += L->nparams;

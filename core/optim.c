@@ -82,6 +82,8 @@ double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
 #define ADAM_MAGIC "NFOP"
 #define ADAM_VERSION 1u
 #define ADAM_HEADER (4 + 4 + 4 + 4 * 8 + 8 + 8)
+/* a step count past 2^53 is not a real run (and t + 1 must not overflow) */
+#define NF_ADAM_MAX_STEPS ((int64_t)1 << 53)
 
 static void put_u32(unsigned char *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
@@ -164,7 +166,7 @@ int nf_adam_load(nf_adam *o, const void *buf, size_t len) {
     uint64_t n = get_u64(p + 32);
     int64_t t = (int64_t)get_u64(p + 40);
     if (kind >= NF_OPT_COUNT || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(eps >= 0) ||
-        !isfinite(eps) || !(wd >= 0) || !isfinite(wd) || t < 0)
+        !isfinite(eps) || !(wd >= 0) || !isfinite(wd) || t < 0 || t > NF_ADAM_MAX_STEPS)
         return NF_EFORMAT;
     if (n > (SIZE_MAX - ADAM_HEADER - 4) / 8 || len != ADAM_HEADER + 8 * (size_t)n + 4)
         return NF_ECORRUPT;

@@ -858,7 +858,13 @@ int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
     } else if (b.bad || olen != b.n - b.off) {
         return NF_ECORRUPT;
     }
-    if (epoch < 0 || epoch > t->cfg.epochs || bie < 0 || bie > t->spe || step < 0)
+    /* counters as a run leaves them: step <= total steps (so step + 1 cannot
+     * overflow), skipped batches among the steps, flags 0/1, the plateau
+     * learning-rate scale in [0, 1] */
+    if (epoch < 0 || epoch > t->cfg.epochs || bie < 0 || bie > t->spe || step < 0 ||
+        step > t->total_steps || skipped < 0 || skipped > step || (unsigned)done > 1 ||
+        (unsigned)have_best > 1 || cbad < 0 || cbad > t->cfg.max_bad_batches || esb < 0 ||
+        plb < 0 || !(ls >= 0 && ls <= 1))
         return NF_ECORRUPT;
     nf_adam qtmp = {0};
     int rc = 0;
