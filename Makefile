@@ -49,7 +49,7 @@ TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
 CLIENT_SRC := $(wildcard client/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(filter %/server/png.o,$(SERVER_OBJ))
 
-.PHONY: all test asan bench run deps clean
+.PHONY: all test asan bench bench-http run deps clean
 all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \
      $(BUILD)/test_server $(BUILD)/flowctl
 
@@ -129,8 +129,14 @@ test: deps-check all
 asan:
 	$(MAKE) V=asan test
 
+# bench: flowd (bench_core) and the PyTorch reference (bench/torch_ref.py,
+# needs Debian's python3-torch), alternating per workload; bench-http: wrk
+# against flowd serve.  Both write build/bench/results.json (bench/README.md).
 bench: deps-check $(BUILD)/bench_core
-	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} $(BUILD)/bench_core
+	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-2} BENCH_CORE=$(BUILD)/bench_core /usr/bin/python3 bench/compare.py
+
+bench-http: deps-check $(BUILD)/bench_core $(BUILD)/flowd
+	BUILD=$(BUILD) sh bench/http_bench.sh
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \

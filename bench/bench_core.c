@@ -16,7 +16,10 @@
  *
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
- * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json).
+ * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
+ * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, sgemm, serve: run only those,
+ * no table; "serve" builds all three models in one process, scores 256 rows
+ * with each and reports that process's peak RSS; bench/compare.py uses it).
  * The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS; `make bench` sets 2).
  */
 #include "../core/nf.h"
@@ -205,7 +208,7 @@ typedef struct workload {
 } workload;
 
 typedef struct result {
-    double train_sps, lp_rps[3], sample_rps;
+    double train_sps, lp_rps[4], sample_rps;
     double gflops, gflops_lp4096;
     long long rss;
     double spread;
@@ -213,7 +216,8 @@ typedef struct result {
     int sample_n;
 } result;
 
-static const int lp_batches[3] = {1, 64, 4096};
+#define NLP 4
+static const int lp_batches[NLP] = {1, 64, 256, 4096};
 
 typedef struct train_arg {
     nf_flow *f;
@@ -309,8 +313,8 @@ static void run_workload(const workload *wl, result *res) {
         nf_ws_free(a.w);
     }
 
-    /* log_prob at three batch sizes, each with a workspace of that size */
-    for (int k = 0; k < 3; k++) {
+    /* log_prob at each batch size, each with a workspace of that size */
+    for (int k = 0; k < NLP; k++) {
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
         if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
         double t = time_op(lp_call, &a, "log_prob");
@@ -357,6 +361,50 @@ static void fmt_rate(char *buf, size_t n, double v) {
     else if (v >= 1e4) snprintf(buf, n, "%.1fk", v / 1e3);
     else if (v >= 100) snprintf(buf, n, "%.0f", v);
     else snprintf(buf, n, "%.2f", v);
+}
+
+/* 1 if key is in the comma list only (NULL or empty: everything but "serve") */
+static int wanted(const char *only, const char *key) {
+    if (!only || !*only) return strcmp(key, "serve") != 0;
+    size_t n = strlen(key);
+    for (const char *p = only; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, key, n)) return 1;
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* Serving footprint: all three models built in one process, each scoring a
+ * batch of 256 rows with its own workspace.  Returns the peak RSS. */
+static long long serve_rss(const workload *wl) {
+    nf_flow *f[3];
+    nf_ws *w[3];
+    const int B = 256;
+    char err[256];
+    int rc;
+    nf_real *out = malloc((size_t)B * sizeof *out);
+    for (int i = 0; i < 3; i++) {
+        if ((rc = nf_flow_create(wl[i].spec, &f[i], err, sizeof err))) die(err, rc);
+        if ((rc = nf_ws_create(f[i], B, &w[i]))) die("ws", rc);
+    }
+    for (int i = 0; i < 3; i++) {
+        nf_real *x = malloc((size_t)B * wl[i].D * sizeof *x);
+        nf_rng r;
+        nf_rng_seed(&r, 5);
+        wl[i].gen(&r, x, B, wl[i].D);
+        if ((rc = nf_flow_log_prob(f[i], w[i], x, NULL, B, out))) die("log_prob", rc);
+        free(x);
+    }
+    long long rss = vm_hwm_bytes();
+    for (int i = 0; i < 3; i++) {
+        nf_ws_free(w[i]);
+        nf_flow_free(f[i]);
+    }
+    free(out);
+    return rss;
 }
 
 int main(void) {
@@ -406,23 +454,35 @@ int main(void) {
     }
 
     int threads = openblas_get_num_threads();
+    const char *only = getenv("FLOWD_BENCH_ONLY");
+    int partial = only && *only;
     double t_start = now_s();
     /* sgemm peak measured before and after the workloads, best kept, so a
      * busy moment on a shared host does not lower the reference */
-    double g1024 = sgemm_gflops(1024, cfg.quick ? 3 : 10);
-    double g2048 = sgemm_gflops(2048, cfg.quick ? 1 : 3);
+    int do_sgemm = wanted(only, "sgemm");
+    double g1024 = 0, g2048 = 0;
+    if (do_sgemm) {
+        g1024 = sgemm_gflops(1024, cfg.quick ? 3 : 10);
+        g2048 = sgemm_gflops(2048, cfg.quick ? 1 : 3);
+    }
     int hwm_reset = reset_hwm() == 0;
+    long long serve = wanted(only, "serve") ? serve_rss(wl) : -1;
     result res[3];
+    int ran[3];
     memset(res, 0, sizeof res);
     for (int i = 0; i < 3; i++) {
+        if (!(ran[i] = wanted(only, wl[i].key))) continue;
         if (hwm_reset) reset_hwm();
         fprintf(stderr, "bench_core: %s %s ...\n", wl[i].key, wl[i].name);
         run_workload(&wl[i], &res[i]);
     }
-    g1024 = fmax(g1024, sgemm_gflops(1024, cfg.quick ? 3 : 10));
-    g2048 = fmax(g2048, sgemm_gflops(2048, cfg.quick ? 1 : 3));
+    if (do_sgemm) {
+        g1024 = fmax(g1024, sgemm_gflops(1024, cfg.quick ? 3 : 10));
+        g2048 = fmax(g2048, sgemm_gflops(2048, cfg.quick ? 1 : 3));
+    }
     double peak = g1024 > g2048 ? g1024 : g2048;
     double elapsed = now_s() - t_start;
+    if (partial) goto json;
 
     /* table */
     printf("\nflowd core benchmark (%s mode, OpenBLAS %d thread%s, float32)\n",
@@ -439,7 +499,8 @@ int main(void) {
     ROW("train samples/s", res[i].train_sps, fmt_rate);
     ROW("log_prob rows/s  B=1", res[i].lp_rps[0], fmt_rate);
     ROW("log_prob rows/s  B=64", res[i].lp_rps[1], fmt_rate);
-    ROW("log_prob rows/s  B=4096", res[i].lp_rps[2], fmt_rate);
+    ROW("log_prob rows/s  B=256", res[i].lp_rps[2], fmt_rate);
+    ROW("log_prob rows/s  B=4096", res[i].lp_rps[3], fmt_rate);
     ROW("sample rows/s", res[i].sample_rps, fmt_rate);
     for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%d", res[i].sample_n);
     printf("%-28s %14s %14s %14s\n", "  (sample batch)", c[0], c[1], c[2]);
@@ -475,15 +536,20 @@ int main(void) {
            cfg.nrep, cfg.min_s, elapsed);
 
     /* JSON: per workload {"flowd":{...}} so a "torch" object can sit beside it */
+json:;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "mode", cfg.quick ? "quick" : "full");
     cJSON_AddNumberToObject(root, "blas_threads", threads);
-    cJSON_AddNumberToObject(root, "sgemm_peak_gflops", peak);
-    cJSON *sg = cJSON_AddObjectToObject(root, "sgemm_gflops");
-    cJSON_AddNumberToObject(sg, "1024", g1024);
-    cJSON_AddNumberToObject(sg, "2048", g2048);
+    if (do_sgemm) {
+        cJSON_AddNumberToObject(root, "sgemm_peak_gflops", peak);
+        cJSON *sg = cJSON_AddObjectToObject(root, "sgemm_gflops");
+        cJSON_AddNumberToObject(sg, "1024", g1024);
+        cJSON_AddNumberToObject(sg, "2048", g2048);
+    }
     cJSON_AddBoolToObject(root, "peak_rss_per_workload", hwm_reset);
+    if (serve >= 0) cJSON_AddNumberToObject(root, "serve_peak_rss_bytes", (double)serve);
     for (int i = 0; i < 3; i++) {
+        if (!ran[i]) continue;
         cJSON *w = cJSON_AddObjectToObject(root, wl[i].key);
         cJSON_AddStringToObject(w, "spec", wl[i].spec);
         cJSON_AddStringToObject(w, "data", wl[i].data_desc);
@@ -493,7 +559,7 @@ int main(void) {
         cJSON *o = cJSON_AddObjectToObject(w, "flowd");
         cJSON_AddNumberToObject(o, "train_samples_per_s", res[i].train_sps);
         cJSON *lp = cJSON_AddObjectToObject(o, "log_prob_rows_per_s");
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < NLP; k++) {
             char key[16];
             snprintf(key, sizeof key, "%d", lp_batches[k]);
             cJSON_AddNumberToObject(lp, key, res[i].lp_rps[k]);
@@ -501,7 +567,7 @@ int main(void) {
         cJSON_AddNumberToObject(o, "sample_rows_per_s", res[i].sample_rps);
         cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)res[i].rss);
         cJSON_AddNumberToObject(o, "gflops", res[i].gflops);
-        cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops / peak);
+        if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops / peak);
         cJSON_AddNumberToObject(o, "gflops_log_prob_4096", res[i].gflops_lp4096);
         cJSON_AddNumberToObject(o, "param_bytes", 4.0 * (double)res[i].nparams);
         cJSON_AddNumberToObject(o, "max_repeat_spread", res[i].spread);
@@ -519,7 +585,7 @@ int main(void) {
         return 1;
     }
     fclose(fp);
-    printf("JSON: %s\n", path);
+    if (!partial) printf("JSON: %s\n", path);
     free(txt);
     cJSON_Delete(root);
     return 0;

@@ -1,0 +1,191 @@
+#!/bin/sh
+# http_bench.sh: flowd's HTTP scoring throughput against the in-process figure.
+#
+# Starts `flowd serve --quiet` on a fresh database, trains a W1-sized model
+# through the API (realnvp depth 8, hidden [128,128], builtin moons, 1 epoch:
+# the architecture matters here, not the fit), then runs wrk (POST log_prob,
+# JSON body of 1 row and of 256 rows; --latency) idle and again while a
+# training job runs in the daemon.  The in-process figure is bench_core's W1
+# log_prob at B=1 and B=256 (OPENBLAS_NUM_THREADS=1, as the daemon runs
+# OpenBLAS single-threaded).  Results go under "http" in
+# build/bench/results.json (other keys kept) and are printed.
+#
+#   make bench-http                      (about 2 minutes)
+#   HTTP_BENCH_SECONDS=10 HTTP_BENCH_CONNECTIONS=32 HTTP_BENCH_THREADS=2 (defaults)
+#
+# wrk runs on the same machine as the daemon and takes CPU from it.
+set -eu
+
+BUILD=${BUILD:-build/rel}
+FLOWD=$BUILD/flowd
+CORE=$BUILD/bench_core
+OUT=${FLOWD_BENCH_OUT:-build/bench/results.json}
+DUR=${HTTP_BENCH_SECONDS:-10}
+CONNS=${HTTP_BENCH_CONNECTIONS:-32}
+WT=${HTTP_BENCH_THREADS:-2}
+PY=/usr/bin/python3
+
+command -v wrk >/dev/null || { echo "http_bench: wrk missing (apt-get install wrk)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "http_bench: curl missing" >&2; exit 1; }
+[ -x "$FLOWD" ] && [ -x "$CORE" ] || { echo "http_bench: build $FLOWD and $CORE first" >&2; exit 1; }
+
+TMP=$(mktemp -d)
+PID=
+cleanup() {
+    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+
+echo "http_bench: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$FLOWD" serve --quiet --listen 127.0.0.1:0 --port-file "$TMP/port" --db "$TMP/flowd.db" \
+    >"$TMP/serve.log" 2>&1 &
+PID=$!
+i=0
+while [ ! -s "$TMP/port" ]; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && { echo "http_bench: flowd did not start" >&2; cat "$TMP/serve.log" >&2; exit 1; }
+    sleep 0.1
+done
+URL=http://127.0.0.1:$(cat "$TMP/port")
+
+# submit a job and print its id
+submit() {
+    curl -sf "$URL/v1/jobs" -H 'Content-Type: application/json' -d "$1" |
+        $PY -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+job_state() {
+    curl -sf "$URL/v1/jobs/$1" | $PY -c 'import json,sys; print(json.load(sys.stdin)["state"])'
+}
+FLOW='"flow":{"preset":"realnvp","depth":8,"hidden":[128,128]}'
+echo "http_bench: training the W1 model through the API ..."
+ID=$(submit "{\"model\":\"w1\",\"dataset\":{\"builtin\":\"moons\",\"n\":20000,\"seed\":1},$FLOW,\"train\":{\"epochs\":1,\"batch_size\":512}}")
+while :; do
+    s=$(job_state "$ID")
+    case $s in
+    succeeded) break ;;
+    failed | cancelled) echo "http_bench: training job $s" >&2; curl -s "$URL/v1/jobs/$ID" >&2; exit 1 ;;
+    esac
+    sleep 0.5
+done
+
+# request bodies: 1 and 256 rows of two-moons-like points
+$PY - "$TMP" <<'EOF'
+import json, math, random, sys
+r = random.Random(3)
+def row():
+    t = math.pi * r.random()
+    if r.random() < 0.5:
+        return [round(1 - math.cos(t) + r.gauss(0, .05), 5), round(.5 - math.sin(t) + r.gauss(0, .05), 5)]
+    return [round(math.cos(t) + r.gauss(0, .05), 5), round(math.sin(t) + r.gauss(0, .05), 5)]
+for n in (1, 256):
+    with open(f"{sys.argv[1]}/body{n}.json", "w") as f:
+        json.dump({"inputs": [row() for _ in range(n)]}, f)
+EOF
+for n in 1 256; do
+    cat >"$TMP/post$n.lua" <<EOF
+local f = io.open("$TMP/body$n.json", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+EOF
+    code=$(curl -s -o "$TMP/check$n.json" -w '%{http_code}' "$URL/v1/models/w1/log_prob" \
+        -H 'Content-Type: application/json' --data-binary "@$TMP/body$n.json")
+    [ "$code" = 200 ] || { echo "http_bench: log_prob answered $code:" >&2; cat "$TMP/check$n.json" >&2; exit 1; }
+done
+
+run_wrk() { # name rows [threads connections]
+    echo "http_bench: $1 (load $(cut -d' ' -f1 /proc/loadavg)) ..."
+    cut -d' ' -f1 /proc/loadavg >"$TMP/$1.load"
+    wrk -t"${3:-$WT}" -c"${4:-$CONNS}" -d"${DUR}s" --latency -s "$TMP/post$2.lua" \
+        "$URL/v1/models/w1/log_prob" >"$TMP/$1.txt"
+}
+run_wrk log_prob_1 1
+run_wrk log_prob_256 256
+# one connection: per-request latency without queueing, against the in-process call
+run_wrk log_prob_1_serial 1 1 1
+run_wrk log_prob_256_serial 256 1 1
+
+# the same while a training job runs (long enough to outlast both runs)
+ID2=$(submit "{\"model\":\"w1-busy\",\"dataset\":{\"builtin\":\"moons\",\"n\":200000,\"seed\":2},$FLOW,\"train\":{\"epochs\":100,\"batch_size\":512,\"max_seconds\":$((4 * DUR + 30))}}")
+i=0
+while [ "$(job_state "$ID2")" != running ]; do
+    i=$((i + 1))
+    [ $i -gt 100 ] && { echo "http_bench: training job did not start" >&2; exit 1; }
+    sleep 0.2
+done
+run_wrk log_prob_1_training 1
+run_wrk log_prob_256_training 256
+TRAIN_STATE=$(job_state "$ID2")
+curl -sf -X POST "$URL/v1/jobs/$ID2/cancel" >/dev/null || true
+
+# in-process reference: bench_core W1 with the daemon's single BLAS thread
+echo "http_bench: in-process W1 log_prob (bench_core, 1 BLAS thread) ..."
+FLOWD_BENCH_ONLY=W1 FLOWD_BENCH_OUT="$TMP/core.json" OPENBLAS_NUM_THREADS=1 "$CORE" >/dev/null
+
+$PY - "$TMP" "$OUT" "$DUR" "$CONNS" "$WT" "$TRAIN_STATE" "$(dirname "$0")" <<'EOF'
+import json, os, re, sys
+tmp, out, dur, conns, wt, train_state, bench_dir = sys.argv[1:8]
+
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    x, u = float(m.group(1)), m.group(2)
+    return x * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[u]
+
+def parse(name):
+    txt = open(f"{tmp}/{name}.txt").read()
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", txt, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", txt)
+    errs = re.search(r"Socket errors: (.*)", txt)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", txt).group(1)),
+            "latency_ms": {"p" + k: ms(v) for k, v in lat.items()},
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errs.group(1).strip() if errs else None,
+            "load1_before": float(open(f"{tmp}/{name}.load").read())}
+
+core = json.load(open(f"{tmp}/core.json"))["W1"]["flowd"]["log_prob_rows_per_s"]
+h = {"model": "realnvp depth 8 hidden [128,128], 2-D (W1), trained 1 epoch via the API",
+     "wrk": {"threads": int(wt), "connections": int(conns), "seconds": int(dur)},
+     "server": {"http_threads": 4, "blas_threads": 1}}
+NAMES = ("log_prob_1", "log_prob_256", "log_prob_1_serial", "log_prob_256_serial",
+         "log_prob_1_training", "log_prob_256_training")
+for name in NAMES:
+    h[name] = parse(name)
+h["training_job_state_after"] = train_state
+h["in_process"] = {"blas_threads": 1,
+                   "log_prob_calls_per_s": {"1": core["1"], "256": core["256"] / 256}}
+# service-layer cost: one request at a time (1 connection) against one in-process
+# call at a time, both on one core's worth of work
+for b in ("1", "256"):
+    h[f"service_cost_ratio_{b}"] = h["in_process"]["log_prob_calls_per_s"][b] / h[f"log_prob_{b}_serial"]["requests_per_s"]
+res = {}
+if os.path.exists(out):
+    try:
+        res = json.load(open(out))
+    except ValueError:
+        pass
+res["http"] = h
+sys.path.insert(0, bench_dir)
+try:
+    from compare import targets  # the issue's targets, HTTP ones included
+    res["targets"] = targets(res)
+except Exception as e:  # noqa: BLE001
+    print(f"http_bench: targets not updated ({e})", file=sys.stderr)
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+with open(out, "w") as f:
+    json.dump(res, f, indent=1)
+    f.write("\n")
+print(f"\nflowd HTTP log_prob, W1 model; wrk {wt} threads, {conns} connections "
+      f"(_serial: 1 thread, 1 connection), {dur} s each")
+print(f"{'':26}{'req/s':>10}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+for name in NAMES:
+    v, rows = h[name], 256 if "256" in name else 1
+    print(f"{name:26}{v['requests_per_s']:>10.0f}{v['requests_per_s'] * rows:>11.0f}"
+          f"{v['latency_ms']['p50']:>9.2f}{v['latency_ms']['p99']:>9.2f}{v['non_2xx']:>9}")
+for b in ("1", "256"):
+    print(f"in-process B={b}: {h['in_process']['log_prob_calls_per_s'][b]:.0f} calls/s "
+          f"(1 BLAS thread, one call at a time); in-process / HTTP with 1 connection = "
+          f"{h['service_cost_ratio_' + b]:.1f}x")
+print(f"JSON: {out} (\"http\")")
+EOF
