@@ -335,6 +335,10 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
     for (int k = 0; k < f->nlayers; k++)
         total += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
     total += 2 * B * D + 2 * B;
+    /* a flow under the parameter cap can still ask for a huge workspace
+     * (many parameter-free layers on wide rows): refuse rather than let an
+     * overcommitted allocation be killed later */
+    if (total > NF_WS_MAX_BYTES / sizeof(nf_real)) return NF_ERANGE;
     nf_ws *w = nf_calloc(1, sizeof *w);
     if (!w) return NF_ENOMEM;
     w->Bm = max_batch;

@@ -104,7 +104,9 @@ char *nf_flow_config_json(const nf_flow *f);
 int nf_flow_save_params(const nf_flow *f, void **buf, size_t *len);
 int nf_flow_load_params(nf_flow *f, const void *buf, size_t len); /* NF_ECORRUPT, NF_EFORMAT */
 
-/* Workspace for batches of at most max_batch rows.  One per thread. */
+/* Workspace for batches of at most max_batch rows.  One per thread.
+ * NF_ERANGE when it would exceed NF_WS_MAX_BYTES (use fewer rows). */
+#define NF_WS_MAX_BYTES ((size_t)4 << 30)
 int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out);
 void nf_ws_free(nf_ws *w);
 int nf_ws_max_batch(const nf_ws *w);

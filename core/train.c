@@ -275,8 +275,12 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->perm = nf_malloc((size_t)ntrain * sizeof *t->perm);
     if (rc || !t->xb || !t->dlogp || !t->logp || !t->logdet || !t->keep_buffers ||
         !t->best_params || !t->best_buffers || !t->perm) {
+        if (rc == NF_ERANGE)
+            nf_set_err(err, errlen, "the training workspace for batch_size %d would exceed %zu GiB: use a smaller batch_size or a smaller flow",
+                       t->B, NF_WS_MAX_BYTES >> 30);
+        else
+            nf_set_err(err, errlen, "out of memory");
         nf_trainer_free(t);
-        nf_set_err(err, errlen, "out of memory");
         return rc ? rc : NF_ENOMEM;
     }
     for (int i = 0; i < t->B; i++) t->dlogp[i] = (nf_real)(-1.0 / t->B);

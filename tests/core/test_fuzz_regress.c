@@ -121,3 +121,23 @@ TEST(fuzz_regress_trainer_state_counters) {
     nf_trainer_free(t);
     nf_flow_free(f);
 }
+
+/* a flow under the parameter cap whose workspace would be huge (many
+ * parameter-free layers on wide rows) is refused by nf_ws_create, and the
+ * trainer says why */
+TEST(fuzz_regress_workspace_cap) {
+    char spec[64 * 1024];
+    size_t k = (size_t)snprintf(spec, sizeof spec, "{\"dim\":65536,\"layers\":[");
+    for (int i = 0; i < 400; i++)
+        k += (size_t)snprintf(spec + k, sizeof spec - k, "%s{\"type\":\"permute\"}", i ? "," : "");
+    snprintf(spec + k, sizeof spec - k, "]}");
+    nf_flow *f = NULL;
+    char err[300] = "";
+    REQUIRE(nf_flow_create(spec, &f, err, sizeof err) == 0);
+    nf_ws *w = NULL;
+    CHECK(nf_ws_create(f, 256, &w) == NF_ERANGE);
+    CHECK(w == NULL);
+    CHECK(nf_ws_create(f, 1, &w) == 0); /* one row fits */
+    nf_ws_free(w);
+    nf_flow_free(f);
+}
