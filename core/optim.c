@@ -44,23 +44,43 @@ void nf_adam_free(nf_adam *o) {
     o->n = 0;
 }
 
+#ifdef NF_DOUBLE
+#define NF_SQRT sqrt
+#else
+#define NF_SQRT sqrtf
+#endif
+
+/* The update in nf_real arithmetic, one branch-free loop per optimizer kind
+ * so the compiler vectorises it (it touches every parameter once; in double
+ * with a branch inside it took a quarter of a W2 training step).  The bias
+ * corrections are folded into two scalars computed in double:
+ *   p -= (lr / bc1) * m / (sqrt(v / bc2) + eps). */
 void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
     o->t++;
-    double b1 = o->beta1, b2 = o->beta2, wd = o->weight_decay;
-    double bc1 = 1.0 - pow(b1, (double)o->t), bc2 = 1.0 - pow(b2, (double)o->t);
-    int adamw = o->kind == NF_OPT_ADAMW;
-    for (size_t i = 0; i < o->n; i++) {
-        double p = params[i], g = grad[i];
-        if (adamw)
-            p -= lr * wd * p;
-        else
-            g += wd * p;
-        double m = b1 * o->m[i] + (1 - b1) * g;
-        double v = b2 * o->v[i] + (1 - b2) * g * g;
-        o->m[i] = (nf_real)m;
-        o->v[i] = (nf_real)v;
-        p -= lr * (m / bc1) / (sqrt(v / bc2) + o->eps);
-        params[i] = (nf_real)p;
+    double bc1 = 1.0 - pow(o->beta1, (double)o->t), bc2 = 1.0 - pow(o->beta2, (double)o->t);
+    const nf_real b1 = (nf_real)o->beta1, b2 = (nf_real)o->beta2;
+    const nf_real c1 = (nf_real)(1 - o->beta1), c2 = (nf_real)(1 - o->beta2);
+    const nf_real step = (nf_real)(lr / bc1), ibc2 = (nf_real)(1.0 / bc2), eps = (nf_real)o->eps;
+    const nf_real wd = (nf_real)o->weight_decay, decay = (nf_real)(1.0 - lr * o->weight_decay);
+    nf_real *restrict m = o->m, *restrict v = o->v, *restrict p = params;
+    const nf_real *restrict g = grad;
+    const size_t n = o->n;
+    if (o->kind == NF_OPT_ADAMW) {
+        for (size_t i = 0; i < n; i++) {
+            nf_real gi = g[i], pi = p[i] * decay; /* decoupled decay first */
+            nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi - step * mi / (NF_SQRT(vi * ibc2) + eps);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            nf_real gi = g[i] + wd * p[i]; /* L2 in the gradient */
+            nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] - step * mi / (NF_SQRT(vi * ibc2) + eps);
+        }
     }
 }
 

@@ -239,6 +239,22 @@ void nf_mask_to_json(const int *mask, int D, cJSON *obj) {
 void nf_gemm(int transA, int transB, int M, int N, int K, nf_real alpha, const nf_real *A,
              int lda, const nf_real *Bm, int ldb, nf_real beta, nf_real *C, int ldc) {
     if (M == 0 || N == 0) return;
+    /* one row: a matrix-vector product.  GEMM would first repack the whole
+     * weight matrix for a single row (over half the time of a B = 1
+     * log_prob); GEMV streams it once. */
+    if (M == 1 && !transA && K > 0) {
+        /* GEMV scales y by beta with a SCAL that may keep a NaN of
+         * uninitialised memory when beta = 0: clear it first */
+        if (beta == 0) memset(C, 0, (size_t)N * sizeof *C);
+#ifdef NF_DOUBLE
+        if (transB) cblas_dgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, Bm, ldb, A, 1, beta, C, 1);
+        else cblas_dgemv(CblasRowMajor, CblasTrans, K, N, alpha, Bm, ldb, A, 1, beta, C, 1);
+#else
+        if (transB) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, Bm, ldb, A, 1, beta, C, 1);
+        else cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, Bm, ldb, A, 1, beta, C, 1);
+#endif
+        return;
+    }
 #ifdef NF_DOUBLE
     cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, Bm, ldb, beta, C,

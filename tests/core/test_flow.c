@@ -41,6 +41,7 @@ TEST(flow_gemm_matches_reference) {
     nf_rng_seed(&r, 1);
     int M = 7, N = 5, K = 9;
     nf_real A[81], Bm[81], C1[81], C2[81];
+    for (int one = 0; one < 2; one++, M = 1) /* M = 1 takes the GEMV path */
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             lc_randn(&r, A, 81, 1, 0);
