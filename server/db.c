@@ -675,6 +675,14 @@ int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size
     return r;
 }
 
+int64_t fd_db_data_version(fd_db *db) {
+    sqlite3_stmt *st = Q(db, "PRAGMA data_version");
+    if (!st) return -1;
+    int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    done(st);
+    return v;
+}
+
 int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, size_t errlen) {
     sqlite3_stmt *st = Q(db, "SELECT max(v.version) FROM model_versions v "
                              "JOIN models m ON m.id = v.model_id WHERE m.name = ?1");

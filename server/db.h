@@ -72,6 +72,11 @@ int fd_db_version_add(fd_db *db, const char *name, const void *checkpoint, size_
  * The sha256 is verified: FD_ECORRUPT if it does not match.  *buf malloc'd. */
 int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size_t *len,
                       int *version_out, char *err, size_t errlen);
+/* PRAGMA data_version of this connection: it changes whenever another
+ * connection (or process) has committed since the last call, so a caller
+ * can keep results read through this connection until it changes; -1 on
+ * error.  Commits made through this same connection do not change it. */
+int64_t fd_db_data_version(fd_db *db);
 /* Latest version number of a model, FD_ENOTFOUND if no such model/version. */
 int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, size_t errlen);
 
