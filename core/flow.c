@@ -159,9 +159,10 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     f->nparams = poff + f->base.nparams;
     f->nbuffers = boff;
     f->params = nf_calloc(f->nparams + 1, sizeof *f->params);
-    f->grad = nf_calloc(f->nparams + 1, sizeof *f->grad);
     f->buffers = nf_calloc(f->nbuffers + 1, sizeof *f->buffers);
-    if (!f->params || !f->grad || !f->buffers) return NF_ENOMEM;
+    if (!f->params || !f->buffers) return NF_ENOMEM;
+    /* f->grad is allocated on first use (nf_flow_grad, nf_flow_zero_grad or a
+     * gradient call): a flow that only serves never pays for it */
     return 0;
 }
 
@@ -210,8 +211,16 @@ const char *nf_flow_layer_type(const nf_flow *f, int k) {
 }
 size_t nf_flow_num_params(const nf_flow *f) { return f->nparams; }
 nf_real *nf_flow_params(nf_flow *f) { return f->params; }
-nf_real *nf_flow_grad(nf_flow *f) { return f->grad; }
-void nf_flow_zero_grad(nf_flow *f) { memset(f->grad, 0, f->nparams * sizeof *f->grad); }
+static int ensure_grad(nf_flow *f) {
+    if (!f->grad) f->grad = nf_calloc(f->nparams + 1, sizeof *f->grad);
+    return f->grad ? 0 : NF_ENOMEM;
+}
+nf_real *nf_flow_grad(nf_flow *f) { return ensure_grad(f) ? NULL : f->grad; }
+int nf_flow_zero_grad(nf_flow *f) {
+    if (ensure_grad(f)) return NF_ENOMEM;
+    memset(f->grad, 0, f->nparams * sizeof *f->grad);
+    return 0;
+}
 
 void nf_flow_init(nf_flow *f, uint64_t seed) {
     nf_rng rng;
@@ -223,7 +232,7 @@ void nf_flow_init(nf_flow *f, uint64_t seed) {
     }
     nf_base_init(&f->base, f->params + f->base.param_off);
     nf_flow_constrain(f);
-    nf_flow_zero_grad(f);
+    if (f->grad) memset(f->grad, 0, f->nparams * sizeof *f->grad);
 }
 
 void nf_flow_constrain(nf_flow *f) {
@@ -378,7 +387,7 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, int k, const nf_real *
     const nf_layer *L = &f->layers[k];
     nf_ctx c = {
         .params = f->params + L->param_off,
-        .grad = f->grad + L->param_off,
+        .grad = f->grad ? f->grad + L->param_off : NULL,
         .buffers = f->buffers + L->buf_off,
         .ctx = ctx,
         .dctx = NULL,
@@ -530,6 +539,7 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
         for (int r = 0; r < B; r++) logp[r] = (nf_real)((double)w->bl[r] + (double)w->ld[r]);
     if (logdet) memcpy(logdet, w->ld, (size_t)B * sizeof *logdet);
     if (!dlogp) return 0;
+    if (ensure_grad(f)) return NF_ENOMEM;
     size_t BD = (size_t)B * f->D;
     nf_real *dz = w->g0, *dnext = w->g1;
     memset(dz, 0, BD * sizeof *dz);
@@ -602,6 +612,7 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm || !dout) return B > w->Bm ? NF_ERANGE : NF_EINVAL;
+    if (ensure_grad(f)) return NF_ENOMEM;
     size_t BD = (size_t)B * f->D;
     nf_real *dz = w->g0, *dnext = w->g1, *dld = w->bl;
     memcpy(dz, dout, BD * sizeof *dz);

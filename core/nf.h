@@ -84,8 +84,10 @@ int nf_flow_num_layers(const nf_flow *f);
 const char *nf_flow_layer_type(const nf_flow *f, int k);
 size_t nf_flow_num_params(const nf_flow *f);
 nf_real *nf_flow_params(nf_flow *f);       /* (P) contiguous, all layers + base */
-nf_real *nf_flow_grad(nf_flow *f);         /* (P) mirrors params */
-void nf_flow_zero_grad(nf_flow *f);
+/* (P) mirrors params; allocated on first use (NULL if that fails), so flows
+ * that only serve do not carry a gradient buffer. */
+nf_real *nf_flow_grad(nf_flow *f);
+int nf_flow_zero_grad(nf_flow *f); /* allocates on first use: NF_ENOMEM */
 /* Re-initialise every parameter from seed (final conditioner layers zero, so
  * a fresh flow is the identity map with the base distribution's density). */
 void nf_flow_init(nf_flow *f, uint64_t seed);

@@ -262,6 +262,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->total_steps = t->spe * cfg->epochs;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     int rc = nf_ws_create(f, t->B, &t->ws);
+    if (!rc && nf_flow_zero_grad(f)) rc = NF_ENOMEM; /* the gradient buffer, once */
     if (!rc) rc = nf_adam_init(&t->opt, cfg->optimizer, P, cfg->weight_decay);
     t->xb = nf_malloc((size_t)t->B * t->D * sizeof *t->xb);
     t->dlogp = nf_malloc((size_t)t->B * sizeof *t->dlogp);
@@ -313,6 +314,7 @@ int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errl
     }
     size_t P = nf_flow_num_params(q), NB = q->nbuffers, BD = (size_t)t->B * t->D;
     int rc = nf_ws_create(q, t->B, &t->qws);
+    if (!rc && nf_flow_zero_grad(q)) rc = NF_ENOMEM;
     if (!rc) rc = nf_adam_init(&t->qopt, t->cfg.optimizer, P, t->cfg.weight_decay);
     if (rc) {
         nf_ws_free(t->qws);

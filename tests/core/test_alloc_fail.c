@@ -249,6 +249,7 @@ TEST(alloc_hot_path_allocates_nothing) {
     data(x);
     for (int i = 0; i < 32; i++) dl[i] = (nf_real)(-1.0 / 32);
     REQUIRE(nf_flow_data_init(f, w, x, NULL, 32) == 0);
+    REQUIRE(nf_flow_zero_grad(f) == 0); /* the gradient buffer: allocated once, on first use */
     hooks_on(0);
     for (int rep = 0; rep < 3; rep++) {
         CHECK(nf_flow_log_prob(f, w, x, NULL, N, lp) == 0);
