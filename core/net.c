@@ -19,6 +19,7 @@
 #include "made_inc.h"
 
 #include <limits.h>
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,8 +516,8 @@ int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
  * lo = min(1, D-1), span = D - lo (the lo of the first layer is the smallest
  * input degree, 1, capped at D-1; later layers inherit it).  The units of
  * degree m in layer l are therefore k = m - lo + r span, r = 0, 1, ...: rows
- * of W_l at a fixed stride, so one strided GEMM per (layer, degree) computes
- * them all:  h_l[:, units(m)] = act(h_{l-1} W_l[units(m), :]^T + b).
+ * of W_l at a fixed stride, so one strided product per (layer, degree)
+ * computes them all:  h_l[:, units(m)] = act(h_{l-1} W_l[units(m), :]^T + b).
  * Units not yet final hold exactly 0 and meet only masked (exactly zero)
  * weights, so full-width rows give the same sums as the dense forward. */
 
@@ -542,6 +543,24 @@ size_t nf_made_inc_ws_size(const nf_net *n, int B) {
     return per_row * (size_t)B + idx;
 }
 
+/* Y (M,g) = A (M,K) W^T for g rows of W at stride ldw.  For a wide MADE g is
+ * 1 or 2 (MAF outputs, hidden units of one degree): one GEMV per row of W,
+ * since OpenBLAS (0.3.21) sgemm packs A on every call and ran about 2x slower
+ * on these shapes.  Larger g (small D, spline parameters) goes to GEMM. */
+static void inc_rows(int M, int K, const nf_real *A, const nf_real *W, size_t ldw, int g,
+                     nf_real *Y) {
+    if (g > 4) {
+        nf_gemm(0, 1, M, g, K, 1, A, K, W, (int)ldw, 0, Y, g);
+        return;
+    }
+    for (int q = 0; q < g; q++)
+#ifdef NF_DOUBLE
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, M, K, 1, A, K, W + q * ldw, 1, 0, Y + q, g);
+#else
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, 1, A, K, W + q * ldw, 1, 0, Y + q, g);
+#endif
+}
+
 static inline nf_real act1(nf_act act, nf_real v) {
     return act == NF_ACT_RELU   ? (v > 0 ? v : 0)
            : act == NF_ACT_TANH ? (nf_real)tanh(v)
@@ -559,8 +578,8 @@ static void inc_finalise(const nf_made_inc *s, int m) {
         int first = m - s->lo, K = L->in, H = L->out;
         const nf_real *X = l == 0 ? s->x0 : s->h[l - 1]; /* (B,K) */
         const nf_real *b = s->params + L->b_off;
-        nf_gemm(0, 1, B, g, K, 1, X, K, s->params + L->w_off + (size_t)first * K,
-                s->span * K, 0, s->tmp, g);
+        inc_rows(B, K, X, s->params + L->w_off + (size_t)first * K, (size_t)s->span * K, g,
+                 s->tmp);
         for (int r = 0; r < B; r++) {
             nf_real *hr = s->h[l] + (size_t)r * H;
             const nf_real *t = s->tmp + (size_t)r * g;
@@ -604,8 +623,8 @@ void nf_made_inc_outputs(const nf_made_inc *s, int j, nf_real *out) {
     const nf_linear *L = &n->lin[n->nlin - 1];
     const int P = n->out / n->in, i = s->index[j - 1], H = L->in;
     const nf_real *b = s->params + L->b_off + (size_t)i * P;
-    nf_gemm(0, 1, s->B, P, H, 1, s->h[n->nhidden - 1], H,
-            s->params + L->w_off + (size_t)i * P * H, H, 0, out, P);
+    inc_rows(s->B, H, s->h[n->nhidden - 1], s->params + L->w_off + (size_t)i * P * H,
+             (size_t)H, P, out);
     add_bias(out, b, s->B, P);
 }
 
