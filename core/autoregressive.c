@@ -185,7 +185,8 @@ static void maf_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const n
     const int D = L->D, B = c->B;
     nf_real *out = ar_out(L, c);                  /* (B,2D) */
     nf_real *dout = out + (size_t)B * 2 * D;      /* (B,2D) */
-    nf_net_forward(&A->net, c->params, x, c->ctx, out, B, c->ws);
+    /* out and the MADE activations are still in ws from the inverse pass on
+     * this x (ar_fast): no second forward pass */
     for (int b = 0; b < B; b++) {
         nf_real dl = dlogdet ? dlogdet[b] : 0;
         for (int i = 0; i < D; i++) {
