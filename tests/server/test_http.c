@@ -897,8 +897,16 @@ static void *events_main(void *p) {
     dmn *d = p;
     hreq q = {.path = "/v1/jobs/1/events", .timeout_s = 60, .quiet = 1, .abort_flag = &events_stop};
     hresp r;
-    dmn_http(d, &q, &r); /* ends when aborted: the job runs on */
-    hresp_free(&r);
+    /* the stream itself may be refused (503) while the main thread's probe
+     * holds the one slot: retry until it is admitted, then it holds the slot
+     * until aborted (the job runs on) */
+    for (int k = 0; k < 400 && !__atomic_load_n(&events_stop, __ATOMIC_RELAXED); k++) {
+        dmn_http(d, &q, &r);
+        long st = r.status;
+        hresp_free(&r);
+        if (st != 503) break;
+        dmn_sleep_ms(10);
+    }
     return NULL;
 }
 
