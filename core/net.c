@@ -147,7 +147,7 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
     for (int j = 0; j < ctx; j++) prevdeg[D + j] = 0;
     for (int l = 0; l <= nh; l++) {
         nf_linear *L = &n->lin[l];
-        L->mask = nf_malloc((size_t)L->in * L->out * sizeof(nf_real));
+        L->mask = nf_malloc((size_t)L->in * L->out * sizeof *L->mask);
         if (!L->mask) goto oom;
         if (l < nh) {
             /* hidden degrees cycle through [lo, D-1]; lo = min previous degree
@@ -194,7 +194,8 @@ void nf_net_constrain(const nf_net *n, nf_real *params) {
         const nf_linear *L = &n->lin[l];
         if (!L->mask) continue;
         nf_real *W = params + L->w_off;
-        for (size_t i = 0; i < (size_t)L->in * L->out; i++) W[i] *= L->mask[i];
+        for (size_t i = 0; i < (size_t)L->in * L->out; i++)
+            if (!L->mask[i]) W[i] = 0;
     }
 }
 
@@ -348,7 +349,8 @@ static void linear_param_grad(const nf_linear *L, nf_real *grad, const nf_real *
     for (int r = 0; r < B; r++)
         for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
     if (L->mask)
-        for (size_t i = 0; i < (size_t)L->in * L->out; i++) gW[i] *= L->mask[i];
+        for (size_t i = 0; i < (size_t)L->in * L->out; i++)
+            if (!L->mask[i]) gW[i] = 0;
 }
 
 /* The first layer: param grads split over the [in | ctx] column blocks, din
@@ -366,7 +368,8 @@ static void first_linear_backward(const nf_net *n, const nf_linear *L, const nf_
         for (int r = 0; r < B; r++)
             for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
         if (L->mask)
-            for (size_t i = 0; i < (size_t)L->in * L->out; i++) gW[i] *= L->mask[i];
+            for (size_t i = 0; i < (size_t)L->in * L->out; i++)
+                if (!L->mask[i]) gW[i] = 0;
     }
     if (din && n->in > 0) nf_gemm(0, 0, B, n->in, L->out, 1, dy, L->out, W, ld, 0, din, n->in);
     if (dctx && n->ctx > 0)

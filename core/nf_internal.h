@@ -108,7 +108,7 @@ typedef enum { NF_ORDER_ASC = 0, NF_ORDER_DESC, NF_ORDER_RANDOM, NF_ORDER_COUNT 
 typedef struct nf_linear {
     int in, out;
     size_t w_off, b_off;   /* offsets inside the net's parameters */
-    nf_real *mask;         /* (out,in) 0/1 or NULL */
+    uint8_t *mask;         /* (out,in) 0/1 or NULL (bytes: a quarter of a float mask) */
 } nf_linear;
 
 typedef struct nf_net {
