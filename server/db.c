@@ -221,8 +221,18 @@ int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen) {
     sqlite3_stmt *prag[4] = {Q(db, "PRAGMA journal_mode=WAL"), Q(db, "PRAGMA foreign_keys=ON"),
                              Q(db, "PRAGMA busy_timeout=5000"), Q(db, "PRAGMA synchronous=NORMAL")};
     for (int i = 0; i < 4; i++) {
-        rc = prag[i] ? sqlite3_step(prag[i]) : sqlite3_errcode(db->h);
-        while (rc == SQLITE_ROW) rc = sqlite3_step(prag[i]);
+        /* switching a fresh file to WAL needs an exclusive lock, and SQLite
+         * returns BUSY there without calling the busy handler when another
+         * connection is opening the same file at the same moment: retry for
+         * up to the busy timeout */
+        for (int tries = 0;; tries++) {
+            rc = prag[i] ? sqlite3_step(prag[i]) : sqlite3_errcode(db->h);
+            while (rc == SQLITE_ROW) rc = sqlite3_step(prag[i]);
+            if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) break;
+            if (!prag[i] || tries >= 500) break;
+            sqlite3_reset(prag[i]);
+            sqlite3_sleep(10);
+        }
         if (rc != SQLITE_DONE) {
             seterr(err, errlen, "open %s: %s", path, sqlite3_errmsg(db->h));
             int code = map_rc(rc);
