@@ -519,6 +519,25 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
 }
 
 /* ---- training ---------------------------------------------------------------------------- */
+/* The layer backward sweep of one pass, from dz in w->g0 (on the top
+ * rows) and per-row log-det weights in w->bl; ping-pongs w->g0/w->g1,
+ * writes dx (may be NULL) and accumulates dctx (may be NULL). */
+static void backward_chain(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                           int training, nf_real *dctx, nf_real *dx) {
+    nf_real *dz = w->g0, *dnext = w->g1;
+    for (int k = f->nlayers - 1; k >= 0; k--) {
+        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        c.dctx = dctx;
+        const nf_real *xin = k == 0 ? x : w->h[k];
+        nf_real *dout = k == 0 ? dx : dnext;
+        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, w->bl, dout);
+        nf_real *t = dz;
+        dz = dnext;
+        dnext = t;
+    }
+    if (f->nlayers == 0 && dx) memcpy(dx, dz, (size_t)B * f->D * sizeof *dx);
+}
+
 int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                           int training, const nf_real *dlogp, nf_real *logp, nf_real *dx,
                           nf_real *dctx) {
@@ -540,26 +559,14 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
     if (logdet) memcpy(logdet, w->ld, (size_t)B * sizeof *logdet);
     if (!dlogp) return 0;
     if (ensure_grad(f)) return NF_ENOMEM;
-    size_t BD = (size_t)B * f->D;
-    nf_real *dz = w->g0, *dnext = w->g1;
-    memset(dz, 0, BD * sizeof *dz);
+    memset(w->g0, 0, (size_t)B * f->D * sizeof *w->g0);
     nf_base_log_prob_backward(&f->base, f->params + f->base.param_off,
-                              f->grad + f->base.param_off, z, B, dlogp, dz);
+                              f->grad + f->base.param_off, z, B, dlogp, w->g0);
     /* every layer's log-det enters log p with weight dlogp_b, and the
      * penalty adds d(ld_l2 LD_b^2)/dLD_b = 2 ld_l2 LD_b (bl is free now) */
     nf_real *dld = w->bl;
     for (int r = 0; r < B; r++) dld[r] = (nf_real)(dlogp[r] + 2 * ld_l2 * (double)w->ld[r]);
-    for (int k = f->nlayers - 1; k >= 0; k--) {
-        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
-        c.dctx = dctx;
-        const nf_real *xin = k == 0 ? x : w->h[k];
-        nf_real *dout = k == 0 ? dx : dnext;
-        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dld, dout);
-        nf_real *t = dz;
-        dz = dnext;
-        dnext = t;
-    }
-    if (f->nlayers == 0 && dx) memcpy(dx, dz, BD * sizeof *dx);
+    backward_chain(f, w, x, ctx, B, training, dctx, dx);
     return 0;
 }
 
@@ -613,20 +620,8 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     if (rc) return rc;
     if (B > w->Bm || !dout) return B > w->Bm ? NF_ERANGE : NF_EINVAL;
     if (ensure_grad(f)) return NF_ENOMEM;
-    size_t BD = (size_t)B * f->D;
-    nf_real *dz = w->g0, *dnext = w->g1, *dld = w->bl;
-    memcpy(dz, dout, BD * sizeof *dz);
-    for (int r = 0; r < B; r++) dld[r] = dlogdet_w ? dlogdet_w[r] : 0;
-    for (int k = f->nlayers - 1; k >= 0; k--) {
-        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
-        c.dctx = dctx;
-        const nf_real *xin = k == 0 ? x : w->h[k];
-        nf_real *dnew = k == 0 ? dx : dnext;
-        f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, dld, dnew);
-        nf_real *t = dz;
-        dz = dnext;
-        dnext = t;
-    }
-    if (f->nlayers == 0 && dx) memcpy(dx, dz, BD * sizeof *dx);
+    memcpy(w->g0, dout, (size_t)B * f->D * sizeof *w->g0);
+    for (int r = 0; r < B; r++) w->bl[r] = dlogdet_w ? dlogdet_w[r] : 0;
+    backward_chain(f, w, x, ctx, B, training, dctx, dx);
     return 0;
 }

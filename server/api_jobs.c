@@ -30,6 +30,27 @@ static int parse_id(const char *s, int64_t *id) {
     return 0;
 }
 
+/* body (taken) as JSON with a Location header: 201/202 replies */
+static enum MHD_Result send_json_at(fd_req *r, int status, cJSON *body, const char *location) {
+    char *s = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    if (!s) return MHD_NO;
+    size_t n = strlen(s);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Location", location);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    r->status = status;
+    r->sent_bytes = n;
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* ---- jobs ---------------------------------------------------------------------------- */
 /* Was a job submitted with submission_id sid?  Scans the job list, newest
  * first; used only when the queue is full, so that an idempotent retry of a
@@ -151,22 +172,7 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     cJSON_AddStringToObject(o, "state", cJSON_IsString(st) ? st->valuestring : "queued");
     if (existed) cJSON_AddBoolToObject(o, "duplicate", 1);
     cJSON_Delete(job);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (!s) return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(s);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Location", loc);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 202;
-    r->sent_bytes = strlen(s);
-    enum MHD_Result ret = MHD_queue_response(r->conn, 202, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return send_json_at(r, 202, o, loc);
 }
 
 /* progress with every field of the contract present (null when unknown) */
@@ -487,22 +493,7 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(out, "id");
     char loc[96];
     snprintf(loc, sizeof loc, "/v1/datasets/%s", cJSON_IsString(id) ? id->valuestring : "");
-    char *s = cJSON_PrintUnformatted(out);
-    cJSON_Delete(out);
-    if (!s) return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(s);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Location", loc);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 201;
-    r->sent_bytes = strlen(s);
-    enum MHD_Result ret = MHD_queue_response(r->conn, 201, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return send_json_at(r, 201, out, loc);
 }
 
 enum MHD_Result fd_api_datasets_list(fd_req *r, char **a) {
