@@ -110,6 +110,8 @@ static void serve_usage(FILE *f) {
 "  --max-inflight N       requests handled at once before 503 (FLOWD_MAX_INFLIGHT, default 256)\n"
 "  --max-queued-jobs N    queued jobs before 429 (FLOWD_MAX_QUEUED_JOBS, default 64)\n"
 "  --cache-models N       model versions kept loaded (FLOWD_CACHE_MODELS, default 16)\n"
+"  --blas-threads N       OpenBLAS threads per call (FLOWD_BLAS_THREADS, default 1;\n"
+"                         more oversubscribes the cores, see README)\n"
 "  --port-file FILE       write the bound port there once listening\n"
 "  --quiet                no per-request log lines\n"
 "\n"
@@ -135,6 +137,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-inflight", "FLOWD_MAX_INFLIGHT", 256, 1, 100000, 0},
         {"max-queued-jobs", "FLOWD_MAX_QUEUED_JOBS", 64, 1, 100000, 0},
         {"cache-models", "FLOWD_CACHE_MODELS", 16, 1, 4096, 0},
+        {"blas-threads", "FLOWD_BLAS_THREADS", 1, 1, 64, 0},
     };
     enum { NNUM = sizeof nums / sizeof nums[0] };
     for (int i = 0; i < NNUM; i++) {
@@ -204,9 +207,10 @@ int cmd_serve(int argc, char **argv) {
                         "listen on 127.0.0.1\n", c->listen_host);
         return 2;
     }
-    /* one BLAS thread: request threads and the training worker(s) are the
-     * parallelism; BLAS threads on top would oversubscribe the cores */
-    openblas_set_num_threads(1);
+    /* one BLAS thread by default: request threads and the training
+     * worker(s) are the parallelism; BLAS threads on top oversubscribe the
+     * cores (README "Threads and BLAS" has the measurement) */
+    openblas_set_num_threads((int)nums[10].val);
     signal(SIGPIPE, SIG_IGN);
     fd_db *db = NULL;
     int applied = 0;
