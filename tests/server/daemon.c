@@ -161,7 +161,7 @@ int dmn_start(dmn *d, const char *const *args, const char *const *env) {
     argv[k++] = "127.0.0.1:0";
     argv[k++] = "--port-file";
     argv[k++] = d->portf;
-    argv[k++] = "--quiet";
+    if (!d->log_requests) argv[k++] = "--quiet";
     for (const char *const *a = args; a && *a && k < 62; a++) argv[k++] = *a;
     argv[k] = NULL;
     unlink(d->portf);

@@ -24,6 +24,7 @@ typedef struct dmn {
     pid_t pid;       /* 0 when not running */
     int port;
     const char *token; /* sent as Bearer by dmn_http when set (borrowed) */
+    int log_requests;  /* start without --quiet: one log line per request */
 } dmn;
 
 const char *dmn_bin(void);

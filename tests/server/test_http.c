@@ -754,6 +754,7 @@ static void errors_auth_body(dmn *d) {
     fprintf(f, "# scopes\nread " READ_TOK "\nwrite " WRITE_TOK "\n");
     fclose(f);
     const char *args[] = {"--token-file", dmn_path(d, "tokens"), NULL};
+    d->log_requests = 1; /* the log is checked for tokens at the end */
     REQUIRE(dmn_start(d, args, NULL) == 0);
     hresp r;
     /* public routes need no token */
@@ -837,6 +838,17 @@ static void errors_auth_body(dmn *d) {
     http_get(d, "/v1/models/t", &r);
     CHECK_ERROR(d, r, 404, "not_found");
     hresp_free(&r);
+    /* the daemon logged every one of these requests, and no token */
+    FILE *lf = fopen(d->log, "r");
+    REQUIRE(lf);
+    static char logbuf[1 << 20];
+    size_t ln = fread(logbuf, 1, sizeof logbuf - 1, lf);
+    fclose(lf);
+    logbuf[ln] = 0;
+    CHECK_MSG(strstr(logbuf, "method=DELETE path=/v1/models/t status=204") != NULL,
+              "request lines missing from the log");
+    CHECK_MSG(!strstr(logbuf, READ_TOK) && !strstr(logbuf, WRITE_TOK) && !strstr(logbuf, WRITE_TOK_1),
+              "a token appears in the daemon's log");
 }
 
 TEST_T(http_errors_tokens, 60) {
