@@ -331,6 +331,38 @@ static int authenticate(fd_req *r) {
 }
 
 /* ---- the access handler ----------------------------------------------------------------- */
+/* URI unescaping as libmicrohttpd's default (%HH), except that %00 is left
+ * as its three characters: a decoded NUL would end the path early, so
+ * "/v1/models/m%00x" would be served as "/v1/models/m".  Such a path then
+ * matches no route (404), and a query value with it is an invalid name. */
+static int hexval(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static size_t unescape_uri(void *cls, struct MHD_Connection *c, char *s) {
+    (void)cls, (void)c;
+    char *w = s;
+    for (const char *p = s; *p;) {
+        int hi = p[0] == '%' ? hexval(p[1]) : -1, lo = hi >= 0 ? hexval(p[2]) : -1;
+        if (lo >= 0 && (hi | lo)) {
+            *w++ = (char)(hi * 16 + lo);
+            p += 3;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    *w = 0;
+    return (size_t)(w - s);
+}
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind, (void)value;
+    int *n = cls;
+    n[0] += !strcasecmp(key, "Content-Length");
+    n[1] += !strcasecmp(key, "Transfer-Encoding");
+    return MHD_YES;
+}
+
 static void make_rid(fd_req *r) {
     const char *in = fd_req_header(r, "X-Request-Id");
     if (in) {
@@ -407,6 +439,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (atomic_load(&s->draining) && routes[found].scope != SCOPE_PUBLIC)
             return fd_send_error(r, 503, "overloaded", NULL, "the server is shutting down");
+        /* two Content-Lengths, or one with Transfer-Encoding, leave the body's
+         * end ambiguous (a proxy in front may read it differently): refused */
+        int framing[2] = {0, 0};
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, framing);
+        if (framing[0] > 1 || (framing[0] && framing[1]))
+            return fd_send_error(r, 400, "invalid_argument", NULL,
+                                 framing[1] ? "Content-Length and Transfer-Encoding together"
+                                            : "more than one Content-Length");
         /* body limit before reading a byte */
         const char *cl = fd_req_header(r, "Content-Length");
         if (cl) {
@@ -532,6 +572,7 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)0,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
         MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%d (%s)", s->cfg.listen_host, s->cfg.port,
