@@ -522,6 +522,41 @@ static double clip_both(nf_real *g1, size_t n1, nf_real *g2, size_t n2, double m
     return norm;
 }
 
+/* The end of a step, for both objectives: a non-finite loss or gradient
+ * (or rows outside the support, rc != 0) restores the layer state, counts
+ * the batch, and after max_bad_batches in a row stops the run with a
+ * message naming what went wrong; otherwise the optimizer step(s) of the
+ * flow and, with variational dequantization, of q. */
+static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const char *outside) {
+    nf_flow *f = t->f, *q = t->q;
+    if (rc || !isfinite(loss) || !isfinite(gn)) {
+        memcpy(f->buffers, t->keep_buffers, f->nbuffers * sizeof *f->buffers);
+        if (q) memcpy(q->buffers, t->qkeep_buffers, q->nbuffers * sizeof *q->buffers);
+        t->skipped++;
+        if (++t->consecutive_bad >= t->cfg.max_bad_batches) {
+            snprintf(t->err, sizeof t->err,
+                     "training diverged: %d consecutive batches with a non-finite %s at step "
+                     "%lld (epoch %d, lr %.3g); parameters are the last finite ones; lower the "
+                     "learning rate, enable clip_grad_norm or standardize the data",
+                     t->consecutive_bad, rc ? outside : !isfinite(loss) ? "loss" : "gradient",
+                     (long long)t->step, t->epoch, lr_at(t, t->step));
+            return NF_ENONFINITE;
+        }
+    } else {
+        t->consecutive_bad = 0;
+        double lr = lr_at(t, t->step);
+        nf_adam_step(&t->opt, f->params, f->grad, lr);
+        if (q) nf_adam_step(&t->qopt, q->params, q->grad, lr);
+        t->acc_loss += loss;
+        t->acc_n++;
+        t->last_lr = lr;
+        t->last_gn = gn;
+    }
+    t->step++;
+    t->batch_in_epoch++;
+    return 0;
+}
+
 /* one optimisation step on batch batch_in_epoch of the current epoch;
  * returns 0, or NF_ENONFINITE after max_bad_batches bad batches in a row */
 static int train_step(nf_trainer *t) {
@@ -545,33 +580,7 @@ static int train_step(nf_trainer *t) {
         int rc = nf_vdeq_grad(f, t->ws, q, t->qws, t->xb, t->eps, B, t->cfg.levels, 1,
                               t->cfg.jacobian_l2, t->vscratch, &loss);
         double gn = rc ? NAN : clip_both(f->grad, P, q->grad, q->nparams, t->cfg.clip_grad_norm);
-        if (rc || !isfinite(loss) || !isfinite(gn)) {
-            memcpy(f->buffers, t->keep_buffers, NB * sizeof *f->buffers);
-            memcpy(q->buffers, t->qkeep_buffers, q->nbuffers * sizeof(nf_real));
-            t->skipped++;
-            if (++t->consecutive_bad >= t->cfg.max_bad_batches) {
-                snprintf(t->err, sizeof t->err,
-                         "training diverged: %d consecutive batches with a non-finite %s at step "
-                         "%lld (epoch %d, lr %.3g); parameters are the last finite ones; lower "
-                         "the learning rate or enable clip_grad_norm",
-                         t->consecutive_bad, rc ? "bound (rows outside the support)"
-                                             : !isfinite(loss) ? "loss" : "gradient",
-                         (long long)t->step, t->epoch, lr_at(t, t->step));
-                return NF_ENONFINITE;
-            }
-        } else {
-            t->consecutive_bad = 0;
-            double lr = lr_at(t, t->step);
-            nf_adam_step(&t->opt, f->params, f->grad, lr);
-            nf_adam_step(&t->qopt, q->params, q->grad, lr);
-            t->acc_loss += loss;
-            t->acc_n++;
-            t->last_lr = lr;
-            t->last_gn = gn;
-        }
-        t->step++;
-        t->batch_in_epoch++;
-        return 0;
+        return step_outcome(t, rc, loss, gn, "bound (rows outside the support)");
     }
     if (t->cfg.dequantize) {
         nf_rng r;
@@ -588,31 +597,7 @@ static int train_step(nf_trainer *t) {
         loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
     loss /= B;
     double gn = rc ? NAN : nf_clip_grad_norm(f->grad, P, t->cfg.clip_grad_norm);
-    if (rc || !isfinite(loss) || !isfinite(gn)) {
-        memcpy(f->buffers, t->keep_buffers, NB * sizeof *f->buffers);
-        t->skipped++;
-        if (++t->consecutive_bad >= t->cfg.max_bad_batches) {
-            snprintf(t->err, sizeof t->err,
-                     "training diverged: %d consecutive batches with a non-finite %s at step "
-                     "%lld (epoch %d, lr %.3g); parameters are the last finite ones; lower the "
-                     "learning rate, enable clip_grad_norm or standardize the data",
-                     t->consecutive_bad, rc == NF_ENONFINITE ? "log-likelihood (rows outside the support)"
-                                         : !isfinite(loss) ? "loss" : "gradient",
-                     (long long)t->step, t->epoch, lr_at(t, t->step));
-            return NF_ENONFINITE;
-        }
-    } else {
-        t->consecutive_bad = 0;
-        double lr = lr_at(t, t->step);
-        nf_adam_step(&t->opt, f->params, f->grad, lr);
-        t->acc_loss += loss;
-        t->acc_n++;
-        t->last_lr = lr;
-        t->last_gn = gn;
-    }
-    t->step++;
-    t->batch_in_epoch++;
-    return 0;
+    return step_outcome(t, rc, loss, gn, "log-likelihood (rows outside the support)");
 }
 
 int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
