@@ -12,7 +12,9 @@
  *
  * Timing: one warm-up phase (>= 0.1 s, or one call if a call is longer), then
  * NREP repeats of ITERS calls, ITERS chosen so a repeat lasts >= MIN_S; the
- * figure is the median repeat.  CLOCK_MONOTONIC throughout.
+ * figure is the median repeat, reported with the fastest and slowest repeat
+ * (JSON "min", "max") and every repeat's rate (JSON "repeats", in the order
+ * run).  CLOCK_MONOTONIC throughout.
  *
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
@@ -64,9 +66,17 @@ static int cmp_double(const void *a, const void *b) {
  * since it was last zeroed: how noisy the machine was. */
 static double g_spread;
 
-/* Median seconds per call of fn(arg). */
+/* One measurement: seconds per call of each repeat, in the order run, and
+ * the median, the fastest (min) and the slowest (max) of them. */
+typedef struct timing {
+    int n;
+    double rep[NREP_MAX];
+    double med, min, max;
+} timing;
+
+/* Seconds per call of fn(arg), NREP repeats (fewer if a call is long). */
 typedef int (*op_fn)(void *arg);
-static double time_op(op_fn fn, void *arg, const char *what) {
+static timing time_op(op_fn fn, void *arg, const char *what) {
     int rc, calls = 0;
     double t0 = now_s(), t;
     do {
@@ -78,18 +88,36 @@ static double time_op(op_fn fn, void *arg, const char *what) {
     int iters = per >= cfg.min_s ? 1 : (int)ceil(cfg.min_s / per);
     int nrep = cfg.nrep;
     while (nrep > 1 && per * iters * nrep > cfg.max_s) nrep--;
-    double rep[NREP_MAX];
+    timing tm = {.n = nrep};
     for (int r = 0; r < nrep; r++) {
         t0 = now_s();
         for (int i = 0; i < iters; i++)
             if ((rc = fn(arg))) die(what, rc);
-        rep[r] = (now_s() - t0) / iters;
+        tm.rep[r] = (now_s() - t0) / iters;
     }
-    qsort(rep, (size_t)nrep, sizeof rep[0], cmp_double);
-    double med = nrep % 2 ? rep[nrep / 2] : 0.5 * (rep[nrep / 2 - 1] + rep[nrep / 2]);
-    double spread = (rep[nrep - 1] - rep[0]) / med;
+    double s[NREP_MAX];
+    memcpy(s, tm.rep, (size_t)nrep * sizeof s[0]);
+    qsort(s, (size_t)nrep, sizeof s[0], cmp_double);
+    tm.med = nrep % 2 ? s[nrep / 2] : 0.5 * (s[nrep / 2 - 1] + s[nrep / 2]);
+    tm.min = s[0];
+    tm.max = s[nrep - 1];
+    double spread = (tm.max - tm.min) / tm.med;
     g_spread = spread > g_spread ? spread : g_spread;
-    return med;
+    return tm;
+}
+
+/* A throughput figure: work / seconds per call, for the median repeat, the
+ * slowest (min) and fastest (max) repeat, and each repeat in the order run. */
+typedef struct rate {
+    int n;
+    double rep[NREP_MAX];
+    double med, min, max;
+} rate;
+
+static rate rate_of(const timing *t, double work) {
+    rate r = {.n = t->n, .med = work / t->med, .min = work / t->max, .max = work / t->min};
+    for (int i = 0; i < t->n; i++) r.rep[i] = work / t->rep[i];
+    return r;
 }
 
 /* ---- peak RSS ------------------------------------------------------------------
@@ -208,8 +236,8 @@ typedef struct workload {
 } workload;
 
 typedef struct result {
-    double train_sps, lp_rps[4], sample_rps;
-    double gflops, gflops_lp4096;
+    rate train_sps, lp_rps[4], sample_rps, gflops;
+    double gflops_lp4096;
     long long rss;
     double spread;
     size_t nparams;
@@ -305,9 +333,9 @@ static void run_workload(const workload *wl, result *res) {
         a.opt = &opt;
         a.dlogp = malloc((size_t)a.B * sizeof *a.dlogp);
         for (int i = 0; i < a.B; i++) a.dlogp[i] = (nf_real)(-1.0 / a.B);
-        double t = time_op(train_step, &a, "train step");
-        res->train_sps = a.B / t;
-        res->gflops = 3.0 * 2.0 * a.B * wl->dc.mac / t / 1e9;
+        timing t = time_op(train_step, &a, "train step");
+        res->train_sps = rate_of(&t, a.B);
+        res->gflops = rate_of(&t, 3.0 * 2.0 * a.B * wl->dc.mac / 1e9);
         free(a.dlogp);
         nf_adam_free(&opt);
         nf_ws_free(a.w);
@@ -317,9 +345,9 @@ static void run_workload(const workload *wl, result *res) {
     for (int k = 0; k < NLP; k++) {
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
         if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
-        double t = time_op(lp_call, &a, "log_prob");
-        res->lp_rps[k] = a.B / t;
-        if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t / 1e9;
+        timing t = time_op(lp_call, &a, "log_prob");
+        res->lp_rps[k] = rate_of(&t, a.B);
+        if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t.med / 1e9;
         nf_ws_free(a.w);
     }
 
@@ -329,8 +357,8 @@ static void run_workload(const workload *wl, result *res) {
         a.x = malloc((size_t)a.n * D * sizeof *a.x);
         if (!a.x) die("sample buffer", NF_ENOMEM);
         if ((rc = nf_ws_create(f, a.n, &a.w))) die("ws", rc);
-        double t = time_op(sample_call, &a, "sample");
-        res->sample_rps = a.n / t;
+        timing t = time_op(sample_call, &a, "sample");
+        res->sample_rps = rate_of(&t, a.n);
         res->sample_n = a.n;
         nf_ws_free(a.w);
         free(a.x);
@@ -361,6 +389,38 @@ static void fmt_rate(char *buf, size_t n, double v) {
     else if (v >= 1e4) snprintf(buf, n, "%.1fk", v / 1e3);
     else if (v >= 100) snprintf(buf, n, "%.0f", v);
     else snprintf(buf, n, "%.2f", v);
+}
+
+/* "min..max" of a figure, for the table */
+static void fmt_range(char *buf, size_t n, const rate *r) {
+    char a[16], b[16];
+    fmt_rate(a, sizeof a, r->min);
+    fmt_rate(b, sizeof b, r->max);
+    snprintf(buf, n, "%s..%s", a, b);
+}
+
+/* which: 0 median, 1 min, 2 max */
+static double rate_pick(const rate *r, int which) {
+    return which == 1 ? r->min : which == 2 ? r->max : r->med;
+}
+
+static void add_rate(cJSON *o, const char *key, const rate *r, int which) {
+    if (which == 3) cJSON_AddItemToObject(o, key, cJSON_CreateDoubleArray(r->rep, r->n));
+    else cJSON_AddNumberToObject(o, key, rate_pick(r, which));
+}
+
+/* The rate keys of a "flowd" object: which 0 median, 1 min, 2 max, 3 the
+ * list of per-repeat rates.  The median object adds its other keys around. */
+static void add_rates(cJSON *o, const result *res, int which) {
+    add_rate(o, "train_samples_per_s", &res->train_sps, which);
+    cJSON *lp = cJSON_AddObjectToObject(o, "log_prob_rows_per_s");
+    for (int k = 0; k < NLP; k++) {
+        char key[16];
+        snprintf(key, sizeof key, "%d", lp_batches[k]);
+        add_rate(lp, key, &res->lp_rps[k], which);
+    }
+    add_rate(o, "sample_rows_per_s", &res->sample_rps, which);
+    if (which) add_rate(o, "gflops", &res->gflops, which);
 }
 
 /* 1 if key is in the comma list only (NULL or empty: everything but "serve") */
@@ -490,39 +550,47 @@ int main(void) {
            cfg.quick ? "quick" : "full", threads, threads == 1 ? "" : "s");
     printf("sgemm peak: %.1f GFLOP/s (n=1024 %.1f, n=2048 %.1f; best of runs before and after)\n\n", peak, g1024,
            g2048);
-    printf("%-28s %14s %14s %14s\n", "", "W1 realnvp", "W2 maf", "W3 nsf");
-    char c[3][32];
-#define ROW(label, expr, fmt)                                                     \
+    printf("%-28s %16s %16s %16s\n", "", "W1 realnvp", "W2 maf", "W3 nsf");
+    char c[3][40];
+    /* a rate row (median) and under it the range min..max over the repeats */
+#define ROW(label, field)                                                         \
     do {                                                                          \
-        for (int i = 0; i < 3; i++) fmt(c[i], sizeof c[i], (expr));               \
-        printf("%-28s %14s %14s %14s\n", label, c[0], c[1], c[2]);                 \
+        for (int i = 0; i < 3; i++) fmt_rate(c[i], sizeof c[i], res[i].field.med); \
+        printf("%-28s %16s %16s %16s\n", label, c[0], c[1], c[2]);                 \
+        for (int i = 0; i < 3; i++) fmt_range(c[i], sizeof c[i], &res[i].field);   \
+        printf("%-28s %16s %16s %16s\n", "  min..max", c[0], c[1], c[2]);          \
     } while (0)
-    ROW("train samples/s", res[i].train_sps, fmt_rate);
-    ROW("log_prob rows/s  B=1", res[i].lp_rps[0], fmt_rate);
-    ROW("log_prob rows/s  B=64", res[i].lp_rps[1], fmt_rate);
-    ROW("log_prob rows/s  B=256", res[i].lp_rps[2], fmt_rate);
-    ROW("log_prob rows/s  B=4096", res[i].lp_rps[3], fmt_rate);
-    ROW("sample rows/s", res[i].sample_rps, fmt_rate);
+    ROW("train samples/s", train_sps);
+    ROW("log_prob rows/s  B=1", lp_rps[0]);
+    ROW("log_prob rows/s  B=64", lp_rps[1]);
+    ROW("log_prob rows/s  B=256", lp_rps[2]);
+    ROW("log_prob rows/s  B=4096", lp_rps[3]);
+    ROW("sample rows/s", sample_rps);
+#undef ROW
     for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%d", res[i].sample_n);
-    printf("%-28s %14s %14s %14s\n", "  (sample batch)", c[0], c[1], c[2]);
+    printf("%-28s %16s %16s %16s\n", "  (sample batch)", c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++)
         snprintf(c[i], sizeof c[i], "%.2f MB", 4.0 * (double)res[i].nparams / 1e6);
-    printf("%-28s %14s %14s %14s\n", "param bytes", c[0], c[1], c[2]);
+    printf("%-28s %16s %16s %16s\n", "param bytes", c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.1f MB", res[i].rss / 1e6);
-    printf("%-28s %14s %14s %14s\n", hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)",
+    printf("%-28s %16s %16s %16s\n", hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)",
            c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++)
         snprintf(c[i], sizeof c[i], "%.2f", 6.0 * wl[i].dc.mac / 1e6);
-    printf("%-28s %14s %14s %14s\n", "train MFLOP/row (3x fwd)", c[0], c[1], c[2]);
+    printf("%-28s %16s %16s %16s\n", "train MFLOP/row (3x fwd)", c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops, 100 * res[i].gflops / peak);
-    printf("%-28s %14s %14s %14s\n", "train GFLOP/s (% of peak)", c[0], c[1], c[2]);
+        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops.med,
+                 100 * res[i].gflops.med / peak);
+    printf("%-28s %16s %16s %16s\n", "train GFLOP/s (% of peak)", c[0], c[1], c[2]);
+    for (int i = 0; i < 3; i++)
+        snprintf(c[i], sizeof c[i], "%.2f..%.2f", res[i].gflops.min, res[i].gflops.max);
+    printf("%-28s %16s %16s %16s\n", "  min..max", c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++)
         snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops_lp4096,
                  100 * res[i].gflops_lp4096 / peak);
-    printf("%-28s %14s %14s %14s\n", "log_prob B=4096 GFLOP/s", c[0], c[1], c[2]);
+    printf("%-28s %16s %16s %16s\n", "log_prob B=4096 GFLOP/s", c[0], c[1], c[2]);
     for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.0f%%", 100 * res[i].spread);
-    printf("%-28s %14s %14s %14s\n", "max repeat spread", c[0], c[1], c[2]);
+    printf("%-28s %16s %16s %16s\n", "max repeat spread", c[0], c[1], c[2]);
     printf("\nW1: realnvp, 8 affine couplings, MLP [128,128], %s; train batch 512\n",
            wl[0].data_desc);
     printf("W2: maf, 5 MADE [1024] + reverse permutations, %s; train batch 128;\n"
@@ -533,7 +601,7 @@ int main(void) {
            wl[2].data_desc);
     printf("GFLOP/s counts dense layers only: 2*B*in*out per linear (x3 for training).\n");
     printf("Median of %d repeats of >= %.2f s after warm-up (fewer repeats where one call\n"
-           "is long); total %.1f s.\n",
+           "is long), min..max the slowest and fastest repeat; total %.1f s.\n",
            cfg.nrep, cfg.min_s, elapsed);
 
     /* JSON: per workload {"flowd":{...}} so a "torch" object can sit beside it */
@@ -558,20 +626,16 @@ json:;
         cJSON_AddNumberToObject(w, "sample_batch", res[i].sample_n);
         cJSON_AddNumberToObject(w, "dense_flops_per_row_fwd", 2.0 * wl[i].dc.mac);
         cJSON *o = cJSON_AddObjectToObject(w, "flowd");
-        cJSON_AddNumberToObject(o, "train_samples_per_s", res[i].train_sps);
-        cJSON *lp = cJSON_AddObjectToObject(o, "log_prob_rows_per_s");
-        for (int k = 0; k < NLP; k++) {
-            char key[16];
-            snprintf(key, sizeof key, "%d", lp_batches[k]);
-            cJSON_AddNumberToObject(lp, key, res[i].lp_rps[k]);
-        }
-        cJSON_AddNumberToObject(o, "sample_rows_per_s", res[i].sample_rps);
+        add_rates(o, &res[i], 0);
         cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)res[i].rss);
-        cJSON_AddNumberToObject(o, "gflops", res[i].gflops);
-        if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops / peak);
+        cJSON_AddNumberToObject(o, "gflops", res[i].gflops.med);
+        if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops.med / peak);
         cJSON_AddNumberToObject(o, "gflops_log_prob_4096", res[i].gflops_lp4096);
         cJSON_AddNumberToObject(o, "param_bytes", 4.0 * (double)res[i].nparams);
         cJSON_AddNumberToObject(o, "max_repeat_spread", res[i].spread);
+        add_rates(cJSON_AddObjectToObject(o, "min"), &res[i], 1);
+        add_rates(cJSON_AddObjectToObject(o, "max"), &res[i], 2);
+        add_rates(cJSON_AddObjectToObject(o, "repeats"), &res[i], 3);
     }
     const char *path = getenv("FLOWD_BENCH_OUT");
     if (!path || !*path) path = "build/bench/results.json";

@@ -19,7 +19,9 @@ clip_grad_norm_(10), Adam(lr 1e-4) step), log_prob rows/s at batch 1, 64,
 W2 64 rows, 4 in quick mode: D sequential MADE passes per layer, as PyTorch
 flow libraries sample a MAF), peak RSS (ru_maxrss, one workload per process),
 GFLOP/s with bench_core.c's dense-layer count.  Timing: warm-up >= 0.1 s,
-repeats >= 0.3 s, median of 5 (fewer where 5 would exceed ~4 s).
+repeats >= 0.3 s, median of 5 (fewer where 5 would exceed ~4 s); "min" and
+"max" hold the slowest and fastest repeat's rates, "repeats" every repeat's
+rate in the order run (same keys as bench_core).
 
 Usage (system python with Debian's python3-torch):
   /usr/bin/python3 bench/torch_ref.py W1|W2|W3   # one workload, JSON on stdout
@@ -387,8 +389,24 @@ else:
 spread = 0.0
 
 
+class Timing:
+    """seconds per call: reps (each repeat, in the order run), med, min, max"""
+
+    def __init__(self, reps):
+        s = sorted(reps)
+        n = len(s)
+        self.reps = list(reps)
+        self.med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        self.min, self.max = s[0], s[-1]
+
+    def rate(self, work):
+        """work / seconds: {"med", "min" (slowest repeat), "max" (fastest), "reps"}"""
+        return {"med": work / self.med, "min": work / self.max, "max": work / self.min,
+                "reps": [work / t for t in self.reps]}
+
+
 def time_op(fn):
-    """median seconds per call of fn()"""
+    """seconds per call of fn() over the repeats (a Timing)"""
     global spread
     calls, t0 = 0, time.perf_counter()
     while True:
@@ -408,10 +426,9 @@ def time_op(fn):
         for _ in range(iters):
             fn()
         reps.append((time.perf_counter() - t0) / iters)
-    reps.sort()
-    med = reps[nrep // 2] if nrep % 2 else 0.5 * (reps[nrep // 2 - 1] + reps[nrep // 2])
-    spread = max(spread, (reps[-1] - reps[0]) / med)
-    return med
+    tm = Timing(reps)
+    spread = max(spread, (tm.max - tm.min) / tm.med)
+    return tm
 
 
 def peak_rss_bytes():
@@ -425,6 +442,7 @@ def run(key):
     nparams = sum(p.numel() for p in flow.parameters())
     pool = gen_data(key, 4096)
     res = {}
+    rates = {}  # figure -> Timing.rate(), for "min", "max", "repeats"
 
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     params = list(flow.parameters())
@@ -444,11 +462,13 @@ def run(key):
         opt.step()
 
     t = time_op(train_step)
-    res["train_samples_per_s"] = B / t
-    res["gflops"] = 3 * 2 * B * mac / t / 1e9
+    rates["train_samples_per_s"] = t.rate(B)
+    rates["gflops"] = t.rate(3 * 2 * B * mac / 1e9)
+    res["train_samples_per_s"] = rates["train_samples_per_s"]["med"]
+    res["gflops"] = rates["gflops"]["med"]
     del opt
 
-    lp = {}
+    lp, lp_rates = {}, {}
     with torch.inference_mode():
         for b in (1, 64, 256, 4096):
             x = pool[:b]
@@ -459,9 +479,10 @@ def run(key):
                     raise RuntimeError("non-finite log_prob")
 
             t = time_op(call)
-            lp[str(b)] = b / t
+            lp_rates[str(b)] = t.rate(b)
+            lp[str(b)] = lp_rates[str(b)]["med"]
             if b == 4096:
-                res["gflops_log_prob_4096"] = 2 * b * mac / t / 1e9
+                res["gflops_log_prob_4096"] = 2 * b * mac / t.med / 1e9
     res["log_prob_rows_per_s"] = lp
 
     n = 4096
@@ -470,11 +491,18 @@ def run(key):
     gen = torch.Generator().manual_seed(99)
     with torch.inference_mode():
         t = time_op(lambda: flow.sample(n, gen))
-    res["sample_rows_per_s"] = n / t
+    rates["sample_rows_per_s"] = t.rate(n)
+    res["sample_rows_per_s"] = rates["sample_rows_per_s"]["med"]
     res["sample_batch"] = n
     res["param_bytes"] = 4 * nparams
     res["peak_rss_bytes"] = peak_rss_bytes()
     res["max_repeat_spread"] = spread
+    for out, part in (("min", "min"), ("max", "max"), ("repeats", "reps")):
+        res[out] = {
+            "train_samples_per_s": rates["train_samples_per_s"][part],
+            "log_prob_rows_per_s": {b: r[part] for b, r in lp_rates.items()},
+            "sample_rows_per_s": rates["sample_rows_per_s"][part],
+            "gflops": rates["gflops"][part]}
     return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
             "dense_flops_per_row_fwd": 2 * mac, key: {"torch": res}}
 

@@ -838,13 +838,20 @@ static void errors_auth_body(dmn *d) {
     http_get(d, "/v1/models/t", &r);
     CHECK_ERROR(d, r, 404, "not_found");
     hresp_free(&r);
-    /* the daemon logged every one of these requests, and no token */
-    FILE *lf = fopen(d->log, "r");
-    REQUIRE(lf);
+    /* the daemon logged every one of these requests, and no token.  A
+     * request's line is written after its response is sent, so the last one
+     * may land a moment after the client has its answer: read until it is
+     * there (at most 5 s). */
     static char logbuf[1 << 20];
-    size_t ln = fread(logbuf, 1, sizeof logbuf - 1, lf);
-    fclose(lf);
-    logbuf[ln] = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        FILE *lf = fopen(d->log, "r");
+        REQUIRE(lf);
+        size_t ln = fread(logbuf, 1, sizeof logbuf - 1, lf);
+        fclose(lf);
+        logbuf[ln] = 0;
+        if (strstr(logbuf, "method=DELETE path=/v1/models/t status=204")) break;
+        usleep(50 * 1000);
+    }
     CHECK_MSG(strstr(logbuf, "method=DELETE path=/v1/models/t status=204") != NULL,
               "request lines missing from the log");
     CHECK_MSG(!strstr(logbuf, READ_TOK) && !strstr(logbuf, WRITE_TOK) && !strstr(logbuf, WRITE_TOK_1),
