@@ -32,6 +32,10 @@ ifeq ($(V),tsan)
   SAN    := -fsanitize=thread -O1 -fno-omit-frame-pointer
 endif
 CFLAGS_ALL := $(CFLAGS_BASE) $(SAN) $(CFLAGS)
+# the core's numeric loops: -O3 vectorises them (the elementwise kernels are
+# also cloned for AVX2, core/kern.h); no errno from libm so sqrt vectorises.
+# Sanitizer builds keep their -O1.
+CORE_OPT := $(if $(SAN),,-O3) -fno-math-errno
 LDFLAGS_ALL := $(SAN) $(LDFLAGS) -pthread
 
 CORE_SRC  := $(wildcard core/*.c)
@@ -55,9 +59,10 @@ all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/f
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)
-	@echo '$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL)' > $@
+	@echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' > $@
 FORCE:
 
+$(CORE_F32) $(CORE_F64): CFLAGS_ALL += $(CORE_OPT)
 $(BUILD)/f32/%.o: %.c $(BUILD)/flags
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@

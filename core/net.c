@@ -17,6 +17,7 @@
 #include "alloc.h"
 #include "nf_internal.h"
 #include "made_inc.h"
+#include "kern.h"
 
 #include <limits.h>
 #include <cblas.h>
@@ -220,7 +221,7 @@ size_t nf_net_ws_size(const nf_net *n, int B) { return n->ws_per_row * (size_t)B
 /* ---- forward ------------------------------------------------------------------ */
 /* y = act(x + b) over (B,H), keeping pre (= x + b) in place; both arrays may
  * be NULL-distinct. */
-static void bias_act(nf_act act, nf_real *pre, nf_real *post, const nf_real *b, int B, int H) {
+NF_VEC static void bias_act(nf_act act, nf_real *pre, nf_real *post, const nf_real *b, int B, int H) {
     for (int r = 0; r < B; r++) {
         nf_real *p = pre + (size_t)r * H, *q = post + (size_t)r * H;
         switch (act) {
@@ -250,7 +251,7 @@ static void bias_act(nf_act act, nf_real *pre, nf_real *post, const nf_real *b, 
 }
 
 /* post = act(pre) without bias (resnet pre-activations) */
-static void act_only(nf_act act, const nf_real *pre, nf_real *post, size_t n) {
+NF_VEC static void act_only(nf_act act, const nf_real *pre, nf_real *post, size_t n) {
     for (size_t i = 0; i < n; i++) {
         nf_real v = pre[i];
         post[i] = act == NF_ACT_RELU ? (v > 0 ? v : 0)
@@ -260,7 +261,7 @@ static void act_only(nf_act act, const nf_real *pre, nf_real *post, size_t n) {
 }
 
 /* d *= act'(pre) using pre and post = act(pre). */
-static void act_grad(nf_act act, const nf_real *pre, const nf_real *post, nf_real *d, size_t n) {
+NF_VEC static void act_grad(nf_act act, const nf_real *pre, const nf_real *post, nf_real *d, size_t n) {
     switch (act) {
     case NF_ACT_RELU:
         for (size_t i = 0; i < n; i++) d[i] = pre[i] > 0 ? d[i] : 0;
@@ -274,7 +275,7 @@ static void act_grad(nf_act act, const nf_real *pre, const nf_real *post, nf_rea
     }
 }
 
-static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
+NF_VEC static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
     for (int r = 0; r < B; r++)
         for (int j = 0; j < H; j++) y[(size_t)r * H + j] += b[j];
 }

@@ -10,6 +10,7 @@
  */
 #include "alloc.h"
 #include "nf.h"
+#include "kern.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -55,7 +56,7 @@ void nf_adam_free(nf_adam *o) {
  * with a branch inside it took a quarter of a W2 training step).  The bias
  * corrections are folded into two scalars computed in double:
  *   p -= (lr / bc1) * m / (sqrt(v / bc2) + eps). */
-void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
+NF_VEC void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t), bc2 = 1.0 - pow(o->beta2, (double)o->t);
     const nf_real b1 = (nf_real)o->beta1, b2 = (nf_real)o->beta2;
@@ -84,9 +85,19 @@ void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
     }
 }
 
-double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
-    double ss = 0;
-    for (size_t i = 0; i < n; i++) ss += (double)grad[i] * grad[i];
+NF_VEC double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
+    /* four partial sums (packed into one vector by the compiler), added in a
+     * fixed order: the same norm for the same gradient on every machine */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)grad[i] * grad[i];
+        s1 += (double)grad[i + 1] * grad[i + 1];
+        s2 += (double)grad[i + 2] * grad[i + 2];
+        s3 += (double)grad[i + 3] * grad[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)grad[i] * grad[i];
+    double ss = (s0 + s1) + (s2 + s3);
     double norm = sqrt(ss);
     if (!isfinite(norm)) return NAN;
     if (max_norm > 0 && norm > max_norm) {

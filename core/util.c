@@ -7,6 +7,7 @@
  * samples. */
 #include "alloc.h"
 #include "nf_internal.h"
+#include "kern.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -242,6 +243,12 @@ void nf_gemm(int transA, int transB, int M, int N, int K, nf_real alpha, const n
     /* one row: a matrix-vector product.  GEMM would first repack the whole
      * weight matrix for a single row (over half the time of a B = 1
      * log_prob); GEMV streams it once. */
+#ifndef NF_DOUBLE
+    if (M == 1 && !transA && transB && K > 0 && alpha == 1 && (beta == 0 || beta == 1)) {
+        nf_gemv_rows(N, K, Bm, ldb, A, C, beta == 1);
+        return;
+    }
+#endif
     if (M == 1 && !transA && K > 0) {
         /* GEMV scales y by beta with a SCAL that may keep a NaN of
          * uninitialised memory when beta = 0: clear it first */

@@ -55,6 +55,39 @@ TEST(flow_gemm_matches_reference) {
         }
 }
 
+/* the one-row kernel (core/kern.c) that nf_gemm takes for B = 1 dense layers:
+ * every row/column remainder of the 4-row x 8-column blocking, the K < 8
+ * and K = 1 paths, a leading dimension wider than K, beta 0 and 1 */
+TEST(flow_gemv_rows_matches_reference) {
+    nf_rng r;
+    nf_rng_seed(&r, 2);
+    static const int Ns[] = {1, 2, 3, 4, 5, 7, 8, 13, 128};
+    static const int Ks[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 128, 131};
+    nf_real *A = malloc(sizeof(nf_real) * 140), *W = malloc(sizeof(nf_real) * 128 * 140);
+    nf_real *C1 = malloc(sizeof(nf_real) * 128), *C2 = malloc(sizeof(nf_real) * 128);
+    REQUIRE(A && W && C1 && C2);
+    for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+            for (int pad = 0; pad < 2; pad++)
+                for (int beta = 0; beta < 2; beta++) {
+                    int N = Ns[ni], K = Ks[ki], ld = K + 3 * pad;
+                    lc_randn(&r, A, K, 1, 0);
+                    lc_randn(&r, W, (size_t)N * ld, 1, 0);
+                    lc_randn(&r, C1, N, 1, 0);
+                    memcpy(C2, C1, sizeof(nf_real) * N);
+                    nf_gemm(0, 1, 1, N, K, 1, A, K, W, ld, (nf_real)beta, C1, N);
+                    nf_gemm_ref(0, 1, 1, N, K, 1, A, K, W, ld, (nf_real)beta, C2, N);
+                    for (int i = 0; i < N; i++)
+                        CHECK_MSG(fabs(C1[i] - C2[i]) <= 1e-5 * (1 + fabs(C2[i])),
+                                  "N=%d K=%d ld=%d beta=%d: [%d] %g vs %g", N, K, ld, beta, i,
+                                  (double)C1[i], (double)C2[i]);
+                }
+    free(A);
+    free(W);
+    free(C1);
+    free(C2);
+}
+
 /* the conditioner's GEMM + fused bias/activation path against plain loops */
 TEST(flow_net_matches_plain_loops) {
     for (int act = 0; act < NF_ACT_COUNT; act++) {

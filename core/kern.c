@@ -1,0 +1,116 @@
+/* kern.c: see kern.h. */
+#include "kern.h"
+
+#include <stddef.h>
+
+#ifndef NF_DOUBLE
+
+void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, float *y, int acc) {
+    for (int o = 0; o < N; o++) {
+        const float *w = W + (size_t)o * ld;
+        float s = 0;
+        for (int i = 0; i < K; i++) s += w[i] * x[i];
+        y[o] = acc ? y[o] + s : s;
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline float hsum8(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* The K < 8 tail of row w against x, and a short row's whole sum. */
+AVX2 static inline float tail_dot(const float *w, const float *x, int i, int K) {
+    float s = 0;
+    for (; i < K; i++) s += w[i] * x[i];
+    return s;
+}
+
+AVX2 static void gemv_avx2(int N, int K, const float *W, int ld, const float *x, float *y,
+                           int acc) {
+    int o = 0;
+    const int K8 = K & ~7;
+    for (; o + 4 <= N; o += 4) {
+        const float *w0 = W + (size_t)o * ld, *w1 = w0 + ld, *w2 = w1 + ld, *w3 = w2 + ld;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int i = 0; i < K8; i += 8) {
+            __m256 xv = _mm256_loadu_ps(x + i);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
+        }
+        float s0 = hsum8(a0) + tail_dot(w0, x, K8, K), s1 = hsum8(a1) + tail_dot(w1, x, K8, K);
+        float s2 = hsum8(a2) + tail_dot(w2, x, K8, K), s3 = hsum8(a3) + tail_dot(w3, x, K8, K);
+        if (acc) {
+            s0 += y[o];
+            s1 += y[o + 1];
+            s2 += y[o + 2];
+            s3 += y[o + 3];
+        }
+        y[o] = s0;
+        y[o + 1] = s1;
+        y[o + 2] = s2;
+        y[o + 3] = s3;
+    }
+    for (; o < N; o++) {
+        const float *w = W + (size_t)o * ld;
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < K8; i += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a);
+        float s = hsum8(a) + tail_dot(w, x, K8, K);
+        y[o] = acc ? y[o] + s : s;
+    }
+}
+
+/* K < 8 (the first layer of a coupling net reads one or a few inputs): the
+ * product is a sum of K columns, vectorised along the rows instead. */
+AVX2 static void gemv_narrow_avx2(int N, int K, const float *W, int ld, const float *x,
+                                  float *y, int acc) {
+    if (K == 1) { /* a column: y = x0 W[:,0] */
+        const float x0 = x[0];
+        if (ld == 1) {
+            if (acc)
+                for (int o = 0; o < N; o++) y[o] += W[o] * x0;
+            else
+                for (int o = 0; o < N; o++) y[o] = W[o] * x0;
+        } else {
+            for (int o = 0; o < N; o++) y[o] = (acc ? y[o] : 0) + W[(size_t)o * ld] * x0;
+        }
+        return;
+    }
+    for (int o = 0; o < N; o++) {
+        const float *w = W + (size_t)o * ld;
+        float s = 0;
+        for (int i = 0; i < K; i++) s += w[i] * x[i];
+        y[o] = acc ? y[o] + s : s;
+    }
+}
+
+/* libgcc fills the CPU model in a constructor that runs before main */
+int nf_kern_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc) {
+    if (!nf_kern_avx2()) nf_gemv_rows_ref(N, K, W, ld, x, y, acc);
+    else if (K < 8) gemv_narrow_avx2(N, K, W, ld, x, y, acc);
+    else gemv_avx2(N, K, W, ld, x, y, acc);
+}
+
+#else /* not x86-64 */
+
+int nf_kern_avx2(void) { return 0; }
+void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc) {
+    nf_gemv_rows_ref(N, K, W, ld, x, y, acc);
+}
+
+#endif
+#endif /* NF_DOUBLE */

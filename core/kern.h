@@ -1,0 +1,43 @@
+/* kern.h: core's hand-written numeric kernels, where OpenBLAS or the
+ * compiler's plain output leaves time on the table.
+ *
+ * Which instruction set: the core is built for baseline x86-64 (the binary
+ * runs on any machine the Debian package runs on).  Each hot kernel is
+ * compiled twice, for baseline and for AVX2+FMA, and the AVX2 version is
+ * picked once at run time (__builtin_cpu_supports).  Non-x86 builds get the
+ * plain C versions.
+ *
+ *  - nf_gemv_rows: y = W x (+ y when acc), W (N,K) row-major with leading
+ *    dimension ld.  The one-row product of a dense layer (B = 1 log_prob,
+ *    what a single HTTP request computes).  OpenBLAS 0.3.21's sgemv spends
+ *    20-40% more than this kernel on the 128x128 layers of a RealNVP net
+ *    and starts its thread pool for products this small when it has more
+ *    than one thread.  The AVX2 kernel takes four rows at a time with one
+ *    8-lane accumulator each, then reduces them horizontally; the sums are
+ *    in a different order from a scalar loop (results differ in the last
+ *    bits, never in more: tests compare against nf_gemm_ref at 1e-5).
+ *    float only; the NF_DOUBLE build (tests) keeps cblas_dgemv.
+ *
+ * Elementwise loops (bias + activation, Adam) are plain C with NF_VEC on the
+ * function: GCC/clang clone it for AVX2 and dispatch through an ifunc, and
+ * -O3 vectorises it (Makefile: core is built with -O3 -fno-math-errno). */
+#ifndef NF_KERN_H
+#define NF_KERN_H
+
+#include "nf.h"
+
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && !defined(NF_NO_CLONES)
+#define NF_VEC __attribute__((target_clones("avx2", "default")))
+#else
+#define NF_VEC
+#endif
+
+#ifndef NF_DOUBLE
+void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc);
+/* The portable twin, exposed for tests. */
+void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, float *y, int acc);
+/* 1 if nf_gemv_rows runs the AVX2 kernel on this machine */
+int nf_kern_avx2(void);
+#endif
+
+#endif
