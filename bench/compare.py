@@ -3,23 +3,35 @@
 
 Runs, each in its own process so peak RSS figures do not accumulate and
 machine drift hits both sides alike:
-    sgemm peak (C), C W1, torch W1, C W2, torch W2, C W3, torch W3,
+    sgemm peak (C),
+    FLOWD_BENCH_ROUNDS times (default 1):
+        C W1, torch W1, C W2, torch W2, C W3, torch W3
+        (every second round torch first: torch W1, C W1, ...),
     C serve, torch serve, sgemm peak again (best kept)
 then prints a table with flowd / torch ratios and the issue's targets and
 writes build/bench/results.json (FLOWD_BENCH_OUT overrides): per workload
 "flowd", "torch" and "ratio" objects with the same keys, "serve",
-"sgemm_peak_gflops", the load average before each step, and "targets".
-An existing "http" object (bench/http_bench.sh) is kept and its target checked.
+"sgemm_peak_gflops", "rounds", the load average before each step, and
+"targets".  An existing "http" object (bench/http_bench.sh) is kept and its
+target checked.
+
+Rounds are merged per figure: the per-repeat rates of all rounds are pooled;
+the figure is the median of the pool, "min" / "max" its extremes, "repeats"
+the pool itself (rounds in order).  peak_rss_bytes and max_repeat_spread are
+the largest of the rounds; "round_medians" keeps each round's own medians.
+Ratios are flowd / torch of the merged medians.
 
 Environment: BENCH_CORE (default build/rel/bench_core), FLOWD_BENCH_QUICK,
-FLOWD_BENCH_W2_SAMPLE_N, OPENBLAS_NUM_THREADS (default 2; torch gets the same
-count via TORCH_THREADS).  Without a working `import torch` in /usr/bin/python3
-only the flowd side runs (apt-get install python3-torch for the comparison).
+FLOWD_BENCH_ROUNDS, FLOWD_BENCH_W2_SAMPLE_N, OPENBLAS_NUM_THREADS (default 2;
+torch gets the same count via TORCH_THREADS).  Without a working `import torch`
+in /usr/bin/python3 only the flowd side runs (apt-get install python3-torch for
+the comparison).
 """
 import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +44,9 @@ PY = "/usr/bin/python3"
 THREADS = os.environ.get("OPENBLAS_NUM_THREADS", "2")
 KEYS = ("W1", "W2", "W3")
 LP = ("1", "64", "256", "4096")
+NAMES = {"W1": "realnvp", "W2": "maf", "W3": "nsf"}
+# throughput figures with "min", "max" and "repeats" (same keys, both sides)
+RATES = ("train_samples_per_s", "log_prob_rows_per_s", "sample_rows_per_s", "gflops")
 
 
 def log(msg):
@@ -48,9 +63,17 @@ def env(**kw):
     return e
 
 
-def run_c(only, loads):
-    loads.append({"step": "flowd " + only, "load1": load()})
-    log(f"[load {loads[-1]['load1']}] flowd {only} ...")
+def step(loads, name, rnd):
+    loads.append({"step": name, "load1": load()})
+    tag = ""
+    if rnd:
+        loads[-1]["round"] = rnd
+        tag = f"round {rnd}: "
+    log(f"[load {loads[-1]['load1']}] {tag}{name} ...")
+
+
+def run_c(only, loads, rnd=None):
+    step(loads, "flowd " + only, rnd)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     try:
@@ -62,9 +85,8 @@ def run_c(only, loads):
         os.unlink(path)
 
 
-def run_torch(what, loads):
-    loads.append({"step": "torch " + what, "load1": load()})
-    log(f"[load {loads[-1]['load1']}] torch {what} ...")
+def run_torch(what, loads, rnd=None):
+    step(loads, "torch " + what, rnd)
     p = subprocess.run([PY, os.path.join(HERE, "torch_ref.py"), what], env=env(),
                        check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(p.stdout)
@@ -75,6 +97,41 @@ def have_torch():
         return subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0
     except OSError:
         return False
+
+
+def merge(rounds, flops_per_row):
+    """One side's per-round objects ("flowd" or "torch") merged into one: for
+    each throughput figure the per-repeat rates of every round pooled, median,
+    min and max of the pool; peak_rss_bytes and max_repeat_spread the largest
+    of the rounds; other keys from the first round."""
+    m = {k: v for k, v in rounds[0].items() if k not in ("min", "max", "repeats")}
+
+    def pool(*path):
+        p = []
+        for r in rounds:
+            reps = _get(r, "repeats", *path)
+            p += reps if reps is not None else [_get(r, *path)]  # no repeats: the median
+        return p
+
+    m["min"], m["max"], m["repeats"] = {}, {}, {}
+    for f in RATES:
+        if f == "log_prob_rows_per_s":
+            for part in ("min", "max", "repeats"):
+                m[part][f] = {}
+            for b in rounds[0][f]:
+                p = pool(f, b)
+                m[f][b] = statistics.median(p)
+                m["min"][f][b], m["max"][f][b], m["repeats"][f][b] = min(p), max(p), p
+        else:
+            p = pool(f)
+            m[f] = statistics.median(p)
+            m["min"][f], m["max"][f], m["repeats"][f] = min(p), max(p), p
+    m["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in rounds)
+    m["max_repeat_spread"] = max(r["max_repeat_spread"] for r in rounds)
+    if "4096" in m["log_prob_rows_per_s"]:
+        m["gflops_log_prob_4096"] = m["log_prob_rows_per_s"]["4096"] * flops_per_row / 1e9
+    m["round_medians"] = [{f: r[f] for f in RATES + ("peak_rss_bytes",)} for r in rounds]
+    return m
 
 
 def ratio(a, b):
@@ -93,6 +150,10 @@ def fmt(v):
     if v >= 100:
         return f"{v:.0f}"
     return f"{v:.2f}"
+
+
+def fmt_range(lo, hi):
+    return "-" if lo is None or hi is None else f"[{fmt(lo)}..{fmt(hi)}]"
 
 
 def fmt_ratio(v):
@@ -136,6 +197,12 @@ def _get(d, *path):
 
 def main():
     quick = os.environ.get("FLOWD_BENCH_QUICK", "0") not in ("", "0")
+    try:
+        nrounds = int(os.environ.get("FLOWD_BENCH_ROUNDS", "") or 1)
+        if nrounds < 1:
+            raise ValueError
+    except ValueError:
+        sys.exit("compare.py: FLOWD_BENCH_ROUNDS must be a positive integer")
     if not os.access(CORE, os.X_OK):
         sys.exit(f"compare.py: {CORE} missing (make {os.path.relpath(CORE, ROOT)})")
     torch_ok = have_torch()
@@ -146,21 +213,35 @@ def main():
     res = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "mode": "quick" if quick else "full", "blas_threads": int(THREADS),
            "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "kernel": platform.release()},
-           "load_avg_start": list(round(v, 2) for v in os.getloadavg()), "steps": loads}
+           "load_avg_start": list(round(v, 2) for v in os.getloadavg()),
+           "rounds": nrounds, "steps": loads}
     g = run_c("sgemm", loads)
     sg = g["sgemm_gflops"]
+    side = {k: {"flowd": [], "torch": []} for k in KEYS}  # per-round objects
+    for r in range(nrounds):
+        rnd = r + 1 if nrounds > 1 else None
+        for k in KEYS:
+            # flowd first, torch first every second round: drift hits both sides alike
+            for who in (("flowd", "torch") if r % 2 == 0 else ("torch", "flowd")):
+                if who == "flowd":
+                    w = run_c(k, loads, rnd)[k]
+                    side[k]["flowd"].append(w.pop("flowd"))
+                    res.setdefault(k, w)  # spec, data, batches, flop count
+                elif torch_ok:
+                    tr = run_torch(k, loads, rnd)
+                    res["torch_version"] = tr["torch_version"]
+                    res["torch_threads"] = tr["threads"]
+                    side[k]["torch"].append(tr[k]["torch"])
+                    side[k]["torch_flops"] = tr["dense_flops_per_row_fwd"]
     for k in KEYS:
-        c = run_c(k, loads)
-        w = c[k]
-        res[k] = w
-        if torch_ok:
-            tr = run_torch(k, loads)
-            res["torch_version"] = tr["torch_version"]
-            res["torch_threads"] = tr["threads"]
-            if abs(tr["dense_flops_per_row_fwd"] - w["dense_flops_per_row_fwd"]) > 0.5:
-                log(f"compare.py: {k}: torch model has {tr['dense_flops_per_row_fwd']} dense "
-                    f"flops/row, flowd {w['dense_flops_per_row_fwd']}")
-            w["torch"] = tr[k]["torch"]
+        w = res[k]
+        if torch_ok and abs(side[k]["torch_flops"] - w["dense_flops_per_row_fwd"]) > 0.5:
+            log(f"compare.py: {k}: torch model has {side[k]['torch_flops']} dense "
+                f"flops/row, flowd {w['dense_flops_per_row_fwd']}")
+        for who in ("flowd", "torch"):
+            if side[k][who]:
+                flops = side[k]["torch_flops"] if who == "torch" else w["dense_flops_per_row_fwd"]
+                w[who] = merge(side[k][who], flops)
     c = run_c("serve", loads)
     res["serve"] = {"flowd_peak_rss_bytes": c["serve_peak_rss_bytes"]}
     if torch_ok:
@@ -212,37 +293,50 @@ def print_table(res, torch_ok):
     print(f"\nflowd vs PyTorch {res.get('torch_version', '(not installed)')} "
           f"({res['mode']} mode, {res['blas_threads']} threads each, float32)")
     print(f"{res['date']}  {res['machine']['cpu']}, {res['machine']['cpus']} cpus; "
-          f"load average at start {res['load_avg_start']}")
+          f"load average at start {res['load_avg_start']}; "
+          f"{res.get('rounds', 1)} round{'s' if res.get('rounds', 1) != 1 else ''}")
     print(f"sgemm peak: {peak:.1f} GFLOP/s (n=1024 {res['sgemm_gflops']['1024']:.1f}, "
           f"n=2048 {res['sgemm_gflops']['2048']:.1f})\n")
-    cols = ("flowd", "torch", "ratio") if torch_ok else ("flowd",)
-    head = f"{'':24}" + "".join(f"{k:>10}{'':>{10 * (len(cols) - 1)}}" for k in KEYS)
-    print(head)
-    print(f"{'':24}" + "".join(f"{c:>10}" for _ in KEYS for c in cols))
+    sides = ("flowd", "torch") if torch_ok else ("flowd",)
+    rounds = res.get("rounds", 1)
+    over = f"the pooled repeats of {rounds} rounds" if rounds > 1 else "the repeats"
+    print(f"median [min..max] over {over}"
+          + ("; ratio = flowd / torch of the medians" if torch_ok else ""))
 
-    def row(label, path, scale=1.0, show_ratio=True):
-        cells = []
-        for k in KEYS:
-            w = res[k]
-            for c in cols:
-                v = _get(w, c, *path)
-                if c == "ratio":
-                    cells.append(fmt_ratio(v) if show_ratio and v is not None else "")
-                else:
-                    cells.append(fmt(v * scale) if v is not None else "-")
-        print(f"{label:24}" + "".join(f"{c:>10}" for c in cells))
+    def row(w, label, path, scale=1.0, show_ratio=True, ranged=True, pct=False):
+        line = f"{label:24}"
+        for c in sides:
+            v = _get(w, c, *path)
+            lo, hi = _get(w, c, "min", *path), _get(w, c, "max", *path)
+            if v is None:
+                med = "-"
+            elif pct:
+                med = f"{v * scale:.1f}%"
+            else:
+                med = fmt(v * scale)
+            rng = fmt_range(lo * scale, hi * scale) if ranged and lo is not None else ""
+            line += f"{med:>9} {rng:<18}"
+        if torch_ok:
+            r = _get(w, "ratio", *path)
+            line += f"{fmt_ratio(r) if show_ratio and r is not None else '':>8}"
+        print(line.rstrip())
 
-    row("train samples/s", ("train_samples_per_s",))
-    for b in LP:
-        row(f"log_prob rows/s B={b}", ("log_prob_rows_per_s", b))
-    row("sample rows/s", ("sample_rows_per_s",))
-    row("peak RSS MB", ("peak_rss_bytes",), 1e-6)
-    row("train GFLOP/s", ("gflops",))
-    row("  % of sgemm peak", ("gflops_frac_peak",), 100, False)
-    row("log_prob 4096 GFLOP/s", ("gflops_log_prob_4096",), 1, False)
-    row("max repeat spread %", ("max_repeat_spread",), 100, False)
-    print(f"(sample batch: W1 {res['W1']['sample_batch']}, W2 {res['W2']['sample_batch']}, "
-          f"W3 {res['W3']['sample_batch']} rows per call)")
+    for k in KEYS:
+        w = res[k]
+        print(f"\n{k} {NAMES[k]} (train batch {w['train_batch']}, "
+              f"sample batch {w['sample_batch']})")
+        print((f"{'':24}" + "".join(f"{c:>9} {'[min..max]':<18}" for c in sides)
+               + (f"{'ratio':>8}" if torch_ok else "")).rstrip())
+        row(w, "train samples/s", ("train_samples_per_s",))
+        for b in LP:
+            row(w, f"log_prob rows/s B={b}", ("log_prob_rows_per_s", b))
+        row(w, "sample rows/s", ("sample_rows_per_s",))
+        row(w, "peak RSS MB", ("peak_rss_bytes",), 1e-6, ranged=False)
+        row(w, "train GFLOP/s", ("gflops",))
+        row(w, "  % of sgemm peak", ("gflops_frac_peak",), 100, False, False, True)
+        row(w, "log_prob 4096 GFLOP/s", ("gflops_log_prob_4096",), 1, False, False)
+        row(w, "max repeat spread %", ("max_repeat_spread",), 100, False, False, True)
+    print()
     s = res["serve"]
     line = f"serving all three models: flowd {s['flowd_peak_rss_bytes'] / 1e6:.1f} MB"
     if "torch_peak_rss_bytes" in s:
@@ -263,7 +357,8 @@ def print_table(res, torch_ok):
               f"(target {'>=' if 'RSS' not in t['name'] and 'p99' not in t['name'] else '<='} "
               f"{tg:g})")
     print("\nsteps (1-min load average before each):",
-          ", ".join(f"{s['step']} {s['load1']}" for s in res["steps"]))
+          ", ".join((f"r{s['round']} " if "round" in s else "") + f"{s['step']} {s['load1']}"
+                    for s in res["steps"]))
 
 
 if __name__ == "__main__":
