@@ -142,8 +142,19 @@ static int reset_hwm(void) {
     return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
+/* Threads: the bench's thread count T is OpenBLAS's at start
+ * (OPENBLAS_NUM_THREADS; `make bench` sets 2).  The sgemm peak is measured
+ * with T BLAS threads.  The workloads split each call's rows over T threads
+ * (nf_ws_create_threads, as `flowd train` does) with one BLAS thread under
+ * each; FLOWD_BENCH_SPLIT=0 instead runs them on one thread with T BLAS
+ * threads (the library's behaviour before workspaces had threads). */
+static int g_threads = 1, g_core_threads = 1;
+
+static void blas_for_workloads(void) { openblas_set_num_threads(g_core_threads > 1 ? 1 : g_threads); }
+
 /* ---- sgemm peak ------------------------------------------------------------------ */
 static double sgemm_gflops(int n, int runs) {
+    openblas_set_num_threads(g_threads);
     size_t nn = (size_t)n * n;
     float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
     if (!a || !b || !c) die("sgemm buffers", NF_ENOMEM);
@@ -167,6 +178,7 @@ static double sgemm_gflops(int n, int runs) {
     free(a);
     free(b);
     free(c);
+    blas_for_workloads();
     return 2.0 * n * (double)n * n / best / 1e9;
 }
 
@@ -261,13 +273,13 @@ static int train_step(void *p) {
     if (a->next + a->B > a->npool) a->next = 0;
     const nf_real *x = a->pool + (size_t)a->next * a->D;
     a->next += a->B;
-    nf_flow_zero_grad(a->f);
+    nf_flow_zero_grad_ws(a->f, a->w);
     int rc = nf_flow_log_prob_grad(a->f, a->w, x, NULL, a->B, 1, a->dlogp, NULL, NULL, NULL);
     if (rc) return rc;
     size_t P = nf_flow_num_params(a->f);
-    double norm = nf_clip_grad_norm(nf_flow_grad(a->f), P, 10.0);
+    double norm = nf_clip_grad_norm_ws(a->w, nf_flow_grad(a->f), P, 10.0);
     if (!isfinite(norm)) return NF_ENONFINITE;
-    nf_adam_step(a->opt, nf_flow_params(a->f), nf_flow_grad(a->f), 1e-4);
+    nf_adam_step_ws(a->opt, a->w, nf_flow_params(a->f), nf_flow_grad(a->f), 1e-4);
     return 0;
 }
 
@@ -328,7 +340,7 @@ static void run_workload(const workload *wl, result *res) {
     {
         train_arg a = {.f = f, .pool = pool, .npool = npool, .D = D, .B = wl->train_batch};
         nf_adam opt;
-        if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
+        if ((rc = nf_ws_create_threads(f, a.B, g_core_threads, &a.w))) die("ws", rc);
         if ((rc = nf_adam_init(&opt, NF_OPT_ADAM, res->nparams, 0))) die("adam", rc);
         a.opt = &opt;
         a.dlogp = malloc((size_t)a.B * sizeof *a.dlogp);
@@ -344,7 +356,7 @@ static void run_workload(const workload *wl, result *res) {
     /* log_prob at each batch size, each with a workspace of that size */
     for (int k = 0; k < NLP; k++) {
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
-        if ((rc = nf_ws_create(f, a.B, &a.w))) die("ws", rc);
+        if ((rc = nf_ws_create_threads(f, a.B, g_core_threads, &a.w))) die("ws", rc);
         timing t = time_op(lp_call, &a, "log_prob");
         res->lp_rps[k] = rate_of(&t, a.B);
         if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t.med / 1e9;
@@ -356,7 +368,7 @@ static void run_workload(const workload *wl, result *res) {
         sample_arg a = {.f = f, .n = wl->sample_n, .seed = 99};
         a.x = malloc((size_t)a.n * D * sizeof *a.x);
         if (!a.x) die("sample buffer", NF_ENOMEM);
-        if ((rc = nf_ws_create(f, a.n, &a.w))) die("ws", rc);
+        if ((rc = nf_ws_create_threads(f, a.n, g_core_threads, &a.w))) die("ws", rc);
         timing t = time_op(sample_call, &a, "sample");
         res->sample_rps = rate_of(&t, a.n);
         res->sample_n = a.n;
@@ -514,7 +526,10 @@ int main(void) {
         wl[2].dc.par += 30;
     }
 
-    int threads = openblas_get_num_threads();
+    int threads = g_threads = openblas_get_num_threads();
+    const char *split = getenv("FLOWD_BENCH_SPLIT");
+    g_core_threads = split && !strcmp(split, "0") ? 1 : threads;
+    blas_for_workloads();
     const char *only = getenv("FLOWD_BENCH_ONLY");
     int partial = only && *only;
     double t_start = now_s();
@@ -546,8 +561,10 @@ int main(void) {
     if (partial) goto json;
 
     /* table */
-    printf("\nflowd core benchmark (%s mode, OpenBLAS %d thread%s, float32)\n",
-           cfg.quick ? "quick" : "full", threads, threads == 1 ? "" : "s");
+    printf("\nflowd core benchmark (%s mode, %d thread%s: %s, float32)\n",
+           cfg.quick ? "quick" : "full", threads, threads == 1 ? "" : "s",
+           g_core_threads > 1 ? "rows split over threads, 1 BLAS thread each"
+                              : "one thread calling OpenBLAS with all of them");
     printf("sgemm peak: %.1f GFLOP/s (n=1024 %.1f, n=2048 %.1f; best of runs before and after)\n\n", peak, g1024,
            g2048);
     printf("%-28s %16s %16s %16s\n", "", "W1 realnvp", "W2 maf", "W3 nsf");
@@ -609,6 +626,7 @@ json:;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "mode", cfg.quick ? "quick" : "full");
     cJSON_AddNumberToObject(root, "blas_threads", threads);
+    cJSON_AddNumberToObject(root, "core_threads", g_core_threads);
     if (do_sgemm) {
         cJSON_AddNumberToObject(root, "sgemm_peak_gflops", peak);
         cJSON *sg = cJSON_AddObjectToObject(root, "sgemm_gflops");

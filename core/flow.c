@@ -15,6 +15,7 @@
  */
 #include "alloc.h"
 #include "nf_internal.h"
+#include "pool.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -64,6 +65,17 @@ const nf_layer_kind nf_layer_kinds[] = {
  * from users; dim 65536 with an lu_linear layer alone would ask for 16 GiB. */
 #define NF_MAX_PARAMS ((size_t)1 << 27)
 
+/* A workspace is either plain (nt = 1: the buffers below) or threaded
+ * (nt > 1): then it holds one plain workspace per thread and a pool, and
+ * every call splits its rows into nt contiguous parts, part t on thread t
+ * with sub[t].  Row-wise results (log p, z, x, dx) are the same as on one
+ * thread; parameter gradients are summed part by part: part 0 into the
+ * flow's gradient, part t > 0 into pgrad[t], then added in (REDUCE), which
+ * also re-zeroes pgrad[t] for the next call. */
+#define NF_WS_MAX_THREADS NF_PAR_MAX
+/* fewer rows than this per thread and a call stays on one thread */
+#define PAR_MIN_ROWS 8
+
 struct nf_ws {
     int Bm;
     nf_real *mem;
@@ -71,6 +83,10 @@ struct nf_ws {
     nf_real **lws;    /* (nlayers) scratch per layer */
     nf_real *g0, *g1; /* (Bm,D) gradient rows */
     nf_real *ld, *bl; /* (Bm) log-det accumulator, base log p */
+    int nt;           /* threads */
+    nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
+    nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
+    nf_pool *pool;
 };
 
 /* ---- creation ----------------------------------------------------------------- */
@@ -374,20 +390,60 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
 
 void nf_ws_free(nf_ws *w) {
     if (!w) return;
+    nf_pool_free(w->pool); /* joins the workers first */
+    if (w->sub)
+        for (int t = 0; t < w->nt; t++) nf_ws_free(w->sub[t]);
+    if (w->pgrad)
+        for (int t = 0; t < w->nt; t++) nf_free(w->pgrad[t]);
+    nf_free(w->sub);
+    nf_free(w->pgrad);
     nf_free(w->mem);
     nf_free(w->h);
     nf_free(w->lws);
     nf_free(w);
 }
 
-int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }
+int nf_ws_create_threads(const nf_flow *f, int max_batch, int threads, nf_ws **out) {
+    *out = NULL;
+    if (max_batch < 1 || max_batch > (1 << 24) || threads < 1) return NF_ERANGE;
+    if (threads > NF_WS_MAX_THREADS) threads = NF_WS_MAX_THREADS;
+    if (threads > max_batch) threads = max_batch;
+    int whole_batch = 0, data_init = 0;
+    for (int k = 0; k < f->nlayers; k++) {
+        /* batch-norm's training statistics span the batch: one thread */
+        if (!strcmp(f->layers[k].ops->type, "batchnorm")) whole_batch = 1;
+        if (f->layers[k].ops->data_init) data_init = 1;
+    }
+    if (threads == 1 || whole_batch) return nf_ws_create(f, max_batch, out);
+    nf_ws *w = nf_calloc(1, sizeof *w);
+    if (!w) return NF_ENOMEM;
+    w->Bm = max_batch;
+    w->nt = threads;
+    w->sub = nf_calloc((size_t)threads, sizeof *w->sub);
+    w->pgrad = nf_calloc((size_t)threads, sizeof *w->pgrad);
+    int rc = w->sub && w->pgrad ? 0 : NF_ENOMEM;
+    int part = (max_batch + threads - 1) / threads;
+    /* nf_flow_data_init runs on sub[0] and wants the whole batch */
+    for (int t = 0; t < threads && !rc; t++)
+        rc = nf_ws_create(f, t == 0 && data_init ? max_batch : part, &w->sub[t]);
+    if (!rc) rc = nf_pool_create(threads, &w->pool);
+    if (rc) {
+        nf_ws_free(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
 
-static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, int k, const nf_real *ctx, int B,
-                        int training) {
+int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }
+int nf_ws_threads(const nf_ws *w) { return w->nt > 1 ? w->nt : 1; }
+
+static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
+                        const nf_real *ctx, int B, int training) {
     const nf_layer *L = &f->layers[k];
     nf_ctx c = {
         .params = f->params + L->param_off,
-        .grad = f->grad ? f->grad + L->param_off : NULL,
+        .grad = grad ? grad + L->param_off : NULL,
         .buffers = f->buffers + L->buf_off,
         .ctx = ctx,
         .dctx = NULL,
@@ -405,7 +461,7 @@ static int inverse_chunk(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     memset(w->ld, 0, (size_t)B * sizeof *w->ld);
     const nf_real *in = x;
     for (int k = 0; k < f->nlayers; k++) {
-        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, B, training);
         int rc = f->layers[k].ops->inverse(&f->layers[k], &c, in, w->h[k + 1], w->ld);
         if (rc == NF_ENONFINITE) bad = 1;
         else if (rc) return rc;
@@ -424,10 +480,27 @@ static int check_args(const nf_flow *f, const nf_ws *w, const nf_real *ctx, int 
     return 0;
 }
 
+/* threaded workspaces: the same calls, rows split over the threads (below) */
+typedef struct par_job par_job;
+static int par_rows(par_job *j);
+static int par_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                        nf_real *out);
+static int par_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                      nf_real *z, nf_real *logdet);
+static int par_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int B,
+                      nf_real *x, nf_real *logdet);
+static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
+                      const nf_real *ctx, nf_real *x, nf_real *log_prob);
+static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                    int training, int transform, const nf_real *dlogp, double ld_l2,
+                    const nf_real *dout, nf_real *logp, nf_real *logdet, nf_real *out,
+                    nf_real *dx, nf_real *dctx);
+
 int nf_flow_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                      nf_real *out) {
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
+    if (w->nt > 1) return par_log_prob(f, w, x, ctx, B, out);
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         const nf_real *xs = x + (size_t)s * f->D, *cs = ctx ? ctx + (size_t)s * f->C : NULL;
@@ -446,6 +519,7 @@ int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *
                    nf_real *z, nf_real *logdet) {
     int rc = check_args(f, w, ctx, B), bad = 0;
     if (rc) return rc;
+    if (w->nt > 1) return par_encode(f, w, x, ctx, B, z, logdet);
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         const nf_real *xs = x + (size_t)s * f->D;
@@ -469,7 +543,7 @@ static int forward_chunk(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_
     }
     const nf_real *in = z;
     for (int k = f->nlayers - 1; k >= 0; k--) {
-        nf_ctx c = layer_ctx(f, w, k, ctx, n, 0);
+        nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, n, 0);
         /* write into h[k] (h[0] is the caller's x) */
         nf_real *out = k == 0 ? x : w->h[k];
         int rc = f->layers[k].ops->forward(&f->layers[k], &c, in, out, w->ld);
@@ -484,6 +558,7 @@ int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *
                    nf_real *x, nf_real *logdet) {
     int rc = check_args(f, w, ctx, B), bad = 0;
     if (rc) return rc;
+    if (w->nt > 1) return par_decode(f, w, z, ctx, B, x, logdet);
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         /* z may be h[K]'s source; copy through g0 so layers never alias */
@@ -502,6 +577,7 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
     int rc = check_args(f, w, ctx, n);
     if (rc) return rc;
     if (!(T > 0) || !isfinite(T)) return NF_EINVAL;
+    if (w->nt > 1) return par_sample(f, w, n, T, seed, ctx, x, log_prob);
     nf_rng rng;
     nf_rng_seed(&rng, seed);
     for (int s = 0; s < n; s += w->Bm) {
@@ -522,11 +598,11 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
 /* The layer backward sweep of one pass, from dz in w->g0 (on the top
  * rows) and per-row log-det weights in w->bl; ping-pongs w->g0/w->g1,
  * writes dx (may be NULL) and accumulates dctx (may be NULL). */
-static void backward_chain(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
-                           int training, nf_real *dctx, nf_real *dx) {
+static void backward_chain(const nf_flow *f, nf_ws *w, nf_real *grad, const nf_real *x,
+                           const nf_real *ctx, int B, int training, nf_real *dctx, nf_real *dx) {
     nf_real *dz = w->g0, *dnext = w->g1;
     for (int k = f->nlayers - 1; k >= 0; k--) {
-        nf_ctx c = layer_ctx(f, w, k, ctx, B, training);
+        nf_ctx c = layer_ctx(f, w, grad, k, ctx, B, training);
         c.dctx = dctx;
         const nf_real *xin = k == 0 ? x : w->h[k];
         nf_real *dout = k == 0 ? dx : dnext;
@@ -550,6 +626,9 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm) return NF_ERANGE;
+    if (w->nt > 1)
+        return par_grad(f, w, x, ctx, B, training, 0, dlogp, ld_l2, NULL, logp, logdet, NULL, dx,
+                        dctx);
     rc = inverse_chunk(f, w, x, ctx, B, training);
     if (rc) return rc; /* out of support: no gradient */
     const nf_real *z = top(f, w, x);
@@ -566,13 +645,14 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
      * penalty adds d(ld_l2 LD_b^2)/dLD_b = 2 ld_l2 LD_b (bl is free now) */
     nf_real *dld = w->bl;
     for (int r = 0; r < B; r++) dld[r] = (nf_real)(dlogp[r] + 2 * ld_l2 * (double)w->ld[r]);
-    backward_chain(f, w, x, ctx, B, training, dctx, dx);
+    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx);
     return 0;
 }
 
 int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B) {
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
+    if (w->nt > 1) w = w->sub[0]; /* sized for the whole batch when a layer has data_init */
     if (B > w->Bm) B = w->Bm;
     memset(w->ld, 0, (size_t)B * sizeof *w->ld);
     const nf_real *in = x;
@@ -580,7 +660,7 @@ int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx
         nf_layer *L = &f->layers[k];
         if (L->ops->data_init)
             L->ops->data_init(L, f->params + L->param_off, f->buffers + L->buf_off, in, B);
-        nf_ctx c = layer_ctx(f, w, k, ctx, B, 0);
+        nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, B, 0);
         rc = L->ops->inverse(L, &c, in, w->h[k + 1], w->ld);
         if (rc && rc != NF_ENONFINITE) return rc;
         in = w->h[k + 1];
@@ -602,6 +682,9 @@ int nf_flow_transform_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm) return NF_ERANGE;
+    if (w->nt > 1)
+        return par_grad(f, w, x, ctx, B, training, 1, dlogdet_w, 0, dout, NULL, logdet, out,
+                        dx, dctx);
     rc = inverse_chunk(f, w, x, ctx, B, training);
     if (rc) return rc;
     if (out) memcpy(out, top(f, w, x), (size_t)B * f->D * sizeof *out);
@@ -619,9 +702,287 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm || !dout) return B > w->Bm ? NF_ERANGE : NF_EINVAL;
+    if (w->nt > 1)
+        return par_grad(f, w, x, ctx, B, training, 2, dlogdet_w, 0, dout, NULL, NULL, NULL, dx,
+                        dctx);
     if (ensure_grad(f)) return NF_ENOMEM;
     memcpy(w->g0, dout, (size_t)B * f->D * sizeof *w->g0);
     for (int r = 0; r < B; r++) w->bl[r] = dlogdet_w ? dlogdet_w[r] : 0;
-    backward_chain(f, w, x, ctx, B, training, dctx, dx);
+    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx);
+    return 0;
+}
+
+/* ---- threaded workspaces ----------------------------------------------------------------------
+ * One job splits B rows into np <= nt contiguous parts (the first B % np
+ * parts one row longer) and runs part t on thread t with sub[t].  Parts are
+ * never smaller than PAR_MIN_ROWS rows unless the rows would not fit the
+ * parts' workspaces otherwise (gradient calls are one pass, no chunking). */
+enum { JOB_LOG_PROB, JOB_ENCODE, JOB_DECODE, JOB_SAMPLE, JOB_GRAD_FWD, JOB_GRAD_BWD, JOB_REDUCE };
+
+struct par_job {
+    int kind;
+    const nf_flow *f;
+    nf_ws *w;
+    int B, np, training, mode;
+    const nf_real *x, *ctx, *wts, *dout;
+    double ld_l2;
+    nf_real *out, *out2, *logp, *dx, *dctx;
+    int rc[NF_WS_MAX_THREADS];
+};
+
+static void part_range(const par_job *j, int t, int *start, int *n) {
+    int base = j->B / j->np, rem = j->B % j->np;
+    *start = t * base + (t < rem ? t : rem);
+    *n = base + (t < rem);
+}
+
+#define ROWS(p, s, width) ((p) ? (p) + (size_t)(s) * (size_t)(width) : NULL)
+
+static void par_part(void *arg, int t) {
+    par_job *j = arg;
+    if (t >= j->np) return;
+    const nf_flow *f = j->f;
+    nf_ws *w = j->w->sub[t];
+    const int D = f->D, C = f->C;
+    int s, n, rc = 0;
+    part_range(j, t, &s, &n);
+    const nf_real *xs = ROWS(j->x, s, D), *cs = ROWS(j->ctx, s, C);
+    switch (j->kind) {
+    case JOB_LOG_PROB:
+        rc = nf_flow_log_prob(f, w, xs, cs, n, j->out + s);
+        break;
+    case JOB_ENCODE:
+        rc = nf_flow_encode(f, w, xs, cs, n, ROWS(j->out, s, D), ROWS(j->out2, s, 1));
+        break;
+    case JOB_DECODE:
+        rc = nf_flow_decode(f, w, xs, cs, n, ROWS(j->out, s, D), ROWS(j->out2, s, 1));
+        break;
+    case JOB_SAMPLE: {
+        /* out holds the base draws z; x = T(z) in place, through g0 */
+        int bad = 0;
+        for (int c = 0; c < n && !rc; c += w->Bm) {
+            int m = n - c < w->Bm ? n - c : w->Bm;
+            nf_real *xr = j->out + (size_t)(s + c) * D;
+            memcpy(w->g0, xr, (size_t)m * D * sizeof *xr);
+            rc = forward_chunk(f, w, w->g0, ROWS(j->ctx, s + c, C), m, xr);
+            if (rc == NF_ENONFINITE) bad = 1, rc = 0;
+            if (!rc && j->logp)
+                for (int r = 0; r < m; r++)
+                    j->logp[s + c + r] = (nf_real)((double)j->logp[s + c + r] - (double)w->ld[r]);
+        }
+        if (!rc && bad) rc = NF_ENONFINITE;
+        break;
+    }
+    case JOB_GRAD_FWD:
+        rc = inverse_chunk(f, w, xs, cs, n, j->training);
+        if (rc) break;
+        if (j->mode == 0) {
+            nf_base_log_prob(&f->base, f->params + f->base.param_off, top(f, w, xs), n, w->bl);
+            if (j->logp)
+                for (int r = 0; r < n; r++)
+                    j->logp[s + r] = (nf_real)((double)w->bl[r] + (double)w->ld[r]);
+        } else if (j->out) {
+            memcpy(j->out + (size_t)s * D, top(f, w, xs), (size_t)n * D * sizeof *j->out);
+        }
+        if (j->out2) memcpy(j->out2 + s, w->ld, (size_t)n * sizeof *w->ld);
+        break;
+    case JOB_GRAD_BWD: {
+        nf_real *grad = t == 0 ? f->grad : j->w->pgrad[t];
+        if (j->mode == 0) {
+            memset(w->g0, 0, (size_t)n * D * sizeof *w->g0);
+            nf_base_log_prob_backward(&f->base, f->params + f->base.param_off,
+                                      grad + f->base.param_off, top(f, w, xs), n, j->wts + s,
+                                      w->g0);
+            for (int r = 0; r < n; r++)
+                w->bl[r] = (nf_real)(j->wts[s + r] + 2 * j->ld_l2 * (double)w->ld[r]);
+        } else {
+            memcpy(w->g0, j->dout + (size_t)s * D, (size_t)n * D * sizeof *w->g0);
+            for (int r = 0; r < n; r++) w->bl[r] = j->wts ? j->wts[s + r] : 0;
+        }
+        backward_chain(f, w, grad, xs, cs, n, j->training, ROWS(j->dctx, s, C),
+                       ROWS(j->dx, s, D));
+        break;
+    }
+    case JOB_REDUCE: {
+        /* parameters [p0, p1), cut at 16-float (cache line) boundaries */
+        size_t P = f->nparams, per = (P / (size_t)j->np + 15) & ~(size_t)15;
+        size_t p0 = per * (size_t)t, p1 = p0 + per < P ? p0 + per : P;
+        nf_real *g = f->grad;
+        for (int u = 1; u < j->B; u++) { /* B holds the number of gradient parts here */
+            nf_real *pg = j->w->pgrad[u];
+            for (size_t i = p0; i < p1; i++) {
+                g[i] += pg[i];
+                pg[i] = 0;
+            }
+        }
+        break;
+    }
+    }
+    j->rc[t] = rc;
+}
+
+/* Run j over its parts; the first hard error, else NF_ENONFINITE if a part
+ * had one, else 0. */
+static int par_rows(par_job *j) {
+    if (j->np == 1) par_part(j, 0);
+    else nf_pool_run(j->w->pool, par_part, j);
+    int bad = 0;
+    for (int t = 0; t < j->np; t++) {
+        if (j->rc[t] == NF_ENONFINITE) bad = 1;
+        else if (j->rc[t]) return j->rc[t];
+    }
+    return bad ? NF_ENONFINITE : 0;
+}
+
+/* parts for B rows: all threads once each gets PAR_MIN_ROWS rows; with
+ * one-pass (gradient) calls at least enough parts to fit the rows */
+static int parts_for(const nf_ws *w, int B, int one_pass) {
+    int np = B / PAR_MIN_ROWS < w->nt ? B / PAR_MIN_ROWS : w->nt;
+    if (np < 1) np = 1;
+    if (one_pass)
+        while (np < w->nt && (B + np - 1) / np > w->sub[np > 1 ? 1 : 0]->Bm) np++;
+    return np;
+}
+
+static par_job job_init(int kind, const nf_flow *f, nf_ws *w, int B, int one_pass) {
+    par_job j;
+    memset(&j, 0, sizeof j);
+    j.kind = kind;
+    j.f = f;
+    j.w = w;
+    j.B = B;
+    j.np = parts_for(w, B, one_pass);
+    return j;
+}
+
+static int par_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                        nf_real *out) {
+    par_job j = job_init(JOB_LOG_PROB, f, w, B, 0);
+    j.x = x;
+    j.ctx = ctx;
+    j.out = out;
+    int rc = par_rows(&j);
+    return rc == NF_ENONFINITE ? 0 : rc; /* log_prob reports those rows as -inf */
+}
+
+static int par_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                      nf_real *z, nf_real *logdet) {
+    par_job j = job_init(JOB_ENCODE, f, w, B, 0);
+    j.x = x;
+    j.ctx = ctx;
+    j.out = z;
+    j.out2 = logdet;
+    return par_rows(&j);
+}
+
+static int par_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int B,
+                      nf_real *x, nf_real *logdet) {
+    par_job j = job_init(JOB_DECODE, f, w, B, 0);
+    j.x = z;
+    j.ctx = ctx;
+    j.out = x;
+    j.out2 = logdet;
+    return par_rows(&j);
+}
+
+/* The base draws come from one stream in row order, exactly as a plain
+ * workspace draws them chunk by chunk, so a seed gives the same samples
+ * whatever the workspace; then the rows are transformed in parallel. */
+static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
+                      const nf_real *ctx, nf_real *x, nf_real *log_prob) {
+    nf_rng rng;
+    nf_rng_seed(&rng, seed);
+    const nf_real *bp = f->params + f->base.param_off;
+    for (int s = 0; s < n; s += w->Bm) {
+        int m = n - s < w->Bm ? n - s : w->Bm;
+        nf_base_sample(&f->base, bp, &rng, T, m, x + (size_t)s * f->D);
+        if (log_prob) nf_base_log_prob(&f->base, bp, x + (size_t)s * f->D, m, log_prob + s);
+    }
+    par_job j = job_init(JOB_SAMPLE, f, w, n, 0);
+    j.ctx = ctx;
+    j.out = x;
+    j.logp = log_prob;
+    int rc = par_rows(&j);
+    return rc == NF_ENONFINITE ? 0 : rc;
+}
+
+/* mode 0: log_prob_grad_ex (wts = dlogp); 1: transform_grad (wts =
+ * dlogdet_w); 2: transform_backward alone, after a mode-1 call without dout
+ * on the same rows (the parts' workspaces still hold that pass). */
+static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                    int training, int mode, const nf_real *wts, double ld_l2,
+                    const nf_real *dout, nf_real *logp, nf_real *logdet, nf_real *out,
+                    nf_real *dx, nf_real *dctx) {
+    par_job j = job_init(JOB_GRAD_FWD, f, w, B, 1);
+    j.x = x;
+    j.ctx = ctx;
+    j.training = training;
+    j.mode = mode;
+    j.wts = wts;
+    j.ld_l2 = ld_l2;
+    j.dout = dout;
+    if (mode != 2) {
+        j.logp = logp;
+        j.out = out;
+        j.out2 = logdet;
+        int rc = par_rows(&j);
+        if (rc) return rc; /* out of support: no gradient */
+        if (mode == 0 ? !wts : !dout) return 0;
+    }
+    if (ensure_grad(f)) return NF_ENOMEM;
+    for (int t = 1; t < j.np; t++)
+        if (!w->pgrad[t] && !(w->pgrad[t] = nf_calloc(f->nparams + 1, sizeof(nf_real))))
+            return NF_ENOMEM;
+    j.kind = JOB_GRAD_BWD;
+    j.dx = dx;
+    j.dctx = dctx;
+    par_rows(&j);
+    if (j.np > 1) {
+        par_job r = job_init(JOB_REDUCE, f, w, 0, 0);
+        r.np = w->nt;
+        r.B = j.np;
+        par_rows(&r);
+    }
+    return 0;
+}
+
+/* ---- element ranges on a workspace's threads (nf_internal.h) -------------------------------- */
+typedef struct range_job {
+    size_t n, per;
+    void (*fn)(void *arg, size_t i0, size_t i1, int t);
+    void *arg;
+    int np;
+} range_job;
+
+static void range_part(void *arg, int t) {
+    range_job *r = arg;
+    if (t >= r->np) return;
+    size_t i0 = r->per * (size_t)t, i1 = i0 + r->per < r->n ? i0 + r->per : r->n;
+    r->fn(r->arg, i0, i1, t);
+}
+
+int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size_t i1, int t),
+                       void *arg) {
+    int nt = w && w->nt > 1 ? w->nt : 1;
+    size_t min = (size_t)1 << 16;
+    int np = n / min < (size_t)nt ? (int)(n / min) : nt;
+    if (np <= 1) {
+        fn(arg, 0, n, 0);
+        return 1;
+    }
+    range_job r = {n, (n / (size_t)np + 15) & ~(size_t)15, fn, arg, np};
+    while (r.per * (size_t)(r.np - 1) >= n) r.np--; /* every part non-empty */
+    nf_pool_run(w->pool, range_part, &r);
+    return r.np;
+}
+
+static void zero_part(void *arg, size_t i0, size_t i1, int t) {
+    (void)t;
+    memset((nf_real *)arg + i0, 0, (i1 - i0) * sizeof(nf_real));
+}
+
+int nf_flow_zero_grad_ws(nf_flow *f, nf_ws *w) {
+    if (ensure_grad(f)) return NF_ENOMEM;
+    nf_ws_parallel_for(w, f->nparams, zero_part, f->grad);
     return 0;
 }

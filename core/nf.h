@@ -88,6 +88,8 @@ nf_real *nf_flow_params(nf_flow *f);       /* (P) contiguous, all layers + base 
  * that only serve do not carry a gradient buffer. */
 nf_real *nf_flow_grad(nf_flow *f);
 int nf_flow_zero_grad(nf_flow *f); /* allocates on first use: NF_ENOMEM */
+/* The same on a workspace's threads (nf_ws_create_threads; any workspace). */
+int nf_flow_zero_grad_ws(nf_flow *f, nf_ws *w);
 /* Re-initialise every parameter from seed (final conditioner layers zero, so
  * a fresh flow is the identity map with the base distribution's density). */
 void nf_flow_init(nf_flow *f, uint64_t seed);
@@ -112,6 +114,21 @@ int nf_flow_load_params(nf_flow *f, const void *buf, size_t len); /* NF_ECORRUPT
 int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out);
 void nf_ws_free(nf_ws *w);
 int nf_ws_max_batch(const nf_ws *w);
+/* A workspace whose calls split their rows over `threads` threads: the
+ * caller's and threads-1 workers that the workspace starts and owns.  Every
+ * call below takes it in place of a plain one.  Part t of a call (contiguous
+ * rows) runs on thread t with its own scratch, so per-row results are the
+ * ones a plain workspace gives, and sampling draws the same base rows for a
+ * seed; parameter gradients are summed per part and then added, so they
+ * differ from a plain workspace's in the last bits (a training run is
+ * reproducible for a given thread count).  Calls with fewer than 8 rows per
+ * thread use fewer threads.  Flows with batch-norm layers get a plain
+ * workspace (batch statistics span the batch); nf_ws_threads says which.
+ * Each part calls BLAS, so keep BLAS to one thread
+ * (openblas_set_num_threads(1)) or the two kinds of threads fight for the
+ * cores.  A threaded workspace still belongs to one calling thread. */
+int nf_ws_create_threads(const nf_flow *f, int max_batch, int threads, nf_ws **out);
+int nf_ws_threads(const nf_ws *w);
 
 /* log p(x | ctx) for B rows (any B: chunked by the workspace size).
  * x (B,D), ctx (B,C) or NULL when C == 0, out (B).  A row where the density is
@@ -186,9 +203,16 @@ int nf_adam_init(nf_adam *o, nf_opt_kind kind, size_t n, double weight_decay);
 void nf_adam_free(nf_adam *o);
 /* Bias-corrected Adam/AdamW step with learning rate lr. */
 void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr);
+/* The same step on the threads of w (w may be plain or NULL: one thread);
+ * the same result as nf_adam_step. */
+void nf_adam_step_ws(nf_adam *o, nf_ws *w, nf_real *params, const nf_real *grad, double lr);
 /* Global L2 norm of grad; if max_norm > 0 and the norm exceeds it, grad is
  * scaled to max_norm.  Returns the norm before clipping (NaN if non-finite). */
 double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm);
+/* The same on the threads of w (plain or NULL: one thread).  The sum of
+ * squares is taken in one part per thread and the parts added in order, so
+ * the norm can differ from nf_clip_grad_norm's in the last bits. */
+double nf_clip_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n, double max_norm);
 /* Optimizer state as a blob: "NFOP" u32 version u32 kind f64 b1 b2 eps wd u64 n
  * i64 t f32 m[n] f32 v[n] u32 crc32.  Caller free()s. */
 int nf_adam_save(const nf_adam *o, void **buf, size_t *len);

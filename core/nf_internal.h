@@ -173,6 +173,15 @@ int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
 int nf_mask_parse(const cJSON *spec, int D, int *mask, char *err, size_t errlen);
 void nf_mask_to_json(const int *mask, int D, cJSON *obj); /* always the list form */
 
+/* ---- threads (core/flow.c, core/pool.c) -----------------------------------
+ * fn(arg, i0, i1, t) over [0, n) cut into one range per thread of w (cut at
+ * 16-element boundaries, ranges of at least 64Ki elements), t = 0..parts-1;
+ * a plain or NULL workspace runs fn(arg, 0, n, 0) on the caller.  Returns
+ * the number of parts. */
+#define NF_PAR_MAX 64
+int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size_t i1, int t),
+                       void *arg);
+
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
 /* read optional fields from a spec, with type checks */

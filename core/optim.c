@@ -10,6 +10,7 @@
  */
 #include "alloc.h"
 #include "nf.h"
+#include "nf_internal.h"
 #include "kern.h"
 
 #include <math.h>
@@ -56,18 +57,32 @@ void nf_adam_free(nf_adam *o) {
  * with a branch inside it took a quarter of a W2 training step).  The bias
  * corrections are folded into two scalars computed in double:
  *   p -= (lr / bc1) * m / (sqrt(v / bc2) + eps). */
-NF_VEC void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
+typedef struct adam_consts {
+    nf_real b1, b2, c1, c2, step, ibc2, eps, wd, decay;
+    int adamw;
+} adam_consts;
+
+static adam_consts adam_begin(nf_adam *o, double lr) {
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t), bc2 = 1.0 - pow(o->beta2, (double)o->t);
-    const nf_real b1 = (nf_real)o->beta1, b2 = (nf_real)o->beta2;
-    const nf_real c1 = (nf_real)(1 - o->beta1), c2 = (nf_real)(1 - o->beta2);
-    const nf_real step = (nf_real)(lr / bc1), ibc2 = (nf_real)(1.0 / bc2), eps = (nf_real)o->eps;
-    const nf_real wd = (nf_real)o->weight_decay, decay = (nf_real)(1.0 - lr * o->weight_decay);
-    nf_real *restrict m = o->m, *restrict v = o->v, *restrict p = params;
-    const nf_real *restrict g = grad;
-    const size_t n = o->n;
-    if (o->kind == NF_OPT_ADAMW) {
-        for (size_t i = 0; i < n; i++) {
+    adam_consts k = {
+        .b1 = (nf_real)o->beta1, .b2 = (nf_real)o->beta2,
+        .c1 = (nf_real)(1 - o->beta1), .c2 = (nf_real)(1 - o->beta2),
+        .step = (nf_real)(lr / bc1), .ibc2 = (nf_real)(1.0 / bc2), .eps = (nf_real)o->eps,
+        .wd = (nf_real)o->weight_decay, .decay = (nf_real)(1.0 - lr * o->weight_decay),
+        .adamw = o->kind == NF_OPT_ADAMW,
+    };
+    return k;
+}
+
+/* elements [i0, i1) */
+NF_VEC static void adam_range(const adam_consts *k, nf_real *restrict m, nf_real *restrict v,
+                              nf_real *restrict p, const nf_real *restrict g, size_t i0,
+                              size_t i1) {
+    const nf_real b1 = k->b1, b2 = k->b2, c1 = k->c1, c2 = k->c2, step = k->step;
+    const nf_real ibc2 = k->ibc2, eps = k->eps, wd = k->wd, decay = k->decay;
+    if (k->adamw) {
+        for (size_t i = i0; i < i1; i++) {
             nf_real gi = g[i], pi = p[i] * decay; /* decoupled decay first */
             nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
             m[i] = mi;
@@ -75,7 +90,7 @@ NF_VEC void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, doubl
             p[i] = pi - step * mi / (NF_SQRT(vi * ibc2) + eps);
         }
     } else {
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = i0; i < i1; i++) {
             nf_real gi = g[i] + wd * p[i]; /* L2 in the gradient */
             nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
             m[i] = mi;
@@ -85,24 +100,85 @@ NF_VEC void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, doubl
     }
 }
 
-NF_VEC double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
-    /* four partial sums (packed into one vector by the compiler), added in a
-     * fixed order: the same norm for the same gradient on every machine */
+void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
+    adam_consts k = adam_begin(o, lr);
+    adam_range(&k, o->m, o->v, params, grad, 0, o->n);
+}
+
+typedef struct adam_job {
+    const adam_consts *k;
+    nf_adam *o;
+    nf_real *p;
+    const nf_real *g;
+} adam_job;
+
+static void adam_part(void *arg, size_t i0, size_t i1, int t) {
+    (void)t;
+    adam_job *a = arg;
+    adam_range(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1);
+}
+
+void nf_adam_step_ws(nf_adam *o, nf_ws *w, nf_real *params, const nf_real *grad, double lr) {
+    adam_consts k = adam_begin(o, lr);
+    adam_job a = {&k, o, params, grad};
+    nf_ws_parallel_for(w, o->n, adam_part, &a);
+}
+
+/* sum of squares of [i0, i1): four partial sums (packed into one vector by
+ * the compiler), added in a fixed order */
+NF_VEC static double sumsq_range(const nf_real *grad, size_t i0, size_t i1) {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
+    size_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
         s0 += (double)grad[i] * grad[i];
         s1 += (double)grad[i + 1] * grad[i + 1];
         s2 += (double)grad[i + 2] * grad[i + 2];
         s3 += (double)grad[i + 3] * grad[i + 3];
     }
-    for (; i < n; i++) s0 += (double)grad[i] * grad[i];
-    double ss = (s0 + s1) + (s2 + s3);
+    for (; i < i1; i++) s0 += (double)grad[i] * grad[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+NF_VEC static void scale_range(nf_real *grad, size_t i0, size_t i1, double s) {
+    for (size_t i = i0; i < i1; i++) grad[i] = (nf_real)(grad[i] * s);
+}
+
+double nf_clip_grad_norm(nf_real *grad, size_t n, double max_norm) {
+    return nf_clip_grad_norm_ws(NULL, grad, n, max_norm);
+}
+
+typedef struct clip_job {
+    nf_real *g;
+    double scale;
+    double part[NF_PAR_MAX];
+} clip_job;
+
+static void clip_sum_part(void *arg, size_t i0, size_t i1, int t) {
+    clip_job *c = arg;
+    c->part[t] = sumsq_range(c->g, i0, i1);
+}
+
+static void clip_scale_part(void *arg, size_t i0, size_t i1, int t) {
+    (void)t;
+    clip_job *c = arg;
+    scale_range(c->g, i0, i1, c->scale);
+}
+
+/* With a threaded workspace the sum is taken in one part per thread and the
+ * parts added in order: the same norm for the same gradient and thread
+ * count (the last bits may differ between thread counts). */
+double nf_clip_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n, double max_norm) {
+    clip_job c;
+    memset(&c, 0, sizeof c);
+    c.g = grad;
+    int np = nf_ws_parallel_for(w, n, clip_sum_part, &c);
+    double ss = 0;
+    for (int t = 0; t < np; t++) ss += c.part[t];
     double norm = sqrt(ss);
     if (!isfinite(norm)) return NAN;
     if (max_norm > 0 && norm > max_norm) {
-        double s = max_norm / norm;
-        for (size_t i = 0; i < n; i++) grad[i] = (nf_real)(grad[i] * s);
+        c.scale = max_norm / norm;
+        nf_ws_parallel_for(w, n, clip_scale_part, &c);
     }
     return norm;
 }

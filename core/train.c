@@ -75,6 +75,7 @@ void nf_train_config_default(nf_train_config *c) {
     c->max_bad_batches = 10;
     c->log_every = 50;
     c->levels = 256;
+    c->threads = 1;
 }
 
 static double now_s(void) {
@@ -85,15 +86,16 @@ static double now_s(void) {
 
 double nf_bits_per_dim(double nll, int D) { return nll / (D * 0.6931471805599453); }
 
-double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed) {
+/* mean NLL of x on workspace w, in chunks of its size; the dequantization
+ * noise is drawn row by row, so the chunk size does not change it */
+static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t n,
+                          int dequantize, uint64_t seed) {
     if (n <= 0) return NAN;
-    int D = nf_flow_dim(f), chunk = n < 1024 ? (int)n : 1024;
-    nf_ws *w = NULL;
+    int D = nf_flow_dim(f), chunk = n < nf_ws_max_batch(w) ? (int)n : nf_ws_max_batch(w);
     nf_real *buf = nf_malloc((size_t)chunk * D * sizeof *buf), *lp = nf_malloc((size_t)chunk * sizeof *lp);
-    if (!buf || !lp || nf_ws_create(f, chunk, &w)) {
+    if (!buf || !lp) {
         nf_free(buf);
         nf_free(lp);
-        nf_ws_free(w);
         return NAN;
     }
     nf_rng r;
@@ -109,8 +111,16 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
     }
     nf_free(buf);
     nf_free(lp);
-    nf_ws_free(w);
     return isnan(tot) ? INFINITY : tot / n;
+}
+
+double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed) {
+    if (n <= 0) return NAN;
+    nf_ws *w = NULL;
+    if (nf_ws_create(f, n < 1024 ? (int)n : 1024, &w)) return NAN;
+    double v = eval_nll_on(f, w, x, n, dequantize, seed);
+    nf_ws_free(w);
+    return v;
 }
 
 /* log(s(1-s)) for s = sigmoid(v): -softplus(-v) - softplus(v) */
@@ -261,7 +271,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->spe = ntrain / t->B;
     t->total_steps = t->spe * cfg->epochs;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
-    int rc = nf_ws_create(f, t->B, &t->ws);
+    int rc = nf_ws_create_threads(f, t->B, cfg->threads > 1 ? cfg->threads : 1, &t->ws);
     if (!rc && nf_flow_zero_grad(f)) rc = NF_ENOMEM; /* the gradient buffer, once */
     if (!rc) rc = nf_adam_init(&t->opt, cfg->optimizer, P, cfg->weight_decay);
     t->xb = nf_malloc((size_t)t->B * t->D * sizeof *t->xb);
@@ -313,7 +323,7 @@ int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errl
         return NF_EINVAL;
     }
     size_t P = nf_flow_num_params(q), NB = q->nbuffers, BD = (size_t)t->B * t->D;
-    int rc = nf_ws_create(q, t->B, &t->qws);
+    int rc = nf_ws_create_threads(q, t->B, t->cfg.threads > 1 ? t->cfg.threads : 1, &t->qws);
     if (!rc && nf_flow_zero_grad(q)) rc = NF_ENOMEM;
     if (!rc) rc = nf_adam_init(&t->qopt, t->cfg.optimizer, P, t->cfg.weight_decay);
     if (rc) {
@@ -406,7 +416,7 @@ static int validate(nf_trainer *t) {
     if (t->nval <= 0) return 0;
     unsigned fails = nf_alloc_failures;
     t->val_loss = t->q ? nf_eval_nll_vdeq(f, t->q, t->val, t->nval, t->cfg.levels, t->cfg.seed + 777)
-                       : nf_eval_nll(f, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
+                       : eval_nll_on(f, t->ws, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
     /* fraction of non-finite values in 256 samples at T = 1 */
     int n = 256;
@@ -545,8 +555,8 @@ static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const cha
     } else {
         t->consecutive_bad = 0;
         double lr = lr_at(t, t->step);
-        nf_adam_step(&t->opt, f->params, f->grad, lr);
-        if (q) nf_adam_step(&t->qopt, q->params, q->grad, lr);
+        nf_adam_step_ws(&t->opt, t->ws, f->params, f->grad, lr);
+        if (q) nf_adam_step_ws(&t->qopt, t->qws, q->params, q->grad, lr);
         t->acc_loss += loss;
         t->acc_n++;
         t->last_lr = lr;
@@ -575,8 +585,8 @@ static int train_step(nf_trainer *t) {
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x3000 + (uint64_t)t->step);
         for (size_t i = 0; i < (size_t)B * D; i++) t->eps[i] = (nf_real)nf_rng_normal(&r);
-        nf_flow_zero_grad(f);
-        nf_flow_zero_grad(q);
+        nf_flow_zero_grad_ws(f, t->ws);
+        nf_flow_zero_grad_ws(q, t->qws);
         int rc = nf_vdeq_grad(f, t->ws, q, t->qws, t->xb, t->eps, B, t->cfg.levels, 1,
                               t->cfg.jacobian_l2, t->vscratch, &loss);
         double gn = rc ? NAN : clip_both(f->grad, P, q->grad, q->nparams, t->cfg.clip_grad_norm);
@@ -589,14 +599,14 @@ static int train_step(nf_trainer *t) {
     }
     nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
-    nf_flow_zero_grad(f);
+    nf_flow_zero_grad_ws(f, t->ws);
     int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, NULL, B, 1, t->dlogp,
                                       t->cfg.jacobian_l2 / B, t->logp, t->logdet, NULL, NULL);
     double loss = 0;
     for (int r = 0; r < B; r++)
         loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
     loss /= B;
-    double gn = rc ? NAN : nf_clip_grad_norm(f->grad, P, t->cfg.clip_grad_norm);
+    double gn = rc ? NAN : nf_clip_grad_norm_ws(t->ws, f->grad, P, t->cfg.clip_grad_norm);
     return step_outcome(t, rc, loss, gn, "log-likelihood (rows outside the support)");
 }
 

@@ -18,8 +18,9 @@
  *
  * Reproducibility: the epoch permutation and the dequantization noise are
  * derived from (seed, epoch) and (seed, step), never from a running RNG, so a
- * run is a pure function of (seed, data, config, BLAS thread count), and the
- * state blob (nf_trainer_save_state) resumes it bit for bit: a run stopped at
+ * run is a pure function of (seed, data, config, BLAS and training thread
+ * counts), and the state blob (nf_trainer_save_state) resumes it bit for
+ * bit (with the same thread counts): a run stopped at
  * any checkpoint and resumed gives exactly the parameters of an uninterrupted
  * run.
  *
@@ -67,6 +68,11 @@ typedef struct nf_train_config {
                                  run ends like an early stop (best params kept);
                                  counted per nf_trainer_run call */
     uint64_t seed;
+    int threads;              /* threads of the training workspace
+                                 (nf_ws_create_threads), default 1; set by the
+                                 process (flowd train --threads, the daemon's
+                                 --train-threads), not by the job JSON.  A run
+                                 is reproducible for a given thread count */
 } nf_train_config;
 
 void nf_train_config_default(nf_train_config *c);

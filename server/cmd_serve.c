@@ -98,6 +98,9 @@ static void serve_usage(FILE *f) {
 "  --listen HOST:PORT     address to bind (FLOWD_LISTEN, default 127.0.0.1:8080);\n"
 "                         port 0 picks a free port (see --port-file)\n"
 "  --workers N            training worker threads (FLOWD_WORKERS, default 1)\n"
+"  --train-threads N      threads that share each training batch\n"
+"                         (FLOWD_TRAIN_THREADS, default 1: the other core stays\n"
+"                         with the request threads)\n"
 "  --http-threads N       request threads (FLOWD_HTTP_THREADS, default 4)\n"
 "  --token-file FILE      bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line\n"
 "                         (FLOWD_TOKEN_FILE); without it the daemon serves\n"
@@ -138,6 +141,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-queued-jobs", "FLOWD_MAX_QUEUED_JOBS", 64, 1, 100000, 0},
         {"cache-models", "FLOWD_CACHE_MODELS", 16, 1, 4096, 0},
         {"blas-threads", "FLOWD_BLAS_THREADS", 1, 1, 64, 0},
+        {"train-threads", "FLOWD_TRAIN_THREADS", 1, 1, 64, 0},
     };
     enum { NNUM = sizeof nums / sizeof nums[0] };
     for (int i = 0; i < NNUM; i++) {
@@ -235,7 +239,7 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
-    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, &s.jobs, err, sizeof err)) {
+    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, (int)nums[11].val, &s.jobs, err, sizeof err)) {
         fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
         fd_db_close(db);
         return 1;

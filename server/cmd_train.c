@@ -6,6 +6,7 @@
 #include "../core/job.h"
 #include "../core/model.h"
 
+#include <cblas.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -72,6 +73,8 @@ static void usage(FILE *f) {
             "  --config FILE   the job JSON of POST /v1/jobs (see README); the dataset may\n"
             "                  also be {\"path\":\"data.csv\",\"format\":\"auto\"} here\n"
             "  --out FILE      where to write the model (atomically: temp file + rename)\n"
+            "  --threads N     threads that share each batch (default: the number of\n"
+            "                  CPUs); BLAS then runs one thread per call\n"
             "  --quiet         no progress output\n"
             "\n"
             "Ctrl-C stops training; the best parameters so far are still written.\n");
@@ -80,17 +83,27 @@ static void usage(FILE *f) {
 int cmd_train(int argc, char **argv) {
     const char *config = NULL, *outp = NULL;
     int quiet = 0;
+    long threads = sysconf(_SC_NPROCESSORS_ONLN);
+    char *end;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"out", required_argument, 0, 'o'},
+                                         {"threads", required_argument, 0, 't'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:o:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:o:t:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config = optarg; break;
         case 'o': outp = optarg; break;
+        case 't':
+            threads = strtol(optarg, &end, 10);
+            if (*end || threads < 1 || threads > 64) {
+                fprintf(stderr, "flowd train: --threads must be 1..64\n");
+                return 2;
+            }
+            break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -114,6 +127,11 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "flowd train: %s: %s\n", config, err);
         return 1;
     }
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    job.train.threads = (int)threads;
+    /* the batch is split over our threads: one BLAS thread under each */
+    if (threads > 1) openblas_set_num_threads(1);
     nf_data data = {0};
     if ((rc = nf_job_load_data(&job, &data, err, sizeof err))) {
         fprintf(stderr, "flowd train: dataset: %s\n", err);
@@ -126,7 +144,8 @@ int cmd_train(int argc, char **argv) {
                             .cancel = &cancel_flag};
     nf_job_result res;
     if (!quiet)
-        fprintf(stderr, "training %s on %lld rows x %d dims\n", job.model, (long long)data.n, data.d);
+        fprintf(stderr, "training %s on %lld rows x %d dims (%ld thread%s)\n", job.model,
+                (long long)data.n, data.d, threads, threads == 1 ? "" : "s");
     rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
     if (pc.tty && !quiet) fputc('\n', stderr);
     if (rc == NF_ECANCELLED) {

@@ -61,6 +61,7 @@ struct fd_jobs {
     int64_t *resume;        /* ids left 'running' at start, under mu */
     int nresume, resume_next;
     double ckpt_seconds;
+    int train_threads;   /* threads per job's training workspace */
     atomic_int running;
 };
 
@@ -267,6 +268,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         finish(w, id, "failed", msg);
         return;
     }
+    job.train.threads = j->train_threads;
     if (job.dataset_id[0]) {
         if (load_dataset(w, job.dataset_id, &data, msg, sizeof msg)) {
             finish(w, id, "failed", msg);
@@ -405,10 +407,15 @@ static void jobs_free(fd_jobs *j) {
     free(j);
 }
 
-int fd_jobs_start(const char *db_path, int n, fd_jobs **out, char *err, size_t errlen) {
+int fd_jobs_start(const char *db_path, int n, int train_threads, fd_jobs **out, char *err,
+                  size_t errlen) {
     *out = NULL;
     if (n < 0 || n > 256) {
         if (err) snprintf(err, errlen, "training workers: %d is out of range (0..256)", n);
+        return FD_EINVAL;
+    }
+    if (train_threads < 1 || train_threads > 64) {
+        if (err) snprintf(err, errlen, "training threads: %d is out of range (1..64)", train_threads);
         return FD_EINVAL;
     }
     fd_jobs *j = calloc(1, sizeof *j);
@@ -421,6 +428,7 @@ int fd_jobs_start(const char *db_path, int n, fd_jobs **out, char *err, size_t e
     pthread_condattr_destroy(&ca);
     atomic_init(&j->running, 0);
     j->ckpt_seconds = 10;
+    j->train_threads = train_threads;
     const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
     if (cs && *cs) {
         char *end;

@@ -81,7 +81,10 @@ int fd_cache_count(fd_cache *c);
 typedef struct fd_jobs fd_jobs;
 /* Start n worker threads on db_path.  Jobs found running (the daemon died
  * under them) resume from their saved state; queued ones run in order. */
-int fd_jobs_start(const char *db_path, int n, fd_jobs **out, char *err, size_t errlen);
+/* n worker threads; each job's batch is split over train_threads threads
+ * (nf_train_config.threads) */
+int fd_jobs_start(const char *db_path, int n, int train_threads, fd_jobs **out, char *err,
+                  size_t errlen);
 /* Wake a worker: a job was queued. */
 void fd_jobs_notify(fd_jobs *j);
 /* Cancel a running job now (the HTTP handler has already flagged it in the

@@ -34,7 +34,7 @@ static nf_real *gaussian_rows(int n, uint64_t seed, double *entropy) {
     return x;
 }
 
-TEST_T(train_gaussian_reaches_entropy, 300) {
+static void gaussian_entropy(int threads) {
     double H;
     nf_real *tr = gaussian_rows(8000, 1, &H), *te = gaussian_rows(4000, 2, &H);
     nf_flow *f = make("{\"dim\":3,\"preset\":\"maf\",\"depth\":2,\"hidden\":[32]}");
@@ -46,6 +46,7 @@ TEST_T(train_gaussian_reaches_entropy, 300) {
     c.lr = 3e-3;
     c.schedule = NF_SCHED_COSINE;
     c.log_every = 0;
+    c.threads = threads;
     nf_trainer *t;
     char err[200];
     REQUIRE(nf_trainer_create(f, &c, tr, 7000, tr + 7000 * 3, 1000, &t, err, sizeof err) == 0);
@@ -54,12 +55,17 @@ TEST_T(train_gaussian_reaches_entropy, 300) {
     /* a maximum-likelihood fit cannot beat the entropy on fresh data by more
      * than sampling noise (sd ~ sqrt(3/2)/sqrt(4000) ~ 0.02), and should get
      * within 0.05 nats of it */
-    CHECK_MSG(nll > H - 0.06 && nll < H + 0.05, "test NLL %.4f, entropy %.4f", nll, H);
+    CHECK_MSG(nll > H - 0.06 && nll < H + 0.05, "%d thread(s): test NLL %.4f, entropy %.4f",
+              threads, nll, H);
     nf_trainer_free(t);
     nf_flow_free(f);
     free(tr);
     free(te);
 }
+
+TEST_T(train_gaussian_reaches_entropy, 300) { gaussian_entropy(1); }
+/* the same fit with the batch split over two threads (nf_ws_create_threads) */
+TEST_T(train_gaussian_reaches_entropy_2_threads, 300) { gaussian_entropy(2); }
 
 typedef struct {
     int reports, vals;
@@ -99,7 +105,7 @@ static int on_ckpt(void *u, const void *state, size_t len, int64_t step) {
     return step == c->stop_at ? NF_ECANCELLED : 0;
 }
 
-TEST_T(train_resume_is_bit_identical, 300) {
+static void resume_bit_identical(int threads) {
 #ifdef NF_DOUBLE
     return;
 #endif
@@ -124,6 +130,7 @@ TEST_T(train_resume_is_bit_identical, 300) {
     c.es_patience = 10;
     c.log_every = 0;
     c.seed = 11;
+    c.threads = threads;
     /* straight run */
     nf_flow *a = make(spec);
     nf_trainer *ta;
@@ -161,6 +168,10 @@ TEST_T(train_resume_is_bit_identical, 300) {
     free(x);
     free(x2);
 }
+
+TEST_T(train_resume_is_bit_identical, 300) { resume_bit_identical(1); }
+/* with the batch split over three threads: still bit for bit */
+TEST_T(train_resume_is_bit_identical_3_threads, 300) { resume_bit_identical(3); }
 
 /* Early stopping keeps the best: train on data, validate on a shifted set
  * so validation worsens as training fits; the final parameters give the

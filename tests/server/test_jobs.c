@@ -123,7 +123,9 @@ TEST_T(jobs_builtin_moons_succeeds, 90) {
     REQUIRE(tdb_open(&t) == 0);
     char err[256] = "";
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    CHECK(fd_jobs_start(t.path, 1, 0, &j, err, sizeof err) == FD_EINVAL && !j);
+    /* two threads share each batch (--train-threads 2) */
+    REQUIRE(fd_jobs_start(t.path, 1, 2, &j, err, sizeof err) == 0);
     CHECK_EQ_INT(fd_jobs_running(j), 0);
     int64_t id = submit(&t, "moons1", MOONS, 3, NULL);
     REQUIRE(id > 0);
@@ -204,7 +206,7 @@ TEST_T(jobs_missing_dataset_fails, 60) {
     int64_t id = submit(&t, "nods", "{\"id\":\"ds_0123456789abcdef\"}", 3, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     cJSON *o = wait_job(&t, id, "failed", 20);
     REQUIRE(o);
     CHECK_MSG(!strcmp(jstr(o, "state"), "failed"), "state %s", jstr(o, "state"));
@@ -238,7 +240,7 @@ TEST_T(jobs_cancel_running, 60) {
     REQUIRE(tdb_open(&t) == 0);
     char err[256] = "";
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     /* through fd_jobs_cancel, as the HTTP handler does */
     int64_t id = submit(&t, "long", MOONS, 10000, NULL);
     REQUIRE(id > 0);
@@ -292,7 +294,7 @@ TEST_T(jobs_run_in_order, 90) {
     int64_t b = submit(&t, "ord", MOONS, 2, NULL);
     REQUIRE(a > 0 && b > a);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     cJSON *ob = wait_job(&t, b, "succeeded", 60);
     cJSON *oa = wait_job(&t, a, "succeeded", 60);
     REQUIRE(oa && ob);
@@ -318,7 +320,7 @@ TEST_T(jobs_shutdown_resumes, 90) {
     int64_t id = submit(&t, "res", MOONS, epochs, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     /* wait for a checkpoint well into the run */
     void *st = NULL;
     size_t sl = 0;
@@ -360,7 +362,7 @@ TEST_T(jobs_shutdown_resumes, 90) {
 
     /* a new start resumes it from there: every progress report after the
      * restart is past the saved step (from scratch it would start at 50) */
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     int64_t min_new = INT64_MAX;
     t0 = now_s();
     for (;;) {
@@ -436,7 +438,7 @@ TEST_T(jobs_uploaded_dataset, 60) {
     int64_t id = submit(&t, "gauss", dsj, 3, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
     cJSON *o = wait_job(&t, id, "succeeded", 60);
     REQUIRE(o);
     CHECK_MSG(!strcmp(jstr(o, "state"), "succeeded"), "state %s error %s", jstr(o, "state"),

@@ -1,0 +1,276 @@
+/* test_threads.c: threaded workspaces (nf_ws_create_threads) give what a
+ * plain workspace gives: per-row results to BLAS rounding, the same samples
+ * for a seed, gradients equal to rounding of the part sums; the optimizer's
+ * threaded step is the plain step; batch-norm flows stay on one thread. */
+#include "../test.h"
+#include "layercheck.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *specs[] = {
+    "{\"dim\":4,\"preset\":\"realnvp\",\"depth\":3,\"hidden\":[16]}",
+    "{\"dim\":5,\"preset\":\"maf\",\"depth\":2,\"hidden\":[16]}",
+    "{\"dim\":4,\"preset\":\"nsf\",\"depth\":2,\"hidden\":[16],\"bins\":4}",
+    "{\"dim\":4,\"preset\":\"glow\",\"depth\":2,\"hidden\":[16]}",
+    "{\"dim\":4,\"preset\":\"nsf_ar\",\"depth\":2,\"hidden\":[16],\"bins\":4}",
+    "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8],\"context_dim\":2,"
+    "\"base\":{\"type\":\"mixture\",\"components\":3}}",
+};
+#define NSPECS (int)(sizeof specs / sizeof specs[0])
+
+static nf_flow *make(const char *spec, uint64_t seed) {
+    nf_flow *f = NULL;
+    char err[300] = "";
+    int rc = nf_flow_create(spec, &f, err, sizeof err);
+    CHECK_MSG(rc == 0, "nf_flow_create(%s): %s", spec, err);
+    if (!f) return NULL;
+    nf_rng r;
+    nf_rng_seed(&r, seed);
+    nf_real *p = nf_flow_params(f);
+    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)(0.2 * nf_rng_normal(&r));
+    nf_flow_constrain(f);
+    return f;
+}
+
+#define CLOSE(a, b, what, i)                                                               \
+    CHECK_MSG(fabs((double)(a) - (double)(b)) <= 1e-4 * (1 + fabs((double)(b))),           \
+              "%s %s[%d]: threaded %.9g, plain %.9g", specs[s], what, (int)(i), (double)(a), \
+              (double)(b))
+
+/* log_prob, encode, decode and sample over several row counts (one part,
+ * uneven parts, more rows than the workspace holds) */
+TEST(threads_rows_match_plain) {
+    enum { N = 203, WS = 64 };
+    for (int s = 0; s < NSPECS; s++) {
+        nf_flow *f = make(specs[s], 3 + s);
+        if (!f) continue;
+        int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+        nf_ws *wp, *wt;
+        REQUIRE(nf_ws_create(f, WS, &wp) == 0);
+        REQUIRE(nf_ws_create_threads(f, WS, 3, &wt) == 0);
+        CHECK_EQ_INT(nf_ws_threads(wt), 3);
+        CHECK_EQ_INT(nf_ws_max_batch(wt), WS);
+        nf_real *x = malloc(sizeof(nf_real) * N * D), *ctx = malloc(sizeof(nf_real) * N * 2);
+        nf_real *a = malloc(sizeof(nf_real) * N * D), *b = malloc(sizeof(nf_real) * N * D);
+        nf_real *la = malloc(sizeof(nf_real) * N), *lb = malloc(sizeof(nf_real) * N);
+        REQUIRE(x && ctx && a && b && la && lb);
+        nf_rng r;
+        nf_rng_seed(&r, 11);
+        lc_randn(&r, x, (size_t)N * D, 1, 0);
+        lc_randn(&r, ctx, (size_t)N * 2, 1, 0);
+        const nf_real *cx = C ? ctx : NULL;
+        static const int Bs[] = {1, 7, 16, 25, 64, N};
+        for (size_t k = 0; k < sizeof Bs / sizeof *Bs; k++) {
+            int B = Bs[k];
+            CHECK(nf_flow_log_prob(f, wt, x, cx, B, la) == 0);
+            CHECK(nf_flow_log_prob(f, wp, x, cx, B, lb) == 0);
+            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "log_prob", i);
+            CHECK(nf_flow_encode(f, wt, x, cx, B, a, la) == 0);
+            CHECK(nf_flow_encode(f, wp, x, cx, B, b, lb) == 0);
+            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "encode z", i);
+            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "encode logdet", i);
+            CHECK(nf_flow_decode(f, wt, x, cx, B, a, la) == 0);
+            CHECK(nf_flow_decode(f, wp, x, cx, B, b, lb) == 0);
+            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "decode x", i);
+            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "decode logdet", i);
+            CHECK(nf_flow_sample(f, wt, B, 0.8, 42 + k, cx, a, la) == 0);
+            CHECK(nf_flow_sample(f, wp, B, 0.8, 42 + k, cx, b, lb) == 0);
+            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "sample x", i);
+            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "sample log_prob", i);
+            CHECK(nf_flow_sample(f, wt, B, 0.8, 42 + k, cx, a, NULL) == 0);
+            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "sample x (no log_prob)", i);
+        }
+        free(x), free(ctx), free(a), free(b), free(la), free(lb);
+        nf_ws_free(wp);
+        nf_ws_free(wt);
+        nf_flow_free(f);
+    }
+}
+
+/* log_prob_grad_ex (with the log-det penalty, dx and dctx) and the
+ * transform pair: the threaded gradient is the plain one, summed in parts */
+TEST(threads_gradients_match_plain) {
+    enum { B = 40 };
+    for (int s = 0; s < NSPECS; s++) {
+        nf_flow *f = make(specs[s], 7 + s);
+        if (!f) continue;
+        int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+        size_t P = nf_flow_num_params(f);
+        nf_ws *wp, *wt;
+        REQUIRE(nf_ws_create(f, B, &wp) == 0);
+        REQUIRE(nf_ws_create_threads(f, B, 2, &wt) == 0);
+        nf_real x[B * 5], ctx[B * 2], w[B], dout[B * 5];
+        nf_real lpa[B], lpb[B], lda[B], ldb[B], dxa[B * 5], dxb[B * 5], dca[B * 2], dcb[B * 2];
+        nf_real *ga = malloc(sizeof(nf_real) * P);
+        REQUIRE(ga);
+        nf_rng r;
+        nf_rng_seed(&r, 5);
+        lc_randn(&r, x, (size_t)B * D, 1, 0);
+        lc_randn(&r, ctx, (size_t)B * 2, 1, 0);
+        lc_randn(&r, w, B, 1, 0);
+        lc_randn(&r, dout, (size_t)B * D, 1, 0);
+        const nf_real *cx = C ? ctx : NULL;
+        /* glow's act-norms initialise from the first batch: do it once, on
+         * the plain workspace, so both runs see the same parameters */
+        CHECK(nf_flow_data_init(f, wp, x, cx, B) == 0);
+        for (int mode = 0; mode < 2; mode++) {
+            memset(dca, 0, sizeof dca);
+            memset(dcb, 0, sizeof dcb);
+            REQUIRE(nf_flow_zero_grad_ws(f, wt) == 0);
+            if (mode == 0)
+                CHECK(nf_flow_log_prob_grad_ex(f, wt, x, cx, B, 1, w, 0.3, lpa, lda, dxa,
+                                               C ? dca : NULL) == 0);
+            else {
+                CHECK(nf_flow_transform_grad(f, wt, x, cx, B, 1, NULL, NULL, dxa, lda, NULL,
+                                             NULL) == 0);
+                CHECK(nf_flow_transform_backward(f, wt, x, cx, B, 1, dout, w, dxa,
+                                                 C ? dca : NULL) == 0);
+            }
+            memcpy(ga, nf_flow_grad(f), sizeof(nf_real) * P);
+            REQUIRE(nf_flow_zero_grad(f) == 0);
+            if (mode == 0)
+                CHECK(nf_flow_log_prob_grad_ex(f, wp, x, cx, B, 1, w, 0.3, lpb, ldb, dxb,
+                                               C ? dcb : NULL) == 0);
+            else {
+                CHECK(nf_flow_transform_grad(f, wp, x, cx, B, 1, NULL, NULL, dxb, ldb, NULL,
+                                             NULL) == 0);
+                CHECK(nf_flow_transform_backward(f, wp, x, cx, B, 1, dout, w, dxb,
+                                                 C ? dcb : NULL) == 0);
+            }
+            const nf_real *gb = nf_flow_grad(f);
+            double gmax = 0;
+            for (size_t i = 0; i < P; i++) gmax = fmax(gmax, fabs((double)gb[i]));
+            for (size_t i = 0; i < P; i++)
+                CHECK_MSG(fabs((double)ga[i] - (double)gb[i]) <= 1e-4 * (1 + gmax),
+                          "%s mode %d grad[%zu]: threaded %.9g, plain %.9g", specs[s], mode, i,
+                          (double)ga[i], (double)gb[i]);
+            for (int i = 0; i < B; i++) CLOSE(lda[i], ldb[i], "logdet", i);
+            if (mode == 0)
+                for (int i = 0; i < B; i++) CLOSE(lpa[i], lpb[i], "logp", i);
+            for (int i = 0; i < B * D; i++) CLOSE(dxa[i], dxb[i], "dx", i);
+            for (int i = 0; i < B * 2 && C; i++) CLOSE(dca[i], dcb[i], "dctx", i);
+            /* the threaded call again, without zeroing: the sum doubles (the
+             * parts' own gradient buffers were left at zero) */
+            REQUIRE(nf_flow_zero_grad(f) == 0);
+            for (int rep = 0; rep < 2; rep++) {
+                if (mode == 0)
+                    CHECK(nf_flow_log_prob_grad_ex(f, wt, x, cx, B, 1, w, 0.3, NULL, NULL, NULL,
+                                                   NULL) == 0);
+                else {
+                    CHECK(nf_flow_transform_grad(f, wt, x, cx, B, 1, NULL, NULL, dxa, NULL,
+                                                 NULL, NULL) == 0);
+                    CHECK(nf_flow_transform_backward(f, wt, x, cx, B, 1, dout, w, NULL, NULL) ==
+                          0);
+                }
+            }
+            for (size_t i = 0; i < P; i++)
+                CHECK_MSG(fabs((double)nf_flow_grad(f)[i] - 2 * (double)ga[i]) <=
+                              2e-4 * (1 + gmax),
+                          "%s mode %d: accumulated grad[%zu] %.9g, twice the first %.9g", specs[s],
+                          mode, i, (double)nf_flow_grad(f)[i], 2 * (double)ga[i]);
+        }
+        /* without weights: log p only, no gradient touched */
+        REQUIRE(nf_flow_zero_grad(f) == 0);
+        CHECK(nf_flow_log_prob_grad_ex(f, wt, x, cx, B, 0, NULL, 0, lpa, NULL, NULL, NULL) == 0);
+        for (size_t i = 0; i < P; i++) CHECK(nf_flow_grad(f)[i] == 0);
+        free(ga);
+        nf_ws_free(wp);
+        nf_ws_free(wt);
+        nf_flow_free(f);
+    }
+}
+
+/* a row outside the support (logit of a value > 1): log_prob says -inf for
+ * that row only; the gradient call refuses the batch and leaves the
+ * gradient as it was */
+TEST(threads_out_of_support_rows) {
+    nf_flow *f = make("{\"dim\":2,\"layers\":[{\"type\":\"logit\"},{\"type\":\"affine_coupling\","
+                      "\"hidden\":[8]}]}", 1);
+    REQUIRE(f);
+    enum { B = 32 };
+    nf_ws *wt;
+    REQUIRE(nf_ws_create_threads(f, B, 2, &wt) == 0);
+    nf_real x[2 * B], lp[B], w[B];
+    for (int i = 0; i < 2 * B; i++) x[i] = (nf_real)(0.1 + 0.8 * (i % 7) / 7.0);
+    for (int i = 0; i < B; i++) w[i] = (nf_real)(-1.0 / B);
+    x[2 * 29] = 1.5; /* row 29, in the second part */
+    CHECK(nf_flow_log_prob(f, wt, x, NULL, B, lp) == 0);
+    for (int i = 0; i < B; i++)
+        CHECK_MSG(i == 29 ? lp[i] == -INFINITY : isfinite(lp[i]), "row %d: %g", i, (double)lp[i]);
+    REQUIRE(nf_flow_zero_grad(f) == 0);
+    CHECK(nf_flow_log_prob_grad(f, wt, x, NULL, B, 1, w, NULL, NULL, NULL) == NF_ENONFINITE);
+    for (size_t i = 0; i < nf_flow_num_params(f); i++) CHECK(nf_flow_grad(f)[i] == 0);
+    nf_ws_free(wt);
+    nf_flow_free(f);
+}
+
+/* batch statistics span the batch: a batch-norm flow gets one thread */
+TEST(threads_batchnorm_stays_plain) {
+    nf_flow *f = make("{\"dim\":3,\"layers\":[{\"type\":\"batchnorm\"},{\"type\":\"affine_coupling\","
+                      "\"hidden\":[8]}]}", 2);
+    REQUIRE(f);
+    nf_ws *w;
+    REQUIRE(nf_ws_create_threads(f, 64, 4, &w) == 0);
+    CHECK_EQ_INT(nf_ws_threads(w), 1);
+    nf_ws_free(w);
+    /* more threads than rows: at most one per row */
+    nf_flow *g = make("{\"dim\":2,\"preset\":\"realnvp\",\"depth\":1,\"hidden\":[4]}", 3);
+    REQUIRE(g);
+    REQUIRE(nf_ws_create_threads(g, 2, 8, &w) == 0);
+    CHECK_EQ_INT(nf_ws_threads(w), 2);
+    nf_ws_free(w);
+    CHECK(nf_ws_create_threads(g, 16, 0, &w) == NF_ERANGE);
+    nf_flow_free(f);
+    nf_flow_free(g);
+}
+
+/* the optimizer's threaded step is the plain step, element for element;
+ * the threaded norm equals the plain one to rounding and clips the same */
+TEST(threads_adam_and_clip_match_plain) {
+    nf_flow *f = make("{\"dim\":2,\"preset\":\"realnvp\",\"depth\":1,\"hidden\":[4]}", 4);
+    REQUIRE(f);
+    nf_ws *w;
+    REQUIRE(nf_ws_create_threads(f, 64, 2, &w) == 0);
+    const size_t n = 300007; /* several 64Ki ranges and a ragged end */
+    nf_real *p1 = malloc(n * sizeof *p1), *p2 = malloc(n * sizeof *p2);
+    nf_real *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
+    REQUIRE(p1 && p2 && g1 && g2);
+    nf_rng r;
+    nf_rng_seed(&r, 9);
+    lc_randn(&r, p1, n, 1, 0);
+    memcpy(p2, p1, n * sizeof *p1);
+    for (int kind = 0; kind < 2; kind++) {
+        nf_adam a, b;
+        REQUIRE(nf_adam_init(&a, kind ? NF_OPT_ADAMW : NF_OPT_ADAM, n, 0.01) == 0);
+        REQUIRE(nf_adam_init(&b, kind ? NF_OPT_ADAMW : NF_OPT_ADAM, n, 0.01) == 0);
+        for (int step = 0; step < 3; step++) {
+            lc_randn(&r, g1, n, 3, 0);
+            memcpy(g2, g1, n * sizeof *g1);
+            double n1 = nf_clip_grad_norm(g1, n, 100.0);
+            double n2 = nf_clip_grad_norm_ws(w, g2, n, 100.0);
+            CHECK_MSG(fabs(n1 - n2) <= 1e-12 * n1, "norm %.17g vs %.17g", n1, n2);
+            CHECK(n1 > 100.0); /* clipped: the gradients were scaled */
+            for (size_t i = 0; i < n; i++)
+                if (fabs((double)g1[i] - (double)g2[i]) > 1e-6 * (1 + fabs((double)g1[i]))) {
+                    CHECK_MSG(0, "clipped g[%zu] %.9g vs %.9g", i, (double)g1[i], (double)g2[i]);
+                    break;
+                }
+            memcpy(g2, g1, n * sizeof *g1);
+            nf_adam_step(&a, p1, g1, 1e-3);
+            nf_adam_step_ws(&b, w, p2, g2, 1e-3);
+        }
+        CHECK(memcmp(p1, p2, n * sizeof *p1) == 0);
+        CHECK(memcmp(a.m, b.m, n * sizeof *a.m) == 0 && memcmp(a.v, b.v, n * sizeof *a.v) == 0);
+        CHECK(a.t == b.t);
+        nf_adam_free(&a);
+        nf_adam_free(&b);
+    }
+    /* NULL workspace: one thread */
+    memcpy(g2, g1, n * sizeof *g1);
+    CHECK(nf_clip_grad_norm_ws(NULL, g2, n, 0) == nf_clip_grad_norm(g1, n, 0));
+    free(p1), free(p2), free(g1), free(g2);
+    nf_ws_free(w);
+    nf_flow_free(f);
+}
