@@ -52,7 +52,8 @@ static inline nf_real ar_scale(nf_real h, nf_real *dsdh) {
 }
 
 /* ws layout: [net or incremental-MADE scratch][out (B,2D)][dout (B,2D)][g (B,D)]
- * [v (B,D)][w (B,D)] */
+ * [v (B,D)][w (B,D)]; ar_fast leaves exp(s) in g and ds/dh in v for MAF's
+ * backward (IAF's backward reuses them as its own scratch) */
 static size_t ar_net_ws(const ar_layer *A, int B) {
     size_t a = nf_net_ws_size(&A->net, B), b = nf_made_inc_ws_size(&A->net, B);
     return a > b ? a : b;
@@ -81,20 +82,24 @@ static int ar_check(const nf_layer *L, int B, const nf_real *y, nf_real *logdet,
     return bad ? NF_ENONFINITE : 0;
 }
 
-/* y = F(u) (B,D), one MADE pass; logdet (B) += sign * sum_i s_i(u). */
+/* y = F(u) (B,D), one MADE pass; logdet (B) += sign * sum_i s_i(u).
+ * Leaves exp(s) and ds/dh in the ws's (B,D) areas "e" and "dsdh" (where
+ * backward keeps g and v), so MAF's backward computes no exp or tanh. */
 static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
                     nf_real *logdet, nf_real sign) {
     const ar_layer *A = L->impl;
     const int D = L->D, B = c->B;
     nf_real *out = ar_out(L, c); /* (B,2D) */
+    nf_real *e = out + (size_t)4 * B * D, *dsdh = e + (size_t)B * D;
     nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws);
     for (int b = 0; b < B; b++) {
         const nf_real *ur = u + (size_t)b * D, *o = out + (size_t)b * 2 * D;
-        nf_real *yr = y + (size_t)b * D;
+        nf_real *yr = y + (size_t)b * D, *er = e + (size_t)b * D, *dr = dsdh + (size_t)b * D;
         nf_real acc = 0;
         for (int i = 0; i < D; i++) {
-            nf_real s = ar_scale(o[2 * i], NULL);
-            yr[i] = ur[i] * AR_EXP(s) + o[2 * i + 1];
+            nf_real s = ar_scale(o[2 * i], &dr[i]);
+            er[i] = AR_EXP(s);
+            yr[i] = ur[i] * er[i] + o[2 * i + 1];
             acc += s;
         }
         if (logdet) logdet[b] += sign * acc;
@@ -185,24 +190,21 @@ static void maf_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const n
     const int D = L->D, B = c->B;
     nf_real *out = ar_out(L, c);                  /* (B,2D) */
     nf_real *dout = out + (size_t)B * 2 * D;      /* (B,2D) */
-    /* out and the MADE activations are still in ws from the inverse pass on
-     * this x (ar_fast): no second forward pass */
+    const nf_real *e = dout + (size_t)B * 2 * D, *dsdh = e + (size_t)B * D;
+    /* out, exp(s), ds/dh and the MADE activations are still in ws from the
+     * inverse pass on this x (ar_fast): no second forward pass */
     for (int b = 0; b < B; b++) {
         nf_real dl = dlogdet ? dlogdet[b] : 0;
         for (int i = 0; i < D; i++) {
             size_t n = (size_t)b * D + i;
-            nf_real dsdh, s = ar_scale(out[2 * n], &dsdh);
             nf_real dzi = dz ? dz[n] : 0;
-            dout[2 * n] = (dzi * x[n] * AR_EXP(s) + dl) * dsdh;
+            dout[2 * n] = (dzi * x[n] * e[n] + dl) * dsdh[n];
             dout[2 * n + 1] = dzi;
         }
     }
     nf_net_backward(&A->net, c->params, c->grad, x, c->ctx, dout, dx, c->dctx, B, c->ws);
     if (!dx) return;
-    for (size_t n = 0; n < (size_t)B * D; n++) {
-        nf_real s = ar_scale(out[2 * n], NULL);
-        dx[n] += (dz ? dz[n] : 0) * AR_EXP(s);
-    }
+    for (size_t n = 0; n < (size_t)B * D; n++) dx[n] += (dz ? dz[n] : 0) * e[n];
 }
 
 /* IAF backward of z = F^-1(x), logdet = -sum s(z), by the implicit function

@@ -117,6 +117,138 @@ int nf_net_resnet(nf_net *n, int in, int ctx, int out, int hidden, int nblocks, 
     return 0;
 }
 
+/* ---- MADE masks as staircases (nf_stair, nf_internal.h) ---------------------------- */
+int nf_stair_tile = NF_STAIR_TILE;
+
+static void stair_free(nf_stair *st) {
+    if (!st) return;
+    nf_free(st->cs);
+    nf_free(st->len);
+    nf_free(st->ts);
+    nf_free(st->tlen);
+    nf_free(st);
+}
+
+/* The staircase of a layer whose row k keeps the columns j < ncols with
+ * coldeg[j] <= theta[k].  NULL (no error) when the columns fall into more
+ * than 8 runs or the tiles would save less than a fifth of the dense
+ * products; *oom set when an allocation failed. */
+static nf_stair *stair_build(const int *coldeg, int ncols, const int *theta, int nrows, int *oom) {
+    int nruns = ncols > 0 ? 1 : 0;
+    for (int j = 1; j < ncols; j++) nruns += coldeg[j] < coldeg[j - 1];
+    if (nruns < 1 || nruns > 8 || nrows < 2) return NULL;
+    int T = nf_stair_tile > 0 ? nf_stair_tile : NF_STAIR_TILE, maxtiles = nrows;
+    nf_stair *st = nf_calloc(1, sizeof *st);
+    if (st) {
+        st->nruns = nruns;
+        st->cs = nf_malloc((size_t)(nruns + 1) * sizeof *st->cs);
+        st->len = nf_malloc((size_t)nrows * nruns * sizeof *st->len);
+        st->ts = nf_malloc((size_t)(maxtiles + 1) * sizeof *st->ts);
+        st->tlen = nf_malloc((size_t)maxtiles * nruns * sizeof *st->tlen);
+    }
+    if (!st || !st->cs || !st->len || !st->ts || !st->tlen) {
+        stair_free(st);
+        *oom = 1;
+        return NULL;
+    }
+    for (int j = 0, r = 0; j < ncols; j++)
+        if (j == 0 || coldeg[j] < coldeg[j - 1]) st->cs[r++] = j;
+    st->cs[nruns] = ncols;
+    for (int k = 0; k < nrows; k++)
+        for (int r = 0; r < nruns; r++) {
+            int a = st->cs[r], b = st->cs[r + 1]; /* first column of degree > theta */
+            while (a < b) {
+                int m = a + (b - a) / 2;
+                if (coldeg[m] <= theta[k]) a = m + 1;
+                else b = m;
+            }
+            st->len[(size_t)k * nruns + r] = a - st->cs[r];
+        }
+    /* tiles: at most T rows; an ascending tile also ends where theta falls
+     * back (hidden degrees cycle: lo..D-1, lo..), so the next run of rows
+     * does not inherit its long prefixes */
+    int nt = 0;
+    double dense = (double)nrows * ncols, cost = 0;
+    for (int k = 0; k < nrows;) {
+        int e = k + 1;
+        while (e < nrows && e - k < T && !(theta[e] < theta[e - 1] && theta[e - 1] > theta[k]))
+            e++;
+        st->ts[nt] = k;
+        for (int r = 0; r < nruns; r++) {
+            int m = 0;
+            for (int q = k; q < e; q++) {
+                int l = st->len[(size_t)q * nruns + r];
+                m = l > m ? l : m;
+            }
+            st->tlen[(size_t)nt * nruns + r] = m;
+            cost += (double)(e - k) * m;
+        }
+        nt++;
+        k = e;
+    }
+    st->ts[nt] = nrows;
+    st->ntiles = nt;
+    if (cost > 0.8 * dense) {
+        stair_free(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* Y (B, out) (ldy) = X[:, :ncols] W^T over the staircase, X (B, ldx), W (out, ldw) */
+static void stair_forward(const nf_stair *st, int B, const nf_real *X, int ldx, const nf_real *W,
+                          int ldw, nf_real *Y, int ldy) {
+    for (int t = 0; t < st->ntiles; t++) {
+        int r0 = st->ts[t], rows = st->ts[t + 1] - r0, first = 1;
+        for (int r = 0; r < st->nruns; r++) {
+            int c0 = st->cs[r], k = st->tlen[(size_t)t * st->nruns + r];
+            if (!k) continue;
+            nf_gemm(0, 1, B, rows, k, 1, X + c0, ldx, W + (size_t)r0 * ldw + c0, ldw,
+                    first ? 0 : 1, Y + r0, ldy);
+            first = 0;
+        }
+        if (first) /* no row of the tile sees any column */
+            for (int b = 0; b < B; b++) memset(Y + (size_t)b * ldy + r0, 0, (size_t)rows * sizeof *Y);
+    }
+}
+
+/* gW (out, ldw) += dY^T X over the staircase (masked entries re-zeroed);
+ * dX[:, :ncols] (ldx) = dY W when dX is given (written, not accumulated). */
+static void stair_backward(const nf_stair *st, int B, const nf_real *dY, int ldy,
+                           const nf_real *X, int ldx, const nf_real *W, int ldw, nf_real *gW,
+                           nf_real *dX, int ldxd) {
+    int ncols = st->cs[st->nruns];
+    if (dX)
+        for (int b = 0; b < B; b++) memset(dX + (size_t)b * ldxd, 0, (size_t)ncols * sizeof *dX);
+    for (int t = 0; t < st->ntiles; t++) {
+        int r0 = st->ts[t], rows = st->ts[t + 1] - r0;
+        for (int r = 0; r < st->nruns; r++) {
+            int c0 = st->cs[r], k = st->tlen[(size_t)t * st->nruns + r];
+            if (!k) continue;
+            if (gW) {
+                nf_real *g = gW + (size_t)r0 * ldw + c0;
+                nf_gemm(1, 0, rows, k, B, 1, dY + r0, ldy, X + c0, ldx, 1, g, ldw);
+                for (int q = 0; q < rows; q++) {
+                    int l = st->len[(size_t)(r0 + q) * st->nruns + r];
+                    if (l < k) memset(g + (size_t)q * ldw + l, 0, (size_t)(k - l) * sizeof *g);
+                }
+            }
+            if (dX)
+                nf_gemm(0, 0, B, k, rows, 1, dY + r0, ldy, W + (size_t)r0 * ldw + c0, ldw, 1,
+                        dX + c0, ldxd);
+        }
+    }
+}
+
+/* zero every weight outside the staircase (columns [0, ncols) only) */
+static void stair_constrain(const nf_stair *st, int out, nf_real *W, int ldw) {
+    for (int k = 0; k < out; k++)
+        for (int r = 0; r < st->nruns; r++) {
+            int a = st->cs[r] + st->len[(size_t)k * st->nruns + r], b = st->cs[r + 1];
+            if (a < b) memset(W + (size_t)k * ldw + a, 0, (size_t)(b - a) * sizeof *W);
+        }
+}
+
 int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_act act,
                 nf_order order, uint64_t seed) {
     if (D < 1 || P < 1 || D > INT_MAX / P) return NF_ERANGE;
@@ -130,7 +262,9 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
     for (int i = 0; i < nh; i++) maxh = hidden[i] > maxh ? hidden[i] : maxh;
     int *prevdeg = nf_malloc((size_t)(D + ctx + maxh) * sizeof(int));
     int *curdeg = nf_malloc((size_t)(maxh > 0 ? maxh : 1) * sizeof(int));
-    if (!n->degrees || !prevdeg || !curdeg) goto oom;
+    int *theta = nf_malloc((size_t)(D * P > maxh ? D * P : maxh) * sizeof(int));
+    int oom = 0;
+    if (!n->degrees || !prevdeg || !curdeg || !theta) goto oom;
     for (int i = 0; i < D; i++)
         n->degrees[i] = order == NF_ORDER_DESC ? D - i : i + 1;
     if (order == NF_ORDER_RANDOM) { /* Fisher-Yates on 1..D */
@@ -162,6 +296,8 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
             for (int k = 0; k < L->out; k++)
                 for (int j = 0; j < L->in; j++)
                     L->mask[(size_t)k * L->in + j] = curdeg[k] >= prevdeg[j] ? 1 : 0;
+            /* context columns (degree 0) feed every unit: outside the stairs */
+            L->stair = stair_build(prevdeg, l == 0 ? D : L->in, curdeg, L->out, &oom);
             for (int k = 0; k < L->out; k++) prevdeg[k] = curdeg[k];
             nprev = L->out;
             int mn = D;
@@ -171,21 +307,33 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
             for (int o = 0; o < L->out; o++)
                 for (int j = 0; j < nprev; j++)
                     L->mask[(size_t)o * L->in + j] = n->degrees[o / P] > prevdeg[j] ? 1 : 0;
+            for (int o = 0; o < L->out; o++) theta[o] = n->degrees[o / P] - 1;
+            L->stair = stair_build(prevdeg, nh == 0 ? D : nprev, theta, L->out, &oom);
+        }
+        if (oom) goto oom;
+        if (L->stair) { /* the staircase replaces the byte mask */
+            nf_free(L->mask);
+            L->mask = NULL;
         }
     }
     nf_free(prevdeg);
     nf_free(curdeg);
+    nf_free(theta);
     return 0;
 oom:
     nf_free(prevdeg);
     nf_free(curdeg);
+    nf_free(theta);
     nf_net_free(n);
     return NF_ENOMEM;
 }
 
 void nf_net_free(nf_net *n) {
     if (!n) return;
-    for (int i = 0; i < n->nlin; i++) nf_free(n->lin[i].mask);
+    for (int i = 0; i < n->nlin; i++) {
+        nf_free(n->lin[i].mask);
+        stair_free(n->lin[i].stair);
+    }
     nf_free(n->degrees);
     memset(n, 0, sizeof *n);
 }
@@ -193,6 +341,7 @@ void nf_net_free(nf_net *n) {
 void nf_net_constrain(const nf_net *n, nf_real *params) {
     for (int l = 0; l < n->nlin; l++) {
         const nf_linear *L = &n->lin[l];
+        if (L->stair) stair_constrain(L->stair, L->out, params + L->w_off, L->in);
         if (!L->mask) continue;
         nf_real *W = params + L->w_off;
         for (size_t i = 0; i < (size_t)L->in * L->out; i++)
@@ -286,7 +435,9 @@ static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *par
                          const nf_real *in, const nf_real *ctx, nf_real *y, int B) {
     const nf_real *W = params + L->w_off;
     int ld = n->in + n->ctx;
-    if (n->in > 0)
+    if (n->in > 0 && L->stair)
+        stair_forward(L->stair, B, in, n->in, W, ld, y, L->out);
+    else if (n->in > 0)
         nf_gemm(0, 1, B, L->out, n->in, 1, in, n->in, W, ld, 0, y, L->out);
     if (n->ctx > 0)
         nf_gemm(0, 1, B, L->out, n->ctx, 1, ctx, n->ctx, W + n->in, ld, n->in > 0 ? 1 : 0, y,
@@ -304,6 +455,8 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
             nf_real *pre = last ? out : p, *post = p + (size_t)B * L->out;
             if (l == 0)
                 first_linear(n, L, params, in, ctx, pre, B);
+            else if (L->stair)
+                stair_forward(L->stair, B, x, L->in, params + L->w_off, L->in, pre, L->out);
             else
                 nf_gemm(0, 1, B, L->out, L->in, 1, x, L->in, params + L->w_off, L->in, 0, pre,
                         L->out);
@@ -342,13 +495,19 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
 }
 
 /* ---- backward ----------------------------------------------------------------- */
+/* grad b += colsum(dy) */
+NF_VEC static void linear_bias_grad(const nf_linear *L, nf_real *grad, const nf_real *dy, int B) {
+    nf_real *gb = grad + L->b_off;
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
+}
+
 /* grad W += dy^T x, grad b += colsum(dy), then mask. */
 static void linear_param_grad(const nf_linear *L, nf_real *grad, const nf_real *dy,
                               const nf_real *x, int B) {
-    nf_real *gW = grad + L->w_off, *gb = grad + L->b_off;
+    nf_real *gW = grad + L->w_off;
     nf_gemm(1, 0, L->out, L->in, B, 1, dy, L->out, x, L->in, 1, gW, L->in);
-    for (int r = 0; r < B; r++)
-        for (int j = 0; j < L->out; j++) gb[j] += dy[(size_t)r * L->out + j];
+    linear_bias_grad(L, grad, dy, B);
     if (L->mask)
         for (size_t i = 0; i < (size_t)L->in * L->out; i++)
             if (!L->mask[i]) gW[i] = 0;
@@ -361,9 +520,15 @@ static void first_linear_backward(const nf_net *n, const nf_linear *L, const nf_
                                   const nf_real *dy, nf_real *din, nf_real *dctx, int B) {
     int ld = n->in + n->ctx;
     const nf_real *W = params + L->w_off;
+    if (L->stair && n->in > 0) { /* stairs: dW and din together, tile by tile */
+        stair_backward(L->stair, B, dy, L->out, in, n->in, W, ld, grad ? grad + L->w_off : NULL,
+                       din, n->in);
+        din = NULL;
+    }
     if (grad) {
         nf_real *gW = grad + L->w_off, *gb = grad + L->b_off;
-        if (n->in > 0) nf_gemm(1, 0, L->out, n->in, B, 1, dy, L->out, in, n->in, 1, gW, ld);
+        if (n->in > 0 && !L->stair)
+            nf_gemm(1, 0, L->out, n->in, B, 1, dy, L->out, in, n->in, 1, gW, ld);
         if (n->ctx > 0)
             nf_gemm(1, 0, L->out, n->ctx, B, 1, dy, L->out, ctx, n->ctx, 1, gW + n->in, ld);
         for (int r = 0; r < B; r++)
@@ -399,10 +564,16 @@ void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
                 first_linear_backward(n, L, params, grad, in, ctx, dy, din, dctx, B);
                 break;
             }
-            if (grad) linear_param_grad(L, grad, dy, post[l - 1], B);
             nf_real *dx = dy == g0 ? g1 : g0;
-            nf_gemm(0, 0, B, L->in, L->out, 1, dy, L->out, params + L->w_off, L->in, 0, dx,
-                    L->in);
+            if (L->stair) {
+                stair_backward(L->stair, B, dy, L->out, post[l - 1], L->in, params + L->w_off,
+                               L->in, grad ? grad + L->w_off : NULL, dx, L->in);
+                if (grad) linear_bias_grad(L, grad, dy, B);
+            } else {
+                if (grad) linear_param_grad(L, grad, dy, post[l - 1], B);
+                nf_gemm(0, 0, B, L->in, L->out, 1, dy, L->out, params + L->w_off, L->in, 0, dx,
+                        L->in);
+            }
             act_grad(n->act, pre[l - 1], post[l - 1], dx, (size_t)B * L->in);
             dy = dx;
         }

@@ -118,8 +118,9 @@ int nf_ws_max_batch(const nf_ws *w);
  * caller's and threads-1 workers that the workspace starts and owns.  Every
  * call below takes it in place of a plain one.  Part t of a call (contiguous
  * rows) runs on thread t with its own scratch, so per-row results are the
- * ones a plain workspace gives, and sampling draws the same base rows for a
- * seed; parameter gradients are summed per part and then added, so they
+ * ones a plain workspace gives (to BLAS's rounding of edge rows, as with
+ * chunking), and sampling draws the same base rows for a seed; parameter
+ * gradients are summed per part and then added, so they
  * differ from a plain workspace's in the last bits (a training run is
  * reproducible for a given thread count).  Calls with fewer than 8 rows per
  * thread use fewer threads.  Flows with batch-norm layers get a plain

@@ -105,10 +105,30 @@ typedef enum { NF_ACT_RELU = 0, NF_ACT_TANH, NF_ACT_ELU, NF_ACT_COUNT } nf_act;
 typedef enum { NF_NET_MLP = 0, NF_NET_RESNET, NF_NET_MADE, NF_NET_COUNT } nf_net_kind;
 typedef enum { NF_ORDER_ASC = 0, NF_ORDER_DESC, NF_ORDER_RANDOM, NF_ORDER_COUNT } nf_order;
 
+/* A MADE weight mask in staircase form.  The columns (a layer's inputs,
+ * context columns excluded) fall into runs, contiguous blocks whose degrees
+ * do not decrease; row k keeps, in each run r, the first len[k*nruns+r]
+ * columns (those of degree up to the row's).  Rows are cut into tiles of at
+ * most NF_STAIR_TILE rows; a tile multiplies, per run, the prefix its
+ * longest row needs (tlen), so a MADE layer costs about half a dense one.
+ * Entries inside a tile's prefix but outside a row's are masked weights:
+ * exactly zero, and their gradients are re-zeroed. */
+#define NF_STAIR_TILE 64
+extern int nf_stair_tile;  /* rows per tile for MADEs built from now on (tests) */
+typedef struct nf_stair {
+    int nruns, ntiles;
+    int *cs;               /* (nruns+1) first column of each run; cs[nruns] = columns */
+    int *len;              /* (out*nruns) */
+    int *ts;               /* (ntiles+1) first row of each tile */
+    int *tlen;             /* (ntiles*nruns) the tile's longest prefix per run */
+} nf_stair;
+
 typedef struct nf_linear {
     int in, out;
     size_t w_off, b_off;   /* offsets inside the net's parameters */
     uint8_t *mask;         /* (out,in) 0/1 or NULL (bytes: a quarter of a float mask) */
+    nf_stair *stair;       /* MADE layers whose mask is a staircase (then mask is
+                              NULL and context columns are unmasked) */
 } nf_linear;
 
 typedef struct nf_net {
