@@ -356,7 +356,7 @@ static void run_workload(const workload *wl, result *res) {
     /* log_prob at each batch size, each with a workspace of that size */
     for (int k = 0; k < NLP; k++) {
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
-        if ((rc = nf_ws_create_threads(f, a.B, g_core_threads, &a.w))) die("ws", rc);
+        if ((rc = nf_ws_create_ex(f, a.B, g_core_threads, NF_WS_INFERENCE, &a.w))) die("ws", rc);
         timing t = time_op(lp_call, &a, "log_prob");
         res->lp_rps[k] = rate_of(&t, a.B);
         if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t.med / 1e9;
@@ -368,7 +368,7 @@ static void run_workload(const workload *wl, result *res) {
         sample_arg a = {.f = f, .n = wl->sample_n, .seed = 99};
         a.x = malloc((size_t)a.n * D * sizeof *a.x);
         if (!a.x) die("sample buffer", NF_ENOMEM);
-        if ((rc = nf_ws_create_threads(f, a.n, g_core_threads, &a.w))) die("ws", rc);
+        if ((rc = nf_ws_create_ex(f, a.n, g_core_threads, NF_WS_INFERENCE, &a.w))) die("ws", rc);
         timing t = time_op(sample_call, &a, "sample");
         res->sample_rps = rate_of(&t, a.n);
         res->sample_n = a.n;
@@ -460,7 +460,8 @@ static long long serve_rss(const workload *wl) {
     nf_real *out = malloc((size_t)B * sizeof *out);
     for (int i = 0; i < 3; i++) {
         if ((rc = nf_flow_create(wl[i].spec, &f[i], err, sizeof err))) die(err, rc);
-        if ((rc = nf_ws_create(f[i], B, &w[i]))) die("ws", rc);
+        /* as the server does: a forward-only workspace of 256 rows */
+        if ((rc = nf_ws_create_inference(f[i], B, &w[i]))) die("ws", rc);
     }
     for (int i = 0; i < 3; i++) {
         nf_real *x = malloc((size_t)B * wl[i].D * sizeof *x);

@@ -96,12 +96,19 @@ static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
         const nf_real *ur = u + (size_t)b * D, *o = out + (size_t)b * 2 * D;
         nf_real *yr = y + (size_t)b * D, *er = e + (size_t)b * D, *dr = dsdh + (size_t)b * D;
         nf_real acc = 0;
-        for (int i = 0; i < D; i++) {
-            nf_real s = ar_scale(o[2 * i], &dr[i]);
-            er[i] = AR_EXP(s);
-            yr[i] = ur[i] * er[i] + o[2 * i + 1];
-            acc += s;
-        }
+        if (c->infer) /* nothing kept for a backward */
+            for (int i = 0; i < D; i++) {
+                nf_real s = ar_scale(o[2 * i], NULL);
+                yr[i] = ur[i] * AR_EXP(s) + o[2 * i + 1];
+                acc += s;
+            }
+        else
+            for (int i = 0; i < D; i++) {
+                nf_real s = ar_scale(o[2 * i], &dr[i]);
+                er[i] = AR_EXP(s);
+                yr[i] = ur[i] * er[i] + o[2 * i + 1];
+                acc += s;
+            }
         if (logdet) logdet[b] += sign * acc;
     }
 }

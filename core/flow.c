@@ -84,6 +84,7 @@ struct nf_ws {
     nf_real *g0, *g1; /* (Bm,D) gradient rows */
     nf_real *ld, *bl; /* (Bm) log-det accumulator, base log p */
     int nt;           /* threads */
+    int infer;        /* forward only (nf_ws_create_inference) */
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
     nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
     nf_pool *pool;
@@ -352,13 +353,22 @@ int nf_flow_load_params(nf_flow *f, const void *buf, size_t len) {
 }
 
 /* ---- workspaces ----------------------------------------------------------------------- */
-int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
+/* infer: a forward-only workspace.  No backward will read what a layer left
+ * behind, so every layer shares one scratch region (the largest layer's) and
+ * the rows ping-pong between two buffers (h_k for odd k in one, even k in
+ * the other), instead of one scratch and one row buffer per layer. */
+static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     *out = NULL;
     if (max_batch < 1 || max_batch > (1 << 24)) return NF_ERANGE;
-    size_t B = (size_t)max_batch, D = (size_t)f->D, total = 0;
-    total += (size_t)f->nlayers * B * D; /* h_1..h_K */
-    for (int k = 0; k < f->nlayers; k++)
-        total += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+    size_t B = (size_t)max_batch, D = (size_t)f->D, total = 0, maxl = 0;
+    int nh = infer ? (f->nlayers < 2 ? f->nlayers : 2) : f->nlayers;
+    total += (size_t)nh * B * D; /* h_1..h_K */
+    for (int k = 0; k < f->nlayers; k++) {
+        size_t l = f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        total += infer ? 0 : l;
+        maxl = l > maxl ? l : maxl;
+    }
+    total += infer ? maxl : 0;
     total += 2 * B * D + 2 * B;
     /* a flow under the parameter cap can still ask for a huge workspace
      * (many parameter-free layers on wide rows): refuse rather than let an
@@ -367,6 +377,7 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
     nf_ws *w = nf_calloc(1, sizeof *w);
     if (!w) return NF_ENOMEM;
     w->Bm = max_batch;
+    w->infer = infer;
     w->mem = nf_malloc((total + 1) * sizeof *w->mem);
     w->h = nf_calloc((size_t)f->nlayers + 1, sizeof *w->h);
     w->lws = nf_calloc((size_t)f->nlayers + 1, sizeof *w->lws);
@@ -375,17 +386,28 @@ int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
         return NF_ENOMEM;
     }
     nf_real *p = w->mem;
-    for (int k = 1; k <= f->nlayers; k++, p += B * D) w->h[k] = p;
+    for (int k = 1; k <= f->nlayers; k++) w->h[k] = p + (size_t)(infer ? (k - 1) % 2 : k - 1) * B * D;
+    p += (size_t)nh * B * D;
     for (int k = 0; k < f->nlayers; k++) {
         w->lws[k] = p;
-        p += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        if (!infer)
+            p += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
     }
+    if (infer) p += maxl;
     w->g0 = p;
     w->g1 = p + B * D;
     w->ld = p + 2 * B * D;
     w->bl = w->ld + B;
     *out = w;
     return 0;
+}
+
+int nf_ws_create(const nf_flow *f, int max_batch, nf_ws **out) {
+    return ws_create(f, max_batch, 0, out);
+}
+
+int nf_ws_create_inference(const nf_flow *f, int max_batch, nf_ws **out) {
+    return nf_ws_create_ex(f, max_batch, 1, NF_WS_INFERENCE, out);
 }
 
 void nf_ws_free(nf_ws *w) {
@@ -404,7 +426,12 @@ void nf_ws_free(nf_ws *w) {
 }
 
 int nf_ws_create_threads(const nf_flow *f, int max_batch, int threads, nf_ws **out) {
+    return nf_ws_create_ex(f, max_batch, threads, 0, out);
+}
+
+int nf_ws_create_ex(const nf_flow *f, int max_batch, int threads, unsigned flags, nf_ws **out) {
     *out = NULL;
+    int infer = (flags & NF_WS_INFERENCE) != 0;
     if (max_batch < 1 || max_batch > (1 << 24) || threads < 1) return NF_ERANGE;
     if (threads > NF_WS_MAX_THREADS) threads = NF_WS_MAX_THREADS;
     if (threads > max_batch) threads = max_batch;
@@ -414,18 +441,19 @@ int nf_ws_create_threads(const nf_flow *f, int max_batch, int threads, nf_ws **o
         if (!strcmp(f->layers[k].ops->type, "batchnorm")) whole_batch = 1;
         if (f->layers[k].ops->data_init) data_init = 1;
     }
-    if (threads == 1 || whole_batch) return nf_ws_create(f, max_batch, out);
+    if (threads == 1 || whole_batch) return ws_create(f, max_batch, infer, out);
     nf_ws *w = nf_calloc(1, sizeof *w);
     if (!w) return NF_ENOMEM;
     w->Bm = max_batch;
     w->nt = threads;
+    w->infer = infer;
     w->sub = nf_calloc((size_t)threads, sizeof *w->sub);
     w->pgrad = nf_calloc((size_t)threads, sizeof *w->pgrad);
     int rc = w->sub && w->pgrad ? 0 : NF_ENOMEM;
     int part = (max_batch + threads - 1) / threads;
     /* nf_flow_data_init runs on sub[0] and wants the whole batch */
     for (int t = 0; t < threads && !rc; t++)
-        rc = nf_ws_create(f, t == 0 && data_init ? max_batch : part, &w->sub[t]);
+        rc = ws_create(f, t == 0 && data_init && !infer ? max_batch : part, infer, &w->sub[t]);
     if (!rc) rc = nf_pool_create(threads, &w->pool);
     if (rc) {
         nf_ws_free(w);
@@ -450,6 +478,7 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
         .ws = w->lws[k],
         .B = B,
         .training = training,
+        .infer = w->infer,
     };
     return c;
 }
@@ -626,6 +655,7 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm) return NF_ERANGE;
+    if (w->infer && dlogp) return NF_EUNSUPPORTED;
     if (w->nt > 1)
         return par_grad(f, w, x, ctx, B, training, 0, dlogp, ld_l2, NULL, logp, logdet, NULL, dx,
                         dctx);
@@ -682,6 +712,7 @@ int nf_flow_transform_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm) return NF_ERANGE;
+    if (w->infer && dout) return NF_EUNSUPPORTED;
     if (w->nt > 1)
         return par_grad(f, w, x, ctx, B, training, 1, dlogdet_w, 0, dout, NULL, logdet, out,
                         dx, dctx);
@@ -702,6 +733,7 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (B > w->Bm || !dout) return B > w->Bm ? NF_ERANGE : NF_EINVAL;
+    if (w->infer) return NF_EUNSUPPORTED;
     if (w->nt > 1)
         return par_grad(f, w, x, ctx, B, training, 2, dlogdet_w, 0, dout, NULL, NULL, NULL, dx,
                         dctx);

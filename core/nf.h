@@ -130,6 +130,16 @@ int nf_ws_max_batch(const nf_ws *w);
  * cores.  A threaded workspace still belongs to one calling thread. */
 int nf_ws_create_threads(const nf_flow *f, int max_batch, int threads, nf_ws **out);
 int nf_ws_threads(const nf_ws *w);
+/* A forward-only workspace: log_prob, encode, decode and sample (and the
+ * gradient calls without weights) work; a gradient asked of it is
+ * NF_EUNSUPPORTED.  Layers share one scratch region and the rows two
+ * buffers, so it holds the largest layer's scratch instead of every
+ * layer's: what a server keeps per thread and model (W2, a 5-layer MAF on
+ * 784 dims, at 256 rows: ~12 MB instead of ~70). */
+int nf_ws_create_inference(const nf_flow *f, int max_batch, nf_ws **out);
+/* The general form: threads as nf_ws_create_threads, flags NF_WS_INFERENCE. */
+#define NF_WS_INFERENCE 1u
+int nf_ws_create_ex(const nf_flow *f, int max_batch, int threads, unsigned flags, nf_ws **out);
 
 /* log p(x | ctx) for B rows (any B: chunked by the workspace size).
  * x (B,D), ctx (B,C) or NULL when C == 0, out (B).  A row where the density is

@@ -36,6 +36,8 @@ typedef struct nf_ctx {
     nf_real *ws;            /* scratch of ws_size(B) */
     int B;
     int training;           /* batch-norm: batch stats + running-average update */
+    int infer;              /* forward-only workspace: no backward will follow,
+                               so keep nothing for it */
 } nf_ctx;
 
 typedef struct nf_layer_ops {

@@ -117,7 +117,7 @@ static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t 
 double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed) {
     if (n <= 0) return NAN;
     nf_ws *w = NULL;
-    if (nf_ws_create(f, n < 1024 ? (int)n : 1024, &w)) return NAN;
+    if (nf_ws_create_inference(f, n < 1024 ? (int)n : 1024, &w)) return NAN;
     double v = eval_nll_on(f, w, x, n, dequantize, seed);
     nf_ws_free(w);
     return v;
@@ -164,7 +164,7 @@ int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_rea
     size_t BD = (size_t)chunk * D;
     nf_real *mem = nf_malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
     double *lq = nf_malloc((size_t)chunk * sizeof *lq);
-    int rc = mem && lq ? nf_ws_create(q, chunk, &wq) : NF_ENOMEM;
+    int rc = mem && lq ? nf_ws_create_inference(q, chunk, &wq) : NF_ENOMEM;
     nf_real *eps = mem, *c = mem + BD, *v = mem + 2 * BD, *ld = mem + 3 * BD;
     for (int64_t s = 0; s < n && !rc; s += chunk) {
         int m = n - s < chunk ? (int)(n - s) : chunk;
@@ -193,7 +193,7 @@ double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, in
     int chunk = n < 1024 ? (int)n : 1024;
     nf_ws *w = NULL;
     nf_real *lp = nf_malloc((size_t)chunk * sizeof *lp);
-    if (!lp || nf_ws_create(f, chunk, &w)) {
+    if (!lp || nf_ws_create_inference(f, chunk, &w)) {
         nf_free(lp);
         return NAN;
     }

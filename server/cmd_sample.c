@@ -258,7 +258,7 @@ int cmd_sample(int argc, char **argv) {
         goto out;
     }
     x = malloc((size_t)n * D * sizeof *x);
-    if (!x || nf_ws_create(m->flow, n < 256 ? n : 256, &w)) {
+    if (!x || nf_ws_create_inference(m->flow, n < 256 ? n : 256, &w)) {
         fprintf(stderr, "flowd sample: out of memory\n");
         goto out;
     }

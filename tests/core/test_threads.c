@@ -274,3 +274,61 @@ TEST(threads_adam_and_clip_match_plain) {
     nf_ws_free(w);
     nf_flow_free(f);
 }
+
+/* forward-only workspaces (one scratch, two row buffers), plain and
+ * threaded: the plain workspace's rows; gradients refused */
+TEST(ws_inference_matches_plain) {
+    enum { N = 150, WS = 48 };
+    for (int s = 0; s < NSPECS; s++) {
+        nf_flow *f = make(specs[s], 13 + s);
+        if (!f) continue;
+        int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+        nf_ws *wp, *wi[2];
+        REQUIRE(nf_ws_create(f, WS, &wp) == 0);
+        REQUIRE(nf_ws_create_inference(f, WS, &wi[0]) == 0);
+        REQUIRE(nf_ws_create_ex(f, WS, 2, NF_WS_INFERENCE, &wi[1]) == 0);
+        CHECK_EQ_INT(nf_ws_threads(wi[1]), 2);
+        nf_real *x = malloc(sizeof(nf_real) * N * D), *ctx = malloc(sizeof(nf_real) * N * 2);
+        nf_real *a = malloc(sizeof(nf_real) * N * D), *b = malloc(sizeof(nf_real) * N * D);
+        nf_real *la = malloc(sizeof(nf_real) * N), *lb = malloc(sizeof(nf_real) * N);
+        REQUIRE(x && ctx && a && b && la && lb);
+        nf_rng r;
+        nf_rng_seed(&r, 17);
+        lc_randn(&r, x, (size_t)N * D, 1, 0);
+        lc_randn(&r, ctx, (size_t)N * 2, 1, 0);
+        const nf_real *cx = C ? ctx : NULL;
+        for (int v = 0; v < 2; v++) {
+            nf_ws *w = wi[v];
+            CHECK(nf_flow_log_prob(f, w, x, cx, N, la) == 0);
+            CHECK(nf_flow_log_prob(f, wp, x, cx, N, lb) == 0);
+            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference log_prob", i);
+            CHECK(nf_flow_encode(f, w, x, cx, N, a, la) == 0);
+            CHECK(nf_flow_encode(f, wp, x, cx, N, b, lb) == 0);
+            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference encode", i);
+            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference encode logdet", i);
+            CHECK(nf_flow_decode(f, w, x, cx, N, a, la) == 0);
+            CHECK(nf_flow_decode(f, wp, x, cx, N, b, lb) == 0);
+            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference decode", i);
+            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference decode logdet", i);
+            CHECK(nf_flow_sample(f, w, N, 0.9, 5, cx, a, la) == 0);
+            CHECK(nf_flow_sample(f, wp, N, 0.9, 5, cx, b, lb) == 0);
+            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference sample", i);
+            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference sample log_prob", i);
+            /* log p through the gradient entry point, without weights */
+            CHECK(nf_flow_log_prob(f, wp, x, cx, WS, lb) == 0);
+            CHECK(nf_flow_log_prob_grad(f, w, x, cx, WS, 0, NULL, la, NULL, NULL) == 0);
+            for (int i = 0; i < WS; i++) CLOSE(la[i], lb[i], "log_prob_grad without weights", i);
+            CHECK(nf_flow_log_prob_grad(f, w, x, cx, WS, 1, la, NULL, NULL, NULL) ==
+                  NF_EUNSUPPORTED);
+            CHECK(nf_flow_transform_grad(f, w, x, cx, WS, 0, a, NULL, NULL, NULL, NULL, NULL) ==
+                  NF_EUNSUPPORTED);
+            CHECK(nf_flow_transform_backward(f, w, x, cx, WS, 0, a, NULL, NULL, NULL) ==
+                  NF_EUNSUPPORTED);
+        }
+        free(x), free(ctx), free(a), free(b), free(la), free(lb);
+        nf_ws_free(wp);
+        nf_ws_free(wi[0]);
+        nf_ws_free(wi[1]);
+        nf_flow_free(f);
+    }
+}
