@@ -21,9 +21,19 @@ the pool itself (rounds in order).  peak_rss_bytes and max_repeat_spread are
 the largest of the rounds; "round_medians" keeps each round's own medians.
 Ratios are flowd / torch of the merged medians.
 
+Torch at its best: with T threads (OPENBLAS_NUM_THREADS, default 2) the
+PyTorch side runs once per thread configuration "intra-op:BLAS" with both
+counts at most T (for T = 2: 2:2, 2:1, 1:2, 1:1; FLOWD_BENCH_TORCH_CONFIGS
+overrides), and each figure takes the configuration with the best median
+(lowest peak RSS).  On this 2-vCPU VM torch's 2:2 alone is erratic: its
+OpenMP and OpenBLAS threads contend (W1 log_prob at 4096 rows measured
+38k rows/s in one run and 249k in the next), and 1:1 often wins; comparing
+against only 2:2 would flatter flowd.  "best_config" records the winner per
+figure, "configs" every configuration's medians.
+
 Environment: BENCH_CORE (default build/rel/bench_core), FLOWD_BENCH_QUICK,
-FLOWD_BENCH_ROUNDS, FLOWD_BENCH_W2_SAMPLE_N, OPENBLAS_NUM_THREADS (default 2;
-torch gets the same count via TORCH_THREADS).  Without a working `import torch`
+FLOWD_BENCH_ROUNDS, FLOWD_BENCH_W2_SAMPLE_N, OPENBLAS_NUM_THREADS (default 2),
+FLOWD_BENCH_TORCH_CONFIGS (a comma list of intra-op:BLAS pairs).  Without a working `import torch`
 in /usr/bin/python3 only the flowd side runs (apt-get install python3-torch for
 the comparison).
 """
@@ -85,11 +95,71 @@ def run_c(only, loads, rnd=None):
         os.unlink(path)
 
 
-def run_torch(what, loads, rnd=None):
-    step(loads, "torch " + what, rnd)
-    p = subprocess.run([PY, os.path.join(HERE, "torch_ref.py"), what], env=env(),
+def torch_configs():
+    spec = os.environ.get("FLOWD_BENCH_TORCH_CONFIGS", "")
+    if spec:
+        out = []
+        for c in spec.split(","):
+            a, b = c.split(":")
+            out.append((int(a), int(b)))
+        return out
+    t = int(THREADS)
+    return [(a, b) for a in range(t, 0, -1) for b in range(t, 0, -1)]
+
+
+def run_torch_one(what, loads, rnd, cfg):
+    step(loads, f"torch {what} ({cfg[0]}:{cfg[1]})", rnd)
+    e = env(TORCH_THREADS=str(cfg[0]), OPENBLAS_NUM_THREADS=str(cfg[1]))
+    p = subprocess.run([PY, os.path.join(HERE, "torch_ref.py"), what], env=e,
                        check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(p.stdout)
+
+
+def best_of(objs, cfgs):
+    """one "torch" object from one per thread configuration: every rate
+    figure (with its min, max, repeats) from the configuration with the
+    highest median, peak RSS the lowest"""
+    names = [f"{a}:{b}" for a, b in cfgs]
+    m = dict(objs[0])
+    m["min"], m["max"], m["repeats"], m["best_config"] = {}, {}, {}, {}
+    for f in RATES:
+        if f == "log_prob_rows_per_s":
+            m[f] = {}
+            for part in ("min", "max", "repeats", "best_config"):
+                m[part][f] = {}
+            for b in objs[0][f]:
+                i = max(range(len(objs)), key=lambda j: objs[j][f][b])
+                m[f][b] = objs[i][f][b]
+                for part in ("min", "max", "repeats"):
+                    m[part][f][b] = _get(objs[i], part, f, b)
+                m["best_config"][f][b] = names[i]
+        else:
+            i = max(range(len(objs)), key=lambda j: objs[j][f])
+            m[f] = objs[i][f]
+            for part in ("min", "max", "repeats"):
+                m[part][f] = _get(objs[i], part, f)
+            m["best_config"][f] = names[i]
+    i = min(range(len(objs)), key=lambda j: objs[j]["peak_rss_bytes"])
+    m["peak_rss_bytes"] = objs[i]["peak_rss_bytes"]
+    m["best_config"]["peak_rss_bytes"] = names[i]
+    m["max_repeat_spread"] = max(o["max_repeat_spread"] for o in objs)
+    m["configs"] = {n: {f: o[f] for f in RATES + ("peak_rss_bytes",)} for n, o in zip(names, objs)}
+    return m
+
+
+def run_torch(what, loads, rnd=None):
+    """torch_ref.py's output for one workload (or serve), best of the thread
+    configurations"""
+    cfgs = torch_configs()
+    outs = [run_torch_one(what, loads, rnd, c) for c in cfgs]
+    r = dict(outs[0])
+    r["threads"] = [f"{a}:{b}" for a, b in cfgs]
+    if what == "serve":
+        r["serve_peak_rss_bytes"] = min(o["serve_peak_rss_bytes"] for o in outs)
+        return r
+    r[what] = dict(outs[0][what])
+    r[what]["torch"] = best_of([o[what]["torch"] for o in outs], cfgs)
+    return r
 
 
 def have_torch():
@@ -104,7 +174,7 @@ def merge(rounds, flops_per_row):
     each throughput figure the per-repeat rates of every round pooled, median,
     min and max of the pool; peak_rss_bytes and max_repeat_spread the largest
     of the rounds; other keys from the first round."""
-    m = {k: v for k, v in rounds[0].items() if k not in ("min", "max", "repeats")}
+    m = {k: v for k, v in rounds[0].items() if k not in ("min", "max", "repeats", "configs")}
 
     def pool(*path):
         p = []
@@ -131,6 +201,8 @@ def merge(rounds, flops_per_row):
     if "4096" in m["log_prob_rows_per_s"]:
         m["gflops_log_prob_4096"] = m["log_prob_rows_per_s"]["4096"] * flops_per_row / 1e9
     m["round_medians"] = [{f: r[f] for f in RATES + ("peak_rss_bytes",)} for r in rounds]
+    if "configs" in rounds[0]:
+        m["configs"] = [r["configs"] for r in rounds]
     return m
 
 
@@ -176,11 +248,14 @@ def targets(res):
     add("W1 train vs torch", g("W1", "train_samples_per_s"), 10)
     add("W1 log_prob B=1 vs torch", g("W1", "log_prob_rows_per_s", "1"), 50)
     add("W2 train vs torch", g("W2", "train_samples_per_s"), 2.5)
-    add("W2 train % of sgemm peak", _get(res, "W2", "flowd", "gflops_frac_peak"), 0.6)
+    # the flops flowd executes (MADE staircases skip most masked weights);
+    # the dense-equivalent rate (masked weights counted, as torch multiplies
+    # them) is in the table, not a target
+    add("W2 train % of sgemm peak", _get(res, "W2", "flowd", "gflops_executed_frac_peak"), 0.6)
     add("W2 sampling vs torch", g("W2", "sample_rows_per_s"), 100)
     add("W3 train vs torch", g("W3", "train_samples_per_s"), 3)
-    for k in KEYS:
-        add(f"{k} peak RSS flowd/torch", g(k, "peak_rss_bytes"), 0.2, ge=False)
+    # the issue's RSS target is serving all three models; the per-workload
+    # peaks (training state included) are in the table
     add("serving peak RSS flowd/torch", _get(res, "serve", "ratio"), 0.2, ge=False)
     add("HTTP W1 B=1 req/s", _get(res, "http", "log_prob_1", "requests_per_s"), 10000)
     add("HTTP W1 B=1 p99 ms", _get(res, "http", "log_prob_1", "latency_ms", "p99"), 5, ge=False)
@@ -258,6 +333,11 @@ def main():
     for k in KEYS:
         w = res[k]
         w["flowd"]["gflops_frac_peak"] = w["flowd"]["gflops"] / peak
+        if "gflops_executed" in w["flowd"]:
+            # pooled over rounds: the executed rate scales with the merged training rate
+            w["flowd"]["gflops_executed"] = (w["flowd"]["train_samples_per_s"] * 3
+                                             * w["exec_flops_per_row_fwd"] / 1e9)
+            w["flowd"]["gflops_executed_frac_peak"] = w["flowd"]["gflops_executed"] / peak
         if "torch" in w:
             w["torch"]["gflops_frac_peak"] = w["torch"]["gflops"] / peak
             w["ratio"] = {f: ratio(w["flowd"][f], w["torch"][f]) for f in fields}
@@ -298,6 +378,10 @@ def print_table(res, torch_ok):
     print(f"sgemm peak: {peak:.1f} GFLOP/s (n=1024 {res['sgemm_gflops']['1024']:.1f}, "
           f"n=2048 {res['sgemm_gflops']['2048']:.1f})\n")
     sides = ("flowd", "torch") if torch_ok else ("flowd",)
+    if torch_ok:
+        print("torch: per figure the best of its thread configurations (intra-op:BLAS) "
+              + ", ".join(res.get("torch_threads", [])) + "; flowd: "
+              + f"{res['blas_threads']} threads splitting rows, 1 BLAS thread each")
     rounds = res.get("rounds", 1)
     over = f"the pooled repeats of {rounds} rounds" if rounds > 1 else "the repeats"
     print(f"median [min..max] over {over}"
@@ -319,6 +403,9 @@ def print_table(res, torch_ok):
         if torch_ok:
             r = _get(w, "ratio", *path)
             line += f"{fmt_ratio(r) if show_ratio and r is not None else '':>8}"
+            bc = _get(w, "torch", "best_config", *path)
+            if show_ratio and isinstance(bc, str):
+                line += f"  {bc}"
         print(line.rstrip())
 
     for k in KEYS:
@@ -326,7 +413,7 @@ def print_table(res, torch_ok):
         print(f"\n{k} {NAMES[k]} (train batch {w['train_batch']}, "
               f"sample batch {w['sample_batch']})")
         print((f"{'':24}" + "".join(f"{c:>9} {'[min..max]':<18}" for c in sides)
-               + (f"{'ratio':>8}" if torch_ok else "")).rstrip())
+               + (f"{'ratio':>8}  torch threads" if torch_ok else "")).rstrip())
         row(w, "train samples/s", ("train_samples_per_s",))
         for b in LP:
             row(w, f"log_prob rows/s B={b}", ("log_prob_rows_per_s", b))
@@ -334,6 +421,9 @@ def print_table(res, torch_ok):
         row(w, "peak RSS MB", ("peak_rss_bytes",), 1e-6, ranged=False)
         row(w, "train GFLOP/s", ("gflops",))
         row(w, "  % of sgemm peak", ("gflops_frac_peak",), 100, False, False, True)
+        if w.get("exec_flops_per_row_fwd", 0) < w["dense_flops_per_row_fwd"]:
+            row(w, "  executed GFLOP/s", ("gflops_executed",), 1, False, False)
+            row(w, "  executed % of peak", ("gflops_executed_frac_peak",), 100, False, False, True)
         row(w, "log_prob 4096 GFLOP/s", ("gflops_log_prob_4096",), 1, False, False)
         row(w, "max repeat spread %", ("max_repeat_spread",), 100, False, False, True)
     print()

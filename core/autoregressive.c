@@ -307,6 +307,10 @@ static void ar_destroy(nf_layer *L) {
     L->impl = NULL;
 }
 
+static double ar_macs(const nf_layer *L, int executed) {
+    return nf_net_macs(&((const ar_layer *)L->impl)->net, executed);
+}
+
 static const nf_layer_ops maf_ops = {
     .type = "maf",
     .ws_size = ar_ws_size,
@@ -318,6 +322,7 @@ static const nf_layer_ops maf_ops = {
     .constrain = ar_constrain,
     .to_json = ar_to_json,
     .destroy = ar_destroy,
+    .macs = ar_macs,
 };
 
 static const nf_layer_ops iaf_ops = {
@@ -331,6 +336,7 @@ static const nf_layer_ops iaf_ops = {
     .constrain = ar_constrain,
     .to_json = ar_to_json,
     .destroy = ar_destroy,
+    .macs = ar_macs,
 };
 
 static int ar_create(nf_layer *L, const cJSON *spec, int iaf, char *err, size_t errlen) {

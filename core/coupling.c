@@ -171,15 +171,19 @@ static void cp_destroy(nf_layer *L) {
     L->impl = NULL;
 }
 
+static double cp_macs(const nf_layer *L, int executed) {
+    return nf_net_macs(&((const coupling *)L->impl)->net, executed);
+}
+
 static const nf_layer_ops additive_ops = {
     .type = "additive_coupling", .ws_size = cp_ws_size, .init = cp_init,
     .inverse = cp_inverse, .forward = cp_forward, .backward = cp_backward,
-    .to_json = cp_to_json, .destroy = cp_destroy,
+    .to_json = cp_to_json, .destroy = cp_destroy, .macs = cp_macs,
 };
 static const nf_layer_ops affine_ops = {
     .type = "affine_coupling", .ws_size = cp_ws_size, .init = cp_init,
     .inverse = cp_inverse, .forward = cp_forward, .backward = cp_backward,
-    .to_json = cp_to_json, .destroy = cp_destroy,
+    .to_json = cp_to_json, .destroy = cp_destroy, .macs = cp_macs,
 };
 
 static int cp_create(nf_layer *L, const cJSON *spec, int affine, char *err, size_t errlen) {

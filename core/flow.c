@@ -220,6 +220,13 @@ int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errle
     return 0;
 }
 
+double nf_flow_macs_per_row(const nf_flow *f, int executed) {
+    double m = 0;
+    for (int k = 0; k < f->nlayers; k++)
+        if (f->layers[k].ops->macs) m += f->layers[k].ops->macs(&f->layers[k], executed);
+    return m;
+}
+
 int nf_flow_dim(const nf_flow *f) { return f->D; }
 int nf_flow_context_dim(const nf_flow *f) { return f->C; }
 int nf_flow_num_layers(const nf_flow *f) { return f->nlayers; }

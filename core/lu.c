@@ -191,6 +191,12 @@ static void lu_destroy(nf_layer *L) {
     L->impl = NULL;
 }
 
+/* z = W x + b as one (D,D) product */
+static double lu_macs(const nf_layer *L, int executed) {
+    (void)executed;
+    return (double)L->D * L->D;
+}
+
 static const nf_layer_ops lu_ops = {
     .type = "lu_linear",
     .ws_size = lu_ws_size,
@@ -202,6 +208,7 @@ static const nf_layer_ops lu_ops = {
     .constrain = NULL,
     .to_json = lu_to_json,
     .destroy = lu_destroy,
+    .macs = lu_macs,
 };
 
 int nf_lu_linear_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {

@@ -603,6 +603,23 @@ void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
     first_linear_backward(n, &n->lin[0], params, grad, in, ctx, ds, din, dctx, B);
 }
 
+double nf_net_macs(const nf_net *n, int executed) {
+    double m = 0;
+    for (int l = 0; l < n->nlin; l++) {
+        const nf_linear *L = &n->lin[l];
+        const nf_stair *st = L->stair;
+        if (!executed || !st) {
+            m += (double)L->in * L->out;
+            continue;
+        }
+        for (int t = 0; t < st->ntiles; t++)
+            for (int r = 0; r < st->nruns; r++)
+                m += (double)(st->ts[t + 1] - st->ts[t]) * st->tlen[(size_t)t * st->nruns + r];
+        m += (double)(L->in - st->cs[st->nruns]) * L->out; /* context columns */
+    }
+    return m;
+}
+
 /* ---- spec ---------------------------------------------------------------------- */
 void nf_net_to_json(const nf_net *n, cJSON *obj) {
     if (n->kind == NF_NET_MADE) {

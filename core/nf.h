@@ -83,6 +83,12 @@ int nf_flow_context_dim(const nf_flow *f);
 int nf_flow_num_layers(const nf_flow *f);
 const char *nf_flow_layer_type(const nf_flow *f, int k);
 size_t nf_flow_num_params(const nf_flow *f);
+/* Multiply-adds per row of one density pass in the flow's dense products
+ * (conditioner networks, LU layers; element-wise work not counted).
+ * executed = 0 counts MADE weights as dense, as a masked dense product
+ * does; 1 counts what flowd multiplies (MADE staircases skip most masked
+ * weights).  For throughput figures: 2 flops per multiply-add. */
+double nf_flow_macs_per_row(const nf_flow *f, int executed);
 nf_real *nf_flow_params(nf_flow *f);       /* (P) contiguous, all layers + base */
 /* (P) mirrors params; allocated on first use (NULL if that fails), so flows
  * that only serve do not carry a gradient buffer. */

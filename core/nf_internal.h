@@ -57,6 +57,9 @@ typedef struct nf_layer_ops {
     /* add this layer's canonical spec fields to obj (type is added by caller) */
     void (*to_json)(const nf_layer *L, cJSON *obj);
     void (*destroy)(nf_layer *L); /* frees L->impl, not L */
+    /* optional: multiply-adds per row of one density pass in dense products;
+     * executed = 0 counts masked weights too (nf_flow_macs_per_row) */
+    double (*macs)(const nf_layer *L, int executed);
 } nf_layer_ops;
 
 struct nf_layer {
@@ -178,6 +181,9 @@ void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
  *   made:   "hidden":[h1,...], "activation", "order":"asc"|"desc"|"random",
  *           "order_seed":s  (no "net" key: autoregressive layers are MADE) */
 void nf_net_to_json(const nf_net *n, cJSON *obj);
+/* multiply-adds per row of nf_net_forward: executed = 1 counts what the
+ * staircases multiply, 0 every weight */
+double nf_net_macs(const nf_net *n, int executed);
 /* Build a coupling conditioner from those keys (defaults: mlp, hidden
  * def_hidden, relu, blocks 2). */
 int nf_net_from_spec(nf_net *n, const cJSON *spec, int in, int ctx, int out,

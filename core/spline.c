@@ -353,6 +353,10 @@ static void sc_destroy(nf_layer *L) {
     L->impl = NULL;
 }
 
+static double sc_macs(const nf_layer *L, int executed) {
+    return nf_net_macs(&((const spline_coupling *)L->impl)->net, executed);
+}
+
 static const nf_layer_ops sc_ops = {
     .type = "spline_coupling",
     .ws_size = sc_ws_size,
@@ -362,6 +366,7 @@ static const nf_layer_ops sc_ops = {
     .backward = sc_backward,
     .to_json = sc_to_json,
     .destroy = sc_destroy,
+    .macs = sc_macs,
 };
 
 int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
@@ -542,6 +547,10 @@ static void sa_destroy(nf_layer *L) {
     L->impl = NULL;
 }
 
+static double sa_macs(const nf_layer *L, int executed) {
+    return nf_net_macs(&((const spline_ar *)L->impl)->net, executed);
+}
+
 static const nf_layer_ops sa_ops = {
     .type = "spline_ar",
     .ws_size = sa_ws_size,
@@ -552,6 +561,7 @@ static const nf_layer_ops sa_ops = {
     .constrain = sa_constrain,
     .to_json = sa_to_json,
     .destroy = sa_destroy,
+    .macs = sa_macs,
 };
 
 int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {

@@ -123,3 +123,28 @@ TEST(stair_layers_pass_layer_checks) {
             nf_stair_tile = NF_STAIR_TILE;
         }
 }
+
+/* nf_flow_macs_per_row: dense products per row, with and without the
+ * staircases' savings */
+TEST(stair_macs_per_row) {
+    nf_flow *f = NULL;
+    char err[200];
+    /* 2 MADEs 256 -> 512 -> 2x256 (and a permutation between) + 2 LU layers */
+    REQUIRE(nf_flow_create("{\"dim\":256,\"layers\":[{\"type\":\"maf\",\"hidden\":[512]},"
+                           "{\"type\":\"permute\",\"order\":\"reverse\"},{\"type\":\"maf\","
+                           "\"hidden\":[512]},{\"type\":\"lu_linear\"},{\"type\":\"lu_linear\"}]}",
+                           &f, err, sizeof err) == 0);
+    double dense = nf_flow_macs_per_row(f, 0), exec = nf_flow_macs_per_row(f, 1);
+    double made = 256.0 * 512 + 512.0 * 512, lu = 2 * 256.0 * 256;
+    CHECK_MSG(dense == 2 * made + lu, "dense %.0f", dense);
+    /* each MADE's weights are half masked; 64-row tiles give some back */
+    CHECK_MSG(exec > lu + 2 * 0.5 * made && exec < lu + 2 * 0.7 * made, "executed %.0f of %.0f",
+              exec, dense);
+    nf_flow_free(f);
+    /* no MADE: both counts equal (RealNVP, 2 couplings 1 -> [16,16] -> 2) */
+    REQUIRE(nf_flow_create("{\"dim\":2,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16,16]}", &f,
+                           err, sizeof err) == 0);
+    CHECK(nf_flow_macs_per_row(f, 0) == 2 * (16.0 + 256 + 32));
+    CHECK(nf_flow_macs_per_row(f, 1) == nf_flow_macs_per_row(f, 0));
+    nf_flow_free(f);
+}
