@@ -186,6 +186,13 @@ int cmd_serve(int argc, char **argv) {
         serve_usage(stderr);
         return 2;
     }
+    if (nums[11].val > 1 && nums[10].val > 1) {
+        /* each of a job's threads calls BLAS: both > 1 oversubscribes the
+         * cores (a W2 training step ran ~10x slower on 2 cores) */
+        fprintf(stderr, "flowd serve: --train-threads %ld splits each batch over threads that each "
+                        "call BLAS; use it with --blas-threads 1\n", nums[11].val);
+        return 2;
+    }
     c->workers = (int)nums[0].val;
     c->http_threads = (int)nums[1].val;
     c->max_body = (size_t)nums[2].val;

@@ -1195,5 +1195,57 @@ TEST_T(http_refuses_public_listen_without_tokens, 30) {
     CHECK_MSG(stat(d.portf, &sb) != 0, "it wrote a port file");
     const char *help[] = {"serve", "--help", NULL};
     CHECK_EQ_INT(run_flowd(&d, help, NULL, 10), 0);
+    /* threads that split a batch each call BLAS: with BLAS threads too, refused */
+    const char *over[] = {"serve", "--db", d.db, "--train-threads", "2", "--blas-threads", "2",
+                          "--port-file", d.portf, NULL};
+    st = run_flowd(&d, over, NULL, 10);
+    CHECK_MSG(st == 2, "flowd serve --train-threads 2 --blas-threads 2 exited %d", st);
+    CHECK_MSG(stat(d.portf, &sb) != 0, "it wrote a port file");
+    dmn_cleanup(&d);
+}
+
+/* ---- 9. flowd train in the foreground, batches split over threads ----------------------------------- */
+TEST_T(http_cli_train_threads, 120) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    char cfg[256], out1[256], out2[256];
+    snprintf(cfg, sizeof cfg, "%s/job.json", d.dir);
+    snprintf(out1, sizeof out1, "%s/m1.flow", d.dir);
+    snprintf(out2, sizeof out2, "%s/m2.flow", d.dir);
+    FILE *fp = fopen(cfg, "w");
+    REQUIRE(fp);
+    fputs("{\"model\":\"t\",\"dataset\":{\"builtin\":\"moons\",\"n\":3000,\"seed\":2},"
+          "\"flow\":{\"preset\":\"realnvp\",\"depth\":4,\"hidden\":[32,32]},"
+          "\"train\":{\"epochs\":3,\"batch_size\":128,\"seed\":3}}", fp);
+    fclose(fp);
+    const char *a1[] = {"train", "--config", cfg, "--out", out1, "--threads", "1", "--quiet", NULL};
+    const char *a2[] = {"train", "--config", cfg, "--out", out2, "--threads", "2", "--quiet", NULL};
+    CHECK_EQ_INT(run_flowd(&d, a1, NULL, 60), 0);
+    CHECK_EQ_INT(run_flowd(&d, a2, NULL, 60), 0);
+    /* both models exist and fit alike: the same data, seed and steps, the
+     * gradients summed in two parts (last-bit differences only) */
+    nf_model *m1 = NULL, *m2 = NULL;
+    char err[256];
+    void *b1 = NULL, *b2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    REQUIRE(nf_file_read(out1, &b1, &n1) == 0 && nf_file_read(out2, &b2, &n2) == 0);
+    REQUIRE(nf_model_load(b1, n1, &m1, err, sizeof err) == 0);
+    REQUIRE(nf_model_load(b2, n2, &m2, err, sizeof err) == 0);
+    free(b1);
+    free(b2);
+    nf_real x[6] = {0.5f, 0.2f, -0.8f, 0.6f, 1.9f, 0.1f}, l1[3], l2[3];
+    nf_ws *w1, *w2;
+    REQUIRE(nf_ws_create(m1->flow, 3, &w1) == 0 && nf_ws_create(m2->flow, 3, &w2) == 0);
+    CHECK(nf_model_log_prob(m1, w1, x, NULL, 3, l1) == 0);
+    CHECK(nf_model_log_prob(m2, w2, x, NULL, 3, l2) == 0);
+    for (int i = 0; i < 3; i++)
+        CHECK_MSG(fabs((double)l1[i] - (double)l2[i]) < 0.05, "row %d: %g (1 thread) vs %g (2)", i,
+                  (double)l1[i], (double)l2[i]);
+    nf_ws_free(w1);
+    nf_ws_free(w2);
+    nf_model_free(m1);
+    nf_model_free(m2);
+    const char *bad[] = {"train", "--config", cfg, "--out", out1, "--threads", "0", NULL};
+    CHECK_EQ_INT(run_flowd(&d, bad, NULL, 10), 2);
     dmn_cleanup(&d);
 }
