@@ -277,13 +277,14 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
             n->degrees[j] = t;
         }
     }
-    int nprev = D + ctx, lo = D;
+    int lo = D;
     for (int i = 0; i < D; i++) prevdeg[i] = n->degrees[i];
     for (int j = 0; j < ctx; j++) prevdeg[D + j] = 0;
     for (int l = 0; l <= nh; l++) {
         nf_linear *L = &n->lin[l];
-        L->mask = nf_malloc((size_t)L->in * L->out * sizeof *L->mask);
-        if (!L->mask) goto oom;
+        /* row k keeps the columns j with prevdeg[j] <= theta[k]: a hidden
+         * unit sees degrees up to its own, output (i,p) degrees below deg(i);
+         * context columns (degree 0) feed every unit */
         if (l < nh) {
             /* hidden degrees cycle through [lo, D-1]; lo = min previous degree
              * (capped at D-1) so every unit can see something valid */
@@ -292,28 +293,27 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
             if (l > 0) minprev = lo;
             lo = minprev < D - 1 ? minprev : D - 1;
             int span = D - lo;
-            for (int k = 0; k < L->out; k++) curdeg[k] = lo + k % span;
+            for (int k = 0; k < L->out; k++) theta[k] = curdeg[k] = lo + k % span;
+        } else {
+            for (int o = 0; o < L->out; o++) theta[o] = n->degrees[o / P] - 1;
+        }
+        /* the staircase when it pays (context columns stay outside it), else
+         * a byte mask: never both, so building a big MADE does not touch
+         * (in x out) bytes it then frees */
+        L->stair = stair_build(prevdeg, l == 0 ? D : L->in, theta, L->out, &oom);
+        if (oom) goto oom;
+        if (!L->stair) {
+            L->mask = nf_malloc((size_t)L->in * L->out * sizeof *L->mask);
+            if (!L->mask) goto oom;
             for (int k = 0; k < L->out; k++)
                 for (int j = 0; j < L->in; j++)
-                    L->mask[(size_t)k * L->in + j] = curdeg[k] >= prevdeg[j] ? 1 : 0;
-            /* context columns (degree 0) feed every unit: outside the stairs */
-            L->stair = stair_build(prevdeg, l == 0 ? D : L->in, curdeg, L->out, &oom);
+                    L->mask[(size_t)k * L->in + j] = prevdeg[j] <= theta[k] ? 1 : 0;
+        }
+        if (l < nh) {
             for (int k = 0; k < L->out; k++) prevdeg[k] = curdeg[k];
-            nprev = L->out;
             int mn = D;
             for (int k = 0; k < L->out; k++) mn = curdeg[k] < mn ? curdeg[k] : mn;
             lo = mn;
-        } else {
-            for (int o = 0; o < L->out; o++)
-                for (int j = 0; j < nprev; j++)
-                    L->mask[(size_t)o * L->in + j] = n->degrees[o / P] > prevdeg[j] ? 1 : 0;
-            for (int o = 0; o < L->out; o++) theta[o] = n->degrees[o / P] - 1;
-            L->stair = stair_build(prevdeg, nh == 0 ? D : nprev, theta, L->out, &oom);
-        }
-        if (oom) goto oom;
-        if (L->stair) { /* the staircase replaces the byte mask */
-            nf_free(L->mask);
-            L->mask = NULL;
         }
     }
     nf_free(prevdeg);
