@@ -6,15 +6,19 @@
  *
  * Events (text/event-stream): the stream polls the job's metric rows and
  * state on its own database connection, sending "progress" events per
- * logged step and one final "state" event.  The content reader may wait up
- * to 100 ms for new rows, which holds its pool thread; concurrent streams
- * are therefore capped (half the pool) and refused with 503 beyond. */
+ * logged step and one final "state" event.  When a poll finds nothing new,
+ * the content reader parks the connection (MHD_suspend_connection) and
+ * returns; a resumer thread wakes every parked stream each 100 ms for its
+ * next poll.  So an open stream holds no request thread, and the pool can
+ * be sized for scoring (one thread per core).  Streams are capped at
+ * FD_MAX_STREAMS (each has its own database connection); beyond, 503. */
 #include "server.h"
 
 #include "../core/data.h"
 #include "../core/job.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,18 +318,81 @@ enum MHD_Result fd_api_job_cancel(fd_req *r, char **a) {
 
 /* ---- events -------------------------------------------------------------------------------- */
 static atomic_int streams;
+#define FD_MAX_STREAMS 64
 
-typedef struct {
+typedef struct stream {
     fd_db *db;
     int64_t id, after;
     char *pend;
     size_t plen, poff;
     int final_sent, done;
     double last_send;
+    struct MHD_Connection *conn;
+    struct stream *next; /* in the parked list (under park_mu) */
+    int parked;
 } stream;
+
+/* parked streams: suspended connections that the resumer wakes */
+static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
+static stream *parked;
+static int park_stop, resumer_running;
+static pthread_t resumer;
+
+static void *resumer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&park_mu);
+    while (!park_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&park_cv, &park_mu, &ts);
+        for (stream *s = parked; s; s = s->next) {
+            s->parked = 0;
+            MHD_resume_connection(s->conn);
+        }
+        parked = NULL;
+    }
+    pthread_mutex_unlock(&park_mu);
+    return NULL;
+}
+
+int fd_streams_start(void) {
+    pthread_mutex_lock(&park_mu);
+    park_stop = 0;
+    int rc = resumer_running ? 0 : pthread_create(&resumer, NULL, resumer_main, NULL);
+    if (!rc) resumer_running = 1;
+    pthread_mutex_unlock(&park_mu);
+    return rc ? -1 : 0;
+}
+
+/* Before MHD_stop_daemon (which must not find suspended connections):
+ * every parked stream is woken and ends at its next read. */
+void fd_streams_stop(void) {
+    pthread_mutex_lock(&park_mu);
+    park_stop = 1;
+    for (stream *s = parked; s; s = s->next) {
+        s->parked = 0;
+        MHD_resume_connection(s->conn);
+    }
+    parked = NULL;
+    int join = resumer_running;
+    resumer_running = 0;
+    pthread_cond_broadcast(&park_cv);
+    pthread_mutex_unlock(&park_mu);
+    if (join) pthread_join(resumer, NULL);
+}
 
 static void stream_free(void *p) {
     stream *s = p;
+    pthread_mutex_lock(&park_mu); /* not parked any more, but be sure */
+    for (stream **q = &parked; *q; q = &(*q)->next)
+        if (*q == s) {
+            *q = s->next;
+            break;
+        }
+    pthread_mutex_unlock(&park_mu);
     fd_db_close(s->db);
     free(s->pend);
     free(s);
@@ -354,8 +421,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     stream *s = cls;
     char err[200];
-    for (int tries = 0; s->poff == s->plen; tries++) {
+    do { /* one poll when nothing is pending */
+        if (s->poff != s->plen) break;
         if (s->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&park_mu);
+        int stopping = park_stop;
+        pthread_mutex_unlock(&park_mu);
+        if (stopping) return MHD_CONTENT_READER_END_OF_STREAM; /* the daemon drains */
         cJSON *m = NULL, *e;
         if (fd_db_job_metrics(s->db, s->id, s->after, 100, &m, err, sizeof err) == 0) {
             cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(m, "metrics")) {
@@ -380,17 +452,27 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         cJSON_Delete(job);
         if (s->poff < s->plen) break;
-        if (fd_now() - s->last_send > 5) { /* keep-alive comment */
+        if (s->poff == s->plen && fd_now() - s->last_send > 5) { /* keep-alive */
             cJSON *ping = cJSON_CreateObject();
             stream_append(s, "ping", ping);
             cJSON_Delete(ping);
-            break;
         }
-        usleep(100000);
-        if (tries > 50) break;
-    }
+    } while (0);
     size_t n = s->plen - s->poff;
-    if (n == 0) return 0;
+    if (n == 0) {
+        /* nothing new: park until the resumer's next round (100 ms) */
+        pthread_mutex_lock(&park_mu);
+        if (park_stop) {
+            pthread_mutex_unlock(&park_mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        MHD_suspend_connection(s->conn);
+        s->parked = 1;
+        s->next = parked;
+        parked = s;
+        pthread_mutex_unlock(&park_mu);
+        return 0;
+    }
     if (n > max) n = max;
     memcpy(buf, s->pend + s->poff, n);
     s->poff += n;
@@ -409,7 +491,7 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
     cJSON_Delete(job);
     if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
     if (rc) return fd_send_db_error(r, rc, err);
-    int cap = r->srv->cfg.http_threads / 2 > 0 ? r->srv->cfg.http_threads / 2 : 1;
+    int cap = FD_MAX_STREAMS;
     if (atomic_fetch_add(&streams, 1) >= cap) {
         atomic_fetch_sub(&streams, 1);
         return fd_send_error(r, 503, "overloaded", NULL, "too many event streams open (%d); poll GET /v1/jobs/%s instead", cap, a[0]);
@@ -422,6 +504,7 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
     }
     s->id = id;
     s->after = -1;
+    s->conn = r->conn;
     const char *as = fd_req_query(r, "after_step");
     if (as) {
         char *end;

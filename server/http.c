@@ -561,7 +561,14 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    /* suspend/resume: event streams park their connection between polls
+     * (api_jobs.c), so they hold no request thread */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+                     MHD_ALLOW_SUSPEND_RESUME;
+    if (fd_streams_start()) {
+        snprintf(err, errlen, "cannot start the event-stream thread");
+        return -1;
+    }
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
@@ -587,6 +594,7 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
 }
 
 void fd_server_stop(fd_server *s) {
+    fd_streams_stop(); /* MHD_stop_daemon must find no suspended connection */
     if (s->mhd) MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
     fd_cache_free(s->cache);

@@ -169,6 +169,10 @@ enum MHD_Result fd_api_jobs_list(fd_req *r, char **a);
 enum MHD_Result fd_api_job_get(fd_req *r, char **a);
 enum MHD_Result fd_api_job_metrics(fd_req *r, char **a);
 enum MHD_Result fd_api_job_events(fd_req *r, char **a);
+/* the thread that wakes parked event streams (api_jobs.c): started with the
+ * daemon; stop wakes every parked stream (they end) before MHD stops */
+int fd_streams_start(void);
+void fd_streams_stop(void);
 enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
 
 /* Metrics (metrics.c): counters are lock-free. */

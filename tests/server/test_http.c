@@ -1249,3 +1249,76 @@ TEST_T(http_cli_train_threads, 120) {
     CHECK_EQ_INT(run_flowd(&d, bad, NULL, 10), 2);
     dmn_cleanup(&d);
 }
+
+/* ---- 10. event streams hold no request thread ----------------------------------------------------- */
+/* With one request thread and three open event streams on a training job,
+ * other requests are still answered at once (a stream parks its connection
+ * between polls), the streams get progress events, and a drain with the
+ * streams open ends them promptly. */
+static volatile int streams_stop;
+typedef struct {
+    dmn *d;
+    long status;
+    int progress;
+} stream_arg;
+
+static void *stream_main(void *p) {
+    stream_arg *a = p;
+    hreq q = {.path = "/v1/jobs/1/events", .timeout_s = 60, .quiet = 1, .abort_flag = &streams_stop};
+    hresp r;
+    dmn_http(a->d, &q, &r);
+    a->status = r.status;
+    a->progress = r.body && strstr(r.body, "event: progress") != NULL;
+    hresp_free(&r);
+    return NULL;
+}
+
+TEST_T(http_event_streams_hold_no_thread, 90) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    static const char *const args[] = {"--http-threads", "1", NULL};
+    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    long long id = submit_job(&d, "{\"model\":\"s\",\"dataset\":" MOONS_DS ",\"flow\":" SMALL_FLOW
+                                  ",\"train\":{\"epochs\":100000,\"log_every\":5}}");
+    REQUIRE(id == 1);
+    REQUIRE(wait_running(&d, id, 20, 1) == 0);
+    streams_stop = 0;
+    pthread_t th[3];
+    stream_arg sa[3];
+    for (int i = 0; i < 3; i++) {
+        sa[i] = (stream_arg){&d, 0, 0};
+        pthread_create(&th[i], NULL, stream_main, &sa[i]);
+    }
+    dmn_sleep_ms(1500); /* the streams are open and have polled many times */
+    double worst = 0;
+    for (int i = 0; i < 20; i++) {
+        hresp r;
+        double t0 = dmn_now();
+        http_get(&d, i % 2 ? "/v1/models" : "/v1/jobs/1", &r);
+        double dt = dmn_now() - t0;
+        worst = dt > worst ? dt : worst;
+        CHECK_MSG(r.status == 200, "request %d with 3 streams open: %ld", i, r.status);
+        hresp_free(&r);
+    }
+    /* the old streams slept up to 100 ms at a time on the one thread, up to
+     * 5 s per read; a parked stream holds it for one database poll */
+    CHECK_MSG(worst < 1.0, "slowest request %.3f s with 3 event streams on 1 request thread", worst);
+    __atomic_store_n(&streams_stop, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_MSG(sa[i].progress, "stream %d: no progress event (status %ld)", i, sa[i].status);
+    }
+    /* a drain with a stream open (a 4th, not aborted) stops promptly */
+    streams_stop = 0;
+    stream_arg last = {&d, 0, 0};
+    pthread_t t4;
+    pthread_create(&t4, NULL, stream_main, &last);
+    dmn_sleep_ms(500);
+    double t0 = dmn_now();
+    dmn_cleanup(&d); /* SIGTERM, waits for the exit */
+    double dt = dmn_now() - t0;
+    CHECK_MSG(dt < 10, "drain with an open event stream took %.1f s", dt);
+    __atomic_store_n(&streams_stop, 1, __ATOMIC_RELAXED);
+    pthread_join(t4, NULL);
+    CHECK_MSG(last.progress, "the drained stream had no progress event");
+}
