@@ -521,10 +521,9 @@ typedef struct par_job par_job;
 static int par_rows(par_job *j);
 static int par_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                         nf_real *out);
-static int par_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
-                      nf_real *z, nf_real *logdet);
-static int par_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int B,
-                      nf_real *x, nf_real *logdet);
+static int par_map(int kind, const nf_flow *f, nf_ws *w, const nf_real *in, const nf_real *ctx,
+                   int B, nf_real *out, nf_real *logdet);
+enum { JOB_LOG_PROB, JOB_ENCODE, JOB_DECODE, JOB_SAMPLE, JOB_GRAD_FWD, JOB_GRAD_BWD, JOB_REDUCE };
 static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
                       const nf_real *ctx, nf_real *x, nf_real *log_prob);
 static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
@@ -555,7 +554,7 @@ int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *
                    nf_real *z, nf_real *logdet) {
     int rc = check_args(f, w, ctx, B), bad = 0;
     if (rc) return rc;
-    if (w->nt > 1) return par_encode(f, w, x, ctx, B, z, logdet);
+    if (w->nt > 1) return par_map(JOB_ENCODE, f, w, x, ctx, B, z, logdet);
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         const nf_real *xs = x + (size_t)s * f->D;
@@ -594,7 +593,7 @@ int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *
                    nf_real *x, nf_real *logdet) {
     int rc = check_args(f, w, ctx, B), bad = 0;
     if (rc) return rc;
-    if (w->nt > 1) return par_decode(f, w, z, ctx, B, x, logdet);
+    if (w->nt > 1) return par_map(JOB_DECODE, f, w, z, ctx, B, x, logdet);
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         /* z may be h[K]'s source; copy through g0 so layers never alias */
@@ -756,8 +755,6 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
  * parts one row longer) and runs part t on thread t with sub[t].  Parts are
  * never smaller than PAR_MIN_ROWS rows unless the rows would not fit the
  * parts' workspaces otherwise (gradient calls are one pass, no chunking). */
-enum { JOB_LOG_PROB, JOB_ENCODE, JOB_DECODE, JOB_SAMPLE, JOB_GRAD_FWD, JOB_GRAD_BWD, JOB_REDUCE };
-
 struct par_job {
     int kind;
     const nf_flow *f;
@@ -904,22 +901,13 @@ static int par_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_r
     return rc == NF_ENONFINITE ? 0 : rc; /* log_prob reports those rows as -inf */
 }
 
-static int par_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
-                      nf_real *z, nf_real *logdet) {
-    par_job j = job_init(JOB_ENCODE, f, w, B, 0);
-    j.x = x;
+/* encode (JOB_ENCODE: in = x, out = z) or decode (JOB_DECODE: in = z, out = x) */
+static int par_map(int kind, const nf_flow *f, nf_ws *w, const nf_real *in, const nf_real *ctx,
+                   int B, nf_real *out, nf_real *logdet) {
+    par_job j = job_init(kind, f, w, B, 0);
+    j.x = in;
     j.ctx = ctx;
-    j.out = z;
-    j.out2 = logdet;
-    return par_rows(&j);
-}
-
-static int par_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int B,
-                      nf_real *x, nf_real *logdet) {
-    par_job j = job_init(JOB_DECODE, f, w, B, 0);
-    j.x = z;
-    j.ctx = ctx;
-    j.out = x;
+    j.out = out;
     j.out2 = logdet;
     return par_rows(&j);
 }

@@ -39,6 +39,58 @@ static nf_flow *make(const char *spec, uint64_t seed) {
               "%s %s[%d]: threaded %.9g, plain %.9g", specs[s], what, (int)(i), (double)(a), \
               (double)(b))
 
+/* rows x (N,D) and context (N,2) ~ N(0,1), outputs a, b (N,D), la, lb (N) */
+typedef struct {
+    nf_real *x, *ctx, *a, *b, *la, *lb;
+} bufs;
+
+static int bufs_init(bufs *u, int N, int D, uint64_t seed) {
+    u->x = malloc(sizeof(nf_real) * N * D), u->ctx = malloc(sizeof(nf_real) * N * 2);
+    u->a = malloc(sizeof(nf_real) * N * D), u->b = malloc(sizeof(nf_real) * N * D);
+    u->la = malloc(sizeof(nf_real) * N), u->lb = malloc(sizeof(nf_real) * N);
+    if (!u->x || !u->ctx || !u->a || !u->b || !u->la || !u->lb) return -1;
+    nf_rng r;
+    nf_rng_seed(&r, seed);
+    lc_randn(&r, u->x, (size_t)N * D, 1, 0);
+    lc_randn(&r, u->ctx, (size_t)N * 2, 1, 0);
+    return 0;
+}
+
+static void bufs_free(bufs *u) {
+    free(u->x), free(u->ctx), free(u->a), free(u->b), free(u->la), free(u->lb);
+}
+
+/* log_prob, encode, decode and sample of B rows on workspace w against the
+ * plain workspace wp (a, b: (B,D) scratch; la, lb: (B)) */
+static void rows_agree(const char *spec, const char *what, nf_flow *f, nf_ws *w, nf_ws *wp,
+                       const nf_real *x, const nf_real *cx, int B, uint64_t seed, nf_real *a,
+                       nf_real *b, nf_real *la, nf_real *lb) {
+    int D = nf_flow_dim(f);
+#define AGREE(p, q, n, name)                                                                 \
+    for (int i = 0; i < (n); i++)                                                           \
+        CHECK_MSG(fabs((double)(p)[i] - (double)(q)[i]) <= 1e-4 * (1 + fabs((double)(q)[i])), \
+                  "%s %s %s[%d] (B=%d): %.9g vs plain %.9g", spec, what, name, i, B,         \
+                  (double)(p)[i], (double)(q)[i])
+    CHECK(nf_flow_log_prob(f, w, x, cx, B, la) == 0);
+    CHECK(nf_flow_log_prob(f, wp, x, cx, B, lb) == 0);
+    AGREE(la, lb, B, "log_prob");
+    CHECK(nf_flow_encode(f, w, x, cx, B, a, la) == 0);
+    CHECK(nf_flow_encode(f, wp, x, cx, B, b, lb) == 0);
+    AGREE(a, b, B * D, "encode z");
+    AGREE(la, lb, B, "encode logdet");
+    CHECK(nf_flow_decode(f, w, x, cx, B, a, la) == 0);
+    CHECK(nf_flow_decode(f, wp, x, cx, B, b, lb) == 0);
+    AGREE(a, b, B * D, "decode x");
+    AGREE(la, lb, B, "decode logdet");
+    CHECK(nf_flow_sample(f, w, B, 0.8, seed, cx, a, la) == 0);
+    CHECK(nf_flow_sample(f, wp, B, 0.8, seed, cx, b, lb) == 0);
+    AGREE(a, b, B * D, "sample x");
+    AGREE(la, lb, B, "sample log_prob");
+    CHECK(nf_flow_sample(f, w, B, 0.8, seed, cx, a, NULL) == 0);
+    AGREE(a, b, B * D, "sample x (no log_prob)");
+#undef AGREE
+}
+
 /* log_prob, encode, decode and sample over several row counts (one part,
  * uneven parts, more rows than the workspace holds) */
 TEST(threads_rows_match_plain) {
@@ -52,41 +104,27 @@ TEST(threads_rows_match_plain) {
         REQUIRE(nf_ws_create_threads(f, WS, 3, &wt) == 0);
         CHECK_EQ_INT(nf_ws_threads(wt), 3);
         CHECK_EQ_INT(nf_ws_max_batch(wt), WS);
-        nf_real *x = malloc(sizeof(nf_real) * N * D), *ctx = malloc(sizeof(nf_real) * N * 2);
-        nf_real *a = malloc(sizeof(nf_real) * N * D), *b = malloc(sizeof(nf_real) * N * D);
-        nf_real *la = malloc(sizeof(nf_real) * N), *lb = malloc(sizeof(nf_real) * N);
-        REQUIRE(x && ctx && a && b && la && lb);
-        nf_rng r;
-        nf_rng_seed(&r, 11);
-        lc_randn(&r, x, (size_t)N * D, 1, 0);
-        lc_randn(&r, ctx, (size_t)N * 2, 1, 0);
-        const nf_real *cx = C ? ctx : NULL;
+        bufs u;
+        REQUIRE(bufs_init(&u, N, D, 11) == 0);
+        const nf_real *cx = C ? u.ctx : NULL;
         static const int Bs[] = {1, 7, 16, 25, 64, N};
-        for (size_t k = 0; k < sizeof Bs / sizeof *Bs; k++) {
-            int B = Bs[k];
-            CHECK(nf_flow_log_prob(f, wt, x, cx, B, la) == 0);
-            CHECK(nf_flow_log_prob(f, wp, x, cx, B, lb) == 0);
-            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "log_prob", i);
-            CHECK(nf_flow_encode(f, wt, x, cx, B, a, la) == 0);
-            CHECK(nf_flow_encode(f, wp, x, cx, B, b, lb) == 0);
-            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "encode z", i);
-            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "encode logdet", i);
-            CHECK(nf_flow_decode(f, wt, x, cx, B, a, la) == 0);
-            CHECK(nf_flow_decode(f, wp, x, cx, B, b, lb) == 0);
-            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "decode x", i);
-            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "decode logdet", i);
-            CHECK(nf_flow_sample(f, wt, B, 0.8, 42 + k, cx, a, la) == 0);
-            CHECK(nf_flow_sample(f, wp, B, 0.8, 42 + k, cx, b, lb) == 0);
-            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "sample x", i);
-            for (int i = 0; i < B; i++) CLOSE(la[i], lb[i], "sample log_prob", i);
-            CHECK(nf_flow_sample(f, wt, B, 0.8, 42 + k, cx, a, NULL) == 0);
-            for (int i = 0; i < B * D; i++) CLOSE(a[i], b[i], "sample x (no log_prob)", i);
-        }
-        free(x), free(ctx), free(a), free(b), free(la), free(lb);
+        for (size_t k = 0; k < sizeof Bs / sizeof *Bs; k++)
+            rows_agree(specs[s], "threaded", f, wt, wp, u.x, cx, Bs[k], 42 + k, u.a, u.b, u.la, u.lb);
+        bufs_free(&u);
         nf_ws_free(wp);
         nf_ws_free(wt);
         nf_flow_free(f);
     }
+}
+
+/* mode 0: log_prob_grad_ex (weights w, log-det penalty 0.3); mode 1:
+ * transform_grad then transform_backward with dout and log-det weights w */
+static int grad_call(nf_flow *f, nf_ws *ws, int mode, const nf_real *x, const nf_real *cx, int B,
+                     const nf_real *w, const nf_real *dout, nf_real *lp, nf_real *ld,
+                     nf_real *dx, nf_real *dc) {
+    if (mode == 0) return nf_flow_log_prob_grad_ex(f, ws, x, cx, B, 1, w, 0.3, lp, ld, dx, dc);
+    int rc = nf_flow_transform_grad(f, ws, x, cx, B, 1, NULL, NULL, dx, ld, NULL, NULL);
+    return rc ? rc : nf_flow_transform_backward(f, ws, x, cx, B, 1, dout, w, dx, dc);
 }
 
 /* log_prob_grad_ex (with the log-det penalty, dx and dctx) and the
@@ -119,26 +157,10 @@ TEST(threads_gradients_match_plain) {
             memset(dca, 0, sizeof dca);
             memset(dcb, 0, sizeof dcb);
             REQUIRE(nf_flow_zero_grad_ws(f, wt) == 0);
-            if (mode == 0)
-                CHECK(nf_flow_log_prob_grad_ex(f, wt, x, cx, B, 1, w, 0.3, lpa, lda, dxa,
-                                               C ? dca : NULL) == 0);
-            else {
-                CHECK(nf_flow_transform_grad(f, wt, x, cx, B, 1, NULL, NULL, dxa, lda, NULL,
-                                             NULL) == 0);
-                CHECK(nf_flow_transform_backward(f, wt, x, cx, B, 1, dout, w, dxa,
-                                                 C ? dca : NULL) == 0);
-            }
+            CHECK(grad_call(f, wt, mode, x, cx, B, w, dout, lpa, lda, dxa, C ? dca : NULL) == 0);
             memcpy(ga, nf_flow_grad(f), sizeof(nf_real) * P);
             REQUIRE(nf_flow_zero_grad(f) == 0);
-            if (mode == 0)
-                CHECK(nf_flow_log_prob_grad_ex(f, wp, x, cx, B, 1, w, 0.3, lpb, ldb, dxb,
-                                               C ? dcb : NULL) == 0);
-            else {
-                CHECK(nf_flow_transform_grad(f, wp, x, cx, B, 1, NULL, NULL, dxb, ldb, NULL,
-                                             NULL) == 0);
-                CHECK(nf_flow_transform_backward(f, wp, x, cx, B, 1, dout, w, dxb,
-                                                 C ? dcb : NULL) == 0);
-            }
+            CHECK(grad_call(f, wp, mode, x, cx, B, w, dout, lpb, ldb, dxb, C ? dcb : NULL) == 0);
             const nf_real *gb = nf_flow_grad(f);
             double gmax = 0;
             for (size_t i = 0; i < P; i++) gmax = fmax(gmax, fabs((double)gb[i]));
@@ -288,32 +310,14 @@ TEST(ws_inference_matches_plain) {
         REQUIRE(nf_ws_create_inference(f, WS, &wi[0]) == 0);
         REQUIRE(nf_ws_create_ex(f, WS, 2, NF_WS_INFERENCE, &wi[1]) == 0);
         CHECK_EQ_INT(nf_ws_threads(wi[1]), 2);
-        nf_real *x = malloc(sizeof(nf_real) * N * D), *ctx = malloc(sizeof(nf_real) * N * 2);
-        nf_real *a = malloc(sizeof(nf_real) * N * D), *b = malloc(sizeof(nf_real) * N * D);
-        nf_real *la = malloc(sizeof(nf_real) * N), *lb = malloc(sizeof(nf_real) * N);
-        REQUIRE(x && ctx && a && b && la && lb);
-        nf_rng r;
-        nf_rng_seed(&r, 17);
-        lc_randn(&r, x, (size_t)N * D, 1, 0);
-        lc_randn(&r, ctx, (size_t)N * 2, 1, 0);
-        const nf_real *cx = C ? ctx : NULL;
+        bufs u;
+        REQUIRE(bufs_init(&u, N, D, 17) == 0);
+        nf_real *x = u.x, *a = u.a, *la = u.la, *lb = u.lb;
+        const nf_real *cx = C ? u.ctx : NULL;
         for (int v = 0; v < 2; v++) {
             nf_ws *w = wi[v];
-            CHECK(nf_flow_log_prob(f, w, x, cx, N, la) == 0);
-            CHECK(nf_flow_log_prob(f, wp, x, cx, N, lb) == 0);
-            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference log_prob", i);
-            CHECK(nf_flow_encode(f, w, x, cx, N, a, la) == 0);
-            CHECK(nf_flow_encode(f, wp, x, cx, N, b, lb) == 0);
-            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference encode", i);
-            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference encode logdet", i);
-            CHECK(nf_flow_decode(f, w, x, cx, N, a, la) == 0);
-            CHECK(nf_flow_decode(f, wp, x, cx, N, b, lb) == 0);
-            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference decode", i);
-            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference decode logdet", i);
-            CHECK(nf_flow_sample(f, w, N, 0.9, 5, cx, a, la) == 0);
-            CHECK(nf_flow_sample(f, wp, N, 0.9, 5, cx, b, lb) == 0);
-            for (int i = 0; i < N * D; i++) CLOSE(a[i], b[i], "inference sample", i);
-            for (int i = 0; i < N; i++) CLOSE(la[i], lb[i], "inference sample log_prob", i);
+            rows_agree(specs[s], v ? "inference, threaded" : "inference", f, w, wp, x, cx, N, 5, a,
+                       u.b, la, lb);
             /* log p through the gradient entry point, without weights */
             CHECK(nf_flow_log_prob(f, wp, x, cx, WS, lb) == 0);
             CHECK(nf_flow_log_prob_grad(f, w, x, cx, WS, 0, NULL, la, NULL, NULL) == 0);
@@ -325,7 +329,7 @@ TEST(ws_inference_matches_plain) {
             CHECK(nf_flow_transform_backward(f, w, x, cx, WS, 0, a, NULL, NULL, NULL) ==
                   NF_EUNSUPPORTED);
         }
-        free(x), free(ctx), free(a), free(b), free(la), free(lb);
+        bufs_free(&u);
         nf_ws_free(wp);
         nf_ws_free(wi[0]);
         nf_ws_free(wi[1]);
