@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "nf_internal.h"
 #include "pool.h"
+#include "kern.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -70,8 +71,8 @@ const nf_layer_kind nf_layer_kinds[] = {
  * every call splits its rows into nt contiguous parts, part t on thread t
  * with sub[t].  Row-wise results (log p, z, x, dx) are the same as on one
  * thread; parameter gradients are summed part by part: part 0 into the
- * flow's gradient, part t > 0 into pgrad[t], then added in (REDUCE), which
- * also re-zeroes pgrad[t] for the next call. */
+ * flow's gradient, part t > 0 into pgrad[t], then added in (reduce_part,
+ * on the pool), which also re-zeroes pgrad[t] for the next call. */
 #define NF_WS_MAX_THREADS NF_PAR_MAX
 /* fewer rows than this per thread and a call stays on one thread */
 #define PAR_MIN_ROWS 8
@@ -523,7 +524,7 @@ static int par_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_r
                         nf_real *out);
 static int par_map(int kind, const nf_flow *f, nf_ws *w, const nf_real *in, const nf_real *ctx,
                    int B, nf_real *out, nf_real *logdet);
-enum { JOB_LOG_PROB, JOB_ENCODE, JOB_DECODE, JOB_SAMPLE, JOB_GRAD_FWD, JOB_GRAD_BWD, JOB_REDUCE };
+enum { JOB_LOG_PROB, JOB_ENCODE, JOB_DECODE, JOB_SAMPLE, JOB_GRAD_FWD, JOB_GRAD_BWD };
 static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
                       const nf_real *ctx, nf_real *x, nf_real *log_prob);
 static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
@@ -839,20 +840,6 @@ static void par_part(void *arg, int t) {
                        ROWS(j->dx, s, D));
         break;
     }
-    case JOB_REDUCE: {
-        /* parameters [p0, p1), cut at 16-float (cache line) boundaries */
-        size_t P = f->nparams, per = (P / (size_t)j->np + 15) & ~(size_t)15;
-        size_t p0 = per * (size_t)t, p1 = p0 + per < P ? p0 + per : P;
-        nf_real *g = f->grad;
-        for (int u = 1; u < j->B; u++) { /* B holds the number of gradient parts here */
-            nf_real *pg = j->w->pgrad[u];
-            for (size_t i = p0; i < p1; i++) {
-                g[i] += pg[i];
-                pg[i] = 0;
-            }
-        }
-        break;
-    }
     }
     j->rc[t] = rc;
 }
@@ -933,6 +920,25 @@ static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed
     return rc == NF_ENONFINITE ? 0 : rc;
 }
 
+/* flow gradient += the parts' gradients, over parameter ranges on the
+ * pool; the parts' buffers are left zero for the next call */
+typedef struct reduce_job {
+    nf_real *g, **pgrad;
+    int nparts;
+} reduce_job;
+
+NF_VEC static void reduce_part(void *arg, size_t i0, size_t i1, int t) {
+    (void)t;
+    reduce_job *r = arg;
+    for (int u = 1; u < r->nparts; u++) {
+        nf_real *restrict pg = r->pgrad[u], *restrict g = r->g;
+        for (size_t i = i0; i < i1; i++) {
+            g[i] += pg[i];
+            pg[i] = 0;
+        }
+    }
+}
+
 /* mode 0: log_prob_grad_ex (wts = dlogp); 1: transform_grad (wts =
  * dlogdet_w); 2: transform_backward alone, after a mode-1 call without dout
  * on the same rows (the parts' workspaces still hold that pass). */
@@ -965,10 +971,8 @@ static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, 
     j.dctx = dctx;
     par_rows(&j);
     if (j.np > 1) {
-        par_job r = job_init(JOB_REDUCE, f, w, 0, 0);
-        r.np = w->nt;
-        r.B = j.np;
-        par_rows(&r);
+        reduce_job r = {f->grad, w->pgrad, j.np};
+        nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
     }
     return 0;
 }

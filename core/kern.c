@@ -70,28 +70,13 @@ AVX2 static void gemv_avx2(int N, int K, const float *W, int ld, const float *x,
     }
 }
 
-/* K < 8 (the first layer of a coupling net reads one or a few inputs): the
- * product is a sum of K columns, vectorised along the rows instead. */
-AVX2 static void gemv_narrow_avx2(int N, int K, const float *W, int ld, const float *x,
-                                  float *y, int acc) {
-    if (K == 1) { /* a column: y = x0 W[:,0] */
-        const float x0 = x[0];
-        if (ld == 1) {
-            if (acc)
-                for (int o = 0; o < N; o++) y[o] += W[o] * x0;
-            else
-                for (int o = 0; o < N; o++) y[o] = W[o] * x0;
-        } else {
-            for (int o = 0; o < N; o++) y[o] = (acc ? y[o] : 0) + W[(size_t)o * ld] * x0;
-        }
-        return;
-    }
-    for (int o = 0; o < N; o++) {
-        const float *w = W + (size_t)o * ld;
-        float s = 0;
-        for (int i = 0; i < K; i++) s += w[i] * x[i];
-        y[o] = acc ? y[o] + s : s;
-    }
+/* K = 1 (the first layer of a 2-D coupling's net reads one input): a
+ * column, y = x0 W[:,0], vectorised along the rows when it is contiguous */
+AVX2 static void gemv_column_avx2(int N, const float *W, int ld, float x0, float *y, int acc) {
+    if (ld == 1)
+        for (int o = 0; o < N; o++) y[o] = (acc ? y[o] : 0.0f) + W[o] * x0;
+    else
+        for (int o = 0; o < N; o++) y[o] = (acc ? y[o] : 0.0f) + W[(size_t)o * ld] * x0;
 }
 
 /* libgcc fills the CPU model in a constructor that runs before main */
@@ -100,8 +85,8 @@ int nf_kern_avx2(void) {
 }
 
 void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc) {
-    if (!nf_kern_avx2()) nf_gemv_rows_ref(N, K, W, ld, x, y, acc);
-    else if (K < 8) gemv_narrow_avx2(N, K, W, ld, x, y, acc);
+    if (!nf_kern_avx2() || (K > 1 && K < 8)) nf_gemv_rows_ref(N, K, W, ld, x, y, acc);
+    else if (K == 1) gemv_column_avx2(N, W, ld, x[0], y, acc);
     else gemv_avx2(N, K, W, ld, x, y, acc);
 }
 

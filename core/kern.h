@@ -13,7 +13,9 @@
  *    20-40% more than this kernel on the 128x128 layers of a RealNVP net
  *    and starts its thread pool for products this small when it has more
  *    than one thread.  The AVX2 kernel takes four rows at a time with one
- *    8-lane accumulator each, then reduces them horizontally; the sums are
+ *    8-lane accumulator each, then reduces them horizontally (a one-column
+ *    product is vectorised along the rows; 2-7 columns take the plain
+ *    loop); the sums are
  *    in a different order from a scalar loop (results differ in the last
  *    bits, never in more: tests compare against nf_gemm_ref at 1e-5).
  *    float only; the NF_DOUBLE build (tests) keeps cblas_dgemv.

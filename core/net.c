@@ -261,10 +261,9 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
     int maxh = 0;
     for (int i = 0; i < nh; i++) maxh = hidden[i] > maxh ? hidden[i] : maxh;
     int *prevdeg = nf_malloc((size_t)(D + ctx + maxh) * sizeof(int));
-    int *curdeg = nf_malloc((size_t)(maxh > 0 ? maxh : 1) * sizeof(int));
     int *theta = nf_malloc((size_t)(D * P > maxh ? D * P : maxh) * sizeof(int));
     int oom = 0;
-    if (!n->degrees || !prevdeg || !curdeg || !theta) goto oom;
+    if (!n->degrees || !prevdeg || !theta) goto oom;
     for (int i = 0; i < D; i++)
         n->degrees[i] = order == NF_ORDER_DESC ? D - i : i + 1;
     if (order == NF_ORDER_RANDOM) { /* Fisher-Yates on 1..D */
@@ -293,7 +292,7 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
             if (l > 0) minprev = lo;
             lo = minprev < D - 1 ? minprev : D - 1;
             int span = D - lo;
-            for (int k = 0; k < L->out; k++) theta[k] = curdeg[k] = lo + k % span;
+            for (int k = 0; k < L->out; k++) theta[k] = lo + k % span; /* the units' degrees */
         } else {
             for (int o = 0; o < L->out; o++) theta[o] = n->degrees[o / P] - 1;
         }
@@ -310,19 +309,17 @@ int nf_net_made(nf_net *n, int D, int ctx, int P, const int *hidden, int nh, nf_
                     L->mask[(size_t)k * L->in + j] = prevdeg[j] <= theta[k] ? 1 : 0;
         }
         if (l < nh) {
-            for (int k = 0; k < L->out; k++) prevdeg[k] = curdeg[k];
+            for (int k = 0; k < L->out; k++) prevdeg[k] = theta[k];
             int mn = D;
-            for (int k = 0; k < L->out; k++) mn = curdeg[k] < mn ? curdeg[k] : mn;
+            for (int k = 0; k < L->out; k++) mn = theta[k] < mn ? theta[k] : mn;
             lo = mn;
         }
     }
     nf_free(prevdeg);
-    nf_free(curdeg);
     nf_free(theta);
     return 0;
 oom:
     nf_free(prevdeg);
-    nf_free(curdeg);
     nf_free(theta);
     nf_net_free(n);
     return NF_ENOMEM;

@@ -329,7 +329,6 @@ typedef struct stream {
     double last_send;
     struct MHD_Connection *conn;
     struct stream *next; /* in the parked list (under park_mu) */
-    int parked;
 } stream;
 
 /* parked streams: suspended connections that the resumer wakes */
@@ -348,10 +347,7 @@ static void *resumer_main(void *arg) {
         ts.tv_nsec += 100 * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&park_cv, &park_mu, &ts);
-        for (stream *s = parked; s; s = s->next) {
-            s->parked = 0;
-            MHD_resume_connection(s->conn);
-        }
+        for (stream *s = parked; s; s = s->next) MHD_resume_connection(s->conn);
         parked = NULL;
     }
     pthread_mutex_unlock(&park_mu);
@@ -372,10 +368,7 @@ int fd_streams_start(void) {
 void fd_streams_stop(void) {
     pthread_mutex_lock(&park_mu);
     park_stop = 1;
-    for (stream *s = parked; s; s = s->next) {
-        s->parked = 0;
-        MHD_resume_connection(s->conn);
-    }
+    for (stream *s = parked; s; s = s->next) MHD_resume_connection(s->conn);
     parked = NULL;
     int join = resumer_running;
     resumer_running = 0;
@@ -467,7 +460,6 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
         MHD_suspend_connection(s->conn);
-        s->parked = 1;
         s->next = parked;
         parked = s;
         pthread_mutex_unlock(&park_mu);
