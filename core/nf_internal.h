@@ -92,6 +92,12 @@ int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
 int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 
+/* ---- presets (core/presets.c) ---------------------------------------------
+ * Expand {"dim", "preset", "depth"?, "hidden"?, ...} into an explicit flow
+ * spec {"dim", "seed", "layers":[...], ...} (*out, the caller's to delete).
+ * Returns 0, NF_EINVAL with a message in err, or NF_ENOMEM. */
+int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
+
 /* ---- conditioner networks (core/net.c) ------------------------------------
  * A net maps an input row u (in) plus an optional context row c (ctx) to an
  * output row (out).  Weights of a linear layer are W (out,in) row-major then
