@@ -97,6 +97,8 @@ int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size
  * spec {"dim", "seed", "layers":[...], ...} (*out, the caller's to delete).
  * Returns 0, NF_EINVAL with a message in err, or NF_ENOMEM. */
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
+/* the name of preset i (0, 1, ...; table order), NULL past the last */
+const char *nf_preset_name(int i);
 
 /* ---- conditioner networks (core/net.c) ------------------------------------
  * A net maps an input row u (in) plus an optional context row c (ctx) to an
