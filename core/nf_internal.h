@@ -1,6 +1,26 @@
 /* nf_internal.h: how layers, conditioner networks and the flow fit together.
  * Not installed; used by the core sources and the unit tests.
  *
+ * A map of core/ (nf.h is its public API), each stage using only those
+ * before it.  Runtime: alloc.c/alloc.h (every allocation, and cJSON's,
+ * behind a hook tests can fail), util.c (status strings, RNG, CRC-32, the
+ * spec getters and BLAS calls declared below), pool.c/pool.h (the thread
+ * team of a workspace), kern.c/kern.h (hand-written kernels).  Layers: one
+ * file per family, each defining the constructor declared below --
+ * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
+ * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c -- on
+ * the conditioner networks of net.c (made_inc.h: incremental MADE), and
+ * base.c for the base distributions.  Flow and presets: flow.c (the layer
+ * registry nf_layer_kinds, building a flow from a spec, workspaces, the
+ * passes and their gradients, parameter blobs) and presets.c (a table of
+ * presets expanded into explicit specs).  Then optim.c (Adam/AdamW and its
+ * state), train.c/train.h (the trainer: batches, validation, checkpoints),
+ * model.c/model.h (the model file: spec, preprocessing, parameters) and
+ * data.c/data.h (loaders and toy generators).  Last, job.c/job.h: a
+ * training job of the HTTP API, which ties data, presets, trainer and
+ * model together.  docs/architecture.md says which files and tests to
+ * touch to add a layer or a preset.
+ *
  * A layer is a struct nf_layer with a table of operations (nf_layer_ops).
  * Parameters of all layers live in one contiguous buffer owned by the flow;
  * a layer sees params + L->param_off.  The gradient buffer mirrors it.
