@@ -100,7 +100,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
     if ((rc = nf_json_int(spec, "dim", 0, 1, NF_MAX_DIM, &f->D, err, errlen))) return rc;
-    if (!cJSON_GetObjectItemCaseSensitive(spec, "dim")) {
+    if (!nf_json_get(spec, "dim")) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }

@@ -43,6 +43,7 @@
 #define NF_INTERNAL_H
 
 #include "nf.h"
+#include "nf_json.h"
 #include <cjson/cJSON.h>
 
 typedef struct nf_layer nf_layer;
@@ -240,18 +241,7 @@ int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size
 
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
-/* read optional fields from a spec, with type checks */
-int nf_json_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
-                char *err, size_t errlen);
-int nf_json_num(const cJSON *o, const char *key, double def, double lo, double hi,
-                double *out, char *err, size_t errlen);
-int nf_json_bool(const cJSON *o, const char *key, int def, int *out, char *err, size_t errlen);
-const char *nf_json_str(const cJSON *o, const char *key, const char *def);
-/* "hidden": int or list of ints (each 1..65536), at most maxn. Returns count or <0. */
-int nf_json_int_list(const cJSON *o, const char *key, const int *def, int ndef, int *out,
-                     int maxn, char *err, size_t errlen);
-/* Reject keys of o not in the NULL-terminated allowed list. */
-int nf_json_check_keys(const cJSON *o, const char *const *allowed, char *err, size_t errlen);
+/* the JSON field getters (nf_json_int, nf_json_check_keys, ...): nf_json.h */
 
 /* C = alpha * A(M,K) * op(B) + beta * C, row-major; transA/transB 0 or 1.
  * Goes to cblas_sgemm/dgemm; nf_gemm_ref is the plain-loop twin for tests. */

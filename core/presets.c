@@ -196,7 +196,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "preset \"%s\" uses coupling layers and needs dim >= 2", name);
         return NF_EINVAL;
     }
-    if (!cJSON_GetObjectItemCaseSensitive(spec, "dim")) {
+    if (!nf_json_get(spec, "dim")) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }
