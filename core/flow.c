@@ -89,6 +89,8 @@ struct nf_ws {
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
     nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
     nf_pool *pool;
+    void *aux;        /* nf_ws_set_aux */
+    void (*aux_free)(void *);
 };
 
 /* ---- creation ----------------------------------------------------------------- */
@@ -420,6 +422,7 @@ int nf_ws_create_inference(const nf_flow *f, int max_batch, nf_ws **out) {
 
 void nf_ws_free(nf_ws *w) {
     if (!w) return;
+    nf_ws_set_aux(w, NULL, NULL);
     nf_pool_free(w->pool); /* joins the workers first */
     if (w->sub)
         for (int t = 0; t < w->nt; t++) nf_ws_free(w->sub[t]);
@@ -472,6 +475,12 @@ int nf_ws_create_ex(const nf_flow *f, int max_batch, int threads, unsigned flags
 }
 
 int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }
+void *nf_ws_aux(const nf_ws *w) { return w->aux; }
+void nf_ws_set_aux(nf_ws *w, void *aux, void (*free_fn)(void *)) {
+    if (w->aux_free) w->aux_free(w->aux);
+    w->aux = aux;
+    w->aux_free = free_fn;
+}
 int nf_ws_threads(const nf_ws *w) { return w->nt > 1 ? w->nt : 1; }
 
 static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,

@@ -3,7 +3,6 @@
 #include "model.h"
 
 #include "nf_internal.h"
-#include "train.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -220,30 +219,6 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
     }
     *out = m;
     return 0;
-}
-
-int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
-                      nf_real *out) {
-    if (!m->dequantize) return nf_flow_log_prob(m->flow, w, x, ctx, B, out);
-    if (m->dequantizer) {
-        nf_rng r;
-        nf_rng_seed(&r, 0x5eed);
-        return nf_vdeq_log_prob(m->flow, w, m->dequantizer, x, ctx, B, m->levels, &r, out);
-    }
-    int D = nf_flow_dim(m->flow), Bm = nf_ws_max_batch(w);
-    nf_real *buf = nf_malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
-    if (!buf) return NF_ENOMEM;
-    nf_rng r;
-    nf_rng_seed(&r, 0x5eed);
-    int rc = 0;
-    for (int s = 0; s < B && !rc; s += Bm) {
-        int n = B - s < Bm ? B - s : Bm;
-        for (size_t i = 0; i < (size_t)n * D; i++)
-            buf[i] = x[(size_t)s * D + i] + (nf_real)nf_rng_uniform(&r);
-        rc = nf_flow_log_prob(m->flow, w, buf, ctx ? ctx + (size_t)s * nf_flow_context_dim(m->flow) : NULL, n, out + s);
-    }
-    nf_free(buf);
-    return rc;
 }
 
 int nf_file_read(const char *path, void **buf, size_t *len) {

@@ -103,9 +103,8 @@ static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t 
     double tot = 0;
     for (int64_t s = 0; s < n; s += chunk) {
         int m = n - s < chunk ? (int)(n - s) : chunk;
-        memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
-        if (dequantize)
-            for (size_t i = 0; i < (size_t)m * D; i++) buf[i] += (nf_real)nf_rng_uniform(&r);
+        if (dequantize) nf_deq_uniform(x + s * D, (size_t)m * D, &r, buf);
+        else memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
         nf_flow_log_prob(f, w, buf, NULL, m, lp);
         for (int i = 0; i < m; i++) tot -= lp[i];
     }
@@ -121,94 +120,6 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
     double v = eval_nll_on(f, w, x, n, dequantize, seed);
     nf_ws_free(w);
     return v;
-}
-
-/* log(s(1-s)) for s = sigmoid(v): -softplus(-v) - softplus(v) */
-static double log_dsigmoid(double v) {
-    double a = fabs(v);
-    return -a - 2 * log1p(exp(-a));
-}
-
-static double sigmoid(double v) {
-    return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v));
-}
-
-/* q's context c (BD) = x/levels - 1/2 */
-static void vdeq_context(const nf_real *x, size_t BD, int levels, nf_real *c) {
-    for (size_t i = 0; i < BD; i++) c[i] = (nf_real)((double)x[i] / levels - 0.5);
-}
-
-/* after q's pass (v, ld): y (B,D) = x + sigmoid(v) (y may alias v), and per row
- * lq (B) = log q(u|x) = log N(eps) - ld - sum_d log s(1-s) */
-static void vdeq_finish(const nf_real *x, const nf_real *eps, const nf_real *ld, int B, int D,
-                        const nf_real *v, nf_real *y, double *lq) {
-    for (int r = 0; r < B; r++) {
-        double acc = -0.5 * D * log(2 * 3.141592653589793) - (double)ld[r];
-        for (int d = 0; d < D; d++) {
-            size_t i = (size_t)r * D + d;
-            double e = eps[i], vv = v[i];
-            acc += -0.5 * e * e - log_dsigmoid(vv);
-            y[i] = (nf_real)((double)x[i] + sigmoid(vv));
-        }
-        lq[r] = isnan(acc) ? INFINITY : acc;
-    }
-}
-
-int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_real *x,
-                     const nf_real *ctx, int64_t n, int levels, nf_rng *rng, nf_real *out) {
-    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
-    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || levels < 1) return NF_EINVAL;
-    if (n <= 0) return n < 0 ? NF_EINVAL : 0;
-    int chunk = n < nf_ws_max_batch(wf) ? (int)n : nf_ws_max_batch(wf);
-    nf_ws *wq = NULL;
-    size_t BD = (size_t)chunk * D;
-    nf_real *mem = nf_malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
-    double *lq = nf_malloc((size_t)chunk * sizeof *lq);
-    int rc = mem && lq ? nf_ws_create_inference(q, chunk, &wq) : NF_ENOMEM;
-    nf_real *eps = mem, *c = mem + BD, *v = mem + 2 * BD, *ld = mem + 3 * BD;
-    for (int64_t s = 0; s < n && !rc; s += chunk) {
-        int m = n - s < chunk ? (int)(n - s) : chunk;
-        const nf_real *xs = x + (size_t)s * D;
-        for (size_t i = 0; i < (size_t)m * D; i++) eps[i] = (nf_real)nf_rng_normal(rng);
-        vdeq_context(xs, (size_t)m * D, levels, c);
-        /* q is only read: without dout the pass touches no gradient */
-        rc = nf_flow_transform_grad((nf_flow *)q, wq, eps, c, m, 0, NULL, NULL, v, ld, NULL, NULL);
-        if (rc && rc != NF_ENONFINITE) break;
-        vdeq_finish(xs, eps, ld, m, D, v, v, lq);
-        rc = nf_flow_log_prob(f, wf, v, ctx ? ctx + (size_t)s * C : NULL, m, out + s);
-        for (int r = 0; r < m; r++) {
-            double b = (double)out[s + r] - lq[r];
-            out[s + r] = isnan(b) || ld[r] == -INFINITY ? (nf_real)-INFINITY : (nf_real)b;
-        }
-    }
-    nf_ws_free(wq);
-    nf_free(mem);
-    nf_free(lq);
-    return rc;
-}
-
-double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
-                        int levels, uint64_t seed) {
-    if (n <= 0) return NAN;
-    int chunk = n < 1024 ? (int)n : 1024;
-    nf_ws *w = NULL;
-    nf_real *lp = nf_malloc((size_t)chunk * sizeof *lp);
-    if (!lp || nf_ws_create_inference(f, chunk, &w)) {
-        nf_free(lp);
-        return NAN;
-    }
-    nf_rng r;
-    nf_rng_seed(&r, seed ^ 0xD1B54A32D192ED03ULL);
-    double tot = 0;
-    int D = nf_flow_dim(f), failed = 0;
-    for (int64_t s = 0; s < n && !failed; s += chunk) {
-        int m = n - s < chunk ? (int)(n - s) : chunk;
-        failed = nf_vdeq_log_prob(f, w, q, x + s * D, NULL, m, levels, &r, lp) != 0;
-        for (int i = 0; i < m && !failed; i++) tot -= lp[i];
-    }
-    nf_free(lp);
-    nf_ws_free(w);
-    return failed ? NAN : isnan(tot) ? INFINITY : tot / n;
 }
 
 void nf_trainer_free(nf_trainer *t) {
@@ -471,52 +382,6 @@ static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     return rc;
 }
 
-size_t nf_vdeq_scratch_size(int B, int D) {
-    return (size_t)B * sizeof(double) / sizeof(nf_real) + 4 * (size_t)B * D + 3 * (size_t)B;
-}
-
-/* q's pass gives v and ld, y = x + sigmoid(v) goes through the model, and
- * the model's dL/dy comes back to q as
- *     dL/dv = dL/dy s(1-s) - (1-2s)/B,  dL/dld = -1/B.
- * scratch (malloc'd, so aligned for double): lq (B doubles), then c, v, y,
- * dy (B,D) and ld, w, logp (B); the model's logdet reuses ld once q's
- * log-det is consumed. */
-int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
-                 const nf_real *eps, int B, int levels, int training, double jacobian_l2,
-                 nf_real *scratch, double *loss) {
-    int D = nf_flow_dim(f);
-    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || nf_flow_context_dim(f) != 0 ||
-        levels < 1 || B < 1)
-        return NF_EINVAL;
-    size_t BD = (size_t)B * D;
-    double *lq = (double *)(void *)scratch;
-    nf_real *c = scratch + (size_t)B * sizeof(double) / sizeof(nf_real), *v = c + BD, *y = v + BD,
-            *dy = y + BD, *ld = dy + BD, *w = ld + B, *logp = w + B;
-    vdeq_context(x, BD, levels, c);
-    int rc = nf_flow_transform_grad(q, wq, eps, c, B, training, NULL, NULL, v, ld, NULL, NULL);
-    if (rc) return rc;
-    vdeq_finish(x, eps, ld, B, D, v, y, lq);
-    double l = 0;
-    for (int b = 0; b < B; b++) {
-        l += lq[b];
-        w[b] = (nf_real)(-1.0 / B);
-    }
-    if (training) nf_flow_data_init(f, wf, y, NULL, B); /* no-op once act-norms are initialised */
-    nf_real *logdet = ld; /* q's log-det is in l now */
-    rc = nf_flow_log_prob_grad_ex(f, wf, y, NULL, B, training, w, jacobian_l2 / B, logp, logdet,
-                                  dy, NULL);
-    if (rc) return rc;
-    for (int b = 0; b < B; b++)
-        l += -(double)logp[b] + jacobian_l2 * (double)logdet[b] * logdet[b];
-    *loss = l / B;
-    /* dy holds dL/dy; turn it into dL/dv in place */
-    for (size_t i = 0; i < BD; i++) {
-        double sg = sigmoid(v[i]);
-        dy[i] = (nf_real)((double)dy[i] * sg * (1 - sg) - (1 - 2 * sg) / B);
-    }
-    return nf_flow_transform_backward(q, wq, eps, c, B, training, dy, w, NULL, NULL);
-}
-
 /* global L2 norm over both gradient buffers, clipped as nf_clip_grad_norm */
 static double clip_both(nf_real *g1, size_t n1, nf_real *g2, size_t n2, double max_norm) {
     double ss = 0;
@@ -595,7 +460,7 @@ static int train_step(nf_trainer *t) {
     if (t->cfg.dequantize) {
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x2000 + (uint64_t)t->step);
-        for (size_t i = 0; i < (size_t)B * D; i++) t->xb[i] += (nf_real)nf_rng_uniform(&r);
+        nf_deq_uniform(t->xb, (size_t)B * D, &r, t->xb);
     }
     nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);

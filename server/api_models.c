@@ -53,7 +53,7 @@ static nf_ws *get_ws(fd_model *m) {
     }
     nf_ws_free(c->s[lru].ws);
     c->s[lru].ws = NULL;
-    if (nf_ws_create_inference(m->m->flow, WS_ROWS, &c->s[lru].ws)) return NULL;
+    if (nf_model_ws_create(m->m, WS_ROWS, &c->s[lru].ws)) return NULL;
     c->s[lru].uid = m->uid;
     c->s[lru].used = ++c->tick;
     return c->s[lru].ws;
