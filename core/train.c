@@ -10,6 +10,7 @@
  * Reporting accumulators (loss since the last report, timings) are not state:
  * they do not influence parameters. */
 #include "alloc.h"
+#include "blob.h"
 #include "train.h"
 
 #include "nf_internal.h"
@@ -553,41 +554,8 @@ finish:
 }
 
 /* ---- state blob -------------------------------------------------------------------------- */
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-    int oom;
-} wbuf;
-
-static void wput(wbuf *b, const void *src, size_t n) {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->n + n) cap *= 2;
-        unsigned char *q = nf_realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
 /* little-endian host assumed for the raw arrays (x86-64/aarch64); the
  * header records sizeof(nf_real) so a float/double mismatch is refused */
-static void wu64(wbuf *b, uint64_t v) {
-    unsigned char c[8];
-    for (int i = 0; i < 8; i++) c[i] = (unsigned char)(v >> (8 * i));
-    wput(b, c, 8);
-}
-static void wf64(wbuf *b, double v) {
-    uint64_t u;
-    memcpy(&u, &v, 8);
-    wu64(b, u);
-}
-
 static uint64_t fingerprint(const nf_trainer *t) {
     uint64_t h = 1469598103934665603ULL;
     uint64_t v[] = {nf_flow_num_params(t->f), t->f->nbuffers, (uint64_t)t->ntrain,
@@ -601,9 +569,21 @@ static uint64_t fingerprint(const nf_trainer *t) {
     return h;
 }
 
+/* a flow's section: params, buffers, best params, best buffers (raw
+ * nf_real), u64 length, its Adam blob */
+static void put_flow_section(nf_blob_writer *b, const nf_flow *f, const nf_real *best_params,
+                             const nf_real *best_buffers, const void *ob, size_t olen) {
+    size_t P = f->nparams * sizeof(nf_real), NB = f->nbuffers * sizeof(nf_real);
+    nf_blob_put(b, f->params, P);
+    nf_blob_put(b, f->buffers, NB);
+    nf_blob_put(b, best_params, P);
+    nf_blob_put(b, best_buffers, NB);
+    nf_blob_put_u64(b, olen);
+    nf_blob_put(b, ob, olen);
+}
+
 int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
-    wbuf b = {0};
-    size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
+    nf_blob_writer b = nf_blob_writer_init(0);
     void *ob = NULL;
     size_t olen = 0;
     void *qob = NULL;
@@ -614,114 +594,63 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
         nf_free(ob);
         return rc;
     }
-    wput(&b, "NFTS", 4);
-    wu64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
-    wu64(&b, fingerprint(t));
-    wu64(&b, (uint64_t)t->step);
-    wu64(&b, (uint64_t)t->batch_in_epoch);
-    wu64(&b, (uint64_t)t->skipped);
-    wu64(&b, (uint64_t)t->epoch);
-    wu64(&b, (uint64_t)t->done);
-    wu64(&b, (uint64_t)t->have_best);
-    wu64(&b, (uint64_t)t->consecutive_bad);
-    wu64(&b, (uint64_t)t->es_bad);
-    wu64(&b, (uint64_t)t->plateau_bad);
-    wf64(&b, t->best_val);
-    wf64(&b, t->plateau_best);
-    wf64(&b, t->lr_scale);
-    wf64(&b, t->val_loss);
-    wf64(&b, t->val_bpd);
-    wf64(&b, t->nonfinite_frac);
-    wput(&b, t->f->params, P * sizeof(nf_real));
-    wput(&b, t->f->buffers, NB * sizeof(nf_real));
-    wput(&b, t->best_params, P * sizeof(nf_real));
-    wput(&b, t->best_buffers, NB * sizeof(nf_real));
-    wu64(&b, olen);
-    wput(&b, ob, olen);
+    nf_blob_put(&b, "NFTS", 4);
+    nf_blob_put_u64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
+    nf_blob_put_u64(&b, fingerprint(t));
+    nf_blob_put_u64(&b, (uint64_t)t->step);
+    nf_blob_put_u64(&b, (uint64_t)t->batch_in_epoch);
+    nf_blob_put_u64(&b, (uint64_t)t->skipped);
+    nf_blob_put_u64(&b, (uint64_t)t->epoch);
+    nf_blob_put_u64(&b, (uint64_t)t->done);
+    nf_blob_put_u64(&b, (uint64_t)t->have_best);
+    nf_blob_put_u64(&b, (uint64_t)t->consecutive_bad);
+    nf_blob_put_u64(&b, (uint64_t)t->es_bad);
+    nf_blob_put_u64(&b, (uint64_t)t->plateau_bad);
+    nf_blob_put_f64(&b, t->best_val);
+    nf_blob_put_f64(&b, t->plateau_best);
+    nf_blob_put_f64(&b, t->lr_scale);
+    nf_blob_put_f64(&b, t->val_loss);
+    nf_blob_put_f64(&b, t->val_bpd);
+    nf_blob_put_f64(&b, t->nonfinite_frac);
+    put_flow_section(&b, t->f, t->best_params, t->best_buffers, ob, olen);
     nf_free(ob);
-    if (t->q) {
-        /* version 2: q params, buffers, best params, best buffers, u64 len, Adam blob */
-        size_t QP = nf_flow_num_params(t->q), QB = t->q->nbuffers;
-        wput(&b, t->q->params, QP * sizeof(nf_real));
-        wput(&b, t->q->buffers, QB * sizeof(nf_real));
-        wput(&b, t->qbest_params, QP * sizeof(nf_real));
-        wput(&b, t->qbest_buffers, QB * sizeof(nf_real));
-        wu64(&b, qolen);
-        wput(&b, qob, qolen);
+    if (t->q) { /* version 2: the same section for q */
+        put_flow_section(&b, t->q, t->qbest_params, t->qbest_buffers, qob, qolen);
         nf_free(qob);
     }
-    if (!b.oom) {
-        uint32_t crc = nf_crc32(b.p, b.n);
-        unsigned char c[4] = {crc & 255, (crc >> 8) & 255, (crc >> 16) & 255, crc >> 24};
-        wput(&b, c, 4);
-    }
-    if (b.oom) {
-        nf_free(b.p);
-        return NF_ENOMEM;
-    }
-    *buf = b.p;
-    *len = b.n;
-    return 0;
-}
-
-typedef struct {
-    const unsigned char *p;
-    size_t n, off;
-    int bad;
-} rbuf;
-static void rget(rbuf *b, void *dst, size_t n) {
-    if (b->bad || b->n - b->off < n) {
-        b->bad = 1;
-        return;
-    }
-    memcpy(dst, b->p + b->off, n);
-    b->off += n;
-}
-static uint64_t ru64(rbuf *b) {
-    unsigned char c[8] = {0};
-    rget(b, c, 8);
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | c[i];
-    return v;
-}
-static double rf64(rbuf *b) {
-    uint64_t u = ru64(b);
-    double v;
-    memcpy(&v, &u, 8);
-    return v;
+    return nf_blob_finish(&b, buf, len);
 }
 
 int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
     const unsigned char *p = buf;
     if (!p || len < 8 + 4 || memcmp(p, "NFTS", 4)) return NF_EFORMAT;
-    uint32_t crc = (uint32_t)p[len - 4] | (uint32_t)p[len - 3] << 8 | (uint32_t)p[len - 2] << 16 |
-                   (uint32_t)p[len - 1] << 24;
-    if (crc != nf_crc32(p, len - 4)) return NF_ECORRUPT;
-    rbuf b = {p, len - 4, 4, 0};
-    if (ru64(&b) != (t->q ? 2u : 1u) || ru64(&b) != fingerprint(t)) return NF_EFORMAT;
+    if (!nf_blob_crc_ok(p, len)) return NF_ECORRUPT;
+    nf_blob_reader b = nf_blob_reader_init(p, len - 4);
+    b.off = 4;
+    if (nf_blob_u64(&b) != (t->q ? 2u : 1u) || nf_blob_u64(&b) != fingerprint(t)) return NF_EFORMAT;
     size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
-    int64_t step = (int64_t)ru64(&b), bie = (int64_t)ru64(&b), skipped = (int64_t)ru64(&b);
-    int epoch = (int)ru64(&b), done = (int)ru64(&b), have_best = (int)ru64(&b);
-    int cbad = (int)ru64(&b), esb = (int)ru64(&b), plb = (int)ru64(&b);
-    double bv = rf64(&b), pb = rf64(&b), ls = rf64(&b), vl = rf64(&b), vb = rf64(&b),
-           nf = rf64(&b);
+    int64_t step = (int64_t)nf_blob_u64(&b), bie = (int64_t)nf_blob_u64(&b), skipped = (int64_t)nf_blob_u64(&b);
+    int epoch = (int)nf_blob_u64(&b), done = (int)nf_blob_u64(&b), have_best = (int)nf_blob_u64(&b);
+    int cbad = (int)nf_blob_u64(&b), esb = (int)nf_blob_u64(&b), plb = (int)nf_blob_u64(&b);
+    double bv = nf_blob_f64(&b), pb = nf_blob_f64(&b), ls = nf_blob_f64(&b), vl = nf_blob_f64(&b), vb = nf_blob_f64(&b),
+           nf = nf_blob_f64(&b);
     size_t off_arrays = b.off, need = 2 * (P + NB) * sizeof(nf_real);
-    if (b.bad || b.n - b.off < need + 8) return NF_ECORRUPT;
+    if (b.bad || nf_blob_left(&b) < need + 8) return NF_ECORRUPT;
     b.off += need;
-    uint64_t olen = ru64(&b);
+    uint64_t olen = nf_blob_u64(&b);
     size_t off_opt = b.off, off_q = 0, off_qopt = 0;
     uint64_t qolen = 0;
     size_t QP = t->q ? nf_flow_num_params(t->q) : 0, QB = t->q ? t->q->nbuffers : 0;
     if (t->q) {
         /* the dequantizer's section follows the model's Adam blob */
         size_t qneed = 2 * (QP + QB) * sizeof(nf_real);
-        if (b.bad || b.n - b.off < olen || b.n - b.off - olen < qneed + 8) return NF_ECORRUPT;
+        if (b.bad || nf_blob_left(&b) < olen || nf_blob_left(&b) - olen < qneed + 8) return NF_ECORRUPT;
         off_q = b.off + olen;
         b.off = off_q + qneed;
-        qolen = ru64(&b);
+        qolen = nf_blob_u64(&b);
         off_qopt = b.off;
-        if (b.bad || qolen != b.n - b.off) return NF_ECORRUPT;
-    } else if (b.bad || olen != b.n - b.off) {
+        if (b.bad || qolen != nf_blob_left(&b)) return NF_ECORRUPT;
+    } else if (b.bad || olen != nf_blob_left(&b)) {
         return NF_ECORRUPT;
     }
     /* counters as a run leaves them: step <= total steps (so step + 1 cannot
