@@ -17,6 +17,7 @@
 #endif
 #include "alloc.h"
 #include "data.h"
+#include "blob.h"
 #include "npy.h"
 #include "nf_internal.h"
 
@@ -112,7 +113,7 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
     size_t size = len < cap / 4 ? len * 4 : cap;
     if (len >= 18) {
         const unsigned char *t = in + len - 4;
-        size_t isize = (size_t)t[0] | (size_t)t[1] << 8 | (size_t)t[2] << 16 | (size_t)t[3] << 24;
+        size_t isize = (size_t)nf_le_get(t, 4);
         if (isize > 0 && isize <= cap && isize / 1032 <= len) size = isize;
     }
     if (size < 4096) size = 4096;
