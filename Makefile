@@ -83,9 +83,10 @@ $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 
-# flowctl, the command-line client: libcurl + cJSON, and server/png.c for -o out.png
-$(BUILD)/flowctl: $(CLIENT_OBJ)
-	$(CC) $(LDFLAGS_ALL) -o $@ $(CLIENT_OBJ) $(PKG_LIBS) -lm
+# flowctl, the command-line client: libcurl + cJSON, core's .npy module
+# (libflowcore.a), and server/png.c for -o out.png
+$(BUILD)/flowctl: $(CLIENT_OBJ) $(BUILD)/libflowcore.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $(CLIENT_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 
 $(BUILD)/gen/migrations.c: $(wildcard migrations/*.sql) tools/embed_migrations.sh
 	@mkdir -p $(@D)

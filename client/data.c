@@ -5,6 +5,7 @@
  * image grid for square-dimension models, drawn with server/png.c). */
 #include "flowctl.h"
 #include "../server/png.h"
+#include "../core/npy.h"
 
 #include <errno.h>
 #include <math.h>
@@ -19,54 +20,19 @@
 #pragma weak png_render_scatter
 #pragma weak png_render_grid
 
-/* ---- .npy headers --------------------------------------------------------------------------- */
-typedef struct npy_hdr {
-    char descr[16];
-    int fortran;
-    int ndim;
-    long long shape[8];
-    size_t itemsize;
-    size_t data_off; /* bytes before the data */
-} npy_hdr;
-
-static const char *dict_value(const char *dict, const char *key) {
-    const char *p = strstr(dict, key);
-    if (!p) return NULL;
-    p = strchr(p + strlen(key), ':');
-    if (!p) return NULL;
-    p++;
-    while (*p == ' ') p++;
-    return p;
-}
-
-/* Parses the header text (dict) of a .npy file.  0 or -1 (err set). */
-static int npy_parse_dict(const char *dict, npy_hdr *h, char *err, size_t errlen) {
-    const char *v = dict_value(dict, "'descr'");
-    size_t k = 0;
-    if (!v || (*v != '\'' && *v != '"')) goto bad;
-    for (v++; *v && *v != '\'' && *v != '"' && k + 1 < sizeof h->descr; v++) h->descr[k++] = *v;
-    h->descr[k] = 0;
-    if (k < 3 || !strchr("<>|=", h->descr[0]) || !strchr("fiub", h->descr[1])) {
-        snprintf(err, errlen, "unsupported .npy dtype '%s'", h->descr);
+/* ---- .npy headers (core/npy.c) ------------------------------------------------------------- */
+/* Checks what flowctl streams: a dtype of kind f, i, u or b in 1 to 16
+ * bytes, 1 to 8 dimensions, C order unless 1-D.  0 or -1 (err set). */
+static int npy_check(const nf_npy_header *h, size_t *itemsize, char *err, size_t errlen) {
+    const char *d = h->descr;
+    *itemsize = strlen(d) >= 3 ? (size_t)atoi(d + 2) : 0;
+    if (strlen(d) < 3 || !strchr("<>|=", d[0]) || !strchr("fiub", d[1])) {
+        snprintf(err, errlen, "unsupported .npy dtype '%s'", d);
         return -1;
     }
-    h->itemsize = (size_t)atoi(h->descr + 2);
-    if (h->itemsize < 1 || h->itemsize > 16) goto bad;
-    v = dict_value(dict, "'fortran_order'");
-    if (!v) goto bad;
-    h->fortran = !strncmp(v, "True", 4);
-    v = dict_value(dict, "'shape'");
-    if (!v || *v != '(') goto bad;
-    h->ndim = 0;
-    for (v++;;) {
-        while (*v == ' ' || *v == ',') v++;
-        if (*v == ')') break;
-        char *end;
-        long long d = strtoll(v, &end, 10);
-        if (end == v || d < 0 || h->ndim == 8) goto bad;
-        h->shape[h->ndim++] = d;
-        v = end;
-        while (*v == 'L') v++;
+    if (*itemsize < 1 || *itemsize > 16 || h->ndim > 8) {
+        snprintf(err, errlen, "malformed .npy header");
+        return -1;
     }
     if (h->ndim < 1) {
         snprintf(err, errlen, ".npy: a scalar is not a table of rows");
@@ -77,82 +43,26 @@ static int npy_parse_dict(const char *dict, npy_hdr *h, char *err, size_t errlen
         return -1;
     }
     return 0;
-bad:
-    snprintf(err, errlen, "malformed .npy header");
-    return -1;
-}
-
-/* Header of a .npy held in memory. */
-static int npy_parse_buf(const unsigned char *b, size_t n, npy_hdr *h, char *err, size_t errlen) {
-    memset(h, 0, sizeof *h);
-    if (n < 10 || memcmp(b, "\x93NUMPY", 6)) {
-        snprintf(err, errlen, "not a .npy file");
-        return -1;
-    }
-    size_t hl, off;
-    if (b[6] == 1) hl = b[8] | (size_t)b[9] << 8, off = 10;
-    else if (n >= 12) hl = b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24, off = 12;
-    else hl = (size_t)-1, off = 12;
-    if (hl > n - off || hl > 1 << 20) {
-        snprintf(err, errlen, "truncated .npy header");
-        return -1;
-    }
-    char *dict = malloc(hl + 1);
-    if (!dict) return -1;
-    memcpy(dict, b + off, hl);
-    dict[hl] = 0;
-    int rc = npy_parse_dict(dict, h, err, errlen);
-    free(dict);
-    h->data_off = off + hl;
-    return rc;
 }
 
 /* Header of a .npy file; leaves f at the data. */
-static int npy_read_header(FILE *f, npy_hdr *h, char *err, size_t errlen) {
+static int npy_read_header(FILE *f, nf_npy_header *h, size_t *itemsize, char *err, size_t errlen) {
     unsigned char b[12];
-    if (fread(b, 1, 10, f) != 10 || memcmp(b, "\x93NUMPY", 6)) {
-        snprintf(err, errlen, "not a .npy file");
-        return -1;
-    }
-    size_t hl, off = 10;
-    if (b[6] == 1) {
-        hl = b[8] | (size_t)b[9] << 8;
-    } else {
-        if (fread(b + 10, 1, 2, f) != 2) goto trunc;
-        hl = b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
-        off = 12;
-    }
-    if (hl > 1 << 20) goto trunc;
-    unsigned char *all = malloc(off + hl);
-    if (!all) return -1;
-    memcpy(all, b, off);
-    if (fread(all + off, 1, hl, f) != hl) {
+    size_t n = fread(b, 1, sizeof b, f);
+    int rc = nf_npy_parse_header(b, n, h, err, errlen);
+    if (rc == NF_ECORRUPT && h->data_off > n && h->data_off <= (1 << 20) + 12) {
+        unsigned char *all = malloc(h->data_off);
+        if (!all) return -1;
+        memcpy(all, b, n);
+        size_t want = h->data_off - n;
+        rc = fread(all + n, 1, want, f) == want ? nf_npy_parse_header(all, h->data_off, h, err, errlen)
+                                                : NF_ECORRUPT;
         free(all);
-        goto trunc;
+    } else if (!rc && h->data_off < n) {
+        rc = fseek(f, (long)h->data_off, SEEK_SET) ? NF_EIO : 0;
     }
-    int rc = npy_parse_buf(all, off + hl, h, err, errlen);
-    free(all);
-    return rc;
-trunc:
-    snprintf(err, errlen, "truncated .npy header");
-    return -1;
-}
-
-/* Writes a version 1.0 header for k rows of h's row shape into out (>= 256
- * bytes); returns its length (a multiple of 64). */
-static size_t npy_chunk_header(const npy_hdr *h, long long k, char *out) {
-    char dict[200];
-    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%lld,", h->descr, k);
-    for (int i = 1; i < h->ndim; i++) n += snprintf(dict + n, sizeof dict - n, "%s%lld", i > 1 ? ", " : " ", h->shape[i]);
-    n += snprintf(dict + n, sizeof dict - n, "), }");
-    size_t total = 10 + (size_t)n + 1, pad = (64 - total % 64) % 64, H = total + pad;
-    memcpy(out, "\x93NUMPY\x01\x00", 8);
-    out[8] = (char)((H - 10) & 255);
-    out[9] = (char)((H - 10) >> 8);
-    memcpy(out + 10, dict, (size_t)n);
-    memset(out + 10 + n, ' ', pad);
-    out[H - 1] = '\n';
-    return H;
+    if (rc == NF_ECORRUPT) snprintf(err, errlen, "truncated .npy header");
+    return rc || npy_check(h, itemsize, err, errlen) ? -1 : 0;
 }
 
 static const char *ext_of(const char *path) {
@@ -294,13 +204,13 @@ static int score_csv(scorer *s, FILE *f, long batch) {
 }
 
 static int score_npy(scorer *s, FILE *f, long batch) {
-    npy_hdr h;
+    nf_npy_header h;
     char err[200];
-    if (npy_read_header(f, &h, err, sizeof err)) {
+    size_t rowb;
+    if (npy_read_header(f, &h, &rowb, err, sizeof err)) {
         fprintf(stderr, "flowctl: %s\n", err);
         return FC_USAGE;
     }
-    size_t rowb = h.itemsize;
     for (int i = 1; i < h.ndim; i++) rowb *= (size_t)h.shape[i];
     if (!rowb) {
         fprintf(stderr, "flowctl: .npy rows are empty\n");
@@ -314,9 +224,12 @@ static int score_npy(scorer *s, FILE *f, long batch) {
     int rc = FC_OK;
     for (long long done = 0; done < h.shape[0];) {
         long long k = h.shape[0] - done < batch ? h.shape[0] - done : batch;
-        size_t H = npy_chunk_header(&h, k, chunk);
+        int64_t shape[8];
+        memcpy(shape, h.shape, sizeof shape);
+        shape[0] = k;
+        size_t H = nf_npy_write_header(chunk, h.descr, shape, h.ndim);
         if (fread(chunk + H, rowb, (size_t)k, f) != (size_t)k) {
-            fprintf(stderr, "flowctl: the .npy file ends before its %lld rows\n", h.shape[0]);
+            fprintf(stderr, "flowctl: the .npy file ends before its %lld rows\n", (long long)h.shape[0]);
             rc = FC_USAGE;
             break;
         }
@@ -411,9 +324,9 @@ static int write_png(const char *name, long version, const char *out, const fc_r
         fprintf(stderr, "flowctl: built without PNG support (server/png.c)\n");
         return FC_USAGE;
     }
-    npy_hdr h;
-    char err[200];
-    if (npy_parse_buf((const unsigned char *)r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||
+    nf_npy_header h;
+    char err[200] = "";
+    if (nf_npy_parse_header(r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||
         h.ndim != 2 || r->len < h.data_off + (size_t)(h.shape[0] * h.shape[1]) * 4) {
         fprintf(stderr, "flowctl: unexpected sample answer (%s)\n", err);
         return FC_API;

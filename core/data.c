@@ -17,6 +17,8 @@
 #endif
 #include "alloc.h"
 #include "data.h"
+#include "blob.h"
+#include "npy.h"
 #include "nf_internal.h"
 
 #include <errno.h>
@@ -111,7 +113,7 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
     size_t size = len < cap / 4 ? len * 4 : cap;
     if (len >= 18) {
         const unsigned char *t = in + len - 4;
-        size_t isize = (size_t)t[0] | (size_t)t[1] << 8 | (size_t)t[2] << 16 | (size_t)t[3] << 24;
+        size_t isize = (size_t)nf_le_get(t, 4);
         if (isize > 0 && isize <= cap && isize / 1032 <= len) size = isize;
     }
     if (size < 4096) size = 4096;
@@ -404,121 +406,40 @@ done:
 }
 
 /* ---- .npy ------------------------------------------------------------------- */
-/* The header is a Python dict literal, e.g.
- *   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }
- * parsed by a small strict scanner over [p, e). */
-typedef struct {
-    const char *p, *e;
-} scan;
-
-static void sc_ws(scan *s) {
-    while (s->p < s->e && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) s->p++;
-}
-static int sc_ch(scan *s, char c) {
-    sc_ws(s);
-    if (s->p < s->e && *s->p == c) {
-        s->p++;
-        return 1;
+char *nf_data_csv(const nf_real *v, int64_t n, int d, const char *header, size_t *len) {
+    if (n < 0 || d < 1 || (uint64_t)n > SIZE_MAX / 32 / (size_t)d) return NULL;
+    /* %.9g is at most 16 characters ("-1.23456789e-308"), the comma or
+     * newline one more; a generated header at most 12 a column */
+    size_t cap = (header ? strlen(header) : (size_t)d * 12) + 2 + (size_t)n * ((size_t)d * 17 + 1), k = 0;
+    char *s = nf_malloc(cap);
+    if (!s) return NULL;
+    if (header) k += (size_t)snprintf(s, cap, "%s", header);
+    else
+        for (int j = 0; j < d; j++) k += (size_t)snprintf(s + k, cap - k, j ? ",x%d" : "x%d", j);
+    s[k++] = '\n';
+    for (int64_t i = 0; i < n; i++) {
+        for (int j = 0; j < d; j++) {
+            double x = v[(size_t)i * d + j];
+            if (j) s[k++] = ',';
+            if (isfinite(x)) k += (size_t)snprintf(s + k, cap - k, "%.9g", x);
+        }
+        s[k++] = '\n';
     }
-    return 0;
+    s[k] = 0;
+    *len = k;
+    return s;
 }
-/* quoted string (single or double quotes, no escapes) into out[outsz] */
-static int sc_str(scan *s, char *out, size_t outsz) {
-    sc_ws(s);
-    if (s->p >= s->e || (*s->p != '\'' && *s->p != '"')) return 0;
-    char q = *s->p++;
-    const char *b = s->p;
-    while (s->p < s->e && *s->p != q) s->p++;
-    if (s->p >= s->e) return 0;
-    size_t n = (size_t)(s->p - b);
-    s->p++;
-    if (n >= outsz) return 0;
-    memcpy(out, b, n);
-    out[n] = 0;
-    return 1;
-}
-static int sc_word(scan *s, const char *w) {
-    sc_ws(s);
-    size_t n = strlen(w);
-    if ((size_t)(s->e - s->p) >= n && memcmp(s->p, w, n) == 0) {
-        s->p += n;
-        return 1;
-    }
-    return 0;
-}
-
-#define NPY_MAX_DIMS 32
 
 int nf_data_load_npy(const void *buf, size_t len, nf_data *out, char *err, size_t errlen) {
     if (!out) return fail(NF_EINVAL, "out is NULL");
     memset(out, 0, sizeof *out);
     const unsigned char *b = buf;
-    if (!b || len < 10) return fail(NF_ECORRUPT, ".npy: %zu bytes is too short for a header", len);
-    if (memcmp(b, "\x93NUMPY", 6) != 0) return fail(NF_EFORMAT, ".npy: bad magic (not a .npy file)");
-    int major = b[6], minor = b[7];
-    size_t hlen, hoff;
-    if (major == 1) {
-        hlen = (size_t)b[8] | (size_t)b[9] << 8;
-        hoff = 10;
-    } else if (major == 2 || major == 3) {
-        if (len < 12) return fail(NF_ECORRUPT, ".npy: truncated header");
-        hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
-        hoff = 12;
-    } else {
-        return fail(NF_EFORMAT, ".npy: unsupported format version %d.%d", major, minor);
-    }
-    if (hlen > len - hoff)
-        return fail(NF_ECORRUPT, ".npy: header length %zu runs past the end of the %zu-byte buffer",
-                    hlen, len);
-    scan s = {(const char *)b + hoff, (const char *)b + hoff + hlen};
-    char descr[16] = "", key[32];
-    int have_descr = 0, have_fo = 0, have_shape = 0, fortran = 0, ndim = 0;
-    int64_t shape[NPY_MAX_DIMS];
-    if (!sc_ch(&s, '{')) return fail(NF_EFORMAT, ".npy: header is not a dict");
-    for (;;) {
-        if (sc_ch(&s, '}')) break;
-        if (!sc_str(&s, key, sizeof key) || !sc_ch(&s, ':'))
-            return fail(NF_EFORMAT, ".npy: malformed header dict");
-        if (strcmp(key, "descr") == 0) {
-            if (!sc_str(&s, descr, sizeof descr))
-                return fail(NF_EFORMAT, ".npy: unsupported dtype (descr must be a simple type string)");
-            have_descr = 1;
-        } else if (strcmp(key, "fortran_order") == 0) {
-            if (sc_word(&s, "True")) fortran = 1;
-            else if (sc_word(&s, "False")) fortran = 0;
-            else return fail(NF_EFORMAT, ".npy: fortran_order must be True or False");
-            have_fo = 1;
-        } else if (strcmp(key, "shape") == 0) {
-            if (!sc_ch(&s, '(')) return fail(NF_EFORMAT, ".npy: shape must be a tuple");
-            ndim = 0;
-            for (;;) {
-                if (sc_ch(&s, ')')) break;
-                sc_ws(&s);
-                if (s.p >= s.e || *s.p < '0' || *s.p > '9')
-                    return fail(NF_EFORMAT, ".npy: shape holds a value that is not a non-negative integer");
-                int64_t v = 0;
-                while (s.p < s.e && *s.p >= '0' && *s.p <= '9') {
-                    if (v > ((int64_t)1 << 50)) return fail(NF_ERANGE, ".npy: shape dimension too large");
-                    v = v * 10 + (*s.p++ - '0');
-                }
-                sc_word(&s, "L"); /* Python 2 longs */
-                if (ndim == NPY_MAX_DIMS) return fail(NF_EFORMAT, ".npy: more than %d dimensions", NPY_MAX_DIMS);
-                shape[ndim++] = v;
-                if (sc_ch(&s, ')')) break;
-                if (!sc_ch(&s, ',')) return fail(NF_EFORMAT, ".npy: malformed shape tuple");
-            }
-            have_shape = 1;
-        } else {
-            return fail(NF_EFORMAT, ".npy: unknown header key '%s'", key);
-        }
-        if (sc_ch(&s, '}')) break;
-        if (!sc_ch(&s, ',')) return fail(NF_EFORMAT, ".npy: malformed header dict");
-    }
-    sc_ws(&s);
-    while (s.p < s.e && *s.p == '\0') s.p++; /* tolerate NUL padding */
-    if (s.p != s.e) return fail(NF_EFORMAT, ".npy: junk after the header dict");
-    if (!have_descr || !have_fo || !have_shape)
-        return fail(NF_EFORMAT, ".npy: header lacks %s", !have_descr ? "'descr'" : !have_fo ? "'fortran_order'" : "'shape'");
+    nf_npy_header h;
+    int rc = nf_npy_parse_header(b, len, &h, err, errlen);
+    if (rc) return rc;
+    const char *descr = h.descr;
+    int fortran = h.fortran, ndim = h.ndim;
+    const int64_t *shape = h.shape;
     if (fortran) return fail(NF_EUNSUPPORTED, ".npy: fortran_order True is not supported (save a C-ordered array)");
 
     /* dtype: byte order, kind, size, e.g. "<f4", "|u1", ">i8" */
@@ -545,12 +466,12 @@ int nf_data_load_npy(const void *buf, size_t len, nf_data *out, char *err, size_
     if (cnt < 0)
         return fail(NF_ERANGE, ".npy: shape (%lld rows x %lld) exceeds the limit of %lld values",
                     (long long)n, (long long)d, (long long)NF_DATA_MAX_VALUES);
-    size_t need = (size_t)cnt * (size_t)t.size, avail = len - hoff - hlen;
+    size_t need = (size_t)cnt * (size_t)t.size, avail = len - h.data_off;
     if (avail < need)
         return fail(NF_ECORRUPT, ".npy: truncated: shape needs %zu data bytes, %zu present", need, avail);
     if (avail > need)
         return fail(NF_EFORMAT, ".npy: %zu bytes after the data (shape needs %zu)", avail - need, need);
-    return decode_into(out, b + hoff + hlen, t, n, (int)d, err, errlen);
+    return decode_into(out, b + h.data_off, t, n, (int)d, err, errlen);
 }
 
 /* ---- IDX -------------------------------------------------------------------- */

@@ -101,6 +101,15 @@ int nf_data_load_json(const void *buf, size_t len, nf_data *out, char *err, size
 
 /* Loads buf in format fmt (NF_DATA_AUTO: nf_data_detect).  Gzipped input is
  * inflated first for every format. */
+/* Rows as CSV, the one writer of the daemon's text/csv answers and `flowd
+ * sample -o x.csv`: a header line (header, or x0,x1,... when NULL), then n
+ * lines of d comma-separated values printed %.9g.  A non-finite value
+ * (NaN, +-inf: a row outside the support) is an empty field, as the API
+ * documents for log_prob, so the file reads back (nf_data_load_csv reports
+ * the row instead of misreading a word).  malloc'd (caller free()s), NULL
+ * when out of memory; *len its length (no NUL counted, one is written). */
+char *nf_data_csv(const nf_real *v, int64_t n, int d, const char *header, size_t *len);
+
 int nf_data_load(const void *buf, size_t len, nf_data_format fmt, nf_data *out, char *err,
                  size_t errlen);
 

@@ -14,6 +14,7 @@
  *   gets the same dlogdet = w, since log p is a plain sum of the log-dets.
  */
 #include "alloc.h"
+#include "blob.h"
 #include "nf_internal.h"
 #include "pool.h"
 #include "kern.h"
@@ -75,6 +76,8 @@ struct nf_ws {
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
     nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
     nf_pool *pool;
+    void *aux;        /* nf_ws_set_aux */
+    void (*aux_free)(void *);
 };
 
 /* ---- creation ----------------------------------------------------------------- */
@@ -287,61 +290,30 @@ char *nf_flow_config_json(const nf_flow *f) {
 }
 
 /* ---- parameter blobs -------------------------------------------------------------- */
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get_u64(const unsigned char *p) {
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-static void put_f32(unsigned char *p, nf_real v) {
-    float f = (float)v;
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    put_u32(p, u);
-}
-static nf_real get_f32(const unsigned char *p) {
-    uint32_t u = get_u32(p);
-    float f;
-    memcpy(&f, &u, 4);
-    return (nf_real)f;
-}
-
 #define PB_HEADER (4 + 4 + 8 + 8)
 
 int nf_flow_save_params(const nf_flow *f, void **buf, size_t *len) {
-    size_t n = PB_HEADER + 4 * (f->nparams + f->nbuffers) + 4;
-    unsigned char *p = nf_malloc(n);
-    if (!p) return NF_ENOMEM;
-    memcpy(p, "NFPB", 4);
-    put_u32(p + 4, 1);
-    put_u64(p + 8, f->nparams);
-    put_u64(p + 16, f->nbuffers);
-    unsigned char *q = p + PB_HEADER;
-    for (size_t i = 0; i < f->nparams; i++, q += 4) put_f32(q, f->params[i]);
-    for (size_t i = 0; i < f->nbuffers; i++, q += 4) put_f32(q, f->buffers[i]);
-    put_u32(q, nf_crc32(p, n - 4));
-    *buf = p;
-    *len = n;
-    return 0;
+    nf_blob_writer w = nf_blob_writer_init(PB_HEADER + 4 * (f->nparams + f->nbuffers) + 4);
+    nf_blob_put(&w, "NFPB", 4);
+    nf_blob_put_u32(&w, 1);
+    nf_blob_put_u64(&w, f->nparams);
+    nf_blob_put_u64(&w, f->nbuffers);
+    nf_blob_put_f32s(&w, f->params, f->nparams);
+    nf_blob_put_f32s(&w, f->buffers, f->nbuffers);
+    return nf_blob_finish(&w, buf, len);
 }
 
 int nf_flow_load_params(nf_flow *f, const void *buf, size_t len) {
     const unsigned char *p = buf;
     if (!p || len < PB_HEADER + 4 || memcmp(p, "NFPB", 4)) return NF_EFORMAT;
-    if (get_u32(p + 4) != 1) return NF_EFORMAT;
-    uint64_t np = get_u64(p + 8), nb = get_u64(p + 16);
+    nf_blob_reader r = nf_blob_reader_init(p + 4, len - 4 - 4);
+    if (nf_blob_u32(&r) != 1) return NF_EFORMAT;
+    uint64_t np = nf_blob_u64(&r), nb = nf_blob_u64(&r);
     if (np != f->nparams || nb != f->nbuffers) return NF_EFORMAT;
     if (len != PB_HEADER + 4 * (np + nb) + 4) return NF_ECORRUPT;
-    if (get_u32(p + len - 4) != nf_crc32(p, len - 4)) return NF_ECORRUPT;
-    const unsigned char *q = p + PB_HEADER;
-    for (size_t i = 0; i < np; i++, q += 4) f->params[i] = get_f32(q);
-    for (size_t i = 0; i < nb; i++, q += 4) f->buffers[i] = get_f32(q);
+    if (!nf_blob_crc_ok(p, len)) return NF_ECORRUPT;
+    nf_blob_f32s(&r, f->params, np);
+    nf_blob_f32s(&r, f->buffers, nb);
     nf_flow_constrain(f);
     return 0;
 }
@@ -406,6 +378,7 @@ int nf_ws_create_inference(const nf_flow *f, int max_batch, nf_ws **out) {
 
 void nf_ws_free(nf_ws *w) {
     if (!w) return;
+    nf_ws_set_aux(w, NULL, NULL);
     nf_pool_free(w->pool); /* joins the workers first */
     if (w->sub)
         for (int t = 0; t < w->nt; t++) nf_ws_free(w->sub[t]);
@@ -458,6 +431,12 @@ int nf_ws_create_ex(const nf_flow *f, int max_batch, int threads, unsigned flags
 }
 
 int nf_ws_max_batch(const nf_ws *w) { return w->Bm; }
+void *nf_ws_aux(const nf_ws *w) { return w->aux; }
+void nf_ws_set_aux(nf_ws *w, void *aux, void (*free_fn)(void *)) {
+    if (w->aux_free) w->aux_free(w->aux);
+    w->aux = aux;
+    w->aux_free = free_fn;
+}
 int nf_ws_threads(const nf_ws *w) { return w->nt > 1 ? w->nt : 1; }
 
 static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,

@@ -1,24 +1,15 @@
 /* model.c: the model file (see model.h). */
 #include "alloc.h"
+#include "blob.h"
 #include "model.h"
 
 #include "nf_internal.h"
-#include "train.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void put_le(unsigned char *p, uint64_t v, int n) {
-    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint64_t get_le(const unsigned char *p, int n) {
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
-    return v;
-}
 
 int nf_model_save(const nf_flow *flow, const cJSON *preprocess, const cJSON *metrics,
                   const char *created_at, void **buf, size_t *len) {
@@ -69,31 +60,22 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preproc
         nf_free(pb);
         return rc;
     }
-    size_t hl = strlen(hs), n = 4 + 4 + 8 + hl + 8 + pl + (q ? 8 + ql : 0) + 4;
-    unsigned char *p = nf_malloc(n);
-    if (!p) {
-        nf_free(hs);
-        nf_free(pb);
-        nf_free(qb);
-        return NF_ENOMEM;
-    }
-    memcpy(p, "NFMD", 4);
-    put_le(p + 4, (uint64_t)version, 4);
-    put_le(p + 8, hl, 8);
-    memcpy(p + 16, hs, hl);
-    put_le(p + 16 + hl, pl, 8);
-    memcpy(p + 24 + hl, pb, pl);
+    size_t hl = strlen(hs);
+    nf_blob_writer w = nf_blob_writer_init(4 + 4 + 8 + hl + 8 + pl + (q ? 8 + ql : 0) + 4);
+    nf_blob_put(&w, "NFMD", 4);
+    nf_blob_put_u32(&w, (uint32_t)version);
+    nf_blob_put_u64(&w, hl);
+    nf_blob_put(&w, hs, hl);
+    nf_blob_put_u64(&w, pl);
+    nf_blob_put(&w, pb, pl);
     if (q) {
-        put_le(p + 24 + hl + pl, ql, 8);
-        memcpy(p + 32 + hl + pl, qb, ql);
+        nf_blob_put_u64(&w, ql);
+        nf_blob_put(&w, qb, ql);
     }
-    put_le(p + n - 4, nf_crc32(p, n - 4), 4);
     nf_free(hs);
     nf_free(pb);
     nf_free(qb);
-    *buf = p;
-    *len = n;
-    return 0;
+    return nf_blob_finish(&w, buf, len);
 }
 
 void nf_model_free(nf_model *m) {
@@ -115,23 +97,25 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         nf_set_err(err, errlen, "model file truncated");
         return NF_ECORRUPT;
     }
-    unsigned version = (unsigned)get_le(p + 4, 4);
+    nf_blob_reader r = nf_blob_reader_init(p + 4, len - 4 - 4); /* magic, crc */
+    unsigned version = nf_blob_u32(&r);
     if (version != 1 && version != 2) {
         nf_set_err(err, errlen, "model format version %u is not supported (this build reads 1 and 2)",
                    version);
         return NF_EFORMAT;
     }
-    if (get_le(p + len - 4, 4) != nf_crc32(p, len - 4)) {
+    if (!nf_blob_crc_ok(p, len)) {
         nf_set_err(err, errlen, "model checksum mismatch: the file is corrupt or truncated");
         return NF_ECORRUPT;
     }
-    uint64_t hl = get_le(p + 8, 8);
-    if (hl > len - 28) {
+    uint64_t hl = nf_blob_u64(&r);
+    const char *hs = hl <= len - 28 ? nf_blob_bytes(&r, hl) : NULL;
+    if (!hs) {
         nf_set_err(err, errlen, "model header length out of range");
         return NF_ECORRUPT;
     }
     unsigned fails = nf_alloc_failures;
-    cJSON *h = cJSON_ParseWithLength((const char *)p + 16, hl);
+    cJSON *h = cJSON_ParseWithLength(hs, hl);
     if (!h && nf_alloc_failures != fails) {
         nf_set_err(err, errlen, "out of memory");
         return NF_ENOMEM;
@@ -150,13 +134,13 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         return NF_EFORMAT;
     }
     /* the blobs: the model's, then (with a dequantizer) q's */
-    uint64_t pl = get_le(p + 16 + hl, 8), ql = 0, avail = len - 28 - hl;
-    int bad_len = qj ? avail < 8 || pl > avail - 8 : pl != avail;
-    if (!bad_len && qj) {
-        ql = get_le(p + 24 + hl + pl, 8);
-        bad_len = ql != avail - 8 - pl;
+    uint64_t pl = nf_blob_u64(&r), ql = 0;
+    const void *pblob = nf_blob_bytes(&r, pl), *qblob = NULL;
+    if (qj) {
+        ql = nf_blob_u64(&r);
+        qblob = nf_blob_bytes(&r, ql);
     }
-    if (bad_len) {
+    if (r.bad || nf_blob_left(&r)) {
         cJSON_Delete(h);
         nf_set_err(err, errlen, "model parameter length out of range");
         return NF_ECORRUPT;
@@ -172,7 +156,7 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         nf_model_free(m);
         return rc == NF_ENOMEM ? rc : NF_EFORMAT;
     }
-    rc = nf_flow_load_params(m->flow, p + 24 + hl, pl);
+    rc = nf_flow_load_params(m->flow, pblob, pl);
     if (rc) {
         nf_set_err(err, errlen, "model parameters: %s", nf_strerror(rc));
         cJSON_Delete(h);
@@ -211,7 +195,7 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
             nf_model_free(m);
             return rc == NF_ENOMEM ? rc : NF_EFORMAT;
         }
-        rc = nf_flow_load_params(m->dequantizer, p + 32 + hl + pl, ql);
+        rc = nf_flow_load_params(m->dequantizer, qblob, ql);
         if (rc) {
             nf_set_err(err, errlen, "model dequantizer parameters: %s", nf_strerror(rc));
             nf_model_free(m);
@@ -220,30 +204,6 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
     }
     *out = m;
     return 0;
-}
-
-int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
-                      nf_real *out) {
-    if (!m->dequantize) return nf_flow_log_prob(m->flow, w, x, ctx, B, out);
-    if (m->dequantizer) {
-        nf_rng r;
-        nf_rng_seed(&r, 0x5eed);
-        return nf_vdeq_log_prob(m->flow, w, m->dequantizer, x, ctx, B, m->levels, &r, out);
-    }
-    int D = nf_flow_dim(m->flow), Bm = nf_ws_max_batch(w);
-    nf_real *buf = nf_malloc((size_t)(B < Bm ? B : Bm) * D * sizeof *buf + 1);
-    if (!buf) return NF_ENOMEM;
-    nf_rng r;
-    nf_rng_seed(&r, 0x5eed);
-    int rc = 0;
-    for (int s = 0; s < B && !rc; s += Bm) {
-        int n = B - s < Bm ? B - s : Bm;
-        for (size_t i = 0; i < (size_t)n * D; i++)
-            buf[i] = x[(size_t)s * D + i] + (nf_real)nf_rng_uniform(&r);
-        rc = nf_flow_log_prob(m->flow, w, buf, ctx ? ctx + (size_t)s * nf_flow_context_dim(m->flow) : NULL, n, out + s);
-    }
-    nf_free(buf);
-    return rc;
 }
 
 int nf_file_read(const char *path, void **buf, size_t *len) {

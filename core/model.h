@@ -51,10 +51,19 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *dequantizer, const cJSO
 int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t errlen);
 void nf_model_free(nf_model *m);
 
+/* A forward-only workspace of m->flow for batches of at most max_batch
+ * rows (nf_ws_create_inference) that also holds what scoring a dequantized
+ * model needs (the noisy rows; q's workspace and scratch), so that
+ * nf_model_log_prob allocates nothing.  Free with nf_ws_free. */
+int nf_model_ws_create(const nf_model *m, int max_batch, nf_ws **out);
+
 /* log p(x) for raw rows (B,D): dequantized models get fixed-seed U[0,1)
  * noise per row (the seed makes scores reproducible); with a dequantizer,
  * the variational bound with fixed-seed eps.  out (B) as for
- * nf_flow_log_prob. */
+ * nf_flow_log_prob.  w is a workspace of m->flow; any kind works, and one
+ * from nf_model_ws_create allocates nothing here (another gets the
+ * dequantizer's state attached on its first dequantized call, once, freed
+ * with it: core/dequant.c). */
 int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                       nf_real *out);
 

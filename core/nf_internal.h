@@ -239,6 +239,23 @@ void nf_mask_to_json(const int *mask, int D, cJSON *obj); /* always the list for
 int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size_t i1, int t),
                        void *arg);
 
+/* An attachment of a workspace, freed with it by free_fn (a workspace
+ * belongs to one calling thread, so is its attachment).  Setting one frees
+ * the previous. */
+void *nf_ws_aux(const nf_ws *w);
+void nf_ws_set_aux(nf_ws *w, void *aux, void (*free_fn)(void *));
+
+/* ---- dequantization (core/dequant.c) --------------------------------------
+ * y (n) = x + u, u ~ U[0,1) element by element from r (y may be x).  The
+ * trainer, its validation and the model's scorer draw the noise this way. */
+void nf_deq_uniform(const nf_real *x, size_t n, nf_rng *r, nf_real *y);
+/* The scorer's state on a workspace w of f: the rows (and with a
+ * dequantizer q, q's forward-only workspace and the bound's scratch) for
+ * nf_ws_max_batch(w) rows, attached to w on the first call for q and
+ * reused after; NULL with *rc set when allocation fails. */
+typedef struct nf_deq_ws nf_deq_ws;
+nf_deq_ws *nf_deq_attach(const nf_flow *f, nf_ws *w, const nf_flow *q, int *rc);
+
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
 /* the JSON field getters (nf_json_int, nf_json_check_keys, ...): nf_json.h */

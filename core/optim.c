@@ -9,6 +9,7 @@
  * The moments are stored as nf_real; each element's update is done in double.
  */
 #include "alloc.h"
+#include "blob.h"
 #include "nf.h"
 #include "nf_internal.h"
 #include "kern.h"
@@ -192,68 +193,24 @@ double nf_clip_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n, double max_norm) 
 /* a step count past 2^53 is not a real run (and t + 1 must not overflow) */
 #define NF_ADAM_MAX_STEPS ((int64_t)1 << 53)
 
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_f64(unsigned char *p, double d) {
-    uint64_t v;
-    memcpy(&v, &d, 8);
-    put_u64(p, v);
-}
-static void put_f32(unsigned char *p, float f) {
-    uint32_t v;
-    memcpy(&v, &f, 4);
-    put_u32(p, v);
-}
-static uint32_t get_u32(const unsigned char *p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get_u64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-static double get_f64(const unsigned char *p) {
-    uint64_t v = get_u64(p);
-    double d;
-    memcpy(&d, &v, 8);
-    return d;
-}
-static float get_f32(const unsigned char *p) {
-    uint32_t v = get_u32(p);
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-
 int nf_adam_save(const nf_adam *o, void **buf, size_t *len) {
     if (!o || !buf || !len) return NF_EINVAL;
     *buf = NULL;
     *len = 0;
     if (o->n > (SIZE_MAX - ADAM_HEADER - 4) / 8) return NF_ENOMEM;
-    size_t total = ADAM_HEADER + 8 * o->n + 4;
-    unsigned char *b = nf_malloc(total), *p = b;
-    if (!b) return NF_ENOMEM;
-    memcpy(p, ADAM_MAGIC, 4), p += 4;
-    put_u32(p, ADAM_VERSION), p += 4;
-    put_u32(p, (uint32_t)o->kind), p += 4;
-    put_f64(p, o->beta1), p += 8;
-    put_f64(p, o->beta2), p += 8;
-    put_f64(p, o->eps), p += 8;
-    put_f64(p, o->weight_decay), p += 8;
-    put_u64(p, (uint64_t)o->n), p += 8;
-    put_u64(p, (uint64_t)o->t), p += 8;
-    for (size_t i = 0; i < o->n; i++, p += 4) put_f32(p, (float)o->m[i]);
-    for (size_t i = 0; i < o->n; i++, p += 4) put_f32(p, (float)o->v[i]);
-    put_u32(p, nf_crc32(b, total - 4));
-    *buf = b;
-    *len = total;
-    return 0;
+    nf_blob_writer w = nf_blob_writer_init(ADAM_HEADER + 8 * o->n + 4);
+    nf_blob_put(&w, ADAM_MAGIC, 4);
+    nf_blob_put_u32(&w, ADAM_VERSION);
+    nf_blob_put_u32(&w, (uint32_t)o->kind);
+    nf_blob_put_f64(&w, o->beta1);
+    nf_blob_put_f64(&w, o->beta2);
+    nf_blob_put_f64(&w, o->eps);
+    nf_blob_put_f64(&w, o->weight_decay);
+    nf_blob_put_u64(&w, (uint64_t)o->n);
+    nf_blob_put_u64(&w, (uint64_t)o->t);
+    nf_blob_put_f32s(&w, o->m, o->n);
+    nf_blob_put_f32s(&w, o->v, o->n);
+    return nf_blob_finish(&w, buf, len);
 }
 
 /* Checks the CRC first (so any damaged or truncated blob is NF_ECORRUPT),
@@ -262,16 +219,16 @@ int nf_adam_save(const nf_adam *o, void **buf, size_t *len) {
  * state (kind, betas, eps, wd, n, t, moments) is replaced, reusing the
  * moment arrays when n matches; on failure o is unchanged. */
 int nf_adam_load(nf_adam *o, const void *buf, size_t len) {
-    const unsigned char *b = buf, *p;
+    const unsigned char *b = buf;
     if (!o || !buf) return NF_EINVAL;
     if (len < ADAM_HEADER + 4) return len >= 4 && memcmp(b, ADAM_MAGIC, 4) ? NF_EFORMAT : NF_ECORRUPT;
-    if (nf_crc32(b, len - 4) != get_u32(b + len - 4)) return NF_ECORRUPT;
-    if (memcmp(b, ADAM_MAGIC, 4) || get_u32(b + 4) != ADAM_VERSION) return NF_EFORMAT;
-    uint32_t kind = get_u32(b + 8);
-    p = b + 12;
-    double b1 = get_f64(p), b2 = get_f64(p + 8), eps = get_f64(p + 16), wd = get_f64(p + 24);
-    uint64_t n = get_u64(p + 32);
-    int64_t t = (int64_t)get_u64(p + 40);
+    if (!nf_blob_crc_ok(b, len)) return NF_ECORRUPT;
+    nf_blob_reader r = nf_blob_reader_init(b, len - 4);
+    if (memcmp(nf_blob_bytes(&r, 4), ADAM_MAGIC, 4) || nf_blob_u32(&r) != ADAM_VERSION) return NF_EFORMAT;
+    uint32_t kind = nf_blob_u32(&r);
+    double b1 = nf_blob_f64(&r), b2 = nf_blob_f64(&r), eps = nf_blob_f64(&r), wd = nf_blob_f64(&r);
+    uint64_t n = nf_blob_u64(&r);
+    int64_t t = (int64_t)nf_blob_u64(&r);
     if (kind >= NF_OPT_COUNT || !(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1) || !(eps >= 0) ||
         !isfinite(eps) || !(wd >= 0) || !isfinite(wd) || t < 0 || t > NF_ADAM_MAX_STEPS)
         return NF_EFORMAT;
@@ -289,9 +246,8 @@ int nf_adam_load(nf_adam *o, const void *buf, size_t len) {
         nf_free(o->m);
         nf_free(o->v);
     }
-    p = b + ADAM_HEADER;
-    for (size_t i = 0; i < n; i++, p += 4) m[i] = (nf_real)get_f32(p);
-    for (size_t i = 0; i < n; i++, p += 4) v[i] = (nf_real)get_f32(p);
+    nf_blob_f32s(&r, m, (size_t)n);
+    nf_blob_f32s(&r, v, (size_t)n);
     o->m = m;
     o->v = v;
     o->kind = (nf_opt_kind)kind;

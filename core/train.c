@@ -10,6 +10,7 @@
  * Reporting accumulators (loss since the last report, timings) are not state:
  * they do not influence parameters. */
 #include "alloc.h"
+#include "blob.h"
 #include "train.h"
 
 #include "nf_internal.h"
@@ -103,9 +104,8 @@ static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t 
     double tot = 0;
     for (int64_t s = 0; s < n; s += chunk) {
         int m = n - s < chunk ? (int)(n - s) : chunk;
-        memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
-        if (dequantize)
-            for (size_t i = 0; i < (size_t)m * D; i++) buf[i] += (nf_real)nf_rng_uniform(&r);
+        if (dequantize) nf_deq_uniform(x + s * D, (size_t)m * D, &r, buf);
+        else memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
         nf_flow_log_prob(f, w, buf, NULL, m, lp);
         for (int i = 0; i < m; i++) tot -= lp[i];
     }
@@ -121,94 +121,6 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
     double v = eval_nll_on(f, w, x, n, dequantize, seed);
     nf_ws_free(w);
     return v;
-}
-
-/* log(s(1-s)) for s = sigmoid(v): -softplus(-v) - softplus(v) */
-static double log_dsigmoid(double v) {
-    double a = fabs(v);
-    return -a - 2 * log1p(exp(-a));
-}
-
-static double sigmoid(double v) {
-    return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v));
-}
-
-/* q's context c (BD) = x/levels - 1/2 */
-static void vdeq_context(const nf_real *x, size_t BD, int levels, nf_real *c) {
-    for (size_t i = 0; i < BD; i++) c[i] = (nf_real)((double)x[i] / levels - 0.5);
-}
-
-/* after q's pass (v, ld): y (B,D) = x + sigmoid(v) (y may alias v), and per row
- * lq (B) = log q(u|x) = log N(eps) - ld - sum_d log s(1-s) */
-static void vdeq_finish(const nf_real *x, const nf_real *eps, const nf_real *ld, int B, int D,
-                        const nf_real *v, nf_real *y, double *lq) {
-    for (int r = 0; r < B; r++) {
-        double acc = -0.5 * D * log(2 * 3.141592653589793) - (double)ld[r];
-        for (int d = 0; d < D; d++) {
-            size_t i = (size_t)r * D + d;
-            double e = eps[i], vv = v[i];
-            acc += -0.5 * e * e - log_dsigmoid(vv);
-            y[i] = (nf_real)((double)x[i] + sigmoid(vv));
-        }
-        lq[r] = isnan(acc) ? INFINITY : acc;
-    }
-}
-
-int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_real *x,
-                     const nf_real *ctx, int64_t n, int levels, nf_rng *rng, nf_real *out) {
-    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
-    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || levels < 1) return NF_EINVAL;
-    if (n <= 0) return n < 0 ? NF_EINVAL : 0;
-    int chunk = n < nf_ws_max_batch(wf) ? (int)n : nf_ws_max_batch(wf);
-    nf_ws *wq = NULL;
-    size_t BD = (size_t)chunk * D;
-    nf_real *mem = nf_malloc((3 * BD + chunk) * sizeof *mem); /* eps, c, v (BD), ld (chunk) */
-    double *lq = nf_malloc((size_t)chunk * sizeof *lq);
-    int rc = mem && lq ? nf_ws_create_inference(q, chunk, &wq) : NF_ENOMEM;
-    nf_real *eps = mem, *c = mem + BD, *v = mem + 2 * BD, *ld = mem + 3 * BD;
-    for (int64_t s = 0; s < n && !rc; s += chunk) {
-        int m = n - s < chunk ? (int)(n - s) : chunk;
-        const nf_real *xs = x + (size_t)s * D;
-        for (size_t i = 0; i < (size_t)m * D; i++) eps[i] = (nf_real)nf_rng_normal(rng);
-        vdeq_context(xs, (size_t)m * D, levels, c);
-        /* q is only read: without dout the pass touches no gradient */
-        rc = nf_flow_transform_grad((nf_flow *)q, wq, eps, c, m, 0, NULL, NULL, v, ld, NULL, NULL);
-        if (rc && rc != NF_ENONFINITE) break;
-        vdeq_finish(xs, eps, ld, m, D, v, v, lq);
-        rc = nf_flow_log_prob(f, wf, v, ctx ? ctx + (size_t)s * C : NULL, m, out + s);
-        for (int r = 0; r < m; r++) {
-            double b = (double)out[s + r] - lq[r];
-            out[s + r] = isnan(b) || ld[r] == -INFINITY ? (nf_real)-INFINITY : (nf_real)b;
-        }
-    }
-    nf_ws_free(wq);
-    nf_free(mem);
-    nf_free(lq);
-    return rc;
-}
-
-double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
-                        int levels, uint64_t seed) {
-    if (n <= 0) return NAN;
-    int chunk = n < 1024 ? (int)n : 1024;
-    nf_ws *w = NULL;
-    nf_real *lp = nf_malloc((size_t)chunk * sizeof *lp);
-    if (!lp || nf_ws_create_inference(f, chunk, &w)) {
-        nf_free(lp);
-        return NAN;
-    }
-    nf_rng r;
-    nf_rng_seed(&r, seed ^ 0xD1B54A32D192ED03ULL);
-    double tot = 0;
-    int D = nf_flow_dim(f), failed = 0;
-    for (int64_t s = 0; s < n && !failed; s += chunk) {
-        int m = n - s < chunk ? (int)(n - s) : chunk;
-        failed = nf_vdeq_log_prob(f, w, q, x + s * D, NULL, m, levels, &r, lp) != 0;
-        for (int i = 0; i < m && !failed; i++) tot -= lp[i];
-    }
-    nf_free(lp);
-    nf_ws_free(w);
-    return failed ? NAN : isnan(tot) ? INFINITY : tot / n;
 }
 
 void nf_trainer_free(nf_trainer *t) {
@@ -471,52 +383,6 @@ static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     return rc;
 }
 
-size_t nf_vdeq_scratch_size(int B, int D) {
-    return (size_t)B * sizeof(double) / sizeof(nf_real) + 4 * (size_t)B * D + 3 * (size_t)B;
-}
-
-/* q's pass gives v and ld, y = x + sigmoid(v) goes through the model, and
- * the model's dL/dy comes back to q as
- *     dL/dv = dL/dy s(1-s) - (1-2s)/B,  dL/dld = -1/B.
- * scratch (malloc'd, so aligned for double): lq (B doubles), then c, v, y,
- * dy (B,D) and ld, w, logp (B); the model's logdet reuses ld once q's
- * log-det is consumed. */
-int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
-                 const nf_real *eps, int B, int levels, int training, double jacobian_l2,
-                 nf_real *scratch, double *loss) {
-    int D = nf_flow_dim(f);
-    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || nf_flow_context_dim(f) != 0 ||
-        levels < 1 || B < 1)
-        return NF_EINVAL;
-    size_t BD = (size_t)B * D;
-    double *lq = (double *)(void *)scratch;
-    nf_real *c = scratch + (size_t)B * sizeof(double) / sizeof(nf_real), *v = c + BD, *y = v + BD,
-            *dy = y + BD, *ld = dy + BD, *w = ld + B, *logp = w + B;
-    vdeq_context(x, BD, levels, c);
-    int rc = nf_flow_transform_grad(q, wq, eps, c, B, training, NULL, NULL, v, ld, NULL, NULL);
-    if (rc) return rc;
-    vdeq_finish(x, eps, ld, B, D, v, y, lq);
-    double l = 0;
-    for (int b = 0; b < B; b++) {
-        l += lq[b];
-        w[b] = (nf_real)(-1.0 / B);
-    }
-    if (training) nf_flow_data_init(f, wf, y, NULL, B); /* no-op once act-norms are initialised */
-    nf_real *logdet = ld; /* q's log-det is in l now */
-    rc = nf_flow_log_prob_grad_ex(f, wf, y, NULL, B, training, w, jacobian_l2 / B, logp, logdet,
-                                  dy, NULL);
-    if (rc) return rc;
-    for (int b = 0; b < B; b++)
-        l += -(double)logp[b] + jacobian_l2 * (double)logdet[b] * logdet[b];
-    *loss = l / B;
-    /* dy holds dL/dy; turn it into dL/dv in place */
-    for (size_t i = 0; i < BD; i++) {
-        double sg = sigmoid(v[i]);
-        dy[i] = (nf_real)((double)dy[i] * sg * (1 - sg) - (1 - 2 * sg) / B);
-    }
-    return nf_flow_transform_backward(q, wq, eps, c, B, training, dy, w, NULL, NULL);
-}
-
 /* global L2 norm over both gradient buffers, clipped as nf_clip_grad_norm */
 static double clip_both(nf_real *g1, size_t n1, nf_real *g2, size_t n2, double max_norm) {
     double ss = 0;
@@ -595,7 +461,7 @@ static int train_step(nf_trainer *t) {
     if (t->cfg.dequantize) {
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x2000 + (uint64_t)t->step);
-        for (size_t i = 0; i < (size_t)B * D; i++) t->xb[i] += (nf_real)nf_rng_uniform(&r);
+        nf_deq_uniform(t->xb, (size_t)B * D, &r, t->xb);
     }
     nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
@@ -688,41 +554,8 @@ finish:
 }
 
 /* ---- state blob -------------------------------------------------------------------------- */
-typedef struct {
-    unsigned char *p;
-    size_t n, cap;
-    int oom;
-} wbuf;
-
-static void wput(wbuf *b, const void *src, size_t n) {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->n + n) cap *= 2;
-        unsigned char *q = nf_realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
 /* little-endian host assumed for the raw arrays (x86-64/aarch64); the
  * header records sizeof(nf_real) so a float/double mismatch is refused */
-static void wu64(wbuf *b, uint64_t v) {
-    unsigned char c[8];
-    for (int i = 0; i < 8; i++) c[i] = (unsigned char)(v >> (8 * i));
-    wput(b, c, 8);
-}
-static void wf64(wbuf *b, double v) {
-    uint64_t u;
-    memcpy(&u, &v, 8);
-    wu64(b, u);
-}
-
 static uint64_t fingerprint(const nf_trainer *t) {
     uint64_t h = 1469598103934665603ULL;
     uint64_t v[] = {nf_flow_num_params(t->f), t->f->nbuffers, (uint64_t)t->ntrain,
@@ -736,9 +569,21 @@ static uint64_t fingerprint(const nf_trainer *t) {
     return h;
 }
 
+/* a flow's section: params, buffers, best params, best buffers (raw
+ * nf_real), u64 length, its Adam blob */
+static void put_flow_section(nf_blob_writer *b, const nf_flow *f, const nf_real *best_params,
+                             const nf_real *best_buffers, const void *ob, size_t olen) {
+    size_t P = f->nparams * sizeof(nf_real), NB = f->nbuffers * sizeof(nf_real);
+    nf_blob_put(b, f->params, P);
+    nf_blob_put(b, f->buffers, NB);
+    nf_blob_put(b, best_params, P);
+    nf_blob_put(b, best_buffers, NB);
+    nf_blob_put_u64(b, olen);
+    nf_blob_put(b, ob, olen);
+}
+
 int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
-    wbuf b = {0};
-    size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
+    nf_blob_writer b = nf_blob_writer_init(0);
     void *ob = NULL;
     size_t olen = 0;
     void *qob = NULL;
@@ -749,114 +594,63 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
         nf_free(ob);
         return rc;
     }
-    wput(&b, "NFTS", 4);
-    wu64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
-    wu64(&b, fingerprint(t));
-    wu64(&b, (uint64_t)t->step);
-    wu64(&b, (uint64_t)t->batch_in_epoch);
-    wu64(&b, (uint64_t)t->skipped);
-    wu64(&b, (uint64_t)t->epoch);
-    wu64(&b, (uint64_t)t->done);
-    wu64(&b, (uint64_t)t->have_best);
-    wu64(&b, (uint64_t)t->consecutive_bad);
-    wu64(&b, (uint64_t)t->es_bad);
-    wu64(&b, (uint64_t)t->plateau_bad);
-    wf64(&b, t->best_val);
-    wf64(&b, t->plateau_best);
-    wf64(&b, t->lr_scale);
-    wf64(&b, t->val_loss);
-    wf64(&b, t->val_bpd);
-    wf64(&b, t->nonfinite_frac);
-    wput(&b, t->f->params, P * sizeof(nf_real));
-    wput(&b, t->f->buffers, NB * sizeof(nf_real));
-    wput(&b, t->best_params, P * sizeof(nf_real));
-    wput(&b, t->best_buffers, NB * sizeof(nf_real));
-    wu64(&b, olen);
-    wput(&b, ob, olen);
+    nf_blob_put(&b, "NFTS", 4);
+    nf_blob_put_u64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
+    nf_blob_put_u64(&b, fingerprint(t));
+    nf_blob_put_u64(&b, (uint64_t)t->step);
+    nf_blob_put_u64(&b, (uint64_t)t->batch_in_epoch);
+    nf_blob_put_u64(&b, (uint64_t)t->skipped);
+    nf_blob_put_u64(&b, (uint64_t)t->epoch);
+    nf_blob_put_u64(&b, (uint64_t)t->done);
+    nf_blob_put_u64(&b, (uint64_t)t->have_best);
+    nf_blob_put_u64(&b, (uint64_t)t->consecutive_bad);
+    nf_blob_put_u64(&b, (uint64_t)t->es_bad);
+    nf_blob_put_u64(&b, (uint64_t)t->plateau_bad);
+    nf_blob_put_f64(&b, t->best_val);
+    nf_blob_put_f64(&b, t->plateau_best);
+    nf_blob_put_f64(&b, t->lr_scale);
+    nf_blob_put_f64(&b, t->val_loss);
+    nf_blob_put_f64(&b, t->val_bpd);
+    nf_blob_put_f64(&b, t->nonfinite_frac);
+    put_flow_section(&b, t->f, t->best_params, t->best_buffers, ob, olen);
     nf_free(ob);
-    if (t->q) {
-        /* version 2: q params, buffers, best params, best buffers, u64 len, Adam blob */
-        size_t QP = nf_flow_num_params(t->q), QB = t->q->nbuffers;
-        wput(&b, t->q->params, QP * sizeof(nf_real));
-        wput(&b, t->q->buffers, QB * sizeof(nf_real));
-        wput(&b, t->qbest_params, QP * sizeof(nf_real));
-        wput(&b, t->qbest_buffers, QB * sizeof(nf_real));
-        wu64(&b, qolen);
-        wput(&b, qob, qolen);
+    if (t->q) { /* version 2: the same section for q */
+        put_flow_section(&b, t->q, t->qbest_params, t->qbest_buffers, qob, qolen);
         nf_free(qob);
     }
-    if (!b.oom) {
-        uint32_t crc = nf_crc32(b.p, b.n);
-        unsigned char c[4] = {crc & 255, (crc >> 8) & 255, (crc >> 16) & 255, crc >> 24};
-        wput(&b, c, 4);
-    }
-    if (b.oom) {
-        nf_free(b.p);
-        return NF_ENOMEM;
-    }
-    *buf = b.p;
-    *len = b.n;
-    return 0;
-}
-
-typedef struct {
-    const unsigned char *p;
-    size_t n, off;
-    int bad;
-} rbuf;
-static void rget(rbuf *b, void *dst, size_t n) {
-    if (b->bad || b->n - b->off < n) {
-        b->bad = 1;
-        return;
-    }
-    memcpy(dst, b->p + b->off, n);
-    b->off += n;
-}
-static uint64_t ru64(rbuf *b) {
-    unsigned char c[8] = {0};
-    rget(b, c, 8);
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | c[i];
-    return v;
-}
-static double rf64(rbuf *b) {
-    uint64_t u = ru64(b);
-    double v;
-    memcpy(&v, &u, 8);
-    return v;
+    return nf_blob_finish(&b, buf, len);
 }
 
 int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
     const unsigned char *p = buf;
     if (!p || len < 8 + 4 || memcmp(p, "NFTS", 4)) return NF_EFORMAT;
-    uint32_t crc = (uint32_t)p[len - 4] | (uint32_t)p[len - 3] << 8 | (uint32_t)p[len - 2] << 16 |
-                   (uint32_t)p[len - 1] << 24;
-    if (crc != nf_crc32(p, len - 4)) return NF_ECORRUPT;
-    rbuf b = {p, len - 4, 4, 0};
-    if (ru64(&b) != (t->q ? 2u : 1u) || ru64(&b) != fingerprint(t)) return NF_EFORMAT;
+    if (!nf_blob_crc_ok(p, len)) return NF_ECORRUPT;
+    nf_blob_reader b = nf_blob_reader_init(p, len - 4);
+    b.off = 4;
+    if (nf_blob_u64(&b) != (t->q ? 2u : 1u) || nf_blob_u64(&b) != fingerprint(t)) return NF_EFORMAT;
     size_t P = nf_flow_num_params(t->f), NB = t->f->nbuffers;
-    int64_t step = (int64_t)ru64(&b), bie = (int64_t)ru64(&b), skipped = (int64_t)ru64(&b);
-    int epoch = (int)ru64(&b), done = (int)ru64(&b), have_best = (int)ru64(&b);
-    int cbad = (int)ru64(&b), esb = (int)ru64(&b), plb = (int)ru64(&b);
-    double bv = rf64(&b), pb = rf64(&b), ls = rf64(&b), vl = rf64(&b), vb = rf64(&b),
-           nf = rf64(&b);
+    int64_t step = (int64_t)nf_blob_u64(&b), bie = (int64_t)nf_blob_u64(&b), skipped = (int64_t)nf_blob_u64(&b);
+    int epoch = (int)nf_blob_u64(&b), done = (int)nf_blob_u64(&b), have_best = (int)nf_blob_u64(&b);
+    int cbad = (int)nf_blob_u64(&b), esb = (int)nf_blob_u64(&b), plb = (int)nf_blob_u64(&b);
+    double bv = nf_blob_f64(&b), pb = nf_blob_f64(&b), ls = nf_blob_f64(&b), vl = nf_blob_f64(&b), vb = nf_blob_f64(&b),
+           nf = nf_blob_f64(&b);
     size_t off_arrays = b.off, need = 2 * (P + NB) * sizeof(nf_real);
-    if (b.bad || b.n - b.off < need + 8) return NF_ECORRUPT;
+    if (b.bad || nf_blob_left(&b) < need + 8) return NF_ECORRUPT;
     b.off += need;
-    uint64_t olen = ru64(&b);
+    uint64_t olen = nf_blob_u64(&b);
     size_t off_opt = b.off, off_q = 0, off_qopt = 0;
     uint64_t qolen = 0;
     size_t QP = t->q ? nf_flow_num_params(t->q) : 0, QB = t->q ? t->q->nbuffers : 0;
     if (t->q) {
         /* the dequantizer's section follows the model's Adam blob */
         size_t qneed = 2 * (QP + QB) * sizeof(nf_real);
-        if (b.bad || b.n - b.off < olen || b.n - b.off - olen < qneed + 8) return NF_ECORRUPT;
+        if (b.bad || nf_blob_left(&b) < olen || nf_blob_left(&b) - olen < qneed + 8) return NF_ECORRUPT;
         off_q = b.off + olen;
         b.off = off_q + qneed;
-        qolen = ru64(&b);
+        qolen = nf_blob_u64(&b);
         off_qopt = b.off;
-        if (b.bad || qolen != b.n - b.off) return NF_ECORRUPT;
-    } else if (b.bad || olen != b.n - b.off) {
+        if (b.bad || qolen != nf_blob_left(&b)) return NF_ECORRUPT;
+    } else if (b.bad || olen != nf_blob_left(&b)) {
         return NF_ECORRUPT;
     }
     /* counters as a run leaves them: step <= total steps (so step + 1 cannot

@@ -9,6 +9,7 @@
 #include "server.h"
 
 #include "../core/data.h"
+#include "../core/npy.h"
 
 #include <limits.h>
 #include <math.h>
@@ -54,7 +55,7 @@ static nf_ws *get_ws(fd_model *m) {
     }
     nf_ws_free(c->s[lru].ws);
     c->s[lru].ws = NULL;
-    if (nf_ws_create_inference(m->m->flow, WS_ROWS, &c->s[lru].ws)) return NULL;
+    if (nf_model_ws_create(m->m, WS_ROWS, &c->s[lru].ws)) return NULL;
     c->s[lru].uid = m->uid;
     c->s[lru].used = ++c->tick;
     return c->s[lru].ws;
@@ -110,45 +111,6 @@ static cJSON *raw_rows(const nf_real *v, size_t n, int D) {
         cJSON_AddItemToArray(a, row);
     }
     return a;
-}
-
-static char *npy_bytes(const nf_real *v, size_t n, int D, int two_d, size_t *len) {
-    char hdr[128];
-    int hl = two_d ? snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %d), }", n, D)
-                   : snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu,), }", n);
-    int total = 10 + hl + 1, pad = (64 - total % 64) % 64;
-    size_t H = (size_t)total + pad, nv = two_d ? n * D : n;
-    char *p = malloc(H + nv * 4);
-    if (!p) return NULL;
-    memcpy(p, "\x93NUMPY\x01\x00", 8);
-    p[8] = (char)((H - 10) & 255);
-    p[9] = (char)((H - 10) >> 8);
-    memcpy(p + 10, hdr, (size_t)hl);
-    memset(p + 10 + hl, ' ', (size_t)pad);
-    p[H - 1] = '\n';
-    for (size_t i = 0; i < nv; i++) {
-        float f = (float)v[i];
-        memcpy(p + H + 4 * i, &f, 4); /* little-endian hosts */
-    }
-    *len = H + nv * 4;
-    return p;
-}
-
-static char *csv_bytes(const nf_real *v, size_t n, int D, const char *header, size_t *len) {
-    size_t cap = strlen(header) + 2 + n * ((size_t)D * 17 + 2), k = 0;
-    char *s = malloc(cap);
-    if (!s) return NULL;
-    k += (size_t)snprintf(s, cap, "%s\n", header);
-    for (size_t i = 0; i < n; i++) {
-        for (int d = 0; d < D; d++) {
-            double x = v[i * D + d];
-            if (d) s[k++] = ',';
-            if (isfinite(x)) k += (size_t)snprintf(s + k, cap - k, "%.9g", x);
-        }
-        s[k++] = '\n';
-    }
-    *len = k;
-    return s;
 }
 
 /* The model named in the path at the version given (0 = latest); sends the
@@ -418,7 +380,7 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     fmt outf = accept_fmt(r);
     if (outf == FMT_CSV || outf == FMT_NPY) {
         size_t len = 0;
-        char *b = outf == FMT_CSV ? csv_bytes(lp, (size_t)n, 1, "log_prob", &len) : npy_bytes(lp, (size_t)n, 1, 0, &len);
+        char *b = outf == FMT_CSV ? nf_data_csv(lp, n, 1, "log_prob", &len) : nf_npy_f32(lp, n, 0, &len);
         if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
         else ret = fd_send_bytes(r, 200, outf == FMT_CSV ? "text/csv" : "application/x-npy", b, len);
         goto out;
@@ -492,11 +454,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     if (outf != FMT_JSON) {
         size_t len = 0;
         /* header x0,x1,...: the CSV reads back as a dataset or a log_prob body */
-        char *hdr = malloc((size_t)D * 12 + 1);
-        size_t hk = 0;
-        for (int d = 0; hdr && d < D; d++) hk += (size_t)sprintf(hdr + hk, d ? ",x%d" : "x%d", d);
-        char *b = !hdr ? NULL : outf == FMT_CSV ? csv_bytes(x, (size_t)n, D, hdr, &len) : npy_bytes(x, (size_t)n, D, 1, &len);
-        free(hdr);
+        char *b = outf == FMT_CSV ? nf_data_csv(x, n, D, NULL, &len) : nf_npy_f32(x, n, D, &len);
         if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
         else ret = fd_send_bytes(r, 200, outf == FMT_CSV ? "text/csv" : "application/x-npy", b, len);
         goto out;

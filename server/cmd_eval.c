@@ -128,7 +128,7 @@ int cmd_eval(int argc, char **argv) {
                 data_path);
     int n = (int)data.n;
     lp = malloc((size_t)n * sizeof *lp);
-    if (!lp || nf_ws_create_inference(m->flow, n < 1024 ? n : 1024, &w)) {
+    if (!lp || nf_model_ws_create(m, n < 1024 ? n : 1024, &w)) {
         fprintf(stderr, "flowd eval: out of memory\n");
         goto out;
     }

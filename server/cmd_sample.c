@@ -4,7 +4,8 @@
  * layers are part of the flow).
  *
  * The output format follows the file's extension:
- *   .csv  a header x0,x1,... and one row per sample (%.9g)
+ *   .csv  a header x0,x1,... and one row per sample (%.9g; a non-finite
+ *         value is an empty field: nf_data_csv)
  *   .npy  NumPy format 1.0, dtype <f4, shape (N, D)
  *   .png  2-D models: a scatter plot; models whose D is a square (784 =
  *         28x28): a grid of ceil(sqrt N) tiles, dequantized pixel models'
@@ -14,6 +15,7 @@
 #include "png.h"
 
 #include "../core/data.h"
+#include "../core/npy.h"
 #include "../core/model.h"
 #include "../core/nf_json.h"
 
@@ -57,49 +59,12 @@ static const char *ext_of(const char *path) {
 
 static int parse_num(const char *s, double *out) { return nf_parse_num(s, -HUGE_VAL, HUGE_VAL, out) ? -1 : 0; }
 
-static int write_csv(const char *path, const nf_real *x, int n, int D) {
-    /* through nf_file_write (temp file + rename) like every other output */
-    size_t cap = (size_t)n * D * 18 + (size_t)D * 12 + 64, len = 0;
-    char *b = malloc(cap);
+/* CSV (core's writer) or float32 .npy, through nf_file_write (temp file +
+ * rename) like every other output */
+static int write_table(const char *path, int npy, const nf_real *x, int n, int D) {
+    size_t len = 0;
+    void *b = npy ? nf_npy_f32(x, n, D, &len) : nf_data_csv(x, n, D, NULL, &len);
     if (!b) return NF_ENOMEM;
-    for (int j = 0; j < D; j++) len += (size_t)snprintf(b + len, cap - len, j ? ",x%d" : "x%d", j);
-    b[len++] = '\n';
-    for (int i = 0; i < n; i++) {
-        for (int j = 0; j < D; j++) {
-            if (j) b[len++] = ',';
-            len += (size_t)snprintf(b + len, cap - len, "%.9g", (double)x[(size_t)i * D + j]);
-        }
-        b[len++] = '\n';
-    }
-    int rc = nf_file_write(path, b, len);
-    free(b);
-    return rc;
-}
-
-static int write_npy(const char *path, const nf_real *x, int n, int D) {
-    /* magic, version 1.0, u16 header length, a Python dict literal padded
-     * with spaces and ended by '\n' so the data starts 64-byte aligned */
-    char hdr[128];
-    int hl = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }",
-                      n, D);
-    int total = 10 + hl + 1;
-    int pad = (64 - total % 64) % 64;
-    size_t hlen = (size_t)hl + pad + 1, len = 10 + hlen + (size_t)n * D * 4;
-    unsigned char *b = malloc(len);
-    if (!b) return NF_ENOMEM;
-    memcpy(b, "\x93NUMPY\x01\x00", 8);
-    b[8] = (unsigned char)(hlen & 0xff);
-    b[9] = (unsigned char)(hlen >> 8);
-    memcpy(b + 10, hdr, (size_t)hl);
-    memset(b + 10 + hl, ' ', (size_t)pad);
-    b[10 + hlen - 1] = '\n';
-    unsigned char *p = b + 10 + hlen;
-    for (size_t i = 0; i < (size_t)n * D; i++, p += 4) {
-        float v = (float)x[i];
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        p[0] = u & 0xff, p[1] = (u >> 8) & 0xff, p[2] = (u >> 16) & 0xff, p[3] = u >> 24;
-    }
     int rc = nf_file_write(path, b, len);
     free(b);
     return rc;
@@ -264,8 +229,7 @@ int cmd_sample(int argc, char **argv) {
     double secs = now_s() - t0;
     size_t bad = 0;
     for (size_t i = 0; i < (size_t)n * D; i++) bad += !isfinite(x[i]);
-    if (kind == 1) st = write_csv(out_path, x, n, D);
-    else if (kind == 2) st = write_npy(out_path, x, n, D);
+    if (kind == 1 || kind == 2) st = write_table(out_path, kind == 2, x, n, D);
     else st = write_png(out_path, m, x, n, D, scale, err, sizeof err);
     if (st) {
         if (kind == 3 && err[0]) fprintf(stderr, "flowd sample: %s\n", err);
@@ -276,7 +240,7 @@ int cmd_sample(int argc, char **argv) {
            out_path, temp, seed_d, secs, secs > 0 ? n / secs : 0.0);
     if (bad)
         fprintf(stderr, "flowd sample: warning: %zu of %zu values are not finite%s\n", bad,
-                (size_t)n * D, kind == 1 ? " (written as nan/inf, which CSV loaders reject)" : "");
+                (size_t)n * D, kind == 1 ? " (written as empty fields)" : "");
     rc = 0;
 out:
     free(buf);

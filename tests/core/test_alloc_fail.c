@@ -304,3 +304,74 @@ TEST(alloc_hot_path_allocates_nothing) {
     nf_ws_free(w);
     nf_flow_free(f);
 }
+
+/* A dequantized model (uniform, or variational with its q) loaded from its
+ * file; NULL on failure. */
+static nf_model *dequantized_model(int variational) {
+    nf_flow *f = NULL, *q = NULL;
+    nf_model *m = NULL;
+    void *blob = NULL;
+    size_t len = 0;
+    char err[256];
+    cJSON *pp = cJSON_Parse(variational
+                                ? "{\"dequantize\":{\"kind\":\"variational\",\"levels\":16}}"
+                                : "{\"dequantize\":{\"kind\":\"uniform\",\"levels\":16}}");
+    int rc = nf_flow_create("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8],\"seed\":2}",
+                            &f, err, sizeof err);
+    if (!rc && variational)
+        rc = nf_flow_create("{\"dim\":3,\"context_dim\":3,\"preset\":\"realnvp\",\"depth\":2,"
+                            "\"hidden\":[8],\"seed\":4}", &q, err, sizeof err);
+    if (!rc) rc = nf_model_save_ex(f, q, pp, NULL, NULL, &blob, &len);
+    if (!rc) rc = nf_model_load(blob, len, &m, err, sizeof err);
+    cJSON_Delete(pp);
+    free(blob);
+    nf_flow_free(f);
+    nf_flow_free(q);
+    return rc ? NULL : m;
+}
+
+/* Scoring a dequantized model allocates nothing per call: on a workspace
+ * from nf_model_ws_create nothing at all, on a plain one only on its first
+ * dequantized call (the state it then keeps); the scores agree.  Failed
+ * allocations in both leave nothing live. */
+TEST(alloc_dequantized_scoring_allocates_nothing) {
+    nf_real x[N * D];
+    for (int i = 0; i < N * D; i++) x[i] = (nf_real)((i * 7) % 16);
+    for (int variational = 0; variational < 2; variational++) {
+        nf_model *m = dequantized_model(variational);
+        REQUIRE(m && m->dequantize && (m->dequantizer != NULL) == variational);
+        nf_ws *wm = NULL, *wp = NULL;
+        REQUIRE(nf_model_ws_create(m, 16, &wm) == 0);
+        REQUIRE(nf_ws_create(m->flow, 16, &wp) == 0);
+        nf_real lm[N], lp[N];
+        hooks_on(0);
+        for (int rep = 0; rep < 3; rep++) CHECK(nf_model_log_prob(m, wm, x, NULL, N, lm) == 0);
+        long n = fa_count;
+        hooks_off();
+        CHECK_MSG(n == 0, "%ld allocations scoring (variational %d)", n, variational);
+        CHECK(nf_model_log_prob(m, wp, x, NULL, N, lp) == 0); /* attaches the state */
+        hooks_on(0);
+        for (int rep = 0; rep < 3; rep++) CHECK(nf_model_log_prob(m, wp, x, NULL, N, lp) == 0);
+        n = fa_count;
+        hooks_off();
+        CHECK_MSG(n == 0, "%ld allocations scoring on a plain workspace (variational %d)", n,
+                  variational);
+        for (int i = 0; i < N; i++) CHECK_CLOSE(lm[i], lp[i], 1e-5, 1e-5);
+        nf_ws_free(wp);
+        nf_ws_free(wm);
+        for (long k = 1;; k++) {
+            nf_ws *w = NULL, *w2 = NULL;
+            hooks_on(k);
+            int rc = nf_model_ws_create(m, 16, &w);
+            if (!rc) rc = nf_model_log_prob(m, w, x, NULL, N, lp);
+            if (!nf_ws_create(m->flow, 8, &w2)) nf_model_log_prob(m, w2, x, NULL, N, lp);
+            nf_ws_free(w);
+            nf_ws_free(w2);
+            long live = fa_live, failed = fa_failed;
+            hooks_off();
+            CHECK_MSG(live == 0, "k=%ld: %ld blocks live", k, live);
+            if (!failed || k > 200) break;
+        }
+        nf_model_free(m);
+    }
+}
