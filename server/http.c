@@ -428,10 +428,10 @@ static enum MHD_Result h_readyz(fd_req *r, char **a) {
     int ok = atomic_load(&s->ready) && !atomic_load(&s->draining);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", ok ? "ready" : atomic_load(&s->draining) ? "draining" : "starting");
-    if (!ok) {
-        char *t = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        return fd_send_bytes(r, 503, "application/json", t, t ? strlen(t) : 0);
+    if (!ok) { /* no trailing newline on this one */
+        size_t n = 0;
+        char *t = print_json(o, 0, &n);
+        return fd_send_bytes(r, 503, "application/json", t, n);
     }
     return fd_send_json(r, 200, o);
 }
