@@ -7,10 +7,10 @@
  * Events (text/event-stream): the stream polls the job's metric rows and
  * state on its own database connection, sending "progress" events per
  * logged step and one final "state" event.  When a poll finds nothing new,
- * the content reader parks the connection (MHD_suspend_connection) and
- * returns; a resumer thread wakes every parked stream each 100 ms for its
- * next poll.  So an open stream holds no request thread, and the pool can
- * be sized for scoring (one thread per core).  Streams are capped at
+ * the reader answers FD_STREAM_WAIT and http.c parks the connection until
+ * the next 100 ms round (fd_send_event_stream).  So an open stream holds no
+ * request thread, and the pool can be sized for scoring (one thread per
+ * core).  Streams are capped at
  * FD_MAX_STREAMS (each has its own database connection); beyond, 503. */
 #include "server.h"
 
@@ -19,7 +19,6 @@
 
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,27 +27,6 @@
 #include <unistd.h>
 
 static int parse_id(const char *s, int64_t *id) { return nf_parse_i64(s, 1, INT64_MAX, id) ? -1 : 0; }
-
-/* body (taken) as JSON with a Location header: 201/202 replies */
-static enum MHD_Result send_json_at(fd_req *r, int status, cJSON *body, const char *location) {
-    char *s = cJSON_PrintUnformatted(body);
-    cJSON_Delete(body);
-    if (!s) return MHD_NO;
-    size_t n = strlen(s);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(s);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Location", location);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = status;
-    r->sent_bytes = n;
-    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
 
 /* ---- jobs ---------------------------------------------------------------------------- */
 /* Was a job submitted with submission_id sid?  Scans the job list, newest
@@ -141,7 +119,7 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     cJSON_AddStringToObject(o, "state", cJSON_IsString(st) ? st->valuestring : "queued");
     if (existed) cJSON_AddBoolToObject(o, "duplicate", 1);
     cJSON_Delete(job);
-    return send_json_at(r, 202, o, loc);
+    return fd_send_json_at(r, 202, o, loc);
 }
 
 /* progress with every field of the contract present (null when unknown) */
@@ -278,65 +256,10 @@ typedef struct stream {
     size_t plen, poff;
     int final_sent, done;
     double last_send;
-    struct MHD_Connection *conn;
-    struct stream *next; /* in the parked list (under park_mu) */
 } stream;
-
-/* parked streams: suspended connections that the resumer wakes */
-static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
-static stream *parked;
-static int park_stop, resumer_running;
-static pthread_t resumer;
-
-static void *resumer_main(void *arg) {
-    (void)arg;
-    pthread_mutex_lock(&park_mu);
-    while (!park_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&park_cv, &park_mu, &ts);
-        for (stream *s = parked; s; s = s->next) MHD_resume_connection(s->conn);
-        parked = NULL;
-    }
-    pthread_mutex_unlock(&park_mu);
-    return NULL;
-}
-
-int fd_streams_start(void) {
-    pthread_mutex_lock(&park_mu);
-    park_stop = 0;
-    int rc = resumer_running ? 0 : pthread_create(&resumer, NULL, resumer_main, NULL);
-    if (!rc) resumer_running = 1;
-    pthread_mutex_unlock(&park_mu);
-    return rc ? -1 : 0;
-}
-
-/* Before MHD_stop_daemon (which must not find suspended connections):
- * every parked stream is woken and ends at its next read. */
-void fd_streams_stop(void) {
-    pthread_mutex_lock(&park_mu);
-    park_stop = 1;
-    for (stream *s = parked; s; s = s->next) MHD_resume_connection(s->conn);
-    parked = NULL;
-    int join = resumer_running;
-    resumer_running = 0;
-    pthread_cond_broadcast(&park_cv);
-    pthread_mutex_unlock(&park_mu);
-    if (join) pthread_join(resumer, NULL);
-}
 
 static void stream_free(void *p) {
     stream *s = p;
-    pthread_mutex_lock(&park_mu); /* not parked any more, but be sure */
-    for (stream **q = &parked; *q; q = &(*q)->next)
-        if (*q == s) {
-            *q = s->next;
-            break;
-        }
-    pthread_mutex_unlock(&park_mu);
     fd_db_close(s->db);
     free(s->pend);
     free(s);
@@ -361,17 +284,14 @@ static void stream_append(stream *s, const char *event, cJSON *data) {
     s->poff = 0;
 }
 
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-    (void)pos;
+/* the stream's reader (fd_send_event_stream): pending events, else one poll */
+static ssize_t stream_read(void *cls, char *buf, size_t max) {
     stream *s = cls;
     char err[200];
     do { /* one poll when nothing is pending */
         if (s->poff != s->plen) break;
-        if (s->done) return MHD_CONTENT_READER_END_OF_STREAM;
-        pthread_mutex_lock(&park_mu);
-        int stopping = park_stop;
-        pthread_mutex_unlock(&park_mu);
-        if (stopping) return MHD_CONTENT_READER_END_OF_STREAM; /* the daemon drains */
+        if (s->done) return FD_STREAM_END;
+        if (fd_streams_stopping()) return FD_STREAM_END; /* the daemon drains */
         cJSON *m = NULL, *e;
         if (fd_db_job_metrics(s->db, s->id, s->after, 100, &m, err, sizeof err) == 0) {
             cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(m, "metrics")) {
@@ -403,19 +323,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
     } while (0);
     size_t n = s->plen - s->poff;
-    if (n == 0) {
-        /* nothing new: park until the resumer's next round (100 ms) */
-        pthread_mutex_lock(&park_mu);
-        if (park_stop) {
-            pthread_mutex_unlock(&park_mu);
-            return MHD_CONTENT_READER_END_OF_STREAM;
-        }
-        MHD_suspend_connection(s->conn);
-        s->next = parked;
-        parked = s;
-        pthread_mutex_unlock(&park_mu);
-        return 0;
-    }
+    if (n == 0) return FD_STREAM_WAIT; /* parked until the next round */
     if (n > max) n = max;
     memcpy(buf, s->pend + s->poff, n);
     s->poff += n;
@@ -447,24 +355,12 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
     }
     s->id = id;
     s->after = -1;
-    s->conn = r->conn;
     if (fd_query_i64_or_reply(r, "after_step", -1, -1, INT64_MAX, &s->after)) {
         stream_free(s);
         return MHD_YES;
     }
     s->last_send = fd_now();
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
-    if (!resp) {
-        stream_free(s);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 200;
-    enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return fd_send_event_stream(r, stream_read, s, stream_free);
 }
 
 /* ---- datasets ---------------------------------------------------------------------------------- */
@@ -513,7 +409,7 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(out, "id");
     char loc[96];
     snprintf(loc, sizeof loc, "/v1/datasets/%s", cJSON_IsString(id) ? id->valuestring : "");
-    return send_json_at(r, 201, out, loc);
+    return fd_send_json_at(r, 201, out, loc);
 }
 
 enum MHD_Result fd_api_datasets_list(fd_req *r, char **a) {

@@ -9,34 +9,14 @@ extern const unsigned long fd_asset_openapi_len, fd_asset_index_len;
 
 enum MHD_Result fd_api_openapi(fd_req *r, char **a) {
     (void)a;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        fd_asset_openapi_len, (void *)fd_asset_openapi, MHD_RESPMEM_PERSISTENT);
-    if (!resp) return MHD_NO;
-    MHD_add_response_header(resp, "Content-Type", "application/yaml");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 200;
-    r->sent_bytes = fd_asset_openapi_len;
-    enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return fd_send_static(r, "application/yaml", fd_asset_openapi, fd_asset_openapi_len);
 }
 
 /* GET /: the dashboard page when it is built in, else a JSON index of the
  * service's entry points. */
 enum MHD_Result fd_api_dashboard(fd_req *r, char **a) {
     (void)a;
-    if (fd_asset_index_len > 0) {
-        struct MHD_Response *resp = MHD_create_response_from_buffer(
-            fd_asset_index_len, (void *)fd_asset_index, MHD_RESPMEM_PERSISTENT);
-        if (!resp) return MHD_NO;
-        MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
-        MHD_add_response_header(resp, "X-Request-Id", r->rid);
-        r->status = 200;
-        r->sent_bytes = fd_asset_index_len;
-        enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-        MHD_destroy_response(resp);
-        return ret;
-    }
+    if (fd_asset_index_len > 0) return fd_send_static(r, "text/html; charset=utf-8", fd_asset_index, fd_asset_index_len);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "service", "flowd");
     cJSON_AddStringToObject(o, "version", FD_VERSION);

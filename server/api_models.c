@@ -291,21 +291,9 @@ enum MHD_Result fd_api_checkpoint(fd_req *r, char **a) {
     if (rc == FD_ENOTFOUND)
         return fd_send_error(r, 404, "not_found", NULL, "model %s has no version %ld", a[0], v);
     if (rc) return fd_send_db_error(r, rc, err);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(buf);
-        return MHD_NO;
-    }
-    char cd[160];
-    snprintf(cd, sizeof cd, "attachment; filename=\"%s-v%ld.flow\"", a[0], v);
-    MHD_add_response_header(resp, "Content-Disposition", cd);
-    MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 200;
-    r->sent_bytes = len;
-    enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    char fname[128];
+    snprintf(fname, sizeof fname, "%s-v%ld.flow", a[0], v);
+    return fd_send_download(r, "application/octet-stream", buf, len, fname);
 }
 
 /* ---- log_prob ------------------------------------------------------------------------------ */

@@ -1,13 +1,23 @@
 /* http.c: libmicrohttpd glue: request life cycle, routing, authentication,
- * admission control, responses, logging.
+ * admission control, responses, event streams, logging.  The only file that
+ * builds or queues an MHD response: handlers answer through the fd_send_*
+ * helpers (server.h).
  *
- * libmicrohttpd calls the access handler several times per request:
- *   1. *con_cls == NULL: headers are in.  We route, authenticate, check
- *      Content-Length against the body limit and admit (inflight limit);
- *      any refusal is answered right here, before a byte of body is read.
- *   2. *upload_data_size > 0: a piece of the body; appended with a hard cap.
- *   3. *upload_data_size == 0 again: the body is complete; run the handler.
- * The completion callback logs the request, records metrics and frees it. */
+ * libmicrohttpd calls the access handler (on_request) several times per
+ * request; its phases are one function each:
+ *   1. route            *con_cls == NULL: headers are in.  Find the route
+ *                       row, keep the captured {x} segments (r->args).
+ *   2. authorize        the row's scope against the bearer token.
+ *   3. check_body_limit Content-Length against the body limit.
+ *   4. admit            an inflight slot (non-public routes).
+ *      Any refusal in 1-4 is answered right there, before a byte of body
+ *      is read.
+ *   5. accumulate       *upload_data_size > 0: a piece of the body,
+ *                       appended with a hard cap.
+ *   6. dispatch         *upload_data_size == 0 again: the body is complete;
+ *                       run the row's handler with r->args.
+ *   7. on_completed     the completion callback logs the request, records
+ *                       metrics under the row's label and frees it. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -23,6 +33,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <pthread.h>
 
 double fd_now(void) {
     struct timespec ts;
@@ -37,9 +48,12 @@ static enum MHD_Result h_healthz(fd_req *r, char **a);
 static enum MHD_Result h_readyz(fd_req *r, char **a);
 static enum MHD_Result h_metrics(fd_req *r, char **a);
 static enum MHD_Result h_version(fd_req *r, char **a);
-enum MHD_Result fd_api_openapi(fd_req *r, char **a);
-enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
 
+/* One row per route.  The pattern is also the route's metric label
+ * (flowd_http_requests_total{route=...}): a "{x}" segment matches any
+ * non-empty segment and is captured, in order, into the handler's args.
+ * The row's index is the route number in metrics (the id label of the
+ * latency histogram): append new rows, do not reorder. */
 typedef struct {
     const char *method, *pattern;
     fd_handler fn;
@@ -54,40 +68,34 @@ static const route routes[] = {
     {"GET", "/openapi.yaml", fd_api_openapi, SCOPE_PUBLIC, 0},
     {"GET", "/v1/version", h_version, SCOPE_READ, 0},
     {"GET", "/v1/models", fd_api_models_list, SCOPE_READ, 0},
-    {"GET", "/v1/models/*", fd_api_model_get, SCOPE_READ, 0},
-    {"DELETE", "/v1/models/*", fd_api_model_delete, SCOPE_WRITE, 0},
-    {"POST", "/v1/models/*/log_prob", fd_api_log_prob, SCOPE_READ, 1},
-    {"POST", "/v1/models/*/sample", fd_api_sample, SCOPE_READ, 1},
-    {"POST", "/v1/models/*/encode", fd_api_encode, SCOPE_READ, 1},
-    {"POST", "/v1/models/*/decode", fd_api_decode, SCOPE_READ, 1},
-    {"GET", "/v1/models/*/versions/*/checkpoint", fd_api_checkpoint, SCOPE_READ, 0},
+    {"GET", "/v1/models/{name}", fd_api_model_get, SCOPE_READ, 0},
+    {"DELETE", "/v1/models/{name}", fd_api_model_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/models/{name}/log_prob", fd_api_log_prob, SCOPE_READ, 1},
+    {"POST", "/v1/models/{name}/sample", fd_api_sample, SCOPE_READ, 1},
+    {"POST", "/v1/models/{name}/encode", fd_api_encode, SCOPE_READ, 1},
+    {"POST", "/v1/models/{name}/decode", fd_api_decode, SCOPE_READ, 1},
+    {"GET", "/v1/models/{name}/versions/{v}/checkpoint", fd_api_checkpoint, SCOPE_READ, 0},
     {"POST", "/v1/datasets", fd_api_datasets_create, SCOPE_WRITE, 1},
     {"GET", "/v1/datasets", fd_api_datasets_list, SCOPE_READ, 0},
-    {"GET", "/v1/datasets/*", fd_api_dataset_get, SCOPE_READ, 0},
-    {"DELETE", "/v1/datasets/*", fd_api_dataset_delete, SCOPE_WRITE, 0},
+    {"GET", "/v1/datasets/{id}", fd_api_dataset_get, SCOPE_READ, 0},
+    {"DELETE", "/v1/datasets/{id}", fd_api_dataset_delete, SCOPE_WRITE, 0},
     {"POST", "/v1/jobs", fd_api_jobs_create, SCOPE_WRITE, 1},
     {"GET", "/v1/jobs", fd_api_jobs_list, SCOPE_READ, 0},
-    {"GET", "/v1/jobs/*", fd_api_job_get, SCOPE_READ, 0},
-    {"GET", "/v1/jobs/*/metrics", fd_api_job_metrics, SCOPE_READ, 0},
-    {"GET", "/v1/jobs/*/events", fd_api_job_events, SCOPE_READ, 0},
-    {"POST", "/v1/jobs/*/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
+    {"GET", "/v1/jobs/{id}", fd_api_job_get, SCOPE_READ, 0},
+    {"GET", "/v1/jobs/{id}/metrics", fd_api_job_metrics, SCOPE_READ, 0},
+    {"GET", "/v1/jobs/{id}/events", fd_api_job_events, SCOPE_READ, 0},
+    {"POST", "/v1/jobs/{id}/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
+_Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");
 
-/* metric labels: the patterns, then "unmatched" */
-const char *const fd_route_names[] = {
-    "/healthz", "/readyz", "/metrics", "/openapi.yaml", "/v1/version", "/v1/models",
-    "/v1/models/{name}", "/v1/models/{name}", "/v1/models/{name}/log_prob",
-    "/v1/models/{name}/sample", "/v1/models/{name}/encode", "/v1/models/{name}/decode",
-    "/v1/models/{name}/versions/{v}/checkpoint", "/v1/datasets", "/v1/datasets",
-    "/v1/datasets/{id}", "/v1/datasets/{id}", "/v1/jobs", "/v1/jobs", "/v1/jobs/{id}",
-    "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel", "unmatched",
-};
+/* route numbers for metrics: the rows, then one for requests no row matched */
 const int fd_route_count = NROUTES + 1;
-_Static_assert(sizeof fd_route_names / sizeof fd_route_names[0] == NROUTES + 1,
-               "route names out of step with the route table");
+const char *fd_route_label(int route) {
+    return route >= 0 && route < NROUTES ? routes[route].pattern : "unmatched";
+}
+const char *fd_route_method(int route) { return route >= 0 && route < NROUTES ? routes[route].method : ""; }
 
-#define MAX_SEGS 8
 /* Split path into segments (in place in buf).  Returns count or -1. */
 static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
     size_t n = strlen(path);
@@ -97,7 +105,7 @@ static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
     char *p = buf + 1;
     if (!*p) return 0;
     for (;;) {
-        if (k == MAX_SEGS) return -1;
+        if (k == FD_MAX_SEGS) return -1;
         segs[k++] = p;
         char *s = strchr(p, '/');
         if (!s) break;
@@ -107,15 +115,15 @@ static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
     return k;
 }
 
-/* Does path match pattern?  Captures '*' segments into args. */
+/* Does path match pattern?  Captures "{x}" segments into args. */
 static int match(const char *pattern, char **segs, int nseg, char **args) {
-    char pbuf[128], *ps[MAX_SEGS];
+    char pbuf[128], *ps[FD_MAX_SEGS];
     int np = split_path(pattern, pbuf, sizeof pbuf, ps), na = 0;
     if (np != nseg) return 0;
     for (int i = 0; i < np; i++) {
-        if (!strcmp(ps[i], "*")) {
+        if (ps[i][0] == '{') {
             if (!*segs[i]) return 0;
-            args[na++] = segs[i];
+            if (na < FD_MAX_ARGS) args[na++] = segs[i];
         } else if (strcmp(ps[i], segs[i])) {
             return 0;
         }
@@ -124,12 +132,18 @@ static int match(const char *pattern, char **segs, int nseg, char **args) {
 }
 
 /* ---- responses ------------------------------------------------------------------- */
-static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp,
-                             const char *ctype, size_t len) {
+/* The one place a response is queued: Content-Type (when given),
+ * X-Request-Id, Cache-Control: no-store and the extra headers (name, value
+ * pairs, NULL-terminated; may be NULL) are set, and the status and size are
+ * recorded for the log line and metrics.  Takes resp (NULL: MHD_NO). */
+static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp, const char *ctype,
+                             size_t len, const char *const *extra) {
     if (!resp) return MHD_NO;
     if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    for (; extra && extra[0]; extra += 2)
+        if (extra[1]) MHD_add_response_header(resp, extra[0], extra[1]);
     r->status = status;
     r->sent_bytes = len;
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
@@ -137,24 +151,63 @@ static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp,
     return ret;
 }
 
-enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *ctype, void *buf, size_t len) {
+/* buf (taken, free()d; NULL for an empty body) with extra headers */
+static enum MHD_Result send_buffer(fd_req *r, int status, const char *ctype, void *buf, size_t len,
+                                   const char *const *extra) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, buf, buf ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) free(buf);
-    return queue(r, status, resp, ctype, len);
+    return queue(r, status, resp, ctype, len, extra);
+}
+
+enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *ctype, void *buf, size_t len) {
+    return send_buffer(r, status, ctype, buf, len, NULL);
+}
+
+static enum MHD_Result send_static(fd_req *r, int status, const char *ctype, const void *data, size_t len) {
+    return queue(r, status, MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT), ctype,
+                 len, NULL);
+}
+
+enum MHD_Result fd_send_static(fd_req *r, const char *ctype, const void *data, size_t len) {
+    return send_static(r, 200, ctype, data, len);
+}
+
+enum MHD_Result fd_send_download(fd_req *r, const char *ctype, void *buf, size_t len, const char *filename) {
+    char cd[192];
+    snprintf(cd, sizeof cd, "attachment; filename=\"%s\"", filename);
+    const char *const extra[] = {"Content-Disposition", cd, NULL};
+    return send_buffer(r, 200, ctype, buf, len, extra);
+}
+
+/* body (taken) printed; newline: a trailing newline for terminals.  NULL
+ * when it cannot be printed. */
+static char *print_json(cJSON *body, int newline, size_t *len) {
+    char *s = body ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
+    if (!s) return NULL;
+    size_t n = strlen(s);
+    if (newline) s[n++] = '\n'; /* over the NUL, which is not sent */
+    *len = n;
+    return s;
 }
 
 enum MHD_Result fd_send_json(fd_req *r, int status, cJSON *body) {
-    char *s = body ? cJSON_PrintUnformatted(body) : NULL;
-    cJSON_Delete(body);
+    size_t n = 0;
+    char *s = print_json(body, 1, &n);
     if (!s) {
         static char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\",\"details\":{}}}";
-        return queue(r, 500, MHD_create_response_from_buffer(sizeof oom - 1, oom, MHD_RESPMEM_PERSISTENT),
-                     "application/json", sizeof oom - 1);
+        return send_static(r, 500, "application/json", oom, sizeof oom - 1);
     }
-    size_t n = strlen(s);
-    s[n] = '\n'; /* a trailing newline for terminals; the NUL is not sent */
-    return fd_send_bytes(r, status, "application/json", s, n + 1);
+    return fd_send_bytes(r, status, "application/json", s, n);
+}
+
+enum MHD_Result fd_send_json_at(fd_req *r, int status, cJSON *body, const char *location) {
+    size_t n = 0;
+    char *s = print_json(body, 0, &n);
+    if (!s) return MHD_NO;
+    const char *const extra[] = {"Location", location, NULL};
+    return send_buffer(r, status, "application/json", s, n, extra);
 }
 
 static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, cJSON *details,
@@ -163,19 +216,11 @@ static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, c
     cJSON_AddStringToObject(e, "code", code);
     cJSON_AddStringToObject(e, "message", msg);
     cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
+    size_t n = 0;
+    char *s = print_json(o, 1, &n);
     if (!s) return MHD_NO;
-    size_t n = strlen(s);
-    s[n] = '\n';
-    struct MHD_Response *resp = MHD_create_response_from_buffer(n + 1, s, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(s);
-        return MHD_NO;
-    }
-    if (retry_after) MHD_add_response_header(resp, "Retry-After", retry_after);
-    if (allow) MHD_add_response_header(resp, "Allow", allow);
-    return queue(r, status, resp, "application/json", n + 1);
+    const char *const extra[] = {"Retry-After", retry_after, "Allow", allow, NULL};
+    return send_buffer(r, status, "application/json", s, n, extra);
 }
 
 enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details,
@@ -199,6 +244,116 @@ enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err) {
     case FD_ECORRUPT: return fd_send_error(r, 500, "internal", NULL, "stored data is corrupt: %s", err ? err : "");
     default: return fd_send_error(r, 500, "internal", NULL, "storage error: %s", err ? err : "");
     }
+}
+
+/* ---- event streams ------------------------------------------------------------------ */
+/* An event stream's reader returns bytes, FD_STREAM_END or FD_STREAM_WAIT.
+ * On WAIT the connection is parked (MHD_suspend_connection) and the
+ * resumer thread wakes every parked stream each 100 ms for its next read,
+ * so an open stream holds no request thread. */
+typedef struct sse {
+    fd_stream_reader read;
+    void (*done)(void *cls);
+    void *cls;
+    struct MHD_Connection *conn;
+    struct sse *next; /* in the parked list (under park_mu) */
+} sse;
+
+static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
+static sse *parked;
+static int park_stop, resumer_running;
+static pthread_t resumer;
+
+static void *resumer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&park_mu);
+    while (!park_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&park_cv, &park_mu, &ts);
+        for (sse *e = parked; e; e = e->next) MHD_resume_connection(e->conn);
+        parked = NULL;
+    }
+    pthread_mutex_unlock(&park_mu);
+    return NULL;
+}
+
+int fd_streams_start(void) {
+    pthread_mutex_lock(&park_mu);
+    park_stop = 0;
+    int rc = resumer_running ? 0 : pthread_create(&resumer, NULL, resumer_main, NULL);
+    if (!rc) resumer_running = 1;
+    pthread_mutex_unlock(&park_mu);
+    return rc ? -1 : 0;
+}
+
+/* Before MHD_stop_daemon (which must not find suspended connections):
+ * every parked stream is woken and ends at its next read. */
+void fd_streams_stop(void) {
+    pthread_mutex_lock(&park_mu);
+    park_stop = 1;
+    for (sse *e = parked; e; e = e->next) MHD_resume_connection(e->conn);
+    parked = NULL;
+    int join = resumer_running;
+    resumer_running = 0;
+    pthread_cond_broadcast(&park_cv);
+    pthread_mutex_unlock(&park_mu);
+    if (join) pthread_join(resumer, NULL);
+}
+
+int fd_streams_stopping(void) {
+    pthread_mutex_lock(&park_mu);
+    int stopping = park_stop;
+    pthread_mutex_unlock(&park_mu);
+    return stopping;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    sse *e = cls;
+    ssize_t n = e->read(e->cls, buf, max);
+    if (n == FD_STREAM_END) return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n != FD_STREAM_WAIT) return n;
+    /* nothing new: park until the resumer's next round (100 ms) */
+    pthread_mutex_lock(&park_mu);
+    if (park_stop) {
+        pthread_mutex_unlock(&park_mu);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    MHD_suspend_connection(e->conn);
+    e->next = parked;
+    parked = e;
+    pthread_mutex_unlock(&park_mu);
+    return 0;
+}
+
+static void sse_free(void *cls) {
+    sse *e = cls;
+    pthread_mutex_lock(&park_mu); /* not parked any more, but be sure */
+    for (sse **q = &parked; *q; q = &(*q)->next)
+        if (*q == e) {
+            *q = e->next;
+            break;
+        }
+    pthread_mutex_unlock(&park_mu);
+    e->done(e->cls);
+    free(e);
+}
+
+enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls, void (*done)(void *cls)) {
+    sse *e = calloc(1, sizeof *e);
+    struct MHD_Response *resp =
+        e ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, e, sse_free) : NULL;
+    if (!resp) {
+        free(e);
+        done(cls);
+        return MHD_NO;
+    }
+    *e = (sse){.read = read, .done = done, .cls = cls, .conn = r->conn};
+    return queue(r, 200, resp, "text/event-stream", 0, NULL);
 }
 
 /* ---- request helpers --------------------------------------------------------------- */
@@ -273,10 +428,10 @@ static enum MHD_Result h_readyz(fd_req *r, char **a) {
     int ok = atomic_load(&s->ready) && !atomic_load(&s->draining);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", ok ? "ready" : atomic_load(&s->draining) ? "draining" : "starting");
-    if (!ok) {
-        char *t = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        return fd_send_bytes(r, 503, "application/json", t, t ? strlen(t) : 0);
+    if (!ok) { /* no trailing newline on this one */
+        size_t n = 0;
+        char *t = print_json(o, 0, &n);
+        return fd_send_bytes(r, 503, "application/json", t, n);
     }
     return fd_send_json(r, 200, o);
 }
@@ -382,141 +537,177 @@ static void make_rid(fd_req *r) {
     snprintf(r->rid, sizeof r->rid, "%016llx", (unsigned long long)state);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls) {
-    (void)version;
-    fd_server *s = cls;
-    fd_req *r = *con_cls;
-    if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
-        *con_cls = r;
-        r->srv = s;
-        r->conn = conn;
-        r->method = method;
-        r->url = url;
-        r->t0 = fd_now();
-        r->route = NROUTES;
-        make_rid(r);
-        /* route */
-        char pbuf[1024], *segs[MAX_SEGS], *args[4] = {0};
-        int nseg = split_path(url, pbuf, sizeof pbuf, segs), found = -1;
-        char allow[128] = "";
-        for (int i = 0; nseg >= 0 && i < NROUTES; i++) {
-            if (!match(routes[i].pattern, segs, nseg, args)) continue;
-            if (!strcmp(routes[i].method, method)) {
-                found = i;
-                break;
-            }
-            if (!strstr(allow, routes[i].method)) {
-                if (*allow) strcat(allow, ", ");
-                strcat(allow, routes[i].method);
-            }
+/* Phase 1, route: find the row for method and path, keeping the captured
+ * segments in r->args.  405 (with Allow) when the path has rows for other
+ * methods only; GET / is the dashboard; else 404. */
+static enum MHD_Result route_request(fd_req *r) {
+    char *segs[FD_MAX_SEGS];
+    int nseg = split_path(r->url, r->path, sizeof r->path, segs), found = -1;
+    char allow[128] = "";
+    for (int i = 0; nseg >= 0 && i < NROUTES; i++) {
+        char *args[FD_MAX_ARGS] = {0};
+        if (!match(routes[i].pattern, segs, nseg, args)) continue;
+        if (!strcmp(routes[i].method, r->method)) {
+            found = i;
+            memcpy(r->args, args, sizeof args);
+            break;
         }
-        if (found < 0 && *allow) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "%s is not allowed here; allowed: %s", method, allow);
-            return send_error_msg(r, 405, "method_not_allowed", NULL, msg, NULL, allow);
+        if (!strstr(allow, routes[i].method)) {
+            if (*allow) strcat(allow, ", ");
+            strcat(allow, routes[i].method);
         }
-        if (found < 0) {
-            if (!strcmp(method, "GET") && !strcmp(url, "/")) return fd_api_dashboard(r, NULL);
-            return fd_send_error(r, 404, "not_found", NULL, "no route for %s %s", method, url);
-        }
-        r->route = found;
-        /* authenticate */
-        if (routes[found].scope != SCOPE_PUBLIC && s->ntokens > 0) {
-            int sc = authenticate(r);
-            if (sc <= 0)
-                return fd_send_error(r, 401, "unauthenticated", NULL,
-                                     sc < 0 ? "invalid token" : "an Authorization: Bearer token is required");
-            if (routes[found].scope == SCOPE_WRITE && sc < 2)
-                return fd_send_error(r, 403, "permission_denied", NULL,
-                                     "this route needs a write token; the token given has read scope");
-            r->write_scope = sc == 2;
-        } else {
-            r->write_scope = 1;
-        }
-        if (atomic_load(&s->draining) && routes[found].scope != SCOPE_PUBLIC)
-            return fd_send_error(r, 503, "overloaded", NULL, "the server is shutting down");
-        /* two Content-Lengths, or one with Transfer-Encoding, leave the body's
-         * end ambiguous (a proxy in front may read it differently): refused */
-        int framing[2] = {0, 0};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, framing);
-        if (framing[0] > 1 || (framing[0] && framing[1]))
-            return fd_send_error(r, 400, "invalid_argument", NULL,
-                                 framing[1] ? "Content-Length and Transfer-Encoding together"
-                                            : "more than one Content-Length");
-        /* body limit before reading a byte */
-        const char *cl = fd_req_header(r, "Content-Length");
-        if (cl) {
-            char *end;
-            errno = 0;
-            unsigned long long v = strtoull(cl, &end, 10);
-            if (errno || *end || end == cl)
-                return fd_send_error(r, 400, "invalid_argument", NULL, "bad Content-Length");
-            if (v > s->cfg.max_body) {
-                cJSON *d = cJSON_CreateObject();
-                cJSON_AddNumberToObject(d, "max_bytes", (double)s->cfg.max_body);
-                return fd_send_error(r, 413, "payload_too_large", d,
-                                     "the body is %llu bytes; the limit is %zu", v, s->cfg.max_body);
-            }
-        }
-        /* admission (health, readiness and metrics stay answerable) */
-        if (routes[found].scope == SCOPE_PUBLIC) return MHD_YES;
-        if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
-            atomic_fetch_sub(&s->inflight, 1);
-            return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
-        }
-        r->counted = 1;
+    }
+    if (found < 0 && *allow) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "%s is not allowed here; allowed: %s", r->method, allow);
+        return send_error_msg(r, 405, "method_not_allowed", NULL, msg, NULL, allow);
+    }
+    if (found < 0) {
+        if (!strcmp(r->method, "GET") && !strcmp(r->url, "/")) return fd_api_dashboard(r, NULL);
+        return fd_send_error(r, 404, "not_found", NULL, "no route for %s %s", r->method, r->url);
+    }
+    r->route = found;
+    return MHD_YES;
+}
+
+/* Phase 2, auth: the route's scope against the bearer token (when tokens
+ * are configured); a draining server then refuses all but public routes. */
+static enum MHD_Result authorize(fd_req *r) {
+    fd_server *s = r->srv;
+    int scope = routes[r->route].scope;
+    if (scope != SCOPE_PUBLIC && s->ntokens > 0) {
+        int sc = authenticate(r);
+        if (sc <= 0)
+            return fd_send_error(r, 401, "unauthenticated", NULL,
+                                 sc < 0 ? "invalid token" : "an Authorization: Bearer token is required");
+        if (scope == SCOPE_WRITE && sc < 2)
+            return fd_send_error(r, 403, "permission_denied", NULL,
+                                 "this route needs a write token; the token given has read scope");
+        r->write_scope = sc == 2;
+    } else {
+        r->write_scope = 1;
+    }
+    if (atomic_load(&s->draining) && scope != SCOPE_PUBLIC)
+        return fd_send_error(r, 503, "overloaded", NULL, "the server is shutting down");
+    return MHD_YES;
+}
+
+/* Phase 3, body limit: refused from the headers, before a byte is read. */
+static enum MHD_Result check_body_limit(fd_req *r) {
+    size_t max = r->srv->cfg.max_body;
+    /* two Content-Lengths, or one with Transfer-Encoding, leave the body's
+     * end ambiguous (a proxy in front may read it differently): refused */
+    int framing[2] = {0, 0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_framing, framing);
+    if (framing[0] > 1 || (framing[0] && framing[1]))
+        return fd_send_error(r, 400, "invalid_argument", NULL,
+                             framing[1] ? "Content-Length and Transfer-Encoding together"
+                                        : "more than one Content-Length");
+    const char *cl = fd_req_header(r, "Content-Length");
+    if (!cl) return MHD_YES;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(cl, &end, 10);
+    if (errno || *end || end == cl) return fd_send_error(r, 400, "invalid_argument", NULL, "bad Content-Length");
+    if (v > max) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "max_bytes", (double)max);
+        return fd_send_error(r, 413, "payload_too_large", d, "the body is %llu bytes; the limit is %zu", v, max);
+    }
+    return MHD_YES;
+}
+
+/* Phase 4, admission: an inflight slot (health, readiness and metrics stay
+ * answerable without one). */
+static enum MHD_Result admit(fd_req *r) {
+    fd_server *s = r->srv;
+    if (routes[r->route].scope == SCOPE_PUBLIC) return MHD_YES;
+    if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
+        atomic_fetch_sub(&s->inflight, 1);
+        return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
+    }
+    r->counted = 1;
+    return MHD_YES;
+}
+
+/* The first call: the request, then phases 1-4 until one answers. */
+static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, const char *url,
+                                  const char *method, void **con_cls) {
+    fd_req *r = calloc(1, sizeof *r);
+    if (!r) return MHD_NO;
+    *con_cls = r;
+    r->srv = s;
+    r->conn = conn;
+    r->method = method;
+    r->url = url;
+    r->t0 = fd_now();
+    r->route = NROUTES;
+    make_rid(r);
+    static enum MHD_Result (*const phases[])(fd_req *) = {route_request, authorize, check_body_limit, admit};
+    enum MHD_Result ret = MHD_YES;
+    for (size_t i = 0; i < sizeof phases / sizeof phases[0] && ret == MHD_YES && !r->status; i++)
+        ret = phases[i](r);
+    return ret;
+}
+
+/* Phase 5, body accumulation: a piece of the body, kept up to the limit;
+ * beyond it (or on a route without a body) only counted.  Drained
+ * unread once the request has been answered. */
+static enum MHD_Result accumulate(fd_req *r, const char *data, size_t *size) {
+    size_t n = *size;
+    *size = 0;
+    if (r->status) return MHD_YES;
+    if (!routes[r->route < NROUTES ? r->route : 0].body || r->len + n > r->srv->cfg.max_body) {
+        r->too_large = r->len + n > r->srv->cfg.max_body;
+        r->len += n; /* count, do not keep */
+        free(r->body);
+        r->body = NULL;
+        r->cap = 0;
         return MHD_YES;
     }
-    if (*upload_size > 0) {
-        if (r->status) { /* already answered: drain */
-            *upload_size = 0;
-            return MHD_YES;
-        }
-        size_t n = *upload_size;
-        if (!routes[r->route < NROUTES ? r->route : 0].body || r->len + n > r->srv->cfg.max_body) {
-            r->too_large = r->len + n > r->srv->cfg.max_body;
-            r->len += n; /* count, do not keep */
-            free(r->body);
-            r->body = NULL;
-            r->cap = 0;
-            *upload_size = 0;
-            return MHD_YES;
-        }
-        if (r->len + n + 1 > r->cap) {
-            size_t cap = r->cap ? r->cap : 4096;
-            while (cap < r->len + n + 1) cap *= 2;
-            char *b = realloc(r->body, cap);
-            if (!b) return MHD_NO;
-            r->body = b;
-            r->cap = cap;
-        }
-        memcpy(r->body + r->len, upload_data, n);
-        r->len += n;
-        r->body[r->len] = 0;
-        *upload_size = 0;
-        return MHD_YES;
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n + 1) cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b) return MHD_NO;
+        r->body = b;
+        r->cap = cap;
     }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return MHD_YES;
+}
+
+/* Phase 6, dispatch: the body is complete; the route's handler answers
+ * with the segments captured by routing. */
+static enum MHD_Result dispatch(fd_req *r) {
     if (r->status) return MHD_YES;
     if (r->too_large) {
         cJSON *d = cJSON_CreateObject();
-        cJSON_AddNumberToObject(d, "max_bytes", (double)s->cfg.max_body);
+        cJSON_AddNumberToObject(d, "max_bytes", (double)r->srv->cfg.max_body);
         return fd_send_error(r, 413, "payload_too_large", d, "the body exceeds the limit of %zu bytes",
-                             s->cfg.max_body);
+                             r->srv->cfg.max_body);
     }
     if (r->route >= NROUTES) return fd_send_error(r, 404, "not_found", NULL, "no route");
-    char pbuf[1024], *segs[MAX_SEGS], *args[4] = {0};
-    int nseg = split_path(url, pbuf, sizeof pbuf, segs);
-    match(routes[r->route].pattern, segs, nseg, args);
-    enum MHD_Result ret = routes[r->route].fn(r, args);
+    enum MHD_Result ret = routes[r->route].fn(r, r->args);
     if (!r->status) /* a handler that forgot to answer is a bug: answer 500 */
         ret = fd_send_error(r, 500, "internal", NULL, "no response produced");
     return ret;
 }
 
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+    (void)version;
+    fd_req *r = *con_cls;
+    if (!r) return on_headers(cls, conn, url, method, con_cls);
+    if (*upload_size > 0) return accumulate(r, upload_data, upload_size);
+    return dispatch(r);
+}
+
+/* Phase 7, completion: release the inflight slot, record metrics, log the
+ * request in one line, free it. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
     (void)conn;

@@ -14,7 +14,7 @@ static const int codes[] = {200, 201, 202, 204, 400, 401, 403, 404, 405, 409,
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 #define NB (int)(sizeof buckets / sizeof buckets[0])
-#define MAXR 32
+#define MAXR FD_MAX_ROUTES /* route numbers: labels from the route table */
 
 struct fd_metrics {
     atomic_long req[MAXR][NCODES];
@@ -81,12 +81,13 @@ char *fd_metrics_render(fd_server *s, fd_db *db) {
            "# TYPE flowd_http_requests_total counter\n");
     for (int r = 0; r < fd_route_count && r < MAXR; r++)
         for (int c = 0; c < NCODES; c++) {
+            const char *label = fd_route_label(r);
             long v = atomic_load_explicit(&m->req[r][c], memory_order_relaxed);
             if (!v) continue;
             if (codes[c])
-                sb(&b, "flowd_http_requests_total{route=\"%s\",code=\"%d\"} %ld\n", fd_route_names[r], codes[c], v);
+                sb(&b, "flowd_http_requests_total{route=\"%s\",code=\"%d\"} %ld\n", label, codes[c], v);
             else
-                sb(&b, "flowd_http_requests_total{route=\"%s\",code=\"other\"} %ld\n", fd_route_names[r], v);
+                sb(&b, "flowd_http_requests_total{route=\"%s\",code=\"other\"} %ld\n", label, v);
         }
     sb(&b, "# HELP flowd_http_request_duration_seconds Request latency by route.\n"
            "# TYPE flowd_http_request_duration_seconds histogram\n");
@@ -94,19 +95,20 @@ char *fd_metrics_render(fd_server *s, fd_db *db) {
         long cum = 0, tot = 0;
         for (int i = 0; i <= NB; i++) tot += atomic_load_explicit(&m->hist[r][i], memory_order_relaxed);
         if (!tot) continue;
+        const char *label = fd_route_label(r);
         /* the same route name can label two table rows (GET and DELETE of a
          * model); their histograms are emitted under the same labels plus
          * the row number to keep series distinct */
         for (int i = 0; i < NB; i++) {
             cum += atomic_load_explicit(&m->hist[r][i], memory_order_relaxed);
             sb(&b, "flowd_http_request_duration_seconds_bucket{route=\"%s\",id=\"%d\",le=\"%g\"} %ld\n",
-               fd_route_names[r], r, buckets[i], cum);
+               label, r, buckets[i], cum);
         }
         sb(&b, "flowd_http_request_duration_seconds_bucket{route=\"%s\",id=\"%d\",le=\"+Inf\"} %ld\n",
-           fd_route_names[r], r, tot);
-        sb(&b, "flowd_http_request_duration_seconds_sum{route=\"%s\",id=\"%d\"} %.6f\n", fd_route_names[r], r,
+           label, r, tot);
+        sb(&b, "flowd_http_request_duration_seconds_sum{route=\"%s\",id=\"%d\"} %.6f\n", label, r,
            atomic_load_explicit(&m->sum[r], memory_order_relaxed));
-        sb(&b, "flowd_http_request_duration_seconds_count{route=\"%s\",id=\"%d\"} %ld\n", fd_route_names[r], r, tot);
+        sb(&b, "flowd_http_request_duration_seconds_count{route=\"%s\",id=\"%d\"} %ld\n", label, r, tot);
     }
     sb(&b, "# HELP flowd_rows_scored_total Rows scored by log_prob.\n# TYPE flowd_rows_scored_total counter\n"
            "flowd_rows_scored_total %ld\n", atomic_load(&m->rows_scored));

@@ -10,12 +10,14 @@
  *    with 2 cores, request threads and one training worker are the
  *    parallelism; BLAS threads on top would oversubscribe).
  *
- * A request's life: first callback allocates an fd_req and checks
- * Content-Length against the body limit (413 before reading); following
- * callbacks append the body (hard limit); the last one routes to a handler,
- * which validates input and either sends an error itself and returns, or
- * sends the success response.  Every response carries X-Request-Id and is
- * logged in one line. */
+ * A request's life (http.c): the first callback routes (keeping the
+ * captured path segments), authenticates, checks Content-Length against the
+ * body limit (413 before reading) and admits; following callbacks append the
+ * body (hard limit); the last one runs the route's handler, which validates
+ * input and either sends an error itself and returns, or sends the success
+ * response.  Every response goes out through the fd_send_* helpers of
+ * http.c, carries X-Request-Id and Cache-Control: no-store, and is logged in
+ * one line. */
 #ifndef FD_SERVER_H
 #define FD_SERVER_H
 
@@ -29,6 +31,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define FD_VERSION "0.1.0"
 
@@ -113,6 +116,9 @@ typedef struct fd_server {
     pthread_key_t db_key;  /* per-thread fd_db */
 } fd_server;
 
+#define FD_MAX_SEGS 8 /* path segments a route can have */
+#define FD_MAX_ARGS 4 /* captured {x} segments a route can have */
+
 /* One request. */
 typedef struct fd_req {
     fd_server *srv;
@@ -124,6 +130,8 @@ typedef struct fd_req {
     int too_large;
     int counted;           /* holds an inflight slot */
     int route;             /* index into the route table, for metrics */
+    char path[1024];       /* the URL split into segments by routing */
+    char *args[FD_MAX_ARGS]; /* captured {x} segments (into path), in order */
     double t0;
     int status;            /* sent status */
     size_t sent_bytes;
@@ -143,6 +151,31 @@ enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *de
                               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Map an FD_E* storage error to a response. */
 enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err);
+/* 200 with a built-in file (data is static, not taken): dashboard, OpenAPI. */
+enum MHD_Result fd_send_static(fd_req *r, const char *content_type, const void *data, size_t len);
+/* 200 with buf (taken) as an attachment: Content-Disposition names filename. */
+enum MHD_Result fd_send_download(fd_req *r, const char *content_type, void *buf, size_t len,
+                                 const char *filename);
+/* body (taken) as JSON, no trailing newline, with a Location header: the
+ * 201/202 replies that create a resource. */
+enum MHD_Result fd_send_json_at(fd_req *r, int status, cJSON *body, const char *location);
+
+/* Event streams (text/event-stream, 200).  The reader fills buf (at most
+ * max bytes) and returns the count, FD_STREAM_END to finish, or
+ * FD_STREAM_WAIT when it has nothing yet: the connection is then parked
+ * (MHD_suspend_connection) and the reader is called again after the next
+ * tick (100 ms) of the resumer thread, so an open stream holds no request
+ * thread.  done(cls) runs once when the stream ends (also when it cannot
+ * be started).  fd_streams_start/stop run the resumer thread with the
+ * daemon: stop wakes every parked stream (they end) before MHD stops;
+ * fd_streams_stopping() tells a reader that the daemon drains. */
+#define FD_STREAM_WAIT ((ssize_t)0)
+#define FD_STREAM_END ((ssize_t)-1)
+typedef ssize_t (*fd_stream_reader)(void *cls, char *buf, size_t max);
+enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls, void (*done)(void *cls));
+int fd_streams_start(void);
+void fd_streams_stop(void);
+int fd_streams_stopping(void);
 
 /* Query-string and header access. */
 const char *fd_req_query(fd_req *r, const char *key);
@@ -171,7 +204,8 @@ int fd_query_i64_or_reply(fd_req *r, const char *key, int64_t def, int64_t lo, i
 int fd_query_int_or_reply(fd_req *r, const char *key, int def, int lo, int hi, int *out);
 int fd_query_bool_or_reply(fd_req *r, const char *key, int def, int *out);
 
-/* Route handlers (api_*.c).  args: path segments captured by the route. */
+/* Route handlers (api_*.c).  args: the {x} segments captured by routing,
+ * in the order of the route's pattern. */
 typedef enum MHD_Result (*fd_handler)(fd_req *r, char **args);
 enum MHD_Result fd_api_models_list(fd_req *r, char **a);
 enum MHD_Result fd_api_model_get(fd_req *r, char **a);
@@ -190,11 +224,9 @@ enum MHD_Result fd_api_jobs_list(fd_req *r, char **a);
 enum MHD_Result fd_api_job_get(fd_req *r, char **a);
 enum MHD_Result fd_api_job_metrics(fd_req *r, char **a);
 enum MHD_Result fd_api_job_events(fd_req *r, char **a);
-/* the thread that wakes parked event streams (api_jobs.c): started with the
- * daemon; stop wakes every parked stream (they end) before MHD stops */
-int fd_streams_start(void);
-void fd_streams_stop(void);
 enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
+enum MHD_Result fd_api_openapi(fd_req *r, char **a);
+enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
 
 /* Metrics (metrics.c): counters are lock-free. */
 fd_metrics *fd_metrics_create(void);
@@ -208,9 +240,14 @@ char *fd_metrics_render(fd_server *s, fd_db *db);
 int fd_server_start(fd_server *s, char *err, size_t errlen);
 void fd_server_stop(fd_server *s);
 
-/* Route names for metrics labels; index = route number. */
-extern const char *const fd_route_names[];
+/* Routes for metrics: route numbers 0..fd_route_count-1, the rows of the
+ * route table and then one for requests that matched none.  The label is
+ * the row's pattern ("/v1/models/{name}"), "unmatched" for the last;
+ * fd_route_method is "" for it. */
+#define FD_MAX_ROUTES 32
 extern const int fd_route_count;
+const char *fd_route_label(int route);
+const char *fd_route_method(int route);
 
 double fd_now(void); /* monotonic seconds */
 
