@@ -75,14 +75,13 @@ $(BUILD)/libflowcore.a: $(CORE_F32)
 $(BUILD)/libflowcore_f64.a: $(CORE_F64)
 	ar rcs $@ $^
 
-# --whole-archive: layer constructors are found through weak references
 $(BUILD)/test_core: $(TCORE_F32) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F32) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F32) $(BUILD)/libflowcore.a $(CORE_LIBS)
 $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) -Wl,--whole-archive $(BUILD)/libflowcore_f64.a -Wl,--no-whole-archive $(CORE_LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) $(BUILD)/libflowcore_f64.a $(CORE_LIBS)
 
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 
 # flowctl, the command-line client: libcurl + cJSON, and server/png.c for -o out.png
 $(BUILD)/flowctl: $(CLIENT_OBJ)
@@ -105,10 +104,10 @@ $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 # the server test binary links the daemon's code (not main.c) and starts the
 # real flowd binary for end-to-end tests
 $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) -Wl,--whole-archive $(BUILD)/libflowcore.a -Wl,--no-whole-archive $(CORE_LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
 
 # make run: a database under data/, a small demo model (trained in a few
 # seconds on 2-D moons) if there is none, then the daemon in the foreground

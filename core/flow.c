@@ -22,26 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen); /* presets.c */
-
-/* Constructors written in other files; weak so a partial build still links
- * (a missing kind reports "unknown layer type", and a test checks that none
- * is missing in a full build). */
-#define WEAK __attribute__((weak))
-WEAK int nf_actnorm_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_permute_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_lu_linear_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_additive_coupling_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_affine_coupling_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_maf_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_iaf_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_spline_coupling_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_spline_ar_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_leaky_relu_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_batchnorm_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_logit_create(nf_layer *, const cJSON *, char *, size_t);
-WEAK int nf_elementwise_affine_create(nf_layer *, const cJSON *, char *, size_t);
-
+/* The layer registry: one row per layer type, naming the constructor that its
+ * own file defines (declared in nf_internal.h).  The references are strong,
+ * so linking flow.o links every layer family: a new family is its .c file,
+ * its constructor's declaration and one row here (docs/architecture.md,
+ * "How to add a layer"; flow_registry_* in tests/core/test_flow.c checks
+ * that the schema, the fuzz corpus and the allocation-failure test know it). */
 const nf_layer_kind nf_layer_kinds[] = {
     {"actnorm", nf_actnorm_create},
     {"permute", nf_permute_create},
@@ -114,7 +100,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
     if ((rc = nf_json_int(spec, "dim", 0, 1, NF_MAX_DIM, &f->D, err, errlen))) return rc;
-    if (!cJSON_GetObjectItemCaseSensitive(spec, "dim")) {
+    if (!nf_json_get(spec, "dim")) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }

@@ -6,6 +6,7 @@
 #include "nf_internal.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,45 +59,61 @@ static void prefix(char *err, size_t errlen, const char *path) {
     snprintf(err, errlen, "%s", tmp);
 }
 
-int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *err,
-                 size_t errlen) {
-    memset(j, 0, sizeof *j);
-    nf_train_config_default(&j->train);
-    j->standardize = -1;
-    j->val_fraction = 0.1;
-    j->builtin_noise = -1;
-    j->logit_alpha = 1e-6;
+/* ---- the train block, as a table (job.h) ------------------------------------ */
+static const char *const optimizer_names[] = {"adam", "adamw", NULL};
+static const char *const schedule_names[] = {"constant", "cosine", "plateau", NULL};
+_Static_assert(sizeof(nf_opt_kind) == sizeof(int) && sizeof(nf_sched_kind) == sizeof(int),
+               "enum rows are stored as int");
+_Static_assert(NF_OPT_ADAMW == 1 && NF_SCHED_COSINE == 1 && NF_SCHED_PLATEAU == 2,
+               "enum rows are indices into their names");
+
+#define TR(f) offsetof(nf_job, train.f)
+static const nf_field early_stopping_fields[] = {
+    {"patience", NF_FIELD_INT, 1, 1000000, 20, TR(es_patience), NULL, NULL},
+    {"min_delta", NF_FIELD_NUM, 0, 1e6, 1e-4, TR(es_min_delta), NULL, NULL},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
+};
+
+const nf_field nf_job_train_fields[] = {
+    {"epochs", NF_FIELD_INT, 1, 100000, 100, TR(epochs), NULL, NULL},
+    {"batch_size", NF_FIELD_INT, 1, 65536, 256, TR(batch_size), NULL, NULL},
+    {"lr", NF_FIELD_NUM, 1e-12, 10, 1e-3, TR(lr), NULL, NULL},
+    {"optimizer", NF_FIELD_ENUM, 0, 0, NF_OPT_ADAM, TR(optimizer), optimizer_names, NULL},
+    {"weight_decay", NF_FIELD_NUM, 0, 10, 0, TR(weight_decay), NULL, NULL},
+    {"clip_grad_norm", NF_FIELD_NUM, 0, 1e9, 0, TR(clip_grad_norm), NULL, NULL},
+    {"warmup_steps", NF_FIELD_INT, 0, 100000000, 0, TR(warmup_steps), NULL, NULL},
+    {"schedule", NF_FIELD_ENUM, 0, 0, NF_SCHED_CONSTANT, TR(schedule), schedule_names, NULL},
+    {"early_stopping", NF_FIELD_OBJECT, 0, 0, 0, 0, NULL, early_stopping_fields},
+    {"val_fraction", NF_FIELD_NUM, 0, 0.9, 0.1, offsetof(nf_job, val_fraction), NULL, NULL},
+    {"test_fraction", NF_FIELD_NUM, 0, 0.9, 0, offsetof(nf_job, test_fraction), NULL, NULL},
+    {"seed", NF_FIELD_SEED, 0, NF_JSON_SEED_MAX, 0, TR(seed), NULL, NULL},
+    {"lr_min", NF_FIELD_NUM, 0, 10, 0, TR(lr_min), NULL, NULL},
+    {"plateau_factor", NF_FIELD_NUM, 1e-6, 0.999999, 0.5, TR(plateau_factor), NULL, NULL},
+    {"plateau_patience", NF_FIELD_INT, 0, 1000000, 5, TR(plateau_patience), NULL, NULL},
+    {"jacobian_l2", NF_FIELD_NUM, 0, 1e6, 0, TR(jacobian_l2), NULL, NULL},
+    {"log_every", NF_FIELD_INT, 1, 1000000, 50, TR(log_every), NULL, NULL},
+    {"max_bad_batches", NF_FIELD_INT, 1, 1000000, 10, TR(max_bad_batches), NULL, NULL},
+    {"max_seconds", NF_FIELD_NUM, 0, 1e9, 0, TR(max_seconds), NULL, NULL},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
+};
+#undef TR
+
+/* ---- the other blocks ---------------------------------------------------------- */
+static int parse_dataset(const cJSON *ds, int allow_path, nf_job *j, char *err, size_t errlen) {
     int rc = 0, call_rc;
-    cJSON *o = cJSON_ParseWithLength(json, len);
     const cJSON *v;
-    if (!o) FAIL("the job is not valid JSON");
-    static const char *const top[] = {"submission_id", "model", "dataset", "flow", "train",
-                                      "preprocess", NULL};
-    TRY(nf_json_check_keys(o, top, err, errlen), "job");
-    v = cJSON_GetObjectItemCaseSensitive(o, "submission_id");
-    if (v) {
-        if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 128)
-            FAIL("submission_id: must be a string of 1 to 128 characters");
-        strcpy(j->submission_id, v->valuestring);
-    }
-    v = cJSON_GetObjectItemCaseSensitive(o, "model");
-    if (!cJSON_IsString(v) || !nf_valid_name(v->valuestring))
-        FAIL("model: required, 1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)");
-    strcpy(j->model, v->valuestring);
-    /* dataset */
-    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(o, "dataset");
     if (!cJSON_IsObject(ds)) FAIL("dataset: required object, {\"id\":...} or {\"builtin\":...}");
-    if (cJSON_GetObjectItemCaseSensitive(ds, "id")) {
+    if (nf_json_get(ds, "id")) {
         static const char *const k[] = {"id", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
-        v = cJSON_GetObjectItemCaseSensitive(ds, "id");
+        v = nf_json_get(ds, "id");
         if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 64)
             FAIL("dataset.id: must be a dataset id string");
         strcpy(j->dataset_id, v->valuestring);
-    } else if (cJSON_GetObjectItemCaseSensitive(ds, "builtin")) {
+    } else if (nf_json_get(ds, "builtin")) {
         static const char *const k[] = {"builtin", "n", "noise", "seed", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
-        v = cJSON_GetObjectItemCaseSensitive(ds, "builtin");
+        v = nf_json_get(ds, "builtin");
         int ok = 0;
         for (const char *const *nm = nf_data_builtin_names(); cJSON_IsString(v) && *nm; nm++)
             ok |= !strcmp(*nm, v->valuestring);
@@ -104,20 +121,15 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
             FAIL("dataset.builtin: must be one of moons, circles, 8gaussians, checkerboard, "
                  "pinwheel, 2spirals, rings");
         snprintf(j->builtin, sizeof j->builtin, "%s", v->valuestring);
-        double n, seed;
-        TRY(nf_json_num(ds, "n", 10000, 1, 10000000, &n, err, errlen), "dataset");
-        if (n != floor(n)) FAIL("dataset.n: must be an integer");
-        j->builtin_n = (int64_t)n;
+        TRY(nf_json_i64(ds, "n", 10000, 1, 10000000, &j->builtin_n, err, errlen), "dataset");
         TRY(nf_json_num(ds, "noise", -1, 0, 10, &j->builtin_noise, err, errlen), "dataset");
-        if (!cJSON_GetObjectItemCaseSensitive(ds, "noise")) j->builtin_noise = -1;
-        TRY(nf_json_num(ds, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen), "dataset");
-        j->builtin_seed = (uint64_t)seed;
-    } else if (allow_path && cJSON_GetObjectItemCaseSensitive(ds, "path")) {
+        TRY(nf_json_seed(ds, "seed", 0, &j->builtin_seed, err, errlen), "dataset");
+    } else if (allow_path && nf_json_get(ds, "path")) {
         static const char *const k[] = {"path", "format", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
-        v = cJSON_GetObjectItemCaseSensitive(ds, "path");
+        v = nf_json_get(ds, "path");
         if (!cJSON_IsString(v)) FAIL("dataset.path: must be a string");
-        j->path = nf_strdup(v->valuestring);
+        if (!(j->path = nf_strdup(v->valuestring))) FAIL("out of memory");
         const char *fmt = nf_json_str(ds, "format", "auto");
         if (!fmt || nf_data_format_parse(fmt, &j->path_format))
             FAIL("dataset.format: must be auto, csv, npy, idx or json");
@@ -125,112 +137,155 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
         FAIL(allow_path ? "dataset: give {\"id\"}, {\"builtin\"} or {\"path\"}"
                         : "dataset: give {\"id\":...} or {\"builtin\":...}");
     }
-    /* flow */
-    const cJSON *fl = cJSON_GetObjectItemCaseSensitive(o, "flow");
+out:
+    return rc;
+}
+
+static int parse_flow(const cJSON *fl, nf_job *j, char *err, size_t errlen) {
+    int rc = 0;
     if (!cJSON_IsObject(fl)) FAIL("flow: required object, {\"preset\":...} or {\"layers\":[...]}");
     if (cJSON_GetObjectItemCaseSensitive(fl, "dim"))
         FAIL("flow.dim: set by the dataset, leave it out");
-    if (!cJSON_GetObjectItemCaseSensitive(fl, "preset") &&
-        !cJSON_GetObjectItemCaseSensitive(fl, "layers"))
+    if (!nf_json_get(fl, "preset") && !nf_json_get(fl, "layers"))
         FAIL("flow: needs \"preset\" or \"layers\"");
-    v = cJSON_GetObjectItemCaseSensitive(fl, "context_dim");
+    if ((rc = nf_json_check_finite(fl, err, errlen))) {
+        prefix(err, errlen, "flow");
+        goto out;
+    }
+    const cJSON *v = nf_json_get(fl, "context_dim");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
         FAIL("flow.context_dim: training conditional flows from a job is not supported yet");
-    j->flow = cJSON_Duplicate(fl, 1);
-    /* train */
-    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(o, "train");
-    if (tr) {
-        static const char *const k[] = {
-            "epochs", "batch_size", "lr", "optimizer", "weight_decay", "clip_grad_norm",
-            "warmup_steps", "schedule", "early_stopping", "val_fraction", "seed", "lr_min",
-            "plateau_factor", "plateau_patience", "jacobian_l2", "test_fraction", "log_every",
-            "max_bad_batches", "max_seconds", NULL};
-        nf_train_config *c = &j->train;
-        double seed;
-        TRY(nf_json_check_keys(tr, k, err, errlen), "train");
-        TRY(nf_json_int(tr, "epochs", c->epochs, 1, 100000, &c->epochs, err, errlen), "train");
-        TRY(nf_json_int(tr, "batch_size", c->batch_size, 1, 65536, &c->batch_size, err, errlen), "train");
-        TRY(nf_json_num(tr, "lr", c->lr, 1e-12, 10, &c->lr, err, errlen), "train");
-        TRY(nf_json_num(tr, "weight_decay", 0, 0, 10, &c->weight_decay, err, errlen), "train");
-        TRY(nf_json_num(tr, "clip_grad_norm", 0, 0, 1e9, &c->clip_grad_norm, err, errlen), "train");
-        TRY(nf_json_int(tr, "warmup_steps", 0, 0, 100000000, &c->warmup_steps, err, errlen), "train");
-        TRY(nf_json_num(tr, "val_fraction", 0.1, 0, 0.9, &j->val_fraction, err, errlen), "train");
-        TRY(nf_json_num(tr, "test_fraction", 0, 0, 0.9, &j->test_fraction, err, errlen), "train");
-        TRY(nf_json_num(tr, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen), "train");
-        c->seed = (uint64_t)seed;
-        TRY(nf_json_num(tr, "lr_min", 0, 0, 10, &c->lr_min, err, errlen), "train");
-        TRY(nf_json_num(tr, "plateau_factor", 0.5, 1e-6, 0.999999, &c->plateau_factor, err, errlen), "train");
-        TRY(nf_json_int(tr, "plateau_patience", 5, 0, 1000000, &c->plateau_patience, err, errlen), "train");
-        TRY(nf_json_num(tr, "jacobian_l2", 0, 0, 1e6, &c->jacobian_l2, err, errlen), "train");
-        TRY(nf_json_int(tr, "log_every", 50, 1, 1000000, &c->log_every, err, errlen), "train");
-        TRY(nf_json_int(tr, "max_bad_batches", 10, 1, 1000000, &c->max_bad_batches, err, errlen), "train");
-        TRY(nf_json_num(tr, "max_seconds", 0, 0, 1e9, &c->max_seconds, err, errlen), "train");
-        const char *s = nf_json_str(tr, "optimizer", "adam");
-        if (!s || (strcmp(s, "adam") && strcmp(s, "adamw")))
-            FAIL("train.optimizer: must be \"adam\" or \"adamw\"");
-        c->optimizer = !strcmp(s, "adamw") ? NF_OPT_ADAMW : NF_OPT_ADAM;
-        s = nf_json_str(tr, "schedule", "constant");
-        if (!s || nf_sched_parse(s, &c->schedule))
-            FAIL("train.schedule: must be \"constant\", \"cosine\" or \"plateau\"");
-        const cJSON *es = cJSON_GetObjectItemCaseSensitive(tr, "early_stopping");
-        if (es && !cJSON_IsNull(es)) {
-            static const char *const ek[] = {"patience", "min_delta", NULL};
-            TRY(nf_json_check_keys(es, ek, err, errlen), "train.early_stopping");
-            TRY(nf_json_int(es, "patience", 20, 1, 1000000, &c->es_patience, err, errlen), "train.early_stopping");
-            TRY(nf_json_num(es, "min_delta", 1e-4, 0, 1e6, &c->es_min_delta, err, errlen), "train.early_stopping");
-        }
-        if (j->val_fraction + j->test_fraction >= 0.95)
-            FAIL("train: val_fraction + test_fraction must leave rows to train on");
+    if (!(j->flow = cJSON_Duplicate(fl, 1))) FAIL("out of memory");
+out:
+    return rc;
+}
+
+static int parse_dequantize(const cJSON *dq, nf_job *j, char *err, size_t errlen) {
+    int rc = 0, call_rc;
+    static const char *const dk[] = {"kind", "levels", "flow", NULL};
+    TRY(nf_json_check_keys(dq, dk, err, errlen), "preprocess.dequantize");
+    const char *kind = nf_json_str(dq, "kind", "uniform");
+    if (!kind || (strcmp(kind, "uniform") && strcmp(kind, "variational")))
+        FAIL("preprocess.dequantize.kind: must be \"uniform\" or \"variational\"");
+    j->variational = !strcmp(kind, "variational");
+    const cJSON *qf = nf_json_get(dq, "flow");
+    if (qf && !j->variational) FAIL("preprocess.dequantize.flow: only for \"kind\":\"variational\"");
+    if (qf) {
+        if (!cJSON_IsObject(qf) || (!nf_json_get(qf, "preset") && !nf_json_get(qf, "layers")))
+            FAIL("preprocess.dequantize.flow: needs \"preset\" or \"layers\"");
+        TRY(nf_json_check_finite(qf, err, errlen), "preprocess.dequantize.flow");
+        if (cJSON_GetObjectItemCaseSensitive(qf, "dim") ||
+            cJSON_GetObjectItemCaseSensitive(qf, "context_dim"))
+            FAIL("preprocess.dequantize.flow: dim and context_dim are set by the dataset, leave them out");
+        if (!(j->dequantizer = cJSON_Duplicate(qf, 1))) FAIL("out of memory");
     }
-    /* preprocess */
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(o, "preprocess");
-    if (pp) {
-        static const char *const k[] = {"standardize", "dequantize", "logit", NULL};
-        TRY(nf_json_check_keys(pp, k, err, errlen), "preprocess");
-        if (cJSON_GetObjectItemCaseSensitive(pp, "standardize"))
-            TRY(nf_json_bool(pp, "standardize", 1, &j->standardize, err, errlen), "preprocess");
-        const cJSON *dq = cJSON_GetObjectItemCaseSensitive(pp, "dequantize");
-        if (dq && !cJSON_IsNull(dq) && !cJSON_IsFalse(dq)) {
-            static const char *const dk[] = {"kind", "levels", "flow", NULL};
-            TRY(nf_json_check_keys(dq, dk, err, errlen), "preprocess.dequantize");
-            const char *kind = nf_json_str(dq, "kind", "uniform");
-            if (!kind || (strcmp(kind, "uniform") && strcmp(kind, "variational")))
-                FAIL("preprocess.dequantize.kind: must be \"uniform\" or \"variational\"");
-            j->variational = !strcmp(kind, "variational");
-            const cJSON *qf = cJSON_GetObjectItemCaseSensitive(dq, "flow");
-            if (qf && !j->variational)
-                FAIL("preprocess.dequantize.flow: only for \"kind\":\"variational\"");
-            if (qf) {
-                if (!cJSON_IsObject(qf) || (!cJSON_GetObjectItemCaseSensitive(qf, "preset") &&
-                                            !cJSON_GetObjectItemCaseSensitive(qf, "layers")))
-                    FAIL("preprocess.dequantize.flow: needs \"preset\" or \"layers\"");
-                if (cJSON_GetObjectItemCaseSensitive(qf, "dim") ||
-                    cJSON_GetObjectItemCaseSensitive(qf, "context_dim"))
-                    FAIL("preprocess.dequantize.flow: dim and context_dim are set by the dataset, leave them out");
-                j->dequantizer = cJSON_Duplicate(qf, 1);
-                if (!j->dequantizer) FAIL("out of memory");
-            }
-            TRY(nf_json_int(dq, "levels", 256, 2, 65536, &j->levels, err, errlen), "preprocess.dequantize");
-            j->dequantize = 1;
+    TRY(nf_json_int(dq, "levels", 256, 2, 65536, &j->levels, err, errlen), "preprocess.dequantize");
+    j->dequantize = 1;
+out:
+    return rc;
+}
+
+static int parse_preprocess(const cJSON *pp, nf_job *j, char *err, size_t errlen) {
+    int rc = 0, call_rc;
+    if (!pp) return 0;
+    static const char *const k[] = {"standardize", "dequantize", "logit", NULL};
+    TRY(nf_json_check_keys(pp, k, err, errlen), "preprocess");
+    TRY(nf_json_bool(pp, "standardize", -1, &j->standardize, err, errlen), "preprocess");
+    const cJSON *dq = nf_json_get(pp, "dequantize");
+    if (dq && !cJSON_IsFalse(dq) && (rc = parse_dequantize(dq, j, err, errlen))) goto out;
+    const cJSON *lg = nf_json_get(pp, "logit");
+    if (lg && !cJSON_IsFalse(lg)) {
+        static const char *const lk[] = {"alpha", NULL};
+        if (!cJSON_IsTrue(lg)) {
+            TRY(nf_json_check_keys(lg, lk, err, errlen), "preprocess.logit");
+            TRY(nf_json_num(lg, "alpha", 1e-6, 0, 0.1, &j->logit_alpha, err, errlen), "preprocess.logit");
         }
-        const cJSON *lg = cJSON_GetObjectItemCaseSensitive(pp, "logit");
-        if (lg && !cJSON_IsNull(lg) && !cJSON_IsFalse(lg)) {
-            static const char *const lk[] = {"alpha", NULL};
-            if (!cJSON_IsTrue(lg)) {
-                TRY(nf_json_check_keys(lg, lk, err, errlen), "preprocess.logit");
-                TRY(nf_json_num(lg, "alpha", 1e-6, 0, 0.1, &j->logit_alpha, err, errlen), "preprocess.logit");
-            }
-            j->logit = 1;
-        }
-        if (j->logit && j->standardize == 1)
-            FAIL("preprocess: choose standardize or logit, not both");
+        j->logit = 1;
     }
+    if (j->logit && j->standardize == 1) FAIL("preprocess: choose standardize or logit, not both");
+out:
+    return rc;
+}
+
+int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_t errlen) {
+    memset(j, 0, sizeof *j);
+    nf_train_config_default(&j->train);
+    j->standardize = -1;
+    j->builtin_noise = -1;
+    j->logit_alpha = 1e-6;
+    int rc = 0, call_rc;
+    const cJSON *v;
+    static const char *const top[] = {"submission_id", "model", "dataset", "flow", "train",
+                                      "preprocess", NULL};
+    TRY(nf_json_check_keys(o, top, err, errlen), "job");
+    if ((v = nf_json_get(o, "submission_id"))) {
+        if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 128)
+            FAIL("submission_id: must be a string of 1 to 128 characters");
+        strcpy(j->submission_id, v->valuestring);
+    }
+    v = nf_json_get(o, "model");
+    if (!cJSON_IsString(v) || !nf_valid_name(v->valuestring))
+        FAIL("model: required, 1-64 characters of A-Z a-z 0-9 . _ - (not starting with .)");
+    strcpy(j->model, v->valuestring);
+    if ((rc = parse_dataset(nf_json_get(o, "dataset"), allow_path, j, err, errlen)) ||
+        (rc = parse_flow(nf_json_get(o, "flow"), j, err, errlen)))
+        goto out;
+    TRY(nf_json_fields(nf_json_get(o, "train"), nf_job_train_fields, j, err, errlen), "train");
+    if (j->val_fraction + j->test_fraction >= 0.95)
+        FAIL("train: val_fraction + test_fraction must leave rows to train on");
+    if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen))) goto out;
     if (j->standardize < 0) j->standardize = !j->logit;
     j->train.dequantize = j->dequantize;
     j->train.levels = j->levels;
 out:
-    cJSON_Delete(o);
     if (rc) nf_job_free(j);
+    return rc;
+}
+
+int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *err,
+                 size_t errlen) {
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    if (!o) {
+        memset(j, 0, sizeof *j);
+        nf_set_err(err, errlen, "the job is not valid JSON");
+        return NF_EINVAL;
+    }
+    int rc = nf_job_from_json(o, allow_path, j, err, errlen);
+    cJSON_Delete(o);
+    return rc;
+}
+
+int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double vmax, char *err,
+                 size_t errlen) {
+    if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] */
+        dim = 2;
+        is_integer = 0;
+        vmin = -4;
+        vmax = 4;
+    }
+    nf_data probe = {0};
+    int rc = nf_data_alloc(&probe, 2, dim, err, errlen);
+    if (rc) return rc;
+    for (int i = 0; i < dim; i++) {
+        probe.x[i] = (nf_real)vmin;
+        probe.x[dim + i] = (nf_real)vmax;
+    }
+    probe.is_integer = is_integer;
+    probe.vmin = vmin;
+    probe.vmax = vmax;
+    cJSON *pp = NULL;
+    nf_flow *f = NULL;
+    char ferr[300] = "";
+    char *spec = nf_job_flow_spec(j, &probe, &pp, err, errlen);
+    if (!spec) {
+        rc = NF_EINVAL;
+    } else if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
+        nf_set_err(err, errlen, "flow: %s", ferr);
+    }
+    nf_flow_free(f);
+    nf_free(spec);
+    cJSON_Delete(pp);
+    nf_data_free(&probe);
     return rc;
 }
 

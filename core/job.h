@@ -36,6 +36,7 @@
 #define NF_JOB_H
 
 #include "data.h"
+#include "nf_json.h"
 #include "train.h"
 
 #include <cjson/cJSON.h>
@@ -63,8 +64,25 @@ typedef struct nf_job {
 } nf_job;
 
 /* allow_path: accept {"path":...} datasets (offline CLI).  On failure the
- * message in err names the field.  Free with nf_job_free. */
+ * message in err names the field.  Free with nf_job_free.  nf_job_from_json
+ * reads an already parsed body (o borrowed).  Optional fields given as null
+ * take their defaults (nf_json.h). */
 int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *out, char *err,
+                 size_t errlen);
+int nf_job_from_json(const cJSON *o, int allow_path, nf_job *out, char *err, size_t errlen);
+
+/* The "train" block: one row per field (name, type, range, default, where
+ * it lands in nf_job), terminated by name NULL.  nf_job_parse reads it;
+ * tests/core/test_job.c holds it against schema/job.schema.json. */
+extern const nf_field nf_job_train_fields[];
+
+/* The dry run of a submitted job: build the flow it would train (presets,
+ * layers, preprocessing) on a two-row stand-in for its dataset, so that a
+ * bad preset, layer or preprocessing choice is refused at submission and not
+ * discovered by a worker.  dim, is_integer, vmin, vmax describe a stored
+ * dataset; dim 0 takes the built-in sets' shape (2 columns within [-4, 4]).
+ * Returns 0 or NF_EINVAL with the message in err. */
+int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double vmax, char *err,
                  size_t errlen);
 void nf_job_free(nf_job *j);
 /* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */

@@ -1,6 +1,26 @@
 /* nf_internal.h: how layers, conditioner networks and the flow fit together.
  * Not installed; used by the core sources and the unit tests.
  *
+ * A map of core/ (nf.h is its public API), each stage using only those
+ * before it.  Runtime: alloc.c/alloc.h (every allocation, and cJSON's,
+ * behind a hook tests can fail), util.c (status strings, RNG, CRC-32, the
+ * spec getters and BLAS calls declared below), pool.c/pool.h (the thread
+ * team of a workspace), kern.c/kern.h (hand-written kernels).  Layers: one
+ * file per family, each defining the constructor declared below --
+ * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
+ * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c -- on
+ * the conditioner networks of net.c (made_inc.h: incremental MADE), and
+ * base.c for the base distributions.  Flow and presets: flow.c (the layer
+ * registry nf_layer_kinds, building a flow from a spec, workspaces, the
+ * passes and their gradients, parameter blobs) and presets.c (a table of
+ * presets expanded into explicit specs).  Then optim.c (Adam/AdamW and its
+ * state), train.c/train.h (the trainer: batches, validation, checkpoints),
+ * model.c/model.h (the model file: spec, preprocessing, parameters) and
+ * data.c/data.h (loaders and toy generators).  Last, job.c/job.h: a
+ * training job of the HTTP API, which ties data, presets, trainer and
+ * model together.  docs/architecture.md says which files and tests to
+ * touch to add a layer or a preset.
+ *
  * A layer is a struct nf_layer with a table of operations (nf_layer_ops).
  * Parameters of all layers live in one contiguous buffer owned by the flow;
  * a layer sees params + L->param_off.  The gradient buffer mirrors it.
@@ -23,6 +43,7 @@
 #define NF_INTERNAL_H
 
 #include "nf.h"
+#include "nf_json.h"
 #include <cjson/cJSON.h>
 
 typedef struct nf_layer nf_layer;
@@ -91,6 +112,14 @@ int nf_leaky_relu_create(nf_layer *L, const cJSON *spec, char *err, size_t errle
 int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+
+/* ---- presets (core/presets.c) ---------------------------------------------
+ * Expand {"dim", "preset", "depth"?, "hidden"?, ...} into an explicit flow
+ * spec {"dim", "seed", "layers":[...], ...} (*out, the caller's to delete).
+ * Returns 0, NF_EINVAL with a message in err, or NF_ENOMEM. */
+int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
+/* the name of preset i (0, 1, ...; table order), NULL past the last */
+const char *nf_preset_name(int i);
 
 /* ---- conditioner networks (core/net.c) ------------------------------------
  * A net maps an input row u (in) plus an optional context row c (ctx) to an
@@ -212,18 +241,7 @@ int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size
 
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
-/* read optional fields from a spec, with type checks */
-int nf_json_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
-                char *err, size_t errlen);
-int nf_json_num(const cJSON *o, const char *key, double def, double lo, double hi,
-                double *out, char *err, size_t errlen);
-int nf_json_bool(const cJSON *o, const char *key, int def, int *out, char *err, size_t errlen);
-const char *nf_json_str(const cJSON *o, const char *key, const char *def);
-/* "hidden": int or list of ints (each 1..65536), at most maxn. Returns count or <0. */
-int nf_json_int_list(const cJSON *o, const char *key, const int *def, int ndef, int *out,
-                     int maxn, char *err, size_t errlen);
-/* Reject keys of o not in the NULL-terminated allowed list. */
-int nf_json_check_keys(const cJSON *o, const char *const *allowed, char *err, size_t errlen);
+/* the JSON field getters (nf_json_int, nf_json_check_keys, ...): nf_json.h */
 
 /* C = alpha * A(M,K) * op(B) + beta * C, row-major; transA/transB 0 or 1.
  * Goes to cblas_sgemm/dgemm; nf_gemm_ref is the plain-loop twin for tests. */

@@ -4,28 +4,19 @@
  * expands into an explicit layer list (what nf_flow_config_json returns), so
  * a preset model is stored and reloaded like any hand-written spec.
  *
- * Defaults follow the papers' tabular/toy settings, scaled to vector data:
- *   realnvp  (Dinh 2016):   depth 8 affine couplings, alternating even/odd
- *                           masks, MLP [128,128]
- *   nice     (Dinh 2014):   depth 4 additive couplings, MLP [128,128,128],
- *                           then a learnable diagonal scaling (actnorm
- *                           without data init)
- *   maf      (Papamakarios 2017): depth 5 MADE affine layers [512,512],
- *                           reversing the order between layers
- *   iaf      (Kingma 2016): as maf with inverse autoregressive layers
- *   nsf      (Durkan 2019): depth 5 rational-quadratic spline couplings,
- *                           8 bins, tail bound 3, resnet [256] x 2 blocks,
- *                           alternating masks, LU linear between steps
- *   nsf_ar   (Durkan 2019): depth 5 autoregressive RQ splines, MADE
- *                           [128,128], reversed between layers
- *   glow     (Kingma 2018): depth 8 steps of actnorm, LU linear, affine
- *                           coupling [256,256]
+ * Every preset is one row of the table below (presets[]): its name,
+ * the layer type it repeats, its default depth and hidden widths, whether
+ * it needs dim >= 2 (coupling masks), and a function that appends step k of
+ * depth (plus an optional one that appends layers after the last step).
+ * All presets take the same overrides (the keys above); those a preset has
+ * no use for (bins for realnvp, say) are accepted and ignored.  The rows
+ * cite the papers whose tabular/toy settings they follow, scaled to vector
+ * data.
  */
 #include "nf_internal.h"
 
+#include <stdio.h>
 #include <string.h>
-
-int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
 
 /* The builders below count failed allocations in *bad instead of checking
  * each call: an item that could not be attached is deleted (cJSON leaves it
@@ -55,6 +46,122 @@ static void add_hidden(cJSON *l, const int *h, int nh, const char *act, int *bad
     ADD_STR(l, "activation", act);
 }
 
+/* What the step builders read: the spec's numbers, range-checked. */
+typedef struct preset_args {
+    const char *layer; /* the preset's layer type */
+    int D, depth, bins, nh, hidden[16];
+    double tail, seed;
+    const char *act;   /* canonical activation name */
+} preset_args;
+
+typedef void (*preset_step_fn)(cJSON *arr, const preset_args *a, int k, int *bad);
+typedef void (*preset_end_fn)(cJSON *arr, const preset_args *a, int *bad);
+
+static const char *mask_of(int k) { return k % 2 ? "odd" : "even"; }
+
+/* a coupling layer (a->layer) with alternating masks and an MLP */
+static void step_coupling(cJSON *arr, const preset_args *a, int k, int *bad) {
+    cJSON *l = layer(arr, a->layer, bad);
+    ADD_STR(l, "mask", mask_of(k));
+    add_hidden(l, a->hidden, a->nh, a->act, bad);
+}
+
+/* between autoregressive steps: reverse the order of the dimensions */
+static void reverse_between(cJSON *arr, const preset_args *a, int k, int *bad) {
+    if (k < a->depth - 1 && a->D > 1) {
+        cJSON *l = layer(arr, "permute", bad);
+        ADD_STR(l, "order", "reverse");
+    }
+}
+
+/* between coupling steps: a learnt mixing of the dimensions */
+static void lu_linear(cJSON *arr, const preset_args *a, int k, int *bad) {
+    cJSON *l = layer(arr, "lu_linear", bad);
+    ADD_NUM(l, "seed", a->seed + k);
+}
+
+/* a MADE layer (a->layer: maf or iaf) */
+static void step_made(cJSON *arr, const preset_args *a, int k, int *bad) {
+    cJSON *l = layer(arr, a->layer, bad);
+    add_hidden(l, a->hidden, a->nh, a->act, bad);
+    reverse_between(arr, a, k, bad);
+}
+
+static void step_spline_ar(cJSON *arr, const preset_args *a, int k, int *bad) {
+    cJSON *l = layer(arr, "spline_ar", bad);
+    add_hidden(l, a->hidden, a->nh, a->act, bad);
+    ADD_NUM(l, "bins", a->bins);
+    ADD_NUM(l, "tail_bound", a->tail);
+    reverse_between(arr, a, k, bad);
+}
+
+/* a spline coupling with a resnet conditioner (one width), LU between */
+static void step_nsf(cJSON *arr, const preset_args *a, int k, int *bad) {
+    cJSON *l = layer(arr, "spline_coupling", bad);
+    ADD_STR(l, "mask", mask_of(k));
+    ADD_STR(l, "net", "resnet");
+    add(l, "hidden", cJSON_CreateIntArray(a->hidden, 1), bad);
+    ADD_NUM(l, "blocks", 2);
+    ADD_STR(l, "activation", a->act);
+    ADD_NUM(l, "bins", a->bins);
+    ADD_NUM(l, "tail_bound", a->tail);
+    if (k < a->depth - 1) lu_linear(arr, a, k, bad);
+}
+
+/* actnorm, LU linear, affine coupling */
+static void step_glow(cJSON *arr, const preset_args *a, int k, int *bad) {
+    layer(arr, "actnorm", bad);
+    lu_linear(arr, a, k, bad);
+    step_coupling(arr, a, k, bad);
+}
+
+/* NICE's final learnable diagonal scaling: actnorm without data init */
+static void end_nice(cJSON *arr, const preset_args *a, int *bad) {
+    cJSON *l = layer(arr, "actnorm", bad);
+    add(l, "data_init", cJSON_CreateFalse(), bad);
+}
+
+static const struct preset {
+    const char *name;
+    const char *layer;   /* the layer type it repeats (preset_args.layer) */
+    int depth;           /* default depth */
+    int hidden[2], nh;   /* default hidden widths */
+    int coupling;        /* needs dim >= 2 */
+    preset_step_fn step; /* appends step k of depth */
+    preset_end_fn end;   /* optional: appends layers after the last step */
+} presets[] = {
+    /* Dinh 2016: alternating even/odd masks */
+    {"realnvp", "affine_coupling", 8, {128, 128}, 2, 1, step_coupling, NULL},
+    /* Dinh 2014: then a learnable diagonal scaling */
+    {"nice", "additive_coupling", 4, {128, 128}, 2, 1, step_coupling, end_nice},
+    /* Papamakarios 2017: reversing the order between layers */
+    {"maf", "maf", 5, {512, 512}, 2, 0, step_made, NULL},
+    /* Kingma 2016: as maf with inverse autoregressive layers */
+    {"iaf", "iaf", 5, {512, 512}, 2, 0, step_made, NULL},
+    /* Durkan 2019: 8 bins, tail bound 3, resnet [256] x 2 blocks,
+     * alternating masks, LU linear between steps */
+    {"nsf", "spline_coupling", 5, {256, 0}, 1, 1, step_nsf, NULL},
+    /* Durkan 2019: autoregressive RQ splines, reversed between layers */
+    {"nsf_ar", "spline_ar", 5, {128, 128}, 2, 0, step_spline_ar, NULL},
+    /* Kingma 2018: steps of actnorm, LU linear, affine coupling */
+    {"glow", "affine_coupling", 8, {256, 256}, 2, 1, step_glow, NULL},
+};
+#define NPRESETS ((int)(sizeof presets / sizeof presets[0]))
+
+const char *nf_preset_name(int i) { return i >= 0 && i < NPRESETS ? presets[i].name : NULL; }
+
+static const struct preset *find_preset(const char *name, char *err, size_t errlen) {
+    char names[200] = "";
+    size_t n = 0;
+    for (int i = 0; i < NPRESETS; i++) {
+        if (!strcmp(name, presets[i].name)) return &presets[i];
+        n += (size_t)snprintf(names + n, n < sizeof names ? sizeof names - n : 0, "%s%s",
+                              i ? ", " : "", presets[i].name);
+    }
+    nf_set_err(err, errlen, "unknown preset \"%s\" (%s)", name, names);
+    return NULL;
+}
+
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     static const char *const keys[] = {"dim", "context_dim", "preset", "depth", "hidden",
                                        "activation", "bins", "tail_bound", "base", "seed",
@@ -67,46 +174,29 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "\"preset\" must be a string");
         return NF_EINVAL;
     }
-    struct {
-        const char *name;
-        int depth;
-        int hidden[2], nh;
-    } presets[] = {
-        {"realnvp", 8, {128, 128}, 2}, {"nice", 4, {128, 128}, 2}, {"maf", 5, {512, 512}, 2},
-        {"iaf", 5, {512, 512}, 2},     {"nsf", 5, {256, 0}, 1},    {"nsf_ar", 5, {128, 128}, 2},
-        {"glow", 8, {256, 256}, 2},
-    };
-    int p = -1;
-    for (int i = 0; i < (int)(sizeof presets / sizeof presets[0]); i++)
-        if (!strcmp(name, presets[i].name)) p = i;
-    if (p < 0) {
-        nf_set_err(err, errlen,
-                   "unknown preset \"%s\" (realnvp, nice, maf, iaf, nsf, nsf_ar, glow)", name);
-        return NF_EINVAL;
-    }
-    int D, depth, bins, hidden[16], nh;
-    double tail, seed;
+    const struct preset *p = find_preset(name, err, errlen);
+    if (!p) return NF_EINVAL;
+    preset_args a = {.layer = p->layer};
     nf_act act;
-    if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &D, err, errlen))) return rc;
-    if ((rc = nf_json_int(spec, "depth", presets[p].depth, 1, 128, &depth, err, errlen)))
+    if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &a.D, err, errlen))) return rc;
+    if ((rc = nf_json_int(spec, "depth", p->depth, 1, 128, &a.depth, err, errlen))) return rc;
+    if ((rc = nf_json_int(spec, "bins", 8, 2, 64, &a.bins, err, errlen))) return rc;
+    if ((rc = nf_json_num(spec, "tail_bound", 3.0, 1e-3, 1e6, &a.tail, err, errlen))) return rc;
+    if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &a.seed, err, errlen)))
         return rc;
-    if ((rc = nf_json_int(spec, "bins", 8, 2, 64, &bins, err, errlen))) return rc;
-    if ((rc = nf_json_num(spec, "tail_bound", 3.0, 1e-3, 1e6, &tail, err, errlen))) return rc;
-    if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen))) return rc;
-    nh = nf_json_int_list(spec, "hidden", presets[p].hidden, presets[p].nh, hidden, 16, err,
-                          errlen);
-    if (nh < 0) return nh;
+    a.nh = nf_json_int_list(spec, "hidden", p->hidden, p->nh, a.hidden, 16, err, errlen);
+    if (a.nh < 0) return a.nh;
     const char *as = nf_json_str(spec, "activation", "relu");
     if (!as || nf_act_parse(as, &act)) {
         nf_set_err(err, errlen, "\"activation\" must be \"relu\", \"tanh\" or \"elu\"");
         return NF_EINVAL;
     }
-    int coupling = strcmp(name, "maf") && strcmp(name, "iaf") && strcmp(name, "nsf_ar");
-    if (coupling && D < 2) {
+    a.act = nf_act_name(act);
+    if (p->coupling && a.D < 2) {
         nf_set_err(err, errlen, "preset \"%s\" uses coupling layers and needs dim >= 2", name);
         return NF_EINVAL;
     }
-    if (!cJSON_GetObjectItemCaseSensitive(spec, "dim")) {
+    if (!nf_json_get(spec, "dim")) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }
@@ -117,59 +207,16 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         return NF_ENOMEM;
     }
     int nbad = 0, *bad = &nbad;
-    ADD_NUM(o, "dim", D);
+    ADD_NUM(o, "dim", a.D);
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(spec, "context_dim");
     if (c) add(o, "context_dim", cJSON_Duplicate(c, 1), bad);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(spec, "base");
     if (b) add(o, "base", cJSON_Duplicate(b, 1), bad);
-    ADD_NUM(o, "seed", seed);
+    ADD_NUM(o, "seed", a.seed);
     add(o, "layers", arr, bad);
     if (nbad) arr = NULL; /* deleted by add() */
-    const char *an = nf_act_name(act);
-    for (int k = 0; k < depth; k++) {
-        cJSON *l;
-        const char *mask = k % 2 ? "odd" : "even";
-        if (!strcmp(name, "realnvp") || !strcmp(name, "nice")) {
-            l = layer(arr, name[0] == 'r' ? "affine_coupling" : "additive_coupling", bad);
-            ADD_STR(l, "mask", mask);
-            add_hidden(l, hidden, nh, an, bad);
-        } else if (!strcmp(name, "maf") || !strcmp(name, "iaf") || !strcmp(name, "nsf_ar")) {
-            l = layer(arr, name[0] == 'n' ? "spline_ar" : name, bad);
-            add_hidden(l, hidden, nh, an, bad);
-            if (name[0] == 'n') {
-                ADD_NUM(l, "bins", bins);
-                ADD_NUM(l, "tail_bound", tail);
-            }
-            if (k < depth - 1 && D > 1) {
-                l = layer(arr, "permute", bad);
-                ADD_STR(l, "order", "reverse");
-            }
-        } else if (!strcmp(name, "nsf")) {
-            l = layer(arr, "spline_coupling", bad);
-            ADD_STR(l, "mask", mask);
-            ADD_STR(l, "net", "resnet");
-            add(l, "hidden", cJSON_CreateIntArray(hidden, 1), bad);
-            ADD_NUM(l, "blocks", 2);
-            ADD_STR(l, "activation", an);
-            ADD_NUM(l, "bins", bins);
-            ADD_NUM(l, "tail_bound", tail);
-            if (k < depth - 1) {
-                l = layer(arr, "lu_linear", bad);
-                ADD_NUM(l, "seed", seed + k);
-            }
-        } else { /* glow */
-            layer(arr, "actnorm", bad);
-            l = layer(arr, "lu_linear", bad);
-            ADD_NUM(l, "seed", seed + k);
-            l = layer(arr, "affine_coupling", bad);
-            ADD_STR(l, "mask", mask);
-            add_hidden(l, hidden, nh, an, bad);
-        }
-    }
-    if (!strcmp(name, "nice")) {
-        cJSON *l = layer(arr, "actnorm", bad);
-        add(l, "data_init", cJSON_CreateFalse(), bad);
-    }
+    for (int k = 0; k < a.depth; k++) p->step(arr, &a, k, bad);
+    if (p->end) p->end(arr, &a, bad);
     if (nbad) {
         cJSON_Delete(o);
         nf_set_err(err, errlen, "out of memory");

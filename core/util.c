@@ -10,9 +10,12 @@
 #include "kern.h"
 
 #include <cblas.h>
+#include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -102,15 +105,32 @@ void nf_set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* ---- the validation vocabulary (nf_json.h) ----------------------------------- */
+const cJSON *nf_json_get(const cJSON *o, const char *key) {
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+int nf_json_need(const cJSON *o, const char *key, char *err, size_t errlen) {
+    if (nf_json_get(o, key)) return 0;
+    nf_set_err(err, errlen, "\"%s\" is required", key);
+    return NF_EINVAL;
+}
+
+/* an integral double in [lo, hi] */
+static int integral_in(const cJSON *v, double lo, double hi) {
+    return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= lo &&
+           v->valuedouble <= hi;
+}
+
 int nf_json_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out,
                 char *err, size_t errlen) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    const cJSON *v = nf_json_get(o, key);
     if (!v) {
         *out = def;
         return 0;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-        v->valuedouble < lo || v->valuedouble > hi) {
+    if (!integral_in(v, lo, hi)) {
         nf_set_err(err, errlen, "\"%s\" must be an integer in [%d, %d]", key, lo, hi);
         return NF_EINVAL;
     }
@@ -118,24 +138,66 @@ int nf_json_int(const cJSON *o, const char *key, int def, int lo, int hi, int *o
     return 0;
 }
 
-int nf_json_num(const cJSON *o, const char *key, double def, double lo, double hi,
-                double *out, char *err, size_t errlen) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+int nf_json_i64(const cJSON *o, const char *key, int64_t def, int64_t lo, int64_t hi,
+                int64_t *out, char *err, size_t errlen) {
+    const cJSON *v = nf_json_get(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!integral_in(v, (double)lo, (double)hi)) {
+        nf_set_err(err, errlen, "\"%s\" must be an integer in [%lld, %lld]", key, (long long)lo,
+                   (long long)hi);
+        return NF_EINVAL;
+    }
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+int nf_json_seed(const cJSON *o, const char *key, uint64_t def, uint64_t *out, char *err,
+                 size_t errlen) {
+    const cJSON *v = nf_json_get(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!integral_in(v, 0, NF_JSON_SEED_MAX)) {
+        nf_set_err(err, errlen, "\"%s\" must be an integer in [0, 2^53]", key);
+        return NF_EINVAL;
+    }
+    *out = (uint64_t)v->valuedouble;
+    return 0;
+}
+
+static int num_in(const cJSON *o, const char *key, double def, double lo, double hi, int open,
+                  double *out, char *err, size_t errlen) {
+    const cJSON *v = nf_json_get(o, key);
     if (!v) {
         *out = def;
         return 0;
     }
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo ||
-        v->valuedouble > hi) {
-        nf_set_err(err, errlen, "\"%s\" must be a number in [%g, %g]", key, lo, hi);
+        (open && v->valuedouble == lo) || v->valuedouble > hi) {
+        nf_set_err(err, errlen, "\"%s\" must be a number in %c%g, %g]", key, open ? '(' : '[',
+                   lo, hi);
         return NF_EINVAL;
     }
     *out = v->valuedouble;
     return 0;
 }
 
+int nf_json_num(const cJSON *o, const char *key, double def, double lo, double hi,
+                double *out, char *err, size_t errlen) {
+    return num_in(o, key, def, lo, hi, 0, out, err, errlen);
+}
+
+int nf_json_num_open(const cJSON *o, const char *key, double def, double lo, double hi,
+                     double *out, char *err, size_t errlen) {
+    return num_in(o, key, def, lo, hi, 1, out, err, errlen);
+}
+
 int nf_json_bool(const cJSON *o, const char *key, int def, int *out, char *err, size_t errlen) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    const cJSON *v = nf_json_get(o, key);
     if (!v) {
         *out = def;
         return 0;
@@ -149,33 +211,47 @@ int nf_json_bool(const cJSON *o, const char *key, int def, int *out, char *err, 
 }
 
 const char *nf_json_str(const cJSON *o, const char *key, const char *def) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    const cJSON *v = nf_json_get(o, key);
     if (!v) return def;
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+int nf_json_enum(const cJSON *o, const char *key, const char *const *names, int def, int *out,
+                 char *err, size_t errlen) {
+    const char *s = nf_json_str(o, key, names[def]);
+    for (int i = 0; s && names[i]; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    char list[200] = "";
+    size_t n = 0;
+    for (int i = 0; names[i] && n < sizeof list; i++)
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s\"%s\"",
+                              i == 0 ? "" : names[i + 1] ? ", " : " or ", names[i]);
+    nf_set_err(err, errlen, "\"%s\" must be %s", key, list);
+    return NF_EINVAL;
+}
+
 int nf_json_int_list(const cJSON *o, const char *key, const int *def, int ndef, int *out,
                      int maxn, char *err, size_t errlen) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    const cJSON *v = nf_json_get(o, key);
     if (!v) {
         if (ndef > maxn) ndef = maxn;
         memcpy(out, def, (size_t)ndef * sizeof *out);
         return ndef;
     }
     if (cJSON_IsNumber(v)) {
-        double d = v->valuedouble;
-        if (d != floor(d) || d < 1 || d > 65536) goto bad;
-        out[0] = (int)d;
+        if (!integral_in(v, 1, 65536)) goto bad;
+        out[0] = (int)v->valuedouble;
         return 1;
     }
     if (!cJSON_IsArray(v)) goto bad;
     int n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, v) {
-        if (n >= maxn || !cJSON_IsNumber(e)) goto bad;
-        double d = e->valuedouble;
-        if (d != floor(d) || d < 1 || d > 65536) goto bad;
-        out[n++] = (int)d;
+        if (n >= maxn || !integral_in(e, 1, 65536)) goto bad;
+        out[n++] = (int)e->valuedouble;
     }
     if (n == 0) goto bad;
     return n;
@@ -203,8 +279,105 @@ int nf_json_check_keys(const cJSON *o, const char *const *allowed, char *err, si
     return 0;
 }
 
+int nf_json_fields(const cJSON *o, const nf_field *fields, void *target, char *err,
+                   size_t errlen) {
+    if (o && cJSON_IsNull(o)) o = NULL;
+    if (o && !cJSON_IsObject(o)) {
+        nf_set_err(err, errlen, "expected a JSON object");
+        return NF_EINVAL;
+    }
+    if (o) { /* unknown keys: those not in the table */
+        const cJSON *e;
+        cJSON_ArrayForEach(e, o) {
+            const nf_field *f = fields;
+            while (f->name && (!e->string || strcmp(f->name, e->string))) f++;
+            if (!f->name) {
+                nf_set_err(err, errlen, "unknown field \"%s\"", e->string ? e->string : "?");
+                return NF_EINVAL;
+            }
+        }
+    }
+    char *t = target;
+    for (const nf_field *f = fields; f->name; f++) {
+        int rc = 0;
+        switch (f->type) {
+        case NF_FIELD_INT:
+            rc = nf_json_int(o, f->name, (int)f->def, (int)f->lo, (int)f->hi, (int *)(t + f->off),
+                             err, errlen);
+            break;
+        case NF_FIELD_SEED:
+            rc = nf_json_seed(o, f->name, (uint64_t)f->def, (uint64_t *)(t + f->off), err, errlen);
+            break;
+        case NF_FIELD_NUM:
+            rc = nf_json_num(o, f->name, f->def, f->lo, f->hi, (double *)(t + f->off), err, errlen);
+            break;
+        case NF_FIELD_ENUM:
+            rc = nf_json_enum(o, f->name, f->names, (int)f->def, (int *)(t + f->off), err, errlen);
+            break;
+        case NF_FIELD_OBJECT: {
+            const cJSON *v = nf_json_get(o, f->name);
+            if (v && (rc = nf_json_fields(v, f->sub, target, err, errlen))) {
+                char tmp[300];
+                snprintf(tmp, sizeof tmp, "%s: %s", f->name, err);
+                nf_set_err(err, errlen, "%s", tmp);
+            }
+            break;
+        }
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static const char *nonfinite_at(const cJSON *o, const char *name) {
+    if (cJSON_IsNumber(o) && !isfinite(o->valuedouble)) return name ? name : "?";
+    const cJSON *e;
+    if (cJSON_IsArray(o) || cJSON_IsObject(o))
+        cJSON_ArrayForEach(e, o) {
+            const char *k = nonfinite_at(e, e->string ? e->string : name);
+            if (k) return k;
+        }
+    return NULL;
+}
+
+int nf_json_check_finite(const cJSON *o, char *err, size_t errlen) {
+    const char *k = nonfinite_at(o, NULL);
+    if (!k) return 0;
+    nf_set_err(err, errlen, "\"%s\" must be a finite number", k);
+    return NF_EINVAL;
+}
+
+/* ---- text values ------------------------------------------------------------ */
+int nf_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (!s || !*s || isspace((unsigned char)*s)) return NF_EINVAL;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return NF_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int nf_parse_num(const char *s, double lo, double hi, double *out) {
+    if (!s || !*s || isspace((unsigned char)*s)) return NF_EINVAL;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi) return NF_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int nf_parse_bool(const char *s, int *out) {
+    if (!s) return NF_EINVAL;
+    if (!strcmp(s, "true") || !strcmp(s, "1")) *out = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "0")) *out = 0;
+    else return NF_EINVAL;
+    return 0;
+}
+
 int nf_mask_parse(const cJSON *spec, int D, int *mask, char *err, size_t errlen) {
-    const cJSON *v = spec ? cJSON_GetObjectItemCaseSensitive(spec, "mask") : NULL;
+    const cJSON *v = nf_json_get(spec, "mask");
     if (D < 2) {
         nf_set_err(err, errlen, "coupling layers need dim >= 2");
         return NF_EINVAL;

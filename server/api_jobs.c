@@ -17,6 +17,7 @@
 #include "../core/data.h"
 #include "../core/job.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -26,13 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int parse_id(const char *s, int64_t *id) {
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || v < 1) return -1;
-    *id = v;
-    return 0;
-}
+static int parse_id(const char *s, int64_t *id) { return nf_parse_i64(s, 1, INT64_MAX, id) ? -1 : 0; }
 
 /* body (taken) as JSON with a Location header: 201/202 replies */
 static enum MHD_Result send_json_at(fd_req *r, int status, cJSON *body, const char *location) {
@@ -79,19 +74,22 @@ static int submission_exists(fd_db *db, const char *sid) {
 
 enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     (void)a;
-    cJSON *probe = fd_req_json(r); /* 400/415 for non-JSON */
-    if (!probe) return MHD_YES;
-    cJSON_Delete(probe);
+    cJSON *body = fd_req_json(r); /* 400/415 for non-JSON */
+    if (!body) return MHD_YES;
     fd_db *db = fd_req_db(r);
-    if (!db) return MHD_YES;
     nf_job j;
     char err[512] = "";
-    if (nf_job_parse(r->body, r->len, 0, &j, err, sizeof err))
-        return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    int rc = db ? nf_job_from_json(body, 0, &j, err, sizeof err) : 0;
+    cJSON_Delete(body);
+    if (!db) return MHD_YES;
+    if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    /* the dataset (once), then the dry run on its shape: a bad preset,
+     * layer or preprocessing choice is a 422 here, not a failed job later */
+    int dim = 0, is_int = 0;
+    double vmin = 0, vmax = 0;
     if (j.dataset_id[0]) {
         cJSON *ds = NULL;
-        int rc = fd_db_dataset_get(db, j.dataset_id, &ds, err, sizeof err);
-        cJSON_Delete(ds);
+        rc = fd_db_dataset_get(db, j.dataset_id, &ds, err, sizeof err);
         if (rc == FD_ENOTFOUND) {
             cJSON *d = cJSON_CreateObject();
             cJSON_AddStringToObject(d, "dataset", j.dataset_id);
@@ -103,53 +101,20 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
             nf_job_free(&j);
             return fd_send_db_error(r, rc, err);
         }
-    }
-    /* build the flow now (on a two-row stand-in with the data's dim, range
-     * and integrality), so a bad preset, layer or preprocessing choice is a
-     * 422 here and not a failed job later */
-    int dim = 2, is_int = 0;
-    double vmin = -4, vmax = 4;
-    if (j.dataset_id[0]) {
-        cJSON *ds = NULL;
-        if (fd_db_dataset_get(db, j.dataset_id, &ds, err, sizeof err) == 0) {
-            const cJSON *v;
-            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "dim"))) dim = (int)v->valuedouble;
-            if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(ds, "is_integer"))) is_int = cJSON_IsTrue(v);
-            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "min"))) vmin = v->valuedouble;
-            if (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(ds, "max"))) vmax = v->valuedouble;
-        }
+        int64_t d64 = 2;
+        double lo = -4, hi = 4;
+        nf_json_i64(ds, "dim", 2, 1, INT_MAX, &d64, NULL, 0);
+        nf_json_bool(ds, "is_integer", 0, &is_int, NULL, 0);
+        nf_json_num(ds, "min", -4, -HUGE_VAL, HUGE_VAL, &lo, NULL, 0);
+        nf_json_num(ds, "max", 4, -HUGE_VAL, HUGE_VAL, &hi, NULL, 0);
+        dim = (int)d64;
+        vmin = lo;
+        vmax = hi;
         cJSON_Delete(ds);
     }
-    {
-        nf_data probe_data = {0};
-        char perr[400] = "";
-        int bad = nf_data_alloc(&probe_data, 2, dim, perr, sizeof perr);
-        if (!bad) {
-            for (int i = 0; i < dim; i++) {
-                probe_data.x[i] = (nf_real)vmin;
-                probe_data.x[dim + i] = (nf_real)vmax;
-            }
-            probe_data.is_integer = is_int;
-            probe_data.vmin = vmin;
-            probe_data.vmax = vmax;
-            cJSON *pp = NULL;
-            char *spec = nf_job_flow_spec(&j, &probe_data, &pp, perr, sizeof perr);
-            nf_flow *f = NULL;
-            char ferr[300] = "";
-            if (!spec) bad = 1;
-            else if (nf_flow_create(spec, &f, ferr, sizeof ferr)) {
-                snprintf(perr, sizeof perr, "flow: %s", ferr);
-                bad = 1;
-            }
-            nf_flow_free(f);
-            free(spec);
-            cJSON_Delete(pp);
-        }
-        nf_data_free(&probe_data);
-        if (bad) {
-            nf_job_free(&j);
-            return fd_send_error(r, 422, "invalid_input", NULL, "%s", perr);
-        }
+    if (nf_job_check(&j, dim, is_int, vmin, vmax, err, sizeof err)) {
+        nf_job_free(&j);
+        return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     }
     int64_t counts[5];
     if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
@@ -160,7 +125,7 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     }
     int64_t id = 0;
     int existed = 0;
-    int rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model, r->body, &id,
+    rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model, r->body, &id,
                               &existed, err, sizeof err);
     nf_job_free(&j);
     if (rc) return fd_send_db_error(r, rc, err);
@@ -206,8 +171,7 @@ enum MHD_Result fd_api_jobs_list(fd_req *r, char **a) {
     (void)a;
     fd_db *db = fd_req_db(r);
     if (!db) return MHD_YES;
-    const char *state = fd_req_query(r, "state"), *tok = fd_req_query(r, "page_token"),
-               *lim = fd_req_query(r, "limit");
+    const char *state = fd_req_query(r, "state"), *tok = fd_req_query(r, "page_token");
     static const char *const states[] = {"queued", "running", "succeeded", "failed", "cancelled"};
     if (state) {
         int ok = 0;
@@ -219,13 +183,8 @@ enum MHD_Result fd_api_jobs_list(fd_req *r, char **a) {
     int64_t page = 0;
     if (tok && *tok && parse_id(tok, &page))
         return fd_send_error(r, 400, "invalid_argument", NULL, "bad page_token");
-    int limit = 50;
-    if (lim) {
-        char *end;
-        long v = strtol(lim, &end, 10);
-        if (*end || v < 1 || v > 1000) return fd_send_error(r, 400, "invalid_argument", NULL, "limit must be 1..1000");
-        limit = (int)v;
-    }
+    int limit;
+    if (fd_query_int_or_reply(r, "limit", 50, 1, 1000, &limit)) return MHD_YES;
     cJSON *out = NULL;
     int64_t next = 0;
     char err[300] = "";
@@ -271,26 +230,18 @@ enum MHD_Result fd_api_job_metrics(fd_req *r, char **a) {
     if (job_id_or_404(r, a[0], &id)) return MHD_YES;
     fd_db *db = fd_req_db(r);
     if (!db) return MHD_YES;
-    const char *as = fd_req_query(r, "after_step"), *ls = fd_req_query(r, "limit");
-    long long after = -1;
-    long limit = 1000;
-    char *end;
-    if (as) {
-        after = strtoll(as, &end, 10);
-        if (*end || after < -1) return fd_send_error(r, 400, "invalid_argument", NULL, "after_step must be an integer");
-    }
-    if (ls) {
-        limit = strtol(ls, &end, 10);
-        if (*end || limit < 1 || limit > 10000)
-            return fd_send_error(r, 400, "invalid_argument", NULL, "limit must be 1..10000");
-    }
+    int64_t after;
+    int limit;
+    if (fd_query_i64_or_reply(r, "after_step", -1, -1, INT64_MAX, &after) ||
+        fd_query_int_or_reply(r, "limit", 1000, 1, 10000, &limit))
+        return MHD_YES;
     cJSON *job = NULL, *out = NULL;
     char err[300] = "";
     int rc = fd_db_job_get(db, id, &job, err, sizeof err);
     cJSON_Delete(job);
     if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no job %s", a[0]);
     if (rc) return fd_send_db_error(r, rc, err);
-    if ((rc = fd_db_job_metrics(db, id, after, (int)limit, &out, err, sizeof err))) return fd_send_db_error(r, rc, err);
+    if ((rc = fd_db_job_metrics(db, id, after, limit, &out, err, sizeof err))) return fd_send_db_error(r, rc, err);
     return fd_send_json(r, 200, out);
 }
 
@@ -497,15 +448,9 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
     s->id = id;
     s->after = -1;
     s->conn = r->conn;
-    const char *as = fd_req_query(r, "after_step");
-    if (as) {
-        char *end;
-        long long v = strtoll(as, &end, 10);
-        if (*end || v < -1) {
-            stream_free(s);
-            return fd_send_error(r, 400, "invalid_argument", NULL, "after_step must be an integer");
-        }
-        s->after = v;
+    if (fd_query_i64_or_reply(r, "after_step", -1, -1, INT64_MAX, &s->after)) {
+        stream_free(s);
+        return MHD_YES;
     }
     s->last_send = fd_now();
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);

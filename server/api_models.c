@@ -10,6 +10,7 @@
 
 #include "../core/data.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,30 +174,6 @@ static fd_model *load_model(fd_req *r, const char *name, int version) {
     return m;
 }
 
-/* "version": absent or a positive integer; -1 after sending an error */
-static int json_version(fd_req *r, const cJSON *body) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "version");
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 1 ||
-        v->valuedouble > 2147483647.0) {
-        fd_send_error(r, 422, "invalid_input", NULL, "\"version\" must be a positive integer");
-        return -1;
-    }
-    return (int)v->valuedouble;
-}
-
-static int query_version(fd_req *r) {
-    const char *q = fd_req_query(r, "version");
-    if (!q) return 0;
-    char *end;
-    long v = strtol(q, &end, 10);
-    if (*end || v < 1 || v > 2147483647L) {
-        fd_send_error(r, 422, "invalid_input", NULL, "query parameter version must be a positive integer");
-        return -1;
-    }
-    return (int)v;
-}
-
 /* Parse a JSON array of rows of width D into a new (n,D) buffer.  Sends 422
  * (with the row and column) itself and returns NULL on failure. */
 static nf_real *json_rows(fd_req *r, const cJSON *arr, const char *field, int D, int *n_out,
@@ -303,31 +280,6 @@ static int json_context(fd_req *r, const cJSON *body, int C, int n, nf_real **ct
     return 0;
 }
 
-static int json_bool(fd_req *r, const cJSON *body, const char *key, int *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
-    *out = 0;
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsBool(v)) {
-        fd_send_error(r, 422, "invalid_input", NULL, "\"%s\" must be true or false", key);
-        return -1;
-    }
-    *out = cJSON_IsTrue(v);
-    return 0;
-}
-
-static int check_keys(fd_req *r, const cJSON *body, const char *const *allowed) {
-    const cJSON *e;
-    cJSON_ArrayForEach(e, body) {
-        int ok = 0;
-        for (const char *const *a = allowed; *a; a++) ok |= !strcmp(e->string, *a);
-        if (!ok) {
-            fd_send_error(r, 422, "invalid_input", NULL, "unknown field \"%s\"", e->string);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* ---- list / get / delete ------------------------------------------------------------- */
 enum MHD_Result fd_api_models_list(fd_req *r, char **a) {
     (void)a;
@@ -365,10 +317,10 @@ enum MHD_Result fd_api_model_delete(fd_req *r, char **a) {
 enum MHD_Result fd_api_checkpoint(fd_req *r, char **a) {
     fd_db *db = fd_req_db(r);
     if (!db) return MHD_YES;
-    char *end;
-    long v = strtol(a[1], &end, 10);
-    if (*end || v < 1 || v > 2147483647L)
+    int64_t v64;
+    if (nf_parse_i64(a[1], 1, INT_MAX, &v64))
         return fd_send_error(r, 404, "not_found", NULL, "versions are positive integers");
+    long v = (long)v64;
     void *buf = NULL;
     size_t len = 0;
     int got = 0;
@@ -408,13 +360,14 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     if (in == FMT_JSON) {
         if (!(body = fd_req_json(r))) return MHD_YES;
         static const char *const keys[] = {"inputs", "context", "version", "bits_per_dim", NULL};
-        if (check_keys(r, body, keys) || (version = json_version(r, body)) < 0 ||
-            json_bool(r, body, "bits_per_dim", &bpd))
+        if (fd_body_keys_or_reply(r, body, keys) ||
+            fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
+            fd_body_bool_or_reply(r, body, "bits_per_dim", 0, &bpd))
             goto out;
     } else {
-        const char *q = fd_req_query(r, "bits_per_dim");
-        bpd = q && (!strcmp(q, "true") || !strcmp(q, "1"));
-        if ((version = query_version(r)) < 0) goto out;
+        if (fd_query_bool_or_reply(r, "bits_per_dim", 0, &bpd) ||
+            fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version))
+            goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
@@ -501,42 +454,18 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     fd_model *m = NULL;
     nf_real *x = NULL, *lp = NULL, *ctx = NULL;
     static const char *const keys[] = {"n", "temperature", "seed", "context", "version", "return_log_prob", NULL};
-    int version, want_lp;
-    if (check_keys(r, body, keys) || (version = json_version(r, body)) < 0 ||
-        json_bool(r, body, "return_log_prob", &want_lp))
-        goto out;
-    const cJSON *nj = cJSON_GetObjectItemCaseSensitive(body, "n");
-    if (!cJSON_IsNumber(nj) || nj->valuedouble != floor(nj->valuedouble) || nj->valuedouble < 1 ||
-        nj->valuedouble > r->srv->cfg.max_sample) {
-        cJSON *d = cJSON_CreateObject();
-        cJSON_AddNumberToObject(d, "max_n", r->srv->cfg.max_sample);
-        fd_send_error(r, 422, "invalid_input", d, "\"n\" must be an integer from 1 to %d", r->srv->cfg.max_sample);
-        goto out;
-    }
-    int n = (int)nj->valuedouble;
-    double T = 1;
-    const cJSON *tj = cJSON_GetObjectItemCaseSensitive(body, "temperature");
-    if (tj && !cJSON_IsNull(tj)) {
-        if (!cJSON_IsNumber(tj) || !isfinite(tj->valuedouble) || tj->valuedouble <= 0 || tj->valuedouble > 100) {
-            fd_send_error(r, 422, "invalid_input", NULL, "\"temperature\" must be a number in (0, 100]");
-            goto out;
-        }
-        T = tj->valuedouble;
-    }
+    int version, want_lp, n;
+    double T;
     uint64_t seed;
-    const cJSON *sj = cJSON_GetObjectItemCaseSensitive(body, "seed");
-    if (sj && !cJSON_IsNull(sj)) {
-        if (!cJSON_IsNumber(sj) || sj->valuedouble != floor(sj->valuedouble) || sj->valuedouble < 0 ||
-            sj->valuedouble > 9007199254740991.0) {
-            fd_send_error(r, 422, "invalid_input", NULL, "\"seed\" must be an integer from 0 to 2^53-1");
-            goto out;
-        }
-        seed = (uint64_t)sj->valuedouble;
-    } else { /* a fresh seed, returned so the draw can be repeated */
-        nf_rng g;
-        nf_rng_seed(&g, (uint64_t)(fd_now() * 1e9) ^ (uint64_t)(uintptr_t)r);
-        seed = nf_rng_u64(&g) >> 11;
-    }
+    nf_rng g; /* absent seed: a fresh one, returned so the draw can be repeated */
+    nf_rng_seed(&g, (uint64_t)(fd_now() * 1e9) ^ (uint64_t)(uintptr_t)r);
+    if (fd_body_keys_or_reply(r, body, keys) ||
+        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
+        fd_body_bool_or_reply(r, body, "return_log_prob", 0, &want_lp) ||
+        fd_body_count_or_reply(r, body, "n", r->srv->cfg.max_sample, &n) ||
+        fd_body_num_or_reply(r, body, "temperature", 1, 0, 100, 1, &T) ||
+        fd_body_seed_or_reply(r, body, "seed", nf_rng_u64(&g) >> 11, &seed))
+        goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
@@ -599,7 +528,9 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     static const char *const ekeys[] = {"inputs", "context", "version", NULL};
     static const char *const dkeys[] = {"latents", "context", "version", NULL};
     int version, n = 0;
-    if (check_keys(r, body, enc ? ekeys : dkeys) || (version = json_version(r, body)) < 0) goto out;
+    if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
+        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+        goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);

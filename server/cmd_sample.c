@@ -15,6 +15,7 @@
 
 #include "../core/data.h"
 #include "../core/model.h"
+#include "../core/nf_json.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -54,14 +55,7 @@ static const char *ext_of(const char *path) {
     return dot && (!slash || dot > slash) ? dot + 1 : "";
 }
 
-static int parse_num(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
+static int parse_num(const char *s, double *out) { return nf_parse_num(s, -HUGE_VAL, HUGE_VAL, out) ? -1 : 0; }
 
 static int write_csv(const char *path, const nf_real *x, int n, int D) {
     /* through nf_file_write (temp file + rename) like every other output */
@@ -206,7 +200,7 @@ int cmd_sample(int argc, char **argv) {
             break;
         case 's':
             if (parse_num(optarg, &seed_d) || seed_d != floor(seed_d) || seed_d < 0 ||
-                seed_d > 9007199254740992.0) {
+                seed_d > NF_JSON_SEED_MAX) {
                 fprintf(stderr, "flowd sample: --seed must be a non-negative integer, not '%s'\n", optarg);
                 return 1;
             }

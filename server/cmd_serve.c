@@ -26,19 +26,16 @@ static int parse_listen(const char *s, fd_config *c) {
     memcpy(c->listen_host, s, (size_t)(colon - s));
     c->listen_host[colon - s] = 0;
     if (!strcmp(c->listen_host, "localhost")) strcpy(c->listen_host, "127.0.0.1");
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 0 || p > 65535) return -1;
+    int64_t p;
+    if (nf_parse_i64(colon + 1, 0, 65535, &p)) return -1;
     c->port = (int)p;
     return 0;
 }
 
 static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || !*s || v < lo || v > hi) return -1;
-    *out = v;
+    int64_t v;
+    if (nf_parse_i64(s, lo, hi, &v)) return -1;
+    *out = (long)v;
     return 0;
 }
 

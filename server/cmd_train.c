@@ -84,7 +84,7 @@ int cmd_train(int argc, char **argv) {
     const char *config = NULL, *outp = NULL;
     int quiet = 0;
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    char *end;
+    int64_t t64;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"out", required_argument, 0, 'o'},
                                          {"threads", required_argument, 0, 't'},
@@ -98,11 +98,11 @@ int cmd_train(int argc, char **argv) {
         case 'c': config = optarg; break;
         case 'o': outp = optarg; break;
         case 't':
-            threads = strtol(optarg, &end, 10);
-            if (*end || threads < 1 || threads > 64) {
+            if (nf_parse_i64(optarg, 1, 64, &t64)) {
                 fprintf(stderr, "flowd train: --threads must be 1..64\n");
                 return 2;
             }
+            threads = (long)t64;
             break;
         case 'q': quiet = 1; break;
         case 'h': usage(stdout); return 0;

@@ -601,11 +601,8 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
     j->train_threads = train_threads;
     j->train_nice = train_nice < 0 ? 0 : train_nice > 19 ? 19 : train_nice;
     const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
-    if (cs && *cs) {
-        char *end;
-        double v = strtod(cs, &end);
-        if (*end == 0 && isfinite(v) && v >= 0) j->ckpt_seconds = v;
-    }
+    double v;
+    if (cs && !nf_parse_num(cs, 0, HUGE_VAL, &v)) j->ckpt_seconds = v;
     j->w = calloc(n ? (size_t)n : 1, sizeof *j->w);
     j->slots = calloc(n ? (size_t)n : 1, sizeof *j->slots);
     j->db_path = strdup(db_path);

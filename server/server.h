@@ -22,6 +22,7 @@
 #include "db.h"
 
 #include "../core/model.h"
+#include "../core/nf_json.h"
 
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
@@ -151,6 +152,26 @@ const char *fd_req_header(fd_req *r, const char *key);
 /* Parse the body as a JSON object: sends 400 invalid_json / 415 itself and
  * returns NULL on failure. */
 cJSON *fd_req_json(fd_req *r);
+
+/* Field validation (the end of http.c): one call per field, through the
+ * getters of core/nf_json.h (null = absent = the default).  Each returns 0,
+ * or -1 after sending the error: a body field 422 invalid_input with a
+ * message naming it (details.field), a query parameter 400
+ * invalid_argument.  count: a required integer 1..max (details.max_KEY). */
+int fd_body_keys_or_reply(fd_req *r, const cJSON *body, const char *const *allowed);
+int fd_body_int_or_reply(fd_req *r, const cJSON *body, const char *key, int def, int lo, int hi,
+                         int *out);
+int fd_body_count_or_reply(fd_req *r, const cJSON *body, const char *key, int max, int *out);
+/* open_lo: the range is (lo, hi] */
+int fd_body_num_or_reply(fd_req *r, const cJSON *body, const char *key, double def, double lo,
+                         double hi, int open_lo, double *out);
+int fd_body_seed_or_reply(fd_req *r, const cJSON *body, const char *key, uint64_t def,
+                          uint64_t *out);
+int fd_body_bool_or_reply(fd_req *r, const cJSON *body, const char *key, int def, int *out);
+int fd_query_i64_or_reply(fd_req *r, const char *key, int64_t def, int64_t lo, int64_t hi,
+                          int64_t *out);
+int fd_query_int_or_reply(fd_req *r, const char *key, int def, int lo, int hi, int *out);
+int fd_query_bool_or_reply(fd_req *r, const char *key, int def, int *out);
 
 /* Route handlers (api_*.c).  args: path segments captured by the route. */
 typedef enum MHD_Result (*fd_handler)(fd_req *r, char **args);

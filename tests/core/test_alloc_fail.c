@@ -10,6 +10,7 @@
 #include "../test.h"
 #include "../../core/alloc.h"
 #include "../../core/model.h"
+#include "../../core/nf_internal.h"
 #include "../../core/train.h"
 
 #include <execinfo.h>
@@ -70,15 +71,44 @@ typedef struct {
     double val;
 } results;
 
-static void data(nf_real *x) {
+/* unit = 0: normal columns of scales 1..D; unit = 1: inside (0.1, 0.9), for
+ * layers defined on (0, 1) only (logit) */
+static void data(nf_real *x, int unit) {
     nf_rng r;
     nf_rng_seed(&r, 11);
-    for (int i = 0; i < N * D; i++) x[i] = (nf_real)(nf_rng_normal(&r) * (1 + i % D));
+    for (int i = 0; i < N * D; i++) {
+        double v = nf_rng_normal(&r);
+        x[i] = (nf_real)(unit ? 0.5 + 0.4 * tanh(v) : v * (1 + i % D));
+    }
 }
+
+/* The flows the failure paths run.  Every registered layer type is in one of
+ * them (alloc_fail_covers_every_layer_type): a new layer family adds its
+ * layer to a spec here (or a spec of its own and a TEST_T below). */
+typedef struct {
+    const char *spec;
+    int unit; /* data(x, unit) */
+} fa_spec;
+enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_NSPECS };
+static const fa_spec fa_specs[FA_NSPECS] = {
+    [FA_COUPLING] = {"{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
+                     "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
+                     "{\"type\":\"additive_coupling\",\"net\":\"resnet\",\"hidden\":[6],\"blocks\":1},"
+                     "{\"type\":\"batchnorm\"},{\"type\":\"leaky_relu\"},"
+                     "{\"type\":\"elementwise_affine\"}],\"base\":{\"type\":\"mixture\",\"components\":2}}"},
+    [FA_AUTOREGRESSIVE] = {"{\"dim\":3,\"layers\":[{\"type\":\"maf\",\"hidden\":[8]},{\"type\":\"iaf\",\"hidden\":[6]},"
+                           "{\"type\":\"spline_coupling\",\"hidden\":[8],\"bins\":4},"
+                           "{\"type\":\"spline_ar\",\"hidden\":[8],\"bins\":4}],\"base\":\"diag_normal\"}"},
+    [FA_REALNVP] = {"{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}"},
+    [FA_NSF] = {"{\"dim\":3,\"preset\":\"nsf\",\"depth\":1,\"hidden\":[8],\"bins\":4}"},
+    [FA_LOGIT] = {"{\"dim\":3,\"layers\":[{\"type\":\"logit\",\"alpha\":0.01},"
+                  "{\"type\":\"affine_coupling\",\"hidden\":[8]}]}", 1},
+};
 
 /* One full life of a flow; everything it allocates is freed on every path.
  * Returns 0 or the first error. */
-static int path(const char *spec, results *res) {
+static int path(const fa_spec *fs, results *res) {
+    const char *spec = fs->spec;
     nf_flow *f = NULL, *g = NULL;
     nf_ws *w = NULL;
     nf_adam opt = {0};
@@ -89,7 +119,7 @@ static int path(const char *spec, results *res) {
     nf_trainer *t = NULL;
     char err[256];
     nf_real x[N * D], dlogp[N];
-    data(x);
+    data(x, fs->unit);
     for (int i = 0; i < N; i++) dlogp[i] = (nf_real)(-1.0 / N);
 
     int rc = nf_flow_create(spec, &f, err, sizeof err);
@@ -163,11 +193,12 @@ static int same(const results *a, const results *b) {
            (a->val == b->val || (a->val != a->val && b->val != b->val));
 }
 
-static void run_all_k(const char *spec) {
+static void run_all_k(const fa_spec *fs) {
+    const char *spec = fs->spec;
     results ref, res;
     memset(&ref, 0, sizeof ref);
     hooks_on(0);
-    int rc = path(spec, &ref);
+    int rc = path(fs, &ref);
     long total = fa_count, live = fa_live;
     hooks_off();
     CHECK_MSG(rc == 0, "%s: reference run: %s", spec, nf_strerror(rc));
@@ -179,7 +210,7 @@ static void run_all_k(const char *spec) {
     for (long k = k0; k <= total + 1 && bad < 5; k++) {
         memset(&res, 0, sizeof res);
         hooks_on(k);
-        rc = path(spec, &res);
+        rc = path(fs, &res);
         long failed = fa_failed;
         live = fa_live;
         hooks_off();
@@ -214,24 +245,32 @@ static void run_all_k(const char *spec) {
             spec, total, nomem, other, absorbed);
 }
 
-TEST_T(alloc_fail_coupling_actnorm_lu, 300) {
-    run_all_k("{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
-              "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
-              "{\"type\":\"additive_coupling\",\"net\":\"resnet\",\"hidden\":[6],\"blocks\":1},"
-              "{\"type\":\"batchnorm\"},{\"type\":\"leaky_relu\"},"
-              "{\"type\":\"elementwise_affine\"}],\"base\":{\"type\":\"mixture\",\"components\":2}}");
+TEST(alloc_fail_covers_every_layer_type) {
+    for (const nf_layer_kind *lk = nf_layer_kinds; lk->type; lk++) {
+        int found = 0;
+        for (int s = 0; s < FA_NSPECS && !found; s++) {
+            nf_flow *f = NULL;
+            char err[256];
+            int rc = nf_flow_create(fa_specs[s].spec, &f, err, sizeof err);
+            CHECK_MSG(rc == 0, "%s: %s", fa_specs[s].spec, err);
+            for (int k = 0; !rc && k < f->nlayers; k++)
+                if (!strcmp(f->layers[k].ops->type, lk->type)) found = 1;
+            nf_flow_free(f);
+        }
+        CHECK_MSG(found, "layer type %s is in no spec of fa_specs (test_alloc_fail.c)", lk->type);
+    }
 }
 
-TEST_T(alloc_fail_autoregressive_spline, 300) {
-    run_all_k("{\"dim\":3,\"layers\":[{\"type\":\"maf\",\"hidden\":[8]},{\"type\":\"iaf\",\"hidden\":[6]},"
-              "{\"type\":\"spline_coupling\",\"hidden\":[8],\"bins\":4},"
-              "{\"type\":\"spline_ar\",\"hidden\":[8],\"bins\":4}],\"base\":\"diag_normal\"}");
-}
+TEST_T(alloc_fail_coupling_actnorm_lu, 300) { run_all_k(&fa_specs[FA_COUPLING]); }
+
+TEST_T(alloc_fail_autoregressive_spline, 300) { run_all_k(&fa_specs[FA_AUTOREGRESSIVE]); }
 
 TEST_T(alloc_fail_presets, 300) {
-    run_all_k("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}");
-    run_all_k("{\"dim\":3,\"preset\":\"nsf\",\"depth\":1,\"hidden\":[8],\"bins\":4}");
+    run_all_k(&fa_specs[FA_REALNVP]);
+    run_all_k(&fa_specs[FA_NSF]);
 }
+
+TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
 
 /* The hook costs one branch per allocation, and the per-batch calls make
  * none: log_prob, sample, log_prob_grad and the Adam step run on the
@@ -246,7 +285,7 @@ TEST(alloc_hot_path_allocates_nothing) {
     REQUIRE(nf_ws_create(f, 32, &w) == 0);
     REQUIRE(nf_adam_init(&opt, NF_OPT_ADAM, nf_flow_num_params(f), 0) == 0);
     nf_real x[N * D], lp[N], dl[32], xs[N * D];
-    data(x);
+    data(x, 0);
     for (int i = 0; i < 32; i++) dl[i] = (nf_real)(-1.0 / 32);
     REQUIRE(nf_flow_data_init(f, w, x, NULL, 32) == 0);
     REQUIRE(nf_flow_zero_grad(f) == 0); /* the gradient buffer: allocated once, on first use */

@@ -3,7 +3,9 @@
 #include "../test.h"
 #include "layercheck.h"
 
+#include <dirent.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,11 +31,138 @@ static void perturb(nf_flow *f, double s, uint64_t seed) {
     nf_flow_constrain(f);
 }
 
-TEST(flow_registry_complete) {
+/* ---- the registries against the files that must know every entry ---------
+ * A layer type in nf_layer_kinds (core/flow.c) or a preset of core/presets.c
+ * must also be in schema/job.schema.json (the Layer union and the preset
+ * enum, and nothing else there) and in a seed of fuzz/corpus/flow_spec/; the
+ * allocation-failure test checks its own specs (test_alloc_fail.c).  Paths
+ * are relative to the repository root, where the tests run. */
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *s = NULL;
+    size_t n = 0;
+    if (!fseek(f, 0, SEEK_END)) {
+        long len = ftell(f);
+        if (len >= 0 && !fseek(f, 0, SEEK_SET) && (s = malloc((size_t)len + 1)))
+            s[n = fread(s, 1, (size_t)len, f)] = 0;
+    }
+    fclose(f);
+    return s;
+}
+
+static cJSON *load_json(const char *path) {
+    char *s = slurp(path);
+    cJSON *j = s ? cJSON_Parse(s) : NULL;
+    free(s);
+    return j;
+}
+
+/* 1 if the JSON array arr holds the string name */
+static int str_array_has(const cJSON *arr, const char *name) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr) if (cJSON_IsString(e) && !strcmp(e->valuestring, name)) return 1;
+    return 0;
+}
+
+static int is_layer_kind(const char *type) {
+    for (const nf_layer_kind *k = nf_layer_kinds; k->type; k++)
+        if (!strcmp(k->type, type)) return 1;
+    return 0;
+}
+
+static int is_preset(const char *name) {
+    for (int i = 0; nf_preset_name(i); i++)
+        if (!strcmp(nf_preset_name(i), name)) return 1;
+    return 0;
+}
+
+/* the layer types of the schema's Layer union: the "type" enums of the
+ * definitions its oneOf refers to, gathered into one array (caller deletes) */
+static cJSON *schema_layer_types(const cJSON *schema) {
+    const cJSON *defs = cJSON_GetObjectItemCaseSensitive(schema, "$defs");
+    const cJSON *one = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(defs, "Layer"), "oneOf");
+    cJSON *types = cJSON_CreateArray(), *alt;
+    CHECK_MSG(cJSON_GetArraySize(one) > 0, "schema/job.schema.json: no $defs.Layer.oneOf");
+    cJSON_ArrayForEach(alt, one) {
+        const char *ref = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(alt, "$ref"));
+        const char *pre = "#/$defs/";
+        CHECK_MSG(ref && !strncmp(ref, pre, strlen(pre)), "Layer.oneOf: an entry without a $ref");
+        if (!ref || strncmp(ref, pre, strlen(pre))) continue;
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(defs, ref + strlen(pre)), "properties"),
+            "type");
+        const cJSON *e, *en = cJSON_GetObjectItemCaseSensitive(type, "enum");
+        CHECK_MSG(cJSON_IsArray(en), "%s: no properties.type.enum", ref);
+        cJSON_ArrayForEach(e, en) cJSON_AddItemToArray(types, cJSON_Duplicate(e, 0));
+    }
+    return types;
+}
+
+TEST(flow_registry_in_job_schema) {
+    cJSON *schema = load_json("schema/job.schema.json");
+    REQUIRE(schema != NULL); /* run from the repository root */
+    cJSON *types = schema_layer_types(schema);
+    const cJSON *e, *presets = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(schema, "$defs"), "PresetFlow"),
+                "properties"),
+            "preset"),
+        "enum");
     int n = 0;
     for (const nf_layer_kind *k = nf_layer_kinds; k->type; k++, n++)
-        CHECK_MSG(k->ctor != NULL, "layer kind %s has no constructor linked", k->type);
-    CHECK_EQ_INT(n, 13);
+        CHECK_MSG(str_array_has(types, k->type),
+                  "layer type %s is not in schema/job.schema.json ($defs.Layer)", k->type);
+    CHECK(n > 0);
+    cJSON_ArrayForEach(e, types)
+        CHECK_MSG(cJSON_IsString(e) && is_layer_kind(e->valuestring),
+                  "schema/job.schema.json: layer type %s is not registered", e->valuestring);
+    for (int i = 0; nf_preset_name(i); i++)
+        CHECK_MSG(str_array_has(presets, nf_preset_name(i)),
+                  "preset %s is not in schema/job.schema.json ($defs.PresetFlow)",
+                  nf_preset_name(i));
+    CHECK(nf_preset_name(0) != NULL);
+    cJSON_ArrayForEach(e, presets)
+        CHECK_MSG(cJSON_IsString(e) && is_preset(e->valuestring),
+                  "schema/job.schema.json: preset %s is not in core/presets.c", e->valuestring);
+    cJSON_Delete(types);
+    cJSON_Delete(schema);
+}
+
+TEST(flow_registry_in_fuzz_corpus) {
+    const char *dir = "fuzz/corpus/flow_spec";
+    DIR *d = opendir(dir);
+    REQUIRE(d != NULL); /* run from the repository root */
+    cJSON *layers = cJSON_CreateArray(), *presets = cJSON_CreateArray();
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (de->d_name[0] == '.' || !strstr(de->d_name, ".json")) continue;
+        cJSON *spec = load_json(path), *l;
+        CHECK_MSG(spec != NULL, "%s is not JSON", path);
+        const char *preset = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "preset"));
+        if (preset) cJSON_AddItemToArray(presets, cJSON_CreateString(preset));
+        cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(spec, "layers")) {
+            const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(l, "type"));
+            if (type) cJSON_AddItemToArray(layers, cJSON_CreateString(type));
+        }
+        cJSON_Delete(spec);
+    }
+    closedir(d);
+    for (const nf_layer_kind *k = nf_layer_kinds; k->type; k++)
+        CHECK_MSG(str_array_has(layers, k->type), "layer type %s is in no seed of %s/", k->type,
+                  dir);
+    for (int i = 0; nf_preset_name(i); i++)
+        CHECK_MSG(str_array_has(presets, nf_preset_name(i)), "preset %s is in no seed of %s/",
+                  nf_preset_name(i), dir);
+    cJSON_Delete(layers);
+    cJSON_Delete(presets);
 }
 
 TEST(flow_gemm_matches_reference) {

@@ -220,3 +220,175 @@ TEST_T(job_dequantized_pixels, 120) {
     nf_job_free(&j);
     nf_data_free(&all);
 }
+
+/* ---- the train table against schema/job.schema.json -------------------------------------- */
+static cJSON *load_json_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    cJSON *o = NULL;
+    if (b && fread(b, 1, (size_t)n, f) == (size_t)n) o = cJSON_ParseWithLength(b, (size_t)n);
+    free(b);
+    fclose(f);
+    return o;
+}
+
+/* "#/$defs/X" in the schema root */
+static const cJSON *schema_ref(const cJSON *root, const cJSON *prop) {
+    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(prop, "$ref");
+    if (!cJSON_IsString(ref)) return prop;
+    if (strncmp(ref->valuestring, "#/$defs/", 8)) return NULL;
+    return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "$defs"),
+                                            ref->valuestring + 8);
+}
+
+static int schema_type_is(const cJSON *prop, const char *t) {
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(prop, "type"), *e;
+    if (cJSON_IsString(ty)) return !strcmp(ty->valuestring, t);
+    cJSON_ArrayForEach(e, ty) if (cJSON_IsString(e) && !strcmp(e->valuestring, t)) return 1;
+    return 0;
+}
+
+static double schema_num(const cJSON *prop, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(prop, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static void check_fields(const cJSON *root, const cJSON *obj, const nf_field *rows, const char *path) {
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(obj, "properties"), *p;
+    REQUIRE(cJSON_IsObject(props));
+    for (const nf_field *f = rows; f->name; f++) {
+        const cJSON *prop = schema_ref(root, cJSON_GetObjectItemCaseSensitive(props, f->name));
+        CHECK_MSG(prop != NULL, "%s.%s: in the table, not in the schema", path, f->name);
+        if (!prop) continue;
+        switch (f->type) {
+        case NF_FIELD_INT:
+        case NF_FIELD_SEED:
+        case NF_FIELD_NUM: {
+            const char *t = f->type == NF_FIELD_NUM ? "number" : "integer";
+            CHECK_MSG(schema_type_is(prop, t), "%s.%s: the schema's type is not %s", path, f->name, t);
+            CHECK_MSG(schema_num(prop, "minimum") == f->lo, "%s.%s: minimum %g in the schema, %g in the table",
+                      path, f->name, schema_num(prop, "minimum"), f->lo);
+            CHECK_MSG(schema_num(prop, "maximum") == f->hi, "%s.%s: maximum %.17g in the schema, %.17g in the table",
+                      path, f->name, schema_num(prop, "maximum"), f->hi);
+            CHECK_MSG(schema_num(prop, "default") == f->def, "%s.%s: default %g in the schema, %g in the table",
+                      path, f->name, schema_num(prop, "default"), f->def);
+            if (f->type == NF_FIELD_SEED) CHECK(f->lo == 0 && f->hi == NF_JSON_SEED_MAX);
+            break;
+        }
+        case NF_FIELD_ENUM: {
+            CHECK_MSG(schema_type_is(prop, "string"), "%s.%s: the schema's type is not string", path, f->name);
+            const cJSON *en = cJSON_GetObjectItemCaseSensitive(prop, "enum"), *def = cJSON_GetObjectItemCaseSensitive(prop, "default");
+            int n = 0;
+            while (f->names[n]) n++;
+            CHECK_MSG(cJSON_GetArraySize(en) == n, "%s.%s: %d names in the schema, %d in the table", path, f->name,
+                      cJSON_GetArraySize(en), n);
+            for (int i = 0; i < n && i < cJSON_GetArraySize(en); i++) {
+                const cJSON *e = cJSON_GetArrayItem(en, i);
+                CHECK_MSG(cJSON_IsString(e) && !strcmp(e->valuestring, f->names[i]), "%s.%s: name %d differs", path,
+                          f->name, i);
+            }
+            CHECK_MSG(cJSON_IsString(def) && !strcmp(def->valuestring, f->names[(int)f->def]),
+                      "%s.%s: the defaults differ", path, f->name);
+            break;
+        }
+        case NF_FIELD_OBJECT: {
+            CHECK_MSG(schema_type_is(prop, "object"), "%s.%s: the schema's type is not object", path, f->name);
+            char sub[120];
+            snprintf(sub, sizeof sub, "%s.%s", path, f->name);
+            check_fields(root, prop, f->sub, sub);
+            break;
+        }
+        }
+    }
+    /* and nothing in the schema that the table lacks */
+    cJSON_ArrayForEach(p, props) {
+        const nf_field *f = rows;
+        while (f->name && strcmp(f->name, p->string)) f++;
+        CHECK_MSG(f->name != NULL, "%s.%s: in the schema, not in the table", path, p->string);
+    }
+}
+
+TEST(job_train_table_matches_the_schema) {
+    cJSON *root = load_json_file("schema/job.schema.json");
+    REQUIRE(root != NULL);
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(root, "properties");
+    const cJSON *train = schema_ref(root, cJSON_GetObjectItemCaseSensitive(props, "train"));
+    REQUIRE(train != NULL);
+    CHECK(schema_type_is(train, "object"));
+    check_fields(root, train, nf_job_train_fields, "train");
+    cJSON_Delete(root);
+}
+
+/* null is absent: a train block of nulls, an empty one and none at all are the same job,
+ * and they agree with the trainer's own defaults */
+TEST(job_null_means_absent) {
+    static const char *const bodies[] = {
+        "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"}}",
+        "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{}}",
+        "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\",\"n\":null,\"seed\":null},\"flow\":{\"preset\":\"maf\"},"
+        "\"train\":null,\"preprocess\":null}",
+        "{\"model\":\"m\",\"submission_id\":null,\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},"
+        "\"train\":{\"epochs\":null,\"lr\":null,\"optimizer\":null,\"schedule\":null,\"early_stopping\":null,"
+        "\"seed\":null,\"val_fraction\":null},\"preprocess\":{\"standardize\":null,\"dequantize\":null,\"logit\":null}}",
+    };
+    nf_job j0;
+    char err[300] = "";
+    REQUIRE(parse(bodies[0], &j0, err, sizeof err) == 0);
+    nf_train_config def;
+    nf_train_config_default(&def);
+    def.dequantize = j0.train.dequantize; /* the job sets these from preprocess */
+    def.levels = j0.train.levels;
+    CHECK(!memcmp(&def, &j0.train, sizeof def));
+    CHECK(j0.val_fraction == 0.1 && j0.test_fraction == 0 && j0.standardize == 1 && !j0.dequantize && !j0.logit);
+    CHECK(j0.builtin_n == 10000 && j0.builtin_seed == 0 && j0.builtin_noise == -1);
+    for (size_t i = 1; i < sizeof bodies / sizeof bodies[0]; i++) {
+        nf_job j;
+        if (parse(bodies[i], &j, err, sizeof err)) {
+            CHECK_MSG(0, "body %zu refused: %s", i, err);
+            continue;
+        }
+        CHECK_MSG(!memcmp(&j.train, &j0.train, sizeof j.train), "body %zu: other train settings", i);
+        CHECK(j.val_fraction == j0.val_fraction && j.standardize == j0.standardize && j.builtin_n == j0.builtin_n);
+        nf_job_free(&j);
+    }
+    nf_job_free(&j0);
+    /* a required field that is null is missing */
+    nf_job j;
+    const char *nullmodel = "{\"model\":null,\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"}}";
+    CHECK(parse(nullmodel, &j, err, sizeof err) == NF_EINVAL && strstr(err, "model"));
+    /* the seed bound: 2^53 is taken, the next integer a double holds is not */
+    const char *s53 = "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},"
+                      "\"train\":{\"seed\":9007199254740992}}";
+    REQUIRE(parse(s53, &j, err, sizeof err) == 0);
+    CHECK(j.train.seed == 9007199254740992ull);
+    nf_job_free(&j);
+    const char *s54 = "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},"
+                      "\"train\":{\"seed\":9007199254740994}}";
+    CHECK(parse(s54, &j, err, sizeof err) == NF_EINVAL && strstr(err, "seed"));
+    /* 1e999 is infinity, which would print back as null (= the default): refused, named */
+    const char *inf = "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},"
+                      "\"flow\":{\"layers\":[{\"type\":\"spline_coupling\",\"bins\":1e999}]}}";
+    CHECK(parse(inf, &j, err, sizeof err) == NF_EINVAL && strstr(err, "bins"));
+}
+
+/* the dry run of a submission: a flow that cannot be built is refused */
+TEST(job_check_builds_the_flow) {
+    nf_job j;
+    char err[300] = "";
+    const char *ok = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"preset\":\"realnvp\",\"depth\":2}}";
+    REQUIRE(parse(ok, &j, err, sizeof err) == 0);
+    CHECK_MSG(nf_job_check(&j, 3, 0, -1, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(nf_job_check(&j, 0, 0, 0, 0, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 1, 0, -1, 1, err, sizeof err) == NF_EINVAL); /* couplings need dim >= 2 */
+    nf_job_free(&j);
+    const char *dq = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"preset\":\"maf\"},"
+                     "\"preprocess\":{\"dequantize\":{\"levels\":4}}}";
+    REQUIRE(parse(dq, &j, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 2, 1, 0, 3, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 2, 1, 0, 9, err, sizeof err) == NF_EINVAL && strstr(err, "dequantize"));
+    nf_job_free(&j);
+}
