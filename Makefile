@@ -53,7 +53,7 @@ TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
 CLIENT_SRC := $(wildcard client/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(filter %/server/png.o,$(SERVER_OBJ))
 
-.PHONY: all test asan bench bench-http run deps clean
+.PHONY: all test asan bench bench-http bench-daemon run deps clean
 all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \
      $(BUILD)/test_server $(BUILD)/flowctl
 
@@ -142,6 +142,11 @@ bench: deps-check $(BUILD)/bench_core
 
 bench-http: deps-check $(BUILD)/bench_core $(BUILD)/flowd
 	BUILD=$(BUILD) sh bench/http_bench.sh
+
+# bench-daemon: training jobs through flowd serve against flowd train (needs
+# dataset-fashion-mnist); writes "daemon" into build/bench/results.json
+bench-daemon: deps-check $(BUILD)/flowd
+	BUILD=$(BUILD) sh bench/daemon_bench.sh
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \

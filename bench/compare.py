@@ -24,7 +24,10 @@ Ratios are flowd / torch of the merged medians.
 Torch at its best: with T threads (OPENBLAS_NUM_THREADS, default 2) the
 PyTorch side runs once per thread configuration "intra-op:BLAS" with both
 counts at most T (for T = 2: 2:2, 2:1, 1:2, 1:1; FLOWD_BENCH_TORCH_CONFIGS
-overrides), and each figure takes the configuration with the best median
+overrides, "2:2-omp" for the OpenMP OpenBLAS), plus T:T with Debian's OpenMP
+build of OpenBLAS first on LD_LIBRARY_PATH where libopenblas0-openmp is
+installed (torch's intra-op threads are OpenMP, so torch and its BLAS then
+share one thread pool), and each figure takes the configuration with the best median
 (lowest peak RSS).  On this 2-vCPU VM torch's 2:2 alone is erratic: its
 OpenMP and OpenBLAS threads contend (W1 log_prob at 4096 rows measured
 38k rows/s in one run and 249k in the next), and 1:1 often wins; comparing
@@ -95,21 +98,39 @@ def run_c(only, loads, rnd=None):
         os.unlink(path)
 
 
+# Debian's OpenMP build of OpenBLAS (libopenblas0-openmp): put first on the
+# library path, torch's BLAS calls run on the same OpenMP pool as its own
+# intra-op threads instead of a second (pthread) pool that contends for the
+# same cores.
+OMP_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+
+
+def cfg_name(c):
+    return f"{c[0]}:{c[1]}" + ("-omp" if c[2] else "")
+
+
 def torch_configs():
+    """(intra-op threads, BLAS threads, OpenMP OpenBLAS) triples"""
     spec = os.environ.get("FLOWD_BENCH_TORCH_CONFIGS", "")
     if spec:
         out = []
         for c in spec.split(","):
-            a, b = c.split(":")
-            out.append((int(a), int(b)))
+            omp = c.endswith("-omp")
+            a, b = c[:-4 if omp else None].split(":")
+            out.append((int(a), int(b), omp))
         return out
     t = int(THREADS)
-    return [(a, b) for a in range(t, 0, -1) for b in range(t, 0, -1)]
+    out = [(a, b, False) for a in range(t, 0, -1) for b in range(t, 0, -1)]
+    if os.path.exists(os.path.join(OMP_BLAS_DIR, "libblas.so.3")):
+        out.append((t, t, True))
+    return out
 
 
 def run_torch_one(what, loads, rnd, cfg):
-    step(loads, f"torch {what} ({cfg[0]}:{cfg[1]})", rnd)
+    step(loads, f"torch {what} ({cfg_name(cfg)})", rnd)
     e = env(TORCH_THREADS=str(cfg[0]), OPENBLAS_NUM_THREADS=str(cfg[1]))
+    if cfg[2]:
+        e["LD_LIBRARY_PATH"] = OMP_BLAS_DIR + (":" + e["LD_LIBRARY_PATH"] if e.get("LD_LIBRARY_PATH") else "")
     p = subprocess.run([PY, os.path.join(HERE, "torch_ref.py"), what], env=e,
                        check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(p.stdout)
@@ -119,7 +140,7 @@ def best_of(objs, cfgs):
     """one "torch" object from one per thread configuration: every rate
     figure (with its min, max, repeats) from the configuration with the
     highest median, peak RSS the lowest"""
-    names = [f"{a}:{b}" for a, b in cfgs]
+    names = [cfg_name(c) for c in cfgs]
     m = dict(objs[0])
     m["min"], m["max"], m["repeats"], m["best_config"] = {}, {}, {}, {}
     for f in RATES:
@@ -153,7 +174,7 @@ def run_torch(what, loads, rnd=None):
     cfgs = torch_configs()
     outs = [run_torch_one(what, loads, rnd, c) for c in cfgs]
     r = dict(outs[0])
-    r["threads"] = [f"{a}:{b}" for a, b in cfgs]
+    r["threads"] = [cfg_name(c) for c in cfgs]
     if what == "serve":
         r["serve_peak_rss_bytes"] = min(o["serve_peak_rss_bytes"] for o in outs)
         return r

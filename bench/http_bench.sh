@@ -107,14 +107,29 @@ run_wrk log_prob_256 256
 run_wrk log_prob_1_serial 1 1 1
 run_wrk log_prob_256_serial 256 1 1
 
-# the same while a training job runs (long enough to outlast both runs)
-ID2=$(submit "{\"model\":\"w1-busy\",\"dataset\":{\"builtin\":\"moons\",\"n\":200000,\"seed\":2},$FLOW,\"train\":{\"epochs\":100,\"batch_size\":512,\"max_seconds\":$((4 * DUR + 30))}}")
+# the same while a W2-sized training job runs (MAF 5x1024 on 784-D Gaussian
+# rows, uploaded as .npy; long enough to outlast both runs), with the
+# daemon's default training threads and priority
+$PY - "$TMP/w2.npy" <<'EOF'
+import random, struct, sys
+r = random.Random(5)
+n, d = 4000, 784
+hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (n, d)
+hdr += " " * (63 - (len(hdr) + 10) % 64) + "\n"
+with open(sys.argv[1], "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode())
+    f.write(struct.pack("<%df" % (n * d), *[r.gauss(0, 1) for _ in range(n * d)]))
+EOF
+W2DS=$(curl -sf "$URL/v1/datasets?name=w2" -H 'Content-Type: application/x-npy' --data-binary "@$TMP/w2.npy" |
+    $PY -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+ID2=$(submit "{\"model\":\"w2-busy\",\"dataset\":{\"id\":\"$W2DS\"},\"flow\":{\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024]},\"train\":{\"epochs\":1000,\"batch_size\":128,\"max_seconds\":$((4 * DUR + 30))}}")
 i=0
 while [ "$(job_state "$ID2")" != running ]; do
     i=$((i + 1))
     [ $i -gt 100 ] && { echo "http_bench: training job did not start" >&2; exit 1; }
     sleep 0.2
 done
+sleep 2 # past the job's start-up (data load, first steps)
 run_wrk log_prob_1_training 1
 run_wrk log_prob_256_training 256
 TRAIN_STATE=$(job_state "$ID2")
@@ -124,9 +139,9 @@ curl -sf -X POST "$URL/v1/jobs/$ID2/cancel" >/dev/null || true
 echo "http_bench: in-process W1 log_prob (bench_core, 1 BLAS thread) ..."
 FLOWD_BENCH_ONLY=W1 FLOWD_BENCH_OUT="$TMP/core.json" OPENBLAS_NUM_THREADS=1 "$CORE" >/dev/null
 
-$PY - "$TMP" "$OUT" "$DUR" "$CONNS" "$WT" "$TRAIN_STATE" "$(dirname "$0")" <<'EOF'
+$PY - "$TMP" "$OUT" "$DUR" "$CONNS" "$WT" "$TRAIN_STATE" "$(dirname "$0")" "$(head -n 1 "$TMP/serve.log")" <<'EOF'
 import json, os, re, sys
-tmp, out, dur, conns, wt, train_state, bench_dir = sys.argv[1:8]
+tmp, out, dur, conns, wt, train_state, bench_dir, serve_line = sys.argv[1:9]
 
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
@@ -146,8 +161,9 @@ def parse(name):
 
 core = json.load(open(f"{tmp}/core.json"))["W1"]["flowd"]["log_prob_rows_per_s"]
 h = {"model": "realnvp depth 8 hidden [128,128], 2-D (W1), trained 1 epoch via the API",
+     "training_alongside": "MAF 5x1024 on 784-D rows (W2-sized), batch 128, daemon defaults",
      "wrk": {"threads": int(wt), "connections": int(conns), "seconds": int(dur)},
-     "server": {"http_threads": 4, "blas_threads": 1}}
+     "server": serve_line}
 NAMES = ("log_prob_1", "log_prob_256", "log_prob_1_serial", "log_prob_256_serial",
          "log_prob_1_training", "log_prob_256_training")
 for name in NAMES:

@@ -504,7 +504,19 @@ def run(key):
             "sample_rows_per_s": rates["sample_rows_per_s"][part],
             "gflops": rates["gflops"][part]}
     return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+            "blas_libs": blas_libs(),
             "dense_flops_per_row_fwd": 2 * mac, key: {"torch": res}}
+
+
+def blas_libs():
+    """the BLAS shared objects this process mapped (which OpenBLAS build ran)"""
+    libs = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            p = line.split()[-1]
+            if "blas" in os.path.basename(p):
+                libs.add(p)
+    return sorted(libs)
 
 
 def serve():

@@ -501,7 +501,13 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         nf_set_err(err, errlen, "cannot resume from the saved training state: %s", nf_strerror(rc));
         goto out;
     }
+    nf_train_metrics m0;
+    nf_trainer_metrics(t, &m0); /* a resumed run starts past step 0 */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     rc = nf_trainer_run(t, hooks);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double run_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     nf_trainer_metrics(t, &res->last);
     if (rc) {
         nf_set_err(err, errlen, "%s", nf_trainer_error(t)[0] ? nf_trainer_error(t) : nf_strerror(rc));
@@ -526,6 +532,12 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     cJSON_AddNumberToObject(m, "epochs_run", res->last.epoch);
     cJSON_AddNumberToObject(m, "steps", (double)res->last.step);
     cJSON_AddNumberToObject(m, "skipped_batches", (double)res->last.skipped_batches);
+    /* this run's training loop (validations and checkpoints included; a
+     * resumed job counts from where it resumed) */
+    cJSON_AddNumberToObject(m, "train_seconds", run_s);
+    if (run_s > 0)
+        cJSON_AddNumberToObject(m, "samples_per_second",
+                                (double)(res->last.step - m0.step) * j->train.batch_size / run_s);
     cJSON_AddNumberToObject(m, "rows_train", (double)tr.n);
     cJSON_AddNumberToObject(m, "rows_val", (double)va.n);
     cJSON_AddNumberToObject(m, "rows_test", (double)te.n);

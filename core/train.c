@@ -29,6 +29,8 @@ struct nf_trainer {
     int D, B;
     int64_t spe, total_steps; /* steps per epoch, total */
     nf_ws *ws;
+    nf_ws *sws;            /* validation's sample check: forward-only, the run's threads,
+                              made at the first validation and kept */
     nf_adam opt;
     nf_real *xb, *dlogp, *logp, *logdet, *keep_buffers;
     nf_real *best_params, *best_buffers;
@@ -126,6 +128,7 @@ double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize
 void nf_trainer_free(nf_trainer *t) {
     if (!t) return;
     nf_ws_free(t->ws);
+    nf_ws_free(t->sws);
     nf_adam_free(&t->opt);
     nf_free(t->xb);
     nf_free(t->dlogp);
@@ -332,15 +335,15 @@ static int validate(nf_trainer *t) {
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
     /* fraction of non-finite values in 256 samples at T = 1 */
     int n = 256;
-    nf_ws *w = NULL;
     nf_real *s = nf_malloc((size_t)n * t->D * sizeof *s);
-    if (s && !nf_ws_create(f, n, &w)) {
-        nf_flow_sample(f, w, n, 1.0, t->cfg.seed + (uint64_t)t->step, NULL, s, NULL);
+    if (s && !t->sws)
+        nf_ws_create_ex(f, n, t->cfg.threads > 1 ? t->cfg.threads : 1, NF_WS_INFERENCE, &t->sws);
+    if (s && t->sws) {
+        nf_flow_sample(f, t->sws, n, 1.0, t->cfg.seed + (uint64_t)t->step, NULL, s, NULL);
         size_t bad = 0;
         for (size_t i = 0; i < (size_t)n * t->D; i++) bad += !isfinite(s[i]);
         t->nonfinite_frac = (double)bad / ((double)n * t->D);
     }
-    nf_ws_free(w);
     nf_free(s);
     if (nf_alloc_failures != fails) {
         snprintf(t->err, sizeof t->err, "out of memory in validation at step %lld", (long long)t->step);
@@ -372,6 +375,15 @@ static int validate(nf_trainer *t) {
     return t->cfg.es_patience > 0 && t->es_bad >= t->cfg.es_patience;
 }
 
+/* a time-based checkpoint is due: checkpoint_seconds passed and the
+ * caller's checkpoint_due, if any, agrees */
+static int ckpt_time_due(const nf_trainer *t, const nf_train_hooks *h) {
+    if (!h || !(h->checkpoint_seconds > 0)) return 0;
+    double since = now_s() - t->last_ckpt;
+    if (since < h->checkpoint_seconds) return 0;
+    return !h->checkpoint_due || h->checkpoint_due(h->user, since);
+}
+
 static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     if (!h || !h->checkpoint) return 0;
     void *buf;
@@ -379,7 +391,7 @@ static int checkpoint(nf_trainer *t, const nf_train_hooks *h) {
     int rc = nf_trainer_save_state(t, &buf, &len);
     if (rc) return rc;
     rc = h->checkpoint(h->user, buf, len, t->step);
-    nf_free(buf);
+    if (!h->checkpoint_takes_state) nf_free(buf);
     return rc;
 }
 
@@ -516,8 +528,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 report(t, h, 1);
                 if (t->done) goto finish;
             }
-            if ((every && t->step % every == 0) ||
-                (h && h->checkpoint_seconds > 0 && now_s() - t->last_ckpt >= h->checkpoint_seconds)) {
+            if ((every && t->step % every == 0) || ckpt_time_due(t, h)) {
                 t->last_ckpt = now_s();
                 if ((rc = checkpoint(t, h))) goto finish;
             }

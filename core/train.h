@@ -99,13 +99,20 @@ typedef struct nf_train_hooks {
     void (*progress)(void *user, const nf_train_metrics *m);
     /* non-zero stops the run at the next step with NF_ECANCELLED */
     volatile int *cancel;
-    /* receives the full state blob (borrowed for the call) every
-     * checkpoint_every steps (0 = at every validation); a non-zero return
-     * stops the run with that status */
-    int (*checkpoint)(void *user, const void *state, size_t len, int64_t step);
+    /* receives the full state blob every checkpoint_every steps (0 = at
+     * every validation); a non-zero return stops the run with that status.
+     * The blob is borrowed for the call, unless checkpoint_takes_state is
+     * set: then the hook owns it and must free() it, now or
+     * later (a daemon hands it to a writer thread and trains on). */
+    int (*checkpoint)(void *user, void *state, size_t len, int64_t step);
     int checkpoint_every;
+    int checkpoint_takes_state;
     /* also checkpoint when this many seconds passed since the last one (0 = off) */
     double checkpoint_seconds;
+    /* optional: asked when a time-based checkpoint falls due (after
+     * checkpoint_seconds); 0 puts it off, and it is asked again at the next
+     * step.  Lets the caller space snapshots by what they cost it. */
+    int (*checkpoint_due)(void *user, double seconds_since_last);
     /* on cancellation, checkpoint the current state before returning (a
      * daemon shutting down keeps the job resumable) */
     int checkpoint_on_cancel;

@@ -96,8 +96,11 @@ static void serve_usage(FILE *f) {
 "                         port 0 picks a free port (see --port-file)\n"
 "  --workers N            training worker threads (FLOWD_WORKERS, default 1)\n"
 "  --train-threads N      threads that share each training batch\n"
-"                         (FLOWD_TRAIN_THREADS, default 1: the other core stays\n"
-"                         with the request threads)\n"
+"                         (FLOWD_TRAIN_THREADS, default: the CPUs divided among\n"
+"                         the workers, 1 with --blas-threads above 1)\n"
+"  --train-nice N         nice value of training threads, run under SCHED_BATCH\n"
+"                         so that request threads preempt them (FLOWD_TRAIN_NICE,\n"
+"                         0..19, default 19; 0 = same priority as requests)\n"
 "  --http-threads N       request threads (FLOWD_HTTP_THREADS, default: one per CPU,\n"
 "                         at least 2; event streams hold none)\n"
 "  --token-file FILE      bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line\n"
@@ -139,7 +142,8 @@ int cmd_serve(int argc, char **argv) {
         {"max-queued-jobs", "FLOWD_MAX_QUEUED_JOBS", 64, 1, 100000, 0},
         {"cache-models", "FLOWD_CACHE_MODELS", 16, 1, 4096, 0},
         {"blas-threads", "FLOWD_BLAS_THREADS", 1, 1, 64, 0},
-        {"train-threads", "FLOWD_TRAIN_THREADS", 1, 1, 64, 0},
+        {"train-threads", "FLOWD_TRAIN_THREADS", 0, 1, 64, 0},
+        {"train-nice", "FLOWD_TRAIN_NICE", 19, 0, 19, 0},
     };
     enum { NNUM = sizeof nums / sizeof nums[0] };
     /* one request thread per core: scoring is CPU-bound, and more threads
@@ -188,6 +192,13 @@ int cmd_serve(int argc, char **argv) {
     if (optind != argc) {
         serve_usage(stderr);
         return 2;
+    }
+    if (!nums[11].val) {
+        /* auto: the cores shared by the workers' training pools.  The
+         * request threads are not counted: training runs at a lower
+         * priority (--train-nice), so requests take a core when they come */
+        long per = ncpu / (nums[0].val > 0 ? nums[0].val : 1);
+        nums[11].val = nums[10].val > 1 ? 1 : per < 1 ? 1 : per > 64 ? 64 : per;
     }
     if (nums[11].val > 1 && nums[10].val > 1) {
         /* each of a job's threads calls BLAS: both > 1 oversubscribes the
@@ -249,7 +260,8 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
-    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, (int)nums[11].val, &s.jobs, err, sizeof err)) {
+    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, (int)nums[11].val, (int)nums[12].val, &s.jobs,
+                                       err, sizeof err)) {
         fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
         fd_db_close(db);
         return 1;
@@ -269,9 +281,11 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     fprintf(stderr,
-            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s, %d request threads)\n",
+            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %ld "
+            "thread%s at nice %ld, %d request threads)\n",
             FD_VERSION, c->listen_host, c->port, c->db_path, fd_db_schema_version(db), c->workers,
-            c->workers == 1 ? "" : "s", c->http_threads);
+            c->workers == 1 ? "" : "s", nums[11].val, nums[11].val == 1 ? "" : "s", nums[12].val,
+            c->http_threads);
     if (!s.ntokens)
         fprintf(stderr, "no --token-file: serving loopback only, without authentication\n");
     fprintf(stderr, "try: curl -s http://%s:%d/v1/models\n", c->listen_host, c->port);

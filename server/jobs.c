@@ -20,6 +20,8 @@
 #include "../core/model.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -60,8 +62,10 @@ struct fd_jobs {
     int pending;            /* a notify not yet seen by an idle worker, under mu */
     int64_t *resume;        /* ids left 'running' at start, under mu */
     int nresume, resume_next;
-    double ckpt_seconds;
+    double ckpt_seconds;    /* the least time between two snapshots */
     int train_threads;   /* threads per job's training workspace */
+    int train_nice;      /* nice value of the training threads (SCHED_BATCH); 0 = as the daemon */
+    char *db_path;       /* for the checkpoint writers' connections */
     atomic_int running;
 };
 
@@ -127,18 +131,59 @@ static int model_header(const void *buf, size_t len, int *dim, int *cdim, char *
     return 0;
 }
 
-/* ---- hooks ------------------------------------------------------------------------ */
+/* ---- checkpoint writer ------------------------------------------------------------
+ * A snapshot of a big model's training state is large (parameters, Adam's
+ * two moments and the best parameters: 16 bytes a parameter, ~190 MB for a
+ * 12M-parameter MAF), and writing it into SQLite takes a while.  The trainer
+ * only serialises it and hands the buffer over (checkpoint_takes_state); a
+ * writer thread of the job, with its own connection, stores it while
+ * training goes on.  One snapshot waits at most: a newer one replaces a
+ * waiting one (only the latest is worth resuming from).
+ *
+ * Spacing: a snapshot is taken when --checkpoint-seconds (default 10) have
+ * passed AND the writer is idle AND the time since the last snapshot is at
+ * least CKPT_WRITE_RATIO times the last write's duration and
+ * CKPT_SER_RATIO times the last serialisation's (the part the training
+ * thread pays).  So a small model checkpoints every 10 s, and a large one
+ * spends at most ~1/CKPT_SER_RATIO of its time serialising and keeps the
+ * disk busy at most ~1/CKPT_WRITE_RATIO of the time. */
+#define CKPT_SER_RATIO 50.0
+#define CKPT_WRITE_RATIO 10.0
+
+typedef struct ckpt_writer {
+    pthread_t th;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void *buf;              /* the waiting snapshot (nf_malloc'd), under mu */
+    size_t len;
+    int64_t step;
+    int busy, stop;         /* under mu */
+    fd_db *db;              /* the writer's own connection */
+    struct fd_worker *w;
+    int64_t id;
+    double write_s, ser_s;  /* last durations (write: under mu) */
+    double due_at;          /* mono time a due snapshot was granted (trainer thread) */
+    double last_err_log;    /* the writer's own rate limit for error lines */
+} ckpt_writer;
+
 typedef struct run_ctx {
     fd_worker *w;
     fd_slot *slot;
     int64_t id;
+    ckpt_writer *cw;
 } run_ctx;
 
-static void log_db_error(fd_worker *w, int64_t id, const char *what, const char *err) {
+/* last: the caller's rate-limit clock (the worker's, or its writer's) */
+static void log_db_error_at(double *last, int64_t id, const char *what, const char *err) {
     double now = mono_now();
-    if (now - w->last_err_log < 5) return;
-    w->last_err_log = now;
+    if (now - *last < 5) return;
+    *last = now;
     fprintf(stderr, "flowd: job %" PRId64 ": %s: %s (training continues)\n", id, what, err);
+}
+
+static void log_db_error(fd_worker *w, int64_t id, const char *what, const char *err) {
+    log_db_error_at(&w->last_err_log, id, what, err);
 }
 
 static void on_progress(void *user, const nf_train_metrics *m) {
@@ -175,12 +220,114 @@ static void on_progress(void *user, const nf_train_metrics *m) {
     }
 }
 
-static int on_checkpoint(void *user, const void *state, size_t len, int64_t step) {
+static void *ckpt_writer_main(void *arg) {
+    ckpt_writer *cw = arg;
+    pthread_mutex_lock(&cw->mu);
+    for (;;) {
+        while (!cw->buf && !cw->stop) pthread_cond_wait(&cw->cv, &cw->mu);
+        if (!cw->buf) break; /* stop, nothing waiting */
+        void *buf = cw->buf;
+        size_t len = cw->len;
+        int64_t step = cw->step;
+        cw->buf = NULL;
+        cw->busy = 1;
+        pthread_mutex_unlock(&cw->mu);
+        char err[256] = "";
+        double t0 = mono_now();
+        if (fd_db_train_state_put(cw->db, cw->id, step, buf, len, err, sizeof err))
+            log_db_error_at(&cw->last_err_log, cw->id, "cannot store the training state", err);
+        double dt = mono_now() - t0;
+        free(buf);
+        pthread_mutex_lock(&cw->mu);
+        cw->write_s = dt;
+        cw->busy = 0;
+        pthread_cond_broadcast(&cw->cv);
+    }
+    pthread_mutex_unlock(&cw->mu);
+    return NULL;
+}
+
+/* The writer starts with the job; without it (no thread or connection) the
+ * snapshots are written on the training thread, as before. */
+static void ckpt_writer_start(ckpt_writer *cw, fd_worker *w, int64_t id) {
+    memset(cw, 0, sizeof *cw);
+    cw->w = w;
+    cw->id = id;
+    cw->last_err_log = -1e9;
+    char err[256] = "";
+    if (fd_db_open(w->j->db_path, &cw->db, err, sizeof err)) {
+        fprintf(stderr, "flowd: job %" PRId64 ": no checkpoint writer (%s); writing inline\n", id, err);
+        cw->db = NULL;
+        return;
+    }
+    pthread_mutex_init(&cw->mu, NULL);
+    pthread_cond_init(&cw->cv, NULL);
+    if (pthread_create(&cw->th, NULL, ckpt_writer_main, cw)) {
+        pthread_cond_destroy(&cw->cv);
+        pthread_mutex_destroy(&cw->mu);
+        fd_db_close(cw->db);
+        cw->db = NULL;
+        return;
+    }
+    cw->started = 1;
+}
+
+/* keep = 1 writes a waiting snapshot first (shutdown: the job resumes from
+ * it); 0 drops it (the job ended: its state is deleted, not resumed). */
+static void ckpt_writer_finish(ckpt_writer *cw, int keep) {
+    if (!cw->started) return;
+    pthread_mutex_lock(&cw->mu);
+    if (!keep && cw->buf) {
+        free(cw->buf);
+        cw->buf = NULL;
+    }
+    cw->stop = 1;
+    pthread_cond_broadcast(&cw->cv);
+    pthread_mutex_unlock(&cw->mu);
+    pthread_join(cw->th, NULL);
+    pthread_cond_destroy(&cw->cv);
+    pthread_mutex_destroy(&cw->mu);
+    fd_db_close(cw->db);
+    cw->started = 0;
+}
+
+static int on_checkpoint_due(void *user, double since) {
     run_ctx *r = user;
-    if (FLAG(r->slot->user_cancel)) return 0; /* ending 'cancelled': nothing to resume */
+    ckpt_writer *cw = r->cw;
+    if (!cw->started) return 1;
+    pthread_mutex_lock(&cw->mu);
+    int idle = !cw->busy && !cw->buf;
+    double wait = CKPT_WRITE_RATIO * cw->write_s;
+    pthread_mutex_unlock(&cw->mu);
+    if (CKPT_SER_RATIO * cw->ser_s > wait) wait = CKPT_SER_RATIO * cw->ser_s;
+    if (!idle || since < wait) return 0;
+    cw->due_at = mono_now();
+    return 1;
+}
+
+static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
+    run_ctx *r = user;
+    ckpt_writer *cw = r->cw;
+    if (cw->due_at > 0) cw->ser_s = mono_now() - cw->due_at;
+    cw->due_at = 0;
+    if (FLAG(r->slot->user_cancel)) { /* ending 'cancelled': nothing to resume */
+        free(state);
+        return 0;
+    }
+    if (cw->started) {
+        pthread_mutex_lock(&cw->mu);
+        free(cw->buf); /* a newer snapshot replaces one still waiting */
+        cw->buf = state;
+        cw->len = len;
+        cw->step = step;
+        pthread_cond_broadcast(&cw->cv);
+        pthread_mutex_unlock(&cw->mu);
+        return 0;
+    }
     char err[256] = "";
     if (fd_db_train_state_put(r->w->db, r->id, step, state, len, err, sizeof err))
         log_db_error(r->w, r->id, "cannot store the training state", err);
+    free(state);
     return 0;
 }
 
@@ -289,13 +436,17 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         if (rc) state = NULL, state_len = 0;
         else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
     }
-    run_ctx rc_ = {w, slot, id};
+    ckpt_writer cw;
+    ckpt_writer_start(&cw, w, id);
+    run_ctx rc_ = {w, slot, id, &cw};
     nf_train_hooks hooks = {.user = &rc_,
                             .progress = on_progress,
                             .cancel = &slot->cancel,
                             .checkpoint = on_checkpoint,
+                            .checkpoint_takes_state = 1,
                             .checkpoint_every = 0,
                             .checkpoint_seconds = j->ckpt_seconds,
+                            .checkpoint_due = on_checkpoint_due,
                             .checkpoint_on_cancel = 1};
     nf_job_result res;
     int rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
@@ -304,6 +455,9 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         nf_job_result_free(&res);
         rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
     }
+    /* a shutdown keeps the last snapshot (the job resumes from it); any
+     * other end deletes the state, so a waiting one is dropped */
+    ckpt_writer_finish(&cw, rc == NF_ECANCELLED && !FLAG(slot->user_cancel));
     if (!rc) {
         publish(w, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
@@ -322,9 +476,24 @@ out:
 }
 
 /* ---- workers -------------------------------------------------------------------- */
+/* Training runs behind the request threads: SCHED_BATCH (a batch thread
+ * does not preempt others when it wakes) at nice train_nice, so a request
+ * thread that wakes takes the core at once.  Linux keeps both per thread,
+ * and the threads the job creates (its training pool, its checkpoint
+ * writer) inherit them.  Lowering one's own priority needs no privilege. */
+static void lower_priority(int nice_val) {
+    if (nice_val <= 0) return;
+    struct sched_param sp = {0};
+    if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp))
+        fprintf(stderr, "flowd: training worker: cannot switch to SCHED_BATCH\n");
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice_val))
+        fprintf(stderr, "flowd: training worker: cannot set nice %d: %s\n", nice_val, strerror(errno));
+}
+
 static void *worker_main(void *arg) {
     fd_worker *w = arg;
     fd_jobs *j = w->j;
+    lower_priority(j->train_nice);
     fd_slot *slot = &j->slots[w->index];
     char err[256];
     pthread_mutex_lock(&j->mu);
@@ -404,11 +573,12 @@ static void jobs_free(fd_jobs *j) {
     free(j->w);
     free(j->slots);
     free(j->resume);
+    free(j->db_path);
     free(j);
 }
 
-int fd_jobs_start(const char *db_path, int n, int train_threads, fd_jobs **out, char *err,
-                  size_t errlen) {
+int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
+                  char *err, size_t errlen) {
     *out = NULL;
     if (n < 0 || n > 256) {
         if (err) snprintf(err, errlen, "training workers: %d is out of range (0..256)", n);
@@ -429,12 +599,14 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, fd_jobs **out, 
     atomic_init(&j->running, 0);
     j->ckpt_seconds = 10;
     j->train_threads = train_threads;
+    j->train_nice = train_nice < 0 ? 0 : train_nice > 19 ? 19 : train_nice;
     const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
     double v;
     if (cs && !nf_parse_num(cs, 0, HUGE_VAL, &v)) j->ckpt_seconds = v;
     j->w = calloc(n ? (size_t)n : 1, sizeof *j->w);
     j->slots = calloc(n ? (size_t)n : 1, sizeof *j->slots);
-    if (!j->w || !j->slots) {
+    j->db_path = strdup(db_path);
+    if (!j->w || !j->slots || !j->db_path) {
         jobs_free(j);
         return FD_ENOMEM;
     }

@@ -86,9 +86,11 @@ typedef struct fd_jobs fd_jobs;
 /* Start n worker threads on db_path.  Jobs found running (the daemon died
  * under them) resume from their saved state; queued ones run in order. */
 /* n worker threads; each job's batch is split over train_threads threads
- * (nf_train_config.threads) */
-int fd_jobs_start(const char *db_path, int n, int train_threads, fd_jobs **out, char *err,
-                  size_t errlen);
+ * (nf_train_config.threads), which run under SCHED_BATCH at nice
+ * train_nice (0: as the daemon's other threads; at most 19).  Snapshots of
+ * the training state are written by a writer thread per job (jobs.c). */
+int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
+                  char *err, size_t errlen);
 /* Wake a worker: a job was queued. */
 void fd_jobs_notify(fd_jobs *j);
 /* Cancel a running job now (the HTTP handler has already flagged it in the

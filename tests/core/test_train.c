@@ -95,7 +95,7 @@ typedef struct {
     int64_t stop_at;
 } ckpt;
 
-static int on_ckpt(void *u, const void *state, size_t len, int64_t step) {
+static int on_ckpt(void *u, void *state, size_t len, int64_t step) {
     ckpt *c = u;
     if (step == c->at) {
         c->blob = malloc(len);
@@ -417,7 +417,7 @@ static void cancel_progress(void *u, const nf_train_metrics *m) {
     cancel_ctx *c = u;
     if (m->step >= c->at) c->cancel = 1;
 }
-static int cancel_ckpt(void *u, const void *state, size_t len, int64_t step) {
+static int cancel_ckpt(void *u, void *state, size_t len, int64_t step) {
     cancel_ctx *c = u;
     (void)step;
     free(c->blob);
@@ -457,6 +457,69 @@ TEST_T(train_checkpoint_on_cancel_resumes_exactly, 300) {
     CHECK(nf_trainer_run(td, NULL) == 0);
     CHECK(memcmp(nf_flow_params(a), nf_flow_params(d), nf_flow_num_params(a) * sizeof(nf_real)) == 0);
     free(cc.blob);
+    nf_trainer_free(ta);
+    nf_trainer_free(tb);
+    nf_trainer_free(td);
+    nf_flow_free(a);
+    nf_flow_free(b);
+    nf_flow_free(d);
+    free(x);
+}
+
+/* time-based checkpoints ask checkpoint_due and skip when it says no; with
+ * checkpoint_takes_state the hook owns the blob (keeps it past the call) */
+typedef struct { int asked, granted, calls; void *kept[64]; size_t kept_len[64]; } due_ctx;
+static int due_every_other(void *u, double since) {
+    due_ctx *c = u;
+    CHECK(since >= 1e-9);
+    c->asked++;
+    return c->asked % 2 == 0 ? (c->granted++, 1) : 0;
+}
+static int due_keep(void *u, void *state, size_t len, int64_t step) {
+    due_ctx *c = u;
+    (void)step;
+    if (c->calls < 64) c->kept[c->calls] = state, c->kept_len[c->calls] = len;
+    else free(state);
+    c->calls++;
+    return 0;
+}
+
+TEST_T(train_checkpoint_due_and_ownership, 120) {
+    const char *spec = "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}";
+    double H;
+    nf_real *x = gaussian_rows(600, 9, &H);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 2;
+    c.batch_size = 50;
+    c.log_every = 0;
+    c.seed = 5;
+    nf_flow *a = make(spec), *d = make(spec);
+    nf_trainer *ta, *td;
+    char err[200];
+    REQUIRE(nf_trainer_create(a, &c, x, 500, x + 500 * 3, 100, &ta, err, sizeof err) == 0);
+    due_ctx dc = {0};
+    nf_train_hooks h = {.user = &dc, .checkpoint = due_keep, .checkpoint_takes_state = 1,
+                        .checkpoint_seconds = 1e-9, .checkpoint_due = due_every_other};
+    CHECK(nf_trainer_run(ta, &h) == 0);
+    /* asked at every step (20 of them); half granted, each one a checkpoint */
+    CHECK_EQ_INT(dc.asked, 20);
+    CHECK_EQ_INT(dc.granted, 10);
+    CHECK_EQ_INT(dc.calls, 10);
+    /* the kept blobs are alive and valid after the run: the last one loads */
+    REQUIRE(nf_trainer_create(d, &c, x, 500, x + 500 * 3, 100, &td, err, sizeof err) == 0);
+    CHECK(nf_trainer_load_state(td, dc.kept[9], dc.kept_len[9]) == 0);
+    for (int i = 0; i < dc.calls && i < 64; i++) free(dc.kept[i]);
+    /* no checkpoint_due: every due time checkpoints (the old behaviour) */
+    due_ctx d2 = {0};
+    nf_train_hooks h2 = {.user = &d2, .checkpoint = due_keep, .checkpoint_takes_state = 1,
+                         .checkpoint_seconds = 1e-9};
+    nf_trainer *tb;
+    nf_flow *b = make(spec);
+    REQUIRE(nf_trainer_create(b, &c, x, 500, x + 500 * 3, 100, &tb, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(tb, &h2) == 0);
+    CHECK_EQ_INT(d2.calls, 20);
+    for (int i = 0; i < d2.calls && i < 64; i++) free(d2.kept[i]);
     nf_trainer_free(ta);
     nf_trainer_free(tb);
     nf_trainer_free(td);

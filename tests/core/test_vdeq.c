@@ -373,7 +373,7 @@ typedef struct {
     int64_t at;
 } ckpt;
 
-static int on_ckpt(void *u, const void *state, size_t len, int64_t step) {
+static int on_ckpt(void *u, void *state, size_t len, int64_t step) {
     ckpt *c = u;
     if (step != c->at) return 0;
     c->blob = malloc(len);

@@ -12,6 +12,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <sched.h>
+#include <sys/resource.h>
 
 typedef struct {
     char dir[64];
@@ -123,9 +126,9 @@ TEST_T(jobs_builtin_moons_succeeds, 90) {
     REQUIRE(tdb_open(&t) == 0);
     char err[256] = "";
     fd_jobs *j = NULL;
-    CHECK(fd_jobs_start(t.path, 1, 0, &j, err, sizeof err) == FD_EINVAL && !j);
+    CHECK(fd_jobs_start(t.path, 1, 0, 0, &j, err, sizeof err) == FD_EINVAL && !j);
     /* two threads share each batch (--train-threads 2) */
-    REQUIRE(fd_jobs_start(t.path, 1, 2, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 2, 19, &j, err, sizeof err) == 0);
     CHECK_EQ_INT(fd_jobs_running(j), 0);
     int64_t id = submit(&t, "moons1", MOONS, 3, NULL);
     REQUIRE(id > 0);
@@ -206,7 +209,7 @@ TEST_T(jobs_missing_dataset_fails, 60) {
     int64_t id = submit(&t, "nods", "{\"id\":\"ds_0123456789abcdef\"}", 3, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     cJSON *o = wait_job(&t, id, "failed", 20);
     REQUIRE(o);
     CHECK_MSG(!strcmp(jstr(o, "state"), "failed"), "state %s", jstr(o, "state"));
@@ -240,7 +243,7 @@ TEST_T(jobs_cancel_running, 60) {
     REQUIRE(tdb_open(&t) == 0);
     char err[256] = "";
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     /* through fd_jobs_cancel, as the HTTP handler does */
     int64_t id = submit(&t, "long", MOONS, 10000, NULL);
     REQUIRE(id > 0);
@@ -294,7 +297,7 @@ TEST_T(jobs_run_in_order, 90) {
     int64_t b = submit(&t, "ord", MOONS, 2, NULL);
     REQUIRE(a > 0 && b > a);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     cJSON *ob = wait_job(&t, b, "succeeded", 60);
     cJSON *oa = wait_job(&t, a, "succeeded", 60);
     REQUIRE(oa && ob);
@@ -320,7 +323,7 @@ TEST_T(jobs_shutdown_resumes, 90) {
     int64_t id = submit(&t, "res", MOONS, epochs, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     /* wait for a checkpoint well into the run */
     void *st = NULL;
     size_t sl = 0;
@@ -362,7 +365,7 @@ TEST_T(jobs_shutdown_resumes, 90) {
 
     /* a new start resumes it from there: every progress report after the
      * restart is past the saved step (from scratch it would start at 50) */
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     int64_t min_new = INT64_MAX;
     t0 = now_s();
     for (;;) {
@@ -438,7 +441,7 @@ TEST_T(jobs_uploaded_dataset, 60) {
     int64_t id = submit(&t, "gauss", dsj, 3, NULL);
     REQUIRE(id > 0);
     fd_jobs *j = NULL;
-    REQUIRE(fd_jobs_start(t.path, 1, 1, &j, err, sizeof err) == 0);
+    REQUIRE(fd_jobs_start(t.path, 1, 1, 0, &j, err, sizeof err) == 0);
     cJSON *o = wait_job(&t, id, "succeeded", 60);
     REQUIRE(o);
     CHECK_MSG(!strcmp(jstr(o, "state"), "succeeded"), "state %s error %s", jstr(o, "state"),
@@ -453,5 +456,73 @@ TEST_T(jobs_uploaded_dataset, 60) {
     CHECK_EQ_INT(jnum(mm, "rows_train"), 900);
     CHECK(jnum(mm, "val_nll") < 4.0); /* a fitted Gaussian is ~2.3 nats */
     cJSON_Delete(m);
+    tdb_close(&t);
+}
+
+/* The threads of this process at nice n under SCHED_BATCH (Linux keeps
+ * both per thread: /proc/self/task/TID/stat field 19, sched_getscheduler). */
+static int threads_at_nice(int n) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[320], buf[1024];
+        snprintf(p, sizeof p, "/proc/self/task/%s/stat", e->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        size_t k = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[k] = 0;
+        char *s = strrchr(buf, ')');
+        if (!s) continue;
+        /* after ')': field 3 (state) ... field 19 (nice) is the 17th */
+        char *tok = strtok(s + 1, " ");
+        for (int i = 1; tok && i < 17; i++) tok = strtok(NULL, " ");
+        if (tok && atoi(tok) == n && sched_getscheduler(atoi(e->d_name)) == SCHED_BATCH) count++;
+    }
+    closedir(d);
+    return count;
+}
+
+/* --train-nice: a job's threads (the worker, the other training thread,
+ * the checkpoint writer) run at the nice value under SCHED_BATCH, the
+ * calling (request) threads stay as they were; 0 leaves them alone */
+TEST_T(jobs_training_threads_yield_to_requests, 60) {
+    setenv("FLOWD_CHECKPOINT_SECONDS", "0.2", 1);
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    CHECK_EQ_INT(threads_at_nice(19), 0);
+    for (int nice_val = 19; nice_val >= 0; nice_val -= 19) {
+        fd_jobs *j = NULL;
+        REQUIRE(fd_jobs_start(t.path, 1, 2, nice_val, &j, err, sizeof err) == 0);
+        int64_t id = submit(&t, "nice", MOONS, 10000, NULL);
+        REQUIRE(id > 0);
+        fd_jobs_notify(j);
+        REQUIRE(wait_training(&t, j, id, 20));
+        /* a checkpoint was written meanwhile, by the writer thread */
+        void *st = NULL;
+        size_t sl = 0;
+        int64_t step = 0;
+        double t0 = now_s();
+        while (fd_db_train_state_get(t.db, id, &st, &sl, &step, err, sizeof err) && now_s() - t0 < 10)
+            msleep(20);
+        CHECK(st != NULL);
+        free(st);
+        int n = threads_at_nice(19);
+        if (nice_val) CHECK_MSG(n >= 3, "%d threads at nice 19 (worker, pool, writer)", n);
+        else CHECK_EQ_INT(n, 0);
+        CHECK_EQ_INT(getpriority(PRIO_PROCESS, 0), 0); /* this thread untouched */
+        CHECK(fd_db_job_cancel(t.db, id, err, sizeof err) == 0);
+        fd_jobs_cancel(j, id);
+        cJSON *o = wait_job(&t, id, "cancelled", 10);
+        CHECK(o != NULL);
+        cJSON_Delete(o);
+        fd_jobs_stop(j);
+        CHECK_EQ_INT(threads_at_nice(19), 0);
+    }
+    unsetenv("FLOWD_CHECKPOINT_SECONDS");
     tdb_close(&t);
 }
