@@ -45,13 +45,15 @@ TCORE_SRC := tests/runner.c $(wildcard tests/core/*.c)
 TCORE_F32 := $(TCORE_SRC:%.c=$(BUILD)/f32/%.o)
 TCORE_F64 := $(TCORE_SRC:%.c=$(BUILD)/f64/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
+# common/: code shared by flowd and flowctl that core/ must not hold (libpng)
+COMMON_OBJ := $(patsubst %.c,$(BUILD)/f32/%.o,$(wildcard common/*.c))
 SERVER_SRC := $(wildcard server/*.c)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/gen/migrations.o $(BUILD)/gen/assets.o
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/f32/%.o) $(COMMON_OBJ) $(BUILD)/gen/migrations.o $(BUILD)/gen/assets.o
 SERVER_LIB_OBJ := $(filter-out $(BUILD)/f32/server/main.o,$(SERVER_OBJ))
 TSERVER_SRC := tests/runner.c $(wildcard tests/server/*.c)
 TSERVER_OBJ := $(TSERVER_SRC:%.c=$(BUILD)/f32/%.o)
 CLIENT_SRC := $(wildcard client/*.c)
-CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(filter %/server/png.o,$(SERVER_OBJ))
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/f32/%.o) $(COMMON_OBJ)
 
 .PHONY: all test asan bench bench-http bench-daemon run deps clean
 all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/flowd \
@@ -84,7 +86,7 @@ $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 
 # flowctl, the command-line client: libcurl + cJSON, core's .npy module
-# (libflowcore.a), and server/png.c for -o out.png
+# (libflowcore.a), and common/picture.c for -o out.png
 $(BUILD)/flowctl: $(CLIENT_OBJ) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(CLIENT_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
 

@@ -2,9 +2,9 @@
  * streamed: the file is read a chunk of rows at a time and each chunk is
  * posted on its own, so files larger than memory work) and `flowctl sample`
  * (CSV or .npy from the server, or a PNG: a scatter plot for 2-D models, an
- * image grid for square-dimension models, drawn with server/png.c). */
+ * image grid for square-dimension models, drawn with common/picture.c). */
 #include "flowctl.h"
-#include "../server/png.h"
+#include "../common/picture.h"
 #include "../core/npy.h"
 
 #include <errno.h>
@@ -15,10 +15,6 @@
 #include <strings.h>
 #include <unistd.h>
 
-/* server/png.c is linked when the tree has it; without it -o out.png says so */
-#pragma weak png_write_gray
-#pragma weak png_render_scatter
-#pragma weak png_render_grid
 
 /* ---- .npy headers (core/npy.c) ------------------------------------------------------------- */
 /* Checks what flowctl streams: a dtype of kind f, i, u or b in 1 to 16
@@ -320,10 +316,6 @@ static int model_pixel_range(const char *name, long version, double *lo, double 
 }
 
 static int write_png(const char *name, long version, const char *out, const fc_resp *r) {
-    if (!png_write_gray || !png_render_scatter || !png_render_grid) {
-        fprintf(stderr, "flowctl: built without PNG support (server/png.c)\n");
-        return FC_USAGE;
-    }
     nf_npy_header h;
     char err[200] = "";
     if (nf_npy_parse_header(r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||
@@ -339,34 +331,12 @@ static int write_png(const char *name, long version, const char *out, const fc_r
         memcpy(&v, r->body + h.data_off + 4 * i, 4);
         x[i] = (nf_real)v;
     }
-    int side = (int)(sqrt((double)D) + 0.5), rc;
-    unsigned char *pix = NULL;
-    int w = 0, hh = 0;
-    if (D == 2) {
-        w = hh = 512;
-        rc = png_render_scatter(x, n, 512, &pix);
-    } else if (side >= 2 && side * side == D) {
-        double lo = INFINITY, hi = -INFINITY;
-        int fl = 0;
-        if (!model_pixel_range(name, version, &lo, &hi, &fl)) {
-            for (size_t i = 0; i < (size_t)n * D; i++)
-                if (isfinite(x[i])) {
-                    if (x[i] < lo) lo = x[i];
-                    if (x[i] > hi) hi = x[i];
-                }
-            if (!(hi > lo)) lo = 0, hi = 1;
-        }
-        rc = png_render_grid(x, n, side, lo, hi, fl, &pix, &w, &hh);
-    } else {
-        free(x);
-        fprintf(stderr, "flowctl: a PNG needs a 2-D model or a square dimension (this model has %d)\n", D);
-        return FC_USAGE;
-    }
+    double lo = 0, hi = 1;
+    int fl = 0, have = D != 2 && model_pixel_range(name, version, &lo, &hi, &fl);
+    int rc = fdpic_write_samples(out, x, n, D, have, lo, hi, fl, 1, err, sizeof err);
     free(x);
-    if (!rc) rc = png_write_gray(out, w, hh, pix);
-    free(pix);
     if (rc) {
-        fprintf(stderr, "flowctl: cannot write %s (error %d)\n", out, rc);
+        fprintf(stderr, "flowctl: %s\n", err);
         return FC_USAGE;
     }
     return FC_OK;

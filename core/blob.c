@@ -37,6 +37,13 @@ void nf_blob_put_f64(nf_blob_writer *w, double v) {
     put_le(w, u, 8);
 }
 void nf_blob_put_f32s(nf_blob_writer *w, const nf_real *v, size_t n) {
+#if !defined(NF_DOUBLE) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* float32 on a little-endian host: the bytes are already the format's */
+    if (n <= SIZE_MAX / 4) {
+        nf_blob_put(w, v, n * 4);
+        return;
+    }
+#endif
     unsigned char c[256];
     for (size_t i = 0; i < n;) {
         size_t k = 0;

@@ -109,7 +109,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     }
     if ((rc = nf_json_int(spec, "context_dim", 0, 0, NF_MAX_DIM, &f->C, err, errlen))) return rc;
     double seed;
-    if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen))) return rc;
+    if ((rc = nf_json_num(spec, "seed", 0, 0, NF_JSON_SEED_MAX, &seed, err, errlen))) return rc;
     f->seed = (uint64_t)seed;
     if ((rc = nf_base_parse(&f->base, f->D, cJSON_GetObjectItemCaseSensitive(spec, "base"), err,
                             errlen)))

@@ -216,7 +216,7 @@ int nf_lu_linear_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
     double seed;
-    rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &seed, err, errlen);
+    rc = nf_json_num(spec, "seed", 0, 0, NF_JSON_SEED_MAX, &seed, err, errlen);
     if (rc) return rc;
     if (seed != floor(seed)) {
         nf_set_err(err, errlen, "\"seed\" must be a non-negative integer");

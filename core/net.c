@@ -678,7 +678,7 @@ int nf_net_made_from_spec(nf_net *n, const cJSON *spec, int D, int ctx, int P,
     nh = nf_json_int_list(spec, "hidden", def_hidden, ndef, hidden, 16, err, errlen);
     if (nh < 0) return nh;
     if ((rc = parse_act(spec, &act, err, errlen))) return rc;
-    if ((rc = nf_json_num(spec, "order_seed", 0, 0, 9007199254740992.0, &seed, err, errlen)))
+    if ((rc = nf_json_num(spec, "order_seed", 0, 0, NF_JSON_SEED_MAX, &seed, err, errlen)))
         return rc;
     const char *o = nf_json_str(spec, "order", "asc");
     int found = 0;

@@ -4,8 +4,10 @@
  * A map of core/ (nf.h is its public API), each stage using only those
  * before it.  Runtime: alloc.c/alloc.h (every allocation, and cJSON's,
  * behind a hook tests can fail), util.c (status strings, RNG, CRC-32, the
- * spec getters and BLAS calls declared below), pool.c/pool.h (the thread
- * team of a workspace), kern.c/kern.h (hand-written kernels).  Layers: one
+ * JSON getters of nf_json.h and the BLAS calls declared below),
+ * blob.c/blob.h (little-endian blobs with a CRC trailer: every binary
+ * format), npy.c/npy.h (.npy headers), pool.c/pool.h (the thread team of a
+ * workspace), kern.c/kern.h (hand-written kernels).  Layers: one
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
  * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c -- on
@@ -14,12 +16,14 @@
  * registry nf_layer_kinds, building a flow from a spec, workspaces, the
  * passes and their gradients, parameter blobs) and presets.c (a table of
  * presets expanded into explicit specs).  Then optim.c (Adam/AdamW and its
- * state), train.c/train.h (the trainer: batches, validation, checkpoints),
- * model.c/model.h (the model file: spec, preprocessing, parameters) and
- * data.c/data.h (loaders and toy generators).  Last, job.c/job.h: a
- * training job of the HTTP API, which ties data, presets, trainer and
+ * state), dequant.c (uniform and variational dequantization, shared by the
+ * trainer and the model), train.c/train.h (the trainer: batches,
+ * validation, checkpoints), model.c/model.h (the model file: spec,
+ * preprocessing, parameters) and data.c/data.h (loaders, the CSV writer and
+ * toy generators).  Last, job.c/job.h: a training job of the HTTP API
+ * (its train block a field table), which ties data, presets, trainer and
  * model together.  docs/architecture.md says which files and tests to
- * touch to add a layer or a preset.
+ * touch to add a layer, a preset, a route or a migration.
  *
  * A layer is a struct nf_layer with a table of operations (nf_layer_ops).
  * Parameters of all layers live in one contiguous buffer owned by the flow;

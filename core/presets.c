@@ -182,7 +182,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     if ((rc = nf_json_int(spec, "depth", p->depth, 1, 128, &a.depth, err, errlen))) return rc;
     if ((rc = nf_json_int(spec, "bins", 8, 2, 64, &a.bins, err, errlen))) return rc;
     if ((rc = nf_json_num(spec, "tail_bound", 3.0, 1e-3, 1e6, &a.tail, err, errlen))) return rc;
-    if ((rc = nf_json_num(spec, "seed", 0, 0, 9007199254740992.0, &a.seed, err, errlen)))
+    if ((rc = nf_json_num(spec, "seed", 0, 0, NF_JSON_SEED_MAX, &a.seed, err, errlen)))
         return rc;
     a.nh = nf_json_int_list(spec, "hidden", p->hidden, p->nh, a.hidden, 16, err, errlen);
     if (a.nh < 0) return a.nh;

@@ -593,8 +593,12 @@ static void put_flow_section(nf_blob_writer *b, const nf_flow *f, const nf_real 
     nf_blob_put(b, ob, olen);
 }
 
+/* bytes of put_flow_section */
+static size_t flow_section_size(const nf_flow *f, size_t olen) {
+    return 2 * (f->nparams + f->nbuffers) * sizeof(nf_real) + 8 + olen;
+}
+
 int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
-    nf_blob_writer b = nf_blob_writer_init(0);
     void *ob = NULL;
     size_t olen = 0;
     void *qob = NULL;
@@ -605,6 +609,10 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
         nf_free(ob);
         return rc;
     }
+    /* one allocation of the exact size: a large model's state is hundreds
+     * of MB, and growing it by doubling copies and faults it in again */
+    nf_blob_writer b = nf_blob_writer_init(4 + 11 * 8 + 6 * 8 + flow_section_size(t->f, olen) +
+                                           (t->q ? flow_section_size(t->q, qolen) : 0) + 4);
     nf_blob_put(&b, "NFTS", 4);
     nf_blob_put_u64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
     nf_blob_put_u64(&b, fingerprint(t));

@@ -188,3 +188,31 @@ int fd_cache_count(fd_cache *c) {
     pthread_mutex_unlock(&c->mu);
     return n;
 }
+
+int fd_model_describe(const void *buf, size_t len, fd_model_desc *d, char *err, size_t errlen) {
+    memset(d, 0, sizeof *d);
+    nf_model *m = NULL;
+    int rc = nf_model_load(buf, len, &m, err, errlen);
+    if (rc) return rc;
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(m->header, "preprocess");
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(m->header, "metrics");
+    d->dim = nf_flow_dim(m->flow);
+    d->context_dim = nf_flow_context_dim(m->flow);
+    d->config = nf_flow_config_json(m->flow);
+    d->preprocess = cJSON_IsObject(pp) ? cJSON_PrintUnformatted(pp) : strdup("{}");
+    d->metrics = cJSON_IsObject(mt) ? cJSON_PrintUnformatted(mt) : strdup("{}");
+    nf_model_free(m);
+    if (!d->config || !d->preprocess || !d->metrics) {
+        fd_model_desc_free(d);
+        snprintf(err, errlen, "out of memory");
+        return NF_ENOMEM;
+    }
+    return 0;
+}
+
+void fd_model_desc_free(fd_model_desc *d) {
+    free(d->config);
+    free(d->preprocess);
+    free(d->metrics);
+    memset(d, 0, sizeof *d);
+}

@@ -12,7 +12,7 @@
  *         values floored and clamped to [0, levels-1], other models scaled
  *         from the samples' own min..max. */
 #include "cmd.h"
-#include "png.h"
+#include "../common/picture.h"
 
 #include "../core/data.h"
 #include "../core/npy.h"
@@ -70,68 +70,12 @@ static int write_table(const char *path, int npy, const nf_real *x, int n, int D
     return rc;
 }
 
-/* nearest-neighbour enlargement by an integer factor k: (h,w) -> (h*k,w*k) */
-static unsigned char *zoom(const unsigned char *p, int w, int h, int k) {
-    unsigned char *q = malloc((size_t)w * k * h * k);
-    if (!q) return NULL;
-    for (int r = 0; r < h * k; r++)
-        for (int c = 0; c < w * k; c++) q[(size_t)r * w * k + c] = p[(size_t)(r / k) * w + c / k];
-    return q;
-}
-
 static int write_png(const char *path, const nf_model *m, const nf_real *x, int n, int D,
                      int scale, char *err, size_t errlen) {
-    unsigned char *pix = NULL;
-    int w, h, rc;
-    int side = (int)lround(sqrt((double)D));
-    if (D == 2) {
-        w = h = 512;
-        rc = png_render_scatter(x, n, 512, &pix);
-    } else if (side * side == D && D >= 4) {
-        double lo, hi;
-        int fl = 0;
-        if (m->dequantize) {
-            lo = 0, hi = m->levels - 1, fl = 1;
-        } else {
-            /* the samples' own range */
-            size_t N = (size_t)n * D, k = 0;
-            nf_real *v = malloc(N * sizeof *v);
-            if (!v) return NF_ENOMEM;
-            for (size_t i = 0; i < N; i++)
-                if (isfinite(x[i])) v[k++] = x[i];
-            lo = 0, hi = 1;
-            if (k) {
-                nf_real mn = v[0], mx = v[0];
-                for (size_t i = 1; i < k; i++) mn = v[i] < mn ? v[i] : mn, mx = v[i] > mx ? v[i] : mx;
-                lo = mn, hi = mx > mn ? mx : mn + 1;
-            }
-            free(v);
-        }
-        rc = png_render_grid(x, n, side, lo, hi, fl, &pix, &w, &h);
-    } else {
-        snprintf(err, errlen, "PNG output needs a 2-D model (scatter plot) or one whose dimension "
-                              "is a square number (image grid); this model has %d dims", D);
-        return NF_EUNSUPPORTED;
-    }
-    if (rc) {
-        snprintf(err, errlen, "cannot render the picture: %s", nf_strerror(rc));
-        return rc;
-    }
-    if (scale > 1) {
-        if ((int64_t)w * scale > 65536 || (int64_t)h * scale > 65536) {
-            free(pix);
-            snprintf(err, errlen, "--scale %d makes the picture too large", scale);
-            return NF_ERANGE;
-        }
-        unsigned char *z = zoom(pix, w, h, scale);
-        free(pix);
-        if (!z) return NF_ENOMEM;
-        pix = z, w *= scale, h *= scale;
-    }
-    rc = png_write_gray(path, w, h, pix);
-    free(pix);
-    if (rc) snprintf(err, errlen, "cannot write %s", path);
-    return rc;
+    /* a dequantized pixel model: its levels; otherwise the samples' range */
+    int pix = m->dequantize;
+    return fdpic_write_samples(path, x, n, D, pix, 0, pix ? m->levels - 1 : 1, pix, scale, err,
+                               errlen);
 }
 
 int cmd_sample(int argc, char **argv) {

@@ -411,32 +411,25 @@ int cmd_import(int argc, char **argv) {
         fprintf(stderr, "flowd import: cannot read %s\n", file);
         return 1;
     }
-    nf_model *m = NULL;
+    fd_model_desc d;
     char err[512] = "";
-    if (nf_model_load(buf, len, &m, err, sizeof err)) {
+    if (fd_model_describe(buf, len, &d, err, sizeof err)) {
         fprintf(stderr, "flowd import: %s: %s\n", file, err);
         free(buf);
         return 1;
     }
-    char *cfg = nf_flow_config_json(m->flow);
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(m->header, "preprocess");
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(m->header, "metrics");
-    char *pps = pp ? cJSON_PrintUnformatted(pp) : strdup("{}"), *mts = mt ? cJSON_PrintUnformatted(mt) : strdup("{}");
     fd_db *db = NULL;
     int version = 0, rc = 1;
     if (fd_db_open(path, &db, err, sizeof err) || fd_db_migrate(db, NULL, err, sizeof err) ||
-        fd_db_version_add(db, name, buf, len, nf_flow_dim(m->flow), nf_flow_context_dim(m->flow), cfg, pps, mts, 0,
-                          &version, err, sizeof err)) {
+        fd_db_version_add(db, name, buf, len, d.dim, d.context_dim, d.config, d.preprocess,
+                          d.metrics, 0, &version, err, sizeof err)) {
         fprintf(stderr, "flowd import: %s\n", err);
     } else {
         printf("imported %s as %s version %d\n", file, name, version);
         rc = 0;
     }
     fd_db_close(db);
-    free(cfg);
-    free(pps);
-    free(mts);
     free(buf);
-    nf_model_free(m);
+    fd_model_desc_free(&d);
     return rc;
 }

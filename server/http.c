@@ -9,7 +9,9 @@
  *                       row, keep the captured {x} segments (r->args).
  *   2. authorize        the row's scope against the bearer token.
  *   3. check_body_limit Content-Length against the body limit.
- *   4. admit            an inflight slot (non-public routes).
+ *   4. admit            an inflight slot (non-public routes), given back
+ *                       once the request is answered (an event stream:
+ *                       when it ends).
  *      Any refusal in 1-4 is answered right there, before a byte of body
  *      is read.
  *   5. accumulate       *upload_data_size > 0: a piece of the body,
@@ -353,6 +355,7 @@ enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls
         return MHD_NO;
     }
     *e = (sse){.read = read, .done = done, .cls = cls, .conn = r->conn};
+    r->streaming = 1; /* keeps its inflight slot until it ends */
     return queue(r, 200, resp, "text/event-stream", 0, NULL);
 }
 
@@ -679,10 +682,21 @@ static enum MHD_Result accumulate(fd_req *r, const char *data, size_t *size) {
     return MHD_YES;
 }
 
+/* The inflight slot goes back as soon as the request is answered: its
+ * response may still be on the wire, but its work is done, and a client
+ * that reads the answer and sends its next request at once must find the
+ * slot free (released at completion, that next request could get a 503
+ * from its own previous one).  An event stream keeps its slot until it
+ * ends. */
+static void release_slot(fd_req *r) {
+    if (!r->counted) return;
+    atomic_fetch_sub(&r->srv->inflight, 1);
+    r->counted = 0;
+}
+
 /* Phase 6, dispatch: the body is complete; the route's handler answers
  * with the segments captured by routing. */
-static enum MHD_Result dispatch(fd_req *r) {
-    if (r->status) return MHD_YES;
+static enum MHD_Result handle(fd_req *r) {
     if (r->too_large) {
         cJSON *d = cJSON_CreateObject();
         cJSON_AddNumberToObject(d, "max_bytes", (double)r->srv->cfg.max_body);
@@ -693,6 +707,13 @@ static enum MHD_Result dispatch(fd_req *r) {
     enum MHD_Result ret = routes[r->route].fn(r, r->args);
     if (!r->status) /* a handler that forgot to answer is a bug: answer 500 */
         ret = fd_send_error(r, 500, "internal", NULL, "no response produced");
+    return ret;
+}
+
+static enum MHD_Result dispatch(fd_req *r) {
+    if (r->status) return MHD_YES;
+    enum MHD_Result ret = handle(r);
+    if (!r->streaming) release_slot(r);
     return ret;
 }
 
@@ -715,7 +736,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     fd_req *r = *con_cls;
     if (!r) return;
     double dt = fd_now() - r->t0;
-    if (r->counted) atomic_fetch_sub(&s->inflight, 1);
+    release_slot(r);
     fd_metrics_request(s->metrics, r->route, r->status, dt);
     if (!s->cfg.quiet) {
         struct timespec ts;

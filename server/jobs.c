@@ -50,6 +50,7 @@ typedef struct fd_worker {
     pthread_t th;
     int started;
     double last_err_log; /* rate limit for progress-error lines */
+    struct ckpt_writer *cw; /* its checkpoint writer (below) */
 } fd_worker;
 
 struct fd_jobs {
@@ -93,44 +94,6 @@ static void add_num(cJSON *o, const char *k, double v) {
     else cJSON_AddNullToObject(o, k);
 }
 
-/* The model file's header (see model.h): dim, context_dim, the flow config
- * and the preprocess object as JSON texts (malloc'd). */
-static int model_header(const void *buf, size_t len, int *dim, int *cdim, char **config,
-                        char **preprocess) {
-    const unsigned char *p = buf;
-    *config = *preprocess = NULL;
-    if (len < 16 || memcmp(p, "NFMD", 4)) return -1;
-    uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = hl << 8 | p[8 + i];
-    if (hl > len - 16) return -1;
-    char *hs = malloc((size_t)hl + 1);
-    if (!hs) return -1;
-    memcpy(hs, p + 16, (size_t)hl);
-    hs[hl] = 0;
-    cJSON *h = cJSON_Parse(hs);
-    free(hs);
-    const cJSON *flow = cJSON_GetObjectItemCaseSensitive(h, "flow");
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(h, "preprocess");
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(flow, "dim");
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(flow, "context_dim");
-    if (!cJSON_IsObject(flow) || !cJSON_IsNumber(d)) {
-        cJSON_Delete(h);
-        return -1;
-    }
-    *dim = (int)d->valuedouble;
-    *cdim = cJSON_IsNumber(c) ? (int)c->valuedouble : 0;
-    *config = cJSON_PrintUnformatted(flow);
-    *preprocess = cJSON_IsObject(pp) ? cJSON_PrintUnformatted(pp) : strdup("{}");
-    cJSON_Delete(h);
-    if (!*config || !*preprocess) {
-        free(*config);
-        free(*preprocess);
-        *config = *preprocess = NULL;
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- checkpoint writer ------------------------------------------------------------
  * A snapshot of a big model's training state is large (parameters, Adam's
  * two moments and the best parameters: 16 bytes a parameter, ~190 MB for a
@@ -146,7 +109,13 @@ static int model_header(const void *buf, size_t len, int *dim, int *cdim, char *
  * CKPT_SER_RATIO times the last serialisation's (the part the training
  * thread pays).  So a small model checkpoints every 10 s, and a large one
  * spends at most ~1/CKPT_SER_RATIO of its time serialising and keeps the
- * disk busy at most ~1/CKPT_WRITE_RATIO of the time. */
+ * disk busy at most ~1/CKPT_WRITE_RATIO of the time.
+ *
+ * Each worker has one writer, started with the workers by the daemon's
+ * main thread, so it runs at normal priority: it holds SQLite's write
+ * lock while it stores a snapshot, and at the training threads' nice 19 a
+ * busy daemon's request threads could starve it inside that transaction
+ * while other writers (uploads, submissions) time out waiting. */
 #define CKPT_SER_RATIO 50.0
 #define CKPT_WRITE_RATIO 10.0
 
@@ -161,8 +130,8 @@ typedef struct ckpt_writer {
     int busy, stop;         /* under mu */
     fd_db *db;              /* the writer's own connection */
     struct fd_worker *w;
-    int64_t id;
-    double write_s, ser_s;  /* last durations (write: under mu) */
+    int64_t id;             /* the running job (0: none), under mu */
+    double write_s, ser_s;  /* the job's last durations, under mu */
     double due_at;          /* mono time a due snapshot was granted (trainer thread) */
     double last_err_log;    /* the writer's own rate limit for error lines */
 } ckpt_writer;
@@ -228,35 +197,43 @@ static void *ckpt_writer_main(void *arg) {
         if (!cw->buf) break; /* stop, nothing waiting */
         void *buf = cw->buf;
         size_t len = cw->len;
-        int64_t step = cw->step;
+        int64_t step = cw->step, id = cw->id;
         cw->buf = NULL;
         cw->busy = 1;
         pthread_mutex_unlock(&cw->mu);
         char err[256] = "";
         double t0 = mono_now();
-        if (fd_db_train_state_put(cw->db, cw->id, step, buf, len, err, sizeof err))
-            log_db_error_at(&cw->last_err_log, cw->id, "cannot store the training state", err);
+        if (fd_db_train_state_put(cw->db, id, step, buf, len, err, sizeof err))
+            log_db_error_at(&cw->last_err_log, id, "cannot store the training state", err);
         double dt = mono_now() - t0;
         free(buf);
         pthread_mutex_lock(&cw->mu);
         cw->write_s = dt;
         cw->busy = 0;
+        /* a state large enough to stretch the interval says so: operators
+         * see what a SIGKILL would lose */
+        double gap = CKPT_WRITE_RATIO * dt > CKPT_SER_RATIO * cw->ser_s ? CKPT_WRITE_RATIO * dt
+                                                                        : CKPT_SER_RATIO * cw->ser_s;
+        if (gap > cw->w->j->ckpt_seconds)
+            fprintf(stderr, "flowd: job %" PRId64 ": training state of step %" PRId64 " (%.0f MB) "
+                            "serialised in %.2f s, stored in %.2f s; snapshots at least %.0f s apart\n",
+                    id, step, len / 1e6, cw->ser_s, dt, gap);
         pthread_cond_broadcast(&cw->cv);
     }
     pthread_mutex_unlock(&cw->mu);
     return NULL;
 }
 
-/* The writer starts with the job; without it (no thread or connection) the
- * snapshots are written on the training thread, as before. */
-static void ckpt_writer_start(ckpt_writer *cw, fd_worker *w, int64_t id) {
+/* The worker's writer, started with it (fd_jobs_start, on the main
+ * thread); without one (no thread or connection) the snapshots are written
+ * on the training thread. */
+static void ckpt_writer_start(ckpt_writer *cw, fd_worker *w, const char *db_path) {
     memset(cw, 0, sizeof *cw);
     cw->w = w;
-    cw->id = id;
     cw->last_err_log = -1e9;
     char err[256] = "";
-    if (fd_db_open(w->j->db_path, &cw->db, err, sizeof err)) {
-        fprintf(stderr, "flowd: job %" PRId64 ": no checkpoint writer (%s); writing inline\n", id, err);
+    if (fd_db_open(db_path, &cw->db, err, sizeof err)) {
+        fprintf(stderr, "flowd: worker %d: no checkpoint writer (%s); writing inline\n", w->index, err);
         cw->db = NULL;
         return;
     }
@@ -272,23 +249,43 @@ static void ckpt_writer_start(ckpt_writer *cw, fd_worker *w, int64_t id) {
     cw->started = 1;
 }
 
-/* keep = 1 writes a waiting snapshot first (shutdown: the job resumes from
- * it); 0 drops it (the job ended: its state is deleted, not resumed). */
-static void ckpt_writer_finish(ckpt_writer *cw, int keep) {
+/* after the workers stopped */
+static void ckpt_writer_stop(ckpt_writer *cw) {
+    if (!cw->started) return;
+    pthread_mutex_lock(&cw->mu);
+    cw->stop = 1;
+    pthread_cond_broadcast(&cw->cv);
+    pthread_mutex_unlock(&cw->mu);
+    pthread_join(cw->th, NULL);
+    free(cw->buf);
+    pthread_cond_destroy(&cw->cv);
+    pthread_mutex_destroy(&cw->mu);
+    fd_db_close(cw->db);
+    cw->started = 0;
+}
+
+static void ckpt_writer_begin(ckpt_writer *cw, int64_t id) {
+    if (!cw->started) return;
+    pthread_mutex_lock(&cw->mu);
+    cw->id = id;
+    cw->write_s = cw->ser_s = 0;
+    pthread_mutex_unlock(&cw->mu);
+    cw->due_at = 0;
+}
+
+/* The job's end: keep = 1 writes a waiting snapshot first (shutdown: the
+ * job resumes from it); 0 drops it (the job ended: its state is deleted,
+ * not resumed).  Returns when nothing of the job is left to write. */
+static void ckpt_writer_end(ckpt_writer *cw, int keep) {
     if (!cw->started) return;
     pthread_mutex_lock(&cw->mu);
     if (!keep && cw->buf) {
         free(cw->buf);
         cw->buf = NULL;
     }
-    cw->stop = 1;
-    pthread_cond_broadcast(&cw->cv);
+    while (cw->busy || cw->buf) pthread_cond_wait(&cw->cv, &cw->mu);
+    cw->id = 0;
     pthread_mutex_unlock(&cw->mu);
-    pthread_join(cw->th, NULL);
-    pthread_cond_destroy(&cw->cv);
-    pthread_mutex_destroy(&cw->mu);
-    fd_db_close(cw->db);
-    cw->started = 0;
 }
 
 static int on_checkpoint_due(void *user, double since) {
@@ -298,8 +295,8 @@ static int on_checkpoint_due(void *user, double since) {
     pthread_mutex_lock(&cw->mu);
     int idle = !cw->busy && !cw->buf;
     double wait = CKPT_WRITE_RATIO * cw->write_s;
-    pthread_mutex_unlock(&cw->mu);
     if (CKPT_SER_RATIO * cw->ser_s > wait) wait = CKPT_SER_RATIO * cw->ser_s;
+    pthread_mutex_unlock(&cw->mu);
     if (!idle || since < wait) return 0;
     cw->due_at = mono_now();
     return 1;
@@ -308,7 +305,7 @@ static int on_checkpoint_due(void *user, double since) {
 static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     run_ctx *r = user;
     ckpt_writer *cw = r->cw;
-    if (cw->due_at > 0) cw->ser_s = mono_now() - cw->due_at;
+    double ser = cw->due_at > 0 ? mono_now() - cw->due_at : -1;
     cw->due_at = 0;
     if (FLAG(r->slot->user_cancel)) { /* ending 'cancelled': nothing to resume */
         free(state);
@@ -316,6 +313,7 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     }
     if (cw->started) {
         pthread_mutex_lock(&cw->mu);
+        if (ser >= 0) cw->ser_s = ser;
         free(cw->buf); /* a newer snapshot replaces one still waiting */
         cw->buf = state;
         cw->len = len;
@@ -375,17 +373,19 @@ static int load_dataset(fd_worker *w, const char *dsid, nf_data *out, char *msg,
 }
 
 static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *res) {
-    int dim = 0, cdim = 0, version = 0;
-    char *config = NULL, *pre = NULL, *metrics = NULL, err[256] = "", msg[400];
-    if (model_header(res->model, res->model_len, &dim, &cdim, &config, &pre)) {
-        finish(w, id, "failed", "internal error: the trained model file has no valid header");
+    int version = 0;
+    char err[256] = "", msg[400];
+    fd_model_desc d;
+    if (fd_model_describe(res->model, res->model_len, &d, err, sizeof err)) {
+        snprintf(msg, sizeof msg, "internal error: the trained model file does not load: %s", err);
+        finish(w, id, "failed", msg);
         return;
     }
-    metrics = res->metrics ? cJSON_PrintUnformatted(res->metrics) : strdup("{}");
     int rc = FD_ENOMEM;
-    for (int a = 0; a < 4 && metrics; a++) {
-        rc = fd_db_job_publish(w->db, id, job->model, res->model, res->model_len, dim, cdim,
-                               config, pre, metrics, &version, err, sizeof err);
+    for (int a = 0; a < 4; a++) {
+        rc = fd_db_job_publish(w->db, id, job->model, res->model, res->model_len, d.dim,
+                               d.context_dim, d.config, d.preprocess, d.metrics, &version, err,
+                               sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
         fprintf(stderr, "flowd: job %" PRId64 ": publishing failed (try %d): %s\n", id, a + 1, err);
         sleep_s(0.25 * (1 << a));
@@ -393,13 +393,10 @@ static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *
     if (rc == FD_ENOTFOUND) {
         fprintf(stderr, "flowd: job %" PRId64 ": gone before publishing\n", id);
     } else if (rc) {
-        snprintf(msg, sizeof msg, "cannot publish the model: %s",
-                 err[0] ? err : "out of memory");
+        snprintf(msg, sizeof msg, "cannot publish the model: %s", err[0] ? err : "out of memory");
         finish(w, id, "failed", msg);
     }
-    free(config);
-    free(pre);
-    free(metrics);
+    fd_model_desc_free(&d);
 }
 
 static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request, int resumed) {
@@ -436,9 +433,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         if (rc) state = NULL, state_len = 0;
         else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
     }
-    ckpt_writer cw;
-    ckpt_writer_start(&cw, w, id);
-    run_ctx rc_ = {w, slot, id, &cw};
+    ckpt_writer_begin(w->cw, id);
+    run_ctx rc_ = {w, slot, id, w->cw};
     nf_train_hooks hooks = {.user = &rc_,
                             .progress = on_progress,
                             .cancel = &slot->cancel,
@@ -457,7 +453,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     }
     /* a shutdown keeps the last snapshot (the job resumes from it); any
      * other end deletes the state, so a waiting one is dropped */
-    ckpt_writer_finish(&cw, rc == NF_ECANCELLED && !FLAG(slot->user_cancel));
+    ckpt_writer_end(w->cw, rc == NF_ECANCELLED && !FLAG(slot->user_cancel));
     if (!rc) {
         publish(w, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
@@ -567,7 +563,11 @@ static void *worker_main(void *arg) {
 /* ---- API -------------------------------------------------------------------------- */
 static void jobs_free(fd_jobs *j) {
     if (!j) return;
-    for (int i = 0; i < j->n; i++) fd_db_close(j->w[i].db);
+    for (int i = 0; i < j->n; i++) {
+        if (j->w[i].cw) ckpt_writer_stop(j->w[i].cw);
+        free(j->w[i].cw);
+        fd_db_close(j->w[i].db);
+    }
     pthread_cond_destroy(&j->cv);
     pthread_mutex_destroy(&j->mu);
     free(j->w);
@@ -620,6 +620,13 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
             jobs_free(j);
             return rc;
         }
+        /* here, on the daemon's thread: the writer keeps normal priority */
+        j->w[i].cw = malloc(sizeof *j->w[i].cw);
+        if (!j->w[i].cw) {
+            jobs_free(j);
+            return FD_ENOMEM;
+        }
+        ckpt_writer_start(j->w[i].cw, &j->w[i], db_path);
     }
     if (n > 0) {
         int rc = fd_db_jobs_running(j->w[0].db, &j->resume, &j->nresume, err, errlen);

@@ -77,6 +77,16 @@ void fd_cache_free(fd_cache *c);
 int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model **out,
                  char *err, size_t errlen);
 void fd_model_release(fd_model *m);
+/* What a model version's row records, from a model file (which must load):
+ * dim, context_dim, and the flow config, preprocess and metrics as JSON
+ * texts (malloc'd; metrics "{}" when the file has none).  Used by import
+ * and by a job's publish.  0 or the NF_E* status of nf_model_load. */
+typedef struct fd_model_desc {
+    int dim, context_dim;
+    char *config, *preprocess, *metrics;
+} fd_model_desc;
+int fd_model_describe(const void *buf, size_t len, fd_model_desc *d, char *err, size_t errlen);
+void fd_model_desc_free(fd_model_desc *d);
 /* Forget every version of name (after DELETE); running requests keep theirs. */
 void fd_cache_evict(fd_cache *c, const char *name);
 int fd_cache_count(fd_cache *c);
@@ -131,6 +141,7 @@ typedef struct fd_req {
     size_t len, cap;
     int too_large;
     int counted;           /* holds an inflight slot */
+    int streaming;         /* answered with an event stream: keeps the slot */
     int route;             /* index into the route table, for metrics */
     char path[1024];       /* the URL split into segments by routing */
     char *args[FD_MAX_ARGS]; /* captured {x} segments (into path), in order */

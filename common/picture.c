@@ -1,17 +1,19 @@
-/* png.c: grayscale PNG writing over libpng's simplified API, and the scatter
- * and tile-grid renderers of `flowd sample`.  See png.h. */
-#include "png.h"
+/* picture.c: grayscale PNG writing over libpng's simplified API, the
+ * scatter and tile-grid renderers, and the samples picture of `flowd sample`
+ * and `flowctl sample`.  See picture.h. */
+#include "picture.h"
 
 #include <png.h> /* libpng: the -I path from pkg-config, not this folder */
 
 #include <math.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-int png_write_gray(const char *path, int w, int h, const unsigned char *pixels) {
+int fdpic_write_gray(const char *path, int w, int h, const unsigned char *pixels) {
     if (!path || !pixels || w < 1 || h < 1 || w > 65536 || h > 65536) return NF_EINVAL;
     size_t n = strlen(path);
     char *tmp = malloc(n + 16);
@@ -63,7 +65,7 @@ static void robust_range(nf_real *v, int m, double *lo, double *hi) {
     *hi = u + pad;
 }
 
-int png_render_scatter(const nf_real *x, int n, int size, unsigned char **pixels) {
+int fdpic_render_scatter(const nf_real *x, int n, int size, unsigned char **pixels) {
     *pixels = NULL;
     if (!x || n < 1 || size < 16 || size > 8192) return NF_EINVAL;
     nf_real *cx = malloc((size_t)n * sizeof *cx), *cy = malloc((size_t)n * sizeof *cy);
@@ -123,7 +125,7 @@ int png_render_scatter(const nf_real *x, int n, int size, unsigned char **pixels
     return 0;
 }
 
-int png_render_grid(const nf_real *x, int n, int side, double lo, double hi, int floor_values,
+int fdpic_render_grid(const nf_real *x, int n, int side, double lo, double hi, int floor_values,
                     unsigned char **pixels, int *w, int *h) {
     *pixels = NULL;
     if (!x || n < 1 || side < 1 || side > 4096 || !(hi > lo)) return NF_EINVAL;
@@ -155,4 +157,60 @@ int png_render_grid(const nf_real *x, int n, int side, double lo, double hi, int
     *w = (int)W;
     *h = (int)H;
     return 0;
+}
+
+/* nearest-neighbour enlargement by an integer factor k: (h,w) -> (h*k,w*k) */
+static unsigned char *zoom(const unsigned char *p, int w, int h, int k) {
+    unsigned char *q = malloc((size_t)w * k * h * k);
+    if (!q) return NULL;
+    for (int r = 0; r < h * k; r++)
+        for (int c = 0; c < w * k; c++) q[(size_t)r * w * k + c] = p[(size_t)(r / k) * w + c / k];
+    return q;
+}
+
+int fdpic_write_samples(const char *path, const nf_real *x, int n, int D, int have_range,
+                        double lo, double hi, int floor_values, int scale, char *err,
+                        size_t errlen) {
+    unsigned char *pix = NULL;
+    int w = 0, h = 0, rc;
+    int side = (int)lround(sqrt((double)D));
+    if (D == 2) {
+        w = h = 512;
+        rc = fdpic_render_scatter(x, n, 512, &pix);
+    } else if (side * side == D && D >= 4) {
+        if (!have_range) { /* the samples' own finite range */
+            lo = INFINITY, hi = -INFINITY, floor_values = 0;
+            for (size_t i = 0; i < (size_t)n * D; i++)
+                if (isfinite(x[i])) {
+                    if (x[i] < lo) lo = x[i];
+                    if (x[i] > hi) hi = x[i];
+                }
+            if (!(lo <= hi)) lo = 0, hi = 1;
+            else if (!(hi > lo)) hi = lo + 1;
+        }
+        rc = fdpic_render_grid(x, n, side, lo, hi, floor_values, &pix, &w, &h);
+    } else {
+        snprintf(err, errlen, "PNG output needs a 2-D model (scatter plot) or one whose dimension "
+                              "is a square number (image grid); this model has %d dims", D);
+        return NF_EUNSUPPORTED;
+    }
+    if (rc) {
+        snprintf(err, errlen, "cannot render the picture: %s", nf_strerror(rc));
+        return rc;
+    }
+    if (scale > 1) {
+        if ((int64_t)w * scale > 65536 || (int64_t)h * scale > 65536) {
+            free(pix);
+            snprintf(err, errlen, "scale %d makes the picture too large", scale);
+            return NF_ERANGE;
+        }
+        unsigned char *z = zoom(pix, w, h, scale);
+        free(pix);
+        if (!z) return NF_ENOMEM;
+        pix = z, w *= scale, h *= scale;
+    }
+    rc = fdpic_write_gray(path, w, h, pix);
+    free(pix);
+    if (rc) snprintf(err, errlen, "cannot write %s", path);
+    return rc;
 }
