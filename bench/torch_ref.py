@@ -28,8 +28,10 @@ Usage (system python with Debian's python3-torch):
   /usr/bin/python3 bench/torch_ref.py serve      # all three models, peak RSS
   /usr/bin/python3 bench/torch_ref.py check      # self-test (inverses, log-dets)
 FLOWD_BENCH_QUICK=1 and FLOWD_BENCH_W2_SAMPLE_N as for bench_core.
-Threads: 2 intra-op, 1 inter-op (TORCH_THREADS overrides the 2), OpenMP
-OMP_WAIT_POLICY=PASSIVE unless set (see below).
+Threads: 2 intra-op, 1 inter-op (TORCH_THREADS overrides the 2); OpenMP
+OMP_WAIT_POLICY PASSIVE only beside a multi-threaded pthread OpenBLAS (see
+below).  glibc's allocator is tuned to keep freed blocks (see below);
+FLOWD_BENCH_TORCH_MALLOC=0 runs torch with glibc's defaults.
 """
 import json
 import math
@@ -38,14 +40,31 @@ import resource
 import sys
 import time
 
+# glibc's allocator: every torch op returns a new tensor, and a tensor above
+# the mmap threshold (128 KiB at first) is mmap'd and unmapped each time, so
+# every op of a large batch faults its output in page by page.  On this VM a
+# page fault is expensive: W1 log_prob at 4096 rows ran at 32k rows/s, and
+# 228k with the settings below (freed blocks stay in the heap), about what a
+# flow library gets on a machine where faults are cheap.  glibc reads them
+# at start-up, so the script re-executes itself once with them set.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432",  # glibc's maximum
+                 "MALLOC_TRIM_THRESHOLD_": "4294967296",
+                 "MALLOC_TOP_PAD_": "268435456"}
+if (os.environ.get("FLOWD_BENCH_TORCH_MALLOC", "1") != "0"
+        and any(k not in os.environ for k in MALLOC_TUNING)):
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**MALLOC_TUNING, **os.environ})
+
 NTHREADS = int(os.environ.get("TORCH_THREADS", "2"))
 os.environ.setdefault("OMP_NUM_THREADS", str(NTHREADS))
 os.environ.setdefault("MKL_NUM_THREADS", str(NTHREADS))
-# Passive OpenMP waits: with the default (spinning) policy, torch's OpenMP
-# worker spins after every parallel region while OpenBLAS's threads want the
-# same 2 cores; on a loaded machine that made W1 log_prob at 4096 rows 12x
-# slower (1.39 s vs 0.115 s per call).  PASSIVE is the faster setting here.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP waits: torch's intra-op threads are OpenMP.  Beside a pthread
+# OpenBLAS with more than one thread, two pools spin for the same cores, and
+# passive waits are faster; with one BLAS thread, or with the OpenMP build
+# of OpenBLAS (one pool for both), libgomp's default spinning is (W1 train
+# 31k -> 48k samples/s at 2:1, 38k -> 55k with the OpenMP OpenBLAS).
+OMP_BLAS = "openblas-openmp" in os.environ.get("LD_LIBRARY_PATH", "")
+if int(os.environ.get("OPENBLAS_NUM_THREADS", "1")) > 1 and not OMP_BLAS:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -504,7 +523,8 @@ def run(key):
             "sample_rows_per_s": rates["sample_rows_per_s"][part],
             "gflops": rates["gflops"][part]}
     return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
-            "blas_libs": blas_libs(),
+            "blas_libs": blas_libs(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "malloc_tuned": "MALLOC_MMAP_THRESHOLD_" in os.environ,
             "dense_flops_per_row_fwd": 2 * mac, key: {"torch": res}}
 
 
