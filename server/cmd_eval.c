@@ -13,7 +13,6 @@
 #include "../core/model.h"
 #include "../core/train.h"
 
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
