@@ -1,6 +1,7 @@
 /* cli.c: the option table of a flowd subcommand (cli.h). */
 #include "cli.h"
 
+#include "../core/model.h"
 #include "../core/nf_json.h"
 
 #include <getopt.h>
@@ -212,4 +213,28 @@ void fd_cli_usage(const fd_cli *cli, FILE *f) {
         wrap(f, text, col);
     }
     if (cli->epilog) fprintf(f, "\n%s", cli->epilog);
+}
+
+/* ---- shared by the subcommands ------------------------------------------------------------------------ */
+int fd_cli_load_model(const char *prog, const char *path, const char *use, nf_model **m) {
+    void *buf = NULL;
+    size_t len;
+    char err[512] = "";
+    if (nf_file_read(path, &buf, &len)) {
+        fprintf(stderr, "%s: cannot read model %s\n", prog, path);
+        return -1;
+    }
+    int st = nf_model_load(buf, len, m, err, sizeof err);
+    free(buf);
+    if (st) {
+        fprintf(stderr, "%s: %s: not a valid model file: %s\n", prog, path, err);
+        return -1;
+    }
+    int cd = nf_flow_context_dim((*m)->flow);
+    if (cd > 0) {
+        fprintf(stderr, "%s: %s is a conditional model (context_dim %d); %s unconditional models only\n",
+                prog, path, cd, use);
+        return -1;
+    }
+    return 0;
 }

@@ -65,4 +65,10 @@ typedef struct {
 int fd_cli_parse(const fd_cli *cli, int argc, char **argv, int *exit_code);
 void fd_cli_usage(const fd_cli *cli, FILE *f);
 
+/* The unconditional model in the file at path, for `flowd eval` and `flowd
+ * sample`: 0, or -1 with why on stderr ("PROG: ..."); use names what the
+ * subcommand does with unconditional models ("eval scores"). */
+struct nf_model;
+int fd_cli_load_model(const char *prog, const char *path, const char *use, struct nf_model **m);
+
 #endif

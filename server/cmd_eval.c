@@ -11,6 +11,7 @@
 
 #include "../core/data.h"
 #include "../core/model.h"
+#include "../core/nf_json.h"
 #include "../core/train.h"
 
 #include <math.h>
@@ -68,26 +69,9 @@ static double now_s(void) {
 
 /* the model, unconditional, and data of its dimension: 0 or -1 (said why) */
 static int eval_load(nf_model **m, nf_data *data) {
-    void *buf = NULL;
-    size_t len;
     char err[512] = "";
-    if (nf_file_read(eo.model, &buf, &len)) {
-        fprintf(stderr, "flowd eval: cannot read model %s\n", eo.model);
-        return -1;
-    }
-    int st = nf_model_load(buf, len, m, err, sizeof err);
-    free(buf);
-    if (st) {
-        fprintf(stderr, "flowd eval: %s: not a valid model file: %s\n", eo.model, err);
-        return -1;
-    }
+    if (fd_cli_load_model("flowd eval", eo.model, "eval scores", m)) return -1;
     int D = nf_flow_dim((*m)->flow);
-    if (nf_flow_context_dim((*m)->flow) > 0) {
-        fprintf(stderr, "flowd eval: %s is a conditional model (context_dim %d); eval scores "
-                        "unconditional models only\n",
-                eo.model, nf_flow_context_dim((*m)->flow));
-        return -1;
-    }
     nf_data_format fmt;
     nf_data_format_parse(eo.format, &fmt); /* checked in cmd_eval */
     if (nf_data_load_file(eo.data, fmt, data, err, sizeof err)) {
@@ -147,11 +131,6 @@ static void summarize(const nf_model *m, nf_real *lp, eval_summary *r) {
     r->likelihood = cJSON_IsString(lk) ? lk->valuestring : "exact";
 }
 
-static void add_num_or_null(cJSON *o, const char *key, double v) {
-    if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
-    else cJSON_AddNullToObject(o, key);
-}
-
 static void print_json(const eval_summary *r) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", eo.model);
@@ -160,10 +139,10 @@ static void print_json(const eval_summary *r) {
     cJSON_AddNumberToObject(o, "dim", r->D);
     cJSON_AddNumberToObject(o, "rows_scored", (double)r->inside);
     cJSON_AddNumberToObject(o, "outside_support", (double)r->outside);
-    add_num_or_null(o, "nll_mean", r->nll);
-    add_num_or_null(o, "nll_median", r->med);
-    add_num_or_null(o, "nll_max", r->worst);
-    add_num_or_null(o, "bits_per_dim", r->bpd);
+    nf_json_add_num(o, "nll_mean", r->nll);
+    nf_json_add_num(o, "nll_median", r->med);
+    nf_json_add_num(o, "nll_max", r->worst);
+    nf_json_add_num(o, "bits_per_dim", r->bpd);
     cJSON_AddStringToObject(o, "likelihood", r->likelihood);
     cJSON_AddNumberToObject(o, "seconds", r->secs);
     char *s = cJSON_PrintUnformatted(o);

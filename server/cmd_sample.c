@@ -89,26 +89,8 @@ static int write_png(const char *path, const nf_model *m, const nf_real *x, int 
 
 /* an unconditional model whose n samples fit: 0 or -1 (said why) */
 static int sample_load(nf_model **m, int n) {
-    void *buf = NULL;
-    size_t len;
-    char err[512] = "";
-    if (nf_file_read(so.model, &buf, &len)) {
-        fprintf(stderr, "flowd sample: cannot read model %s\n", so.model);
-        return -1;
-    }
-    int st = nf_model_load(buf, len, m, err, sizeof err);
-    free(buf);
-    if (st) {
-        fprintf(stderr, "flowd sample: %s: not a valid model file: %s\n", so.model, err);
-        return -1;
-    }
+    if (fd_cli_load_model("flowd sample", so.model, "sample draws from", m)) return -1;
     int D = nf_flow_dim((*m)->flow);
-    if (nf_flow_context_dim((*m)->flow) > 0) {
-        fprintf(stderr, "flowd sample: %s is a conditional model (context_dim %d); sample draws "
-                        "from unconditional models only\n",
-                so.model, nf_flow_context_dim((*m)->flow));
-        return -1;
-    }
     if ((int64_t)n * D > NF_DATA_MAX_VALUES) {
         fprintf(stderr, "flowd sample: %d samples x %d dims is too many values\n", n, D);
         return -1;
