@@ -98,6 +98,10 @@ int nf_json_fields(const cJSON *o, const nf_field *fields, void *target, char *e
  * The whole string must be the value: no blanks, no trailing characters. */
 int nf_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int nf_parse_num(const char *s, double lo, double hi, double *out);
+/* Writing: o[key] = v, or null when v is not finite (JSON has no inf or
+ * NaN). */
+void nf_json_add_num(cJSON *o, const char *key, double v);
+
 /* "true" or "1", "false" or "0" */
 int nf_parse_bool(const char *s, int *out);
 

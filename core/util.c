@@ -368,6 +368,11 @@ int nf_parse_num(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
+void nf_json_add_num(cJSON *o, const char *key, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
+    else cJSON_AddNullToObject(o, key);
+}
+
 int nf_parse_bool(const char *s, int *out) {
     if (!s) return NF_EINVAL;
     if (!strcmp(s, "true") || !strcmp(s, "1")) *out = 1;

@@ -1,11 +1,11 @@
 /* cmd_serve.c: `flowd serve`, `flowd migrate`, `flowd export`, `flowd import`. */
+#include "cli.h"
 #include "cmd.h"
 #include "server.h"
 
 #include "../core/job.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +29,6 @@ static int parse_listen(const char *s, fd_config *c) {
     int64_t p;
     if (nf_parse_i64(colon + 1, 0, 65535, &p)) return -1;
     c->port = (int)p;
-    return 0;
-}
-
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    int64_t v;
-    if (nf_parse_i64(s, lo, hi, &v)) return -1;
-    *out = (long)v;
     return 0;
 }
 
@@ -83,227 +76,199 @@ static int load_tokens(fd_server *s, const char *path, char *err, size_t errlen)
 
 static int is_loopback(const char *host) { return !strncmp(host, "127.", 4); }
 
-static void serve_usage(FILE *f) {
-    fprintf(f,
-"usage: flowd serve [OPTIONS]\n"
-"\n"
-"Runs the flowd HTTP daemon in the foreground.  Every option also reads an\n"
-"environment variable (shown); the flag wins.\n"
-"\n"
-"  --db PATH              SQLite database, created and migrated if needed\n"
-"                         (FLOWD_DB, default data/flowd.db)\n"
-"  --listen HOST:PORT     address to bind (FLOWD_LISTEN, default 127.0.0.1:8080);\n"
-"                         port 0 picks a free port (see --port-file)\n"
-"  --workers N            training worker threads (FLOWD_WORKERS, default 1)\n"
-"  --train-threads N      threads that share each training batch\n"
-"                         (FLOWD_TRAIN_THREADS, default: the CPUs divided among\n"
-"                         the workers, 1 with --blas-threads above 1)\n"
-"  --train-nice N         nice value of training threads, run under SCHED_BATCH\n"
-"                         so that request threads preempt them (FLOWD_TRAIN_NICE,\n"
-"                         0..19, default 19; 0 = same priority as requests)\n"
-"  --http-threads N       request threads (FLOWD_HTTP_THREADS, default: one per CPU,\n"
-"                         at least 2; event streams hold none)\n"
-"  --token-file FILE      bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line\n"
-"                         (FLOWD_TOKEN_FILE); without it the daemon serves\n"
-"                         loopback only, with no authentication\n"
-"  --max-body BYTES       largest request body (FLOWD_MAX_BODY, default 67108864)\n"
-"  --max-rows N           rows per log_prob/encode/decode (FLOWD_MAX_ROWS, default 100000)\n"
-"  --max-sample N         n per sample request (FLOWD_MAX_SAMPLE, default 100000)\n"
-"  --max-connections N    open connections (FLOWD_MAX_CONNECTIONS, default 512)\n"
-"  --conn-timeout S       idle connection timeout (FLOWD_CONN_TIMEOUT, default 30)\n"
-"  --max-inflight N       requests handled at once before 503 (FLOWD_MAX_INFLIGHT, default 256)\n"
-"  --max-queued-jobs N    queued jobs before 429 (FLOWD_MAX_QUEUED_JOBS, default 64)\n"
-"  --cache-models N       model versions kept loaded (FLOWD_CACHE_MODELS, default 16)\n"
-"  --blas-threads N       OpenBLAS threads per call (FLOWD_BLAS_THREADS, default 1;\n"
-"                         more oversubscribes the cores, see README)\n"
-"  --port-file FILE       write the bound port there once listening\n"
-"  --quiet                no per-request log lines\n"
-"\n"
-"SIGTERM or SIGINT drains: /readyz turns 503, running jobs checkpoint (and\n"
-"resume at the next start), then the database is closed.\n");
-}
+/* The daemon of this process, and what `flowd serve` is told beyond its
+ * fd_config: where the option table below writes. */
+static fd_server server;
+static struct {
+    const char *listen, *port_file;
+    int blas_threads, train_threads, train_nice;
+} so;
 
-int cmd_serve(int argc, char **argv) {
-    fd_server s;
-    memset(&s, 0, sizeof s);
-    fd_config *c = &s.cfg;
-    c->db_path = env_or("FLOWD_DB", "data/flowd.db");
-    const char *listen = env_or("FLOWD_LISTEN", "127.0.0.1:8080"), *port_file = NULL;
-    c->token_file = getenv("FLOWD_TOKEN_FILE");
-    struct { const char *flag, *env; long def, lo, hi; long val; } nums[] = {
-        {"workers", "FLOWD_WORKERS", 1, 0, 64, 0},
-        {"http-threads", "FLOWD_HTTP_THREADS", 2, 1, 256, 0},
-        {"max-body", "FLOWD_MAX_BODY", 64L << 20, 1024, 1L << 34, 0},
-        {"max-rows", "FLOWD_MAX_ROWS", 100000, 1, 10000000, 0},
-        {"max-sample", "FLOWD_MAX_SAMPLE", 100000, 1, 10000000, 0},
-        {"max-connections", "FLOWD_MAX_CONNECTIONS", 512, 1, 100000, 0},
-        {"conn-timeout", "FLOWD_CONN_TIMEOUT", 30, 1, 3600, 0},
-        {"max-inflight", "FLOWD_MAX_INFLIGHT", 256, 1, 100000, 0},
-        {"max-queued-jobs", "FLOWD_MAX_QUEUED_JOBS", 64, 1, 100000, 0},
-        {"cache-models", "FLOWD_CACHE_MODELS", 16, 1, 4096, 0},
-        {"blas-threads", "FLOWD_BLAS_THREADS", 1, 1, 64, 0},
-        {"train-threads", "FLOWD_TRAIN_THREADS", 0, 1, 64, 0},
-        {"train-nice", "FLOWD_TRAIN_NICE", 19, 0, 19, 0},
-    };
-    enum { NNUM = sizeof nums / sizeof nums[0] };
+static const fd_opt serve_options[] = {
+    {"db", 0, FD_OPT_STR, &server.cfg.db_path, "FLOWD_DB", .def_str = "data/flowd.db", .arg = "PATH",
+     .help = "SQLite database, created and migrated if needed"},
+    {"listen", 0, FD_OPT_STR, &so.listen, "FLOWD_LISTEN", .def_str = "127.0.0.1:8080", .arg = "HOST:PORT",
+     .help = "address to bind; port 0 picks a free port, see --port-file"},
+    {"workers", 0, FD_OPT_INT, &server.cfg.workers, "FLOWD_WORKERS", 1, .lo = 0, .hi = 64, .arg = "N",
+     .help = "training worker threads"},
+    {"train-threads", 0, FD_OPT_INT, &so.train_threads, "FLOWD_TRAIN_THREADS", 0, .lo = 1, .hi = 64, .arg = "N",
+     .help = "threads that share each training batch",
+     .def_text = "the CPUs divided among the workers, 1 with --blas-threads above 1"},
+    {"train-nice", 0, FD_OPT_INT, &so.train_nice, "FLOWD_TRAIN_NICE", 19, .lo = 0, .hi = 19, .arg = "N",
+     .help = "nice value of training threads, run under SCHED_BATCH so that request threads preempt "
+             "them; 0 = same priority as requests"},
+    {"http-threads", 0, FD_OPT_INT, &server.cfg.http_threads, "FLOWD_HTTP_THREADS", 0, .lo = 1, .hi = 256,
+     .arg = "N", .help = "request threads; event streams hold none", .def_text = "one per CPU, at least 2"},
+    {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE",
+     .help = "bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line; without it the daemon serves "
+             "loopback only, with no authentication"},
+    {"max-body", 0, FD_OPT_SIZE, &server.cfg.max_body, "FLOWD_MAX_BODY", 64 << 20, .lo = 1024, .hi = 1LL << 34,
+     .arg = "BYTES", .help = "largest request body"},
+    {"max-rows", 0, FD_OPT_INT, &server.cfg.max_rows, "FLOWD_MAX_ROWS", 100000, .lo = 1, .hi = 10000000,
+     .arg = "N", .help = "rows per log_prob/encode/decode"},
+    {"max-sample", 0, FD_OPT_INT, &server.cfg.max_sample, "FLOWD_MAX_SAMPLE", 100000, .lo = 1, .hi = 10000000,
+     .arg = "N", .help = "n per sample request"},
+    {"max-connections", 0, FD_OPT_INT, &server.cfg.max_connections, "FLOWD_MAX_CONNECTIONS", 512, .lo = 1,
+     .hi = 100000, .arg = "N", .help = "open connections"},
+    {"conn-timeout", 0, FD_OPT_INT, &server.cfg.conn_timeout, "FLOWD_CONN_TIMEOUT", 30, .lo = 1, .hi = 3600,
+     .arg = "S", .help = "idle connection timeout, seconds"},
+    {"max-inflight", 0, FD_OPT_INT, &server.cfg.max_inflight, "FLOWD_MAX_INFLIGHT", 256, .lo = 1, .hi = 100000,
+     .arg = "N", .help = "requests handled at once before 503"},
+    {"max-queued-jobs", 0, FD_OPT_INT, &server.cfg.max_queued_jobs, "FLOWD_MAX_QUEUED_JOBS", 64, .lo = 1,
+     .hi = 100000, .arg = "N", .help = "queued jobs before 429"},
+    {"cache-models", 0, FD_OPT_INT, &server.cfg.cache_models, "FLOWD_CACHE_MODELS", 16, .lo = 1, .hi = 4096,
+     .arg = "N", .help = "model versions kept loaded"},
+    {"blas-threads", 0, FD_OPT_INT, &so.blas_threads, "FLOWD_BLAS_THREADS", 1, .lo = 1, .hi = 64, .arg = "N",
+     .help = "OpenBLAS threads per call; more oversubscribes the cores, see README"},
+    {"port-file", 0, FD_OPT_STR, &so.port_file, .arg = "FILE", .help = "write the bound port there once listening"},
+    {"quiet", 0, FD_OPT_FLAG, &server.cfg.quiet, .help = "no per-request log lines"},
+};
+
+static const fd_cli serve_cli = {
+    "flowd serve",
+    "usage: flowd serve [OPTIONS]\n"
+    "\n"
+    "Runs the flowd HTTP daemon in the foreground.  Every option also reads an\n"
+    "environment variable (shown); the flag wins.\n"
+    "\n",
+    "SIGTERM or SIGINT drains: /readyz turns 503, running jobs checkpoint (and\n"
+    "resume at the next start), then the database is closed.\n",
+    serve_options, FD_NOPTS(serve_options), .bad_rc = 2};
+
+/* The automatic defaults, then the checks across options: 0 or an exit status. */
+static int serve_settle(fd_server *s) {
+    fd_config *c = &s->cfg;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     /* one request thread per core: scoring is CPU-bound, and more threads
      * than cores only queue behind each other (on 2 cores, 4 threads took
      * the p99 of 1-row requests from ~2.2 ms to 5-7 ms) */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    nums[1].def = ncpu > 2 ? (ncpu < 256 ? ncpu : 256) : 2;
-    for (int i = 0; i < NNUM; i++) {
-        nums[i].val = nums[i].def;
-        const char *e = getenv(nums[i].env);
-        if (e && *e && parse_int(e, nums[i].lo, nums[i].hi, &nums[i].val)) {
-            fprintf(stderr, "flowd serve: %s=%s is not an integer in [%ld, %ld]\n", nums[i].env, e, nums[i].lo, nums[i].hi);
-            return 2;
-        }
-    }
-    struct option opts[NNUM + 8];
-    memset(opts, 0, sizeof opts);
-    for (int i = 0; i < NNUM; i++) opts[i] = (struct option){nums[i].flag, required_argument, 0, 1000 + i};
-    opts[NNUM + 0] = (struct option){"db", required_argument, 0, 'd'};
-    opts[NNUM + 1] = (struct option){"listen", required_argument, 0, 'l'};
-    opts[NNUM + 2] = (struct option){"token-file", required_argument, 0, 't'};
-    opts[NNUM + 3] = (struct option){"port-file", required_argument, 0, 'p'};
-    opts[NNUM + 4] = (struct option){"quiet", no_argument, 0, 'q'};
-    opts[NNUM + 5] = (struct option){"help", no_argument, 0, 'h'};
-    int o;
-    optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (o >= 1000 && o < 1000 + NNUM) {
-            int i = o - 1000;
-            if (parse_int(optarg, nums[i].lo, nums[i].hi, &nums[i].val)) {
-                fprintf(stderr, "flowd serve: --%s must be an integer in [%ld, %ld]\n", nums[i].flag, nums[i].lo, nums[i].hi);
-                return 2;
-            }
-            continue;
-        }
-        switch (o) {
-        case 'd': c->db_path = optarg; break;
-        case 'l': listen = optarg; break;
-        case 't': c->token_file = optarg; break;
-        case 'p': port_file = optarg; break;
-        case 'q': c->quiet = 1; break;
-        case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return 2;
-        }
-    }
-    if (optind != argc) {
-        serve_usage(stderr);
-        return 2;
-    }
-    if (!nums[11].val) {
+    if (!c->http_threads) c->http_threads = ncpu > 2 ? (ncpu < 256 ? (int)ncpu : 256) : 2;
+    if (!so.train_threads) {
         /* auto: the cores shared by the workers' training pools.  The
          * request threads are not counted: training runs at a lower
          * priority (--train-nice), so requests take a core when they come */
-        long per = ncpu / (nums[0].val > 0 ? nums[0].val : 1);
-        nums[11].val = nums[10].val > 1 ? 1 : per < 1 ? 1 : per > 64 ? 64 : per;
+        long per = ncpu / (c->workers > 0 ? c->workers : 1);
+        so.train_threads = so.blas_threads > 1 ? 1 : per < 1 ? 1 : per > 64 ? 64 : (int)per;
     }
-    if (nums[11].val > 1 && nums[10].val > 1) {
+    if (so.train_threads > 1 && so.blas_threads > 1) {
         /* each of a job's threads calls BLAS: both > 1 oversubscribes the
          * cores (a W2 training step ran ~10x slower on 2 cores) */
-        fprintf(stderr, "flowd serve: --train-threads %ld splits each batch over threads that each "
-                        "call BLAS; use it with --blas-threads 1\n", nums[11].val);
+        fprintf(stderr, "flowd serve: --train-threads %d splits each batch over threads that each "
+                        "call BLAS; use it with --blas-threads 1\n", so.train_threads);
         return 2;
     }
-    c->workers = (int)nums[0].val;
-    c->http_threads = (int)nums[1].val;
-    c->max_body = (size_t)nums[2].val;
-    c->max_rows = (int)nums[3].val;
-    c->max_sample = (int)nums[4].val;
-    c->max_connections = (int)nums[5].val;
-    c->conn_timeout = (int)nums[6].val;
-    c->max_inflight = (int)nums[7].val;
-    c->max_queued_jobs = (int)nums[8].val;
-    c->cache_models = (int)nums[9].val;
     c->conn_memory = 256 * 1024;
-    if (parse_listen(listen, c)) {
-        fprintf(stderr, "flowd serve: --listen wants HOST:PORT (IPv4), got %s\n", listen);
+    if (parse_listen(so.listen, c)) {
+        fprintf(stderr, "flowd serve: --listen wants HOST:PORT (IPv4), got %s\n", so.listen);
         return 2;
     }
     char err[512] = "";
-    if (c->token_file && load_tokens(&s, c->token_file, err, sizeof err)) {
+    if (c->token_file && load_tokens(s, c->token_file, err, sizeof err)) {
         fprintf(stderr, "flowd serve: %s\n", err);
         return 1;
     }
-    if (!s.ntokens && !is_loopback(c->listen_host)) {
+    if (!s->ntokens && !is_loopback(c->listen_host)) {
         fprintf(stderr, "flowd serve: refusing to listen on %s without tokens: give --token-file, or "
                         "listen on 127.0.0.1\n", c->listen_host);
         return 2;
     }
-    /* one BLAS thread by default: request threads and the training
-     * worker(s) are the parallelism; BLAS threads on top oversubscribe the
-     * cores (README "Threads and BLAS" has the measurement) */
-    openblas_set_num_threads((int)nums[10].val);
-    signal(SIGPIPE, SIG_IGN);
-    fd_db *db = NULL;
-    int applied = 0;
-    if (fd_db_open(c->db_path, &db, err, sizeof err) || fd_db_migrate(db, &applied, err, sizeof err)) {
-        fprintf(stderr, "flowd serve: database %s: %s\n", c->db_path, err);
-        fd_db_close(db);
-        return 1;
+    return 0;
+}
+
+/* the tokens' hashes into the database, for the audit of who may write */
+static void record_tokens(fd_server *s, fd_db *db) {
+    char err[512] = "";
+    const char **h = calloc((size_t)s->ntokens, sizeof *h), **sc = calloc((size_t)s->ntokens, sizeof *sc);
+    for (int i = 0; h && sc && i < s->ntokens; i++) {
+        h[i] = s->tokens[i].hash;
+        sc[i] = s->tokens[i].write ? "write" : "read";
     }
-    if (s.ntokens) {
-        const char **h = calloc((size_t)s.ntokens, sizeof *h), **sc = calloc((size_t)s.ntokens, sizeof *sc);
-        for (int i = 0; h && sc && i < s.ntokens; i++) {
-            h[i] = s.tokens[i].hash;
-            sc[i] = s.tokens[i].write ? "write" : "read";
-        }
-        if (!h || !sc || fd_db_tokens_replace(db, h, sc, s.ntokens, err, sizeof err))
-            fprintf(stderr, "flowd serve: warning: cannot record tokens: %s\n", err);
-        free(h);
-        free(sc);
-    }
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
-    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, (int)nums[11].val, (int)nums[12].val, &s.jobs,
-                                       err, sizeof err)) {
-        fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
-        fd_db_close(db);
-        return 1;
-    }
-    if (fd_server_start(&s, err, sizeof err)) {
-        fprintf(stderr, "flowd serve: %s\n", err);
-        if (s.jobs) fd_jobs_stop(s.jobs);
-        fd_db_close(db);
-        return 1;
-    }
-    atomic_store(&s.ready, 1);
-    if (port_file) {
-        FILE *pf = fopen(port_file, "w");
+    if (!h || !sc || fd_db_tokens_replace(db, h, sc, s->ntokens, err, sizeof err))
+        fprintf(stderr, "flowd serve: warning: cannot record tokens: %s\n", err);
+    free(h);
+    free(sc);
+}
+
+static void announce(const fd_server *s, fd_db *db) {
+    const fd_config *c = &s->cfg;
+    if (so.port_file) {
+        FILE *pf = fopen(so.port_file, "w");
         if (pf) {
             fprintf(pf, "%d\n", c->port);
             fclose(pf);
         }
     }
     fprintf(stderr,
-            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %ld "
-            "thread%s at nice %ld, %d request threads)\n",
+            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %d "
+            "thread%s at nice %d, %d request threads)\n",
             FD_VERSION, c->listen_host, c->port, c->db_path, fd_db_schema_version(db), c->workers,
-            c->workers == 1 ? "" : "s", nums[11].val, nums[11].val == 1 ? "" : "s", nums[12].val,
+            c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
             c->http_threads);
-    if (!s.ntokens)
+    if (!s->ntokens)
         fprintf(stderr, "no --token-file: serving loopback only, without authentication\n");
     fprintf(stderr, "try: curl -s http://%s:%d/v1/models\n", c->listen_host, c->port);
+}
+
+/* Started, it waits for SIGTERM or SIGINT, then drains. */
+static int serve_run(fd_server *s, fd_db *db) {
+    fd_config *c = &s->cfg;
+    char err[512] = "";
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
+    if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, so.train_threads, so.train_nice, &s->jobs,
+                                       err, sizeof err)) {
+        fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
+        return 1;
+    }
+    if (fd_server_start(s, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: %s\n", err);
+        if (s->jobs) fd_jobs_stop(s->jobs);
+        return 1;
+    }
+    atomic_store(&s->ready, 1);
+    announce(s, db);
     int sig = 0;
     sigwait(&set, &sig);
     fprintf(stderr, "flowd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    atomic_store(&s.draining, 1);
+    atomic_store(&s->draining, 1);
     /* HTTP first: a request admitted before the drain may still call
      * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
      * freed only once libmicrohttpd has finished every handler.  (The other
      * order was a use-after-free race, found by make tsan.) */
-    fd_server_stop(&s);
-    if (s.jobs) fd_jobs_stop(s.jobs); /* running jobs checkpoint and stay resumable */
-    s.jobs = NULL;
+    fd_server_stop(s);
+    if (s->jobs) fd_jobs_stop(s->jobs); /* running jobs checkpoint and stay resumable */
+    s->jobs = NULL;
     char ierr[200] = "";
     if (fd_db_integrity_check(db, ierr, sizeof ierr)) fprintf(stderr, "flowd: integrity check: %s\n", ierr);
+    return 0;
+}
+
+int cmd_serve(int argc, char **argv) {
+    fd_server *s = &server;
+    int rc;
+    if (fd_cli_parse(&serve_cli, argc, argv, &rc)) return rc;
+    if ((rc = serve_settle(s))) return rc;
+    /* one BLAS thread by default: request threads and the training
+     * worker(s) are the parallelism; BLAS threads on top oversubscribe the
+     * cores (README "Threads and BLAS" has the measurement) */
+    openblas_set_num_threads(so.blas_threads);
+    signal(SIGPIPE, SIG_IGN);
+    fd_db *db = NULL;
+    char err[512] = "";
+    int applied = 0;
+    if (fd_db_open(s->cfg.db_path, &db, err, sizeof err) || fd_db_migrate(db, &applied, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: database %s: %s\n", s->cfg.db_path, err);
+        fd_db_close(db);
+        return 1;
+    }
+    if (s->ntokens) record_tokens(s, db);
+    rc = serve_run(s, db);
     fd_db_close(db);
-    free(s.tokens);
+    if (rc) return rc;
+    free(s->tokens);
     fprintf(stderr, "flowd: stopped\n");
     return 0;
 }

@@ -1,13 +1,13 @@
 /* cmd_train.c: `flowd train --config job.json --out model.flow`, one training
  * job in the foreground from the same job JSON the HTTP API accepts, with a
  * progress bar on a terminal and plain lines otherwise. */
+#include "cli.h"
 #include "cmd.h"
 
 #include "../core/job.h"
 #include "../core/model.h"
 
 #include <cblas.h>
-#include <getopt.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,105 +62,101 @@ static void on_progress(void *user, const nf_train_metrics *m) {
     }
 }
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: flowd train --config JOB.json --out MODEL.flow [--quiet]\n"
-            "\n"
-            "Runs one training job in the foreground and writes a self-describing model\n"
-            "file (flow config, preprocessing, parameters, metrics, checksum), the same\n"
-            "bytes the daemon stores as a model version.\n"
-            "\n"
-            "  --config FILE   the job JSON of POST /v1/jobs (see README); the dataset may\n"
-            "                  also be {\"path\":\"data.csv\",\"format\":\"auto\"} here\n"
-            "  --out FILE      where to write the model (atomically: temp file + rename)\n"
-            "  --threads N     threads that share each batch (default: the number of\n"
-            "                  CPUs); BLAS then runs one thread per call\n"
-            "  --quiet         no progress output\n"
-            "\n"
-            "Ctrl-C stops training; the best parameters so far are still written.\n");
+static struct {
+    const char *config, *out;
+    int threads, quiet;
+} to;
+
+static const fd_opt train_options[] = {
+    {"config", 'c', FD_OPT_STR, &to.config, .required = 1, .arg = "FILE",
+     .help = "the job JSON of POST /v1/jobs (see README); the dataset may also be "
+             "{\"path\":\"data.csv\",\"format\":\"auto\"} here"},
+    {"out", 'o', FD_OPT_STR, &to.out, .required = 1, .arg = "FILE",
+     .help = "where to write the model (atomically: temp file + rename)"},
+    {"threads", 't', FD_OPT_INT, &to.threads, .def = 0, .lo = 1, .hi = 64, .arg = "N",
+     .help = "threads that share each batch; BLAS then runs one thread per call",
+     .def_text = "the number of CPUs", .must = "1..64"},
+    {"quiet", 'q', FD_OPT_FLAG, &to.quiet, .help = "no progress output"},
+};
+
+static const fd_cli train_cli = {
+    "flowd train",
+    "usage: flowd train --config JOB.json --out MODEL.flow [--quiet]\n"
+    "\n"
+    "Runs one training job in the foreground and writes a self-describing model\n"
+    "file (flow config, preprocessing, parameters, metrics, checksum), the same\n"
+    "bytes the daemon stores as a model version.\n"
+    "\n",
+    "Ctrl-C stops training; the best parameters so far are still written.\n",
+    train_options, FD_NOPTS(train_options), .bad_rc = 2};
+
+/* the job of the config file: 0 or -1 (said why) */
+static int train_job(nf_job *job) {
+    void *buf;
+    size_t len;
+    char err[512] = "";
+    if (nf_file_read(to.config, &buf, &len)) {
+        fprintf(stderr, "flowd train: cannot read %s\n", to.config);
+        return -1;
+    }
+    int rc = nf_job_parse(buf, len, 1, job, err, sizeof err);
+    free(buf);
+    if (rc) {
+        fprintf(stderr, "flowd train: %s: %s\n", to.config, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* trains and writes the model: 0 or an NF_ status (said why) */
+static int train_run(const nf_job *job, const nf_data *data, int threads) {
+    char err[512] = "";
+    progress_ctx pc = {isatty(fileno(stderr)), stderr};
+    signal(SIGINT, on_sigint);
+    nf_train_hooks hooks = {.user = &pc, .progress = to.quiet ? NULL : on_progress,
+                            .cancel = &cancel_flag};
+    nf_job_result res;
+    int rc;
+    if (!to.quiet)
+        fprintf(stderr, "training %s on %lld rows x %d dims (%d thread%s)\n", job->model,
+                (long long)data->n, data->d, threads, threads == 1 ? "" : "s");
+    rc = nf_job_run(job, data, &hooks, NULL, 0, &res, err, sizeof err);
+    if (pc.tty && !to.quiet) fputc('\n', stderr);
+    if (rc == NF_ECANCELLED) {
+        fprintf(stderr, "flowd train: cancelled; no model written\n");
+    } else if (rc) {
+        fprintf(stderr, "flowd train: %s\n", err);
+    } else if (nf_file_write(to.out, res.model, res.model_len)) {
+        fprintf(stderr, "flowd train: cannot write %s\n", to.out);
+        rc = NF_EIO;
+    } else {
+        char *ms = cJSON_PrintUnformatted(res.metrics);
+        printf("wrote %s (%zu bytes)\nmetrics %s\n", to.out, res.model_len, ms ? ms : "{}");
+        free(ms);
+    }
+    nf_job_result_free(&res);
+    return rc;
 }
 
 int cmd_train(int argc, char **argv) {
-    const char *config = NULL, *outp = NULL;
-    int quiet = 0;
-    long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    int64_t t64;
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                         {"out", required_argument, 0, 'o'},
-                                         {"threads", required_argument, 0, 't'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:o:t:qh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config = optarg; break;
-        case 'o': outp = optarg; break;
-        case 't':
-            if (nf_parse_i64(optarg, 1, 64, &t64)) {
-                fprintf(stderr, "flowd train: --threads must be 1..64\n");
-                return 2;
-            }
-            threads = (long)t64;
-            break;
-        case 'q': quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!config || !outp || optind != argc) {
-        usage(stderr);
-        return 2;
-    }
-    void *buf;
-    size_t len;
-    if (nf_file_read(config, &buf, &len)) {
-        fprintf(stderr, "flowd train: cannot read %s\n", config);
-        return 1;
-    }
+    int rc;
+    if (fd_cli_parse(&train_cli, argc, argv, &rc)) return rc;
     nf_job job;
-    char err[512] = "";
-    int rc = nf_job_parse(buf, len, 1, &job, err, sizeof err);
-    free(buf);
-    if (rc) {
-        fprintf(stderr, "flowd train: %s: %s\n", config, err);
-        return 1;
-    }
+    if (train_job(&job)) return 1;
+    long threads = to.threads ? to.threads : sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
     job.train.threads = (int)threads;
     /* the batch is split over our threads: one BLAS thread under each */
     if (threads > 1) openblas_set_num_threads(1);
     nf_data data = {0};
+    char err[512] = "";
     if ((rc = nf_job_load_data(&job, &data, err, sizeof err))) {
         fprintf(stderr, "flowd train: dataset: %s\n", err);
         nf_job_free(&job);
         return 1;
     }
-    progress_ctx pc = {isatty(fileno(stderr)), stderr};
-    signal(SIGINT, on_sigint);
-    nf_train_hooks hooks = {.user = &pc, .progress = quiet ? NULL : on_progress,
-                            .cancel = &cancel_flag};
-    nf_job_result res;
-    if (!quiet)
-        fprintf(stderr, "training %s on %lld rows x %d dims (%ld thread%s)\n", job.model,
-                (long long)data.n, data.d, threads, threads == 1 ? "" : "s");
-    rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
-    if (pc.tty && !quiet) fputc('\n', stderr);
-    if (rc == NF_ECANCELLED) {
-        fprintf(stderr, "flowd train: cancelled; no model written\n");
-    } else if (rc) {
-        fprintf(stderr, "flowd train: %s\n", err);
-    } else if (nf_file_write(outp, res.model, res.model_len)) {
-        fprintf(stderr, "flowd train: cannot write %s\n", outp);
-        rc = NF_EIO;
-    } else {
-        char *ms = cJSON_PrintUnformatted(res.metrics);
-        printf("wrote %s (%zu bytes)\nmetrics %s\n", outp, res.model_len, ms ? ms : "{}");
-        free(ms);
-    }
-    nf_job_result_free(&res);
+    rc = train_run(&job, &data, (int)threads);
     nf_data_free(&data);
     nf_job_free(&job);
     return rc ? 1 : 0;

@@ -89,11 +89,6 @@ static void sleep_s(double s) {
     }
 }
 
-static void add_num(cJSON *o, const char *k, double v) {
-    if (isfinite(v)) cJSON_AddNumberToObject(o, k, v);
-    else cJSON_AddNullToObject(o, k);
-}
-
 /* ---- checkpoint writer ------------------------------------------------------------
  * A snapshot of a big model's training state is large (parameters, Adam's
  * two moments and the best parameters: 16 bytes a parameter, ~190 MB for a
@@ -164,14 +159,14 @@ static void on_progress(void *user, const nf_train_metrics *m) {
         cJSON_AddNumberToObject(o, "epochs", m->epochs);
         cJSON_AddNumberToObject(o, "step", (double)m->step);
         cJSON_AddNumberToObject(o, "total_steps", (double)m->total_steps);
-        add_num(o, "train_loss", m->train_loss);
-        add_num(o, "val_loss", m->val_loss);
-        if (isfinite(m->val_bits_per_dim)) add_num(o, "val_bits_per_dim", m->val_bits_per_dim);
-        add_num(o, "best_val_loss", m->best_val_loss);
-        add_num(o, "lr", m->lr);
-        add_num(o, "grad_norm", m->grad_norm);
-        add_num(o, "samples_per_second", m->samples_per_second);
-        add_num(o, "eta_seconds", m->eta_seconds);
+        nf_json_add_num(o, "train_loss", m->train_loss);
+        nf_json_add_num(o, "val_loss", m->val_loss);
+        if (isfinite(m->val_bits_per_dim)) nf_json_add_num(o, "val_bits_per_dim", m->val_bits_per_dim);
+        nf_json_add_num(o, "best_val_loss", m->best_val_loss);
+        nf_json_add_num(o, "lr", m->lr);
+        nf_json_add_num(o, "grad_norm", m->grad_norm);
+        nf_json_add_num(o, "samples_per_second", m->samples_per_second);
+        nf_json_add_num(o, "eta_seconds", m->eta_seconds);
         char *s = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (s && fd_db_job_progress(r->w->db, r->id, s, err, sizeof err))
