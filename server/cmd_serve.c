@@ -163,6 +163,14 @@ static int serve_settle(fd_server *s) {
         return 2;
     }
     char err[512] = "";
+    /* an empty FLOWD_TOKEN_FILE is a mistake, not "no tokens": it would
+     * serve without authentication */
+    const char *tf = getenv("FLOWD_TOKEN_FILE");
+    if (!c->token_file && tf && !*tf) {
+        fprintf(stderr, "flowd serve: FLOWD_TOKEN_FILE is set but empty; unset it to serve "
+                        "without tokens\n");
+        return 1;
+    }
     if (c->token_file && load_tokens(s, c->token_file, err, sizeof err)) {
         fprintf(stderr, "flowd serve: %s\n", err);
         return 1;
