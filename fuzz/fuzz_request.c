@@ -12,6 +12,7 @@
  * NPY; bit 2 the conditional model; bits 3-4 Accept: JSON, CSV, NPY;
  * bits 5-7 the dataset format, mod 5), the rest is the body. */
 #include "../server/api_models.c"
+#include "../server/fields.c"
 
 #include "fuzz.h"
 

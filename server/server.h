@@ -197,7 +197,7 @@ const char *fd_req_header(fd_req *r, const char *key);
  * returns NULL on failure. */
 cJSON *fd_req_json(fd_req *r);
 
-/* Field validation (the end of http.c): one call per field, through the
+/* Field validation (server/fields.c): one call per field, through the
  * getters of core/nf_json.h (null = absent = the default).  Each returns 0,
  * or -1 after sending the error: a body field 422 invalid_input with a
  * message naming it (details.field), a query parameter 400
