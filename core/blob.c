@@ -52,8 +52,12 @@ void nf_blob_put_f32s(nf_blob_writer *w, const nf_real *v, size_t n) {
     }
 }
 
+void nf_blob_put_crc_since(nf_blob_writer *w, size_t start) {
+    if (!w->bad && start <= w->n) nf_blob_put_u32(w, nf_crc32(w->p + start, w->n - start));
+}
+
 int nf_blob_finish(nf_blob_writer *w, void **buf, size_t *len) {
-    if (!w->bad) nf_blob_put_u32(w, nf_crc32(w->p, w->n));
+    nf_blob_put_crc_since(w, 0);
     if (w->bad) {
         nf_blob_writer_free(w);
         return NF_ENOMEM;

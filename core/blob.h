@@ -70,6 +70,9 @@ void nf_blob_put_f32s(nf_blob_writer *w, const nf_real *v, size_t n); /* as floa
 /* Appends the CRC-32 of everything written, hands the buffer over (caller
  * frees with nf_free/free); NF_ENOMEM (buffer released) if a put failed. */
 int nf_blob_finish(nf_blob_writer *w, void **buf, size_t *len);
+/* Appends the CRC-32 of the bytes written from offset start on: a blob
+ * nested in another (a trainer state holds the optimizer's) */
+void nf_blob_put_crc_since(nf_blob_writer *w, size_t start);
 void nf_blob_writer_free(nf_blob_writer *w); /* drop a growing writer's buffer */
 
 /* ---- reader ------------------------------------------------------------------- */

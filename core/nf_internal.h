@@ -249,6 +249,13 @@ int nf_ws_parallel_for(nf_ws *w, size_t n, void (*fn)(void *arg, size_t i0, size
 void *nf_ws_aux(const nf_ws *w);
 void nf_ws_set_aux(nf_ws *w, void *aux, void (*free_fn)(void *));
 
+/* ---- optimizer state nested in the trainer's (core/optim.c) --------------
+ * The bytes nf_adam_save returns, written straight into another blob (no
+ * intermediate buffer: a 12M-parameter model's moments are 96 MB). */
+struct nf_blob_writer;
+size_t nf_adam_blob_size(const nf_adam *o); /* SIZE_MAX when too large */
+void nf_adam_put(const nf_adam *o, struct nf_blob_writer *w);
+
 /* ---- dequantization (core/dequant.c) --------------------------------------
  * y (n) = x + u, u ~ U[0,1) element by element from r (y may be x).  The
  * trainer, its validation and the model's scorer draw the noise this way. */

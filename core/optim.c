@@ -193,24 +193,41 @@ double nf_clip_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n, double max_norm) 
 /* a step count past 2^53 is not a real run (and t + 1 must not overflow) */
 #define NF_ADAM_MAX_STEPS ((int64_t)1 << 53)
 
+size_t nf_adam_blob_size(const nf_adam *o) {
+    return o->n > (SIZE_MAX - ADAM_HEADER - 4) / 8 ? SIZE_MAX : ADAM_HEADER + 8 * o->n + 4;
+}
+
+void nf_adam_put(const nf_adam *o, nf_blob_writer *w) {
+    size_t start = w->n;
+    nf_blob_put(w, ADAM_MAGIC, 4);
+    nf_blob_put_u32(w, ADAM_VERSION);
+    nf_blob_put_u32(w, (uint32_t)o->kind);
+    nf_blob_put_f64(w, o->beta1);
+    nf_blob_put_f64(w, o->beta2);
+    nf_blob_put_f64(w, o->eps);
+    nf_blob_put_f64(w, o->weight_decay);
+    nf_blob_put_u64(w, (uint64_t)o->n);
+    nf_blob_put_u64(w, (uint64_t)o->t);
+    nf_blob_put_f32s(w, o->m, o->n);
+    nf_blob_put_f32s(w, o->v, o->n);
+    nf_blob_put_crc_since(w, start);
+}
+
 int nf_adam_save(const nf_adam *o, void **buf, size_t *len) {
     if (!o || !buf || !len) return NF_EINVAL;
     *buf = NULL;
     *len = 0;
-    if (o->n > (SIZE_MAX - ADAM_HEADER - 4) / 8) return NF_ENOMEM;
-    nf_blob_writer w = nf_blob_writer_init(ADAM_HEADER + 8 * o->n + 4);
-    nf_blob_put(&w, ADAM_MAGIC, 4);
-    nf_blob_put_u32(&w, ADAM_VERSION);
-    nf_blob_put_u32(&w, (uint32_t)o->kind);
-    nf_blob_put_f64(&w, o->beta1);
-    nf_blob_put_f64(&w, o->beta2);
-    nf_blob_put_f64(&w, o->eps);
-    nf_blob_put_f64(&w, o->weight_decay);
-    nf_blob_put_u64(&w, (uint64_t)o->n);
-    nf_blob_put_u64(&w, (uint64_t)o->t);
-    nf_blob_put_f32s(&w, o->m, o->n);
-    nf_blob_put_f32s(&w, o->v, o->n);
-    return nf_blob_finish(&w, buf, len);
+    size_t size = nf_adam_blob_size(o);
+    if (size == SIZE_MAX) return NF_ENOMEM;
+    nf_blob_writer w = nf_blob_writer_init(size);
+    nf_adam_put(o, &w);
+    if (w.bad) {
+        nf_blob_writer_free(&w);
+        return NF_ENOMEM;
+    }
+    *buf = w.p;
+    *len = w.n;
+    return 0;
 }
 
 /* Checks the CRC first (so any damaged or truncated blob is NF_ECORRUPT),

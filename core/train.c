@@ -583,36 +583,28 @@ static uint64_t fingerprint(const nf_trainer *t) {
 /* a flow's section: params, buffers, best params, best buffers (raw
  * nf_real), u64 length, its Adam blob */
 static void put_flow_section(nf_blob_writer *b, const nf_flow *f, const nf_real *best_params,
-                             const nf_real *best_buffers, const void *ob, size_t olen) {
+                             const nf_real *best_buffers, const nf_adam *opt) {
     size_t P = f->nparams * sizeof(nf_real), NB = f->nbuffers * sizeof(nf_real);
     nf_blob_put(b, f->params, P);
     nf_blob_put(b, f->buffers, NB);
     nf_blob_put(b, best_params, P);
     nf_blob_put(b, best_buffers, NB);
-    nf_blob_put_u64(b, olen);
-    nf_blob_put(b, ob, olen);
+    nf_blob_put_u64(b, nf_adam_blob_size(opt));
+    nf_adam_put(opt, b); /* the optimizer's own blob, in place */
 }
 
 /* bytes of put_flow_section */
-static size_t flow_section_size(const nf_flow *f, size_t olen) {
-    return 2 * (f->nparams + f->nbuffers) * sizeof(nf_real) + 8 + olen;
+static size_t flow_section_size(const nf_flow *f, const nf_adam *opt) {
+    return 2 * (f->nparams + f->nbuffers) * sizeof(nf_real) + 8 + nf_adam_blob_size(opt);
 }
 
 int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
-    void *ob = NULL;
-    size_t olen = 0;
-    void *qob = NULL;
-    size_t qolen = 0;
-    int rc = nf_adam_save(&t->opt, &ob, &olen);
-    if (rc) return rc;
-    if (t->q && (rc = nf_adam_save(&t->qopt, &qob, &qolen))) {
-        nf_free(ob);
-        return rc;
-    }
+    if (nf_adam_blob_size(&t->opt) == SIZE_MAX || (t->q && nf_adam_blob_size(&t->qopt) == SIZE_MAX))
+        return NF_ENOMEM;
     /* one allocation of the exact size: a large model's state is hundreds
      * of MB, and growing it by doubling copies and faults it in again */
-    nf_blob_writer b = nf_blob_writer_init(4 + 11 * 8 + 6 * 8 + flow_section_size(t->f, olen) +
-                                           (t->q ? flow_section_size(t->q, qolen) : 0) + 4);
+    nf_blob_writer b = nf_blob_writer_init(4 + 11 * 8 + 6 * 8 + flow_section_size(t->f, &t->opt) +
+                                           (t->q ? flow_section_size(t->q, &t->qopt) : 0) + 4);
     nf_blob_put(&b, "NFTS", 4);
     nf_blob_put_u64(&b, t->q ? 2 : 1); /* version: 2 appends the dequantizer's section */
     nf_blob_put_u64(&b, fingerprint(t));
@@ -631,12 +623,9 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len) {
     nf_blob_put_f64(&b, t->val_loss);
     nf_blob_put_f64(&b, t->val_bpd);
     nf_blob_put_f64(&b, t->nonfinite_frac);
-    put_flow_section(&b, t->f, t->best_params, t->best_buffers, ob, olen);
-    nf_free(ob);
-    if (t->q) { /* version 2: the same section for q */
-        put_flow_section(&b, t->q, t->qbest_params, t->qbest_buffers, qob, qolen);
-        nf_free(qob);
-    }
+    put_flow_section(&b, t->f, t->best_params, t->best_buffers, &t->opt);
+    if (t->q) /* version 2: the same section for q */
+        put_flow_section(&b, t->q, t->qbest_params, t->qbest_buffers, &t->qopt);
     return nf_blob_finish(&b, buf, len);
 }
 
