@@ -291,6 +291,24 @@ def _get(d, *path):
     return d
 
 
+def read_results(path):
+    """results.json as a dict ({} when missing or unreadable)"""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_results(path, res):
+    """results.json with its "targets" recomputed"""
+    res["targets"] = targets(res)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+        f.write("\n")
+
+
 def main():
     quick = os.environ.get("FLOWD_BENCH_QUICK", "0") not in ("", "0")
     try:
@@ -362,18 +380,11 @@ def main():
         if "torch" in w:
             w["torch"]["gflops_frac_peak"] = w["torch"]["gflops"] / peak
             w["ratio"] = {f: ratio(w["flowd"][f], w["torch"][f]) for f in fields}
-    try:
-        with open(OUT) as f:
-            old = json.load(f)
-        if "http" in old:
-            res["http"] = old["http"]
-    except (OSError, ValueError):
-        pass
-    res["targets"] = targets(res)
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
-        json.dump(res, f, indent=1)
-        f.write("\n")
+    old = read_results(OUT)
+    for k in ("http", "daemon"):  # written by http_bench.sh and daemon_bench.sh
+        if k in old:
+            res[k] = old[k]
+    write_results(OUT, res)
     print_table(res, torch_ok)
     print(f"JSON: {OUT}")
 

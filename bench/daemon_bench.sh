@@ -35,50 +35,28 @@ PY=/usr/bin/python3
 [ -r "$FMNIST" ] || { echo "daemon_bench: $FMNIST missing (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "daemon_bench: curl missing" >&2; exit 1; }
 
-TMP=$(mktemp -d)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
+NAME=daemon_bench
+. "$(dirname "$0")/lib.sh"
+bench_tmp
 
 echo "daemon_bench: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # the data: the first 8,000 Fashion-MNIST images as IDX, 20,000 30-D Gaussian rows as .npy
 $PY - "$FMNIST" "$TMP" <<'EOF'
-import gzip, random, struct, sys
+import gzip, struct, sys
 src, tmp = sys.argv[1:3]
 raw = gzip.open(src).read()
 magic, n, h, w = struct.unpack(">4I", raw[:16])
 k = 8000
 open(f"{tmp}/mnist8k.idx", "wb").write(struct.pack(">4I", magic, k, h, w) + raw[16:16 + k * h * w])
-r = random.Random(7)
-n, d = 20000, 30
-hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (n, d)
-hdr += " " * (63 - (len(hdr) + 10) % 64) + "\n"
-with open(f"{tmp}/gauss30.npy", "wb") as f:
-    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode())
-    f.write(struct.pack("<%df" % (n * d), *[r.gauss(0, 1) for _ in range(n * d)]))
 EOF
+bench_gauss_npy "$TMP/gauss30.npy" 20000 30 7
 
-"$FLOWD" serve --quiet --listen 127.0.0.1:0 --port-file "$TMP/port" --db "$TMP/flowd.db" $SERVE_ARGS \
-    >"$TMP/serve.log" 2>&1 &
-PID=$!
-i=0
-while [ ! -s "$TMP/port" ]; do
-    i=$((i + 1))
-    [ $i -gt 100 ] && { echo "daemon_bench: flowd did not start" >&2; cat "$TMP/serve.log" >&2; exit 1; }
-    sleep 0.1
-done
-URL=http://127.0.0.1:$(cat "$TMP/port")
+# shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+bench_serve "$FLOWD" $SERVE_ARGS
 head -n 1 "$TMP/serve.log"
 
-upload() { # name file content-type -> id
-    curl -sf "$URL/v1/datasets?name=$1" -H "Content-Type: $3" --data-binary "@$2" |
-        $PY -c 'import json,sys; print(json.load(sys.stdin)["id"])'
-}
-MNIST_ID=$(upload mnist8k "$TMP/mnist8k.idx" application/octet-stream)
-GAUSS_ID=$(upload gauss30 "$TMP/gauss30.npy" application/x-npy)
+MNIST_ID=$(bench_upload mnist8k "$TMP/mnist8k.idx" application/octet-stream)
+GAUSS_ID=$(bench_upload gauss30 "$TMP/gauss30.npy" application/x-npy)
 
 # job JSON: $1 name, $2 dataset object, $3 flow, $4 preprocess, $5 train
 job() {
@@ -137,21 +115,15 @@ run_train w1 "$(job w1 '{"builtin":"moons","n":20000,"seed":1}' "$W1_FLOW" "$NOP
 run_daemon w3 "$(job w3 "{\"id\":\"$GAUSS_ID\"}" "$W3_FLOW" "$NOPRE" "$W3_TRAIN")"
 run_train w3 "$(job w3 "{\"path\":\"$TMP/gauss30.npy\",\"format\":\"npy\"}" "$W3_FLOW" "$NOPRE" "$W3_TRAIN")"
 
-$PY - "$TMP" "$OUT" "$EPOCHS" "$(head -n 1 "$TMP/serve.log")" <<'EOF'
-import json, os, sys
-tmp, out, epochs, serve_line = sys.argv[1:5]
-res = {}
-if os.path.exists(out):
-    try:
-        res = json.load(open(out))
-    except ValueError:
-        pass
-core = {}
-for key, w in (("w1", "W1"), ("w3", "W3"), ("mnist", "W2")):
-    try:
-        core[key] = res[w]["flowd"]["train_samples_per_s"]["median"]
-    except (KeyError, TypeError):
-        core[key] = None
+$PY - "$TMP" "$OUT" "$EPOCHS" "$(head -n 1 "$TMP/serve.log")" "$(dirname "$0")" <<'EOF'
+import json, sys
+tmp, out, epochs, serve_line, bench_dir = sys.argv[1:6]
+sys.path.insert(0, bench_dir)
+from compare import read_results, write_results  # noqa: E402
+res = read_results(out)
+# the core bench's train figure (a median) from a `make bench` that left one
+core = {key: res.get(w, {}).get("flowd", {}).get("train_samples_per_s")
+        for key, w in (("w1", "W1"), ("w3", "W3"), ("mnist", "W2"))}
 d = {"serve": serve_line, "mnist_epochs": int(epochs), "jobs": {}}
 print(f"\n{'job':8}{'daemon rows/s':>15}{'flowd train':>13}{'daemon/train':>14}"
       f"{'core bench':>12}{'daemon wall s':>15}{'train wall s':>14}")
@@ -168,9 +140,6 @@ for key in ("mnist", "w1", "w3"):
 print("(core bench: W2's 784-D MAF on Gaussian rows, no dequantization or validation; "
       "blank without a build/bench/results.json)")
 res["daemon"] = d
-os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-with open(out, "w") as f:
-    json.dump(res, f, indent=1)
-    f.write("\n")
+write_results(out, res)
 print(f"JSON: {out} (\"daemon\")")
 EOF

@@ -29,25 +29,11 @@ command -v wrk >/dev/null || { echo "http_bench: wrk missing (apt-get install wr
 command -v curl >/dev/null || { echo "http_bench: curl missing" >&2; exit 1; }
 [ -x "$FLOWD" ] && [ -x "$CORE" ] || { echo "http_bench: build $FLOWD and $CORE first" >&2; exit 1; }
 
-TMP=$(mktemp -d)
-PID=
-cleanup() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
+NAME=http_bench
+. "$(dirname "$0")/lib.sh"
+bench_tmp
 echo "http_bench: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$FLOWD" serve --quiet --listen 127.0.0.1:0 --port-file "$TMP/port" --db "$TMP/flowd.db" \
-    >"$TMP/serve.log" 2>&1 &
-PID=$!
-i=0
-while [ ! -s "$TMP/port" ]; do
-    i=$((i + 1))
-    [ $i -gt 100 ] && { echo "http_bench: flowd did not start" >&2; cat "$TMP/serve.log" >&2; exit 1; }
-    sleep 0.1
-done
-URL=http://127.0.0.1:$(cat "$TMP/port")
+bench_serve "$FLOWD"
 
 # submit a job and print its id
 submit() {
@@ -110,18 +96,8 @@ run_wrk log_prob_256_serial 256 1 1
 # the same while a W2-sized training job runs (MAF 5x1024 on 784-D Gaussian
 # rows, uploaded as .npy; long enough to outlast both runs), with the
 # daemon's default training threads and priority
-$PY - "$TMP/w2.npy" <<'EOF'
-import random, struct, sys
-r = random.Random(5)
-n, d = 4000, 784
-hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (n, d)
-hdr += " " * (63 - (len(hdr) + 10) % 64) + "\n"
-with open(sys.argv[1], "wb") as f:
-    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode())
-    f.write(struct.pack("<%df" % (n * d), *[r.gauss(0, 1) for _ in range(n * d)]))
-EOF
-W2DS=$(curl -sf "$URL/v1/datasets?name=w2" -H 'Content-Type: application/x-npy' --data-binary "@$TMP/w2.npy" |
-    $PY -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+bench_gauss_npy "$TMP/w2.npy" 4000 784 5
+W2DS=$(bench_upload w2 "$TMP/w2.npy" application/x-npy)
 ID2=$(submit "{\"model\":\"w2-busy\",\"dataset\":{\"id\":\"$W2DS\"},\"flow\":{\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024]},\"train\":{\"epochs\":1000,\"batch_size\":128,\"max_seconds\":$((4 * DUR + 30))}}")
 i=0
 while [ "$(job_state "$ID2")" != running ]; do
@@ -175,23 +151,11 @@ h["in_process"] = {"blas_threads": 1,
 # call at a time, both on one core's worth of work
 for b in ("1", "256"):
     h[f"service_cost_ratio_{b}"] = h["in_process"]["log_prob_calls_per_s"][b] / h[f"log_prob_{b}_serial"]["requests_per_s"]
-res = {}
-if os.path.exists(out):
-    try:
-        res = json.load(open(out))
-    except ValueError:
-        pass
-res["http"] = h
 sys.path.insert(0, bench_dir)
-try:
-    from compare import targets  # the issue's targets, HTTP ones included
-    res["targets"] = targets(res)
-except Exception as e:  # noqa: BLE001
-    print(f"http_bench: targets not updated ({e})", file=sys.stderr)
-os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-with open(out, "w") as f:
-    json.dump(res, f, indent=1)
-    f.write("\n")
+from compare import read_results, write_results  # noqa: E402
+res = read_results(out)
+res["http"] = h
+write_results(out, res)
 print(f"\nflowd HTTP log_prob, W1 model; wrk {wt} threads, {conns} connections "
       f"(_serial: 1 thread, 1 connection), {dur} s each")
 print(f"{'':26}{'req/s':>10}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")

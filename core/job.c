@@ -455,7 +455,6 @@ static void iso_now(char *buf, size_t n) {
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
 
 int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
@@ -519,16 +518,16 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     int64_t ntr = tr.n < 20000 ? tr.n : 20000;
     double trn = q ? nf_eval_nll_vdeq(f, q, tr.x, ntr, j->levels, 1)
                    : nf_eval_nll(f, tr.x, ntr, j->dequantize, 1);
-    nf_json_attach(m, "train_nll", num_or_null(trn));
-    nf_json_attach(m, "val_nll", num_or_null(res->last.best_val_loss));
+    nf_json_add_num(m, "train_nll", trn);
+    nf_json_add_num(m, "val_nll", res->last.best_val_loss);
     if (te.n) {
         double ten = q ? nf_eval_nll_vdeq(f, q, te.x, te.n, j->levels, 2)
                        : nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
-        nf_json_attach(m, "test_nll", num_or_null(ten));
-        if (j->dequantize) nf_json_attach(m, "test_bits_per_dim", num_or_null(nf_bits_per_dim(ten, D)));
+        nf_json_add_num(m, "test_nll", ten);
+        if (j->dequantize) nf_json_add_num(m, "test_bits_per_dim", nf_bits_per_dim(ten, D));
     }
     if (j->dequantize && va.n)
-        nf_json_attach(m, "val_bits_per_dim", num_or_null(nf_bits_per_dim(res->last.best_val_loss, D)));
+        nf_json_add_num(m, "val_bits_per_dim", nf_bits_per_dim(res->last.best_val_loss, D));
     cJSON_AddNumberToObject(m, "epochs_run", res->last.epoch);
     cJSON_AddNumberToObject(m, "steps", (double)res->last.step);
     cJSON_AddNumberToObject(m, "skipped_batches", (double)res->last.skipped_batches);

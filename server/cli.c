@@ -64,6 +64,10 @@ static int env_values(const fd_cli *cli) {
     for (int i = 0; i < cli->nopts; i++) {
         const fd_opt *o = &cli->opts[i];
         const char *e = o->env ? getenv(o->env) : NULL;
+        if (e && !*e && o->env_nonempty) {
+            fprintf(stderr, "%s: %s is set but empty; unset it or give a value\n", cli->prog, o->env);
+            return -1;
+        }
         if (!e || !*e || !store_value(o, e)) continue;
         char must[160];
         must_text(o, must, sizeof must);

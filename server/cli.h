@@ -42,6 +42,7 @@ typedef struct {
     unsigned whole : 1;   /* NUM: an integral value (written as strtod reads it: 1e3) */
     unsigned open_lo : 1; /* NUM: lo itself is refused */
     unsigned required : 1;
+    unsigned env_nonempty : 1; /* the env var set but empty is an error, not "unset" */
     const char *arg;      /* the value's name in the usage: N, FILE */
     const char *help;     /* one or more sentences, wrapped in the usage */
     const char *def_text; /* the usage's "default: ..." in words, when def is worked out later */

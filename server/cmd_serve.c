@@ -99,7 +99,7 @@ static const fd_opt serve_options[] = {
              "them; 0 = same priority as requests"},
     {"http-threads", 0, FD_OPT_INT, &server.cfg.http_threads, "FLOWD_HTTP_THREADS", 0, .lo = 1, .hi = 256,
      .arg = "N", .help = "request threads; event streams hold none", .def_text = "one per CPU, at least 2"},
-    {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE",
+    {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
      .help = "bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line; without it the daemon serves "
              "loopback only, with no authentication"},
     {"max-body", 0, FD_OPT_SIZE, &server.cfg.max_body, "FLOWD_MAX_BODY", 64 << 20, .lo = 1024, .hi = 1LL << 34,
@@ -163,14 +163,6 @@ static int serve_settle(fd_server *s) {
         return 2;
     }
     char err[512] = "";
-    /* an empty FLOWD_TOKEN_FILE is a mistake, not "no tokens": it would
-     * serve without authentication */
-    const char *tf = getenv("FLOWD_TOKEN_FILE");
-    if (!c->token_file && tf && !*tf) {
-        fprintf(stderr, "flowd serve: FLOWD_TOKEN_FILE is set but empty; unset it to serve "
-                        "without tokens\n");
-        return 1;
-    }
     if (c->token_file && load_tokens(s, c->token_file, err, sizeof err)) {
         fprintf(stderr, "flowd serve: %s\n", err);
         return 1;

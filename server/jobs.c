@@ -135,7 +135,6 @@ typedef struct run_ctx {
     fd_worker *w;
     fd_slot *slot;
     int64_t id;
-    ckpt_writer *cw;
 } run_ctx;
 
 /* last: the caller's rate-limit clock (the worker's, or its writer's) */
@@ -285,7 +284,7 @@ static void ckpt_writer_end(ckpt_writer *cw, int keep) {
 
 static int on_checkpoint_due(void *user, double since) {
     run_ctx *r = user;
-    ckpt_writer *cw = r->cw;
+    ckpt_writer *cw = r->w->cw;
     if (!cw->started) return 1;
     pthread_mutex_lock(&cw->mu);
     int idle = !cw->busy && !cw->buf;
@@ -299,7 +298,7 @@ static int on_checkpoint_due(void *user, double since) {
 
 static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     run_ctx *r = user;
-    ckpt_writer *cw = r->cw;
+    ckpt_writer *cw = r->w->cw;
     double ser = cw->due_at > 0 ? mono_now() - cw->due_at : -1;
     cw->due_at = 0;
     if (FLAG(r->slot->user_cancel)) { /* ending 'cancelled': nothing to resume */
@@ -429,7 +428,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
     }
     ckpt_writer_begin(w->cw, id);
-    run_ctx rc_ = {w, slot, id, w->cw};
+    run_ctx rc_ = {w, slot, id};
     nf_train_hooks hooks = {.user = &rc_,
                             .progress = on_progress,
                             .cancel = &slot->cancel,

@@ -1201,6 +1201,13 @@ TEST_T(http_refuses_public_listen_without_tokens, 30) {
     st = run_flowd(&d, over, NULL, 10);
     CHECK_MSG(st == 2, "flowd serve --train-threads 2 --blas-threads 2 exited %d", st);
     CHECK_MSG(stat(d.portf, &sb) != 0, "it wrote a port file");
+    /* an empty FLOWD_TOKEN_FILE is a mistake, not "no tokens" (it would
+     * serve without authentication): refused, nothing listens */
+    const char *loop[] = {"serve", "--db", d.db, "--listen", "127.0.0.1:0", "--port-file", d.portf, NULL};
+    static const char *const empty_tokens[] = {"FLOWD_TOKEN_FILE=", NULL};
+    st = run_flowd(&d, loop, empty_tokens, 10);
+    CHECK_MSG(st != 0 && st < 128, "flowd serve with FLOWD_TOKEN_FILE empty exited %d", st);
+    CHECK_MSG(stat(d.portf, &sb) != 0, "it wrote a port file");
     dmn_cleanup(&d);
 }
 
