@@ -99,11 +99,14 @@ void nf_flow_free(nf_flow *f) {
 }
 
 static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
-    static const char *const keys[] = {"dim", "context_dim", "base", "layers", "seed", NULL};
+    static const char *const keys[] = {"dim", "context_dim", "shape", "base", "layers", "seed",
+                                       NULL};
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
     if ((rc = nf_json_int(spec, "dim", 0, 1, NF_MAX_DIM, &f->D, err, errlen))) return rc;
-    if (!nf_json_get(spec, "dim")) {
+    if ((rc = nf_shape_parse(spec, f->D, f->shape, err, errlen))) return rc;
+    if (!f->D && f->shape[0]) f->D = f->shape[0] * f->shape[1] * f->shape[2];
+    if (!f->D) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }
@@ -128,6 +131,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
     if (!f->layers) return NF_ENOMEM;
     const cJSON *ls;
     size_t poff = 0, boff = 0;
+    int cur[3] = {f->shape[0], f->shape[1], f->shape[2]};
     cJSON_ArrayForEach(ls, layers) {
         int k = f->nlayers;
         const char *type = nf_json_str(ls, "type", NULL);
@@ -142,6 +146,8 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
         nf_layer *L = &f->layers[k];
         L->D = f->D;
         L->C = f->C;
+        memcpy(L->shape, cur, sizeof cur);
+        memcpy(L->out_shape, cur, sizeof cur);
         char lerr[200] = "";
         rc = ctor(L, ls, lerr, sizeof lerr);
         if (rc) {
@@ -152,6 +158,7 @@ static int build(nf_flow *f, const cJSON *spec, char *err, size_t errlen) {
             return rc;
         }
         f->nlayers++;
+        memcpy(cur, L->out_shape, sizeof cur);
         if (L->nparams > NF_MAX_PARAMS - poff || L->nbuffers > NF_MAX_PARAMS - boff) {
             nf_set_err(err, errlen, "layer %d (%s): the flow would exceed %zu parameters", k, type,
                        NF_MAX_PARAMS);
@@ -218,6 +225,45 @@ double nf_flow_macs_per_row(const nf_flow *f, int executed) {
 }
 
 int nf_flow_dim(const nf_flow *f) { return f->D; }
+int nf_flow_shape(const nf_flow *f, int shape[3]) {
+    if (shape) memcpy(shape, f->shape, sizeof f->shape);
+    return f->shape[0] > 0;
+}
+
+int nf_layer_need_shape(const nf_layer *L, char *err, size_t errlen) {
+    if (L->shape[0] > 0) return 0;
+    nf_set_err(err, errlen, "an image layer: the flow needs \"shape\": [channels, height, width]");
+    return NF_EINVAL;
+}
+
+int nf_shape_parse(const cJSON *spec, int D, int shape[3], char *err, size_t errlen) {
+    shape[0] = shape[1] = shape[2] = 0;
+    const cJSON *s = nf_json_get(spec, "shape");
+    if (!s) return 0;
+    int n = cJSON_IsArray(s) ? cJSON_GetArraySize(s) : 0;
+    const cJSON *e;
+    int k = 0, bad = n != 3;
+    cJSON_ArrayForEach(e, s) {
+        if (k >= 3 || !cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+            e->valuedouble < 1 || e->valuedouble > NF_MAX_DIM)
+            bad = 1;
+        else shape[k] = (int)e->valuedouble;
+        k++;
+    }
+    if (bad) {
+        shape[0] = shape[1] = shape[2] = 0;
+        nf_set_err(err, errlen, "\"shape\" must be [channels, height, width], positive integers");
+        return NF_EINVAL;
+    }
+    long long p = (long long)shape[0] * shape[1] * shape[2];
+    if (p > NF_MAX_DIM || (D && p != D)) {
+        nf_set_err(err, errlen, "\"shape\" [%d, %d, %d] holds %lld values but \"dim\" is %d",
+                   shape[0], shape[1], shape[2], p, D);
+        shape[0] = shape[1] = shape[2] = 0;
+        return NF_EINVAL;
+    }
+    return 0;
+}
 int nf_flow_context_dim(const nf_flow *f) { return f->C; }
 int nf_flow_num_layers(const nf_flow *f) { return f->nlayers; }
 const char *nf_flow_layer_type(const nf_flow *f, int k) {
@@ -269,6 +315,7 @@ char *nf_flow_config_json(const nf_flow *f) {
     }
     cJSON_AddNumberToObject(o, "dim", f->D);
     cJSON_AddNumberToObject(o, "context_dim", f->C);
+    if (f->shape[0]) nf_json_attach(o, "shape", cJSON_CreateIntArray(f->shape, 3));
     nf_base_to_json(&f->base, base);
     nf_json_attach(o, "base", base);
     for (int k = 0; k < f->nlayers; k++) {

@@ -79,6 +79,12 @@ int nf_flow_create(const char *spec_json, nf_flow **out, char *err, size_t errle
 void nf_flow_free(nf_flow *f); /* NULL is a no-op */
 
 int nf_flow_dim(const nf_flow *f);
+/* A flow may declare the shape of its rows, "shape": [C, H, W] (C*H*W ==
+ * dim, which may then be left out): rows are images stored flat in C-H-W
+ * order, and image layers (squeeze, split, conv couplings...) need it.
+ * Returns 1 and fills shape when declared, 0 (shape all zero) when not;
+ * shape may be NULL. */
+int nf_flow_shape(const nf_flow *f, int shape[3]);
 int nf_flow_context_dim(const nf_flow *f);
 int nf_flow_num_layers(const nf_flow *f);
 const char *nf_flow_layer_type(const nf_flow *f, int k);

@@ -90,6 +90,15 @@ typedef struct nf_layer_ops {
 struct nf_layer {
     const nf_layer_ops *ops;
     int D, C;              /* data and context dimensions */
+    /* Image layers (flows with a "shape"): the layer acts on the first
+     * shape[0]*shape[1]*shape[2] entries of each row, an image of
+     * (channels, height, width) stored C-H-W, and copies the rest of the row
+     * (channels factored out by earlier splits) unchanged.  build() sets
+     * shape and out_shape to the current shape before the constructor (all
+     * zero in flows without one); a constructor that changes the shape
+     * (squeeze, split) sets out_shape, and later layers see it.  Vector
+     * layers ignore both and act on the whole row. */
+    int shape[3], out_shape[3];
     size_t nparams, param_off;
     size_t nbuffers, buf_off;
     void *impl;            /* layer-specific, owned */
@@ -267,6 +276,14 @@ void nf_deq_uniform(const nf_real *x, size_t n, nf_rng *r, nf_real *y);
 typedef struct nf_deq_ws nf_deq_ws;
 nf_deq_ws *nf_deq_attach(const nf_flow *f, nf_ws *w, const nf_flow *q, int *rc);
 
+/* ---- image shapes (core/flow.c) -------------------------------------------
+ * spec's optional "shape": [C, H, W] into shape (all zero when absent);
+ * D > 0 must equal C*H*W.  0 or NF_EINVAL with the message in err. */
+int nf_shape_parse(const cJSON *spec, int D, int shape[3], char *err, size_t errlen);
+/* An image layer's constructor calls this first: NF_EINVAL with "needs an
+ * image shape" when the flow declares none (L->shape all zero). */
+int nf_layer_need_shape(const nf_layer *L, char *err, size_t errlen);
+
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
 /* the JSON field getters (nf_json_int, nf_json_check_keys, ...): nf_json.h */
@@ -308,6 +325,7 @@ typedef struct nf_base {
 
 struct nf_flow {
     int D, C;
+    int shape[3];           /* declared (C,H,W) of a row, or all zero */
     int nlayers;
     nf_layer *layers;       /* (nlayers) density order */
     nf_base base;

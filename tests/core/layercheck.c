@@ -274,9 +274,15 @@ static int check_large(nf_flow *f, nf_rng *rng, int B) {
 int lc_check_layer(const char *layer_spec_json, const lc_opts *o) {
     int D = o->D ? o->D : 5, C = o->C, B = o->B ? o->B : 7, fails = 0;
     double scale = o->in_scale ? o->in_scale : 1.0, noise = o->param_noise ? o->param_noise : 0.3;
-    char spec[4096], err[256] = "";
-    snprintf(spec, sizeof spec, "{\"dim\":%d,\"context_dim\":%d,\"layers\":[%s],\"seed\":%llu}", D,
-             C, layer_spec_json, (unsigned long long)o->seed);
+    char spec[4096], shape[80] = "", err[256] = "";
+    if (o->shape[0]) {
+        D = o->shape[0] * o->shape[1] * o->shape[2];
+        snprintf(shape, sizeof shape, "\"shape\":[%d,%d,%d],", o->shape[0], o->shape[1],
+                 o->shape[2]);
+    }
+    snprintf(spec, sizeof spec,
+             "{\"dim\":%d,\"context_dim\":%d,%s\"layers\":[%s],\"seed\":%llu}", D, C, shape,
+             layer_spec_json, (unsigned long long)o->seed);
     nf_flow *f = NULL;
     cur_type = layer_spec_json;
     (void)first_type_fail;

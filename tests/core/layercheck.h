@@ -1,7 +1,8 @@
 /* layercheck.h: the generic checks every transform must pass.
  *
  * lc_check_layer builds a flow holding just one layer (the given JSON layer
- * spec, on dimension D with context C), perturbs every parameter with N(0,
+ * spec, on dimension D with context C, or on an image of opts->shape; the
+ * spec may also be several layers separated by commas), perturbs every parameter with N(0,
  * param_noise^2) noise (then re-applies masks) so conditioners are not the
  * identity, and checks on B random rows of scale in_scale:
  *   1. inverse(forward(z)) == z and forward(inverse(x)) == x, and the two
@@ -23,6 +24,7 @@
 
 typedef struct lc_opts {
     int D, C, B;            /* defaults 5, 0, 7 when 0 */
+    int shape[3];           /* image layers: the flow's [C,H,W] (then D is their product) */
     double in_scale;        /* inputs ~ in_scale * N(0,1); default 1 */
     double in_offset;       /* added to inputs (e.g. 0.5 for logit with small scale) */
     double param_noise;     /* default 0.3 */

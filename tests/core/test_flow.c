@@ -626,6 +626,10 @@ TEST(flow_rejects_bad_specs) {
         "{\"dim\":2,\"preset\":\"maf\",\"hidden\":\"big\"}", "{\"dim\":2,\"preset\":\"maf\",\"x\":1}",
         "{\"dim\":2,\"layers\":[],\"base\":\"cauchy\"}", "{\"dim\":2.5,\"layers\":[]}",
         "{\"dim\":1,\"preset\":\"realnvp\"}", "{\"dim\":2,\"context_dim\":-1,\"layers\":[]}",
+        "{\"dim\":5,\"shape\":[1,2,3],\"layers\":[]}", "{\"shape\":[1,2],\"layers\":[]}",
+        "{\"shape\":[1,2,0],\"layers\":[]}", "{\"shape\":[1,2.5,2],\"layers\":[]}",
+        "{\"shape\":\"1x2x3\",\"layers\":[]}", "{\"shape\":[1,2,3,1],\"layers\":[]}",
+        "{\"shape\":[1,512,512],\"layers\":[]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         nf_flow *f = (nf_flow *)1;
@@ -635,6 +639,30 @@ TEST(flow_rejects_bad_specs) {
     }
     nf_flow_free(NULL);
     nf_ws_free(NULL);
+}
+
+/* "shape" declares the image of a row: dim may be left out, the canonical
+ * config keeps it, and a flow without one says so */
+TEST(flow_shape_declared_and_kept) {
+    nf_flow *f = make("{\"shape\":[2,3,4],\"layers\":[{\"type\":\"actnorm\"}]}");
+    REQUIRE(f);
+    int s[3];
+    CHECK(nf_flow_dim(f) == 24);
+    CHECK(nf_flow_shape(f, s) == 1 && s[0] == 2 && s[1] == 3 && s[2] == 4);
+    char *cfg = nf_flow_config_json(f);
+    REQUIRE(cfg);
+    CHECK_MSG(strstr(cfg, "\"shape\":[2,3,4]"), "%s", cfg);
+    nf_flow *g = make(cfg);
+    REQUIRE(g);
+    CHECK(nf_flow_shape(g, s) == 1 && s[0] == 2 && s[1] == 3 && s[2] == 4);
+    free(cfg);
+    nf_flow_free(g);
+    nf_flow_free(f);
+    f = make("{\"dim\":24,\"layers\":[]}");
+    REQUIRE(f);
+    CHECK(nf_flow_shape(f, s) == 0 && s[0] == 0);
+    CHECK(nf_flow_shape(f, NULL) == 0);
+    nf_flow_free(f);
 }
 
 TEST(flow_context_required_when_conditional) {
