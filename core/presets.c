@@ -163,9 +163,9 @@ static const struct preset *find_preset(const char *name, char *err, size_t errl
 }
 
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
-    static const char *const keys[] = {"dim", "context_dim", "preset", "depth", "hidden",
-                                       "activation", "bins", "tail_bound", "base", "seed",
-                                       NULL};
+    static const char *const keys[] = {"dim", "context_dim", "shape", "preset", "depth",
+                                       "hidden", "activation", "bins", "tail_bound", "base",
+                                       "seed", NULL};
     *out = NULL;
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
@@ -179,6 +179,9 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     preset_args a = {.layer = p->layer};
     nf_act act;
     if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &a.D, err, errlen))) return rc;
+    int shape[3];
+    if ((rc = nf_shape_parse(spec, a.D, shape, err, errlen))) return rc;
+    if (!a.D && shape[0]) a.D = shape[0] * shape[1] * shape[2];
     if ((rc = nf_json_int(spec, "depth", p->depth, 1, 128, &a.depth, err, errlen))) return rc;
     if ((rc = nf_json_int(spec, "bins", 8, 2, 64, &a.bins, err, errlen))) return rc;
     if ((rc = nf_json_num(spec, "tail_bound", 3.0, 1e-3, 1e6, &a.tail, err, errlen))) return rc;
@@ -196,7 +199,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "preset \"%s\" uses coupling layers and needs dim >= 2", name);
         return NF_EINVAL;
     }
-    if (!nf_json_get(spec, "dim")) {
+    if (!a.D) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }
@@ -208,6 +211,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     }
     int nbad = 0, *bad = &nbad;
     ADD_NUM(o, "dim", a.D);
+    if (shape[0]) add(o, "shape", cJSON_CreateIntArray(shape, 3), bad);
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(spec, "context_dim");
     if (c) add(o, "context_dim", cJSON_Duplicate(c, 1), bad);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(spec, "base");
