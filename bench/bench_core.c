@@ -4,11 +4,16 @@
  *   W2  maf, 5 MADE layers [1024], reverse permutations, 784-D, train batch 128
  *   W3  nsf, 5 RQ-spline couplings (8 bins, tail 3, resnet [256] x 2 blocks)
  *       with the preset's lu_linear between them, 30-D,            train batch 512
+ *   W4  glow on 1x28x28 images: preprocessing x/256 - 0.5, 2 levels of squeeze
+ *       + 8 steps (channel actnorm, invconv, conv affine coupling, Glow net
+ *       with 64 hidden channels, sigmoid scale), a split between them,
+ *       uniformly dequantized random images,                      train batch 64
  *
  * Per workload: training samples/s (zero_grad + log_prob_grad with dlogp = -1/B
- * + clip_grad_norm + adam_step), log_prob rows/s at batch 1, 64, 4096 (a
- * workspace of exactly that size), sampling rows/s, parameter bytes, peak RSS
- * and achieved GFLOP/s against the machine's cblas_sgemm peak.
+ * + clip_grad_norm + adam_step; W4: no clipping, Adam lr 1e-3), log_prob rows/s
+ * at batch 1, 64, 256, 4096 (W4: 256 only; a workspace of exactly that size),
+ * sampling rows/s, parameter bytes, peak RSS and achieved GFLOP/s (W4: the
+ * convolutions) against the machine's cblas_sgemm peak.
  *
  * Timing: one warm-up phase (>= 0.1 s, or one call if a call is longer), then
  * NREP repeats of ITERS calls, ITERS chosen so a repeat lasts >= MIN_S; the
@@ -19,9 +24,11 @@
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
  * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
- * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, sgemm, serve: run only those,
- * no table; "serve" builds all three models in one process, scores 256 rows
- * with each and reports that process's peak RSS; bench/compare.py uses it).
+ * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, sgemm, serve: run only
+ * those, no table; "serve" builds the W1-W3 models in one process, scores 256
+ * rows with each and reports that process's peak RSS; bench/compare.py uses
+ * it).  A workload whose flow cannot be built (W4 before the image layers
+ * exist) is skipped with a message and an "error" in its JSON object.
  * The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS; `make bench` sets 2).
  */
 #include "../core/nf.h"
@@ -203,6 +210,13 @@ static void gen_gauss(nf_rng *r, nf_real *x, int n, int D) {
     for (size_t i = 0; i < (size_t)n * D; i++) x[i] = (nf_real)nf_rng_normal(r);
 }
 
+/* Uniformly dequantized random images: integer pixels 0..255 plus U[0,1)
+ * (bench/torch_glow.py's gen_images). */
+static void gen_pixels(nf_rng *r, nf_real *x, int n, int D) {
+    for (size_t i = 0; i < (size_t)n * D; i++)
+        x[i] = (nf_real)((double)(nf_rng_u64(r) >> 56) + nf_rng_uniform(r));
+}
+
 /* ---- analytic dense-layer counts ------------------------------------------------
  * A linear layer in -> out over B rows costs 2*B*in*out flops forward.  For
  * training we count 3x that: the forward GEMM plus the two backward GEMMs
@@ -239,17 +253,46 @@ static void add_resnet(dense_count *c, int in, int H, int nblocks, int out) {
     add_lin(c, H, out, 1);
 }
 
+/* W4 counts convolutions: a k x k convolution cin -> cout, stride 1, 'same'
+ * zero padding, on P = H*W pixels, is cout*cin*k*k*P multiply-adds per row
+ * (the padded zeros counted as multiplied, as an im2col GEMM does); training
+ * counts 3x, as for the dense layers (forward, dW, dX). */
+static void add_conv(dense_count *c, int cin, int cout, int k, int P, int bias) {
+    c->mac += (double)cout * cin * k * k * P;
+    c->par += (double)cout * cin * k * k + (bias ? cout : 0);
+}
+
+/* One W4 step on C channels of P pixels: channel actnorm (2C parameters),
+ * invconv (a 1x1 convolution; LU parameters: C(C-1)/2 + C(C-1)/2 + C = C*C),
+ * affine coupling with Glow's net on the first C/2 channels:
+ * conv3x3 (C/2 -> 64) relu conv1x1 (64 -> 64) relu conv3x3 (64 -> 2*(C - C/2)). */
+static void add_glow_step(dense_count *c, int C, int P, int hidden) {
+    int ca = C / 2, cb = C - C / 2;
+    c->par += 2.0 * C;
+    add_conv(c, C, C, 1, P, 0);
+    add_conv(c, ca, hidden, 3, P, 1);
+    add_conv(c, hidden, hidden, 1, P, 1);
+    add_conv(c, hidden, 2 * cb, 3, P, 1);
+}
+
 /* ---- workloads ------------------------------------------------------------------- */
 typedef struct workload {
     const char *key, *name, *spec, *data_desc;
     int D, train_batch, sample_n;
     void (*gen)(nf_rng *, nf_real *, int, int);
     dense_count dc;
+    unsigned lp_mask;  /* bit k: measure log_prob at lp_batches[k] */
+    double lr, clip;   /* Adam's learning rate; gradient-norm clip (0: none) */
+    int data_init;     /* act-norm data-dependent init on the first batch */
 } workload;
 
 typedef struct result {
+    int ok;              /* 0: the flow could not be built (err says why) */
+    char err[256];
     rate train_sps, lp_rps[4], sample_rps, gflops;
-    double gflops_lp4096;
+    double gflops_lp;    /* forward GFLOP/s at the largest log_prob batch */
+    int lp_top;          /* that batch */
+    unsigned lp_mask;    /* the log_prob batches measured (workload's lp_mask) */
     double exec_mac;     /* multiply-adds per row flowd executes (MADE stairs) */
     double gflops_exec;  /* training GFLOP/s on exec_mac */
     long long rss;
@@ -268,6 +311,8 @@ typedef struct train_arg {
     const nf_real *pool; /* (npool,D) */
     int npool, D, B, next;
     nf_real *dlogp;      /* (B) = -1/B */
+    nf_real *logp;       /* (B), checked when there is no clipping */
+    double lr, clip;
 } train_arg;
 
 static int train_step(void *p) {
@@ -276,12 +321,18 @@ static int train_step(void *p) {
     const nf_real *x = a->pool + (size_t)a->next * a->D;
     a->next += a->B;
     nf_flow_zero_grad_ws(a->f, a->w);
-    int rc = nf_flow_log_prob_grad(a->f, a->w, x, NULL, a->B, 1, a->dlogp, NULL, NULL, NULL);
+    int rc = nf_flow_log_prob_grad(a->f, a->w, x, NULL, a->B, 1, a->dlogp,
+                                   a->clip > 0 ? NULL : a->logp, NULL, NULL);
     if (rc) return rc;
-    size_t P = nf_flow_num_params(a->f);
-    double norm = nf_clip_grad_norm_ws(a->w, nf_flow_grad(a->f), P, 10.0);
-    if (!isfinite(norm)) return NF_ENONFINITE;
-    nf_adam_step_ws(a->opt, a->w, nf_flow_params(a->f), nf_flow_grad(a->f), 1e-4);
+    if (a->clip > 0) {
+        size_t P = nf_flow_num_params(a->f);
+        double norm = nf_clip_grad_norm_ws(a->w, nf_flow_grad(a->f), P, a->clip);
+        if (!isfinite(norm)) return NF_ENONFINITE;
+    } else {
+        for (int i = 0; i < a->B; i++)
+            if (!isfinite(a->logp[i])) return NF_ENONFINITE;
+    }
+    nf_adam_step_ws(a->opt, a->w, nf_flow_params(a->f), nf_flow_grad(a->f), a->lr);
     return 0;
 }
 
@@ -316,13 +367,17 @@ static int sample_call(void *p) {
 }
 
 static void run_workload(const workload *wl, result *res) {
-    char err[256];
+    char err[256] = "";
     nf_flow *f;
     int rc = nf_flow_create(wl->spec, &f, err, sizeof err);
     if (rc) {
-        fprintf(stderr, "bench_core: %s: %s (%s)\n", wl->key, err, nf_strerror(rc));
-        exit(1);
+        /* not fatal: W4 needs the image layers (squeeze, split, ...) */
+        snprintf(res->err, sizeof res->err, "%s (%s)", err, nf_strerror(rc));
+        fprintf(stderr, "bench_core: %s: cannot build the flow: %s; skipped\n", wl->key, res->err);
+        return;
     }
+    res->ok = 1;
+    res->lp_mask = wl->lp_mask;
     const int D = wl->D;
     g_spread = 0;
     res->nparams = nf_flow_num_params(f);
@@ -344,29 +399,37 @@ static void run_workload(const workload *wl, result *res) {
 
     /* training */
     {
-        train_arg a = {.f = f, .pool = pool, .npool = npool, .D = D, .B = wl->train_batch};
+        train_arg a = {.f = f, .pool = pool, .npool = npool, .D = D, .B = wl->train_batch,
+                       .lr = wl->lr, .clip = wl->clip};
         nf_adam opt;
         if ((rc = nf_ws_create_threads(f, a.B, g_core_threads, &a.w))) die("ws", rc);
+        /* act-norms: data-dependent init on the first batch, as training does */
+        if (wl->data_init && (rc = nf_flow_data_init(f, a.w, pool, NULL, a.B))) die("data init", rc);
         if ((rc = nf_adam_init(&opt, NF_OPT_ADAM, res->nparams, 0))) die("adam", rc);
         a.opt = &opt;
         a.dlogp = malloc((size_t)a.B * sizeof *a.dlogp);
+        a.logp = malloc((size_t)a.B * sizeof *a.logp);
+        if (!a.dlogp || !a.logp) die("train buffers", NF_ENOMEM);
         for (int i = 0; i < a.B; i++) a.dlogp[i] = (nf_real)(-1.0 / a.B);
         timing t = time_op(train_step, &a, "train step");
         res->train_sps = rate_of(&t, a.B);
         res->gflops = rate_of(&t, 3.0 * 2.0 * a.B * wl->dc.mac / 1e9);
         res->gflops_exec = 3.0 * 2.0 * a.B * res->exec_mac / t.med / 1e9;
         free(a.dlogp);
+        free(a.logp);
         nf_adam_free(&opt);
         nf_ws_free(a.w);
     }
 
     /* log_prob at each batch size, each with a workspace of that size */
     for (int k = 0; k < NLP; k++) {
+        if (!(wl->lp_mask & 1u << k)) continue;
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
         if ((rc = nf_ws_create_ex(f, a.B, g_core_threads, NF_WS_INFERENCE, &a.w))) die("ws", rc);
         timing t = time_op(lp_call, &a, "log_prob");
         res->lp_rps[k] = rate_of(&t, a.B);
-        if (a.B == 4096) res->gflops_lp4096 = 2.0 * a.B * wl->dc.mac / t.med / 1e9;
+        res->gflops_lp = 2.0 * a.B * wl->dc.mac / t.med / 1e9; /* batches ascend */
+        res->lp_top = a.B;
         nf_ws_free(a.w);
     }
 
@@ -434,6 +497,7 @@ static void add_rates(cJSON *o, const result *res, int which) {
     add_rate(o, "train_samples_per_s", &res->train_sps, which);
     cJSON *lp = cJSON_AddObjectToObject(o, "log_prob_rows_per_s");
     for (int k = 0; k < NLP; k++) {
+        if (!(res->lp_mask & 1u << k)) continue;
         char key[16];
         snprintf(key, sizeof key, "%d", lp_batches[k]);
         add_rate(lp, key, &res->lp_rps[k], which);
@@ -456,7 +520,7 @@ static int wanted(const char *only, const char *key) {
     return 0;
 }
 
-/* Serving footprint: all three models built in one process, each scoring a
+/* Serving footprint: the W1-W3 models built in one process, each scoring a
  * batch of 256 rows with its own workspace.  Returns the peak RSS. */
 static long long serve_rss(const workload *wl) {
     nf_flow *f[3];
@@ -487,6 +551,64 @@ static long long serve_rss(const workload *wl) {
     return rss;
 }
 
+/* W4's flow spec (caller frees): the image Glow of bench/torch_glow.py as an
+ * explicit layer list.  Preprocessing y = x/256 - 0.5 is elementwise_affine
+ * z = (x - shift) / scale with shift 128, scale 256 on every pixel (log-det
+ * -784 ln 256); then per level a squeeze, K steps of channel_actnorm,
+ * invconv (seed 1, 2, ...: one rotation per layer) and conv_coupling, and a
+ * split between the levels. */
+#define W4_LEVELS 2
+#define W4_K 8
+#define W4_HIDDEN 64
+static char *w4_spec(void) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddItemToObject(root, "shape", cJSON_CreateIntArray((const int[]){1, 28, 28}, 3));
+    cJSON_AddNumberToObject(root, "seed", 1);
+    cJSON *layers = cJSON_AddArrayToObject(root, "layers");
+    double shift[784], scale[784];
+    for (int i = 0; i < 784; i++) shift[i] = 128, scale[i] = 256;
+    cJSON *pre = cJSON_CreateObject();
+    cJSON_AddStringToObject(pre, "type", "elementwise_affine");
+    cJSON_AddItemToObject(pre, "shift", cJSON_CreateDoubleArray(shift, 784));
+    cJSON_AddItemToObject(pre, "scale", cJSON_CreateDoubleArray(scale, 784));
+    cJSON_AddItemToArray(layers, pre);
+    int seed = 1;
+    for (int lv = 0; lv < W4_LEVELS; lv++) {
+        cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"squeeze\"}"));
+        for (int k = 0; k < W4_K; k++) {
+            char inv[64], cc[256];
+            snprintf(inv, sizeof inv, "{\"type\":\"invconv\",\"seed\":%d}", seed++);
+            snprintf(cc, sizeof cc,
+                     "{\"type\":\"conv_coupling\",\"transform\":\"affine\",\"mask\":\"channel\","
+                     "\"net\":\"glow\",\"hidden_channels\":%d,\"scale\":\"sigmoid\"}", W4_HIDDEN);
+            cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"channel_actnorm\"}"));
+            cJSON_AddItemToArray(layers, cJSON_Parse(inv));
+            cJSON_AddItemToArray(layers, cJSON_Parse(cc));
+        }
+        if (lv < W4_LEVELS - 1) cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"split\"}"));
+    }
+    char *txt = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!txt) die("W4 spec", NF_ENOMEM);
+    return txt;
+}
+
+/* W4's analytic count (bench/torch_glow.py's w4_formula): per level C
+ * channels of P pixels after the squeeze, K steps; the split's prior is a
+ * conv3x3 (C/2 -> C, bias) on the kept half. */
+static void w4_count(dense_count *c) {
+    int C = 1, H = 28, W = 28;
+    for (int lv = 0; lv < W4_LEVELS; lv++) {
+        C *= 4, H /= 2, W /= 2;
+        for (int k = 0; k < W4_K; k++) add_glow_step(c, C, H * W, W4_HIDDEN);
+        if (lv < W4_LEVELS - 1) {
+            add_conv(c, C / 2, 2 * (C - C / 2), 3, H * W, 1);
+            C /= 2;
+        }
+    }
+}
+
+#define NW 4
 int main(void) {
     const char *q = getenv("FLOWD_BENCH_QUICK");
     cfg.quick = q && *q && strcmp(q, "0");
@@ -510,17 +632,23 @@ int main(void) {
     const char *e = getenv("FLOWD_BENCH_W2_SAMPLE_N");
     if (e && atoi(e) > 0) w2_sample_n = atoi(e);
 
-    workload wl[3] = {
+    char *spec4 = w4_spec();
+    const unsigned all_lp = (1u << NLP) - 1, lp256 = 1u << 2;
+    workload wl[NW] = {
         {"W1", "realnvp moons",
          "{\"dim\":2,\"preset\":\"realnvp\",\"depth\":8,\"hidden\":[128,128],\"seed\":1}",
-         "2-D two moons, noise 0.05", 2, 512, 4096, gen_moons, {0, 0}},
+         "2-D two moons, noise 0.05", 2, 512, 4096, gen_moons, {0, 0}, all_lp, 1e-4, 10, 0},
         {"W2", "maf 784-D",
          "{\"dim\":784,\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024],\"seed\":1}",
-         "784-D standard Gaussian", 784, 128, w2_sample_n, gen_gauss, {0, 0}},
+         "784-D standard Gaussian", 784, 128, w2_sample_n, gen_gauss, {0, 0}, all_lp, 1e-4, 10,
+         0},
         {"W3", "nsf 30-D",
          "{\"dim\":30,\"preset\":\"nsf\",\"depth\":5,\"hidden\":[256],\"bins\":8,"
          "\"tail_bound\":3,\"seed\":1}",
-         "30-D standard Gaussian", 30, 512, 4096, gen_gauss, {0, 0}},
+         "30-D standard Gaussian", 30, 512, 4096, gen_gauss, {0, 0}, all_lp, 1e-4, 10, 0},
+        {"W4", "glow 1x28x28", spec4,
+         "1x28x28 random images, pixels 0..255 + U[0,1)", 784, 64, 256,
+         gen_pixels, {0, 0}, lp256, 1e-3, 0, 1},
     };
     /* W1: 8 couplings, conditioner 1 -> [128,128] -> 2 (scale, shift of 1 dim) */
     for (int k = 0; k < 8; k++) add_mlp(&wl[0].dc, 1, (const int[]){128, 128}, 2, 2);
@@ -533,6 +661,8 @@ int main(void) {
         add_lin(&wl[2].dc, 30, 30, 0);
         wl[2].dc.par += 30;
     }
+    /* W4: every convolution (couplings, invconvs, the split's prior) */
+    w4_count(&wl[3].dc);
 
     int threads = g_threads = openblas_get_num_threads();
     const char *split = getenv("FLOWD_BENCH_SPLIT");
@@ -551,14 +681,17 @@ int main(void) {
     }
     int hwm_reset = reset_hwm() == 0;
     long long serve = wanted(only, "serve") ? serve_rss(wl) : -1;
-    result res[3];
-    int ran[3];
+    result res[NW];
+    int ran[NW];
     memset(res, 0, sizeof res);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NW; i++) {
         if (!(ran[i] = wanted(only, wl[i].key))) continue;
         if (hwm_reset) reset_hwm();
         fprintf(stderr, "bench_core: %s %s ...\n", wl[i].key, wl[i].name);
+        double t0 = now_s();
         run_workload(&wl[i], &res[i]);
+        if (res[i].ok && !partial)
+            fprintf(stderr, "bench_core: %s took %.1f s\n", wl[i].key, now_s() - t0);
     }
     if (do_sgemm) {
         g1024 = fmax(g1024, sgemm_gflops(1024, cfg.quick ? 3 : 10));
@@ -568,58 +701,62 @@ int main(void) {
     double elapsed = now_s() - t_start;
     if (partial) goto json;
 
-    /* table */
+    /* table: a column per workload; "-" where a figure was not measured */
     printf("\nflowd core benchmark (%s mode, %d thread%s: %s, float32)\n",
            cfg.quick ? "quick" : "full", threads, threads == 1 ? "" : "s",
            g_core_threads > 1 ? "rows split over threads, 1 BLAS thread each"
                               : "one thread calling OpenBLAS with all of them");
     printf("sgemm peak: %.1f GFLOP/s (n=1024 %.1f, n=2048 %.1f; best of runs before and after)\n\n", peak, g1024,
            g2048);
-    printf("%-28s %16s %16s %16s\n", "", "W1 realnvp", "W2 maf", "W3 nsf");
-    char c[3][40];
+    printf("%-26s %15s %15s %15s %15s\n", "", "W1 realnvp", "W2 maf", "W3 nsf", "W4 glow");
+    char c[NW][40];
+#define PRINT_ROW(label)                                                              \
+    printf("%-26s %15s %15s %15s %15s\n", label, c[0], c[1], c[2], c[3])
     /* a rate row (median) and under it the range min..max over the repeats */
-#define ROW(label, field)                                                         \
+#define ROW(label, field, have)                                                   \
     do {                                                                          \
-        for (int i = 0; i < 3; i++) fmt_rate(c[i], sizeof c[i], res[i].field.med); \
-        printf("%-28s %16s %16s %16s\n", label, c[0], c[1], c[2]);                 \
-        for (int i = 0; i < 3; i++) fmt_range(c[i], sizeof c[i], &res[i].field);   \
-        printf("%-28s %16s %16s %16s\n", "  min..max", c[0], c[1], c[2]);          \
+        for (int i = 0; i < NW; i++)                                              \
+            if (have) fmt_rate(c[i], sizeof c[i], res[i].field.med);              \
+            else snprintf(c[i], sizeof c[i], "-");                                \
+        PRINT_ROW(label);                                                         \
+        for (int i = 0; i < NW; i++)                                              \
+            if (have) fmt_range(c[i], sizeof c[i], &res[i].field);                \
+            else snprintf(c[i], sizeof c[i], "-");                                \
+        PRINT_ROW("  min..max");                                                  \
     } while (0)
-    ROW("train samples/s", train_sps);
-    ROW("log_prob rows/s  B=1", lp_rps[0]);
-    ROW("log_prob rows/s  B=64", lp_rps[1]);
-    ROW("log_prob rows/s  B=256", lp_rps[2]);
-    ROW("log_prob rows/s  B=4096", lp_rps[3]);
-    ROW("sample rows/s", sample_rps);
+#define EACH(...)                                                                 \
+    for (int i = 0; i < NW; i++)                                                  \
+        if (res[i].ok) snprintf(c[i], sizeof c[i], __VA_ARGS__);                  \
+        else snprintf(c[i], sizeof c[i], "-")
+    ROW("train samples/s", train_sps, res[i].ok);
+    ROW("log_prob rows/s  B=1", lp_rps[0], res[i].ok && res[i].lp_mask & 1u);
+    ROW("log_prob rows/s  B=64", lp_rps[1], res[i].ok && res[i].lp_mask & 2u);
+    ROW("log_prob rows/s  B=256", lp_rps[2], res[i].ok && res[i].lp_mask & 4u);
+    ROW("log_prob rows/s  B=4096", lp_rps[3], res[i].ok && res[i].lp_mask & 8u);
+    ROW("sample rows/s", sample_rps, res[i].ok);
 #undef ROW
-    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%d", res[i].sample_n);
-    printf("%-28s %16s %16s %16s\n", "  (sample batch)", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f MB", 4.0 * (double)res[i].nparams / 1e6);
-    printf("%-28s %16s %16s %16s\n", "param bytes", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.1f MB", res[i].rss / 1e6);
-    printf("%-28s %16s %16s %16s\n", hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)",
-           c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f", 6.0 * wl[i].dc.mac / 1e6);
-    printf("%-28s %16s %16s %16s\n", "train MFLOP/row (3x fwd)", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops.med,
-                 100 * res[i].gflops.med / peak);
-    printf("%-28s %16s %16s %16s\n", "train GFLOP/s (% of peak)", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f..%.2f", res[i].gflops.min, res[i].gflops.max);
-    printf("%-28s %16s %16s %16s\n", "  min..max", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops_lp4096,
-                 100 * res[i].gflops_lp4096 / peak);
-    printf("%-28s %16s %16s %16s\n", "log_prob B=4096 GFLOP/s", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++)
-        snprintf(c[i], sizeof c[i], "%.2f (%.0f%%)", res[i].gflops_exec,
-                 100 * res[i].gflops_exec / peak);
-    printf("%-28s %16s %16s %16s\n", "train GFLOP/s executed", c[0], c[1], c[2]);
-    for (int i = 0; i < 3; i++) snprintf(c[i], sizeof c[i], "%.0f%%", 100 * res[i].spread);
-    printf("%-28s %16s %16s %16s\n", "max repeat spread", c[0], c[1], c[2]);
+    EACH("%d", res[i].sample_n);
+    PRINT_ROW("  (sample batch)");
+    EACH("%.2f MB", 4.0 * (double)res[i].nparams / 1e6);
+    PRINT_ROW("param bytes");
+    EACH("%.1f MB", res[i].rss / 1e6);
+    PRINT_ROW(hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)");
+    EACH("%.2f", 6.0 * wl[i].dc.mac / 1e6);
+    PRINT_ROW("train MFLOP/row (3x fwd)");
+    EACH("%.2f (%.0f%%)", res[i].gflops.med, 100 * res[i].gflops.med / peak);
+    PRINT_ROW("train GFLOP/s (% of peak)");
+    EACH("%.2f..%.2f", res[i].gflops.min, res[i].gflops.max);
+    PRINT_ROW("  min..max");
+    EACH("%.2f (%.0f%%)", res[i].gflops_lp, 100 * res[i].gflops_lp / peak);
+    PRINT_ROW("log_prob GFLOP/s (top B)");
+    EACH("%d", res[i].lp_top);
+    PRINT_ROW("  (at B)");
+    EACH("%.2f (%.0f%%)", res[i].gflops_exec, 100 * res[i].gflops_exec / peak);
+    PRINT_ROW("train GFLOP/s executed");
+    EACH("%.0f%%", 100 * res[i].spread);
+    PRINT_ROW("max repeat spread");
+#undef EACH
+#undef PRINT_ROW
     printf("\nW1: realnvp, 8 affine couplings, MLP [128,128], %s; train batch 512\n",
            wl[0].data_desc);
     printf("W2: maf, 5 MADE [1024] + reverse permutations, %s; train batch 128;\n"
@@ -628,9 +765,14 @@ int main(void) {
     printf("W3: nsf preset = 5 RQ-spline couplings (8 bins, tail 3, resnet [256] x 2 blocks)\n"
            "    with lu_linear layers between them (4), %s; train batch 512\n",
            wl[2].data_desc);
+    printf("W4: glow, 2 levels x 8 steps (channel actnorm, invconv, conv affine coupling,\n"
+           "    glow net 64 channels), split between; %s;\n"
+           "    train batch 64 (Adam 1e-3, no clipping), log_prob 256 rows, sampling 256%s%s\n",
+           wl[3].data_desc, res[3].ok ? "" : "\n    NOT RUN: ", res[3].ok ? "" : res[3].err);
     printf("GFLOP/s counts dense layers only: 2*B*in*out per linear (x3 for training),\n"
            "MADE masks as dense (what PyTorch multiplies); \"executed\" counts what flowd\n"
-           "multiplies (MADE staircases skip most masked weights).\n");
+           "multiplies (MADE staircases skip most masked weights).  W4 counts every\n"
+           "convolution, 2*B*cout*cin*k*k*H*W (x3 for training).\n");
     printf("Median of %d repeats of >= %.2f s after warm-up (fewer repeats where one call\n"
            "is long), min..max the slowest and fastest repeat; total %.1f s.\n",
            cfg.nrep, cfg.min_s, elapsed);
@@ -649,21 +791,27 @@ json:;
     }
     cJSON_AddBoolToObject(root, "peak_rss_per_workload", hwm_reset);
     if (serve >= 0) cJSON_AddNumberToObject(root, "serve_peak_rss_bytes", (double)serve);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NW; i++) {
         if (!ran[i]) continue;
         cJSON *w = cJSON_AddObjectToObject(root, wl[i].key);
         cJSON_AddStringToObject(w, "spec", wl[i].spec);
         cJSON_AddStringToObject(w, "data", wl[i].data_desc);
         cJSON_AddNumberToObject(w, "train_batch", wl[i].train_batch);
-        cJSON_AddNumberToObject(w, "sample_batch", res[i].sample_n);
         cJSON_AddNumberToObject(w, "dense_flops_per_row_fwd", 2.0 * wl[i].dc.mac);
+        if (!res[i].ok) {
+            cJSON_AddStringToObject(w, "error", res[i].err);
+            continue;
+        }
+        cJSON_AddNumberToObject(w, "sample_batch", res[i].sample_n);
         cJSON_AddNumberToObject(w, "exec_flops_per_row_fwd", 2.0 * res[i].exec_mac);
         cJSON *o = cJSON_AddObjectToObject(w, "flowd");
         add_rates(o, &res[i], 0);
         cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)res[i].rss);
         cJSON_AddNumberToObject(o, "gflops", res[i].gflops.med);
         if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops.med / peak);
-        cJSON_AddNumberToObject(o, "gflops_log_prob_4096", res[i].gflops_lp4096);
+        char key[40];
+        snprintf(key, sizeof key, "gflops_log_prob_%d", res[i].lp_top);
+        cJSON_AddNumberToObject(o, key, res[i].gflops_lp);
         cJSON_AddNumberToObject(o, "gflops_executed", res[i].gflops_exec);
         if (do_sgemm)
             cJSON_AddNumberToObject(o, "gflops_executed_frac_peak", res[i].gflops_exec / peak);
@@ -673,6 +821,7 @@ json:;
         add_rates(cJSON_AddObjectToObject(o, "max"), &res[i], 2);
         add_rates(cJSON_AddObjectToObject(o, "repeats"), &res[i], 3);
     }
+    free(spec4);
     const char *path = getenv("FLOWD_BENCH_OUT");
     if (!path || !*path) path = "build/bench/results.json";
     char *txt = cJSON_Print(root);
