@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""compare.py: flowd (bench_core) against the PyTorch reference (torch_ref.py).
+"""compare.py: flowd (bench_core) against the PyTorch references (torch_ref.py
+for W1-W3, torch_glow.py for W4, the image Glow).
 
 Runs, each in its own process so peak RSS figures do not accumulate and
 machine drift hits both sides alike:
     sgemm peak (C),
     FLOWD_BENCH_ROUNDS times (default 1):
-        C W1, torch W1, C W2, torch W2, C W3, torch W3
+        C W1, torch W1, C W2, torch W2, C W3, torch W3, C W4, torch W4
         (every second round torch first: torch W1, C W1, ...),
     C serve, torch serve, sgemm peak again (best kept)
 then prints a table with flowd / torch ratios and the issue's targets and
@@ -36,7 +37,14 @@ figure, "configs" every configuration's medians.
 
 Environment: BENCH_CORE (default build/rel/bench_core), FLOWD_BENCH_QUICK,
 FLOWD_BENCH_ROUNDS, FLOWD_BENCH_W2_SAMPLE_N, OPENBLAS_NUM_THREADS (default 2),
-FLOWD_BENCH_TORCH_CONFIGS (a comma list of intra-op:BLAS pairs).  Without a working `import torch`
+FLOWD_BENCH_TORCH_CONFIGS (a comma list of intra-op:BLAS pairs),
+FLOWD_BENCH_TORCH_CONFIGS_W4 (the same for W4 alone; its default is T:1 down
+to 1:1, since torch runs W4's convolutions in oneDNN on its intra-op threads
+and OpenBLAS only sees 8x8 products, so the BLAS variants would time the same
+code again), FLOWD_BENCH_KEYS (a comma list of the workloads to run, default
+W1,W2,W3,W4).  When bench_core cannot build a workload's flow (W4 before the
+image layers exist) that workload's flowd side is left out with the error
+("flowd_error") and the torch side still runs.  Without a working `import torch`
 in /usr/bin/python3 only the flowd side runs (apt-get install python3-torch for
 the comparison).
 """
@@ -55,9 +63,13 @@ CORE = os.environ.get("BENCH_CORE", os.path.join(ROOT, "build/rel/bench_core"))
 OUT = os.environ.get("FLOWD_BENCH_OUT") or os.path.join(ROOT, "build/bench/results.json")
 PY = "/usr/bin/python3"
 THREADS = os.environ.get("OPENBLAS_NUM_THREADS", "2")
-KEYS = ("W1", "W2", "W3")
+ALL_KEYS = ("W1", "W2", "W3", "W4")
+KEYS = tuple(k for k in (os.environ.get("FLOWD_BENCH_KEYS") or ",".join(ALL_KEYS)).split(",")
+             if k in ALL_KEYS)
 LP = ("1", "64", "256", "4096")
-NAMES = {"W1": "realnvp", "W2": "maf", "W3": "nsf"}
+NAMES = {"W1": "realnvp", "W2": "maf", "W3": "nsf", "W4": "glow"}
+# the PyTorch peer of each workload ("serve": W1-W3 in one process)
+TORCH_SCRIPT = {"W4": "torch_glow.py"}
 # throughput figures with "min", "max" and "repeats" (same keys, both sides)
 RATES = ("train_samples_per_s", "log_prob_rows_per_s", "sample_rows_per_s", "gflops")
 
@@ -109,9 +121,13 @@ def cfg_name(c):
     return f"{c[0]}:{c[1]}" + ("-omp" if c[2] else "")
 
 
-def torch_configs():
+def torch_configs(what=""):
     """(intra-op threads, BLAS threads, OpenMP OpenBLAS) triples"""
     spec = os.environ.get("FLOWD_BENCH_TORCH_CONFIGS", "")
+    if what == "W4":
+        spec = os.environ.get("FLOWD_BENCH_TORCH_CONFIGS_W4", "") or spec
+        if not spec:  # convolutions in oneDNN: only the intra-op count matters
+            return [(a, 1, False) for a in range(int(THREADS), 0, -1)]
     if spec:
         out = []
         for c in spec.split(","):
@@ -131,7 +147,8 @@ def run_torch_one(what, loads, rnd, cfg):
     e = env(TORCH_THREADS=str(cfg[0]), OPENBLAS_NUM_THREADS=str(cfg[1]))
     if cfg[2]:
         e["LD_LIBRARY_PATH"] = OMP_BLAS_DIR + (":" + e["LD_LIBRARY_PATH"] if e.get("LD_LIBRARY_PATH") else "")
-    p = subprocess.run([PY, os.path.join(HERE, "torch_ref.py"), what], env=e,
+    script = TORCH_SCRIPT.get(what, "torch_ref.py")
+    p = subprocess.run([PY, os.path.join(HERE, script), what], env=e,
                        check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(p.stdout)
 
@@ -171,7 +188,7 @@ def best_of(objs, cfgs):
 def run_torch(what, loads, rnd=None):
     """torch_ref.py's output for one workload (or serve), best of the thread
     configurations"""
-    cfgs = torch_configs()
+    cfgs = torch_configs(what)
     outs = [run_torch_one(what, loads, rnd, c) for c in cfgs]
     r = dict(outs[0])
     r["threads"] = [cfg_name(c) for c in cfgs]
@@ -219,12 +236,19 @@ def merge(rounds, flops_per_row):
             m["min"][f], m["max"][f], m["repeats"][f] = min(p), max(p), p
     m["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in rounds)
     m["max_repeat_spread"] = max(r["max_repeat_spread"] for r in rounds)
-    if "4096" in m["log_prob_rows_per_s"]:
-        m["gflops_log_prob_4096"] = m["log_prob_rows_per_s"]["4096"] * flops_per_row / 1e9
+    top = lp_top(m)
+    if top:  # forward GFLOP/s at the largest log_prob batch, from the merged median
+        m[f"gflops_log_prob_{top}"] = m["log_prob_rows_per_s"][top] * flops_per_row / 1e9
     m["round_medians"] = [{f: r[f] for f in RATES + ("peak_rss_bytes",)} for r in rounds]
     if "configs" in rounds[0]:
         m["configs"] = [r["configs"] for r in rounds]
     return m
+
+
+def lp_top(side):
+    """the largest log_prob batch (a string) a side measured, or None"""
+    bs = (side or {}).get("log_prob_rows_per_s") or {}
+    return max(bs, key=int) if bs else None
 
 
 def ratio(a, b):
@@ -275,6 +299,9 @@ def targets(res):
     add("W2 train % of sgemm peak", _get(res, "W2", "flowd", "gflops_executed_frac_peak"), 0.6)
     add("W2 sampling vs torch", g("W2", "sample_rows_per_s"), 100)
     add("W3 train vs torch", g("W3", "train_samples_per_s"), 3)
+    add("W4 train vs torch", g("W4", "train_samples_per_s"), 1.5)
+    add("W4 log_prob B=256 vs torch", g("W4", "log_prob_rows_per_s", "256"), 2)
+    add("W4 sampling vs torch", g("W4", "sample_rows_per_s"), 2)
     # the issue's RSS target is serving all three models; the per-workload
     # peaks (training state included) are in the table
     add("serving peak RSS flowd/torch", _get(res, "serve", "ratio"), 0.2, ge=False)
@@ -328,7 +355,8 @@ def main():
            "mode": "quick" if quick else "full", "blas_threads": int(THREADS),
            "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "kernel": platform.release()},
            "load_avg_start": list(round(v, 2) for v in os.getloadavg()),
-           "rounds": nrounds, "steps": loads}
+           "rounds": nrounds, "steps": loads,
+           "torch_threads": [cfg_name(c) for c in torch_configs()]}
     g = run_c("sgemm", loads)
     sg = g["sgemm_gflops"]
     side = {k: {"flowd": [], "torch": []} for k in KEYS}  # per-round objects
@@ -339,19 +367,29 @@ def main():
             for who in (("flowd", "torch") if r % 2 == 0 else ("torch", "flowd")):
                 if who == "flowd":
                     w = run_c(k, loads, rnd)[k]
-                    side[k]["flowd"].append(w.pop("flowd"))
+                    if "error" in w:  # bench_core could not build the flow
+                        log(f"compare.py: flowd {k} not run: {w['error']}")
+                        w["flowd_error"] = w.pop("error")
+                    else:
+                        side[k]["flowd"].append(w.pop("flowd"))
                     res.setdefault(k, w)  # spec, data, batches, flop count
                 elif torch_ok:
                     tr = run_torch(k, loads, rnd)
                     res["torch_version"] = tr["torch_version"]
-                    res["torch_threads"] = tr["threads"]
+                    res[k]["torch_threads"] = tr["threads"]  # this workload's configs
                     side[k]["torch"].append(tr[k]["torch"])
                     side[k]["torch_flops"] = tr["dense_flops_per_row_fwd"]
+                    if "conv_macs_per_row" in tr:
+                        side[k]["torch_conv_macs"] = tr["conv_macs_per_row"]
     for k in KEYS:
         w = res[k]
         if torch_ok and abs(side[k]["torch_flops"] - w["dense_flops_per_row_fwd"]) > 0.5:
             log(f"compare.py: {k}: torch model has {side[k]['torch_flops']} dense "
                 f"flops/row, flowd {w['dense_flops_per_row_fwd']}")
+        if "torch_conv_macs" in side[k]:
+            w["conv_macs_per_row"] = side[k]["torch_conv_macs"]
+        if "sample_batch" not in w and side[k]["torch"]:
+            w["sample_batch"] = side[k]["torch"][0].get("sample_batch")
         for who in ("flowd", "torch"):
             if side[k][who]:
                 flops = side[k]["torch_flops"] if who == "torch" else w["dense_flops_per_row_fwd"]
@@ -371,6 +409,10 @@ def main():
               "peak_rss_bytes", "gflops")
     for k in KEYS:
         w = res[k]
+        if "torch" in w:
+            w["torch"]["gflops_frac_peak"] = w["torch"]["gflops"] / peak
+        if "flowd" not in w:
+            continue
         w["flowd"]["gflops_frac_peak"] = w["flowd"]["gflops"] / peak
         if "gflops_executed" in w["flowd"]:
             # pooled over rounds: the executed rate scales with the merged training rate
@@ -378,7 +420,6 @@ def main():
                                              * w["exec_flops_per_row_fwd"] / 1e9)
             w["flowd"]["gflops_executed_frac_peak"] = w["flowd"]["gflops_executed"] / peak
         if "torch" in w:
-            w["torch"]["gflops_frac_peak"] = w["torch"]["gflops"] / peak
             w["ratio"] = {f: ratio(w["flowd"][f], w["torch"][f]) for f in fields}
     old = read_results(OUT)
     for k in ("http", "daemon"):  # written by http_bench.sh and daemon_bench.sh
@@ -412,7 +453,9 @@ def print_table(res, torch_ok):
     sides = ("flowd", "torch") if torch_ok else ("flowd",)
     if torch_ok:
         print("torch: per figure the best of its thread configurations (intra-op:BLAS) "
-              + ", ".join(res.get("torch_threads", [])) + "; flowd: "
+              + ", ".join(res.get("torch_threads", []))
+              + (" (W4: " + ", ".join(res["W4"]["torch_threads"]) + ")"
+                 if "torch_threads" in res.get("W4", {}) else "") + "; flowd: "
               + f"{res['blas_threads']} threads splitting rows, 1 BLAS thread each")
     rounds = res.get("rounds", 1)
     over = f"the pooled repeats of {rounds} rounds" if rounds > 1 else "the repeats"
@@ -442,21 +485,31 @@ def print_table(res, torch_ok):
 
     for k in KEYS:
         w = res[k]
+        conv = "conv_macs_per_row" in w  # W4: GFLOP/s of the convolutions
         print(f"\n{k} {NAMES[k]} (train batch {w['train_batch']}, "
-              f"sample batch {w['sample_batch']})")
+              f"sample batch {w.get('sample_batch', '-')})")
+        if "flowd_error" in w:
+            print(f"  flowd not run: {w['flowd_error']}")
+        if conv:
+            m = w["conv_macs_per_row"]
+            print(f"  conv multiply-adds/row {m['total']:,} (couplings {m['coupling']:,}, "
+                  f"split prior {m['split_prior']:,}, invconvs {m['invconv']:,})")
         print((f"{'':24}" + "".join(f"{c:>9} {'[min..max]':<18}" for c in sides)
                + (f"{'ratio':>8}  torch threads" if torch_ok else "")).rstrip())
         row(w, "train samples/s", ("train_samples_per_s",))
         for b in LP:
-            row(w, f"log_prob rows/s B={b}", ("log_prob_rows_per_s", b))
+            if any(b in (_get(w, c, "log_prob_rows_per_s") or {}) for c in sides):
+                row(w, f"log_prob rows/s B={b}", ("log_prob_rows_per_s", b))
         row(w, "sample rows/s", ("sample_rows_per_s",))
         row(w, "peak RSS MB", ("peak_rss_bytes",), 1e-6, ranged=False)
-        row(w, "train GFLOP/s", ("gflops",))
+        row(w, "train conv GFLOP/s" if conv else "train GFLOP/s", ("gflops",))
         row(w, "  % of sgemm peak", ("gflops_frac_peak",), 100, False, False, True)
-        if w.get("exec_flops_per_row_fwd", 0) < w["dense_flops_per_row_fwd"]:
+        if "flowd" in w and w.get("exec_flops_per_row_fwd", 0) < w["dense_flops_per_row_fwd"]:
             row(w, "  executed GFLOP/s", ("gflops_executed",), 1, False, False)
             row(w, "  executed % of peak", ("gflops_executed_frac_peak",), 100, False, False, True)
-        row(w, "log_prob 4096 GFLOP/s", ("gflops_log_prob_4096",), 1, False, False)
+        top = lp_top(w.get("flowd")) or lp_top(w.get("torch"))
+        if top:
+            row(w, f"log_prob {top} GFLOP/s", (f"gflops_log_prob_{top}",), 1, False, False)
         row(w, "max repeat spread %", ("max_repeat_spread",), 100, False, False, True)
     print()
     s = res["serve"]
