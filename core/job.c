@@ -188,7 +188,7 @@ out:
 static int parse_preprocess(const cJSON *pp, nf_job *j, char *err, size_t errlen) {
     int rc = 0, call_rc;
     if (!pp) return 0;
-    static const char *const k[] = {"standardize", "dequantize", "logit", NULL};
+    static const char *const k[] = {"standardize", "dequantize", "logit", "center", NULL};
     TRY(nf_json_check_keys(pp, k, err, errlen), "preprocess");
     TRY(nf_json_bool(pp, "standardize", -1, &j->standardize, err, errlen), "preprocess");
     const cJSON *dq = nf_json_get(pp, "dequantize");
@@ -202,7 +202,9 @@ static int parse_preprocess(const cJSON *pp, nf_job *j, char *err, size_t errlen
         }
         j->logit = 1;
     }
-    if (j->logit && j->standardize == 1) FAIL("preprocess: choose standardize or logit, not both");
+    TRY(nf_json_bool(pp, "center", 0, &j->center, err, errlen), "preprocess");
+    if (j->logit + (j->standardize == 1) + j->center > 1)
+        FAIL("preprocess: choose one of standardize, logit and center");
 out:
     return rc;
 }
@@ -234,7 +236,7 @@ int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_
     if (j->val_fraction + j->test_fraction >= 0.95)
         FAIL("train: val_fraction + test_fraction must leave rows to train on");
     if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen))) goto out;
-    if (j->standardize < 0) j->standardize = !j->logit;
+    if (j->standardize < 0) j->standardize = !j->logit && !j->center;
     j->train.dequantize = j->dequantize;
     j->train.levels = j->levels;
 out:
@@ -360,6 +362,17 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
         cJSON_AddStringToObject(lg, "type", "logit");
         cJSON_AddNumberToObject(lg, "alpha", j->logit_alpha);
         nf_json_append(pre, lg);
+    } else if (j->center) {
+        if (!j->dequantize && (train->vmin < 0 || train->vmax > 1)) {
+            nf_set_err(err, errlen, "preprocess.center: needs data in [0,1] or dequantize with levels "
+                       "(found values in [%g, %g])", train->vmin, train->vmax);
+            goto fail;
+        }
+        for (int d = 0; d < D; d++) {
+            a[d] = L / 2;
+            a[D + d] = L;
+        }
+        nf_json_append(pre, affine_layer(D, a, a + D));
     } else if (j->standardize) {
         double *mean = a, *sd = a + D;
         nf_data_stats(train, mean, sd);
@@ -374,7 +387,8 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     while ((l = cJSON_DetachItemFromArray(layers, 0))) nf_json_append(pre, l);
     nf_json_attach(spec, "layers", pre);
     pre = NULL;
-    cJSON_AddBoolToObject(pp, "standardize", j->standardize && !j->logit);
+    cJSON_AddBoolToObject(pp, "standardize", j->standardize && !j->logit && !j->center);
+    cJSON_AddBoolToObject(pp, "center", j->center);
     if (j->dequantize) {
         cJSON *dq = cJSON_AddObjectToObject(pp, "dequantize");
         cJSON_AddStringToObject(dq, "kind", j->variational ? "variational" : "uniform");

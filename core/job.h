@@ -12,7 +12,7 @@
  *              "max_bad_batches","max_seconds"},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
  *                                               "flow"? (variational only)},
- *                   "logit":{"alpha"}}}
+ *                   "logit":{"alpha"}, "center"}}
  *
  * Unknown fields are errors (typos are caught, not ignored).
  *
@@ -21,6 +21,8 @@
  *                mapping [0,L] (dequantized levels) or [0,1] into R;
  *   standardize: elementwise_affine(shift mean, scale std) from the training
  *                split (dequantized data: mean + 1/2, the noise's mean);
+ *   center:      elementwise_affine(shift L/2, scale L) mapping [0,L]
+ *                (dequantized levels, else L = 1) to [-1/2, 1/2], as Glow;
  * so log p is always reported in the data's own units.  Dequantization adds
  * U[0,1) noise to integer rows; the trained likelihood of the noisy rows is a
  * lower bound on the discrete likelihood, and bits/dim = NLL/(D ln 2) in
@@ -61,6 +63,7 @@ typedef struct nf_job {
     cJSON *dequantizer;    /* owned copy of preprocess.dequantize.flow, or NULL */
     int logit;
     double logit_alpha;
+    int center;            /* preprocess.center: [0, levels] or [0, 1] to [-1/2, 1/2] */
 } nf_job;
 
 /* allow_path: accept {"path":...} datasets (offline CLI).  On failure the

@@ -12,6 +12,14 @@
  * no use for (bins for realnvp, say) are accepted and ignored.  The rows
  * cite the papers whose tabular/toy settings they follow, scaled to vector
  * data.
+ *
+ * A flow with a "shape" and preset "glow" or "realnvp" gets the papers'
+ * multiscale image architecture instead (image_presets[] below), with the
+ * overrides "levels", "depth" (steps per level), "hidden_channels",
+ * "blocks" (realnvp's residual blocks), "base" and "seed"; the vector
+ * overrides are refused there, as the image ones are for vector presets.
+ * The other presets on an image shape are their vector selves (the shape is
+ * kept, for pictures).
  */
 #include "nf_internal.h"
 
@@ -121,6 +129,78 @@ static void end_nice(cJSON *arr, const preset_args *a, int *bad) {
     add(l, "data_init", cJSON_CreateFalse(), bad);
 }
 
+/* ---- image presets: flows with a "shape" ----------------------------------
+ * The multiscale architectures of the papers, on the image layers
+ * (core/image.c, core/conv_coupling.c).  Each level squeezes (2x2
+ * space-to-depth), runs its steps, and, except the last, factors half of its
+ * channels out (split, Glow's learned prior).  levels defaults to as many as
+ * the height and width allow, at most 3; each level needs both even. */
+typedef struct image_args {
+    int C, H, W, levels, depth, hidden, blocks;
+    double seed;
+} image_args;
+typedef void (*preset_image_fn)(cJSON *arr, const image_args *a, int *bad);
+
+static void conv_coupling(cJSON *arr, const char *mask, const char *net, const char *scale,
+                          const image_args *a, int *bad) {
+    cJSON *l = layer(arr, "conv_coupling", bad);
+    ADD_STR(l, "transform", "affine");
+    ADD_STR(l, "mask", mask);
+    ADD_STR(l, "scale", scale);
+    ADD_STR(l, "net", net);
+    ADD_NUM(l, "hidden_channels", a->hidden);
+    if (!strcmp(net, "resnet")) ADD_NUM(l, "blocks", a->blocks);
+}
+
+/* Kingma 2018: L levels of squeeze, K x [actnorm, invertible 1x1 conv,
+ * affine coupling (Glow's network, sigmoid scale)], split */
+static void image_glow(cJSON *arr, const image_args *a, int *bad) {
+    for (int l = 0; l < a->levels; l++) {
+        layer(arr, "squeeze", bad);
+        for (int k = 0; k < a->depth; k++) {
+            layer(arr, "channel_actnorm", bad);
+            cJSON *inv = layer(arr, "invconv", bad);
+            ADD_NUM(inv, "seed", a->seed + l * 1000 + k);
+            conv_coupling(arr, "channel", "glow", "sigmoid", a, bad);
+        }
+        if (l < a->levels - 1) layer(arr, "split", bad);
+    }
+}
+
+/* Dinh 2016: at each scale `depth` (3 in the paper) checkerboard couplings,
+ * squeeze, `depth` channel couplings, split; the last scale 4 checkerboard
+ * couplings.  Masks alternate; residual networks; actnorm in place of the
+ * paper's batch normalisation (batch statistics would make a row's density
+ * depend on its batch). */
+static void image_realnvp(cJSON *arr, const image_args *a, int *bad) {
+    static const char *const cb[2] = {"checkerboard", "checkerboard_odd"};
+    static const char *const ch[2] = {"channel", "channel_odd"};
+    for (int l = 0; l < a->levels; l++) {
+        int last = l == a->levels - 1, n = last ? a->depth + 1 : a->depth;
+        for (int k = 0; k < n; k++) {
+            layer(arr, "channel_actnorm", bad);
+            conv_coupling(arr, cb[k % 2], "resnet", "exp", a, bad);
+        }
+        if (last) break;
+        layer(arr, "squeeze", bad);
+        for (int k = 0; k < a->depth; k++) {
+            layer(arr, "channel_actnorm", bad);
+            conv_coupling(arr, ch[k % 2], "resnet", "exp", a, bad);
+        }
+        layer(arr, "split", bad);
+    }
+}
+
+static const struct image_preset {
+    const char *name;
+    int depth, hidden, blocks;
+    preset_image_fn build;
+    int squeeze_first; /* the first level squeezes before its steps (glow) */
+} image_presets[] = {
+    {"glow", 8, 64, 0, image_glow, 1},
+    {"realnvp", 3, 64, 2, image_realnvp, 0},
+};
+
 static const struct preset {
     const char *name;
     const char *layer;   /* the layer type it repeats (preset_args.layer) */
@@ -162,10 +242,92 @@ static const struct preset *find_preset(const char *name, char *err, size_t errl
     return NULL;
 }
 
+/* the spec's fields common to every preset's output: dim, shape, context_dim,
+ * base, seed */
+static cJSON *preset_head(const cJSON *spec, int D, const int *shape, double seed, int *bad) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) {
+        ++*bad;
+        return NULL;
+    }
+    ADD_NUM(o, "dim", D);
+    if (shape[0]) add(o, "shape", cJSON_CreateIntArray(shape, 3), bad);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(spec, "context_dim");
+    if (c) add(o, "context_dim", cJSON_Duplicate(c, 1), bad);
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(spec, "base");
+    if (b) add(o, "base", cJSON_Duplicate(b, 1), bad);
+    ADD_NUM(o, "seed", seed);
+    return o;
+}
+
+static int expand_image(const cJSON *spec, const struct image_preset *p, cJSON **out, char *err,
+                        size_t errlen) {
+    image_args a = {0};
+    int shape[3], rc, D = 0;
+    if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &D, err, errlen))) return rc;
+    if ((rc = nf_shape_parse(spec, D, shape, err, errlen))) return rc;
+    a.C = shape[0], a.H = shape[1], a.W = shape[2];
+    static const char *const vector_only[] = {"hidden", "activation", "bins", "tail_bound", NULL};
+    for (int i = 0; vector_only[i]; i++)
+        if (nf_json_get(spec, vector_only[i])) {
+            nf_set_err(err, errlen, "\"%s\" is for vector presets; the image preset \"%s\" takes "
+                       "\"levels\", \"depth\", \"hidden_channels\"%s", vector_only[i], p->name,
+                       p->blocks ? " and \"blocks\"" : "");
+            return NF_EINVAL;
+        }
+    int c = 0;
+    if ((rc = nf_json_int(spec, "context_dim", 0, 0, 0, &c, err, errlen))) {
+        nf_set_err(err, errlen, "the image preset \"%s\" takes no context (context_dim 0)", p->name);
+        return rc;
+    }
+    /* levels: each squeeze halves height and width; glow squeezes at every
+     * level, realnvp between levels */
+    int maxl = 0;
+    for (int l = 1; l <= 3; l++) {
+        int sq = p->squeeze_first ? l : l - 1;
+        if (a.H % (1 << sq) || a.W % (1 << sq)) break;
+        maxl = l;
+    }
+    if (maxl == 0) {
+        nf_set_err(err, errlen, "preset \"%s\" squeezes 2x2: the image %dx%dx%d needs an even height "
+                   "and width", p->name, a.C, a.H, a.W);
+        return NF_EINVAL;
+    }
+    if ((rc = nf_json_int(spec, "levels", maxl, 1, 8, &a.levels, err, errlen))) return rc;
+    int sq = p->squeeze_first ? a.levels : a.levels - 1;
+    if (a.levels > maxl && (a.H % (1 << sq) || a.W % (1 << sq))) {
+        nf_set_err(err, errlen, "\"levels\": %d levels of preset \"%s\" squeeze %d times, which "
+                   "needs height and width divisible by %d; the image is %dx%dx%d (at most %d levels)",
+                   a.levels, p->name, sq, 1 << sq, a.C, a.H, a.W, maxl);
+        return NF_EINVAL;
+    }
+    if ((rc = nf_json_int(spec, "depth", p->depth, 1, 64, &a.depth, err, errlen))) return rc;
+    if ((rc = nf_json_int(spec, "hidden_channels", p->hidden, 1, 1024, &a.hidden, err, errlen)))
+        return rc;
+    if ((rc = nf_json_int(spec, "blocks", p->blocks ? p->blocks : 1, 1, 16, &a.blocks, err, errlen)))
+        return rc;
+    if (!p->blocks && nf_json_get(spec, "blocks")) {
+        nf_set_err(err, errlen, "\"blocks\" is for the realnvp preset's residual networks");
+        return NF_EINVAL;
+    }
+    if ((rc = nf_json_num(spec, "seed", 0, 0, NF_JSON_SEED_MAX, &a.seed, err, errlen))) return rc;
+    int nbad = 0, *bad = &nbad;
+    cJSON *o = preset_head(spec, a.C * a.H * a.W, shape, a.seed, bad), *arr = cJSON_CreateArray();
+    add(o, "layers", arr, bad);
+    if (!nbad) p->build(arr, &a, bad);
+    if (nbad) {
+        cJSON_Delete(o);
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM;
+    }
+    *out = o;
+    return 0;
+}
+
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     static const char *const keys[] = {"dim", "context_dim", "shape", "preset", "depth",
                                        "hidden", "activation", "bins", "tail_bound", "base",
-                                       "seed", NULL};
+                                       "seed", "levels", "hidden_channels", "blocks", NULL};
     *out = NULL;
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
@@ -174,6 +336,17 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "\"preset\" must be a string");
         return NF_EINVAL;
     }
+    if (nf_json_get(spec, "shape"))
+        for (size_t i = 0; i < sizeof image_presets / sizeof image_presets[0]; i++)
+            if (!strcmp(name, image_presets[i].name))
+                return expand_image(spec, &image_presets[i], out, err, errlen);
+    static const char *const image_only[] = {"levels", "hidden_channels", "blocks", NULL};
+    for (int i = 0; image_only[i]; i++)
+        if (nf_json_get(spec, image_only[i])) {
+            nf_set_err(err, errlen, "\"%s\" is for the image presets (glow, realnvp on a flow "
+                       "with a \"shape\")", image_only[i]);
+            return NF_EINVAL;
+        }
     const struct preset *p = find_preset(name, err, errlen);
     if (!p) return NF_EINVAL;
     preset_args a = {.layer = p->layer};
@@ -203,20 +376,13 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "\"dim\" is required");
         return NF_EINVAL;
     }
-    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    int nbad = 0, *bad = &nbad;
+    cJSON *o = preset_head(spec, a.D, shape, a.seed, bad), *arr = cJSON_CreateArray();
     if (!o || !arr) {
         cJSON_Delete(o);
         cJSON_Delete(arr);
         return NF_ENOMEM;
     }
-    int nbad = 0, *bad = &nbad;
-    ADD_NUM(o, "dim", a.D);
-    if (shape[0]) add(o, "shape", cJSON_CreateIntArray(shape, 3), bad);
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(spec, "context_dim");
-    if (c) add(o, "context_dim", cJSON_Duplicate(c, 1), bad);
-    const cJSON *b = cJSON_GetObjectItemCaseSensitive(spec, "base");
-    if (b) add(o, "base", cJSON_Duplicate(b, 1), bad);
-    ADD_NUM(o, "seed", a.seed);
     add(o, "layers", arr, bad);
     if (nbad) arr = NULL; /* deleted by add() */
     for (int k = 0; k < a.depth; k++) p->step(arr, &a, k, bad);

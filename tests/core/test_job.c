@@ -57,6 +57,9 @@ TEST(job_parse_errors_name_the_field) {
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"standardize\":true,\"logit\":{\"alpha\":0.01}}}", "preprocess"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"train\":{\"val_fraction\":0.6,\"test_fraction\":0.4}}", "val_fraction"},
         {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\",\"context_dim\":2}}", "context_dim"},
+        {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"center\":true,\"logit\":true}}", "preprocess"},
+        {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"center\":true,\"standardize\":true}}", "preprocess"},
+        {"{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":{\"preset\":\"maf\"},\"preprocess\":{\"center\":3}}", "center"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         nf_job j;
@@ -391,4 +394,49 @@ TEST(job_check_builds_the_flow) {
     CHECK(nf_job_check(&j, 2, 1, 0, 3, err, sizeof err) == 0);
     CHECK(nf_job_check(&j, 2, 1, 0, 9, err, sizeof err) == NF_EINVAL && strstr(err, "dequantize"));
     nf_job_free(&j);
+}
+
+/* center maps [0, levels] to [-1/2, 1/2] with one fixed layer (Glow's
+ * x/levels - 1/2), and needs data it can map */
+TEST(job_center_preprocessing) {
+    nf_job j;
+    char err[300] = "";
+    const char *js = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"layers\":[]},"
+                     "\"preprocess\":{\"center\":true,\"dequantize\":{\"levels\":4}}}";
+    REQUIRE(parse(js, &j, err, sizeof err) == 0);
+    CHECK(j.center == 1 && j.standardize == 0);
+    nf_data d = {0};
+    REQUIRE(nf_data_alloc(&d, 2, 2, err, sizeof err) == 0);
+    nf_real v[4] = {0, 3, 1, 2};
+    memcpy(d.x, v, sizeof v);
+    REQUIRE(nf_data_summarize(&d, err, sizeof err) == 0);
+    cJSON *pp = NULL;
+    char *spec = nf_job_flow_spec(&j, &d, &pp, err, sizeof err);
+    CHECK_MSG(spec, "%s", err);
+    REQUIRE(spec);
+    nf_flow *f = NULL;
+    REQUIRE(nf_flow_create(spec, &f, err, sizeof err) == 0);
+    nf_ws *w = NULL;
+    REQUIRE(nf_ws_create(f, 2, &w) == 0);
+    nf_real x[4] = {0, 4, 2, 1}, z[4], ld[2];
+    REQUIRE(nf_flow_encode(f, w, x, NULL, 2, z, ld) == 0);
+    CHECK_CLOSE(z[0], -0.5, 1e-6, 0);
+    CHECK_CLOSE(z[1], 0.5, 1e-6, 0);
+    CHECK_CLOSE(z[2], 0, 1e-6, 0);
+    CHECK_CLOSE(z[3], -0.25, 1e-6, 0);
+    CHECK_CLOSE(ld[0], -2 * log(4.0), 1e-5, 0);
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(pp, "center")));
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItem(pp, "standardize")));
+    cJSON_Delete(pp);
+    free(spec);
+    nf_ws_free(w);
+    nf_flow_free(f);
+    nf_job_free(&j);
+    /* without dequantization the data must lie in [0, 1] */
+    js = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"layers\":[]},"
+         "\"preprocess\":{\"center\":true}}";
+    REQUIRE(parse(js, &j, err, sizeof err) == 0);
+    CHECK(nf_job_flow_spec(&j, &d, &pp, err, sizeof err) == NULL && strstr(err, "center"));
+    nf_job_free(&j);
+    nf_data_free(&d);
 }
