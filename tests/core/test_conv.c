@@ -174,7 +174,8 @@ TEST(conv_backward_finite_differences) {
     for (int k = 1; k <= 3; k += 2) {
         int B = 3, cin = 2, cout = 3, H = 3, W = 5;
         nf_conv cv = make_conv(cin, cout, k, H, W);
-        size_t np = conv_nparams(&cv), nin = (size_t)cin * B * H * W, nout = (size_t)cout * B * H * W;
+        size_t np = conv_nparams(&cv), nin = (size_t)cin * B * H * W;
+        size_t nout = (size_t)cout * B * H * W;
         nf_real *params = malloc(np * sizeof *params), *grad = calloc(np, sizeof *grad);
         nf_real *in = malloc(nin * sizeof *in), *out = malloc(nout * sizeof *out);
         nf_real *r1 = malloc(nout * sizeof *r1), *din = malloc(nin * sizeof *din);
