@@ -155,6 +155,11 @@ static int parse_flow(const cJSON *fl, nf_job *j, char *err, size_t errlen) {
     const cJSON *v = nf_json_get(fl, "context_dim");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
         FAIL("flow.context_dim: training conditional flows from a job is not supported yet");
+    int shape[3]; /* its form here; that it holds a row is checked against the dataset */
+    if ((rc = nf_shape_parse(fl, 0, shape, err, errlen))) {
+        prefix(err, errlen, "flow");
+        goto out;
+    }
     if (!(j->flow = cJSON_Duplicate(fl, 1))) FAIL("out of memory");
 out:
     return rc;
@@ -255,10 +260,11 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
     return rc;
 }
 
-int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double vmax, char *err,
-                 size_t errlen) {
+int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                 double vmax, char *err, size_t errlen) {
     if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] */
         dim = 2;
+        shape = NULL;
         is_integer = 0;
         vmin = -4;
         vmax = 4;
@@ -266,6 +272,7 @@ int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double v
     nf_data probe = {0};
     int rc = nf_data_alloc(&probe, 2, dim, err, errlen);
     if (rc) return rc;
+    if (shape) memcpy(probe.shape, shape, sizeof probe.shape);
     for (int i = 0; i < dim; i++) {
         probe.x[i] = (nf_real)vmin;
         probe.x[dim + i] = (nf_real)vmax;
@@ -322,6 +329,28 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     char *out = NULL;
     if (!spec || !pre || !pp || !a) goto fail_oom;
     cJSON_AddNumberToObject(spec, "dim", D);
+    /* the image shape: the flow's own, which must hold one row, else the
+     * dataset's (the preprocessing layers in front are vector layers; the
+     * image layers see it) */
+    int fs[3];
+    const int *ds = train->shape;
+    if (nf_shape_parse(spec, 0, fs, err, errlen)) {
+        prefix(err, errlen, "flow");
+        goto fail;
+    }
+    if (fs[0] && (int64_t)fs[0] * fs[1] * fs[2] != D) {
+        if (ds[0])
+            nf_set_err(err, errlen, "flow.shape [%d, %d, %d] holds %lld values, but the dataset's rows "
+                       "have %d (dataset shape [%d, %d, %d])", fs[0], fs[1], fs[2],
+                       (long long)fs[0] * fs[1] * fs[2], D, ds[0], ds[1], ds[2]);
+        else
+            nf_set_err(err, errlen, "flow.shape [%d, %d, %d] holds %lld values, but the dataset's rows "
+                       "have %d (the dataset has no shape)", fs[0], fs[1], fs[2],
+                       (long long)fs[0] * fs[1] * fs[2], D);
+        goto fail;
+    }
+    if (!fs[0] && ds[0] && (int64_t)ds[0] * ds[1] * ds[2] == D)
+        nf_json_attach(spec, "shape", cJSON_CreateIntArray(ds, 3));
     if (cJSON_GetObjectItemCaseSensitive(spec, "preset")) {
         if (!cJSON_GetObjectItemCaseSensitive(spec, "seed"))
             cJSON_AddNumberToObject(spec, "seed", (double)j->train.seed);

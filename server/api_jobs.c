@@ -63,7 +63,7 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     /* the dataset (once), then the dry run on its shape: a bad preset,
      * layer or preprocessing choice is a 422 here, not a failed job later */
-    int dim = 0, is_int = 0;
+    int dim = 0, is_int = 0, shape[3] = {0, 0, 0};
     double vmin = 0, vmax = 0;
     if (j.dataset_id[0]) {
         cJSON *ds = NULL;
@@ -88,9 +88,12 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         dim = (int)d64;
         vmin = lo;
         vmax = hi;
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(ds, "shape");
+        for (int k = 0; k < 3 && cJSON_GetArraySize(sh) == 3; k++)
+            shape[k] = cJSON_GetArrayItem(sh, k)->valueint;
         cJSON_Delete(ds);
     }
-    if (nf_job_check(&j, dim, is_int, vmin, vmax, err, sizeof err)) {
+    if (nf_job_check(&j, dim, shape, is_int, vmin, vmax, err, sizeof err)) {
         nf_job_free(&j);
         return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     }

@@ -1,6 +1,8 @@
 /* test_images.c: image shapes end to end, against the real flowd binary
  * over HTTP (daemon.c): a dataset's shape from its file (IDX, .npy) or
- * declared on upload (?shape=C,H,W), in GET /v1/datasets and the list. */
+ * declared on upload (?shape=C,H,W), in GET /v1/datasets and the list; a
+ * job on it trains a flow of that shape (or refuses a flow shape that does
+ * not hold a row), and GET /v1/models/{name} says the shape. */
 #include "../test.h"
 
 #include "daemon.h"
@@ -163,5 +165,80 @@ TEST_T(images_dataset_shapes, 60) {
     dmn d;
     REQUIRE(dmn_init(&d) == 0);
     datasets_body(&d);
+    dmn_cleanup(&d);
+}
+
+/* ---- jobs and models ------------------------------------------------------------- */
+/* a succeeded training job (the job's JSON); 0 */
+static int train(dmn *d, const char *job) {
+    char state[32];
+    long long id = submit_job(d, job);
+    if (!id) return -1;
+    if (wait_job(d, id, 90, state, sizeof state)) return -1;
+    CHECK_MSG(!strcmp(state, "succeeded"), "job %lld: %s", id, state);
+    return strcmp(state, "succeeded") ? -1 : 0;
+}
+
+/* uploads 64 IDX images of 4x4 (pixels 0..240); the dataset id into id */
+static int upload_idx_4x4(dmn *d, char *id, size_t n) {
+    size_t len;
+    hresp r;
+    unsigned char *idx = idx_images(64, 4, 4, &len);
+    upload(d, "name=px", "application/octet-stream", idx, len, &r);
+    free(idx);
+    int ok = r.status == 201 && shape_is(r.json, "shape", 1, 4, 4);
+    CHECK_MSG(ok, "upload: %ld %s", r.status, r.body);
+    snprintf(id, n, "%s", jstr(r.json, "id"));
+    hresp_free(&r);
+    return ok ? 0 : -1;
+}
+
+#define PX_FLOW "{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]}"
+#define PX_TRAIN "{\"epochs\":2,\"batch_size\":16,\"seed\":3}"
+#define PX_PRE "{\"dequantize\":{\"levels\":256}}"
+
+static void models_body(dmn *d) {
+    REQUIRE(dmn_start(d, QUIET, NULL) == 0);
+    char id[64], job[1024];
+    hresp r;
+    REQUIRE(upload_idx_4x4(d, id, sizeof id) == 0);
+    /* the flow gets the dataset's shape */
+    snprintf(job, sizeof job, "{\"model\":\"px\",\"dataset\":{\"id\":\"%s\"},\"flow\":%s,\"train\":%s,"
+             "\"preprocess\":%s}", id, PX_FLOW, PX_TRAIN, PX_PRE);
+    REQUIRE(train(d, job) == 0);
+    http_get(d, "/v1/models/px", &r);
+    REQUIRE(r.status == 200);
+    CHECK_MSG(shape_is(r.json, "shape", 1, 4, 4), "%s", r.body);
+    const cJSON *v0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "versions"), 0);
+    CHECK_MSG(shape_is(v0, "shape", 1, 4, 4), "%s", r.body);
+    CHECK(shape_is(cJSON_GetObjectItemCaseSensitive(v0, "config"), "shape", 1, 4, 4));
+    hresp_free(&r);
+    /* a flow shape that does not hold a row: 422 naming both */
+    snprintf(job, sizeof job, "{\"model\":\"px2\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"maf\","
+             "\"shape\":[1,3,3]}}", id);
+    http_post_json(d, "/v1/jobs", job, &r);
+    CHECK_ERROR(d, r, 422, "invalid_input");
+    CHECK_MSG(strstr(r.body, "[1, 3, 3]") && strstr(r.body, "[1, 4, 4]"), "%s", r.body);
+    hresp_free(&r);
+    /* one that does (another factorisation of the 16 values) is the model's */
+    snprintf(job, sizeof job, "{\"model\":\"px2\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"maf\","
+             "\"depth\":1,\"hidden\":[8],\"shape\":[1,2,8]},\"train\":%s}", id, PX_TRAIN);
+    REQUIRE(train(d, job) == 0);
+    http_get(d, "/v1/models/px2", &r);
+    CHECK_MSG(shape_is(r.json, "shape", 1, 2, 8), "%s", r.body);
+    hresp_free(&r);
+    /* a 2-D model has none */
+    REQUIRE(train(d, "{\"model\":\"moons\",\"dataset\":{\"builtin\":\"moons\",\"n\":256},\"flow\":" PX_FLOW
+                     ",\"train\":" PX_TRAIN "}") == 0);
+    http_get(d, "/v1/models/moons", &r);
+    CHECK_MSG(shape_is(r.json, "shape", 0, 0, 0), "%s", r.body);
+    CHECK(shape_is(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "versions"), 0), "shape", 0, 0, 0));
+    hresp_free(&r);
+}
+
+TEST_T(images_job_and_model_shapes, 180) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    models_body(&d);
     dmn_cleanup(&d);
 }
