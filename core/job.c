@@ -73,6 +73,10 @@ static const nf_field early_stopping_fields[] = {
     {"min_delta", NF_FIELD_NUM, 0, 1e6, 1e-4, TR(es_min_delta), NULL, NULL},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
+static const nf_field augment_fields[] = {
+    {"hflip", NF_FIELD_BOOL, 0, 1, 0, TR(hflip), NULL, NULL},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
+};
 
 const nf_field nf_job_train_fields[] = {
     {"epochs", NF_FIELD_INT, 1, 100000, 100, TR(epochs), NULL, NULL},
@@ -94,6 +98,7 @@ const nf_field nf_job_train_fields[] = {
     {"log_every", NF_FIELD_INT, 1, 1000000, 50, TR(log_every), NULL, NULL},
     {"max_bad_batches", NF_FIELD_INT, 1, 1000000, 10, TR(max_bad_batches), NULL, NULL},
     {"max_seconds", NF_FIELD_NUM, 0, 1e9, 0, TR(max_seconds), NULL, NULL},
+    {"augment", NF_FIELD_OBJECT, 0, 0, 0, 0, NULL, augment_fields},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 #undef TR
@@ -288,6 +293,11 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
         rc = NF_EINVAL;
     } else if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
         nf_set_err(err, errlen, "flow: %s", ferr);
+    } else if (j->train.hflip && !nf_flow_shape(f, NULL)) {
+        nf_set_err(err, errlen, "train.augment.hflip: mirrors images, and this job's rows have no "
+                   "image shape: use a dataset with a shape (IDX, .npy images, ?shape= on "
+                   "upload) or give the flow a \"shape\"");
+        rc = NF_EINVAL;
     }
     nf_flow_free(f);
     nf_free(spec);

@@ -10,7 +10,7 @@
  *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
- *              "max_bad_batches","max_seconds"},
+ *              "max_bad_batches","max_seconds","augment":{"hflip"}},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
  *                                               "flow"? (variational only)},
  *                   "logit":{"alpha"}}}

@@ -295,6 +295,13 @@ static void check_fields(const cJSON *root, const cJSON *obj, const nf_field *ro
                       "%s.%s: the defaults differ", path, f->name);
             break;
         }
+        case NF_FIELD_BOOL: {
+            CHECK_MSG(schema_type_is(prop, "boolean"), "%s.%s: the schema's type is not boolean", path, f->name);
+            const cJSON *def = cJSON_GetObjectItemCaseSensitive(prop, "default");
+            CHECK_MSG(cJSON_IsBool(def) && cJSON_IsTrue(def) == (f->def != 0), "%s.%s: the defaults differ", path,
+                      f->name);
+            break;
+        }
         case NF_FIELD_OBJECT: {
             CHECK_MSG(schema_type_is(prop, "object"), "%s.%s: the schema's type is not object", path, f->name);
             char sub[120];
@@ -456,4 +463,32 @@ TEST(job_image_shape_from_dataset_or_flow) {
     nf_job_free(&j);
 #undef JOB
     nf_data_free(&tr);
+}
+
+/* train.augment.hflip: parsed from the table, and refused at submission for
+ * rows without an image shape */
+TEST(job_hflip_needs_a_shape) {
+    nf_job j;
+    char err[400] = "";
+    const char *job = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\",\"depth\":1},"
+                      "\"train\":{\"augment\":{\"hflip\":true}}}";
+    REQUIRE(parse(job, &j, err, sizeof err) == 0);
+    CHECK(j.train.hflip == 1);
+    static const int sh[3] = {1, 2, 2};
+    CHECK_MSG(nf_job_check(&j, 4, sh, 0, 0, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(nf_job_check(&j, 4, NULL, 0, 0, 1, err, sizeof err) == NF_EINVAL);
+    CHECK_MSG(strstr(err, "train.augment.hflip") && strstr(err, "shape"), "%s", err);
+    CHECK(nf_job_check(&j, 0, NULL, 0, 0, 0, err, sizeof err) == NF_EINVAL); /* built-in sets: no shape */
+    nf_job_free(&j);
+    const char *off = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                      "\"train\":{\"augment\":{\"hflip\":false}}}";
+    REQUIRE(parse(off, &j, err, sizeof err) == 0);
+    CHECK(j.train.hflip == 0 && nf_job_check(&j, 4, NULL, 0, 0, 1, err, sizeof err) == 0);
+    nf_job_free(&j);
+    const char *bad = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                      "\"train\":{\"augment\":{\"hflip\":1}}}";
+    CHECK(parse(bad, &j, err, sizeof err) == NF_EINVAL && strstr(err, "hflip"));
+    const char *typo = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                       "\"train\":{\"augment\":{\"vflip\":true}}}";
+    CHECK(parse(typo, &j, err, sizeof err) == NF_EINVAL && strstr(err, "vflip"));
 }

@@ -2,7 +2,8 @@
  * over HTTP (daemon.c): a dataset's shape from its file (IDX, .npy) or
  * declared on upload (?shape=C,H,W), in GET /v1/datasets and the list; a
  * job on it trains a flow of that shape (or refuses a flow shape that does
- * not hold a row), and GET /v1/models/{name} says the shape. */
+ * not hold a row), with hflip augmentation (refused without a shape), and
+ * GET /v1/models/{name} says the shape. */
 #include "../test.h"
 
 #include "daemon.h"
@@ -195,6 +196,7 @@ static int upload_idx_4x4(dmn *d, char *id, size_t n) {
 
 #define PX_FLOW "{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]}"
 #define PX_TRAIN "{\"epochs\":2,\"batch_size\":16,\"seed\":3}"
+#define PX_TRAIN_HFLIP "{\"epochs\":2,\"batch_size\":16,\"seed\":3,\"augment\":{\"hflip\":true}}"
 #define PX_PRE "{\"dequantize\":{\"levels\":256}}"
 
 static void models_body(dmn *d) {
@@ -202,9 +204,9 @@ static void models_body(dmn *d) {
     char id[64], job[1024];
     hresp r;
     REQUIRE(upload_idx_4x4(d, id, sizeof id) == 0);
-    /* the flow gets the dataset's shape */
+    /* the flow gets the dataset's shape (and can mirror it) */
     snprintf(job, sizeof job, "{\"model\":\"px\",\"dataset\":{\"id\":\"%s\"},\"flow\":%s,\"train\":%s,"
-             "\"preprocess\":%s}", id, PX_FLOW, PX_TRAIN, PX_PRE);
+             "\"preprocess\":%s}", id, PX_FLOW, PX_TRAIN_HFLIP, PX_PRE);
     REQUIRE(train(d, job) == 0);
     http_get(d, "/v1/models/px", &r);
     REQUIRE(r.status == 200);
@@ -226,6 +228,12 @@ static void models_body(dmn *d) {
     REQUIRE(train(d, job) == 0);
     http_get(d, "/v1/models/px2", &r);
     CHECK_MSG(shape_is(r.json, "shape", 1, 2, 8), "%s", r.body);
+    hresp_free(&r);
+    /* hflip without an image shape: 422 */
+    http_post_json(d, "/v1/jobs", "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":" PX_FLOW
+                   ",\"train\":" PX_TRAIN_HFLIP "}", &r);
+    CHECK_ERROR(d, r, 422, "invalid_input");
+    CHECK_MSG(strstr(r.body, "hflip") && strstr(r.body, "shape"), "%s", r.body);
     hresp_free(&r);
     /* a 2-D model has none */
     REQUIRE(train(d, "{\"model\":\"moons\",\"dataset\":{\"builtin\":\"moons\",\"n\":256},\"flow\":" PX_FLOW
