@@ -224,6 +224,15 @@ static int decode_into(nf_data *out, const unsigned char *p, elem_type t, int64_
     return rc;
 }
 
+/* The image shape of an array of ndim dims (dims[0] the rows): (n,H,W) is
+ * [1,H,W], (n,C,H,W) is [C,H,W]; other ranks have none.  The row size was
+ * checked to fit an int, so each dim does. */
+static void image_shape(const int64_t *dims, int ndim, int shape[3]) {
+    shape[0] = shape[1] = shape[2] = 0;
+    if (ndim == 3) shape[0] = 1, shape[1] = (int)dims[1], shape[2] = (int)dims[2];
+    else if (ndim == 4) shape[0] = (int)dims[1], shape[1] = (int)dims[2], shape[2] = (int)dims[3];
+}
+
 /* ---- CSV -------------------------------------------------------------------- */
 static int is_blank(char c) { return c == ' ' || c == '\t'; }
 
@@ -471,7 +480,9 @@ int nf_data_load_npy(const void *buf, size_t len, nf_data *out, char *err, size_
         return fail(NF_ECORRUPT, ".npy: truncated: shape needs %zu data bytes, %zu present", need, avail);
     if (avail > need)
         return fail(NF_EFORMAT, ".npy: %zu bytes after the data (shape needs %zu)", avail - need, need);
-    return decode_into(out, b + h.data_off, t, n, (int)d, err, errlen);
+    rc = decode_into(out, b + h.data_off, t, n, (int)d, err, errlen);
+    if (!rc) image_shape(shape, ndim, out->shape);
+    return rc;
 }
 
 /* ---- IDX -------------------------------------------------------------------- */
@@ -512,7 +523,9 @@ static int load_idx_raw(const unsigned char *b, size_t len, nf_data *out, char *
         return fail(NF_ECORRUPT, "IDX: truncated: dimensions need %zu data bytes, %zu present", need, avail);
     if (avail > need)
         return fail(NF_EFORMAT, "IDX: %zu bytes after the data (dimensions need %zu)", avail - need, need);
-    return decode_into(out, b + hdr, t, n, (int)d, err, errlen);
+    int rc = decode_into(out, b + hdr, t, n, (int)d, err, errlen);
+    if (!rc) image_shape(dims, nd, out->shape);
+    return rc;
 }
 
 int nf_data_load_idx(const void *buf, size_t len, nf_data *out, char *err, size_t errlen) {
@@ -901,6 +914,7 @@ static int take_rows(const nf_data *all, const int64_t *idx, int64_t m, nf_data 
     part->is_integer = all->is_integer;
     part->vmin = all->vmin;
     part->vmax = all->vmax;
+    memcpy(part->shape, all->shape, sizeof part->shape);
     if (m == 0) return 0;
     part->x = nf_malloc((size_t)m * all->d * sizeof(nf_real));
     if (!part->x) return NF_ENOMEM;

@@ -38,13 +38,18 @@ typedef struct nf_data {
     nf_real *x;     /* (n,d) row-major, owned: released by nf_data_free */
     int is_integer; /* every value is an integer (pixel data: dequantize) */
     double vmin, vmax; /* smallest and largest value over all of x */
+    /* The image shape of a row, (channels, height, width) with C*H*W == d,
+     * when the file says it (IDX and .npy with 3 or 4 dimensions, below);
+     * all zero when unknown (CSV, JSON rows, flat arrays). */
+    int shape[3];
 } nf_data;
 
 /* Frees x and zeroes *d.  NULL, or a zeroed struct, is a no-op. */
 void nf_data_free(nf_data *d);
 
 /* Allocates out->x for (n,d) values (uninitialised) and sets n, d; the
- * summary fields are zero until nf_data_summarize.  Caller frees with
+ * summary fields and the shape are zero until nf_data_summarize (shape:
+ * until the caller sets it).  Caller frees with
  * nf_data_free.  NF_ERANGE if n < 1, d < 1 or n*d > NF_DATA_MAX_VALUES. */
 int nf_data_alloc(nf_data *out, int64_t n, int d, char *err, size_t errlen);
 
@@ -85,13 +90,16 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
 /* NumPy .npy, format versions 1.0, 2.0 and 3.0.  dtypes f4, f8, u1, i1, u2,
  * i2, u4, i4, u8, i8 with any byte order, fortran_order False.  Shape (n,)
  * loads as (n,1), (n,d) as is, and (n,a,b,...) flattens to (n,a*b*...).
+ * Images: (n,H,W) gets shape [1,H,W] and (n,C,H,W) shape [C,H,W] (rows stay
+ * flat in C-H-W order); other ranks get none.
  * The data must be exactly n*prod(rest)*itemsize bytes. */
 int nf_data_load_npy(const void *buf, size_t len, nf_data *out, char *err, size_t errlen);
 
 /* IDX (the MNIST family): bytes 00 00, a type (08 u8, 09 i8, 0B i16, 0C i32,
  * 0D f32, 0E f64), the number of dims, big-endian u32 dims, big-endian data.
  * Gzipped input (1f 8b) is inflated first, refusing more than
- * NF_DATA_MAX_INFLATE bytes.  (n) loads as (n,1), (n,28,28) as (n,784). */
+ * NF_DATA_MAX_INFLATE bytes.  (n) loads as (n,1), (n,28,28) as (n,784).
+ * Shapes as for .npy: (n,H,W) gives [1,H,W], (n,C,H,W) gives [C,H,W]. */
 int nf_data_load_idx(const void *buf, size_t len, nf_data *out, char *err, size_t errlen);
 
 /* JSON rows: {"rows":[[1,2],[3,4]]} or a bare [[1,2],[3,4]].  A list of plain
@@ -145,7 +153,7 @@ int nf_data_shuffle_index(int64_t *idx, int64_t n, nf_rng *rng);
  * copying rows.  n_test = round(n*test_fraction), n_val = round(n*val_fraction),
  * the rest is train and must be at least one row.  Fractions in [0,1).
  * val/test may be NULL when their fraction is 0; a split with no rows gets
- * n = 0, x = NULL.  Each part copies all's is_integer, vmin and vmax (a
+ * n = 0, x = NULL.  Each part copies all's is_integer, vmin, vmax and shape (a
  * property of the dataset, so that dequantization and scaling agree across
  * the parts).  Caller frees each part with nf_data_free. */
 int nf_data_split(const nf_data *all, double val_fraction, double test_fraction, uint64_t seed,

@@ -43,6 +43,7 @@ const nf_layer_kind nf_layer_kinds[] = {
     {"batchnorm", nf_batchnorm_create},
     {"logit", nf_logit_create},
     {"elementwise_affine", nf_elementwise_affine_create},
+    {"conv_coupling", nf_conv_coupling_create},
     {NULL, NULL},
 };
 

@@ -73,6 +73,10 @@ static const nf_field early_stopping_fields[] = {
     {"min_delta", NF_FIELD_NUM, 0, 1e6, 1e-4, TR(es_min_delta), NULL, NULL},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
+static const nf_field augment_fields[] = {
+    {"hflip", NF_FIELD_BOOL, 0, 1, 0, TR(hflip), NULL, NULL},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
+};
 
 const nf_field nf_job_train_fields[] = {
     {"epochs", NF_FIELD_INT, 1, 100000, 100, TR(epochs), NULL, NULL},
@@ -94,6 +98,7 @@ const nf_field nf_job_train_fields[] = {
     {"log_every", NF_FIELD_INT, 1, 1000000, 50, TR(log_every), NULL, NULL},
     {"max_bad_batches", NF_FIELD_INT, 1, 1000000, 10, TR(max_bad_batches), NULL, NULL},
     {"max_seconds", NF_FIELD_NUM, 0, 1e9, 0, TR(max_seconds), NULL, NULL},
+    {"augment", NF_FIELD_OBJECT, 0, 0, 0, 0, NULL, augment_fields},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 #undef TR
@@ -155,6 +160,11 @@ static int parse_flow(const cJSON *fl, nf_job *j, char *err, size_t errlen) {
     const cJSON *v = nf_json_get(fl, "context_dim");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
         FAIL("flow.context_dim: training conditional flows from a job is not supported yet");
+    int shape[3]; /* its form here; that it holds a row is checked against the dataset */
+    if ((rc = nf_shape_parse(fl, 0, shape, err, errlen))) {
+        prefix(err, errlen, "flow");
+        goto out;
+    }
     if (!(j->flow = cJSON_Duplicate(fl, 1))) FAIL("out of memory");
 out:
     return rc;
@@ -257,10 +267,11 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
     return rc;
 }
 
-int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double vmax, char *err,
-                 size_t errlen) {
+int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                 double vmax, char *err, size_t errlen) {
     if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] */
         dim = 2;
+        shape = NULL;
         is_integer = 0;
         vmin = -4;
         vmax = 4;
@@ -268,6 +279,7 @@ int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double v
     nf_data probe = {0};
     int rc = nf_data_alloc(&probe, 2, dim, err, errlen);
     if (rc) return rc;
+    if (shape) memcpy(probe.shape, shape, sizeof probe.shape);
     for (int i = 0; i < dim; i++) {
         probe.x[i] = (nf_real)vmin;
         probe.x[dim + i] = (nf_real)vmax;
@@ -283,6 +295,11 @@ int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double v
         rc = NF_EINVAL;
     } else if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
         nf_set_err(err, errlen, "flow: %s", ferr);
+    } else if (j->train.hflip && !nf_flow_shape(f, NULL)) {
+        nf_set_err(err, errlen, "train.augment.hflip: mirrors images, and this job's rows have no "
+                   "image shape: use a dataset with a shape (IDX, .npy images, ?shape= on "
+                   "upload) or give the flow a \"shape\"");
+        rc = NF_EINVAL;
     }
     nf_flow_free(f);
     nf_free(spec);
@@ -324,6 +341,28 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     char *out = NULL;
     if (!spec || !pre || !pp || !a) goto fail_oom;
     cJSON_AddNumberToObject(spec, "dim", D);
+    /* the image shape: the flow's own, which must hold one row, else the
+     * dataset's (the preprocessing layers in front are vector layers; the
+     * image layers see it) */
+    int fs[3];
+    const int *ds = train->shape;
+    if (nf_shape_parse(spec, 0, fs, err, errlen)) {
+        prefix(err, errlen, "flow");
+        goto fail;
+    }
+    if (fs[0] && (int64_t)fs[0] * fs[1] * fs[2] != D) {
+        if (ds[0])
+            nf_set_err(err, errlen, "flow.shape [%d, %d, %d] holds %lld values, but the dataset's rows "
+                       "have %d (dataset shape [%d, %d, %d])", fs[0], fs[1], fs[2],
+                       (long long)fs[0] * fs[1] * fs[2], D, ds[0], ds[1], ds[2]);
+        else
+            nf_set_err(err, errlen, "flow.shape [%d, %d, %d] holds %lld values, but the dataset's rows "
+                       "have %d (the dataset has no shape)", fs[0], fs[1], fs[2],
+                       (long long)fs[0] * fs[1] * fs[2], D);
+        goto fail;
+    }
+    if (!fs[0] && ds[0] && (int64_t)ds[0] * ds[1] * ds[2] == D)
+        nf_json_attach(spec, "shape", cJSON_CreateIntArray(ds, 3));
     if (cJSON_GetObjectItemCaseSensitive(spec, "preset")) {
         if (!cJSON_GetObjectItemCaseSensitive(spec, "seed"))
             cJSON_AddNumberToObject(spec, "seed", (double)j->train.seed);

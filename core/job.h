@@ -4,12 +4,13 @@
  *
  *   {"submission_id"?, "model", "dataset": {"id"} | {"builtin","n","noise"?,"seed"?}
  *                                          | {"path","format"?} (offline CLI only),
- *    "flow": {"preset", ...overrides} | {"layers":[...], "base"?},
+ *    "flow": {"preset", ...overrides} | {"layers":[...], "base"?}, either with
+ *            "shape"? [C,H,W] (default: the dataset's shape, when it has one),
  *    "train": {"epochs","batch_size","lr","optimizer","weight_decay","clip_grad_norm",
  *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
- *              "max_bad_batches","max_seconds"},
+ *              "max_bad_batches","max_seconds","augment":{"hflip"}},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
  *                                               "flow"? (variational only)},
  *                   "logit":{"alpha"}, "center"}}
@@ -82,11 +83,14 @@ extern const nf_field nf_job_train_fields[];
 /* The dry run of a submitted job: build the flow it would train (presets,
  * layers, preprocessing) on a two-row stand-in for its dataset, so that a
  * bad preset, layer or preprocessing choice is refused at submission and not
- * discovered by a worker.  dim, is_integer, vmin, vmax describe a stored
- * dataset; dim 0 takes the built-in sets' shape (2 columns within [-4, 4]).
+ * discovered by a worker.  dim, shape (the image shape [C,H,W] of a row, or
+ * NULL / all zero), is_integer, vmin, vmax describe a stored dataset; dim 0
+ * takes the built-in sets' (2 columns within [-4, 4], no shape).  So image
+ * layers are built on the shape the job would train (a squeeze of an odd
+ * height is refused here with the layer's message).
  * Returns 0 or NF_EINVAL with the message in err. */
-int nf_job_check(const nf_job *j, int dim, int is_integer, double vmin, double vmax, char *err,
-                 size_t errlen);
+int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                 double vmax, char *err, size_t errlen);
 void nf_job_free(nf_job *j);
 /* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */
 int nf_valid_name(const char *s);
@@ -119,7 +123,10 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
 char *nf_job_dequantizer_spec(const nf_job *j, int D, char *err, size_t errlen);
 
 /* The flow spec (with dim and preprocessing layers) the job trains, as JSON
- * text (caller frees), given the training split.  Exposed for tests. */
+ * text (caller frees), given the training split.  Its image shape: the
+ * flow's "shape" when given (NF_EINVAL unless it holds one row of train,
+ * the message naming both shapes), else train->shape when the dataset has
+ * one, else none.  Exposed for tests. */
 char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess, char *err,
                        size_t errlen);
 

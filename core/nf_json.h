@@ -78,6 +78,7 @@ typedef enum {
     NF_FIELD_ENUM,   /* int (or an int-sized enum): the index of the name in names;
                         def is the default's index */
     NF_FIELD_OBJECT, /* an object read with the sub table (null or absent: left alone) */
+    NF_FIELD_BOOL,   /* int 0/1, true or false; def is 0 or 1 */
 } nf_field_type;
 
 typedef struct nf_field {

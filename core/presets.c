@@ -17,9 +17,11 @@
  * multiscale image architecture instead (image_presets[] below), with the
  * overrides "levels", "depth" (steps per level), "hidden_channels",
  * "blocks" (realnvp's residual blocks), "base" and "seed"; the vector
- * overrides are refused there, as the image ones are for vector presets.
- * The other presets on an image shape are their vector selves (the shape is
- * kept, for pictures).
+ * overrides ("hidden", "activation", "bins", "tail_bound") choose the
+ * vector form instead, so job files written before the image presets keep
+ * their meaning, and the image overrides are refused there.  The other
+ * presets on an image shape are their vector selves (the shape is kept, for
+ * pictures).
  */
 #include "nf_internal.h"
 
@@ -196,9 +198,10 @@ static const struct image_preset {
     int depth, hidden, blocks;
     preset_image_fn build;
     int squeeze_first; /* the first level squeezes before its steps (glow) */
+    int min_pixels;    /* the last level's image needs this many (checkerboards: 2) */
 } image_presets[] = {
-    {"glow", 8, 64, 0, image_glow, 1},
-    {"realnvp", 3, 64, 2, image_realnvp, 0},
+    {"glow", 8, 64, 0, image_glow, 1, 1},
+    {"realnvp", 3, 64, 2, image_realnvp, 0, 2},
 };
 
 static const struct preset {
@@ -267,14 +270,6 @@ static int expand_image(const cJSON *spec, const struct image_preset *p, cJSON *
     if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &D, err, errlen))) return rc;
     if ((rc = nf_shape_parse(spec, D, shape, err, errlen))) return rc;
     a.C = shape[0], a.H = shape[1], a.W = shape[2];
-    static const char *const vector_only[] = {"hidden", "activation", "bins", "tail_bound", NULL};
-    for (int i = 0; vector_only[i]; i++)
-        if (nf_json_get(spec, vector_only[i])) {
-            nf_set_err(err, errlen, "\"%s\" is for vector presets; the image preset \"%s\" takes "
-                       "\"levels\", \"depth\", \"hidden_channels\"%s", vector_only[i], p->name,
-                       p->blocks ? " and \"blocks\"" : "");
-            return NF_EINVAL;
-        }
     int c = 0;
     if ((rc = nf_json_int(spec, "context_dim", 0, 0, 0, &c, err, errlen))) {
         nf_set_err(err, errlen, "the image preset \"%s\" takes no context (context_dim 0)", p->name);
@@ -285,7 +280,7 @@ static int expand_image(const cJSON *spec, const struct image_preset *p, cJSON *
     int maxl = 0;
     for (int l = 1; l <= 3; l++) {
         int sq = p->squeeze_first ? l : l - 1;
-        if (a.H % (1 << sq) || a.W % (1 << sq)) break;
+        if (a.H % (1 << sq) || a.W % (1 << sq) || (a.H >> sq) * (a.W >> sq) < p->min_pixels) break;
         maxl = l;
     }
     if (maxl == 0) {
@@ -336,7 +331,12 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         nf_set_err(err, errlen, "\"preset\" must be a string");
         return NF_EINVAL;
     }
-    if (nf_json_get(spec, "shape"))
+    /* the vector overrides choose the vector form on an image too (job files
+     * written before the image presets keep their meaning) */
+    static const char *const vector_only[] = {"hidden", "activation", "bins", "tail_bound", NULL};
+    int vector = 0;
+    for (int i = 0; vector_only[i]; i++) vector |= nf_json_get(spec, vector_only[i]) != NULL;
+    if (nf_json_get(spec, "shape") && !vector)
         for (size_t i = 0; i < sizeof image_presets / sizeof image_presets[0]; i++)
             if (!strcmp(name, image_presets[i].name))
                 return expand_image(spec, &image_presets[i], out, err, errlen);
@@ -344,7 +344,8 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     for (int i = 0; image_only[i]; i++)
         if (nf_json_get(spec, image_only[i])) {
             nf_set_err(err, errlen, "\"%s\" is for the image presets (glow, realnvp on a flow "
-                       "with a \"shape\")", image_only[i]);
+                       "with a \"shape\", without the vector overrides hidden, activation, bins, "
+                       "tail_bound)", image_only[i]);
             return NF_EINVAL;
         }
     const struct preset *p = find_preset(name, err, errlen);

@@ -6,7 +6,9 @@
  * act-norm-initialised flag (a layer buffer), and the non-finite counters;
  * with a variational dequantizer also its parameters, buffers, best
  * snapshot and Adam moments (state blob version 2; version 1 without).
- * Everything random is re-derived from (seed, epoch) or (seed, step).
+ * Everything random is re-derived from (seed, epoch) or (seed, step): the
+ * epoch permutation, the dequantization noise and the hflip augmentation
+ * draws, so they need no state of their own.
  * Reporting accumulators (loss since the last report, timings) are not state:
  * they do not influence parameters. */
 #include "alloc.h"
@@ -27,6 +29,7 @@ struct nf_trainer {
     const nf_real *train, *val;
     int64_t ntrain, nval;
     int D, B;
+    int shape[3];          /* the flow's image shape (hflip) */
     int64_t spe, total_steps; /* steps per epoch, total */
     nf_ws *ws;
     nf_ws *sws;            /* validation's sample check: forward-only, the run's threads,
@@ -173,9 +176,15 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
         nf_set_err(err, errlen, "invalid training configuration");
         return NF_EINVAL;
     }
+    int shape[3];
+    if (cfg->hflip && !nf_flow_shape(f, shape)) {
+        nf_set_err(err, errlen, "hflip augmentation needs an image shape: the flow has no \"shape\"");
+        return NF_EINVAL;
+    }
     nf_trainer *t = nf_calloc(1, sizeof *t);
     if (!t) return NF_ENOMEM;
     t->f = f;
+    nf_flow_shape(f, t->shape);
     t->cfg = *cfg;
     t->train = train;
     t->ntrain = ntrain;
@@ -445,9 +454,28 @@ static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const cha
     return 0;
 }
 
+int nf_augment_hflip(nf_real *x, int B, const int shape[3], nf_rng *rng) {
+    int C = shape[0], H = shape[1], W = shape[2], flipped = 0;
+    size_t D = (size_t)C * H * W;
+    for (int b = 0; b < B; b++) {
+        if (!(nf_rng_u64(rng) >> 63)) continue; /* the top bit: probability 1/2 */
+        flipped++;
+        nf_real *row = x + (size_t)b * D;
+        for (size_t ci = 0; ci < (size_t)C * H; ci++) { /* channel c, image row i */
+            nf_real *line = row + ci * W;
+            for (int j = 0, k = W - 1; j < k; j++, k--) {
+                nf_real v = line[j];
+                line[j] = line[k];
+                line[k] = v;
+            }
+        }
+    }
+    return flipped;
+}
+
 /* one optimisation step on batch batch_in_epoch of the current epoch;
  * returns 0, or NF_ENONFINITE after max_bad_batches bad batches in a row */
-static int train_step(nf_trainer *t) {
+static int train_step(nf_trainer *t, const nf_train_hooks *h) {
     nf_flow *f = t->f;
     int B = t->B, D = t->D;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
@@ -455,6 +483,11 @@ static int train_step(nf_trainer *t) {
     for (int r = 0; r < B; r++)
         memcpy(t->xb + (size_t)r * D, t->train + t->perm[t->batch_in_epoch * B + r] * D,
                (size_t)D * sizeof *t->xb);
+    if (t->cfg.hflip) { /* the flips of this step: from (seed, step), so a resume draws them again */
+        nf_rng r;
+        nf_rng_seed(&r, t->cfg.seed * 0x94D049BB133111EBULL + 0x4000 + (uint64_t)t->step);
+        nf_augment_hflip(t->xb, B, t->shape, &r);
+    }
     if (t->q) {
         nf_flow *q = t->q;
         memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
@@ -463,6 +496,7 @@ static int train_step(nf_trainer *t) {
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x3000 + (uint64_t)t->step);
         for (size_t i = 0; i < (size_t)B * D; i++) t->eps[i] = (nf_real)nf_rng_normal(&r);
+        if (h && h->batch) h->batch(h->user, t->xb, B, D, t->step);
         nf_flow_zero_grad_ws(f, t->ws);
         nf_flow_zero_grad_ws(q, t->qws);
         int rc = nf_vdeq_grad(f, t->ws, q, t->qws, t->xb, t->eps, B, t->cfg.levels, 1,
@@ -475,6 +509,7 @@ static int train_step(nf_trainer *t) {
         nf_rng_seed(&r, t->cfg.seed * 0xBF58476D1CE4E5B9ULL + 0x2000 + (uint64_t)t->step);
         nf_deq_uniform(t->xb, (size_t)B * D, &r, t->xb);
     }
+    if (h && h->batch) h->batch(h->user, t->xb, B, D, t->step);
     nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
     nf_flow_zero_grad_ws(f, t->ws);
@@ -507,7 +542,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 }
                 goto finish;
             }
-            if ((rc = train_step(t))) goto finish;
+            if ((rc = train_step(t, h))) goto finish;
             if (t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
                 if (validate(t) < 0) { /* score the final parameters too */
                     rc = NF_ENOMEM;
@@ -577,6 +612,7 @@ static uint64_t fingerprint(const nf_trainer *t) {
         uint64_t w[] = {nf_flow_num_params(t->q), t->q->nbuffers, (uint64_t)t->cfg.levels};
         for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) h = (h ^ w[i]) * 1099511628211ULL;
     }
+    if (t->cfg.hflip) h = (h ^ 0x4846u) * 1099511628211ULL; /* "HF": a run with flips (without: as before) */
     return h;
 }
 

@@ -68,6 +68,11 @@ typedef struct nf_train_config {
                                  run ends like an early stop (best params kept);
                                  counted per nf_trainer_run call */
     uint64_t seed;
+    int hflip;                /* augmentation: each training row is mirrored
+                                 left-right with probability 1/2 (per step,
+                                 from (seed, step)); needs the flow's image
+                                 shape (nf_flow_shape), see nf_augment_hflip.
+                                 Validation and test rows never are */
     int threads;              /* threads of the training workspace
                                  (nf_ws_create_threads), default 1; set by the
                                  process (flowd train --threads, the daemon's
@@ -116,6 +121,10 @@ typedef struct nf_train_hooks {
     /* on cancellation, checkpoint the current state before returning (a
      * daemon shutting down keeps the job resumable) */
     int checkpoint_on_cancel;
+    /* optional: each training batch x (B,D) as the step is about to use it,
+     * after augmentation and uniform dequantization noise (borrowed for
+     * the call; for tests and diagnostics) */
+    void (*batch)(void *user, const nf_real *x, int B, int D, int64_t step);
 } nf_train_hooks;
 
 typedef struct nf_trainer nf_trainer;
@@ -144,6 +153,17 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len);
 /* Restore into a trainer created with the same flow architecture, config and
  * data; NF_ECORRUPT / NF_EFORMAT on a bad blob (the trainer is unchanged). */
 int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len);
+
+/* Horizontal-flip augmentation of B image rows x (B, C*H*W), C-H-W order:
+ * each row, with probability 1/2 (one nf_rng_u64 draw of rng per row, in
+ * row order), is mirrored left-right in every channel and image row,
+ *     x[c][i][j] <-> x[c][i][W-1-j].
+ * A flow's density of a mirrored image is learnt from the same data, so the
+ * augmented training set is the data plus its mirror images.  The trainer
+ * calls it on each training batch (cfg.hflip) with an rng seeded from
+ * (seed, step), so a resumed run draws the same flips.  Returns the number
+ * of rows mirrored. */
+int nf_augment_hflip(nf_real *x, int B, const int shape[3], nf_rng *rng);
 
 /* Mean NLL (nats/row) of rows under f, evaluation mode; with dequantize the
  * rows get fixed-seed uniform noise (an unbiased estimate of the

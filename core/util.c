@@ -314,6 +314,9 @@ int nf_json_fields(const cJSON *o, const nf_field *fields, void *target, char *e
         case NF_FIELD_ENUM:
             rc = nf_json_enum(o, f->name, f->names, (int)f->def, (int *)(t + f->off), err, errlen);
             break;
+        case NF_FIELD_BOOL:
+            rc = nf_json_bool(o, f->name, f->def != 0, (int *)(t + f->off), err, errlen);
+            break;
         case NF_FIELD_OBJECT: {
             const cJSON *v = nf_json_get(o, f->name);
             if (v && (rc = nf_json_fields(v, f->sub, target, err, errlen))) {

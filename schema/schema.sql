@@ -18,7 +18,7 @@ CREATE TABLE datasets (
     sha256      TEXT    NOT NULL,                -- of the uploaded bytes
     data        BLOB    NOT NULL,                -- float32 little-endian (rows, dim)
     created_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
+, shape_c INTEGER CHECK (shape_c IS NULL OR shape_c >= 1), shape_h INTEGER CHECK (shape_h IS NULL OR shape_h >= 1), shape_w INTEGER CHECK (shape_w IS NULL OR shape_w >= 1));
 CREATE TABLE flowd_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, sha256 TEXT NOT NULL, applied_at TEXT NOT NULL);
 CREATE TABLE job_metrics (
     job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,

@@ -63,7 +63,7 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     /* the dataset (once), then the dry run on its shape: a bad preset,
      * layer or preprocessing choice is a 422 here, not a failed job later */
-    int dim = 0, is_int = 0;
+    int dim = 0, is_int = 0, shape[3] = {0, 0, 0};
     double vmin = 0, vmax = 0;
     if (j.dataset_id[0]) {
         cJSON *ds = NULL;
@@ -88,9 +88,12 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         dim = (int)d64;
         vmin = lo;
         vmax = hi;
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(ds, "shape");
+        for (int k = 0; k < 3 && cJSON_GetArraySize(sh) == 3; k++)
+            shape[k] = cJSON_GetArrayItem(sh, k)->valueint;
         cJSON_Delete(ds);
     }
-    if (nf_job_check(&j, dim, is_int, vmin, vmax, err, sizeof err)) {
+    if (nf_job_check(&j, dim, shape, is_int, vmin, vmax, err, sizeof err)) {
         nf_job_free(&j);
         return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     }
@@ -388,6 +391,8 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
                              "datasets are text/csv, application/x-npy, application/json, application/x-idx "
                              "or application/octet-stream (detected); got %s", ct);
     }
+    int shape[3]; /* ?shape=C,H,W: the image shape of a row, for formats that cannot say it */
+    if (fd_query_shape_or_reply(r, "shape", shape)) return MHD_YES;
     if (!r->len) return fd_send_error(r, 422, "invalid_input", NULL, "the body is empty");
     fd_db *db = fd_req_db(r);
     if (!db) return MHD_YES;
@@ -395,6 +400,22 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     char err[400] = "";
     int rc = nf_data_load(r->body, r->len, fmt, &d, err, sizeof err);
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    if (shape[0]) { /* declared: overrides the file's own, and must hold one row */
+        int64_t p = (int64_t)shape[0] * shape[1];
+        if (p <= d.d) p *= shape[2];
+        if (p != d.d) {
+            cJSON *det = cJSON_CreateObject();
+            cJSON_AddItemToObject(det, "shape", cJSON_CreateIntArray(shape, 3));
+            cJSON_AddNumberToObject(det, "dim", d.d);
+            enum MHD_Result ret = fd_send_error(
+                r, 422, "invalid_input", det,
+                "?shape=%d,%d,%d holds %.0f values a row, but the rows have %d values (dim %d)",
+                shape[0], shape[1], shape[2], (double)shape[0] * shape[1] * shape[2], d.d, d.d);
+            nf_data_free(&d);
+            return ret;
+        }
+        memcpy(d.shape, shape, sizeof d.shape);
+    }
     fname = nf_data_format_name(fmt == NF_DATA_AUTO ? nf_data_detect(r->body, r->len) : fmt);
     char sha[65];
     fd_sha256_hex(r->body, r->len, sha);
@@ -403,7 +424,7 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
 #error "the daemon is built in float32"
 #endif
     cJSON *out = NULL;
-    rc = fd_db_dataset_add(db, name, fname, d.n, d.d, d.is_integer, d.vmin, d.vmax, sha, rows, &out, err, sizeof err);
+    rc = fd_db_dataset_add(db, name, fname, d.n, d.d, d.shape, d.is_integer, d.vmin, d.vmax, sha, rows, &out, err, sizeof err);
     nf_data_free(&d);
     if (rc) return fd_send_db_error(r, rc, err);
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(out, "id");

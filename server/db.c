@@ -508,6 +508,14 @@ int fd_db_models_list(fd_db *db, cJSON **out, char *err, size_t errlen) {
     return r;
 }
 
+/* o["shape"]: the flow config's "shape" ([C,H,W], the image shape of a
+ * row), or null when the config has none */
+static void add_shape_of(cJSON *o, const cJSON *config) {
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(config, "shape");
+    if (cJSON_IsArray(sh) && cJSON_GetArraySize(sh) == 3) cJSON_AddItemToObject(o, "shape", cJSON_Duplicate(sh, 1));
+    else cJSON_AddNullToObject(o, "shape");
+}
+
 int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t errlen) {
     *out = NULL;
     sqlite3_stmt *st = Q(db, "SELECT id, created_at FROM models WHERE name = ?1");
@@ -544,7 +552,9 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
         cJSON_AddNumberToObject(o, "context_dim", sqlite3_column_int(st, 3));
         cJSON_AddNumberToObject(o, "size_bytes", (double)sqlite3_column_int64(st, 4));
         cJSON_AddStringToObject(o, "sha256", col_text(st, 5));
-        cJSON_AddItemToObject(o, "config", col_json(st, 6));
+        cJSON *cfg = col_json(st, 6);
+        cJSON_AddItemToObject(o, "config", cfg);
+        add_shape_of(o, cfg);
         cJSON_AddItemToObject(o, "preprocess", col_json(st, 7));
         cJSON_AddItemToObject(o, "metrics", col_json(st, 8));
         if (sqlite3_column_type(st, 9) == SQLITE_NULL) cJSON_AddNullToObject(o, "job_id");
@@ -555,6 +565,9 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
     done(st);
     if (latest) cJSON_AddNumberToObject(root, "latest_version", latest);
     else cJSON_AddNullToObject(root, "latest_version");
+    /* the latest version's image shape, or null */
+    add_shape_of(root, cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1),
+                                                        "config"));
     cJSON_AddItemToObject(root, "versions", arr);
     if (r) cJSON_Delete(root);
     else *out = root;
@@ -748,14 +761,29 @@ static void bswap32_copy(void *dst, const void *src, size_t n) {
     }
 }
 
+/* The image shape in columns i, i+1, i+2 (shape_c, shape_h, shape_w) into
+ * shape; 1 when stored, 0 (all zero) when NULL. */
+static int col_shape(sqlite3_stmt *st, int i, int shape[3]) {
+    for (int k = 0; k < 3; k++)
+        shape[k] = sqlite3_column_type(st, i + k) == SQLITE_NULL ? 0 : sqlite3_column_int(st, i + k);
+    if (shape[0] > 0 && shape[1] > 0 && shape[2] > 0) return 1;
+    shape[0] = shape[1] = shape[2] = 0;
+    return 0;
+}
+
+#define DATASET_COLS "id, name, format, rows, dim, is_integer, vmin, vmax, sha256, created_at, " \
+                     "shape_c, shape_h, shape_w"
 static cJSON *dataset_row_json(sqlite3_stmt *st) {
-    /* columns: id, name, format, rows, dim, is_integer, vmin, vmax, sha256, created_at */
+    /* columns: DATASET_COLS */
     cJSON *o = cJSON_CreateObject();
+    int shape[3];
     cJSON_AddStringToObject(o, "id", col_text(st, 0));
     cJSON_AddStringToObject(o, "name", col_text(st, 1));
     cJSON_AddStringToObject(o, "format", col_text(st, 2));
     cJSON_AddNumberToObject(o, "rows", (double)sqlite3_column_int64(st, 3));
     cJSON_AddNumberToObject(o, "dim", sqlite3_column_int(st, 4));
+    if (col_shape(st, 10, shape)) cJSON_AddItemToObject(o, "shape", cJSON_CreateIntArray(shape, 3));
+    else cJSON_AddNullToObject(o, "shape");
     cJSON_AddBoolToObject(o, "is_integer", sqlite3_column_int(st, 5) != 0);
     cJSON_AddNumberToObject(o, "min", sqlite3_column_double(st, 6));
     cJSON_AddNumberToObject(o, "max", sqlite3_column_double(st, 7));
@@ -765,11 +793,15 @@ static cJSON *dataset_row_json(sqlite3_stmt *st) {
 }
 
 int fd_db_dataset_add(fd_db *db, const char *name, const char *format, int64_t rows, int dim,
-                      int is_integer, double vmin, double vmax, const char *sha256,
-                      const float *data, cJSON **out, char *err, size_t errlen) {
+                      const int shape[3], int is_integer, double vmin, double vmax,
+                      const char *sha256, const float *data, cJSON **out, char *err,
+                      size_t errlen) {
     if (out) *out = NULL;
+    int has_shape = shape && (shape[0] || shape[1] || shape[2]);
     if (!name || !format || !sha256 || !data || rows < 1 || dim < 1 ||
-        (uint64_t)rows > (uint64_t)INT64_MAX / 4 / (uint64_t)dim) {
+        (uint64_t)rows > (uint64_t)INT64_MAX / 4 / (uint64_t)dim ||
+        (has_shape && (shape[0] < 1 || shape[1] < 1 || shape[2] < 1 ||
+                       (int64_t)shape[0] * shape[1] * shape[2] != dim))) {
         seterr(err, errlen, "bad dataset arguments");
         return FD_EINVAL;
     }
@@ -786,8 +818,8 @@ int fd_db_dataset_add(fd_db *db, const char *name, const char *format, int64_t r
         blob = le;
     }
     sqlite3_stmt *st = Q(db, "INSERT INTO datasets (id, name, format, rows, dim, is_integer, "
-                             "vmin, vmax, sha256, data) "
-                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+                             "vmin, vmax, sha256, data, shape_c, shape_h, shape_w) "
+                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
     if (!st) {
         free(le);
         return prep_fail(db, err, errlen);
@@ -811,6 +843,10 @@ int fd_db_dataset_add(fd_db *db, const char *name, const char *format, int64_t r
         sqlite3_bind_double(st, 8, isfinite(vmax) ? vmax : 0);
         bind_text(st, 9, sha256);
         sqlite3_bind_blob64(st, 10, blob, (sqlite3_uint64)nbytes, SQLITE_STATIC);
+        for (int k = 0; k < 3; k++) {
+            if (has_shape) sqlite3_bind_int(st, 11 + k, shape[k]);
+            else sqlite3_bind_null(st, 11 + k);
+        }
         int rc = sqlite3_step(st);
         /* an id collision (2^-64 per pair) gets a fresh id */
         if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
@@ -828,8 +864,8 @@ int fd_db_dataset_add(fd_db *db, const char *name, const char *format, int64_t r
 
 int fd_db_datasets_list(fd_db *db, cJSON **out, char *err, size_t errlen) {
     *out = NULL;
-    sqlite3_stmt *st = Q(db, "SELECT id, name, format, rows, dim, is_integer, vmin, vmax, sha256, "
-                             "created_at FROM datasets ORDER BY created_at DESC, rowid DESC");
+    sqlite3_stmt *st = Q(db, "SELECT " DATASET_COLS " FROM datasets "
+                             "ORDER BY created_at DESC, rowid DESC");
     if (!st) return prep_fail(db, err, errlen);
     cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "datasets");
     int rc;
@@ -843,8 +879,7 @@ int fd_db_datasets_list(fd_db *db, cJSON **out, char *err, size_t errlen) {
 
 int fd_db_dataset_get(fd_db *db, const char *id, cJSON **out, char *err, size_t errlen) {
     *out = NULL;
-    sqlite3_stmt *st = Q(db, "SELECT id, name, format, rows, dim, is_integer, vmin, vmax, sha256, "
-                             "created_at FROM datasets WHERE id = ?1");
+    sqlite3_stmt *st = Q(db, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?1");
     if (!st) return prep_fail(db, err, errlen);
     bind_text(st, 1, id);
     int rc = sqlite3_step(st), r = 0;
@@ -858,10 +893,11 @@ int fd_db_dataset_get(fd_db *db, const char *id, cJSON **out, char *err, size_t 
 }
 
 int fd_db_dataset_data(fd_db *db, const char *id, float **data, int64_t *rows, int *dim,
-                       int *is_integer, double *vmin, double *vmax, char *err, size_t errlen) {
+                       int shape[3], int *is_integer, double *vmin, double *vmax, char *err,
+                       size_t errlen) {
     *data = NULL;
-    sqlite3_stmt *st = Q(db, "SELECT rows, dim, is_integer, vmin, vmax, data FROM datasets "
-                             "WHERE id = ?1");
+    sqlite3_stmt *st = Q(db, "SELECT rows, dim, is_integer, vmin, vmax, data, shape_c, shape_h, "
+                             "shape_w FROM datasets WHERE id = ?1");
     if (!st) return prep_fail(db, err, errlen);
     bind_text(st, 1, id);
     int rc = sqlite3_step(st), r = 0;
@@ -890,6 +926,7 @@ int fd_db_dataset_data(fd_db *db, const char *id, float **data, int64_t *rows, i
             if (is_integer) *is_integer = sqlite3_column_int(st, 2);
             if (vmin) *vmin = sqlite3_column_double(st, 3);
             if (vmax) *vmax = sqlite3_column_double(st, 4);
+            if (shape) col_shape(st, 6, shape);
         }
     }
     done(st);

@@ -55,9 +55,11 @@ char *fd_db_schema_dump(fd_db *db);
 /* ---- models ---------------------------------------------------------------- */
 /* {"models":[{"name","latest_version","dim","context_dim","created_at"}]} by name */
 int fd_db_models_list(fd_db *db, cJSON **out, char *err, size_t errlen);
-/* {"name","created_at","latest_version","versions":[{"version","created_at","dim",
- *  "context_dim","size_bytes","sha256","config":{},"preprocess":{},"metrics":{},
- *  "job_id"}]}; versions ascending; job_id is the job's id as a string, or null. */
+/* {"name","created_at","latest_version","shape","versions":[{"version","created_at",
+ *  "dim","context_dim","shape","size_bytes","sha256","config":{},"preprocess":{},
+ *  "metrics":{},"job_id"}]}; versions ascending; job_id is the job's id as a string,
+ *  or null; "shape" is the config's image shape [C,H,W] or null (at the top:
+ *  the latest version's). */
 int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t errlen);
 /* Deletes the model and all its versions.  FD_ENOTFOUND if absent. */
 int fd_db_model_delete(fd_db *db, const char *name, char *err, size_t errlen);
@@ -82,16 +84,21 @@ int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, s
 
 /* ---- datasets ----------------------------------------------------------------- */
 /* Store rows (rows, dim) float32 (borrowed); sha256 of the uploaded bytes (hex).
- * out gets {"id","name","rows","dim","sha256","format","created_at"}. */
+ * shape: the image shape [C,H,W] of a row (C*H*W == dim), or NULL / all
+ * zero when it has none.  out gets {"id","name","rows","dim","shape",
+ * "sha256","format","created_at"} ("shape" [C,H,W] or null). */
 int fd_db_dataset_add(fd_db *db, const char *name, const char *format, int64_t rows, int dim,
-                      int is_integer, double vmin, double vmax, const char *sha256,
-                      const float *data, cJSON **out, char *err, size_t errlen);
+                      const int shape[3], int is_integer, double vmin, double vmax,
+                      const char *sha256, const float *data, cJSON **out, char *err,
+                      size_t errlen);
 /* {"datasets":[...]} newest first, without the data */
 int fd_db_datasets_list(fd_db *db, cJSON **out, char *err, size_t errlen);
 int fd_db_dataset_get(fd_db *db, const char *id, cJSON **out, char *err, size_t errlen);
-/* The rows: *data malloc'd float32 (rows, dim). */
+/* The rows: *data malloc'd float32 (rows, dim); shape (may be NULL) gets
+ * the stored image shape, all zero when none. */
 int fd_db_dataset_data(fd_db *db, const char *id, float **data, int64_t *rows, int *dim,
-                       int *is_integer, double *vmin, double *vmax, char *err, size_t errlen);
+                       int shape[3], int *is_integer, double *vmin, double *vmax, char *err,
+                       size_t errlen);
 int fd_db_dataset_delete(fd_db *db, const char *id, char *err, size_t errlen);
 
 /* ---- jobs ------------------------------------------------------------------------- */

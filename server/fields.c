@@ -90,6 +90,28 @@ int fd_query_int_or_reply(fd_req *r, const char *key, int def, int lo, int hi, i
     return 0;
 }
 
+int fd_query_shape_or_reply(fd_req *r, const char *key, int shape[3]) {
+    const char *q = fd_req_query(r, key);
+    shape[0] = shape[1] = shape[2] = 0;
+    if (!q) return 0;
+    char buf[64];
+    int k = 0, ok = strlen(q) < sizeof buf;
+    if (ok) {
+        snprintf(buf, sizeof buf, "%s", q);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, ",", &save); t && ok; t = strtok_r(NULL, ",", &save)) {
+            int64_t v;
+            if (k >= 3 || nf_parse_i64(t, 1, INT32_MAX, &v)) ok = 0;
+            else shape[k++] = (int)v;
+        }
+    }
+    if (ok && k == 3 && q[strlen(q) - 1] != ',' && !strstr(q, ",,")) return 0;
+    shape[0] = shape[1] = shape[2] = 0;
+    fd_send_error(r, 400, "invalid_argument", NULL,
+                  "%s must be three positive integers C,H,W (channels, height, width), e.g. 1,28,28", key);
+    return -1;
+}
+
 int fd_query_bool_or_reply(fd_req *r, const char *key, int def, int *out) {
     const char *q = fd_req_query(r, key);
     if (!q) {

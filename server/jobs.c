@@ -340,10 +340,10 @@ static void finish(fd_worker *w, int64_t id, const char *state, const char *msg)
 static int load_dataset(fd_worker *w, const char *dsid, nf_data *out, char *msg, size_t msglen) {
     float *x = NULL;
     int64_t rows = 0;
-    int dim = 0, is_int = 0;
+    int dim = 0, is_int = 0, shape[3];
     double vmin = 0, vmax = 0;
     char err[256] = "";
-    int rc = fd_db_dataset_data(w->db, dsid, &x, &rows, &dim, &is_int, &vmin, &vmax, err,
+    int rc = fd_db_dataset_data(w->db, dsid, &x, &rows, &dim, shape, &is_int, &vmin, &vmax, err,
                                 sizeof err);
     if (rc == FD_ENOTFOUND) {
         snprintf(msg, msglen, "dataset %s not found (deleted?)", dsid);
@@ -363,6 +363,7 @@ static int load_dataset(fd_worker *w, const char *dsid, nf_data *out, char *msg,
     out->is_integer = is_int;
     out->vmin = vmin;
     out->vmax = vmax;
+    memcpy(out->shape, shape, sizeof out->shape);
     return 0;
 }
 

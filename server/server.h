@@ -216,6 +216,8 @@ int fd_query_i64_or_reply(fd_req *r, const char *key, int64_t def, int64_t lo, i
                           int64_t *out);
 int fd_query_int_or_reply(fd_req *r, const char *key, int def, int lo, int hi, int *out);
 int fd_query_bool_or_reply(fd_req *r, const char *key, int def, int *out);
+/* key=C,H,W (an image shape): three integers >= 1; all zero when absent */
+int fd_query_shape_or_reply(fd_req *r, const char *key, int shape[3]);
 
 /* Route handlers (api_*.c).  args: the {x} segments captured by routing,
  * in the order of the route's pattern. */

@@ -89,7 +89,7 @@ typedef struct {
     const char *spec;
     int unit; /* data(x, unit) */
 } fa_spec;
-enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_NSPECS };
+enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_CONV, FA_NSPECS };
 static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_COUPLING] = {"{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
                      "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
@@ -103,6 +103,11 @@ static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_NSF] = {"{\"dim\":3,\"preset\":\"nsf\",\"depth\":1,\"hidden\":[8],\"bins\":4}"},
     [FA_LOGIT] = {"{\"dim\":3,\"layers\":[{\"type\":\"logit\",\"alpha\":0.01},"
                   "{\"type\":\"affine_coupling\",\"hidden\":[8]}]}", 1},
+    /* an image of 3 channels of one pixel: the rows of D = 3 */
+    [FA_CONV] = {"{\"dim\":3,\"shape\":[3,1,1],\"layers\":[{\"type\":\"conv_coupling\","
+                 "\"hidden_channels\":4},{\"type\":\"conv_coupling\",\"mask\":\"channel_odd\","
+                 "\"transform\":\"spline\",\"bins\":4,\"net\":\"resnet\",\"hidden_channels\":3,"
+                 "\"blocks\":1}]}"},
 };
 
 /* One full life of a flow; everything it allocates is freed on every path.
@@ -271,6 +276,8 @@ TEST_T(alloc_fail_presets, 300) {
 }
 
 TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
+
+TEST_T(alloc_fail_conv_coupling, 300) { run_all_k(&fa_specs[FA_CONV]); }
 
 /* The hook costs one branch per allocation, and the per-batch calls make
  * none: log_prob, sample, log_prob_grad and the Adam step run on the

@@ -372,6 +372,81 @@ TEST(data_idx_hostile) {
     CHECK(d.x == NULL);
 }
 
+/* ---- image shapes ------------------------------------------------------------ */
+#define CHECK_SHAPE(d, c, h, w)                                                          \
+    CHECK_MSG((d).shape[0] == (c) && (d).shape[1] == (h) && (d).shape[2] == (w),       \
+              "shape [%d,%d,%d], want [%d,%d,%d]", (d).shape[0], (d).shape[1], (d).shape[2], \
+              c, h, w)
+
+/* IDX (n,H,W) is [1,H,W] and (n,C,H,W) [C,H,W]; .npy the same; other ranks,
+ * CSV and JSON rows have none; gzip keeps it, and the split parts copy it */
+TEST(data_image_shapes) {
+    unsigned char buf[1024];
+    nf_data d;
+    size_t len = idx_images(buf, 2, 3, 5); /* non-square: H 3, W 5 */
+    REQUIRE(nf_data_load_idx(buf, len, &d, err, sizeof err) == 0);
+    CHECK_EQ_INT(d.d, 15);
+    CHECK_SHAPE(d, 1, 3, 5);
+    nf_data_free(&d);
+    size_t zl;
+    unsigned char *z = gz(buf, len, &zl);
+    REQUIRE(z);
+    REQUIRE(nf_data_load(z, zl, NF_DATA_AUTO, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 1, 3, 5);
+    nf_data_free(&d);
+    free(z);
+    /* IDX with 4 dims: (2, 3, 2, 2) */
+    buf[3] = 4;
+    be32(buf + 4, 2), be32(buf + 8, 3), be32(buf + 12, 2), be32(buf + 16, 2);
+    memset(buf + 20, 9, 24);
+    REQUIRE(nf_data_load_idx(buf, 20 + 24, &d, err, sizeof err) == 0);
+    CHECK_EQ_INT(d.d, 12);
+    CHECK_SHAPE(d, 3, 2, 2);
+    nf_data_free(&d);
+    /* IDX (n, d): a table, no shape */
+    buf[3] = 2;
+    be32(buf + 4, 3), be32(buf + 8, 4);
+    REQUIRE(nf_data_load_idx(buf, 12 + 12, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 0, 0, 0);
+    nf_data_free(&d);
+
+    float f[2 * 3 * 2 * 4];
+    for (int i = 0; i < 48; i++) f[i] = (float)i;
+    len = npy_build(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2, 4), }", f, sizeof f);
+    REQUIRE(nf_data_load_npy(buf, len, &d, err, sizeof err) == 0);
+    CHECK(d.n == 2 && d.d == 24);
+    CHECK_SHAPE(d, 3, 2, 4);
+    CHECK(d.x[24 + 2 * 8 + 1 * 4 + 3] == 24 + 2 * 8 + 1 * 4 + 3); /* C-H-W order, flat */
+    nf_data_free(&d);
+    len = npy_build(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2, 6), }", f, sizeof f);
+    REQUIRE(nf_data_load_npy(buf, len, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 1, 2, 6);
+    {
+        nf_data tr, va;
+        REQUIRE(nf_data_split(&d, 0.25, 0, 1, &tr, &va, NULL) == 0);
+        CHECK_SHAPE(tr, 1, 2, 6);
+        CHECK_SHAPE(va, 1, 2, 6);
+        nf_data_free(&tr), nf_data_free(&va);
+    }
+    nf_data_free(&d);
+    len = npy_build(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 12), }", f, sizeof f);
+    REQUIRE(nf_data_load_npy(buf, len, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 0, 0, 0);
+    nf_data_free(&d);
+    len = npy_build(buf, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 2, 3, 4), }", f, sizeof f);
+    REQUIRE(nf_data_load_npy(buf, len, &d, err, sizeof err) == 0);
+    CHECK(d.d == 48);
+    CHECK_SHAPE(d, 0, 0, 0); /* 5-D: no image shape */
+    nf_data_free(&d);
+
+    REQUIRE(nf_data_load("1,2,3,4\n5,6,7,8\n", 16, NF_DATA_CSV, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 0, 0, 0);
+    nf_data_free(&d);
+    REQUIRE(nf_data_load("[[1,2,3,4]]", 11, NF_DATA_JSON, &d, err, sizeof err) == 0);
+    CHECK_SHAPE(d, 0, 0, 0);
+    nf_data_free(&d);
+}
+
 /* A gzip stream inflating past NF_DATA_MAX_INFLATE is refused (not loaded). */
 TEST_T(data_idx_gzip_bomb, 300) {
     z_stream z;

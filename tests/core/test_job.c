@@ -298,6 +298,13 @@ static void check_fields(const cJSON *root, const cJSON *obj, const nf_field *ro
                       "%s.%s: the defaults differ", path, f->name);
             break;
         }
+        case NF_FIELD_BOOL: {
+            CHECK_MSG(schema_type_is(prop, "boolean"), "%s.%s: the schema's type is not boolean", path, f->name);
+            const cJSON *def = cJSON_GetObjectItemCaseSensitive(prop, "default");
+            CHECK_MSG(cJSON_IsBool(def) && cJSON_IsTrue(def) == (f->def != 0), "%s.%s: the defaults differ", path,
+                      f->name);
+            break;
+        }
         case NF_FIELD_OBJECT: {
             CHECK_MSG(schema_type_is(prop, "object"), "%s.%s: the schema's type is not object", path, f->name);
             char sub[120];
@@ -384,15 +391,15 @@ TEST(job_check_builds_the_flow) {
     char err[300] = "";
     const char *ok = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"preset\":\"realnvp\",\"depth\":2}}";
     REQUIRE(parse(ok, &j, err, sizeof err) == 0);
-    CHECK_MSG(nf_job_check(&j, 3, 0, -1, 1, err, sizeof err) == 0, "%s", err);
-    CHECK(nf_job_check(&j, 0, 0, 0, 0, err, sizeof err) == 0);
-    CHECK(nf_job_check(&j, 1, 0, -1, 1, err, sizeof err) == NF_EINVAL); /* couplings need dim >= 2 */
+    CHECK_MSG(nf_job_check(&j, 3, NULL, 0, -1, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(nf_job_check(&j, 0, NULL, 0, 0, 0, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 1, NULL, 0, -1, 1, err, sizeof err) == NF_EINVAL); /* couplings need dim >= 2 */
     nf_job_free(&j);
     const char *dq = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"preset\":\"maf\"},"
                      "\"preprocess\":{\"dequantize\":{\"levels\":4}}}";
     REQUIRE(parse(dq, &j, err, sizeof err) == 0);
-    CHECK(nf_job_check(&j, 2, 1, 0, 3, err, sizeof err) == 0);
-    CHECK(nf_job_check(&j, 2, 1, 0, 9, err, sizeof err) == NF_EINVAL && strstr(err, "dequantize"));
+    CHECK(nf_job_check(&j, 2, NULL, 1, 0, 3, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 2, NULL, 1, 0, 9, err, sizeof err) == NF_EINVAL && strstr(err, "dequantize"));
     nf_job_free(&j);
 }
 
@@ -439,4 +446,97 @@ TEST(job_center_preprocessing) {
     CHECK(nf_job_flow_spec(&j, &d, &pp, err, sizeof err) == NULL && strstr(err, "center"));
     nf_job_free(&j);
     nf_data_free(&d);
+}
+
+/* the flow a job trains gets the dataset's image shape unless the flow
+ * gives its own, which must hold one row; a wrong one names both shapes */
+static int spec_shape(const char *job, const nf_data *tr, int shape[3], char *err, size_t n) {
+    nf_job j;
+    shape[0] = shape[1] = shape[2] = -1;
+    if (parse(job, &j, err, n)) return -1;
+    cJSON *pp = NULL;
+    char *spec = nf_job_flow_spec(&j, tr, &pp, err, n);
+    nf_job_free(&j);
+    cJSON_Delete(pp);
+    if (!spec) return -1;
+    nf_flow *f = NULL;
+    int rc = nf_flow_create(spec, &f, err, n);
+    free(spec);
+    if (rc) return -1;
+    nf_flow_shape(f, shape);
+    CHECK(nf_flow_dim(f) == tr->d);
+    nf_flow_free(f);
+    return 0;
+}
+
+TEST(job_image_shape_from_dataset_or_flow) {
+    char err[400] = "";
+    nf_data tr;
+    REQUIRE(nf_data_alloc(&tr, 3, 4, err, sizeof err) == 0);
+    for (int i = 0; i < 12; i++) tr.x[i] = (nf_real)(i % 5) / 4;
+    REQUIRE(nf_data_summarize(&tr, err, sizeof err) == 0);
+    int s[3];
+#define JOB(flow, pre) "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":" flow pre "}"
+    /* no shape anywhere: none */
+    REQUIRE(spec_shape(JOB("{\"preset\":\"realnvp\",\"depth\":1,\"hidden\":[8]}", ""), &tr, s, err, sizeof err) == 0);
+    CHECK(s[0] == 0);
+    /* the dataset's, through a preset, with standardisation and with logit in front */
+    tr.shape[0] = 1, tr.shape[1] = 2, tr.shape[2] = 2;
+    REQUIRE(spec_shape(JOB("{\"preset\":\"realnvp\",\"depth\":1,\"hidden\":[8]}", ""), &tr, s, err, sizeof err) == 0);
+    CHECK(s[0] == 1 && s[1] == 2 && s[2] == 2);
+    CHECK_MSG(spec_shape(JOB("{\"layers\":[{\"type\":\"actnorm\"}]}", ",\"preprocess\":{\"logit\":true}"), &tr, s,
+                         err, sizeof err) == 0, "%s", err);
+    CHECK(s[0] == 1 && s[1] == 2 && s[2] == 2);
+    /* the flow's own wins when it holds a row */
+    REQUIRE(spec_shape(JOB("{\"preset\":\"maf\",\"depth\":1,\"hidden\":[8],\"shape\":[4,1,1]}", ""), &tr, s, err,
+                       sizeof err) == 0);
+    CHECK(s[0] == 4 && s[1] == 1 && s[2] == 1);
+    /* one that does not: refused, naming both */
+    CHECK(spec_shape(JOB("{\"layers\":[],\"shape\":[1,3,3]}", ""), &tr, s, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "flow.shape [1, 3, 3]") && strstr(err, "9 values") && strstr(err, "[1, 2, 2]") &&
+              strstr(err, "have 4"), "%s", err);
+    tr.shape[0] = tr.shape[1] = tr.shape[2] = 0;
+    CHECK(spec_shape(JOB("{\"layers\":[],\"shape\":[1,3,3]}", ""), &tr, s, err, sizeof err) == -1);
+    CHECK_MSG(strstr(err, "no shape"), "%s", err);
+    /* a malformed one is refused when the job is parsed */
+    nf_job j;
+    CHECK(parse(JOB("{\"layers\":[],\"shape\":[1,2]}", ""), &j, err, sizeof err) == NF_EINVAL);
+    CHECK_MSG(strstr(err, "flow") && strstr(err, "shape"), "%s", err);
+    /* nf_job_check with a shape: the same */
+    REQUIRE(parse(JOB("{\"layers\":[],\"shape\":[1,3,3]}", ""), &j, err, sizeof err) == 0);
+    static const int sh4[3] = {1, 2, 2}, sh9[3] = {1, 3, 3};
+    CHECK(nf_job_check(&j, 4, sh4, 0, 0, 1, err, sizeof err) == NF_EINVAL && strstr(err, "[1, 2, 2]"));
+    CHECK_MSG(nf_job_check(&j, 9, sh9, 0, 0, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(nf_job_check(&j, 0, NULL, 0, 0, 0, err, sizeof err) == NF_EINVAL); /* built-ins: 2 columns */
+    nf_job_free(&j);
+#undef JOB
+    nf_data_free(&tr);
+}
+
+/* train.augment.hflip: parsed from the table, and refused at submission for
+ * rows without an image shape */
+TEST(job_hflip_needs_a_shape) {
+    nf_job j;
+    char err[400] = "";
+    const char *job = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\",\"depth\":1},"
+                      "\"train\":{\"augment\":{\"hflip\":true}}}";
+    REQUIRE(parse(job, &j, err, sizeof err) == 0);
+    CHECK(j.train.hflip == 1);
+    static const int sh[3] = {1, 2, 2};
+    CHECK_MSG(nf_job_check(&j, 4, sh, 0, 0, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(nf_job_check(&j, 4, NULL, 0, 0, 1, err, sizeof err) == NF_EINVAL);
+    CHECK_MSG(strstr(err, "train.augment.hflip") && strstr(err, "shape"), "%s", err);
+    CHECK(nf_job_check(&j, 0, NULL, 0, 0, 0, err, sizeof err) == NF_EINVAL); /* built-in sets: no shape */
+    nf_job_free(&j);
+    const char *off = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                      "\"train\":{\"augment\":{\"hflip\":false}}}";
+    REQUIRE(parse(off, &j, err, sizeof err) == 0);
+    CHECK(j.train.hflip == 0 && nf_job_check(&j, 4, NULL, 0, 0, 1, err, sizeof err) == 0);
+    nf_job_free(&j);
+    const char *bad = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                      "\"train\":{\"augment\":{\"hflip\":1}}}";
+    CHECK(parse(bad, &j, err, sizeof err) == NF_EINVAL && strstr(err, "hflip"));
+    const char *typo = "{\"model\":\"m\",\"dataset\":{\"id\":\"d\"},\"flow\":{\"preset\":\"realnvp\"},"
+                       "\"train\":{\"augment\":{\"vflip\":true}}}";
+    CHECK(parse(typo, &j, err, sizeof err) == NF_EINVAL && strstr(err, "vflip"));
 }

@@ -105,11 +105,15 @@ static int on_ckpt(void *u, void *state, size_t len, int64_t step) {
     return step == c->stop_at ? NF_ECANCELLED : 0;
 }
 
-static void resume_bit_identical(int threads) {
+/* hflip: the same with each training row mirrored with probability 1/2
+ * (the flow's shape [1,1,2] swaps the two columns); the flips are drawn
+ * again on resume, and they change the run */
+static void resume_bit_identical(int threads, int hflip) {
 #ifdef NF_DOUBLE
     return;
 #endif
-    const char *spec = "{\"dim\":2,\"preset\":\"glow\",\"depth\":2,\"hidden\":[16],\"base\":\"diag_normal\"}";
+    const char *spec = hflip ? "{\"shape\":[1,1,2],\"preset\":\"glow\",\"depth\":2,\"hidden\":[16],\"base\":\"diag_normal\"}"
+                             : "{\"dim\":2,\"preset\":\"glow\",\"depth\":2,\"hidden\":[16],\"base\":\"diag_normal\"}";
     double H;
     nf_real *x = gaussian_rows(3000, 5, &H), *x2 = malloc(2000 * 2 * sizeof *x2);
     for (int i = 0; i < 2000; i++) {
@@ -131,6 +135,7 @@ static void resume_bit_identical(int threads) {
     c.log_every = 0;
     c.seed = 11;
     c.threads = threads;
+    c.hflip = hflip;
     /* straight run */
     nf_flow *a = make(spec);
     nf_trainer *ta;
@@ -155,6 +160,23 @@ static void resume_bit_identical(int threads) {
     CHECK(nf_trainer_run(td, NULL) == 0);
     CHECK(nf_flow_num_params(a) == nf_flow_num_params(d));
     CHECK(memcmp(nf_flow_params(a), nf_flow_params(d), nf_flow_num_params(a) * sizeof(nf_real)) == 0);
+    if (hflip) { /* the flips changed the run: without them the parameters differ */
+        nf_train_config c0 = c;
+        c0.hflip = 0;
+        nf_flow *e = make(spec);
+        nf_trainer *te;
+        REQUIRE(nf_trainer_create(e, &c0, x2, 1700, x2 + 1700 * 2, 300, &te, err, sizeof err) == 0);
+        CHECK(nf_trainer_run(te, NULL) == 0);
+        CHECK(memcmp(nf_flow_params(a), nf_flow_params(e), nf_flow_num_params(a) * sizeof(nf_real)) != 0);
+        /* and a state of the run without flips does not resume one with them */
+        void *blob;
+        size_t len;
+        REQUIRE(nf_trainer_save_state(te, &blob, &len) == 0);
+        CHECK(nf_trainer_load_state(td, blob, len) == NF_EFORMAT);
+        free(blob);
+        nf_trainer_free(te);
+        nf_flow_free(e);
+    }
     /* a corrupted or foreign state blob is refused */
     ((unsigned char *)k.blob)[k.len / 2] ^= 1;
     CHECK(nf_trainer_load_state(td, k.blob, k.len) == NF_ECORRUPT);
@@ -169,9 +191,122 @@ static void resume_bit_identical(int threads) {
     free(x2);
 }
 
-TEST_T(train_resume_is_bit_identical, 300) { resume_bit_identical(1); }
+TEST_T(train_resume_is_bit_identical, 300) { resume_bit_identical(1, 0); }
 /* with the batch split over three threads: still bit for bit */
-TEST_T(train_resume_is_bit_identical_3_threads, 300) { resume_bit_identical(3); }
+TEST_T(train_resume_is_bit_identical_3_threads, 300) { resume_bit_identical(3, 0); }
+/* with hflip augmentation */
+TEST_T(train_resume_is_bit_identical_hflip, 300) { resume_bit_identical(1, 1); }
+
+/* ---- hflip augmentation -------------------------------------------------------------- */
+/* rows of shape (2,2,3): value(b, c, i, j) = 100 b + 10 (3 c + i) + j; each
+ * row comes back as it was or mirrored in every channel and image row, and
+ * about half are mirrored */
+TEST(train_hflip_mirrors_rows) {
+    enum { B = 1000, C = 2, H = 2, W = 3, D = C * H * W };
+    static const int shape[3] = {C, H, W};
+    nf_real *x = malloc((size_t)B * D * sizeof *x);
+    REQUIRE(x);
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < D; k++) x[b * D + k] = (nf_real)(100 * (b % 50) + 10 * (k / W) + k % W);
+    nf_rng r;
+    nf_rng_seed(&r, 5);
+    int n = nf_augment_hflip(x, B, shape, &r), seen = 0;
+    CHECK_MSG(n > 450 && n < 550, "%d of %d rows mirrored", n, B);
+    for (int b = 0; b < B; b++) {
+        int same = 1, mirrored = 1;
+        for (int ci = 0; ci < C * H; ci++)
+            for (int j = 0; j < W; j++) {
+                nf_real v = x[b * D + ci * W + j];
+                same &= v == (nf_real)(100 * (b % 50) + 10 * ci + j);
+                mirrored &= v == (nf_real)(100 * (b % 50) + 10 * ci + (W - 1 - j));
+            }
+        CHECK_MSG(same || mirrored, "row %d is neither itself nor its mirror image", b);
+        seen += mirrored;
+    }
+    CHECK_EQ_INT(seen, n);
+    /* known positions: channel 1, image row 0 (index 2W..3W-1) of a mirrored row is 22, 21, 20 */
+    int b = 0;
+    while (b < B && x[b * D + 2 * W] == 20 + 100 * (b % 50)) b++; /* the first mirrored row */
+    REQUIRE(b < B);
+    CHECK(x[b * D + 2 * W] == 100 * (b % 50) + 22 && x[b * D + 2 * W + 1] == 100 * (b % 50) + 21 &&
+          x[b * D + 2 * W + 2] == 100 * (b % 50) + 20);
+    CHECK(x[b * D + 0] == 100 * (b % 50) + 2 && x[b * D + 5] == 100 * (b % 50) + 10); /* channel 0 too */
+    /* the same seed draws the same flips; W = 1 changes nothing */
+    nf_rng_seed(&r, 5);
+    CHECK_EQ_INT(nf_augment_hflip(x, B, shape, &r), n);
+    for (int k = 0; k < B * D; k++) CHECK(x[k] == (nf_real)(100 * ((k / D) % 50) + 10 * ((k % D) / W) + k % W));
+    static const int one[3] = {1, 4, 1};
+    nf_real y[4] = {1, 2, 3, 4};
+    nf_rng_seed(&r, 1);
+    nf_augment_hflip(y, 1, one, &r);
+    CHECK(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[3] == 4);
+    free(x);
+}
+
+/* the batches the trainer sees: images (1,2,4) whose left half is 0 and
+ * right half 1 come in both orientations with hflip, one without; the
+ * training rows themselves are never changed */
+typedef struct { long orig, mirrored, other; } orient;
+static void on_batch(void *u, const nf_real *x, int B, int D, int64_t step) {
+    orient *o = u;
+    for (int b = 0; b < B; b++) {
+        const nf_real *row = x + (size_t)b * D;
+        int l = 1, m = 1;
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 4; j++) {
+                l &= row[i * 4 + j] == (j < 2 ? 0 : 1);
+                m &= row[i * 4 + j] == (j < 2 ? 1 : 0);
+            }
+        if (l) o->orig++;
+        else if (m) o->mirrored++;
+        else o->other++;
+    }
+}
+
+TEST_T(train_hflip_batches_see_both_orientations, 120) {
+    enum { N = 400, D = 8 };
+    nf_real *x = malloc((size_t)N * D * sizeof *x), *keep = malloc((size_t)N * D * sizeof *keep);
+    REQUIRE(x && keep);
+    for (int i = 0; i < N * D; i++) x[i] = (nf_real)((i % 4) >= 2);
+    memcpy(keep, x, (size_t)N * D * sizeof *x);
+    const char *spec = "{\"shape\":[1,2,4],\"layers\":[{\"type\":\"affine_coupling\",\"hidden\":[8]}]}";
+    for (int hflip = 0; hflip < 2; hflip++) {
+        nf_flow *f = make(spec);
+        REQUIRE(f);
+        nf_train_config c;
+        nf_train_config_default(&c);
+        c.epochs = 2;
+        c.batch_size = 50;
+        c.log_every = 0;
+        c.seed = 3;
+        c.hflip = hflip;
+        nf_trainer *t;
+        char err[200];
+        REQUIRE(nf_trainer_create(f, &c, x, 300, x + 300 * D, 100, &t, err, sizeof err) == 0);
+        orient o = {0, 0, 0};
+        nf_train_hooks h = {.user = &o, .batch = on_batch};
+        CHECK(nf_trainer_run(t, &h) == 0);
+        CHECK_EQ_INT(o.orig + o.mirrored + o.other, 2 * 300);
+        CHECK_EQ_INT(o.other, 0);
+        if (hflip) CHECK_MSG(o.orig > 200 && o.mirrored > 200, "%ld as stored, %ld mirrored", o.orig, o.mirrored);
+        else CHECK_EQ_INT(o.mirrored, 0);
+        CHECK(memcmp(x, keep, (size_t)N * D * sizeof *x) == 0);
+        nf_trainer_free(t);
+        nf_flow_free(f);
+    }
+    /* a flow without a shape cannot mirror: refused */
+    nf_flow *f = make("{\"dim\":8,\"layers\":[{\"type\":\"actnorm\"}]}");
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.hflip = 1;
+    nf_trainer *t = NULL;
+    char err[200] = "";
+    CHECK(nf_trainer_create(f, &c, x, 300, NULL, 0, &t, err, sizeof err) == NF_EINVAL && t == NULL);
+    CHECK_MSG(strstr(err, "hflip") && strstr(err, "shape"), "%s", err);
+    nf_flow_free(f);
+    free(x);
+    free(keep);
+}
 
 /* Early stopping keeps the best: train on data, validate on a shifted set
  * so validation worsens as training fits; the final parameters give the

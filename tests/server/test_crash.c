@@ -231,7 +231,7 @@ TEST_T(crash_kill9_rounds_keep_acknowledged_work, 240) {
         int64_t rows = 0;
         int dim = 0, isint = 0;
         double lo, hi;
-        int rc = fd_db_dataset_data(db, ups[i].id, &x, &rows, &dim, &isint, &lo, &hi, err, sizeof err);
+        int rc = fd_db_dataset_data(db, ups[i].id, &x, &rows, &dim, NULL, &isint, &lo, &hi, err, sizeof err);
         CHECK_MSG(rc == 0, "acknowledged dataset %s: %s", ups[i].id, err);
         if (!rc) {
             CHECK_EQ_INT(rows, ups[i].rows);

@@ -446,7 +446,7 @@ TEST(db_datasets_roundtrip) {
     char sha[65];
     fd_sha256_hex("raw upload bytes", 16, sha);
     cJSON *o = NULL;
-    CHECK_EQ_INT(fd_db_dataset_add(db, "moons-ish", "csv", R, D, 0, -17.0, 20.5, sha, x, &o, err,
+    CHECK_EQ_INT(fd_db_dataset_add(db, "moons-ish", "csv", R, D, NULL, 0, -17.0, 20.5, sha, x, &o, err,
                                    sizeof err),
                  0);
     REQUIRE(o);
@@ -462,11 +462,17 @@ TEST(db_datasets_roundtrip) {
     CHECK(jstr(o, "name") && !strcmp(jstr(o, "name"), "moons-ish"));
     CHECK(jstr(o, "format") && !strcmp(jstr(o, "format"), "csv"));
     CHECK(jstr(o, "created_at") != NULL);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "shape")));
     cJSON_Delete(o);
     float y8[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    CHECK_EQ_INT(fd_db_dataset_add(db, "pixels", "idx", 2, 4, 1, 0, 255, sha, y8, NULL, err,
+    static const int px_shape[3] = {1, 2, 2};
+    CHECK_EQ_INT(fd_db_dataset_add(db, "pixels", "idx", 2, 4, px_shape, 1, 0, 255, sha, y8, NULL, err,
                                    sizeof err),
                  0);
+    static const int bad_shape[3] = {1, 2, 3}; /* 6 values, the rows hold 4 */
+    CHECK_EQ_INT(fd_db_dataset_add(db, "pixels", "idx", 2, 4, bad_shape, 1, 0, 255, sha, y8, NULL, err,
+                                   sizeof err),
+                 FD_EINVAL);
     CHECK_EQ_INT(fd_db_datasets_list(db, &o, err, sizeof err), 0);
     REQUIRE(o);
     const cJSON *it, *arr = cJSON_GetObjectItemCaseSensitive(o, "datasets");
@@ -474,7 +480,14 @@ TEST(db_datasets_roundtrip) {
     int k = 0;
     cJSON_ArrayForEach(it, arr) {
         CHECK(!jhas(it, "data"));
-        if (k == 0) CHECK(jstr(it, "name") && !strcmp(jstr(it, "name"), "pixels")); /* newest */
+        if (k == 0) { /* newest */
+            CHECK(jstr(it, "name") && !strcmp(jstr(it, "name"), "pixels"));
+            const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+            CHECK(cJSON_GetArraySize(sh) == 3 && cJSON_GetArrayItem(sh, 0)->valueint == 1 &&
+                  cJSON_GetArrayItem(sh, 1)->valueint == 2 && cJSON_GetArrayItem(sh, 2)->valueint == 2);
+        } else {
+            CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(it, "shape")));
+        }
         k++;
     }
     cJSON_Delete(o);
@@ -483,9 +496,9 @@ TEST(db_datasets_roundtrip) {
     cJSON_Delete(o);
     float *y = NULL;
     int64_t rows = 0;
-    int dim = 0, isint = -1;
+    int dim = 0, isint = -1, shape[3] = {9, 9, 9};
     double lo = 0, hi = 0;
-    CHECK_EQ_INT(fd_db_dataset_data(db, id, &y, &rows, &dim, &isint, &lo, &hi, err, sizeof err), 0);
+    CHECK_EQ_INT(fd_db_dataset_data(db, id, &y, &rows, &dim, shape, &isint, &lo, &hi, err, sizeof err), 0);
     REQUIRE(y);
     CHECK_EQ_INT(rows, R);
     CHECK_EQ_INT(dim, D);
@@ -493,13 +506,71 @@ TEST(db_datasets_roundtrip) {
     CHECK_CLOSE(lo, -17.0, 0, 0);
     CHECK_CLOSE(hi, 20.5, 0, 0);
     CHECK(!memcmp(x, y, sizeof(float) * R * D));
+    CHECK(shape[0] == 0 && shape[1] == 0 && shape[2] == 0);
     free(y);
     CHECK_EQ_INT(fd_db_dataset_delete(db, id, err, sizeof err), 0);
     CHECK_EQ_INT(fd_db_dataset_delete(db, id, err, sizeof err), FD_ENOTFOUND);
     CHECK_EQ_INT(fd_db_dataset_get(db, id, &o, err, sizeof err), FD_ENOTFOUND);
-    CHECK_EQ_INT(fd_db_dataset_data(db, id, &y, &rows, &dim, &isint, &lo, &hi, err, sizeof err),
+    CHECK_EQ_INT(fd_db_dataset_data(db, id, &y, &rows, &dim, shape, &isint, &lo, &hi, err, sizeof err),
                  FD_ENOTFOUND);
     free(x);
+    fd_db_close(db);
+    tmp_remove(&t);
+}
+
+/* Rows written under schema 0001 survive 0002 (the dataset shape columns):
+ * a 0001 database with a dataset migrates, the old row reads back with
+ * shape null, and a shaped dataset stored after it reads back its shape. */
+typedef struct { int version; const char *name; const char *sql; size_t len; } fd_migration;
+extern const fd_migration fd_migrations[]; /* build/<v>/gen/migrations.c */
+extern const int fd_migrations_count;
+
+TEST(db_datasets_survive_shape_migration) {
+    REQUIRE(fd_migrations_count >= 2 && fd_migrations[0].version == 1 && fd_migrations[1].version == 2);
+    tmpdb t;
+    tmp_make(&t);
+    char hex[65], sql[1024];
+    fd_sha256_hex(fd_migrations[0].sql, fd_migrations[0].len, hex);
+    REQUIRE(raw_exec(t.path, fd_migrations[0].sql) == SQLITE_OK);
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE flowd_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+             "sha256 TEXT NOT NULL, applied_at TEXT NOT NULL);"
+             "INSERT INTO flowd_migrations VALUES (1, '%s', '%s', '2026-01-01T00:00:00.000Z');"
+             "INSERT INTO datasets (id, name, format, rows, dim, is_integer, vmin, vmax, sha256, data) "
+             "VALUES ('ds_00000000000000aa', 'old', 'csv', 2, 1, 1, 1, 2, 'x', x'0000803f00000040');",
+             fd_migrations[0].name, hex);
+    REQUIRE(raw_exec(t.path, sql) == SQLITE_OK);
+    fd_db *db = NULL;
+    char err[512] = "";
+    REQUIRE(fd_db_open(t.path, &db, err, sizeof err) == 0);
+    int applied = -1;
+    CHECK_MSG(fd_db_migrate(db, &applied, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(applied, fd_migrations_count - 1);
+    cJSON *o = NULL;
+    CHECK_EQ_INT(fd_db_dataset_get(db, "ds_00000000000000aa", &o, err, sizeof err), 0);
+    CHECK(o && jnum(o, "rows") == 2 && jnum(o, "dim") == 1);
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "shape")));
+    cJSON_Delete(o);
+    float *y = NULL;
+    int64_t rows = 0;
+    int dim = 0, shape[3] = {7, 7, 7};
+    CHECK_EQ_INT(fd_db_dataset_data(db, "ds_00000000000000aa", &y, &rows, &dim, shape, NULL, NULL, NULL, err,
+                                    sizeof err), 0);
+    CHECK(y && y[0] == 1.0f && y[1] == 2.0f && shape[0] == 0 && shape[2] == 0);
+    free(y);
+    /* a shaped dataset next to it */
+    static const int sh[3] = {3, 1, 2};
+    float x6[12] = {0};
+    char id[32] = "";
+    CHECK_EQ_INT(fd_db_dataset_add(db, "rgb", "npy", 2, 6, sh, 0, 0, 0, hex, x6, &o, err, sizeof err), 0);
+    if (o && jstr(o, "id")) snprintf(id, sizeof id, "%s", jstr(o, "id"));
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(o, "shape");
+    CHECK(cJSON_GetArraySize(js) == 3 && cJSON_GetArrayItem(js, 0)->valueint == 3 &&
+          cJSON_GetArrayItem(js, 2)->valueint == 2);
+    cJSON_Delete(o);
+    CHECK_EQ_INT(fd_db_dataset_data(db, id, &y, &rows, &dim, shape, NULL, NULL, NULL, err, sizeof err), 0);
+    CHECK(shape[0] == 3 && shape[1] == 1 && shape[2] == 2 && dim == 6);
+    free(y);
     fd_db_close(db);
     tmp_remove(&t);
 }

@@ -432,7 +432,7 @@ TEST_T(jobs_uploaded_dataset, 60) {
     char sha[65];
     fd_sha256_hex(x, sizeof(float) * 2 * N, sha);
     cJSON *ds = NULL;
-    int rc = fd_db_dataset_add(t.db, "gauss", "csv", N, 2, 0, vmin, vmax, sha, x, &ds, err,
+    int rc = fd_db_dataset_add(t.db, "gauss", "csv", N, 2, NULL, 0, vmin, vmax, sha, x, &ds, err,
                                sizeof err);
     free(x);
     REQUIRE(rc == 0);
