@@ -246,6 +246,11 @@ int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_
     if (j->val_fraction + j->test_fraction >= 0.95)
         FAIL("train: val_fraction + test_fraction must leave rows to train on");
     if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen))) goto out;
+    const cJSON *pp = nf_json_get(o, "preprocess");
+    j->dequantize_given = nf_json_get(pp, "dequantize") != NULL;
+    j->scaling_given = nf_json_get(pp, "standardize") || nf_json_get(pp, "logit") ||
+                       nf_json_get(pp, "center");
+    j->batch_given = nf_json_get(nf_json_get(o, "train"), "batch_size") != NULL;
     if (j->standardize < 0) j->standardize = !j->logit && !j->center;
     j->train.dequantize = j->dequantize;
     j->train.levels = j->levels;
@@ -265,6 +270,26 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
     int rc = nf_job_from_json(o, allow_path, j, err, errlen);
     cJSON_Delete(o);
     return rc;
+}
+
+const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp) {
+    int shape[3];
+    int has_shape = d->shape[0] > 0 || (nf_shape_parse(j->flow, 0, shape, NULL, 0) == 0 && shape[0]);
+    if (!has_shape || !nf_flow_spec_is_image(j->flow)) return j;
+    *tmp = *j;
+    if (!j->dequantize_given && d->is_integer && d->vmin >= 0 && d->vmax <= 255) {
+        tmp->dequantize = 1;
+        tmp->levels = 256;
+        tmp->train.dequantize = 1;
+        tmp->train.levels = 256;
+    }
+    if (!j->scaling_given) {
+        tmp->center = 1;
+        tmp->standardize = 0;
+        tmp->logit = 0;
+    }
+    if (!j->batch_given) tmp->train.batch_size = 64;
+    return tmp;
 }
 
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
@@ -287,6 +312,8 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
     probe.is_integer = is_integer;
     probe.vmin = vmin;
     probe.vmax = vmax;
+    nf_job img;
+    j = nf_job_image_defaults(j, &probe, &img);
     cJSON *pp = NULL;
     nf_flow *f = NULL;
     char ferr[300] = "";
@@ -513,6 +540,8 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen) {
     memset(res, 0, sizeof *res);
+    nf_job img;
+    j = nf_job_image_defaults(j, all, &img);
     nf_data tr = {0}, va = {0}, te = {0};
     nf_flow *f = NULL, *q = NULL;
     nf_trainer *t = NULL;

@@ -65,6 +65,8 @@ typedef struct nf_job {
     int logit;
     double logit_alpha;
     int center;            /* preprocess.center: [0, levels] or [0, 1] to [-1/2, 1/2] */
+    /* what the job gave, for the defaults of image flows (nf_job_image_defaults) */
+    int dequantize_given, scaling_given, batch_given;
 } nf_job;
 
 /* allow_path: accept {"path":...} datasets (offline CLI).  On failure the
@@ -92,6 +94,14 @@ extern const nf_field nf_job_train_fields[];
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
                  double vmax, char *err, size_t errlen);
 void nf_job_free(nf_job *j);
+/* Image flows (the image presets, or layer lists with image layers, on rows
+ * with a shape from the flow or the dataset) have their own defaults for
+ * what the job leaves out: uniform dequantization with 256 levels for
+ * integer data in [0, 255], "center" scaling, and batch_size 64 -- what
+ * Glow and RealNVP train with.  Returns j itself, or tmp filled as a
+ * shallow copy of j with those defaults (owning nothing: not to be freed)
+ * when they apply to rows of dataset d (its shape, integrality and range). */
+const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp);
 /* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */
 int nf_valid_name(const char *s);
 

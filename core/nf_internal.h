@@ -134,6 +134,10 @@ int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t er
  * spec {"dim", "seed", "layers":[...], ...} (*out, the caller's to delete).
  * Returns 0, NF_EINVAL with a message in err, or NF_ENOMEM. */
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
+/* 1 when a flow spec ({"preset"...} or {"layers":[...]}) is an image
+ * architecture given a shape: an image preset without vector overrides, or
+ * a layer list holding an image layer */
+int nf_flow_spec_is_image(const cJSON *spec);
 /* the name of preset i (0, 1, ...; table order), NULL past the last */
 const char *nf_preset_name(int i);
 
