@@ -46,6 +46,7 @@ const nf_layer_kind nf_layer_kinds[] = {
     {"squeeze", nf_squeeze_create},
     {"channel_actnorm", nf_channel_actnorm_create},
     {"invconv", nf_invconv_create},
+    {"conv_coupling", nf_conv_coupling_create},
     {NULL, NULL},
 };
 

@@ -10,9 +10,11 @@
  * workspace), kern.c/kern.h (hand-written kernels).  Layers: one
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
- * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c -- on
- * the conditioner networks of net.c (made_inc.h: incremental MADE), and
- * base.c for the base distributions.  Flow and presets: flow.c (the layer
+ * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
+ * the scalar spline), conv_coupling.c (image couplings) -- on the
+ * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c
+ * (conv.h: convolutions and convolutional networks), and base.c for the
+ * base distributions.  Flow and presets: flow.c (the layer
  * registry nf_layer_kinds, building a flow from a spec, workspaces, the
  * passes and their gradients, parameter blobs) and presets.c (a table of
  * presets expanded into explicit specs).  Then optim.c (Adam/AdamW and its
@@ -130,6 +132,7 @@ int nf_squeeze_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_channel_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 
 /* ---- LU-parameterised matrices (core/lu.c) --------------------------------
  * lu_linear and invconv hold an invertible (n,n) matrix through M = Lf Ut,

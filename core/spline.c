@@ -15,28 +15,17 @@
  * Density direction (inverse, x -> z) evaluates g in closed form; sampling
  * (forward, z -> x) solves g's quadratic with the cancellation-free root.
  * All spline arithmetic is done in double and rounded once at the end.
+ * The scalar spline (nf_rqs_*) is declared in rqs.h for the image coupling
+ * (conv_coupling.c), which applies it per pixel.
  */
 #include "alloc.h"
 #include "nf_internal.h"
 #include "made_inc.h"
+#include "rqs.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define RQS_KMAX 64
-
-typedef struct rqs_cfg {
-    int K;
-    double B, min_w, min_h, min_d;
-    double dconst; /* log(exp(1 - min_d) - 1): softplus(dconst) + min_d = 1 */
-} rqs_cfg;
-
-/* Knots of one spline, built from its theta. */
-typedef struct rqs_knots {
-    double xs[RQS_KMAX + 1], ys[RQS_KMAX + 1], ds[RQS_KMAX + 1];
-    double smw[RQS_KMAX], smh[RQS_KMAX]; /* softmaxes, kept for backward */
-} rqs_knots;
 
 static double softplus(double v) { return v > 0 ? v + log1p(exp(-v)) : log1p(exp(v)); }
 static double sigmoid(double v) {
@@ -45,7 +34,7 @@ static double sigmoid(double v) {
     return e / (1.0 + e);
 }
 
-static void rqs_cfg_set(rqs_cfg *cf, int K, double B, double min_w, double min_h, double min_d) {
+void nf_rqs_cfg_set(nf_rqs_cfg *cf, int K, double B, double min_w, double min_h, double min_d) {
     cf->K = K;
     cf->B = B;
     cf->min_w = min_w;
@@ -69,7 +58,7 @@ static void rqs_cumknots(const nf_real *u, int K, double B, double mn, double *s
     knots[K] = B;
 }
 
-static void rqs_build(const rqs_cfg *cf, const nf_real *theta, rqs_knots *kn) {
+void nf_rqs_build(const nf_rqs_cfg *cf, const nf_real *theta, nf_rqs_knots *kn) {
     int K = cf->K;
     rqs_cumknots(theta, K, cf->B, cf->min_w, kn->smw, kn->xs);
     rqs_cumknots(theta + K, K, cf->B, cf->min_h, kn->smh, kn->ys);
@@ -102,7 +91,7 @@ static double rqs_logderiv(double s, double d0, double d1, double xi) {
 
 /* Density direction: z = g(x) = y_k + h (s xi^2 + d0 xi(1-xi)) / (s + (d0+d1-2s) xi(1-xi)),
  * xi = (x - x_k)/w; *ld = log g'(x).  Identity outside [-B,B]. */
-static double rqs_eval(const rqs_cfg *cf, const rqs_knots *kn, double x, double *ld) {
+double nf_rqs_eval(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, double x, double *ld) {
     if (!(x >= -cf->B && x <= cf->B)) {
         *ld = 0;
         return x;
@@ -122,7 +111,7 @@ static double rqs_eval(const rqs_cfg *cf, const rqs_knots *kn, double x, double 
  *   a = h (s - d0) + dy delta,  b = h d0 - dy delta,  c = -s dy,
  * taken as xi = 2c / (-b - sqrt(b^2 - 4ac)) (no cancellation).
  * *ld = -log g'(x).  Identity outside [-B,B]. */
-static double rqs_solve(const rqs_cfg *cf, const rqs_knots *kn, double y, double *ld) {
+double nf_rqs_solve(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, double y, double *ld) {
     if (!(y >= -cf->B && y <= cf->B)) {
         *ld = 0;
         return y;
@@ -146,7 +135,7 @@ static double rqs_solve(const rqs_cfg *cf, const rqs_knots *kn, double y, double
  *   z = y_k + h num/den,  log g' = 2 log s + log N - 2 log den,
  * differentiated in (xi, s, h, y_k, d0, d1), then xi = (x-x_k)/w, s = h/w, the
  * knots as cumulative sums of the bin sizes, softmax and softplus. */
-static double rqs_backward(const rqs_cfg *cf, const rqs_knots *kn, const nf_real *theta,
+double nf_rqs_backward(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, const nf_real *theta,
                            double x, double gz, double gl, double *gth) {
     int K = cf->K, P = 3 * K - 1;
     for (int p = 0; p < P; p++) gth[p] = 0;
@@ -205,19 +194,19 @@ static double rqs_backward(const rqs_cfg *cf, const rqs_knots *kn, const nf_real
 
 double nf_rqs_apply(const nf_real *theta, int K, double B, double min_w, double min_h,
                     double min_d, double in, int dir, double *ld) {
-    rqs_cfg cf;
-    rqs_knots kn;
-    rqs_cfg_set(&cf, K, B, min_w, min_h, min_d);
-    rqs_build(&cf, theta, &kn);
-    return dir ? rqs_solve(&cf, &kn, in, ld) : rqs_eval(&cf, &kn, in, ld);
+    nf_rqs_cfg cf;
+    nf_rqs_knots kn;
+    nf_rqs_cfg_set(&cf, K, B, min_w, min_h, min_d);
+    nf_rqs_build(&cf, theta, &kn);
+    return dir ? nf_rqs_solve(&cf, &kn, in, ld) : nf_rqs_eval(&cf, &kn, in, ld);
 }
 
 /* ---- shared spec parsing -------------------------------------------------- */
 
-static int rqs_parse(rqs_cfg *cf, const cJSON *spec, char *err, size_t errlen) {
+int nf_rqs_parse(nf_rqs_cfg *cf, const cJSON *spec, char *err, size_t errlen) {
     int K;
     double B, mw, mh, md;
-    if (nf_json_int(spec, "bins", 8, 2, RQS_KMAX, &K, err, errlen) ||
+    if (nf_json_int(spec, "bins", 8, 2, NF_RQS_KMAX, &K, err, errlen) ||
         nf_json_num(spec, "tail_bound", 3.0, 1e-6, 1e6, &B, err, errlen) ||
         nf_json_num(spec, "min_bin_width", 1e-3, 0, 1, &mw, err, errlen) ||
         nf_json_num(spec, "min_bin_height", 1e-3, 0, 1, &mh, err, errlen) ||
@@ -227,11 +216,11 @@ static int rqs_parse(rqs_cfg *cf, const cJSON *spec, char *err, size_t errlen) {
         nf_set_err(err, errlen, "\"min_bin_width\" and \"min_bin_height\" must be below 1/bins");
         return NF_EINVAL;
     }
-    rqs_cfg_set(cf, K, B, mw, mh, md);
+    nf_rqs_cfg_set(cf, K, B, mw, mh, md);
     return 0;
 }
 
-static void rqs_to_json(const rqs_cfg *cf, cJSON *obj) {
+void nf_rqs_to_json(const nf_rqs_cfg *cf, cJSON *obj) {
     cJSON_AddNumberToObject(obj, "bins", cf->K);
     cJSON_AddNumberToObject(obj, "tail_bound", cf->B);
     cJSON_AddNumberToObject(obj, "min_bin_width", cf->min_w);
@@ -245,19 +234,17 @@ static void rqs_to_json(const rqs_cfg *cf, cJSON *obj) {
  * log|det dz/dx| = sum_j log g'(x_tj). */
 
 typedef struct spline_coupling {
-    rqs_cfg cf;
+    nf_rqs_cfg cf;
     int *mask;      /* (D) */
     int *pass, *tr; /* (Dp), (Dt) dimension indices */
     int Dp, Dt;
     nf_net net;
 } spline_coupling;
 
-static int rqs_P(const rqs_cfg *cf) { return 3 * cf->K - 1; }
-
 /* ws: xp (B,Dp) | theta (B,Dt*P) | dtheta (B,Dt*P) | dxp (B,Dp) | net */
 static size_t sc_ws_size(const nf_layer *L, int B) {
     const spline_coupling *S = L->impl;
-    size_t P = (size_t)rqs_P(&S->cf);
+    size_t P = (size_t)nf_rqs_P(&S->cf);
     return (size_t)B * (2 * S->Dp + 2 * S->Dt * P) + nf_net_ws_size(&S->net, B);
 }
 
@@ -270,7 +257,7 @@ static void sc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng
 /* Gathers x_p and runs the conditioner; returns theta (B,Dt*P) in ws. */
 static nf_real *sc_condition(const nf_layer *L, nf_ctx *c, const nf_real *in) {
     const spline_coupling *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *xp = c->ws, *th = xp + (size_t)B * S->Dp;
     nf_real *nws = th + (size_t)B * (2 * S->Dt * P) + (size_t)B * S->Dp;
     for (int b = 0; b < B; b++)
@@ -282,17 +269,17 @@ static nf_real *sc_condition(const nf_layer *L, nf_ctx *c, const nf_real *in) {
 static int sc_run(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *out,
                   nf_real *logdet, int dir) {
     const spline_coupling *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     const nf_real *th = sc_condition(L, c, in);
-    rqs_knots kn;
+    nf_rqs_knots kn;
     for (int b = 0; b < B; b++) {
         double ld = 0;
         for (int j = 0; j < S->Dp; j++) out[(size_t)b * D + S->pass[j]] = in[(size_t)b * D + S->pass[j]];
         for (int j = 0; j < S->Dt; j++) {
             size_t i = (size_t)b * D + S->tr[j];
             double l;
-            rqs_build(&S->cf, th + ((size_t)b * S->Dt + j) * P, &kn);
-            out[i] = (nf_real)(dir ? rqs_solve(&S->cf, &kn, in[i], &l) : rqs_eval(&S->cf, &kn, in[i], &l));
+            nf_rqs_build(&S->cf, th + ((size_t)b * S->Dt + j) * P, &kn);
+            out[i] = (nf_real)(dir ? nf_rqs_solve(&S->cf, &kn, in[i], &l) : nf_rqs_eval(&S->cf, &kn, in[i], &l));
             ld += l;
         }
         if (logdet) logdet[b] += (nf_real)ld;
@@ -312,18 +299,18 @@ static int sc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
 static void sc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
                         const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
     const spline_coupling *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *xp = c->ws, *th = xp + (size_t)B * S->Dp, *dth = th + (size_t)B * S->Dt * P;
     nf_real *dxp = dth + (size_t)B * S->Dt * P, *nws = dxp + (size_t)B * S->Dp;
-    rqs_knots kn;
-    double gth[3 * RQS_KMAX];
+    nf_rqs_knots kn;
+    double gth[3 * NF_RQS_KMAX];
     (void)z;
     for (int b = 0; b < B; b++) {
         double gl = dlogdet ? dlogdet[b] : 0;
         for (int j = 0; j < S->Dt; j++) {
             size_t i = (size_t)b * D + S->tr[j], o = ((size_t)b * S->Dt + j) * P;
-            rqs_build(&S->cf, th + o, &kn);
-            double gx = rqs_backward(&S->cf, &kn, th + o, x[i], dz ? dz[i] : 0, gl, gth);
+            nf_rqs_build(&S->cf, th + o, &kn);
+            double gx = nf_rqs_backward(&S->cf, &kn, th + o, x[i], dz ? dz[i] : 0, gl, gth);
             for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
             if (dx) dx[i] = (nf_real)gx;
         }
@@ -339,7 +326,7 @@ static void sc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
 
 static void sc_to_json(const nf_layer *L, cJSON *obj) {
     const spline_coupling *S = L->impl;
-    rqs_to_json(&S->cf, obj);
+    nf_rqs_to_json(&S->cf, obj);
     nf_mask_to_json(S->mask, L->D, obj);
     nf_net_to_json(&S->net, obj);
 }
@@ -370,15 +357,13 @@ static const nf_layer_ops sc_ops = {
 };
 
 int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
-    static const char *const keys[] = {"type", "bins", "tail_bound", "min_bin_width",
-                                       "min_bin_height", "min_derivative", "mask",
-                                       NF_NET_KEYS, NULL};
+    static const char *const keys[] = {"type", NF_RQS_KEYS, "mask", NF_NET_KEYS, NULL};
     static const int def_hidden[] = {64, 64};
     int D = L->D;
     if (nf_json_check_keys(spec, keys, err, errlen)) return NF_EINVAL;
     spline_coupling *S = nf_calloc(1, sizeof *S);
     if (!S) return NF_ENOMEM;
-    if (rqs_parse(&S->cf, spec, err, errlen)) goto bad;
+    if (nf_rqs_parse(&S->cf, spec, err, errlen)) goto bad;
     S->mask = nf_calloc((size_t)(2 * D + 1), sizeof *S->mask);
     if (!S->mask) {
         nf_free(S);
@@ -391,7 +376,7 @@ int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t 
     S->tr = S->pass + S->Dp;
     for (int i = 0; i < D; i++)
         if (!S->mask[i]) S->tr[S->Dt++] = i;
-    int rc = nf_net_from_spec(&S->net, spec, S->Dp, L->C, S->Dt * rqs_P(&S->cf), def_hidden, 2,
+    int rc = nf_net_from_spec(&S->net, spec, S->Dp, L->C, S->Dt * nf_rqs_P(&S->cf), def_hidden, 2,
                               err, errlen);
     if (rc) {
         nf_free(S->mask);
@@ -418,7 +403,7 @@ bad:
  * reference (nf_spline_ar_forward_naive) recomputes the whole MADE D times. */
 
 typedef struct spline_ar {
-    rqs_cfg cf;
+    nf_rqs_cfg cf;
     int *order; /* (D) order[k] = the dim with degree k+1 */
     nf_net net;
 } spline_ar;
@@ -426,7 +411,7 @@ typedef struct spline_ar {
 /* ws: theta (B,D*P) | dtheta (B,D*P) | dxm (B,D) | net or incremental MADE */
 static size_t sa_ws_size(const nf_layer *L, int B) {
     const spline_ar *S = L->impl;
-    size_t P = (size_t)rqs_P(&S->cf);
+    size_t P = (size_t)nf_rqs_P(&S->cf);
     size_t a = nf_net_ws_size(&S->net, B), b = nf_made_inc_ws_size(&S->net, B);
     return (size_t)B * (2 * (size_t)L->D * P + (size_t)L->D) + (a > b ? a : b);
 }
@@ -444,21 +429,21 @@ static void sa_constrain(const nf_layer *L, nf_real *params) {
 
 static nf_real *sa_net_ws(const nf_layer *L, nf_ctx *c) {
     const spline_ar *S = L->impl;
-    return c->ws + (size_t)c->B * (2 * (size_t)L->D * rqs_P(&S->cf) + (size_t)L->D);
+    return c->ws + (size_t)c->B * (2 * (size_t)L->D * nf_rqs_P(&S->cf) + (size_t)L->D);
 }
 
 static int sa_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z, nf_real *logdet) {
     const spline_ar *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws;
-    rqs_knots kn;
+    nf_rqs_knots kn;
     nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
     for (int b = 0; b < B; b++) {
         double ld = 0;
         for (int i = 0; i < D; i++) {
             double l;
-            rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
-            z[(size_t)b * D + i] = (nf_real)rqs_eval(&S->cf, &kn, x[(size_t)b * D + i], &l);
+            nf_rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
+            z[(size_t)b * D + i] = (nf_real)nf_rqs_eval(&S->cf, &kn, x[(size_t)b * D + i], &l);
             ld += l;
         }
         if (logdet) logdet[b] += (nf_real)ld;
@@ -468,9 +453,9 @@ static int sa_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z
 
 static int sa_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x, nf_real *logdet) {
     const spline_ar *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws; /* (B,P) */
-    rqs_knots kn;
+    nf_rqs_knots kn;
     nf_made_inc st;
     nf_made_inc_begin(&st, &S->net, c->params, c->ctx, B, sa_net_ws(L, c));
     for (int j = 1; j <= D; j++) {
@@ -478,8 +463,8 @@ static int sa_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
         nf_made_inc_outputs(&st, j, th);
         for (int b = 0; b < B; b++) {
             double l;
-            rqs_build(&S->cf, th + (size_t)b * P, &kn);
-            x[(size_t)b * D + i] = (nf_real)rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
+            nf_rqs_build(&S->cf, th + (size_t)b * P, &kn);
+            x[(size_t)b * D + i] = (nf_real)nf_rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
             if (logdet) logdet[b] += (nf_real)l;
         }
         if (j < D) nf_made_inc_feed(&st, j, x + i, D);
@@ -490,17 +475,17 @@ static int sa_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
 int nf_spline_ar_forward_naive(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
                                nf_real *logdet) {
     const spline_ar *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws;
-    rqs_knots kn;
+    nf_rqs_knots kn;
     memset(x, 0, (size_t)B * D * sizeof *x);
     for (int k = 0; k < D; k++) {
         int i = S->order[k];
         nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
         for (int b = 0; b < B; b++) {
             double l;
-            rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
-            x[(size_t)b * D + i] = (nf_real)rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
+            nf_rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
+            x[(size_t)b * D + i] = (nf_real)nf_rqs_solve(&S->cf, &kn, z[(size_t)b * D + i], &l);
             if (logdet) logdet[b] += (nf_real)l;
         }
     }
@@ -511,17 +496,17 @@ int nf_spline_ar_forward_naive(const nf_layer *L, nf_ctx *c, const nf_real *z, n
 static void sa_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
                         const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
     const spline_ar *S = L->impl;
-    int B = c->B, D = L->D, P = rqs_P(&S->cf);
+    int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws, *dth = th + (size_t)B * D * P, *dxm = dth + (size_t)B * D * P;
-    rqs_knots kn;
-    double gth[3 * RQS_KMAX];
+    nf_rqs_knots kn;
+    double gth[3 * NF_RQS_KMAX];
     (void)z;
     for (int b = 0; b < B; b++) {
         double gl = dlogdet ? dlogdet[b] : 0;
         for (int i = 0; i < D; i++) {
             size_t e = (size_t)b * D + i, o = e * P;
-            rqs_build(&S->cf, th + o, &kn);
-            double gx = rqs_backward(&S->cf, &kn, th + o, x[e], dz ? dz[e] : 0, gl, gth);
+            nf_rqs_build(&S->cf, th + o, &kn);
+            double gx = nf_rqs_backward(&S->cf, &kn, th + o, x[e], dz ? dz[e] : 0, gl, gth);
             for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
             if (dx) dx[e] = (nf_real)gx;
         }
@@ -534,7 +519,7 @@ static void sa_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
 
 static void sa_to_json(const nf_layer *L, cJSON *obj) {
     const spline_ar *S = L->impl;
-    rqs_to_json(&S->cf, obj);
+    nf_rqs_to_json(&S->cf, obj);
     nf_net_to_json(&S->net, obj);
 }
 
@@ -565,8 +550,7 @@ static const nf_layer_ops sa_ops = {
 };
 
 int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
-    static const char *const keys[] = {"type", "bins", "tail_bound", "min_bin_width",
-                                       "min_bin_height", "min_derivative", NF_MADE_KEYS, NULL};
+    static const char *const keys[] = {"type", NF_RQS_KEYS, NF_MADE_KEYS, NULL};
     static const int def_hidden[] = {64, 64};
     int D = L->D;
     if (nf_json_check_keys(spec, keys, err, errlen)) return NF_EINVAL;
@@ -576,11 +560,11 @@ int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen
     }
     spline_ar *S = nf_calloc(1, sizeof *S);
     if (!S) return NF_ENOMEM;
-    if (rqs_parse(&S->cf, spec, err, errlen)) {
+    if (nf_rqs_parse(&S->cf, spec, err, errlen)) {
         nf_free(S);
         return NF_EINVAL;
     }
-    int rc = nf_net_made_from_spec(&S->net, spec, D, L->C, rqs_P(&S->cf), def_hidden, 2, err, errlen);
+    int rc = nf_net_made_from_spec(&S->net, spec, D, L->C, nf_rqs_P(&S->cf), def_hidden, 2, err, errlen);
     if (rc) {
         nf_free(S);
         return rc;

@@ -91,7 +91,8 @@ typedef struct {
     int unit; /* data(x, unit, dim) */
     int dim;  /* the flow's width; 0 for D */
 } fa_spec;
-enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_IMAGE, FA_NSPECS };
+enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_CONV, FA_IMAGE,
+       FA_NSPECS };
 static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_COUPLING] = {"{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
                      "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
@@ -105,6 +106,11 @@ static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_NSF] = {"{\"dim\":3,\"preset\":\"nsf\",\"depth\":1,\"hidden\":[8],\"bins\":4}"},
     [FA_LOGIT] = {"{\"dim\":3,\"layers\":[{\"type\":\"logit\",\"alpha\":0.01},"
                   "{\"type\":\"affine_coupling\",\"hidden\":[8]}]}", 1},
+    /* an image of 3 channels of one pixel: the rows of D = 3 */
+    [FA_CONV] = {"{\"dim\":3,\"shape\":[3,1,1],\"layers\":[{\"type\":\"conv_coupling\","
+                 "\"hidden_channels\":4},{\"type\":\"conv_coupling\",\"mask\":\"channel_odd\","
+                 "\"transform\":\"spline\",\"bins\":4,\"net\":\"resnet\",\"hidden_channels\":3,"
+                 "\"blocks\":1}]}"},
     [FA_IMAGE] = {"{\"shape\":[1,4,4],\"layers\":[{\"type\":\"squeeze\"},"
                   "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":2}]}", 0, DMAX},
 };
@@ -276,6 +282,8 @@ TEST_T(alloc_fail_presets, 300) {
 }
 
 TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
+
+TEST_T(alloc_fail_conv_coupling, 300) { run_all_k(&fa_specs[FA_CONV]); }
 
 TEST_T(alloc_fail_image, 300) { run_all_k(&fa_specs[FA_IMAGE]); }
 

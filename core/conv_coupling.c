@@ -1,0 +1,369 @@
+/* conv_coupling.c: the coupling layer of image flows ("conv_coupling";
+ * RealNVP, Dinh et al. 2016, and Glow, Kingma & Dhariwal 2018), with a
+ * convolutional conditioner (conv.h) over the image at the layer's position.
+ *
+ * The layer acts on the first C*H*W entries of each row, an image (C, H, W)
+ * stored C-H-W (L->shape); the rest of the row (channels factored out by an
+ * earlier split) is copied unchanged with log-det 0.  A mask splits the
+ * image into a part that passes through and conditions the network, and a
+ * part transformed element by element:
+ *   "channel"           channels [0, C/2) pass, [C/2, C) are transformed
+ *   "channel_odd"       the complement: [C/2, C) pass, [0, C/2) transformed
+ *                       (C/2 rounded down; both need C >= 2)
+ *   "checkerboard"      pixels with (i + j) even pass, all channels; the
+ *                       network sees every channel with the transformed
+ *                       pixels zeroed and emits parameters for every pixel,
+ *                       of which the transformed pixels' are used
+ *   "checkerboard_odd"  pixels with (i + j) odd pass
+ * So nt channels are transformed (nt = C for checkerboards) and the network
+ * maps the passing channels (all C for checkerboards) to Q*nt channels:
+ * parameter q of transformed channel j is output channel q*nt + j.
+ * Transforms, density direction (x -> z), per transformed element:
+ *   affine (Q = 2, t = parameter 0, h = parameter 1):
+ *     "scale":"sigmoid" (Glow)  z = (x + t) s, s = sigmoid(h + 2), log-det log s
+ *     "scale":"exp" (flowd's affine coupling)  z = x e^s + t, s = 3 tanh(h/3),
+ *                      log-det s
+ *   additive (Q = 1): z = x + t
+ *   spline (Q = 3K-1): z = g(x; theta), the rational-quadratic spline of rqs.h
+ * The network's last convolution starts at zero, so a fresh layer is the
+ * identity, except "sigmoid", which starts as the fixed scale sigmoid(2).
+ *
+ * Backward, per transformed element (dz, dl = dL/dz, dL/dlogdet):
+ *   sigmoid: dt = dz s, dh = dz (x + t) s (1 - s) + dl (1 - s), dx = dz s
+ *   exp:     dt = dz, dh = (dz x e^s + dl)(1 - (s/3)^2), dx = dz e^s
+ *   additive: dt = dz, dx = dz;  spline: nf_rqs_backward
+ * and passing elements get dx = dz + (the network's input gradient).
+ */
+#include "alloc.h"
+#include "conv.h"
+#include "nf_internal.h"
+#include "rqs.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef enum { CC_AFFINE = 0, CC_ADDITIVE, CC_SPLINE } cc_transform;
+typedef enum { CC_CHANNEL = 0, CC_CHANNEL_ODD, CC_CHECKER, CC_CHECKER_ODD } cc_mask;
+typedef enum { CC_SIGMOID = 0, CC_EXP } cc_scale;
+
+static const char *const transform_names[] = {"affine", "additive", "spline", NULL};
+static const char *const mask_names[] = {"channel", "channel_odd", "checkerboard",
+                                         "checkerboard_odd", NULL};
+static const char *const scale_names[] = {"sigmoid", "exp", NULL};
+
+typedef struct conv_coupling {
+    cc_transform transform;
+    cc_mask mask;
+    cc_scale scale;        /* affine */
+    nf_rqs_cfg cf;         /* spline */
+    int C, P;              /* image channels, pixels */
+    int pc0, cin;          /* passing channels [pc0, pc0 + cin): the network's input */
+    int tc0, nt;           /* transformed channels [tc0, tc0 + nt) */
+    int Q;                 /* network outputs per transformed element */
+    unsigned char *pass;   /* (P) checkerboards: 1 where the pixel passes; else NULL */
+    nf_cnet net;
+} conv_coupling;
+
+/* ---- scratch --------------------------------------------------------------
+ * ws: in (cin planes) | theta (Q*nt planes) | dtheta (Q*nt planes) |
+ *     din (cin planes) | the network's */
+typedef struct { nf_real *in, *th, *dth, *din, *nws; } cc_bufs;
+
+static cc_bufs cc_layout(const conv_coupling *S, nf_real *ws, int B) {
+    size_t pl = (size_t)B * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
+    cc_bufs b;
+    b.in = ws;
+    b.th = b.in + nin;
+    b.dth = b.th + nth;
+    b.din = b.dth + nth;
+    b.nws = b.din + nin;
+    return b;
+}
+
+static size_t cc_ws_size(const nf_layer *L, int B) {
+    const conv_coupling *S = L->impl;
+    size_t pl = (size_t)B * S->P;
+    return 2 * ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_ws_size(&S->net, B);
+}
+
+static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    (void)buffers;
+    nf_cnet_init(&((const conv_coupling *)L->impl)->net, params, rng);
+}
+
+/* The network's input from u (x, or z: their passing parts are equal) and
+ * its output theta in ws. */
+static cc_bufs cc_condition(const nf_layer *L, nf_ctx *c, const nf_real *u) {
+    const conv_coupling *S = L->impl;
+    int B = c->B, P = S->P;
+    cc_bufs b = cc_layout(S, c->ws, B);
+    nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, B, b.in);
+    if (S->pass) /* checkerboards: the transformed pixels read as 0 */
+        for (size_t r = 0; r < (size_t)S->cin * B; r++) {
+            nf_real *pl = b.in + r * P;
+            for (int p = 0; p < P; p++) pl[p] = S->pass[p] ? pl[p] : 0;
+        }
+    nf_cnet_forward(&S->net, c->params, b.in, b.th, B, b.nws);
+    return b;
+}
+
+/* ---- the element-wise transforms ----------------------------------------------- */
+
+static double sigmoid(double a) {
+    if (a >= 0) return 1.0 / (1.0 + exp(-a));
+    double e = exp(a);
+    return e / (1.0 + e);
+}
+/* log sigmoid(a) without overflow or cancellation */
+static double log_sigmoid(double a) { return a >= 0 ? -log1p(exp(-a)) : a - log1p(exp(a)); }
+static double exp_scale(double h) { return NF_SCALE_BOUND * tanh(h / NF_SCALE_BOUND); }
+
+/* One transformed channel of one row (P pixels): u in, v out, parameters q
+ * at th + q*qs; returns the log-det (dir 0: density, 1: sampling). */
+static double cc_row(const conv_coupling *S, const nf_real *u, const nf_real *th, size_t qs,
+                     nf_real *v, int dir) {
+    const unsigned char *pass = S->pass;
+    double ld = 0;
+    for (int p = 0; p < S->P; p++) {
+        if (pass && pass[p]) continue;
+        double x = u[p], t = th[p], l = 0, y;
+        if (S->transform == CC_ADDITIVE) {
+            y = dir ? x - t : x + t;
+        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
+            double a = (double)th[qs + p] + 2, s = sigmoid(a);
+            l = log_sigmoid(a);
+            y = dir ? x / s - t : (x + t) * s;
+        } else if (S->transform == CC_AFFINE) {
+            l = exp_scale(th[qs + p]);
+            y = dir ? (x - t) * exp(-l) : x * exp(l) + t;
+        } else {
+            nf_real theta[3 * NF_RQS_KMAX];
+            nf_rqs_knots kn;
+            for (int q = 0; q < S->Q; q++) theta[q] = th[q * qs + p];
+            nf_rqs_build(&S->cf, theta, &kn);
+            y = dir ? nf_rqs_solve(&S->cf, &kn, x, &l) : nf_rqs_eval(&S->cf, &kn, x, &l);
+            l = dir ? -l : l; /* nf_rqs_solve gives -log g' */
+        }
+        v[p] = (nf_real)y;
+        ld += l;
+    }
+    return dir ? -ld : ld;
+}
+
+/* in -> out over B rows: the row copied (passing parts and tail), then the
+ * transformed elements overwritten; logdet += */
+static void cc_apply(const nf_layer *L, int B, const nf_real *theta, const nf_real *in,
+                     nf_real *out, nf_real *logdet, int dir) {
+    const conv_coupling *S = L->impl;
+    size_t P = (size_t)S->P, qs = (size_t)S->nt * B * P; /* parameter q's planes */
+    memcpy(out, in, (size_t)B * L->D * sizeof *out);
+    for (int b = 0; b < B; b++) {
+        double ld = 0;
+        for (int j = 0; j < S->nt; j++) {
+            size_t e = (size_t)b * L->D + (size_t)(S->tc0 + j) * P;
+            ld += cc_row(S, in + e, theta + ((size_t)j * B + b) * P, qs, out + e, dir);
+        }
+        logdet[b] += (nf_real)ld;
+    }
+}
+
+static int cc_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
+                      nf_real *logdet) {
+    cc_bufs b = cc_condition(L, c, x);
+    cc_apply(L, c->B, b.th, x, z, logdet, 0);
+    return 0;
+}
+
+static int cc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
+                      nf_real *logdet) {
+    cc_bufs b = cc_condition(L, c, z);
+    cc_apply(L, c->B, b.th, z, x, logdet, 1);
+    return 0;
+}
+
+/* dtheta (parameters q at dth + q*qs) and dx of one transformed channel of
+ * one row; passing pixels get dtheta 0 and keep their dx. */
+static void cc_row_backward(const conv_coupling *S, const nf_real *x, const nf_real *th,
+                            size_t qs, const nf_real *dz, double dl, nf_real *dth, nf_real *dx) {
+    for (int p = 0; p < S->P; p++) {
+        if (S->pass && S->pass[p]) {
+            for (int q = 0; q < S->Q; q++) dth[q * qs + p] = 0;
+            continue;
+        }
+        double g = dz[p], t = th[p], gx;
+        if (S->transform == CC_ADDITIVE) {
+            dth[p] = (nf_real)g;
+            gx = g;
+        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
+            double s = sigmoid((double)th[qs + p] + 2);
+            dth[p] = (nf_real)(g * s);
+            dth[qs + p] = (nf_real)((g * ((double)x[p] + t) * s + dl) * (1 - s));
+            gx = g * s;
+        } else if (S->transform == CC_AFFINE) {
+            double s = exp_scale(th[qs + p]), e = exp(s), r = s / NF_SCALE_BOUND;
+            dth[p] = (nf_real)g;
+            dth[qs + p] = (nf_real)((g * x[p] * e + dl) * (1 - r * r));
+            gx = g * e;
+        } else {
+            nf_real theta[3 * NF_RQS_KMAX];
+            double gth[3 * NF_RQS_KMAX];
+            nf_rqs_knots kn;
+            for (int q = 0; q < S->Q; q++) theta[q] = th[q * qs + p];
+            nf_rqs_build(&S->cf, theta, &kn);
+            gx = nf_rqs_backward(&S->cf, &kn, theta, x[p], g, dl, gth);
+            for (int q = 0; q < S->Q; q++) dth[q * qs + p] = (nf_real)gth[q];
+        }
+        if (dx) dx[p] = (nf_real)gx;
+    }
+}
+
+static void cc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                        const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    (void)z;
+    const conv_coupling *S = L->impl;
+    int B = c->B, D = L->D;
+    size_t P = (size_t)S->P, qs = (size_t)S->nt * B * P;
+    cc_bufs b = cc_layout(S, c->ws, B);
+    if (dx) memcpy(dx, dz, (size_t)B * D * sizeof *dx);
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < S->nt; j++) {
+            size_t e = (size_t)r * D + (size_t)(S->tc0 + j) * P, o = ((size_t)j * B + r) * P;
+            cc_row_backward(S, x + e, b.th + o, qs, dz + e, dlogdet[r], b.dth + o,
+                            dx ? dx + e : NULL);
+        }
+    nf_cnet_backward(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, B, b.nws);
+    if (!dx) return;
+    /* passing elements: + the network's input gradient (checkerboards: the
+     * transformed pixels' entries multiply the zeroing mask) */
+    for (int ch = 0; ch < S->cin; ch++)
+        for (int r = 0; r < B; r++) {
+            nf_real *d = dx + (size_t)r * D + (size_t)(S->pc0 + ch) * P;
+            const nf_real *g = b.din + ((size_t)ch * B + r) * P;
+            for (size_t p = 0; p < P; p++)
+                if (!S->pass || S->pass[p]) d[p] += g[p];
+        }
+}
+
+/* ---- spec ------------------------------------------------------------------------ */
+
+static void cc_to_json(const nf_layer *L, cJSON *obj) {
+    const conv_coupling *S = L->impl;
+    cJSON_AddStringToObject(obj, "transform", transform_names[S->transform]);
+    cJSON_AddStringToObject(obj, "mask", mask_names[S->mask]);
+    if (S->transform == CC_AFFINE) cJSON_AddStringToObject(obj, "scale", scale_names[S->scale]);
+    if (S->transform == CC_SPLINE) nf_rqs_to_json(&S->cf, obj);
+    nf_cnet_to_json(&S->net, obj);
+}
+
+static void cc_destroy(nf_layer *L) {
+    conv_coupling *S = L->impl;
+    if (!S) return;
+    nf_free(S->pass);
+    nf_free(S);
+    L->impl = NULL;
+}
+
+static double cc_macs(const nf_layer *L, int executed) {
+    (void)executed; /* no masked weights */
+    return nf_cnet_macs(&((const conv_coupling *)L->impl)->net);
+}
+
+static const nf_layer_ops cc_ops = {
+    .type = "conv_coupling",
+    .ws_size = cc_ws_size,
+    .init = cc_init,
+    .inverse = cc_inverse,
+    .forward = cc_forward,
+    .backward = cc_backward,
+    .to_json = cc_to_json,
+    .destroy = cc_destroy,
+    .macs = cc_macs,
+};
+
+/* The fields of one transform given to another: refused, not ignored, so a
+ * spec never says something the layer does not do. */
+static int cc_check_fields(const conv_coupling *S, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const spline_keys[] = {NF_RQS_KEYS, NULL};
+    if (S->transform != CC_AFFINE && nf_json_get(spec, "scale")) {
+        nf_set_err(err, errlen, "\"scale\" applies to \"transform\": \"affine\" only");
+        return NF_EINVAL;
+    }
+    for (int i = 0; S->transform != CC_SPLINE && spline_keys[i]; i++)
+        if (nf_json_get(spec, spline_keys[i])) {
+            nf_set_err(err, errlen, "\"%s\" applies to \"transform\": \"spline\" only",
+                       spline_keys[i]);
+            return NF_EINVAL;
+        }
+    return 0;
+}
+
+/* Passing and transformed channels, and the checkerboard's pixels. */
+static int cc_set_mask(conv_coupling *S, const int shape[3], char *err, size_t errlen) {
+    int C = shape[0], H = shape[1], W = shape[2];
+    if (S->mask == CC_CHANNEL || S->mask == CC_CHANNEL_ODD) {
+        if (C < 2) {
+            nf_set_err(err, errlen,
+                       "mask \"%s\" needs at least 2 channels, the image here is %dx%dx%d: "
+                       "use \"checkerboard\" or a squeeze first",
+                       mask_names[S->mask], C, H, W);
+            return NF_EINVAL;
+        }
+        int lo = C / 2, odd = S->mask == CC_CHANNEL_ODD;
+        S->pc0 = odd ? lo : 0;
+        S->cin = odd ? C - lo : lo;
+        S->tc0 = odd ? 0 : lo;
+        S->nt = odd ? lo : C - lo;
+        return 0;
+    }
+    if (S->P < 2) {
+        nf_set_err(err, errlen,
+                   "mask \"%s\" needs at least 2 pixels, the image here is %dx%dx%d: "
+                   "use \"channel\"",
+                   mask_names[S->mask], C, H, W);
+        return NF_EINVAL;
+    }
+    S->pass = nf_malloc((size_t)S->P);
+    if (!S->pass) return NF_ENOMEM;
+    int parity = S->mask == CC_CHECKER_ODD;
+    for (int i = 0; i < H; i++)
+        for (int j = 0; j < W; j++) S->pass[i * W + j] = (i + j) % 2 == parity;
+    S->pc0 = S->tc0 = 0;
+    S->cin = S->nt = C;
+    return 0;
+}
+
+int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", "transform", "mask", "scale", NF_RQS_KEYS,
+                                       NF_CNET_KEYS, NULL};
+    int rc, tr, mk, sc;
+    if ((rc = nf_layer_need_shape(L, err, errlen))) return rc;
+    if ((rc = nf_json_check_keys(spec, keys, err, errlen))) return rc;
+    if (L->C > 0) {
+        nf_set_err(err, errlen,
+                   "conv_coupling takes no context yet (\"context_dim\" is %d): use 0", L->C);
+        return NF_EINVAL;
+    }
+    if ((rc = nf_json_enum(spec, "transform", transform_names, CC_AFFINE, &tr, err, errlen)) ||
+        (rc = nf_json_enum(spec, "mask", mask_names, CC_CHANNEL, &mk, err, errlen)) ||
+        (rc = nf_json_enum(spec, "scale", scale_names, CC_SIGMOID, &sc, err, errlen)))
+        return rc;
+    conv_coupling *S = nf_calloc(1, sizeof *S);
+    if (!S) return NF_ENOMEM;
+    L->impl = S; /* freed by cc_destroy on every error from here */
+    L->ops = &cc_ops;
+    S->transform = (cc_transform)tr;
+    S->mask = (cc_mask)mk;
+    S->scale = (cc_scale)sc;
+    S->C = L->shape[0];
+    S->P = L->shape[1] * L->shape[2];
+    if ((rc = cc_check_fields(S, spec, err, errlen))) return rc;
+    if (S->transform == CC_SPLINE && (rc = nf_rqs_parse(&S->cf, spec, err, errlen))) return rc;
+    S->Q = S->transform == CC_AFFINE ? 2 : S->transform == CC_ADDITIVE ? 1 : nf_rqs_P(&S->cf);
+    if ((rc = cc_set_mask(S, L->shape, err, errlen))) return rc;
+    rc = nf_cnet_from_spec(&S->net, spec, S->cin, S->Q * S->nt, L->shape[1], L->shape[2], 64,
+                           err, errlen);
+    if (rc) return rc;
+    L->nparams = S->net.nparams;
+    L->nbuffers = 0;
+    return 0;
+}
