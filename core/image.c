@@ -15,6 +15,7 @@
  * Allocation happens in the constructors only; scratch comes from ws_size.
  */
 #include "alloc.h"
+#include "conv.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -151,6 +152,184 @@ int nf_squeeze_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) 
     L->out_shape[0] = 4 * L->shape[0];
     L->out_shape[1] = L->shape[1] / 2;
     L->out_shape[2] = L->shape[2] / 2;
+    return 0;
+}
+
+/* ===========================================================================
+ * split: Glow's multiscale factor-out with a learned prior.  Of the C
+ * channels, the first keep = C/2 (z1, the first keep*H*W entries) stay in
+ * the flow, and later layers see the image (keep, H, W); the other C - keep
+ * (z2) leave it here.  A zero-initialised 3x3 convolution of z1 gives
+ * [mu, logs] (its first C - keep output channels mu, the next logs, logs
+ * raw as in Glow), and
+ *     inverse: z2' = (z2 - mu) * exp(-logs),  logdet = -sum logs
+ *     forward: z2 = mu + exp(logs) * z2'
+ * with z2' written in place of z2.  The base distribution scores z2' as
+ * N(0,1), so z2 ~ N(mu, exp(logs)^2): Glow's split prior.  Sampling draws
+ * z2' from the base already scaled by the temperature.  z1 and the entries
+ * after the image are copied unchanged.
+ *   params: the convolution's W (2(C-keep), keep, 3, 3) and bias (2(C-keep))
+ *   ws: z1's planes and the [mu, logs] planes (kept for backward), the
+ *       gradient planes of both, the im2col buffer.
+ * ======================================================================== */
+typedef struct split_impl {
+    nf_conv cv;
+    int keep, rest; /* channels staying, channels factored out */
+} split_impl;
+
+typedef struct split_ws {
+    nf_real *in, *out, *dout, *din, *col;
+} split_ws;
+
+static size_t split_ws_size(const nf_layer *L, int B) {
+    const split_impl *S = L->impl;
+    size_t P = (size_t)L->shape[1] * L->shape[2];
+    return 2 * (size_t)B * P * (S->keep + 2 * S->rest) + nf_conv_col_size(&S->cv, B);
+}
+
+static split_ws split_scratch(const nf_layer *L, nf_real *ws, int B) {
+    const split_impl *S = L->impl;
+    size_t P = (size_t)L->shape[1] * L->shape[2];
+    size_t nin = (size_t)B * P * S->keep, nout = (size_t)B * P * 2 * S->rest;
+    split_ws s = {ws, ws + nin, ws + nin + nout, ws + nin + 2 * nout, ws + 2 * nin + 2 * nout};
+    return s;
+}
+
+static void split_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
+    (void)buffers;
+    nf_conv_init(&((const split_impl *)L->impl)->cv, params, rng, 1);
+}
+
+/* [mu, logs] planes of the rows' z1 (the first keep channels of each row);
+ * z1's planes stay in s->in */
+static void split_prior(const nf_layer *L, const nf_real *params, const nf_real *rows, int B,
+                        const split_ws *s) {
+    const split_impl *S = L->impl;
+    nf_rows_to_planes(rows, L->D, 0, S->keep, L->shape[1] * L->shape[2], B, s->in);
+    nf_conv_forward(&S->cv, params, s->in, s->out, B, s->col);
+}
+
+/* One row's z2 <-> z2' given the prior's planes (row b of B); dir 0 is the
+ * density direction.  Returns sum logs of the row. */
+static double split_row(const split_impl *S, int P, int B, int b, const nf_real *prior,
+                        const nf_real *src, nf_real *dst, int dir) {
+    double sum = 0;
+    for (int c = 0; c < S->rest; c++) {
+        const nf_real *mu = prior + ((size_t)c * B + b) * P;
+        const nf_real *ls = prior + ((size_t)(S->rest + c) * B + b) * P;
+        const nf_real *a = src + (size_t)c * P;
+        nf_real *o = dst + (size_t)c * P;
+        for (int q = 0; q < P; q++) {
+            o[q] = dir ? (nf_real)(mu[q] + exp((double)ls[q]) * a[q])
+                       : (nf_real)((a[q] - mu[q]) * exp(-(double)ls[q]));
+            sum += ls[q];
+        }
+    }
+    return sum;
+}
+
+/* in -> out through z2 <-> z2' (dir as split_row), z1 and the tail copied */
+static void split_apply(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *out,
+                        nf_real *logdet, int dir) {
+    const split_impl *S = L->impl;
+    const int B = c->B, P = L->shape[1] * L->shape[2];
+    const size_t n1 = (size_t)S->keep * P, D = (size_t)L->D;
+    split_ws s = split_scratch(L, c->ws, B);
+    split_prior(L, c->params, in, B, &s);
+    for (int b = 0; b < B; b++) {
+        memcpy(out + b * D, in + b * D, n1 * sizeof *out);
+        double sum = split_row(S, P, B, b, s.out, in + b * D + n1, out + b * D + n1, dir);
+        if (logdet) logdet[b] += (nf_real)(dir ? sum : -sum);
+    }
+    copy_tail(L, B, (size_t)L->shape[0] * P, in, out);
+}
+
+static int split_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
+                         nf_real *logdet) {
+    split_apply(L, c, x, z, logdet, 0);
+    return 0;
+}
+
+static int split_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
+                         nf_real *logdet) {
+    split_apply(L, c, z, x, logdet, 1);
+    return 0;
+}
+
+/* With e = exp(-logs) and z2' the output:
+ *   dz2'/dz2 = e,  dz2'/dmu = -e,  dz2'/dlogs = -z2',  dlogdet/dlogs = -1,
+ * so dx2 = dz2' e, dmu = -dz2' e, dlogs = -dz2' z2' - dlogdet; the conv's
+ * backward takes [dmu, dlogs] to its weights and to z1 (dx1 = dz1 + that).
+ * z1's planes and [mu, logs] are still in ws from the inverse pass. */
+static void split_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
+                           const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
+    const split_impl *S = L->impl;
+    const int B = c->B, P = L->shape[1] * L->shape[2];
+    const size_t n1 = (size_t)S->keep * P, D = (size_t)L->D;
+    split_ws s = split_scratch(L, c->ws, B);
+    (void)x;
+    for (int ch = 0; ch < S->rest; ch++)
+        for (int b = 0; b < B; b++) {
+            size_t pm = ((size_t)ch * B + b) * P, pl = ((size_t)(S->rest + ch) * B + b) * P;
+            size_t r = b * D + n1 + (size_t)ch * P;
+            const nf_real wl = dlogdet ? dlogdet[b] : 0;
+            for (int q = 0; q < P; q++) {
+                nf_real e = (nf_real)exp(-(double)s.out[pl + q]), g = dz[r + q];
+                s.dout[pm + q] = -g * e;
+                s.dout[pl + q] = -g * z[r + q] - wl;
+                if (dx) dx[r + q] = g * e;
+            }
+        }
+    nf_conv_backward(&S->cv, c->params, c->grad, s.in, s.dout, dx ? s.din : NULL, B, s.col);
+    if (!dx) return;
+    nf_planes_to_rows(s.din, S->keep, P, B, dx, L->D, 0);
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < n1; i++) dx[b * D + i] += dz[b * D + i];
+    copy_tail(L, B, (size_t)L->shape[0] * P, dz, dx);
+}
+
+static double split_macs(const nf_layer *L, int executed) {
+    (void)executed;
+    return nf_conv_macs(&((const split_impl *)L->impl)->cv);
+}
+
+static const nf_layer_ops split_ops = {
+    .type = "split",
+    .ws_size = split_ws_size,
+    .init = split_init,
+    .inverse = split_inverse,
+    .forward = split_forward,
+    .backward = split_backward,
+    .destroy = destroy_impl,
+    .macs = split_macs,
+};
+
+int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
+    static const char *const keys[] = {"type", NULL};
+    int rc = nf_layer_need_shape(L, err, errlen);
+    if (rc || (rc = nf_json_check_keys(spec, keys, err, errlen))) return rc;
+    if (L->shape[0] < 2) {
+        char s[48];
+        nf_set_err(err, errlen, "split needs at least 2 channels, the image here is %s",
+                   shape_str(L->shape, s, sizeof s));
+        return NF_EINVAL;
+    }
+    split_impl *S = nf_calloc(1, sizeof *S);
+    if (!S) return NF_ENOMEM;
+    S->keep = L->shape[0] / 2;
+    S->rest = L->shape[0] - S->keep;
+    nf_conv *cv = &S->cv;
+    cv->cin = S->keep;
+    cv->cout = 2 * S->rest;
+    cv->k = 3;
+    cv->h = L->shape[1];
+    cv->w = L->shape[2];
+    cv->w_off = 0;
+    cv->b_off = (size_t)cv->cout * cv->cin * 9;
+    L->ops = &split_ops;
+    L->impl = S;
+    L->nparams = cv->b_off + (size_t)cv->cout;
+    L->out_shape[0] = S->keep;
     return 0;
 }
 
@@ -373,21 +552,6 @@ static invconv_view invconv_params(const nf_layer *L, const nf_real *p) {
     return v;
 }
 
-/* the channels of B rows (stride D) to planes (C, B*P) and back */
-static void image_to_planes(const img_dims *d, int D, int B, const nf_real *x, nf_real *pl) {
-    for (int ch = 0; ch < d->c; ch++)
-        for (int b = 0; b < B; b++)
-            memcpy(pl + ((size_t)ch * B + b) * d->p, x + (size_t)b * D + (size_t)ch * d->p,
-                   (size_t)d->p * sizeof *pl);
-}
-
-static void planes_to_image(const img_dims *d, int D, int B, const nf_real *pl, nf_real *x) {
-    for (int ch = 0; ch < d->c; ch++)
-        for (int b = 0; b < B; b++)
-            memcpy(x + (size_t)b * D + (size_t)ch * d->p, pl + ((size_t)ch * B + b) * d->p,
-                   (size_t)d->p * sizeof *pl);
-}
-
 /* out = op(A) in at every pixel of every row (op(A) = A, or A^T with
  * trans); the tail copied.  The planes path leaves in's planes in s->xp. */
 static void invconv_mul(const nf_layer *L, int B, const nf_real *A, int trans, const nf_real *in,
@@ -395,9 +559,9 @@ static void invconv_mul(const nf_layer *L, int B, const nf_real *A, int trans, c
     img_dims d = dims_of(L);
     const int C = d.c, P = d.p, D = L->D;
     if (s->xp) {
-        image_to_planes(&d, D, B, in, s->xp);
+        nf_rows_to_planes(in, D, 0, C, P, B, s->xp);
         nf_gemm(trans, 0, C, B * P, C, (nf_real)1, A, C, s->xp, B * P, (nf_real)0, s->yp, B * P);
-        planes_to_image(&d, D, B, s->yp, out);
+        nf_planes_to_rows(s->yp, C, P, B, out, D, 0);
     } else {
         for (int b = 0; b < B; b++)
             nf_gemm(trans, 0, C, P, C, (nf_real)1, A, C, in + (size_t)b * D, P, (nf_real)0,
@@ -460,7 +624,7 @@ static void invconv_grad_w(const nf_layer *L, int B, const nf_real *x, const nf_
     img_dims d = dims_of(L);
     const int C = d.c, P = d.p, D = L->D;
     if (s->xp) {
-        image_to_planes(&d, D, B, dz, s->gp);
+        nf_rows_to_planes(dz, D, 0, C, P, B, s->gp);
         nf_gemm(0, 1, C, C, B * P, (nf_real)1, s->gp, B * P, s->xp, B * P, (nf_real)0, s->t1, C);
         return;
     }

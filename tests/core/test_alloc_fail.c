@@ -112,7 +112,9 @@ static const fa_spec fa_specs[FA_NSPECS] = {
                  "\"transform\":\"spline\",\"bins\":4,\"net\":\"resnet\",\"hidden_channels\":3,"
                  "\"blocks\":1}]}"},
     [FA_IMAGE] = {"{\"shape\":[1,4,4],\"layers\":[{\"type\":\"squeeze\"},"
-                  "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":2}]}", 0, DMAX},
+                  "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":2},"
+                  "{\"type\":\"split\"},{\"type\":\"invconv\"},{\"type\":\"channel_actnorm\"}]}",
+                  0, DMAX},
 };
 
 /* One full life of a flow; everything it allocates is freed on every path.

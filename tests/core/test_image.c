@@ -7,18 +7,25 @@
  * channel (invconv multiplies per row from 8 pixels up, on planes below). */
 static const int shapes[3][3] = {{2, 4, 4}, {3, 2, 4}, {4, 2, 2}};
 
-static int check_on_shapes(const char *spec, uint64_t seed) {
+/* skip_large: split's raw logs (Glow's) overflow exp() on rows of 1e3
+ * through randomly perturbed convolution weights */
+static int check_on_shapes_ex(const char *spec, uint64_t seed, int skip_large) {
     int bad = 0;
     for (int s = 0; s < 3; s++) {
         lc_opts o = {0};
         memcpy(o.shape, shapes[s], sizeof o.shape);
         o.seed = seed + (uint64_t)s;
+        o.skip_large = skip_large;
         int k = lc_check_layer(spec, &o);
         CHECK_MSG(k == 0, "%s on %dx%dx%d: %d failed checks", spec, shapes[s][0], shapes[s][1],
                   shapes[s][2], k);
         bad += k;
     }
     return bad;
+}
+
+static int check_on_shapes(const char *spec, uint64_t seed) {
+    return check_on_shapes_ex(spec, seed, 0);
 }
 
 static nf_flow *make(const char *spec) {
@@ -99,6 +106,103 @@ TEST(image_squeeze_twice) {
     CHECK(f->layers[2].shape[0] == 16 && f->layers[2].shape[1] == 1 && f->layers[2].shape[2] == 1);
     int s[3];
     CHECK(nf_flow_shape(f, s) && s[0] == 1 && s[1] == 4 && s[2] == 4); /* the flow's input */
+    nf_flow_free(f);
+}
+
+/* ---- split ----------------------------------------------------------------- */
+
+TEST(image_split_layercheck) { check_on_shapes_ex("{\"type\":\"split\"}", 60, 1); }
+
+/* keep = C/2 channels stay (floor); the layers after see (keep, H, W) */
+TEST(image_split_shapes) {
+    nf_flow *f = make("{\"shape\":[3,2,4],\"layers\":[{\"type\":\"split\"},"
+                      "{\"type\":\"channel_actnorm\"}]}");
+    REQUIRE(f);
+    const nf_layer *L = &f->layers[0];
+    CHECK(L->out_shape[0] == 1 && L->out_shape[1] == 2 && L->out_shape[2] == 4);
+    CHECK(f->layers[1].shape[0] == 1 && f->layers[1].nparams == 2);
+    /* a 3x3 convolution from 1 channel to [mu, logs] of 2 channels each */
+    CHECK_EQ_INT(L->nparams, 4 * 1 * 9 + 4);
+    config_round_trip(f);
+    nf_flow_free(f);
+}
+
+/* A split with only biases in its convolution: z2 ~ N(mu_c, exp(logs_c)^2)
+ * per channel c (mu the first C - keep outputs, logs the next). */
+static nf_flow *split_with_biases(const double *mu, const double *logs) {
+    nf_flow *f = make("{\"shape\":[4,2,2],\"layers\":[{\"type\":\"split\"}]}");
+    if (!f) return NULL;
+    nf_real *p = nf_flow_params(f) + f->layers[0].param_off;
+    const size_t nw = 4 * 2 * 9;
+    for (size_t i = 0; i < nw; i++) CHECK(p[i] == 0); /* zero-initialised */
+    for (int c = 0; c < 2; c++) {
+        p[nw + c] = (nf_real)mu[c];
+        p[nw + 2 + c] = (nf_real)logs[c];
+    }
+    return f;
+}
+
+/* Sampling at temperature T: with a zero convolution the factored channels
+ * have std T like the rest; with biases mean mu_c and std T exp(logs_c). */
+TEST(image_split_sampling_temperature) {
+    enum { N = 4000, P = 4, D = 16 };
+    const double T = 0.5, zero[2] = {0, 0}, mu[2] = {1.5, -0.5}, logs[2] = {log(2.0), log(0.5)};
+    static nf_real x[N * D], lp[N], lp2[N];
+    for (int k = 0; k < 2; k++) {
+        nf_flow *f = split_with_biases(k ? mu : zero, k ? logs : zero);
+        REQUIRE(f);
+        nf_ws *w = NULL;
+        REQUIRE(nf_ws_create(f, 256, &w) == 0);
+        REQUIRE(nf_flow_sample(f, w, N, T, 17, NULL, x, lp) == 0);
+        for (int c = 0; c < 4; c++) {
+            double s = 0, ss = 0;
+            for (int r = 0; r < N; r++)
+                for (int q = 0; q < P; q++) s += x[r * D + c * P + q];
+            double m = s / (N * P);
+            for (int r = 0; r < N; r++)
+                for (int q = 0; q < P; q++) ss += pow(x[r * D + c * P + q] - m, 2);
+            double sd = sqrt(ss / (N * P));
+            double want_m = c < 2 || !k ? 0 : mu[c - 2];
+            double want_sd = T * (c < 2 || !k ? 1 : exp(logs[c - 2]));
+            /* N*P = 16000 draws: standard errors want_sd/126 (mean) and /179 (std) */
+            CHECK_MSG(fabs(m - want_m) < 0.03 * want_sd / T, "k %d channel %d: mean %g, want %g",
+                      k, c, m, want_m);
+            CHECK_MSG(fabs(sd / want_sd - 1) < 0.03, "k %d channel %d: std %g, want %g", k, c, sd,
+                      want_sd);
+        }
+        /* the sampler's log-density is the flow's */
+        REQUIRE(nf_flow_log_prob(f, w, x, NULL, 64, lp2) == 0);
+        for (int r = 0; r < 64; r++) CHECK_CLOSE(lp2[r], lp[r], 1e-4, 1e-5);
+        nf_ws_free(w);
+        nf_flow_free(f);
+    }
+}
+
+/* log p(x) is the split prior's Gaussian: N(0,1) for z1 (the base) and
+ * N(mu_c, exp(logs_c)^2) for z2, written out here. */
+TEST(image_split_log_prob_is_the_prior) {
+    enum { B = 5, P = 4, D = 16 };
+    const double mu[2] = {0.7, -1.2}, logs[2] = {0.3, -0.4}, l2pi = log(2 * M_PI);
+    nf_flow *f = split_with_biases(mu, logs);
+    REQUIRE(f);
+    nf_ws *w = NULL;
+    REQUIRE(nf_ws_create(f, B, &w) == 0);
+    nf_real x[B * D], lp[B];
+    nf_rng rng;
+    nf_rng_seed(&rng, 3);
+    lc_randn(&rng, x, B * D, 1.5, 0.2);
+    REQUIRE(nf_flow_log_prob(f, w, x, NULL, B, lp) == 0);
+    for (int r = 0; r < B; r++) {
+        double want = 0;
+        for (int i = 0; i < D; i++) {
+            int c = i / P;
+            double m = c < 2 ? 0 : mu[c - 2], ls = c < 2 ? 0 : logs[c - 2];
+            double u = (x[r * D + i] - m) * exp(-ls);
+            want += -0.5 * u * u - ls - 0.5 * l2pi;
+        }
+        CHECK_CLOSE(lp[r], want, 1e-4, 1e-5);
+    }
+    nf_ws_free(w);
     nf_flow_free(f);
 }
 
@@ -333,6 +437,19 @@ TEST(image_layers_chained_layercheck) {
                          "{\"type\":\"channel_actnorm\"},{\"type\":\"squeeze\"},"
                          "{\"type\":\"invconv\",\"seed\":5}",
                          &o) == 0);
+    /* after a split, every layer passes the factored channels through: the
+     * tail of the row (skip_large: split's raw logs, see check_on_shapes_ex) */
+    check_on_shapes_ex("{\"type\":\"squeeze\"},{\"type\":\"split\"},{\"type\":\"channel_actnorm\"}",
+                       51, 1);
+    lc_opts m = {0};
+    m.shape[0] = 1, m.shape[1] = 4, m.shape[2] = 4;
+    m.seed = 55;
+    m.skip_large = 1;
+    CHECK(lc_check_layer("{\"type\":\"squeeze\"},{\"type\":\"split\"},"
+                         "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":1},"
+                         "{\"type\":\"squeeze\"},{\"type\":\"split\"},{\"type\":\"invconv\"},"
+                         "{\"type\":\"channel_actnorm\"}",
+                         &m) == 0);
 }
 
 TEST(image_layers_refuse_bad_specs) {
@@ -342,8 +459,12 @@ TEST(image_layers_refuse_bad_specs) {
     /* the second squeeze sees the first one's output */
     refused("{\"shape\":[1,2,2],\"layers\":[{\"type\":\"squeeze\"},{\"type\":\"squeeze\"}]}",
             "layer 1 (squeeze): squeeze needs an even height and width, the image here is 4x1x1");
-    static const char *const types[] = {"squeeze", "channel_actnorm", "invconv"};
-    for (int t = 0; t < 3; t++) {
+    refused("{\"shape\":[1,4,4],\"layers\":[{\"type\":\"split\"}]}",
+            "split needs at least 2 channels, the image here is 1x4x4");
+    refused("{\"shape\":[2,4,4],\"layers\":[{\"type\":\"split\"},{\"type\":\"split\"}]}",
+            "layer 1 (split): split needs at least 2 channels, the image here is 1x4x4");
+    static const char *const types[] = {"squeeze", "split", "channel_actnorm", "invconv"};
+    for (int t = 0; t < 4; t++) {
         char spec[160];
         snprintf(spec, sizeof spec, "{\"dim\":4,\"layers\":[{\"type\":\"%s\"}]}", types[t]);
         refused(spec, "needs \"shape\"");
