@@ -553,13 +553,14 @@ static invconv_view invconv_params(const nf_layer *L, const nf_real *p) {
 }
 
 /* out = op(A) in at every pixel of every row (op(A) = A, or A^T with
- * trans); the tail copied.  The planes path leaves in's planes in s->xp. */
+ * trans); the tail copied.  The planes path leaves in's planes in s->xp,
+ * or finds them there already when gathered is set. */
 static void invconv_mul(const nf_layer *L, int B, const nf_real *A, int trans, const nf_real *in,
-                        nf_real *out, const invconv_ws *s) {
+                        nf_real *out, const invconv_ws *s, int gathered) {
     img_dims d = dims_of(L);
     const int C = d.c, P = d.p, D = L->D;
     if (s->xp) {
-        nf_rows_to_planes(in, D, 0, C, P, B, s->xp);
+        if (!gathered) nf_rows_to_planes(in, D, 0, C, P, B, s->xp);
         nf_gemm(trans, 0, C, B * P, C, (nf_real)1, A, C, s->xp, B * P, (nf_real)0, s->yp, B * P);
         nf_planes_to_rows(s->yp, C, P, B, out, D, 0);
     } else {
@@ -592,7 +593,7 @@ static int invconv_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_re
                            nf_real *logdet) {
     invconv_ws s = invconv_scratch(L, c->ws, c->B);
     invconv_build(L, c->params, &s);
-    invconv_mul(L, c->B, s.W, 0, x, z, &s);
+    invconv_mul(L, c->B, s.W, 0, x, z, &s, 0);
     add_logdet(logdet, c->B, invconv_logdet(L, c->params));
     return 0;
 }
@@ -612,19 +613,18 @@ static int invconv_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_re
     for (int i = 0; i < C; i++) winv_t[(size_t)A->perm[i] * C + i] = 1;
     nf_trsm_rt(0, 1, C, C, s.Lf, C, winv_t, C);
     nf_trsm_rt(1, 0, C, C, s.Ut, C, winv_t, C);
-    invconv_mul(L, c->B, winv_t, 1, z, x, &s);
+    invconv_mul(L, c->B, winv_t, 1, z, x, &s, 0);
     add_logdet(logdet, c->B, -invconv_logdet(L, c->params));
     return 0;
 }
 
 /* dW = sum over rows and pixels of dz x^T into s->t1 (the planes path
- * reads x's planes that inverse left in s->xp) */
+ * reads dz's planes in s->gp and x's, which inverse left in s->xp) */
 static void invconv_grad_w(const nf_layer *L, int B, const nf_real *x, const nf_real *dz,
                            const invconv_ws *s) {
     img_dims d = dims_of(L);
     const int C = d.c, P = d.p, D = L->D;
     if (s->xp) {
-        nf_rows_to_planes(dz, D, 0, C, P, B, s->gp);
         nf_gemm(0, 1, C, C, B * P, (nf_real)1, s->gp, B * P, s->xp, B * P, (nf_real)0, s->t1, C);
         return;
     }
@@ -644,12 +644,13 @@ static void invconv_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, con
     const int C = L->shape[0], B = c->B;
     invconv_ws s = invconv_scratch(L, c->ws, B);
     (void)z;
+    /* the planes path: dz's planes once, in gp (x's stay in xp) */
+    if (s.xp) nf_rows_to_planes(dz, L->D, 0, C, L->shape[1] * L->shape[2], B, s.gp);
     if (c->grad) invconv_grad_w(L, B, x, dz, &s);
     if (dx) {
-        /* the planes path gathers into xp: keep x's planes, which grad_w has used */
         invconv_ws t = s;
         t.xp = s.gp;
-        invconv_mul(L, B, s.W, 1, dz, dx, &t);
+        invconv_mul(L, B, s.W, 1, dz, dx, &t, 1);
     }
     if (!c->grad) return;
     nf_real *dM = s.t2;

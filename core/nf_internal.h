@@ -11,7 +11,8 @@
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
  * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
- * the scalar spline), conv_coupling.c (image couplings) -- on the
+ * the scalar spline), conv_coupling.c (image couplings), image.c (squeeze,
+ * split, channel_actnorm, invconv: the other image layers) -- on the
  * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c
  * (conv.h: convolutions and convolutional networks), and base.c for the
  * base distributions.  Flow and presets: flow.c (the layer

@@ -368,6 +368,26 @@ TEST(image_invconv_fresh_rotation) {
     }
 }
 
+/* A model file keeps an invconv's seed, not its permutation and signs: the
+ * constructor draws them again on every load.  So the rotation of a seed is
+ * pinned here (3 channels, seed 7, printed once): a change to the draw, the
+ * QR or the pivoting would load every saved invconv model wrongly. */
+TEST(image_invconv_rotation_is_pinned) {
+    static const double want[3][3] = {{-0.6118917, -0.2078491, 0.7631431},
+                                       {-0.4971374, -0.6493751, -0.5754705},
+                                       {0.6151772, -0.7315125, 0.2940178}};
+    nf_flow *f = make("{\"shape\":[3,1,1],\"layers\":[{\"type\":\"invconv\",\"seed\":7}]}");
+    REQUIRE(f);
+    nf_ws *w = NULL;
+    REQUIRE(nf_ws_create(f, 1, &w) == 0);
+    double W[9];
+    pixel_matrix(f, w, 3, 1, 0, W);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) CHECK_CLOSE(W[i * 3 + j], want[i][j], 2e-6, 0);
+    nf_ws_free(w);
+    nf_flow_free(f);
+}
+
 /* log|det| of a small dense matrix (Gaussian elimination, partial pivoting) */
 static double logabsdet(double *A, int n) {
     double s = 0;
