@@ -3,11 +3,11 @@
  * the contract: layouts, the two networks, initialisation.
  *
  * A 3x3 convolution is im2col and one GEMM over the batch:
- *   col (cin*9, n*P): row ci*9 + ky*3 + kx, column b*P + y*W + x holds
- *   in(ci, b, y+ky-1, x+kx-1), 0 outside the image;
+ *   col (cin*9, n*P): row ci*9 + t, t = ky*3 + kx, column b*P + y*W + x
+ *   holds in(ci, b, y+ky-1, x+kx-1), 0 outside the image;
  *   out (cout, B*P) = W (cout, cin*9) x col + bias.
- * Tap (dy, dx) = (ky-1, kx-1) of channel ci is the channel's n planes,
- * contiguous in planes layout, read as one flat array shifted by
+ * Tap t, shift (dy, dx) = (ky-1, kx-1), of a channel is the channel's n
+ * planes, contiguous in planes layout, read as one flat array shifted by
  * off = dy*W + dx.  So im2col copies each (channel, tap) in one memcpy and
  * then zeroes the entries whose source lies outside their own image: row 0
  * (dy = -1) or row H-1 (dy = 1) of every plane, and column 0 (dx = -1) or
@@ -17,21 +17,32 @@
  * contiguous arrays (no per-pixel index arithmetic), which matters at the
  * small image widths of flows (14, 28, 32).
  *
- * The im2col buffer is 9 cin times the size of the input, and every image
- * layer of a flow has its own workspace, so the buffer holds at most
- * CONV_COL_MAX floats: a batch whose columns do not fit runs in chunks of
- * rows, each chunk one GEMM over n*P columns (thousands wide: GEMM speed does
- * not grow past that) writing its block of the output planes in place
- * (ldc = B*P).  A 1x1 convolution multiplies the planes directly: one GEMM,
- * no copy.
+ * A convolution that narrows the channels (9 cout + cin < 9 cin: the last
+ * one of a conditioner, hidden -> a few parameters per channel) runs on the
+ * output side instead, so its buffer has 9 cout rows, not 9 cin:
+ *   Y (cout*9, n*P) = Wa x in,  Wa[(co*9 + t), ci] = W[co, ci, t],
+ *   out(co) = sum_t Y(co, t) read at shift t: a col2im with mirrored taps
+ *   (tap 8 - t adds at shift -off_t, i.e. reads at +off_t);
+ * backward: G = im2col of dout with mirrored taps (G(co, t) at pixel q is
+ * dout(co) at q - off_t), dWa += G x in^T and din = Wa^T G, with no col2im.
+ * For Glow's 512 -> 6 convolution that is 60 buffer rows instead of 4608,
+ * and GEMMs with 54 rows instead of 6.
  *
- * Backward per chunk: im2col again (nothing is kept from forward), dW +=
- * dout x col^T; then col := W^T dout and col2im into din.  dbias is a sum
- * over the planes.
+ * The buffer holds at most nf_conv_col_max floats (every image layer of a
+ * flow has its own workspace): a batch whose columns do not fit runs in
+ * chunks of rows, each chunk one GEMM over n*P columns (thousands wide: GEMM
+ * speed does not grow past that) writing its block of the output planes in
+ * place (ldc = B*P).  A 1x1 convolution multiplies the planes directly: one
+ * GEMM, no copy.
+ *
+ * Backward per chunk (input side): im2col again (nothing is kept from
+ * forward), dW += dout x col^T; then col := W^T dout and col2im into din.
+ * dbias is a sum over the planes.
  *
  * Networks keep the post-ReLU activations they need for backward (ReLU's
  * derivative is post > 0); a convolution whose input is relu(h) with h kept
- * (resnet) applies the ReLU inside im2col rather than storing relu(h).
+ * (resnet) applies the ReLU while building its buffer rather than storing
+ * relu(h).
  */
 #include "conv.h"
 
@@ -42,25 +53,41 @@
 #include <stddef.h>
 #include <string.h>
 
-/* floats of one im2col buffer: 16 MiB in float32 */
-#define CONV_COL_MAX ((size_t)1 << 22)
+/* floats of one convolution buffer: 16 MiB in float32 */
+size_t nf_conv_col_max = (size_t)1 << 22;
 /* parameters of one conditioner (512 MiB of float32), checked before any
  * allocation: "hidden_channels" comes from user specs */
 #define CNET_MAX_PARAMS ((size_t)1 << 27)
 
 static size_t conv_P(const nf_conv *cv) { return (size_t)cv->h * cv->w; }
 
-/* Rows per im2col chunk: as many as CONV_COL_MAX floats hold, at least one. */
+/* 1 when the convolution runs on the output side (see above) */
+static int conv_narrow(const nf_conv *cv) {
+    return cv->k == 3 && 9 * (size_t)cv->cout + cv->cin < 9 * (size_t)cv->cin;
+}
+
+/* Buffer rows per pixel: 9 cin (im2col), or 9 cout (Y or G) and cin (the
+ * chunk's relu(in)) on the output side, which also keeps Wa and dWa. */
+static size_t conv_rows(const nf_conv *cv) {
+    return conv_narrow(cv) ? 9 * (size_t)cv->cout + cv->cin : 9 * (size_t)cv->cin;
+}
+static size_t conv_fixed(const nf_conv *cv) {
+    return conv_narrow(cv) ? 2 * 9 * (size_t)cv->cout * cv->cin : 0;
+}
+
+/* Rows of the batch per chunk: as many as nf_conv_col_max floats hold, at
+ * least one. */
 static int conv_chunk_rows(const nf_conv *cv, int B) {
-    size_t per_row = (size_t)cv->cin * 9 * conv_P(cv);
-    size_t n = CONV_COL_MAX / (per_row ? per_row : 1);
+    size_t per_row = conv_rows(cv) * conv_P(cv), fixed = conv_fixed(cv);
+    size_t room = nf_conv_col_max > fixed ? nf_conv_col_max - fixed : 0;
+    size_t n = room / (per_row ? per_row : 1);
     if (n < 1) n = 1;
     return n > (size_t)B ? B : (int)n;
 }
 
 size_t nf_conv_col_size(const nf_conv *cv, int B) {
     if (cv->k == 1 || B < 1) return 0;
-    return (size_t)cv->cin * 9 * conv_P(cv) * (size_t)conv_chunk_rows(cv, B);
+    return conv_fixed(cv) + conv_rows(cv) * conv_P(cv) * (size_t)conv_chunk_rows(cv, B);
 }
 
 double nf_conv_macs(const nf_conv *cv) {
@@ -78,8 +105,8 @@ void nf_conv_init(const nf_conv *cv, nf_real *params, nf_rng *rng, int zero) {
 /* ---- im2col / col2im -------------------------------------------------------- */
 
 /* The flat shift of tap t (0..8) and the range [lo, hi) of the n*P entries
- * of a col row whose shifted source stays inside the n planes; the entries
- * outside it are all border entries (zeroed by tap_border). */
+ * of a buffer row whose shifted source stays inside the n planes; the
+ * entries outside it are all border entries (zeroed by tap_border). */
 static void tap_range(int t, int W, size_t N, ptrdiff_t *off, size_t *lo, size_t *hi) {
     int dy = t / 3 - 1, dx = t % 3 - 1;
     ptrdiff_t o = (ptrdiff_t)dy * W + dx;
@@ -93,8 +120,8 @@ static void tap_range(int t, int W, size_t N, ptrdiff_t *off, size_t *lo, size_t
     *hi = o > 0 ? N - a : N;
 }
 
-/* Zero the entries of tap t's col row (n planes of H x W) whose source is
- * outside their image: a border row and/or column of every plane. */
+/* Zero the entries of tap t's buffer row (n planes of H x W) whose source
+ * is outside their image: a border row and/or column of every plane. */
 static void tap_border(int t, nf_real *row, int n, int H, int W) {
     int dy = t / 3 - 1, dx = t % 3 - 1;
     size_t P = (size_t)H * W, N = P * (size_t)n;
@@ -113,42 +140,45 @@ NF_VEC static void add_to(nf_real *dst, const nf_real *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-/* col (cin*9, n*P) from rows b0 .. b0+n-1 of in (cin planes of B rows),
- * relu(in) when relu is set. */
-static void im2col(const nf_conv *cv, const nf_real *in, int B, int b0, int n, int relu,
-                   nf_real *col) {
+/* col (nch*9, n*P) from rows b0 .. b0+n-1 of src (nch planes of B rows),
+ * relu(src) when relu is set; mirror: row t takes tap 8 - t's shift. */
+static void im2col(const nf_conv *cv, const nf_real *src, int nch, int B, int b0, int n,
+                   int relu, int mirror, nf_real *col) {
     size_t P = conv_P(cv), N = P * (size_t)n;
-    for (int ci = 0; ci < cv->cin; ci++) {
-        const nf_real *src = in + ((size_t)ci * B + b0) * P;
+    for (int ci = 0; ci < nch; ci++) {
+        const nf_real *s = src + ((size_t)ci * B + b0) * P;
         for (int t = 0; t < 9; t++) {
+            int u = mirror ? 8 - t : t;
             nf_real *dst = col + ((size_t)ci * 9 + t) * N;
             ptrdiff_t off;
             size_t lo, hi;
-            tap_range(t, cv->w, N, &off, &lo, &hi);
+            tap_range(u, cv->w, N, &off, &lo, &hi);
             if (hi > lo) {
-                if (relu) copy_relu(dst + lo, src + lo + off, hi - lo);
-                else memcpy(dst + lo, src + lo + off, (hi - lo) * sizeof *dst);
+                if (relu) copy_relu(dst + lo, s + lo + off, hi - lo);
+                else memcpy(dst + lo, s + lo + off, (hi - lo) * sizeof *dst);
             }
             /* the entries outside [lo, hi) are border entries: cleared here */
-            tap_border(t, dst, n, cv->h, cv->w);
+            tap_border(u, dst, n, cv->h, cv->w);
         }
     }
 }
 
-/* din rows b0 .. b0+n-1 (cin planes of B rows) = col2im(col); col is
- * scratch and comes back with its border entries zeroed. */
-static void col2im(const nf_conv *cv, nf_real *col, int B, int b0, int n, nf_real *din) {
+/* dst rows b0 .. b0+n-1 (nch planes of B rows) = col2im(col), written;
+ * mirror as in im2col.  col is scratch: its border entries get zeroed. */
+static void col2im(const nf_conv *cv, nf_real *col, int nch, int B, int b0, int n, int mirror,
+                   nf_real *dst) {
     size_t P = conv_P(cv), N = P * (size_t)n;
-    for (int ci = 0; ci < cv->cin; ci++) {
-        nf_real *dst = din + ((size_t)ci * B + b0) * P, *rows = col + (size_t)ci * 9 * N;
-        memcpy(dst, rows + 4 * N, N * sizeof *dst); /* the centre tap: no shift, no border */
+    for (int ci = 0; ci < nch; ci++) {
+        nf_real *d = dst + ((size_t)ci * B + b0) * P, *rows = col + (size_t)ci * 9 * N;
+        memcpy(d, rows + 4 * N, N * sizeof *d); /* the centre tap: no shift, no border */
         for (int t = 0; t < 9; t++) {
             if (t == 4) continue;
+            int u = mirror ? 8 - t : t;
             ptrdiff_t off;
             size_t lo, hi;
-            tap_range(t, cv->w, N, &off, &lo, &hi);
-            tap_border(t, rows + t * N, n, cv->h, cv->w);
-            if (hi > lo) add_to(dst + lo + off, rows + t * N + lo, hi - lo);
+            tap_range(u, cv->w, N, &off, &lo, &hi);
+            tap_border(u, rows + t * N, n, cv->h, cv->w);
+            if (hi > lo) add_to(d + lo + off, rows + t * N + lo, hi - lo);
         }
     }
 }
@@ -179,34 +209,112 @@ NF_VEC static void epilogue(nf_real *out, const nf_real *bias, const nf_real *re
     }
 }
 
+/* The output side's scratch: Wa, dWa (9 cout, cin), then Y or G (9 cout
+ * rows) and x (cin rows) of a chunk of m rows. */
+typedef struct { nf_real *Wa, *dWa, *Y, *x; } narrow_bufs;
+
+static narrow_bufs narrow_layout(const nf_conv *cv, nf_real *col, int m) {
+    size_t nw = 9 * (size_t)cv->cout * cv->cin, mP = conv_P(cv) * (size_t)m;
+    narrow_bufs nb = {col, col + nw, col + 2 * nw, col + 2 * nw + 9 * (size_t)cv->cout * mP};
+    return nb;
+}
+
+/* Wa[(co*9 + t), ci] = W[co, ci, t] */
+static void weights_by_tap(const nf_conv *cv, const nf_real *W, nf_real *Wa) {
+    for (int co = 0; co < cv->cout; co++)
+        for (int ci = 0; ci < cv->cin; ci++)
+            for (int t = 0; t < 9; t++)
+                Wa[((size_t)co * 9 + t) * cv->cin + ci] = W[((size_t)co * cv->cin + ci) * 9 + t];
+}
+
+/* The chunk [b0, b0+m) of the convolution's input, in (ld B*P) or relu(in)
+ * copied into x (ld m*P); *ld set. */
+static const nf_real *chunk_input(const nf_conv *cv, const nf_real *in, int relu, int B, int b0,
+                                  int m, nf_real *x, int *ld) {
+    size_t P = conv_P(cv), mP = P * (size_t)m;
+    if (!relu) {
+        *ld = (int)(P * (size_t)B);
+        return in + (size_t)b0 * P;
+    }
+    for (int ci = 0; ci < cv->cin; ci++)
+        copy_relu(x + (size_t)ci * mP, in + ((size_t)ci * B + b0) * P, mP);
+    *ld = (int)mP;
+    return x;
+}
+
 /* out (cout planes) = act(conv(x) + bias (+ res)), x = relu(in) when relu_in
- * (3x3 only: the ReLU is applied while building col). */
+ * (3x3 only: the ReLU is applied while building the buffer). */
 static void conv_run(const nf_conv *cv, const nf_real *params, const nf_real *in, int relu_in,
                      const nf_real *res, int relu_out, nf_real *out, int B, nf_real *col) {
     const nf_real *Wt = params + cv->w_off;
     size_t P = conv_P(cv);
-    int BP = (int)(P * (size_t)B);
+    int BP = (int)(P * (size_t)B), narrow = conv_narrow(cv);
     if (cv->k == 1) {
         nf_gemm(0, 0, cv->cout, BP, cv->cin, 1, Wt, cv->cin, in, BP, 0, out, BP);
     } else {
         int K = cv->cin * 9, n = conv_chunk_rows(cv, B);
+        if (narrow) weights_by_tap(cv, Wt, col);
         for (int b0 = 0; b0 < B; b0 += n) {
-            int m = B - b0 < n ? B - b0 : n, mP = (int)(P * (size_t)m);
-            im2col(cv, in, B, b0, m, relu_in, col);
-            nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
+            int m = B - b0 < n ? B - b0 : n, mP = (int)(P * (size_t)m), ld;
+            if (narrow) {
+                narrow_bufs nb = narrow_layout(cv, col, m);
+                const nf_real *x = chunk_input(cv, in, relu_in, B, b0, m, nb.x, &ld);
+                nf_gemm(0, 0, 9 * cv->cout, mP, cv->cin, 1, nb.Wa, cv->cin, x, ld, 0, nb.Y, mP);
+                col2im(cv, nb.Y, cv->cout, B, b0, m, 1, out);
+            } else {
+                im2col(cv, in, cv->cin, B, b0, m, relu_in, 0, col);
+                nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
+            }
         }
     }
     epilogue(out, params + cv->b_off, res, relu_out, cv->cout, (size_t)BP);
 }
 
-/* grad bias += the sum of each dout plane (in double: B*P terms) */
+/* grad bias += the sum of each dout plane, in double (B*P terms) over 16
+ * running sums: one sum in order is a chain of dependent additions the
+ * compiler may not reorder (no -ffast-math), 4x slower than the GEMMs of
+ * a 1x1 convolution's backward; 16 lanes vectorise. */
+#define BIAS_LANES 16
 NF_VEC static void bias_grad(nf_real *gb, const nf_real *dout, int C, size_t N) {
     for (int c = 0; c < C; c++) {
         const nf_real *d = dout + (size_t)c * N;
-        double s = 0;
-        for (size_t i = 0; i < N; i++) s += d[i];
+        double acc[BIAS_LANES] = {0}, s = 0;
+        size_t i = 0;
+        for (; i + BIAS_LANES <= N; i += BIAS_LANES)
+            for (int j = 0; j < BIAS_LANES; j++) acc[j] += d[i + j];
+        for (; i < N; i++) s += d[i];
+        for (int j = 0; j < BIAS_LANES; j++) s += acc[j];
         gb[c] += (nf_real)s;
     }
+}
+
+/* The output side's backward: G = mirrored im2col of dout per chunk,
+ * dWa += G x^T, din = Wa^T G; dWa is added into grad's (cout, cin, 9). */
+static void narrow_back(const nf_conv *cv, const nf_real *params, nf_real *gW,
+                        const nf_real *in, int relu_in, const nf_real *dout, nf_real *din,
+                        int B, nf_real *col) {
+    size_t P = conv_P(cv), nw = 9 * (size_t)cv->cout * cv->cin;
+    int BP = (int)(P * (size_t)B), M = 9 * cv->cout, n = conv_chunk_rows(cv, B);
+    weights_by_tap(cv, params + cv->w_off, col);
+    if (gW) memset(col + nw, 0, nw * sizeof *col);
+    for (int b0 = 0; b0 < B; b0 += n) {
+        int m = B - b0 < n ? B - b0 : n, mP = (int)(P * (size_t)m), ld;
+        narrow_bufs nb = narrow_layout(cv, col, m);
+        im2col(cv, dout, cv->cout, B, b0, m, 0, 1, nb.Y);
+        if (gW) {
+            const nf_real *x = chunk_input(cv, in, relu_in, B, b0, m, nb.x, &ld);
+            nf_gemm(0, 1, M, cv->cin, mP, 1, nb.Y, mP, x, ld, 1, nb.dWa, cv->cin);
+        }
+        if (din)
+            nf_gemm(1, 0, cv->cin, mP, M, 1, nb.Wa, cv->cin, nb.Y, mP, 0, din + (size_t)b0 * P,
+                    BP);
+    }
+    if (!gW) return;
+    const nf_real *dWa = col + nw;
+    for (int co = 0; co < cv->cout; co++)
+        for (int ci = 0; ci < cv->cin; ci++)
+            for (int t = 0; t < 9; t++)
+                gW[((size_t)co * cv->cin + ci) * 9 + t] += dWa[((size_t)co * 9 + t) * cv->cin + ci];
 }
 
 /* Backward of conv_run's convolution (before its epilogue): given dout,
@@ -225,17 +333,21 @@ static void conv_back(const nf_conv *cv, const nf_real *params, nf_real *grad,
         if (din) nf_gemm(1, 0, cv->cin, BP, cv->cout, 1, Wt, cv->cin, dout, BP, 0, din, BP);
         return;
     }
+    if (conv_narrow(cv)) {
+        narrow_back(cv, params, gW, in, relu_in, dout, din, B, col);
+        return;
+    }
     int K = cv->cin * 9, n = conv_chunk_rows(cv, B);
     for (int b0 = 0; b0 < B; b0 += n) {
         int m = B - b0 < n ? B - b0 : n, mP = (int)(P * (size_t)m);
         const nf_real *dch = dout + (size_t)b0 * P;
         if (gW) {
-            im2col(cv, in, B, b0, m, relu_in, col);
+            im2col(cv, in, cv->cin, B, b0, m, relu_in, 0, col);
             nf_gemm(0, 1, cv->cout, K, mP, 1, dch, BP, col, mP, 1, gW, K);
         }
         if (din) {
             nf_gemm(1, 0, K, mP, cv->cout, 1, Wt, K, dch, BP, 0, col, mP);
-            col2im(cv, col, B, b0, m, din);
+            col2im(cv, col, cv->cin, B, b0, m, 0, din);
         }
     }
 }

@@ -42,6 +42,10 @@ typedef struct nf_conv {
 /* Scratch floats the two calls below need for B rows (the im2col buffer;
  * 0 for k = 1, which multiplies the planes directly). */
 size_t nf_conv_col_size(const nf_conv *cv, int B);
+/* The most floats that buffer takes (16 MiB of float32 by default): more
+ * rows run in chunks of rows (conv.c).  Tests lower it to run small
+ * convolutions in chunks; set it before sizing any workspace. */
+extern size_t nf_conv_col_max;
 /* out (cout planes of B rows) = conv(in) + bias; col: nf_conv_col_size floats.
  * out may not alias in. */
 void nf_conv_forward(const nf_conv *cv, const nf_real *params, const nf_real *in, nf_real *out,
