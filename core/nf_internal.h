@@ -11,7 +11,8 @@
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
  * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
- * the scalar spline), conv_coupling.c (image couplings) -- on the
+ * the scalar spline), conv_coupling.c (image couplings), image.c (squeeze,
+ * split, channel_actnorm, invconv: the other image layers) -- on the
  * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c
  * (conv.h: convolutions and convolutional networks), and base.c for the
  * base distributions.  Flow and presets: flow.c (the layer
@@ -127,7 +128,37 @@ int nf_leaky_relu_create(nf_layer *L, const cJSON *spec, char *err, size_t errle
 int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+/* image layers (core/image.c): flows with a "shape" */
+int nf_squeeze_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_channel_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+
+/* ---- LU-parameterised matrices (core/lu.c) --------------------------------
+ * lu_linear and invconv hold an invertible (n,n) matrix through M = Lf Ut,
+ * Lf unit lower triangular and Ut = U + diag(sign * exp(log_s)) with U
+ * strictly upper.  Packed parameters: l, the strict lower part row-major
+ * (n(n-1)/2, L_ij at nf_lu_lidx(i,j), j < i), u, the strict upper part
+ * row-major (n(n-1)/2, U_ij at nf_lu_uidx(n,i,j), j > i), log_s (n); sign
+ * (n) holds +-1, or is NULL for all +1.  log|det M| = sum log_s. */
+static inline size_t nf_lu_lidx(int i, int j) { return (size_t)i * (i - 1) / 2 + j; }
+static inline size_t nf_lu_uidx(int n, int i, int j) {
+    return (size_t)i * (n - 1) - (size_t)i * (i - 1) / 2 + (size_t)(j - i - 1);
+}
+/* the dense factors Lf, Ut (n,n) */
+void nf_lu_factors(int n, const nf_real *l, const nf_real *u, const nf_real *log_s,
+                   const nf_real *sign, nf_real *Lf, nf_real *Ut);
+/* Through M = Lf Ut: given dM = dL/dM (n,n), gl, gu, gls += dL/dl, dL/du,
+ * dL/dlog_s, where dld (the weight of sum log_s in L: the log-det's term)
+ * is added to every gls.  dLf, dUt: (n,n) scratch each. */
+void nf_lu_factors_backward(int n, const nf_real *Lf, const nf_real *Ut, const nf_real *dM,
+                            const nf_real *log_s, const nf_real *sign, double dld, nf_real *dLf,
+                            nf_real *dUt, nf_real *gl, nf_real *gu, nf_real *gls);
+/* A (n,n) row-major, double = P L U by partial pivoting: A is overwritten
+ * with L's strict lower part and U (diagonal included), and row i of L U is
+ * row perm[i] of the original A.  NF_EINVAL when A is singular. */
+int nf_lu_decompose(int n, double *A, int *perm);
 
 /* ---- presets (core/presets.c) ---------------------------------------------
  * Expand {"dim", "preset", "depth"?, "hidden"?, ...} into an explicit flow
