@@ -8,7 +8,9 @@
 #include "daemon.h"
 #include "oapi.h"
 
-#include "../../core/nf.h"
+#include "../../core/data.h"
+#include "../../core/evaluate.h"
+#include "../../core/model.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -347,5 +349,128 @@ TEST_T(http_evaluate_read_scope, 60) {
     CHECK_EQ_INT(r.status, 401);
     hresp_free(&r);
     free(x);
+    dmn_cleanup(&d);
+}
+
+/* ---- flowd eval --samples ----------------------------------------------------------- */
+/* The last line of the daemon log that starts with '{' (run_flowd appends
+ * the command's stdout there), parsed; NULL if none. */
+static cJSON *last_json_line(dmn *d) {
+    void *buf = NULL;
+    size_t len = 0;
+    if (nf_file_read(d->log, &buf, &len)) return NULL;
+    char *s = realloc(buf, len + 1), *last = NULL;
+    if (!s) {
+        free(buf);
+        return NULL;
+    }
+    s[len] = 0;
+    for (char *p = s; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (*p == '{') last = p;
+    cJSON *o = last ? cJSON_Parse(last) : NULL;
+    free(s);
+    return o;
+}
+
+/* rows of a built-in set into a CSV file */
+static int write_builtin(const char *path, const char *set, int n, uint64_t seed) {
+    nf_data x = {0};
+    char err[200];
+    if (nf_data_builtin(set, n, -1, seed, &x, err, sizeof err)) return -1;
+    size_t len = 0;
+    char *csv = nf_data_csv(x.x, x.n, x.d, NULL, &len);
+    int rc = csv ? nf_file_write(path, csv, len) : -1;
+    free(csv);
+    nf_data_free(&x);
+    return rc;
+}
+
+/* flowd eval --samples: the figures of core/evaluate.c on the files, in the
+ * names of the HTTP answer; --reference adds the ratio; text output; the
+ * option errors */
+TEST_T(cli_eval_samples, 90) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    const char *cfg = dmn_path(&d, "cfg.json"), *model = dmn_path(&d, "m.flow");
+    const char *test = dmn_path(&d, "test.csv"), *train = dmn_path(&d, "train.csv");
+    const char *job = "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\",\"n\":3000,\"seed\":1},"
+                      "\"flow\":{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]},"
+                      "\"train\":{\"epochs\":3,\"batch_size\":128}}";
+    REQUIRE(nf_file_write(cfg, job, strlen(job)) == 0);
+    static const char *const env[] = {"OPENBLAS_NUM_THREADS=1", NULL};
+    const char *targs[] = {"train", "--quiet", "--config", cfg, "--out", model, NULL};
+    REQUIRE(run_flowd(&d, targs, env, 60) == 0);
+    REQUIRE(write_builtin(test, "moons", 400, 7) == 0 && write_builtin(train, "moons", 2000, 8) == 0);
+
+    const char *eargs[] = {"eval", "--model", model, "--data", test, "--samples", "300", "--seed", "4",
+                           "--reference", train, "--json", NULL};
+    REQUIRE(run_flowd(&d, eargs, env, 60) == 0);
+    cJSON *o = last_json_line(&d);
+    REQUIRE(o);
+    /* the same figures in-process */
+    void *buf = NULL;
+    size_t len = 0;
+    nf_model *m = NULL;
+    nf_data te = {0}, tr = {0};
+    char err[300];
+    REQUIRE(nf_file_read(model, &buf, &len) == 0 && nf_model_load(buf, len, &m, err, sizeof err) == 0);
+    free(buf);
+    REQUIRE(nf_data_load_file(test, NF_DATA_AUTO, &te, err, sizeof err) == 0);
+    REQUIRE(nf_data_load_file(train, NF_DATA_AUTO, &tr, err, sizeof err) == 0);
+    nf_eval_opts eo;
+    nf_eval_opts_default(&eo);
+    eo.samples = 300;
+    eo.seed = 4;
+    nf_eval_result e;
+    nf_eval_result_init(&e);
+    REQUIRE(nf_eval_flow_samples(m->flow, 0, te.x, te.n, tr.x, tr.n, &eo, &e) == 0);
+    CHECK_EQ_INT(jnum(o, "rows"), 400);
+    CHECK_EQ_INT(jnum(o, "samples"), 300);
+    CHECK_EQ_INT(jnum(o, "seed"), 4);
+    CHECK(jnum(o, "nonfinite_share") == 0);
+    CHECK_CLOSE(jnum(o, "mmd2"), e.mmd2, 1e-12, 1e-9);
+    CHECK_CLOSE(jnum(o, "mmd_bandwidth"), e.mmd_bandwidth, 0, 1e-9);
+    CHECK_CLOSE(jnum(o, "nn_ratio"), e.nn_ratio, 0, 1e-9);
+    CHECK_CLOSE(jnum(o, "sample_min"), e.sample_min, 0, 1e-7);
+    CHECK_EQ_INT(jnum(o, "reference_rows_used"), 2000);
+    CHECK(!strcmp(jstr(o, "reference"), train) && isfinite(jnum(o, "nll_mean")));
+    cJSON_Delete(o);
+
+    /* without --reference: no ratio; without --samples: the old answer */
+    const char *nargs[] = {"eval", "--model", model, "--data", test, "--samples", "50", "--json", NULL};
+    REQUIRE(run_flowd(&d, nargs, env, 60) == 0);
+    o = last_json_line(&d);
+    CHECK(o && jnull(o, "nn_ratio") && jnull(o, "reference") && isfinite(jnum(o, "mmd2")));
+    cJSON_Delete(o);
+    const char *pargs[] = {"eval", "--model", model, "--data", test, "--json", NULL};
+    REQUIRE(run_flowd(&d, pargs, env, 60) == 0);
+    o = last_json_line(&d);
+    CHECK(o && !cJSON_GetObjectItemCaseSensitive(o, "samples") && !cJSON_GetObjectItemCaseSensitive(o, "mmd2"));
+    cJSON_Delete(o);
+    /* the text output names the figures */
+    const char *xargs[] = {"eval", "--model", model, "--data", test, "-n", "100", "-R", train, NULL};
+    REQUIRE(run_flowd(&d, xargs, env, 60) == 0);
+    REQUIRE(nf_file_read(d.log, &buf, &len) == 0);
+    char *logtxt = realloc(buf, len + 1);
+    logtxt[len] = 0;
+    CHECK(strstr(logtxt, "MMD^2 ") && strstr(logtxt, "NN ratio ") && strstr(logtxt, "non-finite"));
+    free(logtxt);
+    /* option errors: --reference without --samples, a reference of another width, a bad count */
+    const char *wide = dmn_path(&d, "wide.csv");
+    REQUIRE(nf_file_write(wide, "a,b,c\n1,2,3\n4,5,6\n", 18) == 0);
+    const char *b1[] = {"eval", "--model", model, "--data", test, "--reference", train, NULL};
+    CHECK_EQ_INT(run_flowd(&d, b1, env, 30), 1);
+    const char *b2[] = {"eval", "--model", model, "--data", test, "--samples", "10", "--reference", wide, NULL};
+    CHECK_EQ_INT(run_flowd(&d, b2, env, 30), 1);
+    const char *b3[] = {"eval", "--model", model, "--data", test, "--samples", "-3", NULL};
+    CHECK_EQ_INT(run_flowd(&d, b3, env, 30), 2);
+    REQUIRE(nf_file_read(d.log, &buf, &len) == 0);
+    logtxt = realloc(buf, len + 1);
+    logtxt[len] = 0;
+    CHECK(strstr(logtxt, "give --samples N too") && strstr(logtxt, "wide.csv has 3 columns"));
+    free(logtxt);
+    nf_model_free(m);
+    nf_data_free(&te);
+    nf_data_free(&tr);
     dmn_cleanup(&d);
 }
