@@ -17,8 +17,11 @@
 #include <string.h>
 #include <time.h>
 
-#define QB 256 /* query rows per block */
-#define RB 512 /* reference rows per block */
+/* Block sizes: small enough that the GEMM output blocks (QB x RB doubles,
+ * 256 KiB; QB x N for MMD) stay cheap to fault in, large enough for GEMM
+ * to run near its peak at image widths. */
+#define QB 128 /* query rows per block */
+#define RB 256 /* reference rows per block */
 
 void nf_eval_opts_default(nf_eval_opts *o) {
     o->samples = 1000;
@@ -133,28 +136,28 @@ int nf_eval_nn_mean(const nf_real *q, int nq, const nf_real *ref, int64_t nref, 
 }
 
 /* ---- MMD ---------------------------------------------------------------------------- */
-static void swap_d(double *a, double *b) {
-    double t = *a;
+static void swap_f(float *a, float *b) {
+    float t = *a;
     *a = *b;
     *b = t;
 }
 
 /* Rearranges a (n) so that a[k] is the k-th smallest, smaller ones before
  * it and larger ones after (quickselect, median-of-three pivots). */
-static void select_kth(double *a, size_t n, size_t k) {
+static void select_kth(float *a, size_t n, size_t k) {
     size_t lo = 0, hi = n - 1;
     while (hi > lo) {
         size_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < a[lo]) swap_d(&a[mid], &a[lo]);
-        if (a[hi] < a[lo]) swap_d(&a[hi], &a[lo]);
-        if (a[hi] < a[mid]) swap_d(&a[hi], &a[mid]);
-        double p = a[mid];
+        if (a[mid] < a[lo]) swap_f(&a[mid], &a[lo]);
+        if (a[hi] < a[lo]) swap_f(&a[hi], &a[lo]);
+        if (a[hi] < a[mid]) swap_f(&a[hi], &a[mid]);
+        float p = a[mid];
         size_t i = lo, j = hi;
         while (i <= j) {
             while (a[i] < p) i++;
             while (a[j] > p) j--;
             if (i <= j) {
-                swap_d(&a[i], &a[j]);
+                swap_f(&a[i], &a[j]);
                 i++;
                 if (j == 0) break;
                 j--;
@@ -166,42 +169,39 @@ static void select_kth(double *a, size_t n, size_t k) {
     }
 }
 
-/* median of a (n >= 1), reordering it */
-static double median(double *a, size_t n) {
-    size_t k = n / 2;
-    select_kth(a, n, k);
-    if (n % 2) return a[k];
-    double lower = a[0]; /* the largest of a[0..k-1] */
-    for (size_t i = 1; i < k; i++)
-        if (a[i] > lower) lower = a[i];
-    return 0.5 * (lower + a[k]);
-}
-
-/* the bandwidth: median pairwise distance of the rows P (S,D) (S >= 2) */
-static int bandwidth_of(const double *P, const double *pn, int S, int D, double *bw) {
+/* The bandwidth: the median pairwise distance of the rows P (S,D) (S >= 2,
+ * squared norms pn).  The median is taken of the squared distances, kept
+ * as float (half the memory; the bandwidth is a heuristic, good to 1e-7),
+ * and the square root of the middle one(s) taken last: the distance's
+ * median is the root of the squared distance's (the mean of two roots for
+ * an even count).  G is scratch for QB x S doubles. */
+static int bandwidth_of(const double *P, const double *pn, int S, int D, double *G, double *bw) {
     size_t npairs = (size_t)S * (S - 1) / 2, k = 0;
-    double *dist = nf_malloc(npairs * sizeof *dist);
-    double *G = nf_malloc((size_t)QB * S * sizeof *G);
-    if (!dist || !G) {
-        nf_free(dist);
-        nf_free(G);
-        return NF_ENOMEM;
-    }
-    double sum = 0, tol = tol_of(D);
+    float *d2 = nf_malloc(npairs * sizeof *d2);
+    if (!d2) return NF_ENOMEM;
+    double tol = tol_of(D);
     for (int i0 = 0; i0 < S; i0 += QB) {
         int im = S - i0 < QB ? S - i0 : QB, w = S - i0;
         gram(P + (size_t)i0 * D, im, P + (size_t)i0 * D, w, D, G);
         for (int i = 0; i < im; i++)
-            for (int j = i + 1; j < w; j++) {
-                double d = sqrt(sqdist(pn[i0 + i], pn[i0 + j], G[(size_t)i * w + j], tol));
-                dist[k++] = d;
-                sum += d;
-            }
+            for (int j = i + 1; j < w; j++) d2[k++] = (float)sqdist(pn[i0 + i], pn[i0 + j], G[(size_t)i * w + j], tol);
     }
-    double med = median(dist, npairs), mean = sum / (double)npairs;
-    *bw = med > 0 ? med : mean > 0 ? mean : 1.0;
-    nf_free(dist);
-    nf_free(G);
+    size_t h = npairs / 2;
+    select_kth(d2, npairs, h);
+    double med = sqrt((double)d2[h]);
+    if (npairs % 2 == 0) { /* and the largest below it */
+        float lower = d2[0];
+        for (size_t i = 1; i < h; i++)
+            if (d2[i] > lower) lower = d2[i];
+        med = 0.5 * (med + sqrt((double)lower));
+    }
+    if (!(med > 0)) { /* most pairs are duplicates: the mean distance */
+        double sum = 0;
+        for (size_t i = 0; i < npairs; i++) sum += sqrt((double)d2[i]);
+        med = sum / (double)npairs;
+    }
+    *bw = med > 0 ? med : 1.0;
+    nf_free(d2);
     return 0;
 }
 
@@ -213,7 +213,7 @@ int nf_eval_mmd2(const nf_real *x, int nx, const nf_real *y, int ny, int D, doub
     int sy = ny < NF_EVAL_MEDIAN_ROWS ? ny : NF_EVAL_MEDIAN_ROWS;
     double *P = nf_malloc(((size_t)N * D + N) * sizeof *P);
     double *S = sx + sy < N ? nf_malloc(((size_t)(sx + sy) * D + sx + sy) * sizeof *S) : NULL;
-    double *G = nf_malloc((size_t)QB * N * sizeof *G);
+    double *G = nf_malloc((size_t)QB * N * sizeof *G); /* both passes */
     int rc = NF_ENOMEM;
     if (!P || !G || (sx + sy < N && !S)) goto out;
     double *pn = P + (size_t)N * D;
@@ -227,9 +227,9 @@ int nf_eval_mmd2(const nf_real *x, int nx, const nf_real *y, int ny, int D, doub
         memcpy(S + (size_t)sx * D, P + (size_t)nx * D, (size_t)sy * D * sizeof *S);
         memcpy(sn, pn, (size_t)sx * sizeof *sn);
         memcpy(sn + sx, pn + nx, (size_t)sy * sizeof *sn);
-        rc = bandwidth_of(S, sn, sx + sy, D, &bw);
+        rc = bandwidth_of(S, sn, sx + sy, D, G, &bw);
     } else {
-        rc = bandwidth_of(P, pn, N, D, &bw);
+        rc = bandwidth_of(P, pn, N, D, G, &bw);
     }
     if (rc) goto out;
     /* kernel sums over the pairs i < j of the pooled rows, by block of i:

@@ -476,6 +476,9 @@ static void sample_quality(const nf_job *j, const nf_flow *f, const nf_data *tr,
     nf_eval_opts_default(&o);
     o.samples = j->eval_samples;
     o.seed = j->train.seed;
+    /* as many held-out rows as samples (at most 1000 a side): cheap, and
+     * the two sets of MMD the same size */
+    o.max_rows = j->eval_samples < 2 ? 2 : j->eval_samples < 1000 ? j->eval_samples : 1000;
     nf_eval_result r;
     nf_eval_result_init(&r);
     if (nf_eval_flow_samples(f, j->dequantize ? j->levels : 0, held->x, held->n, tr->x, tr->n, &o,

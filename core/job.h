@@ -114,10 +114,10 @@ void nf_job_result_free(nf_job_result *r);
  * and serialise the best parameters as a model file.  The final metrics
  * hold, besides the likelihoods, "sample_quality" (core/evaluate.h):
  * {"samples","split","nonfinite_share","mmd2","mmd_bandwidth","nn_ratio",
- * "seconds"} for train.eval_samples samples (default 500) against the test
- * split, or the validation split when there is no test split, with the
- * training split as the reference; absent when eval_samples is 0 or no rows
- * are held out.  resume (may be NULL)
+ * "seconds"} for train.eval_samples samples (default 500) against as many
+ * rows (at most 1000) of the test split, or of the validation split when
+ * there is no test split, with the training split as the reference; absent
+ * when eval_samples is 0 or no rows are held out.  resume (may be NULL)
  * is a trainer state blob from a checkpoint hook of the same job and data.
  * Returns 0 or the trainer's status (NF_ECANCELLED, NF_ENONFINITE, ...),
  * with err set. */
