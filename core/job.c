@@ -1,5 +1,6 @@
 /* job.c: parse and run a training job (see job.h). */
 #include "alloc.h"
+#include "evaluate.h"
 #include "job.h"
 
 #include "model.h"
@@ -99,6 +100,7 @@ const nf_field nf_job_train_fields[] = {
     {"max_bad_batches", NF_FIELD_INT, 1, 1000000, 10, TR(max_bad_batches), NULL, NULL},
     {"max_seconds", NF_FIELD_NUM, 0, 1e9, 0, TR(max_seconds), NULL, NULL},
     {"augment", NF_FIELD_OBJECT, 0, 0, 0, 0, NULL, augment_fields},
+    {"eval_samples", NF_FIELD_INT, 0, 10000, 500, offsetof(nf_job, eval_samples), NULL, NULL},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 #undef TR
@@ -536,6 +538,42 @@ static void iso_now(char *buf, size_t n) {
 }
 
 
+int nf_job_split(const nf_job *j, const nf_data *all, nf_data *train, nf_data *val,
+                 nf_data *test) {
+    return nf_data_split(all, j->val_fraction, j->test_fraction, j->train.seed ^ 0x5711, train,
+                         j->val_fraction > 0 ? val : NULL, j->test_fraction > 0 ? test : NULL);
+}
+
+/* "sample_quality" of the final metrics (job.h): samples of the trained
+ * flow f against the held-out rows, the training rows as the reference.
+ * Nothing is added when it is off, when no rows are held out, or when it
+ * fails (out of memory): the trained model is not lost over a figure. */
+static void sample_quality(const nf_job *j, const nf_flow *f, const nf_data *tr,
+                           const nf_data *va, const nf_data *te, cJSON *m) {
+    const nf_data *held = te->n ? te : va->n ? va : NULL;
+    if (j->eval_samples <= 0 || !held) return;
+    nf_eval_opts o;
+    nf_eval_opts_default(&o);
+    o.samples = j->eval_samples;
+    o.seed = j->train.seed;
+    /* as many held-out rows as samples (at most 1000 a side): cheap, and
+     * the two sets of MMD the same size */
+    o.max_rows = j->eval_samples < 2 ? 2 : j->eval_samples < 1000 ? j->eval_samples : 1000;
+    nf_eval_result r;
+    nf_eval_result_init(&r);
+    if (nf_eval_flow_samples(f, j->dequantize ? j->levels : 0, held->x, held->n, tr->x, tr->n, &o,
+                             &r))
+        return;
+    cJSON *q = cJSON_AddObjectToObject(m, "sample_quality");
+    cJSON_AddNumberToObject(q, "samples", r.samples);
+    cJSON_AddStringToObject(q, "split", held == te ? "test" : "validation");
+    nf_json_add_num(q, "nonfinite_share", r.nonfinite_share);
+    nf_json_add_num(q, "mmd2", r.mmd2);
+    nf_json_add_num(q, "mmd_bandwidth", r.mmd_bandwidth);
+    nf_json_add_num(q, "nn_ratio", r.nn_ratio);
+    cJSON_AddNumberToObject(q, "seconds", r.seconds);
+}
+
 int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen) {
@@ -547,8 +585,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     nf_trainer *t = NULL;
     cJSON *pp = NULL;
     char *spec = NULL, ferr[300] = "";
-    int rc = nf_data_split(all, j->val_fraction, j->test_fraction, j->train.seed ^ 0x5711,
-                           &tr, j->val_fraction > 0 ? &va : NULL, j->test_fraction > 0 ? &te : NULL);
+    int rc = nf_job_split(j, all, &tr, &va, &te);
     if (rc) {
         nf_set_err(err, errlen, "dataset: too few rows to split (%lld rows)", (long long)all->n);
         goto out;
@@ -631,6 +668,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         cJSON_AddNumberToObject(dq, "levels", j->levels);
         if (q) cJSON_AddNumberToObject(dq, "num_params", (double)nf_flow_num_params(q));
     }
+    sample_quality(j, f, &tr, &va, &te, m);
     res->metrics = m;
     char now[32];
     iso_now(now, sizeof now);

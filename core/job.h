@@ -10,7 +10,7 @@
  *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
- *              "max_bad_batches","max_seconds","augment":{"hflip"}},
+ *              "max_bad_batches","max_seconds","augment":{"hflip"},"eval_samples"},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
  *                                               "flow"? (variational only)},
  *                   "logit":{"alpha"}, "center"}}
@@ -58,6 +58,7 @@ typedef struct nf_job {
     cJSON *flow;           /* owned copy of the "flow" object */
     nf_train_config train;
     double val_fraction, test_fraction;
+    int eval_samples;      /* samples for the final "sample_quality", 0: none */
     int standardize;       /* -1 unset: on unless logit */
     int dequantize, levels;
     int variational;       /* dequantize kind "variational" */
@@ -109,6 +110,14 @@ int nf_valid_name(const char *s);
  * the daemon resolves). */
 int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen);
 
+/* The job's split of all (borrowed) into train, val and test rows, the one
+ * nf_job_run trains on (the same job and data give the same rows): val or
+ * test gets n = 0 when its fraction is 0.  All three pointers are
+ * required; the caller frees each with nf_data_free.  NF_EINVAL when all
+ * has too few rows to split. */
+int nf_job_split(const nf_job *j, const nf_data *all, nf_data *train, nf_data *val,
+                 nf_data *test);
+
 /* Everything a finished run produced. */
 typedef struct nf_job_result {
     void *model;           /* model file bytes (model.h), malloc'd */
@@ -119,7 +128,13 @@ typedef struct nf_job_result {
 void nf_job_result_free(nf_job_result *r);
 
 /* Split all (borrowed), build the flow with preprocessing, train with hooks,
- * and serialise the best parameters as a model file.  resume (may be NULL)
+ * and serialise the best parameters as a model file.  The final metrics
+ * hold, besides the likelihoods, "sample_quality" (core/evaluate.h):
+ * {"samples","split","nonfinite_share","mmd2","mmd_bandwidth","nn_ratio",
+ * "seconds"} for train.eval_samples samples (default 500) against as many
+ * rows (at most 1000) of the test split, or of the validation split when
+ * there is no test split, with the training split as the reference; absent
+ * when eval_samples is 0 or no rows are held out.  resume (may be NULL)
  * is a trainer state blob from a checkpoint hook of the same job and data.
  * Returns 0 or the trainer's status (NF_ECANCELLED, NF_ENONFINITE, ...),
  * with err set. */

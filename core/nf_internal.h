@@ -23,9 +23,11 @@
  * trainer and the model), train.c/train.h (the trainer: batches,
  * validation, checkpoints), model.c/model.h (the model file: spec,
  * preprocessing, parameters) and data.c/data.h (loaders, the CSV writer and
- * toy generators).  Last, job.c/job.h: a training job of the HTTP API
- * (its train block a field table), which ties data, presets, trainer and
- * model together.  docs/architecture.md says which files and tests to
+ * toy generators), and evaluate.c/evaluate.h (a model's samples judged by
+ * MMD and nearest training rows, next to its test likelihood).  Last,
+ * job.c/job.h: a training job of the HTTP API (its train block a field
+ * table), which ties data, presets, trainer, model and evaluation
+ * together.  docs/architecture.md says which files and tests to
  * touch to add a layer, a preset, a route or a migration.
  *
  * A layer is a struct nf_layer with a table of operations (nf_layer_ops).

@@ -136,6 +136,10 @@ static fd_model *load_model(fd_req *r, const char *name, int version) {
     return m;
 }
 
+fd_model *fd_model_or_reply(fd_req *r, const char *name, int version) {
+    return load_model(r, name, version);
+}
+
 /* Parse a JSON array of rows of width D into a new (n,D) buffer.  Sends 422
  * (with the row and column) itself and returns NULL on failure. */
 static nf_real *json_rows(fd_req *r, const cJSON *arr, const char *field, int D, int *n_out,

@@ -9,6 +9,7 @@
  * reaches. */
 #include "../test.h"
 #include "../../core/alloc.h"
+#include "../../core/evaluate.h"
 #include "../../core/model.h"
 #include "../../core/nf_internal.h"
 #include "../../core/train.h"
@@ -288,6 +289,49 @@ TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
 TEST_T(alloc_fail_conv_coupling, 300) { run_all_k(&fa_specs[FA_CONV]); }
 
 TEST_T(alloc_fail_image, 300) { run_all_k(&fa_specs[FA_IMAGE]); }
+/* nf_model_evaluate (core/evaluate.c): the likelihood, a workspace, the
+ * samples, the subsamples, the MMD and nearest-neighbour blocks.  Every
+ * failing allocation is NF_ENOMEM with nothing leaked; the run that fails
+ * none gives the reference figures. */
+static int eval_same(const nf_eval_result *a, const nf_eval_result *b) {
+    return a->mean_log_prob == b->mean_log_prob && a->nonfinite == b->nonfinite &&
+           a->mmd2 == b->mmd2 && a->mmd_bandwidth == b->mmd_bandwidth && a->nn_ratio == b->nn_ratio;
+}
+
+TEST_T(alloc_fail_evaluate, 120) {
+    nf_flow *f = NULL;
+    char err[256];
+    REQUIRE(nf_flow_create("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}", &f, err,
+                           sizeof err) == 0);
+    void *buf = NULL;
+    size_t len = 0;
+    nf_model *m = NULL;
+    REQUIRE(nf_model_save(f, NULL, NULL, NULL, &buf, &len) == 0);
+    REQUIRE(nf_model_load(buf, len, &m, err, sizeof err) == 0);
+    free(buf);
+    nf_flow_free(f);
+    nf_real x[N * D];
+    data(x, 0, D);
+    nf_eval_opts o;
+    nf_eval_opts_default(&o);
+    o.samples = 40;
+    nf_eval_result ref, r;
+    hooks_on(0);
+    int rc = nf_model_evaluate(m, x, N, x + 8 * D, N - 8, &o, &ref);
+    long total = fa_count;
+    hooks_off();
+    REQUIRE(rc == 0 && total > 0 && isfinite(ref.mmd2) && isfinite(ref.nn_sample_mean));
+    for (long k = 1; k <= total + 1; k++) {
+        hooks_on(k);
+        rc = nf_model_evaluate(m, x, N, x + 8 * D, N - 8, &o, &r);
+        long failed = fa_failed, live = fa_live;
+        hooks_off();
+        CHECK_MSG(live == 0, "allocation %ld of %ld: %ld blocks leaked", k, total, live);
+        if (failed) CHECK_MSG(rc == NF_ENOMEM, "allocation %ld of %ld: %s", k, total, nf_strerror(rc));
+        else CHECK(k == total + 1 && rc == 0 && eval_same(&r, &ref));
+    }
+    nf_model_free(m);
+}
 
 /* The hook costs one branch per allocation, and the per-batch calls make
  * none: log_prob, sample, log_prob_grad and the Adam step run on the
