@@ -19,6 +19,8 @@ ifeq ($(strip $(PKG_LIBS)),)
   PKG_LIBS   := -lopenblas -lcjson -lsqlite3 -lmicrohttpd -lcurl -lz -lpng -lcrypto
 endif
 CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
+# the server tests read schema/openapi.yaml with libyaml (tests/server/oapi.c)
+TEST_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
 
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter \
@@ -107,7 +109,7 @@ $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 # the server test binary links the daemon's code (not main.c) and starts the
 # real flowd binary for end-to-end tests
 $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) -lm
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
@@ -152,7 +154,7 @@ bench-daemon: deps-check $(BUILD)/flowd
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
-            curl
+            curl libyaml-dev
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -160,7 +162,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "all build packages present"; fi
 deps-check:
-	@pkg-config --exists $(PKGS) || { echo "missing build packages: run 'make deps' (as root)"; $(MAKE) deps; }
+	@pkg-config --exists $(PKGS) yaml-0.1 || { echo "missing build packages: run 'make deps' (as root)"; $(MAKE) deps; }
 .PHONY: deps-check
 
 # ---- fuzzing: libFuzzer harnesses under fuzz/ (docs/reliability.md) -------

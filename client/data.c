@@ -283,39 +283,62 @@ static const char *help_sample =
     "                      [-o out.csv|out.npy|out.png] [--json]\n"
     "\n"
     "Draws N samples from model NAME.  The output format follows the -o extension:\n"
-    ".csv (default, also for stdout), .npy (float32), or .png: a scatter plot for\n"
-    "2-D models, an image grid for models whose dimension is a square (784 = 28x28).\n"
+    ".csv (default, also for stdout), .npy (float32), or .png: for a model with an\n"
+    "image shape [C,H,W] the server's picture (Accept: image/png: a grid of gray\n"
+    "tiles for C = 1, RGB for C = 3, one gray tile per channel otherwise); for\n"
+    "other models drawn here: a scatter plot for 2-D models, an image grid for\n"
+    "models whose dimension is a square (784 = 28x28).\n"
     "--temperature scales the base distribution (default 1); --seed makes the draw\n"
     "reproducible.  --json without -o prints the server's JSON answer.\n";
 
-/* The preprocessing of version (0 = latest) of the model: pixel range for
- * image grids.  Returns 1 when lo/hi were set from the model. */
-static int model_pixel_range(const char *name, long version, double *lo, double *hi, int *floor_values) {
+/* What a picture of version (0 = latest) of the model needs: whether it
+ * has an image shape (then the server draws it), and the pixel range of
+ * image grids drawn here (have_range: set from the model's preprocessing). */
+typedef struct {
+    int has_shape, have_range, floor_values;
+    double lo, hi;
+} model_picture;
+
+static void model_picture_info(const char *name, long version, model_picture *mp) {
     char path[600];
     snprintf(path, sizeof path, "/v1/models/%s", fc_esc(name));
     fc_req q = {.path = path};
     fc_resp r;
-    int found = 0;
+    memset(mp, 0, sizeof *mp);
     if (fc_http_raw(&q, &r) == FC_OK && r.status == 200) {
         const cJSON *v, *pick = NULL;
         cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(r.json, "versions")) {
             const cJSON *vn = cJSON_GetObjectItemCaseSensitive(v, "version");
             if (!version || (cJSON_IsNumber(vn) && vn->valuedouble == version)) pick = v;
         }
+        mp->has_shape = cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(pick, "shape"));
         const cJSON *pp = cJSON_GetObjectItemCaseSensitive(pick, "preprocess");
         const cJSON *dq = cJSON_GetObjectItemCaseSensitive(pp, "dequantize");
         const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");
         if (cJSON_IsNumber(lv) && lv->valuedouble > 1) {
-            *lo = 0, *hi = lv->valuedouble - 1, *floor_values = 1, found = 1;
+            mp->lo = 0, mp->hi = lv->valuedouble - 1, mp->floor_values = 1, mp->have_range = 1;
         } else if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(pp, "logit"))) {
-            *lo = 0, *hi = 1, *floor_values = 0, found = 1;
+            mp->lo = 0, mp->hi = 1, mp->floor_values = 0, mp->have_range = 1;
         }
     }
     fc_resp_free(&r);
-    return found;
 }
 
-static int write_png(const char *name, long version, const char *out, const fc_resp *r) {
+/* the server's image/png answer, as is */
+static int write_png_answer(const char *out, const fc_resp *r) {
+    if (r->len < 8 || memcmp(r->body, "\x89PNG\r\n\x1a\n", 8)) {
+        fprintf(stderr, "flowctl: unexpected sample answer (%s, not a PNG)\n", r->ctype[0] ? r->ctype : "no type");
+        return FC_API;
+    }
+    fc_outfile o;
+    int rc = fc_out_open(&o, out);
+    if (rc) return rc;
+    int ok = fwrite(r->body, 1, r->len, o.f) == r->len;
+    return fc_out_close(&o, ok);
+}
+
+/* samples (.npy answer) drawn here: models without an image shape */
+static int write_png(const model_picture *mp, const char *out, const fc_resp *r) {
     nf_npy_header h;
     char err[200] = "";
     if (nf_npy_parse_header(r->body, r->len, &h, err, sizeof err) || strcmp(h.descr, "<f4") ||
@@ -331,9 +354,8 @@ static int write_png(const char *name, long version, const char *out, const fc_r
         memcpy(&v, r->body + h.data_off + 4 * i, 4);
         x[i] = (nf_real)v;
     }
-    double lo = 0, hi = 1;
-    int fl = 0, have = D != 2 && model_pixel_range(name, version, &lo, &hi, &fl);
-    int rc = fdpic_write_samples(out, x, n, D, have, lo, hi, fl, 1, err, sizeof err);
+    int have = D != 2 && mp->have_range;
+    int rc = fdpic_write_samples(out, x, n, D, NULL, have, mp->lo, mp->hi, mp->floor_values, 1, err, sizeof err);
     free(x);
     if (rc) {
         fprintf(stderr, "flowctl: %s\n", err);
@@ -393,8 +415,12 @@ int fc_cmd_sample(int argc, char **argv) {
     cJSON_Delete(body);
     char path[600];
     snprintf(path, sizeof path, "/v1/models/%s/sample", fc_esc(a.pos[0]));
+    model_picture mp = {0};
+    if (png) model_picture_info(a.pos[0], version, &mp);
     fc_req q = {.method = "POST", .path = path, .ctype = "application/json", .body = bs, .len = strlen(bs),
-                .accept = json_out ? "application/json" : (png || npy) ? "application/x-npy" : "text/csv"};
+                .accept = json_out ? "application/json"
+                          : png && mp.has_shape ? "image/png" /* an image model: the server draws it */
+                          : (png || npy) ? "application/x-npy" : "text/csv"};
     fc_resp r;
     rc = fc_http(&q, &r);
     free(bs);
@@ -402,7 +428,7 @@ int fc_cmd_sample(int argc, char **argv) {
     if (json_out) {
         fc_print_json(r.json);
     } else if (png) {
-        rc = write_png(a.pos[0], version, out, &r);
+        rc = mp.has_shape ? write_png_answer(out, &r) : write_png(&mp, out, &r);
     } else {
         fc_outfile o;
         if (!(rc = fc_out_open(&o, out))) {

@@ -24,7 +24,7 @@ static const char *help_main =
     "  jobs [--state S]            list training jobs, newest first\n"
     "  job ID                      one job and its progress\n"
     "  cancel ID                   cancel a queued or running job\n"
-    "  upload FILE --name NAME     store a dataset (CSV, .npy, IDX, JSON)\n"
+    "  upload FILE --name NAME     store a dataset (CSV, .npy, IDX, JSON; --shape C,H,W)\n"
     "  train ...                   start a training job (--wait follows it)\n"
     "  score NAME FILE             log_prob of every row of a CSV/.npy file (streamed)\n"
     "  sample NAME -n N            draw samples (CSV, .npy or a PNG picture)\n"
@@ -492,13 +492,15 @@ static int cmd_cancel(int argc, char **argv) {
 
 /* ---- upload ----------------------------------------------------------------------------- */
 static const char *help_upload =
-    "usage: flowctl upload FILE --name NAME [--json]\n"
+    "usage: flowctl upload FILE --name NAME [--shape C,H,W] [--json]\n"
     "\n"
     "Stores a dataset on the server and prints its id (use it with\n"
     "'flowctl train --dataset ID').  The format comes from the extension, else\n"
     "from the content: .csv/.txt (CSV, an optional header line), .npy (NumPy),\n"
     ".json ({\"rows\":[[...]]}), .idx/*-ubyte (IDX, MNIST style), .gz (gzipped IDX).\n"
-    "The file is streamed, not read into memory.\n";
+    "The file is streamed, not read into memory.  Images: IDX and .npy files of\n"
+    "(n,H,W) or (n,C,H,W) keep their shape; --shape C,H,W declares it for rows\n"
+    "of other files (C*H*W values a row, flat in C-H-W order).\n";
 
 static const char *ends(const char *s, const char *suf) {
     size_t n = strlen(s), m = strlen(suf);
@@ -524,11 +526,13 @@ static const char *upload_ctype(const char *path, FILE *f) {
 }
 
 static int cmd_upload(int argc, char **argv) {
-    static const fc_optdef defs[] = {{"name", 0, 1}, {NULL, 0, 0}};
+    static const fc_optdef defs[] = {{"name", 0, 1}, {"shape", 0, 1}, {NULL, 0, 0}};
     fc_args a;
     int rc = fc_parse(argc, argv, defs, &a, help_upload);
     if (rc) return rc;
-    const char *name = fc_opt(&a, defs, "name");
+    const char *name = fc_opt(&a, defs, "name"), *shape = fc_opt(&a, defs, "shape");
+    if (shape && (strlen(shape) > 64 || strspn(shape, "0123456789,") != strlen(shape)))
+        return fc_usage_error(help_upload, "--shape: give C,H,W, e.g. 1,28,28");
     if (a.npos != 1 || !name) return fc_usage_error(help_upload, "upload takes FILE and --name NAME");
     FILE *f = fopen(a.pos[0], "rb");
     struct stat sb;
@@ -538,7 +542,8 @@ static int cmd_upload(int argc, char **argv) {
         return FC_USAGE;
     }
     char path[700];
-    snprintf(path, sizeof path, "/v1/datasets?name=%s", fc_esc(name));
+    snprintf(path, sizeof path, "/v1/datasets?name=%s%s%s", fc_esc(name), shape ? "&shape=" : "",
+             shape ? shape : "");
     fc_req q = {.method = "POST", .path = path, .ctype = upload_ctype(a.pos[0], f), .upload = f,
                 .len = (size_t)sb.st_size, .timeout_s = 3600};
     fc_resp r;
@@ -548,9 +553,13 @@ static int cmd_upload(int argc, char **argv) {
         if (fc.json) {
             fc_print_json(r.json);
         } else {
-            const cJSON *d = r.json;
-            printf("dataset %s: name %s, %s rows x %s, format %s\n", fc_str(d, "id"), fc_str(d, "name"),
-                   fc_str(d, "rows"), fc_str(d, "dim"), fc_str(d, "format"));
+            const cJSON *d = r.json, *sh = cJSON_GetObjectItemCaseSensitive(d, "shape");
+            char shp[64] = "";
+            if (cJSON_GetArraySize(sh) == 3)
+                snprintf(shp, sizeof shp, ", images %dx%dx%d", cJSON_GetArrayItem(sh, 0)->valueint,
+                         cJSON_GetArrayItem(sh, 1)->valueint, cJSON_GetArrayItem(sh, 2)->valueint);
+            printf("dataset %s: name %s, %s rows x %s%s, format %s\n", fc_str(d, "id"), fc_str(d, "name"),
+                   fc_str(d, "rows"), fc_str(d, "dim"), shp, fc_str(d, "format"));
         }
     }
     fc_resp_free(&r);

@@ -43,6 +43,10 @@ const nf_layer_kind nf_layer_kinds[] = {
     {"batchnorm", nf_batchnorm_create},
     {"logit", nf_logit_create},
     {"elementwise_affine", nf_elementwise_affine_create},
+    {"squeeze", nf_squeeze_create},
+    {"split", nf_split_create},
+    {"channel_actnorm", nf_channel_actnorm_create},
+    {"invconv", nf_invconv_create},
     {"conv_coupling", nf_conv_coupling_create},
     {NULL, NULL},
 };

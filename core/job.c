@@ -1,5 +1,6 @@
 /* job.c: parse and run a training job (see job.h). */
 #include "alloc.h"
+#include "evaluate.h"
 #include "job.h"
 
 #include "model.h"
@@ -99,6 +100,7 @@ const nf_field nf_job_train_fields[] = {
     {"max_bad_batches", NF_FIELD_INT, 1, 1000000, 10, TR(max_bad_batches), NULL, NULL},
     {"max_seconds", NF_FIELD_NUM, 0, 1e9, 0, TR(max_seconds), NULL, NULL},
     {"augment", NF_FIELD_OBJECT, 0, 0, 0, 0, NULL, augment_fields},
+    {"eval_samples", NF_FIELD_INT, 0, 10000, 500, offsetof(nf_job, eval_samples), NULL, NULL},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 #undef TR
@@ -246,6 +248,11 @@ int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_
     if (j->val_fraction + j->test_fraction >= 0.95)
         FAIL("train: val_fraction + test_fraction must leave rows to train on");
     if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen))) goto out;
+    const cJSON *pp = nf_json_get(o, "preprocess");
+    j->dequantize_given = nf_json_get(pp, "dequantize") != NULL;
+    j->scaling_given = nf_json_get(pp, "standardize") || nf_json_get(pp, "logit") ||
+                       nf_json_get(pp, "center");
+    j->batch_given = nf_json_get(nf_json_get(o, "train"), "batch_size") != NULL;
     if (j->standardize < 0) j->standardize = !j->logit && !j->center;
     j->train.dequantize = j->dequantize;
     j->train.levels = j->levels;
@@ -265,6 +272,26 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
     int rc = nf_job_from_json(o, allow_path, j, err, errlen);
     cJSON_Delete(o);
     return rc;
+}
+
+const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp) {
+    int shape[3];
+    int has_shape = d->shape[0] > 0 || (nf_shape_parse(j->flow, 0, shape, NULL, 0) == 0 && shape[0]);
+    if (!has_shape || !nf_flow_spec_is_image(j->flow)) return j;
+    *tmp = *j;
+    if (!j->dequantize_given && d->is_integer && d->vmin >= 0 && d->vmax <= 255) {
+        tmp->dequantize = 1;
+        tmp->levels = 256;
+        tmp->train.dequantize = 1;
+        tmp->train.levels = 256;
+    }
+    if (!j->scaling_given) {
+        tmp->center = 1;
+        tmp->standardize = 0;
+        tmp->logit = 0;
+    }
+    if (!j->batch_given) tmp->train.batch_size = 64;
+    return tmp;
 }
 
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
@@ -287,6 +314,8 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
     probe.is_integer = is_integer;
     probe.vmin = vmin;
     probe.vmax = vmax;
+    nf_job img;
+    j = nf_job_image_defaults(j, &probe, &img);
     cJSON *pp = NULL;
     nf_flow *f = NULL;
     char ferr[300] = "";
@@ -509,17 +538,54 @@ static void iso_now(char *buf, size_t n) {
 }
 
 
+int nf_job_split(const nf_job *j, const nf_data *all, nf_data *train, nf_data *val,
+                 nf_data *test) {
+    return nf_data_split(all, j->val_fraction, j->test_fraction, j->train.seed ^ 0x5711, train,
+                         j->val_fraction > 0 ? val : NULL, j->test_fraction > 0 ? test : NULL);
+}
+
+/* "sample_quality" of the final metrics (job.h): samples of the trained
+ * flow f against the held-out rows, the training rows as the reference.
+ * Nothing is added when it is off, when no rows are held out, or when it
+ * fails (out of memory): the trained model is not lost over a figure. */
+static void sample_quality(const nf_job *j, const nf_flow *f, const nf_data *tr,
+                           const nf_data *va, const nf_data *te, cJSON *m) {
+    const nf_data *held = te->n ? te : va->n ? va : NULL;
+    if (j->eval_samples <= 0 || !held) return;
+    nf_eval_opts o;
+    nf_eval_opts_default(&o);
+    o.samples = j->eval_samples;
+    o.seed = j->train.seed;
+    /* as many held-out rows as samples (at most 1000 a side): cheap, and
+     * the two sets of MMD the same size */
+    o.max_rows = j->eval_samples < 2 ? 2 : j->eval_samples < 1000 ? j->eval_samples : 1000;
+    nf_eval_result r;
+    nf_eval_result_init(&r);
+    if (nf_eval_flow_samples(f, j->dequantize ? j->levels : 0, held->x, held->n, tr->x, tr->n, &o,
+                             &r))
+        return;
+    cJSON *q = cJSON_AddObjectToObject(m, "sample_quality");
+    cJSON_AddNumberToObject(q, "samples", r.samples);
+    cJSON_AddStringToObject(q, "split", held == te ? "test" : "validation");
+    nf_json_add_num(q, "nonfinite_share", r.nonfinite_share);
+    nf_json_add_num(q, "mmd2", r.mmd2);
+    nf_json_add_num(q, "mmd_bandwidth", r.mmd_bandwidth);
+    nf_json_add_num(q, "nn_ratio", r.nn_ratio);
+    cJSON_AddNumberToObject(q, "seconds", r.seconds);
+}
+
 int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen) {
     memset(res, 0, sizeof *res);
+    nf_job img;
+    j = nf_job_image_defaults(j, all, &img);
     nf_data tr = {0}, va = {0}, te = {0};
     nf_flow *f = NULL, *q = NULL;
     nf_trainer *t = NULL;
     cJSON *pp = NULL;
     char *spec = NULL, ferr[300] = "";
-    int rc = nf_data_split(all, j->val_fraction, j->test_fraction, j->train.seed ^ 0x5711,
-                           &tr, j->val_fraction > 0 ? &va : NULL, j->test_fraction > 0 ? &te : NULL);
+    int rc = nf_job_split(j, all, &tr, &va, &te);
     if (rc) {
         nf_set_err(err, errlen, "dataset: too few rows to split (%lld rows)", (long long)all->n);
         goto out;
@@ -602,6 +668,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         cJSON_AddNumberToObject(dq, "levels", j->levels);
         if (q) cJSON_AddNumberToObject(dq, "num_params", (double)nf_flow_num_params(q));
     }
+    sample_quality(j, f, &tr, &va, &te, m);
     res->metrics = m;
     char now[32];
     iso_now(now, sizeof now);

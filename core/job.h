@@ -10,7 +10,7 @@
  *              "warmup_steps","schedule","early_stopping":{"patience","min_delta"},
  *              "val_fraction","seed", and the extras "lr_min","plateau_factor",
  *              "plateau_patience","jacobian_l2","test_fraction","log_every",
- *              "max_bad_batches","max_seconds","augment":{"hflip"}},
+ *              "max_bad_batches","max_seconds","augment":{"hflip"},"eval_samples"},
  *    "preprocess": {"standardize", "dequantize":{"kind":"uniform"|"variational","levels",
  *                                               "flow"? (variational only)},
  *                   "logit":{"alpha"}, "center"}}
@@ -58,6 +58,7 @@ typedef struct nf_job {
     cJSON *flow;           /* owned copy of the "flow" object */
     nf_train_config train;
     double val_fraction, test_fraction;
+    int eval_samples;      /* samples for the final "sample_quality", 0: none */
     int standardize;       /* -1 unset: on unless logit */
     int dequantize, levels;
     int variational;       /* dequantize kind "variational" */
@@ -65,6 +66,8 @@ typedef struct nf_job {
     int logit;
     double logit_alpha;
     int center;            /* preprocess.center: [0, levels] or [0, 1] to [-1/2, 1/2] */
+    /* what the job gave, for the defaults of image flows (nf_job_image_defaults) */
+    int dequantize_given, scaling_given, batch_given;
 } nf_job;
 
 /* allow_path: accept {"path":...} datasets (offline CLI).  On failure the
@@ -92,12 +95,28 @@ extern const nf_field nf_job_train_fields[];
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
                  double vmax, char *err, size_t errlen);
 void nf_job_free(nf_job *j);
+/* Image flows (the image presets, or layer lists with image layers, on rows
+ * with a shape from the flow or the dataset) have their own defaults for
+ * what the job leaves out: uniform dequantization with 256 levels for
+ * integer data in [0, 255], "center" scaling, and batch_size 64 -- what
+ * Glow and RealNVP train with.  Returns j itself, or tmp filled as a
+ * shallow copy of j with those defaults (owning nothing: not to be freed)
+ * when they apply to rows of dataset d (its shape, integrality and range). */
+const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp);
 /* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */
 int nf_valid_name(const char *s);
 
 /* Load the job's dataset (builtin or path; NF_EINVAL for an id, which only
  * the daemon resolves). */
 int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen);
+
+/* The job's split of all (borrowed) into train, val and test rows, the one
+ * nf_job_run trains on (the same job and data give the same rows): val or
+ * test gets n = 0 when its fraction is 0.  All three pointers are
+ * required; the caller frees each with nf_data_free.  NF_EINVAL when all
+ * has too few rows to split. */
+int nf_job_split(const nf_job *j, const nf_data *all, nf_data *train, nf_data *val,
+                 nf_data *test);
 
 /* Everything a finished run produced. */
 typedef struct nf_job_result {
@@ -109,7 +128,13 @@ typedef struct nf_job_result {
 void nf_job_result_free(nf_job_result *r);
 
 /* Split all (borrowed), build the flow with preprocessing, train with hooks,
- * and serialise the best parameters as a model file.  resume (may be NULL)
+ * and serialise the best parameters as a model file.  The final metrics
+ * hold, besides the likelihoods, "sample_quality" (core/evaluate.h):
+ * {"samples","split","nonfinite_share","mmd2","mmd_bandwidth","nn_ratio",
+ * "seconds"} for train.eval_samples samples (default 500) against as many
+ * rows (at most 1000) of the test split, or of the validation split when
+ * there is no test split, with the training split as the reference; absent
+ * when eval_samples is 0 or no rows are held out.  resume (may be NULL)
  * is a trainer state blob from a checkpoint hook of the same job and data.
  * Returns 0 or the trainer's status (NF_ECANCELLED, NF_ENONFINITE, ...),
  * with err set. */

@@ -14,6 +14,11 @@
  *
  * Parameters (D(D+1)): L strict lower packed row-major (D(D-1)/2), U strict
  * upper packed row-major (D(D-1)/2), log_s (D), bias (D).
+ *
+ * The LU maths (dense factors from the packed parameters, the gradient
+ * through M = L (U + diag(s)), and the partial-pivoting factorisation that
+ * invconv's initialisation needs) are the nf_lu_* helpers of nf_internal.h,
+ * shared with the image layer invconv (core/image.c).
  */
 #include "alloc.h"
 #include "nf_internal.h"
@@ -33,12 +38,6 @@ typedef struct lu_layer {
     uint64_t seed;
 } lu_layer;
 
-/* packed offsets: L_ij (j < i) and U_ij (j > i) */
-static inline size_t lu_lidx(int i, int j) { return (size_t)i * (i - 1) / 2 + j; }
-static inline size_t lu_uidx(int D, int i, int j) {
-    return (size_t)i * (D - 1) - (size_t)i * (i - 1) / 2 + (size_t)(j - i - 1);
-}
-
 typedef struct lu_view {
     const nf_real *l, *u, *log_s, *bias;
 } lu_view;
@@ -54,15 +53,70 @@ static size_t lu_ws_size(const nf_layer *L, int B) {
     return (size_t)6 * L->D * L->D + (size_t)B * L->D;
 }
 
+/* ---- the shared LU maths (nf_internal.h) ---------------------------------- */
+void nf_lu_factors(int n, const nf_real *l, const nf_real *u, const nf_real *log_s,
+                   const nf_real *sign, nf_real *Lf, nf_real *Ut) {
+    for (int i = 0; i < n; i++) {
+        nf_real d = LU_EXP(log_s[i]);
+        if (sign) d *= sign[i];
+        for (int j = 0; j < n; j++) {
+            Lf[(size_t)i * n + j] = j < i ? l[nf_lu_lidx(i, j)] : j == i ? 1 : 0;
+            Ut[(size_t)i * n + j] = j > i ? u[nf_lu_uidx(n, i, j)] : j == i ? d : 0;
+        }
+    }
+}
+
+/* dLf = dM Ut^T (strictly lower part), dUt = Lf^T dM (upper part), and
+ * dlog_s_k = dUt_kk sign_k exp(log_s_k) + dld.  The two n x n x n products
+ * run in BLAS. */
+void nf_lu_factors_backward(int n, const nf_real *Lf, const nf_real *Ut, const nf_real *dM,
+                            const nf_real *log_s, const nf_real *sign, double dld, nf_real *dLf,
+                            nf_real *dUt, nf_real *gl, nf_real *gu, nf_real *gls) {
+    nf_gemm(0, 1, n, n, n, (nf_real)1, dM, n, Ut, n, (nf_real)0, dLf, n);
+    nf_gemm(1, 0, n, n, n, (nf_real)1, Lf, n, dM, n, (nf_real)0, dUt, n);
+    for (int i = 1; i < n; i++)
+        for (int j = 0; j < i; j++) gl[nf_lu_lidx(i, j)] += dLf[(size_t)i * n + j];
+    for (int k = 0; k < n; k++) {
+        double sg = sign ? (double)sign[k] : 1.0;
+        gls[k] += (nf_real)((double)dUt[(size_t)k * n + k] * sg * exp((double)log_s[k]) + dld);
+        for (int j = k + 1; j < n; j++) gu[nf_lu_uidx(n, k, j)] += dUt[(size_t)k * n + j];
+    }
+}
+
+/* Doolittle with partial pivoting, in double: row k takes the largest
+ * remaining entry of column k, so every |L_ij| <= 1. */
+int nf_lu_decompose(int n, double *A, int *perm) {
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int k = 0; k < n; k++) {
+        int p = k;
+        for (int i = k + 1; i < n; i++)
+            if (fabs(A[(size_t)i * n + k]) > fabs(A[(size_t)p * n + k])) p = i;
+        if (A[(size_t)p * n + k] == 0) return NF_EINVAL;
+        if (p != k) {
+            for (int j = 0; j < n; j++) {
+                double t = A[(size_t)k * n + j];
+                A[(size_t)k * n + j] = A[(size_t)p * n + j];
+                A[(size_t)p * n + j] = t;
+            }
+            int t = perm[k];
+            perm[k] = perm[p];
+            perm[p] = t;
+        }
+        const double *rk = A + (size_t)k * n;
+        for (int i = k + 1; i < n; i++) {
+            double *ri = A + (size_t)i * n, m = ri[k] / rk[k];
+            ri[k] = m;
+            for (int j = k + 1; j < n; j++) ri[j] -= m * rk[j];
+        }
+    }
+    return 0;
+}
+
+/* ---- lu_linear ------------------------------------------------------------ */
 /* Dense factors: Lf (D,D) unit lower triangular, Ut (D,D) = U + diag(s). */
 static void lu_factors(const nf_layer *L, const nf_real *params, nf_real *Lf, nf_real *Ut) {
-    const int D = L->D;
     lu_view v = lu_params(L, params);
-    for (int i = 0; i < D; i++)
-        for (int j = 0; j < D; j++) {
-            Lf[(size_t)i * D + j] = j < i ? v.l[lu_lidx(i, j)] : j == i ? 1 : 0;
-            Ut[(size_t)i * D + j] = j > i ? v.u[lu_uidx(D, i, j)] : j == i ? LU_EXP(v.log_s[i]) : 0;
-        }
+    nf_lu_factors(L->D, v.l, v.u, v.log_s, NULL, Lf, Ut);
 }
 
 /* M = Lf Ut (one GEMM, O(D^3) flops in BLAS), then W_ij = M_{p[i],p[j]}. */
@@ -133,10 +187,9 @@ static int lu_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
     return 0;
 }
 
-/* dx = dz W;  dW = dz^T x, dM_{p[i],p[j]} = dW_ij, and through M = Lf Ut:
- *   dLf = dM Ut^T (strictly lower part),   dUt = Lf^T dM (upper part),
- *   dlog_s_k = dUt_kk s_k + sum_b dlogdet_b,   dbias = sum_b dz_b.
- * The two D x D x D products run in BLAS. */
+/* dx = dz W;  dW = dz^T x, dM_{p[i],p[j]} = dW_ij, and through M = Lf Ut
+ * (nf_lu_factors_backward): dlog_s_k = dUt_kk s_k + sum_b dlogdet_b;
+ * dbias = sum_b dz_b. */
 static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf_real *z,
                         const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
     (void)z;
@@ -156,18 +209,10 @@ static void lu_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     nf_gemm(1, 0, D, D, B, (nf_real)1, dz, D, x, D, (nf_real)0, dW, D);
     for (int i = 0; i < D; i++)
         for (int j = 0; j < D; j++) dM[(size_t)A->perm[i] * D + A->perm[j]] = dW[(size_t)i * D + j];
-    /* dLf into W's space and dUt into M's (both free now) */
-    nf_real *dLf = W, *dUt = M;
-    nf_gemm(0, 1, D, D, D, (nf_real)1, dM, D, Ut, D, (nf_real)0, dLf, D);
-    nf_gemm(1, 0, D, D, D, (nf_real)1, Lf, D, dM, D, (nf_real)0, dUt, D);
-    for (int i = 1; i < D; i++)
-        for (int j = 0; j < i; j++) gl[lu_lidx(i, j)] += dLf[(size_t)i * D + j];
     double dlsum = 0;
     for (int b = 0; b < B; b++) dlsum += dlogdet ? (double)dlogdet[b] : 0.0;
-    for (int k = 0; k < D; k++) {
-        gls[k] += (nf_real)((double)dUt[(size_t)k * D + k] * exp((double)v.log_s[k]) + dlsum);
-        for (int j = k + 1; j < D; j++) gu[lu_uidx(D, k, j)] += dUt[(size_t)k * D + j];
-    }
+    /* dLf into W's space and dUt into M's (both free now) */
+    nf_lu_factors_backward(D, Lf, Ut, dM, v.log_s, NULL, dlsum, W, M, gl, gu, gls);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < D; i++) gb[i] += dz[(size_t)b * D + i];
 }

@@ -11,7 +11,8 @@
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
  * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
- * the scalar spline), conv_coupling.c (image couplings) -- on the
+ * the scalar spline), conv_coupling.c (image couplings), image.c (squeeze,
+ * split, channel_actnorm, invconv: the other image layers) -- on the
  * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c
  * (conv.h: convolutions and convolutional networks), and base.c for the
  * base distributions.  Flow and presets: flow.c (the layer
@@ -22,9 +23,11 @@
  * trainer and the model), train.c/train.h (the trainer: batches,
  * validation, checkpoints), model.c/model.h (the model file: spec,
  * preprocessing, parameters) and data.c/data.h (loaders, the CSV writer and
- * toy generators).  Last, job.c/job.h: a training job of the HTTP API
- * (its train block a field table), which ties data, presets, trainer and
- * model together.  docs/architecture.md says which files and tests to
+ * toy generators), and evaluate.c/evaluate.h (a model's samples judged by
+ * MMD and nearest training rows, next to its test likelihood).  Last,
+ * job.c/job.h: a training job of the HTTP API (its train block a field
+ * table), which ties data, presets, trainer, model and evaluation
+ * together.  docs/architecture.md says which files and tests to
  * touch to add a layer, a preset, a route or a migration.
  *
  * A layer is a struct nf_layer with a table of operations (nf_layer_ops).
@@ -127,13 +130,47 @@ int nf_leaky_relu_create(nf_layer *L, const cJSON *spec, char *err, size_t errle
 int nf_batchnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_logit_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_elementwise_affine_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+/* image layers (core/image.c): flows with a "shape" */
+int nf_squeeze_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_channel_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+
+/* ---- LU-parameterised matrices (core/lu.c) --------------------------------
+ * lu_linear and invconv hold an invertible (n,n) matrix through M = Lf Ut,
+ * Lf unit lower triangular and Ut = U + diag(sign * exp(log_s)) with U
+ * strictly upper.  Packed parameters: l, the strict lower part row-major
+ * (n(n-1)/2, L_ij at nf_lu_lidx(i,j), j < i), u, the strict upper part
+ * row-major (n(n-1)/2, U_ij at nf_lu_uidx(n,i,j), j > i), log_s (n); sign
+ * (n) holds +-1, or is NULL for all +1.  log|det M| = sum log_s. */
+static inline size_t nf_lu_lidx(int i, int j) { return (size_t)i * (i - 1) / 2 + j; }
+static inline size_t nf_lu_uidx(int n, int i, int j) {
+    return (size_t)i * (n - 1) - (size_t)i * (i - 1) / 2 + (size_t)(j - i - 1);
+}
+/* the dense factors Lf, Ut (n,n) */
+void nf_lu_factors(int n, const nf_real *l, const nf_real *u, const nf_real *log_s,
+                   const nf_real *sign, nf_real *Lf, nf_real *Ut);
+/* Through M = Lf Ut: given dM = dL/dM (n,n), gl, gu, gls += dL/dl, dL/du,
+ * dL/dlog_s, where dld (the weight of sum log_s in L: the log-det's term)
+ * is added to every gls.  dLf, dUt: (n,n) scratch each. */
+void nf_lu_factors_backward(int n, const nf_real *Lf, const nf_real *Ut, const nf_real *dM,
+                            const nf_real *log_s, const nf_real *sign, double dld, nf_real *dLf,
+                            nf_real *dUt, nf_real *gl, nf_real *gu, nf_real *gls);
+/* A (n,n) row-major, double = P L U by partial pivoting: A is overwritten
+ * with L's strict lower part and U (diagonal included), and row i of L U is
+ * row perm[i] of the original A.  NF_EINVAL when A is singular. */
+int nf_lu_decompose(int n, double *A, int *perm);
 
 /* ---- presets (core/presets.c) ---------------------------------------------
  * Expand {"dim", "preset", "depth"?, "hidden"?, ...} into an explicit flow
  * spec {"dim", "seed", "layers":[...], ...} (*out, the caller's to delete).
  * Returns 0, NF_EINVAL with a message in err, or NF_ENOMEM. */
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen);
+/* 1 when a flow spec ({"preset"...} or {"layers":[...]}) is an image
+ * architecture given a shape: an image preset without vector overrides, or
+ * a layer list holding an image layer */
+int nf_flow_spec_is_image(const cJSON *spec);
 /* the name of preset i (0, 1, ...; table order), NULL past the last */
 const char *nf_preset_name(int i);
 

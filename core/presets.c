@@ -319,6 +319,33 @@ static int expand_image(const cJSON *spec, const struct image_preset *p, cJSON *
     return 0;
 }
 
+/* the vector presets' overrides, which choose the vector form on an image */
+static int has_vector_overrides(const cJSON *spec) {
+    static const char *const keys[] = {"hidden", "activation", "bins", "tail_bound", NULL};
+    for (int i = 0; keys[i]; i++)
+        if (nf_json_get(spec, keys[i])) return 1;
+    return 0;
+}
+
+int nf_flow_spec_is_image(const cJSON *spec) {
+    static const char *const image_layers[] = {"squeeze", "split", "channel_actnorm", "invconv",
+                                               "conv_coupling", NULL};
+    const char *name = nf_json_str(spec, "preset", NULL);
+    if (name) {
+        if (has_vector_overrides(spec)) return 0;
+        for (size_t i = 0; i < sizeof image_presets / sizeof image_presets[0]; i++)
+            if (!strcmp(name, image_presets[i].name)) return 1;
+        return 0;
+    }
+    const cJSON *l;
+    cJSON_ArrayForEach(l, nf_json_get(spec, "layers")) {
+        const char *t = nf_json_str(l, "type", NULL);
+        for (int i = 0; t && image_layers[i]; i++)
+            if (!strcmp(t, image_layers[i])) return 1;
+    }
+    return 0;
+}
+
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     static const char *const keys[] = {"dim", "context_dim", "shape", "preset", "depth",
                                        "hidden", "activation", "bins", "tail_bound", "base",
@@ -333,10 +360,7 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     }
     /* the vector overrides choose the vector form on an image too (job files
      * written before the image presets keep their meaning) */
-    static const char *const vector_only[] = {"hidden", "activation", "bins", "tail_bound", NULL};
-    int vector = 0;
-    for (int i = 0; vector_only[i]; i++) vector |= nf_json_get(spec, vector_only[i]) != NULL;
-    if (nf_json_get(spec, "shape") && !vector)
+    if (nf_json_get(spec, "shape") && !has_vector_overrides(spec))
         for (size_t i = 0; i < sizeof image_presets / sizeof image_presets[0]; i++)
             if (!strcmp(name, image_presets[i].name))
                 return expand_image(spec, &image_presets[i], out, err, errlen);

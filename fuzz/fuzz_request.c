@@ -9,10 +9,12 @@
  *
  * Input: byte 0 picks the route (mod 5: log_prob, sample, encode, decode,
  * datasets), byte 1 the options (bits 0-1 Content-Type: JSON, none, CSV,
- * NPY; bit 2 the conditional model; bits 3-4 Accept: JSON, CSV, NPY;
- * bits 5-7 the dataset format, mod 5), the rest is the body. */
+ * NPY; bit 2 the conditional model; bits 3-4 Accept: JSON, CSV, NPY, any;
+ * for sample, bit 7 Accept: image/png; bits 5-7 the dataset format, mod 5),
+ * the rest is the body. */
 #include "../server/api_models.c"
 #include "../server/fields.c"
+#include "../common/picture.c"
 
 #include "fuzz.h"
 
@@ -131,7 +133,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const char *const cts[] = {"application/json", NULL, "text/csv", "application/x-npy"};
     static const char *const acc[] = {NULL, "text/csv", "application/x-npy", "*/*"};
     content_type = cts[opt & 3];
-    accept_type = acc[(opt >> 3) & 3];
+    accept_type = route == 1 && (opt & 0x80) ? "image/png" : acc[(opt >> 3) & 3];
     fd_req r;
     memset(&r, 0, sizeof r);
     r.srv = &srv;

@@ -5,9 +5,15 @@
  * loaded model (WS_ROWS rows; larger requests are processed in chunks of
  * that size by the core).  Bodies are JSON, or for log_prob also text/csv
  * and application/x-npy; responses follow Accept the same way.  Float
- * arrays are printed with %.9g, enough to round-trip float32 exactly. */
+ * arrays are printed with %.9g, enough to round-trip float32 exactly.
+ * sample also answers `Accept: image/png` with the picture of the samples,
+ * a tile grid of the model's image shape (common/picture.h); a model
+ * without one (2-D or tabular rows) has no picture answer: 406.  (Its
+ * scatter plot or legacy square grid is drawn from the samples by `flowd
+ * sample` and `flowctl sample`.) */
 #include "server.h"
 
+#include "../common/picture.h"
 #include "../core/data.h"
 #include "../core/npy.h"
 
@@ -20,6 +26,7 @@
 
 #define WS_ROWS 256
 #define MAX_VALUES (16 * 1024 * 1024) /* rows x dim per request */
+#define MAX_PICTURE_PIXELS (16 * 1024 * 1024) /* an image/png sample answer: 4096 x 4096 */
 
 /* ---- thread-local workspaces ------------------------------------------------- */
 typedef struct {
@@ -69,6 +76,12 @@ static fmt accept_fmt(fd_req *r) {
     if (a && strstr(a, "text/csv")) return FMT_CSV;
     if (a && strstr(a, "application/x-npy")) return FMT_NPY;
     return FMT_JSON;
+}
+
+/* Accept asks for a PNG picture (sample only) */
+static int accept_png(fd_req *r) {
+    const char *a = fd_req_header(r, "Accept");
+    return a && strcasestr(a, "image/png") != NULL;
 }
 
 static int body_fmt(fd_req *r, fmt *out) {
@@ -134,6 +147,10 @@ static fd_model *load_model(fd_req *r, const char *name, int version) {
         return NULL;
     }
     return m;
+}
+
+fd_model *fd_model_or_reply(fd_req *r, const char *name, int version) {
+    return load_model(r, name, version);
 }
 
 /* Parse a JSON array of rows of width D into a new (n,D) buffer.  Sends 422
@@ -397,6 +414,52 @@ out:
 }
 
 /* ---- sample ------------------------------------------------------------------------------------- */
+/* Before sampling, for Accept: image/png: 406 for a model without an image
+ * shape (its rows have no picture form), 422 for a grid over
+ * MAX_PICTURE_PIXELS (too many samples for one picture).  0, or -1 after
+ * sending the error. */
+static int picture_or_reply(fd_req *r, const fd_model *m, int n, int D, const int shape[3]) {
+    int gs[3], w = 0, h = 0, ch = 1;
+    if (!shape[0] || fdpic_picture_kind(D, shape, gs) != 2) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "dim", D);
+        fd_send_error(r, 406, "not_acceptable", d,
+                      "model %s has no picture form: its %d-dim rows have no image shape, and image/png "
+                      "answers are grids of images; ask for application/json, text/csv or "
+                      "application/x-npy",
+                      m->name, D);
+        return -1;
+    }
+    if (fdpic_grid_size(n, gs, &w, &h, &ch) || (int64_t)w * h > MAX_PICTURE_PIXELS) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "n", n);
+        cJSON_AddNumberToObject(d, "max_pixels", MAX_PICTURE_PIXELS);
+        fd_send_error(r, 422, "invalid_input", d,
+                      "%d samples of %dx%dx%d make a picture over %d pixels: ask for fewer samples", n,
+                      gs[0], gs[1], gs[2], MAX_PICTURE_PIXELS);
+        return -1;
+    }
+    return 0;
+}
+
+/* The picture of the samples x (n, D) as image/png: a dequantized pixel
+ * model's values floored and clamped to 0..levels-1, other models' scaled
+ * from the samples' own finite range. */
+static enum MHD_Result send_picture(fd_req *r, const fd_model *m, const nf_real *x, int n, int D,
+                                    const int shape[3]) {
+    unsigned char *pix = NULL;
+    void *png = NULL;
+    size_t len = 0;
+    int w, h, ch, dq = m->m->dequantize;
+    char err[300] = "";
+    int rc = fdpic_render_samples(x, n, D, shape, dq, 0, dq ? m->m->levels - 1 : 1, dq, 1, &pix, &w, &h,
+                                  &ch, err, sizeof err);
+    if (!rc) rc = fdpic_png_encode(w, h, ch, pix, &png, &len);
+    free(pix);
+    if (rc) return fd_send_error(r, 500, "internal", NULL, "cannot draw the picture: %s", err[0] ? err : nf_strerror(rc));
+    return fd_send_bytes(r, 200, "image/png", png, len);
+}
+
 enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON *body = fd_req_json(r);
     if (!body) return MHD_YES;
@@ -424,6 +487,9 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
                       (size_t)n * D, MAX_VALUES);
         goto out;
     }
+    int png = accept_png(r), shape[3];
+    nf_flow_shape(f, shape);
+    if (png && picture_or_reply(r, m, n, D, shape)) goto out;
     if (json_context(r, body, C, n, &ctx)) goto out;
     nf_ws *w = get_ws(m);
     x = malloc((size_t)n * D * sizeof *x);
@@ -438,6 +504,10 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         goto out;
     }
     fd_metrics_rows(r->srv->metrics, 0, n);
+    if (png) {
+        ret = send_picture(r, m, x, n, D, shape);
+        goto out;
+    }
     fmt outf = accept_fmt(r);
     if (outf != FMT_JSON) {
         size_t len = 0;

@@ -1,6 +1,9 @@
 /* cmd_eval.c: `flowd eval --model M.flow --data FILE`, the held-out score of
  * a trained model: mean negative log-likelihood per row and, for models of
- * dequantized pixel data, bits per dimension.
+ * dequantized pixel data, bits per dimension.  With --samples N it also
+ * judges N samples against the rows (core/evaluate.h: non-finite share,
+ * MMD^2, and with --reference the training rows, the nearest-training-row
+ * ratio), the figures POST /v1/models/{name}/evaluate answers.
  *
  * Rows where log p is not finite (outside the support: a logit model given
  * a value past its range, or a value the flow cannot invert) are counted and
@@ -10,6 +13,7 @@
 #include "cmd.h"
 
 #include "../core/data.h"
+#include "../core/evaluate.h"
 #include "../core/model.h"
 #include "../core/nf_json.h"
 #include "../core/train.h"
@@ -21,8 +25,9 @@
 #include <time.h>
 
 static struct {
-    const char *model, *data, *format, *per_row;
+    const char *model, *data, *format, *per_row, *reference;
     int json;
+    double samples, temperature, seed, max_rows, max_ref_rows;
 } eo;
 
 static const fd_opt eval_options[] = {
@@ -33,11 +38,28 @@ static const fd_opt eval_options[] = {
     {"json", 'j', FD_OPT_FLAG, &eo.json, .help = "one JSON object on stdout instead of text"},
     {"per-row", 'r', FD_OPT_STR, &eo.per_row, .arg = "FILE",
      .help = "also write each row's NLL (nats; inf outside the support), one per line, in the data's row order"},
+    {"samples", 'n', FD_OPT_NUM, &eo.samples, .def = 0, .lo = 0, .hi = 1000000, .whole = 1, .arg = "N",
+     .help = "also draw N samples and judge them against the rows: non-finite share, MMD^2, and with "
+             "--reference the nearest-training-row ratio (0: no samples)",
+     .must = "an integer in 0..1000000"},
+    {"temperature", 't', FD_OPT_NUM, &eo.temperature, .def = 1, .lo = 0, .hi = 1000, .open_lo = 1, .arg = "T",
+     .help = "the samples' temperature (scale of the base distribution's std)"},
+    {"seed", 's', FD_OPT_NUM, &eo.seed, .def = 0, .lo = 0, .hi = NF_JSON_SEED_MAX, .whole = 1, .arg = "S",
+     .help = "seed of the samples and subsamples (the samples 'flowd sample --seed S' draws)",
+     .must = "a non-negative integer"},
+    {"reference", 'R', FD_OPT_STR, &eo.reference, .arg = "FILE",
+     .help = "the training rows (any --format) for the nearest-neighbour ratio; needs --samples"},
+    {"max-rows", 0, FD_OPT_NUM, &eo.max_rows, .def = 1000, .lo = 2, .hi = 1000000, .whole = 1, .arg = "M",
+     .help = "samples and rows used for MMD and the nearest-neighbour means (a seeded subsample of the rows)",
+     .must = "an integer in 2..1000000"},
+    {"max-reference-rows", 0, FD_OPT_NUM, &eo.max_ref_rows, .def = 10000, .lo = 1, .hi = 1e9, .whole = 1,
+     .arg = "R", .help = "reference rows searched (a seeded subsample beyond)", .must = "an integer in 1..1000000000"},
 };
 
 static const fd_cli eval_cli = {
     "flowd eval",
     "usage: flowd eval --model MODEL.flow --data FILE [--format FMT] [--json]\n"
+    "                  [--samples N [--temperature T] [--seed S] [--reference TRAIN]]\n"
     "\n"
     "Scores every row of FILE under the model: mean negative log-likelihood in\n"
     "nats per row (in the data's own units) and, for models trained on\n"
@@ -45,6 +67,14 @@ static const fd_cli eval_cli = {
     "bound on the discrete model's bits/dim (each row gets fixed-seed U[0,1)\n"
     "noise, so the figure is reproducible).  Rows outside the model's support\n"
     "are counted and left out of the mean.\n"
+    "\n"
+    "With --samples N it draws N samples and judges them against the rows of\n"
+    "FILE (held-out rows): the share of non-finite samples, the kernel MMD^2\n"
+    "(Gaussian kernel, median-distance bandwidth; ~0 for the same\n"
+    "distribution) and, given --reference with the training rows, the mean\n"
+    "distance of a sample to its nearest training row over that of a held-out\n"
+    "row (well under 1: memorised; ~1: healthy; above 1: off the data).\n"
+    "Samples of dequantized models are floored into the levels first.\n"
     "\n",
     NULL, eval_options, FD_NOPTS(eval_options), .bad_rc = 2};
 
@@ -54,6 +84,7 @@ typedef struct {
     int64_t inside, outside;
     double nll, med, worst, bpd, secs;
     const char *likelihood;
+    nf_eval_result q; /* the samples, when --samples */
 } eval_summary;
 
 static int cmp_real(const void *a, const void *b) {
@@ -145,6 +176,26 @@ static void print_json(const eval_summary *r) {
     nf_json_add_num(o, "bits_per_dim", r->bpd);
     cJSON_AddStringToObject(o, "likelihood", r->likelihood);
     cJSON_AddNumberToObject(o, "seconds", r->secs);
+    if (eo.samples > 0) { /* the names of POST /v1/models/{name}/evaluate */
+        const nf_eval_result *q = &r->q;
+        cJSON_AddNumberToObject(o, "samples", q->samples);
+        cJSON_AddNumberToObject(o, "temperature", eo.temperature);
+        cJSON_AddNumberToObject(o, "seed", eo.seed);
+        nf_json_add_num(o, "nonfinite_share", q->nonfinite_share);
+        nf_json_add_num(o, "sample_min", q->sample_min);
+        nf_json_add_num(o, "sample_max", q->sample_max);
+        nf_json_add_num(o, "mmd2", q->mmd2);
+        nf_json_add_num(o, "mmd_bandwidth", q->mmd_bandwidth);
+        cJSON_AddNumberToObject(o, "mmd_samples", q->mmd_samples);
+        cJSON_AddNumberToObject(o, "mmd_test_rows", q->mmd_test_rows);
+        if (eo.reference) cJSON_AddStringToObject(o, "reference", eo.reference);
+        else cJSON_AddNullToObject(o, "reference");
+        cJSON_AddNumberToObject(o, "reference_rows_used", (double)q->nn_ref_rows);
+        nf_json_add_num(o, "nn_ratio", q->nn_ratio);
+        nf_json_add_num(o, "nn_sample_mean", q->nn_sample_mean);
+        nf_json_add_num(o, "nn_test_mean", q->nn_test_mean);
+        cJSON_AddNumberToObject(o, "sample_seconds", q->seconds);
+    }
     char *s = cJSON_PrintUnformatted(o);
     printf("%s\n", s ? s : "{}");
     free(s);
@@ -165,6 +216,54 @@ static void print_text(const nf_model *m, const eval_summary *r) {
         else printf("bits/dim         n/a\n");
     }
     printf("time             %.2f s (%.0f rows/s)\n", r->secs, r->secs > 0 ? r->n / r->secs : 0.0);
+    if (eo.samples <= 0) return;
+    const nf_eval_result *q = &r->q;
+    printf("samples          %d (temperature %g, seed %.0f), %d non-finite (%.2f%%)\n", q->samples,
+           eo.temperature, eo.seed, q->nonfinite, 100 * q->nonfinite_share);
+    if (q->nonfinite < q->samples) printf("sample range     [%.6g, %.6g]\n", q->sample_min, q->sample_max);
+    if (isfinite(q->mmd2))
+        printf("MMD^2            %.6g (bandwidth %.4g; %d samples vs %d rows)\n", q->mmd2, q->mmd_bandwidth,
+               q->mmd_samples, q->mmd_test_rows);
+    else printf("MMD^2            n/a (fewer than 2 finite samples or rows)\n");
+    if (!eo.reference) printf("NN ratio         n/a (no --reference)\n");
+    else if (isfinite(q->nn_ratio))
+        printf("NN ratio         %.4f (nearest training row: samples %.4g, rows %.4g; %lld training rows)\n",
+               q->nn_ratio, q->nn_sample_mean, q->nn_test_mean, (long long)q->nn_ref_rows);
+    else printf("NN ratio         n/a (the rows are among the training rows, or no finite sample)\n");
+    printf("sample time      %.2f s\n", q->seconds);
+}
+
+/* the sample figures against the rows of data (and ref when given): 0 or -1 (said why) */
+static int eval_samples(const nf_model *m, const nf_data *data, const nf_data *ref, eval_summary *r) {
+    nf_eval_opts o;
+    nf_eval_opts_default(&o);
+    o.samples = (int)eo.samples;
+    o.temperature = eo.temperature;
+    o.seed = (uint64_t)eo.seed;
+    o.max_rows = (int)eo.max_rows;
+    o.max_ref_rows = (int64_t)eo.max_ref_rows;
+    nf_eval_result_init(&r->q);
+    int st = nf_eval_flow_samples(m->flow, m->dequantize ? m->levels : 0, data->x, data->n,
+                                  ref->n ? ref->x : NULL, ref->n, &o, &r->q);
+    if (st) fprintf(stderr, "flowd eval: judging the samples failed: %s\n", nf_strerror(st));
+    return st ? -1 : 0;
+}
+
+/* the --reference rows, of the model's dimension: 0 or -1 (said why) */
+static int load_reference(int D, nf_data *ref) {
+    char err[512] = "";
+    nf_data_format fmt;
+    nf_data_format_parse(eo.format, &fmt);
+    if (nf_data_load_file(eo.reference, fmt, ref, err, sizeof err)) {
+        fprintf(stderr, "flowd eval: %s: %s\n", eo.reference, err);
+        return -1;
+    }
+    if (ref->d != D) {
+        fprintf(stderr, "flowd eval: %s has %d columns but the model's dimension is %d\n", eo.reference,
+                ref->d, D);
+        return -1;
+    }
+    return 0;
 }
 
 int cmd_eval(int argc, char **argv) {
@@ -175,12 +274,17 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "flowd eval: --format must be auto, csv, npy, idx or json, not '%s'\n", eo.format);
         return 1;
     }
+    if (eo.reference && eo.samples <= 0) {
+        fprintf(stderr, "flowd eval: --reference is for the samples' nearest-neighbour ratio: give --samples N too\n");
+        return 1;
+    }
     rc = 1;
     nf_model *m = NULL;
-    nf_data data = {0};
+    nf_data data = {0}, ref = {0};
     nf_ws *w = NULL;
     nf_real *lp = NULL;
     if (eval_load(&m, &data)) goto out;
+    if (eo.reference && load_reference(data.d, &ref)) goto out;
     eval_summary r = {.n = (int)data.n, .D = data.d};
     lp = malloc((size_t)r.n * sizeof *lp);
     if (!lp || nf_model_ws_create(m, r.n < 1024 ? r.n : 1024, &w)) {
@@ -198,6 +302,7 @@ int cmd_eval(int argc, char **argv) {
     r.secs = now_s() - t0;
     if (eo.per_row && write_per_row(eo.per_row, lp, r.n)) goto out;
     summarize(m, lp, &r);
+    if (eo.samples > 0 && eval_samples(m, &data, &ref, &r)) goto out;
     if (eo.json) print_json(&r);
     else print_text(m, &r);
     rc = 0;
@@ -205,6 +310,7 @@ out:
     free(lp);
     nf_ws_free(w);
     nf_data_free(&data);
+    nf_data_free(&ref);
     nf_model_free(m);
     return rc;
 }

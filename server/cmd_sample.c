@@ -7,10 +7,13 @@
  *   .csv  a header x0,x1,... and one row per sample (%.9g; a non-finite
  *         value is an empty field: nf_data_csv)
  *   .npy  NumPy format 1.0, dtype <f4, shape (N, D)
- *   .png  2-D models: a scatter plot; models whose D is a square (784 =
- *         28x28): a grid of ceil(sqrt N) tiles, dequantized pixel models'
- *         values floored and clamped to [0, levels-1], other models scaled
- *         from the samples' own min..max. */
+ *   .png  models with an image shape ("shape": [C,H,W]): a grid of
+ *         ceil(sqrt N) tiles of that shape (C = 1 grayscale, C = 3 RGB,
+ *         other C each channel as its own grayscale tile, side by side);
+ *         2-D models: a scatter plot; other models whose D is a square (784
+ *         = 28x28): a grid of grayscale tiles.  Dequantized pixel models'
+ *         values are floored and clamped to [0, levels-1], other models'
+ *         scaled from the samples' own min..max (common/picture.h). */
 #include "cli.h"
 #include "cmd.h"
 #include "../common/picture.h"
@@ -51,9 +54,10 @@ static const fd_cli sample_cli = {
     "usage: flowd sample --model MODEL.flow -n N -o OUT [--temperature T] [--seed S]\n"
     "\n"
     "Draws N samples from a trained model and writes them to OUT, whose\n"
-    "extension picks the format: .csv, .npy (float32) or .png (a scatter plot\n"
-    "for 2-D models, an image grid for models whose dimension is a square,\n"
-    "e.g. 784 = 28x28).\n"
+    "extension picks the format: .csv, .npy (float32) or .png (an image grid\n"
+    "for models with an image shape [C,H,W]: gray for C = 1, RGB for C = 3,\n"
+    "one gray tile per channel otherwise; a scatter plot for 2-D models; a\n"
+    "gray grid for other models whose dimension is a square, e.g. 784 = 28x28).\n"
     "\n",
     NULL, sample_options, FD_NOPTS(sample_options), .bad_rc = 1, .quote_bad = 1};
 
@@ -81,10 +85,12 @@ static int write_table(const char *path, int npy, const nf_real *x, int n, int D
 
 static int write_png(const char *path, const nf_model *m, const nf_real *x, int n, int D,
                      int scale, char *err, size_t errlen) {
-    /* a dequantized pixel model: its levels; otherwise the samples' range */
-    int pix = m->dequantize;
-    return fdpic_write_samples(path, x, n, D, pix, 0, pix ? m->levels - 1 : 1, pix, scale, err,
-                               errlen);
+    /* the model's image shape; a dequantized pixel model: its levels;
+     * otherwise the samples' range */
+    int pix = m->dequantize, shape[3];
+    nf_flow_shape(m->flow, shape);
+    return fdpic_write_samples(path, x, n, D, shape, pix, 0, pix ? m->levels - 1 : 1, pix, scale,
+                               err, errlen);
 }
 
 /* an unconditional model whose n samples fit: 0 or -1 (said why) */

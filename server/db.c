@@ -706,6 +706,29 @@ int64_t fd_db_data_version(fd_db *db) {
     return v;
 }
 
+int fd_db_version_job(fd_db *db, const char *name, int version, int64_t *job_id, char **request,
+                      char *err, size_t errlen) {
+    *request = NULL;
+    sqlite3_stmt *st = Q(db, "SELECT j.id, j.request FROM model_versions v "
+                             "JOIN models m ON m.id = v.model_id JOIN jobs j ON j.id = v.job_id "
+                             "WHERE m.name = ?1 AND v.version = ?2");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    sqlite3_bind_int(st, 2, version);
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) {
+        *job_id = sqlite3_column_int64(st, 0);
+        if (!(*request = xstrdup(col_text(st, 1)))) r = FD_ENOMEM;
+    } else if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "model '%s' version %d has no training job", name ? name : "", version);
+        r = FD_ENOTFOUND;
+    } else {
+        r = fail(db, rc, err, errlen, "get the job of a version");
+    }
+    done(st);
+    return r;
+}
+
 int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, size_t errlen) {
     sqlite3_stmt *st = Q(db, "SELECT max(v.version) FROM model_versions v "
                              "JOIN models m ON m.id = v.model_id WHERE m.name = ?1");

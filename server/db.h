@@ -79,6 +79,11 @@ int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size
  * can keep results read through this connection until it changes; -1 on
  * error.  Commits made through this same connection do not change it. */
 int64_t fd_db_data_version(fd_db *db);
+/* The request JSON (malloc'd) of the job that trained version `version`
+ * (>= 1) of model name, and the job's id; FD_ENOTFOUND when there is no
+ * such version or it has no job (imported, or the job was deleted). */
+int fd_db_version_job(fd_db *db, const char *name, int version, int64_t *job_id, char **request,
+                      char *err, size_t errlen);
 /* Latest version number of a model, FD_ENOTFOUND if no such model/version. */
 int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, size_t errlen);
 

@@ -87,6 +87,7 @@ static const route routes[] = {
     {"GET", "/v1/jobs/{id}/metrics", fd_api_job_metrics, SCOPE_READ, 0},
     {"GET", "/v1/jobs/{id}/events", fd_api_job_events, SCOPE_READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
+    {"POST", "/v1/models/{name}/evaluate", fd_api_evaluate, SCOPE_READ, 1},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");

@@ -336,27 +336,26 @@ static void finish(fd_worker *w, int64_t id, const char *state, const char *msg)
     }
 }
 
-/* The rows of a stored dataset as an nf_data. */
-static int load_dataset(fd_worker *w, const char *dsid, nf_data *out, char *msg, size_t msglen) {
+int fd_dataset_load(fd_db *db, const char *dsid, nf_data *out, char *msg, size_t msglen) {
     float *x = NULL;
     int64_t rows = 0;
     int dim = 0, is_int = 0, shape[3];
     double vmin = 0, vmax = 0;
     char err[256] = "";
-    int rc = fd_db_dataset_data(w->db, dsid, &x, &rows, &dim, shape, &is_int, &vmin, &vmax, err,
+    int rc = fd_db_dataset_data(db, dsid, &x, &rows, &dim, shape, &is_int, &vmin, &vmax, err,
                                 sizeof err);
     if (rc == FD_ENOTFOUND) {
         snprintf(msg, msglen, "dataset %s not found (deleted?)", dsid);
-        return -1;
+        return rc;
     }
     if (rc) {
         snprintf(msg, msglen, "dataset %s: cannot read it: %s", dsid, err);
-        return -1;
+        return rc;
     }
     if (nf_data_alloc(out, rows, dim, err, sizeof err)) {
         snprintf(msg, msglen, "dataset %s: %s", dsid, err);
         free(x);
-        return -1;
+        return FD_ENOMEM;
     }
     for (size_t i = 0; i < (size_t)rows * (size_t)dim; i++) out->x[i] = (nf_real)x[i];
     free(x);
@@ -409,7 +408,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     }
     job.train.threads = j->train_threads;
     if (job.dataset_id[0]) {
-        if (load_dataset(w, job.dataset_id, &data, msg, sizeof msg)) {
+        if (fd_dataset_load(w->db, job.dataset_id, &data, msg, sizeof msg)) {
             finish(w, id, "failed", msg);
             goto out;
         }

@@ -110,6 +110,11 @@ void fd_jobs_cancel(fd_jobs *j, int64_t id);
  * to resume at the next start; waits for the workers. */
 void fd_jobs_stop(fd_jobs *j);
 int fd_jobs_running(fd_jobs *j); /* workers currently training */
+/* The rows of stored dataset dsid as an nf_data (out zeroed on failure;
+ * free with nf_data_free): 0, FD_ENOTFOUND, FD_ENOMEM or another FD_E*
+ * code, with a message naming the dataset in msg. */
+struct nf_data;
+int fd_dataset_load(fd_db *db, const char *dsid, struct nf_data *out, char *msg, size_t msglen);
 
 /* ---- the server ------------------------------------------------------------------ */
 typedef struct fd_metrics fd_metrics;
@@ -242,6 +247,11 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a);
 enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
 enum MHD_Result fd_api_openapi(fd_req *r, char **a);
 enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
+enum MHD_Result fd_api_evaluate(fd_req *r, char **a);
+/* The model name at version (0 = latest) from the cache (api_models.c): a
+ * reference the caller releases with fd_model_release, or NULL after
+ * sending the error (404 naming the model or version). */
+fd_model *fd_model_or_reply(fd_req *r, const char *name, int version);
 
 /* Metrics (metrics.c): counters are lock-free. */
 fd_metrics *fd_metrics_create(void);

@@ -128,16 +128,12 @@ int lc_check_jacobian(nf_flow *f, const nf_real *x, const nf_real *ctx, int B, d
 }
 
 #ifdef NF_DOUBLE
-/* L = sum r1 .* z + sum r2 .* logdet through the flow's single layer. */
-static double layer_loss(nf_flow *f, nf_real *ws, const nf_real *x, const nf_real *ctx, int B,
+/* L = sum r1 .* z + sum r2 .* logdet through the flow's layers, the density
+ * pass used as a plain map (nf_flow_transform_grad: no base distribution) */
+static double chain_loss(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                          int training, const nf_real *r1, const nf_real *r2, nf_real *z,
                          nf_real *ld) {
-    nf_layer *L = &f->layers[0];
-    nf_ctx c = {.params = f->params + L->param_off, .grad = f->grad + L->param_off,
-                .buffers = f->buffers + L->buf_off, .ctx = ctx, .ws = ws, .B = B,
-                .training = training};
-    memset(ld, 0, B * sizeof *ld);
-    L->ops->inverse(L, &c, x, z, ld);
+    nf_flow_transform_grad(f, w, x, ctx, B, training, NULL, NULL, z, ld, NULL, NULL);
     double s = 0;
     for (size_t i = 0; i < (size_t)B * f->D; i++) s += (double)r1[i] * z[i];
     for (int r = 0; r < B; r++) s += (double)r2[r] * ld[r];
@@ -152,56 +148,51 @@ int lc_check_grads(nf_flow *f, const nf_real *x, const nf_real *ctx, int B, int 
     return 0; /* float32 build: see layercheck.h */
 #else
     int fails = 0, D = f->D, C = f->C;
-    if (f->nlayers != 1) {
-        int fails = 0;
-        LC_FAIL("lc_check_grads needs a one-layer flow");
+    nf_ws *w = NULL;
+    if (nf_ws_create(f, B, &w)) {
+        LC_FAIL("cannot create a workspace of %d rows", B);
         return fails;
     }
-    nf_layer *L = &f->layers[0];
-    size_t wsn = L->ops->ws_size ? L->ops->ws_size(L, B) : 0;
-    nf_real *ws = calloc(wsn + 1, sizeof *ws);
     size_t n = (size_t)B * D;
     nf_real *z = malloc(n * sizeof *z), *ld = malloc(B * sizeof *ld);
     nf_real *r1 = malloc(n * sizeof *r1), *r2 = malloc(B * sizeof *r2);
     nf_real *dx = malloc(n * sizeof *dx), *dctx = calloc((size_t)B * C + 1, sizeof *dctx);
     nf_real *xx = malloc(n * sizeof *xx), *cc = malloc(((size_t)B * C + 1) * sizeof *cc);
+    const nf_real *cx = C ? cc : NULL;
     nf_rng rng;
     nf_rng_seed(&rng, 99);
     lc_randn(&rng, r1, n, 1, 0);
     lc_randn(&rng, r2, B, 1, 0);
     memcpy(xx, x, n * sizeof *xx);
     if (C) memcpy(cc, ctx, (size_t)B * C * sizeof *cc);
-    /* analytic */
+    /* analytic: every layer's backward, chained */
     nf_flow_zero_grad(f);
-    nf_ctx c = {.params = f->params + L->param_off, .grad = f->grad + L->param_off,
-                .buffers = f->buffers + L->buf_off, .ctx = C ? cc : NULL, .dctx = C ? dctx : NULL,
-                .ws = ws, .B = B, .training = training};
-    memset(ld, 0, B * sizeof *ld);
-    L->ops->inverse(L, &c, xx, z, ld);
-    L->ops->backward(L, &c, xx, z, r1, r2, dx);
+    int rc = nf_flow_transform_grad(f, w, xx, cx, B, training, r1, r2, z, ld, dx, C ? dctx : NULL);
+    if (rc) LC_FAIL("transform_grad failed: %s", nf_strerror(rc));
     const double h = 1e-6;
-    /* parameters: all of them when few, else a seeded sample of 400 */
-    size_t np = L->nparams, nchk = np <= 400 ? np : 400;
+    /* the layers' parameters (the base's come last and take no part): all
+     * of them when few, else a seeded sample of 400 */
+    size_t np = f->base.param_off, nchk = np <= 400 ? np : 400;
     for (size_t q = 0; q < nchk && fails < 8; q++) {
         size_t i = np <= 400 ? q : (size_t)(nf_rng_u64(&rng) % np);
-        nf_real *p = f->params + L->param_off + i, keep = *p;
+        nf_real *p = f->params + i, keep = *p;
         *p = keep + h;
         nf_flow_constrain(f);
-        double lp = layer_loss(f, ws, xx, C ? cc : NULL, B, training, r1, r2, z, ld);
+        double lp = chain_loss(f, w, xx, cx, B, training, r1, r2, z, ld);
         *p = keep - h;
         nf_flow_constrain(f);
-        double lm = layer_loss(f, ws, xx, C ? cc : NULL, B, training, r1, r2, z, ld);
+        double lm = chain_loss(f, w, xx, cx, B, training, r1, r2, z, ld);
         *p = keep;
-        double fd = (lp - lm) / (2 * h), an = f->grad[L->param_off + i];
+        double fd = (lp - lm) / (2 * h), an = f->grad[i];
         if (!(fabs(fd - an) <= tol * (1 + fabs(fd))))
             LC_FAIL("param %zu of %zu: analytic %.10g, finite difference %.10g", i, np, an, fd);
     }
     for (size_t i = 0; i < n && fails < 8; i++) {
         nf_real keep = xx[i];
         xx[i] = keep + h;
-        double lp = layer_loss(f, ws, xx, C ? cc : NULL, B, training, r1, r2, z, ld);
+        double lp = chain_loss(f, w, xx, cx, B, training, r1, r2, z, ld);
         xx[i] = keep - h;
-        double lm = layer_loss(f, ws, xx, C ? cc : NULL, B, training, r1, r2, z, ld);
+        double lm = chain_loss(f, w, xx, cx, B, training, r1, r2, z, ld);
         xx[i] = keep;
         double fd = (lp - lm) / (2 * h);
         if (!(fabs(fd - dx[i]) <= tol * (1 + fabs(fd))))
@@ -210,15 +201,15 @@ int lc_check_grads(nf_flow *f, const nf_real *x, const nf_real *ctx, int B, int 
     for (size_t i = 0; i < (size_t)B * C && fails < 8; i++) {
         nf_real keep = cc[i];
         cc[i] = keep + h;
-        double lp = layer_loss(f, ws, xx, cc, B, training, r1, r2, z, ld);
+        double lp = chain_loss(f, w, xx, cc, B, training, r1, r2, z, ld);
         cc[i] = keep - h;
-        double lm = layer_loss(f, ws, xx, cc, B, training, r1, r2, z, ld);
+        double lm = chain_loss(f, w, xx, cc, B, training, r1, r2, z, ld);
         cc[i] = keep;
         double fd = (lp - lm) / (2 * h);
         if (!(fabs(fd - dctx[i]) <= tol * (1 + fabs(fd))))
             LC_FAIL("dctx[%zu]: analytic %.10g, finite difference %.10g", i, (double)dctx[i], fd);
     }
-    free(ws);
+    nf_ws_free(w);
     free(z);
     free(ld);
     free(r1);

@@ -11,7 +11,8 @@
  *      central finite differences (LU with partial pivoting in the test);
  *   3. (NF_DOUBLE builds only) backward's dx, dctx and every parameter
  *      gradient of L = sum(r1 .* z) + sum(r2 .* logdet), r1, r2 random, equal
- *      central finite differences.  Float32 builds skip this check: step
+ *      central finite differences (several layers: their backwards chained,
+ *      as nf_flow_transform_grad runs them).  Float32 builds skip this check: step
  *      sizes that beat float32 rounding are too coarse for curvature, so only
  *      double gives an honest 1e-6-level comparison;
  *   4. rows of magnitude up to 1e3 give finite outputs and log-dets (unless

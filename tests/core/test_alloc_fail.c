@@ -9,6 +9,7 @@
  * reaches. */
 #include "../test.h"
 #include "../../core/alloc.h"
+#include "../../core/evaluate.h"
 #include "../../core/model.h"
 #include "../../core/nf_internal.h"
 #include "../../core/train.h"
@@ -64,21 +65,22 @@ static void hooks_on(long fail_at) {
 static void hooks_off(void) { nf_alloc_hook = NULL; }
 
 #define N 64
-#define D 3
+#define D 3     /* the width of most flows here */
+#define DMAX 16 /* the widest (the image flow) */
 
 typedef struct {
-    nf_real lp[N], xs[N * D], lp2[N];
+    nf_real lp[N], xs[N * DMAX], lp2[N];
     double val;
 } results;
 
-/* unit = 0: normal columns of scales 1..D; unit = 1: inside (0.1, 0.9), for
- * layers defined on (0, 1) only (logit) */
-static void data(nf_real *x, int unit) {
+/* N rows of width dim.  unit = 0: normal columns of scales 1..dim; unit = 1:
+ * inside (0.1, 0.9), for layers defined on (0, 1) only (logit) */
+static void data(nf_real *x, int unit, int dim) {
     nf_rng r;
     nf_rng_seed(&r, 11);
-    for (int i = 0; i < N * D; i++) {
+    for (int i = 0; i < N * dim; i++) {
         double v = nf_rng_normal(&r);
-        x[i] = (nf_real)(unit ? 0.5 + 0.4 * tanh(v) : v * (1 + i % D));
+        x[i] = (nf_real)(unit ? 0.5 + 0.4 * tanh(v) : v * (1 + i % dim));
     }
 }
 
@@ -87,9 +89,11 @@ static void data(nf_real *x, int unit) {
  * layer to a spec here (or a spec of its own and a TEST_T below). */
 typedef struct {
     const char *spec;
-    int unit; /* data(x, unit) */
+    int unit; /* data(x, unit, dim) */
+    int dim;  /* the flow's width; 0 for D */
 } fa_spec;
-enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_CONV, FA_NSPECS };
+enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_CONV, FA_IMAGE,
+       FA_NSPECS };
 static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_COUPLING] = {"{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
                      "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
@@ -108,6 +112,10 @@ static const fa_spec fa_specs[FA_NSPECS] = {
                  "\"hidden_channels\":4},{\"type\":\"conv_coupling\",\"mask\":\"channel_odd\","
                  "\"transform\":\"spline\",\"bins\":4,\"net\":\"resnet\",\"hidden_channels\":3,"
                  "\"blocks\":1}]}"},
+    [FA_IMAGE] = {"{\"shape\":[1,4,4],\"layers\":[{\"type\":\"squeeze\"},"
+                  "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":2},"
+                  "{\"type\":\"split\"},{\"type\":\"invconv\"},{\"type\":\"channel_actnorm\"}]}",
+                  0, DMAX},
 };
 
 /* One full life of a flow; everything it allocates is freed on every path.
@@ -123,8 +131,9 @@ static int path(const fa_spec *fs, results *res) {
     nf_model *m = NULL;
     nf_trainer *t = NULL;
     char err[256];
-    nf_real x[N * D], dlogp[N];
-    data(x, fs->unit);
+    const int dim = fs->dim ? fs->dim : D;
+    nf_real x[N * DMAX], dlogp[N];
+    data(x, fs->unit, dim);
     for (int i = 0; i < N; i++) dlogp[i] = (nf_real)(-1.0 / N);
 
     int rc = nf_flow_create(spec, &f, err, sizeof err);
@@ -166,7 +175,7 @@ static int path(const fa_spec *fs, results *res) {
         c.batch_size = 16;
         c.log_every = 0;
         c.val_every = 2;
-        rc = nf_trainer_create(g, &c, x, 48, x + 48 * D, 16, &t, err, sizeof err);
+        rc = nf_trainer_create(g, &c, x, 48, x + 48 * dim, 16, &t, err, sizeof err);
     }
     if (!rc) rc = nf_trainer_run(t, NULL);
     if (!rc) {
@@ -279,6 +288,51 @@ TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
 
 TEST_T(alloc_fail_conv_coupling, 300) { run_all_k(&fa_specs[FA_CONV]); }
 
+TEST_T(alloc_fail_image, 300) { run_all_k(&fa_specs[FA_IMAGE]); }
+/* nf_model_evaluate (core/evaluate.c): the likelihood, a workspace, the
+ * samples, the subsamples, the MMD and nearest-neighbour blocks.  Every
+ * failing allocation is NF_ENOMEM with nothing leaked; the run that fails
+ * none gives the reference figures. */
+static int eval_same(const nf_eval_result *a, const nf_eval_result *b) {
+    return a->mean_log_prob == b->mean_log_prob && a->nonfinite == b->nonfinite &&
+           a->mmd2 == b->mmd2 && a->mmd_bandwidth == b->mmd_bandwidth && a->nn_ratio == b->nn_ratio;
+}
+
+TEST_T(alloc_fail_evaluate, 120) {
+    nf_flow *f = NULL;
+    char err[256];
+    REQUIRE(nf_flow_create("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}", &f, err,
+                           sizeof err) == 0);
+    void *buf = NULL;
+    size_t len = 0;
+    nf_model *m = NULL;
+    REQUIRE(nf_model_save(f, NULL, NULL, NULL, &buf, &len) == 0);
+    REQUIRE(nf_model_load(buf, len, &m, err, sizeof err) == 0);
+    free(buf);
+    nf_flow_free(f);
+    nf_real x[N * D];
+    data(x, 0, D);
+    nf_eval_opts o;
+    nf_eval_opts_default(&o);
+    o.samples = 40;
+    nf_eval_result ref, r;
+    hooks_on(0);
+    int rc = nf_model_evaluate(m, x, N, x + 8 * D, N - 8, &o, &ref);
+    long total = fa_count;
+    hooks_off();
+    REQUIRE(rc == 0 && total > 0 && isfinite(ref.mmd2) && isfinite(ref.nn_sample_mean));
+    for (long k = 1; k <= total + 1; k++) {
+        hooks_on(k);
+        rc = nf_model_evaluate(m, x, N, x + 8 * D, N - 8, &o, &r);
+        long failed = fa_failed, live = fa_live;
+        hooks_off();
+        CHECK_MSG(live == 0, "allocation %ld of %ld: %ld blocks leaked", k, total, live);
+        if (failed) CHECK_MSG(rc == NF_ENOMEM, "allocation %ld of %ld: %s", k, total, nf_strerror(rc));
+        else CHECK(k == total + 1 && rc == 0 && eval_same(&r, &ref));
+    }
+    nf_model_free(m);
+}
+
 /* The hook costs one branch per allocation, and the per-batch calls make
  * none: log_prob, sample, log_prob_grad and the Adam step run on the
  * workspace alone. */
@@ -292,7 +346,7 @@ TEST(alloc_hot_path_allocates_nothing) {
     REQUIRE(nf_ws_create(f, 32, &w) == 0);
     REQUIRE(nf_adam_init(&opt, NF_OPT_ADAM, nf_flow_num_params(f), 0) == 0);
     nf_real x[N * D], lp[N], dl[32], xs[N * D];
-    data(x, 0);
+    data(x, 0, D);
     for (int i = 0; i < 32; i++) dl[i] = (nf_real)(-1.0 / 32);
     REQUIRE(nf_flow_data_init(f, w, x, NULL, 32) == 0);
     REQUIRE(nf_flow_zero_grad(f) == 0); /* the gradient buffer: allocated once, on first use */

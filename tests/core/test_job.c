@@ -9,6 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* o[k] as a number, NAN when absent, null or not a number */
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
 static int parse(const char *s, nf_job *j, char *err, size_t n) {
     return nf_job_parse(s, strlen(s), 0, j, err, n);
 }
@@ -122,14 +128,22 @@ TEST_T(job_toy_sets_beat_a_gaussian, 600) {
         int rc = nf_job_run(&j, &all, NULL, NULL, 0, &res, err, sizeof err);
         CHECK_MSG(rc == 0, "%s: %s", sets[s], err);
         if (rc == 0) {
-            /* the same split the job used: val 0.1, test 0.2, seed ^ 0x5711 */
+            /* the same split the job used */
             nf_data va = {0};
-            nf_data_split(&all, 0.1, 0.2, 0 ^ 0x5711, &tr, &va, &te);
+            REQUIRE(nf_job_split(&j, &all, &tr, &va, &te) == 0);
+            CHECK_EQ_INT(te.n, 2400);
             double g = gaussian_nll(&tr, &te);
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(res.metrics, "test_nll");
             double f = cJSON_IsNumber(t) ? t->valuedouble : INFINITY;
-            printf("    %-12s flow test NLL %.4f, Gaussian %.4f\n", sets[s], f, g);
+            /* and what the trained flow generates (500 samples against the
+             * test split, the training split as the reference) */
+            const cJSON *q = cJSON_GetObjectItemCaseSensitive(res.metrics, "sample_quality");
+            double mmd = jnum(q, "mmd2"), ratio = jnum(q, "nn_ratio"), secs = jnum(q, "seconds");
+            printf("    %-12s flow test NLL %.4f, Gaussian %.4f; samples: MMD^2 %.4f, NN ratio %.3f "
+                   "(%.1f ms)\n", sets[s], f, g, mmd, ratio, 1e3 * secs);
             CHECK_MSG(f < g - 0.1, "%s: flow %.4f does not beat the Gaussian %.4f", sets[s], f, g);
+            CHECK(jnum(q, "samples") == 500 && jnum(q, "nonfinite_share") == 0);
+            CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(q, "split")), "test"));
             nf_data_free(&va);
         }
         nf_job_result_free(&res);
@@ -210,6 +224,13 @@ TEST_T(job_dequantized_pixels, 120) {
     REQUIRE(nf_job_run(&j, &all, NULL, NULL, 0, &res, err, sizeof err) == 0);
     const cJSON *bpd = cJSON_GetObjectItemCaseSensitive(res.metrics, "val_bits_per_dim");
     CHECK(cJSON_IsNumber(bpd) && bpd->valuedouble > 4 - 0.05 && bpd->valuedouble < 6);
+    /* the samples, floored into the 16 levels, against the validation split
+     * (no test split): a near-uniform model's samples are as far from the
+     * training rows as held-out rows are */
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(res.metrics, "sample_quality");
+    CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(q, "split")), "validation"));
+    CHECK_MSG(jnum(q, "nn_ratio") > 0.8 && jnum(q, "nn_ratio") < 1.25, "ratio %g", jnum(q, "nn_ratio"));
+    CHECK_MSG(fabs(jnum(q, "mmd2")) < 0.02, "mmd2 %g", jnum(q, "mmd2"));
     nf_model *m = NULL;
     REQUIRE(nf_model_load(res.model, res.model_len, &m, err, sizeof err) == 0);
     CHECK(m->dequantize == 1 && m->levels == 16);
@@ -222,6 +243,43 @@ TEST_T(job_dequantized_pixels, 120) {
     CHECK_MSG(strstr(err, "dequantize") != NULL, "message: %s", err);
     nf_job_free(&j);
     nf_data_free(&all);
+}
+
+/* train.eval_samples: the final metrics' sample_quality has that many
+ * samples, and is left out at 0 or when the job holds no rows out */
+TEST(job_sample_quality_switches) {
+    const char *fmt = "{\"model\":\"q\",\"dataset\":{\"builtin\":\"8gaussians\",\"n\":1000},"
+                      "\"flow\":{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]},"
+                      "\"train\":{\"epochs\":1,\"batch_size\":100%s}}";
+    struct { const char *train; int samples; const char *split; } cases[] = {
+        {"", 500, "validation"},
+        {",\"eval_samples\":64,\"test_fraction\":0.2", 64, "test"},
+        {",\"eval_samples\":0", 0, NULL},
+        {",\"val_fraction\":0", 0, NULL},
+    };
+    for (int c = 0; c < 4; c++) {
+        char json[600], err[300] = "";
+        snprintf(json, sizeof json, fmt, cases[c].train);
+        nf_job j;
+        REQUIRE(parse(json, &j, err, sizeof err) == 0);
+        nf_data all = {0};
+        REQUIRE(nf_job_load_data(&j, &all, err, sizeof err) == 0);
+        nf_job_result res;
+        REQUIRE(nf_job_run(&j, &all, NULL, NULL, 0, &res, err, sizeof err) == 0);
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(res.metrics, "sample_quality");
+        if (!cases[c].split) {
+            CHECK_MSG(q == NULL, "case %d: sample_quality present", c);
+        } else {
+            CHECK_EQ_INT(jnum(q, "samples"), cases[c].samples);
+            CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(q, "split")), cases[c].split));
+            CHECK(isfinite(jnum(q, "mmd2")) && jnum(q, "mmd_bandwidth") > 0 && jnum(q, "nn_ratio") > 0);
+            CHECK(jnum(q, "nonfinite_share") == 0 && jnum(q, "seconds") >= 0);
+            CHECK_EQ_INT(cJSON_GetArraySize(q), 7);
+        }
+        nf_job_result_free(&res);
+        nf_data_free(&all);
+        nf_job_free(&j);
+    }
 }
 
 /* ---- the train table against schema/job.schema.json -------------------------------------- */

@@ -17,6 +17,10 @@ static const char *specs[] = {
     "{\"dim\":4,\"preset\":\"nsf_ar\",\"depth\":2,\"hidden\":[16],\"bins\":4}",
     "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8],\"context_dim\":2,"
     "\"base\":{\"type\":\"mixture\",\"components\":3}}",
+    /* image layers (dim 4 as the others' at most 5), a split's tail */
+    "{\"shape\":[1,2,2],\"layers\":[{\"type\":\"squeeze\"},{\"type\":\"channel_actnorm\"},"
+    "{\"type\":\"invconv\"},{\"type\":\"split\"},{\"type\":\"invconv\",\"seed\":1},"
+    "{\"type\":\"channel_actnorm\"}]}",
 };
 #define NSPECS (int)(sizeof specs / sizeof specs[0])
 

@@ -335,3 +335,98 @@ TEST_T(dashboard_renders_model_job_and_samples, 300) {
     if (test_failures) print_tail("daemon log", e.log);
     rm_tree(e.dir);
 }
+
+/* An image model (a dataset of 8x8 images declared with ?shape=1,8,8): the
+ * page shows the server's PNG grid for it, fetched with the API's headers
+ * and shown from a blob: URL in <img id="s-img">; data-samples-rendered is
+ * set once the picture has loaded.  The screenshot is left in
+ * <build>/artifacts/dashboard-images.png. */
+TEST_T(dashboard_shows_image_model_picture, 300) {
+    const char *chromium = find_chromium();
+    if (!chromium) {
+        printf("dashboard_shows_image_model_picture: skipped: chromium not installed\n");
+        return;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    env_t e = {0};
+    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
+    REQUIRE(mkdtemp(e.dir) != NULL);
+    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
+    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
+    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
+    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
+    mkdir(e.home, 0700);
+    if (start_daemon(&e)) {
+        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
+        rm_tree(e.dir);
+        return;
+    }
+    /* 256 images: a bright vertical bar at column k % 8 on a dark ground */
+    size_t cap = 256 * 64 * 5 + 32, k = 0;
+    char *rows = malloc(cap);
+    REQUIRE(rows);
+    k += (size_t)snprintf(rows, cap, "{\"rows\":[");
+    for (int i = 0; i < 256; i++)
+        for (int p = 0; p < 64; p++)
+            k += (size_t)snprintf(rows + k, cap - k, "%s%d%s", p ? "" : i ? ",[" : "[",
+                                  p % 8 == i % 8 ? 200 + i % 50 : 10 + (p * 7 + i) % 30, p == 63 ? "]" : ",");
+    snprintf(rows + k, cap - k, "]}");
+    long code;
+    cJSON *r = http_json(e.port, "/v1/datasets?name=bars&shape=1,8,8", rows, &code);
+    free(rows);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    char job[512] = "";
+    if (code == 201 && cJSON_IsString(id))
+        snprintf(job, sizeof job,
+                 "{\"model\":\"bars\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"realnvp\",\"depth\":4,"
+                 "\"hidden\":[64]},\"train\":{\"epochs\":8,\"batch_size\":32,\"lr\":0.002,\"seed\":1},"
+                 "\"preprocess\":{\"dequantize\":{\"levels\":256}}}",
+                 id->valuestring);
+    cJSON_Delete(r);
+    CHECK_MSG(job[0], "upload: %ld", code);
+    long jid = 0;
+    if (job[0]) {
+        r = http_json(e.port, "/v1/jobs", job, &code);
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(r, "id");
+        jid = cJSON_IsString(j) ? atol(j->valuestring) : 0;
+        cJSON_Delete(r);
+        char path[64], state[32] = "";
+        snprintf(path, sizeof path, "/v1/jobs/%ld", jid);
+        for (double t0 = now_s(); jid > 0 && now_s() - t0 < 90; msleep(200)) {
+            r = http_json(e.port, path, NULL, &code);
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(r, "state");
+            snprintf(state, sizeof state, "%s", cJSON_IsString(st) ? st->valuestring : "?");
+            cJSON_Delete(r);
+            if (strcmp(state, "queued") && strcmp(state, "running")) break;
+        }
+        CHECK_MSG(!strcmp(state, "succeeded"), "job %ld: %s", jid, state);
+        if (strcmp(state, "succeeded")) jid = 0;
+    }
+    char url[256], dom_path[160];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/#model=bars", e.port);
+    snprintf(dom_path, sizeof dom_path, "%s/dom.html", e.dir);
+    if (jid > 0 && run_chromium(&e, chromium, url, "--dump-dom", NULL, dom_path) == 0) {
+        char *dom = slurp(dom_path, NULL);
+        REQUIRE(dom != NULL);
+        const char *img = strstr(dom, "id=\"s-img\"");
+        const char *end = img ? strchr(img, '>') : NULL;
+        char tag[512] = "";
+        if (img && end) snprintf(tag, sizeof tag, "%.*s", (int)(end - img), img);
+        CHECK_MSG(samples_rendered(dom) == 64, "data-samples-rendered is %ld", samples_rendered(dom));
+        CHECK_MSG(strstr(tag, "src=\"blob:") && !strstr(tag, "hidden"), "the picture is not shown: <img %s>", tag);
+        CHECK_MSG(strstr(dom, "1×8×8 images"), "no caption for the picture");
+        if (test_failures) fprintf(stderr, "    DOM (first 3000 bytes):\n%.3000s\n", dom);
+        free(dom);
+    } else if (jid > 0) {
+        test_fail_at(__FILE__, __LINE__, "chromium --dump-dom failed");
+    }
+    char art[PATH_MAX], shot[PATH_MAX + 64], out[160];
+    snprintf(art, sizeof art, "%s/artifacts", self_dir());
+    mkdir(art, 0755);
+    snprintf(shot, sizeof shot, "--screenshot=%s/dashboard-images.png", art);
+    snprintf(out, sizeof out, "%s/shot.log", e.dir);
+    if (jid > 0) run_chromium(&e, chromium, url, shot, "--window-size=1280,900", out);
+    stop_daemon(&e);
+    if (test_failures) print_tail("daemon log", e.log);
+    rm_tree(e.dir);
+}

@@ -1210,3 +1210,38 @@ TEST(db_no_sql_built_from_values) {
     CHECK(files >= 1);
     CHECK(calls >= 2); /* the statement cache and the migrations at least */
 }
+
+/* fd_db_version_job: the request of the job behind a version; none for an
+ * imported version, an unknown version, or once the job is deleted */
+TEST(db_version_job) {
+    tmpdb t;
+    fd_db *db = open_migrated(&t);
+    REQUIRE(db);
+    char err[256] = "", *req = NULL;
+    int64_t id = 0, jid = 0;
+    int v = 0;
+    const char ck[] = "checkpoint";
+    REQUIRE(fd_db_job_create(db, NULL, "m", "{\"model\":\"m\",\"x\":1}", &id, NULL, err, sizeof err) == 0);
+    REQUIRE(fd_db_job_claim(db, &jid, &req, err, sizeof err) == 0 && jid == id);
+    free(req);
+    req = NULL;
+    REQUIRE(fd_db_job_publish(db, id, "m", ck, sizeof ck, 2, 0, "{}", "{}", "{}", &v, err, sizeof err) == 0);
+    CHECK_EQ_INT(v, 1);
+    REQUIRE(fd_db_version_add(db, "m", ck, sizeof ck, 2, 0, "{}", "{}", "{}", 0, &v, err, sizeof err) == 0);
+    CHECK_EQ_INT(v, 2);
+    jid = 0;
+    CHECK_EQ_INT(fd_db_version_job(db, "m", 1, &jid, &req, err, sizeof err), 0);
+    CHECK(jid == id && req && !strcmp(req, "{\"model\":\"m\",\"x\":1}"));
+    free(req);
+    req = NULL;
+    CHECK_EQ_INT(fd_db_version_job(db, "m", 2, &jid, &req, err, sizeof err), FD_ENOTFOUND);
+    CHECK(req == NULL && strstr(err, "no training job"));
+    CHECK_EQ_INT(fd_db_version_job(db, "m", 3, &jid, &req, err, sizeof err), FD_ENOTFOUND);
+    CHECK_EQ_INT(fd_db_version_job(db, "nope", 1, &jid, &req, err, sizeof err), FD_ENOTFOUND);
+    fd_db_close(db);
+    REQUIRE(raw_exec(t.path, "PRAGMA foreign_keys=ON; DELETE FROM jobs;") == SQLITE_OK);
+    REQUIRE(fd_db_open(t.path, &db, err, sizeof err) == 0);
+    CHECK_EQ_INT(fd_db_version_job(db, "m", 1, &jid, &req, err, sizeof err), FD_ENOTFOUND);
+    fd_db_close(db);
+    tmp_remove(&t);
+}

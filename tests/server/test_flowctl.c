@@ -503,3 +503,55 @@ TEST_T(flowctl_job_exit_codes, 60) {
     free(err);
     fct_cleanup(&s);
 }
+
+/* an image model: upload an IDX file (and a CSV with --shape), train on it,
+ * and `sample -o grid.png` writes the server's image/png grid (IHDR of 9
+ * tiles of 4x4: 3 x 3 cells, 16 x 16 pixels, gray) */
+TEST_T(flowctl_sample_image_model_png, 90) {
+    fct_srv s;
+    REQUIRE(fct_start(&s) == 0);
+    const char *out = fct_path(&s, "out.txt"), *idx = fct_path(&s, "px.idx");
+    FILE *f = fopen(idx, "wb");
+    REQUIRE(f);
+    unsigned char hdr[16] = {0, 0, 8, 3, 0, 0, 0, 64, 0, 0, 0, 4, 0, 0, 0, 4};
+    fwrite(hdr, 1, 16, f);
+    for (int i = 0; i < 64 * 16; i++) fputc((i * 37) % 256, f);
+    fclose(f);
+    CHECK_EQ_INT(fct_run(&s, out, ARGS("upload", idx, "--name", "px", "--json")), 0);
+    char *txt = fct_slurp(out, NULL);
+    cJSON *o = txt ? cJSON_Parse(txt) : NULL;
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id"));
+    CHECK_MSG(id && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "shape")) == 3, "upload: %s",
+              txt ? txt : "");
+    char dsid[64] = "";
+    if (id) snprintf(dsid, sizeof dsid, "%s", id);
+    cJSON_Delete(o);
+    free(txt);
+    CHECK_EQ_INT(fct_run(&s, out,
+                         ARGS("train", "--dataset", dsid, "--preset", "realnvp", "--depth", "2", "--hidden", "16",
+                              "--epochs", "2", "--batch-size", "16", "--model", "px", "--wait")),
+                 0);
+    const char *grid = fct_path(&s, "grid.png");
+    CHECK_EQ_INT(fct_run(&s, NULL, ARGS("sample", "px", "-n", "9", "--seed", "2", "-o", grid)), 0);
+    size_t plen = 0;
+    unsigned char *png = (unsigned char *)fct_slurp(grid, &plen);
+    REQUIRE(png && plen > 33);
+    CHECK(!memcmp(png, "\x89PNG\r\n\x1a\n", 8) && !memcmp(png + 12, "IHDR", 4));
+    CHECK(png[16] == 0 && png[17] == 0 && png[18] == 0 && png[19] == 16); /* width 16 */
+    CHECK(png[20] == 0 && png[21] == 0 && png[22] == 0 && png[23] == 16); /* height 16 */
+    CHECK(png[25] == 0);                                                 /* gray */
+    free(png);
+    /* --shape declares it for CSV rows; a wrong one is the server's 422 (exit 2) */
+    const char *csv = fct_path(&s, "rows.csv");
+    f = fopen(csv, "w");
+    REQUIRE(f);
+    fprintf(f, "1,2,3,4,5,6\n7,8,9,10,11,12\n");
+    fclose(f);
+    CHECK_EQ_INT(fct_run(&s, out, ARGS("upload", csv, "--name", "c", "--shape", "3,1,2")), 0);
+    txt = fct_slurp(out, NULL);
+    CHECK_MSG(txt && strstr(txt, "images 3x1x2"), "%s", txt ? txt : "");
+    free(txt);
+    CHECK_EQ_INT(fct_run(&s, NULL, ARGS("upload", csv, "--name", "c", "--shape", "2,2,2")), 2);
+    CHECK_EQ_INT(fct_run(&s, NULL, ARGS("upload", csv, "--name", "c", "--shape", "3x1x2")), 1);
+    fct_cleanup(&s);
+}

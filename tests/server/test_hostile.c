@@ -587,7 +587,8 @@ static void deep_json_body(dmn *d) {
     REQUIRE(start_with_models(d, NULL) == 0);
     REQUIRE(serving(d));
     static const char *const routes[] = {"/v1/models/m/log_prob", "/v1/models/m/sample", "/v1/models/m/encode",
-                                         "/v1/models/m/decode", "/v1/models/c/log_prob", "/v1/jobs"};
+                                         "/v1/models/m/decode", "/v1/models/c/log_prob", "/v1/jobs",
+                                         "/v1/models/m/evaluate"};
     hresp r;
     /* 100,000 deep: over cJSON's nesting limit (1000): 400 invalid_json */
     char *deep = nested("{\"inputs\":", 100000, "1", "}");

@@ -3,11 +3,16 @@
  * declared on upload (?shape=C,H,W), in GET /v1/datasets and the list; a
  * job on it trains a flow of that shape (or refuses a flow shape that does
  * not hold a row), with hflip augmentation (refused without a shape), and
- * GET /v1/models/{name} says the shape. */
+ * GET /v1/models/{name} says the shape; POST /v1/models/{name}/sample with
+ * Accept: image/png answers the PNG grid of those samples (pixels checked
+ * against the JSON samples of the same seed), 406 for a model without a
+ * shape, 422 for a picture over the pixel limit. */
 #include "../test.h"
 
 #include "daemon.h"
 
+#include <math.h>
+#include <png.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,8 +204,66 @@ static int upload_idx_4x4(dmn *d, char *id, size_t n) {
 #define PX_TRAIN_HFLIP "{\"epochs\":2,\"batch_size\":16,\"seed\":3,\"augment\":{\"hflip\":true}}"
 #define PX_PRE "{\"dequantize\":{\"levels\":256}}"
 
+/* big-endian u32 at p */
+static uint32_t get_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* POST sample of model with body, Accept image/png */
+static void sample_png(dmn *d, const char *model, const char *body, hresp *r) {
+    char path[128];
+    snprintf(path, sizeof path, "/v1/models/%s/sample", model);
+    hreq q = {.method = "POST", .path = path, .ctype = "application/json", .body = body, .len = strlen(body),
+              .has_body = 1, .accept = "image/png"};
+    dmn_http(d, &q, r);
+}
+
+/* the PNG grid of 10 samples of the 4x4 dequantized model: IHDR 21 x 16
+ * gray (cols 4, rows 3, 1-pixel gaps), each tile the JSON samples of the
+ * same seed floored and clamped to 0..255 */
+static void check_png_grid(dmn *d) {
+    hresp r, js;
+    char ct[128];
+    sample_png(d, "px", "{\"n\":10,\"seed\":5}", &r);
+    REQUIRE(r.status == 200);
+    CHECK_MSG(hresp_header(&r, "Content-Type", ct, sizeof ct) && !strcmp(ct, "image/png"), "%s", r.headers);
+    const unsigned char *b = (const unsigned char *)r.body;
+    REQUIRE(r.len > 33 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8) && !memcmp(b + 12, "IHDR", 4));
+    CHECK_EQ_INT(get_be32(b + 16), 4 * 5 + 1);
+    CHECK_EQ_INT(get_be32(b + 20), 3 * 5 + 1);
+    CHECK(b[24] == 8 && b[25] == 0); /* 8-bit grayscale */
+    http_post_json(d, "/v1/models/px/sample", "{\"n\":10,\"seed\":5}", &js);
+    REQUIRE(js.status == 200);
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    REQUIRE(png_image_begin_read_from_memory(&img, r.body, r.len));
+    img.format = PNG_FORMAT_GRAY;
+    unsigned char *p = malloc(PNG_IMAGE_SIZE(img));
+    REQUIRE(p && png_image_finish_read(&img, NULL, p, 0, NULL));
+    int s = 0, bad = 0;
+    const cJSON *row, *v;
+    cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(js.json, "samples")) {
+        int k = 0, r0 = 1 + (s / 4) * 5, c0 = 1 + (s % 4) * 5;
+        cJSON_ArrayForEach(v, row) {
+            double x = floor(v->valuedouble);
+            int want = x < 0 ? 0 : x > 255 ? 255 : (int)x;
+            int got = p[(size_t)(r0 + k / 4) * 21 + c0 + k % 4];
+            if (got != want && bad++ < 3) CHECK_MSG(0, "sample %d pixel %d: %d, want %d (%g)", s, k, got, want, v->valuedouble);
+            k++;
+        }
+        s++;
+    }
+    CHECK_EQ_INT(s, 10);
+    CHECK(p[0] == 128 && p[21 * 15 + 20] == 128); /* the border; cells 10 and 11 are empty */
+    free(p);
+    hresp_free(&js);
+    hresp_free(&r);
+}
+
 static void models_body(dmn *d) {
-    REQUIRE(dmn_start(d, QUIET, NULL) == 0);
+    static const char *const args[] = {"--max-sample", "1000000", NULL};
+    REQUIRE(dmn_start(d, args, NULL) == 0);
     char id[64], job[1024];
     hresp r;
     REQUIRE(upload_idx_4x4(d, id, sizeof id) == 0);
@@ -214,6 +277,12 @@ static void models_body(dmn *d) {
     const cJSON *v0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "versions"), 0);
     CHECK_MSG(shape_is(v0, "shape", 1, 4, 4), "%s", r.body);
     CHECK(shape_is(cJSON_GetObjectItemCaseSensitive(v0, "config"), "shape", 1, 4, 4));
+    hresp_free(&r);
+    check_png_grid(d);
+    /* a picture over 16M pixels: refused before sampling */
+    sample_png(d, "px", "{\"n\":1000000}", &r);
+    CHECK_ERROR(d, r, 422, "invalid_input");
+    CHECK_MSG(strstr(r.body, "pixels"), "%s", r.body);
     hresp_free(&r);
     /* a flow shape that does not hold a row: 422 naming both */
     snprintf(job, sizeof job, "{\"model\":\"px2\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"maf\","
@@ -229,6 +298,23 @@ static void models_body(dmn *d) {
     http_get(d, "/v1/models/px2", &r);
     CHECK_MSG(shape_is(r.json, "shape", 1, 2, 8), "%s", r.body);
     hresp_free(&r);
+    /* RGB: a 4-D .npy of (n, 3, 2, 2) images; its picture is an RGB grid */
+    size_t len;
+    char *npy = npy_images(64, 3, 2, 2, &len);
+    upload(d, "name=rgb", "application/x-npy", npy, len, &r);
+    free(npy);
+    REQUIRE(r.status == 201);
+    snprintf(id, sizeof id, "%s", jstr(r.json, "id"));
+    hresp_free(&r);
+    snprintf(job, sizeof job, "{\"model\":\"rgb\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"maf\","
+             "\"depth\":1,\"hidden\":[8]},\"train\":%s}", id, PX_TRAIN_HFLIP);
+    REQUIRE(train(d, job) == 0);
+    sample_png(d, "rgb", "{\"n\":4,\"seed\":1}", &r);
+    REQUIRE(r.status == 200 && r.len > 33);
+    const unsigned char *b = (const unsigned char *)r.body;
+    CHECK(!memcmp(b, "\x89PNG\r\n\x1a\n", 8) && get_be32(b + 16) == 7 && get_be32(b + 20) == 7);
+    CHECK_MSG(b[24] == 8 && b[25] == 2, "bit depth %d, colour type %d", b[24], b[25]); /* 8-bit RGB */
+    hresp_free(&r);
     /* hflip without an image shape: 422 */
     http_post_json(d, "/v1/jobs", "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\"},\"flow\":" PX_FLOW
                    ",\"train\":" PX_TRAIN_HFLIP "}", &r);
@@ -241,6 +327,14 @@ static void models_body(dmn *d) {
     http_get(d, "/v1/models/moons", &r);
     CHECK_MSG(shape_is(r.json, "shape", 0, 0, 0), "%s", r.body);
     CHECK(shape_is(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "versions"), 0), "shape", 0, 0, 0));
+    hresp_free(&r);
+    /* ... and no picture answer: 406 with a JSON error */
+    sample_png(d, "moons", "{\"n\":10}", &r);
+    CHECK_ERROR(d, r, 406, "not_acceptable");
+    char ct[128];
+    CHECK_MSG(hresp_header(&r, "Content-Type", ct, sizeof ct) && !strncmp(ct, "application/json", 16), "%s",
+              r.headers);
+    CHECK_MSG(strstr(r.body, "shape"), "%s", r.body);
     hresp_free(&r);
 }
 

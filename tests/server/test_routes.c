@@ -26,7 +26,8 @@ static const char *const published[] = {
     "/v1/models/{name}/sample", "/v1/models/{name}/encode", "/v1/models/{name}/decode",
     "/v1/models/{name}/versions/{v}/checkpoint", "/v1/datasets", "/v1/datasets",
     "/v1/datasets/{id}", "/v1/datasets/{id}", "/v1/jobs", "/v1/jobs", "/v1/jobs/{id}",
-    "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel", "unmatched",
+    "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel",
+    "/v1/models/{name}/evaluate", "unmatched",
 };
 
 TEST(routes_labels_from_table) {
