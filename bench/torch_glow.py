@@ -53,6 +53,7 @@ import sys
 # torch_ref sets the thread counts, OMP_WAIT_POLICY and glibc's allocator
 # (re-executing this script once) before torch is imported
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 import torch_ref as ref  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -54,6 +54,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TORCH_THREADS", str(os.cpu_count() or 1))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 import torch_glow as G  # noqa: E402  (imports torch_ref: allocator, threads)
 
 import numpy as np  # noqa: E402
