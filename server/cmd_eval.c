@@ -98,22 +98,27 @@ static double now_s(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* the model, unconditional, and data of its dimension: 0 or -1 (said why) */
-static int eval_load(nf_model **m, nf_data *data) {
+/* rows of a data file (--format), D columns: 0 or -1 (said why) */
+static int load_rows(const char *path, int D, nf_data *out) {
     char err[512] = "";
-    if (fd_cli_load_model("flowd eval", eo.model, "eval scores", m)) return -1;
-    int D = nf_flow_dim((*m)->flow);
     nf_data_format fmt;
     nf_data_format_parse(eo.format, &fmt); /* checked in cmd_eval */
-    if (nf_data_load_file(eo.data, fmt, data, err, sizeof err)) {
-        fprintf(stderr, "flowd eval: %s: %s\n", eo.data, err);
+    if (nf_data_load_file(path, fmt, out, err, sizeof err)) {
+        fprintf(stderr, "flowd eval: %s: %s\n", path, err);
         return -1;
     }
-    if (data->d != D) {
-        fprintf(stderr, "flowd eval: %s has %d columns but the model's dimension is %d\n", eo.data,
-                data->d, D);
+    if (out->d != D) {
+        fprintf(stderr, "flowd eval: %s has %d columns but the model's dimension is %d\n", path,
+                out->d, D);
         return -1;
     }
+    return 0;
+}
+
+/* the model, unconditional, and data of its dimension: 0 or -1 (said why) */
+static int eval_load(nf_model **m, nf_data *data) {
+    if (fd_cli_load_model("flowd eval", eo.model, "eval scores", m)) return -1;
+    if (load_rows(eo.data, nf_flow_dim((*m)->flow), data)) return -1;
     if (data->n > 0x7fffffff) {
         fprintf(stderr, "flowd eval: %s: too many rows (%lld)\n", eo.data, (long long)data->n);
         return -1;
@@ -249,22 +254,6 @@ static int eval_samples(const nf_model *m, const nf_data *data, const nf_data *r
     return st ? -1 : 0;
 }
 
-/* the --reference rows, of the model's dimension: 0 or -1 (said why) */
-static int load_reference(int D, nf_data *ref) {
-    char err[512] = "";
-    nf_data_format fmt;
-    nf_data_format_parse(eo.format, &fmt);
-    if (nf_data_load_file(eo.reference, fmt, ref, err, sizeof err)) {
-        fprintf(stderr, "flowd eval: %s: %s\n", eo.reference, err);
-        return -1;
-    }
-    if (ref->d != D) {
-        fprintf(stderr, "flowd eval: %s has %d columns but the model's dimension is %d\n", eo.reference,
-                ref->d, D);
-        return -1;
-    }
-    return 0;
-}
 
 int cmd_eval(int argc, char **argv) {
     int rc;
@@ -284,7 +273,7 @@ int cmd_eval(int argc, char **argv) {
     nf_ws *w = NULL;
     nf_real *lp = NULL;
     if (eval_load(&m, &data)) goto out;
-    if (eo.reference && load_reference(data.d, &ref)) goto out;
+    if (eo.reference && load_rows(eo.reference, data.d, &ref)) goto out;
     eval_summary r = {.n = (int)data.n, .D = data.d};
     lp = malloc((size_t)r.n * sizeof *lp);
     if (!lp || nf_model_ws_create(m, r.n < 1024 ? r.n : 1024, &w)) {
