@@ -274,6 +274,23 @@ int nf_job_parse(const char *json, size_t len, int allow_path, nf_job *j, char *
     return rc;
 }
 
+/* The layers preprocessing puts in front of the job's flow (nf_job_flow_spec). */
+static int preprocess_layers(const nf_job *j) {
+    return j->logit ? 2 : j->center || j->standardize ? 1 : 0;
+}
+
+/* "flow: " and the flow builder's message, whose "layer K (type)" counts the
+ * preprocessing layers in front: renumbered to the job's own flow. */
+static void flow_error(const nf_job *j, const char *ferr, char *err, size_t errlen) {
+    int k, n = 0, npre = preprocess_layers(j);
+    if (npre && sscanf(ferr, "layer %d %n", &k, &n) == 1 && n > 0 && ferr[n] == '(') {
+        if (k >= npre) nf_set_err(err, errlen, "flow: layer %d %s", k - npre, ferr + n);
+        else nf_set_err(err, errlen, "preprocess: layer %d %s", k, ferr + n);
+        return;
+    }
+    nf_set_err(err, errlen, "flow: %s", ferr);
+}
+
 const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp) {
     int shape[3];
     int has_shape = d->shape[0] > 0 || (nf_shape_parse(j->flow, 0, shape, NULL, 0) == 0 && shape[0]);
@@ -323,7 +340,7 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
     if (!spec) {
         rc = NF_EINVAL;
     } else if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
-        nf_set_err(err, errlen, "flow: %s", ferr);
+        flow_error(j, ferr, err, errlen);
     } else if (j->train.hflip && !nf_flow_shape(f, NULL)) {
         nf_set_err(err, errlen, "train.augment.hflip: mirrors images, and this job's rows have no "
                    "image shape: use a dataset with a shape (IDX, .npy images, ?shape= on "
@@ -596,7 +613,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         goto out;
     }
     if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
-        nf_set_err(err, errlen, "flow: %s", ferr);
+        flow_error(j, ferr, err, errlen);
         goto out;
     }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))

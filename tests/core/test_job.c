@@ -461,6 +461,26 @@ TEST(job_check_builds_the_flow) {
     nf_job_free(&j);
 }
 
+/* a layer's error at submission counts the job's own layers, not the
+ * preprocessing layers put in front of them */
+TEST(job_check_names_the_jobs_layer) {
+    nf_job j;
+    char err[300] = "";
+    static const int sh[3] = {1, 7, 7};
+    const char *js = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"layers\":"
+                     "[{\"type\":\"channel_actnorm\"},{\"type\":\"squeeze\"}]}}";
+    REQUIRE(parse(js, &j, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 49, sh, 1, 0, 255, err, sizeof err) == NF_EINVAL);
+    CHECK_MSG(strstr(err, "flow: layer 1 (squeeze)") && strstr(err, "1x7x7"), "%s", err);
+    nf_job_free(&j);
+    js = "{\"model\":\"m\",\"dataset\":{\"id\":\"d1\"},\"flow\":{\"layers\":"
+         "[{\"type\":\"squeeze\"}]},\"preprocess\":{\"logit\":true}}";
+    REQUIRE(parse(js, &j, err, sizeof err) == 0);
+    CHECK(nf_job_check(&j, 49, sh, 0, 0, 1, err, sizeof err) == NF_EINVAL);
+    CHECK_MSG(strstr(err, "flow: layer 0 (squeeze)"), "%s", err);
+    nf_job_free(&j);
+}
+
 /* center maps [0, levels] to [-1/2, 1/2] with one fixed layer (Glow's
  * x/levels - 1/2), and needs data it can map */
 TEST(job_center_preprocessing) {
