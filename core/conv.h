@@ -46,6 +46,14 @@ size_t nf_conv_col_size(const nf_conv *cv, int B);
  * rows run in chunks of rows (conv.c).  Tests lower it to run small
  * convolutions in chunks; set it before sizing any workspace. */
 extern size_t nf_conv_col_max;
+/* The most floats of scratch one chunk of rows of a conv_coupling layer
+ * takes (2 MiB of float32 by default: its activations then stay in the
+ * caches, conv_coupling.c): more rows run in chunks.  Tests change it to
+ * compare chunked against whole-batch passes; set it before sizing any
+ * workspace. */
+extern size_t nf_cc_chunk_floats;
+/* The rows per chunk of a conv_coupling layer L for a call of B rows. */
+int nf_conv_coupling_chunk_rows(const nf_layer *L, int B);
 /* out (cout planes of B rows) = conv(in) + bias; col: nf_conv_col_size floats.
  * out may not alias in. */
 void nf_conv_forward(const nf_conv *cv, const nf_real *params, const nf_real *in, nf_real *out,

@@ -375,6 +375,11 @@ int nf_flow_load_params(nf_flow *f, const void *buf, size_t len) {
  * behind, so every layer shares one scratch region (the largest layer's) and
  * the rows ping-pong between two buffers (h_k for odd k in one, even k in
  * the other), instead of one scratch and one row buffer per layer. */
+static size_t layer_ws_size(const nf_layer *L, int B, int infer) {
+    if (infer && L->ops->ws_size_infer) return L->ops->ws_size_infer(L, B);
+    return L->ops->ws_size ? L->ops->ws_size(L, B) : 0;
+}
+
 static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     *out = NULL;
     if (max_batch < 1 || max_batch > (1 << 24)) return NF_ERANGE;
@@ -382,7 +387,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     int nh = infer ? (f->nlayers < 2 ? f->nlayers : 2) : f->nlayers;
     total += (size_t)nh * B * D; /* h_1..h_K */
     for (int k = 0; k < f->nlayers; k++) {
-        size_t l = f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        size_t l = layer_ws_size(&f->layers[k], max_batch, infer);
         total += infer ? 0 : l;
         maxl = l > maxl ? l : maxl;
     }
@@ -408,8 +413,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     p += (size_t)nh * B * D;
     for (int k = 0; k < f->nlayers; k++) {
         w->lws[k] = p;
-        if (!infer)
-            p += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        if (!infer) p += layer_ws_size(&f->layers[k], max_batch, 0);
     }
     if (infer) p += maxl;
     w->g0 = p;

@@ -386,3 +386,104 @@ TEST(conv_coupling_threads_match) {
     nf_ws_free(w3);
     nf_flow_free(f);
 }
+
+/* ---- chunks of rows -------------------------------------------------------------------------
+ * A pass runs the rows in chunks whose scratch fits nf_cc_chunk_floats:
+ * chunks of 3 rows (the last one shorter) against the whole batch in one
+ * chunk, the layout of every call before chunking.  Log p, encode, decode
+ * and sampling on plain and forward-only workspaces, and the gradients, to
+ * BLAS's rounding (the chunks' GEMMs are narrower; dW sums chunk by
+ * chunk). */
+static void chunk_run(nf_flow *f, const nf_real *x, int B, int D, nf_real *lp, nf_real *z,
+                      nf_real *xs, nf_real *lpi, nf_real *grad, nf_real *dx) {
+    nf_ws *w = NULL, *wi = NULL;
+    nf_real dlogp[64], ld[64];
+    REQUIRE(nf_ws_create(f, B, &w) == 0);
+    REQUIRE(nf_ws_create_inference(f, B, &wi) == 0);
+    for (int b = 0; b < B; b++) dlogp[b] = (nf_real)(1.0 / (b + 1));
+    CHECK(nf_flow_log_prob(f, wi, x, NULL, B, lpi) == 0);
+    CHECK(nf_flow_encode(f, w, x, NULL, B, z, ld) == 0);
+    CHECK(nf_flow_decode(f, wi, z, NULL, B, xs + (size_t)B * D, ld) == 0);
+    CHECK(nf_flow_sample(f, wi, B, 0.8, 5, NULL, xs, NULL) == 0);
+    CHECK(nf_flow_zero_grad(f) == 0);
+    CHECK(nf_flow_log_prob_grad(f, w, x, NULL, B, 1, dlogp, lp, dx, NULL) == 0);
+    memcpy(grad, nf_flow_grad(f), nf_flow_num_params(f) * sizeof *grad);
+    nf_ws_free(w);
+    nf_ws_free(wi);
+}
+
+/* the fewest rows per chunk over the flow's conv_coupling layers */
+static int min_chunk_rows(const nf_flow *f, int B) {
+    int m = B;
+    for (int k = 0; k < f->nlayers; k++)
+        if (!strcmp(f->layers[k].ops->type, "conv_coupling")) {
+            int r = nf_conv_coupling_chunk_rows(&f->layers[k], B);
+            m = r < m ? r : m;
+        }
+    return m;
+}
+
+TEST(conv_coupling_chunks_match) {
+    static const char *const specs[] = {
+        "{\"shape\":[2,4,4],\"layers\":[{\"type\":\"conv_coupling\",\"hidden_channels\":4},"
+        "{\"type\":\"conv_coupling\",\"mask\":\"checkerboard\",\"net\":\"resnet\","
+        "\"hidden_channels\":4,\"blocks\":1},{\"type\":\"conv_coupling\","
+        "\"transform\":\"spline\",\"bins\":4,\"mask\":\"channel_odd\",\"hidden_channels\":3}]}",
+        /* a tail after the image: the split's channels */
+        "{\"shape\":[4,4,2],\"layers\":[{\"type\":\"split\"},{\"type\":\"conv_coupling\","
+        "\"hidden_channels\":5,\"scale\":\"exp\"},{\"type\":\"conv_coupling\","
+        "\"mask\":\"checkerboard_odd\",\"transform\":\"additive\",\"hidden_channels\":5}]}",
+    };
+    size_t keep = nf_cc_chunk_floats;
+    for (int s = 0; s < 2; s++) {
+        nf_flow *f = make_flow(specs[s]);
+        REQUIRE(f);
+        perturb(f, 40 + s, 0.2);
+        const int B = 17, D = nf_flow_dim(f);
+        size_t np = nf_flow_num_params(f), nd = (size_t)B * D;
+        nf_real *x = malloc(nd * sizeof *x), *buf = malloc(2 * (6 * nd + 2 * B + np) * sizeof *buf);
+        REQUIRE(x && buf);
+        nf_real *r[2][6];
+        for (int k = 0; k < 2; k++) {
+            nf_real *p = buf + (size_t)k * (6 * nd + 2 * B + np);
+            r[k][0] = p, r[k][1] = p + B, r[k][2] = p + 2 * B;              /* lp, lpi, z */
+            r[k][3] = r[k][2] + nd, r[k][4] = r[k][3] + 2 * nd;           /* xs (2), grad */
+            r[k][5] = r[k][4] + np;                                       /* dx */
+        }
+        nf_rng rng;
+        nf_rng_seed(&rng, 9 + s);
+        lc_randn(&rng, x, nd, 1, 0);
+        for (int k = 0; k < 2; k++) {
+            /* k = 0: the whole batch in one chunk; 1: chunks of 3 rows.
+             * The block of m rows is affine in m: m = 3 fits, 4 does not. */
+            nf_cc_chunk_floats = (size_t)1 << 30;
+            if (k) { /* the smallest budget whose chunks hold 3 rows in every layer */
+                size_t lo = 1, hi = (size_t)1 << 24;
+                while (lo < hi) {
+                    size_t mid = (lo + hi) / 2;
+                    nf_cc_chunk_floats = mid;
+                    if (min_chunk_rows(f, B) >= 3) hi = mid;
+                    else lo = mid + 1;
+                }
+                nf_cc_chunk_floats = lo;
+                CHECK(min_chunk_rows(f, B) == 3);
+            }
+            chunk_run(f, x, B, D, r[k][0], r[k][2], r[k][3], r[k][1], r[k][4], r[k][5]);
+        }
+        for (int i = 0; i < B; i++) {
+            CHECK_CLOSE(r[0][0][i], r[1][0][i], 1e-5, 1e-5);
+            CHECK_CLOSE(r[0][1][i], r[1][1][i], 1e-5, 1e-5);
+        }
+        for (size_t i = 0; i < nd; i++) {
+            CHECK_CLOSE(r[0][2][i], r[1][2][i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][3][i], r[1][3][i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][3][nd + i], r[1][3][nd + i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][5][i], r[1][5][i], 1e-4, 1e-4);
+        }
+        for (size_t i = 0; i < np; i++) CHECK_CLOSE(r[0][4][i], r[1][4][i], 1e-4, 1e-4);
+        nf_cc_chunk_floats = keep;
+        free(x);
+        free(buf);
+        nf_flow_free(f);
+    }
+}
