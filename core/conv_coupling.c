@@ -36,6 +36,7 @@
  */
 #include "alloc.h"
 #include "conv.h"
+#include "kern.h"
 #include "nf_internal.h"
 #include "rqs.h"
 
@@ -154,14 +155,34 @@ static cc_bufs cc_condition(const nf_layer *L, const nf_real *params, nf_real *w
 
 /* ---- the element-wise transforms ----------------------------------------------- */
 
-static double sigmoid(double a) {
-    if (a >= 0) return 1.0 / (1.0 + exp(-a));
-    double e = exp(a);
-    return e / (1.0 + e);
-}
-/* log sigmoid(a) without overflow or cancellation */
-static double log_sigmoid(double a) { return a >= 0 ? -log1p(exp(-a)) : a - log1p(exp(a)); }
 static double exp_scale(double h) { return NF_SCALE_BOUND * tanh(h / NF_SCALE_BOUND); }
+
+/* Glow's sigmoid scale, pixels in blocks of CC_BLK: s = sigmoid(a) for
+ * the block at once (nf_sigmoid_parts: vectorised, in double), and the
+ * log-det sum log s = sum min(a, 0) - log prod (1 + exp(-|a|)), one log per
+ * block (the factors are in [1, 2], their product under 2^CC_BLK). */
+#define CC_BLK 256
+
+static double cc_row_sigmoid(const conv_coupling *S, const nf_real *u, const nf_real *th,
+                             size_t qs, nf_real *v, int dir) {
+    const unsigned char *pass = S->pass;
+    double sb[CC_BLK], db[CC_BLK], ld = 0;
+    for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+        int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+        nf_sigmoid_parts(th + qs + p0, 2, n, sb, db);
+        double prod = 1, neg = 0;
+        for (int i = 0; i < n; i++) {
+            int p = p0 + i;
+            if (pass && pass[p]) continue;
+            double x = u[p], t = th[p], s = sb[i], a = (double)th[qs + p] + 2;
+            v[p] = (nf_real)(dir ? x / s - t : (x + t) * s);
+            prod *= db[i];
+            neg += a < 0 ? a : 0;
+        }
+        ld += neg - log(prod);
+    }
+    return dir ? -ld : ld;
+}
 
 /* One transformed channel of one row (P pixels): u in, v out, parameters q
  * at th + q*qs; returns the log-det (dir 0: density, 1: sampling). */
@@ -169,15 +190,13 @@ static double cc_row(const conv_coupling *S, const nf_real *u, const nf_real *th
                      nf_real *v, int dir) {
     const unsigned char *pass = S->pass;
     double ld = 0;
+    if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID)
+        return cc_row_sigmoid(S, u, th, qs, v, dir);
     for (int p = 0; p < S->P; p++) {
         if (pass && pass[p]) continue;
         double x = u[p], t = th[p], l = 0, y;
         if (S->transform == CC_ADDITIVE) {
             y = dir ? x - t : x + t;
-        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
-            double a = (double)th[qs + p] + 2, s = sigmoid(a);
-            l = log_sigmoid(a);
-            y = dir ? x / s - t : (x + t) * s;
         } else if (S->transform == CC_AFFINE) {
             l = exp_scale(th[qs + p]);
             y = dir ? (x - t) * exp(-l) : x * exp(l) + t;
@@ -241,20 +260,34 @@ static int cc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
  * one row; passing pixels get dtheta 0 and keep their dx. */
 static void cc_row_backward(const conv_coupling *S, const nf_real *x, const nf_real *th,
                             size_t qs, const nf_real *dz, double dl, nf_real *dth, nf_real *dx) {
+    if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
+        double sb[CC_BLK], db[CC_BLK];
+        for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+            int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+            nf_sigmoid_parts(th + qs + p0, 2, n, sb, db);
+            for (int i = 0; i < n; i++) {
+                int p = p0 + i;
+                if (S->pass && S->pass[p]) {
+                    dth[p] = dth[qs + p] = 0;
+                    continue;
+                }
+                double g = dz[p], t = th[p], s = sb[i];
+                dth[p] = (nf_real)(g * s);
+                dth[qs + p] = (nf_real)((g * ((double)x[p] + t) * s + dl) * (1 - s));
+                if (dx) dx[p] = (nf_real)(g * s);
+            }
+        }
+        return;
+    }
     for (int p = 0; p < S->P; p++) {
         if (S->pass && S->pass[p]) {
             for (int q = 0; q < S->Q; q++) dth[q * qs + p] = 0;
             continue;
         }
-        double g = dz[p], t = th[p], gx;
+        double g = dz[p], gx;
         if (S->transform == CC_ADDITIVE) {
             dth[p] = (nf_real)g;
             gx = g;
-        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
-            double s = sigmoid((double)th[qs + p] + 2);
-            dth[p] = (nf_real)(g * s);
-            dth[qs + p] = (nf_real)((g * ((double)x[p] + t) * s + dl) * (1 - s));
-            gx = g * s;
         } else if (S->transform == CC_AFFINE) {
             double s = exp_scale(th[qs + p]), e = exp(s), r = s / NF_SCALE_BOUND;
             dth[p] = (nf_real)g;

@@ -99,3 +99,70 @@ void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y
 
 #endif
 #endif /* NF_DOUBLE */
+
+/* ---- sigmoid parts ------------------------------------------------------------
+ * exp(v) for v in [-700, 0] (NaN passes through): v = k ln2 + r, |r| <=
+ * ln2/2, exp(r) by its Taylor series to r^11 (relative error < 3e-14) and
+ * 2^k built in the exponent bits.  Branch-free, so the loop below
+ * vectorises (4 doubles per AVX2 vector: the float -> double conversion,
+ * 64-bit integer add and shift are all AVX2). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline double exp_nonpos(double v) {
+    const double shift = 0x1.8p52, inv_ln2 = 0x1.71547652b82fep0;
+    const double ln2_hi = 0x1.62e42fefa39efp-1, ln2_lo = 0x1.abc9e3b39803fp-56;
+    double kd = v * inv_ln2 + shift;
+    uint64_t ki;
+    memcpy(&ki, &kd, sizeof ki);
+    kd -= shift;
+    double r = v - kd * ln2_hi - kd * ln2_lo;
+    double p = 1.0 / 39916800;
+    p = p * r + 1.0 / 3628800;
+    p = p * r + 1.0 / 362880;
+    p = p * r + 1.0 / 40320;
+    p = p * r + 1.0 / 5040;
+    p = p * r + 1.0 / 720;
+    p = p * r + 1.0 / 120;
+    p = p * r + 1.0 / 24;
+    p = p * r + 1.0 / 6;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    uint64_t sb = (ki + 1023) << 52;
+    double scale;
+    memcpy(&scale, &sb, sizeof scale);
+    return scale * p;
+}
+
+NF_VEC static void sigmoid_parts_vec(const nf_real *h, double c, int n, double *s, double *d) {
+    for (int i = 0; i < n; i++) {
+        /* |a| > 700, inf and NaN give garbage here: nf_sigmoid_parts
+         * redoes them */
+        double a = (double)h[i] + c, e = exp_nonpos(-fabs(a)), q = 1 + e;
+        /* the numerator: 1 for a >= 0, e below (a bit select: GCC turns
+         * a conditional here into a branch, which stops the vectoriser) */
+        uint64_t ue, one, m = (uint64_t)0 - (uint64_t)(a >= 0);
+        const double d1 = 1;
+        memcpy(&ue, &e, sizeof ue);
+        memcpy(&one, &d1, sizeof one);
+        ue = (ue & ~m) | (one & m);
+        double num;
+        memcpy(&num, &ue, sizeof num);
+        s[i] = num / q;
+        d[i] = q;
+    }
+}
+
+void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d) {
+    sigmoid_parts_vec(h, c, n, s, d);
+    /* beyond the polynomial's range (and inf, NaN): libm, as before */
+    for (int i = 0; i < n; i++) {
+        double a = (double)h[i] + c;
+        if (fabs(a) <= 700) continue;
+        double e = exp(-fabs(a));
+        s[i] = a >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        d[i] = 1.0 + e;
+    }
+}
