@@ -475,14 +475,27 @@ static int cnet_nact(const nf_cnet *n) {
 }
 static int cnet_ngrad(const nf_cnet *n) { return n->kind == NF_CNET_GLOW ? 2 : 3; }
 
+size_t nf_cnet_act_size(const nf_cnet *n, int B) {
+    return (size_t)cnet_nact(n) * hidden_size(n, B);
+}
+
+size_t nf_cnet_scratch_size(const nf_cnet *n, int B) {
+    return (size_t)cnet_ngrad(n) * hidden_size(n, B) + cnet_col_size(n, B);
+}
+
 size_t nf_cnet_ws_size(const nf_cnet *n, int B) {
-    return (size_t)(cnet_nact(n) + cnet_ngrad(n)) * hidden_size(n, B) + cnet_col_size(n, B);
+    return nf_cnet_act_size(n, B) + nf_cnet_scratch_size(n, B);
 }
 
 void nf_cnet_forward(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
                      int B, nf_real *ws) {
+    nf_cnet_forward_ex(n, params, in, out, B, ws, ws + nf_cnet_act_size(n, B));
+}
+
+void nf_cnet_forward_ex(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
+                        int B, nf_real *ws, nf_real *scratch) {
     size_t HN = hidden_size(n, B);
-    nf_real *col = ws + (size_t)(cnet_nact(n) + cnet_ngrad(n)) * HN;
+    nf_real *col = scratch + (size_t)cnet_ngrad(n) * HN;
     const nf_conv *cv = n->conv;
     if (n->kind == NF_CNET_GLOW) {
         nf_real *h1 = ws, *h2 = ws + HN;
@@ -514,8 +527,14 @@ NF_VEC static void add_masked(nf_real *ds, const nf_real *da, const nf_real *s, 
 
 void nf_cnet_backward(const nf_cnet *n, const nf_real *params, nf_real *grad, const nf_real *in,
                       const nf_real *dout, nf_real *din, int B, nf_real *ws) {
+    nf_cnet_backward_ex(n, params, grad, in, dout, din, B, ws, ws + nf_cnet_act_size(n, B));
+}
+
+void nf_cnet_backward_ex(const nf_cnet *n, const nf_real *params, nf_real *grad,
+                         const nf_real *in, const nf_real *dout, nf_real *din, int B,
+                         nf_real *ws, nf_real *scratch) {
     size_t HN = hidden_size(n, B);
-    nf_real *g = ws + (size_t)cnet_nact(n) * HN, *col = g + (size_t)cnet_ngrad(n) * HN;
+    nf_real *g = scratch, *col = g + (size_t)cnet_ngrad(n) * HN;
     const nf_conv *cv = n->conv;
     if (n->kind == NF_CNET_GLOW) {
         const nf_real *h1 = ws, *h2 = ws + HN;

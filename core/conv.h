@@ -97,6 +97,19 @@ void nf_cnet_forward(const nf_cnet *n, const nf_real *params, const nf_real *in,
  * grad += (may be NULL), din = (cin planes, may be NULL). */
 void nf_cnet_backward(const nf_cnet *n, const nf_real *params, nf_real *grad, const nf_real *in,
                       const nf_real *dout, nf_real *din, int B, nf_real *ws);
+/* The same with the workspace in two parts: ws, the activations forward
+ * keeps for backward (nf_cnet_act_size floats), and scratch, which neither
+ * call needs to find as the other left it (nf_cnet_scratch_size: the
+ * gradient planes and the im2col buffer), so passes over several chunks of
+ * rows may keep one ws per chunk and share one scratch.  The plain calls
+ * take ws followed by scratch (nf_cnet_ws_size = the sum). */
+size_t nf_cnet_act_size(const nf_cnet *n, int B);
+size_t nf_cnet_scratch_size(const nf_cnet *n, int B);
+void nf_cnet_forward_ex(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
+                        int B, nf_real *ws, nf_real *scratch);
+void nf_cnet_backward_ex(const nf_cnet *n, const nf_real *params, nf_real *grad,
+                         const nf_real *in, const nf_real *dout, nf_real *din, int B,
+                         nf_real *ws, nf_real *scratch);
 double nf_cnet_macs(const nf_cnet *n); /* per row */
 /* From a layer spec's keys "net" ("glow" | "resnet"), "hidden_channels"
  * (default def_hidden), "blocks" (resnet, default 2); the message in err. */

@@ -71,31 +71,41 @@ typedef struct conv_coupling {
  * ~30 MB, far out of cache, so one GEMM over the whole batch after another
  * streams every activation through memory several times (measured: a third
  * more time than chunks whose activations stay in the caches, which
- * nf_cc_chunk_floats sizes).  A chunk's block:
- *   in (cin planes) | theta (Q*nt planes) | dtheta (Q*nt planes) |
- *   din (cin planes) | the network's
- * all in planes layout of the chunk's m rows.  A forward-only workspace
- * holds one block (ws_size_infer), reused by every chunk; otherwise each
- * chunk has its own (block k at k * block(m)), which backward reads. */
-typedef struct { nf_real *in, *th, *dth, *din, *nws; } cc_bufs;
+ * nf_cc_chunk_floats sizes).  In planes layout of a chunk's m rows:
+ *   kept:   in (cin planes) | theta (Q*nt planes) | the network's activations
+ *   shared: dtheta (Q*nt planes) | din (cin planes) | the network's scratch
+ * A forward-only workspace holds one of each (ws_size_infer), reused by
+ * every chunk; otherwise ws = shared | kept block 0 | kept block 1 ..., one
+ * kept block per chunk, which backward reads, and the shared part reused
+ * (it stays in the caches, and the scratch is half the size). */
+typedef struct { nf_real *in, *th, *act, *dth, *din, *scr; } cc_bufs;
 
 size_t nf_cc_chunk_floats = (size_t)1 << 19;
 
-static cc_bufs cc_layout(const conv_coupling *S, nf_real *ws, int B) {
-    size_t pl = (size_t)B * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
-    cc_bufs b;
-    b.in = ws;
-    b.th = b.in + nin;
-    b.dth = b.th + nth;
-    b.din = b.dth + nth;
-    b.nws = b.din + nin;
-    return b;
+static size_t cc_kept(const conv_coupling *S, int m) {
+    size_t pl = (size_t)m * S->P;
+    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_act_size(&S->net, m);
 }
 
-/* floats of the block of m rows */
-static size_t cc_block(const conv_coupling *S, int m) {
+static size_t cc_shared(const conv_coupling *S, int m) {
     size_t pl = (size_t)m * S->P;
-    return 2 * ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_ws_size(&S->net, m);
+    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_scratch_size(&S->net, m);
+}
+
+/* the working set of a chunk of m rows */
+static size_t cc_block(const conv_coupling *S, int m) { return cc_kept(S, m) + cc_shared(S, m); }
+
+/* n rows' buffers in a kept block and the shared part */
+static cc_bufs cc_layout(const conv_coupling *S, nf_real *kept, nf_real *shared, int n) {
+    size_t pl = (size_t)n * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
+    cc_bufs b;
+    b.in = kept;
+    b.th = b.in + nin;
+    b.act = b.th + nth;
+    b.dth = shared;
+    b.din = b.dth + nth;
+    b.scr = b.din + nin;
+    return b;
 }
 
 /* rows per chunk for a call of B rows: as many as nf_cc_chunk_floats hold,
@@ -118,7 +128,7 @@ static size_t cc_ws_size(const nf_layer *L, int B) {
     const conv_coupling *S = L->impl;
     if (B < 1) return 0;
     int m = cc_chunk_rows(S, B);
-    return (size_t)((B + m - 1) / m) * cc_block(S, m);
+    return cc_shared(S, m) + (size_t)((B + m - 1) / m) * cc_kept(S, m);
 }
 
 static size_t cc_ws_size_infer(const nf_layer *L, int B) {
@@ -126,9 +136,11 @@ static size_t cc_ws_size_infer(const nf_layer *L, int B) {
     return B < 1 ? 0 : cc_block(S, cc_chunk_rows(S, B));
 }
 
-/* the block of the chunk starting at row b0 (m rows per chunk) */
-static nf_real *cc_block_at(const conv_coupling *S, const nf_ctx *c, int m, int b0) {
-    return c->infer ? c->ws : c->ws + (size_t)(b0 / m) * cc_block(S, m);
+/* the buffers of the chunk of n rows starting at row b0 (m rows per chunk) */
+static cc_bufs cc_chunk(const conv_coupling *S, const nf_ctx *c, int m, int b0, int n) {
+    nf_real *kept = c->ws + cc_shared(S, m);
+    if (!c->infer) kept += (size_t)(b0 / m) * cc_kept(S, m);
+    return cc_layout(S, kept, c->ws, n);
 }
 
 static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
@@ -136,21 +148,19 @@ static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng
     nf_cnet_init(&((const conv_coupling *)L->impl)->net, params, rng);
 }
 
-/* The network's input from u (n rows of x, or z: their passing parts are
- * equal) and its output theta in the block at ws. */
-static cc_bufs cc_condition(const nf_layer *L, const nf_real *params, nf_real *ws, int n,
-                            const nf_real *u) {
+/* The network's input from u (the chunk's rows of x, or z: their passing
+ * parts are equal) and its output theta, in b. */
+static void cc_condition(const nf_layer *L, const nf_real *params, const cc_bufs *b, int n,
+                         const nf_real *u) {
     const conv_coupling *S = L->impl;
     int P = S->P;
-    cc_bufs b = cc_layout(S, ws, n);
-    nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, n, b.in);
+    nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, n, b->in);
     if (S->pass) /* checkerboards: the transformed pixels read as 0 */
         for (size_t r = 0; r < (size_t)S->cin * n; r++) {
-            nf_real *pl = b.in + r * P;
+            nf_real *pl = b->in + r * P;
             for (int p = 0; p < P; p++) pl[p] = S->pass[p] ? pl[p] : 0;
         }
-    nf_cnet_forward(&S->net, params, b.in, b.th, n, b.nws);
-    return b;
+    nf_cnet_forward_ex(&S->net, params, b->in, b->th, n, b->act, b->scr);
 }
 
 /* ---- the element-wise transforms ----------------------------------------------- */
@@ -239,7 +249,8 @@ static void cc_pass(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *ou
     int m = cc_chunk_rows(S, c->B);
     for (int b0 = 0; b0 < c->B; b0 += m) {
         int n = c->B - b0 < m ? c->B - b0 : m;
-        cc_bufs b = cc_condition(L, c->params, cc_block_at(S, c, m, b0), n, in + b0 * D);
+        cc_bufs b = cc_chunk(S, c, m, b0, n);
+        cc_condition(L, c->params, &b, n, in + b0 * D);
         cc_apply(L, n, b.th, in + b0 * D, out + b0 * D, logdet + b0, dir);
     }
 }
@@ -316,7 +327,7 @@ static void cc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     for (int b0 = 0; b0 < c->B; b0 += m) {
         int n = c->B - b0 < m ? c->B - b0 : m;
         size_t qs = (size_t)S->nt * n * P;
-        cc_bufs b = cc_layout(S, cc_block_at(S, c, m, b0), n);
+        cc_bufs b = cc_chunk(S, c, m, b0, n);
         for (int r = 0; r < n; r++)
             for (int j = 0; j < S->nt; j++) {
                 size_t e = (size_t)(b0 + r) * D + (size_t)(S->tc0 + j) * P,
@@ -324,8 +335,8 @@ static void cc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
                 cc_row_backward(S, x + e, b.th + o, qs, dz + e, dlogdet[b0 + r], b.dth + o,
                                 dx ? dx + e : NULL);
             }
-        nf_cnet_backward(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, n,
-                         b.nws);
+        nf_cnet_backward_ex(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, n,
+                            b.act, b.scr);
         if (!dx) continue;
         /* passing elements: + the network's input gradient (checkerboards:
          * the transformed pixels' entries multiply the zeroing mask) */
