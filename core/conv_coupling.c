@@ -173,23 +173,43 @@ static double exp_scale(double h) { return NF_SCALE_BOUND * tanh(h / NF_SCALE_BO
  * block (the factors are in [1, 2], their product under 2^CC_BLK). */
 #define CC_BLK 256
 
+/* v = (u + t) s (dir 0) or u / s - t (dir 1) over n pixels: vectorised */
+NF_VEC static void sigmoid_apply(const nf_real *u, const nf_real *t, const double *s, int n,
+                                 nf_real *v, int dir) {
+    if (dir)
+        for (int i = 0; i < n; i++) v[i] = (nf_real)((double)u[i] / s[i] - (double)t[i]);
+    else
+        for (int i = 0; i < n; i++) v[i] = (nf_real)(((double)u[i] + (double)t[i]) * s[i]);
+}
+
 static double cc_row_sigmoid(const conv_coupling *S, const nf_real *u, const nf_real *th,
                              size_t qs, nf_real *v, int dir) {
     const unsigned char *pass = S->pass;
     double sb[CC_BLK], db[CC_BLK], ld = 0;
     for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
         int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
-        nf_sigmoid_parts(th + qs + p0, 2, n, sb, db);
-        double prod = 1, neg = 0;
-        for (int i = 0; i < n; i++) {
-            int p = p0 + i;
-            if (pass && pass[p]) continue;
-            double x = u[p], t = th[p], s = sb[i], a = (double)th[qs + p] + 2;
-            v[p] = (nf_real)(dir ? x / s - t : (x + t) * s);
-            prod *= db[i];
-            neg += a < 0 ? a : 0;
+        const nf_real *h = th + qs + p0;
+        nf_sigmoid_parts(h, 2, n, sb, db);
+        /* four running products and sums: no chain of dependent multiplies */
+        double prod[4] = {1, 1, 1, 1}, neg[4] = {0, 0, 0, 0};
+        if (!pass) {
+            sigmoid_apply(u + p0, th + p0, sb, n, v + p0, dir);
+            for (int i = 0; i < n; i++) {
+                double a = (double)h[i] + 2;
+                prod[i & 3] *= db[i];
+                neg[i & 3] += a < 0 ? a : 0;
+            }
+        } else {
+            for (int i = 0; i < n; i++) {
+                int p = p0 + i;
+                if (pass[p]) continue;
+                double x = u[p], t = th[p], s = sb[i], a = (double)h[i] + 2;
+                v[p] = (nf_real)(dir ? x / s - t : (x + t) * s);
+                prod[i & 3] *= db[i];
+                neg[i & 3] += a < 0 ? a : 0;
+            }
         }
-        ld += neg - log(prod);
+        ld += (neg[0] + neg[1]) + (neg[2] + neg[3]) - log((prod[0] * prod[1]) * (prod[2] * prod[3]));
     }
     return dir ? -ld : ld;
 }

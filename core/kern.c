@@ -136,7 +136,8 @@ static inline double exp_nonpos(double v) {
     return scale * p;
 }
 
-NF_VEC static void sigmoid_parts_vec(const nf_real *h, double c, int n, double *s, double *d) {
+NF_VEC static int sigmoid_parts_vec(const nf_real *h, double c, int n, double *s, double *d) {
+    int out = 0;
     for (int i = 0; i < n; i++) {
         /* |a| > 700, inf and NaN give garbage here: nf_sigmoid_parts
          * redoes them */
@@ -152,11 +153,13 @@ NF_VEC static void sigmoid_parts_vec(const nf_real *h, double c, int n, double *
         memcpy(&num, &ue, sizeof num);
         s[i] = num / q;
         d[i] = q;
+        out |= !(fabs(a) <= 700);
     }
+    return out;
 }
 
 void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d) {
-    sigmoid_parts_vec(h, c, n, s, d);
+    if (!sigmoid_parts_vec(h, c, n, s, d)) return;
     /* beyond the polynomial's range (and inf, NaN): libm, as before */
     for (int i = 0; i < n; i++) {
         double a = (double)h[i] + c;
