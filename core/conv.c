@@ -242,15 +242,34 @@ static const nf_real *chunk_input(const nf_conv *cv, const nf_real *in, int relu
     return x;
 }
 
+/* C = act(A B + bias) by kern.c's fused kernel (float, AVX2); 0 where it
+ * does not run, and then the caller multiplies with nf_gemm. */
+static int fused_gemm(int M, int N, int K, const nf_real *A, int lda, const nf_real *B, int ldb,
+                      nf_real *C, int ldc, const nf_real *bias, int relu) {
+#ifdef NF_DOUBLE
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc,
+        (void)bias, (void)relu;
+    return 0;
+#else
+    return nf_conv_fused && nf_gemm_bias_act(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
+#endif
+}
+
+int nf_conv_fused = 1;
+
 /* out (cout planes) = act(conv(x) + bias (+ res)), x = relu(in) when relu_in
- * (3x3 only: the ReLU is applied while building the buffer). */
+ * (3x3 only: the ReLU is applied while building the buffer).  Without res,
+ * the bias and ReLU go into the GEMM's store where the fused kernel runs
+ * (fused_gemm); otherwise one pass over out after the GEMMs (epilogue). */
 static void conv_run(const nf_conv *cv, const nf_real *params, const nf_real *in, int relu_in,
                      const nf_real *res, int relu_out, nf_real *out, int B, nf_real *col) {
-    const nf_real *Wt = params + cv->w_off;
+    const nf_real *Wt = params + cv->w_off, *bias = params + cv->b_off;
     size_t P = conv_P(cv);
-    int BP = (int)(P * (size_t)B), narrow = conv_narrow(cv);
+    int BP = (int)(P * (size_t)B), narrow = conv_narrow(cv), fused = 0;
     if (cv->k == 1) {
-        nf_gemm(0, 0, cv->cout, BP, cv->cin, 1, Wt, cv->cin, in, BP, 0, out, BP);
+        fused = !res && fused_gemm(cv->cout, BP, cv->cin, Wt, cv->cin, in, BP, out, BP, bias,
+                                   relu_out);
+        if (!fused) nf_gemm(0, 0, cv->cout, BP, cv->cin, 1, Wt, cv->cin, in, BP, 0, out, BP);
     } else {
         int K = cv->cin * 9, n = conv_chunk_rows(cv, B);
         if (narrow) weights_by_tap(cv, Wt, col);
@@ -259,15 +278,22 @@ static void conv_run(const nf_conv *cv, const nf_real *params, const nf_real *in
             if (narrow) {
                 narrow_bufs nb = narrow_layout(cv, col, m);
                 const nf_real *x = chunk_input(cv, in, relu_in, B, b0, m, nb.x, &ld);
-                nf_gemm(0, 0, 9 * cv->cout, mP, cv->cin, 1, nb.Wa, cv->cin, x, ld, 0, nb.Y, mP);
+                if (!fused_gemm(9 * cv->cout, mP, cv->cin, nb.Wa, cv->cin, x, ld, nb.Y, mP, NULL,
+                                0))
+                    nf_gemm(0, 0, 9 * cv->cout, mP, cv->cin, 1, nb.Wa, cv->cin, x, ld, 0, nb.Y,
+                            mP);
                 col2im(cv, nb.Y, cv->cout, B, b0, m, 1, out);
             } else {
                 im2col(cv, in, cv->cin, B, b0, m, relu_in, 0, col);
-                nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
+                /* every chunk or none: the kernel's availability does not change */
+                fused = !res && fused_gemm(cv->cout, mP, K, Wt, K, col, mP, out + (size_t)b0 * P,
+                                           BP, bias, relu_out);
+                if (!fused)
+                    nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
             }
         }
     }
-    epilogue(out, params + cv->b_off, res, relu_out, cv->cout, (size_t)BP);
+    if (!fused) epilogue(out, bias, res, relu_out, cv->cout, (size_t)BP);
 }
 
 /* grad bias += the sum of each dout plane, in double (B*P terms) over 16

@@ -54,6 +54,10 @@ extern size_t nf_conv_col_max;
 extern size_t nf_cc_chunk_floats;
 /* The rows per chunk of a conv_coupling layer L for a call of B rows. */
 int nf_conv_coupling_chunk_rows(const nf_layer *L, int B);
+/* 1 (the default): forward convolutions multiply with kern.c's fused
+ * GEMM + bias + ReLU kernel where it runs (float32 on AVX2); 0: OpenBLAS and
+ * a separate pass, the way before it (tests compare the two). */
+extern int nf_conv_fused;
 /* out (cout planes of B rows) = conv(in) + bias; col: nf_conv_col_size floats.
  * out may not alias in. */
 void nf_conv_forward(const nf_conv *cv, const nf_real *params, const nf_real *in, nf_real *out,
