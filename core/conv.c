@@ -242,8 +242,9 @@ static const nf_real *chunk_input(const nf_conv *cv, const nf_real *in, int relu
     return x;
 }
 
-/* C = act(A B + bias) by kern.c's fused kernel (float, AVX2); 0 where it
- * does not run, and then the caller multiplies with nf_gemm. */
+/* C = act(A B + bias) by kern.c's fused kernel (float, AVX2, where it beats
+ * OpenBLAS: nf_kern_fused_gemm_wins); 0 where it does not run, and then the
+ * caller multiplies with nf_gemm. */
 static int fused_gemm(int M, int N, int K, const nf_real *A, int lda, const nf_real *B, int ldb,
                       nf_real *C, int ldc, const nf_real *bias, int relu) {
 #ifdef NF_DOUBLE
@@ -251,7 +252,8 @@ static int fused_gemm(int M, int N, int K, const nf_real *A, int lda, const nf_r
         (void)bias, (void)relu;
     return 0;
 #else
-    return nf_conv_fused && nf_gemm_bias_act(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
+    return nf_conv_fused && nf_kern_fused_gemm_wins() &&
+           nf_gemm_bias_act(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
 #endif
 }
 

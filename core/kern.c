@@ -2,6 +2,7 @@
 #include "kern.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #ifndef NF_DOUBLE
 
@@ -178,6 +179,22 @@ int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *
     return 1;
 }
 
+/* OpenBLAS names the kernels it runs; these use AVX-512 */
+char *openblas_get_corename(void);
+
+int nf_kern_fused_gemm_wins(void) {
+    static int wins = -1; /* the same answer whichever thread computes it first */
+    if (wins < 0) {
+        const char *c = openblas_get_corename();
+        int avx512 = 0;
+        static const char *const names[] = {"skylakex", "cooperlake", "sapphire"};
+        for (int i = 0; c && i < 3; i++)
+            if (strcasestr(c, names[i])) avx512 = 1;
+        wins = nf_kern_avx2() && !avx512;
+    }
+    return wins;
+}
+
 #else /* not x86-64 */
 
 int nf_kern_avx2(void) { return 0; }
@@ -190,6 +207,7 @@ int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *
         (void)bias, (void)relu;
     return 0;
 }
+int nf_kern_fused_gemm_wins(void) { return 0; }
 
 #endif
 #endif /* NF_DOUBLE */

@@ -55,6 +55,11 @@ void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, floa
  * compares it with plain loops). */
 int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float *C, int ldc, const float *bias, int relu);
+/* 1 where nf_gemm_bias_act beats OpenBLAS + a bias pass: AVX2 here, and
+ * OpenBLAS running AVX2 kernels (with its AVX-512 kernels, as its own
+ * detection picks on AVX-512 machines unless OPENBLAS_CORETYPE says
+ * otherwise, OpenBLAS is faster: measured on W4, bench/README.md). */
+int nf_kern_fused_gemm_wins(void);
 /* 1 if nf_gemv_rows runs the AVX2 kernel on this machine */
 int nf_kern_avx2(void);
 #endif

@@ -12,7 +12,7 @@
  * dump: a file for comparing two builds' outputs (log_prob, samples at T 1
  * and 0.7 with their log p, a batch's log p and gradient, float32).
  * WSB=rows sizes the log_prob/sample workspaces; CCF sets
- * nf_cc_chunk_floats.  The flow is bench_core.c's w4_spec. */
+ * nf_cc_chunk_floats, FUSED nf_conv_fused.  The flow is bench_core.c's w4_spec. */
 #include "../../core/nf.h"
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -63,8 +63,10 @@ static char *w4_spec(void) {
     return txt;
 }
 extern size_t nf_cc_chunk_floats; /* core/conv.h */
+extern int nf_conv_fused;
 int main(int argc, char **argv) {
     openblas_set_num_threads(1);
+    if (getenv("FUSED")) nf_conv_fused = atoi(getenv("FUSED"));
     if (getenv("CCF")) nf_cc_chunk_floats = (size_t)atol(getenv("CCF"));
     const char *what = argc > 1 ? argv[1] : "all";   /* all | lp | sample | train */
     int N = argc > 2 ? atoi(argv[2]) : 7;
