@@ -114,6 +114,10 @@ $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
 
+# W4's micro benchmark (bench/w4_micro/w4_micro.c; not part of make bench)
+$(BUILD)/w4_micro: bench/w4_micro/w4_micro.c $(BUILD)/libflowcore.a $(BUILD)/flags
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libflowcore.a $(CORE_LIBS)
+
 # make run: a database under data/, a small demo model (trained in a few
 # seconds on 2-D moons) if there is none, then the daemon in the foreground
 FLOWD_LISTEN ?= 127.0.0.1:8080

@@ -242,15 +242,36 @@ static const nf_real *chunk_input(const nf_conv *cv, const nf_real *in, int relu
     return x;
 }
 
+/* C = act(A B + bias) by kern.c's fused kernel (float, AVX2, where it beats
+ * OpenBLAS: nf_kern_fused_gemm_wins); 0 where it does not run, and then the
+ * caller multiplies with nf_gemm. */
+static int fused_gemm(int M, int N, int K, const nf_real *A, int lda, const nf_real *B, int ldb,
+                      nf_real *C, int ldc, const nf_real *bias, int relu) {
+#ifdef NF_DOUBLE
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc,
+        (void)bias, (void)relu;
+    return 0;
+#else
+    return nf_conv_fused && nf_kern_fused_gemm_wins() &&
+           nf_gemm_bias_act(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
+#endif
+}
+
+int nf_conv_fused = 1;
+
 /* out (cout planes) = act(conv(x) + bias (+ res)), x = relu(in) when relu_in
- * (3x3 only: the ReLU is applied while building the buffer). */
+ * (3x3 only: the ReLU is applied while building the buffer).  Without res,
+ * the bias and ReLU go into the GEMM's store where the fused kernel runs
+ * (fused_gemm); otherwise one pass over out after the GEMMs (epilogue). */
 static void conv_run(const nf_conv *cv, const nf_real *params, const nf_real *in, int relu_in,
                      const nf_real *res, int relu_out, nf_real *out, int B, nf_real *col) {
-    const nf_real *Wt = params + cv->w_off;
+    const nf_real *Wt = params + cv->w_off, *bias = params + cv->b_off;
     size_t P = conv_P(cv);
-    int BP = (int)(P * (size_t)B), narrow = conv_narrow(cv);
+    int BP = (int)(P * (size_t)B), narrow = conv_narrow(cv), fused = 0;
     if (cv->k == 1) {
-        nf_gemm(0, 0, cv->cout, BP, cv->cin, 1, Wt, cv->cin, in, BP, 0, out, BP);
+        fused = !res && fused_gemm(cv->cout, BP, cv->cin, Wt, cv->cin, in, BP, out, BP, bias,
+                                   relu_out);
+        if (!fused) nf_gemm(0, 0, cv->cout, BP, cv->cin, 1, Wt, cv->cin, in, BP, 0, out, BP);
     } else {
         int K = cv->cin * 9, n = conv_chunk_rows(cv, B);
         if (narrow) weights_by_tap(cv, Wt, col);
@@ -259,15 +280,22 @@ static void conv_run(const nf_conv *cv, const nf_real *params, const nf_real *in
             if (narrow) {
                 narrow_bufs nb = narrow_layout(cv, col, m);
                 const nf_real *x = chunk_input(cv, in, relu_in, B, b0, m, nb.x, &ld);
-                nf_gemm(0, 0, 9 * cv->cout, mP, cv->cin, 1, nb.Wa, cv->cin, x, ld, 0, nb.Y, mP);
+                if (!fused_gemm(9 * cv->cout, mP, cv->cin, nb.Wa, cv->cin, x, ld, nb.Y, mP, NULL,
+                                0))
+                    nf_gemm(0, 0, 9 * cv->cout, mP, cv->cin, 1, nb.Wa, cv->cin, x, ld, 0, nb.Y,
+                            mP);
                 col2im(cv, nb.Y, cv->cout, B, b0, m, 1, out);
             } else {
                 im2col(cv, in, cv->cin, B, b0, m, relu_in, 0, col);
-                nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
+                /* every chunk or none: the kernel's availability does not change */
+                fused = !res && fused_gemm(cv->cout, mP, K, Wt, K, col, mP, out + (size_t)b0 * P,
+                                           BP, bias, relu_out);
+                if (!fused)
+                    nf_gemm(0, 0, cv->cout, mP, K, 1, Wt, K, col, mP, 0, out + (size_t)b0 * P, BP);
             }
         }
     }
-    epilogue(out, params + cv->b_off, res, relu_out, cv->cout, (size_t)BP);
+    if (!fused) epilogue(out, bias, res, relu_out, cv->cout, (size_t)BP);
 }
 
 /* grad bias += the sum of each dout plane, in double (B*P terms) over 16
@@ -475,14 +503,27 @@ static int cnet_nact(const nf_cnet *n) {
 }
 static int cnet_ngrad(const nf_cnet *n) { return n->kind == NF_CNET_GLOW ? 2 : 3; }
 
+size_t nf_cnet_act_size(const nf_cnet *n, int B) {
+    return (size_t)cnet_nact(n) * hidden_size(n, B);
+}
+
+size_t nf_cnet_scratch_size(const nf_cnet *n, int B) {
+    return (size_t)cnet_ngrad(n) * hidden_size(n, B) + cnet_col_size(n, B);
+}
+
 size_t nf_cnet_ws_size(const nf_cnet *n, int B) {
-    return (size_t)(cnet_nact(n) + cnet_ngrad(n)) * hidden_size(n, B) + cnet_col_size(n, B);
+    return nf_cnet_act_size(n, B) + nf_cnet_scratch_size(n, B);
 }
 
 void nf_cnet_forward(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
                      int B, nf_real *ws) {
+    nf_cnet_forward_ex(n, params, in, out, B, ws, ws + nf_cnet_act_size(n, B));
+}
+
+void nf_cnet_forward_ex(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
+                        int B, nf_real *ws, nf_real *scratch) {
     size_t HN = hidden_size(n, B);
-    nf_real *col = ws + (size_t)(cnet_nact(n) + cnet_ngrad(n)) * HN;
+    nf_real *col = scratch + (size_t)cnet_ngrad(n) * HN;
     const nf_conv *cv = n->conv;
     if (n->kind == NF_CNET_GLOW) {
         nf_real *h1 = ws, *h2 = ws + HN;
@@ -514,8 +555,14 @@ NF_VEC static void add_masked(nf_real *ds, const nf_real *da, const nf_real *s, 
 
 void nf_cnet_backward(const nf_cnet *n, const nf_real *params, nf_real *grad, const nf_real *in,
                       const nf_real *dout, nf_real *din, int B, nf_real *ws) {
+    nf_cnet_backward_ex(n, params, grad, in, dout, din, B, ws, ws + nf_cnet_act_size(n, B));
+}
+
+void nf_cnet_backward_ex(const nf_cnet *n, const nf_real *params, nf_real *grad,
+                         const nf_real *in, const nf_real *dout, nf_real *din, int B,
+                         nf_real *ws, nf_real *scratch) {
     size_t HN = hidden_size(n, B);
-    nf_real *g = ws + (size_t)cnet_nact(n) * HN, *col = g + (size_t)cnet_ngrad(n) * HN;
+    nf_real *g = scratch, *col = g + (size_t)cnet_ngrad(n) * HN;
     const nf_conv *cv = n->conv;
     if (n->kind == NF_CNET_GLOW) {
         const nf_real *h1 = ws, *h2 = ws + HN;

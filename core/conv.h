@@ -46,6 +46,18 @@ size_t nf_conv_col_size(const nf_conv *cv, int B);
  * rows run in chunks of rows (conv.c).  Tests lower it to run small
  * convolutions in chunks; set it before sizing any workspace. */
 extern size_t nf_conv_col_max;
+/* The most floats of scratch one chunk of rows of a conv_coupling layer
+ * takes (2 MiB of float32 by default: its activations then stay in the
+ * caches, conv_coupling.c): more rows run in chunks.  Tests change it to
+ * compare chunked against whole-batch passes; set it before sizing any
+ * workspace. */
+extern size_t nf_cc_chunk_floats;
+/* The rows per chunk of a conv_coupling layer L for a call of B rows. */
+int nf_conv_coupling_chunk_rows(const nf_layer *L, int B);
+/* 1 (the default): forward convolutions multiply with kern.c's fused
+ * GEMM + bias + ReLU kernel where it runs (float32 on AVX2); 0: OpenBLAS and
+ * a separate pass, the way before it (tests compare the two). */
+extern int nf_conv_fused;
 /* out (cout planes of B rows) = conv(in) + bias; col: nf_conv_col_size floats.
  * out may not alias in. */
 void nf_conv_forward(const nf_conv *cv, const nf_real *params, const nf_real *in, nf_real *out,
@@ -89,6 +101,19 @@ void nf_cnet_forward(const nf_cnet *n, const nf_real *params, const nf_real *in,
  * grad += (may be NULL), din = (cin planes, may be NULL). */
 void nf_cnet_backward(const nf_cnet *n, const nf_real *params, nf_real *grad, const nf_real *in,
                       const nf_real *dout, nf_real *din, int B, nf_real *ws);
+/* The same with the workspace in two parts: ws, the activations forward
+ * keeps for backward (nf_cnet_act_size floats), and scratch, which neither
+ * call needs to find as the other left it (nf_cnet_scratch_size: the
+ * gradient planes and the im2col buffer), so passes over several chunks of
+ * rows may keep one ws per chunk and share one scratch.  The plain calls
+ * take ws followed by scratch (nf_cnet_ws_size = the sum). */
+size_t nf_cnet_act_size(const nf_cnet *n, int B);
+size_t nf_cnet_scratch_size(const nf_cnet *n, int B);
+void nf_cnet_forward_ex(const nf_cnet *n, const nf_real *params, const nf_real *in, nf_real *out,
+                        int B, nf_real *ws, nf_real *scratch);
+void nf_cnet_backward_ex(const nf_cnet *n, const nf_real *params, nf_real *grad,
+                         const nf_real *in, const nf_real *dout, nf_real *din, int B,
+                         nf_real *ws, nf_real *scratch);
 double nf_cnet_macs(const nf_cnet *n); /* per row */
 /* From a layer spec's keys "net" ("glow" | "resnet"), "hidden_channels"
  * (default def_hidden), "blocks" (resnet, default 2); the message in err. */

@@ -36,6 +36,7 @@
  */
 #include "alloc.h"
 #include "conv.h"
+#include "kern.h"
 #include "nf_internal.h"
 #include "rqs.h"
 
@@ -65,25 +66,81 @@ typedef struct conv_coupling {
 } conv_coupling;
 
 /* ---- scratch --------------------------------------------------------------
- * ws: in (cin planes) | theta (Q*nt planes) | dtheta (Q*nt planes) |
- *     din (cin planes) | the network's */
-typedef struct { nf_real *in, *th, *dth, *din, *nws; } cc_bufs;
+ * The rows are processed in chunks of m rows (cc_chunk_rows): the network's
+ * activations of 256 rows of a 4x14x14 image at 64 hidden channels are
+ * ~30 MB, far out of cache, so one GEMM over the whole batch after another
+ * streams every activation through memory several times (measured: a third
+ * more time than chunks whose activations stay in the caches, which
+ * nf_cc_chunk_floats sizes).  In planes layout of a chunk's m rows:
+ *   kept:   in (cin planes) | theta (Q*nt planes) | the network's activations
+ *   shared: dtheta (Q*nt planes) | din (cin planes) | the network's scratch
+ * A forward-only workspace holds one of each (ws_size_infer), reused by
+ * every chunk; otherwise ws = shared | kept block 0 | kept block 1 ..., one
+ * kept block per chunk, which backward reads, and the shared part reused
+ * (it stays in the caches, and the scratch is half the size). */
+typedef struct { nf_real *in, *th, *act, *dth, *din, *scr; } cc_bufs;
 
-static cc_bufs cc_layout(const conv_coupling *S, nf_real *ws, int B) {
-    size_t pl = (size_t)B * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
+size_t nf_cc_chunk_floats = (size_t)1 << 19;
+
+static size_t cc_kept(const conv_coupling *S, int m) {
+    size_t pl = (size_t)m * S->P;
+    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_act_size(&S->net, m);
+}
+
+static size_t cc_shared(const conv_coupling *S, int m) {
+    size_t pl = (size_t)m * S->P;
+    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_scratch_size(&S->net, m);
+}
+
+/* the working set of a chunk of m rows */
+static size_t cc_block(const conv_coupling *S, int m) { return cc_kept(S, m) + cc_shared(S, m); }
+
+/* n rows' buffers in a kept block and the shared part */
+static cc_bufs cc_layout(const conv_coupling *S, nf_real *kept, nf_real *shared, int n) {
+    size_t pl = (size_t)n * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
     cc_bufs b;
-    b.in = ws;
+    b.in = kept;
     b.th = b.in + nin;
-    b.dth = b.th + nth;
+    b.act = b.th + nth;
+    b.dth = shared;
     b.din = b.dth + nth;
-    b.nws = b.din + nin;
+    b.scr = b.din + nin;
     return b;
+}
+
+/* rows per chunk for a call of B rows: as many as nf_cc_chunk_floats hold,
+ * at least one */
+static int cc_chunk_rows(const conv_coupling *S, int B) {
+    if (B <= 1) return 1;
+    size_t one = cc_block(S, 1), per = cc_block(S, 2) - one, fixed = one > per ? one - per : 0;
+    size_t room = nf_cc_chunk_floats > fixed ? nf_cc_chunk_floats - fixed : 0;
+    size_t m = room / (per ? per : 1);
+    if (m < 1) m = 1;
+    while (m > 1 && m < (size_t)B && cc_block(S, (int)m) > nf_cc_chunk_floats) m--;
+    return m >= (size_t)B ? B : (int)m;
+}
+
+int nf_conv_coupling_chunk_rows(const nf_layer *L, int B) {
+    return cc_chunk_rows(L->impl, B);
 }
 
 static size_t cc_ws_size(const nf_layer *L, int B) {
     const conv_coupling *S = L->impl;
-    size_t pl = (size_t)B * S->P;
-    return 2 * ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_ws_size(&S->net, B);
+    if (B < 1) return 0;
+    int m = cc_chunk_rows(S, B);
+    return cc_shared(S, m) + (size_t)((B + m - 1) / m) * cc_kept(S, m);
+}
+
+static size_t cc_ws_size_infer(const nf_layer *L, int B) {
+    const conv_coupling *S = L->impl;
+    return B < 1 ? 0 : cc_block(S, cc_chunk_rows(S, B));
+}
+
+/* the buffers of the chunk of n rows starting at row b0 (m rows per chunk) */
+static cc_bufs cc_chunk(const conv_coupling *S, const nf_ctx *c, int m, int b0, int n) {
+    nf_real *kept = c->ws + cc_shared(S, m);
+    if (!c->infer) kept += (size_t)(b0 / m) * cc_kept(S, m);
+    return cc_layout(S, kept, c->ws, n);
 }
 
 static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng) {
@@ -91,32 +148,71 @@ static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng
     nf_cnet_init(&((const conv_coupling *)L->impl)->net, params, rng);
 }
 
-/* The network's input from u (x, or z: their passing parts are equal) and
- * its output theta in ws. */
-static cc_bufs cc_condition(const nf_layer *L, nf_ctx *c, const nf_real *u) {
+/* The network's input from u (the chunk's rows of x, or z: their passing
+ * parts are equal) and its output theta, in b. */
+static void cc_condition(const nf_layer *L, const nf_real *params, const cc_bufs *b, int n,
+                         const nf_real *u) {
     const conv_coupling *S = L->impl;
-    int B = c->B, P = S->P;
-    cc_bufs b = cc_layout(S, c->ws, B);
-    nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, B, b.in);
+    int P = S->P;
+    nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, n, b->in);
     if (S->pass) /* checkerboards: the transformed pixels read as 0 */
-        for (size_t r = 0; r < (size_t)S->cin * B; r++) {
-            nf_real *pl = b.in + r * P;
+        for (size_t r = 0; r < (size_t)S->cin * n; r++) {
+            nf_real *pl = b->in + r * P;
             for (int p = 0; p < P; p++) pl[p] = S->pass[p] ? pl[p] : 0;
         }
-    nf_cnet_forward(&S->net, c->params, b.in, b.th, B, b.nws);
-    return b;
+    nf_cnet_forward_ex(&S->net, params, b->in, b->th, n, b->act, b->scr);
 }
 
 /* ---- the element-wise transforms ----------------------------------------------- */
 
-static double sigmoid(double a) {
-    if (a >= 0) return 1.0 / (1.0 + exp(-a));
-    double e = exp(a);
-    return e / (1.0 + e);
-}
-/* log sigmoid(a) without overflow or cancellation */
-static double log_sigmoid(double a) { return a >= 0 ? -log1p(exp(-a)) : a - log1p(exp(a)); }
 static double exp_scale(double h) { return NF_SCALE_BOUND * tanh(h / NF_SCALE_BOUND); }
+
+/* Glow's sigmoid scale, pixels in blocks of CC_BLK: s = sigmoid(a) for
+ * the block at once (nf_sigmoid_parts: vectorised, in double), and the
+ * log-det sum log s = sum min(a, 0) - log prod (1 + exp(-|a|)), one log per
+ * block (the factors are in [1, 2], their product under 2^CC_BLK). */
+#define CC_BLK 256
+
+/* v = (u + t) s (dir 0) or u / s - t (dir 1) over n pixels: vectorised */
+NF_VEC static void sigmoid_apply(const nf_real *u, const nf_real *t, const double *s, int n,
+                                 nf_real *v, int dir) {
+    if (dir)
+        for (int i = 0; i < n; i++) v[i] = (nf_real)((double)u[i] / s[i] - (double)t[i]);
+    else
+        for (int i = 0; i < n; i++) v[i] = (nf_real)(((double)u[i] + (double)t[i]) * s[i]);
+}
+
+static double cc_row_sigmoid(const conv_coupling *S, const nf_real *u, const nf_real *th,
+                             size_t qs, nf_real *v, int dir) {
+    const unsigned char *pass = S->pass;
+    double sb[CC_BLK], db[CC_BLK], ld = 0;
+    for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+        int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+        const nf_real *h = th + qs + p0;
+        nf_sigmoid_parts(h, 2, n, sb, db);
+        /* four running products and sums: no chain of dependent multiplies */
+        double prod[4] = {1, 1, 1, 1}, neg[4] = {0, 0, 0, 0};
+        if (!pass) {
+            sigmoid_apply(u + p0, th + p0, sb, n, v + p0, dir);
+            for (int i = 0; i < n; i++) {
+                double a = (double)h[i] + 2;
+                prod[i & 3] *= db[i];
+                neg[i & 3] += a < 0 ? a : 0;
+            }
+        } else {
+            for (int i = 0; i < n; i++) {
+                int p = p0 + i;
+                if (pass[p]) continue;
+                double x = u[p], t = th[p], s = sb[i], a = (double)h[i] + 2;
+                v[p] = (nf_real)(dir ? x / s - t : (x + t) * s);
+                prod[i & 3] *= db[i];
+                neg[i & 3] += a < 0 ? a : 0;
+            }
+        }
+        ld += (neg[0] + neg[1]) + (neg[2] + neg[3]) - log((prod[0] * prod[1]) * (prod[2] * prod[3]));
+    }
+    return dir ? -ld : ld;
+}
 
 /* One transformed channel of one row (P pixels): u in, v out, parameters q
  * at th + q*qs; returns the log-det (dir 0: density, 1: sampling). */
@@ -124,15 +220,13 @@ static double cc_row(const conv_coupling *S, const nf_real *u, const nf_real *th
                      nf_real *v, int dir) {
     const unsigned char *pass = S->pass;
     double ld = 0;
+    if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID)
+        return cc_row_sigmoid(S, u, th, qs, v, dir);
     for (int p = 0; p < S->P; p++) {
         if (pass && pass[p]) continue;
         double x = u[p], t = th[p], l = 0, y;
         if (S->transform == CC_ADDITIVE) {
             y = dir ? x - t : x + t;
-        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
-            double a = (double)th[qs + p] + 2, s = sigmoid(a);
-            l = log_sigmoid(a);
-            y = dir ? x / s - t : (x + t) * s;
         } else if (S->transform == CC_AFFINE) {
             l = exp_scale(th[qs + p]);
             y = dir ? (x - t) * exp(-l) : x * exp(l) + t;
@@ -167,17 +261,29 @@ static void cc_apply(const nf_layer *L, int B, const nf_real *theta, const nf_re
     }
 }
 
+/* in -> out chunk by chunk (dir 0: density, 1: sampling) */
+static void cc_pass(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *out,
+                    nf_real *logdet, int dir) {
+    const conv_coupling *S = L->impl;
+    const size_t D = (size_t)L->D;
+    int m = cc_chunk_rows(S, c->B);
+    for (int b0 = 0; b0 < c->B; b0 += m) {
+        int n = c->B - b0 < m ? c->B - b0 : m;
+        cc_bufs b = cc_chunk(S, c, m, b0, n);
+        cc_condition(L, c->params, &b, n, in + b0 * D);
+        cc_apply(L, n, b.th, in + b0 * D, out + b0 * D, logdet + b0, dir);
+    }
+}
+
 static int cc_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z,
                       nf_real *logdet) {
-    cc_bufs b = cc_condition(L, c, x);
-    cc_apply(L, c->B, b.th, x, z, logdet, 0);
+    cc_pass(L, c, x, z, logdet, 0);
     return 0;
 }
 
 static int cc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x,
                       nf_real *logdet) {
-    cc_bufs b = cc_condition(L, c, z);
-    cc_apply(L, c->B, b.th, z, x, logdet, 1);
+    cc_pass(L, c, z, x, logdet, 1);
     return 0;
 }
 
@@ -185,20 +291,34 @@ static int cc_forward(const nf_layer *L, nf_ctx *c, const nf_real *z, nf_real *x
  * one row; passing pixels get dtheta 0 and keep their dx. */
 static void cc_row_backward(const conv_coupling *S, const nf_real *x, const nf_real *th,
                             size_t qs, const nf_real *dz, double dl, nf_real *dth, nf_real *dx) {
+    if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
+        double sb[CC_BLK], db[CC_BLK];
+        for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+            int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+            nf_sigmoid_parts(th + qs + p0, 2, n, sb, db);
+            for (int i = 0; i < n; i++) {
+                int p = p0 + i;
+                if (S->pass && S->pass[p]) {
+                    dth[p] = dth[qs + p] = 0;
+                    continue;
+                }
+                double g = dz[p], t = th[p], s = sb[i];
+                dth[p] = (nf_real)(g * s);
+                dth[qs + p] = (nf_real)((g * ((double)x[p] + t) * s + dl) * (1 - s));
+                if (dx) dx[p] = (nf_real)(g * s);
+            }
+        }
+        return;
+    }
     for (int p = 0; p < S->P; p++) {
         if (S->pass && S->pass[p]) {
             for (int q = 0; q < S->Q; q++) dth[q * qs + p] = 0;
             continue;
         }
-        double g = dz[p], t = th[p], gx;
+        double g = dz[p], gx;
         if (S->transform == CC_ADDITIVE) {
             dth[p] = (nf_real)g;
             gx = g;
-        } else if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID) {
-            double s = sigmoid((double)th[qs + p] + 2);
-            dth[p] = (nf_real)(g * s);
-            dth[qs + p] = (nf_real)((g * ((double)x[p] + t) * s + dl) * (1 - s));
-            gx = g * s;
         } else if (S->transform == CC_AFFINE) {
             double s = exp_scale(th[qs + p]), e = exp(s), r = s / NF_SCALE_BOUND;
             dth[p] = (nf_real)g;
@@ -221,27 +341,33 @@ static void cc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
                         const nf_real *dz, const nf_real *dlogdet, nf_real *dx) {
     (void)z;
     const conv_coupling *S = L->impl;
-    int B = c->B, D = L->D;
-    size_t P = (size_t)S->P, qs = (size_t)S->nt * B * P;
-    cc_bufs b = cc_layout(S, c->ws, B);
-    if (dx) memcpy(dx, dz, (size_t)B * D * sizeof *dx);
-    for (int r = 0; r < B; r++)
-        for (int j = 0; j < S->nt; j++) {
-            size_t e = (size_t)r * D + (size_t)(S->tc0 + j) * P, o = ((size_t)j * B + r) * P;
-            cc_row_backward(S, x + e, b.th + o, qs, dz + e, dlogdet[r], b.dth + o,
-                            dx ? dx + e : NULL);
-        }
-    nf_cnet_backward(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, B, b.nws);
-    if (!dx) return;
-    /* passing elements: + the network's input gradient (checkerboards: the
-     * transformed pixels' entries multiply the zeroing mask) */
-    for (int ch = 0; ch < S->cin; ch++)
-        for (int r = 0; r < B; r++) {
-            nf_real *d = dx + (size_t)r * D + (size_t)(S->pc0 + ch) * P;
-            const nf_real *g = b.din + ((size_t)ch * B + r) * P;
-            for (size_t p = 0; p < P; p++)
-                if (!S->pass || S->pass[p]) d[p] += g[p];
-        }
+    const int D = L->D, m = cc_chunk_rows(S, c->B);
+    const size_t P = (size_t)S->P;
+    if (dx) memcpy(dx, dz, (size_t)c->B * D * sizeof *dx);
+    for (int b0 = 0; b0 < c->B; b0 += m) {
+        int n = c->B - b0 < m ? c->B - b0 : m;
+        size_t qs = (size_t)S->nt * n * P;
+        cc_bufs b = cc_chunk(S, c, m, b0, n);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < S->nt; j++) {
+                size_t e = (size_t)(b0 + r) * D + (size_t)(S->tc0 + j) * P,
+                       o = ((size_t)j * n + r) * P;
+                cc_row_backward(S, x + e, b.th + o, qs, dz + e, dlogdet[b0 + r], b.dth + o,
+                                dx ? dx + e : NULL);
+            }
+        nf_cnet_backward_ex(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, n,
+                            b.act, b.scr);
+        if (!dx) continue;
+        /* passing elements: + the network's input gradient (checkerboards:
+         * the transformed pixels' entries multiply the zeroing mask) */
+        for (int ch = 0; ch < S->cin; ch++)
+            for (int r = 0; r < n; r++) {
+                nf_real *d = dx + (size_t)(b0 + r) * D + (size_t)(S->pc0 + ch) * P;
+                const nf_real *g = b.din + ((size_t)ch * n + r) * P;
+                for (size_t p = 0; p < P; p++)
+                    if (!S->pass || S->pass[p]) d[p] += g[p];
+            }
+    }
 }
 
 /* ---- spec ------------------------------------------------------------------------ */
@@ -271,6 +397,7 @@ static double cc_macs(const nf_layer *L, int executed) {
 static const nf_layer_ops cc_ops = {
     .type = "conv_coupling",
     .ws_size = cc_ws_size,
+    .ws_size_infer = cc_ws_size_infer,
     .init = cc_init,
     .inverse = cc_inverse,
     .forward = cc_forward,

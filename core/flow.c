@@ -375,6 +375,11 @@ int nf_flow_load_params(nf_flow *f, const void *buf, size_t len) {
  * behind, so every layer shares one scratch region (the largest layer's) and
  * the rows ping-pong between two buffers (h_k for odd k in one, even k in
  * the other), instead of one scratch and one row buffer per layer. */
+static size_t layer_ws_size(const nf_layer *L, int B, int infer) {
+    if (infer && L->ops->ws_size_infer) return L->ops->ws_size_infer(L, B);
+    return L->ops->ws_size ? L->ops->ws_size(L, B) : 0;
+}
+
 static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     *out = NULL;
     if (max_batch < 1 || max_batch > (1 << 24)) return NF_ERANGE;
@@ -382,7 +387,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     int nh = infer ? (f->nlayers < 2 ? f->nlayers : 2) : f->nlayers;
     total += (size_t)nh * B * D; /* h_1..h_K */
     for (int k = 0; k < f->nlayers; k++) {
-        size_t l = f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        size_t l = layer_ws_size(&f->layers[k], max_batch, infer);
         total += infer ? 0 : l;
         maxl = l > maxl ? l : maxl;
     }
@@ -408,8 +413,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     p += (size_t)nh * B * D;
     for (int k = 0; k < f->nlayers; k++) {
         w->lws[k] = p;
-        if (!infer)
-            p += f->layers[k].ops->ws_size ? f->layers[k].ops->ws_size(&f->layers[k], max_batch) : 0;
+        if (!infer) p += layer_ws_size(&f->layers[k], max_batch, 0);
     }
     if (infer) p += maxl;
     w->g0 = p;
@@ -782,6 +786,11 @@ struct par_job {
     double ld_l2;
     nf_real *out, *out2, *logp, *dx, *dctx;
     int rc[NF_WS_MAX_THREADS];
+    /* sampling from a normal base: the parts draw their own rows, part t
+     * from rngs[t] (odd[t]: skipping the first value of its first pair) */
+    const nf_rng *rngs;
+    const unsigned char *odd;
+    double temp;
 };
 
 static void part_range(const par_job *j, int t, int *start, int *n) {
@@ -812,8 +821,16 @@ static void par_part(void *arg, int t) {
         rc = nf_flow_decode(f, w, xs, cs, n, ROWS(j->out, s, D), ROWS(j->out2, s, 1));
         break;
     case JOB_SAMPLE: {
-        /* out holds the base draws z; x = T(z) in place, through g0 */
+        /* out holds the base draws z (or the part draws them: par_sample);
+         * x = T(z) in place, through g0 */
         int bad = 0;
+        if (j->rngs) {
+            const nf_real *bp = f->params + f->base.param_off;
+            nf_rng r = j->rngs[t];
+            if (j->odd[t]) (void)nf_rng_normal(&r); /* the pair's first value: the part before's */
+            nf_base_sample(&f->base, bp, &r, j->temp, n, j->out + (size_t)s * D);
+            if (j->logp) nf_base_log_prob(&f->base, bp, j->out + (size_t)s * D, n, j->logp + s);
+        }
         for (int c = 0; c < n && !rc; c += w->Bm) {
             int m = n - c < w->Bm ? n - c : w->Bm;
             nf_real *xr = j->out + (size_t)(s + c) * D;
@@ -918,18 +935,43 @@ static int par_map(int kind, const nf_flow *f, nf_ws *w, const nf_real *in, cons
 
 /* The base draws come from one stream in row order, exactly as a plain
  * workspace draws them chunk by chunk, so a seed gives the same samples
- * whatever the workspace; then the rows are transformed in parallel. */
+ * whatever the workspace; then the rows are transformed in parallel.
+ * A normal or diagonal-normal base takes one Box-Muller value per entry in
+ * order (two per pair of uniforms, nf_rng_normal), so value v of the stream
+ * is value v % 2 of pair v / 2: this thread only steps the generator to
+ * each part's first pair (two uniforms a pair, no log, sine or cosine), and
+ * each part draws its own rows from there, the same values in parallel. */
 static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
                       const nf_real *ctx, nf_real *x, nf_real *log_prob) {
     nf_rng rng;
     nf_rng_seed(&rng, seed);
     const nf_real *bp = f->params + f->base.param_off;
-    for (int s = 0; s < n; s += w->Bm) {
-        int m = n - s < w->Bm ? n - s : w->Bm;
-        nf_base_sample(&f->base, bp, &rng, T, m, x + (size_t)s * f->D);
-        if (log_prob) nf_base_log_prob(&f->base, bp, x + (size_t)s * f->D, m, log_prob + s);
-    }
     par_job j = job_init(JOB_SAMPLE, f, w, n, 0);
+    nf_rng rngs[NF_WS_MAX_THREADS];
+    unsigned char odd[NF_WS_MAX_THREADS];
+    if (f->base.kind == NF_BASE_NORMAL || f->base.kind == NF_BASE_DIAG) {
+        uint64_t pair = 0; /* pairs the generator has stepped past */
+        for (int t = 0; t < j.np; t++) {
+            int s0, m;
+            part_range(&j, t, &s0, &m);
+            uint64_t v0 = (uint64_t)s0 * (uint64_t)f->D;
+            for (; pair < v0 / 2; pair++) {
+                (void)nf_rng_u64(&rng);
+                (void)nf_rng_u64(&rng);
+            }
+            rngs[t] = rng;
+            odd[t] = (unsigned char)(v0 % 2);
+        }
+        j.rngs = rngs;
+        j.odd = odd;
+        j.temp = T;
+    } else {
+        for (int s = 0; s < n; s += w->Bm) {
+            int m = n - s < w->Bm ? n - s : w->Bm;
+            nf_base_sample(&f->base, bp, &rng, T, m, x + (size_t)s * f->D);
+            if (log_prob) nf_base_log_prob(&f->base, bp, x + (size_t)s * f->D, m, log_prob + s);
+        }
+    }
     j.ctx = ctx;
     j.out = x;
     j.logp = log_prob;

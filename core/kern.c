@@ -2,6 +2,7 @@
 #include "kern.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #ifndef NF_DOUBLE
 
@@ -79,6 +80,87 @@ AVX2 static void gemv_column_avx2(int N, const float *W, int ld, float x0, float
         for (int o = 0; o < N; o++) y[o] = (acc ? y[o] : 0.0f) + W[(size_t)o * ld] * x0;
 }
 
+/* ---- nf_gemm_bias_act: C = act(A B + bias), 6x16 tiles ----------------------
+ * Rows of C in sixes (twelve 8-lane accumulators), columns in sixteens, the
+ * last columns under a lane mask; B and C read and written in place
+ * (no packing: a 16-column strip of B over K rows is reused from L1 by
+ * every six rows of A), the bias and the ReLU applied as each tile is
+ * stored.  For the conv networks' GEMMs (a few dozen rows, K up to a few
+ * hundred, ~1000 columns): faster than OpenBLAS's sgemm (which packs B and
+ * zeroes C first) followed by a bias/ReLU pass over C. */
+AVX2 static inline __attribute__((always_inline)) void gba_tile(
+    int mr, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
+    const float *bias, int relu, int nr) {
+    __m256 acc[6][2];
+    for (int i = 0; i < 6; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    __m256i m0 = _mm256_setzero_si256(), m1 = m0;
+    if (nr < 16) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
+        m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+    }
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        __m256 b0, b1;
+        if (nr == 16) {
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        } else {
+            b0 = _mm256_maskload_ps(b, m0);
+            b1 = _mm256_maskload_ps(b + 8, m1);
+        }
+        for (int i = 0; i < 6; i++)
+            if (i < mr) {
+                __m256 a = _mm256_broadcast_ss(A + (size_t)i * lda + k);
+                acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+            }
+    }
+    const __m256 z = _mm256_setzero_ps();
+    for (int i = 0; i < 6; i++)
+        if (i < mr) {
+            __m256 x0 = acc[i][0], x1 = acc[i][1];
+            if (bias) {
+                __m256 bb = _mm256_set1_ps(bias[i]);
+                x0 = _mm256_add_ps(x0, bb);
+                x1 = _mm256_add_ps(x1, bb);
+            }
+            if (relu) {
+                x0 = _mm256_max_ps(x0, z);
+                x1 = _mm256_max_ps(x1, z);
+            }
+            float *c = C + (size_t)i * ldc;
+            if (nr == 16) {
+                _mm256_storeu_ps(c, x0);
+                _mm256_storeu_ps(c + 8, x1);
+            } else {
+                _mm256_maskstore_ps(c, m0, x0);
+                _mm256_maskstore_ps(c + 8, m1, x1);
+            }
+        }
+}
+
+AVX2 static void gba_rows(int mr, int N, int K, const float *A, int lda, const float *B, int ldb,
+                          float *C, int ldc, const float *bias, int relu) {
+#define GBA_CASE(R)                                                                          \
+    case R:                                                                                  \
+        for (int n0 = 0; n0 < N; n0 += 16)                                                   \
+            gba_tile(R, K, A, lda, B + n0, ldb, C + n0, ldc, bias, relu,                     \
+                     N - n0 < 16 ? N - n0 : 16);                                             \
+        break;
+    switch (mr) {
+        GBA_CASE(1) GBA_CASE(2) GBA_CASE(3) GBA_CASE(4) GBA_CASE(5) GBA_CASE(6)
+    }
+#undef GBA_CASE
+}
+
+AVX2 static void gemm_bias_act_avx2(int M, int N, int K, const float *A, int lda, const float *B,
+                                    int ldb, float *C, int ldc, const float *bias, int relu) {
+    for (int m0 = 0; m0 < M; m0 += 6)
+        gba_rows(M - m0 < 6 ? M - m0 : 6, N, K, A + (size_t)m0 * lda, lda, B, ldb,
+                 C + (size_t)m0 * ldc, ldc, bias ? bias + m0 : NULL, relu);
+}
+
 /* libgcc fills the CPU model in a constructor that runs before main */
 int nf_kern_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -90,12 +172,112 @@ void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y
     else gemv_avx2(N, K, W, ld, x, y, acc);
 }
 
+int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                     float *C, int ldc, const float *bias, int relu) {
+    if (!nf_kern_avx2() || K < 1) return 0;
+    gemm_bias_act_avx2(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
+    return 1;
+}
+
+/* OpenBLAS names the kernels it runs; these use AVX-512 */
+char *openblas_get_corename(void);
+
+int nf_kern_fused_gemm_wins(void) {
+    static int wins = -1; /* the same answer whichever thread computes it first */
+    if (wins < 0) {
+        const char *c = openblas_get_corename();
+        int avx512 = 0;
+        static const char *const names[] = {"skylakex", "cooperlake", "sapphire"};
+        for (int i = 0; c && i < 3; i++)
+            if (strcasestr(c, names[i])) avx512 = 1;
+        wins = nf_kern_avx2() && !avx512;
+    }
+    return wins;
+}
+
 #else /* not x86-64 */
 
 int nf_kern_avx2(void) { return 0; }
 void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc) {
     nf_gemv_rows_ref(N, K, W, ld, x, y, acc);
 }
+int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                     float *C, int ldc, const float *bias, int relu) {
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc,
+        (void)bias, (void)relu;
+    return 0;
+}
+int nf_kern_fused_gemm_wins(void) { return 0; }
 
 #endif
 #endif /* NF_DOUBLE */
+
+/* ---- sigmoid parts ------------------------------------------------------------
+ * exp(v) for v in [-700, 0] (NaN passes through): v = k ln2 + r, |r| <=
+ * ln2/2, exp(r) by its Taylor series to r^11 (relative error < 3e-14) and
+ * 2^k built in the exponent bits.  Branch-free, so the loop below
+ * vectorises (4 doubles per AVX2 vector: the float -> double conversion,
+ * 64-bit integer add and shift are all AVX2). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline double exp_nonpos(double v) {
+    const double shift = 0x1.8p52, inv_ln2 = 0x1.71547652b82fep0;
+    const double ln2_hi = 0x1.62e42fefa39efp-1, ln2_lo = 0x1.abc9e3b39803fp-56;
+    double kd = v * inv_ln2 + shift;
+    uint64_t ki;
+    memcpy(&ki, &kd, sizeof ki);
+    kd -= shift;
+    double r = v - kd * ln2_hi - kd * ln2_lo;
+    double p = 1.0 / 39916800;
+    p = p * r + 1.0 / 3628800;
+    p = p * r + 1.0 / 362880;
+    p = p * r + 1.0 / 40320;
+    p = p * r + 1.0 / 5040;
+    p = p * r + 1.0 / 720;
+    p = p * r + 1.0 / 120;
+    p = p * r + 1.0 / 24;
+    p = p * r + 1.0 / 6;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    uint64_t sb = (ki + 1023) << 52;
+    double scale;
+    memcpy(&scale, &sb, sizeof scale);
+    return scale * p;
+}
+
+NF_VEC static int sigmoid_parts_vec(const nf_real *h, double c, int n, double *s, double *d) {
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        /* |a| > 700, inf and NaN give garbage here: nf_sigmoid_parts
+         * redoes them */
+        double a = (double)h[i] + c, e = exp_nonpos(-fabs(a)), q = 1 + e;
+        /* the numerator: 1 for a >= 0, e below (a bit select: GCC turns
+         * a conditional here into a branch, which stops the vectoriser) */
+        uint64_t ue, one, m = (uint64_t)0 - (uint64_t)(a >= 0);
+        const double d1 = 1;
+        memcpy(&ue, &e, sizeof ue);
+        memcpy(&one, &d1, sizeof one);
+        ue = (ue & ~m) | (one & m);
+        double num;
+        memcpy(&num, &ue, sizeof num);
+        s[i] = num / q;
+        d[i] = q;
+        out |= !(fabs(a) <= 700);
+    }
+    return out;
+}
+
+void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d) {
+    if (!sigmoid_parts_vec(h, c, n, s, d)) return;
+    /* beyond the polynomial's range (and inf, NaN): libm, as before */
+    for (int i = 0; i < n; i++) {
+        double a = (double)h[i] + c;
+        if (fabs(a) <= 700) continue;
+        double e = exp(-fabs(a));
+        s[i] = a >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        d[i] = 1.0 + e;
+    }
+}

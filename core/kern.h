@@ -34,10 +34,32 @@
 #define NF_VEC
 #endif
 
+/* s[i] = sigmoid(a), d[i] = 1 + exp(-|a|) for a = h[i] + c, in double
+ * (log sigmoid(a) = min(a, 0) - log d[i]): a polynomial exp, vectorised,
+ * within 1e-13 relative of libm's (log d: + 2^-52 absolute, d being
+ * rounded; tests/core/test_conv_coupling.c); libm beyond |a| = 700 and for
+ * inf and NaN. */
+void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d);
+
 #ifndef NF_DOUBLE
 void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc);
 /* The portable twin, exposed for tests. */
 void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, float *y, int acc);
+/* C (M,N) = act(A B + bias): A (M,K), B (K,N), C row-major with leading
+ * dimensions lda, ldb, ldc; bias (M) or NULL; act the ReLU when relu.  The
+ * AVX2 kernel (6x16 tiles, no packing, the bias and ReLU fused into the
+ * store) of the conv networks' forward GEMMs (core/conv.c).  Returns 1, or
+ * 0 having done nothing where it does not run (no AVX2, K < 1): the caller
+ * then takes nf_gemm and its own epilogue.  Sums in k order with FMAs:
+ * results differ from sgemm's in the last bits (tests/core/test_conv.c
+ * compares it with plain loops). */
+int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                     float *C, int ldc, const float *bias, int relu);
+/* 1 where nf_gemm_bias_act beats OpenBLAS + a bias pass: AVX2 here, and
+ * OpenBLAS running AVX2 kernels (with its AVX-512 kernels, as its own
+ * detection picks on AVX-512 machines unless OPENBLAS_CORETYPE says
+ * otherwise, OpenBLAS is faster: measured on W4, bench/README.md). */
+int nf_kern_fused_gemm_wins(void);
 /* 1 if nf_gemv_rows runs the AVX2 kernel on this machine */
 int nf_kern_avx2(void);
 #endif

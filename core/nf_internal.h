@@ -73,6 +73,10 @@ typedef struct nf_ctx {
 typedef struct nf_layer_ops {
     const char *type;
     size_t (*ws_size)(const nf_layer *L, int B);
+    /* optional: the scratch of a forward-only workspace (nf_ctx.infer: no
+     * backward follows, so nothing need be kept for it) when smaller than
+     * ws_size; NULL: ws_size */
+    size_t (*ws_size_infer)(const nf_layer *L, int B);
     void (*init)(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng);
     /* Return 0, or NF_ENONFINITE if a row left the domain (the row's logdet is
      * then -INFINITY for inverse; callers treat such rows as out of support). */

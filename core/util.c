@@ -71,7 +71,10 @@ uint64_t nf_rng_u64(nf_rng *r) {
 
 double nf_rng_uniform(nf_rng *r) { return (double)(nf_rng_u64(r) >> 11) * 0x1.0p-53; }
 
-/* Box-Muller; u1 in (0,1] so log never sees 0. */
+/* Box-Muller; u1 in (0,1] so log never sees 0.  Exactly two uniforms per
+ * pair of values: threaded sampling (par_sample, flow.c) steps a copy of
+ * the generator past whole pairs without computing them
+ * (tests/core/test_threads.c, threads_sample_draws_exact). */
 double nf_rng_normal(nf_rng *r) {
     if (r->has_spare) {
         r->has_spare = 0;

@@ -6,7 +6,9 @@
  * the zero last convolution, backward twice, the spec. */
 #include "../test.h"
 #include "../../core/conv.h"
+#include "../../core/kern.h"
 
+#include <math.h>
 #include <string.h>
 
 #ifdef NF_DOUBLE
@@ -452,4 +454,76 @@ TEST(cnet_spec_round_trip_and_errors) {
         CHECK_MSG(from_spec(bad[i].spec, &n, err, sizeof err) != 0, "%s accepted", bad[i].spec);
         CHECK_MSG(strstr(err, bad[i].msg) != NULL, "%s: message \"%s\"", bad[i].spec, err);
     }
+}
+
+/* ---- the fused forward GEMM ---------------------------------------------------------
+ * kern.c's nf_gemm_bias_act against plain loops: every row remainder of its
+ * 6-row tiles, column remainders of its 16-column tiles (masked), leading
+ * dimensions wider than the matrices, bias or none, ReLU or none; then
+ * whole networks (glow and resnet, their 1x1, im2col and output-side
+ * convolutions, in chunks too) fused against OpenBLAS + epilogue. */
+TEST(conv_fused_gemm_matches_loops) {
+#ifdef NF_DOUBLE
+    return; /* float32 only: the double build multiplies with BLAS */
+#else
+    if (!nf_gemm_bias_act(1, 1, 1, (const float[]){1}, 1, (const float[]){1}, 1,
+                          (float[]){0}, 1, NULL, 0))
+        return; /* no AVX2 here: conv.c takes nf_gemm */
+    static const int Ms[] = {1, 2, 5, 6, 7, 12, 13, 64};
+    static const int Ns[] = {1, 7, 8, 9, 15, 16, 17, 33, 100};
+    static const int Ks[] = {1, 3, 18, 64};
+    nf_rng r;
+    nf_rng_seed(&r, 21);
+    float *A = malloc(sizeof(float) * 64 * 70), *Bm = malloc(sizeof(float) * 64 * 110);
+    float *C = malloc(sizeof(float) * 64 * 110), bias[64];
+    REQUIRE(A && Bm && C);
+    randn(&r, A, 64 * 70, 1);
+    randn(&r, Bm, 64 * 110, 1);
+    randn(&r, bias, 64, 1);
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+                for (int v = 0; v < 4; v++) {
+                    int M = Ms[mi], N = Ns[ni], K = Ks[ki], lda = K + 3, ldb = N + 5,
+                        ldc = N + 7, relu = v & 1;
+                    const float *bi = v & 2 ? bias : NULL;
+                    for (int i = 0; i < 64 * 110; i++) C[i] = -7;
+                    CHECK(nf_gemm_bias_act(M, N, K, A, lda, Bm, ldb, C, ldc, bi, relu) == 1);
+                    for (int i = 0; i < M; i++)
+                        for (int j = 0; j < ldc; j++) {
+                            if (j >= N) { /* past the columns: untouched */
+                                CHECK(C[i * ldc + j] == -7);
+                                continue;
+                            }
+                            double e = bi ? bi[i] : 0;
+                            for (int k = 0; k < K; k++)
+                                e += (double)A[i * lda + k] * Bm[k * ldb + j];
+                            if (relu && e < 0) e = 0;
+                            CHECK_MSG(fabs(C[i * ldc + j] - e) <= 1e-5 * (1 + fabs(e)),
+                                      "M=%d N=%d K=%d v=%d [%d,%d]: %g vs %g", M, N, K, v, i, j,
+                                      (double)C[i * ldc + j], e);
+                        }
+                    for (int i = M * ldc; i < 64 * 110; i++) CHECK(C[i] == -7); /* rows past M */
+                }
+    free(A);
+    free(Bm);
+    free(C);
+    size_t keep = nf_conv_col_max;
+    for (int k = 0; k < 4; k++) {
+        int resnet = k % 2;
+        nf_conv_col_max = k < 2 ? keep : 300; /* then 3x3 convolutions in chunks */
+        net_case c;
+        REQUIRE(net_case_make(&c, resnet, 3, 4, 8, 5, 6, 3, 40 + k, 0.3) == 0);
+        nf_real *ref = malloc(c.nout * sizeof *ref);
+        REQUIRE(ref);
+        nf_conv_fused = 0;
+        nf_cnet_forward(&c.n, c.params, c.in, ref, c.B, c.ws);
+        nf_conv_fused = 1;
+        nf_cnet_forward(&c.n, c.params, c.in, c.out, c.B, c.ws);
+        for (size_t j = 0; j < c.nout; j++) CHECK_CLOSE(c.out[j], ref[j], 1e-5, 1e-5);
+        free(ref);
+        net_case_free(&c);
+    }
+    nf_conv_col_max = keep;
+#endif
 }

@@ -6,8 +6,10 @@
  * bad specs; threads. */
 #include "../test.h"
 #include "../../core/conv.h"
+#include "../../core/kern.h"
 #include "layercheck.h"
 
+#include <math.h>
 #include <string.h>
 
 /* ---- generic checks ------------------------------------------------------------------ */
@@ -385,4 +387,148 @@ TEST(conv_coupling_threads_match) {
     nf_ws_free(w1);
     nf_ws_free(w3);
     nf_flow_free(f);
+}
+
+/* ---- chunks of rows -------------------------------------------------------------------------
+ * A pass runs the rows in chunks whose scratch fits nf_cc_chunk_floats:
+ * chunks of 3 rows (the last one shorter) against the whole batch in one
+ * chunk, the layout of every call before chunking.  Log p, encode, decode
+ * and sampling on plain and forward-only workspaces, and the gradients, to
+ * BLAS's rounding (the chunks' GEMMs are narrower; dW sums chunk by
+ * chunk). */
+static void chunk_run(nf_flow *f, const nf_real *x, int B, int D, nf_real *lp, nf_real *z,
+                      nf_real *xs, nf_real *lpi, nf_real *grad, nf_real *dx) {
+    nf_ws *w = NULL, *wi = NULL;
+    nf_real dlogp[64], ld[64];
+    REQUIRE(nf_ws_create(f, B, &w) == 0);
+    REQUIRE(nf_ws_create_inference(f, B, &wi) == 0);
+    for (int b = 0; b < B; b++) dlogp[b] = (nf_real)(1.0 / (b + 1));
+    CHECK(nf_flow_log_prob(f, wi, x, NULL, B, lpi) == 0);
+    CHECK(nf_flow_encode(f, w, x, NULL, B, z, ld) == 0);
+    CHECK(nf_flow_decode(f, wi, z, NULL, B, xs + (size_t)B * D, ld) == 0);
+    CHECK(nf_flow_sample(f, wi, B, 0.8, 5, NULL, xs, NULL) == 0);
+    CHECK(nf_flow_zero_grad(f) == 0);
+    CHECK(nf_flow_log_prob_grad(f, w, x, NULL, B, 1, dlogp, lp, dx, NULL) == 0);
+    memcpy(grad, nf_flow_grad(f), nf_flow_num_params(f) * sizeof *grad);
+    nf_ws_free(w);
+    nf_ws_free(wi);
+}
+
+/* the fewest rows per chunk over the flow's conv_coupling layers */
+static int min_chunk_rows(const nf_flow *f, int B) {
+    int m = B;
+    for (int k = 0; k < f->nlayers; k++)
+        if (!strcmp(f->layers[k].ops->type, "conv_coupling")) {
+            int r = nf_conv_coupling_chunk_rows(&f->layers[k], B);
+            m = r < m ? r : m;
+        }
+    return m;
+}
+
+TEST(conv_coupling_chunks_match) {
+    static const char *const specs[] = {
+        "{\"shape\":[2,4,4],\"layers\":[{\"type\":\"conv_coupling\",\"hidden_channels\":4},"
+        "{\"type\":\"conv_coupling\",\"mask\":\"checkerboard\",\"net\":\"resnet\","
+        "\"hidden_channels\":4,\"blocks\":1},{\"type\":\"conv_coupling\","
+        "\"transform\":\"spline\",\"bins\":4,\"mask\":\"channel_odd\",\"hidden_channels\":3}]}",
+        /* a tail after the image: the split's channels */
+        "{\"shape\":[4,4,2],\"layers\":[{\"type\":\"split\"},{\"type\":\"conv_coupling\","
+        "\"hidden_channels\":5,\"scale\":\"exp\"},{\"type\":\"conv_coupling\","
+        "\"mask\":\"checkerboard_odd\",\"transform\":\"additive\",\"hidden_channels\":5}]}",
+    };
+    size_t keep = nf_cc_chunk_floats;
+    for (int s = 0; s < 2; s++) {
+        nf_flow *f = make_flow(specs[s]);
+        REQUIRE(f);
+        perturb(f, 40 + s, 0.2);
+        const int B = 17, D = nf_flow_dim(f);
+        size_t np = nf_flow_num_params(f), nd = (size_t)B * D;
+        nf_real *x = malloc(nd * sizeof *x), *buf = malloc(2 * (6 * nd + 2 * B + np) * sizeof *buf);
+        REQUIRE(x && buf);
+        nf_real *r[2][6];
+        for (int k = 0; k < 2; k++) {
+            nf_real *p = buf + (size_t)k * (6 * nd + 2 * B + np);
+            r[k][0] = p, r[k][1] = p + B, r[k][2] = p + 2 * B;              /* lp, lpi, z */
+            r[k][3] = r[k][2] + nd, r[k][4] = r[k][3] + 2 * nd;           /* xs (2), grad */
+            r[k][5] = r[k][4] + np;                                       /* dx */
+        }
+        nf_rng rng;
+        nf_rng_seed(&rng, 9 + s);
+        lc_randn(&rng, x, nd, 1, 0);
+        for (int k = 0; k < 2; k++) {
+            /* k = 0: the whole batch in one chunk; 1: chunks of 3 rows.
+             * The block of m rows is affine in m: m = 3 fits, 4 does not. */
+            nf_cc_chunk_floats = (size_t)1 << 30;
+            if (k) { /* the smallest budget whose chunks hold 3 rows in every layer */
+                size_t lo = 1, hi = (size_t)1 << 24;
+                while (lo < hi) {
+                    size_t mid = (lo + hi) / 2;
+                    nf_cc_chunk_floats = mid;
+                    if (min_chunk_rows(f, B) >= 3) hi = mid;
+                    else lo = mid + 1;
+                }
+                nf_cc_chunk_floats = lo;
+                CHECK(min_chunk_rows(f, B) == 3);
+            }
+            chunk_run(f, x, B, D, r[k][0], r[k][2], r[k][3], r[k][1], r[k][4], r[k][5]);
+        }
+        for (int i = 0; i < B; i++) {
+            CHECK_CLOSE(r[0][0][i], r[1][0][i], 1e-5, 1e-5);
+            CHECK_CLOSE(r[0][1][i], r[1][1][i], 1e-5, 1e-5);
+        }
+        for (size_t i = 0; i < nd; i++) {
+            CHECK_CLOSE(r[0][2][i], r[1][2][i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][3][i], r[1][3][i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][3][nd + i], r[1][3][nd + i], 1e-4, 1e-4);
+            CHECK_CLOSE(r[0][5][i], r[1][5][i], 1e-4, 1e-4);
+        }
+        for (size_t i = 0; i < np; i++) CHECK_CLOSE(r[0][4][i], r[1][4][i], 1e-4, 1e-4);
+        nf_cc_chunk_floats = keep;
+        free(x);
+        free(buf);
+        nf_flow_free(f);
+    }
+}
+
+/* ---- the sigmoid scale's kernel ------------------------------------------------------------
+ * nf_sigmoid_parts (core/kern.c: a vectorised polynomial exp) against the
+ * libm formulas the layer used before it: s = sigmoid(a) to 1e-13 relative
+ * and log s = min(a, 0) - log d to 1e-13 relative + 2^-52 absolute, over the whole range, the switch to libm at
+ * |a| = 700, every block length's vector remainder, inf and NaN. */
+static double ref_sigmoid(double a) {
+    if (a >= 0) return 1.0 / (1.0 + exp(-a));
+    double e = exp(a);
+    return e / (1.0 + e);
+}
+static double ref_log_sigmoid(double a) { return a >= 0 ? -log1p(exp(-a)) : a - log1p(exp(a)); }
+
+TEST(conv_coupling_sigmoid_kernel) {
+    enum { N = 4000 };
+    static nf_real h[N];
+    static double s[N], d[N];
+    nf_rng r;
+    nf_rng_seed(&r, 12);
+    for (int i = 0; i < N; i++) {
+        double u = nf_rng_uniform(&r);
+        /* most in the usual range, some far out, a grid across 0 */
+        h[i] = (nf_real)(i % 4 == 0 ? (u - 0.5) * 1600 : i % 4 == 1 ? (i - 2000) * 0.01
+                                                                   : (u - 0.5) * 60);
+    }
+    h[7] = (nf_real)INFINITY, h[11] = (nf_real)-INFINITY, h[13] = (nf_real)NAN;
+    h[17] = (nf_real)698, h[19] = (nf_real)-702, h[23] = (nf_real)-2, h[29] = 0;
+    for (int n = 1; n <= N; n = n < 40 ? n + 1 : n * 3) {
+        nf_sigmoid_parts(h, 2, n, s, d);
+        for (int i = 0; i < n; i++) {
+            double a = (double)h[i] + 2, rs = ref_sigmoid(a), rl = ref_log_sigmoid(a);
+            double ls = (a < 0 ? a : 0) - log(d[i]);
+            if (isnan(a)) {
+                CHECK(isnan(s[i]) && isnan(ls));
+                continue;
+            }
+            CHECK_MSG(fabs(s[i] - rs) <= 1e-13 * rs, "a=%g: s %.17g vs %.17g", a, s[i], rs);
+            /* log d: d = 1 + e rounded, so 2^-52 absolute where e is tiny */
+            CHECK_MSG(rl == ls || fabs(ls - rl) <= 1e-13 * fabs(rl) + 2.3e-16,
+                      "a=%g: log s %.17g vs %.17g", a, ls, rl);
+        }
+    }
 }
