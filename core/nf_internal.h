@@ -68,11 +68,18 @@ typedef struct nf_ctx {
     int training;           /* batch-norm: batch stats + running-average update */
     int infer;              /* forward-only workspace: no backward will follow,
                                so keep nothing for it */
+    nf_ode_stats *ode;      /* the workspace's ODE counters (cnf layers) or NULL */
+    uint64_t noise_seed;    /* stochastic layers' seed (nf_ws_set_noise_seed) */
+    int64_t row0;           /* index of row 0 of this call in the caller's rows */
+    const nf_real *wreg;    /* backward of a training log_prob_grad: (B) weights
+                               -dlogp_b of the layers' regularisers, else NULL */
 } nf_ctx;
 
 typedef struct nf_layer_ops {
     const char *type;
     size_t (*ws_size)(const nf_layer *L, int B);
+    /* optional: scratch of a forward-only workspace (default ws_size) */
+    size_t (*ws_size_infer)(const nf_layer *L, int B);
     void (*init)(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng *rng);
     /* Return 0, or NF_ENONFINITE if a row left the domain (the row's logdet is
      * then -INFINITY for inverse; callers treat such rows as out of support). */
@@ -136,6 +143,21 @@ int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_channel_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+/* continuous flows (core/cnf.c) */
+int nf_cnf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+/* Exact traces: the default training trace up to this dim, and scoring
+ * (log_prob, encode, decode) uses the exact trace up to NF_CNF_EXACT_MAX
+ * (the largest dim "trace": "exact" accepts); above, the Hutchinson
+ * estimate (docs/cnf.md has the measurements). */
+#define NF_CNF_EXACT_DEFAULT 16
+#define NF_CNF_EXACT_MAX 64
+typedef struct nf_cnf_desc {
+    const char *solver, *train_trace, *score_trace, *probe, *gradient;
+    int steps, max_steps;
+    double rtol, atol, reg_kinetic, reg_jacobian;
+} nf_cnf_desc;
+/* 1 and d filled when L is a cnf layer, else 0 */
+int nf_cnf_info(const nf_layer *L, nf_cnf_desc *d);
 
 /* ---- LU-parameterised matrices (core/lu.c) --------------------------------
  * lu_linear and invconv hold an invertible (n,n) matrix through M = Lf Ut,
