@@ -1254,3 +1254,47 @@ int nf_cnf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
     L->nparams = off;
     return 0;
 }
+
+char *nf_config_ode_json(const char *config_json) {
+    cJSON *cfg = config_json ? cJSON_Parse(config_json) : NULL;
+    if (!cfg) return NULL;
+    unsigned fails = nf_alloc_failures;
+    int D = 0, n = 0, exact = 1;
+    nf_json_int(cfg, "dim", 0, 0, 1 << 30, &D, NULL, 0);
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    const cJSON *l;
+    int k = 0;
+    cJSON_ArrayForEach(l, nf_json_get(cfg, "layers")) {
+        const char *t = nf_json_str(l, "type", NULL);
+        if (t && !strcmp(t, "cnf") && arr) {
+            cJSON *e = cJSON_CreateObject();
+            static const char *const keys[] = {"solver", "steps", "rtol", "atol", "max_steps",
+                                               "probe", "gradient", "reg_kinetic",
+                                               "reg_jacobian", NULL};
+            cJSON_AddNumberToObject(e, "layer", k);
+            for (int i = 0; keys[i]; i++) {
+                const cJSON *v = nf_json_get(l, keys[i]);
+                if (v) nf_json_attach(e, keys[i], cJSON_Duplicate(v, 1));
+            }
+            int score_exact = D <= NF_CNF_EXACT_MAX;
+            exact &= score_exact;
+            cJSON_AddStringToObject(e, "trace", score_exact ? "exact" : "hutchinson");
+            const char *tt = nf_json_str(l, "trace", NULL);
+            if (tt) cJSON_AddStringToObject(e, "train_trace", tt);
+            nf_json_append(arr, e);
+            n++;
+        }
+        k++;
+    }
+    nf_json_attach(o, "layers", arr);
+    cJSON_AddStringToObject(o, "trace", exact ? "exact" : "hutchinson");
+    cJSON_AddBoolToObject(o, "log_prob_exact", exact);
+    char *s = n && o && nf_alloc_failures == fails ? cJSON_PrintUnformatted(o) : NULL;
+    if (s && nf_alloc_failures != fails) {
+        nf_free(s);
+        s = NULL;
+    }
+    cJSON_Delete(o);
+    cJSON_Delete(cfg);
+    return s;
+}

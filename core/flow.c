@@ -1114,44 +1114,8 @@ int nf_flow_log_prob_exact(const nf_flow *f) {
 
 char *nf_flow_ode_json(const nf_flow *f) {
     if (!nf_flow_num_ode(f)) return NULL;
-    unsigned fails = nf_alloc_failures;
-    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
-    if (!o || !arr) {
-        cJSON_Delete(o);
-        cJSON_Delete(arr);
-        return NULL;
-    }
-    nf_cnf_desc d;
-    for (int k = 0; k < f->nlayers; k++) {
-        if (!nf_cnf_info(&f->layers[k], &d)) continue;
-        cJSON *l = cJSON_CreateObject();
-        if (!l) break;
-        cJSON_AddNumberToObject(l, "layer", k);
-        cJSON_AddStringToObject(l, "solver", d.solver);
-        if (d.steps) {
-            cJSON_AddNumberToObject(l, "steps", d.steps);
-        } else {
-            cJSON_AddNumberToObject(l, "rtol", d.rtol);
-            cJSON_AddNumberToObject(l, "atol", d.atol);
-            cJSON_AddNumberToObject(l, "max_steps", d.max_steps);
-        }
-        cJSON_AddStringToObject(l, "trace", d.score_trace);
-        cJSON_AddStringToObject(l, "train_trace", d.train_trace);
-        cJSON_AddStringToObject(l, "probe", d.probe);
-        cJSON_AddStringToObject(l, "gradient", d.gradient);
-        cJSON_AddNumberToObject(l, "reg_kinetic", d.reg_kinetic);
-        cJSON_AddNumberToObject(l, "reg_jacobian", d.reg_jacobian);
-        nf_json_append(arr, l);
-    }
-    nf_json_attach(o, "layers", arr);
-    int exact = nf_flow_log_prob_exact(f);
-    cJSON_AddStringToObject(o, "trace", exact ? "exact" : "hutchinson");
-    cJSON_AddBoolToObject(o, "log_prob_exact", exact);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (nf_alloc_failures != fails) {
-        nf_free(s);
-        return NULL;
-    }
-    return s;
+    char *cfg = nf_flow_config_json(f);
+    char *o = cfg ? nf_config_ode_json(cfg) : NULL;
+    nf_free(cfg);
+    return o;
 }

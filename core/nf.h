@@ -216,6 +216,15 @@ int nf_flow_num_ode(const nf_flow *f);
  *               "reg_kinetic","reg_jacobian"}...],
  *    "trace":"exact"|"hutchinson","log_prob_exact":bool} */
 char *nf_flow_ode_json(const nf_flow *f);
+/* The same from a flow's canonical config (nf_flow_config_json, what a
+ * model file and the model registry store), without building the flow. */
+char *nf_config_ode_json(const char *config_json);
+/* Exact traces: the default training trace of a cnf layer up to this dim;
+ * scoring (log_prob, encode, decode) uses the exact trace up to
+ * NF_CNF_EXACT_MAX (the largest dim "trace": "exact" accepts) and the
+ * Hutchinson estimate above (docs/cnf.md has the measurements). */
+#define NF_CNF_EXACT_DEFAULT 16
+#define NF_CNF_EXACT_MAX 64
 
 /* ---- training primitives ------------------------------------------------ */
 /* One pass of log p(x|ctx) and its exact gradient.  B <= max_batch.

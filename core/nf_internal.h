@@ -145,12 +145,6 @@ int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 /* continuous flows (core/cnf.c) */
 int nf_cnf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
-/* Exact traces: the default training trace up to this dim, and scoring
- * (log_prob, encode, decode) uses the exact trace up to NF_CNF_EXACT_MAX
- * (the largest dim "trace": "exact" accepts); above, the Hutchinson
- * estimate (docs/cnf.md has the measurements). */
-#define NF_CNF_EXACT_DEFAULT 16
-#define NF_CNF_EXACT_MAX 64
 typedef struct nf_cnf_desc {
     const char *solver, *train_trace, *score_trace, *probe, *gradient;
     int steps, max_steps;
