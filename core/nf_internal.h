@@ -10,7 +10,8 @@
  * workspace), kern.c/kern.h (hand-written kernels).  Layers: one
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
- * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
+ * elementwise_affine), lu.c, coupling.c, autoregressive.c, cnf.c (continuous
+ * flows: ODE solvers and their gradients), spline.c (rqs.h:
  * the scalar spline), conv_coupling.c (image couplings), image.c (squeeze,
  * split, channel_actnorm, invconv: the other image layers) -- on the
  * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c

@@ -320,7 +320,7 @@ void nf_trainer_metrics(const nf_trainer *t, nf_train_metrics *m) {
     m->samples_per_second = dt > 0 && ds > 0 ? (double)ds * t->B / dt : 0;
     if (t->ode) { /* since the last report, or that report's figures */
         const nf_ode_stats *o = &t->ode_acc;
-        m->ode = 1;
+        m->ode = t->ode;
         /* per solve times the cnf layers: what one batch costs, whatever the
          * threads (each thread's part of a batch solves its rows) */
         double per = o->solves ? (double)t->ode / (double)o->solves : 0,

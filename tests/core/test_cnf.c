@@ -362,3 +362,82 @@ TEST(cnf_config_roundtrip) {
     nf_flow_free(f);
     nf_flow_free(g);
 }
+
+/* ---- training: exact resume with stochastic probes ------------------------------ */
+#include "../../core/train.h"
+
+typedef struct {
+    void *blob;
+    size_t len;
+    int64_t at;
+} cnf_ckpt;
+
+static int cnf_on_ckpt(void *u, void *state, size_t len, int64_t step) {
+    cnf_ckpt *c = u;
+    if (step != c->at) return 0;
+    c->blob = malloc(len);
+    memcpy(c->blob, state, len);
+    c->len = len;
+    return NF_ECANCELLED;
+}
+
+static nf_trainer *cnf_trainer(nf_flow **f, const nf_real *x, int threads) {
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 3;
+    c.batch_size = 32;
+    c.lr = 3e-3;
+    c.log_every = 0;
+    c.seed = 5;
+    c.threads = threads;
+    *f = mk("{\"dim\":2,\"preset\":\"ffjord\",\"depth\":2,\"hidden\":[8],\"trace\":\"hutchinson\","
+            "\"reg_kinetic\":0.1,\"reg_jacobian\":0.1,\"rtol\":1e-4,\"atol\":1e-4}");
+    nf_trainer *t = NULL;
+    char err[200];
+    if (*f) CHECK(nf_trainer_create(*f, &c, x, 160, x + 320, 40, &t, err, sizeof err) == 0);
+    return t;
+}
+
+/* A run stopped at a checkpoint and resumed gives exactly the parameters of
+ * an uninterrupted one: the Hutchinson probes come from (seed, step).
+ * Float build only (the state blob keeps float32 moments, as in
+ * test_train.c). */
+static void cnf_resume(int threads) {
+#ifdef NF_DOUBLE
+    return;
+#endif
+    nf_real x[400];
+    nf_rng r;
+    nf_rng_seed(&r, 8);
+    for (int i = 0; i < 200; i++) {
+        double t = 3.14159 * nf_rng_uniform(&r);
+        x[2 * i] = (nf_real)(cos(t) + 0.1 * nf_rng_normal(&r));
+        x[2 * i + 1] = (nf_real)(sin(t) + 0.1 * nf_rng_normal(&r));
+    }
+    nf_flow *a, *b, *d;
+    nf_trainer *ta = cnf_trainer(&a, x, threads), *tb = cnf_trainer(&b, x, threads);
+    REQUIRE(ta && tb);
+    CHECK(nf_trainer_run(ta, NULL) == 0);
+    nf_train_metrics m;
+    nf_trainer_metrics(ta, &m);
+    CHECK(m.ode == 2 && m.nfe > m.nfe_forward && m.nfe_forward > 0 && m.kinetic > 0 && m.jacobian > 0);
+    cnf_ckpt k = {.at = 7};
+    nf_train_hooks h = {.user = &k, .checkpoint = cnf_on_ckpt, .checkpoint_every = 1};
+    CHECK(nf_trainer_run(tb, &h) == NF_ECANCELLED);
+    REQUIRE(k.blob);
+    nf_trainer *td = cnf_trainer(&d, x, threads);
+    REQUIRE(td);
+    CHECK(nf_trainer_load_state(td, k.blob, k.len) == 0);
+    CHECK(nf_trainer_run(td, NULL) == 0);
+    CHECK(memcmp(nf_flow_params(a), nf_flow_params(d), nf_flow_num_params(a) * sizeof(nf_real)) == 0);
+    free(k.blob);
+    nf_trainer_free(ta);
+    nf_trainer_free(tb);
+    nf_trainer_free(td);
+    nf_flow_free(a);
+    nf_flow_free(b);
+    nf_flow_free(d);
+}
+
+TEST_T(cnf_train_resume_is_bit_identical, 120) { cnf_resume(1); }
+TEST_T(cnf_train_resume_is_bit_identical_2_threads, 120) { cnf_resume(2); }
