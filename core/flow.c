@@ -48,6 +48,7 @@ const nf_layer_kind nf_layer_kinds[] = {
     {"channel_actnorm", nf_channel_actnorm_create},
     {"invconv", nf_invconv_create},
     {"conv_coupling", nf_conv_coupling_create},
+    {"cnf", nf_cnf_create},
     {NULL, NULL},
 };
 
@@ -76,6 +77,11 @@ struct nf_ws {
     nf_real **lws;    /* (nlayers) scratch per layer */
     nf_real *g0, *g1; /* (Bm,D) gradient rows */
     nf_real *ld, *bl; /* (Bm) log-det accumulator, base log p */
+    nf_real *rw;      /* (Bm) regulariser weights of a training gradient call */
+    nf_ode_stats ode; /* cnf layers' counters */
+    uint64_t noise_seed;
+    int64_t row0;     /* index of this workspace's row 0 in the call (a part's offset) */
+    int64_t row_cur;  /* ... and of the current chunk's */
     int nt;           /* threads */
     int infer;        /* forward only (nf_ws_create_inference) */
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
@@ -392,7 +398,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
         maxl = l > maxl ? l : maxl;
     }
     total += infer ? maxl : 0;
-    total += 2 * B * D + 2 * B;
+    total += 2 * B * D + 3 * B;
     /* a flow under the parameter cap can still ask for a huge workspace
      * (many parameter-free layers on wide rows): refuse rather than let an
      * overcommitted allocation be killed later */
@@ -420,6 +426,7 @@ static int ws_create(const nf_flow *f, int max_batch, int infer, nf_ws **out) {
     w->g1 = p + B * D;
     w->ld = p + 2 * B * D;
     w->bl = w->ld + B;
+    w->rw = w->bl + B;
     *out = w;
     return 0;
 }
@@ -508,6 +515,9 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
         .B = B,
         .training = training,
         .infer = w->infer,
+        .ode = (nf_ode_stats *)&w->ode,
+        .noise_seed = w->noise_seed,
+        .row0 = w->row_cur,
     };
     return c;
 }
@@ -561,6 +571,7 @@ int nf_flow_log_prob(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         const nf_real *xs = x + (size_t)s * f->D, *cs = ctx ? ctx + (size_t)s * f->C : NULL;
+        w->row_cur = w->row0 + s;
         rc = inverse_chunk(f, w, xs, cs, n, 0);
         if (rc && rc != NF_ENONFINITE) return rc;
         nf_base_log_prob(&f->base, f->params + f->base.param_off, top(f, w, xs), n, w->bl);
@@ -580,6 +591,7 @@ int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *
     for (int s = 0; s < B; s += w->Bm) {
         int n = B - s < w->Bm ? B - s : w->Bm;
         const nf_real *xs = x + (size_t)s * f->D;
+        w->row_cur = w->row0 + s;
         rc = inverse_chunk(f, w, xs, ctx ? ctx + (size_t)s * f->C : NULL, n, 0);
         if (rc == NF_ENONFINITE) bad = 1;
         else if (rc) return rc;
@@ -620,6 +632,7 @@ int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *
         int n = B - s < w->Bm ? B - s : w->Bm;
         /* z may be h[K]'s source; copy through g0 so layers never alias */
         memcpy(w->g0, z + (size_t)s * f->D, (size_t)n * f->D * sizeof *z);
+        w->row_cur = w->row0 + s;
         rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, n,
                            x + (size_t)s * f->D);
         if (rc == NF_ENONFINITE) bad = 1;
@@ -641,6 +654,7 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
         int m = n - s < w->Bm ? n - s : w->Bm;
         nf_base_sample(&f->base, f->params + f->base.param_off, &rng, T, m, w->g0);
         if (log_prob) nf_base_log_prob(&f->base, f->params + f->base.param_off, w->g0, m, w->bl);
+        w->row_cur = w->row0 + s;
         rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, m,
                            x + (size_t)s * f->D);
         if (rc && rc != NF_ENONFINITE) return rc;
@@ -656,11 +670,13 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
  * rows) and per-row log-det weights in w->bl; ping-pongs w->g0/w->g1,
  * writes dx (may be NULL) and accumulates dctx (may be NULL). */
 static void backward_chain(const nf_flow *f, nf_ws *w, nf_real *grad, const nf_real *x,
-                           const nf_real *ctx, int B, int training, nf_real *dctx, nf_real *dx) {
+                           const nf_real *ctx, int B, int training, nf_real *dctx, nf_real *dx,
+                           const nf_real *wreg) {
     nf_real *dz = w->g0, *dnext = w->g1;
     for (int k = f->nlayers - 1; k >= 0; k--) {
         nf_ctx c = layer_ctx(f, w, grad, k, ctx, B, training);
         c.dctx = dctx;
+        c.wreg = wreg;
         const nf_real *xin = k == 0 ? x : w->h[k];
         nf_real *dout = k == 0 ? dx : dnext;
         f->layers[k].ops->backward(&f->layers[k], &c, xin, w->h[k + 1], dz, w->bl, dout);
@@ -687,6 +703,7 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
     if (w->nt > 1)
         return par_grad(f, w, x, ctx, B, training, 0, dlogp, ld_l2, NULL, logp, logdet, NULL, dx,
                         dctx);
+    w->row_cur = w->row0;
     rc = inverse_chunk(f, w, x, ctx, B, training);
     if (rc) return rc; /* out of support: no gradient */
     const nf_real *z = top(f, w, x);
@@ -702,8 +719,12 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
     /* every layer's log-det enters log p with weight dlogp_b, and the
      * penalty adds d(ld_l2 LD_b^2)/dLD_b = 2 ld_l2 LD_b (bl is free now) */
     nf_real *dld = w->bl;
-    for (int r = 0; r < B; r++) dld[r] = (nf_real)(dlogp[r] + 2 * ld_l2 * (double)w->ld[r]);
-    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx);
+    for (int r = 0; r < B; r++) {
+        dld[r] = (nf_real)(dlogp[r] + 2 * ld_l2 * (double)w->ld[r]);
+        w->rw[r] = -dlogp[r];
+    }
+    w->row_cur = w->row0;
+    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx, training ? w->rw : NULL);
     return 0;
 }
 
@@ -712,6 +733,7 @@ int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx
     if (rc) return rc;
     if (w->nt > 1) w = w->sub[0]; /* sized for the whole batch when a layer has data_init */
     if (B > w->Bm) B = w->Bm;
+    w->row_cur = w->row0;
     memset(w->ld, 0, (size_t)B * sizeof *w->ld);
     const nf_real *in = x;
     for (int k = 0; k < f->nlayers; k++) {
@@ -744,6 +766,7 @@ int nf_flow_transform_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real
     if (w->nt > 1)
         return par_grad(f, w, x, ctx, B, training, 1, dlogdet_w, 0, dout, NULL, logdet, out,
                         dx, dctx);
+    w->row_cur = w->row0;
     rc = inverse_chunk(f, w, x, ctx, B, training);
     if (rc) return rc;
     if (out) memcpy(out, top(f, w, x), (size_t)B * f->D * sizeof *out);
@@ -768,7 +791,8 @@ int nf_flow_transform_backward(nf_flow *f, nf_ws *w, const nf_real *x, const nf_
     if (ensure_grad(f)) return NF_ENOMEM;
     memcpy(w->g0, dout, (size_t)B * f->D * sizeof *w->g0);
     for (int r = 0; r < B; r++) w->bl[r] = dlogdet_w ? dlogdet_w[r] : 0;
-    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx);
+    w->row_cur = w->row0;
+    backward_chain(f, w, f->grad, x, ctx, B, training, dctx, dx, NULL);
     return 0;
 }
 
@@ -809,6 +833,8 @@ static void par_part(void *arg, int t) {
     const int D = f->D, C = f->C;
     int s, n, rc = 0;
     part_range(j, t, &s, &n);
+    w->row0 = j->w->row0 + s;
+    w->row_cur = w->row0;
     const nf_real *xs = ROWS(j->x, s, D), *cs = ROWS(j->ctx, s, C);
     switch (j->kind) {
     case JOB_LOG_PROB:
@@ -835,6 +861,7 @@ static void par_part(void *arg, int t) {
             int m = n - c < w->Bm ? n - c : w->Bm;
             nf_real *xr = j->out + (size_t)(s + c) * D;
             memcpy(w->g0, xr, (size_t)m * D * sizeof *xr);
+            w->row_cur = w->row0 + c;
             rc = forward_chunk(f, w, w->g0, ROWS(j->ctx, s + c, C), m, xr);
             if (rc == NF_ENONFINITE) bad = 1, rc = 0;
             if (!rc && j->logp)
@@ -864,14 +891,17 @@ static void par_part(void *arg, int t) {
             nf_base_log_prob_backward(&f->base, f->params + f->base.param_off,
                                       grad + f->base.param_off, top(f, w, xs), n, j->wts + s,
                                       w->g0);
-            for (int r = 0; r < n; r++)
+            for (int r = 0; r < n; r++) {
                 w->bl[r] = (nf_real)(j->wts[s + r] + 2 * j->ld_l2 * (double)w->ld[r]);
+                w->rw[r] = -j->wts[s + r];
+            }
         } else {
             memcpy(w->g0, j->dout + (size_t)s * D, (size_t)n * D * sizeof *w->g0);
             for (int r = 0; r < n; r++) w->bl[r] = j->wts ? j->wts[s + r] : 0;
         }
+        w->row_cur = w->row0;
         backward_chain(f, w, grad, xs, cs, n, j->training, ROWS(j->dctx, s, C),
-                       ROWS(j->dx, s, D));
+                       ROWS(j->dx, s, D), j->mode == 0 && j->training ? w->rw : NULL);
         break;
     }
     }
@@ -1075,4 +1105,54 @@ int nf_flow_zero_grad_ws(nf_flow *f, nf_ws *w) {
     if (ensure_grad(f)) return NF_ENOMEM;
     nf_ws_parallel_for(w, f->nparams, zero_part, f->grad);
     return 0;
+}
+
+/* ---- continuous flows' counters and descriptions (nf.h) ------------------------------ */
+void nf_ws_ode_stats(const nf_ws *w, nf_ode_stats *out) {
+    *out = w->ode;
+    for (int t = 0; w->sub && t < w->nt; t++) {
+        const nf_ode_stats *s = &w->sub[t]->ode;
+        out->solves += s->solves;
+        out->rows += s->rows;
+        out->nfe += s->nfe;
+        out->nfe_backward += s->nfe_backward;
+        out->row_nfe += s->row_nfe;
+        out->accepted += s->accepted;
+        out->rejected += s->rejected;
+        out->kinetic += s->kinetic;
+        out->jacobian += s->jacobian;
+        out->reg_rows += s->reg_rows;
+    }
+}
+
+void nf_ws_ode_stats_reset(nf_ws *w) {
+    memset(&w->ode, 0, sizeof w->ode);
+    for (int t = 0; w->sub && t < w->nt; t++) memset(&w->sub[t]->ode, 0, sizeof w->ode);
+}
+
+void nf_ws_set_noise_seed(nf_ws *w, uint64_t seed) {
+    w->noise_seed = seed;
+    for (int t = 0; w->sub && t < w->nt; t++) w->sub[t]->noise_seed = seed;
+}
+
+int nf_flow_num_ode(const nf_flow *f) {
+    nf_cnf_desc d;
+    int n = 0;
+    for (int k = 0; k < f->nlayers; k++) n += nf_cnf_info(&f->layers[k], &d);
+    return n;
+}
+
+int nf_flow_log_prob_exact(const nf_flow *f) {
+    nf_cnf_desc d;
+    for (int k = 0; k < f->nlayers; k++)
+        if (nf_cnf_info(&f->layers[k], &d) && strcmp(d.score_trace, "exact")) return 0;
+    return 1;
+}
+
+char *nf_flow_ode_json(const nf_flow *f) {
+    if (!nf_flow_num_ode(f)) return NULL;
+    char *cfg = nf_flow_config_json(f);
+    char *o = cfg ? nf_config_ode_json(cfg) : NULL;
+    nf_free(cfg);
+    return o;
 }

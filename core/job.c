@@ -591,6 +591,33 @@ static void sample_quality(const nf_job *j, const nf_flow *f, const nf_data *tr,
     cJSON_AddNumberToObject(q, "seconds", r.seconds);
 }
 
+/* A continuous flow's costs in the final metrics: "ode" {"solver"...
+ * (nf_flow_ode_json), "train_nfe" and "train_nfe_forward" (per step, the
+ * last report's), "score_nfe" (batched evaluations per solve) and
+ * "score_nfe_per_row" scoring up to 256 held-out rows} */
+static void ode_metrics(const nf_flow *f, const nf_train_metrics *last, const nf_data *held,
+                        cJSON *m) {
+    char *js = nf_flow_ode_json(f);
+    cJSON *o = js ? cJSON_Parse(js) : NULL;
+    nf_free(js);
+    if (!o) return;
+    nf_json_add_num(o, "train_nfe", last->nfe);
+    nf_json_add_num(o, "train_nfe_forward", last->nfe_forward);
+    int n = held->n < 256 ? (int)held->n : 256;
+    nf_ws *w = NULL;
+    nf_real *lp = n > 0 ? nf_malloc((size_t)n * sizeof *lp) : NULL;
+    if (lp && !nf_ws_create_inference(f, n, &w) &&
+        !nf_flow_log_prob(f, w, held->x, NULL, n, lp)) {
+        nf_ode_stats st;
+        nf_ws_ode_stats(w, &st);
+        nf_json_add_num(o, "score_nfe", st.solves ? (double)st.nfe / st.solves : NAN);
+        nf_json_add_num(o, "score_nfe_per_row", st.rows ? (double)st.row_nfe / st.rows : NAN);
+    }
+    nf_ws_free(w);
+    nf_free(lp);
+    nf_json_attach(m, "ode", o);
+}
+
 int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen) {
@@ -678,7 +705,10 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     cJSON_AddNumberToObject(m, "rows_test", (double)te.n);
     cJSON_AddNumberToObject(m, "dim", D);
     cJSON_AddNumberToObject(m, "num_params", (double)nf_flow_num_params(f));
-    cJSON_AddStringToObject(m, "likelihood", j->dequantize ? "dequantized_lower_bound" : "exact");
+    cJSON_AddStringToObject(m, "likelihood", j->dequantize      ? "dequantized_lower_bound"
+                                             : !nf_flow_log_prob_exact(f) ? "hutchinson_estimate"
+                                                                       : "exact");
+    if (nf_flow_num_ode(f)) ode_metrics(f, &res->last, te.n ? &te : &va, m);
     if (j->dequantize) {
         cJSON *dq = cJSON_AddObjectToObject(m, "dequantize");
         cJSON_AddStringToObject(dq, "kind", q ? "variational" : "uniform");

@@ -49,7 +49,8 @@ enum {
     NF_EIO = -7,          /* read/write failure */
     NF_ECANCELLED = -8,   /* cancelled by the caller */
     NF_EUNSUPPORTED = -9, /* operation not available for this flow */
-    NF_ERR_COUNT = 10     /* number of codes, keep in step with nf_strerror */
+    NF_ESTEPS = -10,      /* an ODE solver (cnf layer) passed its max_steps */
+    NF_ERR_COUNT = 11     /* number of codes, keep in step with nf_strerror */
 };
 const char *nf_strerror(int status);
 
@@ -174,6 +175,57 @@ int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *
 int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double temperature, uint64_t seed,
                    const nf_real *ctx, nf_real *x, nf_real *log_prob);
 
+/* ---- continuous flows (cnf layers, core/cnf.c) ---------------------------
+ * A cnf layer solves an ODE per pass.  Each workspace counts what its
+ * solves cost; a threaded workspace sums its threads'.  NFE is counted per
+ * batched evaluation of the dynamics (one evaluation of the rows still
+ * integrating, the figure a batch-stepping solver such as torchdiffeq
+ * reports) and per row. */
+typedef struct nf_ode_stats {
+    uint64_t solves;        /* ODE solves: one per cnf layer, pass and chunk */
+    uint64_t rows;          /* rows those solves integrated */
+    uint64_t nfe;           /* batched dynamics evaluations of passes */
+    uint64_t nfe_backward;  /* the same in gradient passes (backprop's
+                               recomputation, adjoint solves), each also a
+                               vector-Jacobian product */
+    uint64_t row_nfe;       /* evaluations counted per row, both kinds */
+    uint64_t accepted, rejected; /* steps, counted per row */
+    double kinetic;         /* training passes: sum over rows of ∫|f|^2 dt */
+    double jacobian;        /* ... and of ∫||df/dz||_F^2 dt (an estimate
+                               with the Hutchinson trace) */
+    uint64_t reg_rows;      /* rows those two sums are over */
+} nf_ode_stats;
+/* Sum of w's counters since its creation or the last reset. */
+void nf_ws_ode_stats(const nf_ws *w, nf_ode_stats *out);
+void nf_ws_ode_stats_reset(nf_ws *w);
+/* The seed of stochastic trace probes (Hutchinson) for the next calls on w:
+ * a row's probe is a function of (seed, layer, row index in the call), so
+ * it does not depend on chunking or threads.  Default 0.  The trainer sets
+ * it from (seed, step) so a resumed run draws the same probes. */
+void nf_ws_set_noise_seed(nf_ws *w, uint64_t seed);
+/* 1 when log_prob, encode and decode of f are exact up to solver tolerance
+ * (no cnf layer scores with a stochastic trace: dim above
+ * NF_CNF_EXACT_MAX), 0 when log_prob is a Hutchinson estimate. */
+int nf_flow_log_prob_exact(const nf_flow *f);
+/* Number of cnf layers of f. */
+int nf_flow_num_ode(const nf_flow *f);
+/* How the flow's cnf layers score, as JSON text (caller free()s; NULL when
+ * f has no cnf layer or on allocation failure):
+ *   {"layers":[{"layer":k,"solver","rtol","atol","max_steps" | "steps",
+ *               "trace" (scoring),"train_trace","probe","gradient",
+ *               "reg_kinetic","reg_jacobian"}...],
+ *    "trace":"exact"|"hutchinson","log_prob_exact":bool} */
+char *nf_flow_ode_json(const nf_flow *f);
+/* The same from a flow's canonical config (nf_flow_config_json, what a
+ * model file and the model registry store), without building the flow. */
+char *nf_config_ode_json(const char *config_json);
+/* Exact traces: the default training trace of a cnf layer up to this dim;
+ * scoring (log_prob, encode, decode) uses the exact trace up to
+ * NF_CNF_EXACT_MAX (the largest dim "trace": "exact" accepts) and the
+ * Hutchinson estimate above (docs/cnf.md has the measurements). */
+#define NF_CNF_EXACT_DEFAULT 16
+#define NF_CNF_EXACT_MAX 64
+
 /* ---- training primitives ------------------------------------------------ */
 /* One pass of log p(x|ctx) and its exact gradient.  B <= max_batch.
  * training != 0: batch-norm layers use batch statistics and update their
@@ -186,6 +238,8 @@ int nf_flow_log_prob_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real 
                           nf_real *dx, nf_real *dctx);
 /* The same with a log-det L2 penalty: differentiates
  *   sum_b dlogp_b log p(x_b) + ld_l2 * sum_b LD_b^2
+ * (with training != 0, cnf layers' regularisers are part of log p here:
+ * sum_b dlogp_b (log p(x_b) - λ_K K_b - λ_J J_b), see core/cnf.c)
  * where LD_b is the row's total log|det dz/dx|; logdet (B) receives LD if
  * non-NULL. */
 int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,

@@ -10,7 +10,8 @@
  * workspace), kern.c/kern.h (hand-written kernels).  Layers: one
  * file per family, each defining the constructor declared below --
  * elementwise.c (actnorm, permute, leaky_relu, batchnorm, logit,
- * elementwise_affine), lu.c, coupling.c, autoregressive.c, spline.c (rqs.h:
+ * elementwise_affine), lu.c, coupling.c, autoregressive.c, cnf.c (continuous
+ * flows: ODE solvers and their gradients), spline.c (rqs.h:
  * the scalar spline), conv_coupling.c (image couplings), image.c (squeeze,
  * split, channel_actnorm, invconv: the other image layers) -- on the
  * conditioner networks of net.c (made_inc.h: incremental MADE) and conv.c
@@ -68,6 +69,11 @@ typedef struct nf_ctx {
     int training;           /* batch-norm: batch stats + running-average update */
     int infer;              /* forward-only workspace: no backward will follow,
                                so keep nothing for it */
+    nf_ode_stats *ode;      /* the workspace's ODE counters (cnf layers) or NULL */
+    uint64_t noise_seed;    /* stochastic layers' seed (nf_ws_set_noise_seed) */
+    int64_t row0;           /* index of row 0 of this call in the caller's rows */
+    const nf_real *wreg;    /* backward of a training log_prob_grad: (B) weights
+                               -dlogp_b of the layers' regularisers, else NULL */
 } nf_ctx;
 
 typedef struct nf_layer_ops {
@@ -140,6 +146,15 @@ int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_channel_actnorm_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_invconv_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
 int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+/* continuous flows (core/cnf.c) */
+int nf_cnf_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen);
+typedef struct nf_cnf_desc {
+    const char *solver, *train_trace, *score_trace, *probe, *gradient;
+    int steps, max_steps;
+    double rtol, atol, reg_kinetic, reg_jacobian;
+} nf_cnf_desc;
+/* 1 and d filled when L is a cnf layer, else 0 */
+int nf_cnf_info(const nf_layer *L, nf_cnf_desc *d);
 
 /* ---- LU-parameterised matrices (core/lu.c) --------------------------------
  * lu_linear and invconv hold an invertible (n,n) matrix through M = Lf Ut,

@@ -1,6 +1,8 @@
 /* presets.c: whole flows from a few numbers.  A preset spec
  *   {"dim":D, "preset":NAME, "depth"?, "hidden"?, "activation"?, "bins"?,
  *    "tail_bound"?, "base"?, "context_dim"?, "seed"?}
+ * (ffjord also takes the cnf layer's ODE settings, passed to each block,
+ * and "actnorm" between blocks; the other presets refuse them)
  * expands into an explicit layer list (what nf_flow_config_json returns), so
  * a preset model is stored and reloaded like any hand-written spec.
  *
@@ -62,6 +64,8 @@ typedef struct preset_args {
     int D, depth, bins, nh, hidden[16];
     double tail, seed;
     const char *act;   /* canonical activation name */
+    const cJSON *spec; /* the preset spec (ffjord passes its ODE keys on) */
+    int actnorm;       /* ffjord: actnorm between blocks */
 } preset_args;
 
 typedef void (*preset_step_fn)(cJSON *arr, const preset_args *a, int k, int *bad);
@@ -123,6 +127,23 @@ static void step_glow(cJSON *arr, const preset_args *a, int k, int *bad) {
     layer(arr, "actnorm", bad);
     lu_linear(arr, a, k, bad);
     step_coupling(arr, a, k, bad);
+}
+
+/* The ODE settings the ffjord preset passes to each of its cnf layers
+ * (core/cnf.c checks them) */
+static const char *const ode_keys[] = {"solver", "steps", "rtol", "atol", "max_steps", "trace",
+                                       "probe", "gradient", "reg_kinetic", "reg_jacobian", NULL};
+
+/* Grathwohl 2019: CNF blocks, actnorm between them (their tabular models'
+ * batch norm, without batch statistics) */
+static void step_cnf(cJSON *arr, const preset_args *a, int k, int *bad) {
+    if (k > 0 && a->actnorm) layer(arr, "actnorm", bad);
+    cJSON *l = layer(arr, "cnf", bad);
+    add_hidden(l, a->hidden, a->nh, a->act, bad);
+    for (int i = 0; l && ode_keys[i]; i++) {
+        const cJSON *v = nf_json_get(a->spec, ode_keys[i]);
+        if (v) add(l, ode_keys[i], cJSON_Duplicate(v, 1), bad);
+    }
 }
 
 /* NICE's final learnable diagonal scaling: actnorm without data init */
@@ -208,26 +229,30 @@ static const struct preset {
     const char *name;
     const char *layer;   /* the layer type it repeats (preset_args.layer) */
     int depth;           /* default depth */
-    int hidden[2], nh;   /* default hidden widths */
+    int hidden[3], nh;   /* default hidden widths */
     int coupling;        /* needs dim >= 2 */
+    const char *act;     /* default activation (NULL: relu) */
     preset_step_fn step; /* appends step k of depth */
     preset_end_fn end;   /* optional: appends layers after the last step */
 } presets[] = {
     /* Dinh 2016: alternating even/odd masks */
-    {"realnvp", "affine_coupling", 8, {128, 128}, 2, 1, step_coupling, NULL},
+    {"realnvp", "affine_coupling", 8, {128, 128}, 2, 1, NULL, step_coupling, NULL},
     /* Dinh 2014: then a learnable diagonal scaling */
-    {"nice", "additive_coupling", 4, {128, 128}, 2, 1, step_coupling, end_nice},
+    {"nice", "additive_coupling", 4, {128, 128}, 2, 1, NULL, step_coupling, end_nice},
     /* Papamakarios 2017: reversing the order between layers */
-    {"maf", "maf", 5, {512, 512}, 2, 0, step_made, NULL},
+    {"maf", "maf", 5, {512, 512}, 2, 0, NULL, step_made, NULL},
     /* Kingma 2016: as maf with inverse autoregressive layers */
-    {"iaf", "iaf", 5, {512, 512}, 2, 0, step_made, NULL},
+    {"iaf", "iaf", 5, {512, 512}, 2, 0, NULL, step_made, NULL},
     /* Durkan 2019: 8 bins, tail bound 3, resnet [256] x 2 blocks,
      * alternating masks, LU linear between steps */
-    {"nsf", "spline_coupling", 5, {256, 0}, 1, 1, step_nsf, NULL},
+    {"nsf", "spline_coupling", 5, {256, 0}, 1, 1, NULL, step_nsf, NULL},
     /* Durkan 2019: autoregressive RQ splines, reversed between layers */
-    {"nsf_ar", "spline_ar", 5, {128, 128}, 2, 0, step_spline_ar, NULL},
+    {"nsf_ar", "spline_ar", 5, {128, 128}, 2, 0, NULL, step_spline_ar, NULL},
     /* Kingma 2018: steps of actnorm, LU linear, affine coupling */
-    {"glow", "affine_coupling", 8, {256, 256}, 2, 1, step_glow, NULL},
+    {"glow", "affine_coupling", 8, {256, 256}, 2, 1, NULL, step_glow, NULL},
+    /* Grathwohl 2019: CNF blocks of concat-squash MLPs [64,64,64] (their 2-D
+     * toy models), tanh, dopri5 at rtol = atol = 1e-5, actnorm between */
+    {"ffjord", "cnf", 1, {64, 64, 64}, 3, 0, "tanh", step_cnf, NULL},
 };
 #define NPRESETS ((int)(sizeof presets / sizeof presets[0]))
 
@@ -349,7 +374,9 @@ int nf_flow_spec_is_image(const cJSON *spec) {
 int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
     static const char *const keys[] = {"dim", "context_dim", "shape", "preset", "depth",
                                        "hidden", "activation", "bins", "tail_bound", "base",
-                                       "seed", "levels", "hidden_channels", "blocks", NULL};
+                                       "seed", "levels", "hidden_channels", "blocks", "solver",
+                                       "steps", "rtol", "atol", "max_steps", "trace", "probe",
+                                       "gradient", "reg_kinetic", "reg_jacobian", "actnorm", NULL};
     *out = NULL;
     int rc = nf_json_check_keys(spec, keys, err, errlen);
     if (rc) return rc;
@@ -374,7 +401,15 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         }
     const struct preset *p = find_preset(name, err, errlen);
     if (!p) return NF_EINVAL;
-    preset_args a = {.layer = p->layer};
+    preset_args a = {.layer = p->layer, .spec = spec};
+    for (int i = 0; p->step != step_cnf && (i == 0 || ode_keys[i - 1]); i++) {
+        const char *k = ode_keys[i] ? ode_keys[i] : "actnorm";
+        if (nf_json_get(spec, k)) {
+            nf_set_err(err, errlen, "\"%s\" is for the ffjord preset (continuous flows)", k);
+            return NF_EINVAL;
+        }
+    }
+    if ((rc = nf_json_bool(spec, "actnorm", 1, &a.actnorm, err, errlen))) return rc;
     nf_act act;
     if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &a.D, err, errlen))) return rc;
     int shape[3];
@@ -387,12 +422,15 @@ int nf_preset_expand(const cJSON *spec, cJSON **out, char *err, size_t errlen) {
         return rc;
     a.nh = nf_json_int_list(spec, "hidden", p->hidden, p->nh, a.hidden, 16, err, errlen);
     if (a.nh < 0) return a.nh;
-    const char *as = nf_json_str(spec, "activation", "relu");
-    if (!as || nf_act_parse(as, &act)) {
+    const char *as = nf_json_str(spec, "activation", p->act ? p->act : "relu");
+    if (p->step == step_cnf && as) {
+        a.act = as; /* tanh or softplus: the cnf layer checks it */
+    } else if (!as || nf_act_parse(as, &act)) {
         nf_set_err(err, errlen, "\"activation\" must be \"relu\", \"tanh\" or \"elu\"");
         return NF_EINVAL;
+    } else {
+        a.act = nf_act_name(act);
     }
-    a.act = nf_act_name(act);
     if (p->coupling && a.D < 2) {
         nf_set_err(err, errlen, "preset \"%s\" uses coupling layers and needs dim >= 2", name);
         return NF_EINVAL;

@@ -51,6 +51,10 @@ struct nf_trainer {
     /* reporting */
     double acc_loss, last_lr, last_gn;
     int64_t acc_n, rep_step;
+    /* cnf layers: counters of the training passes since the last report */
+    int ode;                  /* cnf layers of the flow */
+    nf_ode_stats ode_acc;
+    double ode_last[4];       /* the last report's nfe, nfe_forward, kinetic, jacobian */
     double rep_time, t_start, last_ckpt;
     char err[300];
 };
@@ -196,6 +200,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->total_steps = t->spe * cfg->epochs;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     int rc = nf_ws_create_threads(f, t->B, cfg->threads > 1 ? cfg->threads : 1, &t->ws);
+    t->ode = nf_flow_num_ode(f); /* cnf layers */
     if (!rc && nf_flow_zero_grad(f)) rc = NF_ENOMEM; /* the gradient buffer, once */
     if (!rc) rc = nf_adam_init(&t->opt, cfg->optimizer, P, cfg->weight_decay);
     t->xb = nf_malloc((size_t)t->B * t->D * sizeof *t->xb);
@@ -313,6 +318,18 @@ void nf_trainer_metrics(const nf_trainer *t, nf_train_metrics *m) {
     double now = now_s(), dt = now - t->rep_time;
     int64_t ds = t->step - t->rep_step;
     m->samples_per_second = dt > 0 && ds > 0 ? (double)ds * t->B / dt : 0;
+    if (t->ode) { /* since the last report, or that report's figures */
+        const nf_ode_stats *o = &t->ode_acc;
+        m->ode = t->ode;
+        /* per solve times the cnf layers: what one batch costs, whatever the
+         * threads (each thread's part of a batch solves its rows) */
+        double per = o->solves ? (double)t->ode / (double)o->solves : 0,
+               rows = (double)o->reg_rows;
+        m->nfe = per > 0 ? (double)(o->nfe + o->nfe_backward) * per : t->ode_last[0];
+        m->nfe_forward = per > 0 ? (double)o->nfe * per : t->ode_last[1];
+        m->kinetic = rows ? o->kinetic / rows : t->ode_last[2];
+        m->jacobian = rows ? o->jacobian / rows : t->ode_last[3];
+    }
     double el = now - t->t_start;
     int64_t done = t->step, left = t->total_steps - t->step;
     m->eta_seconds = done > 0 && el > 0 ? el / done * (left > 0 ? left : 0) : NAN;
@@ -327,6 +344,11 @@ static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
     if (!is_val) {
         t->acc_loss = 0;
         t->acc_n = 0;
+        t->ode_last[0] = m.nfe;
+        t->ode_last[1] = m.nfe_forward;
+        t->ode_last[2] = m.kinetic;
+        t->ode_last[3] = m.jacobian;
+        memset(&t->ode_acc, 0, sizeof t->ode_acc);
         t->rep_step = t->step;
         t->rep_time = now_s();
     }
@@ -339,6 +361,7 @@ static int validate(nf_trainer *t) {
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     if (t->nval <= 0) return 0;
     unsigned fails = nf_alloc_failures;
+    nf_ws_set_noise_seed(t->ws, t->cfg.seed + 777); /* Hutchinson scoring (dim > 64): fixed probes */
     t->val_loss = t->q ? nf_eval_nll_vdeq(f, t->q, t->val, t->nval, t->cfg.levels, t->cfg.seed + 777)
                        : eval_nll_on(f, t->ws, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
@@ -513,14 +536,32 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
     nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
     nf_flow_zero_grad_ws(f, t->ws);
+    nf_ode_stats o0, o1;
+    if (t->ode) { /* the probes of this step: from (seed, step), so a resume draws them again */
+        nf_ws_set_noise_seed(t->ws, t->cfg.seed * 0xD6E8FEB86659FD93ULL + 0x5000 + (uint64_t)t->step);
+        nf_ws_ode_stats(t->ws, &o0);
+    }
     int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, NULL, B, 1, t->dlogp,
                                       t->cfg.jacobian_l2 / B, t->logp, t->logdet, NULL, NULL);
+    if (t->ode) {
+        nf_ws_ode_stats(t->ws, &o1);
+        t->ode_acc.nfe += o1.nfe - o0.nfe;
+        t->ode_acc.nfe_backward += o1.nfe_backward - o0.nfe_backward;
+        t->ode_acc.kinetic += o1.kinetic - o0.kinetic;
+        t->ode_acc.jacobian += o1.jacobian - o0.jacobian;
+        t->ode_acc.reg_rows += o1.reg_rows - o0.reg_rows;
+        t->ode_acc.solves += o1.solves - o0.solves;
+    }
     double loss = 0;
     for (int r = 0; r < B; r++)
         loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
     loss /= B;
     double gn = rc ? NAN : nf_clip_grad_norm_ws(t->ws, f->grad, P, t->cfg.clip_grad_norm);
-    return step_outcome(t, rc, loss, gn, "log-likelihood (rows outside the support)");
+    return step_outcome(t, rc, loss, gn,
+                        rc == NF_ESTEPS ? "ODE solve (more than max_steps steps: stiff dynamics; "
+                                          "raise max_steps, loosen rtol/atol or add reg_kinetic/"
+                                          "reg_jacobian)"
+                                        : "log-likelihood (rows outside the support)");
 }
 
 int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {

@@ -96,6 +96,15 @@ typedef struct nf_train_metrics {
     double nonfinite_sample_fraction;
     int64_t skipped_batches;
     int is_validation;        /* this report follows a validation */
+    /* continuous flows (ode: the number of cnf layers; 0 and the rest 0
+     * without them): per
+     * training step since the last report, the batched dynamics
+     * evaluations of the density pass (nfe_forward) and of pass plus
+     * gradient (nfe), summed over the cnf layers (a threaded workspace's
+     * parts each solve their rows: the figures are per part), and the
+     * regularisers' integrals averaged over rows */
+    int ode;
+    double nfe, nfe_forward, kinetic, jacobian;
 } nf_train_metrics;
 
 typedef struct nf_train_hooks {

@@ -30,6 +30,7 @@ static const char *const nf_err_names[NF_ERR_COUNT] = {
     "input/output error",
     "cancelled",
     "unsupported operation",
+    "ODE solver exceeded max_steps (stiff dynamics or too tight a tolerance)",
 };
 _Static_assert(sizeof nf_err_names / sizeof nf_err_names[0] == NF_ERR_COUNT,
                "nf_err_names out of step with the status codes");

@@ -313,6 +313,29 @@ enum MHD_Result fd_api_checkpoint(fd_req *r, char **a) {
     return fd_send_download(r, "application/octet-stream", buf, len, fname);
 }
 
+/* ---- continuous flows ------------------------------------------------------------------------
+ * Every answer of a model with cnf layers says which trace scored it
+ * ("trace": "exact", or "hutchinson" above dim 64: log p is then an
+ * unbiased estimate, and "likelihood" says so).  A solve past its
+ * max_steps is the input's doing (rows far from the data make the ODE
+ * stiff): 422 naming max_steps. */
+static void add_trace(cJSON *o, const nf_flow *f) {
+    if (nf_flow_num_ode(f)) cJSON_AddStringToObject(o, "trace", nf_flow_log_prob_exact(f) ? "exact" : "hutchinson");
+}
+
+static enum MHD_Result send_solve_error(fd_req *r, int rc, const char *what) {
+    if (rc == NF_ESTEPS) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "field", "max_steps");
+        return fd_send_error(r, 422, "invalid_input", d,
+                             "%s: the ODE solver passed the model's max_steps on these rows (stiff "
+                             "dynamics, often rows far from the training data); score fewer or "
+                             "nearer rows, or retrain with a larger max_steps or looser rtol/atol",
+                             what);
+    }
+    return fd_send_error(r, 500, "internal", NULL, "%s failed: %s", what, nf_strerror(rc));
+}
+
 /* ---- log_prob ------------------------------------------------------------------------------ */
 enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     fmt in;
@@ -378,7 +401,7 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     }
     int rc = nf_model_log_prob(m->m, w, x, ctx, n, lp);
     if (rc) {
-        fd_send_error(r, 500, "internal", NULL, "scoring failed: %s", nf_strerror(rc));
+        send_solve_error(r, rc, "scoring");
         goto out;
     }
     fd_metrics_rows(r->srv->metrics, n, 0);
@@ -403,6 +426,8 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     if (cJSON_GetArraySize(oos)) cJSON_AddItemToObject(o, "out_of_support", oos);
     else cJSON_Delete(oos);
     if (m->m->dequantize) cJSON_AddStringToObject(o, "likelihood", "dequantized_lower_bound");
+    else if (!nf_flow_log_prob_exact(f)) cJSON_AddStringToObject(o, "likelihood", "hutchinson_estimate");
+    add_trace(o, f);
     ret = fd_send_json(r, 200, o);
 out:
     cJSON_Delete(body);
@@ -500,7 +525,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     }
     int rc = nf_flow_sample(f, w, n, T, seed, ctx, x, lp);
     if (rc) {
-        fd_send_error(r, 500, "internal", NULL, "sampling failed: %s", nf_strerror(rc));
+        send_solve_error(r, rc, "sampling");
         goto out;
     }
     fd_metrics_rows(r->srv->metrics, 0, n);
@@ -524,6 +549,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON_AddNumberToObject(o, "temperature", T);
     cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)n, D));
     if (want_lp) cJSON_AddItemToObject(o, "log_prob", raw_floats(lp, (size_t)n));
+    if (want_lp) add_trace(o, f);
     ret = fd_send_json(r, 200, o);
 out:
     cJSON_Delete(body);
@@ -563,7 +589,7 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     }
     int rc = enc ? nf_flow_encode(f, w, x, ctx, n, y, ld) : nf_flow_decode(f, w, x, ctx, n, y, ld);
     if (rc && rc != NF_ENONFINITE) {
-        fd_send_error(r, 500, "internal", NULL, "%s failed: %s", enc ? "encode" : "decode", nf_strerror(rc));
+        send_solve_error(r, rc, enc ? "encode" : "decode");
         goto out;
     }
     cJSON *o = cJSON_CreateObject();
@@ -571,6 +597,7 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     cJSON_AddNumberToObject(o, "version", m->version);
     cJSON_AddItemToObject(o, enc ? "latents" : "outputs", raw_rows(y, (size_t)n, D));
     cJSON_AddItemToObject(o, "log_det", raw_floats(ld, (size_t)n));
+    add_trace(o, f);
     if (rc == NF_ENONFINITE) {
         cJSON *oos = cJSON_AddArrayToObject(o, "out_of_support");
         for (int i = 0; i < n; i++)

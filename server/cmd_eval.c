@@ -85,6 +85,11 @@ typedef struct {
     double nll, med, worst, bpd, secs;
     const char *likelihood;
     nf_eval_result q; /* the samples, when --samples */
+    /* continuous flows (ode): the scoring trace, and NFE per solve
+     * (batched) and per row */
+    int ode;
+    const char *trace;
+    double nfe, nfe_row;
 } eval_summary;
 
 static int cmp_real(const void *a, const void *b) {
@@ -165,6 +170,7 @@ static void summarize(const nf_model *m, nf_real *lp, eval_summary *r) {
     r->bpd = m->dequantize && r->inside ? nf_bits_per_dim(r->nll, r->D) : NAN;
     const cJSON *lk = cJSON_GetObjectItemCaseSensitive(m->header, "likelihood");
     r->likelihood = cJSON_IsString(lk) ? lk->valuestring : "exact";
+    if (!nf_flow_log_prob_exact(m->flow) && !m->dequantize) r->likelihood = "hutchinson_estimate";
 }
 
 static void print_json(const eval_summary *r) {
@@ -181,6 +187,11 @@ static void print_json(const eval_summary *r) {
     nf_json_add_num(o, "bits_per_dim", r->bpd);
     cJSON_AddStringToObject(o, "likelihood", r->likelihood);
     cJSON_AddNumberToObject(o, "seconds", r->secs);
+    if (r->ode) {
+        cJSON_AddStringToObject(o, "trace", r->trace);
+        nf_json_add_num(o, "nfe", r->nfe);
+        nf_json_add_num(o, "nfe_per_row", r->nfe_row);
+    }
     if (eo.samples > 0) { /* the names of POST /v1/models/{name}/evaluate */
         const nf_eval_result *q = &r->q;
         cJSON_AddNumberToObject(o, "samples", q->samples);
@@ -221,6 +232,9 @@ static void print_text(const nf_model *m, const eval_summary *r) {
         else printf("bits/dim         n/a\n");
     }
     printf("time             %.2f s (%.0f rows/s)\n", r->secs, r->secs > 0 ? r->n / r->secs : 0.0);
+    if (r->ode)
+        printf("ODE              %s trace; %.1f evaluations per solve (batched), %.1f per row\n",
+               r->trace, r->nfe, r->nfe_row);
     if (eo.samples <= 0) return;
     const nf_eval_result *q = &r->q;
     printf("samples          %d (temperature %g, seed %.0f), %d non-finite (%.2f%%)\n", q->samples,
@@ -285,10 +299,20 @@ int cmd_eval(int argc, char **argv) {
      * per call, so chunking here would repeat the same noise per chunk */
     int st = nf_model_log_prob(m, w, data.x, NULL, r.n, lp);
     if (st) {
-        fprintf(stderr, "flowd eval: scoring failed: %s\n", nf_strerror(st));
+        fprintf(stderr, "flowd eval: scoring failed: %s\n",
+                st == NF_ESTEPS ? "the ODE solver passed the model's max_steps (rows far from the "
+                                  "training data make the dynamics stiff)"
+                                : nf_strerror(st));
         goto out;
     }
     r.secs = now_s() - t0;
+    if ((r.ode = nf_flow_num_ode(m->flow) > 0)) {
+        nf_ode_stats os;
+        nf_ws_ode_stats(w, &os);
+        r.trace = nf_flow_log_prob_exact(m->flow) ? "exact" : "hutchinson";
+        r.nfe = os.solves ? (double)os.nfe / os.solves : NAN;
+        r.nfe_row = os.rows ? (double)os.row_nfe / os.rows : NAN;
+    }
     if (eo.per_row && write_per_row(eo.per_row, lp, r.n)) goto out;
     summarize(m, lp, &r);
     if (eo.samples > 0 && eval_samples(m, &data, &ref, &r)) goto out;

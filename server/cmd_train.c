@@ -50,6 +50,7 @@ static void on_progress(void *user, const nf_train_metrics *m) {
                 isfinite(m->val_bits_per_dim) ? "" : "", m->lr, m->samples_per_second, eta);
         if (m->is_validation && isfinite(m->val_bits_per_dim))
             fprintf(p->out, "bpd %.4f ", m->val_bits_per_dim);
+        if (m->ode) fprintf(p->out, "nfe %.0f ", m->nfe);
         fflush(p->out);
     } else {
         fprintf(p->out,
@@ -59,6 +60,9 @@ static void on_progress(void *user, const nf_train_metrics *m) {
                 (long long)m->total_steps, m->train_loss, m->val_loss, m->val_bits_per_dim,
                 m->best_val_loss, m->lr, m->grad_norm, m->samples_per_second,
                 isfinite(m->eta_seconds) ? m->eta_seconds : -1.0);
+        if (m->ode)
+            fprintf(p->out, "     nfe=%.1f nfe_forward=%.1f kinetic=%.4g jacobian=%.4g\n", m->nfe,
+                    m->nfe_forward, m->kinetic, m->jacobian);
     }
 }
 

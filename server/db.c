@@ -15,6 +15,7 @@
  * - Checkpoints and dataset rows are stored as BLOBs; datasets as float32
  *   little-endian (rows, dim). */
 #include "db.h"
+#include "../core/nf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -516,6 +517,16 @@ static void add_shape_of(cJSON *o, const cJSON *config) {
     else cJSON_AddNullToObject(o, "shape");
 }
 
+/* a continuous flow's solver, tolerances and scoring trace (nf_config_ode_json) */
+static void add_ode_of(cJSON *o, const cJSON *config) {
+    char *c = config ? cJSON_PrintUnformatted(config) : NULL;
+    char *s = c ? nf_config_ode_json(c) : NULL;
+    cJSON *j = s ? cJSON_Parse(s) : NULL;
+    if (j) cJSON_AddItemToObject(o, "ode", j);
+    free(c);
+    free(s);
+}
+
 int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t errlen) {
     *out = NULL;
     sqlite3_stmt *st = Q(db, "SELECT id, created_at FROM models WHERE name = ?1");
@@ -555,6 +566,7 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
         cJSON *cfg = col_json(st, 6);
         cJSON_AddItemToObject(o, "config", cfg);
         add_shape_of(o, cfg);
+        add_ode_of(o, cfg);
         cJSON_AddItemToObject(o, "preprocess", col_json(st, 7));
         cJSON_AddItemToObject(o, "metrics", col_json(st, 8));
         if (sqlite3_column_type(st, 9) == SQLITE_NULL) cJSON_AddNullToObject(o, "job_id");
@@ -568,6 +580,9 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
     /* the latest version's image shape, or null */
     add_shape_of(root, cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1),
                                                         "config"));
+    /* ... and how it scores, when it is a continuous flow */
+    add_ode_of(root, cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1),
+                                                      "config"));
     cJSON_AddItemToObject(root, "versions", arr);
     if (r) cJSON_Delete(root);
     else *out = root;

@@ -166,6 +166,12 @@ static void on_progress(void *user, const nf_train_metrics *m) {
         nf_json_add_num(o, "grad_norm", m->grad_norm);
         nf_json_add_num(o, "samples_per_second", m->samples_per_second);
         nf_json_add_num(o, "eta_seconds", m->eta_seconds);
+        if (m->ode) { /* continuous flows: what the ODE solves cost */
+            nf_json_add_num(o, "nfe", m->nfe);
+            nf_json_add_num(o, "nfe_forward", m->nfe_forward);
+            nf_json_add_num(o, "kinetic", m->kinetic);
+            nf_json_add_num(o, "jacobian", m->jacobian);
+        }
         char *s = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (s && fd_db_job_progress(r->w->db, r->id, s, err, sizeof err))

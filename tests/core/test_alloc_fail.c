@@ -93,7 +93,7 @@ typedef struct {
     int dim;  /* the flow's width; 0 for D */
 } fa_spec;
 enum { FA_COUPLING, FA_AUTOREGRESSIVE, FA_REALNVP, FA_NSF, FA_LOGIT, FA_CONV, FA_IMAGE,
-       FA_NSPECS };
+       FA_CNF, FA_NSPECS };
 static const fa_spec fa_specs[FA_NSPECS] = {
     [FA_COUPLING] = {"{\"dim\":3,\"layers\":[{\"type\":\"actnorm\"},{\"type\":\"lu_linear\"},"
                      "{\"type\":\"affine_coupling\",\"hidden\":[8]},{\"type\":\"permute\"},"
@@ -116,6 +116,8 @@ static const fa_spec fa_specs[FA_NSPECS] = {
                   "{\"type\":\"channel_actnorm\"},{\"type\":\"invconv\",\"seed\":2},"
                   "{\"type\":\"split\"},{\"type\":\"invconv\"},{\"type\":\"channel_actnorm\"}]}",
                   0, DMAX},
+    [FA_CNF] = {"{\"dim\":3,\"preset\":\"ffjord\",\"depth\":2,\"hidden\":[4],\"rtol\":1e-3,"
+                "\"atol\":1e-3}"},
 };
 
 /* One full life of a flow; everything it allocates is freed on every path.
@@ -289,6 +291,8 @@ TEST_T(alloc_fail_logit_unit_data, 300) { run_all_k(&fa_specs[FA_LOGIT]); }
 TEST_T(alloc_fail_conv_coupling, 300) { run_all_k(&fa_specs[FA_CONV]); }
 
 TEST_T(alloc_fail_image, 300) { run_all_k(&fa_specs[FA_IMAGE]); }
+
+TEST_T(alloc_fail_cnf, 300) { run_all_k(&fa_specs[FA_CNF]); }
 /* nf_model_evaluate (core/evaluate.c): the likelihood, a workspace, the
  * samples, the subsamples, the MMD and nearest-neighbour blocks.  Every
  * failing allocation is NF_ENOMEM with nothing leaked; the run that fails

@@ -42,7 +42,8 @@ static void tl_free(tl *t) {
 }
 
 static nf_ctx tl_ctx(tl *t, int B, int training) {
-    nf_ctx c = {t->params, t->grad, t->buf, NULL, NULL, t->ws, B, training, 0};
+    nf_ctx c = {.params = t->params, .grad = t->grad, .buffers = t->buf, .ws = t->ws, .B = B,
+                .training = training};
     return c;
 }
 

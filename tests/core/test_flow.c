@@ -309,6 +309,12 @@ static const char *preset_specs[] = {
     /* the multiscale image architectures */
     "{\"shape\":[1,4,4],\"preset\":\"glow\",\"levels\":2,\"depth\":1,\"hidden_channels\":4}",
     "{\"shape\":[1,4,4],\"preset\":\"realnvp\",\"levels\":2,\"depth\":1,\"hidden_channels\":4,\"blocks\":1}",
+    /* continuous flows: tolerances the round trip's can hold */
+#ifdef NF_DOUBLE
+    "{\"dim\":3,\"preset\":\"ffjord\",\"depth\":2,\"hidden\":[8],\"context_dim\":1,\"rtol\":1e-11,\"atol\":1e-11}",
+#else
+    "{\"dim\":3,\"preset\":\"ffjord\",\"depth\":2,\"hidden\":[8],\"context_dim\":1,\"rtol\":1e-6,\"atol\":1e-6}",
+#endif
 };
 #define NPRESETS (int)(sizeof preset_specs / sizeof preset_specs[0])
 
