@@ -115,7 +115,7 @@ $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
 
 # W4's micro benchmark (bench/w4_micro/w4_micro.c; not part of make bench)
-$(BUILD)/w4_micro: bench/w4_micro/w4_micro.c $(BUILD)/libflowcore.a $(BUILD)/flags
+$(BUILD)/w4_micro: bench/w4_micro/w4_micro.c bench/w4_spec.h $(BUILD)/libflowcore.a $(BUILD)/flags
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libflowcore.a $(CORE_LIBS)
 
 # make run: a database under data/, a small demo model (trained in a few

@@ -557,42 +557,7 @@ static long long serve_rss(const workload *wl) {
  * -784 ln 256); then per level a squeeze, K steps of channel_actnorm,
  * invconv (seed 1, 2, ...: one rotation per layer) and conv_coupling, and a
  * split between the levels. */
-#define W4_LEVELS 2
-#define W4_K 8
-#define W4_HIDDEN 64
-static char *w4_spec(void) {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddItemToObject(root, "shape", cJSON_CreateIntArray((const int[]){1, 28, 28}, 3));
-    cJSON_AddNumberToObject(root, "seed", 1);
-    cJSON *layers = cJSON_AddArrayToObject(root, "layers");
-    double shift[784], scale[784];
-    for (int i = 0; i < 784; i++) shift[i] = 128, scale[i] = 256;
-    cJSON *pre = cJSON_CreateObject();
-    cJSON_AddStringToObject(pre, "type", "elementwise_affine");
-    cJSON_AddItemToObject(pre, "shift", cJSON_CreateDoubleArray(shift, 784));
-    cJSON_AddItemToObject(pre, "scale", cJSON_CreateDoubleArray(scale, 784));
-    cJSON_AddItemToArray(layers, pre);
-    int seed = 1;
-    for (int lv = 0; lv < W4_LEVELS; lv++) {
-        cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"squeeze\"}"));
-        for (int k = 0; k < W4_K; k++) {
-            char inv[64], cc[256];
-            snprintf(inv, sizeof inv, "{\"type\":\"invconv\",\"seed\":%d}", seed++);
-            snprintf(cc, sizeof cc,
-                     "{\"type\":\"conv_coupling\",\"transform\":\"affine\",\"mask\":\"channel\","
-                     "\"net\":\"glow\",\"hidden_channels\":%d,\"scale\":\"sigmoid\"}", W4_HIDDEN);
-            cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"channel_actnorm\"}"));
-            cJSON_AddItemToArray(layers, cJSON_Parse(inv));
-            cJSON_AddItemToArray(layers, cJSON_Parse(cc));
-        }
-        if (lv < W4_LEVELS - 1) cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"split\"}"));
-    }
-    char *txt = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!txt) die("W4 spec", NF_ENOMEM);
-    return txt;
-}
-
+#include "w4_spec.h"
 /* W4's analytic count (bench/torch_glow.py's w4_formula): per level C
  * channels of P pixels after the squeeze, K steps; the split's prior is a
  * conv3x3 (C/2 -> C, bias) on the kept half. */
@@ -633,6 +598,7 @@ int main(void) {
     if (e && atoi(e) > 0) w2_sample_n = atoi(e);
 
     char *spec4 = w4_spec();
+    if (!spec4) die("W4 spec", NF_ENOMEM);
     const unsigned all_lp = (1u << NLP) - 1, lp256 = 1u << 2;
     workload wl[NW] = {
         {"W1", "realnvp moons",

@@ -14,6 +14,7 @@
  * WSB=rows sizes the log_prob/sample workspaces; CCF sets
  * nf_cc_chunk_floats, FUSED nf_conv_fused.  The flow is bench_core.c's w4_spec. */
 #include "../../core/nf.h"
+#include "../w4_spec.h"
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -31,37 +32,6 @@ static void die(const char *m, int rc) {
     fprintf(stderr, "%s: %s\n", m, nf_strerror(rc));
     exit(1);
 }
-static char *w4_spec(void) {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddItemToObject(root, "shape", cJSON_CreateIntArray((const int[]){1, 28, 28}, 3));
-    cJSON_AddNumberToObject(root, "seed", 1);
-    cJSON *layers = cJSON_AddArrayToObject(root, "layers");
-    double shift[784], scale[784];
-    for (int i = 0; i < 784; i++) shift[i] = 128, scale[i] = 256;
-    cJSON *pre = cJSON_CreateObject();
-    cJSON_AddStringToObject(pre, "type", "elementwise_affine");
-    cJSON_AddItemToObject(pre, "shift", cJSON_CreateDoubleArray(shift, 784));
-    cJSON_AddItemToObject(pre, "scale", cJSON_CreateDoubleArray(scale, 784));
-    cJSON_AddItemToArray(layers, pre);
-    int seed = 1;
-    for (int lv = 0; lv < 2; lv++) {
-        cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"squeeze\"}"));
-        for (int k = 0; k < 8; k++) {
-            char inv[64], cc[256];
-            snprintf(inv, sizeof inv, "{\"type\":\"invconv\",\"seed\":%d}", seed++);
-            snprintf(cc, sizeof cc,
-                     "{\"type\":\"conv_coupling\",\"transform\":\"affine\",\"mask\":\"channel\","
-                     "\"net\":\"glow\",\"hidden_channels\":%d,\"scale\":\"sigmoid\"}", 64);
-            cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"channel_actnorm\"}"));
-            cJSON_AddItemToArray(layers, cJSON_Parse(inv));
-            cJSON_AddItemToArray(layers, cJSON_Parse(cc));
-        }
-        if (lv < 1) cJSON_AddItemToArray(layers, cJSON_Parse("{\"type\":\"split\"}"));
-    }
-    char *txt = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    return txt;
-}
 extern size_t nf_cc_chunk_floats; /* core/conv.h */
 extern int nf_conv_fused;
 int main(int argc, char **argv) {
@@ -74,6 +44,7 @@ int main(int argc, char **argv) {
     const char *dump = argc > 4 ? argv[4] : NULL;
     char err[256]; nf_flow *f; int rc;
     char *spec = w4_spec();
+    if (!spec) { fprintf(stderr, "W4 spec: out of memory\n"); return 1; }
     if ((rc = nf_flow_create(spec, &f, err, sizeof err))) { fprintf(stderr, "%s\n", err); return 1; }
     const int D = 784, npool = 512;
     nf_real *pool = malloc(sizeof(nf_real) * npool * D);
