@@ -8,6 +8,8 @@
  *       + 8 steps (channel actnorm, invconv, conv affine coupling, Glow net
  *       with 64 hidden channels, sigmoid scale), a split between them,
  *       uniformly dequantized random images,                      train batch 64
+ *   W5  ffjord: one CNF block, concat-squash MLP [64,64,64], dopri5 1e-5,
+ *       exact trace, 2-D moons,                                  train batch 256
  *
  * Per workload: training samples/s (zero_grad + log_prob_grad with dlogp = -1/B
  * + clip_grad_norm + adam_step; W4: no clipping, Adam lr 1e-3), log_prob rows/s
@@ -24,7 +26,7 @@
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
  * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
- * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, sgemm, serve: run only
+ * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, W5, sgemm, serve: run only
  * those, no table; "serve" builds the W1-W3 models in one process, scores 256
  * rows with each and reports that process's peak RSS; bench/compare.py uses
  * it).  A workload whose flow cannot be built (W4 before the image layers
@@ -284,6 +286,7 @@ typedef struct workload {
     unsigned lp_mask;  /* bit k: measure log_prob at lp_batches[k] */
     double lr, clip;   /* Adam's learning rate; gradient-norm clip (0: none) */
     int data_init;     /* act-norm data-dependent init on the first batch */
+    void (*init)(nf_flow *); /* sets the parameters after creation (W5), or NULL */
 } workload;
 
 typedef struct result {
@@ -299,6 +302,11 @@ typedef struct result {
     double spread;
     size_t nparams;
     int sample_n;
+    /* ODE workloads (W5): mean dynamics evaluations per row and pass, from the
+     * workspace counters (nf_ws_ode_stats); train: forward, and the gradient's */
+    int ode;
+    double nfe_train, nfe_train_bwd, nfe_lp[4], nfe_sample;
+    double check_lp[4]; /* log_prob of W5_CHECK_X at the initial parameters */
 } result;
 
 #define NLP 4
@@ -366,6 +374,67 @@ static int sample_call(void *p) {
     return nf_flow_sample(a->f, a->w, a->n, 1.0, a->seed++, NULL, a->x, NULL);
 }
 
+/* mean dynamics evaluations per row and solve counted on w (0 without ODEs) */
+static double ode_row_nfe(const nf_ws *w) {
+    nf_ode_stats st;
+    nf_ws_ode_stats(w, &st);
+    return st.rows ? (double)st.row_nfe / (double)st.rows : 0;
+}
+
+/* ---- W5: an ffjord CNF, hidden [64,64,64], tanh, dopri5 at rtol = atol = 1e-5.
+ * A fresh cnf layer is the identity (its last layer starts at zero), which an
+ * ODE solver crosses in one step; so W5 starts both sides from the same
+ * non-trivial parameters instead, a function of the index alone that
+ * bench/torch_cnf.py computes too: parameter i (in flowd's order: per
+ * concat-squash layer W (out,in), b, a, c, d) is bound * (2u - 1), u the top
+ * 53 bits of splitmix64 at W5_SEED + (i + 1) * golden, bound 1/sqrt(in) for
+ * W and b (PyTorch's nn.Linear default), 1 for a, c, d (nn.Linear(1, out)).
+ * Both sides also score W5_CHECK_X at these parameters: the JSON's
+ * "check_log_prob" must agree to the solver tolerance (compare.py checks). */
+#define W5_SEED 5u
+static const int w5_hidden[] = {64, 64, 64};
+static const double W5_CHECK_X[4][2] = {{0.5, 0.25}, {-0.5, 0.5}, {1.5, -0.2}, {0.0, 0.0}};
+
+static double splitmix_unit(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+static void w5_init(nf_flow *f) {
+    nf_real *p = nf_flow_params(f);
+    size_t i = 0;
+    int in = 2;
+    for (int l = 0; l < 4; l++) {
+        int out = l < 3 ? w5_hidden[l] : 2;
+        double bw = 1.0 / sqrt((double)in);
+        size_t n[5] = {(size_t)in * out, (size_t)out, (size_t)out, (size_t)out, (size_t)out};
+        double bound[5] = {bw, bw, 1, 1, 1};
+        for (int k = 0; k < 5; k++)
+            for (size_t j = 0; j < n[k]; j++, i++)
+                p[i] = (nf_real)(bound[k] * (2 * splitmix_unit(W5_SEED, i) - 1));
+        in = out;
+    }
+    if (i != nf_flow_num_params(f)) {
+        fprintf(stderr, "bench_core: W5 has %zu parameters, w5_init set %zu\n",
+                nf_flow_num_params(f), i);
+        exit(1);
+    }
+}
+
+static void w5_check(const nf_flow *f, double out[4]) {
+    nf_real x[8], lp[4];
+    nf_ws *w;
+    int rc;
+    for (int i = 0; i < 8; i++) x[i] = (nf_real)W5_CHECK_X[i / 2][i % 2];
+    if ((rc = nf_ws_create_ex(f, 4, 1, NF_WS_INFERENCE, &w))) die("ws", rc);
+    if ((rc = nf_flow_log_prob(f, w, x, NULL, 4, lp))) die("W5 check", rc);
+    for (int i = 0; i < 4; i++) out[i] = lp[i];
+    nf_ws_free(w);
+}
+
 static void run_workload(const workload *wl, result *res) {
     char err[256] = "";
     nf_flow *f;
@@ -378,13 +447,19 @@ static void run_workload(const workload *wl, result *res) {
     }
     res->ok = 1;
     res->lp_mask = wl->lp_mask;
+    res->ode = nf_flow_num_ode(f) > 0;
+    if (wl->init) {
+        wl->init(f);
+        w5_check(f, res->check_lp);
+    }
     const int D = wl->D;
     g_spread = 0;
     res->nparams = nf_flow_num_params(f);
     if ((double)res->nparams != wl->dc.par)
         fprintf(stderr, "bench_core: %s: warning: flow has %zu params, the flop model %.0f\n",
                 wl->key, res->nparams, wl->dc.par);
-    if (nf_flow_macs_per_row(f, 0) != wl->dc.mac)
+    /* (an ODE's flow counts one evaluation with its trace tangents) */
+    if (!res->ode && nf_flow_macs_per_row(f, 0) != wl->dc.mac)
         fprintf(stderr, "bench_core: %s: warning: the flow counts %.0f dense MACs/row, the flop "
                 "model %.0f\n", wl->key, nf_flow_macs_per_row(f, 0), wl->dc.mac);
     res->exec_mac = nf_flow_macs_per_row(f, 1);
@@ -411,7 +486,14 @@ static void run_workload(const workload *wl, result *res) {
         a.logp = malloc((size_t)a.B * sizeof *a.logp);
         if (!a.dlogp || !a.logp) die("train buffers", NF_ENOMEM);
         for (int i = 0; i < a.B; i++) a.dlogp[i] = (nf_real)(-1.0 / a.B);
+        nf_ws_ode_stats_reset(a.w);
         timing t = time_op(train_step, &a, "train step");
+        if (res->ode) {
+            nf_ode_stats st;
+            nf_ws_ode_stats(a.w, &st);
+            res->nfe_train = st.solves ? (double)st.nfe / (double)st.solves : 0;
+            res->nfe_train_bwd = st.solves ? (double)st.nfe_backward / (double)st.solves : 0;
+        }
         res->train_sps = rate_of(&t, a.B);
         res->gflops = rate_of(&t, 3.0 * 2.0 * a.B * wl->dc.mac / 1e9);
         res->gflops_exec = 3.0 * 2.0 * a.B * res->exec_mac / t.med / 1e9;
@@ -426,7 +508,9 @@ static void run_workload(const workload *wl, result *res) {
         if (!(wl->lp_mask & 1u << k)) continue;
         lp_arg a = {.f = f, .x = pool, .B = lp_batches[k], .out = out};
         if ((rc = nf_ws_create_ex(f, a.B, g_core_threads, NF_WS_INFERENCE, &a.w))) die("ws", rc);
+        nf_ws_ode_stats_reset(a.w);
         timing t = time_op(lp_call, &a, "log_prob");
+        res->nfe_lp[k] = ode_row_nfe(a.w);
         res->lp_rps[k] = rate_of(&t, a.B);
         res->gflops_lp = 2.0 * a.B * wl->dc.mac / t.med / 1e9; /* batches ascend */
         res->lp_top = a.B;
@@ -439,7 +523,9 @@ static void run_workload(const workload *wl, result *res) {
         a.x = malloc((size_t)a.n * D * sizeof *a.x);
         if (!a.x) die("sample buffer", NF_ENOMEM);
         if ((rc = nf_ws_create_ex(f, a.n, g_core_threads, NF_WS_INFERENCE, &a.w))) die("ws", rc);
+        nf_ws_ode_stats_reset(a.w);
         timing t = time_op(sample_call, &a, "sample");
+        res->nfe_sample = ode_row_nfe(a.w);
         res->sample_rps = rate_of(&t, a.n);
         res->sample_n = a.n;
         nf_ws_free(a.w);
@@ -503,7 +589,7 @@ static void add_rates(cJSON *o, const result *res, int which) {
         add_rate(lp, key, &res->lp_rps[k], which);
     }
     add_rate(o, "sample_rows_per_s", &res->sample_rps, which);
-    if (which) add_rate(o, "gflops", &res->gflops, which);
+    if (which && !res->ode) add_rate(o, "gflops", &res->gflops, which);
 }
 
 /* 1 if key is in the comma list only (NULL or empty: everything but "serve") */
@@ -573,7 +659,7 @@ static void w4_count(dense_count *c) {
     }
 }
 
-#define NW 4
+#define NW 5
 int main(void) {
     const char *q = getenv("FLOWD_BENCH_QUICK");
     cfg.quick = q && *q && strcmp(q, "0");
@@ -603,18 +689,23 @@ int main(void) {
     workload wl[NW] = {
         {"W1", "realnvp moons",
          "{\"dim\":2,\"preset\":\"realnvp\",\"depth\":8,\"hidden\":[128,128],\"seed\":1}",
-         "2-D two moons, noise 0.05", 2, 512, 4096, gen_moons, {0, 0}, all_lp, 1e-4, 10, 0},
+         "2-D two moons, noise 0.05", 2, 512, 4096, gen_moons, {0, 0}, all_lp, 1e-4, 10, 0, NULL},
         {"W2", "maf 784-D",
          "{\"dim\":784,\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024],\"seed\":1}",
          "784-D standard Gaussian", 784, 128, w2_sample_n, gen_gauss, {0, 0}, all_lp, 1e-4, 10,
-         0},
+         0, NULL},
         {"W3", "nsf 30-D",
          "{\"dim\":30,\"preset\":\"nsf\",\"depth\":5,\"hidden\":[256],\"bins\":8,"
          "\"tail_bound\":3,\"seed\":1}",
-         "30-D standard Gaussian", 30, 512, 4096, gen_gauss, {0, 0}, all_lp, 1e-4, 10, 0},
+         "30-D standard Gaussian", 30, 512, 4096, gen_gauss, {0, 0}, all_lp, 1e-4, 10, 0, NULL},
         {"W4", "glow 1x28x28", spec4,
          "1x28x28 random images, pixels 0..255 + U[0,1)", 784, 64, 256,
-         gen_pixels, {0, 0}, lp256, 1e-3, 0, 1},
+         gen_pixels, {0, 0}, lp256, 1e-3, 0, 1, NULL},
+        {"W5", "ffjord moons",
+         "{\"dim\":2,\"preset\":\"ffjord\",\"hidden\":[64,64,64],\"solver\":\"dopri5\","
+         "\"rtol\":1e-5,\"atol\":1e-5,\"seed\":1}",
+         "2-D two moons, noise 0.05", 2, 256, 4096, gen_moons, {0, 0}, all_lp, 1e-4, 0, 0,
+         w5_init},
     };
     /* W1: 8 couplings, conditioner 1 -> [128,128] -> 2 (scale, shift of 1 dim) */
     for (int k = 0; k < 8; k++) add_mlp(&wl[0].dc, 1, (const int[]){128, 128}, 2, 2);
@@ -629,6 +720,9 @@ int main(void) {
     }
     /* W4: every convolution (couplings, invconvs, the split's prior) */
     w4_count(&wl[3].dc);
+    /* W5: per dynamics evaluation and row, concat-squash (W, b, a, c, d) */
+    add_mlp(&wl[4].dc, 2, w5_hidden, 3, 2);
+    wl[4].dc.par += 3.0 * (64 * 3 + 2);
 
     int threads = g_threads = openblas_get_num_threads();
     const char *split = getenv("FLOWD_BENCH_SPLIT");
@@ -674,10 +768,11 @@ int main(void) {
                               : "one thread calling OpenBLAS with all of them");
     printf("sgemm peak: %.1f GFLOP/s (n=1024 %.1f, n=2048 %.1f; best of runs before and after)\n\n", peak, g1024,
            g2048);
-    printf("%-26s %15s %15s %15s %15s\n", "", "W1 realnvp", "W2 maf", "W3 nsf", "W4 glow");
+    printf("%-26s %15s %15s %15s %15s %15s\n", "", "W1 realnvp", "W2 maf", "W3 nsf", "W4 glow",
+           "W5 ffjord");
     char c[NW][40];
 #define PRINT_ROW(label)                                                              \
-    printf("%-26s %15s %15s %15s %15s\n", label, c[0], c[1], c[2], c[3])
+    printf("%-26s %15s %15s %15s %15s %15s\n", label, c[0], c[1], c[2], c[3], c[4])
     /* a rate row (median) and under it the range min..max over the repeats */
 #define ROW(label, field, have)                                                   \
     do {                                                                          \
@@ -690,10 +785,12 @@ int main(void) {
             else snprintf(c[i], sizeof c[i], "-");                                \
         PRINT_ROW("  min..max");                                                  \
     } while (0)
-#define EACH(...)                                                                 \
+#define EACH_IF(cond, ...)                                                        \
     for (int i = 0; i < NW; i++)                                                  \
-        if (res[i].ok) snprintf(c[i], sizeof c[i], __VA_ARGS__);                  \
+        if (res[i].ok && (cond)) snprintf(c[i], sizeof c[i], __VA_ARGS__);       \
         else snprintf(c[i], sizeof c[i], "-")
+#define EACH(...) EACH_IF(1, __VA_ARGS__)
+#define EACH_DENSE(...) EACH_IF(!res[i].ode, __VA_ARGS__)
     ROW("train samples/s", train_sps, res[i].ok);
     ROW("log_prob rows/s  B=1", lp_rps[0], res[i].ok && res[i].lp_mask & 1u);
     ROW("log_prob rows/s  B=64", lp_rps[1], res[i].ok && res[i].lp_mask & 2u);
@@ -707,21 +804,29 @@ int main(void) {
     PRINT_ROW("param bytes");
     EACH("%.1f MB", res[i].rss / 1e6);
     PRINT_ROW(hwm_reset ? "peak RSS (per workload)" : "peak RSS (cumulative)");
-    EACH("%.2f", 6.0 * wl[i].dc.mac / 1e6);
+    EACH_DENSE("%.2f", 6.0 * wl[i].dc.mac / 1e6);
     PRINT_ROW("train MFLOP/row (3x fwd)");
-    EACH("%.2f (%.0f%%)", res[i].gflops.med, 100 * res[i].gflops.med / peak);
+    EACH_DENSE("%.2f (%.0f%%)", res[i].gflops.med, 100 * res[i].gflops.med / peak);
     PRINT_ROW("train GFLOP/s (% of peak)");
-    EACH("%.2f..%.2f", res[i].gflops.min, res[i].gflops.max);
+    EACH_DENSE("%.2f..%.2f", res[i].gflops.min, res[i].gflops.max);
     PRINT_ROW("  min..max");
-    EACH("%.2f (%.0f%%)", res[i].gflops_lp, 100 * res[i].gflops_lp / peak);
+    EACH_DENSE("%.2f (%.0f%%)", res[i].gflops_lp, 100 * res[i].gflops_lp / peak);
     PRINT_ROW("log_prob GFLOP/s (top B)");
-    EACH("%d", res[i].lp_top);
+    EACH_DENSE("%d", res[i].lp_top);
     PRINT_ROW("  (at B)");
-    EACH("%.2f (%.0f%%)", res[i].gflops_exec, 100 * res[i].gflops_exec / peak);
+    EACH_DENSE("%.2f (%.0f%%)", res[i].gflops_exec, 100 * res[i].gflops_exec / peak);
     PRINT_ROW("train GFLOP/s executed");
+    EACH_IF(res[i].ode, "%.1f + %.1f", res[i].nfe_train, res[i].nfe_train_bwd);
+    PRINT_ROW("ODE: train NFE fwd + grad");
+    EACH_IF(res[i].ode, "%.1f / %.1f", res[i].nfe_lp[2], res[i].nfe_lp[3]);
+    PRINT_ROW("  log_prob 256 / 4096");
+    EACH_IF(res[i].ode, "%.1f", res[i].nfe_sample);
+    PRINT_ROW("  sample (per row)");
     EACH("%.0f%%", 100 * res[i].spread);
     PRINT_ROW("max repeat spread");
 #undef EACH
+#undef EACH_DENSE
+#undef EACH_IF
 #undef PRINT_ROW
     printf("\nW1: realnvp, 8 affine couplings, MLP [128,128], %s; train batch 512\n",
            wl[0].data_desc);
@@ -735,6 +840,11 @@ int main(void) {
            "    glow net 64 channels), split between; %s;\n"
            "    train batch 64 (Adam 1e-3, no clipping), log_prob 256 rows, sampling 256%s%s\n",
            wl[3].data_desc, res[3].ok ? "" : "\n    NOT RUN: ", res[3].ok ? "" : res[3].err);
+    printf("W5: ffjord, one CNF block (concat-squash MLP [64,64,64], tanh), dopri5 at\n"
+           "    rtol = atol = 1e-5, exact trace, backprop through the solver, %s; train\n"
+           "    batch 256 (Adam 1e-4, no clipping) from fixed non-trivial parameters (see w5_init);\n"
+           "    NFE: dynamics evaluations per row and solve (train: per batched solve)\n",
+           wl[4].data_desc);
     printf("GFLOP/s counts dense layers only: 2*B*in*out per linear (x3 for training),\n"
            "MADE masks as dense (what PyTorch multiplies); \"executed\" counts what flowd\n"
            "multiplies (MADE staircases skip most masked weights).  W4 counts every\n"
@@ -772,7 +882,25 @@ json:;
         cJSON_AddNumberToObject(w, "exec_flops_per_row_fwd", 2.0 * res[i].exec_mac);
         cJSON *o = cJSON_AddObjectToObject(w, "flowd");
         add_rates(o, &res[i], 0);
+        if (res[i].ode) {
+            cJSON *n = cJSON_AddObjectToObject(o, "nfe");
+            cJSON_AddNumberToObject(n, "train_forward", res[i].nfe_train);
+            cJSON_AddNumberToObject(n, "train_gradient", res[i].nfe_train_bwd);
+            for (int k = 0; k < NLP; k++) {
+                char key[24];
+                snprintf(key, sizeof key, "log_prob_%d", lp_batches[k]);
+                cJSON_AddNumberToObject(n, key, res[i].nfe_lp[k]);
+            }
+            cJSON_AddNumberToObject(n, "sample", res[i].nfe_sample);
+            cJSON_AddItemToObject(o, "check_log_prob", cJSON_CreateDoubleArray(res[i].check_lp, 4));
+        }
         cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)res[i].rss);
+        cJSON_AddNumberToObject(o, "param_bytes", 4.0 * (double)res[i].nparams);
+        cJSON_AddNumberToObject(o, "max_repeat_spread", res[i].spread);
+        add_rates(cJSON_AddObjectToObject(o, "min"), &res[i], 1);
+        add_rates(cJSON_AddObjectToObject(o, "max"), &res[i], 2);
+        add_rates(cJSON_AddObjectToObject(o, "repeats"), &res[i], 3);
+        if (res[i].ode) continue; /* GFLOP/s: per evaluation, not per row */
         cJSON_AddNumberToObject(o, "gflops", res[i].gflops.med);
         if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops.med / peak);
         char key[40];
@@ -781,11 +909,6 @@ json:;
         cJSON_AddNumberToObject(o, "gflops_executed", res[i].gflops_exec);
         if (do_sgemm)
             cJSON_AddNumberToObject(o, "gflops_executed_frac_peak", res[i].gflops_exec / peak);
-        cJSON_AddNumberToObject(o, "param_bytes", 4.0 * (double)res[i].nparams);
-        cJSON_AddNumberToObject(o, "max_repeat_spread", res[i].spread);
-        add_rates(cJSON_AddObjectToObject(o, "min"), &res[i], 1);
-        add_rates(cJSON_AddObjectToObject(o, "max"), &res[i], 2);
-        add_rates(cJSON_AddObjectToObject(o, "repeats"), &res[i], 3);
     }
     free(spec4);
     const char *path = getenv("FLOWD_BENCH_OUT");

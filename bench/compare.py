@@ -1,12 +1,12 @@
 #!/usr/bin/python3
 """compare.py: flowd (bench_core) against the PyTorch references (torch_ref.py
-for W1-W3, torch_glow.py for W4, the image Glow).
+for W1-W3, torch_glow.py for W4, the image Glow, torch_cnf.py for W5, FFJORD).
 
 Runs, each in its own process so peak RSS figures do not accumulate and
 machine drift hits both sides alike:
     sgemm peak (C),
     FLOWD_BENCH_ROUNDS times (default 1):
-        C W1, torch W1, C W2, torch W2, C W3, torch W3, C W4, torch W4
+        C W1, torch W1, C W2, torch W2, C W3, torch W3, C W4, torch W4, C W5, torch W5
         (every second round torch first: torch W1, C W1, ...),
     C serve, torch serve, sgemm peak again (best kept)
 then prints a table with flowd / torch ratios and the issue's targets and
@@ -42,7 +42,7 @@ FLOWD_BENCH_TORCH_CONFIGS_W4 (the same for W4 alone; its default is T:1 down
 to 1:1, since torch runs W4's convolutions in oneDNN on its intra-op threads
 and OpenBLAS only sees 8x8 products, so the BLAS variants would time the same
 code again), FLOWD_BENCH_KEYS (a comma list of the workloads to run, default
-W1,W2,W3,W4).  When bench_core cannot build a workload's flow (W4 before the
+W1,W2,W3,W4,W5).  When bench_core cannot build a workload's flow (W4 before the
 image layers exist) that workload's flowd side is left out with the error
 ("flowd_error") and the torch side still runs.  Without a working `import torch`
 in /usr/bin/python3 only the flowd side runs (apt-get install python3-torch for
@@ -63,13 +63,13 @@ CORE = os.environ.get("BENCH_CORE", os.path.join(ROOT, "build/rel/bench_core"))
 OUT = os.environ.get("FLOWD_BENCH_OUT") or os.path.join(ROOT, "build/bench/results.json")
 PY = "/usr/bin/python3"
 THREADS = os.environ.get("OPENBLAS_NUM_THREADS", "2")
-ALL_KEYS = ("W1", "W2", "W3", "W4")
+ALL_KEYS = ("W1", "W2", "W3", "W4", "W5")
 KEYS = tuple(k for k in (os.environ.get("FLOWD_BENCH_KEYS") or ",".join(ALL_KEYS)).split(",")
              if k in ALL_KEYS)
 LP = ("1", "64", "256", "4096")
-NAMES = {"W1": "realnvp", "W2": "maf", "W3": "nsf", "W4": "glow"}
+NAMES = {"W1": "realnvp", "W2": "maf", "W3": "nsf", "W4": "glow", "W5": "ffjord"}
 # the PyTorch peer of each workload ("serve": W1-W3 in one process)
-TORCH_SCRIPT = {"W4": "torch_glow.py"}
+TORCH_SCRIPT = {"W4": "torch_glow.py", "W5": "torch_cnf.py"}
 # throughput figures with "min", "max" and "repeats" (same keys, both sides)
 RATES = ("train_samples_per_s", "log_prob_rows_per_s", "sample_rows_per_s", "gflops")
 
@@ -161,6 +161,8 @@ def best_of(objs, cfgs):
     m = dict(objs[0])
     m["min"], m["max"], m["repeats"], m["best_config"] = {}, {}, {}, {}
     for f in RATES:
+        if f not in objs[0]:  # W5 reports no GFLOP/s
+            continue
         if f == "log_prob_rows_per_s":
             m[f] = {}
             for part in ("min", "max", "repeats", "best_config"):
@@ -181,7 +183,8 @@ def best_of(objs, cfgs):
     m["peak_rss_bytes"] = objs[i]["peak_rss_bytes"]
     m["best_config"]["peak_rss_bytes"] = names[i]
     m["max_repeat_spread"] = max(o["max_repeat_spread"] for o in objs)
-    m["configs"] = {n: {f: o[f] for f in RATES + ("peak_rss_bytes",)} for n, o in zip(names, objs)}
+    m["configs"] = {n: {f: o[f] for f in RATES + ("peak_rss_bytes",) if f in o}
+                    for n, o in zip(names, objs)}
     return m
 
 
@@ -223,6 +226,8 @@ def merge(rounds, flops_per_row):
 
     m["min"], m["max"], m["repeats"] = {}, {}, {}
     for f in RATES:
+        if f not in rounds[0]:
+            continue
         if f == "log_prob_rows_per_s":
             for part in ("min", "max", "repeats"):
                 m[part][f] = {}
@@ -237,9 +242,9 @@ def merge(rounds, flops_per_row):
     m["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in rounds)
     m["max_repeat_spread"] = max(r["max_repeat_spread"] for r in rounds)
     top = lp_top(m)
-    if top:  # forward GFLOP/s at the largest log_prob batch, from the merged median
+    if top and "nfe" not in m:  # forward GFLOP/s at the largest log_prob batch (not W5's ODE)
         m[f"gflops_log_prob_{top}"] = m["log_prob_rows_per_s"][top] * flops_per_row / 1e9
-    m["round_medians"] = [{f: r[f] for f in RATES + ("peak_rss_bytes",)} for r in rounds]
+    m["round_medians"] = [{f: r[f] for f in RATES + ("peak_rss_bytes",) if f in r} for r in rounds]
     if "configs" in rounds[0]:
         m["configs"] = [r["configs"] for r in rounds]
     return m
@@ -302,6 +307,11 @@ def targets(res):
     add("W4 train vs torch", g("W4", "train_samples_per_s"), 1.5)
     add("W4 log_prob B=256 vs torch", g("W4", "log_prob_rows_per_s", "256"), 2)
     add("W4 sampling vs torch", g("W4", "sample_rows_per_s"), 2)
+    add("W5 train vs torch", g("W5", "train_samples_per_s"), 10)
+    add("W5 log_prob B=1 vs torch", g("W5", "log_prob_rows_per_s", "1"), 10)
+    add("W5 log_prob B=64 vs torch", g("W5", "log_prob_rows_per_s", "64"), 10)
+    add("W5 log_prob B=256 vs torch", g("W5", "log_prob_rows_per_s", "256"), 10)
+    add("W5 log_prob B=4096 vs torch", g("W5", "log_prob_rows_per_s", "4096"), 10)
     # the issue's RSS target is serving all three models; the per-workload
     # peaks (training state included) are in the table
     add("serving peak RSS flowd/torch", _get(res, "serve", "ratio"), 0.2, ge=False)
@@ -409,18 +419,25 @@ def main():
               "peak_rss_bytes", "gflops")
     for k in KEYS:
         w = res[k]
-        if "torch" in w:
-            w["torch"]["gflops_frac_peak"] = w["torch"]["gflops"] / peak
+        for who in ("flowd", "torch"):
+            if "gflops" in w.get(who, {}):
+                w[who]["gflops_frac_peak"] = w[who]["gflops"] / peak
         if "flowd" not in w:
             continue
-        w["flowd"]["gflops_frac_peak"] = w["flowd"]["gflops"] / peak
         if "gflops_executed" in w["flowd"]:
             # pooled over rounds: the executed rate scales with the merged training rate
             w["flowd"]["gflops_executed"] = (w["flowd"]["train_samples_per_s"] * 3
                                              * w["exec_flops_per_row_fwd"] / 1e9)
             w["flowd"]["gflops_executed_frac_peak"] = w["flowd"]["gflops_executed"] / peak
         if "torch" in w:
-            w["ratio"] = {f: ratio(w["flowd"][f], w["torch"][f]) for f in fields}
+            w["ratio"] = {f: ratio(w["flowd"][f], w["torch"][f]) for f in fields
+                          if f in w["flowd"] and f in w["torch"]}
+        cl = [_get(w, who, "check_log_prob") for who in ("flowd", "torch")]
+        if cl[0] and cl[1]:  # W5: the same ODE on both sides, scored at the same points
+            w["check_log_prob_max_diff"] = max(abs(a - b) for a, b in zip(*cl))
+            if w["check_log_prob_max_diff"] > 1e-3:
+                log(f"compare.py: {k}: flowd and torch score the check points "
+                    f"{w['check_log_prob_max_diff']:.3g} apart: not the same model")
     old = read_results(OUT)
     for k in ("http", "daemon"):  # written by http_bench.sh and daemon_bench.sh
         if k in old:
@@ -510,6 +527,11 @@ def print_table(res, torch_ok):
         top = lp_top(w.get("flowd")) or lp_top(w.get("torch"))
         if top:
             row(w, f"log_prob {top} GFLOP/s", (f"gflops_log_prob_{top}",), 1, False, False)
+        for n in (_get(w, "flowd", "nfe") or _get(w, "torch", "nfe") or {}):
+            row(w, f"NFE {n}", ("nfe", n), 1, False, False)
+        if "check_log_prob_max_diff" in w:
+            print(f"{'check log p |diff|':24}{w['check_log_prob_max_diff']:>9.2g}"
+                  "  (the same ODE on both sides, 4 fixed points)")
         row(w, "max repeat spread %", ("max_repeat_spread",), 100, False, False, True)
     print()
     s = res["serve"]

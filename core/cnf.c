@@ -66,6 +66,7 @@
  * integrals to the workspace's nf_ode_stats (nf_ctx.ode).
  */
 #include "alloc.h"
+#include "kern.h"
 #include "nf_internal.h"
 
 #include <math.h>
@@ -338,6 +339,23 @@ static void dyn_eval(const cnf *c, const nf_real *prm, rec *R, const nf_real *z,
         } else {
             nf_gemm(0, 1, (int)Rn, H, I, 1, R->O[l - 1], I, W, I, 0, Y, H);
         }
+#ifndef NF_DOUBLE
+        if (!hidden || c->act == ACT_TANH) { /* the vectorised float rows (core/kern.h) */
+            float sb[256];
+            for (int r = 0; r < n; r++)
+                for (int j0 = 0; j0 < H; j0 += 256) {
+                    const int m = H - j0 < 256 ? H - j0 : 256;
+                    const size_t o = (size_t)r * H + j0;
+                    nf_cs_row(m, (float)t[r], a + j0, cc + j0, b + j0, d + j0, Y + o, G + o,
+                              P + o, O + o, sb, hidden);
+                    for (int k = 0; k < K; k++) {
+                        const size_t q = ((size_t)(k + 1) * n + r) * H + j0;
+                        for (int j = 0; j < m; j++) O[q + j] = sb[j] * Y[q + j];
+                    }
+                }
+            continue;
+        }
+#endif
         for (int r = 0; r < n; r++) {
             const double tr = t[r];
             nf_real *yr = Y + (size_t)r * H, *gr = G + (size_t)r * H, *pr = P + (size_t)r * H,
@@ -1063,6 +1081,10 @@ static int cnf_forward(const nf_layer *L, nf_ctx *cx, const nf_real *z, nf_real 
     const cnf *c = L->impl;
     sws S = sws_of(c, cx);
     solve_ctx sc = solve_setup(L, cx, &S);
+    if (cx->no_logdet) { /* z alone: no tangents, and ℓ (0) leaves the error norm */
+        sc.K = 0;
+        sc.eps = NULL;
+    }
     if (sc.eps) draw_probes(L, c, cx, S.eps);
     memcpy(x, z, (size_t)cx->B * c->D * sizeof *x);
     int rc = solve_fwd(&sc, x, 1, 0, 0);

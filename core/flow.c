@@ -602,8 +602,10 @@ int nf_flow_encode(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *
 }
 
 /* sampling pass over one chunk: z (n,D) -> x (n,D), w->ld = log|det dx/dz| */
+/* sampling pass over one chunk; need_ld 0: the caller ignores w->ld, so
+ * layers may skip the log-det where it costs (cnf: the trace) */
 static int forward_chunk(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *ctx, int n,
-                         nf_real *x) {
+                         nf_real *x, int need_ld) {
     int bad = 0;
     memset(w->ld, 0, (size_t)n * sizeof *w->ld);
     if (f->nlayers == 0) {
@@ -613,6 +615,7 @@ static int forward_chunk(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_
     const nf_real *in = z;
     for (int k = f->nlayers - 1; k >= 0; k--) {
         nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, n, 0);
+        c.no_logdet = !need_ld;
         /* write into h[k] (h[0] is the caller's x) */
         nf_real *out = k == 0 ? x : w->h[k];
         int rc = f->layers[k].ops->forward(&f->layers[k], &c, in, out, w->ld);
@@ -634,7 +637,7 @@ int nf_flow_decode(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_real *
         memcpy(w->g0, z + (size_t)s * f->D, (size_t)n * f->D * sizeof *z);
         w->row_cur = w->row0 + s;
         rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, n,
-                           x + (size_t)s * f->D);
+                           x + (size_t)s * f->D, logdet != NULL);
         if (rc == NF_ENONFINITE) bad = 1;
         else if (rc) return rc;
         if (logdet) memcpy(logdet + s, w->ld, (size_t)n * sizeof *logdet);
@@ -656,7 +659,7 @@ int nf_flow_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed,
         if (log_prob) nf_base_log_prob(&f->base, f->params + f->base.param_off, w->g0, m, w->bl);
         w->row_cur = w->row0 + s;
         rc = forward_chunk(f, w, w->g0, ctx ? ctx + (size_t)s * f->C : NULL, m,
-                           x + (size_t)s * f->D);
+                           x + (size_t)s * f->D, log_prob != NULL);
         if (rc && rc != NF_ENONFINITE) return rc;
         if (log_prob)
             for (int r = 0; r < m; r++)
@@ -862,7 +865,7 @@ static void par_part(void *arg, int t) {
             nf_real *xr = j->out + (size_t)(s + c) * D;
             memcpy(w->g0, xr, (size_t)m * D * sizeof *xr);
             w->row_cur = w->row0 + c;
-            rc = forward_chunk(f, w, w->g0, ROWS(j->ctx, s + c, C), m, xr);
+            rc = forward_chunk(f, w, w->g0, ROWS(j->ctx, s + c, C), m, xr, j->logp != NULL);
             if (rc == NF_ENONFINITE) bad = 1, rc = 0;
             if (!rc && j->logp)
                 for (int r = 0; r < m; r++)

@@ -281,3 +281,86 @@ void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d) {
         d[i] = 1.0 + e;
     }
 }
+
+#ifndef NF_DOUBLE
+/* exp(v) for v in [-87, 0] in float (exp_nonpos's method: the shift puts
+ * round(v / ln 2) in the low bits; ln 2 split so k ln2_hi is exact) */
+static inline float expf_nonpos(float v) {
+    const float shift = 0x1.8p23f, inv_ln2 = 0x1.715476p0f;
+    const float ln2_hi = 0x1.62e4p-1f, ln2_lo = 0x1.7f7d1cp-20f;
+    float kf = v * inv_ln2 + shift;
+    uint32_t ki;
+    memcpy(&ki, &kf, sizeof ki);
+    kf -= shift;
+    float r = v - kf * ln2_hi - kf * ln2_lo;
+    float q = 1.0f / 5040;
+    q = q * r + 1.0f / 720;
+    q = q * r + 1.0f / 120;
+    q = q * r + 1.0f / 24;
+    q = q * r + 1.0f / 6;
+    q = q * r + 0.5f;
+    q = q * r + 1.0f;
+    q = q * r + 1.0f;
+    uint32_t sb = (ki + 127) << 23;
+    float scale;
+    memcpy(&scale, &sb, sizeof scale);
+    return scale * q;
+}
+
+/* m ? x : y for a mask m of all ones or zeros (a bit select, which the
+ * vectoriser keeps; a conditional becomes a branch) */
+static inline float fsel(uint32_t m, float x, float y) {
+    uint32_t ux, uy;
+    memcpy(&ux, &x, sizeof ux);
+    memcpy(&uy, &y, sizeof uy);
+    ux = (ux & m) | (uy & ~m);
+    float r;
+    memcpy(&r, &ux, sizeof r);
+    return r;
+}
+
+NF_VEC static void cs_gate(int H, float t, const float *restrict a, const float *restrict c,
+                           const float *restrict b, const float *restrict d, float *restrict y,
+                           float *restrict g, float *restrict p) {
+    for (int j = 0; j < H; j++) {
+        float za = a[j] * t + c[j], na = -fabsf(za);
+        float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(na > -87.0f), na, -87.0f));
+        float gj = fsel((uint32_t)0 - (uint32_t)(za >= 0), 1.0f, e) / (1.0f + e);
+        float u = y[j] + b[j];
+        y[j] = u;
+        g[j] = gj;
+        p[j] = u * gj + d[j] * t;
+    }
+}
+
+NF_VEC static void cs_tanh(int H, const float *restrict g, const float *restrict p,
+                           float *restrict o, float *restrict s) {
+    for (int j = 0; j < H; j++) {
+        float x = p[j], ax = fabsf(x), m2 = -2.0f * ax;
+        float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(m2 > -87.0f), m2, -87.0f));
+        float th = (1.0f - e) / (1.0f + e);
+        uint32_t ux, sign;
+        memcpy(&ux, &th, sizeof ux);
+        memcpy(&sign, &x, sizeof sign);
+        ux |= sign & 0x80000000u;
+        memcpy(&th, &ux, sizeof th);
+        float x2 = x * x;
+        float ser = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 +
+                                                                       x2 * (62.0f / 2835)))));
+        float h = fsel((uint32_t)0 - (uint32_t)(ax < 0.2f), ser, th);
+        o[j] = h;
+        s[j] = (1.0f - h * h) * g[j];
+    }
+}
+
+void nf_cs_row(int H, float t, const float *a, const float *c, const float *b, const float *d,
+               float *y, float *g, float *p, float *o, float *s, int act_tanh) {
+    cs_gate(H, t, a, c, b, d, y, g, p);
+    if (act_tanh) {
+        cs_tanh(H, g, p, o, s);
+    } else {
+        memcpy(o, p, (size_t)H * sizeof *o);
+        memcpy(s, g, (size_t)H * sizeof *s);
+    }
+}
+#endif

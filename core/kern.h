@@ -42,6 +42,15 @@
 void nf_sigmoid_parts(const nf_real *h, double c, int n, double *s, double *d);
 
 #ifndef NF_DOUBLE
+/* One row of a concat-squash layer (core/cnf.c) in float, for j < H:
+ *     g_j = sigmoid(a_j t + c_j), u_j = y_j + b_j, p_j = u_j g_j + d_j t,
+ *     o_j = tanh(p_j) (act_tanh) or p_j,  s_j = act'(p_j) g_j,
+ * y becoming u.  A polynomial exp (degree 7 on |r| <= ln 2 / 2) and, for
+ * |p| < 0.2, tanh's odd series to p^9; vectorised.  Within 4e-7 relative of
+ * libm's sigmoid and tanh (tests/core/test_cnf.c); arguments below -87 are
+ * clamped (exp underflows to 0 in float there anyway). */
+void nf_cs_row(int H, float t, const float *a, const float *c, const float *b, const float *d,
+               float *y, float *g, float *p, float *o, float *s, int act_tanh);
 void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y, int acc);
 /* The portable twin, exposed for tests. */
 void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, float *y, int acc);

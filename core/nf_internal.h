@@ -74,6 +74,8 @@ typedef struct nf_ctx {
     int64_t row0;           /* index of row 0 of this call in the caller's rows */
     const nf_real *wreg;    /* backward of a training log_prob_grad: (B) weights
                                -dlogp_b of the layers' regularisers, else NULL */
+    int no_logdet;          /* forward (sampling) only: nobody reads the log-det,
+                               so a layer may leave it out (cnf: no trace) */
 } nf_ctx;
 
 typedef struct nf_layer_ops {

@@ -4,6 +4,7 @@
  * the density's integral, per-row independence, step limits and bad specs. */
 #include "../test.h"
 #include "layercheck.h"
+#include "../../core/kern.h"
 
 /* Tolerances whose solver error is below each build's round-trip check
  * (layercheck: 1e-8 in float64, 2e-3 in float32). */
@@ -289,6 +290,84 @@ TEST(cnf_rows_independent) {
     nf_ws_free(w3);
     nf_flow_free(f);
 }
+
+/* Sampling without log p integrates z alone (no trace tangents, ℓ out of the
+ * error norm): the same samples to the solver's tolerance, fewer row
+ * evaluations' worth of work, and decode with a log-det still exact. */
+TEST(cnf_sample_without_log_prob) {
+    nf_flow *f = mk("{\"dim\":2,\"preset\":\"ffjord\",\"hidden\":[8,8]," TIGHT "}");
+    REQUIRE(f);
+    perturb(f, 0.5, 21);
+    enum { N = 64 };
+    nf_real xa[N * 2], xb[N * 2], lp[N], lpx[N];
+    for (int th = 1; th <= 2; th++) {
+        nf_ws *w = NULL;
+        REQUIRE(nf_ws_create_threads(f, N, th, &w) == 0);
+        CHECK(nf_flow_sample(f, w, N, 1.0, 7, NULL, xa, lp) == 0);
+        CHECK(nf_flow_sample(f, w, N, 1.0, 7, NULL, xb, NULL) == 0);
+        double worst = 0;
+        for (int i = 0; i < 2 * N; i++) worst = fmax(worst, fabs((double)xa[i] - xb[i]));
+#ifdef NF_DOUBLE
+        CHECK_MSG(worst < 1e-8, "%d thread(s): samples differ by %g", th, worst);
+#else
+        CHECK_MSG(worst < 1e-4, "%d thread(s): samples differ by %g", th, worst);
+#endif
+        /* the log p returned with the samples is the density's at them */
+        CHECK(nf_flow_log_prob(f, w, xa, NULL, N, lpx) == 0);
+        for (int i = 0; i < N; i++) CHECK_CLOSE(lp[i], lpx[i], 1e-3, 1e-3);
+        nf_ws_free(w);
+    }
+    nf_flow_free(f);
+}
+
+#ifndef NF_DOUBLE
+/* The float concat-squash row (core/kern.h nf_cs_row) against libm in
+ * double, over gate and activation arguments up to a few hundred, both
+ * signs, and the series/exp switch of tanh at |p| = 0.2. */
+TEST(cnf_float_row_kernel) {
+    enum { H = 203 };
+    float a[H], c[H], b[H], d[H], y[H], y0[H], g[H], p[H], o[H], s[H];
+    memset(c, 0, sizeof c);
+    double worst_g = 0, worst_o = 0, worst_s = 0;
+    nf_rng r;
+    nf_rng_seed(&r, 5);
+    for (int rep = 0; rep < 400; rep++) {
+        double scale = rep < 100 ? 0.1 : rep < 200 ? 1 : rep < 300 ? 10 : 60;
+        /* t = ±1 and c = 0: the gate's argument a t + c is exact in float,
+         * so what is measured is the kernel's error, not the argument's
+         * rounding (which the layer has in any float evaluation) */
+        float t = rep % 2 ? 1.0f : -1.0f;
+        for (int j = 0; j < H; j++) {
+            a[j] = (float)(scale * nf_rng_normal(&r));
+            c[j] = 0;
+            b[j] = (float)(0.1 * nf_rng_normal(&r));
+            d[j] = (float)(0.1 * nf_rng_normal(&r));
+            y[j] = y0[j] = (float)(scale * nf_rng_normal(&r));
+        }
+        y[0] = y0[0] = 0.2f - b[0]; /* near the switch */
+        for (int act = 0; act < 2; act++) {
+            memcpy(y, y0, sizeof y);
+            nf_cs_row(H, t, a, c, b, d, y, g, p, o, s, act);
+            for (int j = 0; j < H; j++) {
+                double za = (double)a[j] * t + c[j], gj = 1 / (1 + exp(-za));
+                double u = (double)y0[j] + b[j], pj = u * gj + (double)d[j] * t;
+                CHECK_CLOSE(y[j], u, 1e-6, 1e-6);
+                worst_g = fmax(worst_g, fabs(g[j] - gj) / fmax(gj, 1e-30));
+                /* p: the product's float rounding, relative to |u g| + |d t| */
+                CHECK_CLOSE(p[j], pj, 1e-6, 1e-6 * (fabs(u * gj) + fabs(d[j] * t)));
+                double po = act ? tanh((double)p[j]) : p[j];
+                worst_o = fmax(worst_o, fabs(o[j] - po) / fmax(fabs(po), 1e-30));
+                double ps = act ? (1 - po * po) * g[j] : g[j];
+                worst_s = fmax(worst_s, fabs(s[j] - ps));
+            }
+        }
+    }
+    printf("    sigmoid rel %.2e, tanh rel %.2e, act' g abs %.2e\n", worst_g, worst_o, worst_s);
+    CHECK_MSG(worst_g < 4e-7, "sigmoid: %.3g relative", worst_g);
+    CHECK_MSG(worst_o < 4e-7, "tanh: %.3g relative", worst_o);
+    CHECK_MSG(worst_s < 1e-6, "act' g: %.3g absolute", worst_s);
+}
+#endif
 
 /* max_steps ends a solve that needs more with NF_ESTEPS, not a hang */
 TEST(cnf_max_steps) {
