@@ -26,10 +26,10 @@
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
  * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
- * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, W5, sgemm, serve: run only
+ * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, W5, sgemm, serve, cnf_trace: run only
  * those, no table; "serve" builds the W1-W3 models in one process, scores 256
  * rows with each and reports that process's peak RSS; bench/compare.py uses
- * it).  A workload whose flow cannot be built (W4 before the image layers
+ * it; "cnf_trace", only when named, prints the CNF trace sweep below).  A workload whose flow cannot be built (W4 before the image layers
  * exist) is skipped with a message and an "error" in its JSON object.
  * The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS; `make bench` sets 2).
  */
@@ -403,12 +403,13 @@ static double splitmix_unit(uint64_t seed, uint64_t i) {
     return (double)(z >> 11) * 0x1.0p-53;
 }
 
-static void w5_init(nf_flow *f) {
+/* w5_init's parameters for a CNF of dim D, hidden [64,64,64] (no context) */
+static void cnf_init_dim(nf_flow *f, int D) {
     nf_real *p = nf_flow_params(f);
     size_t i = 0;
-    int in = 2;
+    int in = D;
     for (int l = 0; l < 4; l++) {
-        int out = l < 3 ? w5_hidden[l] : 2;
+        int out = l < 3 ? w5_hidden[l] : D;
         double bw = 1.0 / sqrt((double)in);
         size_t n[5] = {(size_t)in * out, (size_t)out, (size_t)out, (size_t)out, (size_t)out};
         double bound[5] = {bw, bw, 1, 1, 1};
@@ -418,10 +419,97 @@ static void w5_init(nf_flow *f) {
         in = out;
     }
     if (i != nf_flow_num_params(f)) {
-        fprintf(stderr, "bench_core: W5 has %zu parameters, w5_init set %zu\n",
+        fprintf(stderr, "bench_core: the CNF has %zu parameters, cnf_init_dim set %zu\n",
                 nf_flow_num_params(f), i);
         exit(1);
     }
+}
+
+static void w5_init(nf_flow *f) { cnf_init_dim(f, 2); }
+
+/* ---- the CNF trace sweep (FLOWD_BENCH_ONLY=cnf_trace): what the exact trace
+ * costs against Hutchinson's by dimension, for NF_CNF_EXACT_DEFAULT (the
+ * training default) and NF_CNF_EXACT_MAX (exact scoring).  Per D: an ffjord
+ * block, hidden [64,64,64], cnf_init_dim's parameters, N(0, I) rows; the
+ * training step (log_prob_grad, batch 256) and log_prob (256 rows) with each
+ * trace, timed as every figure; reported per row and per dynamics evaluation
+ * (row evaluations from the counters), since the two traces take different
+ * steps.  Scoring always uses the exact trace up to NF_CNF_EXACT_MAX, so the
+ * log_prob columns are exact only; the Hutchinson scoring column is what a
+ * stochastic estimate would cost (a training-mode pass without gradient). */
+typedef struct sweep_arg {
+    nf_flow *f;
+    nf_ws *w;
+    const nf_real *x;
+    nf_real *dlogp, *logp;
+    int B, grad;
+} sweep_arg;
+
+static int sweep_call(void *p) {
+    sweep_arg *a = p;
+    if (!a->grad) return nf_flow_log_prob(a->f, a->w, a->x, NULL, a->B, a->logp);
+    nf_flow_zero_grad_ws(a->f, a->w);
+    return nf_flow_log_prob_grad(a->f, a->w, a->x, NULL, a->B, 1, a->dlogp, a->logp, NULL, NULL);
+}
+
+static cJSON *cnf_trace_sweep(void) {
+    static const int dims[] = {2, 4, 8, 16, 32, 64};
+    const int B = 256;
+    cJSON *arr = cJSON_CreateArray();
+    printf("\nCNF trace sweep: ffjord [64,64,64], batch %d, %d thread(s); us per row / per row-evaluation\n",
+           B, g_core_threads);
+    printf("%4s %24s %24s %9s %22s\n", "D", "train exact", "train hutchinson", "ratio",
+           "log_prob exact");
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        const int D = dims[di];
+        double us[3], ev[3];
+        nf_real *x = malloc((size_t)B * D * sizeof *x), *dl = malloc((size_t)B * sizeof *dl),
+                *lp = malloc((size_t)B * sizeof *lp);
+        if (!x || !dl || !lp) die("sweep", NF_ENOMEM);
+        nf_rng r;
+        nf_rng_seed(&r, 77);
+        gen_gauss(&r, x, B, D);
+        for (int i = 0; i < B; i++) dl[i] = (nf_real)(-1.0 / B);
+        for (int k = 0; k < 3; k++) { /* train exact, train hutchinson, log_prob (exact) */
+            char spec[256];
+            snprintf(spec, sizeof spec,
+                     "{\"dim\":%d,\"layers\":[{\"type\":\"cnf\",\"hidden\":[64,64,64],"
+                     "\"trace\":\"%s\"}]}", D, k == 1 ? "hutchinson" : "exact");
+            nf_flow *f;
+            char err[256];
+            int rc = nf_flow_create(spec, &f, err, sizeof err);
+            if (rc) die(err, rc);
+            cnf_init_dim(f, D);
+            sweep_arg a = {.f = f, .x = x, .dlogp = dl, .logp = lp, .B = B, .grad = k < 2};
+            if ((rc = nf_ws_create_ex(f, B, g_core_threads, k < 2 ? 0 : NF_WS_INFERENCE, &a.w)))
+                die("ws", rc);
+            nf_ws_ode_stats_reset(a.w);
+            timing t = time_op(sweep_call, &a, "cnf sweep");
+            nf_ode_stats st;
+            nf_ws_ode_stats(a.w, &st);
+            us[k] = 1e6 * t.med / B;
+            /* row evaluations per row and call: pass + gradient */
+            double calls = st.rows ? (double)st.rows / B : 1;
+            ev[k] = st.row_nfe / calls / B;
+            nf_ws_free(a.w);
+            nf_flow_free(f);
+        }
+        printf("%4d %12.1f / %9.3f %12.1f / %9.3f %9.2f %10.1f / %9.3f\n", D, us[0], us[0] / ev[0],
+               us[1], us[1] / ev[1], (us[0] / ev[0]) / (us[1] / ev[1]), us[2], us[2] / ev[2]);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "dim", D);
+        cJSON_AddNumberToObject(o, "train_exact_us_per_row", us[0]);
+        cJSON_AddNumberToObject(o, "train_exact_evals_per_row", ev[0]);
+        cJSON_AddNumberToObject(o, "train_hutchinson_us_per_row", us[1]);
+        cJSON_AddNumberToObject(o, "train_hutchinson_evals_per_row", ev[1]);
+        cJSON_AddNumberToObject(o, "log_prob_exact_us_per_row", us[2]);
+        cJSON_AddNumberToObject(o, "log_prob_exact_evals_per_row", ev[2]);
+        cJSON_AddItemToArray(arr, o);
+        free(x);
+        free(dl);
+        free(lp);
+    }
+    return arr;
 }
 
 static void w5_check(const nf_flow *f, double out[4]) {
@@ -741,6 +829,7 @@ int main(void) {
     }
     int hwm_reset = reset_hwm() == 0;
     long long serve = wanted(only, "serve") ? serve_rss(wl) : -1;
+    cJSON *sweep = only && wanted(only, "cnf_trace") ? cnf_trace_sweep() : NULL;
     result res[NW];
     int ran[NW];
     memset(res, 0, sizeof res);
@@ -867,6 +956,7 @@ json:;
     }
     cJSON_AddBoolToObject(root, "peak_rss_per_workload", hwm_reset);
     if (serve >= 0) cJSON_AddNumberToObject(root, "serve_peak_rss_bytes", (double)serve);
+    if (sweep) cJSON_AddItemToObject(root, "cnf_trace_sweep", sweep);
     for (int i = 0; i < NW; i++) {
         if (!ran[i]) continue;
         cJSON *w = cJSON_AddObjectToObject(root, wl[i].key);
