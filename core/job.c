@@ -203,7 +203,8 @@ static int parse_flow(const cJSON *fl, nf_job *j, char *err, size_t errlen) {
         prefix(err, errlen, "flow");
         goto out;
     }
-    if (cJSON_GetObjectItemCaseSensitive(fl, "context_dim"))
+    const cJSON *v = nf_json_get(fl, "context_dim");
+    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
         FAIL("flow.context_dim: set by the dataset's context_columns or labels, leave it out");
     int shape[3]; /* its form here; that it holds a row is checked against the dataset */
     if ((rc = nf_shape_parse(fl, 0, shape, err, errlen))) {
@@ -519,6 +520,7 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     char *out = NULL;
     if (!spec || !pre || !pp || !a) goto fail_oom;
     cJSON_AddNumberToObject(spec, "dim", D);
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "context_dim"); /* 0 if given */
     if (j->context_dim > 0) cJSON_AddNumberToObject(spec, "context_dim", j->context_dim);
     /* the image shape: the flow's own, which must hold one row, else the
      * dataset's (the preprocessing layers in front are vector layers; the
