@@ -61,6 +61,31 @@ static void upload_csv(dmn *d, const char *query, const char *csv, char *id, siz
     hresp_free(&r);
 }
 
+/* POST a sample request (200 expected); the mean of its n 2-D samples */
+static void sample_mean(dmn *d, const char *path, const char *body, int n, double *mx, double *my) {
+    hresp r;
+    http_post_json(d, path, body, &r);
+    CHECK_MSG(r.status == 200, "%s: %ld %s", body, r.status, r.body);
+    *mx = *my = 0;
+    for (int i = 0; i < n && r.status == 200; i++) {
+        const cJSON *row = cJSON_GetArrayItem(get(r.json, "samples"), i);
+        *mx += item(row, 0) / n;
+        *my += item(row, 1) / n;
+    }
+    hresp_free(&r);
+}
+
+/* POST a CSV or .npy body to log_prob: the scores match ref's n */
+static void scores_match(dmn *d, const char *path, const char *ctype, const void *body, size_t len,
+                         const cJSON *ref, int n) {
+    hresp c;
+    post(d, path, ctype, NULL, body, len, &c);
+    CHECK_MSG(c.status == 200, "%s: %ld %s", ctype, c.status, c.body);
+    for (int i = 0; i < n && c.status == 200; i++)
+        CHECK_CLOSE(item(get(c.json, "log_prob"), i), item(get(ref, "log_prob"), i), 1e-4, 1e-5);
+    hresp_free(&c);
+}
+
 static void run_job(dmn *d, const char *json) {
     long long id = submit_job(d, json);
     REQUIRE(id > 0);
@@ -150,19 +175,11 @@ TEST_T(http_conditional_labels, 240) {
         k += (size_t)snprintf(csv + k, ccap - k, "%.9g,%.9g,%d\n", (double)h.x[i * 3], (double)h.x[i * 3 + 1],
                               (int)h.x[i * 3 + 2]);
     hresp c;
-    post(&d, "/v1/models/g8/log_prob", "text/csv", NULL, csv, k, &c);
-    CHECK_MSG(c.status == 200, "%ld %s", c.status, c.body);
-    for (int i = 0; c.status == 200 && i < N; i++)
-        CHECK_CLOSE(item(get(c.json, "log_prob"), i), item(get(a.json, "log_prob"), i), 1e-4, 1e-5);
-    hresp_free(&c);
+    scores_match(&d, "/v1/models/g8/log_prob", "text/csv", csv, k, a.json, N);
     size_t nlen = 0;
     char *npy = nf_npy_f32(h.x, N, 3, &nlen);
     REQUIRE(npy);
-    post(&d, "/v1/models/g8/log_prob", "application/x-npy", NULL, npy, nlen, &c);
-    CHECK_MSG(c.status == 200, "%ld %s", c.status, c.body);
-    for (int i = 0; c.status == 200 && i < N; i++)
-        CHECK_CLOSE(item(get(c.json, "log_prob"), i), item(get(a.json, "log_prob"), i), 1e-4, 1e-5);
-    hresp_free(&c);
+    scores_match(&d, "/v1/models/g8/log_prob", "application/x-npy", npy, nlen, a.json, N);
     free(npy);
     /* width 2 (no label) and a label outside the classes: 422 */
     post(&d, "/v1/models/g8/log_prob", "text/csv", NULL, "1,2\n3,4\n", 8, &c);
@@ -175,17 +192,10 @@ TEST_T(http_conditional_labels, 240) {
     hresp_free(&b);
 
     /* sampling: one label for all, a class list (n of each) */
-    http_post_json(&d, "/v1/models/g8/sample", "{\"n\":200,\"seed\":3,\"labels\":3}", &r);
-    REQUIRE(r.status == 200);
-    double mx = 0, my = 0;
-    for (int i = 0; i < 200; i++) {
-        const cJSON *row = cJSON_GetArrayItem(get(r.json, "samples"), i);
-        mx += item(row, 0) / 200;
-        my += item(row, 1) / 200;
-    }
+    double mx, my;
+    sample_mean(&d, "/v1/models/g8/sample", "{\"n\":200,\"seed\":3,\"labels\":3}", 200, &mx, &my);
     /* Gaussian 3 is centred at (0, -4) / 1.414 */
     CHECK_MSG(fabs(mx) < 0.5 && fabs(my + 4 / 1.414) < 0.5, "samples of class 3 centred at (%g, %g)", mx, my);
-    hresp_free(&r);
     http_post_json(&d, "/v1/models/g8/sample", "{\"n\":4,\"seed\":3,\"classes\":[0,5],\"return_log_prob\":true}", &r);
     CHECK_MSG(r.status == 200, "%ld %s", r.status, r.body);
     check_schema(doc, "SampleResponse", r.json);
@@ -347,23 +357,12 @@ TEST_T(http_conditional_columns_and_stable_scores, 240) {
     check_schema(doc, "LogProbResponse", r.json);
     /* (2, -1) is where c = 1 puts x; (2, 1) is far off */
     CHECK(item(get(r.json, "log_prob"), 0) > item(get(r.json, "log_prob"), 1) + 5);
-    post(&d, "/v1/models/cg/log_prob", "text/csv", NULL, "2,1,-1\n2,1,1\n", 13, &c);
-    CHECK_MSG(c.status == 200, "%ld %s", c.status, c.body);
-    for (int i = 0; i < 2 && c.status == 200; i++)
-        CHECK_CLOSE(item(get(c.json, "log_prob"), i), item(get(r.json, "log_prob"), i), 1e-4, 1e-5);
+    scores_match(&d, "/v1/models/cg/log_prob", "text/csv", "2,1,-1\n2,1,1\n", 13, r.json, 2);
     hresp_free(&r);
-    hresp_free(&c);
     /* sampling with one context for all rows: x near (2c, -c) */
-    http_post_json(&d, "/v1/models/cg/sample", "{\"n\":300,\"seed\":1,\"context\":[1.5]}", &r);
-    REQUIRE(r.status == 200);
-    double mx = 0, my = 0;
-    for (int i = 0; i < 300; i++) {
-        const cJSON *row = cJSON_GetArrayItem(get(r.json, "samples"), i);
-        mx += item(row, 0) / 300;
-        my += item(row, 1) / 300;
-    }
+    double mx, my;
+    sample_mean(&d, "/v1/models/cg/sample", "{\"n\":300,\"seed\":1,\"context\":[1.5]}", 300, &mx, &my);
     CHECK_MSG(fabs(mx - 3) < 0.3 && fabs(my + 1.5) < 0.3, "samples at c = 1.5 centred at (%g, %g)", mx, my);
-    hresp_free(&r);
     http_post_json(&d, "/v1/models/cg/sample", "{\"n\":3,\"context\":[[1],[2]]}", &r);
     CHECK_MSG(r.status == 422, "%ld %s", r.status, r.body);
     hresp_free(&r);
@@ -397,8 +396,13 @@ TEST_T(http_conditional_columns_and_stable_scores, 240) {
     CHECK(c.status == 200);
     CHECK_CLOSE(item(get(c.json, "log_prob"), 0), item(lr, 1), 1e-4, 1e-5);
     hresp_free(&c);
-    /* the importance-weighted estimate: K = 16 over the training rows, and
-     * its mean at least the K = 1 bound's */
+    /* the importance-weighted estimate: K = 16 over 300 training rows uses
+     * other draws than K = 1 (most rows differ), estimates the same
+     * quantity (within a nat for 90% of rows: a 3-epoch model's single
+     * uniform draw has a spread of about a nat), and the row's first entry alone gives the
+     * same figure (stable).  That it is at least the mean of its draws'
+     * bounds, row by row, is checked in tests/core/test_conditional.c,
+     * where the single draws can be rebuilt. */
     size_t body_cap = 300 * 16 + 64, bk = 0;
     char *body = malloc(body_cap);
     bk += (size_t)snprintf(body + bk, body_cap - bk, "{\"inputs\":[");
@@ -418,12 +422,22 @@ TEST_T(http_conditional_columns_and_stable_scores, 240) {
     strcat(body, "]}");
     http_post_json(&d, "/v1/models/dq/log_prob", body, &c);
     REQUIRE(c.status == 200);
-    double m1 = 0, m16 = 0;
+    int differ = 0, near = 0;
     for (int i = 0; i < 300; i++) {
-        m16 += item(get(r.json, "log_prob"), i) / 300;
-        m1 += item(get(c.json, "log_prob"), i) / 300;
+        double a16 = item(get(r.json, "log_prob"), i), a1 = item(get(c.json, "log_prob"), i);
+        differ += fabs(a16 - a1) > 1e-6;
+        near += fabs(a16 - a1) < 1;
     }
-    CHECK_MSG(m16 > m1, "mean K=16 %g, mean K=1 %g", m16, m1);
+    CHECK_MSG(differ > 250 && near >= 270, "K=16 vs K=1: %d rows differ, %d within a nat", differ, near);
+    char one[80];
+    const cJSON *r0 = cJSON_GetArrayItem(get(r.json, "log_prob"), 0);
+    int a0, b0;
+    sscanf(csv, "%d,%d", &a0, &b0);
+    snprintf(one, sizeof one, "{\"inputs\":[[%d,%d]],\"samples\":16}", a0, b0);
+    hresp_free(&c);
+    http_post_json(&d, "/v1/models/dq/log_prob", one, &c);
+    CHECK(c.status == 200);
+    CHECK_CLOSE(item(get(c.json, "log_prob"), 0), cJSON_IsNumber(r0) ? r0->valuedouble : NAN, 1e-4, 1e-5);
     hresp_free(&r);
     hresp_free(&c);
     /* ?samples= for CSV bodies; above the cap: 400 (query) */
