@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static const cJSON *get(const cJSON *o, const char *k) {
     return o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
@@ -84,6 +85,30 @@ static void scores_match(dmn *d, const char *path, const char *ctype, const void
     for (int i = 0; i < n && c.status == 200; i++)
         CHECK_CLOSE(item(get(c.json, "log_prob"), i), item(get(ref, "log_prob"), i), 1e-4, 1e-5);
     hresp_free(&c);
+}
+
+/* flowctl (next to the flowd the tests run) against d: its exit status */
+static int flowctl(dmn *d, const char *args) {
+    char bin[600], cmd[1600];
+    snprintf(bin, sizeof bin, "%s", dmn_bin());
+    char *slash = strrchr(bin, '/');
+    if (slash) snprintf(slash + 1, sizeof bin - (size_t)(slash + 1 - bin), "flowctl");
+    else snprintf(bin, sizeof bin, "build/rel/flowctl");
+    snprintf(cmd, sizeof cmd, "%s --url http://127.0.0.1:%d %s", bin, d->port, args);
+    int st = system(cmd);
+    return st == -1 ? -1 : WEXITSTATUS(st);
+}
+
+/* the values of a flowctl score output file (after its header), at most n */
+static int read_scores(const char *path, double *v, int n) {
+    FILE *f = fopen(path, "r");
+    char line[128];
+    int k = 0;
+    if (!f) return -1;
+    if (!fgets(line, sizeof line, f)) k = -1;
+    while (k >= 0 && k < n && fgets(line, sizeof line, f)) v[k++] = strtod(line, NULL);
+    fclose(f);
+    return k;
 }
 
 static void run_job(dmn *d, const char *json) {
@@ -203,6 +228,20 @@ TEST_T(http_conditional_labels, 240) {
     CHECK(item(get(r.json, "labels"), 0) == 0 && item(get(r.json, "labels"), 3) == 0 &&
           item(get(r.json, "labels"), 4) == 5 && item(get(r.json, "labels"), 7) == 5);
     hresp_free(&r);
+    /* flowctl sample --label / --classes */
+    {
+        char o[300], args[600], line[256];
+        snprintf(o, sizeof o, "%s/c.csv", d.dir);
+        snprintf(args, sizeof args, "sample g8 -n 5 --seed 1 --classes 0,5 -o %s", o);
+        CHECK_EQ_INT(flowctl(&d, args), 0);
+        FILE *f = fopen(o, "r");
+        int lines = 0;
+        while (f && fgets(line, sizeof line, f)) lines++;
+        if (f) fclose(f);
+        CHECK_EQ_INT(lines, 11); /* a header and 5 samples of each class */
+        snprintf(args, sizeof args, "sample g8 -n 5 --label 9 -o %s 2>/dev/null", o);
+        CHECK_EQ_INT(flowctl(&d, args), 2); /* the server's 422 */
+    }
     /* encode, decode with labels: the round trip */
     http_post_json(&d, "/v1/models/g8/encode", "{\"inputs\":[[0.5,2.1],[-2,0]],\"labels\":[2,1]}", &r);
     CHECK_MSG(r.status == 200, "%ld %s", r.status, r.body);
@@ -440,6 +479,40 @@ TEST_T(http_conditional_columns_and_stable_scores, 240) {
     CHECK_CLOSE(item(get(c.json, "log_prob"), 0), cJSON_IsNumber(r0) ? r0->valuedouble : NAN, 1e-4, 1e-5);
     hresp_free(&r);
     hresp_free(&c);
+    /* flowctl score: the scores do not depend on --batch (they did: the
+     * noise came from one generator per request, by row position) */
+    {
+        char file[300], o1[300], o2[300], o3[300], args[1200];
+        snprintf(file, sizeof file, "%s/ints.csv", d.dir);
+        snprintf(o1, sizeof o1, "%s/s1.csv", d.dir);
+        snprintf(o2, sizeof o2, "%s/s2.csv", d.dir);
+        snprintf(o3, sizeof o3, "%s/s3.csv", d.dir);
+        FILE *f = fopen(file, "w");
+        REQUIRE(f);
+        const char *q = csv;
+        for (int i = 0; i < 200; i++) { /* the first 200 rows */
+            size_t l = strcspn(q, "\n") + 1;
+            fwrite(q, 1, l, f);
+            q += l;
+        }
+        fclose(f);
+        snprintf(args, sizeof args, "score dq %s --batch 1 -o %s", file, o1);
+        CHECK_EQ_INT(flowctl(&d, args), 0);
+        snprintf(args, sizeof args, "score dq %s --batch 77 -o %s", file, o2);
+        CHECK_EQ_INT(flowctl(&d, args), 0);
+        snprintf(args, sizeof args, "score dq %s --batch 77 --samples 8 -o %s", file, o3);
+        CHECK_EQ_INT(flowctl(&d, args), 0);
+        double s1[200], s2[200], s3[200];
+        CHECK_EQ_INT(read_scores(o1, s1, 200), 200);
+        CHECK_EQ_INT(read_scores(o2, s2, 200), 200);
+        CHECK_EQ_INT(read_scores(o3, s3, 200), 200);
+        int diff8 = 0;
+        for (int i = 0; i < 200; i++) {
+            CHECK_CLOSE(s1[i], s2[i], 1e-4, 1e-5);
+            diff8 += fabs(s3[i] - s2[i]) > 1e-6;
+        }
+        CHECK_MSG(diff8 > 150, "--samples 8 changed %d of 200 scores", diff8);
+    }
     /* ?samples= for CSV bodies; above the cap: 400 (query) */
     post(&d, "/v1/models/dq/log_prob?samples=4", "text/csv", NULL, "3,4\n8,9\n", 8, &r);
     CHECK_MSG(r.status == 200 && jnum(r.json, "samples") == 4, "%ld %s", r.status, r.body);
