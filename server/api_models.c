@@ -252,6 +252,11 @@ static int json_labels(fd_req *r, const cJSON *lb, const nf_model *m, int n, nf_
 static int json_context(fd_req *r, const cJSON *body, const nf_model *mm, int n, nf_real **ctx) {
     int C = nf_flow_context_dim(mm->flow);
     *ctx = NULL;
+    if ((size_t)n * C > MAX_VALUES) { /* the contexts of every row, one-hot labels included */
+        fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
+                      "limit of %d per request", (size_t)n * C, MAX_VALUES);
+        return -1;
+    }
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(body, "context");
     const cJSON *lb = nf_json_get(body, "labels");
     if (lb && c && !cJSON_IsNull(c)) {
@@ -422,6 +427,11 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
         /* a conditional model's CSV and .npy rows have its training data's
          * layout: x and the context columns (or the label) in one row */
         int W = C > 0 ? m->m->context.width : D;
+        if (C > 0 && m->m->context.kind == NF_CTX_NONE) { /* over NF_CTX_MAX_COLUMNS: no layout */
+            fd_send_error(r, 422, "invalid_input", NULL, "this model's %d context columns have no "
+                          "row layout: send JSON with \"context\"", C);
+            goto out;
+        }
         nf_data dat = {0};
         char err[300] = "";
         int rc = in == FMT_CSV ? nf_data_load_csv(r->body ? r->body : "", r->len, &dat, err, sizeof err)
@@ -443,6 +453,12 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
             goto out;
         }
         n = (int)dat.n;
+        if (C > 0 && (size_t)n * C > MAX_VALUES) {
+            nf_data_free(&dat);
+            fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
+                          "limit of %d per request", (size_t)n * C, MAX_VALUES);
+            goto out;
+        }
         if (C > 0) {
             x = malloc((size_t)n * D * sizeof *x);
             ctx = malloc((size_t)n * C * sizeof *ctx);
@@ -635,6 +651,12 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         }
         N = n * ncls;
         cols = n;
+        if ((size_t)N * m->m->context.classes > MAX_VALUES) {
+            fd_send_error(r, 422, "invalid_input", NULL, "samples x classes = %zu context values "
+                          "exceeds the limit of %d per request",
+                          (size_t)N * m->m->context.classes, MAX_VALUES);
+            goto out;
+        }
     }
     if ((size_t)N * D > MAX_VALUES) {
         fd_send_error(r, 422, "invalid_input", NULL, "n x dim = %zu values exceeds the limit of %d per request",
