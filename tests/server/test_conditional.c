@@ -169,6 +169,7 @@ TEST_T(http_conditional_labels, 240) {
                 "\"flow\":{\"preset\":\"realnvp\",\"depth\":4,\"hidden\":[32,32]},"
                 "\"train\":{\"epochs\":15,\"batch_size\":128,\"lr\":0.003,\"seed\":1}}");
     http_get(&d, "/v1/models/g8", &r);
+    check_schema(doc, "ModelDetail", r.json);
     const cJSON *v0 = cJSON_GetArrayItem(get(r.json, "versions"), 0);
     CHECK_MSG(r.status == 200 && jnum(v0, "context_dim") == 8, "%ld %s", r.status, r.body);
     const cJSON *pctx = get(get(v0, "preprocess"), "context");
