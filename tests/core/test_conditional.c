@@ -143,6 +143,14 @@ TEST(conditional_job_parse) {
     }
 }
 
+/* the job JSON js (offline paths allowed) into j; REQUIREd to parse */
+static int parse(const char *js, nf_job *j) {
+    char err[300] = "";
+    int rc = nf_job_parse(js, strlen(js), 1, j, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s: %s", js, err);
+    return rc;
+}
+
 /* ---- a conditional Gaussian learnt to its conditional entropy --------------------
  * c ~ N(0, I_2), x = A c + b + L eps, eps ~ N(0, I_2), so x | c ~ N(A c + b, L L^T)
  * and H(X | C) = log(2 pi e) + log|det L| (D = 2) = 0.7176 nats with
@@ -181,7 +189,7 @@ TEST_T(conditional_gaussian_entropy, 300) {
                      "\"test_fraction\":0.2,\"seed\":2,\"log_every\":1000}}";
     nf_job j;
     char err[300] = "";
-    REQUIRE(nf_job_parse(js, strlen(js), 1, &j, err, sizeof err) == 0);
+    REQUIRE(parse(js, &j) == 0);
     nf_job_result res;
     int rc = nf_job_run(&j, &all, NULL, NULL, 0, &res, err, sizeof err);
     CHECK_MSG(rc == 0, "run: %s", err);
@@ -440,8 +448,7 @@ TEST_T(conditional_variational_job_resumes, 300) {
                      "\"train\":{\"epochs\":2,\"batch_size\":100,\"seed\":6,\"eval_samples\":0},"
                      "\"preprocess\":{\"dequantize\":{\"kind\":\"variational\",\"levels\":16}}}";
     nf_job j;
-    char err[300] = "";
-    REQUIRE(nf_job_parse(js, strlen(js), 1, &j, err, sizeof err) == 0);
+    REQUIRE(parse(js, &j) == 0);
     nf_model *a = cond_run(&j, &rows, NULL, NULL, 0, 0);
     cond_ckpt k = {.at = 7};
     nf_train_hooks h = {.user = &k, .checkpoint = cond_on_ckpt, .checkpoint_every = 1};

@@ -111,6 +111,12 @@ static int read_scores(const char *path, double *v, int n) {
     return k;
 }
 
+/* a daemon on a fresh database: 0 or -1 */
+static int start(dmn *d) {
+    const char *args[] = {NULL};
+    return dmn_init(d) == 0 && dmn_start(d, args, NULL) == 0 ? 0 : -1;
+}
+
 static void run_job(dmn *d, const char *json) {
     long long id = submit_job(d, json);
     REQUIRE(id > 0);
@@ -151,9 +157,7 @@ static char *labels_json(const nf_data *h, int n, int shift) {
 /* ---- a class-conditional job on a toy set ------------------------------------ */
 TEST_T(http_conditional_labels, 240) {
     dmn d;
-    REQUIRE(dmn_init(&d) == 0);
-    const char *args[] = {NULL};
-    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    REQUIRE(start(&d) == 0);
     cJSON *doc = openapi(&d);
     REQUIRE(doc);
     hresp r;
@@ -294,9 +298,7 @@ TEST_T(http_conditional_labels, 240) {
 /* ---- a labels dataset and the class grid of an image model ---------------------- */
 TEST_T(http_conditional_labels_dataset_image_grid, 240) {
     dmn d;
-    REQUIRE(dmn_init(&d) == 0);
-    const char *args[] = {NULL};
-    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    REQUIRE(start(&d) == 0);
     /* 300 4x4 images of 0..255: class 0 dark, class 1 bright; labels apart */
     enum { N = 300 };
     size_t cap = (size_t)N * 80, k = 0, lk = 0;
@@ -366,9 +368,7 @@ TEST_T(http_conditional_labels_dataset_image_grid, 240) {
 /* ---- context columns, and stable importance-weighted scores ----------------------- */
 TEST_T(http_conditional_columns_and_stable_scores, 240) {
     dmn d;
-    REQUIRE(dmn_init(&d) == 0);
-    const char *args[] = {NULL};
-    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    REQUIRE(start(&d) == 0);
     cJSON *doc = openapi(&d);
     REQUIRE(doc);
     /* x | c ~ N((2c, -c), 0.3^2 I): c in the middle column */
