@@ -68,13 +68,17 @@ static const char *ext_of(const char *path) {
 
 /* ---- score --------------------------------------------------------------------------------- */
 static const char *help_score =
-    "usage: flowctl score NAME FILE [-o out.csv] [--batch 10000] [--version V] [--json]\n"
+    "usage: flowctl score NAME FILE [-o out.csv] [--batch 10000] [--version V] [--samples K] [--json]\n"
     "\n"
     "Writes the log-density log p(x) of every row of FILE under model NAME, one\n"
     "value a line after a 'log_prob' header, to -o (default stdout).  FILE is CSV\n"
     "(an optional header line; '-' reads stdin) or .npy.  The file is streamed: rows\n"
     "are read and posted --batch at a time (text/csv, Accept text/csv), so files\n"
     "larger than memory work.  A row outside the model's support is written as nan.\n"
+    "A dequantized model's rows get noise seeded by the row, so the scores do not\n"
+    "depend on --batch; --samples K (1..64) asks for the importance-weighted\n"
+    "estimate over K draws.  A conditional model reads rows of its training layout\n"
+    "(data and context columns, or the label, together).\n"
     "With --json and -o, a summary {\"rows\",\"output\"} is printed.\n";
 
 typedef struct scorer {
@@ -237,15 +241,18 @@ static int score_npy(scorer *s, FILE *f, long batch) {
 }
 
 int fc_cmd_score(int argc, char **argv) {
-    static const fc_optdef defs[] = {{"output", 'o', 1}, {"batch", 'b', 1}, {"version", 0, 1}, {NULL, 0, 0}};
+    static const fc_optdef defs[] = {{"output", 'o', 1}, {"batch", 'b', 1}, {"version", 0, 1},
+                                     {"samples", 'k', 1}, {NULL, 0, 0}};
     fc_args a;
     int rc = fc_parse(argc, argv, defs, &a, help_score);
     if (rc) return rc;
     if (a.npos != 2) return fc_usage_error(help_score, "score takes NAME and FILE");
-    long batch = 10000, version = 0;
-    const char *bs = fc_opt(&a, defs, "batch"), *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output");
+    long batch = 10000, version = 0, iw = 0;
+    const char *bs = fc_opt(&a, defs, "batch"), *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output"),
+               *ks = fc_opt(&a, defs, "samples");
     if (bs && fc_parse_long("--batch", bs, 1, 10000000, &batch)) return FC_USAGE;
     if (vs && fc_parse_long("--version", vs, 1, 2147483647L, &version)) return FC_USAGE;
+    if (ks && fc_parse_long("--samples", ks, 1, 64, &iw)) return FC_USAGE;
     const char *file = a.pos[1];
     FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
     if (!f) {
@@ -261,7 +268,8 @@ int fc_cmd_score(int argc, char **argv) {
     scorer s;
     memset(&s, 0, sizeof s);
     int k = snprintf(s.path, sizeof s.path, "/v1/models/%s/log_prob", fc_esc(a.pos[0]));
-    if (version) snprintf(s.path + k, sizeof s.path - k, "?version=%ld", version);
+    if (version) k += snprintf(s.path + k, sizeof s.path - k, "?version=%ld", version);
+    if (iw) snprintf(s.path + k, sizeof s.path - k, "%csamples=%ld", version ? '&' : '?', iw);
     s.progress = isatty(STDERR_FILENO) && out;
     if ((rc = fc_out_open(&s.out, out))) {
         if (f != stdin) fclose(f);
@@ -280,7 +288,7 @@ int fc_cmd_score(int argc, char **argv) {
 /* ---- sample ---------------------------------------------------------------------------------- */
 static const char *help_sample =
     "usage: flowctl sample NAME -n N [--temperature T] [--seed S] [--version V]\n"
-    "                      [-o out.csv|out.npy|out.png] [--json]\n"
+    "                      [--label K | --classes K1,K2,...] [-o out.csv|out.npy|out.png] [--json]\n"
     "\n"
     "Draws N samples from model NAME.  The output format follows the -o extension:\n"
     ".csv (default, also for stdout), .npy (float32), or .png: for a model with an\n"
@@ -289,7 +297,9 @@ static const char *help_sample =
     "other models drawn here: a scatter plot for 2-D models, an image grid for\n"
     "models whose dimension is a square (784 = 28x28).\n"
     "--temperature scales the base distribution (default 1); --seed makes the draw\n"
-    "reproducible.  --json without -o prints the server's JSON answer.\n";
+    "reproducible.  --json without -o prints the server's JSON answer.\n"
+    "A model trained on class labels: --label K draws N samples of class K;\n"
+    "--classes K1,K2,... draws N of each (an image model's picture: one row per class).\n";
 
 /* What a picture of version (0 = latest) of the model needs: whether it
  * has an image shape (then the server draws it), and the pixel range of
@@ -388,7 +398,8 @@ static int write_csv(fc_outfile *o, const char *b, size_t len) {
 
 int fc_cmd_sample(int argc, char **argv) {
     static const fc_optdef defs[] = {{"n", 'n', 1},      {"temperature", 't', 1}, {"seed", 's', 1},
-                                     {"version", 0, 1},  {"output", 'o', 1},      {NULL, 0, 0}};
+                                     {"version", 0, 1},  {"output", 'o', 1},      {"label", 'l', 1},
+                                     {"classes", 0, 1},  {NULL, 0, 0}};
     fc_args a;
     int rc = fc_parse(argc, argv, defs, &a, help_sample);
     if (rc) return rc;
@@ -411,6 +422,33 @@ int fc_cmd_sample(int argc, char **argv) {
     if (ts) cJSON_AddNumberToObject(body, "temperature", T);
     if (ss) cJSON_AddNumberToObject(body, "seed", (double)seed);
     if (version) cJSON_AddNumberToObject(body, "version", (double)version);
+    const char *ls = fc_opt(&a, defs, "label"), *cs = fc_opt(&a, defs, "classes");
+    long label;
+    if (ls && cs) {
+        cJSON_Delete(body);
+        return fc_usage_error(help_sample, "give --label or --classes, not both");
+    }
+    if (ls) {
+        if (fc_parse_long("--label", ls, 0, 1023, &label)) {
+            cJSON_Delete(body);
+            return FC_USAGE;
+        }
+        cJSON_AddNumberToObject(body, "labels", (double)label);
+    }
+    if (cs) { /* "0,3,7": n samples of each, one picture row per class */
+        cJSON *cl = cJSON_AddArrayToObject(body, "classes");
+        char buf[64];
+        for (const char *p = cs; *p;) {
+            size_t l = strcspn(p, ",");
+            snprintf(buf, sizeof buf, "%.*s", (int)(l < 63 ? l : 63), p);
+            if (fc_parse_long("--classes", buf, 0, 1023, &label)) {
+                cJSON_Delete(body);
+                return FC_USAGE;
+            }
+            cJSON_AddItemToArray(cl, cJSON_CreateNumber((double)label));
+            p += l + (p[l] == ',');
+        }
+    }
     char *bs = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
     char path[600];

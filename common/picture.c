@@ -170,11 +170,13 @@ int fdpic_render_scatter(const nf_real *x, int n, int size, unsigned char **pixe
     return 0;
 }
 
-/* tiles across and down for n: cols = ceil(sqrt(n)) exactly, rows = ceil(n/cols) */
-static void grid_layout(int n, int *cols, int *rows) {
+/* tiles across and down for n: cols = want when given (> 0), else
+ * ceil(sqrt(n)) exactly; rows = ceil(n/cols) */
+static void grid_layout(int n, int want, int *cols, int *rows) {
     int c = (int)ceil(sqrt((double)n));
     while ((int64_t)c * c < n) c++;
     while (c > 1 && (int64_t)(c - 1) * (c - 1) >= n) c--;
+    if (want > 0) c = want;
     *cols = c;
     *rows = (n + c - 1) / c;
 }
@@ -188,9 +190,14 @@ static int64_t tile_width(const int shape[3], int *channels) {
 }
 
 int fdpic_grid_size(int n, const int shape[3], int *w, int *h, int *channels) {
-    if (n < 1 || !shape || shape[0] < 1 || shape[1] < 1 || shape[2] < 1) return NF_EINVAL;
+    return fdpic_grid_size_cols(n, 0, shape, w, h, channels);
+}
+
+int fdpic_grid_size_cols(int n, int want_cols, const int shape[3], int *w, int *h, int *channels) {
+    if (n < 1 || want_cols < 0 || !shape || shape[0] < 1 || shape[1] < 1 || shape[2] < 1)
+        return NF_EINVAL;
     int cols, rows;
-    grid_layout(n, &cols, &rows);
+    grid_layout(n, want_cols, &cols, &rows);
     int64_t tw = tile_width(shape, channels);
     int64_t W = (int64_t)cols * (tw + 1) + 1, H = (int64_t)rows * ((int64_t)shape[1] + 1) + 1;
     if (tw > FDPIC_MAX_SIDE || shape[1] > FDPIC_MAX_SIDE || W > FDPIC_MAX_SIDE || H > FDPIC_MAX_SIDE)
@@ -210,13 +217,19 @@ static unsigned char level(double v, double lo, double hi, int floor_values) {
 
 int fdpic_render_grid(const nf_real *x, int n, const int shape[3], double lo, double hi,
                       int floor_values, unsigned char **pixels, int *w, int *h, int *channels) {
+    return fdpic_render_grid_cols(x, n, 0, shape, lo, hi, floor_values, pixels, w, h, channels);
+}
+
+int fdpic_render_grid_cols(const nf_real *x, int n, int want_cols, const int shape[3], double lo,
+                           double hi, int floor_values, unsigned char **pixels, int *w, int *h,
+                           int *channels) {
     *pixels = NULL;
     int W, H, ch;
     if (!x || !(hi > lo)) return NF_EINVAL;
-    int rc = fdpic_grid_size(n, shape, &W, &H, &ch);
+    int rc = fdpic_grid_size_cols(n, want_cols, shape, &W, &H, &ch);
     if (rc) return rc;
     int cols, rows, C = shape[0], th = shape[1], tw = shape[2];
-    grid_layout(n, &cols, &rows);
+    grid_layout(n, want_cols, &cols, &rows);
     int stride = (int)tile_width(shape, &ch) + 1; /* one tile (or strip) and its gap */
     unsigned char *p = malloc((size_t)W * (size_t)H * (size_t)ch);
     if (!p) return NF_ENOMEM;
@@ -273,6 +286,14 @@ int fdpic_render_samples(const nf_real *x, int n, int D, const int shape[3], int
                          double lo, double hi, int floor_values, int scale,
                          unsigned char **pixels, int *w, int *h, int *channels, char *err,
                          size_t errlen) {
+    return fdpic_render_samples_cols(x, n, 0, D, shape, have_range, lo, hi, floor_values, scale,
+                                     pixels, w, h, channels, err, errlen);
+}
+
+int fdpic_render_samples_cols(const nf_real *x, int n, int cols, int D, const int shape[3],
+                              int have_range, double lo, double hi, int floor_values, int scale,
+                              unsigned char **pixels, int *w, int *h, int *channels, char *err,
+                              size_t errlen) {
     *pixels = NULL;
     unsigned char *pix = NULL;
     int gs[3], ch = 1, rc, kind = fdpic_picture_kind(D, shape, gs);
@@ -290,7 +311,7 @@ int fdpic_render_samples(const nf_real *x, int n, int D, const int shape[3], int
             if (!(lo <= hi)) lo = 0, hi = 1;
             else if (!(hi > lo)) hi = lo + 1;
         }
-        rc = fdpic_render_grid(x, n, gs, lo, hi, floor_values, &pix, w, h, &ch);
+        rc = fdpic_render_grid_cols(x, n, cols, gs, lo, hi, floor_values, &pix, w, h, &ch);
     } else {
         snprintf(err, errlen, "a picture needs an image shape (\"shape\": [C,H,W]), a 2-D model "
                               "(scatter plot) or a dimension that is a square number (image grid); "

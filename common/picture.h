@@ -53,6 +53,9 @@ int fdpic_render_scatter(const nf_real *x, int n, int size, unsigned char **pixe
  * ceil(n/cols), 1-pixel mid-grey gaps and border; *channels 1 or 3.
  * NF_ERANGE past FDPIC_MAX_SIDE, NF_EINVAL for n < 1 or a shape dim < 1. */
 int fdpic_grid_size(int n, const int shape[3], int *w, int *h, int *channels);
+/* The same with want_cols tiles a row (0: ceil(sqrt(n))): a class-
+ * conditional model's samples, one row of tiles per class. */
+int fdpic_grid_size_cols(int n, int want_cols, const int shape[3], int *w, int *h, int *channels);
 
 /* Tile grid of n images x (n, C*H*W) of shape (C, H, W), laid out as
  * fdpic_grid_size says.  A value v maps to 255 * (clamp(v, lo, hi) - lo) /
@@ -61,6 +64,9 @@ int fdpic_grid_size(int n, const int shape[3], int *w, int *h, int *channels);
  * grey (128).  *pixels is (*h, *w, *channels), malloc'd, caller free()s. */
 int fdpic_render_grid(const nf_real *x, int n, const int shape[3], double lo, double hi,
                       int floor_values, unsigned char **pixels, int *w, int *h, int *channels);
+int fdpic_render_grid_cols(const nf_real *x, int n, int want_cols, const int shape[3], double lo,
+                           double hi, int floor_values, unsigned char **pixels, int *w, int *h,
+                           int *channels);
 
 /* How n sample rows x (n, D) are drawn, given the flow's image shape
  * (shape NULL or all zero: none declared):
@@ -82,6 +88,11 @@ int fdpic_render_samples(const nf_real *x, int n, int D, const int shape[3], int
                          double lo, double hi, int floor_values, int scale,
                          unsigned char **pixels, int *w, int *h, int *channels, char *err,
                          size_t errlen);
+/* The same with cols tiles a row in a grid (0: the default layout). */
+int fdpic_render_samples_cols(const nf_real *x, int n, int cols, int D, const int shape[3],
+                              int have_range, double lo, double hi, int floor_values, int scale,
+                              unsigned char **pixels, int *w, int *h, int *channels, char *err,
+                              size_t errlen);
 /* fdpic_render_samples, then the PNG at path. */
 int fdpic_write_samples(const char *path, const nf_real *x, int n, int D, const int shape[3],
                         int have_range, double lo, double hi, int floor_values, int scale,

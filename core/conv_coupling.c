@@ -28,6 +28,12 @@
  * The network's last convolution starts at zero, so a fresh layer is the
  * identity, except "sigmoid", which starts as the fixed scale sigmoid(2).
  *
+ * Context (a flow with context_dim C > 0): the network reads C more input
+ * planes, plane k constant at c_k over the image (the context broadcast
+ * over pixels, as conditional Glow does), so its first convolution adds a
+ * learnt, position-dependent function of c to every pixel.  Backward:
+ * dL/dc_k = sum over pixels of the network's input gradient on plane k.
+ *
  * Backward, per transformed element (dz, dl = dL/dz, dL/dlogdet):
  *   sigmoid: dt = dz s, dh = dz (x + t) s (1 - s) + dl (1 - s), dx = dz s
  *   exp:     dt = dz, dh = (dz x e^s + dl)(1 - (s/3)^2), dx = dz e^s
@@ -59,6 +65,7 @@ typedef struct conv_coupling {
     nf_rqs_cfg cf;         /* spline */
     int C, P;              /* image channels, pixels */
     int pc0, cin;          /* passing channels [pc0, pc0 + cin): the network's input */
+    int cc;                /* context planes after them (the flow's context_dim) */
     int tc0, nt;           /* transformed channels [tc0, tc0 + nt) */
     int Q;                 /* network outputs per transformed element */
     unsigned char *pass;   /* (P) checkerboards: 1 where the pixel passes; else NULL */
@@ -72,8 +79,8 @@ typedef struct conv_coupling {
  * streams every activation through memory several times (measured: a third
  * more time than chunks whose activations stay in the caches, which
  * nf_cc_chunk_floats sizes).  In planes layout of a chunk's m rows:
- *   kept:   in (cin planes) | theta (Q*nt planes) | the network's activations
- *   shared: dtheta (Q*nt planes) | din (cin planes) | the network's scratch
+ *   kept:   in (cin + cc planes) | theta (Q*nt planes) | the network's activations
+ *   shared: dtheta (Q*nt planes) | din (cin + cc planes) | the network's scratch
  * A forward-only workspace holds one of each (ws_size_infer), reused by
  * every chunk; otherwise ws = shared | kept block 0 | kept block 1 ..., one
  * kept block per chunk, which backward reads, and the shared part reused
@@ -84,12 +91,12 @@ size_t nf_cc_chunk_floats = (size_t)1 << 19;
 
 static size_t cc_kept(const conv_coupling *S, int m) {
     size_t pl = (size_t)m * S->P;
-    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_act_size(&S->net, m);
+    return ((size_t)S->cin + S->cc + (size_t)S->Q * S->nt) * pl + nf_cnet_act_size(&S->net, m);
 }
 
 static size_t cc_shared(const conv_coupling *S, int m) {
     size_t pl = (size_t)m * S->P;
-    return ((size_t)S->cin + (size_t)S->Q * S->nt) * pl + nf_cnet_scratch_size(&S->net, m);
+    return ((size_t)S->cin + S->cc + (size_t)S->Q * S->nt) * pl + nf_cnet_scratch_size(&S->net, m);
 }
 
 /* the working set of a chunk of m rows */
@@ -97,7 +104,8 @@ static size_t cc_block(const conv_coupling *S, int m) { return cc_kept(S, m) + c
 
 /* n rows' buffers in a kept block and the shared part */
 static cc_bufs cc_layout(const conv_coupling *S, nf_real *kept, nf_real *shared, int n) {
-    size_t pl = (size_t)n * S->P, nin = (size_t)S->cin * pl, nth = (size_t)S->Q * S->nt * pl;
+    size_t pl = (size_t)n * S->P, nin = ((size_t)S->cin + S->cc) * pl,
+           nth = (size_t)S->Q * S->nt * pl;
     cc_bufs b;
     b.in = kept;
     b.th = b.in + nin;
@@ -149,9 +157,10 @@ static void cc_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_rng
 }
 
 /* The network's input from u (the chunk's rows of x, or z: their passing
- * parts are equal) and its output theta, in b. */
+ * parts are equal) and ctx (the chunk's context rows, (n,cc)), and its
+ * output theta, in b. */
 static void cc_condition(const nf_layer *L, const nf_real *params, const cc_bufs *b, int n,
-                         const nf_real *u) {
+                         const nf_real *u, const nf_real *ctx) {
     const conv_coupling *S = L->impl;
     int P = S->P;
     nf_rows_to_planes(u, L->D, S->pc0, S->cin, P, n, b->in);
@@ -159,6 +168,11 @@ static void cc_condition(const nf_layer *L, const nf_real *params, const cc_bufs
         for (size_t r = 0; r < (size_t)S->cin * n; r++) {
             nf_real *pl = b->in + r * P;
             for (int p = 0; p < P; p++) pl[p] = S->pass[p] ? pl[p] : 0;
+        }
+    for (int k = 0; k < S->cc; k++) /* context plane k of row r: c_rk everywhere */
+        for (int r = 0; r < n; r++) {
+            nf_real *pl = b->in + ((size_t)(S->cin + k) * n + r) * P, v = ctx[(size_t)r * S->cc + k];
+            for (int p = 0; p < P; p++) pl[p] = v;
         }
     nf_cnet_forward_ex(&S->net, params, b->in, b->th, n, b->act, b->scr);
 }
@@ -270,7 +284,7 @@ static void cc_pass(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real *ou
     for (int b0 = 0; b0 < c->B; b0 += m) {
         int n = c->B - b0 < m ? c->B - b0 : m;
         cc_bufs b = cc_chunk(S, c, m, b0, n);
-        cc_condition(L, c->params, &b, n, in + b0 * D);
+        cc_condition(L, c->params, &b, n, in + b0 * D, S->cc ? c->ctx + (size_t)b0 * S->cc : NULL);
         cc_apply(L, n, b.th, in + b0 * D, out + b0 * D, logdet + b0, dir);
     }
 }
@@ -355,8 +369,16 @@ static void cc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
                 cc_row_backward(S, x + e, b.th + o, qs, dz + e, dlogdet[b0 + r], b.dth + o,
                                 dx ? dx + e : NULL);
             }
-        nf_cnet_backward_ex(&S->net, c->params, c->grad, b.in, b.dth, dx ? b.din : NULL, n,
-                            b.act, b.scr);
+        int want_dctx = S->cc && c->dctx;
+        nf_cnet_backward_ex(&S->net, c->params, c->grad, b.in, b.dth, dx || want_dctx ? b.din : NULL,
+                            n, b.act, b.scr);
+        for (int k = 0; want_dctx && k < S->cc; k++) /* dL/dc_k: plane k's gradient summed */
+            for (int r = 0; r < n; r++) {
+                const nf_real *g = b.din + ((size_t)(S->cin + k) * n + r) * P;
+                double acc = 0;
+                for (size_t p = 0; p < P; p++) acc += g[p];
+                c->dctx[(size_t)(b0 + r) * S->cc + k] += (nf_real)acc;
+            }
         if (!dx) continue;
         /* passing elements: + the network's input gradient (checkerboards:
          * the transformed pixels' entries multiply the zeroing mask) */
@@ -465,11 +487,6 @@ int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t er
     int rc, tr, mk, sc;
     if ((rc = nf_layer_need_shape(L, err, errlen))) return rc;
     if ((rc = nf_json_check_keys(spec, keys, err, errlen))) return rc;
-    if (L->C > 0) {
-        nf_set_err(err, errlen,
-                   "conv_coupling takes no context yet (\"context_dim\" is %d): use 0", L->C);
-        return NF_EINVAL;
-    }
     if ((rc = nf_json_enum(spec, "transform", transform_names, CC_AFFINE, &tr, err, errlen)) ||
         (rc = nf_json_enum(spec, "mask", mask_names, CC_CHANNEL, &mk, err, errlen)) ||
         (rc = nf_json_enum(spec, "scale", scale_names, CC_SIGMOID, &sc, err, errlen)))
@@ -487,7 +504,8 @@ int nf_conv_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t er
     if (S->transform == CC_SPLINE && (rc = nf_rqs_parse(&S->cf, spec, err, errlen))) return rc;
     S->Q = S->transform == CC_AFFINE ? 2 : S->transform == CC_ADDITIVE ? 1 : nf_rqs_P(&S->cf);
     if ((rc = cc_set_mask(S, L->shape, err, errlen))) return rc;
-    rc = nf_cnet_from_spec(&S->net, spec, S->cin, S->Q * S->nt, L->shape[1], L->shape[2], 64,
+    S->cc = L->C;
+    rc = nf_cnet_from_spec(&S->net, spec, S->cin + S->cc, S->Q * S->nt, L->shape[1], L->shape[2], 64,
                            err, errlen);
     if (rc) return rc;
     L->nparams = S->net.nparams;

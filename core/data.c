@@ -755,7 +755,7 @@ static double linspace(double stop, int64_t m, int64_t i, int endpoint) {
 }
 
 /* Each generator writes row i of (n,2) in double; rows are shuffled after. */
-static void gen_moons(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_moons(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* sklearn.make_moons: outer half circle and an inner one shifted by (1,-0.5);
      * FFJORD then maps it by *2 + (-1,-0.2). */
     int64_t nout = n / 2, nin = n - nout;
@@ -772,10 +772,11 @@ static void gen_moons(double *x, int64_t n, double noise, nf_rng *r) {
         b += noise * nf_rng_normal(r);
         x[2 * i] = 2 * a - 1;
         x[2 * i + 1] = 2 * b - 0.2;
+        lab[i] = i >= nout; /* 0 the outer moon, 1 the inner */
     }
 }
 
-static void gen_circles(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_circles(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* sklearn.make_circles(factor=0.5), scaled by 3 */
     int64_t nout = n / 2, nin = n - nout;
     for (int64_t i = 0; i < n; i++) {
@@ -783,10 +784,11 @@ static void gen_circles(double *x, int64_t n, double noise, nf_rng *r) {
         double rad = i < nout ? 1.0 : 0.5;
         x[2 * i] = 3 * (rad * cos(t) + noise * nf_rng_normal(r));
         x[2 * i + 1] = 3 * (rad * sin(t) + noise * nf_rng_normal(r));
+        lab[i] = i >= nout; /* 0 the outer circle, 1 the inner */
     }
 }
 
-static void gen_rings(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_rings(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* four rings of radii 1, .75, .5, .25 (x3), n/4 points each (the
      * innermost takes the remainder), then Gaussian noise */
     int64_t q = n / 4, counts[4] = {q, q, q, n - 3 * q}, i = 0;
@@ -795,10 +797,11 @@ static void gen_rings(double *x, int64_t n, double noise, nf_rng *r) {
             double t = linspace(2 * PI, counts[k], j, 0), rad = 3.0 * (1.0 - 0.25 * k);
             x[2 * i] = rad * cos(t) + noise * nf_rng_normal(r);
             x[2 * i + 1] = rad * sin(t) + noise * nf_rng_normal(r);
+            lab[i] = k; /* the ring, outermost 0 */
         }
 }
 
-static void gen_8gaussians(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_8gaussians(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* centres at radius 4 on the 8 compass points, std noise, all / 1.414 */
     const double s = 1.0 / sqrt(2.0);
     const double c[8][2] = {{1, 0}, {-1, 0}, {0, 1}, {0, -1}, {s, s}, {s, -s}, {-s, s}, {-s, -s}};
@@ -807,34 +810,37 @@ static void gen_8gaussians(double *x, int64_t n, double noise, nf_rng *r) {
         int k = (int)rng_below(r, 8);
         x[2 * i] = (a + 4 * c[k][0]) / 1.414;
         x[2 * i + 1] = (b + 4 * c[k][1]) / 1.414;
+        lab[i] = k; /* the Gaussian */
     }
 }
 
-static void gen_checkerboard(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_checkerboard(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* x1 ~ U[-2,2); x2 on the squares where floor(x1)+floor(x2) is even; x2 */
     for (int64_t i = 0; i < n; i++) {
         double x1 = nf_rng_uniform(r) * 4 - 2;
         double x2 = nf_rng_uniform(r) - 2.0 * (double)rng_below(r, 2);
         double f = floor(x1);
         x2 += f - 2 * floor(f / 2); /* Python's floor(x1) % 2 */
+        lab[i] = (int)f + 2; /* the column of squares, 0..3 */
         x[2 * i] = 2 * x1 + (noise > 0 ? noise * nf_rng_normal(r) : 0);
         x[2 * i + 1] = 2 * x2 + (noise > 0 ? noise * nf_rng_normal(r) : 0);
     }
 }
 
-static void gen_pinwheel(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_pinwheel(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* 5 arms: radial ~ 1 + 3*noise*N, tangential ~ noise*N, rotated by
      * arm angle + 0.25*exp(radial), all x2 (FFJORD: radial_std .3, tangential .1) */
     for (int64_t i = 0; i < n; i++) {
         double f0 = 1.0 + 3 * noise * nf_rng_normal(r), f1 = noise * nf_rng_normal(r);
         double ang = 2 * PI * (double)(i % 5) / 5 + 0.25 * exp(f0);
         double c = cos(ang), s = sin(ang);
+        lab[i] = (int)(i % 5); /* the arm */
         x[2 * i] = 2 * (f0 * c + f1 * s);
         x[2 * i + 1] = 2 * (-f0 * s + f1 * c);
     }
 }
 
-static void gen_2spirals(double *x, int64_t n, double noise, nf_rng *r) {
+static void gen_2spirals(double *x, int *lab, int64_t n, double noise, nf_rng *r) {
     /* t = sqrt(u) * 540 degrees; arm (-cos t * t, sin t * t) + U[0,.5)^2 and
      * its mirror image, /3, plus Gaussian noise */
     for (int64_t i = 0; i < n; i++) {
@@ -842,12 +848,13 @@ static void gen_2spirals(double *x, int64_t n, double noise, nf_rng *r) {
         double a = -cos(t) * t + nf_rng_uniform(r) * 0.5;
         double b = sin(t) * t + nf_rng_uniform(r) * 0.5;
         double sg = (i & 1) ? -1.0 : 1.0;
+        lab[i] = (int)(i & 1); /* the spiral */
         x[2 * i] = sg * a / 3 + noise * nf_rng_normal(r);
         x[2 * i + 1] = sg * b / 3 + noise * nf_rng_normal(r);
     }
 }
 
-typedef void (*gen_fn)(double *, int64_t, double, nf_rng *);
+typedef void (*gen_fn)(double *, int *, int64_t, double, nf_rng *);
 static const struct {
     const char *name;
     gen_fn fn;
@@ -864,6 +871,11 @@ _Static_assert(sizeof generators / sizeof generators[0] + 1 ==
 
 int nf_data_builtin(const char *name, int64_t n, double noise, uint64_t seed, nf_data *out,
                     char *err, size_t errlen) {
+    return nf_data_builtin_ex(name, n, noise, seed, 0, out, err, errlen);
+}
+
+int nf_data_builtin_ex(const char *name, int64_t n, double noise, uint64_t seed, int labels,
+                       nf_data *out, char *err, size_t errlen) {
     if (!out) return fail(NF_EINVAL, "out is NULL");
     memset(out, 0, sizeof *out);
     int g = -1;
@@ -884,26 +896,29 @@ int nf_data_builtin(const char *name, int64_t n, double noise, uint64_t seed, nf
     if (noise < 0) noise = generators[g].noise;
     double *tmp = nf_malloc((size_t)n * 2 * sizeof(double));
     int64_t *idx = nf_malloc((size_t)n * sizeof(int64_t));
-    int rc = 0;
-    if (!tmp || !idx) {
+    int *lab = nf_malloc((size_t)n * sizeof(int));
+    int rc = 0, W = labels ? 3 : 2;
+    if (!tmp || !idx || !lab) {
         rc = fail(NF_ENOMEM, "out of memory for %lld rows", (long long)n);
         goto done;
     }
-    if ((rc = nf_data_alloc(out, n, 2, err, errlen))) goto done;
+    if ((rc = nf_data_alloc(out, n, W, err, errlen))) goto done;
     nf_rng r;
     nf_rng_seed(&r, seed);
-    generators[g].fn(tmp, n, noise, &r);
+    generators[g].fn(tmp, lab, n, noise, &r);
     for (int64_t i = 0; i < n; i++) idx[i] = i;
     nf_data_shuffle_index(idx, n, &r);
     for (int64_t i = 0; i < n; i++) {
-        out->x[2 * i] = (nf_real)tmp[2 * idx[i]];
-        out->x[2 * i + 1] = (nf_real)tmp[2 * idx[i] + 1];
+        out->x[W * i] = (nf_real)tmp[2 * idx[i]];
+        out->x[W * i + 1] = (nf_real)tmp[2 * idx[i] + 1];
+        if (labels) out->x[W * i + 2] = (nf_real)lab[idx[i]];
     }
     rc = nf_data_summarize(out, err, errlen);
 done:
     if (rc) nf_data_free(out);
     nf_free(tmp);
     nf_free(idx);
+    nf_free(lab);
     return rc;
 }
 

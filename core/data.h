@@ -141,6 +141,14 @@ int nf_data_load_file(const char *path, nf_data_format fmt, nf_data *out, char *
  * the same rows.  1 <= n <= NF_DATA_MAX_VALUES/2.  out as for the loaders. */
 int nf_data_builtin(const char *name, int64_t n, double noise, uint64_t seed, nf_data *out,
                     char *err, size_t errlen);
+/* The same with labels != 0: a third column holds each row's component,
+ * an integer label (the rows and first two columns are nf_data_builtin's):
+ *   moons, circles: 0 outer, 1 inner; rings: 0..3 from the outside in;
+ *   8gaussians: the Gaussian 0..7; checkerboard: the column of squares
+ *   0..3 (floor(x1 / 2) + 2); pinwheel: the arm 0..4; 2spirals: 0 or 1.
+ * For class-conditional flows p(x | label). */
+int nf_data_builtin_ex(const char *name, int64_t n, double noise, uint64_t seed, int labels,
+                       nf_data *out, char *err, size_t errlen);
 /* The names above, NULL-terminated (static). */
 const char *const *nf_data_builtin_names(void);
 

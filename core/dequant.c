@@ -65,6 +65,7 @@ struct nf_deq_ws {
     nf_real *eps, *c; /* (rows,D) q's input and context */
     nf_real *ld;      /* (rows) q's log-det */
     double *lq;       /* (rows) log q(u|x) */
+    double *mx, *sm;  /* (rows) the importance-weighted estimate's running max and sum */
 };
 
 static void deq_ws_free(void *p) {
@@ -73,6 +74,7 @@ static void deq_ws_free(void *p) {
     nf_ws_free(d->wq);
     nf_free(d->y);
     nf_free(d->lq);
+    nf_free(d->mx);
     nf_free(d);
 }
 
@@ -87,7 +89,9 @@ static int deq_ws_create(const nf_flow *f, const nf_flow *q, int rows, nf_deq_ws
     /* y (BD); with q also eps, c (BD) and ld (rows) */
     d->y = nf_malloc((q ? 3 * BD + rows : BD) * sizeof *d->y + 1);
     d->lq = q ? nf_malloc((size_t)rows * sizeof *d->lq) : NULL;
-    int rc = !d->y || (q && !d->lq) ? NF_ENOMEM : q ? nf_ws_create_inference(q, rows, &d->wq) : 0;
+    d->mx = nf_malloc(2 * (size_t)rows * sizeof *d->mx);
+    d->sm = d->mx ? d->mx + rows : NULL;
+    int rc = !d->y || !d->mx || (q && !d->lq) ? NF_ENOMEM : q ? nf_ws_create_inference(q, rows, &d->wq) : 0;
     if (rc) {
         deq_ws_free(d);
         return rc;
@@ -111,6 +115,23 @@ nf_deq_ws *nf_deq_attach(const nf_flow *f, nf_ws *w, const nf_flow *q, int *rc) 
 }
 
 /* ---- variational bound ------------------------------------------------------ */
+/* The bound of m rows xs (m,D) with q's input already in d->eps:
+ * out (m) = log p(xs + u | cs) - log q(u | xs), -inf outside the support. */
+static int vdeq_chunk(const nf_flow *f, nf_ws *wf, const nf_flow *q, nf_deq_ws *d,
+                      const nf_real *xs, const nf_real *cs, int m, int levels, nf_real *out) {
+    int D = nf_flow_dim(f);
+    vdeq_context(xs, (size_t)m * D, levels, d->c);
+    int rc = nf_flow_encode(q, d->wq, d->eps, d->c, m, d->y, d->ld);
+    if (rc && rc != NF_ENONFINITE) return rc;
+    vdeq_finish(xs, d->eps, d->ld, m, D, d->y, d->y, d->lq);
+    rc = nf_flow_log_prob(f, wf, d->y, cs, m, out);
+    for (int r = 0; r < m; r++) {
+        double b = (double)out[r] - d->lq[r];
+        out[r] = isnan(b) || d->ld[r] == -INFINITY ? (nf_real)-INFINITY : (nf_real)b;
+    }
+    return rc;
+}
+
 int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_real *x,
                      const nf_real *ctx, int64_t n, int levels, nf_rng *rng, nf_real *out) {
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
@@ -122,24 +143,23 @@ int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_rea
     int chunk = n < d->rows ? (int)n : d->rows;
     for (int64_t s = 0; s < n && !rc; s += chunk) {
         int m = n - s < chunk ? (int)(n - s) : chunk;
-        const nf_real *xs = x + (size_t)s * D;
         for (size_t i = 0; i < (size_t)m * D; i++) d->eps[i] = (nf_real)nf_rng_normal(rng);
-        vdeq_context(xs, (size_t)m * D, levels, d->c);
-        rc = nf_flow_encode(q, d->wq, d->eps, d->c, m, d->y, d->ld);
-        if (rc && rc != NF_ENONFINITE) break;
-        vdeq_finish(xs, d->eps, d->ld, m, D, d->y, d->y, d->lq);
-        rc = nf_flow_log_prob(f, wf, d->y, ctx ? ctx + (size_t)s * C : NULL, m, out + s);
-        for (int r = 0; r < m; r++) {
-            double b = (double)out[s + r] - d->lq[r];
-            out[s + r] = isnan(b) || d->ld[r] == -INFINITY ? (nf_real)-INFINITY : (nf_real)b;
-        }
+        rc = vdeq_chunk(f, wf, q, d, x + (size_t)s * D, ctx ? ctx + (size_t)s * C : NULL, m, levels,
+                        out + s);
     }
     return rc;
 }
 
 double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
                         int levels, uint64_t seed) {
+    return nf_eval_nll_vdeq_ctx(f, q, x, NULL, n, levels, seed);
+}
+
+double nf_eval_nll_vdeq_ctx(const nf_flow *f, const nf_flow *q, const nf_real *x,
+                            const nf_real *ctx, int64_t n, int levels, uint64_t seed) {
     if (n <= 0) return NAN;
+    int C = nf_flow_context_dim(f);
+    if (C > 0 && !ctx) return NAN;
     int chunk = n < 1024 ? (int)n : 1024;
     nf_ws *w = NULL;
     nf_real *lp = nf_malloc((size_t)chunk * sizeof *lp);
@@ -153,7 +173,8 @@ double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, in
     int D = nf_flow_dim(f), failed = 0;
     for (int64_t s = 0; s < n && !failed; s += chunk) {
         int m = n - s < chunk ? (int)(n - s) : chunk;
-        failed = nf_vdeq_log_prob(f, w, q, x + s * D, NULL, m, levels, &r, lp) != 0;
+        failed = nf_vdeq_log_prob(f, w, q, x + s * D, ctx ? ctx + s * C : NULL, m, levels, &r,
+                                  lp) != 0;
         for (int i = 0; i < m && !failed; i++) tot -= lp[i];
     }
     nf_free(lp);
@@ -173,21 +194,89 @@ int nf_model_ws_create(const nf_model *m, int max_batch, nf_ws **out) {
     return rc;
 }
 
+/* A row's own noise (model.h): its generator is seeded from a hash of the
+ * row's values (as float32, -0 as 0), its context row's, the model's key
+ * and the draw k, so a row scores the same at any index, in any batch. */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t hash_values(uint64_t h, const nf_real *v, int n) {
+    for (int i = 0; i < n; i++) {
+        float f = (float)v[i];
+        uint32_t b;
+        if (f == 0) f = 0; /* -0 and 0 are the same value */
+        memcpy(&b, &f, sizeof b);
+        h = (h ^ b) * 1099511628211ULL; /* FNV-1a, a word at a time */
+    }
+    return h;
+}
+
+uint64_t nf_model_row_seed(const nf_model *m, const nf_real *x, const nf_real *ctx, int k) {
+    uint64_t h = 1469598103934665603ULL ^ mix64(m->noise_key);
+    h = hash_values(h, x, nf_flow_dim(m->flow));
+    if (ctx) h = hash_values(h ^ 0x43, ctx, nf_flow_context_dim(m->flow));
+    return mix64(h + 0x9E3779B97F4A7C15ULL * (uint64_t)(k + 1));
+}
+
+/* the noise of draw k for n rows x (n,D): u into y = x + u (uniform), or
+ * eps into d->eps (variational) */
+static void row_noise(const nf_model *m, nf_deq_ws *d, const nf_real *x, const nf_real *ctx, int n,
+                      int k) {
+    int D = d->D, C = nf_flow_context_dim(m->flow);
+    for (int r = 0; r < n; r++) {
+        nf_rng g;
+        const nf_real *xr = x + (size_t)r * D;
+        nf_rng_seed(&g, nf_model_row_seed(m, xr, ctx ? ctx + (size_t)r * C : NULL, k));
+        if (m->dequantizer)
+            for (int i = 0; i < D; i++) d->eps[(size_t)r * D + i] = (nf_real)nf_rng_normal(&g);
+        else
+            nf_deq_uniform(xr, (size_t)D, &g, d->y + (size_t)r * D);
+    }
+}
+
 int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                       nf_real *out) {
+    return nf_model_log_prob_iw(m, w, x, ctx, B, 1, out);
+}
+
+int nf_model_log_prob_iw(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                         int K, nf_real *out) {
+    if (K < 1 || K > NF_MODEL_MAX_IW_SAMPLES || B < 0) return NF_EINVAL;
     if (!m->dequantize) return nf_flow_log_prob(m->flow, w, x, ctx, B, out);
-    nf_rng r;
-    nf_rng_seed(&r, 0x5eed);
-    if (m->dequantizer)
-        return nf_vdeq_log_prob(m->flow, w, m->dequantizer, x, ctx, B, m->levels, &r, out);
     int rc;
-    nf_deq_ws *d = nf_deq_attach(m->flow, w, NULL, &rc);
+    nf_deq_ws *d = nf_deq_attach(m->flow, w, m->dequantizer, &rc);
     if (!d) return rc;
     int D = nf_flow_dim(m->flow), C = nf_flow_context_dim(m->flow);
     for (int s = 0; s < B && !rc; s += d->rows) {
         int n = B - s < d->rows ? B - s : d->rows;
-        nf_deq_uniform(x + (size_t)s * D, (size_t)n * D, &r, d->y);
-        rc = nf_flow_log_prob(m->flow, w, d->y, ctx ? ctx + (size_t)s * C : NULL, n, out + s);
+        const nf_real *xs = x + (size_t)s * D, *cs = ctx ? ctx + (size_t)s * C : NULL;
+        nf_real *o = out + s;
+        for (int k = 0; k < K && !rc; k++) {
+            /* log w_k = log p(x + u_k) - log q(u_k | x) (log q = 0 for uniform noise) */
+            row_noise(m, d, xs, cs, n, k);
+            rc = m->dequantizer ? vdeq_chunk(m->flow, w, m->dequantizer, d, xs, cs, n, m->levels, o)
+                                : nf_flow_log_prob(m->flow, w, d->y, cs, n, o);
+            if (K == 1) break; /* the bound itself */
+            /* streaming log-sum-exp: mx the largest log w so far, sm = sum exp(log w - mx) */
+            for (int r = 0; r < n; r++) {
+                double v = o[r];
+                if (k == 0) d->mx[r] = -INFINITY, d->sm[r] = 0;
+                if (!(v > -INFINITY)) continue; /* outside the support: weight 0 */
+                if (v > d->mx[r]) {
+                    d->sm[r] = d->sm[r] * exp(d->mx[r] - v) + 1;
+                    d->mx[r] = v;
+                } else {
+                    d->sm[r] += exp(v - d->mx[r]);
+                }
+            }
+        }
+        if (K > 1 && !rc)
+            for (int r = 0; r < n; r++)
+                o[r] = d->sm[r] > 0 ? (nf_real)(d->mx[r] + log(d->sm[r]) - log((double)K))
+                                    : (nf_real)-INFINITY;
     }
     return rc;
 }
@@ -206,9 +295,16 @@ size_t nf_vdeq_scratch_size(int B, int D) {
 int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
                  const nf_real *eps, int B, int levels, int training, double jacobian_l2,
                  nf_real *scratch, double *loss) {
+    return nf_vdeq_grad_ctx(f, wf, q, wq, x, NULL, eps, B, levels, training, jacobian_l2, scratch,
+                            loss);
+}
+
+int nf_vdeq_grad_ctx(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
+                     const nf_real *ctx, const nf_real *eps, int B, int levels, int training,
+                     double jacobian_l2, nf_real *scratch, double *loss) {
     int D = nf_flow_dim(f);
-    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D || nf_flow_context_dim(f) != 0 ||
-        levels < 1 || B < 1)
+    if (nf_flow_dim(q) != D || nf_flow_context_dim(q) != D ||
+        (nf_flow_context_dim(f) > 0) != (ctx != NULL) || levels < 1 || B < 1)
         return NF_EINVAL;
     size_t BD = (size_t)B * D;
     double *lq = (double *)(void *)scratch;
@@ -223,9 +319,9 @@ int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
         l += lq[b];
         w[b] = (nf_real)(-1.0 / B);
     }
-    if (training) nf_flow_data_init(f, wf, y, NULL, B); /* no-op once act-norms are initialised */
+    if (training) nf_flow_data_init(f, wf, y, ctx, B); /* no-op once act-norms are initialised */
     nf_real *logdet = ld; /* q's log-det is in l now */
-    rc = nf_flow_log_prob_grad_ex(f, wf, y, NULL, B, training, w, jacobian_l2 / B, logp, logdet,
+    rc = nf_flow_log_prob_grad_ex(f, wf, y, ctx, B, training, w, jacobian_l2 / B, logp, logdet,
                                   dy, NULL);
     if (rc) return rc;
     for (int b = 0; b < B; b++)

@@ -377,8 +377,8 @@ int nf_model_evaluate(const nf_model *m, const nf_real *test, int64_t nt, const 
     nf_eval_result_init(r);
     if (nf_flow_context_dim(m->flow) > 0) return NF_EUNSUPPORTED;
     if (nt < 1 || nt > 0x7fffffff || !test) return NF_EINVAL;
-    /* the likelihood as `flowd eval` computes it: one call over all rows,
-     * so the dequantization noise is seeded once */
+    /* the likelihood as `flowd eval` computes it (each row's dequantization
+     * noise seeded by the row: model.h) */
     nf_ws *w = NULL;
     nf_real *lp = nf_malloc((size_t)nt * sizeof *lp);
     int rc = !lp ? NF_ENOMEM : nf_model_ws_create(m, nt < 1024 ? (int)nt : 1024, &w);

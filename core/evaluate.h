@@ -4,7 +4,7 @@
  * reports
  *   - the test rows' mean log-likelihood in the data's own units and, for
  *     dequantized models, bits per dimension: exactly what `flowd eval`
- *     reports (nf_model_log_prob, one call, fixed-seed noise; rows outside
+ *     reports (nf_model_log_prob, noise seeded per row; rows outside
  *     the support are counted and left out of the mean; nf_bits_per_dim);
  *   - for n samples drawn at temperature T with a seed (nf_flow_sample: the
  *     same seed gives the samples POST /sample gives):

@@ -11,7 +11,8 @@
  * after it (channels an earlier split factored out) are copied unchanged
  * with log-det 0, and their gradient passes straight through.  Formulas are
  * in the density direction (inverse, x -> z) with log|det dz/dx| per row;
- * forward is the exact inverse map.  None of these layers reads the context.
+ * forward is the exact inverse map.  Only split reads the context (its
+ * prior, below).
  * Allocation happens in the constructors only; scratch comes from ws_size.
  */
 #include "alloc.h"
@@ -167,14 +168,18 @@ int nf_squeeze_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) 
  * with z2' written in place of z2.  The base distribution scores z2' as
  * N(0,1), so z2 ~ N(mu, exp(logs)^2): Glow's split prior.  Sampling draws
  * z2' from the base already scaled by the temperature.  z1 and the entries
- * after the image are copied unchanged.
- *   params: the convolution's W (2(C-keep), keep, 3, 3) and bias (2(C-keep))
+ * after the image are copied unchanged.  A conditional flow (context_dim
+ * Cc > 0) gives the convolution Cc more input planes, plane k constant at
+ * c_k (as conv_coupling does), so the prior of the factored-out channels
+ * is p(z2 | z1, c); dL/dc_k sums the input gradient of plane k.
+ *   params: the convolution's W (2(C-keep), keep + Cc, 3, 3) and bias (2(C-keep))
  *   ws: z1's planes and the [mu, logs] planes (kept for backward), the
  *       gradient planes of both, the im2col buffer.
  * ======================================================================== */
 typedef struct split_impl {
     nf_conv cv;
     int keep, rest; /* channels staying, channels factored out */
+    int cc;         /* context planes after z1's (the flow's context_dim) */
 } split_impl;
 
 typedef struct split_ws {
@@ -184,13 +189,13 @@ typedef struct split_ws {
 static size_t split_ws_size(const nf_layer *L, int B) {
     const split_impl *S = L->impl;
     size_t P = (size_t)L->shape[1] * L->shape[2];
-    return 2 * (size_t)B * P * (S->keep + 2 * S->rest) + nf_conv_col_size(&S->cv, B);
+    return 2 * (size_t)B * P * (S->keep + S->cc + 2 * S->rest) + nf_conv_col_size(&S->cv, B);
 }
 
 static split_ws split_scratch(const nf_layer *L, nf_real *ws, int B) {
     const split_impl *S = L->impl;
     size_t P = (size_t)L->shape[1] * L->shape[2];
-    size_t nin = (size_t)B * P * S->keep, nout = (size_t)B * P * 2 * S->rest;
+    size_t nin = (size_t)B * P * (S->keep + S->cc), nout = (size_t)B * P * 2 * S->rest;
     split_ws s = {ws, ws + nin, ws + nin + nout, ws + nin + 2 * nout, ws + 2 * nin + 2 * nout};
     return s;
 }
@@ -200,12 +205,18 @@ static void split_init(const nf_layer *L, nf_real *params, nf_real *buffers, nf_
     nf_conv_init(&((const split_impl *)L->impl)->cv, params, rng, 1);
 }
 
-/* [mu, logs] planes of the rows' z1 (the first keep channels of each row);
- * z1's planes stay in s->in */
-static void split_prior(const nf_layer *L, const nf_real *params, const nf_real *rows, int B,
-                        const split_ws *s) {
+/* [mu, logs] planes of the rows' z1 (the first keep channels of each row)
+ * and context rows ctx (B, cc); z1's and the context's planes stay in s->in */
+static void split_prior(const nf_layer *L, const nf_real *params, const nf_real *rows,
+                        const nf_real *ctx, int B, const split_ws *s) {
     const split_impl *S = L->impl;
-    nf_rows_to_planes(rows, L->D, 0, S->keep, L->shape[1] * L->shape[2], B, s->in);
+    const int P = L->shape[1] * L->shape[2];
+    nf_rows_to_planes(rows, L->D, 0, S->keep, P, B, s->in);
+    for (int k = 0; k < S->cc; k++)
+        for (int b = 0; b < B; b++) {
+            nf_real *pl = s->in + ((size_t)(S->keep + k) * B + b) * P, v = ctx[(size_t)b * S->cc + k];
+            for (int q = 0; q < P; q++) pl[q] = v;
+        }
     nf_conv_forward(&S->cv, params, s->in, s->out, B, s->col);
 }
 
@@ -235,7 +246,7 @@ static void split_apply(const nf_layer *L, nf_ctx *c, const nf_real *in, nf_real
     const int B = c->B, P = L->shape[1] * L->shape[2];
     const size_t n1 = (size_t)S->keep * P, D = (size_t)L->D;
     split_ws s = split_scratch(L, c->ws, B);
-    split_prior(L, c->params, in, B, &s);
+    split_prior(L, c->params, in, c->ctx, B, &s);
     for (int b = 0; b < B; b++) {
         memcpy(out + b * D, in + b * D, n1 * sizeof *out);
         double sum = split_row(S, P, B, b, s.out, in + b * D + n1, out + b * D + n1, dir);
@@ -280,7 +291,16 @@ static void split_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const
                 if (dx) dx[r + q] = g * e;
             }
         }
-    nf_conv_backward(&S->cv, c->params, c->grad, s.in, s.dout, dx ? s.din : NULL, B, s.col);
+    int want_dctx = S->cc && c->dctx;
+    nf_conv_backward(&S->cv, c->params, c->grad, s.in, s.dout, dx || want_dctx ? s.din : NULL, B,
+                     s.col);
+    for (int k = 0; want_dctx && k < S->cc; k++)
+        for (int b = 0; b < B; b++) {
+            const nf_real *g = s.din + ((size_t)(S->keep + k) * B + b) * P;
+            double acc = 0;
+            for (int q = 0; q < P; q++) acc += g[q];
+            c->dctx[(size_t)b * S->cc + k] += (nf_real)acc;
+        }
     if (!dx) return;
     nf_planes_to_rows(s.din, S->keep, P, B, dx, L->D, 0);
     for (int b = 0; b < B; b++)
@@ -318,8 +338,9 @@ int nf_split_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
     if (!S) return NF_ENOMEM;
     S->keep = L->shape[0] / 2;
     S->rest = L->shape[0] - S->keep;
+    S->cc = L->C;
     nf_conv *cv = &S->cv;
-    cv->cin = S->keep;
+    cv->cin = S->keep + S->cc;
     cv->cout = 2 * S->rest;
     cv->k = 3;
     cv->h = L->shape[1];

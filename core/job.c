@@ -106,19 +106,59 @@ const nf_field nf_job_train_fields[] = {
 #undef TR
 
 /* ---- the other blocks ---------------------------------------------------------- */
+/* "context_columns" and "labels" of any dataset object (job.h) */
+static int parse_context(const cJSON *ds, nf_job *j, char *err, size_t errlen) {
+    int rc = 0, call_rc;
+    const cJSON *cc = nf_json_get(ds, "context_columns"), *lb = nf_json_get(ds, "labels");
+    if (cc && lb) FAIL("dataset: give context_columns or labels, not both");
+    if (cc) {
+        if ((rc = nf_context_parse_columns(cc, "dataset.context_columns", j->ctx_cols, &j->nctx, err,
+                                           errlen)))
+            goto out;
+        j->ctx_kind = NF_CTX_COLUMNS;
+        return 0;
+    }
+    if (!lb || cJSON_IsFalse(lb)) return 0;
+    j->ctx_kind = NF_CTX_LABELS;
+    j->nctx = 1;
+    if (j->builtin[0]) {
+        if (!cJSON_IsTrue(lb))
+            FAIL("dataset.labels: for a built-in set, true (each row's component is its label)");
+        j->labels_src = NF_LABELS_BUILTIN;
+        return 0;
+    }
+    static const char *const k[] = {"column", "id", "classes", NULL};
+    if (!cJSON_IsObject(lb)) FAIL("dataset.labels: must be {\"column\": k} or {\"id\": \"ds_...\"}");
+    TRY(nf_json_check_keys(lb, k, err, errlen), "dataset.labels");
+    const cJSON *col = nf_json_get(lb, "column"), *id = nf_json_get(lb, "id");
+    if (!col == !id) FAIL("dataset.labels: give \"column\" (a column of the dataset) or \"id\" (a labels dataset)");
+    if (col) {
+        TRY(nf_json_int(lb, "column", 0, 0, 1 << 30, &j->ctx_cols[0], err, errlen), "dataset.labels");
+        j->labels_src = NF_LABELS_COLUMN;
+    } else {
+        if (!cJSON_IsString(id) || strlen(id->valuestring) < 1 || strlen(id->valuestring) > 64)
+            FAIL("dataset.labels.id: must be a dataset id string");
+        strcpy(j->labels_id, id->valuestring);
+        j->labels_src = NF_LABELS_DATASET;
+    }
+    TRY(nf_json_int(lb, "classes", 0, 1, NF_CTX_MAX_CLASSES, &j->classes, err, errlen), "dataset.labels");
+out:
+    return rc;
+}
+
 static int parse_dataset(const cJSON *ds, int allow_path, nf_job *j, char *err, size_t errlen) {
     int rc = 0, call_rc;
     const cJSON *v;
     if (!cJSON_IsObject(ds)) FAIL("dataset: required object, {\"id\":...} or {\"builtin\":...}");
     if (nf_json_get(ds, "id")) {
-        static const char *const k[] = {"id", NULL};
+        static const char *const k[] = {"id", "context_columns", "labels", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
         v = nf_json_get(ds, "id");
         if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 64)
             FAIL("dataset.id: must be a dataset id string");
         strcpy(j->dataset_id, v->valuestring);
     } else if (nf_json_get(ds, "builtin")) {
-        static const char *const k[] = {"builtin", "n", "noise", "seed", NULL};
+        static const char *const k[] = {"builtin", "n", "noise", "seed", "context_columns", "labels", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
         v = nf_json_get(ds, "builtin");
         int ok = 0;
@@ -132,7 +172,7 @@ static int parse_dataset(const cJSON *ds, int allow_path, nf_job *j, char *err, 
         TRY(nf_json_num(ds, "noise", -1, 0, 10, &j->builtin_noise, err, errlen), "dataset");
         TRY(nf_json_seed(ds, "seed", 0, &j->builtin_seed, err, errlen), "dataset");
     } else if (allow_path && nf_json_get(ds, "path")) {
-        static const char *const k[] = {"path", "format", NULL};
+        static const char *const k[] = {"path", "format", "context_columns", "labels", NULL};
         TRY(nf_json_check_keys(ds, k, err, errlen), "dataset");
         v = nf_json_get(ds, "path");
         if (!cJSON_IsString(v)) FAIL("dataset.path: must be a string");
@@ -144,6 +184,10 @@ static int parse_dataset(const cJSON *ds, int allow_path, nf_job *j, char *err, 
         FAIL(allow_path ? "dataset: give {\"id\"}, {\"builtin\"} or {\"path\"}"
                         : "dataset: give {\"id\":...} or {\"builtin\":...}");
     }
+    rc = parse_context(ds, j, err, errlen);
+    if (!rc && j->labels_src == NF_LABELS_DATASET && j->path)
+        FAIL("dataset.labels.id: labels datasets are resolved by the daemon; offline, give "
+             "\"column\"");
 out:
     return rc;
 }
@@ -161,7 +205,7 @@ static int parse_flow(const cJSON *fl, nf_job *j, char *err, size_t errlen) {
     }
     const cJSON *v = nf_json_get(fl, "context_dim");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0))
-        FAIL("flow.context_dim: training conditional flows from a job is not supported yet");
+        FAIL("flow.context_dim: set by the dataset's context_columns or labels, leave it out");
     int shape[3]; /* its form here; that it holds a row is checked against the dataset */
     if ((rc = nf_shape_parse(fl, 0, shape, err, errlen))) {
         prefix(err, errlen, "flow");
@@ -313,15 +357,25 @@ const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *t
 
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
                  double vmax, char *err, size_t errlen) {
-    if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] */
-        dim = 2;
+    if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] (and a label) */
+        dim = j->labels_src == NF_LABELS_BUILTIN ? 3 : 2;
         shape = NULL;
         is_integer = 0;
         vmin = -4;
         vmax = 4;
+    } else if (j->labels_src == NF_LABELS_DATASET) {
+        dim++; /* the labels dataset becomes the last column */
     }
+    nf_context_spec cs;
+    int rc = nf_job_context_spec(j, dim, NULL, &cs, err, errlen);
+    if (rc) return rc;
+    nf_job cj = *j; /* shallow: owns nothing, not freed */
+    cj.context_dim = nf_context_dim(&cs);
+    j = &cj;
+    dim = nf_context_data_dim(&cs);
+    if (shape && (int64_t)shape[0] * shape[1] * shape[2] != dim) shape = NULL;
     nf_data probe = {0};
-    int rc = nf_data_alloc(&probe, 2, dim, err, errlen);
+    rc = nf_data_alloc(&probe, 2, dim, err, errlen);
     if (rc) return rc;
     if (shape) memcpy(probe.shape, shape, sizeof probe.shape);
     for (int i = 0; i < dim; i++) {
@@ -356,11 +410,90 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
 
 int nf_job_load_data(const nf_job *j, nf_data *out, char *err, size_t errlen) {
     if (j->builtin[0])
-        return nf_data_builtin(j->builtin, j->builtin_n, j->builtin_noise, j->builtin_seed, out,
-                               err, errlen);
+        return nf_data_builtin_ex(j->builtin, j->builtin_n, j->builtin_noise, j->builtin_seed,
+                                  j->labels_src == NF_LABELS_BUILTIN, out, err, errlen);
     if (j->path) return nf_data_load_file(j->path, j->path_format, out, err, errlen);
     nf_set_err(err, errlen, "dataset ids are resolved by the daemon");
     return NF_EINVAL;
+}
+
+int nf_job_context_spec(const nf_job *j, int W, const nf_data *all, nf_context_spec *s,
+                        char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->width = W;
+    if (j->ctx_kind == NF_CTX_NONE) return 0;
+    s->kind = j->ctx_kind;
+    s->ncols = j->nctx;
+    memcpy(s->cols, j->ctx_cols, sizeof s->cols);
+    /* labels of a labels dataset or a built-in set: the last column */
+    if (j->labels_src == NF_LABELS_DATASET || j->labels_src == NF_LABELS_BUILTIN) s->cols[0] = W - 1;
+    if (s->kind == NF_CTX_LABELS) {
+        s->classes = j->classes ? j->classes : 2;
+        if (!j->classes && all && s->cols[0] >= 0 && s->cols[0] < W) {
+            double mx = 0;
+            for (int64_t r = 0; r < all->n; r++) {
+                double v = all->x[(size_t)r * W + s->cols[0]];
+                if (!(v >= 0 && v < NF_CTX_MAX_CLASSES && v == floor(v))) {
+                    nf_set_err(err, errlen, "dataset.labels: row %lld has label %g; labels are "
+                               "integers in [0, %d)", (long long)r, v, NF_CTX_MAX_CLASSES);
+                    return NF_EINVAL;
+                }
+                if (v > mx) mx = v;
+            }
+            s->classes = (int)mx + 1;
+        }
+    }
+    char e[300] = "";
+    if (nf_context_check(s, e, sizeof e)) {
+        nf_set_err(err, errlen, "dataset.%s: %s", s->kind == NF_CTX_COLUMNS ? "context_columns" : "labels", e);
+        return NF_EINVAL;
+    }
+    return 0;
+}
+
+int nf_job_attach_labels(const nf_job *j, nf_data *all, const nf_data *labels, char *err,
+                         size_t errlen) {
+    (void)j;
+    if (labels->d != 1 || labels->n != all->n) {
+        nf_set_err(err, errlen, "dataset.labels.id: the labels dataset has %lld rows of %d values; "
+                   "it needs %lld rows of one label", (long long)labels->n, labels->d, (long long)all->n);
+        return NF_EINVAL;
+    }
+    nf_data out = {0};
+    int W = all->d, rc = nf_data_alloc(&out, all->n, W + 1, err, errlen);
+    if (rc) return rc;
+    for (int64_t r = 0; r < all->n; r++) {
+        memcpy(out.x + (size_t)r * (W + 1), all->x + (size_t)r * W, (size_t)W * sizeof *out.x);
+        out.x[(size_t)r * (W + 1) + W] = labels->x[r];
+    }
+    out.is_integer = all->is_integer && labels->is_integer;
+    out.vmin = all->vmin < labels->vmin ? all->vmin : labels->vmin;
+    out.vmax = all->vmax > labels->vmax ? all->vmax : labels->vmax;
+    memcpy(out.shape, all->shape, sizeof out.shape); /* the image rows keep their shape */
+    nf_data_free(all);
+    *all = out;
+    return 0;
+}
+
+/* The job's rows all split into x and the context (context.h): x gets its
+ * own summary (dequantization and scaling look at x only) and keeps all's
+ * shape when that still holds one row. */
+static int split_context(const nf_context_spec *cs, const nf_data *all, nf_data *x, nf_data *c,
+                         char *err, size_t errlen) {
+    int D = nf_context_data_dim(cs), C = nf_context_dim(cs);
+    int rc = nf_data_alloc(x, all->n, D, err, errlen);
+    if (!rc) rc = nf_data_alloc(c, all->n, C, err, errlen);
+    char e[300] = "";
+    if (!rc && (rc = nf_context_split(cs, all->x, all->n, x->x, c->x, NULL, e, sizeof e)))
+        nf_set_err(err, errlen, "dataset.labels: %s", e);
+    if (!rc) rc = nf_data_summarize(x, err, errlen);
+    if (!rc && (int64_t)all->shape[0] * all->shape[1] * all->shape[2] == D)
+        memcpy(x->shape, all->shape, sizeof x->shape);
+    if (rc) {
+        nf_data_free(x);
+        nf_data_free(c);
+    }
+    return rc;
 }
 
 void nf_job_result_free(nf_job_result *r) {
@@ -387,6 +520,8 @@ char *nf_job_flow_spec(const nf_job *j, const nf_data *train, cJSON **preprocess
     char *out = NULL;
     if (!spec || !pre || !pp || !a) goto fail_oom;
     cJSON_AddNumberToObject(spec, "dim", D);
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "context_dim"); /* 0 if given */
+    if (j->context_dim > 0) cJSON_AddNumberToObject(spec, "context_dim", j->context_dim);
     /* the image shape: the flow's own, which must hold one row, else the
      * dataset's (the preprocessing layers in front are vector layers; the
      * image layers see it) */
@@ -596,7 +731,7 @@ static void sample_quality(const nf_job *j, const nf_flow *f, const nf_data *tr,
  * last report's), "score_nfe" (batched evaluations per solve) and
  * "score_nfe_per_row" scoring up to 256 held-out rows} */
 static void ode_metrics(const nf_flow *f, const nf_train_metrics *last, const nf_data *held,
-                        cJSON *m) {
+                        const nf_real *hctx, cJSON *m) {
     char *js = nf_flow_ode_json(f);
     cJSON *o = js ? cJSON_Parse(js) : NULL;
     nf_free(js);
@@ -607,7 +742,7 @@ static void ode_metrics(const nf_flow *f, const nf_train_metrics *last, const nf
     nf_ws *w = NULL;
     nf_real *lp = n > 0 ? nf_malloc((size_t)n * sizeof *lp) : NULL;
     if (lp && !nf_ws_create_inference(f, n, &w) &&
-        !nf_flow_log_prob(f, w, held->x, NULL, n, lp)) {
+        !nf_flow_log_prob(f, w, held->x, hctx, n, lp)) {
         nf_ode_stats st;
         nf_ws_ode_stats(w, &st);
         nf_json_add_num(o, "score_nfe", st.solves ? (double)st.nfe / st.solves : NAN);
@@ -622,14 +757,27 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
                const void *resume, size_t resume_len, nf_job_result *res, char *err,
                size_t errlen) {
     memset(res, 0, sizeof *res);
-    nf_job img;
-    j = nf_job_image_defaults(j, all, &img);
-    nf_data tr = {0}, va = {0}, te = {0};
+    nf_job img, cj;
+    nf_data tr = {0}, va = {0}, te = {0}, xall = {0}, call = {0}, ctr = {0}, cva = {0}, cte = {0};
     nf_flow *f = NULL, *q = NULL;
     nf_trainer *t = NULL;
     cJSON *pp = NULL;
     char *spec = NULL, ferr[300] = "";
-    int rc = nf_job_split(j, all, &tr, &va, &te);
+    /* a conditional job: x and the context split apart, the split of both
+     * by the same permutation (the same seed and row count) */
+    nf_context_spec cs;
+    int rc = nf_job_context_spec(j, all->d, all, &cs, err, errlen);
+    if (rc) goto out;
+    if (cs.kind != NF_CTX_NONE) {
+        if ((rc = split_context(&cs, all, &xall, &call, err, errlen))) goto out;
+        all = &xall;
+        cj = *j; /* shallow: owns nothing, not freed */
+        cj.context_dim = nf_context_dim(&cs);
+        j = &cj;
+    }
+    j = nf_job_image_defaults(j, all, &img);
+    rc = nf_job_split(j, all, &tr, &va, &te);
+    if (!rc && cs.kind != NF_CTX_NONE) rc = nf_job_split(j, &call, &ctr, &cva, &cte);
     if (rc) {
         nf_set_err(err, errlen, "dataset: too few rows to split (%lld rows)", (long long)all->n);
         goto out;
@@ -639,12 +787,14 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         rc = NF_EINVAL;
         goto out;
     }
+    if (cs.kind != NF_CTX_NONE) nf_json_attach(pp, "context", nf_context_to_json(&cs));
     if ((rc = nf_flow_create(spec, &f, ferr, sizeof ferr))) {
         flow_error(j, ferr, err, errlen);
         goto out;
     }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
         goto out;
+    if (ctr.n && (rc = nf_trainer_set_context(t, ctr.x, cva.n ? cva.x : NULL, err, errlen))) goto out;
     if (j->variational) {
         char *qs = nf_job_dequantizer_spec(j, tr.d, err, errlen);
         if (!qs) {
@@ -679,13 +829,13 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     cJSON *m = cJSON_CreateObject();
     int D = tr.d;
     int64_t ntr = tr.n < 20000 ? tr.n : 20000;
-    double trn = q ? nf_eval_nll_vdeq(f, q, tr.x, ntr, j->levels, 1)
-                   : nf_eval_nll(f, tr.x, ntr, j->dequantize, 1);
+    double trn = q ? nf_eval_nll_vdeq_ctx(f, q, tr.x, ctr.x, ntr, j->levels, 1)
+                   : nf_eval_nll_ctx(f, tr.x, ctr.x, ntr, j->dequantize, 1);
     nf_json_add_num(m, "train_nll", trn);
     nf_json_add_num(m, "val_nll", res->last.best_val_loss);
     if (te.n) {
-        double ten = q ? nf_eval_nll_vdeq(f, q, te.x, te.n, j->levels, 2)
-                       : nf_eval_nll(f, te.x, te.n, j->dequantize, 2);
+        double ten = q ? nf_eval_nll_vdeq_ctx(f, q, te.x, cte.x, te.n, j->levels, 2)
+                       : nf_eval_nll_ctx(f, te.x, cte.x, te.n, j->dequantize, 2);
         nf_json_add_num(m, "test_nll", ten);
         if (j->dequantize) nf_json_add_num(m, "test_bits_per_dim", nf_bits_per_dim(ten, D));
     }
@@ -708,14 +858,18 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     cJSON_AddStringToObject(m, "likelihood", j->dequantize      ? "dequantized_lower_bound"
                                              : !nf_flow_log_prob_exact(f) ? "hutchinson_estimate"
                                                                        : "exact");
-    if (nf_flow_num_ode(f)) ode_metrics(f, &res->last, te.n ? &te : &va, m);
+    if (nf_flow_num_ode(f)) ode_metrics(f, &res->last, te.n ? &te : &va, te.n ? cte.x : cva.x, m);
+    if (cs.kind != NF_CTX_NONE) {
+        cJSON_AddNumberToObject(m, "context_dim", nf_context_dim(&cs));
+        if (cs.kind == NF_CTX_LABELS) cJSON_AddNumberToObject(m, "classes", cs.classes);
+    }
     if (j->dequantize) {
         cJSON *dq = cJSON_AddObjectToObject(m, "dequantize");
         cJSON_AddStringToObject(dq, "kind", q ? "variational" : "uniform");
         cJSON_AddNumberToObject(dq, "levels", j->levels);
         if (q) cJSON_AddNumberToObject(dq, "num_params", (double)nf_flow_num_params(q));
     }
-    sample_quality(j, f, &tr, &va, &te, m);
+    if (cs.kind == NF_CTX_NONE) sample_quality(j, f, &tr, &va, &te, m); /* unconditional only */
     res->metrics = m;
     char now[32];
     iso_now(now, sizeof now);
@@ -730,5 +884,10 @@ out:
     nf_data_free(&tr);
     nf_data_free(&va);
     nf_data_free(&te);
+    nf_data_free(&xall);
+    nf_data_free(&call);
+    nf_data_free(&ctr);
+    nf_data_free(&cva);
+    nf_data_free(&cte);
     return rc;
 }

@@ -4,6 +4,9 @@
  *
  *   {"submission_id"?, "model", "dataset": {"id"} | {"builtin","n","noise"?,"seed"?}
  *                                          | {"path","format"?} (offline CLI only),
+ *    (any dataset may add "context_columns": [i,...] or "labels": {"column": k,
+ *     "classes"?} | {"id": "ds_...", "classes"?} (daemon) | true (built-ins):
+ *     a conditional flow p(x | c), see "Conditional flows" below),
  *    "flow": {"preset", ...overrides} | {"layers":[...], "base"?}, either with
  *            "shape"? [C,H,W] (default: the dataset's shape, when it has one),
  *    "train": {"epochs","batch_size","lr","optimizer","weight_decay","clip_grad_norm",
@@ -34,10 +37,23 @@
  * ({"preset",...} or {"layers":[...]}, dim and context_dim are set to D),
  * by default 4 affine couplings with MLP [64,64] conditioned on the row
  * (2 MAF layers for D = 1), then a fixed x1.6 scale so that sigmoid(v)
- * starts close to uniform.  The model file stores q as its dequantizer. */
+ * starts close to uniform.  The model file stores q as its dequantizer.
+ *
+ * Conditional flows.  "context_columns" names the columns of the dataset's
+ * rows that are the context c; the flow learns p(x | c) of the other
+ * columns, with context_dim set to their number.  "labels" names a class
+ * label instead (a column, a separate one-column dataset of as many rows,
+ * such as an IDX label file, or for a built-in set its generator's
+ * component, nf_data_builtin_ex): c is its one-hot vector of "classes"
+ * values (default: the largest label + 1).  A labels dataset is appended
+ * to the rows as their last column (nf_job_attach_labels) before the run.
+ * Preprocessing and dequantization apply to x only.  The model file keeps
+ * the layout as preprocess.context (context.h), so scorers can split raw
+ * rows the same way. */
 #ifndef NF_JOB_H
 #define NF_JOB_H
 
+#include "context.h"
 #include "data.h"
 #include "nf_json.h"
 #include "train.h"
@@ -66,9 +82,18 @@ typedef struct nf_job {
     int logit;
     double logit_alpha;
     int center;            /* preprocess.center: [0, levels] or [0, 1] to [-1/2, 1/2] */
+    /* conditional flows: dataset.context_columns or dataset.labels */
+    nf_ctx_kind ctx_kind;
+    int ctx_cols[NF_CTX_MAX_COLUMNS], nctx; /* context columns; labels: the column */
+    int labels_src;        /* NF_LABELS_* */
+    char labels_id[65];    /* NF_LABELS_DATASET: the labels dataset */
+    int classes;           /* labels: K, 0 = the largest label + 1 */
+    int context_dim;       /* set by the run for the flow spec (nf_job_flow_spec) */
     /* what the job gave, for the defaults of image flows (nf_job_image_defaults) */
     int dequantize_given, scaling_given, batch_given;
 } nf_job;
+
+enum { NF_LABELS_NONE = 0, NF_LABELS_COLUMN, NF_LABELS_DATASET, NF_LABELS_BUILTIN };
 
 /* allow_path: accept {"path":...} datasets (offline CLI).  On failure the
  * message in err names the field.  Free with nf_job_free.  nf_job_from_json
@@ -105,6 +130,17 @@ void nf_job_free(nf_job *j);
 const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *tmp);
 /* "model" names: 1-64 of [A-Za-z0-9._-], not starting with '.' */
 int nf_valid_name(const char *s);
+
+/* The raw-row layout of the job's context for its rows all (borrowed; NULL
+ * at submission, when only the width W is known): labels without "classes"
+ * count them from all's label column (2 when all is NULL).  NF_EINVAL with
+ * a message naming the field.  kind NF_CTX_NONE for an unconditional job. */
+int nf_job_context_spec(const nf_job *j, int W, const nf_data *all, nf_context_spec *s,
+                        char *err, size_t errlen);
+/* Append the labels dataset (n rows of one column, as many rows as all) to
+ * all as its last column, in place.  NF_EINVAL with a message. */
+int nf_job_attach_labels(const nf_job *j, nf_data *all, const nf_data *labels, char *err,
+                         size_t errlen);
 
 /* Load the job's dataset (builtin or path; NF_EINVAL for an id, which only
  * the daemon resolves). */

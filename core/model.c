@@ -164,7 +164,32 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
         return rc;
     }
     m->header = h;
+    /* the model's part of its rows' noise seeds: its bytes, through the CRC */
+    {
+        uint32_t crc;
+        memcpy(&crc, p + len - 4, 4);
+        m->noise_key = ((uint64_t)crc << 32 | 0x4E4B) ^ ((uint64_t)len * 0x9E3779B97F4A7C15ULL);
+    }
     const cJSON *pp = cJSON_GetObjectItemCaseSensitive(h, "preprocess");
+    {
+        int D = nf_flow_dim(m->flow), C = nf_flow_context_dim(m->flow);
+        const cJSON *cj = pp ? cJSON_GetObjectItemCaseSensitive(pp, "context") : NULL;
+        char cerr[200] = "";
+        if (cj && !cJSON_IsNull(cj)) {
+            if (nf_context_from_json(cj, &m->context, cerr, sizeof cerr) ||
+                nf_context_dim(&m->context) != C || nf_context_data_dim(&m->context) != D) {
+                nf_set_err(err, errlen, "model preprocess.context: %s",
+                           cerr[0] ? cerr : "does not match the flow's dim and context_dim");
+                nf_model_free(m);
+                return NF_EFORMAT;
+            }
+        } else if (C > 0) { /* a conditional flow without a layout: the context trails x */
+            m->context.kind = C <= NF_CTX_MAX_COLUMNS ? NF_CTX_COLUMNS : NF_CTX_NONE;
+            m->context.width = D + C;
+            m->context.ncols = C;
+            for (int i = 0; i < C && i < NF_CTX_MAX_COLUMNS; i++) m->context.cols[i] = D + i;
+        }
+    }
     const cJSON *dq = pp ? cJSON_GetObjectItemCaseSensitive(pp, "dequantize") : NULL;
     if (dq && cJSON_IsObject(dq)) {
         const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");

@@ -24,6 +24,7 @@
 #ifndef NF_MODEL_H
 #define NF_MODEL_H
 
+#include "context.h"
 #include "nf.h"
 
 #include <cjson/cJSON.h>
@@ -34,6 +35,11 @@ typedef struct nf_model {
     int dequantize;  /* 1 if rows are integer levels to be dequantized */
     int levels;
     nf_flow *dequantizer; /* owned: q(u|x) for "variational", else NULL */
+    uint64_t noise_key;   /* the model's part of each row's noise seed (nf_model_load: from
+                             the file's CRC-32 and length; 0 for a model built in memory) */
+    nf_context_spec context; /* raw-row layout of a conditional model (preprocess.context;
+                                for a conditional flow without one: the context as the
+                                last C columns); kind NF_CTX_NONE when C == 0 */
 } nf_model;
 
 /* Serialise flow + header fields.  preprocess and metrics are borrowed
@@ -57,15 +63,31 @@ void nf_model_free(nf_model *m);
  * nf_model_log_prob allocates nothing.  Free with nf_ws_free. */
 int nf_model_ws_create(const nf_model *m, int max_batch, nf_ws **out);
 
-/* log p(x) for raw rows (B,D): dequantized models get fixed-seed U[0,1)
- * noise per row (the seed makes scores reproducible); with a dequantizer,
- * the variational bound with fixed-seed eps.  out (B) as for
- * nf_flow_log_prob.  w is a workspace of m->flow; any kind works, and one
+/* log p(x | ctx) for raw rows (B,D): dequantized models get U[0,1) noise
+ * per row; with a dequantizer, the variational bound log p(x+u) -
+ * log q(u|x) with u from eps ~ N(0,I).  Each row's noise is drawn from a
+ * generator seeded by nf_model_row_seed(m, row, its context row, 0): a
+ * function of the row's values, its context and the model alone, so a
+ * row's score does not depend on its index, the batch or the chunking.
+ * out (B) as for nf_flow_log_prob.  w is a workspace of m->flow; any kind works, and one
  * from nf_model_ws_create allocates nothing here (another gets the
  * dequantizer's state attached on its first dequantized call, once, freed
  * with it: core/dequant.c). */
 int nf_model_log_prob(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                       nf_real *out);
+/* The importance-weighted estimate with K draws (1 <= K <= NF_MODEL_MAX_IW_SAMPLES):
+ *   out_b = log (1/K) sum_k p(x_b + u_k | c_b) / q(u_k | x_b)
+ * (q = 1 for uniform noise), u_k from nf_model_row_seed(m, x_b, c_b, k), by
+ * a log-sum-exp.  K = 1 is nf_model_log_prob's bound; its expectation
+ * grows with K towards log P(x) (Burda et al.'s IWAE bound), and for
+ * uniform noise the estimate's variance falls.  Exact models ignore K.
+ * NF_EINVAL for K out of range. */
+#define NF_MODEL_MAX_IW_SAMPLES 64
+int nf_model_log_prob_iw(const nf_model *m, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
+                         int K, nf_real *out);
+/* The seed of row x's (D values) noise draw k with context row ctx (C
+ * values, NULL when C == 0). */
+uint64_t nf_model_row_seed(const nf_model *m, const nf_real *x, const nf_real *ctx, int k);
 
 int nf_file_read(const char *path, void **buf, size_t *len);   /* NF_EIO */
 int nf_file_write(const char *path, const void *buf, size_t len); /* via temp + rename */

@@ -295,11 +295,8 @@ static int expand_image(const cJSON *spec, const struct image_preset *p, cJSON *
     if ((rc = nf_json_int(spec, "dim", 0, 1, 65536, &D, err, errlen))) return rc;
     if ((rc = nf_shape_parse(spec, D, shape, err, errlen))) return rc;
     a.C = shape[0], a.H = shape[1], a.W = shape[2];
-    int c = 0;
-    if ((rc = nf_json_int(spec, "context_dim", 0, 0, 0, &c, err, errlen))) {
-        nf_set_err(err, errlen, "the image preset \"%s\" takes no context (context_dim 0)", p->name);
-        return rc;
-    }
+    /* context_dim: the convolutional couplings read the context (as
+     * constant planes, core/conv_coupling.c); the others ignore it */
     /* levels: each squeeze halves height and width; glow squeezes at every
      * level, realnvp between levels */
     int maxl = 0;

@@ -27,15 +27,16 @@ struct nf_trainer {
     nf_flow *f;
     nf_train_config cfg;
     const nf_real *train, *val;
+    const nf_real *tctx, *vctx; /* (ntrain,C), (nval,C) context rows, or NULL (C == 0) */
     int64_t ntrain, nval;
-    int D, B;
+    int D, B, C;
     int shape[3];          /* the flow's image shape (hflip) */
     int64_t spe, total_steps; /* steps per epoch, total */
     nf_ws *ws;
     nf_ws *sws;            /* validation's sample check: forward-only, the run's threads,
                               made at the first validation and kept */
     nf_adam opt;
-    nf_real *xb, *dlogp, *logp, *logdet, *keep_buffers;
+    nf_real *xb, *cb, *dlogp, *logp, *logdet, *keep_buffers;
     nf_real *best_params, *best_buffers;
     int64_t *perm;
     int perm_epoch;
@@ -98,10 +99,11 @@ double nf_bits_per_dim(double nll, int D) { return nll / (D * 0.6931471805599453
 
 /* mean NLL of x on workspace w, in chunks of its size; the dequantization
  * noise is drawn row by row, so the chunk size does not change it */
-static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t n,
-                          int dequantize, uint64_t seed) {
+static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx,
+                          int64_t n, int dequantize, uint64_t seed) {
     if (n <= 0) return NAN;
-    int D = nf_flow_dim(f), chunk = n < nf_ws_max_batch(w) ? (int)n : nf_ws_max_batch(w);
+    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+    int chunk = n < nf_ws_max_batch(w) ? (int)n : nf_ws_max_batch(w);
     nf_real *buf = nf_malloc((size_t)chunk * D * sizeof *buf), *lp = nf_malloc((size_t)chunk * sizeof *lp);
     if (!buf || !lp) {
         nf_free(buf);
@@ -115,7 +117,7 @@ static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t 
         int m = n - s < chunk ? (int)(n - s) : chunk;
         if (dequantize) nf_deq_uniform(x + s * D, (size_t)m * D, &r, buf);
         else memcpy(buf, x + s * D, (size_t)m * D * sizeof *buf);
-        nf_flow_log_prob(f, w, buf, NULL, m, lp);
+        nf_flow_log_prob(f, w, buf, ctx ? ctx + s * C : NULL, m, lp);
         for (int i = 0; i < m; i++) tot -= lp[i];
     }
     nf_free(buf);
@@ -124,10 +126,16 @@ static double eval_nll_on(const nf_flow *f, nf_ws *w, const nf_real *x, int64_t 
 }
 
 double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed) {
+    return nf_eval_nll_ctx(f, x, NULL, n, dequantize, seed);
+}
+
+double nf_eval_nll_ctx(const nf_flow *f, const nf_real *x, const nf_real *ctx, int64_t n,
+                       int dequantize, uint64_t seed) {
     if (n <= 0) return NAN;
+    if (nf_flow_context_dim(f) > 0 && !ctx) return NAN;
     nf_ws *w = NULL;
     if (nf_ws_create_inference(f, n < 1024 ? (int)n : 1024, &w)) return NAN;
-    double v = eval_nll_on(f, w, x, n, dequantize, seed);
+    double v = eval_nll_on(f, w, x, ctx, n, dequantize, seed);
     nf_ws_free(w);
     return v;
 }
@@ -138,6 +146,7 @@ void nf_trainer_free(nf_trainer *t) {
     nf_ws_free(t->sws);
     nf_adam_free(&t->opt);
     nf_free(t->xb);
+    nf_free(t->cb);
     nf_free(t->dlogp);
     nf_free(t->logp);
     nf_free(t->logdet);
@@ -159,10 +168,6 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
                       int64_t ntrain, const nf_real *val, int64_t nval, nf_trainer **out,
                       char *err, size_t errlen) {
     *out = NULL;
-    if (nf_flow_context_dim(f) > 0) {
-        nf_set_err(err, errlen, "training conditional flows is not supported by this trainer");
-        return NF_EUNSUPPORTED;
-    }
     if (ntrain < 1 || !train) {
         nf_set_err(err, errlen, "no training rows");
         return NF_EINVAL;
@@ -195,6 +200,7 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
     t->val = val;
     t->nval = val ? nval : 0;
     t->D = nf_flow_dim(f);
+    t->C = nf_flow_context_dim(f);
     t->B = cfg->batch_size < ntrain ? cfg->batch_size : (int)ntrain;
     t->spe = ntrain / t->B;
     t->total_steps = t->spe * cfg->epochs;
@@ -236,6 +242,23 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
 }
 
 const char *nf_trainer_error(const nf_trainer *t) { return t->err; }
+
+int nf_trainer_set_context(nf_trainer *t, const nf_real *train_ctx, const nf_real *val_ctx,
+                           char *err, size_t errlen) {
+    if (t->C < 1 || !train_ctx || (t->nval > 0 && !val_ctx) || t->step > 0 || t->cb) {
+        nf_set_err(err, errlen, t->C < 1 ? "the flow takes no context (context_dim 0)"
+                                         : "the context needs training (and validation) rows, "
+                                           "set once before training starts");
+        return NF_EINVAL;
+    }
+    if (!(t->cb = nf_malloc((size_t)t->B * t->C * sizeof *t->cb))) {
+        nf_set_err(err, errlen, "out of memory");
+        return NF_ENOMEM;
+    }
+    t->tctx = train_ctx;
+    t->vctx = val_ctx;
+    return 0;
+}
 
 int nf_trainer_set_dequantizer(nf_trainer *t, nf_flow *q, char *err, size_t errlen) {
     if (t->q || t->step > 0) {
@@ -362,21 +385,34 @@ static int validate(nf_trainer *t) {
     if (t->nval <= 0) return 0;
     unsigned fails = nf_alloc_failures;
     nf_ws_set_noise_seed(t->ws, t->cfg.seed + 777); /* Hutchinson scoring (dim > 64): fixed probes */
-    t->val_loss = t->q ? nf_eval_nll_vdeq(f, t->q, t->val, t->nval, t->cfg.levels, t->cfg.seed + 777)
-                       : eval_nll_on(f, t->ws, t->val, t->nval, t->cfg.dequantize, t->cfg.seed + 777);
+    t->val_loss = t->q ? nf_eval_nll_vdeq_ctx(f, t->q, t->val, t->vctx, t->nval, t->cfg.levels,
+                                              t->cfg.seed + 777)
+                       : eval_nll_on(f, t->ws, t->val, t->vctx, t->nval, t->cfg.dequantize,
+                                     t->cfg.seed + 777);
     t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
     /* fraction of non-finite values in 256 samples at T = 1 */
     int n = 256;
-    nf_real *s = nf_malloc((size_t)n * t->D * sizeof *s);
+    nf_real *s = nf_malloc((size_t)n * t->D * sizeof *s), *sc = NULL;
+    if (s && t->C > 0) { /* a conditional flow: the contexts of the first validation rows, cycled */
+        sc = nf_malloc((size_t)n * t->C * sizeof *sc);
+        for (int i = 0; sc && i < n; i++)
+            memcpy(sc + (size_t)i * t->C, t->vctx + (size_t)(i % t->nval) * t->C,
+                   (size_t)t->C * sizeof *sc);
+        if (!sc) {
+            nf_free(s);
+            s = NULL;
+        }
+    }
     if (s && !t->sws)
         nf_ws_create_ex(f, n, t->cfg.threads > 1 ? t->cfg.threads : 1, NF_WS_INFERENCE, &t->sws);
     if (s && t->sws) {
-        nf_flow_sample(f, t->sws, n, 1.0, t->cfg.seed + (uint64_t)t->step, NULL, s, NULL);
+        nf_flow_sample(f, t->sws, n, 1.0, t->cfg.seed + (uint64_t)t->step, sc, s, NULL);
         size_t bad = 0;
         for (size_t i = 0; i < (size_t)n * t->D; i++) bad += !isfinite(s[i]);
         t->nonfinite_frac = (double)bad / ((double)n * t->D);
     }
     nf_free(s);
+    nf_free(sc);
     if (nf_alloc_failures != fails) {
         snprintf(t->err, sizeof t->err, "out of memory in validation at step %lld", (long long)t->step);
         return -1;
@@ -503,9 +539,12 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
     int B = t->B, D = t->D;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     build_perm(t);
-    for (int r = 0; r < B; r++)
-        memcpy(t->xb + (size_t)r * D, t->train + t->perm[t->batch_in_epoch * B + r] * D,
-               (size_t)D * sizeof *t->xb);
+    const int C = t->C;
+    for (int r = 0; r < B; r++) {
+        int64_t i = t->perm[t->batch_in_epoch * B + r];
+        memcpy(t->xb + (size_t)r * D, t->train + i * D, (size_t)D * sizeof *t->xb);
+        if (t->cb) memcpy(t->cb + (size_t)r * C, t->tctx + i * C, (size_t)C * sizeof *t->cb);
+    }
     if (t->cfg.hflip) { /* the flips of this step: from (seed, step), so a resume draws them again */
         nf_rng r;
         nf_rng_seed(&r, t->cfg.seed * 0x94D049BB133111EBULL + 0x4000 + (uint64_t)t->step);
@@ -522,8 +561,8 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         if (h && h->batch) h->batch(h->user, t->xb, B, D, t->step);
         nf_flow_zero_grad_ws(f, t->ws);
         nf_flow_zero_grad_ws(q, t->qws);
-        int rc = nf_vdeq_grad(f, t->ws, q, t->qws, t->xb, t->eps, B, t->cfg.levels, 1,
-                              t->cfg.jacobian_l2, t->vscratch, &loss);
+        int rc = nf_vdeq_grad_ctx(f, t->ws, q, t->qws, t->xb, t->cb, t->eps, B, t->cfg.levels, 1,
+                                  t->cfg.jacobian_l2, t->vscratch, &loss);
         double gn = rc ? NAN : clip_both(f->grad, P, q->grad, q->nparams, t->cfg.clip_grad_norm);
         return step_outcome(t, rc, loss, gn, "bound (rows outside the support)");
     }
@@ -533,7 +572,7 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         nf_deq_uniform(t->xb, (size_t)B * D, &r, t->xb);
     }
     if (h && h->batch) h->batch(h->user, t->xb, B, D, t->step);
-    nf_flow_data_init(f, t->ws, t->xb, NULL, B); /* no-op once act-norms are initialised */
+    nf_flow_data_init(f, t->ws, t->xb, t->cb, B); /* no-op once act-norms are initialised */
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
     nf_flow_zero_grad_ws(f, t->ws);
     nf_ode_stats o0, o1;
@@ -541,7 +580,7 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         nf_ws_set_noise_seed(t->ws, t->cfg.seed * 0xD6E8FEB86659FD93ULL + 0x5000 + (uint64_t)t->step);
         nf_ws_ode_stats(t->ws, &o0);
     }
-    int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, NULL, B, 1, t->dlogp,
+    int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, t->cb, B, 1, t->dlogp,
                                       t->cfg.jacobian_l2 / B, t->logp, t->logdet, NULL, NULL);
     if (t->ode) {
         nf_ws_ode_stats(t->ws, &o1);
@@ -571,6 +610,11 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     t->t_start = t->rep_time = t->last_ckpt = now_s();
     t->rep_step = t->step;
     t->err[0] = 0;
+    if (t->C > 0 && !t->cb) {
+        snprintf(t->err, sizeof t->err, "a conditional flow (context_dim %d) needs its context rows: "
+                 "nf_trainer_set_context", t->C);
+        return NF_EINVAL;
+    }
     while (!t->done && t->epoch < t->cfg.epochs) {
         while (t->batch_in_epoch < t->spe) {
             /* atomic: another thread sets the flag while we train */
@@ -653,6 +697,7 @@ static uint64_t fingerprint(const nf_trainer *t) {
         uint64_t w[] = {nf_flow_num_params(t->q), t->q->nbuffers, (uint64_t)t->cfg.levels};
         for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) h = (h ^ w[i]) * 1099511628211ULL;
     }
+    if (t->C) h = (h ^ (0x43540000u + (uint64_t)t->C)) * 1099511628211ULL; /* "CT": conditional */
     if (t->cfg.hflip) h = (h ^ 0x4846u) * 1099511628211ULL; /* "HF": a run with flips (without: as before) */
     return h;
 }

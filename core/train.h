@@ -146,6 +146,16 @@ int nf_trainer_create(nf_flow *f, const nf_train_config *cfg, const nf_real *tra
                       char *err, size_t errlen);
 void nf_trainer_free(nf_trainer *t);
 
+/* A conditional flow (context_dim C > 0) trains on p(x | c): train_ctx
+ * (ntrain, C) and val_ctx (nval, C; NULL when nval is 0) hold the context
+ * row of each training and validation row (borrowed, must outlive the
+ * trainer).  Set once, before nf_trainer_run, which refuses a conditional
+ * flow without it (NF_EINVAL).  The validation's sample check draws with
+ * the validation rows' contexts.  The state blob records that the run is
+ * conditional. */
+int nf_trainer_set_context(nf_trainer *t, const nf_real *train_ctx, const nf_real *val_ctx,
+                           char *err, size_t errlen);
+
 /* Train until epochs are done, early stopping, cancellation or an error.
  * The flow ends holding the best parameters seen (by validation NLL; the
  * last parameters without validation).  Returns 0, NF_ECANCELLED,
@@ -178,6 +188,10 @@ int nf_augment_hflip(nf_real *x, int B, const int shape[3], nf_rng *rng);
  * rows get fixed-seed uniform noise (an unbiased estimate of the
  * dequantization bound).  Rows outside the support count as +inf. */
 double nf_eval_nll(const nf_flow *f, const nf_real *x, int64_t n, int dequantize, uint64_t seed);
+/* The same for a conditional flow: ctx (n,C) the rows' contexts (NULL when
+ * C == 0; NAN when missing). */
+double nf_eval_nll_ctx(const nf_flow *f, const nf_real *x, const nf_real *ctx, int64_t n,
+                       int dequantize, uint64_t seed);
 
 /* Bits per dimension of a discrete-data NLL measured in the data's own units
  * (pixel units, bins of width 1):  bpd = nll / (D ln 2).  The dequantized NLL
@@ -217,6 +231,9 @@ int nf_vdeq_log_prob(const nf_flow *f, nf_ws *wf, const nf_flow *q, const nf_rea
  * is outside the support. */
 double nf_eval_nll_vdeq(const nf_flow *f, const nf_flow *q, const nf_real *x, int64_t n,
                         int levels, uint64_t seed);
+/* ... with the model's context rows ctx (n,C), or NULL when C == 0 */
+double nf_eval_nll_vdeq_ctx(const nf_flow *f, const nf_flow *q, const nf_real *x,
+                            const nf_real *ctx, int64_t n, int levels, uint64_t seed);
 
 /* One batch of the joint objective, the trainer's step without the
  * optimizer (exposed for tests):  x (B,D) integer rows, eps (B,D) the
@@ -230,6 +247,11 @@ size_t nf_vdeq_scratch_size(int B, int D);
 int nf_vdeq_grad(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
                  const nf_real *eps, int B, int levels, int training, double jacobian_l2,
                  nf_real *scratch, double *loss);
+/* The same for a conditional model p(x | c): ctx (B,C) its context rows
+ * (NULL when C == 0).  q's own context stays x/levels - 1/2. */
+int nf_vdeq_grad_ctx(nf_flow *f, nf_ws *wf, nf_flow *q, nf_ws *wq, const nf_real *x,
+                     const nf_real *ctx, const nf_real *eps, int B, int levels, int training,
+                     double jacobian_l2, nf_real *scratch, double *loss);
 
 int nf_sched_parse(const char *s, nf_sched_kind *out);
 const char *nf_sched_name(nf_sched_kind k);

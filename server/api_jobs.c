@@ -50,6 +50,38 @@ static int submission_exists(fd_db *db, const char *sid) {
     return 0;
 }
 
+/* A job's labels dataset (dataset.labels.id): it exists and holds one
+ * label per row of the job's dataset (rows); -1 after sending the 422. */
+static int labels_or_reply(fd_req *r, fd_db *db, const nf_job *j, int64_t rows) {
+    cJSON *ds = NULL;
+    char err[300] = "";
+    int rc = fd_db_dataset_get(db, j->labels_id, &ds, err, sizeof err);
+    if (rc) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "dataset", j->labels_id);
+        if (rc == FD_ENOTFOUND)
+            fd_send_error(r, 422, "invalid_input", d, "dataset.labels.id: dataset %s does not exist", j->labels_id);
+        else
+            fd_send_error(r, 422, "invalid_input", d, "dataset.labels.id: %s", err);
+        return -1;
+    }
+    int64_t lrows = 0, ldim = 0;
+    nf_json_i64(ds, "rows", 0, 0, INT64_MAX / 2, &lrows, NULL, 0);
+    nf_json_i64(ds, "dim", 0, 0, INT_MAX, &ldim, NULL, 0);
+    cJSON_Delete(ds);
+    if (lrows != rows || ldim != 1) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "rows", (double)lrows);
+        cJSON_AddNumberToObject(d, "dim", (double)ldim);
+        cJSON_AddNumberToObject(d, "expected_rows", (double)rows);
+        fd_send_error(r, 422, "invalid_input", d, "dataset.labels.id: the labels dataset has %lld rows "
+                      "of %lld values; it needs %lld rows of one label", (long long)lrows,
+                      (long long)ldim, (long long)rows);
+        return -1;
+    }
+    return 0;
+}
+
 enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     (void)a;
     cJSON *body = fd_req_json(r); /* 400/415 for non-JSON */
@@ -91,7 +123,13 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(ds, "shape");
         for (int k = 0; k < 3 && cJSON_GetArraySize(sh) == 3; k++)
             shape[k] = cJSON_GetArrayItem(sh, k)->valueint;
+        int64_t rows = 0;
+        nf_json_i64(ds, "rows", 0, 0, INT64_MAX / 2, &rows, NULL, 0);
         cJSON_Delete(ds);
+        if (j.labels_id[0] && labels_or_reply(r, db, &j, rows)) {
+            nf_job_free(&j);
+            return MHD_YES;
+        }
     }
     if (nf_job_check(&j, dim, shape, is_int, vmin, vmax, err, sizeof err)) {
         nf_job_free(&j);

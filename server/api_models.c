@@ -207,17 +207,71 @@ static nf_real *json_rows(fd_req *r, const cJSON *arr, const char *field, int D,
     return x;
 }
 
-/* context rows for n inputs: absent (model C must be 0), one row (applied to
- * all), or n rows.  Returns 0 and *ctx (malloc'd or NULL), or -1 after
- * sending an error. */
-static int json_context(fd_req *r, const cJSON *body, int C, int n, nf_real **ctx) {
-    *ctx = NULL;
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(body, "context");
-    if (!c || cJSON_IsNull(c)) {
-        if (C > 0) {
-            fd_send_error(r, 422, "invalid_input", NULL, "this model is conditional: \"context\" (width %d) is required", C);
+/* The one-hot contexts of n class labels for a model trained on labels
+ * ("labels": one integer for every row, or a list of n): 0 and *ctx
+ * (malloc'd), or -1 after sending the error. */
+static int json_labels(fd_req *r, const cJSON *lb, const nf_model *m, int n, nf_real **ctx) {
+    int K = m->context.classes;
+    if (m->context.kind != NF_CTX_LABELS) {
+        fd_send_error(r, 422, "invalid_input", NULL,
+                      "this model was not trained on class labels: give \"context\" rows");
+        return -1;
+    }
+    int list = cJSON_IsArray(lb);
+    if (list && cJSON_GetArraySize(lb) != n) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "labels", cJSON_GetArraySize(lb));
+        cJSON_AddNumberToObject(d, "rows", n);
+        fd_send_error(r, 422, "invalid_input", d, "\"labels\" has %d labels for %d rows",
+                      cJSON_GetArraySize(lb), n);
+        return -1;
+    }
+    nf_real *buf = malloc((size_t)n * K * sizeof *buf);
+    if (!buf) return fd_send_error(r, 500, "internal", NULL, "out of memory"), -1;
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = list ? cJSON_GetArrayItem(lb, i) : lb;
+        if (!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < K) ||
+            e->valuedouble != floor(e->valuedouble)) {
+            cJSON *d = cJSON_CreateObject();
+            if (list) cJSON_AddNumberToObject(d, "row", i);
+            cJSON_AddNumberToObject(d, "classes", K);
+            free(buf);
+            fd_send_error(r, 422, "invalid_input", d, "\"labels\"%s must be a class, an integer in [0, %d)",
+                          list ? " entries" : "", K);
             return -1;
         }
+        nf_context_onehot(K, (int)e->valuedouble, buf + (size_t)i * K);
+    }
+    *ctx = buf;
+    return 0;
+}
+
+/* context rows for n inputs: absent (model C must be 0), one row (applied to
+ * all), or n rows; or, for a model trained on class labels, "labels".
+ * Returns 0 and *ctx (malloc'd or NULL), or -1 after sending an error. */
+static int json_context(fd_req *r, const cJSON *body, const nf_model *mm, int n, nf_real **ctx) {
+    int C = nf_flow_context_dim(mm->flow);
+    *ctx = NULL;
+    if ((size_t)n * C > MAX_VALUES) { /* the contexts of every row, one-hot labels included */
+        fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
+                      "limit of %d per request", (size_t)n * C, MAX_VALUES);
+        return -1;
+    }
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(body, "context");
+    const cJSON *lb = nf_json_get(body, "labels");
+    if (lb && c && !cJSON_IsNull(c)) {
+        fd_send_error(r, 422, "invalid_input", NULL, "give \"context\" or \"labels\", not both");
+        return -1;
+    }
+    if (lb) return json_labels(r, lb, mm, n, ctx);
+    if (!c || cJSON_IsNull(c)) {
+        if (C > 0 && mm->context.kind == NF_CTX_LABELS)
+            fd_send_error(r, 422, "invalid_input", NULL, "this model is conditional: \"labels\" "
+                          "(classes 0 to %d) or \"context\" (width %d) is required",
+                          mm->context.classes - 1, C);
+        else if (C > 0)
+            fd_send_error(r, 422, "invalid_input", NULL, "this model is conditional: \"context\" (width %d) is required", C);
+        if (C > 0) return -1;
         return 0;
     }
     if (C == 0) {
@@ -344,19 +398,22 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
                              "log_prob takes application/json, text/csv or application/x-npy");
     cJSON *body = NULL;
     nf_real *x = NULL, *ctx = NULL, *lp = NULL;
-    int n = 0, version = 0, bpd = 0;
+    int n = 0, version = 0, bpd = 0, K = 1;
     fd_model *m = NULL;
     enum MHD_Result ret = MHD_YES;
     if (in == FMT_JSON) {
         if (!(body = fd_req_json(r))) return MHD_YES;
-        static const char *const keys[] = {"inputs", "context", "version", "bits_per_dim", NULL};
+        static const char *const keys[] = {"inputs", "context", "labels", "version", "bits_per_dim",
+                                           "samples", NULL};
         if (fd_body_keys_or_reply(r, body, keys) ||
             fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
-            fd_body_bool_or_reply(r, body, "bits_per_dim", 0, &bpd))
+            fd_body_bool_or_reply(r, body, "bits_per_dim", 0, &bpd) ||
+            fd_body_int_or_reply(r, body, "samples", 1, 1, NF_MODEL_MAX_IW_SAMPLES, &K))
             goto out;
     } else {
         if (fd_query_bool_or_reply(r, "bits_per_dim", 0, &bpd) ||
-            fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version))
+            fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version) ||
+            fd_query_int_or_reply(r, "samples", 1, 1, NF_MODEL_MAX_IW_SAMPLES, &K))
             goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;
@@ -365,10 +422,14 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     if (in == FMT_JSON) {
         if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, "inputs"), "inputs", D, &n, r->srv->cfg.max_rows)))
             goto out;
-        if (json_context(r, body, C, n, &ctx)) goto out;
+        if (json_context(r, body, m->m, n, &ctx)) goto out;
     } else {
-        if (C > 0) {
-            fd_send_error(r, 422, "invalid_input", NULL, "conditional models take JSON bodies (with \"context\")");
+        /* a conditional model's CSV and .npy rows have its training data's
+         * layout: x and the context columns (or the label) in one row */
+        int W = C > 0 ? m->m->context.width : D;
+        if (C > 0 && m->m->context.kind == NF_CTX_NONE) { /* over NF_CTX_MAX_COLUMNS: no layout */
+            fd_send_error(r, 422, "invalid_input", NULL, "this model's %d context columns have no "
+                          "row layout: send JSON with \"context\"", C);
             goto out;
         }
         nf_data dat = {0};
@@ -379,19 +440,46 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
             fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
             goto out;
         }
-        if (dat.d != D || dat.n > r->srv->cfg.max_rows) {
+        if (dat.d != W || dat.n > r->srv->cfg.max_rows) {
             cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "expected_width", D);
+            cJSON_AddNumberToObject(d, "expected_width", W);
             cJSON_AddNumberToObject(d, "width", dat.d);
             cJSON_AddNumberToObject(d, "max_rows", r->srv->cfg.max_rows);
-            fd_send_error(r, 422, "invalid_input", d, dat.d != D ? "rows have %d values; the model takes %d"
-                                                                 : "too many rows (%d > %d)", dat.d != D ? dat.d : (int)dat.n,
-                          dat.d != D ? D : r->srv->cfg.max_rows);
+            fd_send_error(r, 422, "invalid_input", d, dat.d != W ? (C > 0 ? "rows have %d values; the model takes %d (its data and context columns, as trained)"
+                                                                          : "rows have %d values; the model takes %d")
+                                                                 : "too many rows (%d > %d)", dat.d != W ? dat.d : (int)dat.n,
+                          dat.d != W ? W : r->srv->cfg.max_rows);
             nf_data_free(&dat);
             goto out;
         }
-        x = dat.x; /* take ownership */
         n = (int)dat.n;
+        if (C > 0 && (size_t)n * C > MAX_VALUES) {
+            nf_data_free(&dat);
+            fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
+                          "limit of %d per request", (size_t)n * C, MAX_VALUES);
+            goto out;
+        }
+        if (C > 0) {
+            x = malloc((size_t)n * D * sizeof *x);
+            ctx = malloc((size_t)n * C * sizeof *ctx);
+            char e2[200] = "";
+            int64_t bad = -1;
+            int src = !x || !ctx ? NF_ENOMEM : nf_context_split(&m->m->context, dat.x, n, x, ctx, &bad, e2, sizeof e2);
+            nf_data_free(&dat);
+            if (src == NF_ENOMEM) {
+                fd_send_error(r, 500, "internal", NULL, "out of memory");
+                goto out;
+            }
+            if (src) {
+                cJSON *d = cJSON_CreateObject();
+                cJSON_AddNumberToObject(d, "row", (double)bad);
+                cJSON_AddNumberToObject(d, "column", m->m->context.cols[0]);
+                fd_send_error(r, 422, "invalid_input", d, "%s", e2);
+                goto out;
+            }
+        } else {
+            x = dat.x; /* take ownership */
+        }
     }
     nf_ws *w = get_ws(m);
     lp = malloc((size_t)n * sizeof *lp);
@@ -399,7 +487,7 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
         fd_send_error(r, 500, "internal", NULL, "out of memory");
         goto out;
     }
-    int rc = nf_model_log_prob(m->m, w, x, ctx, n, lp);
+    int rc = nf_model_log_prob_iw(m->m, w, x, ctx, n, K, lp);
     if (rc) {
         send_solve_error(r, rc, "scoring");
         goto out;
@@ -425,8 +513,10 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     }
     if (cJSON_GetArraySize(oos)) cJSON_AddItemToObject(o, "out_of_support", oos);
     else cJSON_Delete(oos);
-    if (m->m->dequantize) cJSON_AddStringToObject(o, "likelihood", "dequantized_lower_bound");
-    else if (!nf_flow_log_prob_exact(f)) cJSON_AddStringToObject(o, "likelihood", "hutchinson_estimate");
+    if (m->m->dequantize) {
+        cJSON_AddStringToObject(o, "likelihood", "dequantized_lower_bound");
+        cJSON_AddNumberToObject(o, "samples", K);
+    } else if (!nf_flow_log_prob_exact(f)) cJSON_AddStringToObject(o, "likelihood", "hutchinson_estimate");
     add_trace(o, f);
     ret = fd_send_json(r, 200, o);
 out:
@@ -443,7 +533,7 @@ out:
  * shape (its rows have no picture form), 422 for a grid over
  * MAX_PICTURE_PIXELS (too many samples for one picture).  0, or -1 after
  * sending the error. */
-static int picture_or_reply(fd_req *r, const fd_model *m, int n, int D, const int shape[3]) {
+static int picture_or_reply(fd_req *r, const fd_model *m, int n, int cols, int D, const int shape[3]) {
     int gs[3], w = 0, h = 0, ch = 1;
     if (!shape[0] || fdpic_picture_kind(D, shape, gs) != 2) {
         cJSON *d = cJSON_CreateObject();
@@ -455,7 +545,7 @@ static int picture_or_reply(fd_req *r, const fd_model *m, int n, int D, const in
                       m->name, D);
         return -1;
     }
-    if (fdpic_grid_size(n, gs, &w, &h, &ch) || (int64_t)w * h > MAX_PICTURE_PIXELS) {
+    if (fdpic_grid_size_cols(n, cols, gs, &w, &h, &ch) || (int64_t)w * h > MAX_PICTURE_PIXELS) {
         cJSON *d = cJSON_CreateObject();
         cJSON_AddNumberToObject(d, "n", n);
         cJSON_AddNumberToObject(d, "max_pixels", MAX_PICTURE_PIXELS);
@@ -470,19 +560,55 @@ static int picture_or_reply(fd_req *r, const fd_model *m, int n, int D, const in
 /* The picture of the samples x (n, D) as image/png: a dequantized pixel
  * model's values floored and clamped to 0..levels-1, other models' scaled
  * from the samples' own finite range. */
-static enum MHD_Result send_picture(fd_req *r, const fd_model *m, const nf_real *x, int n, int D,
-                                    const int shape[3]) {
+static enum MHD_Result send_picture(fd_req *r, const fd_model *m, const nf_real *x, int n, int cols,
+                                    int D, const int shape[3]) {
     unsigned char *pix = NULL;
     void *png = NULL;
     size_t len = 0;
     int w, h, ch, dq = m->m->dequantize;
     char err[300] = "";
-    int rc = fdpic_render_samples(x, n, D, shape, dq, 0, dq ? m->m->levels - 1 : 1, dq, 1, &pix, &w, &h,
-                                  &ch, err, sizeof err);
+    int rc = fdpic_render_samples_cols(x, n, cols, D, shape, dq, 0, dq ? m->m->levels - 1 : 1, dq, 1,
+                                       &pix, &w, &h, &ch, err, sizeof err);
     if (!rc) rc = fdpic_png_encode(w, h, ch, pix, &png, &len);
     free(pix);
     if (rc) return fd_send_error(r, 500, "internal", NULL, "cannot draw the picture: %s", err[0] ? err : nf_strerror(rc));
     return fd_send_bytes(r, 200, "image/png", png, len);
+}
+
+/* "classes" of a sample request: a list of 1..NF_CTX_MAX_CLASSES classes
+ * of a model trained on labels, n samples of each.  0 and *out (malloc'd,
+ * *nc entries), or -1 after sending the error. */
+static int json_classes(fd_req *r, const cJSON *cl, const nf_model *mm, int **out, int *nc) {
+    *out = NULL;
+    *nc = 0;
+    if (mm->context.kind != NF_CTX_LABELS) {
+        fd_send_error(r, 422, "invalid_input", NULL, "\"classes\" needs a model trained on class labels");
+        return -1;
+    }
+    int k = cJSON_IsArray(cl) ? cJSON_GetArraySize(cl) : 0, K = mm->context.classes;
+    if (k < 1 || k > NF_CTX_MAX_CLASSES) {
+        fd_send_error(r, 422, "invalid_input", NULL, "\"classes\" must be a list of 1 to %d classes",
+                      NF_CTX_MAX_CLASSES);
+        return -1;
+    }
+    int *v = malloc((size_t)k * sizeof *v);
+    if (!v) return fd_send_error(r, 500, "internal", NULL, "out of memory"), -1;
+    for (int i = 0; i < k; i++) {
+        const cJSON *e = cJSON_GetArrayItem(cl, i);
+        if (!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < K) ||
+            e->valuedouble != floor(e->valuedouble)) {
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddNumberToObject(d, "index", i);
+            cJSON_AddNumberToObject(d, "classes", K);
+            free(v);
+            fd_send_error(r, 422, "invalid_input", d, "\"classes\" entry %d is not a class in [0, %d)", i, K);
+            return -1;
+        }
+        v[i] = (int)e->valuedouble;
+    }
+    *out = v;
+    *nc = k;
+    return 0;
 }
 
 enum MHD_Result fd_api_sample(fd_req *r, char **a) {
@@ -491,7 +617,9 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
     nf_real *x = NULL, *lp = NULL, *ctx = NULL;
-    static const char *const keys[] = {"n", "temperature", "seed", "context", "version", "return_log_prob", NULL};
+    int *cls = NULL, ncls = 0;
+    static const char *const keys[] = {"n", "temperature", "seed", "context", "labels", "classes",
+                                       "version", "return_log_prob", NULL};
     int version, want_lp, n;
     double T;
     uint64_t seed;
@@ -506,38 +634,70 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
-    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
-    if ((size_t)n * D > MAX_VALUES) {
+    int D = nf_flow_dim(f), N = n, cols = 0;
+    const cJSON *cj = nf_json_get(body, "classes");
+    if (cj) { /* n samples of each class, one row of the picture per class */
+        if (nf_json_get(body, "context") || nf_json_get(body, "labels")) {
+            fd_send_error(r, 422, "invalid_input", NULL, "give \"classes\", \"labels\" or \"context\", not two");
+            goto out;
+        }
+        if (json_classes(r, cj, m->m, &cls, &ncls)) goto out;
+        if ((int64_t)n * ncls > r->srv->cfg.max_sample) {
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddNumberToObject(d, "max_n", r->srv->cfg.max_sample);
+            fd_send_error(r, 422, "invalid_input", d, "n x classes = %lld samples exceeds the limit of %d",
+                          (long long)n * ncls, r->srv->cfg.max_sample);
+            goto out;
+        }
+        N = n * ncls;
+        cols = n;
+        if ((size_t)N * m->m->context.classes > MAX_VALUES) {
+            fd_send_error(r, 422, "invalid_input", NULL, "samples x classes = %zu context values "
+                          "exceeds the limit of %d per request",
+                          (size_t)N * m->m->context.classes, MAX_VALUES);
+            goto out;
+        }
+    }
+    if ((size_t)N * D > MAX_VALUES) {
         fd_send_error(r, 422, "invalid_input", NULL, "n x dim = %zu values exceeds the limit of %d per request",
-                      (size_t)n * D, MAX_VALUES);
+                      (size_t)N * D, MAX_VALUES);
         goto out;
     }
     int png = accept_png(r), shape[3];
     nf_flow_shape(f, shape);
-    if (png && picture_or_reply(r, m, n, D, shape)) goto out;
-    if (json_context(r, body, C, n, &ctx)) goto out;
+    if (png && picture_or_reply(r, m, N, cols, D, shape)) goto out;
+    if (cls) {
+        int K = m->m->context.classes;
+        if (!(ctx = malloc((size_t)N * K * sizeof *ctx))) {
+            fd_send_error(r, 500, "internal", NULL, "out of memory");
+            goto out;
+        }
+        for (int i = 0; i < N; i++) nf_context_onehot(K, cls[i / n], ctx + (size_t)i * K);
+    } else if (json_context(r, body, m->m, n, &ctx)) {
+        goto out;
+    }
     nf_ws *w = get_ws(m);
-    x = malloc((size_t)n * D * sizeof *x);
-    lp = want_lp ? malloc((size_t)n * sizeof *lp) : NULL;
+    x = malloc((size_t)N * D * sizeof *x);
+    lp = want_lp ? malloc((size_t)N * sizeof *lp) : NULL;
     if (!w || !x || (want_lp && !lp)) {
         fd_send_error(r, 500, "internal", NULL, "out of memory");
         goto out;
     }
-    int rc = nf_flow_sample(f, w, n, T, seed, ctx, x, lp);
+    int rc = nf_flow_sample(f, w, N, T, seed, ctx, x, lp);
     if (rc) {
         send_solve_error(r, rc, "sampling");
         goto out;
     }
-    fd_metrics_rows(r->srv->metrics, 0, n);
+    fd_metrics_rows(r->srv->metrics, 0, N);
     if (png) {
-        ret = send_picture(r, m, x, n, D, shape);
+        ret = send_picture(r, m, x, N, cols, D, shape);
         goto out;
     }
     fmt outf = accept_fmt(r);
     if (outf != FMT_JSON) {
         size_t len = 0;
         /* header x0,x1,...: the CSV reads back as a dataset or a log_prob body */
-        char *b = outf == FMT_CSV ? nf_data_csv(x, n, D, NULL, &len) : nf_npy_f32(x, n, D, &len);
+        char *b = outf == FMT_CSV ? nf_data_csv(x, N, D, NULL, &len) : nf_npy_f32(x, N, D, &len);
         if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
         else ret = fd_send_bytes(r, 200, outf == FMT_CSV ? "text/csv" : "application/x-npy", b, len);
         goto out;
@@ -547,8 +707,12 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON_AddNumberToObject(o, "version", m->version);
     cJSON_AddNumberToObject(o, "seed", (double)seed);
     cJSON_AddNumberToObject(o, "temperature", T);
-    cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)n, D));
-    if (want_lp) cJSON_AddItemToObject(o, "log_prob", raw_floats(lp, (size_t)n));
+    cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)N, D));
+    if (cls) { /* each sample's class, in the order drawn */
+        cJSON *l = cJSON_AddArrayToObject(o, "labels");
+        for (int i = 0; l && i < N; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(cls[i / n]));
+    }
+    if (want_lp) cJSON_AddItemToObject(o, "log_prob", raw_floats(lp, (size_t)N));
     if (want_lp) add_trace(o, f);
     ret = fd_send_json(r, 200, o);
 out:
@@ -556,6 +720,7 @@ out:
     free(x);
     free(lp);
     free(ctx);
+    free(cls);
     fd_model_release(m);
     return ret;
 }
@@ -567,19 +732,19 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
     nf_real *x = NULL, *y = NULL, *ld = NULL, *ctx = NULL;
-    static const char *const ekeys[] = {"inputs", "context", "version", NULL};
-    static const char *const dkeys[] = {"latents", "context", "version", NULL};
+    static const char *const ekeys[] = {"inputs", "context", "labels", "version", NULL};
+    static const char *const dkeys[] = {"latents", "context", "labels", "version", NULL};
     int version, n = 0;
     if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
         fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
         goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
-    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+    int D = nf_flow_dim(f);
     const char *field = enc ? "inputs" : "latents";
     if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, field), field, D, &n, r->srv->cfg.max_rows)))
         goto out;
-    if (json_context(r, body, C, n, &ctx)) goto out;
+    if (json_context(r, body, m->m, n, &ctx)) goto out;
     nf_ws *w = get_ws(m);
     y = malloc((size_t)n * D * sizeof *y);
     ld = malloc((size_t)n * sizeof *ld);

@@ -423,6 +423,17 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         finish(w, id, "failed", msg);
         goto out;
     }
+    if (job.labels_id[0]) { /* a labels dataset: the rows' last column (core/job.h) */
+        nf_data lab = {0};
+        int lrc = fd_dataset_load(w->db, job.labels_id, &lab, msg, sizeof msg);
+        if (!lrc && (lrc = nf_job_attach_labels(&job, &data, &lab, err, sizeof err)))
+            snprintf(msg, sizeof msg, "%s", err);
+        nf_data_free(&lab);
+        if (lrc) {
+            finish(w, id, "failed", msg);
+            goto out;
+        }
+    }
     if (resumed) {
         int64_t step = 0;
         char e2[256] = "";

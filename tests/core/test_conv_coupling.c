@@ -327,8 +327,6 @@ TEST(conv_coupling_rejects_bad_specs) {
          "needs at least 2 channels"},
         {"{\"shape\":[3,1,1],\"layers\":[{\"type\":\"conv_coupling\",\"mask\":\"checkerboard\"}]}",
          "needs at least 2 pixels"},
-        {"{\"shape\":[2,2,2],\"context_dim\":3,\"layers\":[{\"type\":\"conv_coupling\"}]}",
-         "context"},
         {"{\"shape\":[2,2,2],\"layers\":[{\"type\":\"conv_coupling\",\"transform\":\"cubic\"}]}",
          "\"transform\" must be \"affine\", \"additive\" or \"spline\""},
         {"{\"shape\":[2,2,2],\"layers\":[{\"type\":\"conv_coupling\",\"mask\":\"even\"}]}",
