@@ -223,7 +223,7 @@ char *nf_config_ode_json(const char *config_json);
  * scoring (log_prob, encode, decode) uses the exact trace up to
  * NF_CNF_EXACT_MAX (the largest dim "trace": "exact" accepts) and the
  * Hutchinson estimate above (docs/cnf.md has the measurements). */
-#define NF_CNF_EXACT_DEFAULT 16
+#define NF_CNF_EXACT_DEFAULT 8
 #define NF_CNF_EXACT_MAX 64
 
 /* ---- training primitives ------------------------------------------------ */
