@@ -279,6 +279,12 @@ enum MHD_Result fd_api_model_get(fd_req *r, char **a) {
     int rc = fd_db_model_get(db, a[0], &out, err, sizeof err);
     if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no model named %s", a[0]);
     if (rc) return fd_send_db_error(r, rc, err);
+    /* KServe v1's "ready": the latest version loads (and is now cached) */
+    fd_model *m = NULL;
+    int ready = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(out, "latest_version")) &&
+                fd_cache_get(r->srv->cache, db, a[0], 0, &m, err, sizeof err) == 0;
+    fd_model_release(m);
+    cJSON_AddBoolToObject(out, "ready", ready);
     return fd_send_json(r, 200, out);
 }
 
@@ -616,3 +622,6 @@ out:
 
 enum MHD_Result fd_api_encode(fd_req *r, char **a) { return code(r, a, 1); }
 enum MHD_Result fd_api_decode(fd_req *r, char **a) { return code(r, a, 0); }
+
+nf_ws *fd_model_ws(fd_model *m) { return get_ws(m); }
+cJSON *fd_json_floats(const nf_real *v, size_t n) { return raw_floats(v, n); }

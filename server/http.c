@@ -88,9 +88,29 @@ static const route routes[] = {
     {"GET", "/v1/jobs/{id}/events", fd_api_job_events, SCOPE_READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
     {"POST", "/v1/models/{name}/evaluate", fd_api_evaluate, SCOPE_READ, 1},
+    /* Open Inference Protocol v2 (api_v2.c) */
+    {"GET", "/v2/health/live", fd_api_v2_live, SCOPE_PUBLIC, 0},
+    {"GET", "/v2/health/ready", fd_api_v2_ready, SCOPE_PUBLIC, 0},
+    {"GET", "/v2", fd_api_v2_server, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}", fd_api_v2_model, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/versions/{v}", fd_api_v2_model, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/ready", fd_api_v2_model_ready, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/versions/{v}/ready", fd_api_v2_model_ready, SCOPE_READ, 0},
+    {"POST", "/v2/models/{name}/infer", fd_api_v2_infer, SCOPE_READ, 1},
+    {"POST", "/v2/models/{name}/versions/{v}/infer", fd_api_v2_infer, SCOPE_READ, 1},
+    /* TF Serving / KServe v1 */
+    {"POST", "/v1/models/{name}:predict", fd_api_v1_predict, SCOPE_READ, 1},
+    {"POST", "/v1/models/{name}/versions/{v}:predict", fd_api_v1_predict, SCOPE_READ, 1},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");
+
+/* The standard protocols' paths (/v2, TF Serving's "{name}:predict")
+ * answer errors in their plain {"error": "message"} shape, 422 as 400
+ * (send_error_msg). */
+static int plain_path(const char *p) {
+    return (!strncmp(p, "/v2", 3) && (p[3] == 0 || p[3] == '/')) || strchr(p, ':') != NULL;
+}
 
 /* route numbers for metrics: the rows, then one for requests no row matched */
 const int fd_route_count = NROUTES + 1;
@@ -118,14 +138,21 @@ static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
     return k;
 }
 
-/* Does path match pattern?  Captures "{x}" segments into args. */
-static int match(const char *pattern, char **segs, int nseg, char **args) {
+/* Does path match pattern?  Captures "{x}" segments into args.  A pattern
+ * segment "{x}:verb" (TF Serving's "/v1/models/m:predict") matches a
+ * segment ending in ":verb" with a non-empty rest, captured as x; commit
+ * cuts the ":verb" off the segment (done once, for the row chosen, as the
+ * segments are shared by the rows tried before it). */
+static int match(const char *pattern, char **segs, int nseg, char **args, int commit) {
     char pbuf[128], *ps[FD_MAX_SEGS];
     int np = split_path(pattern, pbuf, sizeof pbuf, ps), na = 0;
     if (np != nseg) return 0;
     for (int i = 0; i < np; i++) {
         if (ps[i][0] == '{') {
-            if (!*segs[i]) return 0;
+            const char *suf = strchr(ps[i], '}') + 1;
+            size_t ns = strlen(segs[i]), nsuf = strlen(suf);
+            if (ns <= nsuf || strcmp(segs[i] + ns - nsuf, suf)) return 0;
+            if (commit && nsuf) segs[i][ns - nsuf] = 0;
             if (na < FD_MAX_ARGS) args[na++] = segs[i];
         } else if (strcmp(ps[i], segs[i])) {
             return 0;
@@ -213,12 +240,22 @@ enum MHD_Result fd_send_json_at(fd_req *r, int status, cJSON *body, const char *
     return send_buffer(r, status, "application/json", s, n, extra);
 }
 
+/* The error body: {"error":{"code","message","details"}}, or on the routes
+ * of the standard protocols (r->plain_errors: /v2/..., :predict) their
+ * {"error": "message"}, with 422 answered as their 400. */
 static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, cJSON *details,
                                       const char *msg, const char *retry_after, const char *allow) {
-    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
-    cJSON_AddStringToObject(e, "code", code);
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    cJSON *o = cJSON_CreateObject();
+    if (r->plain_errors) {
+        cJSON_Delete(details);
+        cJSON_AddStringToObject(o, "error", msg);
+        if (status == 422) status = 400;
+    } else {
+        cJSON *e = cJSON_AddObjectToObject(o, "error");
+        cJSON_AddStringToObject(e, "code", code);
+        cJSON_AddStringToObject(e, "message", msg);
+        cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    }
     size_t n = 0;
     char *s = print_json(o, 1, &n);
     if (!s) return MHD_NO;
@@ -550,8 +587,9 @@ static enum MHD_Result route_request(fd_req *r) {
     char allow[128] = "";
     for (int i = 0; nseg >= 0 && i < NROUTES; i++) {
         char *args[FD_MAX_ARGS] = {0};
-        if (!match(routes[i].pattern, segs, nseg, args)) continue;
+        if (!match(routes[i].pattern, segs, nseg, args, 0)) continue;
         if (!strcmp(routes[i].method, r->method)) {
+            match(routes[i].pattern, segs, nseg, args, 1);
             found = i;
             memcpy(r->args, args, sizeof args);
             break;
@@ -571,6 +609,7 @@ static enum MHD_Result route_request(fd_req *r) {
         return fd_send_error(r, 404, "not_found", NULL, "no route for %s %s", r->method, r->url);
     }
     r->route = found;
+    r->plain_errors |= plain_path(routes[found].pattern);
     return MHD_YES;
 }
 
@@ -646,6 +685,7 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
     r->url = url;
     r->t0 = fd_now();
     r->route = NROUTES;
+    r->plain_errors = !strncmp(url, "/v2", 3) && (url[3] == 0 || url[3] == '/'); /* also unrouted */
     make_rid(r);
     static enum MHD_Result (*const phases[])(fd_req *) = {route_request, authorize, check_body_limit, admit};
     enum MHD_Result ret = MHD_YES;

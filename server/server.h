@@ -154,6 +154,7 @@ typedef struct fd_req {
     int status;            /* sent status */
     size_t sent_bytes;
     int write_scope;       /* authenticated with a write token (or no tokens) */
+    int plain_errors;      /* errors as {"error": "message"} (http.c) */
 } fd_req;
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
@@ -248,6 +249,21 @@ enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
 enum MHD_Result fd_api_openapi(fd_req *r, char **a);
 enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
 enum MHD_Result fd_api_evaluate(fd_req *r, char **a);
+/* Open Inference Protocol v2 and TF Serving's :predict (api_v2.c); a[1]
+ * is the version segment of the /versions/{v} rows, NULL on the others. */
+enum MHD_Result fd_api_v2_live(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_ready(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_server(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_model(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_model_ready(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_infer(fd_req *r, char **a);
+enum MHD_Result fd_api_v1_predict(fd_req *r, char **a);
+/* A thread-local workspace for m (api_models.c), NULL when out of memory;
+ * borrowed: valid while m is held on this thread. */
+nf_ws *fd_model_ws(fd_model *m);
+/* [v,...] printed with %.9g, non-finite as null (api_models.c); NULL when
+ * out of memory. */
+cJSON *fd_json_floats(const nf_real *v, size_t n);
 /* The model name at version (0 = latest) from the cache (api_models.c): a
  * reference the caller releases with fd_model_release, or NULL after
  * sending the error (404 naming the model or version). */
@@ -269,7 +285,7 @@ void fd_server_stop(fd_server *s);
  * route table and then one for requests that matched none.  The label is
  * the row's pattern ("/v1/models/{name}"), "unmatched" for the last;
  * fd_route_method is "" for it. */
-#define FD_MAX_ROUTES 32
+#define FD_MAX_ROUTES 64
 extern const int fd_route_count;
 const char *fd_route_label(int route);
 const char *fd_route_method(int route);

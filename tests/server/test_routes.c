@@ -27,7 +27,10 @@ static const char *const published[] = {
     "/v1/models/{name}/versions/{v}/checkpoint", "/v1/datasets", "/v1/datasets",
     "/v1/datasets/{id}", "/v1/datasets/{id}", "/v1/jobs", "/v1/jobs", "/v1/jobs/{id}",
     "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel",
-    "/v1/models/{name}/evaluate", "unmatched",
+    "/v1/models/{name}/evaluate", "/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}",
+    "/v2/models/{name}/versions/{v}", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{v}/ready",
+    "/v2/models/{name}/infer", "/v2/models/{name}/versions/{v}/infer", "/v1/models/{name}:predict",
+    "/v1/models/{name}/versions/{v}:predict", "unmatched",
 };
 
 TEST(routes_labels_from_table) {
