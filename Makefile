@@ -158,7 +158,11 @@ bench-daemon: deps-check $(BUILD)/flowd
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
-            curl libyaml-dev
+            curl libyaml-dev \
+            python3 python3-requests python3-numpy python3-pandas python3-jsonschema \
+            python3-prometheus-client
+# (the python3 packages: client/python/flowd_client.py and its test, and the
+# contract and metrics tests of tests/python/, all run by make test)
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

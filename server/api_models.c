@@ -259,6 +259,53 @@ static int json_context(fd_req *r, const cJSON *body, int C, int n, nf_real **ct
     return 0;
 }
 
+/* A CSV or .npy body of rows: width D, or D + C for a conditional model
+ * whose context is in the last C columns.  0 with x (n, D) and ctx (n, C)
+ * (NULL when C == 0) malloc'd, or -1 after sending a 422. */
+static int tabular_rows(fd_req *r, fmt in, int D, int C, nf_real **x, nf_real **ctx, int *n) {
+    nf_data dat = {0};
+    char err[300] = "";
+    *x = *ctx = NULL;
+    int rc = in == FMT_CSV ? nf_data_load_csv(r->body ? r->body : "", r->len, &dat, err, sizeof err)
+                           : nf_data_load_npy(r->body ? r->body : "", r->len, &dat, err, sizeof err);
+    if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err), -1;
+    if (dat.d != D + C || dat.n > r->srv->cfg.max_rows) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "expected_width", D + C);
+        cJSON_AddNumberToObject(d, "width", dat.d);
+        cJSON_AddNumberToObject(d, "max_rows", r->srv->cfg.max_rows);
+        if (dat.d != D + C && C)
+            fd_send_error(r, 422, "invalid_input", d,
+                          "rows have %d values; the model takes %d, then its %d context columns", dat.d, D, C);
+        else if (dat.d != D + C)
+            fd_send_error(r, 422, "invalid_input", d, "rows have %d values; the model takes %d", dat.d, D);
+        else
+            fd_send_error(r, 422, "invalid_input", d, "too many rows (%d > %d)", (int)dat.n, r->srv->cfg.max_rows);
+        nf_data_free(&dat);
+        return -1;
+    }
+    *n = (int)dat.n;
+    if (!C) {
+        *x = dat.x; /* take ownership */
+        return 0;
+    }
+    *x = malloc((size_t)*n * D * sizeof **x);
+    *ctx = malloc((size_t)*n * C * sizeof **ctx);
+    if (!*x || !*ctx) {
+        free(*x);
+        free(*ctx);
+        *x = *ctx = NULL;
+        nf_data_free(&dat);
+        return fd_send_error(r, 500, "internal", NULL, "out of memory"), -1;
+    }
+    for (int i = 0; i < *n; i++) {
+        memcpy(*x + (size_t)i * D, dat.x + (size_t)i * (D + C), (size_t)D * sizeof **x);
+        memcpy(*ctx + (size_t)i * C, dat.x + (size_t)i * (D + C) + D, (size_t)C * sizeof **ctx);
+    }
+    nf_data_free(&dat);
+    return 0;
+}
+
 /* ---- list / get / delete ------------------------------------------------------------- */
 enum MHD_Result fd_api_models_list(fd_req *r, char **a) {
     (void)a;
@@ -372,32 +419,8 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
         if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, "inputs"), "inputs", D, &n, r->srv->cfg.max_rows)))
             goto out;
         if (json_context(r, body, C, n, &ctx)) goto out;
-    } else {
-        if (C > 0) {
-            fd_send_error(r, 422, "invalid_input", NULL, "conditional models take JSON bodies (with \"context\")");
-            goto out;
-        }
-        nf_data dat = {0};
-        char err[300] = "";
-        int rc = in == FMT_CSV ? nf_data_load_csv(r->body ? r->body : "", r->len, &dat, err, sizeof err)
-                               : nf_data_load_npy(r->body ? r->body : "", r->len, &dat, err, sizeof err);
-        if (rc) {
-            fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
-            goto out;
-        }
-        if (dat.d != D || dat.n > r->srv->cfg.max_rows) {
-            cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "expected_width", D);
-            cJSON_AddNumberToObject(d, "width", dat.d);
-            cJSON_AddNumberToObject(d, "max_rows", r->srv->cfg.max_rows);
-            fd_send_error(r, 422, "invalid_input", d, dat.d != D ? "rows have %d values; the model takes %d"
-                                                                 : "too many rows (%d > %d)", dat.d != D ? dat.d : (int)dat.n,
-                          dat.d != D ? D : r->srv->cfg.max_rows);
-            nf_data_free(&dat);
-            goto out;
-        }
-        x = dat.x; /* take ownership */
-        n = (int)dat.n;
+    } else if (tabular_rows(r, in, D, C, &x, &ctx, &n)) {
+        goto out;
     }
     nf_ws *w = get_ws(m);
     lp = malloc((size_t)n * sizeof *lp);
@@ -567,25 +590,41 @@ out:
 }
 
 /* ---- encode / decode ----------------------------------------------------------------------------------- */
+/* encode (enc) or decode.  Bodies: JSON, or CSV / .npy rows (the context
+ * in their last columns; the version as ?version=); Accept
+ * application/x-npy answers one (n, D + 1) float32 array: the D output
+ * columns, then log_det. */
 static enum MHD_Result code(fd_req *r, char **a, int enc) {
-    cJSON *body = fd_req_json(r);
-    if (!body) return MHD_YES;
+    fmt in;
+    if (body_fmt(r, &in))
+        return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                             "%s takes application/json, text/csv or application/x-npy", enc ? "encode" : "decode");
+    cJSON *body = NULL;
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
     nf_real *x = NULL, *y = NULL, *ld = NULL, *ctx = NULL;
     static const char *const ekeys[] = {"inputs", "context", "version", NULL};
     static const char *const dkeys[] = {"latents", "context", "version", NULL};
     int version, n = 0;
-    if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
-        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+    if (in == FMT_JSON) {
+        if (!(body = fd_req_json(r))) return MHD_YES;
+        if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
+            fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+            goto out;
+    } else if (fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version)) {
         goto out;
+    }
     if (!(m = load_model(r, a[0], version))) goto out;
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
     const char *field = enc ? "inputs" : "latents";
-    if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, field), field, D, &n, r->srv->cfg.max_rows)))
-        goto out;
-    if (json_context(r, body, C, n, &ctx)) goto out;
+    if (in != FMT_JSON) {
+        if (tabular_rows(r, in, D, C, &x, &ctx, &n)) goto out;
+    } else {
+        if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, field), field, D, &n, r->srv->cfg.max_rows)))
+            goto out;
+        if (json_context(r, body, C, n, &ctx)) goto out;
+    }
     nf_ws *w = get_ws(m);
     y = malloc((size_t)n * D * sizeof *y);
     ld = malloc((size_t)n * sizeof *ld);
@@ -596,6 +635,22 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     int rc = enc ? nf_flow_encode(f, w, x, ctx, n, y, ld) : nf_flow_decode(f, w, x, ctx, n, y, ld);
     if (rc && rc != NF_ENONFINITE) {
         send_solve_error(r, rc, enc ? "encode" : "decode");
+        goto out;
+    }
+    if (accept_fmt(r) == FMT_NPY) {
+        nf_real *yl = malloc((size_t)n * (D + 1) * sizeof *yl);
+        size_t len = 0;
+        char *b = NULL;
+        if (yl) {
+            for (int i = 0; i < n; i++) {
+                memcpy(yl + (size_t)i * (D + 1), y + (size_t)i * D, (size_t)D * sizeof *yl);
+                yl[(size_t)i * (D + 1) + D] = ld[i];
+            }
+            b = nf_npy_f32(yl, n, D + 1, &len);
+            free(yl);
+        }
+        if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
+        else ret = fd_send_bytes(r, 200, "application/x-npy", b, len);
         goto out;
     }
     cJSON *o = cJSON_CreateObject();

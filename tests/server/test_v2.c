@@ -31,8 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- models: "m" (D=2) and "c" (D=2, one context column), parameters set
- * to a fixed pattern, written and imported; the test keeps them loaded. */
+/* ---- models: "m" (D=2) and "c" (D=2, one context column), imported by
+ * dmn_make_model; the test keeps them loaded to compute references. */
 typedef struct {
     nf_model *m;
     nf_ws *w;
@@ -43,23 +43,8 @@ static const float X4[8] = {0.5f, 0.25f, -1.0f, 2.0f, 0.0f, 0.0f, 3.0f, -0.75f};
 static const float CTX4[4] = {0.5f, -1.0f, 2.0f, 0.0f};
 
 static int make_model(dmn *d, const char *name, int C, ref_model *out) {
-    char spec[160], err[300] = "";
-    snprintf(spec, sizeof spec, "{\"dim\":2,\"context_dim\":%d,\"preset\":\"realnvp\",\"depth\":3,\"hidden\":[8]}", C);
-    nf_flow *f = NULL;
-    if (nf_flow_create(spec, &f, err, sizeof err)) return fprintf(stderr, "    %s\n", err), -1;
-    nf_real *p = nf_flow_params(f);
-    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] = (nf_real)(0.25 * cos(1.3 * (double)i - C));
-    void *buf = NULL;
-    size_t len = 0;
-    int rc = nf_model_save(f, NULL, NULL, NULL, &buf, &len);
-    nf_flow_free(f);
-    const char *file = dmn_path(d, name);
-    if (!rc) rc = nf_file_write(file, buf, len);
-    if (!rc) rc = nf_model_load(buf, len, &out->m, err, sizeof err);
-    if (!rc) rc = nf_ws_create(out->m->flow, 16, &out->w);
-    free(buf);
-    const char *im[] = {"import", file, "--name", name, "--db", d->db, NULL};
-    return rc ? rc : run_flowd(d, im, NULL, 30);
+    if (dmn_make_model(d, name, C, &out->m)) return -1;
+    return nf_ws_create(out->m->flow, 16, &out->w);
 }
 
 static int start(dmn *d, const char *const *args) {
