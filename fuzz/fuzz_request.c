@@ -28,6 +28,7 @@ static const char *content_type, *accept_type;
 /* ---- stubs of the daemon ----------------------------------------------------- */
 double fd_now(void) { return 1.0; }
 void fd_metrics_rows(fd_metrics *m, int64_t scored, int64_t sampled) { (void)m, (void)scored, (void)sampled; }
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op) { (void)r, (void)m, (void)op; }
 fd_db *fd_req_db(fd_req *r) { return (fd_db *)r; } /* never dereferenced by the stubs */
 const char *fd_req_query(fd_req *r, const char *key) { return NULL; }
 const char *fd_req_header(fd_req *r, const char *key) {

@@ -147,6 +147,7 @@ enum MHD_Result fd_api_evaluate(fd_req *r, char **a) {
         goto out;
     }
     if (!(m = fd_model_or_reply(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_EVALUATE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f);
     if (nf_flow_context_dim(f) > 0) {

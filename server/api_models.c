@@ -413,6 +413,7 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
             goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_LOG_PROB);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
     if (in == FMT_JSON) {
@@ -534,6 +535,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         fd_body_seed_or_reply(r, body, "seed", nf_rng_u64(&g) >> 11, &seed))
         goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_SAMPLE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
     if ((size_t)n * D > MAX_VALUES) {
@@ -615,6 +617,7 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
         goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, enc ? FD_OP_ENCODE : FD_OP_DECODE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
     const char *field = enc ? "inputs" : "latents";

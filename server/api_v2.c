@@ -264,6 +264,9 @@ static cJSON *out_tensor(const char *name, const nf_real *v, int n, int d, int r
 
 /* ---- infer ------------------------------------------------------------------------------- */
 enum { OP_LOG_PROB, OP_SAMPLE, OP_ENCODE, OP_DECODE, OP_COUNT };
+_Static_assert(OP_LOG_PROB == (int)FD_OP_LOG_PROB && OP_SAMPLE == (int)FD_OP_SAMPLE && OP_ENCODE == (int)FD_OP_ENCODE &&
+                   OP_DECODE == (int)FD_OP_DECODE,
+               "the v2 ops are the metrics' ops");
 static const char *const op_names[OP_COUNT + 1] = {"log_prob", "sample", "encode", "decode", NULL};
 /* per op: its main input, and its outputs (default: all but sample's log_prob) */
 static const char *const op_input[OP_COUNT] = {"x", NULL, "x", "z"};
@@ -368,6 +371,7 @@ enum MHD_Result fd_api_v2_infer(fd_req *r, char **a) {
         goto out;
     }
     if (!(m = fd_model_or_reply(r, a[0], version))) goto out;
+    fd_req_inference(r, m, (fd_op)op); /* OP_* are FD_OP_* (asserted at their enum) */
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
     const cJSON *t;
@@ -520,6 +524,7 @@ enum MHD_Result fd_api_v1_predict(fd_req *r, char **a) {
         goto out;
     }
     if (!(m = fd_model_or_reply(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_LOG_PROB);
     int D = nf_flow_dim(m->m->flow), C = nf_flow_context_dim(m->m->flow), n = 0, nc = 0;
     const cJSON *xl, *cl = NULL;
     if (inst && cJSON_IsObject(cJSON_GetArrayItem(inst, 0))) { /* [{"x": [...], "context": [...]}, ...] */

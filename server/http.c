@@ -441,6 +441,12 @@ cJSON *fd_req_json(fd_req *r) {
     return o;
 }
 
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op) {
+    snprintf(r->inf_model, sizeof r->inf_model, "%s", m->name);
+    r->inf_version = m->version;
+    r->inf_op = op;
+}
+
 static void db_destroy(void *p) { fd_db_close(p); }
 
 fd_db *fd_req_db(fd_req *r) {
@@ -779,6 +785,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     double dt = fd_now() - r->t0;
     release_slot(r);
     fd_metrics_request(s->metrics, r->route, r->status, dt);
+    if (r->inf_model[0]) fd_metrics_inference(s->metrics, r->inf_model, r->inf_version, r->inf_op, r->status, dt);
     if (!s->cfg.quiet) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);

@@ -155,6 +155,8 @@ typedef struct fd_req {
     size_t sent_bytes;
     int write_scope;       /* authenticated with a write token (or no tokens) */
     int plain_errors;      /* errors as {"error": "message"} (http.c) */
+    char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
+    int inf_version, inf_op;
 } fd_req;
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
@@ -274,6 +276,13 @@ fd_metrics *fd_metrics_create(void);
 void fd_metrics_free(fd_metrics *m);
 void fd_metrics_request(fd_metrics *m, int route, int status, double seconds);
 void fd_metrics_rows(fd_metrics *m, int64_t scored, int64_t sampled);
+/* Per-model inference series (flowd_inference_*): recorded at completion
+ * for a request whose handler called fd_req_inference. */
+typedef enum { FD_OP_LOG_PROB, FD_OP_SAMPLE, FD_OP_ENCODE, FD_OP_DECODE, FD_OP_EVALUATE, FD_OP_COUNT } fd_op;
+void fd_metrics_inference(fd_metrics *m, const char *model, int version, fd_op op, int status, double seconds);
+/* The request reached model m for op: its answer is counted under the
+ * model's name and version (http.c, at completion). */
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op);
 /* Prometheus text (malloc'd). */
 char *fd_metrics_render(fd_server *s, fd_db *db);
 

@@ -1,8 +1,9 @@
 /* test_routes.c: the route table and the HTTP plumbing of server/http.c.
  *  - routes_labels_from_table: every route row has a method and a label
  *    (its pattern), no two rows share method and label, and the Prometheus
- *    output names each route number with the label it has always had (the
- *    metric contract: dashboards and alerts key on these strings).
+ *    output names each route number with its method and the label it has
+ *    always had (the metric contract: dashboards and alerts key on these
+ *    strings), one series per (method, route, code).
  *  - http_responses_share_headers: one of each kind of response (JSON,
  *    error, 405, static file, download, JSON with Location, event stream,
  *    empty 204) from the real daemon carries X-Request-Id (echoing the
@@ -71,9 +72,11 @@ TEST(routes_labels_from_table) {
     for (int i = 0; i < n; i++) {
         const char *l = i == n - 1 ? "unmatched" : i < np - 1 ? published[i] : fd_route_label(i);
         char want[256];
-        snprintf(want, sizeof want, "flowd_http_request_duration_seconds_count{route=\"%s\",id=\"%d\"} 1\n", l, i);
+        const char *m = i == n - 1 ? "any" : fd_route_method(i);
+        snprintf(want, sizeof want, "flowd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} 1\n", m, l);
         CHECK_MSG(strstr(text, want) != NULL, "missing: %s", want);
-        snprintf(want, sizeof want, "flowd_http_requests_total{route=\"%s\",code=\"%d\"} ", l, 200 + i % 2);
+        snprintf(want, sizeof want, "flowd_http_requests_total{method=\"%s\",route=\"%s\",code=\"%d\"} 1\n", m, l,
+                 200 + i % 2);
         CHECK_MSG(strstr(text, want) != NULL, "missing: %s", want);
     }
     free(text);
