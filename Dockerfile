@@ -11,7 +11,7 @@
 FROM debian:12 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
-        libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 curl \
+        libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev libyaml-dev sqlite3 curl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

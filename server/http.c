@@ -101,6 +101,7 @@ static const route routes[] = {
     /* TF Serving / KServe v1 */
     {"POST", "/v1/models/{name}:predict", fd_api_v1_predict, SCOPE_READ, 1},
     {"POST", "/v1/models/{name}/versions/{v}:predict", fd_api_v1_predict, SCOPE_READ, 1},
+    {"GET", "/openapi.json", fd_api_openapi_json, SCOPE_PUBLIC, 0},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");

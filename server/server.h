@@ -249,6 +249,7 @@ enum MHD_Result fd_api_job_metrics(fd_req *r, char **a);
 enum MHD_Result fd_api_job_events(fd_req *r, char **a);
 enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
 enum MHD_Result fd_api_openapi(fd_req *r, char **a);
+enum MHD_Result fd_api_openapi_json(fd_req *r, char **a);
 enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
 enum MHD_Result fd_api_evaluate(fd_req *r, char **a);
 /* Open Inference Protocol v2 and TF Serving's :predict (api_v2.c); a[1]

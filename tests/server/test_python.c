@@ -1,6 +1,7 @@
 /* test_python.c: the Python client (client/python/flowd_client.py) against
  * the real daemon, and the other checks written in Python (tests/python/:
- * the /metrics scrape through prometheus_client's parser), in `make test`.
+ * the /metrics scrape through prometheus_client's parser, every route
+ * against the contract with jsonschema), in `make test`.
  * Each starts flowd on a fresh database with the models "m" and "c"
  * (dmn_make_model) and runs its script with Debian's python3 (FLOWD_PYTHON,
  * else /usr/bin/python3, else python3 on PATH), FLOWD_URL naming the daemon.
@@ -91,5 +92,14 @@ TEST_T(python_metrics_scrape, 60) {
     dmn d;
     REQUIRE(dmn_init(&d) == 0);
     run_script(&d, "check_metrics.py", "requests, prometheus_client", NO_ARGS);
+    dmn_cleanup(&d);
+}
+
+/* every route's real requests and responses against openapi.yaml and
+ * job.schema.json with jsonschema */
+TEST_T(python_contract, 180) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    run_script(&d, "check_contract.py", "requests, jsonschema", NO_ARGS);
     dmn_cleanup(&d);
 }
