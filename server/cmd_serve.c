@@ -184,7 +184,7 @@ static void record_tokens(fd_server *s, fd_db *db) {
         sc[i] = s->tokens[i].write ? "write" : "read";
     }
     if (!h || !sc || fd_db_tokens_replace(db, h, sc, s->ntokens, err, sizeof err))
-        fprintf(stderr, "flowd serve: warning: cannot record tokens: %s\n", err);
+        fd_log("warn", "cannot record tokens: %s", err);
     free(h);
     free(sc);
 }
@@ -198,15 +198,15 @@ static void announce(const fd_server *s, fd_db *db) {
             fclose(pf);
         }
     }
-    fprintf(stderr,
-            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %d "
-            "thread%s at nice %d, %d request threads)\n",
+    fd_log("info",
+           "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %d "
+           "thread%s at nice %d, %d request threads)",
             FD_VERSION, c->listen_host, c->port, c->db_path, fd_db_schema_version(db), c->workers,
             c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
             c->http_threads);
     if (!s->ntokens)
-        fprintf(stderr, "no --token-file: serving loopback only, without authentication\n");
-    fprintf(stderr, "try: curl -s http://%s:%d/v1/models\n", c->listen_host, c->port);
+        fd_log("warn", "no --token-file: serving loopback only, without authentication");
+    fd_log("info", "try: curl -s http://%s:%d/v1/models", c->listen_host, c->port);
 }
 
 /* Started, it waits for SIGTERM or SIGINT, then drains. */
@@ -220,11 +220,11 @@ static int serve_run(fd_server *s, fd_db *db) {
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
     if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, so.train_threads, so.train_nice, &s->jobs,
                                        err, sizeof err)) {
-        fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
+        fd_log("error", "cannot start training workers: %s", err);
         return 1;
     }
     if (fd_server_start(s, err, sizeof err)) {
-        fprintf(stderr, "flowd serve: %s\n", err);
+        fd_log("error", "%s", err);
         if (s->jobs) fd_jobs_stop(s->jobs);
         return 1;
     }
@@ -232,7 +232,7 @@ static int serve_run(fd_server *s, fd_db *db) {
     announce(s, db);
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "flowd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    fd_log("info", "%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&s->draining, 1);
     /* HTTP first: a request admitted before the drain may still call
      * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
@@ -242,7 +242,7 @@ static int serve_run(fd_server *s, fd_db *db) {
     if (s->jobs) fd_jobs_stop(s->jobs); /* running jobs checkpoint and stay resumable */
     s->jobs = NULL;
     char ierr[200] = "";
-    if (fd_db_integrity_check(db, ierr, sizeof ierr)) fprintf(stderr, "flowd: integrity check: %s\n", ierr);
+    if (fd_db_integrity_check(db, ierr, sizeof ierr)) fd_log("error", "integrity check: %s", ierr);
     return 0;
 }
 
@@ -269,7 +269,7 @@ int cmd_serve(int argc, char **argv) {
     fd_db_close(db);
     if (rc) return rc;
     free(s->tokens);
-    fprintf(stderr, "flowd: stopped\n");
+    fd_log("info", "stopped");
     return 0;
 }
 

@@ -788,15 +788,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     fd_metrics_request(s->metrics, r->route, r->status, dt);
     if (r->inf_model[0]) fd_metrics_inference(s->metrics, r->inf_model, r->inf_version, r->inf_op, r->status, dt);
     if (!s->cfg.quiet) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        char when[32];
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-        fprintf(stderr, "%s.%03ldZ method=%s path=%s status=%d bytes=%zu us=%.0f rid=%s%s\n", when,
-                ts.tv_nsec / 1000000, r->method, r->url, r->status, r->sent_bytes, dt * 1e6, r->rid,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+        char status[16], bytes[24], us[24];
+        snprintf(status, sizeof status, "%d", r->status);
+        snprintf(bytes, sizeof bytes, "%zu", r->sent_bytes);
+        snprintf(us, sizeof us, "%.0f", dt * 1e6);
+        const char *kv[] = {"method", r->method, "path", r->url, "status", status, "bytes", bytes, "us", us,
+                            "rid", r->rid, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", "1", NULL};
+        fd_log_kv("info", "request", kv);
     }
     free(r->body);
     free(r);

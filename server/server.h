@@ -302,4 +302,10 @@ const char *fd_route_method(int route);
 
 double fd_now(void); /* monotonic seconds */
 
+/* The daemon's log (log.c): logfmt lines on stderr, `ts=... level=...
+ * msg=...` then, for fd_log_kv, the key=value pairs of kv (NULL-terminated
+ * name, value list).  level: "info", "warn" or "error". */
+void fd_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void fd_log_kv(const char *level, const char *msg, const char *const *kv);
+
 #endif

@@ -96,8 +96,8 @@ def template_of(method, path):
 
 # ---- one exchange ------------------------------------------------------------------------------
 def call(method, path, body=None, raw=None, ctype=None, accept=None, expect=None, job=False, token=None,
-         stream=False):
-    headers = {}
+         stream=False, headers=None):
+    headers = dict(headers or {})
     if ctype:
         headers["Content-Type"] = ctype
     if accept:
@@ -291,6 +291,10 @@ if ids:
     call("GET", "/v1/jobs/%s/metrics?limit=5" % ids[0], expect=200)
     call("GET", "/v1/jobs/%s/metrics?limit=0" % ids[0], expect=400)
     call("GET", "/v1/jobs/%s/events" % ids[0], expect=200)
+    r = requests.get(URL + "/v1/jobs/%s/events" % ids[0], headers={"Last-Event-ID": "3"}, timeout=30)
+    if r.status_code != 200 or "id: 3\n" in r.text or "retry: 2000" not in r.text:
+        problem("events after Last-Event-ID 3: %d %s" % (r.status_code, r.text[:200]))
+    call("GET", "/v1/jobs/%s/events" % ids[0], headers={"Last-Event-ID": "x"}, expect=400)
     call("POST", "/v1/jobs/%s/cancel" % ids[0], expect=409)
     call("POST", "/v1/models/j1/evaluate", {"dataset": ds2["id"], "samples": 50}, expect=200)
     call("POST", "/v1/models/j1/evaluate", {"dataset": "ds_0000000000000000"}, expect=404)
