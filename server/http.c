@@ -802,12 +802,21 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 int fd_server_start(fd_server *s, char *err, size_t errlen) {
+    /* an IPv4 address, or an IPv6 one (it has a ':'); the IPv6 wildcard ::
+     * takes IPv4 connections too (dual stack) */
     struct sockaddr_in addr;
+    struct sockaddr_in6 addr6;
     memset(&addr, 0, sizeof addr);
+    memset(&addr6, 0, sizeof addr6);
+    int v6 = strchr(s->cfg.listen_host, ':') != NULL;
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)s->cfg.port);
-    if (inet_pton(AF_INET, s->cfg.listen_host, &addr.sin_addr) != 1) {
-        snprintf(err, errlen, "cannot parse listen address %s (IPv4 expected)", s->cfg.listen_host);
+    addr6.sin6_family = AF_INET6;
+    addr6.sin6_port = htons((uint16_t)s->cfg.port);
+    if (v6 ? inet_pton(AF_INET6, s->cfg.listen_host, &addr6.sin6_addr) != 1
+           : inet_pton(AF_INET, s->cfg.listen_host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "cannot parse listen address %s (an IPv4 or IPv6 address expected)",
+                 s->cfg.listen_host);
         return -1;
     }
     if (pthread_key_create(&s->db_key, db_destroy)) {
@@ -824,13 +833,14 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
      * (api_jobs.c), so they hold no request thread */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
                      MHD_ALLOW_SUSPEND_RESUME;
+    if (v6) flags |= IN6_IS_ADDR_UNSPECIFIED(&addr6.sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     if (fd_streams_start()) {
         snprintf(err, errlen, "cannot start the event-stream thread");
         return -1;
     }
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_SOCK_ADDR, v6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.conn_memory,
@@ -841,8 +851,8 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
         MHD_OPTION_END);
     if (!s->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d (%s)", s->cfg.listen_host, s->cfg.port,
-                 strerror(errno));
+        snprintf(err, errlen, "cannot listen on %s%s%s:%d (%s)", v6 ? "[" : "", s->cfg.listen_host, v6 ? "]" : "",
+                 s->cfg.port, strerror(errno));
         return -1;
     }
     if (s->cfg.port == 0) {

@@ -33,7 +33,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FD_VERSION "0.1.0"
+#include "../common/version.h"
+#define FD_VERSION FLOWD_VERSION
 
 typedef struct fd_config {
     const char *db_path;
