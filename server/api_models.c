@@ -390,6 +390,24 @@ static enum MHD_Result send_solve_error(fd_req *r, int rc, const char *what) {
 }
 
 /* ---- log_prob ------------------------------------------------------------------------------ */
+nf_real *fd_log_prob_or_reply(fd_req *r, fd_model *m, const nf_real *x, const nf_real *ctx, int n) {
+    nf_ws *w = get_ws(m);
+    nf_real *lp = malloc((size_t)n * sizeof *lp);
+    if (!w || !lp) {
+        free(lp);
+        fd_send_error(r, 500, "internal", NULL, "out of memory");
+        return NULL;
+    }
+    int rc = nf_model_log_prob(m->m, w, x, ctx, n, lp);
+    if (rc) {
+        free(lp);
+        send_solve_error(r, rc, "scoring");
+        return NULL;
+    }
+    fd_metrics_rows(r->srv->metrics, n, 0);
+    return lp;
+}
+
 enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     fmt in;
     if (body_fmt(r, &in))
@@ -423,18 +441,7 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     } else if (tabular_rows(r, in, D, C, &x, &ctx, &n)) {
         goto out;
     }
-    nf_ws *w = get_ws(m);
-    lp = malloc((size_t)n * sizeof *lp);
-    if (!w || !lp) {
-        fd_send_error(r, 500, "internal", NULL, "out of memory");
-        goto out;
-    }
-    int rc = nf_model_log_prob(m->m, w, x, ctx, n, lp);
-    if (rc) {
-        send_solve_error(r, rc, "scoring");
-        goto out;
-    }
-    fd_metrics_rows(r->srv->metrics, n, 0);
+    if (!(lp = fd_log_prob_or_reply(r, m, x, ctx, n))) goto out;
     fmt outf = accept_fmt(r);
     if (outf == FMT_CSV || outf == FMT_NPY) {
         size_t len = 0;

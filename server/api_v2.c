@@ -142,6 +142,13 @@ enum MHD_Result fd_api_v2_model_ready(fd_req *r, char **a) {
     return fd_send_json(r, 200, o);
 }
 
+/* the version segment and the JSON body of an infer or predict request;
+ * NULL after sending the error */
+static cJSON *versioned_body(fd_req *r, char **a, int *version) {
+    if ((*version = version_arg(r, a)) < 0) return NULL;
+    return fd_req_json(r);
+}
+
 /* ---- tensors ------------------------------------------------------------------------------ */
 typedef struct {
     const char *name;
@@ -342,9 +349,8 @@ static int wanted_outputs(fd_req *r, const cJSON *outs, int op) {
 }
 
 enum MHD_Result fd_api_v2_infer(fd_req *r, char **a) {
-    int version = version_arg(r, a);
-    if (version < 0) return MHD_YES;
-    cJSON *body = fd_req_json(r);
+    int version;
+    cJSON *body = versioned_body(r, a, &version);
     if (!body) return MHD_YES;
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
@@ -504,9 +510,8 @@ static int predict_rows(fd_req *r, const cJSON *list, const char *what, int D, i
 }
 
 enum MHD_Result fd_api_v1_predict(fd_req *r, char **a) {
-    int version = version_arg(r, a);
-    if (version < 0) return MHD_YES;
-    cJSON *body = fd_req_json(r);
+    int version;
+    cJSON *body = versioned_body(r, a, &version);
     if (!body) return MHD_YES;
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
@@ -568,19 +573,7 @@ enum MHD_Result fd_api_v1_predict(fd_req *r, char **a) {
         tensor ct = {.rank = 2, .shape = {nc, C}, .v = cx};
         if (context_rows(r, &ct, C, n, &ctx)) goto out;
     }
-    nf_ws *w = fd_model_ws(m);
-    lp = malloc((size_t)n * sizeof *lp);
-    if (!w || !lp) {
-        fd_send_error(r, 500, "internal", NULL, "out of memory");
-        goto out;
-    }
-    int rc = nf_model_log_prob(m->m, w, x, ctx, n, lp);
-    if (rc) {
-        fd_send_error(r, rc == NF_ESTEPS ? 400 : 500, rc == NF_ESTEPS ? "invalid_input" : "internal", NULL,
-                      "scoring failed: %s", nf_strerror(rc));
-        goto out;
-    }
-    fd_metrics_rows(r->srv->metrics, n, 0);
+    if (!(lp = fd_log_prob_or_reply(r, m, x, ctx, n))) goto out;
     cJSON *o = cJSON_CreateObject();
     cJSON *pred = fd_json_floats(lp, (size_t)n);
     if (!pred) {

@@ -265,6 +265,10 @@ enum MHD_Result fd_api_v1_predict(fd_req *r, char **a);
 /* A thread-local workspace for m (api_models.c), NULL when out of memory;
  * borrowed: valid while m is held on this thread. */
 nf_ws *fd_model_ws(fd_model *m);
+/* log p(x) of the n rows x (n, D) with ctx (n, C) or NULL under m, counted
+ * in the rows metric: a malloc'd (n) array, or NULL after sending the
+ * error (500, or 422 for an ODE solve past max_steps) (api_models.c). */
+nf_real *fd_log_prob_or_reply(fd_req *r, fd_model *m, const nf_real *x, const nf_real *ctx, int n);
 /* [v,...] printed with %.9g, non-finite as null (api_models.c); NULL when
  * out of memory. */
 cJSON *fd_json_floats(const nf_real *v, size_t n);

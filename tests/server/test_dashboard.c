@@ -207,6 +207,28 @@ static int start_daemon(env_t *e) {
     return -1;
 }
 
+/* a temporary directory and the daemon on it; -1 (a failure recorded, the
+ * directory removed) when it does not start */
+static int dash_start(env_t *e) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    snprintf(e->dir, sizeof e->dir, "/tmp/flowd_dash_XXXXXX");
+    if (!mkdtemp(e->dir)) {
+        test_fail_at(__FILE__, __LINE__, "mkdtemp failed");
+        return -1;
+    }
+    snprintf(e->db, sizeof e->db, "%s/flowd.db", e->dir);
+    snprintf(e->log, sizeof e->log, "%s/flowd.log", e->dir);
+    snprintf(e->portf, sizeof e->portf, "%s/port", e->dir);
+    snprintf(e->home, sizeof e->home, "%s/home", e->dir);
+    mkdir(e->home, 0700);
+    if (start_daemon(e)) {
+        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
+        rm_tree(e->dir);
+        return -1;
+    }
+    return 0;
+}
+
 static void stop_daemon(env_t *e) {
     if (e->pid <= 0) return;
     kill(e->pid, SIGTERM);
@@ -280,21 +302,8 @@ TEST_T(dashboard_renders_model_job_and_samples, 300) {
                "(apt-get install -y chromium)\n");
         return;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     env_t e = {0};
-    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
-    REQUIRE(mkdtemp(e.dir) != NULL);
-    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
-    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
-    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
-    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
-    mkdir(e.home, 0700);
-
-    if (start_daemon(&e)) {
-        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
-        rm_tree(e.dir);
-        return;
-    }
+    if (dash_start(&e)) return;
     long jid = train_moons(&e);
     CHECK_MSG(jid > 0, "training " MODEL " through the API failed");
 
@@ -347,20 +356,8 @@ TEST_T(dashboard_shows_image_model_picture, 300) {
         printf("dashboard_shows_image_model_picture: skipped: chromium not installed\n");
         return;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     env_t e = {0};
-    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
-    REQUIRE(mkdtemp(e.dir) != NULL);
-    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
-    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
-    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
-    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
-    mkdir(e.home, 0700);
-    if (start_daemon(&e)) {
-        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
-        rm_tree(e.dir);
-        return;
-    }
+    if (dash_start(&e)) return;
     /* 256 images: a bright vertical bar at column k % 8 on a dark ground */
     size_t cap = 256 * 64 * 5 + 32, k = 0;
     char *rows = malloc(cap);
@@ -440,20 +437,8 @@ TEST_T(dashboard_streams_a_running_job, 300) {
         printf("dashboard_streams_a_running_job: skipped: chromium not installed (apt-get install -y chromium)\n");
         return;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     env_t e = {0};
-    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
-    REQUIRE(mkdtemp(e.dir) != NULL);
-    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
-    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
-    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
-    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
-    mkdir(e.home, 0700);
-    if (start_daemon(&e)) {
-        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
-        rm_tree(e.dir);
-        return;
-    }
+    if (dash_start(&e)) return;
     long code = 0;
     cJSON *r = http_json(e.port, "/v1/jobs",
                          "{\"model\":\"live\",\"dataset\":{\"builtin\":\"moons\",\"n\":4096,\"seed\":1},"
