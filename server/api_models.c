@@ -583,7 +583,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", m->name);
     cJSON_AddNumberToObject(o, "version", m->version);
-    cJSON_AddNumberToObject(o, "seed", (double)seed);
+    fd_json_add_u64(o, "seed", seed);
     cJSON_AddNumberToObject(o, "temperature", T);
     cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)n, D));
     if (want_lp) cJSON_AddItemToObject(o, "log_prob", raw_floats(lp, (size_t)n));
@@ -690,3 +690,9 @@ enum MHD_Result fd_api_decode(fd_req *r, char **a) { return code(r, a, 0); }
 
 nf_ws *fd_model_ws(fd_model *m) { return get_ws(m); }
 cJSON *fd_json_floats(const nf_real *v, size_t n) { return raw_floats(v, n); }
+
+void fd_json_add_u64(cJSON *o, const char *key, uint64_t v) {
+    char s[24];
+    snprintf(s, sizeof s, "%llu", (unsigned long long)v);
+    cJSON_AddRawToObject(o, key, s);
+}

@@ -459,7 +459,7 @@ enum MHD_Result fd_api_v2_infer(fd_req *r, char **a) {
     cJSON *p = cJSON_AddObjectToObject(o, "parameters");
     cJSON_AddStringToObject(p, "op", op_names[op]);
     if (op == OP_SAMPLE) {
-        cJSON_AddNumberToObject(p, "seed", (double)ip.seed);
+        fd_json_add_u64(p, "seed", ip.seed);
         cJSON_AddNumberToObject(p, "temperature", ip.T);
     }
     outs = cJSON_AddArrayToObject(o, "outputs");

@@ -269,6 +269,11 @@ nf_ws *fd_model_ws(fd_model *m);
  * in the rows metric: a malloc'd (n) array, or NULL after sending the
  * error (500, or 422 for an ODE solve past max_steps) (api_models.c). */
 nf_real *fd_log_prob_or_reply(fd_req *r, fd_model *m, const nf_real *x, const nf_real *ctx, int n);
+/* o[key] = v as an integer literal: cJSON prints a double past 2^31 with
+ * %.15g when that round-trips, so a seed such as 6191801648537870 would
+ * go out as 6.19180164853787e+15, which clients read as a float
+ * (api_models.c). */
+void fd_json_add_u64(cJSON *o, const char *key, uint64_t v);
 /* [v,...] printed with %.9g, non-finite as null (api_models.c); NULL when
  * out of memory. */
 cJSON *fd_json_floats(const nf_real *v, size_t n);

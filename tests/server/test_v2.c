@@ -260,6 +260,15 @@ static void infer_body(dmn *d) {
     REQUIRE(data_of(output(&r, "log_prob"), got, 3) == 3);
     for (int i = 0; i < 3; i++) CHECK_CLOSE(got[i], slp[i], 1e-5, 1e-6);
     hresp_free(&r);
+    /* a seed past 2^31 goes back as the integer it is, not 6.19180164853787e+15
+     * (cJSON's %.15g), on /v1 and /v2 alike (a regression: the contract check
+     * failed on one fresh seed in ten) */
+    post(d, "/v1/models/m/sample", "{\"n\":1,\"seed\":6191801648537870}", &r);
+    CHECK_MSG(r.status == 200 && strstr(r.body, "\"seed\":6191801648537870,"), "v1 seed: %s", r.body);
+    hresp_free(&r);
+    post(d, "/v2/models/m/infer", "{\"inputs\":[],\"parameters\":{\"op\":\"sample\",\"n\":1,\"seed\":6191801648537870}}", &r);
+    CHECK_MSG(r.status == 200 && strstr(r.body, "\"seed\":6191801648537870,"), "v2 seed: %s", r.body);
+    hresp_free(&r);
     /* sample's default outputs: samples only */
     post(d, "/v2/models/m/infer", "{\"inputs\":[],\"parameters\":{\"op\":\"sample\",\"n\":2}}", &r);
     CHECK_MSG(r.status == 200 && cJSON_GetArraySize(get(r.json, "outputs")) == 1 && output(&r, "samples"), "%s", r.body);
