@@ -3,7 +3,9 @@
 # the database on a volume and a token file required (the daemon refuses to
 # listen beyond loopback without one).
 #
-#   docker build -t flowd .
+#   docker build -t flowd --build-arg REVISION="$(git rev-parse HEAD)" \
+#       --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" --build-arg SOURCE="$(git remote get-url origin)" .
+#   docker run --rm flowd --version; docker run --rm --entrypoint flowctl flowd --version
 #   printf 'write %s\nread %s\n' "$(openssl rand -hex 24)" "$(openssl rand -hex 24)" > tokens
 #   docker run -d -p 8080:8080 -v flowd-data:/data \
 #       -v "$PWD/tokens:/run/secrets/flowd-tokens:ro" flowd
@@ -11,13 +13,24 @@
 FROM debian:12 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
-        libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 curl \
+        libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev libyaml-dev sqlite3 curl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make clean && make -j"$(nproc)" build/rel/flowd
+RUN make clean && make -j"$(nproc)" build/rel/flowd build/rel/flowctl
 
 FROM debian:12-slim
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="flowd" \
+      org.opencontainers.image.description="Normalizing-flow density estimation as a service: exact log-likelihoods, sampling, encode/decode, training jobs; flowd /v1, Open Inference Protocol v2 and TF Serving predict" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE}"
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libopenblas0-pthread libcjson1 libsqlite3-0 libmicrohttpd12 libcurl4 zlib1g libpng16-16 \
         libssl3 curl ca-certificates \
@@ -25,6 +38,9 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin flowd \
     && mkdir -p /data && chown flowd:flowd /data
 COPY --from=build /src/build/rel/flowd /usr/local/bin/flowd
+COPY --from=build /src/build/rel/flowctl /usr/local/bin/flowctl
+COPY --from=build /src/client/python/flowd_client.py /usr/local/share/flowd/flowd_client.py
+COPY --from=build /src/LICENSE /usr/local/share/doc/flowd/LICENSE
 USER flowd
 VOLUME ["/data"]
 EXPOSE 8080

@@ -98,9 +98,17 @@ $(BUILD)/gen/migrations.c: $(wildcard migrations/*.sql) tools/embed_migrations.s
 $(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c $(BUILD)/flags
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 ASSETS := schema/openapi.yaml $(wildcard server/assets/*)
-$(BUILD)/gen/assets.c: $(ASSETS) tools/embed_file.sh
+# GET /openapi.json: the YAML converted at build time by tools/yaml2json.c,
+# with the reader the server tests use (tests/server/oapi.c, libyaml)
+$(BUILD)/yaml2json: $(BUILD)/f32/tools/yaml2json.o $(BUILD)/f32/tests/server/oapi.o
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS) $(TEST_LIBS)
+$(BUILD)/gen/openapi.json: schema/openapi.yaml $(BUILD)/yaml2json
+	@mkdir -p $(@D)
+	$(BUILD)/yaml2json schema/openapi.yaml > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/assets.c: $(ASSETS) $(BUILD)/gen/openapi.json tools/embed_file.sh
 	@mkdir -p $(@D)
 	{ sh tools/embed_file.sh fd_asset_openapi schema/openapi.yaml; \
+	  sh tools/embed_file.sh fd_asset_openapi_json $(BUILD)/gen/openapi.json; \
 	  if [ -f server/assets/index.html ]; then sh tools/embed_file.sh fd_asset_index server/assets/index.html; \
 	  else echo 'const char fd_asset_index[] = ""; const unsigned long fd_asset_index_len = 0;'; fi; } > $@.tmp && mv $@.tmp $@
 $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
@@ -158,7 +166,11 @@ bench-daemon: deps-check $(BUILD)/flowd
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
-            curl libyaml-dev
+            curl libyaml-dev \
+            python3 python3-requests python3-numpy python3-pandas python3-jsonschema \
+            python3-prometheus-client
+# (the python3 packages: client/python/flowd_client.py and its test, and the
+# contract and metrics tests of tests/python/, all run by make test)
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

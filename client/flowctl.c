@@ -3,6 +3,8 @@
  * cancel, upload); train.c and data.c hold the larger ones. */
 #include "flowctl.h"
 
+#include "../common/version.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -14,7 +16,7 @@
 fc_global fc;
 
 static const char *help_main =
-    "usage: flowctl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n"
+    "usage: flowctl [--url URL] [--token TOKEN | --token-file F] [--json] COMMAND [ARGS]\n"
     "\n"
     "Command-line client for flowd, the normalizing-flow daemon.\n"
     "\n"
@@ -24,15 +26,25 @@ static const char *help_main =
     "  jobs [--state S]            list training jobs, newest first\n"
     "  job ID                      one job and its progress\n"
     "  cancel ID                   cancel a queued or running job\n"
+    "  wait ID                     follow a job until it ends\n"
+    "  metrics ID [-o F.csv]       a job's loss curve (logged metrics) as CSV\n"
     "  upload FILE --name NAME     store a dataset (CSV, .npy, IDX, JSON; --shape C,H,W)\n"
+    "  datasets                    list the stored datasets\n"
+    "  delete model NAME | dataset ID   delete a model (all versions) or a dataset\n"
     "  train ...                   start a training job (--wait follows it)\n"
     "  score NAME FILE             log_prob of every row of a CSV/.npy file (streamed)\n"
     "  sample NAME -n N            draw samples (CSV, .npy or a PNG picture)\n"
+    "  encode NAME FILE            x to z (and log|det|) of every row\n"
+    "  decode NAME FILE            z to x (and log|det|) of every row\n"
+    "  version                     this client's and the server's versions\n"
     "\n"
     "global options (anywhere on the line):\n"
     "  --url URL       server (env FLOWD_URL, default http://127.0.0.1:8080)\n"
     "  --token TOKEN   bearer token (env FLOWD_TOKEN)\n"
-    "  --json          machine-readable JSON on stdout instead of tables\n"
+    "  --token-file F  read the token from F (a bare token, or a 'read TOKEN' line)\n"
+    "  --json          machine-readable JSON on stdout instead of tables; errors too:\n"
+    "                  {\"status\":N,\"error\":{\"code\",\"message\",...}} on stdout\n"
+    "  --version       print flowctl's version\n"
     "  --help          help of a command: flowctl COMMAND --help\n"
     "\n"
     "exit codes:\n"
@@ -46,12 +58,13 @@ static const char *help_main =
 
 /* ---- arguments ---------------------------------------------------------------------- */
 int fc_usage_error(const char *help, const char *fmt, ...) {
+    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "flowctl: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    fprintf(stderr, "flowctl: %s\n", msg);
+    fc_print_json_error(0, "usage", msg, NULL);
     if (help) {
         const char *nl = strchr(help, '\n');
         fprintf(stderr, "%.*s\n(see --help)\n", nl ? (int)(nl - help) : (int)strlen(help), help);
@@ -98,13 +111,14 @@ int fc_parse(int argc, char **argv, const fc_optdef *defs, fc_args *a, const cha
             fc.json = 1;
             continue;
         }
-        if (!strcmp(name, "url") || !strcmp(name, "token")) {
+        if (!strcmp(name, "url") || !strcmp(name, "token") || !strcmp(name, "token-file")) {
             if (!val) {
                 if (i + 1 >= argc) return fc_usage_error(help, "--%s needs a value", name);
                 val = argv[++i];
             }
             if (name[0] == 'u') fc.url = val;
-            else fc.token = val;
+            else if (!strcmp(name, "token")) fc.token = val;
+            else if (!(fc.token = fc_read_token_file(val))) return FC_USAGE;
             continue;
         }
         int k = 0;
@@ -578,6 +592,9 @@ int main(int argc, char **argv) {
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
             fputs(help_main, stdout);
             return FC_OK;
+        } else if (!strcmp(s, "--version")) {
+            printf("flowctl %s\n", FLOWD_VERSION);
+            return FC_OK;
         } else if (!strcmp(s, "--json")) {
             fc.json = 1;
         } else if ((!strcmp(s, "--url") || !strcmp(s, "--token")) && i + 1 < argc) {
@@ -587,6 +604,10 @@ int main(int argc, char **argv) {
             fc.url = s + 6;
         } else if (!strncmp(s, "--token=", 8)) {
             fc.token = s + 8;
+        } else if (!strcmp(s, "--token-file") || !strncmp(s, "--token-file=", 13)) {
+            const char *tf = s[12] == '=' ? s + 13 : i + 1 < argc ? argv[++i] : NULL;
+            if (!tf) return fc_usage_error(help_main, "--token-file needs a value");
+            if (!(fc.token = fc_read_token_file(tf))) return FC_USAGE;
         } else {
             return fc_usage_error(help_main, "unknown option %s", s);
         }
@@ -600,9 +621,12 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"models", cmd_models}, {"model", cmd_model},   {"jobs", cmd_jobs},
-                {"job", cmd_job},       {"cancel", cmd_cancel}, {"upload", cmd_upload},
-                {"train", fc_cmd_train}, {"score", fc_cmd_score}, {"sample", fc_cmd_sample}};
+    } cmds[] = {{"models", cmd_models},         {"model", cmd_model},       {"jobs", cmd_jobs},
+                {"job", cmd_job},               {"cancel", cmd_cancel},     {"upload", cmd_upload},
+                {"train", fc_cmd_train},        {"score", fc_cmd_score},    {"sample", fc_cmd_sample},
+                {"version", fc_cmd_version},    {"delete", fc_cmd_delete},  {"datasets", fc_cmd_datasets},
+                {"wait", fc_cmd_wait},          {"encode", fc_cmd_encode},  {"decode", fc_cmd_decode},
+                {"metrics", fc_cmd_metrics}};
     for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
         if (strcmp(cmd, cmds[k].name)) continue;
         curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -54,8 +54,12 @@ int fc_http_raw(const fc_req *q, fc_resp *r);
 /* fc_http_raw, then prints the failure (stderr) and maps it to an exit
  * code: FC_OK for 2xx, FC_API for an HTTP error, FC_CONN for no answer. */
 int fc_http(const fc_req *q, fc_resp *r);
-/* Prints "flowctl: HTTP 404 not_found: message" for an error response. */
+/* Prints "flowctl: HTTP 404 not_found: message" for an error response
+ * (stderr), and under --json also {"status","error":{...}} on stdout. */
 void fc_print_api_error(const fc_resp *r);
+/* Under --json, one error object on stdout: {"status":N,"error":{"code",
+ * "message","details"}} (details taken; may be NULL).  A no-op otherwise. */
+void fc_print_json_error(long status, const char *code, const char *message, cJSON *details);
 void fc_resp_free(fc_resp *r);
 /* Shorthands. */
 int fc_get(const char *path, fc_resp *r);
@@ -109,6 +113,17 @@ const char *fc_time(const cJSON *o, const char *key);
 
 /* ---- commands ----------------------------------------------------------------- */
 int fc_cmd_train(int argc, char **argv);
+/* more.c */
+int fc_cmd_version(int argc, char **argv);
+int fc_cmd_delete(int argc, char **argv);
+int fc_cmd_datasets(int argc, char **argv);
+int fc_cmd_wait(int argc, char **argv);
+int fc_cmd_encode(int argc, char **argv);
+int fc_cmd_decode(int argc, char **argv);
+int fc_cmd_metrics(int argc, char **argv);
+/* The token of a --token-file (a bare token, or the daemon's "SCOPE
+ * TOKEN" line); NULL after a message when there is none. */
+const char *fc_read_token_file(const char *path);
 int fc_cmd_score(int argc, char **argv);
 int fc_cmd_sample(int argc, char **argv);
 /* Follows job id until it ends (train --wait); returns the exit code. */

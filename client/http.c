@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 static CURL *handle;
 
@@ -51,6 +53,28 @@ static size_t on_upload(char *dst, size_t sz, size_t nm, void *ud) {
     return fread(dst, 1, sz * nm, (FILE *)ud);
 }
 
+/* the upload's progress bar on a terminal (stderr): percent, MB, MB/s */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+    (void)ud, (void)dltotal, (void)dlnow;
+    static double t0, last;
+    static int finished;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (ulnow == 0) t0 = now, finished = 0;
+    if (ultotal <= 0 || finished || (now - last < 0.1 && ulnow < ultotal)) return 0;
+    finished = ulnow >= ultotal;
+    last = now;
+    int w = 30, fill = (int)((double)ulnow / (double)ultotal * w);
+    char bar[64];
+    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+    bar[w] = 0;
+    double mb = (double)ulnow / 1e6, rate = now > t0 ? mb / (now - t0) : 0;
+    fprintf(stderr, "\rupload [%s] %3.0f%%  %.1f / %.1f MB  %.1f MB/s%s", bar, 100.0 * (double)ulnow / (double)ultotal,
+            mb, (double)ultotal / 1e6, rate, ulnow >= ultotal ? "\n" : "");
+    return 0;
+}
+
 int fc_http_raw(const fc_req *q, fc_resp *r) {
     memset(r, 0, sizeof *r);
     if (!handle && !(handle = curl_easy_init())) {
@@ -90,6 +114,11 @@ int fc_http_raw(const fc_req *q, fc_resp *r) {
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
     const char *method = q->method ? q->method : (q->body || q->upload) ? "POST" : "GET";
+    if (q->upload && isatty(STDERR_FILENO) && !fc.json && q->len > (1 << 20)) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, NULL);
+    }
     if (q->upload) {
         curl_easy_setopt(c, CURLOPT_POST, 1L);
         curl_easy_setopt(c, CURLOPT_READFUNCTION, on_upload);
@@ -115,10 +144,36 @@ int fc_http_raw(const fc_req *q, fc_resp *r) {
     return FC_OK;
 }
 
+void fc_print_json_error(long status, const char *code, const char *message, cJSON *details) {
+    if (!fc.json) {
+        cJSON_Delete(details);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject(), *e;
+    cJSON_AddNumberToObject(o, "status", (double)status);
+    e = cJSON_AddObjectToObject(o, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", message);
+    cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) printf("%s\n", s);
+    fflush(stdout);
+    free(s);
+    cJSON_Delete(o);
+}
+
 void fc_print_api_error(const fc_resp *r) {
     const cJSON *e = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "error") : NULL;
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
     const cJSON *msg = cJSON_GetObjectItemCaseSensitive(e, "message");
+    if (fc.json) {
+        char http[32], body[320];
+        snprintf(http, sizeof http, "http_%ld", r->status);
+        snprintf(body, sizeof body, "%.300s", r->body ? r->body : "");
+        fc_print_json_error(r->status, cJSON_IsString(code) ? code->valuestring : http,
+                            cJSON_IsString(msg) ? msg->valuestring : cJSON_IsString(e) ? e->valuestring : body,
+                            cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "details"), 1));
+    }
     if (cJSON_IsString(code)) {
         fprintf(stderr, "flowctl: HTTP %ld %s: %s\n", r->status, code->valuestring,
                 cJSON_IsString(msg) ? msg->valuestring : "");
@@ -137,6 +192,9 @@ void fc_print_api_error(const fc_resp *r) {
 int fc_http(const fc_req *q, fc_resp *r) {
     if (fc_http_raw(q, r)) {
         fprintf(stderr, "flowctl: cannot reach %s: %s\n", fc.url, r->err);
+        char msg[400];
+        snprintf(msg, sizeof msg, "cannot reach %s: %s", fc.url, r->err);
+        fc_print_json_error(0, "unavailable", msg, NULL);
         return FC_CONN;
     }
     if (r->status >= 200 && r->status < 300) return FC_OK;

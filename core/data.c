@@ -322,7 +322,7 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
         }
         if (d == 0) { /* first non-blank line: columns, and is it a header? */
             int64_t cols = 1;
-            int header = 0;
+            int header = 0, first_empty = 0;
             for (const char *c = p; c < le; c++) cols += *c == ',';
             if (cols > INT_MAX) {
                 rc = fail(NF_ERANGE, "line %lld: too many columns", (long long)line);
@@ -337,7 +337,18 @@ int nf_data_load_csv(const void *buf, size_t len, nf_data *out, char *err, size_
                 double v;
                 cell_status st = parse_cell(s, (size_t)(e - s), cloc, &v);
                 if (st == CELL_BAD) header = 1; /* a name; "nan" or "" stay data (and fail there) */
+                if (c == p && s == e) first_empty = 1;
                 c = ce + 1;
+            }
+            /* pandas' DataFrame.to_csv() writes its index as a first column
+             * with an empty name: trained on, it would be a feature that
+             * counts rows.  Refused rather than guessed. */
+            if (header && first_empty) {
+                rc = fail(NF_EFORMAT,
+                          "line %lld: the first header cell is empty, as pandas writes its index column "
+                          "(DataFrame.to_csv()); write the file with index=False or drop that column",
+                          (long long)line);
+                goto done;
             }
             d = (int)cols;
             /* at most one value per two input bytes ("1," per cell), plus one row */

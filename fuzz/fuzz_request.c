@@ -1,5 +1,7 @@
 /* fuzz_request.c: the HTTP request-body validation of /v1/models/{name}/
- * log_prob, sample, encode and decode, and the POST /v1/datasets body parse.
+ * log_prob, sample, encode and decode, the POST /v1/datasets body parse,
+ * and the standard protocols' POST /v2/models/{name}/infer and
+ * /v1/models/{name}:predict (server/api_v2.c).
  *
  * The handlers of server/api_models.c are compiled into this harness (their
  * helpers json_rows, json_context, ... are static) against stubs of the rest
@@ -7,12 +9,14 @@
  * small in-memory models (unconditional, and conditional with dequantization).
  * Each handler must send exactly one response, whatever the body.
  *
- * Input: byte 0 picks the route (mod 5: log_prob, sample, encode, decode,
- * datasets), byte 1 the options (bits 0-1 Content-Type: JSON, none, CSV,
+ * Input: byte 0 picks the route (mod 7: log_prob, sample, encode, decode,
+ * datasets, v2 infer, predict), byte 1 the options (bits 0-1 Content-Type: JSON, none, CSV,
  * NPY; bit 2 the conditional model; bits 3-4 Accept: JSON, CSV, NPY, any;
- * for sample, bit 7 Accept: image/png; bits 5-7 the dataset format, mod 5),
+ * for sample, bit 7 Accept: image/png; bits 5-7 the dataset format, mod 5;
+ * for v2 infer and predict, bit 6 the /versions/1 path),
  * the rest is the body. */
 #include "../server/api_models.c"
+#include "../server/api_v2.c"
 #include "../server/fields.c"
 #include "../common/picture.c"
 
@@ -28,6 +32,7 @@ static const char *content_type, *accept_type;
 /* ---- stubs of the daemon ----------------------------------------------------- */
 double fd_now(void) { return 1.0; }
 void fd_metrics_rows(fd_metrics *m, int64_t scored, int64_t sampled) { (void)m, (void)scored, (void)sampled; }
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op) { (void)r, (void)m, (void)op; }
 fd_db *fd_req_db(fd_req *r) { return (fd_db *)r; } /* never dereferenced by the stubs */
 const char *fd_req_query(fd_req *r, const char *key) { return NULL; }
 const char *fd_req_header(fd_req *r, const char *key) {
@@ -129,7 +134,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
-    int route = data[0] % 5, opt = data[1];
+    int route = data[0] % 7, opt = data[1];
     static const char *const cts[] = {"application/json", NULL, "text/csv", "application/x-npy"};
     static const char *const acc[] = {NULL, "text/csv", "application/x-npy", "*/*"};
     content_type = cts[opt & 3];
@@ -141,13 +146,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     r.body = fz_str(data + 2, r.len); /* the daemon NUL-terminates bodies too */
     char name[8];
     snprintf(name, sizeof name, "%s", opt & 4 ? "cond" : "plain");
-    char *args[2] = {name, NULL};
+    char one[] = "1";
+    char *args[2] = {name, route >= 5 && (opt & 0x40) ? one : NULL};
+    r.plain_errors = route >= 5;
     sends = 0;
     switch (route) {
     case 0: fd_api_log_prob(&r, args); break;
     case 1: fd_api_sample(&r, args); break;
     case 2: fd_api_encode(&r, args); break;
     case 3: fd_api_decode(&r, args); break;
+    case 5: fd_api_v2_infer(&r, args); break;
+    case 6: fd_api_v1_predict(&r, args); break;
     default: { /* POST /v1/datasets: the body parse */
         nf_data d;
         char err[400] = "";

@@ -147,6 +147,7 @@ enum MHD_Result fd_api_evaluate(fd_req *r, char **a) {
         goto out;
     }
     if (!(m = fd_model_or_reply(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_EVALUATE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f);
     if (nf_flow_context_dim(f) > 0) {
@@ -211,7 +212,7 @@ enum MHD_Result fd_api_evaluate(fd_req *r, char **a) {
     cJSON_AddStringToObject(out, "likelihood", m->m->dequantize ? "dequantized_lower_bound" : "exact");
     cJSON_AddNumberToObject(out, "samples", e.samples);
     cJSON_AddNumberToObject(out, "temperature", o.temperature);
-    cJSON_AddNumberToObject(out, "seed", (double)o.seed);
+    fd_json_add_u64(out, "seed", o.seed);
     nf_json_add_num(out, "nonfinite_share", e.nonfinite_share);
     nf_json_add_num(out, "sample_min", e.sample_min);
     nf_json_add_num(out, "sample_max", e.sample_max);

@@ -307,17 +307,25 @@ static void stream_free(void *p) {
     atomic_fetch_sub(&streams, 1);
 }
 
-static void stream_append(stream *s, const char *event, cJSON *data) {
+/* SSE_RETRY_MS: the reconnection delay the stream asks of clients (its
+ * first line, `retry:`); a reconnecting client sends the last `id:` it saw
+ * (a progress event's step) as Last-Event-ID and the stream resumes after
+ * that step. */
+#define SSE_RETRY_MS 2000
+
+/* queues one event: event, id (a step; < -1: no id line) and data */
+static void stream_append(stream *s, const char *event, int64_t id, cJSON *data) {
     char *d = cJSON_PrintUnformatted(data);
     if (!d) return;
-    size_t need = strlen(event) + strlen(d) + 32, have = s->plen - s->poff;
+    size_t need = strlen(event) + strlen(d) + 64, have = s->plen - s->poff;
     char *p = malloc(have + need);
     if (!p) {
         free(d);
         return;
     }
     memcpy(p, s->pend ? s->pend + s->poff : "", have);
-    int k = snprintf(p + have, need, "event: %s\ndata: %s\n\n", event, d);
+    int k = id >= -1 ? snprintf(p + have, need, "id: %lld\nevent: %s\ndata: %s\n\n", (long long)id, event, d)
+                     : snprintf(p + have, need, "event: %s\ndata: %s\n\n", event, d);
     free(d);
     free(s->pend);
     s->pend = p;
@@ -336,8 +344,8 @@ static ssize_t stream_read(void *cls, char *buf, size_t max) {
         cJSON *m = NULL, *e;
         if (fd_db_job_metrics(s->db, s->id, s->after, 100, &m, err, sizeof err) == 0) {
             cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(m, "metrics")) {
-                stream_append(s, "progress", e);
                 const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "step");
+                stream_append(s, "progress", cJSON_IsNumber(st) ? (int64_t)st->valuedouble : -2, e);
                 if (cJSON_IsNumber(st) && st->valuedouble > s->after) s->after = (int64_t)st->valuedouble;
             }
         }
@@ -349,7 +357,7 @@ static ssize_t stream_read(void *cls, char *buf, size_t max) {
             const char *sv = cJSON_IsString(st) ? st->valuestring : "";
             if (strcmp(sv, "queued") && strcmp(sv, "running")) {
                 cJSON_DeleteItemFromObjectCaseSensitive(job, "request");
-                stream_append(s, "state", job);
+                stream_append(s, "state", -2, job);
                 s->done = 1;
             }
         } else {
@@ -359,7 +367,7 @@ static ssize_t stream_read(void *cls, char *buf, size_t max) {
         if (s->poff < s->plen) break;
         if (s->poff == s->plen && fd_now() - s->last_send > 5) { /* keep-alive */
             cJSON *ping = cJSON_CreateObject();
-            stream_append(s, "ping", ping);
+            stream_append(s, "ping", -2, ping);
             cJSON_Delete(ping);
         }
     } while (0);
@@ -400,6 +408,25 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
         stream_free(s);
         return MHD_YES;
     }
+    /* a reconnect: resume after the last event the client saw */
+    const char *last = fd_req_header(r, "Last-Event-ID");
+    int64_t seen;
+    if (last && *last) {
+        if (nf_parse_i64(last, -1, INT64_MAX, &seen)) {
+            stream_free(s);
+            return fd_send_error(r, 400, "invalid_argument", NULL,
+                                 "Last-Event-ID must be a step this stream sent (an integer), got %.60s", last);
+        }
+        if (seen > s->after) s->after = seen;
+    }
+    char retry[32];
+    int k = snprintf(retry, sizeof retry, "retry: %d\n\n", SSE_RETRY_MS);
+    if (!(s->pend = malloc((size_t)k + 1))) {
+        stream_free(s);
+        return fd_send_error(r, 500, "internal", NULL, "out of memory");
+    }
+    memcpy(s->pend, retry, (size_t)k + 1);
+    s->plen = (size_t)k;
     s->last_send = fd_now();
     return fd_send_event_stream(r, stream_read, s, stream_free);
 }

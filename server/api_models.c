@@ -313,6 +313,74 @@ static int json_context(fd_req *r, const cJSON *body, const nf_model *mm, int n,
     return 0;
 }
 
+/* A CSV or .npy body of rows.  A conditional model's rows have its training
+ * data's layout: x and the context columns (or the class label) in one row,
+ * where the model's preprocess.context puts them (docs/conditional.md); an
+ * unconditional model's rows are its D values.  0 with x (n, D) and ctx
+ * (n, C) (NULL when C == 0) malloc'd, or -1 after sending a 422. */
+static int tabular_rows(fd_req *r, fmt in, const nf_model *mm, nf_real **x, nf_real **ctx, int *n) {
+    const int D = nf_flow_dim(mm->flow), C = nf_flow_context_dim(mm->flow);
+    *x = *ctx = NULL;
+    int W = C > 0 ? mm->context.width : D;
+    if (C > 0 && mm->context.kind == NF_CTX_NONE) { /* over NF_CTX_MAX_COLUMNS: no layout */
+        fd_send_error(r, 422, "invalid_input", NULL, "this model's %d context columns have no "
+                      "row layout: send JSON with \"context\"", C);
+        return -1;
+    }
+    nf_data dat = {0};
+    char err[300] = "";
+    int rc = in == FMT_CSV ? nf_data_load_csv(r->body ? r->body : "", r->len, &dat, err, sizeof err)
+                           : nf_data_load_npy(r->body ? r->body : "", r->len, &dat, err, sizeof err);
+    if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err), -1;
+    if (dat.d != W || dat.n > r->srv->cfg.max_rows) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "expected_width", W);
+        cJSON_AddNumberToObject(d, "width", dat.d);
+        cJSON_AddNumberToObject(d, "max_rows", r->srv->cfg.max_rows);
+        if (dat.d != W && C)
+            fd_send_error(r, 422, "invalid_input", d, "rows have %d values; the model takes %d (its "
+                          "data and context columns, as trained)", dat.d, W);
+        else if (dat.d != W)
+            fd_send_error(r, 422, "invalid_input", d, "rows have %d values; the model takes %d", dat.d, W);
+        else
+            fd_send_error(r, 422, "invalid_input", d, "too many rows (%d > %d)", (int)dat.n,
+                          r->srv->cfg.max_rows);
+        nf_data_free(&dat);
+        return -1;
+    }
+    *n = (int)dat.n;
+    if (!C) {
+        *x = dat.x; /* take ownership */
+        return 0;
+    }
+    if ((size_t)*n * C > MAX_VALUES) {
+        nf_data_free(&dat);
+        fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
+                      "limit of %d per request", (size_t)*n * C, MAX_VALUES);
+        return -1;
+    }
+    *x = malloc((size_t)*n * D * sizeof **x);
+    *ctx = malloc((size_t)*n * C * sizeof **ctx);
+    char e2[200] = "";
+    int64_t bad = -1;
+    int src = !*x || !*ctx ? NF_ENOMEM : nf_context_split(&mm->context, dat.x, *n, *x, *ctx, &bad, e2, sizeof e2);
+    nf_data_free(&dat);
+    if (src) {
+        free(*x);
+        free(*ctx);
+        *x = *ctx = NULL;
+    }
+    if (src == NF_ENOMEM) return fd_send_error(r, 500, "internal", NULL, "out of memory"), -1;
+    if (src) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddNumberToObject(d, "row", (double)bad);
+        cJSON_AddNumberToObject(d, "column", mm->context.cols[0]);
+        fd_send_error(r, 422, "invalid_input", d, "%s", e2);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- list / get / delete ------------------------------------------------------------- */
 enum MHD_Result fd_api_models_list(fd_req *r, char **a) {
     (void)a;
@@ -333,6 +401,12 @@ enum MHD_Result fd_api_model_get(fd_req *r, char **a) {
     int rc = fd_db_model_get(db, a[0], &out, err, sizeof err);
     if (rc == FD_ENOTFOUND) return fd_send_error(r, 404, "not_found", NULL, "no model named %s", a[0]);
     if (rc) return fd_send_db_error(r, rc, err);
+    /* KServe v1's "ready": the latest version loads (and is now cached) */
+    fd_model *m = NULL;
+    int ready = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(out, "latest_version")) &&
+                fd_cache_get(r->srv->cache, db, a[0], 0, &m, err, sizeof err) == 0;
+    fd_model_release(m);
+    cJSON_AddBoolToObject(out, "ready", ready);
     return fd_send_json(r, 200, out);
 }
 
@@ -391,6 +465,25 @@ static enum MHD_Result send_solve_error(fd_req *r, int rc, const char *what) {
 }
 
 /* ---- log_prob ------------------------------------------------------------------------------ */
+nf_real *fd_log_prob_or_reply(fd_req *r, fd_model *m, const nf_real *x, const nf_real *ctx, int n,
+                              int K) {
+    nf_ws *w = get_ws(m);
+    nf_real *lp = malloc((size_t)n * sizeof *lp);
+    if (!w || !lp) {
+        free(lp);
+        fd_send_error(r, 500, "internal", NULL, "out of memory");
+        return NULL;
+    }
+    int rc = nf_model_log_prob_iw(m->m, w, x, ctx, n, K, lp);
+    if (rc) {
+        free(lp);
+        send_solve_error(r, rc, "scoring");
+        return NULL;
+    }
+    fd_metrics_rows(r->srv->metrics, n, 0);
+    return lp;
+}
+
 enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
     fmt in;
     if (body_fmt(r, &in))
@@ -417,82 +510,17 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
             goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_LOG_PROB);
     nf_flow *f = m->m->flow;
-    int D = nf_flow_dim(f), C = nf_flow_context_dim(f);
+    int D = nf_flow_dim(f);
     if (in == FMT_JSON) {
         if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, "inputs"), "inputs", D, &n, r->srv->cfg.max_rows)))
             goto out;
         if (json_context(r, body, m->m, n, &ctx)) goto out;
-    } else {
-        /* a conditional model's CSV and .npy rows have its training data's
-         * layout: x and the context columns (or the label) in one row */
-        int W = C > 0 ? m->m->context.width : D;
-        if (C > 0 && m->m->context.kind == NF_CTX_NONE) { /* over NF_CTX_MAX_COLUMNS: no layout */
-            fd_send_error(r, 422, "invalid_input", NULL, "this model's %d context columns have no "
-                          "row layout: send JSON with \"context\"", C);
-            goto out;
-        }
-        nf_data dat = {0};
-        char err[300] = "";
-        int rc = in == FMT_CSV ? nf_data_load_csv(r->body ? r->body : "", r->len, &dat, err, sizeof err)
-                               : nf_data_load_npy(r->body ? r->body : "", r->len, &dat, err, sizeof err);
-        if (rc) {
-            fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
-            goto out;
-        }
-        if (dat.d != W || dat.n > r->srv->cfg.max_rows) {
-            cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "expected_width", W);
-            cJSON_AddNumberToObject(d, "width", dat.d);
-            cJSON_AddNumberToObject(d, "max_rows", r->srv->cfg.max_rows);
-            fd_send_error(r, 422, "invalid_input", d, dat.d != W ? (C > 0 ? "rows have %d values; the model takes %d (its data and context columns, as trained)"
-                                                                          : "rows have %d values; the model takes %d")
-                                                                 : "too many rows (%d > %d)", dat.d != W ? dat.d : (int)dat.n,
-                          dat.d != W ? W : r->srv->cfg.max_rows);
-            nf_data_free(&dat);
-            goto out;
-        }
-        n = (int)dat.n;
-        if (C > 0 && (size_t)n * C > MAX_VALUES) {
-            nf_data_free(&dat);
-            fd_send_error(r, 422, "invalid_input", NULL, "rows x context_dim = %zu values exceeds the "
-                          "limit of %d per request", (size_t)n * C, MAX_VALUES);
-            goto out;
-        }
-        if (C > 0) {
-            x = malloc((size_t)n * D * sizeof *x);
-            ctx = malloc((size_t)n * C * sizeof *ctx);
-            char e2[200] = "";
-            int64_t bad = -1;
-            int src = !x || !ctx ? NF_ENOMEM : nf_context_split(&m->m->context, dat.x, n, x, ctx, &bad, e2, sizeof e2);
-            nf_data_free(&dat);
-            if (src == NF_ENOMEM) {
-                fd_send_error(r, 500, "internal", NULL, "out of memory");
-                goto out;
-            }
-            if (src) {
-                cJSON *d = cJSON_CreateObject();
-                cJSON_AddNumberToObject(d, "row", (double)bad);
-                cJSON_AddNumberToObject(d, "column", m->m->context.cols[0]);
-                fd_send_error(r, 422, "invalid_input", d, "%s", e2);
-                goto out;
-            }
-        } else {
-            x = dat.x; /* take ownership */
-        }
-    }
-    nf_ws *w = get_ws(m);
-    lp = malloc((size_t)n * sizeof *lp);
-    if (!w || !lp) {
-        fd_send_error(r, 500, "internal", NULL, "out of memory");
+    } else if (tabular_rows(r, in, m->m, &x, &ctx, &n)) {
         goto out;
     }
-    int rc = nf_model_log_prob_iw(m->m, w, x, ctx, n, K, lp);
-    if (rc) {
-        send_solve_error(r, rc, "scoring");
-        goto out;
-    }
-    fd_metrics_rows(r->srv->metrics, n, 0);
+    if (!(lp = fd_log_prob_or_reply(r, m, x, ctx, n, K))) goto out;
     fmt outf = accept_fmt(r);
     if (outf == FMT_CSV || outf == FMT_NPY) {
         size_t len = 0;
@@ -633,6 +661,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         fd_body_seed_or_reply(r, body, "seed", nf_rng_u64(&g) >> 11, &seed))
         goto out;
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, FD_OP_SAMPLE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f), N = n, cols = 0;
     const cJSON *cj = nf_json_get(body, "classes");
@@ -705,7 +734,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", m->name);
     cJSON_AddNumberToObject(o, "version", m->version);
-    cJSON_AddNumberToObject(o, "seed", (double)seed);
+    fd_json_add_u64(o, "seed", seed);
     cJSON_AddNumberToObject(o, "temperature", T);
     cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)N, D));
     if (cls) { /* each sample's class, in the order drawn */
@@ -726,25 +755,42 @@ out:
 }
 
 /* ---- encode / decode ----------------------------------------------------------------------------------- */
+/* encode (enc) or decode.  Bodies: JSON, or CSV / .npy rows (the context
+ * in their last columns; the version as ?version=); Accept
+ * application/x-npy answers one (n, D + 1) float32 array: the D output
+ * columns, then log_det. */
 static enum MHD_Result code(fd_req *r, char **a, int enc) {
-    cJSON *body = fd_req_json(r);
-    if (!body) return MHD_YES;
+    fmt in;
+    if (body_fmt(r, &in))
+        return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                             "%s takes application/json, text/csv or application/x-npy", enc ? "encode" : "decode");
+    cJSON *body = NULL;
     enum MHD_Result ret = MHD_YES;
     fd_model *m = NULL;
     nf_real *x = NULL, *y = NULL, *ld = NULL, *ctx = NULL;
     static const char *const ekeys[] = {"inputs", "context", "labels", "version", NULL};
     static const char *const dkeys[] = {"latents", "context", "labels", "version", NULL};
     int version, n = 0;
-    if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
-        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+    if (in == FMT_JSON) {
+        if (!(body = fd_req_json(r))) return MHD_YES;
+        if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
+            fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+            goto out;
+    } else if (fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version)) {
         goto out;
+    }
     if (!(m = load_model(r, a[0], version))) goto out;
+    fd_req_inference(r, m, enc ? FD_OP_ENCODE : FD_OP_DECODE);
     nf_flow *f = m->m->flow;
     int D = nf_flow_dim(f);
     const char *field = enc ? "inputs" : "latents";
-    if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, field), field, D, &n, r->srv->cfg.max_rows)))
-        goto out;
-    if (json_context(r, body, m->m, n, &ctx)) goto out;
+    if (in != FMT_JSON) {
+        if (tabular_rows(r, in, m->m, &x, &ctx, &n)) goto out;
+    } else {
+        if (!(x = json_rows(r, cJSON_GetObjectItemCaseSensitive(body, field), field, D, &n, r->srv->cfg.max_rows)))
+            goto out;
+        if (json_context(r, body, m->m, n, &ctx)) goto out;
+    }
     nf_ws *w = get_ws(m);
     y = malloc((size_t)n * D * sizeof *y);
     ld = malloc((size_t)n * sizeof *ld);
@@ -755,6 +801,22 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     int rc = enc ? nf_flow_encode(f, w, x, ctx, n, y, ld) : nf_flow_decode(f, w, x, ctx, n, y, ld);
     if (rc && rc != NF_ENONFINITE) {
         send_solve_error(r, rc, enc ? "encode" : "decode");
+        goto out;
+    }
+    if (accept_fmt(r) == FMT_NPY) {
+        nf_real *yl = malloc((size_t)n * (D + 1) * sizeof *yl);
+        size_t len = 0;
+        char *b = NULL;
+        if (yl) {
+            for (int i = 0; i < n; i++) {
+                memcpy(yl + (size_t)i * (D + 1), y + (size_t)i * D, (size_t)D * sizeof *yl);
+                yl[(size_t)i * (D + 1) + D] = ld[i];
+            }
+            b = nf_npy_f32(yl, n, D + 1, &len);
+            free(yl);
+        }
+        if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
+        else ret = fd_send_bytes(r, 200, "application/x-npy", b, len);
         goto out;
     }
     cJSON *o = cJSON_CreateObject();
@@ -781,3 +843,12 @@ out:
 
 enum MHD_Result fd_api_encode(fd_req *r, char **a) { return code(r, a, 1); }
 enum MHD_Result fd_api_decode(fd_req *r, char **a) { return code(r, a, 0); }
+
+nf_ws *fd_model_ws(fd_model *m) { return get_ws(m); }
+cJSON *fd_json_floats(const nf_real *v, size_t n) { return raw_floats(v, n); }
+
+void fd_json_add_u64(cJSON *o, const char *key, uint64_t v) {
+    char s[24];
+    snprintf(s, sizeof s, "%llu", (unsigned long long)v);
+    cJSON_AddRawToObject(o, key, s);
+}

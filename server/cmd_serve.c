@@ -20,11 +20,19 @@ static const char *env_or(const char *name, const char *def) {
     return v && *v ? v : def;
 }
 
+/* HOST:PORT, or [IPV6]:PORT ("[::1]:8080", "[::]:8080"); the host is kept
+ * without brackets (an IPv6 address is the one with a ':') */
 static int parse_listen(const char *s, fd_config *c) {
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= sizeof c->listen_host) return -1;
-    memcpy(c->listen_host, s, (size_t)(colon - s));
-    c->listen_host[colon - s] = 0;
+    const char *colon = strrchr(s, ':'), *h = s, *he = colon;
+    if (s[0] == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':') return -1;
+        h = s + 1, he = rb, colon = rb + 1;
+    }
+    if (!colon || he == h || (size_t)(he - h) >= sizeof c->listen_host) return -1;
+    memcpy(c->listen_host, h, (size_t)(he - h));
+    c->listen_host[he - h] = 0;
+    if ((s[0] == '[') != (strchr(c->listen_host, ':') != NULL)) return -1; /* IPv6 needs its brackets */
     if (!strcmp(c->listen_host, "localhost")) strcpy(c->listen_host, "127.0.0.1");
     int64_t p;
     if (nf_parse_i64(colon + 1, 0, 65535, &p)) return -1;
@@ -74,7 +82,7 @@ static int load_tokens(fd_server *s, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static int is_loopback(const char *host) { return !strncmp(host, "127.", 4); }
+static int is_loopback(const char *host) { return !strncmp(host, "127.", 4) || !strcmp(host, "::1"); }
 
 /* The daemon of this process, and what `flowd serve` is told beyond its
  * fd_config: where the option table below writes. */
@@ -88,7 +96,8 @@ static const fd_opt serve_options[] = {
     {"db", 0, FD_OPT_STR, &server.cfg.db_path, "FLOWD_DB", .def_str = "data/flowd.db", .arg = "PATH",
      .help = "SQLite database, created and migrated if needed"},
     {"listen", 0, FD_OPT_STR, &so.listen, "FLOWD_LISTEN", .def_str = "127.0.0.1:8080", .arg = "HOST:PORT",
-     .help = "address to bind; port 0 picks a free port, see --port-file"},
+     .help = "address to bind, IPv4 HOST:PORT or IPv6 [ADDRESS]:PORT ([::] takes IPv4 too); port 0 picks a "
+             "free port, see --port-file"},
     {"workers", 0, FD_OPT_INT, &server.cfg.workers, "FLOWD_WORKERS", 1, .lo = 0, .hi = 64, .arg = "N",
      .help = "training worker threads"},
     {"train-threads", 0, FD_OPT_INT, &so.train_threads, "FLOWD_TRAIN_THREADS", 0, .lo = 1, .hi = 64, .arg = "N",
@@ -159,7 +168,8 @@ static int serve_settle(fd_server *s) {
     }
     c->conn_memory = 256 * 1024;
     if (parse_listen(so.listen, c)) {
-        fprintf(stderr, "flowd serve: --listen wants HOST:PORT (IPv4), got %s\n", so.listen);
+        fprintf(stderr, "flowd serve: --listen wants HOST:PORT (IPv4) or [ADDRESS]:PORT (IPv6), got %s\n",
+                so.listen);
         return 2;
     }
     char err[512] = "";
@@ -169,7 +179,7 @@ static int serve_settle(fd_server *s) {
     }
     if (!s->ntokens && !is_loopback(c->listen_host)) {
         fprintf(stderr, "flowd serve: refusing to listen on %s without tokens: give --token-file, or "
-                        "listen on 127.0.0.1\n", c->listen_host);
+                        "listen on 127.0.0.1 or [::1]\n", c->listen_host);
         return 2;
     }
     return 0;
@@ -184,13 +194,14 @@ static void record_tokens(fd_server *s, fd_db *db) {
         sc[i] = s->tokens[i].write ? "write" : "read";
     }
     if (!h || !sc || fd_db_tokens_replace(db, h, sc, s->ntokens, err, sizeof err))
-        fprintf(stderr, "flowd serve: warning: cannot record tokens: %s\n", err);
+        fd_log("warn", "cannot record tokens: %s", err);
     free(h);
     free(sc);
 }
 
 static void announce(const fd_server *s, fd_db *db) {
     const fd_config *c = &s->cfg;
+    int v6 = strchr(c->listen_host, ':') != NULL;
     if (so.port_file) {
         FILE *pf = fopen(so.port_file, "w");
         if (pf) {
@@ -198,15 +209,15 @@ static void announce(const fd_server *s, fd_db *db) {
             fclose(pf);
         }
     }
-    fprintf(stderr,
-            "flowd %s listening on http://%s:%d (database %s, schema %d, %d training worker%s of %d "
-            "thread%s at nice %d, %d request threads)\n",
-            FD_VERSION, c->listen_host, c->port, c->db_path, fd_db_schema_version(db), c->workers,
+    fd_log("info",
+           "flowd %s listening on http://%s%s%s:%d (database %s, schema %d, %d training worker%s of %d "
+           "thread%s at nice %d, %d request threads)",
+            FD_VERSION, v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port, c->db_path, fd_db_schema_version(db), c->workers,
             c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
             c->http_threads);
     if (!s->ntokens)
-        fprintf(stderr, "no --token-file: serving loopback only, without authentication\n");
-    fprintf(stderr, "try: curl -s http://%s:%d/v1/models\n", c->listen_host, c->port);
+        fd_log("warn", "no --token-file: serving loopback only, without authentication");
+    fd_log("info", "try: curl -s http://%s%s%s:%d/v1/models", v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port);
 }
 
 /* Started, it waits for SIGTERM or SIGINT, then drains. */
@@ -220,11 +231,11 @@ static int serve_run(fd_server *s, fd_db *db) {
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* every thread started below inherits this */
     if (c->workers > 0 && fd_jobs_start(c->db_path, c->workers, so.train_threads, so.train_nice, &s->jobs,
                                        err, sizeof err)) {
-        fprintf(stderr, "flowd serve: cannot start training workers: %s\n", err);
+        fd_log("error", "cannot start training workers: %s", err);
         return 1;
     }
     if (fd_server_start(s, err, sizeof err)) {
-        fprintf(stderr, "flowd serve: %s\n", err);
+        fd_log("error", "%s", err);
         if (s->jobs) fd_jobs_stop(s->jobs);
         return 1;
     }
@@ -232,7 +243,7 @@ static int serve_run(fd_server *s, fd_db *db) {
     announce(s, db);
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "flowd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    fd_log("info", "%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&s->draining, 1);
     /* HTTP first: a request admitted before the drain may still call
      * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
@@ -242,7 +253,7 @@ static int serve_run(fd_server *s, fd_db *db) {
     if (s->jobs) fd_jobs_stop(s->jobs); /* running jobs checkpoint and stay resumable */
     s->jobs = NULL;
     char ierr[200] = "";
-    if (fd_db_integrity_check(db, ierr, sizeof ierr)) fprintf(stderr, "flowd: integrity check: %s\n", ierr);
+    if (fd_db_integrity_check(db, ierr, sizeof ierr)) fd_log("error", "integrity check: %s", ierr);
     return 0;
 }
 
@@ -269,7 +280,7 @@ int cmd_serve(int argc, char **argv) {
     fd_db_close(db);
     if (rc) return rc;
     free(s->tokens);
-    fprintf(stderr, "flowd: stopped\n");
+    fd_log("info", "stopped");
     return 0;
 }
 

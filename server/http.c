@@ -88,9 +88,30 @@ static const route routes[] = {
     {"GET", "/v1/jobs/{id}/events", fd_api_job_events, SCOPE_READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
     {"POST", "/v1/models/{name}/evaluate", fd_api_evaluate, SCOPE_READ, 1},
+    /* Open Inference Protocol v2 (api_v2.c) */
+    {"GET", "/v2/health/live", fd_api_v2_live, SCOPE_PUBLIC, 0},
+    {"GET", "/v2/health/ready", fd_api_v2_ready, SCOPE_PUBLIC, 0},
+    {"GET", "/v2", fd_api_v2_server, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}", fd_api_v2_model, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/versions/{v}", fd_api_v2_model, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/ready", fd_api_v2_model_ready, SCOPE_READ, 0},
+    {"GET", "/v2/models/{name}/versions/{v}/ready", fd_api_v2_model_ready, SCOPE_READ, 0},
+    {"POST", "/v2/models/{name}/infer", fd_api_v2_infer, SCOPE_READ, 1},
+    {"POST", "/v2/models/{name}/versions/{v}/infer", fd_api_v2_infer, SCOPE_READ, 1},
+    /* TF Serving / KServe v1 */
+    {"POST", "/v1/models/{name}:predict", fd_api_v1_predict, SCOPE_READ, 1},
+    {"POST", "/v1/models/{name}/versions/{v}:predict", fd_api_v1_predict, SCOPE_READ, 1},
+    {"GET", "/openapi.json", fd_api_openapi_json, SCOPE_PUBLIC, 0},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");
+
+/* The standard protocols' paths (/v2, TF Serving's "{name}:predict")
+ * answer errors in their plain {"error": "message"} shape, 422 as 400
+ * (send_error_msg). */
+static int plain_path(const char *p) {
+    return (!strncmp(p, "/v2", 3) && (p[3] == 0 || p[3] == '/')) || strchr(p, ':') != NULL;
+}
 
 /* route numbers for metrics: the rows, then one for requests no row matched */
 const int fd_route_count = NROUTES + 1;
@@ -118,14 +139,21 @@ static int split_path(const char *path, char *buf, size_t bufsz, char **segs) {
     return k;
 }
 
-/* Does path match pattern?  Captures "{x}" segments into args. */
-static int match(const char *pattern, char **segs, int nseg, char **args) {
+/* Does path match pattern?  Captures "{x}" segments into args.  A pattern
+ * segment "{x}:verb" (TF Serving's "/v1/models/m:predict") matches a
+ * segment ending in ":verb" with a non-empty rest, captured as x; commit
+ * cuts the ":verb" off the segment (done once, for the row chosen, as the
+ * segments are shared by the rows tried before it). */
+static int match(const char *pattern, char **segs, int nseg, char **args, int commit) {
     char pbuf[128], *ps[FD_MAX_SEGS];
     int np = split_path(pattern, pbuf, sizeof pbuf, ps), na = 0;
     if (np != nseg) return 0;
     for (int i = 0; i < np; i++) {
         if (ps[i][0] == '{') {
-            if (!*segs[i]) return 0;
+            const char *suf = strchr(ps[i], '}') + 1;
+            size_t ns = strlen(segs[i]), nsuf = strlen(suf);
+            if (ns <= nsuf || strcmp(segs[i] + ns - nsuf, suf)) return 0;
+            if (commit && nsuf) segs[i][ns - nsuf] = 0;
             if (na < FD_MAX_ARGS) args[na++] = segs[i];
         } else if (strcmp(ps[i], segs[i])) {
             return 0;
@@ -213,12 +241,22 @@ enum MHD_Result fd_send_json_at(fd_req *r, int status, cJSON *body, const char *
     return send_buffer(r, status, "application/json", s, n, extra);
 }
 
+/* The error body: {"error":{"code","message","details"}}, or on the routes
+ * of the standard protocols (r->plain_errors: /v2/..., :predict) their
+ * {"error": "message"}, with 422 answered as their 400. */
 static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, cJSON *details,
                                       const char *msg, const char *retry_after, const char *allow) {
-    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
-    cJSON_AddStringToObject(e, "code", code);
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    cJSON *o = cJSON_CreateObject();
+    if (r->plain_errors) {
+        cJSON_Delete(details);
+        cJSON_AddStringToObject(o, "error", msg);
+        if (status == 422) status = 400;
+    } else {
+        cJSON *e = cJSON_AddObjectToObject(o, "error");
+        cJSON_AddStringToObject(e, "code", code);
+        cJSON_AddStringToObject(e, "message", msg);
+        cJSON_AddItemToObject(e, "details", details ? details : cJSON_CreateObject());
+    }
     size_t n = 0;
     char *s = print_json(o, 1, &n);
     if (!s) return MHD_NO;
@@ -404,6 +442,12 @@ cJSON *fd_req_json(fd_req *r) {
     return o;
 }
 
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op) {
+    snprintf(r->inf_model, sizeof r->inf_model, "%s", m->name);
+    r->inf_version = m->version;
+    r->inf_op = op;
+}
+
 static void db_destroy(void *p) { fd_db_close(p); }
 
 fd_db *fd_req_db(fd_req *r) {
@@ -550,8 +594,9 @@ static enum MHD_Result route_request(fd_req *r) {
     char allow[128] = "";
     for (int i = 0; nseg >= 0 && i < NROUTES; i++) {
         char *args[FD_MAX_ARGS] = {0};
-        if (!match(routes[i].pattern, segs, nseg, args)) continue;
+        if (!match(routes[i].pattern, segs, nseg, args, 0)) continue;
         if (!strcmp(routes[i].method, r->method)) {
+            match(routes[i].pattern, segs, nseg, args, 1);
             found = i;
             memcpy(r->args, args, sizeof args);
             break;
@@ -571,6 +616,7 @@ static enum MHD_Result route_request(fd_req *r) {
         return fd_send_error(r, 404, "not_found", NULL, "no route for %s %s", r->method, r->url);
     }
     r->route = found;
+    r->plain_errors |= plain_path(routes[found].pattern);
     return MHD_YES;
 }
 
@@ -646,6 +692,7 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
     r->url = url;
     r->t0 = fd_now();
     r->route = NROUTES;
+    r->plain_errors = !strncmp(url, "/v2", 3) && (url[3] == 0 || url[3] == '/'); /* also unrouted */
     make_rid(r);
     static enum MHD_Result (*const phases[])(fd_req *) = {route_request, authorize, check_body_limit, admit};
     enum MHD_Result ret = MHD_YES;
@@ -739,16 +786,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     double dt = fd_now() - r->t0;
     release_slot(r);
     fd_metrics_request(s->metrics, r->route, r->status, dt);
+    if (r->inf_model[0]) fd_metrics_inference(s->metrics, r->inf_model, r->inf_version, r->inf_op, r->status, dt);
     if (!s->cfg.quiet) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        char when[32];
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-        fprintf(stderr, "%s.%03ldZ method=%s path=%s status=%d bytes=%zu us=%.0f rid=%s%s\n", when,
-                ts.tv_nsec / 1000000, r->method, r->url, r->status, r->sent_bytes, dt * 1e6, r->rid,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+        char status[16], bytes[24], us[24];
+        snprintf(status, sizeof status, "%d", r->status);
+        snprintf(bytes, sizeof bytes, "%zu", r->sent_bytes);
+        snprintf(us, sizeof us, "%.0f", dt * 1e6);
+        const char *kv[] = {"method", r->method, "path", r->url, "status", status, "bytes", bytes, "us", us,
+                            "rid", r->rid, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", "1", NULL};
+        fd_log_kv("info", "request", kv);
     }
     free(r->body);
     free(r);
@@ -756,12 +802,21 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 int fd_server_start(fd_server *s, char *err, size_t errlen) {
+    /* an IPv4 address, or an IPv6 one (it has a ':'); the IPv6 wildcard ::
+     * takes IPv4 connections too (dual stack) */
     struct sockaddr_in addr;
+    struct sockaddr_in6 addr6;
     memset(&addr, 0, sizeof addr);
+    memset(&addr6, 0, sizeof addr6);
+    int v6 = strchr(s->cfg.listen_host, ':') != NULL;
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)s->cfg.port);
-    if (inet_pton(AF_INET, s->cfg.listen_host, &addr.sin_addr) != 1) {
-        snprintf(err, errlen, "cannot parse listen address %s (IPv4 expected)", s->cfg.listen_host);
+    addr6.sin6_family = AF_INET6;
+    addr6.sin6_port = htons((uint16_t)s->cfg.port);
+    if (v6 ? inet_pton(AF_INET6, s->cfg.listen_host, &addr6.sin6_addr) != 1
+           : inet_pton(AF_INET, s->cfg.listen_host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "cannot parse listen address %s (an IPv4 or IPv6 address expected)",
+                 s->cfg.listen_host);
         return -1;
     }
     if (pthread_key_create(&s->db_key, db_destroy)) {
@@ -778,13 +833,14 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
      * (api_jobs.c), so they hold no request thread */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
                      MHD_ALLOW_SUSPEND_RESUME;
+    if (v6) flags |= IN6_IS_ADDR_UNSPECIFIED(&addr6.sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     if (fd_streams_start()) {
         snprintf(err, errlen, "cannot start the event-stream thread");
         return -1;
     }
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_SOCK_ADDR, v6 ? (struct sockaddr *)&addr6 : (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.conn_memory,
@@ -795,8 +851,8 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
         MHD_OPTION_END);
     if (!s->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d (%s)", s->cfg.listen_host, s->cfg.port,
-                 strerror(errno));
+        snprintf(err, errlen, "cannot listen on %s%s%s:%d (%s)", v6 ? "[" : "", s->cfg.listen_host, v6 ? "]" : "",
+                 s->cfg.port, strerror(errno));
         return -1;
     }
     if (s->cfg.port == 0) {

@@ -142,7 +142,7 @@ static void log_db_error_at(double *last, int64_t id, const char *what, const ch
     double now = mono_now();
     if (now - *last < 5) return;
     *last = now;
-    fprintf(stderr, "flowd: job %" PRId64 ": %s: %s (training continues)\n", id, what, err);
+    fd_log("warn", "job %" PRId64 ": %s: %s (training continues)", id, what, err);
 }
 
 static void log_db_error(fd_worker *w, int64_t id, const char *what, const char *err) {
@@ -215,8 +215,8 @@ static void *ckpt_writer_main(void *arg) {
         double gap = CKPT_WRITE_RATIO * dt > CKPT_SER_RATIO * cw->ser_s ? CKPT_WRITE_RATIO * dt
                                                                         : CKPT_SER_RATIO * cw->ser_s;
         if (gap > cw->w->j->ckpt_seconds)
-            fprintf(stderr, "flowd: job %" PRId64 ": training state of step %" PRId64 " (%.0f MB) "
-                            "serialised in %.2f s, stored in %.2f s; snapshots at least %.0f s apart\n",
+            fd_log("info", "job %" PRId64 ": training state of step %" PRId64 " (%.0f MB) "
+                            "serialised in %.2f s, stored in %.2f s; snapshots at least %.0f s apart",
                     id, step, len / 1e6, cw->ser_s, dt, gap);
         pthread_cond_broadcast(&cw->cv);
     }
@@ -233,7 +233,7 @@ static void ckpt_writer_start(ckpt_writer *cw, fd_worker *w, const char *db_path
     cw->last_err_log = -1e9;
     char err[256] = "";
     if (fd_db_open(db_path, &cw->db, err, sizeof err)) {
-        fprintf(stderr, "flowd: worker %d: no checkpoint writer (%s); writing inline\n", w->index, err);
+        fd_log("warn", "worker %d: no checkpoint writer (%s); writing inline", w->index, err);
         cw->db = NULL;
         return;
     }
@@ -337,7 +337,7 @@ static void finish(fd_worker *w, int64_t id, const char *state, const char *msg)
     for (int a = 0; a < 5; a++) {
         int rc = fd_db_job_finish(w->db, id, state, 0, msg, err, sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT) return;
-        fprintf(stderr, "flowd: job %" PRId64 ": cannot mark it %s: %s\n", id, state, err);
+        fd_log("warn", "job %" PRId64 ": cannot mark it %s: %s", id, state, err);
         sleep_s(0.2 * (a + 1));
     }
 }
@@ -387,11 +387,11 @@ static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *
                                d.context_dim, d.config, d.preprocess, d.metrics, &version, err,
                                sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
-        fprintf(stderr, "flowd: job %" PRId64 ": publishing failed (try %d): %s\n", id, a + 1, err);
+        fd_log("warn", "job %" PRId64 ": publishing failed (try %d): %s", id, a + 1, err);
         sleep_s(0.25 * (1 << a));
     }
     if (rc == FD_ENOTFOUND) {
-        fprintf(stderr, "flowd: job %" PRId64 ": gone before publishing\n", id);
+        fd_log("warn", "job %" PRId64 ": gone before publishing", id);
     } else if (rc) {
         snprintf(msg, sizeof msg, "cannot publish the model: %s", err[0] ? err : "out of memory");
         finish(w, id, "failed", msg);
@@ -439,10 +439,10 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         char e2[256] = "";
         int rc = fd_db_train_state_get(w->db, id, &state, &state_len, &step, e2, sizeof e2);
         if (rc && rc != FD_ENOTFOUND)
-            fprintf(stderr, "flowd: job %" PRId64 ": saved training state unusable (%s); "
-                            "restarting from scratch\n", id, e2);
+            fd_log("warn", "job %" PRId64 ": saved training state unusable (%s); "
+                            "restarting from scratch", id, e2);
         if (rc) state = NULL, state_len = 0;
-        else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
+        else fd_log("info", "job %" PRId64 ": resuming at step %" PRId64, id, step);
     }
     ckpt_writer_begin(w->cw, id);
     run_ctx rc_ = {w, slot, id};
@@ -458,7 +458,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     nf_job_result res;
     int rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
     if (state && (rc == NF_ECORRUPT || rc == NF_EFORMAT) && !FLAG(slot->cancel)) {
-        fprintf(stderr, "flowd: job %" PRId64 ": %s; restarting from scratch\n", id, err);
+        fd_log("warn", "job %" PRId64 ": %s; restarting from scratch", id, err);
         nf_job_result_free(&res);
         rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
     }
@@ -469,7 +469,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         publish(w, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
         /* shutdown: stays 'running' with its checkpoint, resumes next start */
-        fprintf(stderr, "flowd: job %" PRId64 ": stopped for shutdown; it resumes at the next start\n", id);
+        fd_log("info", "job %" PRId64 ": stopped for shutdown; it resumes at the next start", id);
     } else if (rc == NF_ECANCELLED) {
         finish(w, id, "cancelled", NULL);
     } else {
@@ -492,9 +492,9 @@ static void lower_priority(int nice_val) {
     if (nice_val <= 0) return;
     struct sched_param sp = {0};
     if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp))
-        fprintf(stderr, "flowd: training worker: cannot switch to SCHED_BATCH\n");
+        fd_log("warn", "training worker: cannot switch to SCHED_BATCH");
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice_val))
-        fprintf(stderr, "flowd: training worker: cannot set nice %d: %s\n", nice_val, strerror(errno));
+        fd_log("warn", "training worker: cannot set nice %d: %s", nice_val, strerror(errno));
 }
 
 static void *worker_main(void *arg) {
@@ -515,7 +515,7 @@ static void *worker_main(void *arg) {
             err[0] = 0;
             int rc = fd_db_job_request(w->db, id, &request, err, sizeof err);
             if (rc) {
-                fprintf(stderr, "flowd: job %" PRId64 ": cannot read it to resume: %s\n", id, err);
+                fd_log("warn", "job %" PRId64 ": cannot read it to resume: %s", id, err);
                 if (rc != FD_ENOTFOUND) finish(w, id, "failed", "cannot read the job to resume it");
                 id = 0;
             }
@@ -524,7 +524,7 @@ static void *worker_main(void *arg) {
             err[0] = 0;
             int rc = fd_db_job_claim(w->db, &id, &request, err, sizeof err);
             if (rc) {
-                fprintf(stderr, "flowd: worker %d: cannot claim a job: %s\n", w->index, err);
+                fd_log("warn", "worker %d: cannot claim a job: %s", w->index, err);
                 id = 0;
             }
             if (!id) {
@@ -646,8 +646,8 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
             return rc;
         }
         if (j->nresume)
-            fprintf(stderr, "flowd: %d training job(s) were running when the daemon stopped; "
-                            "resuming\n", j->nresume);
+            fd_log("info", "%d training job(s) were running when the daemon stopped; "
+                            "resuming", j->nresume);
     }
     for (int i = 0; i < n; i++) {
         if (pthread_create(&j->w[i].th, NULL, worker_main, &j->w[i])) {

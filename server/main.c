@@ -1,6 +1,8 @@
 /* main.c: the flowd binary dispatches to its subcommands. */
 #include "cmd.h"
 
+#include "../common/version.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -17,7 +19,8 @@ static void usage(FILE *f) {
             "  eval     score a data file under a model (mean NLL, bits/dim)\n"
             "  sample   draw samples from a model to CSV, .npy or PNG\n"
             "\n"
-            "'flowd COMMAND --help' explains each command's options.\n");
+            "'flowd COMMAND --help' explains each command's options; 'flowd --version'\n"
+            "prints the version.\n");
 }
 
 int main(int argc, char **argv) {
@@ -27,6 +30,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("flowd %s\n", FLOWD_VERSION);
         return 0;
     }
     if (!strcmp(argv[1], "serve")) return cmd_serve(argc - 1, argv + 1);

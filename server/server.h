@@ -33,7 +33,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FD_VERSION "0.1.0"
+#include "../common/version.h"
+#define FD_VERSION FLOWD_VERSION
 
 typedef struct fd_config {
     const char *db_path;
@@ -154,6 +155,9 @@ typedef struct fd_req {
     int status;            /* sent status */
     size_t sent_bytes;
     int write_scope;       /* authenticated with a write token (or no tokens) */
+    int plain_errors;      /* errors as {"error": "message"} (http.c) */
+    char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
+    int inf_version, inf_op;
 } fd_req;
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
@@ -246,8 +250,36 @@ enum MHD_Result fd_api_job_metrics(fd_req *r, char **a);
 enum MHD_Result fd_api_job_events(fd_req *r, char **a);
 enum MHD_Result fd_api_job_cancel(fd_req *r, char **a);
 enum MHD_Result fd_api_openapi(fd_req *r, char **a);
+enum MHD_Result fd_api_openapi_json(fd_req *r, char **a);
 enum MHD_Result fd_api_dashboard(fd_req *r, char **a);
 enum MHD_Result fd_api_evaluate(fd_req *r, char **a);
+/* Open Inference Protocol v2 and TF Serving's :predict (api_v2.c); a[1]
+ * is the version segment of the /versions/{v} rows, NULL on the others. */
+enum MHD_Result fd_api_v2_live(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_ready(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_server(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_model(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_model_ready(fd_req *r, char **a);
+enum MHD_Result fd_api_v2_infer(fd_req *r, char **a);
+enum MHD_Result fd_api_v1_predict(fd_req *r, char **a);
+/* A thread-local workspace for m (api_models.c), NULL when out of memory;
+ * borrowed: valid while m is held on this thread. */
+nf_ws *fd_model_ws(fd_model *m);
+/* log p(x) of the n rows x (n, D) with ctx (n, C) or NULL under m, counted
+ * in the rows metric: a malloc'd (n) array, or NULL after sending the
+ * error (500, or 422 for an ODE solve past max_steps) (api_models.c). */
+/* log p of n rows (K > 1: the importance-weighted estimate over K
+ * dequantization draws, nf_model_log_prob_iw), or NULL after replying */
+nf_real *fd_log_prob_or_reply(fd_req *r, fd_model *m, const nf_real *x, const nf_real *ctx, int n,
+                              int K);
+/* o[key] = v as an integer literal: cJSON prints a double past 2^31 with
+ * %.15g when that round-trips, so a seed such as 6191801648537870 would
+ * go out as 6.19180164853787e+15, which clients read as a float
+ * (api_models.c). */
+void fd_json_add_u64(cJSON *o, const char *key, uint64_t v);
+/* [v,...] printed with %.9g, non-finite as null (api_models.c); NULL when
+ * out of memory. */
+cJSON *fd_json_floats(const nf_real *v, size_t n);
 /* The model name at version (0 = latest) from the cache (api_models.c): a
  * reference the caller releases with fd_model_release, or NULL after
  * sending the error (404 naming the model or version). */
@@ -258,6 +290,13 @@ fd_metrics *fd_metrics_create(void);
 void fd_metrics_free(fd_metrics *m);
 void fd_metrics_request(fd_metrics *m, int route, int status, double seconds);
 void fd_metrics_rows(fd_metrics *m, int64_t scored, int64_t sampled);
+/* Per-model inference series (flowd_inference_*): recorded at completion
+ * for a request whose handler called fd_req_inference. */
+typedef enum { FD_OP_LOG_PROB, FD_OP_SAMPLE, FD_OP_ENCODE, FD_OP_DECODE, FD_OP_EVALUATE, FD_OP_COUNT } fd_op;
+void fd_metrics_inference(fd_metrics *m, const char *model, int version, fd_op op, int status, double seconds);
+/* The request reached model m for op: its answer is counted under the
+ * model's name and version (http.c, at completion). */
+void fd_req_inference(fd_req *r, const fd_model *m, fd_op op);
 /* Prometheus text (malloc'd). */
 char *fd_metrics_render(fd_server *s, fd_db *db);
 
@@ -269,11 +308,17 @@ void fd_server_stop(fd_server *s);
  * route table and then one for requests that matched none.  The label is
  * the row's pattern ("/v1/models/{name}"), "unmatched" for the last;
  * fd_route_method is "" for it. */
-#define FD_MAX_ROUTES 32
+#define FD_MAX_ROUTES 64
 extern const int fd_route_count;
 const char *fd_route_label(int route);
 const char *fd_route_method(int route);
 
 double fd_now(void); /* monotonic seconds */
+
+/* The daemon's log (log.c): logfmt lines on stderr, `ts=... level=...
+ * msg=...` then, for fd_log_kv, the key=value pairs of kv (NULL-terminated
+ * name, value list).  level: "info", "warn" or "error". */
+void fd_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void fd_log_kv(const char *level, const char *msg, const char *const *kv);
 
 #endif

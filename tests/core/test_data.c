@@ -138,6 +138,9 @@ TEST(data_csv_errors) {
         {"1,2\n1e,3\n", NF_EFORMAT, "'1e'"},
         {"1,2\n.,3\n", NF_EFORMAT, "'.'"},
         {"x,y\n", NF_EFORMAT, "no data rows"},
+        /* pandas' to_csv(): an index column with an empty name, never a feature */
+        {",a,b\n0,1.5,2\n1,3,4\n", NF_EFORMAT, "line 1: the first header cell is empty, as pandas"},
+        {"\n \t,a\n0,1\n", NF_EFORMAT, "line 2: the first header cell is empty"},
         {"\n\n  \n", NF_EFORMAT, "empty"},
         {"", NF_EFORMAT, "empty"},
     };

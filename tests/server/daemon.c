@@ -4,6 +4,11 @@
 
 #include "../test.h"
 
+#include "../../core/model.h"
+#include "../../core/nf.h"
+
+#include <math.h>
+
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
@@ -258,6 +263,10 @@ int run_flowd(dmn *d, const char *const *args, const char *const *env, double ti
     argv[k++] = dmn_bin();
     for (const char *const *a = args; a && *a && k < 62; a++) argv[k++] = *a;
     argv[k] = NULL;
+    return dmn_run(d, argv, env, timeout_s);
+}
+
+int dmn_run(dmn *d, const char *const *argv, const char *const *env, double timeout_s) {
     fflush(stdout);
     fflush(stderr);
     pid_t parent = getpid();
@@ -484,4 +493,24 @@ int wait_job(dmn *d, long long id, double timeout_s, char *state, size_t n) {
     }
     fprintf(stderr, "    job %lld still %s after %.0f s\n", id, state, timeout_s);
     return -1;
+}
+
+/* ---- models ------------------------------------------------------------------ */
+int dmn_make_model(dmn *d, const char *name, int C, struct nf_model **out) {
+    char spec[160], err[300] = "";
+    snprintf(spec, sizeof spec, "{\"dim\":2,\"context_dim\":%d,\"preset\":\"realnvp\",\"depth\":3,\"hidden\":[8]}", C);
+    nf_flow *f = NULL;
+    if (nf_flow_create(spec, &f, err, sizeof err)) return fprintf(stderr, "    %s\n", err), -1;
+    nf_real *p = nf_flow_params(f);
+    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] = (nf_real)(0.25 * cos(1.3 * (double)i - C));
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = nf_model_save(f, NULL, NULL, NULL, &buf, &len);
+    nf_flow_free(f);
+    const char *file = dmn_path(d, name);
+    if (!rc) rc = nf_file_write(file, buf, len);
+    if (!rc && out) rc = nf_model_load(buf, len, out, err, sizeof err);
+    free(buf);
+    const char *im[] = {"import", file, "--name", name, "--db", d->db, NULL};
+    return rc ? -1 : run_flowd(d, im, NULL, 30) ? -1 : 0;
 }

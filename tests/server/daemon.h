@@ -50,6 +50,15 @@ const char *dmn_path(dmn *d, const char *name);
  * stderr appended to the daemon log; returns the exit status (-1 on failure
  * to run, 128+sig if killed by a signal), killed after timeout_s. */
 int run_flowd(dmn *d, const char *const *args, const char *const *env, double timeout_s);
+/* The same for any program: argv[0] is its path (argv NULL-terminated). */
+int dmn_run(dmn *d, const char *const *argv, const char *const *env, double timeout_s);
+
+/* Writes a realnvp model of dimension 2 with C context columns (depth 3,
+ * hidden [8], parameters a fixed non-zero pattern) into the directory and
+ * imports it as name; *out (may be NULL) gets the same model loaded in
+ * this process, for reference values (free with nf_model_free).  0 or -1. */
+struct nf_model;
+int dmn_make_model(dmn *d, const char *name, int C, struct nf_model **out);
 
 /* ---- HTTP ---------------------------------------------------------------- */
 typedef struct hresp {

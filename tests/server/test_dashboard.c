@@ -207,6 +207,28 @@ static int start_daemon(env_t *e) {
     return -1;
 }
 
+/* a temporary directory and the daemon on it; -1 (a failure recorded, the
+ * directory removed) when it does not start */
+static int dash_start(env_t *e) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    snprintf(e->dir, sizeof e->dir, "/tmp/flowd_dash_XXXXXX");
+    if (!mkdtemp(e->dir)) {
+        test_fail_at(__FILE__, __LINE__, "mkdtemp failed");
+        return -1;
+    }
+    snprintf(e->db, sizeof e->db, "%s/flowd.db", e->dir);
+    snprintf(e->log, sizeof e->log, "%s/flowd.log", e->dir);
+    snprintf(e->portf, sizeof e->portf, "%s/port", e->dir);
+    snprintf(e->home, sizeof e->home, "%s/home", e->dir);
+    mkdir(e->home, 0700);
+    if (start_daemon(e)) {
+        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
+        rm_tree(e->dir);
+        return -1;
+    }
+    return 0;
+}
+
 static void stop_daemon(env_t *e) {
     if (e->pid <= 0) return;
     kill(e->pid, SIGTERM);
@@ -280,21 +302,8 @@ TEST_T(dashboard_renders_model_job_and_samples, 300) {
                "(apt-get install -y chromium)\n");
         return;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     env_t e = {0};
-    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
-    REQUIRE(mkdtemp(e.dir) != NULL);
-    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
-    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
-    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
-    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
-    mkdir(e.home, 0700);
-
-    if (start_daemon(&e)) {
-        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
-        rm_tree(e.dir);
-        return;
-    }
+    if (dash_start(&e)) return;
     long jid = train_moons(&e);
     CHECK_MSG(jid > 0, "training " MODEL " through the API failed");
 
@@ -347,20 +356,8 @@ TEST_T(dashboard_shows_image_model_picture, 300) {
         printf("dashboard_shows_image_model_picture: skipped: chromium not installed\n");
         return;
     }
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     env_t e = {0};
-    snprintf(e.dir, sizeof e.dir, "/tmp/flowd_dash_XXXXXX");
-    REQUIRE(mkdtemp(e.dir) != NULL);
-    snprintf(e.db, sizeof e.db, "%s/flowd.db", e.dir);
-    snprintf(e.log, sizeof e.log, "%s/flowd.log", e.dir);
-    snprintf(e.portf, sizeof e.portf, "%s/port", e.dir);
-    snprintf(e.home, sizeof e.home, "%s/home", e.dir);
-    mkdir(e.home, 0700);
-    if (start_daemon(&e)) {
-        test_fail_at(__FILE__, __LINE__, "the daemon did not start");
-        rm_tree(e.dir);
-        return;
-    }
+    if (dash_start(&e)) return;
     /* 256 images: a bright vertical bar at column k % 8 on a dark ground */
     size_t cap = 256 * 64 * 5 + 32, k = 0;
     char *rows = malloc(cap);
@@ -426,6 +423,62 @@ TEST_T(dashboard_shows_image_model_picture, 300) {
     snprintf(shot, sizeof shot, "--screenshot=%s/dashboard-images.png", art);
     snprintf(out, sizeof out, "%s/shot.log", e.dir);
     if (jid > 0) run_chromium(&e, chromium, url, shot, "--window-size=1280,900", out);
+    stop_daemon(&e);
+    if (test_failures) print_tail("daemon log", e.log);
+    rm_tree(e.dir);
+}
+
+/* A running job: the page follows it over the event stream, read with
+ * fetch (the way that also carries a token), and shows "live · stream"
+ * with the points it has received. */
+TEST_T(dashboard_streams_a_running_job, 300) {
+    const char *chromium = find_chromium();
+    if (!chromium) {
+        printf("dashboard_streams_a_running_job: skipped: chromium not installed (apt-get install -y chromium)\n");
+        return;
+    }
+    env_t e = {0};
+    if (dash_start(&e)) return;
+    long code = 0;
+    cJSON *r = http_json(e.port, "/v1/jobs",
+                         "{\"model\":\"live\",\"dataset\":{\"builtin\":\"moons\",\"n\":4096,\"seed\":1},"
+                         "\"flow\":{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]},"
+                         "\"train\":{\"epochs\":100000,\"batch_size\":64,\"log_every\":1}}",
+                         &code);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    long jid = cJSON_IsString(id) ? atol(id->valuestring) : 0;
+    cJSON_Delete(r);
+    REQUIRE(code == 202 && jid > 0);
+    char path[96], url[256], dom_path[160];
+    snprintf(path, sizeof path, "/v1/jobs/%ld/metrics?limit=1", jid);
+    int have = 0;
+    for (double t0 = now_s(); now_s() - t0 < 30 && !have; msleep(100)) {
+        r = http_json(e.port, path, NULL, &code);
+        have = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "metrics")) > 0;
+        cJSON_Delete(r);
+    }
+    CHECK_MSG(have, "the job logged nothing in 30 s");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/#job=%ld", e.port, jid);
+    snprintf(dom_path, sizeof dom_path, "%s/dom.html", e.dir);
+    if (have && run_chromium(&e, chromium, url, "--dump-dom", NULL, dom_path) == 0) {
+        char *dom = slurp(dom_path, NULL);
+        REQUIRE(dom != NULL);
+        const char *pts = strstr(dom, " logged points");
+        long n = 0;
+        if (pts) {
+            const char *q = pts;
+            while (q > dom && q[-1] >= '0' && q[-1] <= '9') q--;
+            n = atol(q);
+        }
+        CHECK_MSG(strstr(dom, "live · stream") != NULL, "the running job is not followed over the stream");
+        CHECK_MSG(n > 0, "no logged points shown");
+        if (test_failures) fprintf(stderr, "    DOM (first 3000 bytes):\n%.3000s\n", dom);
+        free(dom);
+    } else if (have) {
+        test_fail_at(__FILE__, __LINE__, "chromium --dump-dom failed");
+    }
+    snprintf(path, sizeof path, "/v1/jobs/%ld/cancel", jid);
+    cJSON_Delete(http_json(e.port, path, "", &code));
     stop_daemon(&e);
     if (test_failures) print_tail("daemon log", e.log);
     rm_tree(e.dir);

@@ -1,8 +1,9 @@
 /* test_routes.c: the route table and the HTTP plumbing of server/http.c.
  *  - routes_labels_from_table: every route row has a method and a label
  *    (its pattern), no two rows share method and label, and the Prometheus
- *    output names each route number with the label it has always had (the
- *    metric contract: dashboards and alerts key on these strings).
+ *    output names each route number with its method and the label it has
+ *    always had (the metric contract: dashboards and alerts key on these
+ *    strings), one series per (method, route, code).
  *  - http_responses_share_headers: one of each kind of response (JSON,
  *    error, 405, static file, download, JSON with Location, event stream,
  *    empty 204) from the real daemon carries X-Request-Id (echoing the
@@ -10,6 +11,7 @@
 #include "../test.h"
 
 #include "daemon.h"
+#include "oapi.h"
 
 #include "../../server/server.h"
 
@@ -27,7 +29,10 @@ static const char *const published[] = {
     "/v1/models/{name}/versions/{v}/checkpoint", "/v1/datasets", "/v1/datasets",
     "/v1/datasets/{id}", "/v1/datasets/{id}", "/v1/jobs", "/v1/jobs", "/v1/jobs/{id}",
     "/v1/jobs/{id}/metrics", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel",
-    "/v1/models/{name}/evaluate", "unmatched",
+    "/v1/models/{name}/evaluate", "/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}",
+    "/v2/models/{name}/versions/{v}", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{v}/ready",
+    "/v2/models/{name}/infer", "/v2/models/{name}/versions/{v}/infer", "/v1/models/{name}:predict",
+    "/v1/models/{name}/versions/{v}:predict", "/openapi.json", "unmatched",
 };
 
 TEST(routes_labels_from_table) {
@@ -68,9 +73,11 @@ TEST(routes_labels_from_table) {
     for (int i = 0; i < n; i++) {
         const char *l = i == n - 1 ? "unmatched" : i < np - 1 ? published[i] : fd_route_label(i);
         char want[256];
-        snprintf(want, sizeof want, "flowd_http_request_duration_seconds_count{route=\"%s\",id=\"%d\"} 1\n", l, i);
+        const char *m = i == n - 1 ? "any" : fd_route_method(i);
+        snprintf(want, sizeof want, "flowd_http_request_duration_seconds_count{method=\"%s\",route=\"%s\"} 1\n", m, l);
         CHECK_MSG(strstr(text, want) != NULL, "missing: %s", want);
-        snprintf(want, sizeof want, "flowd_http_requests_total{route=\"%s\",code=\"%d\"} ", l, 200 + i % 2);
+        snprintf(want, sizeof want, "flowd_http_requests_total{method=\"%s\",route=\"%s\",code=\"%d\"} 1\n", m, l,
+                 200 + i % 2);
         CHECK_MSG(strstr(text, want) != NULL, "missing: %s", want);
     }
     free(text);
@@ -192,4 +199,67 @@ TEST_T(http_responses_share_headers, 90) {
     REQUIRE(dmn_init(&d) == 0);
     responses_body(&d);
     dmn_cleanup(&d);
+}
+
+/* ---- the route table against schema/openapi.yaml -------------------------------------------- */
+/* pattern with every "{x}" as "{}" (the table says {v}, the document {version}) */
+static void norm(const char *p, char *out, size_t n) {
+    size_t k = 0;
+    for (; *p && k + 3 < n; p++) {
+        out[k++] = *p;
+        if (*p == '{') {
+            while (*p && *p != '}') p++;
+            if (!*p) break;
+            out[k++] = '}';
+        }
+    }
+    out[k] = 0;
+}
+
+extern const char fd_asset_openapi[], fd_asset_openapi_json[];
+extern const unsigned long fd_asset_openapi_len, fd_asset_openapi_json_len;
+
+/* Every row of the route table is an operation of the built-in
+ * openapi.yaml and every operation a row (a route added without its
+ * contract, or a documented one that is gone, fails); /openapi.json is the
+ * same document. */
+TEST(routes_match_openapi) {
+    char err[300] = "";
+    cJSON *doc = oapi_parse(fd_asset_openapi, fd_asset_openapi_len, err, sizeof err);
+    REQUIRE(doc);
+    cJSON *json = cJSON_ParseWithLength(fd_asset_openapi_json, fd_asset_openapi_json_len);
+    CHECK_MSG(json && cJSON_Compare(doc, json, 1), "/openapi.json is not openapi.yaml");
+    cJSON_Delete(json);
+    const cJSON *paths = cJSON_GetObjectItemCaseSensitive(doc, "paths"), *p;
+    int ops = 0;
+    cJSON_ArrayForEach(p, paths) {
+        static const char *const methods[] = {"get", "post", "put", "delete", "patch"};
+        for (int m = 0; m < 5; m++) {
+            if (!cJSON_GetObjectItemCaseSensitive(p, methods[m])) continue;
+            ops++;
+            char want[256], got[256];
+            norm(p->string, want, sizeof want);
+            int found = 0;
+            for (int i = 0; i < fd_route_count - 1 && !found; i++) {
+                norm(fd_route_label(i), got, sizeof got);
+                found = !strcmp(got, want) && !strcasecmp(fd_route_method(i), methods[m]);
+            }
+            CHECK_MSG(found, "openapi.yaml documents %s %s, which no route serves", methods[m], p->string);
+        }
+    }
+    for (int i = 0; i < fd_route_count - 1; i++) {
+        char want[256], got[256];
+        norm(fd_route_label(i), want, sizeof want);
+        int found = 0;
+        cJSON_ArrayForEach(p, paths) {
+            norm(p->string, got, sizeof got);
+            char m[16];
+            snprintf(m, sizeof m, "%s", fd_route_method(i));
+            for (char *c = m; *c; c++) *c = (char)(*c - 'A' + 'a');
+            found |= !strcmp(got, want) && cJSON_GetObjectItemCaseSensitive(p, m) != NULL;
+        }
+        CHECK_MSG(found, "route %s %s is not in openapi.yaml", fd_route_method(i), fd_route_label(i));
+    }
+    CHECK_EQ_INT(ops, fd_route_count - 1);
+    cJSON_Delete(doc);
 }
