@@ -88,6 +88,11 @@ static const route routes[] = {
     {"GET", "/v1/jobs/{id}/events", fd_api_job_events, SCOPE_READ, 0},
     {"POST", "/v1/jobs/{id}/cancel", fd_api_job_cancel, SCOPE_WRITE, 0},
     {"POST", "/v1/models/{name}/evaluate", fd_api_evaluate, SCOPE_READ, 1},
+    {"PUT", "/v1/models/{name}/aliases/{alias}", fd_api_alias_put, SCOPE_WRITE, 1},
+    {"DELETE", "/v1/models/{name}/aliases/{alias}", fd_api_alias_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/models/{name}/versions", fd_api_versions_create, SCOPE_WRITE, 1},
+    {"DELETE", "/v1/models/{name}/versions/{v}", fd_api_version_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/jobs/{id}/resume", fd_api_job_resume, SCOPE_WRITE, 0},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");

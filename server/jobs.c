@@ -9,9 +9,13 @@
  * A running job has a slot in a small table (under the mutex) holding its
  * cancel flag, which the trainer reads every step.  Two reasons set it:
  *  - the user (fd_jobs_cancel, or cancel_requested seen in the database):
- *    the job ends 'cancelled' and its state is not saved;
+ *    the trainer checkpoints and the job ends 'cancelled' keeping that
+ *    state, so POST /v1/jobs/{id}/resume continues it;
  *  - shutdown (fd_jobs_stop): the trainer checkpoints on cancellation and the
  *    job stays 'running' in the database, to resume at the next start.
+ * A job found running at start-up counts a start attempt; after
+ * FD_JOB_MAX_RESTARTS restarts in a row without a clean stop it fails with
+ * the reason instead (start_allowed).
  * Database errors while reporting progress or checkpointing are logged and
  * training goes on; publishing is retried a few times before the job fails. */
 #include "server.h"
@@ -307,10 +311,6 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     ckpt_writer *cw = r->w->cw;
     double ser = cw->due_at > 0 ? mono_now() - cw->due_at : -1;
     cw->due_at = 0;
-    if (FLAG(r->slot->user_cancel)) { /* ending 'cancelled': nothing to resume */
-        free(state);
-        return 0;
-    }
     if (cw->started) {
         pthread_mutex_lock(&cw->mu);
         if (ser >= 0) cw->ser_s = ser;
@@ -383,9 +383,10 @@ static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *
     }
     int rc = FD_ENOMEM;
     for (int a = 0; a < 4; a++) {
-        rc = fd_db_job_publish(w->db, id, job->model, res->model, res->model_len, d.dim,
-                               d.context_dim, d.config, d.preprocess, d.metrics, &version, err,
-                               sizeof err);
+        rc = fd_db_job_publish_ex(w->db, id, job->model, res->model, res->model_len, d.dim,
+                                  d.context_dim, d.config, d.preprocess, d.metrics,
+                                  job->publish_set_default, res->optimizer, res->optimizer_len,
+                                  &version, err, sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
         fprintf(stderr, "flowd: job %" PRId64 ": publishing failed (try %d): %s\n", id, a + 1, err);
         sleep_s(0.25 * (1 << a));
@@ -405,8 +406,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     nf_job job;
     memset(&job, 0, sizeof job);
     nf_data data = {0};
-    void *state = NULL;
-    size_t state_len = 0;
+    void *state = NULL, *init_file = NULL, *init_opt = NULL;
+    size_t state_len = 0, init_len = 0, init_opt_len = 0;
     if (nf_job_parse(request, strlen(request), 0, &job, err, sizeof err)) {
         snprintf(msg, sizeof msg, "invalid job: %s", err);
         finish(w, id, "failed", msg);
@@ -423,7 +424,9 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         finish(w, id, "failed", msg);
         goto out;
     }
-    if (resumed) {
+    /* a saved state: the daemon died under the job, or it was cancelled and
+     * resumed (POST /v1/jobs/{id}/resume); a fresh job has none */
+    {
         int64_t step = 0;
         char e2[256] = "";
         int rc = fd_db_train_state_get(w->db, id, &state, &state_len, &step, e2, sizeof e2);
@@ -431,7 +434,31 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
             fprintf(stderr, "flowd: job %" PRId64 ": saved training state unusable (%s); "
                             "restarting from scratch\n", id, e2);
         if (rc) state = NULL, state_len = 0;
-        else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "\n", id, step);
+        else fprintf(stderr, "flowd: job %" PRId64 ": resuming at step %" PRId64 "%s\n", id, step,
+                     resumed ? "" : " (resumed by request)");
+    }
+    /* a warm start: the published version's file (and optimizer state),
+     * pinned to a number at submission */
+    if (job.init_model[0] && !state) {
+        int iv = 0;
+        char e2[256] = "";
+        int rc = fd_db_resolve_version(w->db, job.init_model, job.init_version, &iv, e2, sizeof e2);
+        int got = 0;
+        if (!rc) rc = fd_db_version_get(w->db, job.init_model, iv, &init_file, &init_len, &got, e2, sizeof e2);
+        if (!rc && job.init_optimizer) {
+            rc = fd_db_version_optimizer(w->db, job.init_model, iv, &init_opt, &init_opt_len, e2, sizeof e2);
+            if (!rc && !init_opt) snprintf(e2, sizeof e2, "it has no stored optimizer state"), rc = FD_ENOTFOUND;
+        }
+        if (rc) {
+            snprintf(msg, sizeof msg, "init: cannot read version %s of model %s: %s",
+                     job.init_version[0] ? job.init_version : "(default)", job.init_model, e2);
+            finish(w, id, "failed", msg);
+            goto out;
+        }
+        job.init_file = init_file;
+        job.init_file_len = init_len;
+        job.init_opt = init_opt;
+        job.init_opt_len = init_opt_len;
     }
     ckpt_writer_begin(w->cw, id);
     run_ctx rc_ = {w, slot, id};
@@ -453,13 +480,17 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     }
     /* a shutdown keeps the last snapshot (the job resumes from it); any
      * other end deletes the state, so a waiting one is dropped */
-    ckpt_writer_end(w->cw, rc == NF_ECANCELLED && !FLAG(slot->user_cancel));
+    ckpt_writer_end(w->cw, rc == NF_ECANCELLED);
     if (!rc) {
         publish(w, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
-        /* shutdown: stays 'running' with its checkpoint, resumes next start */
+        /* shutdown: stays 'running' with its checkpoint, resumes next start;
+         * a clean stop is not a failed start (its attempts restart) */
+        char e2[256] = "";
+        if (fd_db_job_stopped_cleanly(w->db, id, e2, sizeof e2))
+            fprintf(stderr, "flowd: job %" PRId64 ": cannot record the clean stop: %s\n", id, e2);
         fprintf(stderr, "flowd: job %" PRId64 ": stopped for shutdown; it resumes at the next start\n", id);
-    } else if (rc == NF_ECANCELLED) {
+    } else if (rc == NF_ECANCELLED) { /* keeps its saved state: resumable */
         finish(w, id, "cancelled", NULL);
     } else {
         finish(w, id, "failed", err[0] ? err : nf_strerror(rc));
@@ -467,6 +498,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     nf_job_result_free(&res);
 out:
     free(state);
+    free(init_file);
+    free(init_opt);
     nf_data_free(&data);
     nf_job_free(&job);
 }
@@ -484,6 +517,33 @@ static void lower_priority(int nice_val) {
         fprintf(stderr, "flowd: training worker: cannot switch to SCHED_BATCH\n");
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice_val))
         fprintf(stderr, "flowd: training worker: cannot set nice %d: %s\n", nice_val, strerror(errno));
+}
+
+/* A job found running at start-up is started again at most
+ * FD_JOB_MAX_RESTARTS times in a row without a clean stop (a job that kills
+ * the process, e.g. out of memory, would otherwise take the daemon down at
+ * every start); then it fails with the reason, keeping its saved state
+ * (POST /v1/jobs/{id}/resume retries it). */
+static int start_allowed(fd_worker *w, int64_t id) {
+    int attempts = 0;
+    char err[256] = "", msg[400];
+    if (fd_db_job_start_attempt(w->db, id, &attempts, err, sizeof err)) {
+        fprintf(stderr, "flowd: job %" PRId64 ": cannot count its start: %s\n", id, err);
+        return 1;
+    }
+    if (attempts <= 1 + FD_JOB_MAX_RESTARTS) return 1;
+    snprintf(msg, sizeof msg,
+             "the daemon died %d times in a row while running this job (killed, e.g. out of "
+             "memory?); not restarted again (limit %d restarts). Its saved state is kept: "
+             "POST /v1/jobs/%" PRId64 "/resume retries it",
+             attempts - 1, FD_JOB_MAX_RESTARTS, id);
+    fprintf(stderr, "flowd: job %" PRId64 ": %s\n", id, msg);
+    for (int a = 0; a < 5; a++) {
+        int rc = fd_db_job_finish_ex(w->db, id, "failed", 0, msg, 1, err, sizeof err);
+        if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT) break;
+        sleep_s(0.2 * (a + 1));
+    }
+    return 0;
 }
 
 static void *worker_main(void *arg) {
@@ -506,6 +566,10 @@ static void *worker_main(void *arg) {
             if (rc) {
                 fprintf(stderr, "flowd: job %" PRId64 ": cannot read it to resume: %s\n", id, err);
                 if (rc != FD_ENOTFOUND) finish(w, id, "failed", "cannot read the job to resume it");
+                id = 0;
+            } else if (!start_allowed(w, id)) {
+                free(request);
+                request = NULL;
                 id = 0;
             }
         } else {
