@@ -772,9 +772,22 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
             nf_set_err(err, errlen, "init: the published version does not load: %s", merr);
             goto out;
         }
-        if ((rc = same_architecture(f, init->flow, err, errlen)) ||
-            (rc = copy_params(f, init->flow, err, errlen)))
+        if ((rc = same_architecture(f, init->flow, err, errlen))) goto out;
+        /* train the published flow as it is: its preprocessing constants
+         * (standardisation from its own training split) and settings, which
+         * its parameters were learnt with, not the ones of this job's split */
+        char *pub = nf_flow_config_json(init->flow);
+        nf_flow *g = NULL;
+        if (!pub || nf_flow_create(pub, &g, ferr, sizeof ferr)) {
+            nf_free(pub);
+            nf_set_err(err, errlen, "init: cannot rebuild the published flow: %s", ferr);
+            rc = NF_EINVAL;
             goto out;
+        }
+        nf_free(pub);
+        nf_flow_free(f);
+        f = g;
+        if ((rc = copy_params(f, init->flow, err, errlen))) goto out;
     }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
         goto out;

@@ -1810,10 +1810,11 @@ int fd_db_job_start_attempt(fd_db *db, int64_t id, int *attempts, char *err, siz
     return r;
 }
 
-int fd_db_job_stopped_cleanly(fd_db *db, int64_t id, char *err, size_t errlen) {
-    sqlite3_stmt *st = Q(db, "UPDATE jobs SET start_attempts = 0 WHERE id = ?1 AND state = 'running'");
+int fd_db_job_reset_attempts(fd_db *db, int64_t id, int attempts, char *err, size_t errlen) {
+    sqlite3_stmt *st = Q(db, "UPDATE jobs SET start_attempts = ?2 WHERE id = ?1 AND state = 'running'");
     if (!st) return prep_fail(db, err, errlen);
     sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int(st, 2, attempts);
     return step_done(db, st, err, errlen, "record a clean stop");
 }
 

@@ -134,8 +134,10 @@ int fd_db_job_finish_ex(fd_db *db, int64_t id, const char *state, int version, c
 /* A worker starts a job found running at start-up: start_attempts + 1 into
  * *attempts (a claim sets it to 1).  FD_ENOTFOUND unless running. */
 int fd_db_job_start_attempt(fd_db *db, int64_t id, int *attempts, char *err, size_t errlen);
-/* A graceful shutdown stopped the running job: its attempts restart at 0. */
-int fd_db_job_stopped_cleanly(fd_db *db, int64_t id, char *err, size_t errlen);
+/* Set a running job's start_attempts: 0 after a graceful shutdown stopped
+ * it, 1 once the current start stored a training state (durable progress:
+ * only starts in a row that die before saving anything count). */
+int fd_db_job_reset_attempts(fd_db *db, int64_t id, int attempts, char *err, size_t errlen);
 /* A cancelled or failed job back to queued (its saved state kept, to
  * resume from); *step the saved state's step or -1.  FD_ECONFLICT for
  * other states, FD_EINVAL for a failed job without saved state. */

@@ -68,6 +68,7 @@ struct fd_jobs {
     int64_t *resume;        /* ids left 'running' at start, under mu */
     int nresume, resume_next;
     double ckpt_seconds;    /* the least time between two snapshots */
+    int max_restarts;       /* start_allowed */
     int train_threads;   /* threads per job's training workspace */
     int train_nice;      /* nice value of the training threads (SCHED_BATCH); 0 = as the daemon */
     char *db_path;       /* for the checkpoint writers' connections */
@@ -133,6 +134,7 @@ typedef struct ckpt_writer {
     double write_s, ser_s;  /* the job's last durations, under mu */
     double due_at;          /* mono time a due snapshot was granted (trainer thread) */
     double last_err_log;    /* the writer's own rate limit for error lines */
+    int progressed;         /* this run of the job stored a state (writer thread) */
 } ckpt_writer;
 
 typedef struct run_ctx {
@@ -209,6 +211,8 @@ static void *ckpt_writer_main(void *arg) {
         double t0 = mono_now();
         if (fd_db_train_state_put(cw->db, id, step, buf, len, err, sizeof err))
             log_db_error_at(&cw->last_err_log, id, "cannot store the training state", err);
+        else if (!cw->progressed && !fd_db_job_reset_attempts(cw->db, id, 1, err, sizeof err))
+            cw->progressed = 1; /* durable progress: the restart count starts again */
         double dt = mono_now() - t0;
         free(buf);
         pthread_mutex_lock(&cw->mu);
@@ -272,6 +276,7 @@ static void ckpt_writer_begin(ckpt_writer *cw, int64_t id) {
     if (!cw->started) return;
     pthread_mutex_lock(&cw->mu);
     cw->id = id;
+    cw->progressed = 0;
     cw->write_s = cw->ser_s = 0;
     pthread_mutex_unlock(&cw->mu);
     cw->due_at = 0;
@@ -325,6 +330,7 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     char err[256] = "";
     if (fd_db_train_state_put(r->w->db, r->id, step, state, len, err, sizeof err))
         log_db_error(r->w, r->id, "cannot store the training state", err);
+    else fd_db_job_reset_attempts(r->w->db, r->id, 1, err, sizeof err);
     free(state);
     return 0;
 }
@@ -487,7 +493,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
         /* shutdown: stays 'running' with its checkpoint, resumes next start;
          * a clean stop is not a failed start (its attempts restart) */
         char e2[256] = "";
-        if (fd_db_job_stopped_cleanly(w->db, id, e2, sizeof e2))
+        if (fd_db_job_reset_attempts(w->db, id, 0, e2, sizeof e2))
             fprintf(stderr, "flowd: job %" PRId64 ": cannot record the clean stop: %s\n", id, e2);
         fprintf(stderr, "flowd: job %" PRId64 ": stopped for shutdown; it resumes at the next start\n", id);
     } else if (rc == NF_ECANCELLED) { /* keeps its saved state: resumable */
@@ -519,11 +525,12 @@ static void lower_priority(int nice_val) {
         fprintf(stderr, "flowd: training worker: cannot set nice %d: %s\n", nice_val, strerror(errno));
 }
 
-/* A job found running at start-up is started again at most
- * FD_JOB_MAX_RESTARTS times in a row without a clean stop (a job that kills
- * the process, e.g. out of memory, would otherwise take the daemon down at
- * every start); then it fails with the reason, keeping its saved state
- * (POST /v1/jobs/{id}/resume retries it). */
+/* A job found running at start-up is started again at most max_restarts
+ * (FD_JOB_MAX_RESTARTS, or $FLOWD_MAX_JOB_RESTARTS) times in a row without
+ * progress: a start that stores a training state, or a graceful shutdown,
+ * resets the count.  A job that kills the process (out of memory) would
+ * otherwise take the daemon down at every start; it fails with the reason
+ * instead, keeping its saved state (POST /v1/jobs/{id}/resume retries it). */
 static int start_allowed(fd_worker *w, int64_t id) {
     int attempts = 0;
     char err[256] = "", msg[400];
@@ -531,12 +538,13 @@ static int start_allowed(fd_worker *w, int64_t id) {
         fprintf(stderr, "flowd: job %" PRId64 ": cannot count its start: %s\n", id, err);
         return 1;
     }
-    if (attempts <= 1 + FD_JOB_MAX_RESTARTS) return 1;
+    int max_restarts = w->j->max_restarts;
+    if (attempts <= 1 + max_restarts) return 1;
     snprintf(msg, sizeof msg,
-             "the daemon died %d times in a row while running this job (killed, e.g. out of "
-             "memory?); not restarted again (limit %d restarts). Its saved state is kept: "
-             "POST /v1/jobs/%" PRId64 "/resume retries it",
-             attempts - 1, FD_JOB_MAX_RESTARTS, id);
+             "the daemon died %d times in a row while running this job without it saving "
+             "progress (killed, e.g. out of memory?); not restarted again (limit %d restarts). "
+             "Its saved state is kept: POST /v1/jobs/%" PRId64 "/resume retries it",
+             attempts - 1, max_restarts, id);
     fprintf(stderr, "flowd: job %" PRId64 ": %s\n", id, msg);
     for (int a = 0; a < 5; a++) {
         int rc = fd_db_job_finish_ex(w->db, id, "failed", 0, msg, 1, err, sizeof err);
@@ -667,6 +675,10 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
     const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
     double v;
     if (cs && !nf_parse_num(cs, 0, HUGE_VAL, &v)) j->ckpt_seconds = v;
+    j->max_restarts = FD_JOB_MAX_RESTARTS;
+    const char *mr = getenv("FLOWD_MAX_JOB_RESTARTS");
+    int64_t mrv;
+    if (mr && !nf_parse_i64(mr, 0, 1000, &mrv)) j->max_restarts = (int)mrv;
     j->w = calloc(n ? (size_t)n : 1, sizeof *j->w);
     j->slots = calloc(n ? (size_t)n : 1, sizeof *j->slots);
     j->db_path = strdup(db_path);
