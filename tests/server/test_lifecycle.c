@@ -19,11 +19,16 @@
 
 #include "../../server/server.h"
 
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static const char *jstr(const cJSON *o, const char *k) {
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
@@ -665,6 +670,114 @@ TEST_T(lifecycle_write_scope, 60) {
     d.token = "wtok-0123456789abcdef";
     call(&d, "DELETE", "/v1/models/m/versions/1", NULL, NULL, 0, &r);
     check_error(doc, &r, 404, "not_found", NULL);
+    cJSON_Delete(doc);
+    dmn_cleanup(&d);
+}
+
+/* ---- flowctl --------------------------------------------------------------------------------- */
+/* Runs the flowctl next to this binary against d with args (NULL-ended);
+ * stdout into out (NUL-terminated, at most n bytes).  The exit status. */
+static int flowctl(dmn *d, char *out, size_t n, const char *const *args) {
+    char bin[1100], self[1024], url[64], outp[200];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (k <= 0) return -1;
+    self[k] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(bin, sizeof bin, "%s/flowctl", self);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", d->port);
+    snprintf(outp, sizeof outp, "%s", dmn_path(d, "flowctl.out"));
+    const char *argv[24] = {"flowctl", "--url", url};
+    int a = 3;
+    for (int i = 0; args[i] && a < 23; i++) argv[a++] = args[i];
+    argv[a] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fo >= 0) dup2(fo, 1);
+        unsetenv("FLOWD_TOKEN");
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    FILE *f = fopen(outp, "r");
+    size_t got = f ? fread(out, 1, n - 1, f) : 0;
+    out[got] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+TEST_T(lifecycle_flowctl, 120) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    static const char *const env[] = {"FLOWD_CHECKPOINT_SECONDS=0.1", NULL};
+    REQUIRE(dmn_start(&d, NULL, env) == 0);
+    cJSON *doc = load_doc(&d);
+    REQUIRE(doc);
+    char out[8192];
+    REQUIRE(train(&d, JOB("m", "")) == 1);
+    size_t flen = 0;
+    char *file = download(&d, "/v1/models/m/versions/1/checkpoint", &flen);
+    REQUIRE(file);
+    FILE *f = fopen(dmn_path(&d, "m.flow"), "wb");
+    REQUIRE(f);
+    fwrite(file, 1, flen, f);
+    fclose(f);
+    free(file);
+    char mpath[200];
+    snprintf(mpath, sizeof mpath, "%s", dmn_path(&d, "m.flow"));
+
+    /* push: v2 the default; --no-default: v3 is not */
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"push", mpath, "--name", "m", NULL}), 0);
+    CHECK_MSG(strstr(out, "m version 2") && strstr(out, "default version 2"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"push", mpath, "--name", "m", "--no-default", NULL}), 0);
+    CHECK_MSG(strstr(out, "m version 3") && strstr(out, "default version 2"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"push", "/nonexistent.flow", "--name", "m", NULL}), 1);
+    /* aliases: set, show, list, model shows them, score with one */
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", "prod", "3", NULL}), 0);
+    CHECK_MSG(strstr(out, "prod -> version 3"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", "prod", NULL}), 0);
+    CHECK_MSG(!strcmp(out, "3\n"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", NULL}), 0);
+    CHECK_MSG(strstr(out, "default") && strstr(out, "prod"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"model", "m", NULL}), 0);
+    CHECK_MSG(strstr(out, "default  version 2") && strstr(out, "prod"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", "x", "99", NULL}), 2);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", "x", "no/pe", NULL}), 1);
+    f = fopen(dmn_path(&d, "rows.csv"), "w");
+    REQUIRE(f);
+    fprintf(f, "a,b\n0.1,0.2\n");
+    fclose(f);
+    char rpath[200];
+    snprintf(rpath, sizeof rpath, "%s", dmn_path(&d, "rows.csv"));
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"score", "m", rpath, "--version", "prod", NULL}), 0);
+    CHECK_MSG(strstr(out, "log_prob"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"score", "m", rpath, "--version", "nope", NULL}), 2);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"sample", "m", "-n", "2", "--version", "prod", NULL}), 0);
+    /* delete-version: refused while aliased, then done */
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"delete-version", "m", "3", NULL}), 2);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"alias", "m", "prod", "--delete", NULL}), 0);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"delete-version", "m", "3", NULL}), 0);
+    CHECK_MSG(strstr(out, "version 3 of m deleted"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"delete-version", "m", "x", NULL}), 1);
+    /* resume a cancelled job */
+    char body[512], path[64], st[32];
+    snprintf(body, sizeof body, LONG_JOB("r"), 400);
+    long long id = submit_job(&d, body);
+    REQUIRE(id > 0);
+    double t0 = dmn_now();
+    while (job_step(&d, id) < 100 && dmn_now() - t0 < 60) dmn_sleep_ms(20);
+    snprintf(path, sizeof path, "%lld", id);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"cancel", path, NULL}), 0);
+    REQUIRE(wait_job(&d, id, 30, st, sizeof st) == 0);
+    CHECK(!strcmp(st, "cancelled"));
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"resume", path, NULL}), 0);
+    CHECK_MSG(strstr(out, "resumes at step"), "%s", out);
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"resume", path, NULL}), 2); /* queued/running now */
+    CHECK_EQ_INT(flowctl(&d, out, sizeof out, (const char *[]){"cancel", path, NULL}), 0);
     cJSON_Delete(doc);
     dmn_cleanup(&d);
 }
