@@ -697,18 +697,32 @@ static int check_version_args(const char *name, const void *checkpoint, size_t l
     return 0;
 }
 
+static int version_add_default_tx(fd_db *db, const char *model, const void *checkpoint,
+                                  size_t len, int dim, int context_dim, const char *config,
+                                  const char *preprocess, const char *metrics, int64_t job_id,
+                                  int set_default, int *v, char *err, size_t errlen);
+
+/* a version with the default alias handled (fd_db_job_publish_ex), in its own transaction */
+static int version_add_own_tx(fd_db *db, const char *name, const void *checkpoint, size_t len,
+                              int dim, int context_dim, const char *config, const char *preprocess,
+                              const char *metrics, int64_t job_id, int set_default, int *version,
+                              char *err, size_t errlen) {
+    int r = check_version_args(name, checkpoint, len, dim, context_dim, err, errlen);
+    if (r) return r;
+    if ((r = begin(db, err, errlen))) return r;
+    r = version_add_default_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                               metrics, job_id, set_default, version, err, errlen);
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
+    return r;
+}
+
 int fd_db_version_add(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
                       int context_dim, const char *config, const char *preprocess,
                       const char *metrics, int64_t job_id, int *version, char *err,
                       size_t errlen) {
-    int r = check_version_args(name, checkpoint, len, dim, context_dim, err, errlen);
-    if (r) return r;
-    if ((r = begin(db, err, errlen))) return r;
-    r = version_add_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess, metrics,
-                       job_id, version, err, errlen);
-    if (!r) r = commit(db, err, errlen);
-    if (r) rollback(db);
-    return r;
+    return version_add_own_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                              metrics, job_id, 1, version, err, errlen);
 }
 
 int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size_t *len,
@@ -1470,14 +1484,8 @@ int fd_db_version_upload(fd_db *db, const char *name, const void *checkpoint, si
                          int context_dim, const char *config, const char *preprocess,
                          const char *metrics, int set_default, int *version, char *err,
                          size_t errlen) {
-    int r = check_version_args(name, checkpoint, len, dim, context_dim, err, errlen);
-    if (r) return r;
-    if ((r = begin(db, err, errlen))) return r;
-    r = version_add_default_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
-                               metrics, 0, set_default, version, err, errlen);
-    if (!r) r = commit(db, err, errlen);
-    if (r) rollback(db);
-    return r;
+    return version_add_own_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                              metrics, 0, set_default, version, err, errlen);
 }
 
 int fd_db_job_publish_ex(fd_db *db, int64_t id, const char *model, const void *checkpoint,

@@ -65,7 +65,9 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
 int fd_db_model_delete(fd_db *db, const char *name, char *err, size_t errlen);
 /* Store checkpoint (a model file, borrowed) as the next version of model
  * `name` (created if absent) in one transaction; config/preprocess/metrics
- * are JSON texts; job_id 0 = none.  *version gets the new number. */
+ * are JSON texts; job_id 0 = none.  *version gets the new number (never
+ * one given before under this name).  An explicit "default" alias moves to
+ * it (as fd_db_version_upload with set_default 1). */
 int fd_db_version_add(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
                       int context_dim, const char *config, const char *preprocess,
                       const char *metrics, int64_t job_id, int *version, char *err,

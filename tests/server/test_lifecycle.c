@@ -450,21 +450,29 @@ TEST_T(lifecycle_warm_start, 240) {
     dmn_cleanup(&d);
 }
 
-/* state and step of the job in the database, read beside the daemon */
-static int db_attempts(dmn *d, long long id) {
+/* one integer the query (with %lld for the job id) reads from the daemon's
+ * database, opened read-only beside it; -1 when there is none */
+static long long db_int(dmn *d, const char *sql, long long id) {
     sqlite3 *h = NULL;
-    int v = -1;
+    long long v = -1;
     if (sqlite3_open_v2(d->db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
         sqlite3_busy_timeout(h, 5000);
         sqlite3_stmt *st = NULL;
-        char q[96];
-        snprintf(q, sizeof q, "SELECT start_attempts FROM jobs WHERE id = %lld", id);
+        char q[160];
+        snprintf(q, sizeof q, sql, id);
         if (sqlite3_prepare_v2(h, q, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-            v = sqlite3_column_int(st, 0);
+            v = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
     sqlite3_close(h);
     return v;
+}
+static int db_attempts(dmn *d, long long id) {
+    return (int)db_int(d, "SELECT start_attempts FROM jobs WHERE id = %lld", id);
+}
+/* the step of the job's saved training state, -1 without one */
+static long long db_saved_step(dmn *d, long long id) {
+    return db_int(d, "SELECT step FROM job_train_state WHERE job_id = %lld", id);
 }
 
 #define LONG_JOB(model)                                                                            \
@@ -629,12 +637,17 @@ TEST_T(lifecycle_restarts_with_progress_go_on, 240) {
     snprintf(body, sizeof body, LONG_JOB("prog"), 60);
     long long id = submit_job(&d, body);
     REQUIRE(id > 0);
+    long long saved = -1;
     for (int k = 0; k < 2 + FD_JOB_MAX_RESTARTS; k++) {
         double t0 = dmn_now();
-        /* a start that has stored a state resets the count to 1 */
-        while (!(db_attempts(&d, id) == 1 && job_step(&d, id) > 0) && dmn_now() - t0 < 30) dmn_sleep_ms(5);
-        dmn_sleep_ms(150);
+        /* this start stored a newer state, and that reset the count to 1
+         * (a start counts itself first: 2 until then) */
+        while (!(db_saved_step(&d, id) > saved && db_attempts(&d, id) == 1) && dmn_now() - t0 < 30)
+            dmn_sleep_ms(5);
         dmn_kill9(&d);
+        long long now = db_saved_step(&d, id);
+        CHECK_MSG(now > saved, "kill %d: no new snapshot (step %lld, before %lld)", k, now, saved);
+        saved = now;
         CHECK_EQ_INT(db_attempts(&d, id), 1);
         REQUIRE(dmn_start(&d, NULL, env) == 0);
     }
