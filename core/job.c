@@ -239,8 +239,10 @@ static int parse_init(const cJSON *in, int allow_path, nf_job *j, char *err, siz
             FAIL("init.version: a version number (an integer >= 1) or an alias name");
         snprintf(j->init_version, sizeof j->init_version, "%d", (int)v->valuedouble);
     } else if (cJSON_IsString(v)) {
-        if (!nf_valid_name(v->valuestring))
-            FAIL("init.version: a version number (an integer >= 1) or an alias name");
+        char c0 = v->valuestring[0];
+        if (!nf_valid_name(v->valuestring) || !((c0 >= 'a' && c0 <= 'z') || (c0 >= 'A' && c0 <= 'Z')))
+            FAIL("init.version: a version number (a JSON integer >= 1) or an alias name (a string "
+                 "starting with a letter)");
         strcpy(j->init_version, v->valuestring);
     } else if (v) {
         FAIL("init.version: a version number (an integer >= 1) or an alias name");
@@ -766,7 +768,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         flow_error(j, ferr, err, errlen);
         goto out;
     }
-    if (!resume && j->init_file) { /* warm start: the published parameters */
+    if (j->init_file) { /* warm start: the published flow (its parameters unless resuming) */
         char merr[300] = "";
         if ((rc = nf_model_load(j->init_file, j->init_file_len, &init, merr, sizeof merr))) {
             nf_set_err(err, errlen, "init: the published version does not load: %s", merr);
@@ -787,7 +789,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         nf_free(pub);
         nf_flow_free(f);
         f = g;
-        if ((rc = copy_params(f, init->flow, err, errlen))) goto out;
+        if (!resume && (rc = copy_params(f, init->flow, err, errlen))) goto out;
     }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
         goto out;

@@ -81,8 +81,10 @@ typedef struct nf_job {
     int publish_set_default;
     int publish_optimizer;
     /* borrowed, set by the runner before nf_job_run (not parsed): the model
-     * file to start from and its optimizer blob (nf_trainer_save_optimizer);
-     * both ignored when the run resumes from a trainer state */
+     * file to start from and its optimizer blob (nf_trainer_save_optimizer).
+     * The flow trained is the file's (its preprocessing constants kept);
+     * a run resuming from a trainer state takes only that flow from it,
+     * parameters and optimizer coming from the state. */
     const void *init_file;
     size_t init_file_len;
     const void *init_opt;

@@ -6,8 +6,9 @@
  *   DELETE /v1/models/{name}/versions/{v}                               -> 204 / 409 version_in_use
  *   POST   /v1/jobs/{id}/resume                                         -> 202
  *
- * and the version vocabulary of every route that takes one: an integer, or
- * a string naming an alias, "latest", or a number ("3").  Without one a
+ * and the version vocabulary of every route that takes one: a number, or an
+ * alias name or "latest" (a JSON string in bodies; in a query or a path
+ * segment, digits are a number).  Without one a
  * call uses the model's default (its "default" alias, else the latest).
  *
  * Alias names: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a
@@ -66,10 +67,14 @@ int fd_body_version_or_reply(fd_req *r, const cJSON *body, const char *name, int
     *version = 0;
     if (!v || cJSON_IsNull(v)) return 0;
     if (cJSON_IsString(v)) {
-        if (!v->valuestring[0] || strlen(v->valuestring) > 64) {
+        /* a string names an alias (or "latest"); numbers are JSON numbers,
+         * as for every numeric field ("3" is refused, not read as 3) */
+        if (!isalpha((unsigned char)v->valuestring[0]) || strlen(v->valuestring) > 64) {
             cJSON *d = cJSON_CreateObject();
             cJSON_AddStringToObject(d, "field", "version");
-            fd_send_error(r, 422, "invalid_input", d, "\"version\": a version number or an alias name");
+            fd_send_error(r, 422, "invalid_input", d,
+                          "\"version\": a version number (a JSON number) or an alias name (a string "
+                          "starting with a letter)");
             return -1;
         }
         return resolve_or_reply(r, name, v->valuestring, version, 422, "version");

@@ -444,14 +444,15 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
                      resumed ? "" : " (resumed by request)");
     }
     /* a warm start: the published version's file (and optimizer state),
-     * pinned to a number at submission */
-    if (job.init_model[0] && !state) {
+     * pinned to a number at submission; a resumed run still needs the
+     * file (the flow it trains is the published one) */
+    if (job.init_model[0]) {
         int iv = 0;
         char e2[256] = "";
         int rc = fd_db_resolve_version(w->db, job.init_model, job.init_version, &iv, e2, sizeof e2);
         int got = 0;
         if (!rc) rc = fd_db_version_get(w->db, job.init_model, iv, &init_file, &init_len, &got, e2, sizeof e2);
-        if (!rc && job.init_optimizer) {
+        if (!rc && job.init_optimizer && !state) {
             rc = fd_db_version_optimizer(w->db, job.init_model, iv, &init_opt, &init_opt_len, e2, sizeof e2);
             if (!rc && !init_opt) snprintf(e2, sizeof e2, "it has no stored optimizer state"), rc = FD_ENOTFOUND;
         }
