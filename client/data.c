@@ -68,7 +68,7 @@ static const char *ext_of(const char *path) {
 
 /* ---- score --------------------------------------------------------------------------------- */
 static const char *help_score =
-    "usage: flowctl score NAME FILE [-o out.csv] [--batch 10000] [--version V] [--samples K] [--json]\n"
+    "usage: flowctl score NAME FILE [-o out.csv] [--batch 10000] [--version V|ALIAS] [--samples K] [--json]\n"
     "\n"
     "Writes the log-density log p(x) of every row of FILE under model NAME, one\n"
     "value a line after a 'log_prob' header, to -o (default stdout).  FILE is CSV\n"
@@ -247,11 +247,11 @@ int fc_cmd_score(int argc, char **argv) {
     int rc = fc_parse(argc, argv, defs, &a, help_score);
     if (rc) return rc;
     if (a.npos != 2) return fc_usage_error(help_score, "score takes NAME and FILE");
-    long batch = 10000, version = 0, iw = 0;
+    long batch = 10000, iw = 0;
     const char *bs = fc_opt(&a, defs, "batch"), *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output"),
                *ks = fc_opt(&a, defs, "samples");
     if (bs && fc_parse_long("--batch", bs, 1, 10000000, &batch)) return FC_USAGE;
-    if (vs && fc_parse_long("--version", vs, 1, 2147483647L, &version)) return FC_USAGE;
+    if (vs && fc_check_version("--version", vs)) return FC_USAGE;
     if (ks && fc_parse_long("--samples", ks, 1, 64, &iw)) return FC_USAGE;
     const char *file = a.pos[1];
     FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
@@ -268,8 +268,8 @@ int fc_cmd_score(int argc, char **argv) {
     scorer s;
     memset(&s, 0, sizeof s);
     int k = snprintf(s.path, sizeof s.path, "/v1/models/%s/log_prob", fc_esc(a.pos[0]));
-    if (version) k += snprintf(s.path + k, sizeof s.path - k, "?version=%ld", version);
-    if (iw) snprintf(s.path + k, sizeof s.path - k, "%csamples=%ld", version ? '&' : '?', iw);
+    if (vs) k += snprintf(s.path + k, sizeof s.path - k, "?version=%s", fc_esc(vs));
+    if (iw) snprintf(s.path + k, sizeof s.path - k, "%csamples=%ld", vs ? '&' : '?', iw);
     s.progress = isatty(STDERR_FILENO) && out;
     if ((rc = fc_out_open(&s.out, out))) {
         if (f != stdin) fclose(f);
@@ -287,7 +287,7 @@ int fc_cmd_score(int argc, char **argv) {
 
 /* ---- sample ---------------------------------------------------------------------------------- */
 static const char *help_sample =
-    "usage: flowctl sample NAME -n N [--temperature T] [--seed S] [--version V]\n"
+    "usage: flowctl sample NAME -n N [--temperature T] [--seed S] [--version V|ALIAS]\n"
     "                      [--label K | --classes K1,K2,...] [-o out.csv|out.npy|out.png] [--json]\n"
     "\n"
     "Draws N samples from model NAME.  The output format follows the -o extension:\n"
@@ -301,7 +301,8 @@ static const char *help_sample =
     "A model trained on class labels: --label K draws N samples of class K;\n"
     "--classes K1,K2,... draws N of each (an image model's picture: one row per class).\n";
 
-/* What a picture of version (0 = latest) of the model needs: whether it
+/* What a picture of version (a number, an alias, "latest"; NULL = the
+ * model's default) of the model needs: whether it
  * has an image shape (then the server draws it), and the pixel range of
  * image grids drawn here (have_range: set from the model's preprocessing). */
 typedef struct {
@@ -309,7 +310,7 @@ typedef struct {
     double lo, hi;
 } model_picture;
 
-static void model_picture_info(const char *name, long version, model_picture *mp) {
+static void model_picture_info(const char *name, const char *vspec, model_picture *mp) {
     char path[600];
     snprintf(path, sizeof path, "/v1/models/%s", fc_esc(name));
     fc_req q = {.path = path};
@@ -317,6 +318,7 @@ static void model_picture_info(const char *name, long version, model_picture *mp
     memset(mp, 0, sizeof *mp);
     if (fc_http_raw(&q, &r) == FC_OK && r.status == 200) {
         const cJSON *v, *pick = NULL;
+        long version = fc_model_version(r.json, vspec);
         cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(r.json, "versions")) {
             const cJSON *vn = cJSON_GetObjectItemCaseSensitive(v, "version");
             if (!version || (cJSON_IsNumber(vn) && vn->valuedouble == version)) pick = v;
@@ -407,11 +409,11 @@ int fc_cmd_sample(int argc, char **argv) {
     const char *ns = fc_opt(&a, defs, "n"), *ts = fc_opt(&a, defs, "temperature"), *ss = fc_opt(&a, defs, "seed"),
                *vs = fc_opt(&a, defs, "version"), *out = fc_opt(&a, defs, "output");
     if (!ns) return fc_usage_error(help_sample, "-n N is required");
-    long n, seed = 0, version = 0;
+    long n, seed = 0;
     double T = 1;
     if (fc_parse_long("-n", ns, 1, 100000000, &n) || (ts && fc_parse_double("--temperature", ts, &T)) ||
         (ss && fc_parse_long("--seed", ss, 0, 0x7fffffffffffffffL, &seed)) ||
-        (vs && fc_parse_long("--version", vs, 1, 2147483647L, &version)))
+        (vs && fc_check_version("--version", vs)))
         return FC_USAGE;
     const char *ext = ext_of(out);
     int png = !strcasecmp(ext, ".png"), npy = !strcasecmp(ext, ".npy"), json_out = fc.json && !out;
@@ -421,7 +423,7 @@ int fc_cmd_sample(int argc, char **argv) {
     cJSON_AddNumberToObject(body, "n", (double)n);
     if (ts) cJSON_AddNumberToObject(body, "temperature", T);
     if (ss) cJSON_AddNumberToObject(body, "seed", (double)seed);
-    if (version) cJSON_AddNumberToObject(body, "version", (double)version);
+    if (vs) fc_add_version(body, vs);
     const char *ls = fc_opt(&a, defs, "label"), *cs = fc_opt(&a, defs, "classes");
     long label;
     if (ls && cs) {
@@ -454,7 +456,7 @@ int fc_cmd_sample(int argc, char **argv) {
     char path[600];
     snprintf(path, sizeof path, "/v1/models/%s/sample", fc_esc(a.pos[0]));
     model_picture mp = {0};
-    if (png) model_picture_info(a.pos[0], version, &mp);
+    if (png) model_picture_info(a.pos[0], vs, &mp);
     fc_req q = {.method = "POST", .path = path, .ctype = "application/json", .body = bs, .len = strlen(bs),
                 .accept = json_out ? "application/json"
                           : png && mp.has_shape ? "image/png" /* an image model: the server draws it */

@@ -31,6 +31,10 @@ static const char *help_main =
     "  upload FILE --name NAME     store a dataset (CSV, .npy, IDX, JSON; --shape C,H,W)\n"
     "  datasets                    list the stored datasets\n"
     "  delete model NAME | dataset ID   delete a model (all versions) or a dataset\n"
+    "  resume ID                   continue a cancelled (or failed, with state) job\n"
+    "  alias NAME [ALIAS [VERSION]] list, show or set aliases (--delete drops one)\n"
+    "  delete-version NAME VERSION delete one version of a model\n"
+    "  push FILE --name NAME       upload a model file (.flow) as a new version\n"
     "  train ...                   start a training job (--wait follows it)\n"
     "  score NAME FILE             log_prob of every row of a CSV/.npy file (streamed)\n"
     "  sample NAME -n N            draw samples (CSV, .npy or a PNG picture)\n"
@@ -337,18 +341,24 @@ static int cmd_model(int argc, char **argv) {
         goto out;
     }
     const cJSON *m = r.json, *v, *latest = NULL;
-    printf("model    %s\nlatest   version %s\ncreated  %s\n\n", fc_str(m, "name"), fc_str(m, "latest_version"),
-           fc_time(m, "created_at"));
+    printf("model    %s\nlatest   version %s\ndefault  version %s (what calls without --version use)\n"
+           "created  %s\n\n",
+           fc_str(m, "name"), fc_str(m, "latest_version"), fc_str(m, "default_version"), fc_time(m, "created_at"));
     fc_table t;
-    fc_table_init(&t, 9);
-    fc_table_add(&t, (const char *[]){"VERSION", "DIM", "CONTEXT", "PARAMS", "TRAIN_NLL", "VAL_NLL", "EPOCHS",
-                                      "JOB", "CREATED"});
+    fc_table_init(&t, 10);
+    fc_table_add(&t, (const char *[]){"VERSION", "ALIASES", "DIM", "CONTEXT", "PARAMS", "TRAIN_NLL", "VAL_NLL",
+                                      "EPOCHS", "JOB", "CREATED"});
     cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(m, "versions")) {
-        const cJSON *met = cJSON_GetObjectItemCaseSensitive(v, "metrics");
-        fc_table_add(&t, (const char *[]){fc_str(v, "version"), fc_str(v, "dim"), fc_str(v, "context_dim"),
-                                          fc_str(met, "num_params"), fc_num(met, "train_nll", "%.4f"),
-                                          fc_num(met, "val_nll", "%.4f"), fc_str(met, "epochs_run"),
-                                          fc_str(v, "job_id"), fc_time(v, "created_at")});
+        const cJSON *met = cJSON_GetObjectItemCaseSensitive(v, "metrics"), *al;
+        char aliases[256] = "";
+        size_t k = 0;
+        cJSON_ArrayForEach(al, cJSON_GetObjectItemCaseSensitive(v, "aliases"))
+            if (cJSON_IsString(al) && k < sizeof aliases)
+                k += (size_t)snprintf(aliases + k, sizeof aliases - k, "%s%s", k ? "," : "", al->valuestring);
+        fc_table_add(&t, (const char *[]){fc_str(v, "version"), k ? aliases : NULL, fc_str(v, "dim"),
+                                          fc_str(v, "context_dim"), fc_str(met, "num_params"),
+                                          fc_num(met, "train_nll", "%.4f"), fc_num(met, "val_nll", "%.4f"),
+                                          fc_str(met, "epochs_run"), fc_str(v, "job_id"), fc_time(v, "created_at")});
         latest = v;
     }
     fc_table_print(&t, stdout);
@@ -626,7 +636,8 @@ int main(int argc, char **argv) {
                 {"train", fc_cmd_train},        {"score", fc_cmd_score},    {"sample", fc_cmd_sample},
                 {"version", fc_cmd_version},    {"delete", fc_cmd_delete},  {"datasets", fc_cmd_datasets},
                 {"wait", fc_cmd_wait},          {"encode", fc_cmd_encode},  {"decode", fc_cmd_decode},
-                {"metrics", fc_cmd_metrics}};
+                {"metrics", fc_cmd_metrics},    {"alias", fc_cmd_alias},    {"push", fc_cmd_push},
+                {"delete-version", fc_cmd_delete_version},                  {"resume", fc_cmd_resume}};
     for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
         if (strcmp(cmd, cmds[k].name)) continue;
         curl_global_init(CURL_GLOBAL_DEFAULT);

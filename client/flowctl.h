@@ -111,6 +111,20 @@ const char *fc_num(const cJSON *o, const char *key, const char *fmt);
 /* "2026-11-23T08:16:28.769Z" -> "2026-11-23 08:16:28" */
 const char *fc_time(const cJSON *o, const char *key);
 
+/* ---- versions (lifecycle.c) ---------------------------------------------------- */
+/* --version values: a number >= 1 or an alias name (1-64 of A-Z a-z 0-9 . _ -);
+ * 0 or FC_USAGE (message printed). */
+int fc_check_version(const char *opt, const char *s);
+/* body["version"] = s as a number when it is one, else as a string (an alias) */
+void fc_add_version(cJSON *body, const char *s);
+/* The version number spec (NULL: the default) names in a GET /v1/models/{name}
+ * answer; 0 when it names none. */
+long fc_model_version(const cJSON *model, const char *spec);
+int fc_cmd_alias(int argc, char **argv);
+int fc_cmd_delete_version(int argc, char **argv);
+int fc_cmd_push(int argc, char **argv);
+int fc_cmd_resume(int argc, char **argv);
+
 /* ---- commands ----------------------------------------------------------------- */
 int fc_cmd_train(int argc, char **argv);
 /* more.c */

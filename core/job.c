@@ -265,6 +265,51 @@ out:
     return rc;
 }
 
+/* "init": {"model", "version"?, "optimizer"?} */
+static int parse_init(const cJSON *in, int allow_path, nf_job *j, char *err, size_t errlen) {
+    int rc = 0, call_rc;
+    if (!in || cJSON_IsNull(in)) return 0;
+    if (allow_path) FAIL("init: warm starts from published versions are the daemon's (submit the job over HTTP)");
+    if (!cJSON_IsObject(in)) FAIL("init: must be an object {\"model\", \"version\"?, \"optimizer\"?}");
+    static const char *const keys[] = {"model", "version", "optimizer", NULL};
+    TRY(nf_json_check_keys(in, keys, err, errlen), "init");
+    const cJSON *v = nf_json_get(in, "model");
+    if (!cJSON_IsString(v) || !nf_valid_name(v->valuestring))
+        FAIL("init.model: required, a model name (1-64 characters of A-Z a-z 0-9 . _ -)");
+    strcpy(j->init_model, v->valuestring);
+    v = nf_json_get(in, "version");
+    if (cJSON_IsNumber(v)) {
+        if (v->valuedouble != floor(v->valuedouble) || v->valuedouble < 1 || v->valuedouble > 2147483647.0)
+            FAIL("init.version: a version number (an integer >= 1) or an alias name");
+        snprintf(j->init_version, sizeof j->init_version, "%d", (int)v->valuedouble);
+    } else if (cJSON_IsString(v)) {
+        char c0 = v->valuestring[0];
+        if (!nf_valid_name(v->valuestring) || !((c0 >= 'a' && c0 <= 'z') || (c0 >= 'A' && c0 <= 'Z')))
+            FAIL("init.version: a version number (a JSON integer >= 1) or an alias name (a string "
+                 "starting with a letter)");
+        strcpy(j->init_version, v->valuestring);
+    } else if (v) {
+        FAIL("init.version: a version number (an integer >= 1) or an alias name");
+    }
+    TRY(nf_json_bool(in, "optimizer", 0, &j->init_optimizer, err, errlen), "init");
+out:
+    return rc;
+}
+
+/* "publish": {"set_default"?, "optimizer_state"?} */
+static int parse_publish(const cJSON *pu, nf_job *j, char *err, size_t errlen) {
+    int rc = 0, call_rc;
+    j->publish_set_default = 1;
+    if (!pu || cJSON_IsNull(pu)) return 0;
+    if (!cJSON_IsObject(pu)) FAIL("publish: must be an object {\"set_default\"?, \"optimizer_state\"?}");
+    static const char *const keys[] = {"set_default", "optimizer_state", NULL};
+    TRY(nf_json_check_keys(pu, keys, err, errlen), "publish");
+    TRY(nf_json_bool(pu, "set_default", 1, &j->publish_set_default, err, errlen), "publish");
+    TRY(nf_json_bool(pu, "optimizer_state", 0, &j->publish_optimizer, err, errlen), "publish");
+out:
+    return rc;
+}
+
 int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_t errlen) {
     memset(j, 0, sizeof *j);
     nf_train_config_default(&j->train);
@@ -274,7 +319,7 @@ int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_
     int rc = 0, call_rc;
     const cJSON *v;
     static const char *const top[] = {"submission_id", "model", "dataset", "flow", "train",
-                                      "preprocess", NULL};
+                                      "preprocess", "init", "publish", NULL};
     TRY(nf_json_check_keys(o, top, err, errlen), "job");
     if ((v = nf_json_get(o, "submission_id"))) {
         if (!cJSON_IsString(v) || strlen(v->valuestring) < 1 || strlen(v->valuestring) > 128)
@@ -291,7 +336,10 @@ int nf_job_from_json(const cJSON *o, int allow_path, nf_job *j, char *err, size_
     TRY(nf_json_fields(nf_json_get(o, "train"), nf_job_train_fields, j, err, errlen), "train");
     if (j->val_fraction + j->test_fraction >= 0.95)
         FAIL("train: val_fraction + test_fraction must leave rows to train on");
-    if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen))) goto out;
+    if ((rc = parse_preprocess(nf_json_get(o, "preprocess"), j, err, errlen)) ||
+        (rc = parse_init(nf_json_get(o, "init"), allow_path, j, err, errlen)) ||
+        (rc = parse_publish(nf_json_get(o, "publish"), j, err, errlen)))
+        goto out;
     const cJSON *pp = nf_json_get(o, "preprocess");
     j->dequantize_given = nf_json_get(pp, "dequantize") != NULL;
     j->scaling_given = nf_json_get(pp, "standardize") || nf_json_get(pp, "logit") ||
@@ -355,8 +403,11 @@ const nf_job *nf_job_image_defaults(const nf_job *j, const nf_data *d, nf_job *t
     return tmp;
 }
 
-int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
-                 double vmax, char *err, size_t errlen) {
+/* nf_job_check's build: the flow the job would train on a two-row stand-in
+ * for its dataset, into *out (may be NULL: freed) */
+static int check_build(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                       double vmax, nf_flow **out, char *err, size_t errlen) {
+    if (out) *out = NULL;
     if (dim <= 0) { /* the built-in sets: two columns within [-4, 4] (and a label) */
         dim = j->labels_src == NF_LABELS_BUILTIN ? 3 : 2;
         shape = NULL;
@@ -401,10 +452,82 @@ int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, d
                    "upload) or give the flow a \"shape\"");
         rc = NF_EINVAL;
     }
-    nf_flow_free(f);
+    if (out && !rc) *out = f;
+    else nf_flow_free(f);
     nf_free(spec);
     cJSON_Delete(pp);
     nf_data_free(&probe);
+    return rc;
+}
+
+int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                 double vmax, char *err, size_t errlen) {
+    return check_build(j, dim, shape, is_integer, vmin, vmax, NULL, err, errlen);
+}
+
+/* Does flow f (the job's) take the parameters of g (the published one)?
+ * 0, or NF_EINVAL with err naming the first difference. */
+static int same_architecture(const nf_flow *f, const nf_flow *g, char *err, size_t errlen) {
+    if (nf_flow_dim(f) != nf_flow_dim(g)) {
+        nf_set_err(err, errlen, "init: the job's rows have dim %d, the published version's %d",
+                   nf_flow_dim(f), nf_flow_dim(g));
+        return NF_EINVAL;
+    }
+    if (nf_flow_context_dim(f) != nf_flow_context_dim(g)) {
+        nf_set_err(err, errlen, "init: context_dim differs (job %d, published version %d)",
+                   nf_flow_context_dim(f), nf_flow_context_dim(g));
+        return NF_EINVAL;
+    }
+    int nf = nf_flow_num_layers(f), ng = nf_flow_num_layers(g);
+    for (int k = 0; k < nf && k < ng; k++)
+        if (strcmp(nf_flow_layer_type(f, k), nf_flow_layer_type(g, k))) {
+            nf_set_err(err, errlen,
+                       "init: layer %d (preprocessing layers included) is %s in the job and %s in "
+                       "the published version",
+                       k, nf_flow_layer_type(f, k), nf_flow_layer_type(g, k));
+            return NF_EINVAL;
+        }
+    if (nf != ng) {
+        nf_set_err(err, errlen, "init: the job's flow has %d layers, the published version's %d "
+                   "(preprocessing layers included)", nf, ng);
+        return NF_EINVAL;
+    }
+    if (nf_flow_num_params(f) != nf_flow_num_params(g)) {
+        nf_set_err(err, errlen, "init: the job's flow has %zu parameters, the published version's "
+                   "%zu (hidden sizes, bins or base differ)",
+                   nf_flow_num_params(f), nf_flow_num_params(g));
+        return NF_EINVAL;
+    }
+    return 0;
+}
+
+/* Copy g's parameters and buffers into f (same architecture). */
+static int copy_params(nf_flow *f, const nf_flow *g, char *err, size_t errlen) {
+    void *pb = NULL;
+    size_t len = 0;
+    int rc = nf_flow_save_params(g, &pb, &len);
+    if (!rc) rc = nf_flow_load_params(f, pb, len);
+    nf_free(pb);
+    if (rc) nf_set_err(err, errlen, "init: the published parameters do not fit the job's flow (%s)",
+                       nf_strerror(rc));
+    return rc == NF_EFORMAT ? NF_EINVAL : rc;
+}
+
+int nf_job_check_init(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                      double vmax, const void *file, size_t len, char *err, size_t errlen) {
+    nf_model *m = NULL;
+    char merr[300] = "";
+    int rc = nf_model_load(file, len, &m, merr, sizeof merr);
+    if (rc) {
+        nf_set_err(err, errlen, "init: the published version does not load: %s", merr);
+        return rc;
+    }
+    nf_flow *f = NULL;
+    rc = check_build(j, dim, shape, is_integer, vmin, vmax, &f, err, errlen);
+    if (!rc) rc = same_architecture(f, m->flow, err, errlen);
+    if (!rc) rc = copy_params(f, m->flow, err, errlen);
+    nf_flow_free(f);
+    nf_model_free(m);
     return rc;
 }
 
@@ -497,6 +620,7 @@ static int split_context(const nf_context_spec *cs, const nf_data *all, nf_data 
 }
 
 void nf_job_result_free(nf_job_result *r) {
+    if (r) nf_free(r->optimizer);
     if (!r) return;
     nf_free(r->model);
     cJSON_Delete(r->metrics);
@@ -761,6 +885,7 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     nf_data tr = {0}, va = {0}, te = {0}, xall = {0}, call = {0}, ctr = {0}, cva = {0}, cte = {0};
     nf_flow *f = NULL, *q = NULL;
     nf_trainer *t = NULL;
+    nf_model *init = NULL;
     cJSON *pp = NULL;
     char *spec = NULL, ferr[300] = "";
     /* a conditional job: x and the context split apart, the split of both
@@ -792,6 +917,29 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
         flow_error(j, ferr, err, errlen);
         goto out;
     }
+    if (j->init_file) { /* warm start: the published flow (its parameters unless resuming) */
+        char merr[300] = "";
+        if ((rc = nf_model_load(j->init_file, j->init_file_len, &init, merr, sizeof merr))) {
+            nf_set_err(err, errlen, "init: the published version does not load: %s", merr);
+            goto out;
+        }
+        if ((rc = same_architecture(f, init->flow, err, errlen))) goto out;
+        /* train the published flow as it is: its preprocessing constants
+         * (standardisation from its own training split) and settings, which
+         * its parameters were learnt with, not the ones of this job's split */
+        char *pub = nf_flow_config_json(init->flow);
+        nf_flow *g = NULL;
+        if (!pub || nf_flow_create(pub, &g, ferr, sizeof ferr)) {
+            nf_free(pub);
+            nf_set_err(err, errlen, "init: cannot rebuild the published flow: %s", ferr);
+            rc = NF_EINVAL;
+            goto out;
+        }
+        nf_free(pub);
+        nf_flow_free(f);
+        f = g;
+        if (!resume && (rc = copy_params(f, init->flow, err, errlen))) goto out;
+    }
     if ((rc = nf_trainer_create(f, &j->train, tr.x, tr.n, va.n ? va.x : NULL, va.n, &t, err, errlen)))
         goto out;
     if (ctr.n && (rc = nf_trainer_set_context(t, ctr.x, cva.n ? cva.x : NULL, err, errlen))) goto out;
@@ -807,7 +955,16 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
             nf_set_err(err, errlen, "preprocess.dequantize.flow: %s", ferr);
             goto out;
         }
+        /* a warm start takes the published dequantizer too, when it fits */
+        if (init && init->dequantizer && nf_flow_num_params(init->dequantizer) == nf_flow_num_params(q) &&
+            !same_architecture(q, init->dequantizer, NULL, 0))
+            copy_params(q, init->dequantizer, NULL, 0);
         if ((rc = nf_trainer_set_dequantizer(t, q, err, errlen))) goto out;
+    }
+    if (!resume && init && j->init_opt && (rc = nf_trainer_load_optimizer(t, j->init_opt, j->init_opt_len))) {
+        nf_set_err(err, errlen, "init: the published optimizer state does not fit this job (%s): "
+                   "same optimizer and architecture needed", nf_strerror(rc));
+        goto out;
     }
     if (resume && (rc = nf_trainer_load_state(t, resume, resume_len))) {
         nf_set_err(err, errlen, "cannot resume from the saved training state: %s", nf_strerror(rc));
@@ -875,7 +1032,11 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     iso_now(now, sizeof now);
     if ((rc = nf_model_save_ex(f, q, pp, m, now, &res->model, &res->model_len)))
         nf_set_err(err, errlen, "cannot serialise the model: %s", nf_strerror(rc));
+    else if (j->publish_optimizer &&
+             (rc = nf_trainer_save_optimizer(t, &res->optimizer, &res->optimizer_len)))
+        nf_set_err(err, errlen, "cannot serialise the optimizer state: %s", nf_strerror(rc));
 out:
+    nf_model_free(init);
     nf_trainer_free(t);
     nf_flow_free(f);
     nf_flow_free(q);

@@ -91,6 +91,27 @@ typedef struct nf_job {
     int context_dim;       /* set by the run for the flow spec (nf_job_flow_spec) */
     /* what the job gave, for the defaults of image flows (nf_job_image_defaults) */
     int dequantize_given, scaling_given, batch_given;
+    /* lifecycle (the daemon's; the offline CLI refuses "init"):
+     *   "init": {"model", "version"? (integer or alias; absent: the model's
+     *            default), "optimizer"? (false)} -- start from a published
+     *            version's parameters (and its stored optimizer state);
+     *   "publish": {"set_default"? (true), "optimizer_state"? (false)} --
+     *            whether the new version becomes the model's default, and
+     *            whether the final optimizer state is stored with it. */
+    char init_model[65];
+    char init_version[65];   /* "" = the default; digits or an alias name */
+    int init_optimizer;
+    int publish_set_default;
+    int publish_optimizer;
+    /* borrowed, set by the runner before nf_job_run (not parsed): the model
+     * file to start from and its optimizer blob (nf_trainer_save_optimizer).
+     * The flow trained is the file's (its preprocessing constants kept);
+     * a run resuming from a trainer state takes only that flow from it,
+     * parameters and optimizer coming from the state. */
+    const void *init_file;
+    size_t init_file_len;
+    const void *init_opt;
+    size_t init_opt_len;
 } nf_job;
 
 enum { NF_LABELS_NONE = 0, NF_LABELS_COLUMN, NF_LABELS_DATASET, NF_LABELS_BUILTIN };
@@ -120,6 +141,14 @@ extern const nf_field nf_job_train_fields[];
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
                  double vmax, char *err, size_t errlen);
 void nf_job_free(nf_job *j);
+/* The warm-start check of a job with "init": the flow the job would train
+ * (built as nf_job_check does) against the model file (file, len) it starts
+ * from: dim, context_dim, layer count, each layer's type and the parameter
+ * and buffer counts must agree.  NF_EINVAL with err naming the first thing
+ * that differs ("init: ..."); NF_EFORMAT/NF_ECORRUPT for a file that does
+ * not load. */
+int nf_job_check_init(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
+                      double vmax, const void *file, size_t len, char *err, size_t errlen);
 /* Image flows (the image presets, or layer lists with image layers, on rows
  * with a shape from the flow or the dataset) have their own defaults for
  * what the job leaves out: uniform dequantization with 256 levels for
@@ -160,6 +189,8 @@ typedef struct nf_job_result {
     size_t model_len;
     cJSON *metrics;        /* owned: final metrics object */
     nf_train_metrics last;
+    void *optimizer;       /* with publish.optimizer_state: nf_trainer_save_optimizer's blob */
+    size_t optimizer_len;
 } nf_job_result;
 void nf_job_result_free(nf_job_result *r);
 

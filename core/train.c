@@ -844,3 +844,21 @@ int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len) {
     t->perm_epoch = -1;
     return 0;
 }
+
+int nf_trainer_save_optimizer(const nf_trainer *t, void **buf, size_t *len) {
+    return nf_adam_save(&t->opt, buf, len);
+}
+
+int nf_trainer_load_optimizer(nf_trainer *t, const void *buf, size_t len) {
+    nf_adam tmp = {0};
+    int rc = nf_adam_load(&tmp, buf, len);
+    if (rc) return rc;
+    if (tmp.kind != t->opt.kind || tmp.n != t->opt.n) {
+        nf_adam_free(&tmp);
+        return NF_EFORMAT;
+    }
+    tmp.weight_decay = t->opt.weight_decay; /* this run's setting */
+    nf_adam_free(&t->opt);
+    t->opt = tmp;
+    return 0;
+}

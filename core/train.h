@@ -173,6 +173,13 @@ int nf_trainer_save_state(const nf_trainer *t, void **buf, size_t *len);
  * data; NF_ECORRUPT / NF_EFORMAT on a bad blob (the trainer is unchanged). */
 int nf_trainer_load_state(nf_trainer *t, const void *buf, size_t len);
 
+/* The optimizer state of the model flow alone (Adam/AdamW moments and step
+ * count: nf_adam_save's blob), published with a version for warm starts.
+ * load: into a trainer of a flow with the same number of parameters and
+ * the same optimizer kind; NF_EFORMAT otherwise (the trainer unchanged). */
+int nf_trainer_save_optimizer(const nf_trainer *t, void **buf, size_t *len);
+int nf_trainer_load_optimizer(nf_trainer *t, const void *buf, size_t len);
+
 /* Horizontal-flip augmentation of B image rows x (B, C*H*W), C-H-W order:
  * each row, with probability 1/2 (one nf_rng_u64 draw of rng per row, in
  * row order), is mirrored left-right in every channel and image row,

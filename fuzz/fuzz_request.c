@@ -99,6 +99,32 @@ int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size
     return FD_EDB;
 }
 
+/* versions (api_lifecycle.c): numbers as the real ones; an alias never
+ * resolves here (404), as for an unknown alias */
+static int version_spec_reply(fd_req *r, const char *spec, int *version) {
+    int64_t v;
+    if (!nf_parse_i64(spec, 1, INT_MAX, &v)) {
+        *version = (int)v;
+        return 0;
+    }
+    fd_send_error(r, 404, "not_found", NULL, "no version or alias %s", spec);
+    return -1;
+}
+int fd_body_version_or_reply(fd_req *r, const cJSON *body, const char *name, int *version) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "version");
+    *version = 0;
+    if (cJSON_IsString(v)) return version_spec_reply(r, v->valuestring, version);
+    return fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, version);
+}
+int fd_query_version_or_reply(fd_req *r, const char *name, int *version) {
+    const char *q = fd_req_query(r, "version");
+    *version = 0;
+    return q ? version_spec_reply(r, q, version) : 0;
+}
+int fd_path_version_or_reply(fd_req *r, const char *name, const char *seg, int *version) {
+    return version_spec_reply(r, seg, version);
+}
+
 /* ---- harness -------------------------------------------------------------------------- */
 static void make_model(fd_model *m, const char *name, const char *spec, int dequantize) {
     char err[256] = "";

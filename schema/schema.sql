@@ -52,7 +52,18 @@ CREATE TABLE jobs (
     created_at       TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     started_at       TEXT,
     finished_at      TEXT
-);
+, start_attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE model_aliases (
+    model_id    INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+    alias       TEXT    NOT NULL,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    updated_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (model_id, alias)
+) WITHOUT ROWID;
+CREATE TABLE model_version_seq (
+    name          TEXT    PRIMARY KEY,
+    last_version  INTEGER NOT NULL CHECK (last_version >= 0)
+) WITHOUT ROWID;
 CREATE TABLE model_versions (
     model_id     INTEGER NOT NULL REFERENCES models (id) ON DELETE CASCADE,
     version      INTEGER NOT NULL CHECK (version >= 1),
@@ -65,7 +76,7 @@ CREATE TABLE model_versions (
     preprocess   TEXT    NOT NULL,               -- preprocessing JSON
     metrics      TEXT    NOT NULL,               -- training metrics JSON
     job_id       INTEGER REFERENCES jobs (id) ON DELETE SET NULL,
-    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), optimizer BLOB,
     PRIMARY KEY (model_id, version)
 ) WITHOUT ROWID;
 CREATE TABLE models (

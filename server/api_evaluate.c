@@ -128,7 +128,7 @@ enum MHD_Result fd_api_evaluate(fd_req *r, char **a) {
     nf_eval_opts o;
     nf_eval_opts_default(&o);
     if (fd_body_keys_or_reply(r, body, keys) ||
-        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
+        fd_body_version_or_reply(r, body, a[0], &version) ||
         fd_body_int_or_reply(r, body, "samples", o.samples < maxs ? o.samples : maxs, 0, maxs, &samples) ||
         fd_body_num_or_reply(r, body, "temperature", 1, 0, 100, 1, &o.temperature) ||
         fd_body_seed_or_reply(r, body, "seed", 0, &o.seed) ||

@@ -135,17 +135,34 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         nf_job_free(&j);
         return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     }
+    int init_version = 0; /* a warm start: checked here, pinned in the stored request */
+    if (fd_job_init_or_reply(r, db, &j, dim, shape, is_int, vmin, vmax, &init_version)) {
+        nf_job_free(&j);
+        return MHD_YES;
+    }
+    char *stored = NULL;
+    if (init_version > 0) {
+        cJSON *b = cJSON_Parse(r->body), *in = cJSON_GetObjectItemCaseSensitive(b, "init");
+        if (cJSON_IsObject(in)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(in, "version");
+            cJSON_AddNumberToObject(in, "version", init_version);
+            stored = cJSON_PrintUnformatted(b);
+        }
+        cJSON_Delete(b);
+    }
     int64_t counts[5];
     if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
         !(j.submission_id[0] && submission_exists(db, j.submission_id))) {
         nf_job_free(&j);
+        free(stored);
         return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
                              (long long)counts[0], r->srv->cfg.max_queued_jobs);
     }
     int64_t id = 0;
     int existed = 0;
-    rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model, r->body, &id,
-                              &existed, err, sizeof err);
+    rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model,
+                          stored ? stored : r->body, &id, &existed, err, sizeof err);
+    free(stored);
     nf_job_free(&j);
     if (rc) return fd_send_db_error(r, rc, err);
     if (!existed && r->srv->jobs) fd_jobs_notify(r->srv->jobs);

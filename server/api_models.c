@@ -424,10 +424,9 @@ enum MHD_Result fd_api_model_delete(fd_req *r, char **a) {
 enum MHD_Result fd_api_checkpoint(fd_req *r, char **a) {
     fd_db *db = fd_req_db(r);
     if (!db) return MHD_YES;
-    int64_t v64;
-    if (nf_parse_i64(a[1], 1, INT_MAX, &v64))
-        return fd_send_error(r, 404, "not_found", NULL, "versions are positive integers");
-    long v = (long)v64;
+    int vi;
+    if (fd_path_version_or_reply(r, a[0], a[1], &vi)) return MHD_YES;
+    long v = vi;
     void *buf = NULL;
     size_t len = 0;
     int got = 0;
@@ -499,13 +498,13 @@ enum MHD_Result fd_api_log_prob(fd_req *r, char **a) {
         static const char *const keys[] = {"inputs", "context", "labels", "version", "bits_per_dim",
                                            "samples", NULL};
         if (fd_body_keys_or_reply(r, body, keys) ||
-            fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
+            fd_body_version_or_reply(r, body, a[0], &version) ||
             fd_body_bool_or_reply(r, body, "bits_per_dim", 0, &bpd) ||
             fd_body_int_or_reply(r, body, "samples", 1, 1, NF_MODEL_MAX_IW_SAMPLES, &K))
             goto out;
     } else {
         if (fd_query_bool_or_reply(r, "bits_per_dim", 0, &bpd) ||
-            fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version) ||
+            fd_query_version_or_reply(r, a[0], &version) ||
             fd_query_int_or_reply(r, "samples", 1, 1, NF_MODEL_MAX_IW_SAMPLES, &K))
             goto out;
     }
@@ -654,7 +653,7 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     nf_rng g; /* absent seed: a fresh one, returned so the draw can be repeated */
     nf_rng_seed(&g, (uint64_t)(fd_now() * 1e9) ^ (uint64_t)(uintptr_t)r);
     if (fd_body_keys_or_reply(r, body, keys) ||
-        fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version) ||
+        fd_body_version_or_reply(r, body, a[0], &version) ||
         fd_body_bool_or_reply(r, body, "return_log_prob", 0, &want_lp) ||
         fd_body_count_or_reply(r, body, "n", r->srv->cfg.max_sample, &n) ||
         fd_body_num_or_reply(r, body, "temperature", 1, 0, 100, 1, &T) ||
@@ -774,9 +773,9 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
     if (in == FMT_JSON) {
         if (!(body = fd_req_json(r))) return MHD_YES;
         if (fd_body_keys_or_reply(r, body, enc ? ekeys : dkeys) ||
-            fd_body_int_or_reply(r, body, "version", 0, 1, INT_MAX, &version))
+            fd_body_version_or_reply(r, body, a[0], &version))
             goto out;
-    } else if (fd_query_int_or_reply(r, "version", 0, 1, INT_MAX, &version)) {
+    } else if (fd_query_version_or_reply(r, a[0], &version)) {
         goto out;
     }
     if (!(m = load_model(r, a[0], version))) goto out;

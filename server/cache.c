@@ -65,7 +65,7 @@ static fd_model *lookup(fd_cache *c, const char *name, int version) {
     return NULL;
 }
 
-/* "Latest version" of recently used names, per request thread, valid while
+/* The default version (the "default" alias, else the latest) of recently used names, per request thread, valid while
  * the connection's data_version is unchanged (nothing committed by anyone
  * else: the HTTP threads only write through their own connection for
  * deletes and uploads, which never add versions).  Resolving "latest" with
@@ -91,7 +91,7 @@ static int resolve_latest(fd_db *db, const char *name, int *version, char *err, 
                 return 0;
             }
     }
-    int rc = fd_db_latest_version(db, name, version, err, errlen);
+    int rc = fd_db_default_version(db, name, version, err, errlen);
     if (rc || dv < 0 || strlen(name) >= sizeof lc->s[0].name) return rc;
     int k = lc->next++ % LATEST_SLOTS;
     snprintf(lc->s[k].name, sizeof lc->s[k].name, "%s", name);
@@ -166,6 +166,8 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
     *out = m;
     return 0;
 }
+
+void fd_cache_forget_default(void) { tl_latest.data_version = -2; }
 
 void fd_cache_evict(fd_cache *c, const char *name) {
     tl_latest.data_version = -2; /* this thread deleted through its own connection */

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
@@ -480,7 +481,8 @@ char *fd_db_schema_dump(fd_db *db) {
 int fd_db_models_list(fd_db *db, cJSON **out, char *err, size_t errlen) {
     *out = NULL;
     sqlite3_stmt *st =
-        Q(db, "SELECT m.name, m.created_at, v.version, v.dim, v.context_dim "
+        Q(db, "SELECT m.name, m.created_at, v.version, v.dim, v.context_dim, "
+              "coalesce((SELECT version FROM model_aliases WHERE model_id = m.id AND alias = 'default'), v.version) "
               "FROM models m LEFT JOIN model_versions v ON v.model_id = m.id AND v.version = "
               "(SELECT max(version) FROM model_versions WHERE model_id = m.id) "
               "ORDER BY m.name");
@@ -499,6 +501,8 @@ int fd_db_models_list(fd_db *db, cJSON **out, char *err, size_t errlen) {
             cJSON_AddNumberToObject(o, "dim", sqlite3_column_int(st, 3));
             cJSON_AddNumberToObject(o, "context_dim", sqlite3_column_int(st, 4));
         }
+        if (sqlite3_column_type(st, 5) == SQLITE_NULL) cJSON_AddNullToObject(o, "default_version");
+        else cJSON_AddNumberToObject(o, "default_version", sqlite3_column_int(st, 5));
         cJSON_AddStringToObject(o, "created_at", col_text(st, 1));
         cJSON_AddItemToArray(arr, o);
     }
@@ -545,7 +549,7 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
     cJSON_AddStringToObject(root, "created_at", col_text(st, 1));
     done(st);
     st = Q(db, "SELECT version, created_at, dim, context_dim, size_bytes, sha256, config, "
-               "preprocess, metrics, job_id FROM model_versions WHERE model_id = ?1 "
+               "preprocess, metrics, job_id, optimizer IS NOT NULL FROM model_versions WHERE model_id = ?1 "
                "ORDER BY version");
     if (!st) {
         cJSON_Delete(root);
@@ -571,10 +575,35 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
         cJSON_AddItemToObject(o, "metrics", col_json(st, 8));
         if (sqlite3_column_type(st, 9) == SQLITE_NULL) cJSON_AddNullToObject(o, "job_id");
         else add_id_string(o, "job_id", sqlite3_column_int64(st, 9));
+        cJSON_AddBoolToObject(o, "optimizer_state", sqlite3_column_int(st, 10));
+        cJSON_AddItemToObject(o, "aliases", cJSON_CreateArray());
         cJSON_AddItemToArray(arr, o);
     }
     int r = rc == SQLITE_DONE ? 0 : fail(db, rc, err, errlen, "get model versions");
     done(st);
+    /* aliases: {"alias": version} at the top, and each version's names */
+    cJSON *aliases = cJSON_AddObjectToObject(root, "aliases");
+    int dflt = 0;
+    if (!r && !(st = Q(db, "SELECT alias, version FROM model_aliases WHERE model_id = ?1 ORDER BY alias")))
+        r = prep_fail(db, err, errlen);
+    else if (!r) {
+        sqlite3_bind_int64(st, 1, model_id);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *a = col_text(st, 0);
+            int av = sqlite3_column_int(st, 1);
+            cJSON_AddNumberToObject(aliases, a, av);
+            if (!strcmp(a, "default")) dflt = av;
+            cJSON *e;
+            cJSON_ArrayForEach(e, arr) {
+                if (cJSON_GetObjectItemCaseSensitive(e, "version")->valueint == av)
+                    cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(e, "aliases"), cJSON_CreateString(a));
+            }
+        }
+        if (rc != SQLITE_DONE) r = fail(db, rc, err, errlen, "get aliases");
+        done(st);
+    }
+    if (dflt || latest) cJSON_AddNumberToObject(root, "default_version", dflt ? dflt : latest);
+    else cJSON_AddNullToObject(root, "default_version");
     if (latest) cJSON_AddNumberToObject(root, "latest_version", latest);
     else cJSON_AddNullToObject(root, "latest_version");
     /* the latest version's image shape, or null */
@@ -611,12 +640,23 @@ static int version_add_tx(fd_db *db, const char *name, const void *checkpoint, s
     bind_text(st, 1, name);
     int r = step_done(db, st, err, errlen, "create model");
     if (r) return r;
+    /* the name's high-water mark (model_version_seq) survives a delete of
+     * the model, so version numbers never restart */
+    st = Q(db, "INSERT INTO model_version_seq (name, last_version) "
+               "SELECT ?1, coalesce((SELECT max(v.version) FROM model_versions v JOIN models m "
+               "ON m.id = v.model_id WHERE m.name = ?1), 0) + 1 WHERE 1 "
+               "ON CONFLICT (name) DO UPDATE SET last_version = max(last_version + 1, "
+               "coalesce((SELECT max(v.version) FROM model_versions v JOIN models m "
+               "ON m.id = v.model_id WHERE m.name = ?1), 0) + 1)");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    if ((r = step_done(db, st, err, errlen, "number the version"))) return r;
     char hex[65];
     fd_sha256_hex(checkpoint, len, hex);
     st = Q(db, "INSERT INTO model_versions (model_id, version, checkpoint, sha256, size_bytes, "
                "dim, context_dim, config, preprocess, metrics, job_id) "
-               "SELECT m.id, coalesce((SELECT max(version) FROM model_versions "
-               "WHERE model_id = m.id), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
+               "SELECT m.id, (SELECT last_version FROM model_version_seq WHERE name = ?1), "
+               "?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
                "FROM models m WHERE m.name = ?1 RETURNING version");
     if (!st) return prep_fail(db, err, errlen);
     bind_text(st, 1, name);
@@ -657,18 +697,32 @@ static int check_version_args(const char *name, const void *checkpoint, size_t l
     return 0;
 }
 
+static int version_add_default_tx(fd_db *db, const char *model, const void *checkpoint,
+                                  size_t len, int dim, int context_dim, const char *config,
+                                  const char *preprocess, const char *metrics, int64_t job_id,
+                                  int set_default, int *v, char *err, size_t errlen);
+
+/* a version with the default alias handled (fd_db_job_publish_ex), in its own transaction */
+static int version_add_own_tx(fd_db *db, const char *name, const void *checkpoint, size_t len,
+                              int dim, int context_dim, const char *config, const char *preprocess,
+                              const char *metrics, int64_t job_id, int set_default, int *version,
+                              char *err, size_t errlen) {
+    int r = check_version_args(name, checkpoint, len, dim, context_dim, err, errlen);
+    if (r) return r;
+    if ((r = begin(db, err, errlen))) return r;
+    r = version_add_default_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                               metrics, job_id, set_default, version, err, errlen);
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
+    return r;
+}
+
 int fd_db_version_add(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
                       int context_dim, const char *config, const char *preprocess,
                       const char *metrics, int64_t job_id, int *version, char *err,
                       size_t errlen) {
-    int r = check_version_args(name, checkpoint, len, dim, context_dim, err, errlen);
-    if (r) return r;
-    if ((r = begin(db, err, errlen))) return r;
-    r = version_add_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess, metrics,
-                       job_id, version, err, errlen);
-    if (!r) r = commit(db, err, errlen);
-    if (r) rollback(db);
-    return r;
+    return version_add_own_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                              metrics, job_id, 1, version, err, errlen);
 }
 
 int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size_t *len,
@@ -1116,7 +1170,7 @@ int fd_db_job_claim(fd_db *db, int64_t *id, char **request, char *err, size_t er
     if (request) *request = NULL;
     /* one statement: the write lock is taken before the oldest queued job is
      * chosen, so two connections never claim the same one */
-    sqlite3_stmt *st = Q(db, "UPDATE jobs SET state = 'running', "
+    sqlite3_stmt *st = Q(db, "UPDATE jobs SET state = 'running', start_attempts = 1, "
                              "started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                              "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' "
                              "ORDER BY id LIMIT 1) RETURNING id, request");
@@ -1347,7 +1401,7 @@ int fd_db_job_cancel_requested(fd_db *db, int64_t id) {
 
 /* Inside a transaction: the job leaves queued/running for a final state. */
 static int job_finish_tx(fd_db *db, int64_t id, const char *state, int version,
-                         const char *error, char *err, size_t errlen) {
+                         const char *error, int keep_state, char *err, size_t errlen) {
     int s = job_state(db, id, err, errlen);
     if (s < 0) return s;
     if (s >= 2) {
@@ -1363,7 +1417,7 @@ static int job_finish_tx(fd_db *db, int64_t id, const char *state, int version,
     else sqlite3_bind_null(st, 3);
     bind_text(st, 4, error);
     int r = step_done(db, st, err, errlen, "finish job");
-    if (r) return r;
+    if (r || keep_state) return r;
     st = Q(db, "DELETE FROM job_train_state WHERE job_id = ?1");
     if (!st) return prep_fail(db, err, errlen);
     sqlite3_bind_int64(st, 1, id);
@@ -1372,6 +1426,12 @@ static int job_finish_tx(fd_db *db, int64_t id, const char *state, int version,
 
 int fd_db_job_finish(fd_db *db, int64_t id, const char *state, int version, const char *error,
                      char *err, size_t errlen) {
+    return fd_db_job_finish_ex(db, id, state, version, error, state && !strcmp(state, "cancelled"),
+                               err, errlen);
+}
+
+int fd_db_job_finish_ex(fd_db *db, int64_t id, const char *state, int version, const char *error,
+                        int keep_state, char *err, size_t errlen) {
     if (!state || (strcmp(state, "succeeded") && strcmp(state, "failed") &&
                    strcmp(state, "cancelled"))) {
         seterr(err, errlen, "'%s' is not a final job state", state ? state : "(null)");
@@ -1379,7 +1439,8 @@ int fd_db_job_finish(fd_db *db, int64_t id, const char *state, int version, cons
     }
     int r = begin(db, err, errlen);
     if (r) return r;
-    r = job_finish_tx(db, id, state, version, error, err, errlen);
+    r = job_finish_tx(db, id, state, version, error, keep_state && strcmp(state, "succeeded"),
+                      err, errlen);
     if (!r) r = commit(db, err, errlen);
     if (r) rollback(db);
     return r;
@@ -1389,6 +1450,49 @@ int fd_db_job_publish(fd_db *db, int64_t id, const char *model, const void *chec
                       size_t len, int dim, int context_dim, const char *config,
                       const char *preprocess, const char *metrics, int *version, char *err,
                       size_t errlen) {
+    return fd_db_job_publish_ex(db, id, model, checkpoint, len, dim, context_dim, config,
+                                preprocess, metrics, 1, NULL, 0, version, err, errlen);
+}
+
+static int alias_put_tx(fd_db *db, const char *name, const char *alias, int version, char *err,
+                        size_t errlen);
+
+/* version_add_tx and the default alias (fd_db_job_publish_ex says how) */
+static int version_add_default_tx(fd_db *db, const char *model, const void *checkpoint,
+                                  size_t len, int dim, int context_dim, const char *config,
+                                  const char *preprocess, const char *metrics, int64_t job_id,
+                                  int set_default, int *v, char *err, size_t errlen) {
+    /* set_default 0 on a model whose default is "the latest": pin it to
+     * the version that is the latest now, before adding the new one */
+    int prev = 0, cur = 0, has_default = 0, r = fd_db_alias_get(db, model, "default", &cur, err, errlen);
+    if (!r) has_default = 1;
+    else if (r != FD_ENOTFOUND) return r;
+    else if (!set_default) {
+        r = fd_db_latest_version(db, model, &prev, err, errlen);
+        if (r == FD_ENOTFOUND) prev = 0; /* the first version: nothing to keep */
+        else if (r) return r;
+    }
+    if ((r = version_add_tx(db, model, checkpoint, len, dim, context_dim, config, preprocess,
+                            metrics, job_id, v, err, errlen)))
+        return r;
+    if (set_default && has_default) return alias_put_tx(db, model, "default", *v, err, errlen);
+    if (!set_default && !has_default && prev > 0) return alias_put_tx(db, model, "default", prev, err, errlen);
+    return 0;
+}
+
+int fd_db_version_upload(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
+                         int context_dim, const char *config, const char *preprocess,
+                         const char *metrics, int set_default, int *version, char *err,
+                         size_t errlen) {
+    return version_add_own_tx(db, name, checkpoint, len, dim, context_dim, config, preprocess,
+                              metrics, 0, set_default, version, err, errlen);
+}
+
+int fd_db_job_publish_ex(fd_db *db, int64_t id, const char *model, const void *checkpoint,
+                         size_t len, int dim, int context_dim, const char *config,
+                         const char *preprocess, const char *metrics, int set_default,
+                         const void *optimizer, size_t optimizer_len, int *version, char *err,
+                         size_t errlen) {
     int r = check_version_args(model, checkpoint, len, dim, context_dim, err, errlen);
     if (r) return r;
     if ((r = begin(db, err, errlen))) return r;
@@ -1400,9 +1504,20 @@ int fd_db_job_publish(fd_db *db, int64_t id, const char *model, const void *chec
         r = FD_ECONFLICT;
     }
     if (!r)
-        r = version_add_tx(db, model, checkpoint, len, dim, context_dim, config, preprocess,
-                           metrics, id, &v, err, errlen);
-    if (!r) r = job_finish_tx(db, id, "succeeded", v, NULL, err, errlen);
+        r = version_add_default_tx(db, model, checkpoint, len, dim, context_dim, config,
+                                   preprocess, metrics, id, set_default, &v, err, errlen);
+    if (!r && optimizer && optimizer_len) {
+        sqlite3_stmt *st = Q(db, "UPDATE model_versions SET optimizer = ?3 WHERE version = ?2 AND "
+                                 "model_id = (SELECT id FROM models WHERE name = ?1)");
+        if (!st) r = prep_fail(db, err, errlen);
+        else {
+            bind_text(st, 1, model);
+            sqlite3_bind_int(st, 2, v);
+            sqlite3_bind_blob64(st, 3, optimizer, (sqlite3_uint64)optimizer_len, SQLITE_STATIC);
+            r = step_done(db, st, err, errlen, "store the optimizer state");
+        }
+    }
+    if (!r) r = job_finish_tx(db, id, "succeeded", v, NULL, 0, err, errlen);
     if (!r) r = commit(db, err, errlen);
     if (r) {
         rollback(db);
@@ -1510,5 +1625,245 @@ int fd_db_token_scope(fd_db *db, const char *hash, char scope[8], char *err, siz
         r = FD_ENOTFOUND;
     } else r = fail(db, rc, err, errlen, "token lookup");
     done(st);
+    return r;
+}
+
+/* ---- lifecycle: aliases, version delete, start attempts, resume ------------------------ */
+
+int fd_db_alias_get(fd_db *db, const char *name, const char *alias, int *version, char *err,
+                    size_t errlen) {
+    sqlite3_stmt *st = Q(db, "SELECT a.version FROM model_aliases a JOIN models m ON m.id = a.model_id "
+                             "WHERE m.name = ?1 AND a.alias = ?2");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    bind_text(st, 2, alias);
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) *version = sqlite3_column_int(st, 0);
+    else if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "model '%s' has no alias '%s'", name ? name : "", alias ? alias : "");
+        r = FD_ENOTFOUND;
+    } else r = fail(db, rc, err, errlen, "get alias");
+    done(st);
+    return r;
+}
+
+/* 1 if model name has version v, 0 if not, or an FD_E* code */
+static int version_exists(fd_db *db, const char *name, int v, char *err, size_t errlen) {
+    sqlite3_stmt *st = Q(db, "SELECT 1 FROM model_versions x JOIN models m ON m.id = x.model_id "
+                             "WHERE m.name = ?1 AND x.version = ?2");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    sqlite3_bind_int(st, 2, v);
+    int rc = sqlite3_step(st);
+    int r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : fail(db, rc, err, errlen, "find version");
+    done(st);
+    return r;
+}
+
+static int alias_put_tx(fd_db *db, const char *name, const char *alias, int version, char *err,
+                        size_t errlen) {
+    sqlite3_stmt *st = Q(db, "INSERT INTO model_aliases (model_id, alias, version) "
+                             "SELECT id, ?2, ?3 FROM models WHERE name = ?1 "
+                             "ON CONFLICT (model_id, alias) DO UPDATE SET version = excluded.version, "
+                             "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    bind_text(st, 2, alias);
+    sqlite3_bind_int(st, 3, version);
+    return step_done(db, st, err, errlen, "set alias");
+}
+
+int fd_db_alias_set(fd_db *db, const char *name, const char *alias, int version, char *err,
+                    size_t errlen) {
+    int r = begin(db, err, errlen);
+    if (r) return r;
+    int e = version_exists(db, name, version, err, errlen);
+    if (e == 0) {
+        seterr(err, errlen, "model '%s' has no version %d", name, version);
+        r = FD_ENOTFOUND;
+    } else if (e < 0) r = e;
+    if (!r) r = alias_put_tx(db, name, alias, version, err, errlen);
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
+    return r;
+}
+
+int fd_db_alias_delete(fd_db *db, const char *name, const char *alias, char *err, size_t errlen) {
+    sqlite3_stmt *st = Q(db, "DELETE FROM model_aliases WHERE alias = ?2 AND "
+                             "model_id = (SELECT id FROM models WHERE name = ?1)");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    bind_text(st, 2, alias);
+    int r = step_done(db, st, err, errlen, "delete alias");
+    if (!r && sqlite3_changes(db->h) == 0) {
+        seterr(err, errlen, "model '%s' has no alias '%s'", name, alias);
+        r = FD_ENOTFOUND;
+    }
+    return r;
+}
+
+int fd_db_default_version(fd_db *db, const char *name, int *version, char *err, size_t errlen) {
+    int r = fd_db_alias_get(db, name, "default", version, err, errlen);
+    if (r != FD_ENOTFOUND) return r;
+    return fd_db_latest_version(db, name, version, err, errlen);
+}
+
+int fd_db_resolve_version(fd_db *db, const char *name, const char *spec, int *version, char *err,
+                          size_t errlen) {
+    if (!spec || !*spec) return fd_db_default_version(db, name, version, err, errlen);
+    if (!strcmp(spec, "latest")) return fd_db_latest_version(db, name, version, err, errlen);
+    if (*spec >= '0' && *spec <= '9') {
+        char *end;
+        long v = strtol(spec, &end, 10);
+        if (*end || v < 1 || v > INT_MAX) {
+            seterr(err, errlen, "'%s' is neither a version number nor an alias", spec);
+            return FD_EINVAL;
+        }
+        int e = version_exists(db, name, (int)v, err, errlen);
+        if (e < 0) return e;
+        if (!e) {
+            seterr(err, errlen, "model '%s' has no version %ld", name, v);
+            return FD_ENOTFOUND;
+        }
+        *version = (int)v;
+        return 0;
+    }
+    return fd_db_alias_get(db, name, spec, version, err, errlen);
+}
+
+int fd_db_version_delete(fd_db *db, const char *name, int version, char alias[65], char *err,
+                         size_t errlen) {
+    if (alias) alias[0] = 0;
+    int r = begin(db, err, errlen);
+    if (r) return r;
+    int e = version_exists(db, name, version, err, errlen);
+    if (e == 0) {
+        seterr(err, errlen, "model '%s' has no version %d", name, version);
+        r = FD_ENOTFOUND;
+    } else if (e < 0) r = e;
+    sqlite3_stmt *st;
+    if (!r) {
+        st = Q(db, "SELECT a.alias FROM model_aliases a JOIN models m ON m.id = a.model_id "
+                   "WHERE m.name = ?1 AND a.version = ?2 ORDER BY a.alias LIMIT 1");
+        if (!st) r = prep_fail(db, err, errlen);
+        else {
+            bind_text(st, 1, name);
+            sqlite3_bind_int(st, 2, version);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW) {
+                seterr(err, errlen, "alias '%s' points at version %d", col_text(st, 0), version);
+                if (alias) snprintf(alias, 65, "%s", col_text(st, 0));
+                r = FD_ECONFLICT;
+            } else if (rc != SQLITE_DONE) r = fail(db, rc, err, errlen, "find aliases");
+            done(st);
+        }
+    }
+    if (!r) {
+        st = Q(db, "DELETE FROM model_versions WHERE version = ?2 AND "
+                   "model_id = (SELECT id FROM models WHERE name = ?1)");
+        if (!st) r = prep_fail(db, err, errlen);
+        else {
+            bind_text(st, 1, name);
+            sqlite3_bind_int(st, 2, version);
+            r = step_done(db, st, err, errlen, "delete version");
+        }
+    }
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
+    return r;
+}
+
+int fd_db_version_optimizer(fd_db *db, const char *name, int version, void **buf, size_t *len,
+                            char *err, size_t errlen) {
+    *buf = NULL;
+    *len = 0;
+    sqlite3_stmt *st = Q(db, "SELECT v.optimizer FROM model_versions v JOIN models m ON m.id = v.model_id "
+                             "WHERE m.name = ?1 AND v.version = ?2");
+    if (!st) return prep_fail(db, err, errlen);
+    bind_text(st, 1, name);
+    sqlite3_bind_int(st, 2, version);
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) {
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL && n) {
+            if (!(*buf = malloc(n))) r = FD_ENOMEM;
+            else {
+                memcpy(*buf, sqlite3_column_blob(st, 0), n);
+                *len = n;
+            }
+        }
+    } else if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "model '%s' has no version %d", name, version);
+        r = FD_ENOTFOUND;
+    } else r = fail(db, rc, err, errlen, "get optimizer state");
+    done(st);
+    return r;
+}
+
+int fd_db_job_start_attempt(fd_db *db, int64_t id, int *attempts, char *err, size_t errlen) {
+    sqlite3_stmt *st = Q(db, "UPDATE jobs SET start_attempts = start_attempts + 1 "
+                             "WHERE id = ?1 AND state = 'running' RETURNING start_attempts");
+    if (!st) return prep_fail(db, err, errlen);
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), r = 0;
+    if (rc == SQLITE_ROW) {
+        *attempts = sqlite3_column_int(st, 0);
+        rc = sqlite3_step(st);
+    } else if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "job %lld is not running", (long long)id);
+        r = FD_ENOTFOUND;
+    }
+    if (!r && rc != SQLITE_DONE) r = fail(db, rc, err, errlen, "count a start attempt");
+    done(st);
+    return r;
+}
+
+int fd_db_job_reset_attempts(fd_db *db, int64_t id, int attempts, char *err, size_t errlen) {
+    sqlite3_stmt *st = Q(db, "UPDATE jobs SET start_attempts = ?2 WHERE id = ?1 AND state = 'running'");
+    if (!st) return prep_fail(db, err, errlen);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int(st, 2, attempts);
+    return step_done(db, st, err, errlen, "record a clean stop");
+}
+
+int fd_db_job_resume(fd_db *db, int64_t id, int64_t *step, char *err, size_t errlen) {
+    *step = -1;
+    int r = begin(db, err, errlen);
+    if (r) return r;
+    int s = job_state(db, id, err, errlen);
+    sqlite3_stmt *st;
+    if (s < 0) r = s;
+    else if (s != 3 && s != 4) {
+        seterr(err, errlen, "job %lld is %s: only cancelled or failed jobs resume", (long long)id,
+               job_states[s]);
+        r = FD_ECONFLICT;
+    }
+    if (!r) {
+        st = Q(db, "SELECT step FROM job_train_state WHERE job_id = ?1");
+        if (!st) r = prep_fail(db, err, errlen);
+        else {
+            sqlite3_bind_int64(st, 1, id);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW) *step = sqlite3_column_int64(st, 0);
+            else if (rc != SQLITE_DONE) r = fail(db, rc, err, errlen, "get train state");
+            done(st);
+        }
+    }
+    if (!r && s == 3 && *step < 0) {
+        seterr(err, errlen, "job %lld failed without a saved training state: submit it again",
+               (long long)id);
+        r = FD_EINVAL;
+    }
+    if (!r) {
+        st = Q(db, "UPDATE jobs SET state = 'queued', cancel_requested = 0, error = NULL, "
+                   "finished_at = NULL, started_at = NULL, start_attempts = 0 WHERE id = ?1");
+        if (!st) r = prep_fail(db, err, errlen);
+        else {
+            sqlite3_bind_int64(st, 1, id);
+            r = step_done(db, st, err, errlen, "resume job");
+        }
+    }
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
     return r;
 }

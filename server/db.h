@@ -65,7 +65,9 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
 int fd_db_model_delete(fd_db *db, const char *name, char *err, size_t errlen);
 /* Store checkpoint (a model file, borrowed) as the next version of model
  * `name` (created if absent) in one transaction; config/preprocess/metrics
- * are JSON texts; job_id 0 = none.  *version gets the new number. */
+ * are JSON texts; job_id 0 = none.  *version gets the new number (never
+ * one given before under this name).  An explicit "default" alias moves to
+ * it (as fd_db_version_upload with set_default 1). */
 int fd_db_version_add(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
                       int context_dim, const char *config, const char *preprocess,
                       const char *metrics, int64_t job_id, int *version, char *err,
@@ -86,6 +88,62 @@ int fd_db_version_job(fd_db *db, const char *name, int version, int64_t *job_id,
                       char *err, size_t errlen);
 /* Latest version number of a model, FD_ENOTFOUND if no such model/version. */
 int fd_db_latest_version(fd_db *db, const char *name, int *version, char *err, size_t errlen);
+
+/* ---- lifecycle (migration 0003) ---------------------------------------------------
+ * Aliases name versions of a model; "default" is the version unpinned calls
+ * use (fd_db_default_version: the alias, else the latest).  Alias names are
+ * checked by the API (fd_alias_name_ok), not here. */
+int fd_db_alias_get(fd_db *db, const char *name, const char *alias, int *version, char *err,
+                    size_t errlen);
+/* Create or move alias to version (FD_ENOTFOUND when the model has no such version). */
+int fd_db_alias_set(fd_db *db, const char *name, const char *alias, int version, char *err,
+                    size_t errlen);
+int fd_db_alias_delete(fd_db *db, const char *name, const char *alias, char *err, size_t errlen);
+int fd_db_default_version(fd_db *db, const char *name, int *version, char *err, size_t errlen);
+/* spec: NULL/"" the default, "latest", a decimal version number (which
+ * must exist) or an alias.  FD_ENOTFOUND (message names which), FD_EINVAL
+ * for a malformed number. */
+int fd_db_resolve_version(fd_db *db, const char *name, const char *spec, int *version, char *err,
+                          size_t errlen);
+/* Delete one version; FD_ECONFLICT while an alias points at it (alias gets
+ * its name), FD_ENOTFOUND when absent.  The number is never given again. */
+int fd_db_version_delete(fd_db *db, const char *name, int version, char alias[65], char *err,
+                         size_t errlen);
+/* The optimizer state stored with a version: *buf NULL (len 0) when it has
+ * none; FD_ENOTFOUND for no such version. */
+int fd_db_version_optimizer(fd_db *db, const char *name, int version, void **buf, size_t *len,
+                            char *err, size_t errlen);
+/* publish with the lifecycle options: set_default 1 moves an explicit
+ * "default" alias to the new version (none: the default stays "the
+ * latest", which is the new one); 0 leaves the default where it is (a
+ * model whose default was "the latest" gets "default" pinned to the
+ * previous latest).  optimizer (may be NULL) is stored with the version. */
+int fd_db_job_publish_ex(fd_db *db, int64_t id, const char *model, const void *checkpoint,
+                         size_t len, int dim, int context_dim, const char *config,
+                         const char *preprocess, const char *metrics, int set_default,
+                         const void *optimizer, size_t optimizer_len, int *version, char *err,
+                         size_t errlen);
+/* An uploaded model file as the next version, the default as for
+ * fd_db_job_publish_ex. */
+int fd_db_version_upload(fd_db *db, const char *name, const void *checkpoint, size_t len, int dim,
+                         int context_dim, const char *config, const char *preprocess,
+                         const char *metrics, int set_default, int *version, char *err,
+                         size_t errlen);
+/* fd_db_job_finish keeping (keep_state 1) or deleting the job's saved
+ * training state; fd_db_job_finish keeps it for 'cancelled' only. */
+int fd_db_job_finish_ex(fd_db *db, int64_t id, const char *state, int version, const char *error,
+                        int keep_state, char *err, size_t errlen);
+/* A worker starts a job found running at start-up: start_attempts + 1 into
+ * *attempts (a claim sets it to 1).  FD_ENOTFOUND unless running. */
+int fd_db_job_start_attempt(fd_db *db, int64_t id, int *attempts, char *err, size_t errlen);
+/* Set a running job's start_attempts: 0 after a graceful shutdown stopped
+ * it, 1 once the current start stored a training state (durable progress:
+ * only starts in a row that die before saving anything count). */
+int fd_db_job_reset_attempts(fd_db *db, int64_t id, int attempts, char *err, size_t errlen);
+/* A cancelled or failed job back to queued (its saved state kept, to
+ * resume from); *step the saved state's step or -1.  FD_ECONFLICT for
+ * other states, FD_EINVAL for a failed job without saved state. */
+int fd_db_job_resume(fd_db *db, int64_t id, int64_t *step, char *err, size_t errlen);
 
 /* ---- datasets ----------------------------------------------------------------- */
 /* Store rows (rows, dim) float32 (borrowed); sha256 of the uploaded bytes (hex).

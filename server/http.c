@@ -102,6 +102,11 @@ static const route routes[] = {
     {"POST", "/v1/models/{name}:predict", fd_api_v1_predict, SCOPE_READ, 1},
     {"POST", "/v1/models/{name}/versions/{v}:predict", fd_api_v1_predict, SCOPE_READ, 1},
     {"GET", "/openapi.json", fd_api_openapi_json, SCOPE_PUBLIC, 0},
+    {"PUT", "/v1/models/{name}/aliases/{alias}", fd_api_alias_put, SCOPE_WRITE, 1},
+    {"DELETE", "/v1/models/{name}/aliases/{alias}", fd_api_alias_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/models/{name}/versions", fd_api_versions_create, SCOPE_WRITE, 1},
+    {"DELETE", "/v1/models/{name}/versions/{v}", fd_api_version_delete, SCOPE_WRITE, 0},
+    {"POST", "/v1/jobs/{id}/resume", fd_api_job_resume, SCOPE_WRITE, 0},
 };
 #define NROUTES (int)(sizeof routes / sizeof routes[0])
 _Static_assert(NROUTES + 1 <= FD_MAX_ROUTES, "more routes than the metrics keep (FD_MAX_ROUTES)");

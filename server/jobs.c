@@ -9,9 +9,13 @@
  * A running job has a slot in a small table (under the mutex) holding its
  * cancel flag, which the trainer reads every step.  Two reasons set it:
  *  - the user (fd_jobs_cancel, or cancel_requested seen in the database):
- *    the job ends 'cancelled' and its state is not saved;
+ *    the trainer checkpoints and the job ends 'cancelled' keeping that
+ *    state, so POST /v1/jobs/{id}/resume continues it;
  *  - shutdown (fd_jobs_stop): the trainer checkpoints on cancellation and the
  *    job stays 'running' in the database, to resume at the next start.
+ * A job found running at start-up counts a start attempt; after
+ * FD_JOB_MAX_RESTARTS restarts in a row without a clean stop it fails with
+ * the reason instead (start_allowed).
  * Database errors while reporting progress or checkpointing are logged and
  * training goes on; publishing is retried a few times before the job fails. */
 #include "server.h"
@@ -64,6 +68,7 @@ struct fd_jobs {
     int64_t *resume;        /* ids left 'running' at start, under mu */
     int nresume, resume_next;
     double ckpt_seconds;    /* the least time between two snapshots */
+    int max_restarts;       /* start_allowed */
     int train_threads;   /* threads per job's training workspace */
     int train_nice;      /* nice value of the training threads (SCHED_BATCH); 0 = as the daemon */
     char *db_path;       /* for the checkpoint writers' connections */
@@ -129,6 +134,7 @@ typedef struct ckpt_writer {
     double write_s, ser_s;  /* the job's last durations, under mu */
     double due_at;          /* mono time a due snapshot was granted (trainer thread) */
     double last_err_log;    /* the writer's own rate limit for error lines */
+    int progressed;         /* this run of the job stored a state (writer thread) */
 } ckpt_writer;
 
 typedef struct run_ctx {
@@ -205,6 +211,8 @@ static void *ckpt_writer_main(void *arg) {
         double t0 = mono_now();
         if (fd_db_train_state_put(cw->db, id, step, buf, len, err, sizeof err))
             log_db_error_at(&cw->last_err_log, id, "cannot store the training state", err);
+        else if (!cw->progressed && !fd_db_job_reset_attempts(cw->db, id, 1, err, sizeof err))
+            cw->progressed = 1; /* durable progress: the restart count starts again */
         double dt = mono_now() - t0;
         free(buf);
         pthread_mutex_lock(&cw->mu);
@@ -268,6 +276,7 @@ static void ckpt_writer_begin(ckpt_writer *cw, int64_t id) {
     if (!cw->started) return;
     pthread_mutex_lock(&cw->mu);
     cw->id = id;
+    cw->progressed = 0;
     cw->write_s = cw->ser_s = 0;
     pthread_mutex_unlock(&cw->mu);
     cw->due_at = 0;
@@ -307,10 +316,6 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     ckpt_writer *cw = r->w->cw;
     double ser = cw->due_at > 0 ? mono_now() - cw->due_at : -1;
     cw->due_at = 0;
-    if (FLAG(r->slot->user_cancel)) { /* ending 'cancelled': nothing to resume */
-        free(state);
-        return 0;
-    }
     if (cw->started) {
         pthread_mutex_lock(&cw->mu);
         if (ser >= 0) cw->ser_s = ser;
@@ -325,6 +330,7 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
     char err[256] = "";
     if (fd_db_train_state_put(r->w->db, r->id, step, state, len, err, sizeof err))
         log_db_error(r->w, r->id, "cannot store the training state", err);
+    else fd_db_job_reset_attempts(r->w->db, r->id, 1, err, sizeof err);
     free(state);
     return 0;
 }
@@ -383,9 +389,10 @@ static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *
     }
     int rc = FD_ENOMEM;
     for (int a = 0; a < 4; a++) {
-        rc = fd_db_job_publish(w->db, id, job->model, res->model, res->model_len, d.dim,
-                               d.context_dim, d.config, d.preprocess, d.metrics, &version, err,
-                               sizeof err);
+        rc = fd_db_job_publish_ex(w->db, id, job->model, res->model, res->model_len, d.dim,
+                                  d.context_dim, d.config, d.preprocess, d.metrics,
+                                  job->publish_set_default, res->optimizer, res->optimizer_len,
+                                  &version, err, sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
         fd_log("warn", "job %" PRId64 ": publishing failed (try %d): %s", id, a + 1, err);
         sleep_s(0.25 * (1 << a));
@@ -405,8 +412,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     nf_job job;
     memset(&job, 0, sizeof job);
     nf_data data = {0};
-    void *state = NULL;
-    size_t state_len = 0;
+    void *state = NULL, *init_file = NULL, *init_opt = NULL;
+    size_t state_len = 0, init_len = 0, init_opt_len = 0;
     if (nf_job_parse(request, strlen(request), 0, &job, err, sizeof err)) {
         snprintf(msg, sizeof msg, "invalid job: %s", err);
         finish(w, id, "failed", msg);
@@ -434,7 +441,9 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
             goto out;
         }
     }
-    if (resumed) {
+    /* a saved state: the daemon died under the job, or it was cancelled and
+     * resumed (POST /v1/jobs/{id}/resume); a fresh job has none */
+    {
         int64_t step = 0;
         char e2[256] = "";
         int rc = fd_db_train_state_get(w->db, id, &state, &state_len, &step, e2, sizeof e2);
@@ -442,7 +451,32 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
             fd_log("warn", "job %" PRId64 ": saved training state unusable (%s); "
                             "restarting from scratch", id, e2);
         if (rc) state = NULL, state_len = 0;
-        else fd_log("info", "job %" PRId64 ": resuming at step %" PRId64, id, step);
+        else fd_log("info", "job %" PRId64 ": resuming at step %" PRId64 "%s", id, step,
+                    resumed ? "" : " (resumed by request)");
+    }
+    /* a warm start: the published version's file (and optimizer state),
+     * pinned to a number at submission; a resumed run still needs the
+     * file (the flow it trains is the published one) */
+    if (job.init_model[0]) {
+        int iv = 0;
+        char e2[256] = "";
+        int rc = fd_db_resolve_version(w->db, job.init_model, job.init_version, &iv, e2, sizeof e2);
+        int got = 0;
+        if (!rc) rc = fd_db_version_get(w->db, job.init_model, iv, &init_file, &init_len, &got, e2, sizeof e2);
+        if (!rc && job.init_optimizer && !state) {
+            rc = fd_db_version_optimizer(w->db, job.init_model, iv, &init_opt, &init_opt_len, e2, sizeof e2);
+            if (!rc && !init_opt) snprintf(e2, sizeof e2, "it has no stored optimizer state"), rc = FD_ENOTFOUND;
+        }
+        if (rc) {
+            snprintf(msg, sizeof msg, "init: cannot read version %s of model %s: %s",
+                     job.init_version[0] ? job.init_version : "(default)", job.init_model, e2);
+            finish(w, id, "failed", msg);
+            goto out;
+        }
+        job.init_file = init_file;
+        job.init_file_len = init_len;
+        job.init_opt = init_opt;
+        job.init_opt_len = init_opt_len;
     }
     ckpt_writer_begin(w->cw, id);
     run_ctx rc_ = {w, slot, id};
@@ -464,13 +498,17 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     }
     /* a shutdown keeps the last snapshot (the job resumes from it); any
      * other end deletes the state, so a waiting one is dropped */
-    ckpt_writer_end(w->cw, rc == NF_ECANCELLED && !FLAG(slot->user_cancel));
+    ckpt_writer_end(w->cw, rc == NF_ECANCELLED);
     if (!rc) {
         publish(w, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
-        /* shutdown: stays 'running' with its checkpoint, resumes next start */
+        /* shutdown: stays 'running' with its checkpoint, resumes next start;
+         * a clean stop is not a failed start (its attempts restart) */
+        char e2[256] = "";
+        if (fd_db_job_reset_attempts(w->db, id, 0, e2, sizeof e2))
+            fd_log("error", "job %" PRId64 ": cannot record the clean stop: %s", id, e2);
         fd_log("info", "job %" PRId64 ": stopped for shutdown; it resumes at the next start", id);
-    } else if (rc == NF_ECANCELLED) {
+    } else if (rc == NF_ECANCELLED) { /* keeps its saved state: resumable */
         finish(w, id, "cancelled", NULL);
     } else {
         finish(w, id, "failed", err[0] ? err : nf_strerror(rc));
@@ -478,6 +516,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
     nf_job_result_free(&res);
 out:
     free(state);
+    free(init_file);
+    free(init_opt);
     nf_data_free(&data);
     nf_job_free(&job);
 }
@@ -495,6 +535,35 @@ static void lower_priority(int nice_val) {
         fd_log("warn", "training worker: cannot switch to SCHED_BATCH");
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice_val))
         fd_log("warn", "training worker: cannot set nice %d: %s", nice_val, strerror(errno));
+}
+
+/* A job found running at start-up is started again at most max_restarts
+ * (FD_JOB_MAX_RESTARTS, or $FLOWD_MAX_JOB_RESTARTS) times in a row without
+ * progress: a start that stores a training state, or a graceful shutdown,
+ * resets the count.  A job that kills the process (out of memory) would
+ * otherwise take the daemon down at every start; it fails with the reason
+ * instead, keeping its saved state (POST /v1/jobs/{id}/resume retries it). */
+static int start_allowed(fd_worker *w, int64_t id) {
+    int attempts = 0;
+    char err[256] = "", msg[400];
+    if (fd_db_job_start_attempt(w->db, id, &attempts, err, sizeof err)) {
+        fd_log("error", "job %" PRId64 ": cannot count its start: %s", id, err);
+        return 1;
+    }
+    int max_restarts = w->j->max_restarts;
+    if (attempts <= 1 + max_restarts) return 1;
+    snprintf(msg, sizeof msg,
+             "the daemon died %d times in a row while running this job without it saving "
+             "progress (killed, e.g. out of memory?); not restarted again (limit %d restarts). "
+             "Its saved state is kept: POST /v1/jobs/%" PRId64 "/resume retries it",
+             attempts - 1, max_restarts, id);
+    fd_log("error", "job %" PRId64 ": %s", id, msg);
+    for (int a = 0; a < 5; a++) {
+        int rc = fd_db_job_finish_ex(w->db, id, "failed", 0, msg, 1, err, sizeof err);
+        if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT) break;
+        sleep_s(0.2 * (a + 1));
+    }
+    return 0;
 }
 
 static void *worker_main(void *arg) {
@@ -517,6 +586,10 @@ static void *worker_main(void *arg) {
             if (rc) {
                 fd_log("warn", "job %" PRId64 ": cannot read it to resume: %s", id, err);
                 if (rc != FD_ENOTFOUND) finish(w, id, "failed", "cannot read the job to resume it");
+                id = 0;
+            } else if (!start_allowed(w, id)) {
+                free(request);
+                request = NULL;
                 id = 0;
             }
         } else {
@@ -614,6 +687,10 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
     const char *cs = getenv("FLOWD_CHECKPOINT_SECONDS");
     double v;
     if (cs && !nf_parse_num(cs, 0, HUGE_VAL, &v)) j->ckpt_seconds = v;
+    j->max_restarts = FD_JOB_MAX_RESTARTS;
+    const char *mr = getenv("FLOWD_MAX_JOB_RESTARTS");
+    int64_t mrv;
+    if (mr && !nf_parse_i64(mr, 0, 1000, &mrv)) j->max_restarts = (int)mrv;
     j->w = calloc(n ? (size_t)n : 1, sizeof *j->w);
     j->slots = calloc(n ? (size_t)n : 1, sizeof *j->slots);
     j->db_path = strdup(db_path);

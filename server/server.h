@@ -72,7 +72,8 @@ typedef struct fd_model {
 typedef struct fd_cache fd_cache;
 fd_cache *fd_cache_create(int capacity);
 void fd_cache_free(fd_cache *c);
-/* Get (loading from db on a miss) model name at version (0 = latest).  The
+/* Get (loading from db on a miss) model name at version (0 = the model's
+ * default: its "default" alias, else the latest).  The
  * returned model holds a reference: release with fd_model_release.  Errors:
  * FD_ENOTFOUND, FD_ECORRUPT (checksum or parse failure; never loaded). */
 int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model **out,
@@ -90,6 +91,9 @@ int fd_model_describe(const void *buf, size_t len, fd_model_desc *d, char *err, 
 void fd_model_desc_free(fd_model_desc *d);
 /* Forget every version of name (after DELETE); running requests keep theirs. */
 void fd_cache_evict(fd_cache *c, const char *name);
+/* This thread changed aliases or versions through its own connection
+ * (which does not move its data_version): resolve defaults afresh. */
+void fd_cache_forget_default(void);
 int fd_cache_count(fd_cache *c);
 
 /* ---- training jobs ------------------------------------------------------------ */
@@ -100,6 +104,7 @@ typedef struct fd_jobs fd_jobs;
  * (nf_train_config.threads), which run under SCHED_BATCH at nice
  * train_nice (0: as the daemon's other threads; at most 19).  Snapshots of
  * the training state are written by a writer thread per job (jobs.c). */
+#define FD_JOB_MAX_RESTARTS 3 /* starts of a job found running at start-up, in a row (jobs.c) */
 int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
                   char *err, size_t errlen);
 /* Wake a worker: a job was queued. */
@@ -280,6 +285,28 @@ void fd_json_add_u64(cJSON *o, const char *key, uint64_t v);
 /* [v,...] printed with %.9g, non-finite as null (api_models.c); NULL when
  * out of memory. */
 cJSON *fd_json_floats(const nf_real *v, size_t n);
+/* The lifecycle (api_lifecycle.c): aliases, version upload and delete,
+ * job resume. */
+enum MHD_Result fd_api_alias_put(fd_req *r, char **a);
+enum MHD_Result fd_api_alias_delete(fd_req *r, char **a);
+enum MHD_Result fd_api_versions_create(fd_req *r, char **a);
+enum MHD_Result fd_api_version_delete(fd_req *r, char **a);
+enum MHD_Result fd_api_job_resume(fd_req *r, char **a);
+/* alias names: as model names, starting with a letter, not "latest" */
+int fd_alias_name_ok(const char *s);
+/* "version" of a body / ?version= / a path segment of model name: an
+ * integer, or a string (alias, "latest", a number) resolved through the
+ * database.  *version 0 when absent (the model's default).  0, or -1 after
+ * sending the error (404 for an unknown alias or version). */
+int fd_body_version_or_reply(fd_req *r, const cJSON *body, const char *name, int *version);
+int fd_query_version_or_reply(fd_req *r, const char *name, int *version);
+int fd_path_version_or_reply(fd_req *r, const char *name, const char *seg, int *version);
+/* A submitted job's "init" (warm start): resolve the version (*version,
+ * 0 when the job has no init), check the architecture against the job's
+ * flow and that asked-for optimizer state exists.  0, or -1 after a 422. */
+struct nf_job;
+int fd_job_init_or_reply(fd_req *r, fd_db *db, const struct nf_job *j, int dim, const int shape[3],
+                         int is_int, double vmin, double vmax, int *version);
 /* The model name at version (0 = latest) from the cache (api_models.c): a
  * reference the caller releases with fd_model_release, or NULL after
  * sending the error (404 naming the model or version). */
@@ -308,7 +335,7 @@ void fd_server_stop(fd_server *s);
  * route table and then one for requests that matched none.  The label is
  * the row's pattern ("/v1/models/{name}"), "unmatched" for the last;
  * fd_route_method is "" for it. */
-#define FD_MAX_ROUTES 64
+#define FD_MAX_ROUTES 80
 extern const int fd_route_count;
 const char *fd_route_label(int route);
 const char *fd_route_method(int route);

@@ -310,6 +310,29 @@ if long.status_code == 202:
     call("POST", "/v1/jobs/%s/cancel" % long.json()["id"], expect=202)
     wait_job(long.json()["id"])
 
+# ---- lifecycle: aliases, version upload and delete, resume ------------------------------------------
+flow_bytes = call("GET", "/v1/models/m/versions/1/checkpoint", expect=200).content
+call("POST", "/v1/models/up/versions", raw=flow_bytes, ctype="application/octet-stream", expect=201)
+call("POST", "/v1/models/up/versions", raw=flow_bytes, ctype="application/octet-stream", expect=201)
+call("POST", "/v1/models/up/versions", raw=b"not a flow", ctype="application/octet-stream", expect=422)
+call("PUT", "/v1/models/up/aliases/prod", {"version": 1}, expect=200)
+call("PUT", "/v1/models/up/aliases/prod", {"version": 9}, expect=422)
+call("PUT", "/v1/models/up/aliases/prod", {"version": "x y"}, expect=404)
+call("POST", "/v1/models/up/log_prob", {"inputs": X, "version": "prod"}, expect=200)
+call("DELETE", "/v1/models/up/versions/1", expect=409)
+call("DELETE", "/v1/models/up/aliases/prod", expect=204)
+call("DELETE", "/v1/models/up/aliases/prod", expect=404)
+call("DELETE", "/v1/models/up/versions/1", expect=204)
+call("DELETE", "/v1/models/up/versions/1", expect=404)
+if ids:
+    call("POST", "/v1/jobs/%s/resume" % ids[0], expect=409)  # succeeded: not resumable
+if long.status_code == 202:
+    lid = long.json()["id"]
+    call("POST", "/v1/jobs/%s/resume" % lid, expect=202)
+    call("POST", "/v1/jobs/%s/cancel" % lid, expect=202)
+    wait_job(lid)
+call("POST", "/v1/jobs/999999/resume", expect=404)
+
 # ---- deletes last -------------------------------------------------------------------------------
 call("DELETE", "/v1/datasets/%s" % ds["id"], expect=204)
 call("DELETE", "/v1/datasets/%s" % ds["id"], expect=404)

@@ -153,7 +153,13 @@ static size_t on_data(char *d, size_t sz, size_t nm, void *u) {
     return sz * nm;
 }
 /* GET (body NULL) or POST JSON; returns the parsed JSON (or NULL), status in *code */
+static cJSON *http_json_m(int port, const char *method, const char *path, const char *body, long *code);
 static cJSON *http_json(int port, const char *path, const char *body, long *code) {
+    return http_json_m(port, NULL, path, body, code);
+}
+
+/* method NULL: GET, or POST with a body */
+static cJSON *http_json_m(int port, const char *method, const char *path, const char *body, long *code) {
     char url[512];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *c = curl_easy_init();
@@ -168,6 +174,7 @@ static cJSON *http_json(int port, const char *path, const char *body, long *code
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     }
+    if (method) curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     *code = 0;
     if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, code);
     curl_easy_cleanup(c);
@@ -306,6 +313,10 @@ TEST_T(dashboard_renders_model_job_and_samples, 300) {
     if (dash_start(&e)) return;
     long jid = train_moons(&e);
     CHECK_MSG(jid > 0, "training " MODEL " through the API failed");
+    /* an alias, which the versions table shows with its drop button */
+    long acode = 0;
+    cJSON_Delete(http_json_m(e.port, "PUT", "/v1/models/" MODEL "/aliases/prod", "{\"version\":1}", &acode));
+    CHECK_MSG(acode == 200, "PUT alias: %ld", acode);
 
     /* GET / serves the embedded page */
     char url[256], dom_path[160];
@@ -319,6 +330,10 @@ TEST_T(dashboard_renders_model_job_and_samples, 300) {
         CHECK_MSG(strstr(dom, ">" MODEL "<") != NULL, "the model name does not appear in the DOM");
         CHECK_MSG(strstr(dom, ">succeeded<") != NULL, "no job shows \"succeeded\"");
         CHECK_MSG(n > 0, "data-samples-rendered is %ld; the page drew no samples", n);
+        CHECK_MSG(strstr(dom, "title=\"alias prod → v1\"") != NULL, "the alias prod is not shown on v1");
+        CHECK_MSG(strstr(dom, "title=\"drop alias prod\"") != NULL, "no drop button for the alias");
+        CHECK_MSG(strstr(dom, ">alias…<") != NULL && strstr(dom, ">Upload version<") != NULL,
+                  "no alias / upload controls");
         CHECK_MSG(strstr(dom, "needs a token") == NULL || strstr(dom, "class=\"banner show\"") == NULL,
                   "the page asks for a token on a server without tokens");
         if (test_failures) fprintf(stderr, "    DOM (first 3000 bytes):\n%.3000s\n", dom);
