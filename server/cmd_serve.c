@@ -113,6 +113,18 @@ static const fd_opt serve_options[] = {
              "loopback only, with no authentication"},
     {"max-body", 0, FD_OPT_SIZE, &server.cfg.max_body, "FLOWD_MAX_BODY", 64 << 20, .lo = 1024, .hi = 1LL << 34,
      .arg = "BYTES", .help = "largest request body"},
+    {"max-inflate", 0, FD_OPT_SIZE, &server.cfg.max_inflate, "FLOWD_MAX_INFLATE", 256 << 20, .lo = 1024,
+     .hi = 1 << 30, .arg = "BYTES",
+     .help = "largest size a gzipped dataset upload may inflate to, checked while inflating (413 beyond)"},
+    {"max-inflate-ratio", 0, FD_OPT_INT, &server.cfg.max_inflate_ratio, "FLOWD_MAX_INFLATE_RATIO", 200, .lo = 2,
+     .hi = 2000, .arg = "N",
+     .help = "largest inflated:compressed ratio of a gzipped upload once past 1 MiB inflated (413 beyond); "
+             "deflate tops out near 1032"},
+    {"max-request-memory", 0, FD_OPT_SIZE, &server.cfg.max_request_memory, "FLOWD_MAX_REQUEST_MEMORY",
+     2048.0 * (1 << 20), .lo = 1 << 20, .hi = 1LL << 40, .arg = "BYTES",
+     .help = "most memory the parse of one request body may take, estimated from the body before "
+             "parsing (JSON about 40 bytes per body byte, CSV/.npy/IDX 4, plus the inflated bytes); 413 "
+             "beyond"},
     {"max-rows", 0, FD_OPT_INT, &server.cfg.max_rows, "FLOWD_MAX_ROWS", 100000, .lo = 1, .hi = 10000000,
      .arg = "N", .help = "rows per log_prob/encode/decode"},
     {"max-sample", 0, FD_OPT_INT, &server.cfg.max_sample, "FLOWD_MAX_SAMPLE", 100000, .lo = 1, .hi = 10000000,

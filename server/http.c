@@ -22,6 +22,8 @@
  *                       metrics under the row's label and frees it. */
 #include "server.h"
 
+#include "../core/data.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -406,6 +408,22 @@ const char *fd_req_header(fd_req *r, const char *key) {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
 }
 
+enum MHD_Result fd_send_limit_error(fd_req *r, const nf_data_limits *lim, const char *msg) {
+    cJSON *d = cJSON_CreateObject();
+    const fd_config *c = &r->srv->cfg;
+    if (lim->exceeded == NF_DATA_LIMIT_RATIO) {
+        cJSON_AddStringToObject(d, "limit", "inflate_ratio");
+        cJSON_AddNumberToObject(d, "max_ratio", c->max_inflate_ratio);
+    } else if (lim->exceeded == NF_DATA_LIMIT_INFLATE) {
+        cJSON_AddStringToObject(d, "limit", "inflate");
+        cJSON_AddNumberToObject(d, "max_bytes", (double)c->max_inflate);
+    } else {
+        cJSON_AddStringToObject(d, "limit", "memory");
+        cJSON_AddNumberToObject(d, "max_bytes", (double)c->max_request_memory);
+    }
+    return fd_send_error(r, 413, "payload_too_large", d, "%s", msg);
+}
+
 cJSON *fd_req_json(fd_req *r) {
     const char *ct = fd_req_header(r, "Content-Type");
     /* curl -d sends application/x-www-form-urlencoded; a JSON body sent that
@@ -414,6 +432,16 @@ cJSON *fd_req_json(fd_req *r) {
         strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
         fd_send_error(r, 415, "unsupported_media_type", NULL,
                       "expected Content-Type application/json, got %s", ct);
+        return NULL;
+    }
+    /* the tree costs tens of bytes per body byte: bounded before it is built */
+    size_t cost = nf_data_parse_cost(r->body, r->len, NF_DATA_JSON), max = r->srv->cfg.max_request_memory;
+    if (r->body && cost > max - (r->len < max ? r->len : max)) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "parsing this %zu-byte JSON body would take about %zu bytes of memory; the limit is %zu "
+                 "(--max-request-memory)", r->len, cost + r->len, max);
+        nf_data_limits lim = {.exceeded = NF_DATA_LIMIT_MEMORY};
+        fd_send_limit_error(r, &lim, msg);
         return NULL;
     }
     const char *end = NULL;

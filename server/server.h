@@ -43,6 +43,9 @@ typedef struct fd_config {
     int workers;           /* training worker threads, default 1 */
     int http_threads;      /* MHD pool size, default 4 */
     size_t max_body;       /* bytes, default 64 MiB */
+    size_t max_inflate;    /* bytes a gzip upload may inflate to, default 256 MiB */
+    int max_inflate_ratio; /* inflated:compressed, default 200 */
+    size_t max_request_memory; /* estimated parse memory of one body, default 2 GiB */
     int max_rows;          /* rows per log_prob/encode/decode request, default 100000 */
     int max_sample;        /* n per sample request, default 100000 */
     int max_connections;   /* default 512 */
@@ -171,6 +174,11 @@ enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *content_type, v
 /* {"error":{"code","message","details"}}; details taken (may be NULL). */
 enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details,
                               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 413 payload_too_large for a body refused by a limit of
+ * nf_data_load_limited (lim->exceeded set): details.limit is "inflate",
+ * "inflate_ratio" or "memory", with the limit's value; msg is the loader's. */
+struct nf_data_limits;
+enum MHD_Result fd_send_limit_error(fd_req *r, const struct nf_data_limits *lim, const char *msg);
 /* Map an FD_E* storage error to a response. */
 enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err);
 /* 200 with a built-in file (data is static, not taken): dashboard, OpenAPI. */
