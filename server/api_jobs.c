@@ -441,7 +441,11 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     const char *ct = fd_req_header(r, "Content-Type");
     nf_data_format fmt;
     const char *fname;
-    if (!ct || !strncasecmp(ct, "application/octet-stream", 24) || !strncasecmp(ct, "application/gzip", 16)) {
+    if (!ct) {
+        return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                             "the upload has no Content-Type: send text/csv, application/x-npy, application/json, "
+                             "application/x-idx, or application/octet-stream (detected)");
+    } else if (!strncasecmp(ct, "application/octet-stream", 24) || !strncasecmp(ct, "application/gzip", 16)) {
         fmt = NF_DATA_AUTO;
     } else if (!strncasecmp(ct, "text/csv", 8)) {
         fmt = NF_DATA_CSV;

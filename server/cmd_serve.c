@@ -111,6 +111,10 @@ static const fd_opt serve_options[] = {
     {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
      .help = "bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line; without it the daemon serves "
              "loopback only, with no authentication"},
+    {"allow-origin", 0, FD_OPT_LIST, &server.cfg.allow_origins, "FLOWD_ALLOW_ORIGIN", .arg = "ORIGIN",
+     .help = "a web origin (https://app.example:8443) whose pages may call the API from a browser; repeat "
+             "the flag, or list them with commas in the variable.  Requests with any other Origin than the "
+             "server's own are refused (403)"},
     {"max-body", 0, FD_OPT_SIZE, &server.cfg.max_body, "FLOWD_MAX_BODY", 64 << 20, .lo = 1024, .hi = 1LL << 34,
      .arg = "BYTES", .help = "largest request body"},
     {"max-inflate", 0, FD_OPT_SIZE, &server.cfg.max_inflate, "FLOWD_MAX_INFLATE", 256 << 20, .lo = 1024,

@@ -175,6 +175,11 @@ static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp, c
     if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->cors_origin) { /* an --allow-origin page may read the answer */
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Location, Retry-After");
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
     for (; extra && extra[0]; extra += 2)
         if (extra[1]) MHD_add_response_header(resp, extra[0], extra[1]);
     r->status = status;
@@ -426,12 +431,11 @@ enum MHD_Result fd_send_limit_error(fd_req *r, const nf_data_limits *lim, const 
 
 cJSON *fd_req_json(fd_req *r) {
     const char *ct = fd_req_header(r, "Content-Type");
-    /* curl -d sends application/x-www-form-urlencoded; a JSON body sent that
-     * way is accepted, anything else declared is refused */
-    if (ct && strncasecmp(ct, "application/json", 16) != 0 &&
-        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
+    /* a form's encoding (curl -d sends application/x-www-form-urlencoded)
+     * is what a web page can post without CORS: refused, as is none */
+    if (r->len && (!ct || strncasecmp(ct, "application/json", 16) != 0)) {
         fd_send_error(r, 415, "unsupported_media_type", NULL,
-                      "expected Content-Type application/json, got %s", ct);
+                      "expected Content-Type application/json, got %s", ct ? ct : "none");
         return NULL;
     }
     /* the tree costs tens of bytes per body byte: bounded before it is built */
@@ -613,6 +617,53 @@ static void make_rid(fd_req *r) {
     snprintf(r->rid, sizeof r->rid, "%016llx", (unsigned long long)state);
 }
 
+/* Phase 0, guard (guard.c): without tokens, Host must name the listen
+ * address (DNS rebinding); an Origin must be the request's own or on
+ * --allow-origin (a page elsewhere in the user's browser).  An OPTIONS
+ * preflight from an allowed origin is answered here, 204. */
+static enum MHD_Result guard(fd_req *r) {
+    fd_server *s = r->srv;
+    const char *host = fd_req_header(r, "Host"), *origin = fd_req_header(r, "Origin");
+    if (!fd_guard_host(s, host)) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "reason", "host");
+        return fd_send_error(r, 403, "permission_denied", d,
+                             "Host %.100s is not this server's address; without --token-file only "
+                             "%s and localhost are answered", host, s->cfg.listen_host);
+    }
+    int o = fd_guard_origin(s, origin, host);
+    if (!o) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "reason", "origin");
+        return fd_send_error(r, 403, "permission_denied", d,
+                             "requests from the web origin %.100s are refused; allow it with --allow-origin", origin);
+    }
+    if (o == 2) r->cors_origin = origin;
+    if (!strcmp(r->method, "OPTIONS") && origin) {
+        const char *const extra[] = {"Access-Control-Allow-Methods", "GET, POST, DELETE",
+                                     "Access-Control-Allow-Headers",
+                                     "Authorization, Content-Type, Accept, Last-Event-ID, X-Request-Id",
+                                     "Access-Control-Max-Age", "600", NULL, NULL};
+        return send_buffer(r, 204, NULL, NULL, 0, extra);
+    }
+    return MHD_YES;
+}
+
+/* Phase 2b, body type: a body sent to a route that takes one declares a
+ * type some route parses; a form's encodings, and none at all, are refused
+ * before the body is read. */
+static enum MHD_Result check_body_type(fd_req *r) {
+    if (!routes[r->route].body) return MHD_YES;
+    const char *cl = fd_req_header(r, "Content-Length"), *te = fd_req_header(r, "Transfer-Encoding");
+    if (!te && (!cl || !strcmp(cl, "0"))) return MHD_YES; /* no body: the handler says what is missing */
+    const char *ct = fd_req_header(r, "Content-Type");
+    if (fd_guard_ctype_ok(ct)) return MHD_YES;
+    return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                         "%s%.100s: a body is application/json, text/csv, application/x-npy, application/x-idx, "
+                         "application/gzip or application/octet-stream, as the route takes",
+                         ct ? "a body cannot be " : "the body has no Content-Type", ct ? ct : "");
+}
+
 /* Phase 1, route: find the row for method and path, keeping the captured
  * segments in r->args.  405 (with Allow) when the path has rows for other
  * methods only; GET / is the dashboard; else 404. */
@@ -722,7 +773,8 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
     r->route = NROUTES;
     r->plain_errors = !strncmp(url, "/v2", 3) && (url[3] == 0 || url[3] == '/'); /* also unrouted */
     make_rid(r);
-    static enum MHD_Result (*const phases[])(fd_req *) = {route_request, authorize, check_body_limit, admit};
+    static enum MHD_Result (*const phases[])(fd_req *) = {guard, route_request, authorize, check_body_type,
+                                                         check_body_limit, admit};
     enum MHD_Result ret = MHD_YES;
     for (size_t i = 0; i < sizeof phases / sizeof phases[0] && ret == MHD_YES && !r->status; i++)
         ret = phases[i](r);

@@ -55,6 +55,7 @@ typedef struct fd_config {
     int max_queued_jobs;   /* queued jobs before 429, default 64 */
     int cache_models;      /* models kept loaded, default 16 */
     const char *token_file;
+    char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
 } fd_config;
 
@@ -161,7 +162,17 @@ typedef struct fd_req {
     int plain_errors;      /* errors as {"error": "message"} (http.c) */
     char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
     int inf_version, inf_op;
+    const char *cors_origin; /* an --allow-origin Origin: echoed in Access-Control-Allow-Origin */
 } fd_req;
+
+/* Browser safety (guard.c).  fd_guard_ctype_ok: ct is a body type some
+ * route takes (not missing, not a form encoding).  fd_guard_host: Host
+ * names the listen address or localhost with the listen port, or tokens are
+ * configured, or there is no Host.  fd_guard_origin: 0 refused, 1 no Origin
+ * or the request's own (http(s):// + Host), 2 on --allow-origin. */
+int fd_guard_ctype_ok(const char *ct);
+int fd_guard_host(const fd_server *s, const char *host);
+int fd_guard_origin(const fd_server *s, const char *origin, const char *host);
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
  * use); NULL with a 500 sent if it cannot be opened. */
