@@ -146,6 +146,8 @@ static const fd_opt serve_options[] = {
     {"blas-threads", 0, FD_OPT_INT, &so.blas_threads, "FLOWD_BLAS_THREADS", 1, .lo = 1, .hi = 64, .arg = "N",
      .help = "OpenBLAS threads per call; more oversubscribes the cores, see README"},
     {"port-file", 0, FD_OPT_STR, &so.port_file, .arg = "FILE", .help = "write the bound port there once listening"},
+    {"drain-timeout", 0, FD_OPT_INT, &server.cfg.drain_timeout, "FLOWD_DRAIN_TIMEOUT", 30, .lo = 0, .hi = 3600,
+     .arg = "S", .help = "at SIGTERM, seconds to wait for requests in flight (uploads, answers) before they are cut"},
     {"quiet", 0, FD_OPT_FLAG, &server.cfg.quiet, .help = "no per-request log lines"},
 };
 
@@ -156,8 +158,9 @@ static const fd_cli serve_cli = {
     "Runs the flowd HTTP daemon in the foreground.  Every option also reads an\n"
     "environment variable (shown); the flag wins.\n"
     "\n",
-    "SIGTERM or SIGINT drains: /readyz turns 503, running jobs checkpoint (and\n"
-    "resume at the next start), then the database is closed.\n",
+    "SIGTERM or SIGINT drains: /readyz turns 503, new connections are refused,\n"
+    "requests in flight finish (up to --drain-timeout), running jobs checkpoint\n"
+    "(and resume at the next start), then the database is closed.\n",
     serve_options, FD_NOPTS(serve_options), .bad_rc = 2};
 
 /* The automatic defaults, then the checks across options: 0 or an exit status. */
@@ -259,8 +262,10 @@ static int serve_run(fd_server *s, fd_db *db) {
     announce(s, db);
     int sig = 0;
     sigwait(&set, &sig);
-    fd_log("info", "%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    atomic_store(&s->draining, 1);
+    fd_log("info", "%s received, draining (up to %d s for requests in flight)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+           c->drain_timeout);
+    int left = fd_server_drain(s, c->drain_timeout);
+    if (left) fd_log("warn", "drain timeout: %d request%s still in flight are cut", left, left == 1 ? "" : "s");
     /* HTTP first: a request admitted before the drain may still call
      * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
      * freed only once libmicrohttpd has finished every handler.  (The other

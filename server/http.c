@@ -764,6 +764,7 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
                                   const char *method, void **con_cls) {
     fd_req *r = calloc(1, sizeof *r);
     if (!r) return MHD_NO;
+    atomic_fetch_add(&s->active, 1);
     *con_cls = r;
     r->srv = s;
     r->conn = conn;
@@ -879,6 +880,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->body);
     free(r);
     *con_cls = NULL;
+    atomic_fetch_sub(&s->active, 1);
 }
 
 int fd_server_start(fd_server *s, char *err, size_t errlen) {
@@ -940,6 +942,19 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         if (di) s->cfg.port = di->port;
     }
     return 0;
+}
+
+int fd_server_drain(fd_server *s, double timeout_s) {
+    atomic_store(&s->draining, 1); /* /readyz 503; requests not yet admitted: 503 */
+    if (!s->mhd) return 0;
+    /* no new connections: the listening socket is closed (connect() is
+     * refused); connections already open stay, to finish their requests */
+    MHD_socket ls = MHD_quiesce_daemon(s->mhd);
+    if (ls != MHD_INVALID_SOCKET) close(ls);
+    fd_streams_stop(); /* event streams end: they would run until their job does */
+    double t0 = fd_now();
+    while (atomic_load(&s->active) > 0 && fd_now() - t0 < timeout_s) usleep(10000);
+    return atomic_load(&s->active);
 }
 
 void fd_server_stop(fd_server *s) {

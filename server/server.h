@@ -57,6 +57,7 @@ typedef struct fd_config {
     const char *token_file;
     char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
+    int drain_timeout;     /* seconds the drain waits for requests in flight, default 30 */
 } fd_config;
 
 typedef struct fd_token {
@@ -135,6 +136,7 @@ typedef struct fd_server {
     atomic_int ready;      /* /readyz */
     atomic_int draining;
     atomic_int inflight;
+    atomic_int active;     /* requests between their headers and completion (the drain waits for them) */
     pthread_key_t db_key;  /* per-thread fd_db */
 } fd_server;
 
@@ -321,6 +323,11 @@ char *fd_metrics_render(fd_server *s, fd_db *db);
 
 /* Server lifecycle (http.c). */
 int fd_server_start(fd_server *s, char *err, size_t errlen);
+/* The first half of a graceful stop: /readyz turns 503, the listening
+ * socket is closed (new connections are refused), event streams end, and
+ * requests in flight (an upload whose headers came before) are waited for,
+ * up to timeout_s.  Returns how many were still running. */
+int fd_server_drain(fd_server *s, double timeout_s);
 void fd_server_stop(fd_server *s);
 
 /* Routes for metrics: route numbers 0..fd_route_count-1, the rows of the
