@@ -148,6 +148,9 @@ static const fd_opt serve_options[] = {
     {"port-file", 0, FD_OPT_STR, &so.port_file, .arg = "FILE", .help = "write the bound port there once listening"},
     {"drain-timeout", 0, FD_OPT_INT, &server.cfg.drain_timeout, "FLOWD_DRAIN_TIMEOUT", 30, .lo = 0, .hi = 3600,
      .arg = "S", .help = "at SIGTERM, seconds to wait for requests in flight (uploads, answers) before they are cut"},
+    {"reuse-port", 0, FD_OPT_FLAG, &server.cfg.reuse_port,
+     .help = "set SO_REUSEPORT, so that several daemons (on different databases) may share the port; "
+             "without it a second daemon on a port in use fails to start"},
     {"quiet", 0, FD_OPT_FLAG, &server.cfg.quiet, .help = "no per-request log lines"},
 };
 
@@ -291,7 +294,18 @@ int cmd_serve(int argc, char **argv) {
     fd_db *db = NULL;
     char err[512] = "";
     int applied = 0;
-    if (fd_db_open(s->cfg.db_path, &db, err, sizeof err) || fd_db_migrate(db, &applied, err, sizeof err)) {
+    if (fd_db_open(s->cfg.db_path, &db, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: database %s: %s\n", s->cfg.db_path, err);
+        fd_db_close(db);
+        return 1;
+    }
+    /* one daemon per database, taken before any migration or job (dblock.c) */
+    if (fd_db_lock_exclusive(s->cfg.db_path, err, sizeof err) == -1) {
+        fprintf(stderr, "flowd serve: %s\n", err);
+        fd_db_close(db);
+        return 1;
+    }
+    if (fd_db_migrate(db, &applied, err, sizeof err)) {
         fprintf(stderr, "flowd serve: database %s: %s\n", s->cfg.db_path, err);
         fd_db_close(db);
         return 1;

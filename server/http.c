@@ -929,7 +929,10 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.conn_timeout,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)0,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        /* 1 would set SO_REUSEPORT: a second daemon could bind the same
+         * port and take half the connections.  0 is SO_REUSEADDR only (a
+         * restart binds at once over TIME_WAIT); --reuse-port asks for 1 */
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)(s->cfg.reuse_port ? 1 : 0),
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
         MHD_OPTION_END);
     if (!s->mhd) {

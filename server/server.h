@@ -57,6 +57,7 @@ typedef struct fd_config {
     const char *token_file;
     char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
+    int reuse_port;        /* SO_REUSEPORT on the listening socket (--reuse-port) */
     int drain_timeout;     /* seconds the drain waits for requests in flight, default 30 */
 } fd_config;
 
@@ -320,6 +321,12 @@ void fd_metrics_inference(fd_metrics *m, const char *model, int version, fd_op o
 void fd_req_inference(fd_req *r, const fd_model *m, fd_op op);
 /* Prometheus text (malloc'd). */
 char *fd_metrics_render(fd_server *s, fd_db *db);
+
+/* The exclusive lock of `flowd serve` on DB.lock (dblock.c): the lock's fd
+ * (kept open for the life of the process), -2 when there is no file to lock
+ * beside (":memory:", a URI, a directory not yet created), or -1 with a
+ * message when another daemon holds it. */
+int fd_db_lock_exclusive(const char *db_path, char *err, size_t errlen);
 
 /* Server lifecycle (http.c). */
 int fd_server_start(fd_server *s, char *err, size_t errlen);
