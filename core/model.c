@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -263,6 +264,21 @@ int nf_file_read(const char *path, void **buf, size_t *len) {
     return 0;
 }
 
+int nf_fsync_dir(const char *path) {
+    size_t n = strlen(path);
+    while (n && path[n - 1] != '/') n--;
+    char *dir = nf_malloc(n + 2);
+    if (!dir) return NF_ENOMEM;
+    if (n) memcpy(dir, path, n), dir[n] = 0;
+    else strcpy(dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    nf_free(dir);
+    if (fd < 0) return NF_EIO;
+    int rc = fsync(fd) == 0 ? 0 : NF_EIO;
+    close(fd);
+    return rc;
+}
+
 int nf_file_write(const char *path, const void *buf, size_t len) {
     size_t pl = strlen(path);
     char *tmp = nf_malloc(pl + 16);
@@ -283,5 +299,7 @@ int nf_file_write(const char *path, const void *buf, size_t len) {
         return NF_EIO;
     }
     nf_free(tmp);
-    return 0;
+    /* the rename is in the directory: synced, the file is there after a
+     * power loss, not only its data */
+    return nf_fsync_dir(path);
 }

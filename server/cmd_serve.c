@@ -148,6 +148,9 @@ static const fd_opt serve_options[] = {
     {"port-file", 0, FD_OPT_STR, &so.port_file, .arg = "FILE", .help = "write the bound port there once listening"},
     {"drain-timeout", 0, FD_OPT_INT, &server.cfg.drain_timeout, "FLOWD_DRAIN_TIMEOUT", 30, .lo = 0, .hi = 3600,
      .arg = "S", .help = "at SIGTERM, seconds to wait for requests in flight (uploads, answers) before they are cut"},
+    {"publish-retry", 0, FD_OPT_NUM, &fd_publish_retry_s, "FLOWD_PUBLISH_RETRY", 300, .lo = 0, .hi = 86400,
+     .arg = "S", .help = "seconds a trained model's publish is retried on a transient database error (busy, "
+                         "disk full) before its job fails; a shutdown meanwhile leaves the job to resume"},
     {"reuse-port", 0, FD_OPT_FLAG, &server.cfg.reuse_port,
      .help = "set SO_REUSEPORT, so that several daemons (on different databases) may share the port; "
              "without it a second daemon on a port in use fails to start"},

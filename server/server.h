@@ -108,6 +108,10 @@ typedef struct fd_jobs fd_jobs;
  * the training state are written by a writer thread per job (jobs.c). */
 int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
                   char *err, size_t errlen);
+/* Seconds a job's publish is retried (backoff 0.1 s doubling to 5 s) on a
+ * transient database error, the trained model kept in memory; set by
+ * `flowd serve --publish-retry` (default 300). */
+extern double fd_publish_retry_s;
 /* Wake a worker: a job was queued. */
 void fd_jobs_notify(fd_jobs *j);
 /* Cancel a running job now (the HTTP handler has already flagged it in the
