@@ -514,3 +514,24 @@ int dmn_make_model(dmn *d, const char *name, int C, struct nf_model **out) {
     const char *im[] = {"import", file, "--name", name, "--db", d->db, NULL};
     return rc ? -1 : run_flowd(d, im, NULL, 30) ? -1 : 0;
 }
+
+int dmn_log_has(dmn *d, const char *needle) {
+    FILE *f = fopen(d->log, "r");
+    if (!f) return 0;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    for (size_t k; buf && (k = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += k;
+        if (n == cap) {
+            char *b = realloc(buf, 2 * cap + 1);
+            if (!b) break;
+            buf = b, cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!buf) return 0;
+    buf[n] = 0;
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}

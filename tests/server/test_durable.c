@@ -22,16 +22,6 @@
 #define JOB "{\"model\":\"dur\",\"dataset\":{\"builtin\":\"moons\",\"n\":1000,\"seed\":1}," \
             "\"flow\":{\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]},\"train\":{\"epochs\":3,\"batch_size\":100}}"
 
-static int log_has(dmn *d, const char *needle) {
-    FILE *f = fopen(d->log, "r");
-    if (!f) return 0;
-    static char buf[1 << 18];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
 static void version_loads(dmn *d) {
     hresp r;
     CHECK(http_get(d, "/v1/models/dur/versions/1/checkpoint", &r) == 0);
@@ -69,7 +59,7 @@ TEST_T(durable_publish_retried_keeps_model, 90) {
     char state[32];
     CHECK(wait_job(&d, id, 60, state, sizeof state) == 0);
     CHECK_MSG(!strcmp(state, "succeeded"), "job ended %s", state);
-    CHECK(log_has(&d, "publishing failed (try 6"));
+    CHECK(dmn_log_has(&d, "publishing failed (try 6"));
     version_loads(&d);
     dmn_cleanup(&d);
 }
@@ -82,10 +72,10 @@ TEST_T(durable_publish_interrupted_resumes, 90) {
     long long id = submit_job(&d, JOB);
     REQUIRE(id > 0);
     double t0 = dmn_now();
-    while (!log_has(&d, "publishing failed (try 2") && dmn_now() - t0 < 60) dmn_sleep_ms(50);
-    CHECK(log_has(&d, "publishing failed (try 2"));
+    while (!dmn_log_has(&d, "publishing failed (try 2") && dmn_now() - t0 < 60) dmn_sleep_ms(50);
+    CHECK(dmn_log_has(&d, "publishing failed (try 2"));
     CHECK_EQ_INT(dmn_stop(&d), 0);
-    CHECK(log_has(&d, "before its model was published"));
+    CHECK(dmn_log_has(&d, "before its model was published"));
     REQUIRE(dmn_start(&d, NULL, NULL) == 0);
     char state[32];
     CHECK(wait_job(&d, id, 60, state, sizeof state) == 0);

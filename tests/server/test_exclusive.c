@@ -16,16 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int log_has(dmn *d, const char *needle) {
-    FILE *f = fopen(d->log, "r");
-    if (!f) return 0;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
 TEST_T(exclusive_port_and_database, 90) {
     dmn d;
     REQUIRE(dmn_init(&d) == 0);
@@ -37,7 +27,7 @@ TEST_T(exclusive_port_and_database, 90) {
     int rc = run_flowd(&d, same_port, NULL, 5);
     printf("  second daemon on port %d: exit %d\n", d.port, rc);
     CHECK_EQ_INT(rc, 1);
-    CHECK(log_has(&d, "cannot listen on 127.0.0.1:"));
+    CHECK(dmn_log_has(&d, "cannot listen on 127.0.0.1:"));
     /* the same database, another port */
     const char *same_db[] = {"serve", "--db", d.db, "--listen", "127.0.0.1:0", "--quiet", NULL};
     rc = run_flowd(&d, same_db, NULL, 5);
@@ -45,7 +35,7 @@ TEST_T(exclusive_port_and_database, 90) {
     CHECK_EQ_INT(rc, 1);
     char msg[64];
     snprintf(msg, sizeof msg, "another flowd serve (pid %d)", (int)d.pid);
-    CHECK_MSG(log_has(&d, msg), "no \"%s\" in the log", msg);
+    CHECK_MSG(dmn_log_has(&d, msg), "no \"%s\" in the log", msg);
     CHECK(dmn_healthy(&d));
     /* free again once the first is gone, also after a SIGKILL */
     dmn_kill9(&d);
