@@ -193,9 +193,15 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
     }
     const cJSON *dq = pp ? cJSON_GetObjectItemCaseSensitive(pp, "dequantize") : NULL;
     if (dq && cJSON_IsObject(dq)) {
-        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");
         m->dequantize = 1;
-        m->levels = cJSON_IsNumber(lv) ? (int)lv->valuedouble : 256;
+        /* the range of a job's levels (core/job.c): a hostile header's 1e300
+         * or -3 would be an out-of-range conversion, then a bogus floor */
+        char e2[160];
+        if (nf_json_int(dq, "levels", 256, 2, 65536, &m->levels, e2, sizeof e2)) {
+            nf_set_err(err, errlen, "model: preprocess.dequantize: %s", e2);
+            nf_model_free(m);
+            return NF_EFORMAT;
+        }
     }
     const char *kind = dq ? nf_json_str(dq, "kind", "uniform") : NULL;
     int variational = kind && !strcmp(kind, "variational");

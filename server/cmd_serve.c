@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 extern void openblas_set_num_threads(int);
@@ -40,25 +41,45 @@ static int parse_listen(const char *s, fd_config *c) {
     return 0;
 }
 
-/* Token file: one "SCOPE TOKEN" a line (read or write), # comments. */
+/* Token file: one "SCOPE TOKEN" a line (read or write), # comments.  A
+ * token is 16 to FD_TOKEN_MAX characters; a longer one (or a longer line)
+ * is refused, not cut: cut, it would be a different, shorter token.  A file
+ * that others can read is warned about. */
+#define FD_TOKEN_MAX 512
 static int load_tokens(fd_server *s, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "cannot read token file %s: %s", path, strerror(errno));
         return -1;
     }
-    char line[1024];
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
+        fd_log("warn", "token file %s is readable or writable by others (mode %03o): chmod 600 it", path,
+               (unsigned)(st.st_mode & 0777));
+    char line[FD_TOKEN_MAX + 64];
     int ln = 0;
     while (fgets(line, sizeof line, f)) {
         ln++;
         char *p = line;
-        while (*p == ' ' || *p == '\t') p++;
         size_t n = strlen(p);
+        if (n == sizeof line - 1 && p[n - 1] != '\n' && !feof(f)) {
+            snprintf(err, errlen, "%s line %d: longer than %zu characters (tokens are at most %d)", path, ln,
+                     sizeof line - 2, FD_TOKEN_MAX);
+            fclose(f);
+            return -1;
+        }
+        while (*p == ' ' || *p == '\t') p++;
+        n = strlen(p);
         while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ')) p[--n] = 0;
         if (!*p || *p == '#') continue;
-        char scope[16], tok[900];
-        if (sscanf(p, "%15s %899s", scope, tok) != 2 || (strcmp(scope, "read") && strcmp(scope, "write")) ||
-            strlen(tok) < 16) {
+        char scope[16], tok[FD_TOKEN_MAX + 2], extra[2];
+        int got = sscanf(p, "%15s %513s %1s", scope, tok, extra);
+        if (got >= 2 && strlen(tok) > FD_TOKEN_MAX) {
+            snprintf(err, errlen, "%s line %d: the token is longer than %d characters", path, ln, FD_TOKEN_MAX);
+            fclose(f);
+            return -1;
+        }
+        if (got != 2 || (strcmp(scope, "read") && strcmp(scope, "write")) || strlen(tok) < 16) {
             snprintf(err, errlen, "%s line %d: expected \"read TOKEN\" or \"write TOKEN\" (tokens of at least 16 characters)",
                      path, ln);
             fclose(f);
@@ -151,6 +172,10 @@ static const fd_opt serve_options[] = {
     {"publish-retry", 0, FD_OPT_NUM, &fd_publish_retry_s, "FLOWD_PUBLISH_RETRY", 300, .lo = 0, .hi = 86400,
      .arg = "S", .help = "seconds a trained model's publish is retried on a transient database error (busy, "
                          "disk full) before its job fails; a shutdown meanwhile leaves the job to resume"},
+    {"max-streams-per-client", 0, FD_OPT_INT, &server.cfg.max_streams_per_client, "FLOWD_MAX_STREAMS_PER_CLIENT",
+     8, .lo = 1, .hi = 64, .arg = "N",
+     .help = "job event streams one client (a token, or an address without tokens) may hold of the 64; "
+             "503 beyond"},
     {"reuse-port", 0, FD_OPT_FLAG, &server.cfg.reuse_port,
      .help = "set SO_REUSEPORT, so that several daemons (on different databases) may share the port; "
              "without it a second daemon on a port in use fails to start"},

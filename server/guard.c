@@ -17,6 +17,10 @@
  *    (fd_guard_host). */
 #include "server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -104,4 +108,64 @@ int fd_guard_origin(const fd_server *s, const char *origin, const char *host) {
         if (*p == ',') p++;
     }
     return 0;
+}
+
+/* ---- event streams per client ------------------------------------------------
+ * FD_MAX_STREAMS streams are open at most (api_jobs.c); one client may hold
+ * at most cfg.max_streams_per_client of them, so a reader cannot take every
+ * slot for a job's lifetime.  A client is its token (the hash) when tokens
+ * are configured, else its address. */
+#define CLIENTS 128
+static struct {
+    char key[72];
+    int n;
+} clients[CLIENTS];
+static pthread_mutex_t clients_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void client_key(fd_req *r, char key[72]) {
+    if (r->client_token[0]) {
+        snprintf(key, 72, "t:%s", r->client_token);
+        return;
+    }
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    }
+    snprintf(key, 72, "a:%s", ip);
+}
+
+int fd_stream_client_take(fd_req *r, char key[72]) {
+    client_key(r, key);
+    int cap = r->srv->cfg.max_streams_per_client, free_at = -1, rc = -1;
+    pthread_mutex_lock(&clients_mu);
+    for (int i = 0; i < CLIENTS; i++) {
+        if (clients[i].n && !strcmp(clients[i].key, key)) {
+            if (clients[i].n < cap) clients[i].n++, rc = 0;
+            free_at = -2;
+            break;
+        }
+        if (!clients[i].n && free_at == -1) free_at = i;
+    }
+    if (free_at >= 0 && cap > 0) {
+        snprintf(clients[free_at].key, sizeof clients[free_at].key, "%s", key);
+        clients[free_at].n = 1;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&clients_mu);
+    return rc;
+}
+
+void fd_stream_client_give(const char *key) {
+    pthread_mutex_lock(&clients_mu);
+    for (int i = 0; i < CLIENTS; i++)
+        if (clients[i].n && !strcmp(clients[i].key, key)) {
+            clients[i].n--;
+            break;
+        }
+    pthread_mutex_unlock(&clients_mu);
 }

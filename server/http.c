@@ -267,7 +267,11 @@ static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, c
     size_t n = 0;
     char *s = print_json(o, 1, &n);
     if (!s) return MHD_NO;
-    const char *const extra[] = {"Retry-After", retry_after, "Allow", allow, NULL};
+    /* RFC 6750 §3: a 401 names the scheme (and, for a token refused, why) */
+    const char *www = status != 401 ? NULL
+                      : r->bad_token ? "Bearer realm=\"flowd\", error=\"invalid_token\""
+                                     : "Bearer realm=\"flowd\"";
+    const char *const extra[] = {"Retry-After", retry_after, "Allow", allow, "WWW-Authenticate", www, NULL};
     return send_buffer(r, status, "application/json", s, n, extra);
 }
 
@@ -562,6 +566,7 @@ static int authenticate(fd_req *r) {
         int sc = s->tokens[i].write ? 2 : 1;
         scope = eq && sc > scope ? sc : scope;
     }
+    if (scope > 0) memcpy(r->client_token, hex, sizeof hex);
     return scope;
 }
 
@@ -706,6 +711,7 @@ static enum MHD_Result authorize(fd_req *r) {
     int scope = routes[r->route].scope;
     if (scope != SCOPE_PUBLIC && s->ntokens > 0) {
         int sc = authenticate(r);
+        r->bad_token = sc < 0;
         if (sc <= 0)
             return fd_send_error(r, 401, "unauthenticated", NULL,
                                  sc < 0 ? "invalid token" : "an Authorization: Bearer token is required");

@@ -58,7 +58,8 @@ typedef struct fd_config {
     char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
     int reuse_port;        /* SO_REUSEPORT on the listening socket (--reuse-port) */
-    int drain_timeout;     /* seconds the drain waits for requests in flight, default 30 */
+    int drain_timeout;
+    int max_streams_per_client; /* event streams one token or address may hold, default 8 */     /* seconds the drain waits for requests in flight, default 30 */
 } fd_config;
 
 typedef struct fd_token {
@@ -169,6 +170,8 @@ typedef struct fd_req {
     int plain_errors;      /* errors as {"error": "message"} (http.c) */
     char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
     int inf_version, inf_op;
+    char client_token[65];   /* sha256 hex of the token that authenticated, or "" */
+    int bad_token;           /* a token was given and is not known (401 invalid_token) */
     const char *cors_origin; /* an --allow-origin Origin: echoed in Access-Control-Allow-Origin */
 } fd_req;
 
@@ -180,6 +183,11 @@ typedef struct fd_req {
 int fd_guard_ctype_ok(const char *ct);
 int fd_guard_host(const fd_server *s, const char *host);
 int fd_guard_origin(const fd_server *s, const char *origin, const char *host);
+/* A slot of the requesting client's event streams (its token, or its
+ * address without tokens): 0 and key filled, or -1 when it holds
+ * cfg.max_streams_per_client already.  Give it back with the same key. */
+int fd_stream_client_take(fd_req *r, char key[72]);
+void fd_stream_client_give(const char *key);
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
  * use); NULL with a 500 sent if it cannot be opened. */
