@@ -105,8 +105,17 @@ static int is_gzip(const unsigned char *p, size_t len) {
 
 /* Inflates a gzip stream (concatenated members allowed) into a growing
  * buffer that never exceeds NF_DATA_MAX_INFLATE.  *out is malloc'd. */
+/* lim->reserve(bytes) before an allocation of the load (no callback: yes) */
+static int reserve(nf_data_limits *lim, size_t bytes, char *err, size_t errlen) {
+    if (!lim || !lim->reserve || !lim->reserve(lim->reserve_ctx, bytes)) return 0;
+    lim->exceeded = NF_DATA_LIMIT_BUDGET;
+    lim->cost = bytes;
+    return fail(NF_ENOMEM, "the server's request memory is taken by other requests (%zu bytes wanted); retry shortly",
+                bytes);
+}
+
 static int gunzip_limited(const unsigned char *in, size_t len, size_t cap, unsigned ratio, int *exceeded,
-                          unsigned char **out, size_t *outlen, char *err, size_t errlen) {
+                          nf_data_limits *lim, unsigned char **out, size_t *outlen, char *err, size_t errlen) {
     const size_t chunk = (size_t)1 << 30;
     if (!cap || cap > NF_DATA_MAX_INFLATE) cap = NF_DATA_MAX_INFLATE;
     *out = NULL;
@@ -120,6 +129,7 @@ static int gunzip_limited(const unsigned char *in, size_t len, size_t cap, unsig
         if (isize > 0 && isize <= cap && isize / 1032 <= len && !(ratio && isize / ratio > len)) size = isize;
     }
     if (size < 4096) size = 4096;
+    if (reserve(lim, size, err, errlen)) return NF_ENOMEM;
     unsigned char *buf = nf_malloc(size);
     if (!buf) return fail(NF_ENOMEM, "out of memory inflating gzip data");
     z_stream z;
@@ -144,6 +154,10 @@ static int gunzip_limited(const unsigned char *in, size_t len, size_t cap, unsig
                 break;
             }
             size_t ns = size > cap / 2 ? cap : size * 2;
+            if (reserve(lim, ns - size, err, errlen)) {
+                rc = NF_ENOMEM;
+                break;
+            }
             unsigned char *nb = nf_realloc(buf, ns);
             if (!nb) {
                 rc = fail(NF_ENOMEM, "out of memory inflating gzip data");
@@ -198,7 +212,7 @@ static int gunzip_limited(const unsigned char *in, size_t len, size_t cap, unsig
 
 static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
                   size_t errlen) {
-    return gunzip_limited(in, len, NF_DATA_MAX_INFLATE, 0, NULL, out, outlen, err, errlen);
+    return gunzip_limited(in, len, NF_DATA_MAX_INFLATE, 0, NULL, NULL, out, outlen, err, errlen);
 }
 
 /* ---- binary element decoding (npy, idx) ------------------------------------ */
@@ -710,11 +724,18 @@ size_t nf_data_parse_cost(const void *buf, size_t len, nf_data_format fmt) {
      * ':' (or is the document); keys and strings copy at most the text */
     size_t nodes = 1;
     for (size_t i = 0; i < len; i++) nodes += b[i] == ',' || b[i] == '[' || b[i] == '{' || b[i] == ':';
-    return nodes * (sizeof(struct cJSON) + sizeof(nf_real)) + len;
+    /* a node is a malloc'd chunk: its size rounded up with malloc's header */
+    const size_t node = (sizeof(struct cJSON) + 8 + 15) / 16 * 16;
+    return nodes * (node + sizeof(nf_real)) + len;
 }
 
-static int over_memory(nf_data_limits *lim, size_t cost, const char *what, char *err, size_t errlen) {
-    if (!lim || !lim->max_memory || cost <= lim->max_memory) return 0;
+/* cost: what the parse allocates (held: what is already reserved, the
+ * inflated bytes) */
+static int over_memory(nf_data_limits *lim, size_t cost, size_t held, const char *what, char *err, size_t errlen) {
+    if (!lim) return 0;
+    size_t all = cost > SIZE_MAX - held ? SIZE_MAX : cost + held;
+    if (!lim->max_memory || all <= lim->max_memory) return reserve(lim, cost, err, errlen);
+    cost = all;
     lim->exceeded = NF_DATA_LIMIT_MEMORY;
     lim->cost = cost;
     return fail(NF_ERANGE, "parsing %s would take about %zu bytes of memory; the limit is %zu", what, cost,
@@ -730,7 +751,7 @@ int nf_data_load_limited(const void *buf, size_t len, nf_data_format fmt, nf_dat
     if (!buf && len) return fail(NF_EINVAL, "buffer is NULL");
     if (!is_gzip(buf, len)) {
         nf_data_format f = fmt == NF_DATA_AUTO ? nf_data_detect(buf, len) : fmt;
-        int rc = over_memory(lim, nf_data_parse_cost(buf, len, f), "the body", err, errlen);
+        int rc = over_memory(lim, nf_data_parse_cost(buf, len, f), 0, "the body", err, errlen);
         return rc ? rc : load_plain(buf, len, fmt, out, err, errlen);
     }
     /* the inflated bytes are held through the parse: they count too */
@@ -739,9 +760,9 @@ int nf_data_load_limited(const void *buf, size_t len, nf_data_format fmt, nf_dat
     unsigned char *raw;
     size_t rlen;
     int exceeded = 0;
-    int rc = gunzip_limited(buf, len, cap, lim ? lim->max_ratio : 0, &exceeded, &raw, &rlen, err, errlen);
+    int rc = gunzip_limited(buf, len, cap, lim ? lim->max_ratio : 0, &exceeded, lim, &raw, &rlen, err, errlen);
     if (rc) {
-        if (lim) {
+        if (lim && lim->exceeded != NF_DATA_LIMIT_BUDGET) {
             lim->exceeded = exceeded;
             /* the cap was the memory limit, not the inflate limit */
             if (exceeded == NF_DATA_LIMIT_INFLATE && lim->max_memory && cap == lim->max_memory &&
@@ -755,7 +776,7 @@ int nf_data_load_limited(const void *buf, size_t len, nf_data_format fmt, nf_dat
     } else {
         nf_data_format f = fmt == NF_DATA_AUTO ? nf_data_detect(raw, rlen) : fmt;
         size_t pc = nf_data_parse_cost(raw, rlen, f);
-        rc = over_memory(lim, pc > SIZE_MAX - rlen ? SIZE_MAX : pc + rlen, "the inflated body", err, errlen);
+        rc = over_memory(lim, pc, rlen, "the inflated body", err, errlen);
         if (!rc) rc = load_plain(raw, rlen, fmt, out, err, errlen);
     }
     nf_free(raw);

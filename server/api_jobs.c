@@ -482,8 +482,10 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     char err[400] = "";
     const fd_config *cfg = &r->srv->cfg;
     nf_data_limits lim = {.max_inflate = cfg->max_inflate, .max_ratio = (unsigned)cfg->max_inflate_ratio,
-                          .max_memory = cfg->max_request_memory > r->len ? cfg->max_request_memory - r->len : 1};
+                          .max_memory = cfg->max_request_memory > r->len ? cfg->max_request_memory - r->len : 1,
+                          .reserve = fd_req_reserve_cb, .reserve_ctx = r};
     int rc = nf_data_load_limited(r->body, r->len, fmt, &lim, &d, err, sizeof err);
+    if (rc && lim.exceeded == NF_DATA_LIMIT_BUDGET) return fd_send_budget_error(r, lim.cost);
     if (rc && lim.exceeded) return fd_send_limit_error(r, &lim, err);
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     if (shape[0]) { /* declared: overrides the file's own, and must hold one row */

@@ -150,6 +150,11 @@ static const fd_opt serve_options[] = {
      .help = "most memory the parse of one request body may take, estimated from the body before "
              "parsing (JSON about 40 bytes per body byte, CSV/.npy/IDX 4, plus the inflated bytes); 413 "
              "beyond"},
+    {"max-memory", 0, FD_OPT_SIZE, &server.cfg.max_memory, "FLOWD_MAX_MEMORY", 1024.0 * (1 << 20), .lo = 0,
+     .hi = 1LL << 42, .arg = "BYTES",
+     .help = "memory all requests together may hold for bodies and their parses, reserved before it is "
+             "taken (a body at admission, a parse before parsing); a request that does not fit gets 503 "
+             "and one that never could 413; 0 = no budget"},
     {"max-rows", 0, FD_OPT_INT, &server.cfg.max_rows, "FLOWD_MAX_ROWS", 100000, .lo = 1, .hi = 10000000,
      .arg = "N", .help = "rows per log_prob/encode/decode"},
     {"max-sample", 0, FD_OPT_INT, &server.cfg.max_sample, "FLOWD_MAX_SAMPLE", 100000, .lo = 1, .hi = 10000000,

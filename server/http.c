@@ -25,6 +25,7 @@
 #include "../core/data.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -452,6 +453,10 @@ cJSON *fd_req_json(fd_req *r) {
         fd_send_limit_error(r, &lim, msg);
         return NULL;
     }
+    if (r->body && fd_req_reserve(r, cost)) {
+        fd_send_budget_error(r, cost);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *o = r->body ? cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0) : NULL;
     if (o && end) { /* only whitespace may follow the value */
@@ -762,6 +767,15 @@ static enum MHD_Result admit(fd_req *r) {
         return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
     }
     r->counted = 1;
+    /* and by bytes: the declared body is reserved and allocated now, whole */
+    const char *cl = fd_req_header(r, "Content-Length");
+    unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0;
+    if (v > 0 && v <= s->cfg.max_body) {
+        if (fd_req_reserve(r, (size_t)v + 1)) return fd_send_budget_error(r, (size_t)v + 1);
+        if (!(r->body = malloc((size_t)v + 1))) return MHD_NO;
+        r->cap = (size_t)v + 1;
+        r->body[0] = 0;
+    }
     return MHD_YES;
 }
 
@@ -806,6 +820,14 @@ static enum MHD_Result accumulate(fd_req *r, const char *data, size_t *size) {
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n + 1) cap *= 2;
+        if (r->mem_refused || fd_req_reserve(r, cap - r->cap)) { /* a chunked body past the budget */
+            r->mem_refused = 1;
+            r->len += n;
+            free(r->body);
+            r->body = NULL;
+            r->cap = 0;
+            return MHD_YES;
+        }
         char *b = realloc(r->body, cap);
         if (!b) return MHD_NO;
         r->body = b;
@@ -838,6 +860,7 @@ static enum MHD_Result handle(fd_req *r) {
         return fd_send_error(r, 413, "payload_too_large", d, "the body exceeds the limit of %zu bytes",
                              r->srv->cfg.max_body);
     }
+    if (r->mem_refused) return fd_send_budget_error(r, r->len);
     if (r->route >= NROUTES) return fd_send_error(r, 404, "not_found", NULL, "no route");
     enum MHD_Result ret = routes[r->route].fn(r, r->args);
     if (!r->status) /* a handler that forgot to answer is a bug: answer 500 */
@@ -862,6 +885,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return dispatch(r);
 }
 
+#define FD_TRIM_AFTER ((size_t)16 << 20)
+
 /* Phase 7, completion: release the inflight slot, record metrics, log the
  * request in one line, free it. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -884,6 +909,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         fd_log_kv("info", "request", kv);
     }
     free(r->body);
+    /* a request that held much: its pages go back to the system now.  The
+     * allocator keeps freed memory in the thread's arena, so without this
+     * each request thread's largest parse stays resident and the peak
+     * grows with the thread count, not the budget (test_memory.c) */
+    if (r->reserved >= FD_TRIM_AFTER) malloc_trim(0);
+    fd_req_release(r);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&s->active, 1);

@@ -59,7 +59,8 @@ typedef struct fd_config {
     int quiet;             /* no per-request log lines */
     int reuse_port;        /* SO_REUSEPORT on the listening socket (--reuse-port) */
     int drain_timeout;
-    int max_streams_per_client; /* event streams one token or address may hold, default 8 */     /* seconds the drain waits for requests in flight, default 30 */
+    int max_streams_per_client;
+    size_t max_memory;     /* request-path memory budget (bodies, parses), default 1 GiB; 0: none */ /* event streams one token or address may hold, default 8 */     /* seconds the drain waits for requests in flight, default 30 */
 } fd_config;
 
 typedef struct fd_token {
@@ -142,7 +143,8 @@ typedef struct fd_server {
     atomic_int ready;      /* /readyz */
     atomic_int draining;
     atomic_int inflight;
-    atomic_int active;     /* requests between their headers and completion (the drain waits for them) */
+    atomic_int active;
+    atomic_size_t mem_used, mem_peak; /* of cfg.max_memory (budget.c) */     /* requests between their headers and completion (the drain waits for them) */
     pthread_key_t db_key;  /* per-thread fd_db */
 } fd_server;
 
@@ -170,6 +172,8 @@ typedef struct fd_req {
     int plain_errors;      /* errors as {"error": "message"} (http.c) */
     char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
     int inf_version, inf_op;
+    size_t reserved;         /* bytes of the memory budget held (budget.c) */
+    int mem_refused;         /* a chunked body outgrew the budget: 503 at dispatch */
     char client_token[65];   /* sha256 hex of the token that authenticated, or "" */
     int bad_token;           /* a token was given and is not known (401 invalid_token) */
     const char *cors_origin; /* an --allow-origin Origin: echoed in Access-Control-Allow-Origin */
@@ -188,6 +192,17 @@ int fd_guard_origin(const fd_server *s, const char *origin, const char *host);
  * cfg.max_streams_per_client already.  Give it back with the same key. */
 int fd_stream_client_take(fd_req *r, char key[72]);
 void fd_stream_client_give(const char *key);
+
+/* The request-path memory budget (budget.c): fd_req_reserve takes bytes of
+ * cfg.max_memory for r (0, or -1 when they do not fit; nothing sent);
+ * fd_req_release gives back all r holds (at completion);
+ * fd_send_budget_error answers a refusal: 503 overloaded, or 413 when
+ * bytes exceed the whole budget (details.limit "memory_budget");
+ * fd_req_reserve_cb is the nf_data_limits.reserve callback (ctx: r). */
+int fd_req_reserve(fd_req *r, size_t bytes);
+void fd_req_release(fd_req *r);
+enum MHD_Result fd_send_budget_error(fd_req *r, size_t bytes);
+int fd_req_reserve_cb(void *ctx, size_t bytes);
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
  * use); NULL with a 500 sent if it cannot be opened. */
