@@ -72,18 +72,6 @@ static unsigned char *gzip_buf(const void *buf, size_t len, size_t *outlen) {
     return gzip_bomb(buf, len, "", 1, 0, "", 0, outlen);
 }
 
-/* VmHWM of the daemon, in KiB */
-static long peak_kib(dmn *d) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)d->pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return kb;
-}
-
 static const char *limit_of(const hresp *r) {
     const cJSON *e = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "error") : NULL;
     const cJSON *d = e ? cJSON_GetObjectItemCaseSensitive(e, "details") : NULL;
@@ -101,7 +89,7 @@ TEST_T(bombs_gzip_zeros_each_format_refused, 180) {
     dmn d;
     CHECK(dmn_init(&d) == 0);
     CHECK(dmn_start(&d, NULL, NULL) == 0);
-    long base = peak_kib(&d);
+    long base = dmn_peak_kib(&d);
     /* IDX u8 (n, 1) and .npy |u1 (n, 1) headers declaring 300 Mi rows */
     unsigned char idx[12] = {0, 0, 0x08, 2, 0, 0, 0, 0, 0, 0, 0, 1};
     uint32_t n = (uint32_t)INFLATED;
@@ -136,7 +124,7 @@ TEST_T(bombs_gzip_zeros_each_format_refused, 180) {
         hresp r;
         post(&d, "/v1/datasets?name=bomb", bombs[i].ctype, b, blen, &r);
         double dt = dmn_now() - t0;
-        long pk = peak_kib(&d);
+        long pk = dmn_peak_kib(&d);
         printf("  %s bomb: %zu bytes -> %zu inflated: %ld %s limit=%s in %.3f s, VmHWM %ld KiB (start %ld)\n",
                bombs[i].what, blen, INFLATED + bombs[i].hlen + bombs[i].tlen, r.status, hresp_error_code(&r),
                limit_of(&r), dt, pk, base);

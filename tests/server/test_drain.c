@@ -24,17 +24,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static int connect_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static int send_all(int fd, const char *p, size_t n) {
     while (n) {
         ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
@@ -100,7 +89,7 @@ static void drain_case(int cut) {
     size_t len;
     long rows;
     char *body = csv(8 << 20, &len, &rows);
-    int up = connect_to(d.port), idle = connect_to(d.port);
+    int up = dmn_connect(d.port), idle = dmn_connect(d.port);
     REQUIRE(up >= 0 && idle >= 0);
     char head[256];
     int hl = snprintf(head, sizeof head,
@@ -113,7 +102,7 @@ static void drain_case(int cut) {
     CHECK(kill(d.pid, SIGTERM) == 0);
     dmn_sleep_ms(300);
     /* new connections are refused */
-    int fresh = connect_to(d.port);
+    int fresh = dmn_connect(d.port);
     CHECK_MSG(fresh < 0, "a new connection was accepted during the drain");
     if (fresh >= 0) close(fresh);
     /* readiness on a connection opened before */

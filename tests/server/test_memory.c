@@ -22,17 +22,6 @@
 #define CLIENTS 24
 #define EACH 2
 
-static long peak_kib(dmn *d) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)d->pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
-    if (f) fclose(f);
-    return kb;
-}
-
 typedef struct {
     dmn *d;
     const char *body;
@@ -67,7 +56,7 @@ TEST_T(memory_budget_bounds_concurrent_large_bodies, 240) {
     CHECK(http_post_json(&d, "/v1/models/m/log_prob", probe, &r) == 0 && r.status == 200);
     char *before = r.body ? strdup(r.body) : NULL;
     hresp_free(&r);
-    long base = peak_kib(&d);
+    long base = dmn_peak_kib(&d);
     size_t cap = (4 << 20) + 64, k = 0;
     char *body = malloc(cap + 16);
     k += (size_t)sprintf(body, "{\"inputs\":[");
@@ -89,7 +78,7 @@ TEST_T(memory_budget_bounds_concurrent_large_bodies, 240) {
             CHECK_MSG(st == 422 || st == 503 || st == 200, "a %zu-byte body: status %ld", k, st);
         }
     }
-    long pk = peak_kib(&d);
+    long pk = dmn_peak_kib(&d);
     printf("  %d bodies of %zu bytes from %d connections in %.1f s: %d x 422, %d x 503, %d x 200, %d other; "
            "VmHWM %ld KiB (resting %ld, budget %ld KiB)\n",
            CLIENTS * EACH, k, CLIENTS, dmn_now() - t0, counts[0], counts[1], counts[2], counts[3], pk, base,

@@ -48,13 +48,8 @@ TEST(small_log_escapes_control_characters) {
 }
 
 static int open_stream(int port, long long id, const char *token) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
+    int fd = dmn_connect(port);
+    if (fd < 0) return -1;
     char req[256];
     int n = snprintf(req, sizeof req, "GET /v1/jobs/%lld/events HTTP/1.1\r\nHost: localhost\r\n%s%s%s\r\n", id,
                      token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "");
