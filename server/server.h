@@ -10,9 +10,10 @@
  *    with 2 cores, request threads and one training worker are the
  *    parallelism; BLAS threads on top would oversubscribe).
  *
- * A request's life (http.c): the first callback routes (keeping the
- * captured path segments), authenticates, checks Content-Length against the
- * body limit (413 before reading) and admits; following callbacks append the
+ * A request's life (http.c): the first callback checks Host and Origin
+ * (guard.c), routes (keeping the captured path segments), authenticates,
+ * checks the body's type (415), checks Content-Length against the body
+ * limit (413 before reading) and admits, by count and by bytes (budget.c); following callbacks append the
  * body (hard limit); the last one runs the route's handler, which validates
  * input and either sends an error itself and returns, or sends the success
  * response.  Every response goes out through the fd_send_* helpers of
