@@ -139,8 +139,8 @@ run: deps-check all
 	@echo
 	@echo "flowd on http://$(FLOWD_LISTEN)   (Ctrl-C stops it)"
 	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models"
-	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/log_prob -d '{\"inputs\":[[0.5,0.2],[3,3]]}'"
-	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/sample -d '{\"n\":5,\"seed\":1}'"
+	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/log_prob -H 'Content-Type: application/json' -d '{\"inputs\":[[0.5,0.2],[3,3]]}'"
+	@echo "  curl -s http://$(FLOWD_LISTEN)/v1/models/moons-demo/sample -H 'Content-Type: application/json' -d '{\"n\":5,\"seed\":1}'"
 	@echo
 	exec $(BUILD)/flowd serve --db data/flowd.db --listen $(FLOWD_LISTEN)
 

@@ -4,6 +4,7 @@
 #include "flowctl.h"
 
 #include "../common/version.h"
+#include "../core/model.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -276,9 +277,10 @@ int fc_out_close(fc_outfile *o, int ok) {
         if (bad && ok) fprintf(stderr, "flowctl: write error on stdout\n");
         return bad ? FC_USAGE : FC_OK;
     }
+    bad |= fflush(o->f) != 0 || fsync(fileno(o->f)) != 0;
     bad |= fclose(o->f) != 0;
     o->f = NULL;
-    if (ok && !bad && rename(o->tmp, o->path) == 0) return FC_OK;
+    if (ok && !bad && rename(o->tmp, o->path) == 0 && nf_fsync_dir(o->path) == 0) return FC_OK;
     if (ok) fprintf(stderr, "flowctl: cannot write %s: %s\n", o->path, strerror(errno));
     unlink(o->tmp);
     return FC_USAGE;

@@ -4,6 +4,8 @@
  * `flowctl sample`.  See picture.h. */
 #include "picture.h"
 
+#include "../core/model.h"
+
 #include <png.h> /* libpng: the -I path from pkg-config, not this folder */
 
 #include <math.h>
@@ -52,8 +54,10 @@ int fdpic_write_png(const char *path, int w, int h, int channels, const unsigned
     png_image_free(&img);
     ok = fflush(f) == 0 && ok;
     ok = fchmod(fd, 0644) == 0 && ok; /* mkstemp creates 0600 */
+    ok = fsync(fd) == 0 && ok;
     ok = fclose(f) == 0 && ok;
     if (ok && rename(tmp, path) != 0) ok = 0;
+    if (ok && nf_fsync_dir(path)) ok = 0; /* the rename itself, on disk */
     if (!ok) unlink(tmp);
     free(tmp);
     return ok ? 0 : NF_EIO;

@@ -31,6 +31,8 @@
 #include <string.h>
 #include <zlib.h>
 
+#include <cjson/cJSON.h>
+
 #ifdef NF_DOUBLE
 #define REAL_MAX DBL_MAX
 #define REAL_NAME "double"
@@ -103,9 +105,19 @@ static int is_gzip(const unsigned char *p, size_t len) {
 
 /* Inflates a gzip stream (concatenated members allowed) into a growing
  * buffer that never exceeds NF_DATA_MAX_INFLATE.  *out is malloc'd. */
-static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size_t *outlen,
-                  char *err, size_t errlen) {
-    const size_t chunk = (size_t)1 << 30, cap = NF_DATA_MAX_INFLATE;
+/* lim->reserve(bytes) before an allocation of the load (no callback: yes) */
+static int reserve(nf_data_limits *lim, size_t bytes, char *err, size_t errlen) {
+    if (!lim || !lim->reserve || !lim->reserve(lim->reserve_ctx, bytes)) return 0;
+    lim->exceeded = NF_DATA_LIMIT_BUDGET;
+    lim->cost = bytes;
+    return fail(NF_ENOMEM, "the server's request memory is taken by other requests (%zu bytes wanted); retry shortly",
+                bytes);
+}
+
+static int gunzip_limited(const unsigned char *in, size_t len, size_t cap, unsigned ratio, int *exceeded,
+                          nf_data_limits *lim, unsigned char **out, size_t *outlen, char *err, size_t errlen) {
+    const size_t chunk = (size_t)1 << 30;
+    if (!cap || cap > NF_DATA_MAX_INFLATE) cap = NF_DATA_MAX_INFLATE;
     *out = NULL;
     *outlen = 0;
     /* Initial size: the trailer's ISIZE (length mod 2^32) when it is plausible
@@ -114,9 +126,10 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
     if (len >= 18) {
         const unsigned char *t = in + len - 4;
         size_t isize = (size_t)nf_le_get(t, 4);
-        if (isize > 0 && isize <= cap && isize / 1032 <= len) size = isize;
+        if (isize > 0 && isize <= cap && isize / 1032 <= len && !(ratio && isize / ratio > len)) size = isize;
     }
     if (size < 4096) size = 4096;
+    if (reserve(lim, size, err, errlen)) return NF_ENOMEM;
     unsigned char *buf = nf_malloc(size);
     if (!buf) return fail(NF_ENOMEM, "out of memory inflating gzip data");
     z_stream z;
@@ -136,10 +149,15 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
         }
         if (have == size) {
             if (size >= cap) {
-                rc = fail(NF_ERANGE, "gzip data inflates to more than %zu bytes", cap);
+                if (exceeded) *exceeded = NF_DATA_LIMIT_INFLATE;
+                rc = fail(NF_ERANGE, "gzip data inflates to more than %zu bytes (the inflated-size limit)", cap);
                 break;
             }
             size_t ns = size > cap / 2 ? cap : size * 2;
+            if (reserve(lim, ns - size, err, errlen)) {
+                rc = NF_ENOMEM;
+                break;
+            }
             unsigned char *nb = nf_realloc(buf, ns);
             if (!nb) {
                 rc = fail(NF_ENOMEM, "out of memory inflating gzip data");
@@ -154,6 +172,15 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
         uInt before = z.avail_out;
         int r = inflate(&z, Z_NO_FLUSH);
         have += before - z.avail_out;
+        /* a bomb is stopped by its ratio long before the size cap: checked
+         * on every round, past a floor that small files never reach */
+        size_t used = (size_t)((const unsigned char *)z.next_in - in);
+        if (ratio && have > NF_DATA_RATIO_FLOOR && have / ratio > used) {
+            if (exceeded) *exceeded = NF_DATA_LIMIT_RATIO;
+            rc = fail(NF_ERANGE, "gzip data inflates more than %u:1 (%zu bytes from the first %zu; the ratio limit)",
+                      ratio, have, used);
+            break;
+        }
         if (r == Z_STREAM_END) {
             size_t rem = (size_t)(end - (const unsigned char *)z.next_in);
             if (rem >= 2 && is_gzip(z.next_in, rem)) { /* another member */
@@ -181,6 +208,11 @@ static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size
     *out = buf;
     *outlen = have;
     return 0;
+}
+
+static int gunzip(const unsigned char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
+                  size_t errlen) {
+    return gunzip_limited(in, len, NF_DATA_MAX_INFLATE, 0, NULL, NULL, out, outlen, err, errlen);
 }
 
 /* ---- binary element decoding (npy, idx) ------------------------------------ */
@@ -682,21 +714,78 @@ static int load_plain(const void *buf, size_t len, nf_data_format fmt, nf_data *
     }
 }
 
-int nf_data_load(const void *buf, size_t len, nf_data_format fmt, nf_data *out, char *err,
-                 size_t errlen) {
+size_t nf_data_parse_cost(const void *buf, size_t len, nf_data_format fmt) {
+    const unsigned char *b = buf;
+    if (!b || !len) return 0;
+    if (fmt == NF_DATA_AUTO) fmt = nf_data_detect(buf, len);
+    if (fmt != NF_DATA_JSON) /* CSV: at most one value a byte; .npy/IDX: u8 widens to a 4-byte value */
+        return len > SIZE_MAX / 4 ? SIZE_MAX : len * 4;
+    /* JSON: a tree node per value, and every value follows '[' '{' ',' or
+     * ':' (or is the document); keys and strings copy at most the text */
+    size_t nodes = 1;
+    for (size_t i = 0; i < len; i++) nodes += b[i] == ',' || b[i] == '[' || b[i] == '{' || b[i] == ':';
+    /* a node is a malloc'd chunk: its size rounded up with malloc's header */
+    const size_t node = (sizeof(struct cJSON) + 8 + 15) / 16 * 16;
+    return nodes * (node + sizeof(nf_real)) + len;
+}
+
+/* cost: what the parse allocates (held: what is already reserved, the
+ * inflated bytes) */
+static int over_memory(nf_data_limits *lim, size_t cost, size_t held, const char *what, char *err, size_t errlen) {
+    if (!lim) return 0;
+    size_t all = cost > SIZE_MAX - held ? SIZE_MAX : cost + held;
+    if (!lim->max_memory || all <= lim->max_memory) return reserve(lim, cost, err, errlen);
+    cost = all;
+    lim->exceeded = NF_DATA_LIMIT_MEMORY;
+    lim->cost = cost;
+    return fail(NF_ERANGE, "parsing %s would take about %zu bytes of memory; the limit is %zu", what, cost,
+                lim->max_memory);
+}
+
+int nf_data_load_limited(const void *buf, size_t len, nf_data_format fmt, nf_data_limits *lim, nf_data *out,
+                         char *err, size_t errlen) {
     if (!out) return fail(NF_EINVAL, "out is NULL");
     memset(out, 0, sizeof *out);
+    if (lim) lim->exceeded = 0, lim->cost = 0;
     if ((unsigned)fmt >= NF_DATA_FORMAT_COUNT) return fail(NF_EINVAL, "unknown data format %d", (int)fmt);
     if (!buf && len) return fail(NF_EINVAL, "buffer is NULL");
-    if (!is_gzip(buf, len)) return load_plain(buf, len, fmt, out, err, errlen);
+    if (!is_gzip(buf, len)) {
+        nf_data_format f = fmt == NF_DATA_AUTO ? nf_data_detect(buf, len) : fmt;
+        int rc = over_memory(lim, nf_data_parse_cost(buf, len, f), 0, "the body", err, errlen);
+        return rc ? rc : load_plain(buf, len, fmt, out, err, errlen);
+    }
+    /* the inflated bytes are held through the parse: they count too */
+    size_t cap = lim && lim->max_inflate ? lim->max_inflate : NF_DATA_MAX_INFLATE;
+    if (lim && lim->max_memory && lim->max_memory < cap) cap = lim->max_memory;
     unsigned char *raw;
     size_t rlen;
-    int rc = gunzip(buf, len, &raw, &rlen, err, errlen);
-    if (rc) return rc;
-    if (is_gzip(raw, rlen)) rc = fail(NF_EFORMAT, "gzip inside gzip is not supported");
-    else rc = load_plain(raw, rlen, fmt, out, err, errlen);
+    int exceeded = 0;
+    int rc = gunzip_limited(buf, len, cap, lim ? lim->max_ratio : 0, &exceeded, lim, &raw, &rlen, err, errlen);
+    if (rc) {
+        if (lim && lim->exceeded != NF_DATA_LIMIT_BUDGET) {
+            lim->exceeded = exceeded;
+            /* the cap was the memory limit, not the inflate limit */
+            if (exceeded == NF_DATA_LIMIT_INFLATE && lim->max_memory && cap == lim->max_memory &&
+                (!lim->max_inflate || lim->max_memory < lim->max_inflate))
+                lim->exceeded = NF_DATA_LIMIT_MEMORY;
+        }
+        return rc;
+    }
+    if (is_gzip(raw, rlen)) {
+        rc = fail(NF_EFORMAT, "gzip inside gzip is not supported");
+    } else {
+        nf_data_format f = fmt == NF_DATA_AUTO ? nf_data_detect(raw, rlen) : fmt;
+        size_t pc = nf_data_parse_cost(raw, rlen, f);
+        rc = over_memory(lim, pc, rlen, "the inflated body", err, errlen);
+        if (!rc) rc = load_plain(raw, rlen, fmt, out, err, errlen);
+    }
     nf_free(raw);
     return rc;
+}
+
+int nf_data_load(const void *buf, size_t len, nf_data_format fmt, nf_data *out, char *err,
+                 size_t errlen) {
+    return nf_data_load_limited(buf, len, fmt, NULL, out, err, errlen);
 }
 
 int nf_data_load_file(const char *path, nf_data_format fmt, nf_data *out, char *err,

@@ -121,6 +121,43 @@ char *nf_data_csv(const nf_real *v, int64_t n, int d, const char *header, size_t
 int nf_data_load(const void *buf, size_t len, nf_data_format fmt, nf_data *out, char *err,
                  size_t errlen);
 
+/* Limits for a load from an untrusted source (the daemon's uploads), all
+ * checked before the memory they guard is taken:
+ *   max_inflate  bytes a gzip body may inflate to, checked while inflating
+ *                (0: NF_DATA_MAX_INFLATE, which is also the ceiling);
+ *   max_ratio    inflated bytes per compressed byte consumed, checked while
+ *                inflating once more than NF_DATA_RATIO_FLOOR bytes are out
+ *                (0: no check; deflate itself tops out near 1032:1);
+ *   max_memory   what the parse may allocate, estimated by
+ *                nf_data_parse_cost before it starts, plus the inflated
+ *                bytes (0: no check).
+ * A limit that is hit gives NF_ERANGE with a message naming it, and sets
+ * exceeded (NF_DATA_LIMIT_*) and, for memory, cost (the estimate). */
+#define NF_DATA_RATIO_FLOOR ((size_t)1 << 20)
+enum { NF_DATA_LIMIT_INFLATE = 1, NF_DATA_LIMIT_RATIO, NF_DATA_LIMIT_MEMORY, NF_DATA_LIMIT_BUDGET };
+/* reserve (may be NULL): asked before each allocation of the load (the
+ * inflate buffer and its growths, then the parse's estimate) with the bytes
+ * it will take; non-zero refuses: NF_ENOMEM, exceeded NF_DATA_LIMIT_BUDGET
+ * (the daemon's shared request memory, released by the caller after). */
+typedef struct nf_data_limits {
+    size_t max_inflate;
+    unsigned max_ratio;
+    size_t max_memory;
+    int (*reserve)(void *ctx, size_t bytes);
+    void *reserve_ctx;
+    int exceeded; /* out */
+    size_t cost;  /* out */
+} nf_data_limits;
+int nf_data_load_limited(const void *buf, size_t len, nf_data_format fmt, nf_data_limits *lim, nf_data *out,
+                         char *err, size_t errlen);
+
+/* An upper bound of the bytes parsing buf (not gzipped) as fmt allocates,
+ * from a scan that allocates nothing: JSON a tree node (sizeof(cJSON) as
+ * malloc rounds it, 80 bytes on x86-64) and a value per ',' '[' '{' ':',
+ * plus the text (about 20-45 bytes per body byte for rows of numbers); CSV, .npy and IDX 4 bytes per body byte
+ * (a u8 pixel becomes a 4-byte float). */
+size_t nf_data_parse_cost(const void *buf, size_t len, nf_data_format fmt);
+
 /* Reads the file at path (borrowed) into memory and calls nf_data_load.
  * NF_EIO if it cannot be read. */
 int nf_data_load_file(const char *path, nf_data_format fmt, nf_data *out, char *err,

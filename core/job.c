@@ -451,6 +451,14 @@ static int check_build(const nf_job *j, int dim, const int shape[3], int is_inte
                    "image shape: use a dataset with a shape (IDX, .npy images, ?shape= on "
                    "upload) or give the flow a \"shape\"");
         rc = NF_EINVAL;
+    } else if (j->variational) { /* the dequantizer q is built too, as the run will */
+        char *qs = nf_job_dequantizer_spec(j, dim, err, errlen);
+        nf_flow *q = NULL;
+        if (!qs) rc = NF_EINVAL;
+        else if ((rc = nf_flow_create(qs, &q, ferr, sizeof ferr)))
+            nf_set_err(err, errlen, "preprocess.dequantize.flow: %s", ferr);
+        nf_flow_free(q);
+        nf_free(qs);
     }
     if (out && !rc) *out = f;
     else nf_flow_free(f);

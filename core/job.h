@@ -136,8 +136,9 @@ extern const nf_field nf_job_train_fields[];
  * NULL / all zero), is_integer, vmin, vmax describe a stored dataset; dim 0
  * takes the built-in sets' (2 columns within [-4, 4], no shape).  So image
  * layers are built on the shape the job would train (a squeeze of an odd
- * height is refused here with the layer's message).
- * Returns 0 or NF_EINVAL with the message in err. */
+ * height is refused here with the layer's message).  A variational
+ * dequantizer (preprocess.dequantize.flow, or the default) is built too.
+ * Returns 0 or an NF_E* status with the message in err. */
 int nf_job_check(const nf_job *j, int dim, const int shape[3], int is_integer, double vmin,
                  double vmax, char *err, size_t errlen);
 void nf_job_free(nf_job *j);

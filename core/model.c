@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -192,9 +193,15 @@ int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t
     }
     const cJSON *dq = pp ? cJSON_GetObjectItemCaseSensitive(pp, "dequantize") : NULL;
     if (dq && cJSON_IsObject(dq)) {
-        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(dq, "levels");
         m->dequantize = 1;
-        m->levels = cJSON_IsNumber(lv) ? (int)lv->valuedouble : 256;
+        /* the range of a job's levels (core/job.c): a hostile header's 1e300
+         * or -3 would be an out-of-range conversion, then a bogus floor */
+        char e2[160];
+        if (nf_json_int(dq, "levels", 256, 2, 65536, &m->levels, e2, sizeof e2)) {
+            nf_set_err(err, errlen, "model: preprocess.dequantize: %s", e2);
+            nf_model_free(m);
+            return NF_EFORMAT;
+        }
     }
     const char *kind = dq ? nf_json_str(dq, "kind", "uniform") : NULL;
     int variational = kind && !strcmp(kind, "variational");
@@ -263,6 +270,21 @@ int nf_file_read(const char *path, void **buf, size_t *len) {
     return 0;
 }
 
+int nf_fsync_dir(const char *path) {
+    size_t n = strlen(path);
+    while (n && path[n - 1] != '/') n--;
+    char *dir = nf_malloc(n + 2);
+    if (!dir) return NF_ENOMEM;
+    if (n) memcpy(dir, path, n), dir[n] = 0;
+    else strcpy(dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    nf_free(dir);
+    if (fd < 0) return NF_EIO;
+    int rc = fsync(fd) == 0 ? 0 : NF_EIO;
+    close(fd);
+    return rc;
+}
+
 int nf_file_write(const char *path, const void *buf, size_t len) {
     size_t pl = strlen(path);
     char *tmp = nf_malloc(pl + 16);
@@ -283,5 +305,7 @@ int nf_file_write(const char *path, const void *buf, size_t len) {
         return NF_EIO;
     }
     nf_free(tmp);
-    return 0;
+    /* the rename is in the directory: synced, the file is there after a
+     * power loss, not only its data */
+    return nf_fsync_dir(path);
 }

@@ -90,6 +90,8 @@ int nf_model_log_prob_iw(const nf_model *m, nf_ws *w, const nf_real *x, const nf
 uint64_t nf_model_row_seed(const nf_model *m, const nf_real *x, const nf_real *ctx, int k);
 
 int nf_file_read(const char *path, void **buf, size_t *len);   /* NF_EIO */
-int nf_file_write(const char *path, const void *buf, size_t len); /* via temp + rename */
+int nf_file_write(const char *path, const void *buf, size_t len); /* via temp + fsync + rename + fsync of the directory */
+/* fsync of the directory holding path (after a rename into it): 0 or NF_EIO */
+int nf_fsync_dir(const char *path);
 
 #endif

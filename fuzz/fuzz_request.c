@@ -70,9 +70,8 @@ enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err) {
 }
 cJSON *fd_req_json(fd_req *r) { /* as server/http.c */
     const char *ct = content_type;
-    if (ct && strncasecmp(ct, "application/json", 16) != 0 &&
-        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
-        fd_send_error(r, 415, "unsupported_media_type", NULL, "expected JSON, got %s", ct);
+    if (r->len && (!ct || strncasecmp(ct, "application/json", 16) != 0)) {
+        fd_send_error(r, 415, "unsupported_media_type", NULL, "expected JSON, got %s", ct ? ct : "none");
         return NULL;
     }
     cJSON *o = r->body ? cJSON_ParseWithLengthOpts(r->body, r->len, NULL, 0) : NULL;

@@ -93,6 +93,15 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     cJSON_Delete(body);
     if (!db) return MHD_YES;
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    /* the queue limit first: a full queue refuses at the cost of a count,
+     * before the dataset lookup and the dry run build anything */
+    int64_t counts[5];
+    if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
+        !(j.submission_id[0] && submission_exists(db, j.submission_id))) {
+        nf_job_free(&j);
+        return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
+                             (long long)counts[0], r->srv->cfg.max_queued_jobs);
+    }
     /* the dataset (once), then the dry run on its shape: a bad preset,
      * layer or preprocessing choice is a 422 here, not a failed job later */
     int dim = 0, is_int = 0, shape[3] = {0, 0, 0};
@@ -149,14 +158,6 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
             stored = cJSON_PrintUnformatted(b);
         }
         cJSON_Delete(b);
-    }
-    int64_t counts[5];
-    if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
-        !(j.submission_id[0] && submission_exists(db, j.submission_id))) {
-        nf_job_free(&j);
-        free(stored);
-        return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
-                             (long long)counts[0], r->srv->cfg.max_queued_jobs);
     }
     int64_t id = 0;
     int existed = 0;
@@ -314,10 +315,12 @@ typedef struct stream {
     size_t plen, poff;
     int final_sent, done;
     double last_send;
+    char client[72];   /* its slot of the client's streams */
 } stream;
 
 static void stream_free(void *p) {
     stream *s = p;
+    fd_stream_client_give(s->client);
     fd_db_close(s->db);
     free(s->pend);
     free(s);
@@ -413,12 +416,21 @@ enum MHD_Result fd_api_job_events(fd_req *r, char **a) {
         atomic_fetch_sub(&streams, 1);
         return fd_send_error(r, 503, "overloaded", NULL, "too many event streams open (%d); poll GET /v1/jobs/%s instead", cap, a[0]);
     }
+    char client[72];
+    if (fd_stream_client_take(r, client)) {
+        atomic_fetch_sub(&streams, 1);
+        return fd_send_error(r, 503, "overloaded", NULL,
+                             "this client has %d event streams open (--max-streams-per-client); poll GET "
+                             "/v1/jobs/%s instead", r->srv->cfg.max_streams_per_client, a[0]);
+    }
     stream *s = calloc(1, sizeof *s);
     if (!s || fd_db_open(r->srv->cfg.db_path, &s->db, err, sizeof err)) {
         free(s);
+        fd_stream_client_give(client);
         atomic_fetch_sub(&streams, 1);
         return fd_send_error(r, 500, "internal", NULL, "cannot open the event stream");
     }
+    memcpy(s->client, client, sizeof client);
     s->id = id;
     s->after = -1;
     if (fd_query_i64_or_reply(r, "after_step", -1, -1, INT64_MAX, &s->after)) {
@@ -458,7 +470,11 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     const char *ct = fd_req_header(r, "Content-Type");
     nf_data_format fmt;
     const char *fname;
-    if (!ct || !strncasecmp(ct, "application/octet-stream", 24) || !strncasecmp(ct, "application/gzip", 16)) {
+    if (!ct) {
+        return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                             "the upload has no Content-Type: send text/csv, application/x-npy, application/json, "
+                             "application/x-idx, or application/octet-stream (detected)");
+    } else if (!strncasecmp(ct, "application/octet-stream", 24) || !strncasecmp(ct, "application/gzip", 16)) {
         fmt = NF_DATA_AUTO;
     } else if (!strncasecmp(ct, "text/csv", 8)) {
         fmt = NF_DATA_CSV;
@@ -480,7 +496,13 @@ enum MHD_Result fd_api_datasets_create(fd_req *r, char **a) {
     if (!db) return MHD_YES;
     nf_data d = {0};
     char err[400] = "";
-    int rc = nf_data_load(r->body, r->len, fmt, &d, err, sizeof err);
+    const fd_config *cfg = &r->srv->cfg;
+    nf_data_limits lim = {.max_inflate = cfg->max_inflate, .max_ratio = (unsigned)cfg->max_inflate_ratio,
+                          .max_memory = cfg->max_request_memory > r->len ? cfg->max_request_memory - r->len : 1,
+                          .reserve = fd_req_reserve_cb, .reserve_ctx = r};
+    int rc = nf_data_load_limited(r->body, r->len, fmt, &lim, &d, err, sizeof err);
+    if (rc && lim.exceeded == NF_DATA_LIMIT_BUDGET) return fd_send_budget_error(r, lim.cost);
+    if (rc && lim.exceeded) return fd_send_limit_error(r, &lim, err);
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     if (shape[0]) { /* declared: overrides the file's own, and must hold one row */
         int64_t p = (int64_t)shape[0] * shape[1];

@@ -19,6 +19,7 @@ static void store_default(const fd_opt *o) {
     case FD_OPT_INT: *(int *)o->dest = (int)o->def; break;
     case FD_OPT_SIZE: *(size_t *)o->dest = (size_t)o->def; break;
     case FD_OPT_NUM: *(double *)o->dest = o->def; break;
+    case FD_OPT_LIST: *(char **)o->dest = NULL; break;
     }
 }
 
@@ -40,6 +41,18 @@ static int store_value(const fd_opt *o, const char *s) {
             return -1;
         *(double *)o->dest = d;
         return 0;
+    case FD_OPT_LIST: {
+        if (!*s) return -1;
+        char **l = o->dest, *old = *l;
+        size_t a = old ? strlen(old) + 1 : 0, b = strlen(s);
+        char *n = malloc(a + b + 1); /* kept for the life of the process */
+        if (!n) return -1;
+        if (old) memcpy(n, old, a - 1), n[a - 1] = ',';
+        memcpy(n + a, s, b + 1);
+        free(old);
+        *l = n;
+        return 0;
+    }
     }
     return -1;
 }

@@ -28,6 +28,8 @@ typedef enum {
     FD_OPT_INT,  /* *(int *)dest, an integer in [lo, hi] (def by default) */
     FD_OPT_SIZE, /* *(size_t *)dest, likewise */
     FD_OPT_NUM,  /* *(double *)dest, a number in [lo, hi]; see whole, open_lo */
+    FD_OPT_LIST, /* *(char **)dest, a comma-separated list (NULL when empty): the
+                  * environment's list, then each occurrence of the flag added */
 } fd_opt_kind;
 
 typedef struct {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 extern void openblas_set_num_threads(int);
@@ -40,25 +41,45 @@ static int parse_listen(const char *s, fd_config *c) {
     return 0;
 }
 
-/* Token file: one "SCOPE TOKEN" a line (read or write), # comments. */
+/* Token file: one "SCOPE TOKEN" a line (read or write), # comments.  A
+ * token is 16 to FD_TOKEN_MAX characters; a longer one (or a longer line)
+ * is refused, not cut: cut, it would be a different, shorter token.  A file
+ * that others can read is warned about. */
+#define FD_TOKEN_MAX 512
 static int load_tokens(fd_server *s, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "cannot read token file %s: %s", path, strerror(errno));
         return -1;
     }
-    char line[1024];
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
+        fd_log("warn", "token file %s is readable or writable by others (mode %03o): chmod 600 it", path,
+               (unsigned)(st.st_mode & 0777));
+    char line[FD_TOKEN_MAX + 64];
     int ln = 0;
     while (fgets(line, sizeof line, f)) {
         ln++;
         char *p = line;
-        while (*p == ' ' || *p == '\t') p++;
         size_t n = strlen(p);
+        if (n == sizeof line - 1 && p[n - 1] != '\n' && !feof(f)) {
+            snprintf(err, errlen, "%s line %d: longer than %zu characters (tokens are at most %d)", path, ln,
+                     sizeof line - 2, FD_TOKEN_MAX);
+            fclose(f);
+            return -1;
+        }
+        while (*p == ' ' || *p == '\t') p++;
+        n = strlen(p);
         while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ')) p[--n] = 0;
         if (!*p || *p == '#') continue;
-        char scope[16], tok[900];
-        if (sscanf(p, "%15s %899s", scope, tok) != 2 || (strcmp(scope, "read") && strcmp(scope, "write")) ||
-            strlen(tok) < 16) {
+        char scope[16], tok[FD_TOKEN_MAX + 2], extra[2];
+        int got = sscanf(p, "%15s %513s %1s", scope, tok, extra);
+        if (got >= 2 && strlen(tok) > FD_TOKEN_MAX) {
+            snprintf(err, errlen, "%s line %d: the token is longer than %d characters", path, ln, FD_TOKEN_MAX);
+            fclose(f);
+            return -1;
+        }
+        if (got != 2 || (strcmp(scope, "read") && strcmp(scope, "write")) || strlen(tok) < 16) {
             snprintf(err, errlen, "%s line %d: expected \"read TOKEN\" or \"write TOKEN\" (tokens of at least 16 characters)",
                      path, ln);
             fclose(f);
@@ -111,8 +132,29 @@ static const fd_opt serve_options[] = {
     {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
      .help = "bearer tokens, one \"read TOKEN\" or \"write TOKEN\" a line; without it the daemon serves "
              "loopback only, with no authentication"},
+    {"allow-origin", 0, FD_OPT_LIST, &server.cfg.allow_origins, "FLOWD_ALLOW_ORIGIN", .arg = "ORIGIN",
+     .help = "a web origin (https://app.example:8443) whose pages may call the API from a browser; repeat "
+             "the flag, or list them with commas in the variable.  Requests with any other Origin than the "
+             "server's own are refused (403)"},
     {"max-body", 0, FD_OPT_SIZE, &server.cfg.max_body, "FLOWD_MAX_BODY", 64 << 20, .lo = 1024, .hi = 1LL << 34,
      .arg = "BYTES", .help = "largest request body"},
+    {"max-inflate", 0, FD_OPT_SIZE, &server.cfg.max_inflate, "FLOWD_MAX_INFLATE", 256 << 20, .lo = 1024,
+     .hi = 1 << 30, .arg = "BYTES",
+     .help = "largest size a gzipped dataset upload may inflate to, checked while inflating (413 beyond)"},
+    {"max-inflate-ratio", 0, FD_OPT_INT, &server.cfg.max_inflate_ratio, "FLOWD_MAX_INFLATE_RATIO", 200, .lo = 2,
+     .hi = 2000, .arg = "N",
+     .help = "largest inflated:compressed ratio of a gzipped upload once past 1 MiB inflated (413 beyond); "
+             "deflate tops out near 1032"},
+    {"max-request-memory", 0, FD_OPT_SIZE, &server.cfg.max_request_memory, "FLOWD_MAX_REQUEST_MEMORY",
+     2048.0 * (1 << 20), .lo = 1 << 20, .hi = 1LL << 40, .arg = "BYTES",
+     .help = "most memory the parse of one request body may take, estimated from the body before "
+             "parsing (JSON about 40 bytes per body byte, CSV/.npy/IDX 4, plus the inflated bytes); 413 "
+             "beyond"},
+    {"max-memory", 0, FD_OPT_SIZE, &server.cfg.max_memory, "FLOWD_MAX_MEMORY", 1024.0 * (1 << 20), .lo = 0,
+     .hi = 1LL << 42, .arg = "BYTES",
+     .help = "memory all requests together may hold for bodies and their parses, reserved before it is "
+             "taken (a body at admission, a parse before parsing); a request that does not fit gets 503 "
+             "and one that never could 413; 0 = no budget"},
     {"max-rows", 0, FD_OPT_INT, &server.cfg.max_rows, "FLOWD_MAX_ROWS", 100000, .lo = 1, .hi = 10000000,
      .arg = "N", .help = "rows per log_prob/encode/decode"},
     {"max-sample", 0, FD_OPT_INT, &server.cfg.max_sample, "FLOWD_MAX_SAMPLE", 100000, .lo = 1, .hi = 10000000,
@@ -130,6 +172,18 @@ static const fd_opt serve_options[] = {
     {"blas-threads", 0, FD_OPT_INT, &so.blas_threads, "FLOWD_BLAS_THREADS", 1, .lo = 1, .hi = 64, .arg = "N",
      .help = "OpenBLAS threads per call; more oversubscribes the cores, see README"},
     {"port-file", 0, FD_OPT_STR, &so.port_file, .arg = "FILE", .help = "write the bound port there once listening"},
+    {"drain-timeout", 0, FD_OPT_INT, &server.cfg.drain_timeout, "FLOWD_DRAIN_TIMEOUT", 30, .lo = 0, .hi = 3600,
+     .arg = "S", .help = "at SIGTERM, seconds to wait for requests in flight (uploads, answers) before they are cut"},
+    {"publish-retry", 0, FD_OPT_NUM, &fd_publish_retry_s, "FLOWD_PUBLISH_RETRY", 300, .lo = 0, .hi = 86400,
+     .arg = "S", .help = "seconds a trained model's publish is retried on a transient database error (busy, "
+                         "disk full) before its job fails; a shutdown meanwhile leaves the job to resume"},
+    {"max-streams-per-client", 0, FD_OPT_INT, &server.cfg.max_streams_per_client, "FLOWD_MAX_STREAMS_PER_CLIENT",
+     8, .lo = 1, .hi = 64, .arg = "N",
+     .help = "job event streams one client (a token, or an address without tokens) may hold of the 64; "
+             "503 beyond"},
+    {"reuse-port", 0, FD_OPT_FLAG, &server.cfg.reuse_port,
+     .help = "set SO_REUSEPORT, so that several daemons (on different databases) may share the port; "
+             "without it a second daemon on a port in use fails to start"},
     {"quiet", 0, FD_OPT_FLAG, &server.cfg.quiet, .help = "no per-request log lines"},
 };
 
@@ -140,8 +194,9 @@ static const fd_cli serve_cli = {
     "Runs the flowd HTTP daemon in the foreground.  Every option also reads an\n"
     "environment variable (shown); the flag wins.\n"
     "\n",
-    "SIGTERM or SIGINT drains: /readyz turns 503, running jobs checkpoint (and\n"
-    "resume at the next start), then the database is closed.\n",
+    "SIGTERM or SIGINT drains: /readyz turns 503, new connections are refused,\n"
+    "requests in flight finish (up to --drain-timeout), running jobs checkpoint\n"
+    "(and resume at the next start), then the database is closed.\n",
     serve_options, FD_NOPTS(serve_options), .bad_rc = 2};
 
 /* The automatic defaults, then the checks across options: 0 or an exit status. */
@@ -243,8 +298,10 @@ static int serve_run(fd_server *s, fd_db *db) {
     announce(s, db);
     int sig = 0;
     sigwait(&set, &sig);
-    fd_log("info", "%s received, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    atomic_store(&s->draining, 1);
+    fd_log("info", "%s received, draining (up to %d s for requests in flight)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+           c->drain_timeout);
+    int left = fd_server_drain(s, c->drain_timeout);
+    if (left) fd_log("warn", "drain timeout: %d request%s still in flight are cut", left, left == 1 ? "" : "s");
     /* HTTP first: a request admitted before the drain may still call
      * fd_jobs_notify/fd_jobs_cancel on s.jobs, so the workers are stopped and
      * freed only once libmicrohttpd has finished every handler.  (The other
@@ -270,7 +327,18 @@ int cmd_serve(int argc, char **argv) {
     fd_db *db = NULL;
     char err[512] = "";
     int applied = 0;
-    if (fd_db_open(s->cfg.db_path, &db, err, sizeof err) || fd_db_migrate(db, &applied, err, sizeof err)) {
+    if (fd_db_open(s->cfg.db_path, &db, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: database %s: %s\n", s->cfg.db_path, err);
+        fd_db_close(db);
+        return 1;
+    }
+    /* one daemon per database, taken before any migration or job (dblock.c) */
+    if (fd_db_lock_exclusive(s->cfg.db_path, err, sizeof err) == -1) {
+        fprintf(stderr, "flowd serve: %s\n", err);
+        fd_db_close(db);
+        return 1;
+    }
+    if (fd_db_migrate(db, &applied, err, sizeof err)) {
         fprintf(stderr, "flowd serve: database %s: %s\n", s->cfg.db_path, err);
         fd_db_close(db);
         return 1;

@@ -26,6 +26,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -220,8 +221,16 @@ int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen) {
     }
     sqlite3_extended_result_codes(db->h, 1);
     sqlite3_busy_timeout(db->h, 5000);
+    /* FULL: in WAL mode every commit fsyncs the log, so a write answered
+     * 201/202, or a published version, survives a power loss; NORMAL syncs
+     * only at checkpoints and can lose the last commits (the cost is
+     * measured in docs/reliability.md).  FLOWD_DB_SYNCHRONOUS=NORMAL opts
+     * out. */
+    const char *sync = getenv("FLOWD_DB_SYNCHRONOUS");
+    int normal = sync && !strcasecmp(sync, "NORMAL");
     sqlite3_stmt *prag[4] = {Q(db, "PRAGMA journal_mode=WAL"), Q(db, "PRAGMA foreign_keys=ON"),
-                             Q(db, "PRAGMA busy_timeout=5000"), Q(db, "PRAGMA synchronous=NORMAL")};
+                             Q(db, "PRAGMA busy_timeout=5000"),
+                             normal ? Q(db, "PRAGMA synchronous=NORMAL") : Q(db, "PRAGMA synchronous=FULL")};
     for (int i = 0; i < 4; i++) {
         /* switching a fresh file to WAL needs an exclusive lock, and SQLite
          * returns BUSY there without calling the busy handler when another
@@ -1866,4 +1875,11 @@ int fd_db_job_resume(fd_db *db, int64_t id, int64_t *step, char *err, size_t err
     if (!r) r = commit(db, err, errlen);
     if (r) rollback(db);
     return r;
+}
+
+int fd_db_synchronous(fd_db *db) {
+    sqlite3_stmt *st = Q(db, "PRAGMA synchronous");
+    int v = st && sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_reset(st);
+    return v;
 }

@@ -38,6 +38,10 @@ typedef struct fd_db fd_db;
 
 /* Open (creating the file if needed) and set the pragmas.  Does not migrate. */
 int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen);
+/* The connection's PRAGMA synchronous: 2 (FULL, the default: every commit
+ * is on disk before it is acknowledged) or 1 (NORMAL, with
+ * FLOWD_DB_SYNCHRONOUS=NORMAL); -1 on error. */
+int fd_db_synchronous(fd_db *db);
 void fd_db_close(fd_db *db); /* NULL is a no-op */
 /* Apply pending migrations (see above).  *applied (may be NULL) gets how many. */
 int fd_db_migrate(fd_db *db, int *applied, char *err, size_t errlen);

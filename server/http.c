@@ -22,7 +22,10 @@
  *                       metrics under the row's label and frees it. */
 #include "server.h"
 
+#include "../core/data.h"
+
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -178,6 +181,11 @@ static enum MHD_Result queue(fd_req *r, int status, struct MHD_Response *resp, c
     if (ctype) MHD_add_response_header(resp, "Content-Type", ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->cors_origin) { /* an --allow-origin page may read the answer */
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Location, Retry-After");
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
     for (; extra && extra[0]; extra += 2)
         if (extra[1]) MHD_add_response_header(resp, extra[0], extra[1]);
     r->status = status;
@@ -265,7 +273,11 @@ static enum MHD_Result send_error_msg(fd_req *r, int status, const char *code, c
     size_t n = 0;
     char *s = print_json(o, 1, &n);
     if (!s) return MHD_NO;
-    const char *const extra[] = {"Retry-After", retry_after, "Allow", allow, NULL};
+    /* RFC 6750 §3: a 401 names the scheme (and, for a token refused, why) */
+    const char *www = status != 401 ? NULL
+                      : r->bad_token ? "Bearer realm=\"flowd\", error=\"invalid_token\""
+                                     : "Bearer realm=\"flowd\"";
+    const char *const extra[] = {"Retry-After", retry_after, "Allow", allow, "WWW-Authenticate", www, NULL};
     return send_buffer(r, status, "application/json", s, n, extra);
 }
 
@@ -411,14 +423,43 @@ const char *fd_req_header(fd_req *r, const char *key) {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
 }
 
+enum MHD_Result fd_send_limit_error(fd_req *r, const nf_data_limits *lim, const char *msg) {
+    cJSON *d = cJSON_CreateObject();
+    const fd_config *c = &r->srv->cfg;
+    if (lim->exceeded == NF_DATA_LIMIT_RATIO) {
+        cJSON_AddStringToObject(d, "limit", "inflate_ratio");
+        cJSON_AddNumberToObject(d, "max_ratio", c->max_inflate_ratio);
+    } else if (lim->exceeded == NF_DATA_LIMIT_INFLATE) {
+        cJSON_AddStringToObject(d, "limit", "inflate");
+        cJSON_AddNumberToObject(d, "max_bytes", (double)c->max_inflate);
+    } else {
+        cJSON_AddStringToObject(d, "limit", "memory");
+        cJSON_AddNumberToObject(d, "max_bytes", (double)c->max_request_memory);
+    }
+    return fd_send_error(r, 413, "payload_too_large", d, "%s", msg);
+}
+
 cJSON *fd_req_json(fd_req *r) {
     const char *ct = fd_req_header(r, "Content-Type");
-    /* curl -d sends application/x-www-form-urlencoded; a JSON body sent that
-     * way is accepted, anything else declared is refused */
-    if (ct && strncasecmp(ct, "application/json", 16) != 0 &&
-        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0) {
+    /* a form's encoding (curl -d sends application/x-www-form-urlencoded)
+     * is what a web page can post without CORS: refused, as is none */
+    if (r->len && (!ct || strncasecmp(ct, "application/json", 16) != 0)) {
         fd_send_error(r, 415, "unsupported_media_type", NULL,
-                      "expected Content-Type application/json, got %s", ct);
+                      "expected Content-Type application/json, got %s", ct ? ct : "none");
+        return NULL;
+    }
+    /* the tree costs tens of bytes per body byte: bounded before it is built */
+    size_t cost = nf_data_parse_cost(r->body, r->len, NF_DATA_JSON), max = r->srv->cfg.max_request_memory;
+    if (r->body && cost > max - (r->len < max ? r->len : max)) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "parsing this %zu-byte JSON body would take about %zu bytes of memory; the limit is %zu "
+                 "(--max-request-memory)", r->len, cost + r->len, max);
+        nf_data_limits lim = {.exceeded = NF_DATA_LIMIT_MEMORY};
+        fd_send_limit_error(r, &lim, msg);
+        return NULL;
+    }
+    if (r->body && fd_req_reserve(r, cost)) {
+        fd_send_budget_error(r, cost);
         return NULL;
     }
     const char *end = NULL;
@@ -535,6 +576,7 @@ static int authenticate(fd_req *r) {
         int sc = s->tokens[i].write ? 2 : 1;
         scope = eq && sc > scope ? sc : scope;
     }
+    if (scope > 0) memcpy(r->client_token, hex, sizeof hex);
     return scope;
 }
 
@@ -590,6 +632,53 @@ static void make_rid(fd_req *r) {
     snprintf(r->rid, sizeof r->rid, "%016llx", (unsigned long long)state);
 }
 
+/* Phase 0, guard (guard.c): without tokens, Host must name the listen
+ * address (DNS rebinding); an Origin must be the request's own or on
+ * --allow-origin (a page elsewhere in the user's browser).  An OPTIONS
+ * preflight from an allowed origin is answered here, 204. */
+static enum MHD_Result guard(fd_req *r) {
+    fd_server *s = r->srv;
+    const char *host = fd_req_header(r, "Host"), *origin = fd_req_header(r, "Origin");
+    if (!fd_guard_host(s, host)) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "reason", "host");
+        return fd_send_error(r, 403, "permission_denied", d,
+                             "Host %.100s is not this server's address; without --token-file only "
+                             "%s and localhost are answered", host, s->cfg.listen_host);
+    }
+    int o = fd_guard_origin(s, origin, host);
+    if (!o) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "reason", "origin");
+        return fd_send_error(r, 403, "permission_denied", d,
+                             "requests from the web origin %.100s are refused; allow it with --allow-origin", origin);
+    }
+    if (o == 2) r->cors_origin = origin;
+    if (!strcmp(r->method, "OPTIONS") && origin) {
+        const char *const extra[] = {"Access-Control-Allow-Methods", "GET, POST, DELETE",
+                                     "Access-Control-Allow-Headers",
+                                     "Authorization, Content-Type, Accept, Last-Event-ID, X-Request-Id",
+                                     "Access-Control-Max-Age", "600", NULL, NULL};
+        return send_buffer(r, 204, NULL, NULL, 0, extra);
+    }
+    return MHD_YES;
+}
+
+/* Phase 2b, body type: a body sent to a route that takes one declares a
+ * type some route parses; a form's encodings, and none at all, are refused
+ * before the body is read. */
+static enum MHD_Result check_body_type(fd_req *r) {
+    if (!routes[r->route].body) return MHD_YES;
+    const char *cl = fd_req_header(r, "Content-Length"), *te = fd_req_header(r, "Transfer-Encoding");
+    if (!te && (!cl || !strcmp(cl, "0"))) return MHD_YES; /* no body: the handler says what is missing */
+    const char *ct = fd_req_header(r, "Content-Type");
+    if (fd_guard_ctype_ok(ct)) return MHD_YES;
+    return fd_send_error(r, 415, "unsupported_media_type", NULL,
+                         "%s%.100s: a body is application/json, text/csv, application/x-npy, application/x-idx, "
+                         "application/gzip or application/octet-stream, as the route takes",
+                         ct ? "a body cannot be " : "the body has no Content-Type", ct ? ct : "");
+}
+
 /* Phase 1, route: find the row for method and path, keeping the captured
  * segments in r->args.  405 (with Allow) when the path has rows for other
  * methods only; GET / is the dashboard; else 404. */
@@ -632,6 +721,7 @@ static enum MHD_Result authorize(fd_req *r) {
     int scope = routes[r->route].scope;
     if (scope != SCOPE_PUBLIC && s->ntokens > 0) {
         int sc = authenticate(r);
+        r->bad_token = sc < 0;
         if (sc <= 0)
             return fd_send_error(r, 401, "unauthenticated", NULL,
                                  sc < 0 ? "invalid token" : "an Authorization: Bearer token is required");
@@ -682,6 +772,15 @@ static enum MHD_Result admit(fd_req *r) {
         return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
     }
     r->counted = 1;
+    /* and by bytes: the declared body is reserved and allocated now, whole */
+    const char *cl = fd_req_header(r, "Content-Length");
+    unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0;
+    if (v > 0 && v <= s->cfg.max_body) {
+        if (fd_req_reserve(r, (size_t)v + 1)) return fd_send_budget_error(r, (size_t)v + 1);
+        if (!(r->body = malloc((size_t)v + 1))) return MHD_NO;
+        r->cap = (size_t)v + 1;
+        r->body[0] = 0;
+    }
     return MHD_YES;
 }
 
@@ -690,6 +789,7 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
                                   const char *method, void **con_cls) {
     fd_req *r = calloc(1, sizeof *r);
     if (!r) return MHD_NO;
+    atomic_fetch_add(&s->active, 1);
     *con_cls = r;
     r->srv = s;
     r->conn = conn;
@@ -699,7 +799,8 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
     r->route = NROUTES;
     r->plain_errors = !strncmp(url, "/v2", 3) && (url[3] == 0 || url[3] == '/'); /* also unrouted */
     make_rid(r);
-    static enum MHD_Result (*const phases[])(fd_req *) = {route_request, authorize, check_body_limit, admit};
+    static enum MHD_Result (*const phases[])(fd_req *) = {guard, route_request, authorize, check_body_type,
+                                                         check_body_limit, admit};
     enum MHD_Result ret = MHD_YES;
     for (size_t i = 0; i < sizeof phases / sizeof phases[0] && ret == MHD_YES && !r->status; i++)
         ret = phases[i](r);
@@ -724,6 +825,14 @@ static enum MHD_Result accumulate(fd_req *r, const char *data, size_t *size) {
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n + 1) cap *= 2;
+        if (r->mem_refused || fd_req_reserve(r, cap - r->cap)) { /* a chunked body past the budget */
+            r->mem_refused = 1;
+            r->len += n;
+            free(r->body);
+            r->body = NULL;
+            r->cap = 0;
+            return MHD_YES;
+        }
         char *b = realloc(r->body, cap);
         if (!b) return MHD_NO;
         r->body = b;
@@ -756,6 +865,7 @@ static enum MHD_Result handle(fd_req *r) {
         return fd_send_error(r, 413, "payload_too_large", d, "the body exceeds the limit of %zu bytes",
                              r->srv->cfg.max_body);
     }
+    if (r->mem_refused) return fd_send_budget_error(r, r->len);
     if (r->route >= NROUTES) return fd_send_error(r, 404, "not_found", NULL, "no route");
     enum MHD_Result ret = routes[r->route].fn(r, r->args);
     if (!r->status) /* a handler that forgot to answer is a bug: answer 500 */
@@ -780,6 +890,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return dispatch(r);
 }
 
+#define FD_TRIM_AFTER ((size_t)16 << 20)
+
 /* Phase 7, completion: release the inflight slot, record metrics, log the
  * request in one line, free it. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -802,8 +914,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         fd_log_kv("info", "request", kv);
     }
     free(r->body);
+    /* a request that held much: its pages go back to the system now.  The
+     * allocator keeps freed memory in the thread's arena, so without this
+     * each request thread's largest parse stays resident and the peak
+     * grows with the thread count, not the budget (test_memory.c) */
+    if (r->reserved >= FD_TRIM_AFTER) malloc_trim(0);
+    fd_req_release(r);
     free(r);
     *con_cls = NULL;
+    atomic_fetch_sub(&s->active, 1);
 }
 
 int fd_server_start(fd_server *s, char *err, size_t errlen) {
@@ -852,7 +971,10 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.conn_timeout,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)0,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        /* 1 would set SO_REUSEPORT: a second daemon could bind the same
+         * port and take half the connections.  0 is SO_REUSEADDR only (a
+         * restart binds at once over TIME_WAIT); --reuse-port asks for 1 */
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)(s->cfg.reuse_port ? 1 : 0),
         MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
         MHD_OPTION_END);
     if (!s->mhd) {
@@ -865,6 +987,19 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         if (di) s->cfg.port = di->port;
     }
     return 0;
+}
+
+int fd_server_drain(fd_server *s, double timeout_s) {
+    atomic_store(&s->draining, 1); /* /readyz 503; requests not yet admitted: 503 */
+    if (!s->mhd) return 0;
+    /* no new connections: the listening socket is closed (connect() is
+     * refused); connections already open stay, to finish their requests */
+    MHD_socket ls = MHD_quiesce_daemon(s->mhd);
+    if (ls != MHD_INVALID_SOCKET) close(ls);
+    fd_streams_stop(); /* event streams end: they would run until their job does */
+    double t0 = fd_now();
+    while (atomic_load(&s->active) > 0 && fd_now() - t0 < timeout_s) usleep(10000);
+    return atomic_load(&s->active);
 }
 
 void fd_server_stop(fd_server *s) {

@@ -17,7 +17,11 @@
  * FD_JOB_MAX_RESTARTS restarts in a row without a clean stop it fails with
  * the reason instead (start_allowed).
  * Database errors while reporting progress or checkpointing are logged and
- * training goes on; publishing is retried a few times before the job fails. */
+ * training goes on.  Publishing is retried with backoff for up to
+ * fd_publish_retry_s (--publish-retry) while the trained model stays in
+ * memory; a shutdown meanwhile leaves the job 'running' (it resumes and
+ * publishes at the next start); only a permanent error, or the deadline,
+ * fails it. */
 #include "server.h"
 
 #include "../core/job.h"
@@ -378,7 +382,26 @@ int fd_dataset_load(fd_db *db, const char *dsid, nf_data *out, char *msg, size_t
     return 0;
 }
 
-static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *res) {
+double fd_publish_retry_s = 300;
+
+/* FLOWD_FAULT_PUBLISH_FAILS=N (tests only): the first N publish attempts of
+ * the process fail as if the database were busy */
+static int injected_publish_fault(char *err, size_t errlen) {
+    static atomic_int left = -1;
+    if (atomic_load(&left) == -1) {
+        const char *e = getenv("FLOWD_FAULT_PUBLISH_FAILS");
+        int expect = -1;
+        atomic_compare_exchange_strong(&left, &expect, e ? atoi(e) : 0);
+    }
+    if (atomic_fetch_sub(&left, 1) <= 0) {
+        atomic_fetch_add(&left, 1);
+        return 0;
+    }
+    snprintf(err, errlen, "database is locked (injected by FLOWD_FAULT_PUBLISH_FAILS)");
+    return FD_EBUSY;
+}
+
+static void publish(fd_worker *w, fd_slot *slot, int64_t id, const nf_job *job, nf_job_result *res) {
     int version = 0;
     char err[256] = "", msg[400];
     fd_model_desc d;
@@ -388,16 +411,29 @@ static void publish(fd_worker *w, int64_t id, const nf_job *job, nf_job_result *
         return;
     }
     int rc = FD_ENOMEM;
-    for (int a = 0; a < 4; a++) {
-        rc = fd_db_job_publish_ex(w->db, id, job->model, res->model, res->model_len, d.dim,
-                                  d.context_dim, d.config, d.preprocess, d.metrics,
-                                  job->publish_set_default, res->optimizer, res->optimizer_len,
-                                  &version, err, sizeof err);
+    double t0 = mono_now(), wait = 0.1;
+    for (int a = 0;; a++) {
+        rc = injected_publish_fault(err, sizeof err);
+        if (!rc)
+            rc = fd_db_job_publish_ex(w->db, id, job->model, res->model, res->model_len, d.dim,
+                                      d.context_dim, d.config, d.preprocess, d.metrics,
+                                      job->publish_set_default, res->optimizer, res->optimizer_len,
+                                      &version, err, sizeof err);
         if (!rc || rc == FD_ENOTFOUND || rc == FD_ECONFLICT || rc == FD_EINVAL) break;
-        fd_log("warn", "job %" PRId64 ": publishing failed (try %d): %s", id, a + 1, err);
-        sleep_s(0.25 * (1 << a));
+        if (mono_now() - t0 + wait > fd_publish_retry_s) break;
+        fd_log("warn", "job %" PRId64 ": publishing failed (try %d, next in %.1f s; the trained model is kept): %s",
+               id, a + 1, wait, err);
+        /* in slices: a shutdown or a cancel is seen within 50 ms */
+        for (double slept = 0; slept < wait && !FLAG(slot->cancel); slept += 0.05) sleep_s(0.05);
+        if (FLAG(slot->cancel)) break;
+        wait = wait * 2 > 5 ? 5 : wait * 2;
     }
-    if (rc == FD_ENOTFOUND) {
+    if (rc && FLAG(slot->cancel) && !FLAG(slot->user_cancel)) {
+        fd_log("info", "job %" PRId64 ": stopped for shutdown before its model was published; it resumes "
+                       "and publishes at the next start", id);
+    } else if (rc && FLAG(slot->user_cancel)) {
+        finish(w, id, "cancelled", NULL);
+    } else if (rc == FD_ENOTFOUND) {
         fd_log("warn", "job %" PRId64 ": gone before publishing", id);
     } else if (rc) {
         snprintf(msg, sizeof msg, "cannot publish the model: %s", err[0] ? err : "out of memory");
@@ -500,7 +536,7 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
      * other end deletes the state, so a waiting one is dropped */
     ckpt_writer_end(w->cw, rc == NF_ECANCELLED);
     if (!rc) {
-        publish(w, id, &job, &res);
+        publish(w, slot, id, &job, &res);
     } else if (rc == NF_ECANCELLED && !FLAG(slot->user_cancel)) {
         /* shutdown: stays 'running' with its checkpoint, resumes next start;
          * a clean stop is not a failed start (its attempts restart) */

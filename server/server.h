@@ -10,9 +10,10 @@
  *    with 2 cores, request threads and one training worker are the
  *    parallelism; BLAS threads on top would oversubscribe).
  *
- * A request's life (http.c): the first callback routes (keeping the
- * captured path segments), authenticates, checks Content-Length against the
- * body limit (413 before reading) and admits; following callbacks append the
+ * A request's life (http.c): the first callback checks Host and Origin
+ * (guard.c), routes (keeping the captured path segments), authenticates,
+ * checks the body's type (415), checks Content-Length against the body
+ * limit (413 before reading) and admits, by count and by bytes (budget.c); following callbacks append the
  * body (hard limit); the last one runs the route's handler, which validates
  * input and either sends an error itself and returns, or sends the success
  * response.  Every response goes out through the fd_send_* helpers of
@@ -43,6 +44,9 @@ typedef struct fd_config {
     int workers;           /* training worker threads, default 1 */
     int http_threads;      /* MHD pool size, default 4 */
     size_t max_body;       /* bytes, default 64 MiB */
+    size_t max_inflate;    /* bytes a gzip upload may inflate to, default 256 MiB */
+    int max_inflate_ratio; /* inflated:compressed, default 200 */
+    size_t max_request_memory; /* estimated parse memory of one body, default 2 GiB */
     int max_rows;          /* rows per log_prob/encode/decode request, default 100000 */
     int max_sample;        /* n per sample request, default 100000 */
     int max_connections;   /* default 512 */
@@ -52,7 +56,12 @@ typedef struct fd_config {
     int max_queued_jobs;   /* queued jobs before 429, default 64 */
     int cache_models;      /* models kept loaded, default 16 */
     const char *token_file;
+    char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
+    int reuse_port;        /* SO_REUSEPORT on the listening socket (--reuse-port) */
+    int drain_timeout;
+    int max_streams_per_client;
+    size_t max_memory;     /* request-path memory budget (bodies, parses), default 1 GiB; 0: none */ /* event streams one token or address may hold, default 8 */     /* seconds the drain waits for requests in flight, default 30 */
 } fd_config;
 
 typedef struct fd_token {
@@ -107,6 +116,10 @@ typedef struct fd_jobs fd_jobs;
 #define FD_JOB_MAX_RESTARTS 3 /* starts of a job found running at start-up, in a row (jobs.c) */
 int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
                   char *err, size_t errlen);
+/* Seconds a job's publish is retried (backoff 0.1 s doubling to 5 s) on a
+ * transient database error, the trained model kept in memory; set by
+ * `flowd serve --publish-retry` (default 300). */
+extern double fd_publish_retry_s;
 /* Wake a worker: a job was queued. */
 void fd_jobs_notify(fd_jobs *j);
 /* Cancel a running job now (the HTTP handler has already flagged it in the
@@ -136,6 +149,8 @@ typedef struct fd_server {
     atomic_int ready;      /* /readyz */
     atomic_int draining;
     atomic_int inflight;
+    atomic_int active;
+    atomic_size_t mem_used, mem_peak; /* of cfg.max_memory (budget.c) */     /* requests between their headers and completion (the drain waits for them) */
     pthread_key_t db_key;  /* per-thread fd_db */
 } fd_server;
 
@@ -163,7 +178,37 @@ typedef struct fd_req {
     int plain_errors;      /* errors as {"error": "message"} (http.c) */
     char inf_model[65];    /* fd_req_inference: the model reached, "" if none */
     int inf_version, inf_op;
+    size_t reserved;         /* bytes of the memory budget held (budget.c) */
+    int mem_refused;         /* a chunked body outgrew the budget: 503 at dispatch */
+    char client_token[65];   /* sha256 hex of the token that authenticated, or "" */
+    int bad_token;           /* a token was given and is not known (401 invalid_token) */
+    const char *cors_origin; /* an --allow-origin Origin: echoed in Access-Control-Allow-Origin */
 } fd_req;
+
+/* Browser safety (guard.c).  fd_guard_ctype_ok: ct is a body type some
+ * route takes (not missing, not a form encoding).  fd_guard_host: Host
+ * names the listen address or localhost with the listen port, or tokens are
+ * configured, or there is no Host.  fd_guard_origin: 0 refused, 1 no Origin
+ * or the request's own (http(s):// + Host), 2 on --allow-origin. */
+int fd_guard_ctype_ok(const char *ct);
+int fd_guard_host(const fd_server *s, const char *host);
+int fd_guard_origin(const fd_server *s, const char *origin, const char *host);
+/* A slot of the requesting client's event streams (its token, or its
+ * address without tokens): 0 and key filled, or -1 when it holds
+ * cfg.max_streams_per_client already.  Give it back with the same key. */
+int fd_stream_client_take(fd_req *r, char key[72]);
+void fd_stream_client_give(const char *key);
+
+/* The request-path memory budget (budget.c): fd_req_reserve takes bytes of
+ * cfg.max_memory for r (0, or -1 when they do not fit; nothing sent);
+ * fd_req_release gives back all r holds (at completion);
+ * fd_send_budget_error answers a refusal: 503 overloaded, or 413 when
+ * bytes exceed the whole budget (details.limit "memory_budget");
+ * fd_req_reserve_cb is the nf_data_limits.reserve callback (ctx: r). */
+int fd_req_reserve(fd_req *r, size_t bytes);
+void fd_req_release(fd_req *r);
+enum MHD_Result fd_send_budget_error(fd_req *r, size_t bytes);
+int fd_req_reserve_cb(void *ctx, size_t bytes);
 
 /* Per-thread database connection of the calling HTTP thread (opened on first
  * use); NULL with a 500 sent if it cannot be opened. */
@@ -176,6 +221,11 @@ enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *content_type, v
 /* {"error":{"code","message","details"}}; details taken (may be NULL). */
 enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details,
                               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 413 payload_too_large for a body refused by a limit of
+ * nf_data_load_limited (lim->exceeded set): details.limit is "inflate",
+ * "inflate_ratio" or "memory", with the limit's value; msg is the loader's. */
+struct nf_data_limits;
+enum MHD_Result fd_send_limit_error(fd_req *r, const struct nf_data_limits *lim, const char *msg);
 /* Map an FD_E* storage error to a response. */
 enum MHD_Result fd_send_db_error(fd_req *r, int rc, const char *err);
 /* 200 with a built-in file (data is static, not taken): dashboard, OpenAPI. */
@@ -327,8 +377,19 @@ void fd_req_inference(fd_req *r, const fd_model *m, fd_op op);
 /* Prometheus text (malloc'd). */
 char *fd_metrics_render(fd_server *s, fd_db *db);
 
+/* The exclusive lock of `flowd serve` on DB.lock (dblock.c): the lock's fd
+ * (kept open for the life of the process), -2 when there is no file to lock
+ * beside (":memory:", a URI, a directory not yet created), or -1 with a
+ * message when another daemon holds it. */
+int fd_db_lock_exclusive(const char *db_path, char *err, size_t errlen);
+
 /* Server lifecycle (http.c). */
 int fd_server_start(fd_server *s, char *err, size_t errlen);
+/* The first half of a graceful stop: /readyz turns 503, the listening
+ * socket is closed (new connections are refused), event streams end, and
+ * requests in flight (an upload whose headers came before) are waited for,
+ * up to timeout_s.  Returns how many were still running. */
+int fd_server_drain(fd_server *s, double timeout_s);
 void fd_server_stop(fd_server *s);
 
 /* Routes for metrics: route numbers 0..fd_route_count-1, the rows of the

@@ -197,7 +197,7 @@ call("POST", "/v1/models/m/log_prob", {"inputs": X}, expect=200)
 call("POST", "/v1/models/m/log_prob", {"inputs": X, "bits_per_dim": True, "version": 1}, expect=200)
 call("POST", "/v1/models/c/log_prob", {"inputs": X, "context": [[1.0], [2.0], [0.5]]}, expect=200)
 call("POST", "/v1/models/m/log_prob", {"inputs": [[1, 2, 3]]}, expect=422)
-call("POST", "/v1/models/m/log_prob", raw=b"{", expect=400)
+call("POST", "/v1/models/m/log_prob", raw=b"{", ctype="application/json", expect=400)
 call("POST", "/v1/models/m/log_prob", raw=b"a,b\n1,2\n", ctype="text/csv", accept="text/csv", expect=200)
 call("POST", "/v1/models/m/log_prob", raw=b"1,2\n", ctype="text/plain", expect=415)
 call("POST", "/v1/models/nosuch/log_prob", {"inputs": X}, expect=404)
@@ -278,7 +278,7 @@ for j in jobs_ok:
         ids.append(r.json()["id"])
 for j in jobs_bad:
     call("POST", "/v1/jobs", j, expect=422, job=True)
-call("POST", "/v1/jobs", raw=b"[1]", expect=400)
+call("POST", "/v1/jobs", raw=b"[1]", ctype="application/json", expect=400)
 for i in ids:
     st = wait_job(i).get("state")
     if st != "succeeded":

@@ -9,15 +9,18 @@
 
 #include <math.h>
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -513,4 +516,47 @@ int dmn_make_model(dmn *d, const char *name, int C, struct nf_model **out) {
     free(buf);
     const char *im[] = {"import", file, "--name", name, "--db", d->db, NULL};
     return rc ? -1 : run_flowd(d, im, NULL, 30) ? -1 : 0;
+}
+
+int dmn_log_has(dmn *d, const char *needle) {
+    FILE *f = fopen(d->log, "r");
+    if (!f) return 0;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    for (size_t k; buf && (k = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += k;
+        if (n == cap) {
+            char *b = realloc(buf, 2 * cap + 1);
+            if (!b) break;
+            buf = b, cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!buf) return 0;
+    buf[n] = 0;
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}
+
+long dmn_peak_kib(dmn *d) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)d->pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kb;
+}
+
+int dmn_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
 }

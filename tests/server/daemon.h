@@ -43,6 +43,13 @@ void dmn_kill9(dmn *d);
 /* Stops the daemon if running, prints its log tail when the test failed,
  * removes the directory. */
 void dmn_cleanup(dmn *d);
+/* 1 when the daemon's log (its stderr, and run_flowd's output) contains
+ * needle. */
+int dmn_log_has(dmn *d, const char *needle);
+/* The daemon's peak resident size (VmHWM of /proc/PID/status), KiB; -1. */
+long dmn_peak_kib(dmn *d);
+/* A TCP connection to 127.0.0.1:port (a raw socket), or -1. */
+int dmn_connect(int port);
 /* Path of a file name inside the directory (static buffer rotation of 4). */
 const char *dmn_path(dmn *d, const char *name);
 

@@ -113,7 +113,8 @@ TEST_T(faults_disk_full_fails_cleanly, 120) {
     sqlite3_close(db);
     long long free_pages = sql_int(d.db, "PRAGMA freelist_count");
     fprintf(stderr, "    database %lld pages, %lld free\n", sql_int(d.db, "PRAGMA page_count"), free_pages);
-    const char *env[] = {"FLOWD_DB_NO_GROWTH=1", NULL};
+    /* disk full is retried like any transient error: 2 s here, not 300 */
+    const char *env[] = {"FLOWD_DB_NO_GROWTH=1", "FLOWD_PUBLISH_RETRY=2", NULL};
     REQUIRE(dmn_start(&d, quiet, env) == 0);
 
     CHECK(upload(&d, "big", 20000, &r) == 507);

@@ -217,7 +217,7 @@ static int raw_exchange(dmn *d, const char *req, size_t len, double timeout_s, c
 }
 
 /* ---- 1 and 3: truncated and misframed bodies -------------------------------------------- */
-#define LP_HEAD "POST /v1/models/m/log_prob HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+#define LP_HEAD "POST /v1/models/m/log_prob HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
 
 static void framing_body(dmn *d) {
     const char *args[] = {"--conn-timeout", "2", "--max-inflight", "4", NULL};
@@ -271,7 +271,7 @@ static void framing_body(dmn *d) {
                 k > 0 ? st[0] : 0, k > 1 ? st[1] : 0, closed);
         /* the trailing bytes a valid request: answered in order (pipelining) */
         snprintf(buf, sizeof buf,
-                 LP_HEAD "Content-Length: %zu\r\n\r\n%sGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                 LP_HEAD "Content-Length: %zu\r\n\r\n%sGET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                  strlen(body), body);
         fd = raw_connect(d);
         REQUIRE(fd >= 0);
@@ -388,7 +388,7 @@ static void *loris_run(void *p) {
     double t0 = dmn_now();
     for (int i = 0; i < NLORIS; i++) {
         L->fds[i] = raw_connect(L->d);
-        if (L->fds[i] >= 0) raw_sends(L->fds[i], "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ");
+        if (L->fds[i] >= 0) raw_sends(L->fds[i], "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ");
     }
     while (dmn_now() - t0 < L->trickle_s) {
         dmn_sleep_ms(500);
@@ -470,7 +470,7 @@ static void headers_urls_body(dmn *d) {
     /* 300 KB of headers, many lines and one line: over the 256 KiB per
      * connection memory limit */
     for (int variant = 0; variant < 2; variant++) {
-        size_t k = (size_t)snprintf(req, cap, "GET /healthz HTTP/1.1\r\nHost: t\r\n");
+        size_t k = (size_t)snprintf(req, cap, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
         if (variant == 0) {
             for (int i = 0; k < 300 * 1024; i++) {
                 k += (size_t)snprintf(req + k, cap - k, "X-Pad-%d: ", i);
@@ -497,13 +497,13 @@ static void headers_urls_body(dmn *d) {
         size_t k = (size_t)snprintf(req, cap, "GET /v1/models/");
         memset(req + k, 'a', 10 * 1024);
         k += 10 * 1024;
-        k += (size_t)snprintf(req + k, cap - k, " HTTP/1.1\r\nHost: t\r\n\r\n");
+        k += (size_t)snprintf(req + k, cap - k, " HTTP/1.1\r\nHost: localhost\r\n\r\n");
         int st = raw_exchange(d, req, k, 5, buf, 65536, &closed);
         CHECK_MSG(st == 404 || st == 414 || st == 400, "10 KB URL: status %d", st);
         k = (size_t)snprintf(req, cap, "GET /healthz?");
         memset(req + k, 'q', 10 * 1024);
         k += 10 * 1024;
-        k += (size_t)snprintf(req + k, cap - k, "=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        k += (size_t)snprintf(req + k, cap - k, "=1 HTTP/1.1\r\nHost: localhost\r\n\r\n");
         st = raw_exchange(d, req, k, 5, buf, 65536, &closed);
         CHECK_MSG(st == 200 || st == 414 || st == 400, "10 KB query: status %d", st);
     }
@@ -538,7 +538,7 @@ static void headers_urls_body(dmn *d) {
         {"GET /v1/models/m/versions/99999999999/checkpoint HTTP/1.1", 0},
     };
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
-        int k = snprintf(req, cap, "%s\r\nHost: t\r\nContent-Length: 0\r\n\r\n", odd[i].line);
+        int k = snprintf(req, cap, "%s\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", odd[i].line);
         int st = raw_exchange(d, req, (size_t)k, 5, buf, 65536, &closed);
         int good = st == 404 || st == 400 || st == 405 || (odd[i].allow200 && st == 200) || (st == 0 && closed);
         CHECK_MSG(good, "%s: status %d: %.200s", odd[i].line, st, buf);
