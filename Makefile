@@ -6,6 +6,8 @@
 #   make bench      the benchmarks
 #   make run        migrate a database under data/, start flowd on 127.0.0.1
 #   make deps       install the Debian packages the build needs (as root)
+#   make MPI=1|0    with or without MPI (data-parallel flowd train); default:
+#                   with it where OpenMPI is installed (release variant only)
 
 V        ?= rel
 BUILD    := build/$(V)
@@ -21,6 +23,18 @@ endif
 CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
 # the server tests read schema/openapi.yaml with libyaml (tests/server/oapi.c)
 TEST_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
+
+# MPI: server/mpi.c with OpenMPI (docs/scale-out.md); detected through its
+# pkg-config file for the release build, off for the sanitizer variants
+ifeq ($(V),rel)
+  MPI ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+else
+  MPI ?= 0
+endif
+ifeq ($(MPI),1)
+  MPI_CFLAGS := -DFLOWD_MPI $(shell pkg-config --cflags ompi-c 2>/dev/null)
+  MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
+endif
 
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter \
@@ -63,10 +77,11 @@ all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/f
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)
-	@echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' > $@
+	@echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL) $(MPI_CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL) $(MPI_CFLAGS)' > $@
 FORCE:
 
 $(CORE_F32) $(CORE_F64): CFLAGS_ALL += $(CORE_OPT)
+$(BUILD)/f32/server/mpi.o: CFLAGS_ALL += $(MPI_CFLAGS)
 $(BUILD)/f32/%.o: %.c $(BUILD)/flags
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
@@ -85,7 +100,7 @@ $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) $(BUILD)/libflowcore_f64.a $(CORE_LIBS)
 
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(MPI_LIBS) -lm
 
 # flowctl, the command-line client: libcurl + cJSON, core's .npy module
 # (libflowcore.a), and common/picture.c for -o out.png
@@ -117,7 +132,7 @@ $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 # the server test binary links the daemon's code (not main.c) and starts the
 # real flowd binary for end-to-end tests
 $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) $(MPI_LIBS) -lm
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
@@ -168,9 +183,10 @@ DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-d
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
             curl libyaml-dev \
             python3 python3-requests python3-numpy python3-pandas python3-jsonschema \
-            python3-prometheus-client
+            python3-prometheus-client libopenmpi-dev openmpi-bin
 # (the python3 packages: client/python/flowd_client.py and its test, and the
-# contract and metrics tests of tests/python/, all run by make test)
+# contract and metrics tests of tests/python/, all run by make test; OpenMPI:
+# data-parallel flowd train and its test, tests/mpi_train.sh)
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

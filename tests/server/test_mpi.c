@@ -1,0 +1,217 @@
+/* test_mpi.c: data-parallel `flowd train` under mpirun (server/mpi.c,
+ * core/train.h's nf_train_dist) against one process at the same global
+ * batch.
+ *
+ * Both runs see the same global batches; the only difference is where the
+ * gradient's per-row terms are added up: one process sums the 256 rows of a
+ * batch in one workspace, two ranks sum 128 rows each and MPI_Allreduce adds
+ * the two float32 partial sums.  So the trajectories differ by float32
+ * summation order alone: a few ulp (2^-24 = 6e-8 relative) per gradient
+ * element per step, which Adam's update (about lr per parameter, whatever
+ * the gradient's scale) turns into parameter differences of order
+ * lr * 1e-6 per step, growing at most geometrically over the 24 steps on a
+ * smooth loss.  The tolerances: per-step training loss (printed to 6
+ * significant digits) rtol 2e-5, two print units; gradient norms (3 digits)
+ * rtol 1e-2, which catches a gradient summed wrongly by a factor (Adam would
+ * hide one in the parameters); final parameters atol 2e-5, about 100 times
+ * the differences measured (6e-8 on the MAF job) and far below what a rank
+ * training on its half alone moves them (1e-2 and more).
+ *
+ * Skipped (with a message, counted as passed) only when mpirun is not
+ * installed; CI installs it (make deps: openmpi-bin, libopenmpi-dev). */
+#include "../test.h"
+
+#include "../../core/model.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+        free(s);
+        s = NULL;
+    }
+    fclose(f);
+    if (s) s[n] = 0;
+    if (len) *len = (size_t)n;
+    return s;
+}
+
+/* flowd next to this test binary, or $FLOWD_BIN */
+static const char *flowd_bin(void) {
+    static char buf[1100];
+    const char *e = getenv("FLOWD_BIN");
+    if (e && *e) return e;
+    char self[1024];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (k <= 0) return "flowd";
+    self[k] = 0;
+    char *slash = strrchr(self, '/');
+    if (slash) *slash = 0;
+    snprintf(buf, sizeof buf, "%s/flowd", self);
+    return buf;
+}
+
+/* the progress lines "step ... step=N/T train_loss=X ... grad_norm=G": up
+ * to max of them in order; returns how many */
+static int parse_steps(const char *log, double *loss, double *gn, int max) {
+    int n = 0;
+    for (const char *p = log; p && *p && n < max; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, "step ", 5)) continue;
+        const char *l = strstr(p, "train_loss="), *g = strstr(p, "grad_norm=");
+        const char *eol = strchr(p, '\n');
+        if (!l || !g || (eol && (l > eol || g > eol))) continue;
+        loss[n] = strtod(l + 11, NULL);
+        gn[n] = strtod(g + 10, NULL);
+        n++;
+    }
+    return n;
+}
+
+static nf_model *load_model(const char *path) {
+    size_t len;
+    char *b = slurp(path, &len), err[256];
+    nf_model *m = NULL;
+    if (b && nf_model_load(b, len, &m, err, sizeof err)) m = NULL;
+    free(b);
+    return m;
+}
+
+static int have_mpirun(void) { return system("command -v mpirun >/dev/null 2>&1") == 0; }
+
+#define MPI_STEPS 24 /* 2304 rows, 10% validation: 2074 rows, 8 batches of 256, 3 epochs */
+
+/* one job (flow: its "flow" JSON) trained by one process and by 2 ranks:
+ * each one's per-step losses and gradient norms, and the two models */
+typedef struct {
+    int n1, n2;
+    double l1[64], g1[64], l2[64], g2[64];
+    nf_model *m1, *m2;
+} mpi_pair;
+
+static int run_pair(const char *flow, mpi_pair *r) {
+    memset(r, 0, sizeof *r);
+    char dir[] = "/tmp/flowd_mpi_XXXXXX";
+    if (!mkdtemp(dir)) return -1;
+    char job[256], cmd[4096], path[300];
+    snprintf(job, sizeof job, "%s/job.json", dir);
+    FILE *f = fopen(job, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"model\":\"m\",\"dataset\":{\"builtin\":\"moons\",\"n\":2304,\"seed\":1},"
+               "\"flow\":%s,"
+               "\"train\":{\"epochs\":3,\"batch_size\":256,\"lr\":0.003,\"val_fraction\":0.1,"
+               "\"seed\":5,\"log_every\":1}}\n", flow);
+    fclose(f);
+    const char *bin = flowd_bin();
+    snprintf(cmd, sizeof cmd,
+             "cd %s && OPENBLAS_NUM_THREADS=1 '%s' train -c job.json -o one.flow --threads 1 "
+             ">one.out 2>one.err", dir, bin);
+    int rc1 = system(cmd);
+    CHECK_EQ_INT(rc1, 0);
+    /* as root OpenMPI 4.1 wants both variables (or --allow-run-as-root);
+     * --oversubscribe: more ranks than free cores on a busy machine */
+    snprintf(cmd, sizeof cmd,
+             "cd %s && OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+             "OPENBLAS_NUM_THREADS=1 mpirun --oversubscribe -n 2 '%s' train -c job.json "
+             "-o two.flow --threads 1 >two.out 2>two.err", dir, bin);
+    int rc = system(cmd);
+    snprintf(path, sizeof path, "%s/two.err", dir);
+    char *e2 = slurp(path, NULL);
+    CHECK_MSG(rc == 0, "mpirun -n 2 flowd train failed (%d):\n%s", rc, e2 ? e2 : "");
+    snprintf(path, sizeof path, "%s/one.err", dir);
+    char *e1 = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/two.out", dir);
+    char *o2 = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/one.out", dir);
+    char *o1 = slurp(path, NULL);
+    if (e1 && e2 && o1 && o2) {
+        CHECK_MSG(strstr(o2, "2 ranks)") && strstr(o2, "\"ranks\":2"), "two.out: %s", o2);
+        CHECK_MSG(strstr(o1, "1 rank)") && strstr(o1, "\"ranks\":1"), "one.out: %s", o1);
+        r->n1 = parse_steps(e1, r->l1, r->g1, 64);
+        r->n2 = parse_steps(e2, r->l2, r->g2, 64);
+    }
+    snprintf(path, sizeof path, "%s/one.flow", dir);
+    r->m1 = load_model(path);
+    snprintf(path, sizeof path, "%s/two.flow", dir);
+    r->m2 = load_model(path);
+    free(e1);
+    free(e2);
+    free(o1);
+    free(o2);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    return r->m1 && r->m2 && r->n1 && r->n2 && !rc && !rc1 ? 0 : -1;
+}
+
+/* max |p1 - p2| over the two models' parameters (INFINITY: not comparable) */
+static double param_diff(const mpi_pair *r) {
+    size_t P = nf_flow_num_params(r->m1->flow);
+    if (nf_flow_num_params(r->m2->flow) != P) return INFINITY;
+    const nf_real *p1 = nf_flow_params(r->m1->flow), *p2 = nf_flow_params(r->m2->flow);
+    double maxd = 0;
+    for (size_t i = 0; i < P; i++) {
+        double d = fabs((double)p1[i] - p2[i]);
+        if (!(d <= maxd)) maxd = d; /* NaN too */
+    }
+    printf("    %zu parameters: max |one - two| = %.3g\n", P, maxd);
+    return maxd;
+}
+
+static void pair_free(mpi_pair *r) {
+    nf_model_free(r->m1);
+    nf_model_free(r->m2);
+}
+
+/* MAF (MADE blocks): no layer whose gradient is analytically zero, so
+ * summation order is the only difference and the tolerances of the file
+ * comment hold */
+TEST_T(mpi_train_two_ranks_match_one_process, 300) {
+    if (!have_mpirun()) {
+        printf("    SKIP: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; "
+               "make deps does)\n");
+        return;
+    }
+    mpi_pair r;
+    REQUIRE(!run_pair("{\"preset\":\"maf\",\"depth\":3,\"hidden\":[32]}", &r));
+    CHECK_EQ_INT(r.n1, MPI_STEPS);
+    CHECK_EQ_INT(r.n2, MPI_STEPS); /* rank 0 alone reports */
+    for (int i = 0; i < r.n1 && i < r.n2; i++) {
+        CHECK_CLOSE(r.l2[i], r.l1[i], 0, 2e-5);
+        CHECK_CLOSE(r.g2[i], r.g1[i], 0, 1e-2);
+    }
+    CHECK(r.n1 > 1 && r.l1[r.n1 - 1] < r.l1[0]); /* it trained */
+    double d = param_diff(&r);
+    CHECK_MSG(d <= 2e-5, "parameters differ by %.3g", d);
+    pair_free(&r);
+}
+
+/* glow: actnorm data-initialised on the first global batch, then LU linear
+ * and coupling.  The first step's loss is the initialised flow's on the
+ * whole batch (an initialisation on a rank's half would differ in the
+ * fourth digit).  Later steps agree less tightly than MAF's: right after
+ * the data initialisation the actnorm gradients are zero up to rounding,
+ * and Adam's first update (lr * g/|g|) turns their rounding noise into
+ * +-lr steps; the same happens between one process at 1 and 2 threads.  So
+ * here: the losses to 1e-4 and the parameters to 10 lr. */
+TEST_T(mpi_train_actnorm_initialised_on_the_global_batch, 300) {
+    if (!have_mpirun()) {
+        printf("    SKIP: mpirun is not installed\n");
+        return;
+    }
+    mpi_pair r;
+    REQUIRE(!run_pair("{\"preset\":\"glow\",\"depth\":3,\"hidden\":[32]}", &r));
+    CHECK_EQ_INT(r.n1, MPI_STEPS);
+    CHECK_EQ_INT(r.n2, MPI_STEPS);
+    if (r.n1 > 0 && r.n2 > 0) CHECK_CLOSE(r.l2[0], r.l1[0], 0, 2e-6);
+    for (int i = 0; i < r.n1 && i < r.n2; i++) CHECK_CLOSE(r.l2[i], r.l1[i], 0, 1e-4);
+    double d = param_diff(&r);
+    CHECK_MSG(d <= 0.03, "parameters differ by %.3g", d);
+    pair_free(&r);
+}
