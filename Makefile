@@ -141,6 +141,15 @@ $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 $(BUILD)/w4_micro: bench/w4_micro/w4_micro.c bench/w4_spec.h $(BUILD)/libflowcore.a $(BUILD)/flags
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libflowcore.a $(CORE_LIBS)
 
+# bench-mpi: data-parallel flowd train at 1 and 2 ranks on W2 and the
+# allreduce of W2's 12M-float gradient (bench/mpi/scale.sh, docs/scale-out.md)
+$(BUILD)/mpi_allreduce: bench/mpi/mpi_allreduce.c
+	$(CC) $(CFLAGS_ALL) $(shell pkg-config --cflags ompi-c 2>/dev/null) -o $@ $< \
+	  $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
+bench-mpi: deps-check $(BUILD)/flowd $(BUILD)/mpi_allreduce
+	BUILD=$(BUILD) sh bench/mpi/scale.sh
+.PHONY: bench-mpi
+
 # make run: a database under data/, a small demo model (trained in a few
 # seconds on 2-D moons) if there is none, then the daemon in the foreground
 FLOWD_LISTEN ?= 127.0.0.1:8080

@@ -73,6 +73,15 @@ int fd_mpi_init(int *argc, char ***argv, int *rank, int *size) {
     if (!launched()) return 0;
 #ifdef FLOWD_MPI
     int prov = 0;
+    /* the gradient's allreduce: OpenMPI 4.1's fixed decision picks, for a
+     * few ranks and tens of MB, an algorithm measured 7-10 times slower
+     * here than the ring (docs/scale-out.md); the ring unless the user
+     * chose (an OMPI_MCA_ variable or --mca sets these first) */
+    if (!getenv("OMPI_MCA_coll_tuned_allreduce_algorithm") &&
+        !getenv("OMPI_MCA_coll_tuned_use_dynamic_rules")) {
+        setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0);
+        setenv("OMPI_MCA_coll_tuned_allreduce_algorithm", "4", 0);
+    }
     /* only the main thread calls MPI (the trainer's hooks); the training
      * threads never do */
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &prov) != MPI_SUCCESS) {
