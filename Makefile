@@ -82,6 +82,10 @@ FORCE:
 
 $(CORE_F32) $(CORE_F64): CFLAGS_ALL += $(CORE_OPT)
 $(BUILD)/f32/server/mpi.o: CFLAGS_ALL += $(MPI_CFLAGS)
+# tests/server/test_mpi.c: skip, not fail, where MPI is left out on purpose
+# (MPI=0, or a sanitizer variant)
+$(BUILD)/f32/tests/server/test_mpi.o: CFLAGS_ALL += -DFLOWD_TEST_VARIANT='"$(V)"' \
+  $(if $(filter 0,$(MPI)),$(if $(filter command line environment,$(origin MPI)),-DFLOWD_MPI_OFF_BY_CHOICE))
 $(BUILD)/f32/%.o: %.c $(BUILD)/flags
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@

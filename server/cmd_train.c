@@ -173,8 +173,8 @@ static int train_run(const nf_job *job, const nf_data *data, int threads) {
     if (rc == NF_ECANCELLED) {
         if (lead) fprintf(stderr, "flowd train: cancelled; no model written\n");
     } else if (rc) {
-        if (lead || g_ranks > 1) fprintf(stderr, "flowd train: %s%s\n", g_ranks > 1 ? "rank " : "",
-                                         err);
+        if (g_ranks > 1) fprintf(stderr, "flowd train: rank %d: %s\n", g_rank, err);
+        else fprintf(stderr, "flowd train: %s\n", err);
     } else if (!lead) {
         /* rank 0 writes the model */
     } else if (nf_file_write(to.out, res.model, res.model_len)) {

@@ -17,11 +17,17 @@
  * the differences measured (6e-8 on the MAF job) and far below what a rank
  * training on its half alone moves them (1e-2 and more).
  *
- * Skipped (with a message, counted as passed) only when mpirun is not
- * installed; CI installs it (make deps: openmpi-bin, libopenmpi-dev). */
+ * Skipped (with a message, counted as passed) when mpirun is not installed
+ * (CI installs it: make deps, openmpi-bin and libopenmpi-dev) and in builds
+ * left without MPI on purpose (have_mpirun below). */
 #include "../test.h"
 
 #include "../../core/model.h"
+#include "../../server/mpi.h"
+
+#ifndef FLOWD_TEST_VARIANT /* the Makefile says which */
+#define FLOWD_TEST_VARIANT "rel"
+#endif
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -84,7 +90,31 @@ static nf_model *load_model(const char *path) {
     return m;
 }
 
-static int have_mpirun(void) { return system("command -v mpirun >/dev/null 2>&1") == 0; }
+/* 1: run the MPI tests; 0: skip (said why).  Without mpirun they skip;
+ * with it, a flowd built without MPI skips where that was chosen (MPI=0,
+ * or a sanitizer variant: MPI is built into the release variant only) and
+ * fails otherwise (libopenmpi-dev missing: make deps installs it). */
+static int have_mpirun(void) {
+    if (system("command -v mpirun >/dev/null 2>&1") != 0) {
+        printf("    SKIP: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; "
+               "make deps does)\n");
+        return 0;
+    }
+    if (fd_mpi_built()) return 1;
+#ifdef FLOWD_MPI_OFF_BY_CHOICE
+    printf("    SKIP: built with MPI=0\n");
+    return 0;
+#else
+    if (strcmp(FLOWD_TEST_VARIANT, "rel")) {
+        printf("    SKIP: the %s variant is built without MPI (the release variant has it)\n",
+               FLOWD_TEST_VARIANT);
+        return 0;
+    }
+    CHECK_MSG(0, "mpirun is installed but flowd was built without MPI: install libopenmpi-dev "
+                 "(make deps) and rebuild");
+    return 0;
+#endif
+}
 
 #define MPI_STEPS 24 /* 2304 rows, 10% validation: 2074 rows, 8 batches of 256, 3 epochs */
 
@@ -173,11 +203,7 @@ static void pair_free(mpi_pair *r) {
  * summation order is the only difference and the tolerances of the file
  * comment hold */
 TEST_T(mpi_train_two_ranks_match_one_process, 300) {
-    if (!have_mpirun()) {
-        printf("    SKIP: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev; "
-               "make deps does)\n");
-        return;
-    }
+    if (!have_mpirun()) return;
     mpi_pair r;
     REQUIRE(!run_pair("{\"preset\":\"maf\",\"depth\":3,\"hidden\":[32]}", &r));
     CHECK_EQ_INT(r.n1, MPI_STEPS);
@@ -201,10 +227,7 @@ TEST_T(mpi_train_two_ranks_match_one_process, 300) {
  * +-lr steps; the same happens between one process at 1 and 2 threads.  So
  * here: the losses to 1e-4 and the parameters to 10 lr. */
 TEST_T(mpi_train_actnorm_initialised_on_the_global_batch, 300) {
-    if (!have_mpirun()) {
-        printf("    SKIP: mpirun is not installed\n");
-        return;
-    }
+    if (!have_mpirun()) return;
     mpi_pair r;
     REQUIRE(!run_pair("{\"preset\":\"glow\",\"depth\":3,\"hidden\":[32]}", &r));
     CHECK_EQ_INT(r.n1, MPI_STEPS);
@@ -229,10 +252,7 @@ static int same_params(const nf_model *a, const nf_model *b) {
  * the summation-order tolerance of the first test); one process resuming
  * its own state ends bit for bit where it would have. */
 TEST_T(mpi_train_resume_across_rank_counts, 300) {
-    if (!have_mpirun()) {
-        printf("    SKIP: mpirun is not installed\n");
-        return;
-    }
+    if (!have_mpirun()) return;
     char dir[] = "/tmp/flowd_mpi_XXXXXX";
     REQUIRE(mkdtemp(dir));
     char job[256], cmd[4096], path[300];
