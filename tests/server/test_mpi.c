@@ -33,20 +33,18 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* a text file, NUL-terminated (nf_file_read's bytes) */
 static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
+    void *b;
+    size_t n;
+    if (nf_file_read(path, &b, &n)) return NULL;
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, b, n);
+        s[n] = 0;
     }
-    fclose(f);
-    if (s) s[n] = 0;
-    if (len) *len = (size_t)n;
+    free(b);
+    if (len) *len = n;
     return s;
 }
 
@@ -82,10 +80,12 @@ static int parse_steps(const char *log, double *loss, double *gn, int max) {
 }
 
 static nf_model *load_model(const char *path) {
+    void *b;
     size_t len;
-    char *b = slurp(path, &len), err[256];
+    char err[256];
     nf_model *m = NULL;
-    if (b && nf_model_load(b, len, &m, err, sizeof err)) m = NULL;
+    if (nf_file_read(path, &b, &len)) return NULL;
+    if (nf_model_load(b, len, &m, err, sizeof err)) m = NULL;
     free(b);
     return m;
 }

@@ -36,22 +36,23 @@ static int file_sha256(const char *path, char hex[65]) {
     return ok ? 0 : -1;
 }
 
+/* two replicas: the model file "moons" made in a's directory (a's
+ * database gets it), imported into b's database, both daemons started */
+static int start_two(dmn *a, dmn *b) {
+    if (dmn_init(a) || dmn_init(b) || dmn_make_model(a, "moons", 0, NULL)) return -1;
+    const char *mig[] = {"migrate", "--db", b->db, NULL};
+    const char *im[] = {"import", dmn_path(a, "moons"), "--name", "moons", "--db", b->db, NULL};
+    const char *args[] = {NULL};
+    if (run_flowd(b, mig, NULL, 60) || run_flowd(b, im, NULL, 60)) return -1;
+    return dmn_start(a, args, NULL) || dmn_start(b, args, NULL) ? -1 : 0;
+}
+
 TEST_T(replicas_agree_on_content_hash, 120) {
     dmn a, b;
-    REQUIRE(dmn_init(&a) == 0);
-    REQUIRE(dmn_init(&b) == 0);
-    /* one model file, made in a's directory, imported into both databases */
-    REQUIRE(dmn_make_model(&a, "moons", 0, NULL) == 0);
+    REQUIRE(start_two(&a, &b) == 0);
     const char *file = dmn_path(&a, "moons");
     char want[65];
     REQUIRE(file_sha256(file, want) == 0);
-    const char *mig[] = {"migrate", "--db", b.db, NULL};
-    CHECK_EQ_INT(run_flowd(&b, mig, NULL, 60), 0);
-    const char *im[] = {"import", file, "--name", "moons", "--db", b.db, NULL};
-    CHECK_EQ_INT(run_flowd(&b, im, NULL, 60), 0);
-    const char *args[] = {NULL};
-    REQUIRE(dmn_start(&a, args, NULL) == 0);
-    REQUIRE(dmn_start(&b, args, NULL) == 0);
 
     hresp r;
     http_get(&a, "/openapi.yaml", &r);
@@ -130,24 +131,21 @@ static const char *proxy_script(void) {
     return buf;
 }
 
+/* the replica that answered through the proxy (X-Flowd-Replica), or -1 */
+static int replica_of(const hresp *r) {
+    char rep[16];
+    const char *h = hresp_header(r, "X-Flowd-Replica", rep, sizeof rep);
+    return h && (!strcmp(h, "0") || !strcmp(h, "1")) ? h[0] - '0' : -1;
+}
+
 TEST_T(replicas_behind_the_tiny_proxy, 120) {
     if (access("/usr/bin/python3", X_OK)) {
         printf("    SKIP: no /usr/bin/python3 for tools/replica_proxy.py\n");
         return;
     }
     dmn a, b, p;
-    REQUIRE(dmn_init(&a) == 0);
-    REQUIRE(dmn_init(&b) == 0);
     REQUIRE(dmn_init(&p) == 0);
-    REQUIRE(dmn_make_model(&a, "moons", 0, NULL) == 0);
-    const char *file = dmn_path(&a, "moons");
-    const char *mig[] = {"migrate", "--db", b.db, NULL};
-    CHECK_EQ_INT(run_flowd(&b, mig, NULL, 60), 0);
-    const char *im[] = {"import", file, "--name", "moons", "--db", b.db, NULL};
-    CHECK_EQ_INT(run_flowd(&b, im, NULL, 60), 0);
-    const char *args[] = {NULL};
-    REQUIRE(dmn_start(&a, args, NULL) == 0);
-    REQUIRE(dmn_start(&b, args, NULL) == 0);
+    REQUIRE(start_two(&a, &b) == 0);
     char ua[64], ub[64];
     snprintf(ua, sizeof ua, "http://127.0.0.1:%d", a.port);
     snprintf(ub, sizeof ub, "http://127.0.0.1:%d", b.port);
@@ -176,9 +174,8 @@ TEST_T(replicas_behind_the_tiny_proxy, 120) {
         hresp r;
         http_get(&p, "/v1/models/moons", &r);
         CHECK_EQ_INT(r.status, 200);
-        char rep[16];
-        const char *h = hresp_header(&r, "X-Flowd-Replica", rep, sizeof rep);
-        if (h && (h[0] == '0' || h[0] == '1')) seen[h[0] - '0']++;
+        int k = replica_of(&r);
+        if (k >= 0) seen[k]++;
         const char *sha = jstr(r.json, "sha256");
         CHECK(sha);
         if (sha && !first[0]) snprintf(first, sizeof first, "%s", sha);
@@ -187,8 +184,7 @@ TEST_T(replicas_behind_the_tiny_proxy, 120) {
         hresp lp;
         http_post_json(&p, "/v1/models/moons/log_prob", "{\"inputs\":[[0.5,0.2]]}", &lp);
         CHECK_EQ_INT(lp.status, 200);
-        h = hresp_header(&lp, "X-Flowd-Replica", rep, sizeof rep);
-        if (h && (h[0] == '0' || h[0] == '1')) seen[h[0] - '0']++;
+        if ((k = replica_of(&lp)) >= 0) seen[k]++;
         hresp_free(&lp);
     }
     /* 8 requests in turn: each replica answered 4 */
@@ -200,9 +196,7 @@ TEST_T(replicas_behind_the_tiny_proxy, 120) {
         hresp r;
         http_get(&p, "/v1/models/moons", &r);
         CHECK_EQ_INT(r.status, 200);
-        char rep[16];
-        const char *h = hresp_header(&r, "X-Flowd-Replica", rep, sizeof rep);
-        CHECK(h && !strcmp(h, "0"));
+        CHECK_EQ_INT(replica_of(&r), 0);
         hresp_free(&r);
     }
     kill(pid, SIGTERM);
