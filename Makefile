@@ -6,6 +6,8 @@
 #   make bench      the benchmarks
 #   make run        migrate a database under data/, start flowd on 127.0.0.1
 #   make deps       install the Debian packages the build needs (as root)
+#   make MPI=1|0    with or without MPI (data-parallel flowd train); default:
+#                   with it where OpenMPI is installed (release variant only)
 
 V        ?= rel
 BUILD    := build/$(V)
@@ -21,6 +23,18 @@ endif
 CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
 # the server tests read schema/openapi.yaml with libyaml (tests/server/oapi.c)
 TEST_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
+
+# MPI: server/mpi.c with OpenMPI (docs/scale-out.md); detected through its
+# pkg-config file for the release build, off for the sanitizer variants
+ifeq ($(V),rel)
+  MPI ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+else
+  MPI ?= 0
+endif
+ifeq ($(MPI),1)
+  MPI_CFLAGS := -DFLOWD_MPI $(shell pkg-config --cflags ompi-c 2>/dev/null)
+  MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
+endif
 
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wno-unused-parameter \
@@ -63,10 +77,15 @@ all: $(BUILD)/libflowcore.a $(BUILD)/test_core $(BUILD)/test_core_f64 $(BUILD)/f
 
 $(BUILD)/flags: FORCE
 	@mkdir -p $(@D)
-	@echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL)' > $@
+	@echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL) $(MPI_CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS_ALL) $(CORE_OPT) $(LDFLAGS_ALL) $(MPI_CFLAGS)' > $@
 FORCE:
 
 $(CORE_F32) $(CORE_F64): CFLAGS_ALL += $(CORE_OPT)
+$(BUILD)/f32/server/mpi.o: CFLAGS_ALL += $(MPI_CFLAGS)
+# tests/server/test_mpi.c: skip, not fail, where MPI is left out on purpose
+# (MPI=0, or a sanitizer variant)
+$(BUILD)/f32/tests/server/test_mpi.o: CFLAGS_ALL += -DFLOWD_TEST_VARIANT='"$(V)"' \
+  $(if $(filter 0,$(MPI)),$(if $(filter command line environment,$(origin MPI)),-DFLOWD_MPI_OFF_BY_CHOICE))
 $(BUILD)/f32/%.o: %.c $(BUILD)/flags
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
@@ -85,7 +104,7 @@ $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) $(BUILD)/libflowcore_f64.a $(CORE_LIBS)
 
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(MPI_LIBS) -lm
 
 # flowctl, the command-line client: libcurl + cJSON, core's .npy module
 # (libflowcore.a), and common/picture.c for -o out.png
@@ -117,7 +136,7 @@ $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 # the server test binary links the daemon's code (not main.c) and starts the
 # real flowd binary for end-to-end tests
 $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) $(MPI_LIBS) -lm
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
@@ -125,6 +144,15 @@ $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 # W4's micro benchmark (bench/w4_micro/w4_micro.c; not part of make bench)
 $(BUILD)/w4_micro: bench/w4_micro/w4_micro.c bench/w4_spec.h $(BUILD)/libflowcore.a $(BUILD)/flags
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(BUILD)/libflowcore.a $(CORE_LIBS)
+
+# bench-mpi: data-parallel flowd train at 1 and 2 ranks on W2 and the
+# allreduce of W2's 12M-float gradient (bench/mpi/scale.sh, docs/scale-out.md)
+$(BUILD)/mpi_allreduce: bench/mpi/mpi_allreduce.c
+	$(CC) $(CFLAGS_ALL) $(shell pkg-config --cflags ompi-c 2>/dev/null) -o $@ $< \
+	  $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
+bench-mpi: deps-check $(BUILD)/flowd $(BUILD)/mpi_allreduce
+	BUILD=$(BUILD) sh bench/mpi/scale.sh
+.PHONY: bench-mpi
 
 # make run: a database under data/, a small demo model (trained in a few
 # seconds on 2-D moons) if there is none, then the daemon in the foreground
@@ -168,9 +196,10 @@ DEB_PKGS := build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-d
             libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev sqlite3 \
             curl libyaml-dev \
             python3 python3-requests python3-numpy python3-pandas python3-jsonschema \
-            python3-prometheus-client
+            python3-prometheus-client libopenmpi-dev openmpi-bin
 # (the python3 packages: client/python/flowd_client.py and its test, and the
-# contract and metrics tests of tests/python/, all run by make test)
+# contract and metrics tests of tests/python/, all run by make test; OpenMPI:
+# data-parallel flowd train and its test, tests/mpi_train.sh)
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -57,6 +57,10 @@ struct nf_trainer {
     nf_ode_stats ode_acc;
     double ode_last[4];       /* the last report's nfe, nfe_forward, kinetic, jacobian */
     double rep_time, t_start, last_ckpt;
+    /* data parallelism (train.h): this rank's rows [lo, lo + nb) of each
+     * batch, and the stop votes of the last step's reduction */
+    const nf_train_dist *dist;
+    int lo, nb, vote_cancel, vote_time, dist_inited;
     char err[300];
 };
 
@@ -377,13 +381,15 @@ static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
     }
 }
 
-/* validation; returns 1 when early stopping says stop, -1 (t->err set) when
- * an allocation failed: the scores would be NaN, not the model's */
+/* validation; returns 1 when early stopping says stop, NF_ENOMEM (t->err
+ * set) when an allocation failed: the scores would be NaN, not the model's;
+ * NF_EIO when the broadcast of rank 0's scores failed */
 static int validate(nf_trainer *t) {
     nf_flow *f = t->f;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     if (t->nval <= 0) return 0;
     unsigned fails = nf_alloc_failures;
+    if (t->dist && t->dist->rank != 0) goto scores; /* rank 0 validates */
     nf_ws_set_noise_seed(t->ws, t->cfg.seed + 777); /* Hutchinson scoring (dim > 64): fixed probes */
     t->val_loss = t->q ? nf_eval_nll_vdeq_ctx(f, t->q, t->val, t->vctx, t->nval, t->cfg.levels,
                                               t->cfg.seed + 777)
@@ -413,9 +419,23 @@ static int validate(nf_trainer *t) {
     }
     nf_free(s);
     nf_free(sc);
-    if (nf_alloc_failures != fails) {
+scores:;
+    int oom = nf_alloc_failures != fails;
+    if (t->dist) { /* every rank keeps the books on rank 0's scores */
+        double sv[3] = {t->val_loss, t->nonfinite_frac, oom};
+        if (t->dist->bcast_f64(t->dist->user, sv, 3)) {
+            snprintf(t->err, sizeof t->err, "the validation broadcast across ranks failed at step %lld",
+                     (long long)t->step);
+            return NF_EIO;
+        }
+        t->val_loss = sv[0];
+        t->val_bpd = t->cfg.dequantize ? nf_bits_per_dim(t->val_loss, t->D) : NAN;
+        t->nonfinite_frac = sv[1];
+        oom = sv[2] != 0;
+    }
+    if (oom) {
         snprintf(t->err, sizeof t->err, "out of memory in validation at step %lld", (long long)t->step);
-        return -1;
+        return NF_ENOMEM;
     }
     double v = t->val_loss;
     if (v < t->best_val - t->cfg.es_min_delta || (!t->have_best && isfinite(v))) {
@@ -532,6 +552,86 @@ int nf_augment_hflip(nf_real *x, int B, const int shape[3], nf_rng *rng) {
     return flipped;
 }
 
+/* data parallelism: act-norm data initialisation sees the whole global
+ * batch, as in one process (a one-off workspace of B rows, only while a
+ * layer has a data_init and only for the first step of a run: later calls
+ * are no-ops once the layers are initialised, and a resumed state is) */
+static int dist_data_init(nf_trainer *t) {
+    if (t->dist_inited) return 0;
+    t->dist_inited = 1;
+    int need = 0;
+    for (int k = 0; k < t->f->nlayers; k++) need |= t->f->layers[k].ops->data_init != NULL;
+    if (!need) return 0;
+    nf_ws *w = NULL;
+    if (nf_ws_create_threads(t->f, t->B, 1, &w)) {
+        snprintf(t->err, sizeof t->err, "out of memory (act-norm initialisation on %d rows)", t->B);
+        return NF_ENOMEM;
+    }
+    nf_flow_data_init(t->f, w, t->xb, t->cb, t->B);
+    nf_ws_free(w);
+    return 0;
+}
+
+/* data parallelism: the sum of the ranks' gradients and of the step's loss,
+ * non-finite flags and stop votes, the same on every rank afterwards */
+static int dist_reduce(nf_trainer *t, const nf_train_hooks *h, int *rc, double *loss) {
+    const nf_train_dist *d = t->dist;
+    double v[5] = {*loss, *rc != 0, *rc == NF_ESTEPS,
+                   h && h->cancel && __atomic_load_n(h->cancel, __ATOMIC_RELAXED),
+                   t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds};
+    if (d->sum(d->user, t->f->grad, nf_flow_num_params(t->f)) || d->sum_f64(d->user, v, 5)) {
+        snprintf(t->err, sizeof t->err, "the gradient reduction across ranks failed at step %lld",
+                 (long long)t->step);
+        return NF_EIO;
+    }
+    *loss = v[0];
+    *rc = v[2] > 0 ? NF_ESTEPS : v[1] > 0 ? (*rc ? *rc : NF_ENONFINITE) : 0;
+    t->vote_cancel = v[3] > 0;
+    t->vote_time = v[4] > 0;
+    return 0;
+}
+
+/* data parallelism: this rank's rows and a workspace sized for them */
+static int use_dist(nf_trainer *t, const nf_train_dist *d) {
+    if (!d || d->size <= 1) {
+        if (t->dist) {
+            snprintf(t->err, sizeof t->err, "a data-parallel trainer runs data-parallel");
+            return NF_EINVAL;
+        }
+        return 0;
+    }
+    if (d->rank < 0 || d->rank >= d->size || d->size > t->B || !d->sum || !d->sum_f64 || !d->bcast_f64) {
+        snprintf(t->err, sizeof t->err, "data parallelism: %d ranks need a batch of at least %d rows (batch %d)",
+                 d->size, d->size, t->B);
+        return NF_EINVAL;
+    }
+    if (t->q) {
+        snprintf(t->err, sizeof t->err, "data parallelism: not with a variational dequantizer");
+        return NF_EUNSUPPORTED;
+    }
+    for (int k = 0; k < t->f->nlayers; k++)
+        if (!strcmp(t->f->layers[k].ops->type, "batchnorm")) {
+            snprintf(t->err, sizeof t->err, "data parallelism: not with batchnorm layers (batch "
+                     "statistics would be per rank); use actnorm");
+            return NF_EUNSUPPORTED;
+        }
+    int lo = (int)((int64_t)d->rank * t->B / d->size), hi = (int)((int64_t)(d->rank + 1) * t->B / d->size);
+    if (!t->dist || t->nb != hi - lo) {
+        nf_ws *w = NULL;
+        if (nf_ws_create_threads(t->f, hi - lo, t->cfg.threads > 1 ? t->cfg.threads : 1, &w)) {
+            snprintf(t->err, sizeof t->err, "out of memory");
+            return NF_ENOMEM;
+        }
+        nf_ws_free(t->ws);
+        t->ws = w;
+    }
+    t->dist = d;
+    t->lo = lo;
+    t->nb = hi - lo;
+    t->vote_cancel = t->vote_time = t->dist_inited = 0;
+    return 0;
+}
+
 /* one optimisation step on batch batch_in_epoch of the current epoch;
  * returns 0, or NF_ENONFINITE after max_bad_batches bad batches in a row */
 static int train_step(nf_trainer *t, const nf_train_hooks *h) {
@@ -572,7 +672,9 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         nf_deq_uniform(t->xb, (size_t)B * D, &r, t->xb);
     }
     if (h && h->batch) h->batch(h->user, t->xb, B, D, t->step);
-    nf_flow_data_init(f, t->ws, t->xb, t->cb, B); /* no-op once act-norms are initialised */
+    int lo = t->dist ? t->lo : 0, nb = t->dist ? t->nb : B;
+    if (!t->dist) nf_flow_data_init(f, t->ws, t->xb, t->cb, B); /* no-op once act-norms are initialised */
+    else if (dist_data_init(t)) return NF_ENOMEM;
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
     nf_flow_zero_grad_ws(f, t->ws);
     nf_ode_stats o0, o1;
@@ -580,8 +682,11 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         nf_ws_set_noise_seed(t->ws, t->cfg.seed * 0xD6E8FEB86659FD93ULL + 0x5000 + (uint64_t)t->step);
         nf_ws_ode_stats(t->ws, &o0);
     }
-    int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb, t->cb, B, 1, t->dlogp,
-                                      t->cfg.jacobian_l2 / B, t->logp, t->logdet, NULL, NULL);
+    /* this rank's rows (all of them in one process); the weights -1/B and
+     * lambda/B are the global batch's */
+    int rc = nf_flow_log_prob_grad_ex(f, t->ws, t->xb + (size_t)lo * D, t->cb ? t->cb + (size_t)lo * C : NULL,
+                                      nb, 1, t->dlogp, t->cfg.jacobian_l2 / B, t->logp, t->logdet,
+                                      NULL, NULL);
     if (t->ode) {
         nf_ws_ode_stats(t->ws, &o1);
         t->ode_acc.nfe += o1.nfe - o0.nfe;
@@ -592,8 +697,12 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         t->ode_acc.solves += o1.solves - o0.solves;
     }
     double loss = 0;
-    for (int r = 0; r < B; r++)
+    for (int r = 0; r < nb; r++)
         loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
+    if (t->dist) {
+        int drc = dist_reduce(t, h, &rc, &loss);
+        if (drc) return drc;
+    }
     loss /= B;
     double gn = rc ? NAN : nf_clip_grad_norm_ws(t->ws, f->grad, P, t->cfg.clip_grad_norm);
     return step_outcome(t, rc, loss, gn,
@@ -615,10 +724,11 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                  "nf_trainer_set_context", t->C);
         return NF_EINVAL;
     }
+    if ((rc = use_dist(t, h ? h->dist : NULL))) return rc;
     while (!t->done && t->epoch < t->cfg.epochs) {
         while (t->batch_in_epoch < t->spe) {
             /* atomic: another thread sets the flag while we train */
-            if (h && h->cancel && __atomic_load_n(h->cancel, __ATOMIC_RELAXED)) {
+            if (t->dist ? t->vote_cancel : h && h->cancel && __atomic_load_n(h->cancel, __ATOMIC_RELAXED)) {
                 rc = NF_ECANCELLED;
                 snprintf(t->err, sizeof t->err, "cancelled at step %lld", (long long)t->step);
                 if (h->checkpoint_on_cancel) {
@@ -628,9 +738,10 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 goto finish;
             }
             if ((rc = train_step(t, h))) goto finish;
-            if (t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
-                if (validate(t) < 0) { /* score the final parameters too */
-                    rc = NF_ENOMEM;
+            if (t->dist ? t->vote_time : t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
+                int v = validate(t); /* score the final parameters too */
+                if (v < 0) {
+                    rc = v;
                     goto finish;
                 }
                 t->done = 1;
@@ -641,7 +752,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
             if (t->cfg.val_every && t->step % t->cfg.val_every == 0) {
                 int v = validate(t);
                 if (v < 0) {
-                    rc = NF_ENOMEM;
+                    rc = v;
                     goto finish;
                 }
                 if (v) t->done = 1;
@@ -658,7 +769,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
         if (!t->cfg.val_every) {
             int v = validate(t);
             if (v < 0) {
-                rc = NF_ENOMEM;
+                rc = v;
                 goto finish;
             }
             if (v) t->done = 1;

@@ -107,8 +107,39 @@ typedef struct nf_train_metrics {
     double nfe, nfe_forward, kinetic, jacobian;
 } nf_train_metrics;
 
+/* Data parallelism (docs/scale-out.md): P processes ("ranks") each hold the
+ * whole flow and train on the same data; every rank gathers the same global
+ * batch of B rows (permutation, flips and dequantization noise from (seed,
+ * step) as always) and takes rows [r B/P, (r+1) B/P) of it.  The per-row
+ * gradient weights stay -1/B, so the sum of the ranks' gradients is the
+ * one-process gradient of the global batch; sum() adds it up in place
+ * (an MPI_Allreduce in flowd; core/ knows nothing of MPI), sum_f64() the
+ * loss sum and the step's flags, and every rank then takes the identical
+ * optimizer step.  Rank 0 alone validates and hands its scores to the others
+ * with bcast_f64(), so early stopping and the plateau schedule agree.
+ * Cancellation and the max_seconds budget are decided together: each rank
+ * votes in the step's sum, and all stop after the same step.
+ * The ops must give bit-identical results on every rank (MPI_Allreduce does
+ * with OpenMPI's algorithms: each element is reduced once and the result
+ * copied, or reduced in the same order everywhere).  They return 0, or
+ * non-zero to stop the run with NF_EIO.
+ * Not with a variational dequantizer or batchnorm layers (their batch
+ * statistics would be per rank): nf_trainer_run answers NF_EUNSUPPORTED.
+ * Continuous flows train, but the Hutchinson probes differ from one
+ * process's (each rank draws them for its rows). */
+typedef struct nf_train_dist {
+    int rank, size;           /* 0 <= rank < size; size <= batch_size */
+    void *user;
+    int (*sum)(void *user, nf_real *buf, size_t n);
+    int (*sum_f64)(void *user, double *buf, size_t n);
+    int (*bcast_f64)(void *user, double *buf, size_t n); /* from rank 0 */
+} nf_train_dist;
+
 typedef struct nf_train_hooks {
     void *user;
+    /* data-parallel training (NULL: one process); read at the start of
+     * nf_trainer_run, borrowed for the run */
+    const nf_train_dist *dist;
     /* after every log_every steps and every validation */
     void (*progress)(void *user, const nf_train_metrics *m);
     /* non-zero stops the run at the next step with NF_ECANCELLED */

@@ -1,8 +1,14 @@
 /* cmd_train.c: `flowd train --config job.json --out model.flow`, one training
  * job in the foreground from the same job JSON the HTTP API accepts, with a
- * progress bar on a terminal and plain lines otherwise. */
+ * progress bar on a terminal and plain lines otherwise.
+ *
+ * Under `mpirun -n P` (a flowd built with MPI, server/mpi.h) the ranks train
+ * data-parallel: each takes its share of every global batch, the gradients
+ * are summed with MPI_Allreduce before the identical optimizer step, and
+ * rank 0 alone reports, validates, checkpoints and writes the model. */
 #include "cli.h"
 #include "cmd.h"
+#include "mpi.h"
 
 #include "../core/job.h"
 #include "../core/model.h"
@@ -67,9 +73,11 @@ static void on_progress(void *user, const nf_train_metrics *m) {
 }
 
 static struct {
-    const char *config, *out;
-    int threads, quiet;
+    const char *config, *out, *checkpoint, *resume;
+    int threads, quiet, ckpt_every;
 } to;
+
+static int g_rank, g_ranks = 1;
 
 static const fd_opt train_options[] = {
     {"config", 'c', FD_OPT_STR, &to.config, .required = 1, .arg = "FILE",
@@ -81,6 +89,15 @@ static const fd_opt train_options[] = {
      .help = "threads that share each batch; BLAS then runs one thread per call",
      .def_text = "the number of CPUs", .must = "1..64"},
     {"quiet", 'q', FD_OPT_FLAG, &to.quiet, .help = "no progress output"},
+    {"checkpoint", 0, FD_OPT_STR, &to.checkpoint, .arg = "FILE",
+     .help = "write the resumable training state here (atomically) at every validation, "
+             "or every --checkpoint-every steps; under MPI rank 0 writes it"},
+    {"checkpoint-every", 0, FD_OPT_INT, &to.ckpt_every, .def = 0, .lo = 0, .hi = 1000000000,
+     .arg = "N", .help = "steps between checkpoints", .def_text = "0: at every validation",
+     .must = "0..1e9"},
+    {"resume", 0, FD_OPT_STR, &to.resume, .arg = "FILE",
+     .help = "continue from a --checkpoint file of the same job and data (every rank reads "
+             "it; any number of ranks resumes it exactly)"},
 };
 
 static const fd_cli train_cli = {
@@ -91,7 +108,8 @@ static const fd_cli train_cli = {
     "file (flow config, preprocessing, parameters, metrics, checksum), the same\n"
     "bytes the daemon stores as a model version.\n"
     "\n",
-    "Ctrl-C stops training; the best parameters so far are still written.\n",
+    "Ctrl-C stops training; the best parameters so far are still written.\n"
+    "Data-parallel: mpirun -n P flowd train ... (docs/scale-out.md).\n",
     train_options, FD_NOPTS(train_options), .bad_rc = 2};
 
 /* the job of the config file: 0 or -1 (said why) */
@@ -112,42 +130,91 @@ static int train_job(nf_job *job) {
     return 0;
 }
 
+/* --checkpoint: the state blob, atomically (rank 0 only) */
+static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
+    (void)user;
+    (void)step;
+    if (nf_file_write(to.checkpoint, state, len)) {
+        fprintf(stderr, "flowd train: cannot write the checkpoint %s\n", to.checkpoint);
+        return NF_EIO;
+    }
+    return 0;
+}
+
 /* trains and writes the model: 0 or an NF_ status (said why) */
 static int train_run(const nf_job *job, const nf_data *data, int threads) {
     char err[512] = "";
+    int lead = g_rank == 0, quiet = to.quiet || !lead;
     progress_ctx pc = {isatty(fileno(stderr)), stderr};
     signal(SIGINT, on_sigint);
-    nf_train_hooks hooks = {.user = &pc, .progress = to.quiet ? NULL : on_progress,
-                            .cancel = &cancel_flag};
+    nf_train_hooks hooks = {.user = &pc, .progress = quiet ? NULL : on_progress,
+                            .cancel = &cancel_flag, .dist = fd_mpi_dist()};
+    if (to.checkpoint && lead) {
+        hooks.checkpoint = on_checkpoint;
+        hooks.checkpoint_every = to.ckpt_every;
+    }
+    void *resume = NULL;
+    size_t resume_len = 0;
+    if (to.resume && nf_file_read(to.resume, &resume, &resume_len)) {
+        fprintf(stderr, "flowd train: cannot read %s\n", to.resume);
+        return NF_EIO;
+    }
     nf_job_result res;
     int rc;
-    if (!to.quiet)
-        fprintf(stderr, "training %s on %lld rows x %d dims (%d thread%s)\n", job->model,
+    if (!quiet) {
+        fprintf(stderr, "training %s on %lld rows x %d dims (%d thread%s", job->model,
                 (long long)data->n, data->d, threads, threads == 1 ? "" : "s");
-    rc = nf_job_run(job, data, &hooks, NULL, 0, &res, err, sizeof err);
-    if (pc.tty && !to.quiet) fputc('\n', stderr);
+        if (g_ranks > 1) fprintf(stderr, " on each of %d ranks", g_ranks);
+        fprintf(stderr, ")\n");
+    }
+    rc = nf_job_run(job, data, &hooks, resume, resume_len, &res, err, sizeof err);
+    free(resume);
+    if (pc.tty && !quiet) fputc('\n', stderr);
     if (rc == NF_ECANCELLED) {
-        fprintf(stderr, "flowd train: cancelled; no model written\n");
+        if (lead) fprintf(stderr, "flowd train: cancelled; no model written\n");
     } else if (rc) {
-        fprintf(stderr, "flowd train: %s\n", err);
+        if (g_ranks > 1) fprintf(stderr, "flowd train: rank %d: %s\n", g_rank, err);
+        else fprintf(stderr, "flowd train: %s\n", err);
+    } else if (!lead) {
+        /* rank 0 writes the model */
     } else if (nf_file_write(to.out, res.model, res.model_len)) {
         fprintf(stderr, "flowd train: cannot write %s\n", to.out);
         rc = NF_EIO;
     } else {
+        cJSON_AddNumberToObject(res.metrics, "ranks", g_ranks);
+        long nred = fd_mpi_reduce_calls();
+        if (g_ranks > 1 && nred > 0) /* time in the gradient's MPI_Allreduce, waits included */
+            cJSON_AddNumberToObject(res.metrics, "allreduce_ms_per_step",
+                                    1e3 * fd_mpi_reduce_seconds() / (double)nred);
         char *ms = cJSON_PrintUnformatted(res.metrics);
-        printf("wrote %s (%zu bytes)\nmetrics %s\n", to.out, res.model_len, ms ? ms : "{}");
+        printf("wrote %s (%zu bytes, %d rank%s)\nmetrics %s\n", to.out, res.model_len, g_ranks,
+               g_ranks == 1 ? "" : "s", ms ? ms : "{}");
         free(ms);
     }
     nf_job_result_free(&res);
     return rc;
 }
 
+static int train_main(void);
+
 int cmd_train(int argc, char **argv) {
     int rc;
     if (fd_cli_parse(&train_cli, argc, argv, &rc)) return rc;
+    if (fd_mpi_init(&argc, &argv, &g_rank, &g_ranks)) return 1;
+    rc = train_main();
+    if (rc && g_ranks > 1 && rc != NF_ENONFINITE && rc != NF_ESTEPS && rc != NF_ECANCELLED)
+        fd_mpi_abort(1); /* a failure of one rank: the others may be waiting in a collective */
+    fd_mpi_finalize();
+    return rc ? 1 : 0;
+}
+
+/* parsed options to a written model: 0 or an NF_ status */
+static int train_main(void) {
+    int rc;
     nf_job job;
-    if (train_job(&job)) return 1;
-    long threads = to.threads ? to.threads : sysconf(_SC_NPROCESSORS_ONLN);
+    if (train_job(&job)) return NF_EINVAL;
+    /* the CPUs are shared by the ranks of this node */
+    long threads = to.threads ? to.threads : sysconf(_SC_NPROCESSORS_ONLN) / fd_mpi_local_size();
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
     job.train.threads = (int)threads;
@@ -158,10 +225,10 @@ int cmd_train(int argc, char **argv) {
     if ((rc = nf_job_load_data(&job, &data, err, sizeof err))) {
         fprintf(stderr, "flowd train: dataset: %s\n", err);
         nf_job_free(&job);
-        return 1;
+        return rc;
     }
     rc = train_run(&job, &data, (int)threads);
     nf_data_free(&data);
     nf_job_free(&job);
-    return rc ? 1 : 0;
+    return rc;
 }

@@ -202,6 +202,35 @@ void fd_sha256_hex(const void *buf, size_t len, char hex[65]) {
     hex[64] = 0;
 }
 
+/* replicas (docs/scale-out.md): "sha256", the latest version's model-file
+ * digest (null without versions), and "versions_sha256", the digest of the
+ * lines "VERSION SHA256\n" of every version, oldest first: two databases
+ * hold the same model files under the same numbers iff it agrees */
+static void add_content_hashes(cJSON *root, const cJSON *versions) {
+    int n = cJSON_GetArraySize(versions);
+    char *lines = malloc((size_t)n * 80 + 1), hex[65];
+    size_t len = 0;
+    const char *last = NULL;
+    for (int i = 0; lines && i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(versions, i);
+        const cJSON *num = cJSON_GetObjectItemCaseSensitive(v, "version"),
+                    *h = cJSON_GetObjectItemCaseSensitive(v, "sha256");
+        last = cJSON_IsString(h) ? h->valuestring : "";
+        len += (size_t)snprintf(lines + len, 80, "%d %.64s\n", cJSON_IsNumber(num) ? num->valueint : 0,
+                                last);
+    }
+    if (last) cJSON_AddStringToObject(root, "sha256", last);
+    else cJSON_AddNullToObject(root, "sha256");
+    if (!lines) { /* out of memory: null rather than a wrong digest */
+        cJSON_AddNullToObject(root, "versions_sha256");
+        return;
+    }
+    fd_sha256_hex(lines, len, hex);
+    free(lines);
+    cJSON_AddStringToObject(root, "versions_sha256", hex);
+}
+
+
 /* ---- open / close ----------------------------------------------------------------- */
 
 int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen) {
@@ -615,6 +644,7 @@ int fd_db_model_get(fd_db *db, const char *name, cJSON **out, char *err, size_t 
     else cJSON_AddNullToObject(root, "default_version");
     if (latest) cJSON_AddNumberToObject(root, "latest_version", latest);
     else cJSON_AddNullToObject(root, "latest_version");
+    add_content_hashes(root, arr);
     /* the latest version's image shape, or null */
     add_shape_of(root, cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1),
                                                         "config"));
