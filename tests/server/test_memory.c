@@ -84,8 +84,15 @@ TEST_T(memory_budget_bounds_concurrent_large_bodies, 240) {
            CLIENTS * EACH, k, CLIENTS, dmn_now() - t0, counts[0], counts[1], counts[2], counts[3], pk, base,
            BUDGET >> 10);
     CHECK(counts[0] > 0); /* some were parsed: the budget admits, it does not shut out */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    /* the sanitizers' allocators keep freed memory resident (ASan's
+     * quarantine alone is 256 MiB), so the daemon's RSS says nothing about
+     * the budget there; the release build checks it */
+    printf("    (RSS bound not checked under a sanitizer: its allocator holds freed memory)\n");
+#else
     CHECK_MSG(pk <= base + (BUDGET >> 10) + (48 << 10), "peak RSS %ld KiB, resting %ld KiB, budget %ld KiB", pk,
               base, BUDGET >> 10);
+#endif
     CHECK(dmn_healthy(&d));
     CHECK(http_post_json(&d, "/v1/models/m/log_prob", probe, &r) == 0 && r.status == 200);
     CHECK(before && r.body && !strcmp(before, r.body));
