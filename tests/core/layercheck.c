@@ -21,6 +21,14 @@ void lc_randn(nf_rng *rng, nf_real *buf, size_t n, double scale, double offset) 
     for (size_t i = 0; i < n; i++) buf[i] = (nf_real)(scale * nf_rng_normal(rng) + offset);
 }
 
+void lc_perturb(nf_flow *f, double s, uint64_t seed) {
+    nf_rng r;
+    nf_rng_seed(&r, seed);
+    nf_real *p = nf_flow_params(f);
+    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)(s * nf_rng_normal(&r));
+    nf_flow_constrain(f);
+}
+
 static int first_type_fail;
 static const char *cur_type = "?";
 

@@ -46,5 +46,8 @@ int lc_check_grads(nf_flow *f, const nf_real *x, const nf_real *ctx, int B, int 
                    double tol);
 /* Fill buf (n) with scale*N(0,1)+offset from rng. */
 void lc_randn(nf_rng *rng, nf_real *buf, size_t n, double scale, double offset);
+/* Adds s N(0,1) noise (seeded) to every parameter of f, then projects them
+ * back into the valid domain (nf_flow_constrain): a fresh flow made generic. */
+void lc_perturb(nf_flow *f, double s, uint64_t seed);
 
 #endif

@@ -22,13 +22,6 @@ static nf_flow *mk(const char *spec) {
     return f;
 }
 
-static void perturb(nf_flow *f, double s, uint64_t seed) {
-    nf_rng r;
-    nf_rng_seed(&r, seed);
-    nf_real *p = nf_flow_params(f);
-    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)(s * nf_rng_normal(&r));
-}
-
 TEST(cnf_generic_dopri5) {
     lc_opts o = {.D = 3, .B = 5, .seed = 1};
     CHECK(lc_check_layer("{\"type\":\"cnf\",\"hidden\":[8,8]," TIGHT "}", &o) == 0);
@@ -61,7 +54,7 @@ TEST(cnf_rk4) {
         snprintf(spec, sizeof spec, "{\"dim\":3,\"layers\":[{\"type\":\"cnf\",\"hidden\":[8],\"solver\":\"rk4\",\"steps\":%d}]}", s ? 16 : 8);
         nf_flow *f = mk(spec);
         REQUIRE(f);
-        perturb(f, 0.4, 1);
+        lc_perturb(f, 0.4, 1);
         nf_ws *w = NULL;
         REQUIRE(nf_ws_create(f, 4, &w) == 0);
         CHECK(nf_flow_encode(f, w, x, NULL, 4, z, ld) == 0);
@@ -96,7 +89,7 @@ TEST(cnf_adjoint_matches_backprop) {
                      "\"trace\":\"%s\",\"gradient\":\"%s\"," TIGHT "}]}", traces[t], m ? "adjoint" : "backprop");
             nf_flow *f = mk(spec);
             REQUIRE(f);
-            perturb(f, 0.5, 2);
+            lc_perturb(f, 0.5, 2);
             P = nf_flow_num_params(f);
             nf_real x[12], ctx[6], dlogp[6];
             nf_rng r;
@@ -140,7 +133,7 @@ TEST(cnf_hutchinson_unbiased) {
                  "\"probe\":\"%s\",\"rtol\":1e-6,\"atol\":1e-6}]}", pr ? "gaussian" : "rademacher");
         nf_flow *f = mk(spec);
         REQUIRE(f);
-        perturb(f, 0.6, 3);
+        lc_perturb(f, 0.6, 3);
         nf_real x[3] = {0.3f, -0.7f, 1.1f}, z[3], exact, ld;
         nf_ws *w = NULL;
         REQUIRE(nf_ws_create(f, 1, &w) == 0);
@@ -187,7 +180,7 @@ TEST(cnf_regulariser_gradients) {
                  "\"reg_jacobian\":0.3,\"gradient\":\"%s\"," TIGHT "}]}", grads[m]);
         nf_flow *f = mk(spec);
         REQUIRE(f);
-        perturb(f, 0.5, 7);
+        lc_perturb(f, 0.5, 7);
         int B = 4;
         nf_real x[8], dlogp[4];
         nf_rng r;
@@ -227,7 +220,7 @@ TEST(cnf_regulariser_gradients) {
 TEST(cnf_density_integrates_to_one) {
     nf_flow *f = mk("{\"dim\":2,\"preset\":\"ffjord\",\"hidden\":[16,16],\"rtol\":1e-6,\"atol\":1e-6}");
     REQUIRE(f);
-    perturb(f, 0.3, 11);
+    lc_perturb(f, 0.3, 11);
     const int n = 141;
     const double lo = -7, step = 14.0 / (n - 1);
     nf_real *x = malloc((size_t)n * n * 2 * sizeof *x), *lp = malloc((size_t)n * n * sizeof *lp);
@@ -260,7 +253,7 @@ TEST(cnf_density_integrates_to_one) {
 TEST(cnf_rows_independent) {
     nf_flow *f = mk("{\"dim\":2,\"preset\":\"ffjord\",\"hidden\":[8,8],\"depth\":2}");
     REQUIRE(f);
-    perturb(f, 0.5, 12);
+    lc_perturb(f, 0.5, 12);
     nf_real x[40 * 2], a[40], b[40], c[40];
     nf_rng r;
     nf_rng_seed(&r, 3);
@@ -297,7 +290,7 @@ TEST(cnf_rows_independent) {
 TEST(cnf_sample_without_log_prob) {
     nf_flow *f = mk("{\"dim\":2,\"preset\":\"ffjord\",\"hidden\":[8,8]," TIGHT "}");
     REQUIRE(f);
-    perturb(f, 0.5, 21);
+    lc_perturb(f, 0.5, 21);
     enum { N = 64 };
     nf_real xa[N * 2], xb[N * 2], lp[N], lpx[N];
     for (int th = 1; th <= 2; th++) {
@@ -373,7 +366,7 @@ TEST(cnf_float_row_kernel) {
 TEST(cnf_max_steps) {
     nf_flow *f = mk("{\"dim\":2,\"layers\":[{\"type\":\"cnf\",\"hidden\":[8],\"rtol\":1e-9,\"atol\":1e-9,\"max_steps\":3}]}");
     REQUIRE(f);
-    perturb(f, 1.0, 4);
+    lc_perturb(f, 1.0, 4);
     nf_real x[4] = {1, 2, -1, 0.5f}, lp[2];
     nf_ws *w = NULL;
     REQUIRE(nf_ws_create(f, 2, &w) == 0);

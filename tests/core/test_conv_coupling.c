@@ -73,13 +73,6 @@ static nf_flow *make_flow(const char *spec) {
     return rc ? NULL : f;
 }
 
-static void perturb(nf_flow *f, uint64_t seed, double s) {
-    nf_rng r;
-    nf_rng_seed(&r, seed);
-    nf_real *p = nf_flow_params(f);
-    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)(s * nf_rng_normal(&r));
-}
-
 /* The density direction of the sigmoid scale stays finite on rows of size
  * 1e3: log s = log sigmoid(h + 2) is computed without overflow. */
 TEST(conv_coupling_sigmoid_large_rows) {
@@ -87,7 +80,7 @@ TEST(conv_coupling_sigmoid_large_rows) {
                            "\"hidden_channels\":4},{\"type\":\"conv_coupling\","
                            "\"mask\":\"checkerboard\",\"hidden_channels\":4}]}");
     REQUIRE(f);
-    perturb(f, 6, 0.3);
+    lc_perturb(f, 0.3, 6);
     nf_ws *w = NULL;
     REQUIRE(nf_ws_create(f, 8, &w) == 0);
     nf_real x[8 * 32], z[8 * 32], ld[8];
@@ -115,7 +108,7 @@ TEST(conv_coupling_row_tail) {
         snprintf(spec, sizeof spec, "{\"shape\":[2,3,3],\"layers\":[%s],\"seed\":5}", layers[li]);
         nf_flow *f = make_flow(spec);
         REQUIRE(f);
-        perturb(f, 7, 0.3);
+        lc_perturb(f, 0.3, 7);
         const int B = 4, n = 18, D = n + 3;
         cJSON *ls = cJSON_Parse(layers[li]);
         nf_layer L = {.D = D, .shape = {2, 3, 3}, .out_shape = {2, 3, 3}};
@@ -180,7 +173,7 @@ static void changed_entries(const char *mask, const int shape[3], int *changed) 
     nf_ws *w = NULL;
     memset(changed, 0, (size_t)n * sizeof *changed);
     if (!f || nf_ws_create(f, B, &w)) return;
-    perturb(f, 1, 0.5);
+    lc_perturb(f, 0.5, 1);
     nf_real *x = malloc((size_t)B * n * sizeof *x), *z = malloc((size_t)B * n * sizeof *z);
     nf_rng r;
     nf_rng_seed(&r, 2);
@@ -369,7 +362,7 @@ TEST(conv_coupling_threads_match) {
                            "\"mask\":\"checkerboard\",\"net\":\"resnet\",\"hidden_channels\":4,"
                            "\"blocks\":1}]}");
     REQUIRE(f);
-    perturb(f, 4, 0.2);
+    lc_perturb(f, 0.2, 4);
     const int B = 64, D = 32;
     nf_ws *w1 = NULL, *w3 = NULL;
     REQUIRE(nf_ws_create(f, B, &w1) == 0);
@@ -438,7 +431,7 @@ TEST(conv_coupling_chunks_match) {
     for (int s = 0; s < 2; s++) {
         nf_flow *f = make_flow(specs[s]);
         REQUIRE(f);
-        perturb(f, 40 + s, 0.2);
+        lc_perturb(f, 0.2, 40 + s);
         const int B = 17, D = nf_flow_dim(f);
         size_t np = nf_flow_num_params(f), nd = (size_t)B * D;
         nf_real *x = malloc(nd * sizeof *x), *buf = malloc(2 * (6 * nd + 2 * B + np) * sizeof *buf);

@@ -23,14 +23,6 @@ static nf_flow *make(const char *spec) {
     return f;
 }
 
-static void perturb(nf_flow *f, double s, uint64_t seed) {
-    nf_rng r;
-    nf_rng_seed(&r, seed);
-    nf_real *p = nf_flow_params(f);
-    for (size_t i = 0; i < nf_flow_num_params(f); i++) p[i] += (nf_real)(s * nf_rng_normal(&r));
-    nf_flow_constrain(f);
-}
-
 /* ---- the registries against the files that must know every entry ---------
  * A layer type in nf_layer_kinds (core/flow.c) or a preset of core/presets.c
  * must also be in schema/job.schema.json (the Layer union and the preset
@@ -323,7 +315,7 @@ TEST(flow_presets_invert_and_jacobian) {
     for (int i = 0; i < NPRESETS; i++) {
         nf_flow *f = make(preset_specs[i]);
         if (!f) continue;
-        perturb(f, 0.2, (uint64_t)i);
+        lc_perturb(f, 0.2, (uint64_t)i);
         int D = nf_flow_dim(f), C = nf_flow_context_dim(f), B = 5;
         nf_real x[5 * 16], ctx[20];
         nf_rng r;
@@ -389,7 +381,7 @@ TEST_T(flow_presets_log_prob_gradient, 300) {
     for (int i = 0; i < NPRESETS; i++) {
         nf_flow *f = make(preset_specs[i]);
         if (!f) continue;
-        perturb(f, 0.2, 100 + (uint64_t)i);
+        lc_perturb(f, 0.2, 100 + (uint64_t)i);
         int D = nf_flow_dim(f), C = nf_flow_context_dim(f), B = 6;
         nf_ws *w;
         REQUIRE(nf_ws_create(f, B, &w) == 0);
@@ -454,7 +446,7 @@ TEST(flow_serialise_round_trip_bitwise) {
     for (int i = 0; i < NPRESETS; i++) {
         nf_flow *f = make(preset_specs[i]);
         if (!f) continue;
-        perturb(f, 0.1, 5);
+        lc_perturb(f, 0.1, 5);
         char *cfg = nf_flow_config_json(f);
         REQUIRE(cfg);
         void *blob;
@@ -515,7 +507,7 @@ TEST(flow_serialise_round_trip_bitwise) {
 TEST(flow_sample_log_prob_consistent) {
     nf_flow *f = make("{\"dim\":3,\"preset\":\"glow\",\"depth\":2,\"hidden\":[8],\"base\":\"diag_normal\"}");
     REQUIRE(f);
-    perturb(f, 0.2, 9);
+    lc_perturb(f, 0.2, 9);
     nf_ws *w;
     REQUIRE(nf_ws_create(f, 32, &w) == 0);
     nf_real x[300], lp[100], lp2[100];
@@ -597,7 +589,7 @@ TEST_T(flow_density_integrates_to_one, 300) {
     for (int i = 0; i < 2; i++) {
         nf_flow *f = make(one_d[i]);
         if (!f) continue;
-        perturb(f, 0.4, 3);
+        lc_perturb(f, 0.4, 3);
         double tot = integrate(f, 1, 40, 400001);
         CHECK_MSG(fabs(tot - 1) < 1e-3, "1-D flow %d integrates to %.6f", i, tot);
         nf_flow_free(f);
@@ -610,7 +602,7 @@ TEST_T(flow_density_integrates_to_one, 300) {
     for (int i = 0; i < 3; i++) {
         nf_flow *f = make(two_d[i]);
         if (!f) continue;
-        perturb(f, 0.1, 4);
+        lc_perturb(f, 0.1, 4);
         /* far from the identity: the density differs from N(0,I) */
         nf_ws *w;
         REQUIRE(nf_ws_create(f, 4, &w) == 0);
