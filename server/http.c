@@ -35,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -992,10 +993,17 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
 int fd_server_drain(fd_server *s, double timeout_s) {
     atomic_store(&s->draining, 1); /* /readyz 503; requests not yet admitted: 503 */
     if (!s->mhd) return 0;
-    /* no new connections: the listening socket is closed (connect() is
-     * refused); connections already open stay, to finish their requests */
+    /* no new connections: shutdown() of the listening socket makes connect()
+     * fail; connections already open stay, to finish their requests.  The
+     * descriptor itself may be closed only after MHD_stop_daemon (MHD's
+     * threads may still hold it: closing it here aborted the daemon in
+     * MHD's epoll bookkeeping, "Failed to remove listen FD from epoll set") */
     MHD_socket ls = MHD_quiesce_daemon(s->mhd);
-    if (ls != MHD_INVALID_SOCKET) close(ls);
+    if (ls != MHD_INVALID_SOCKET) {
+        shutdown(ls, SHUT_RDWR);
+        s->quiesced_fd = ls;
+        s->quiesced = 1;
+    }
     fd_streams_stop(); /* event streams end: they would run until their job does */
     double t0 = fd_now();
     while (atomic_load(&s->active) > 0 && fd_now() - t0 < timeout_s) usleep(10000);
@@ -1006,6 +1014,8 @@ void fd_server_stop(fd_server *s) {
     fd_streams_stop(); /* MHD_stop_daemon must find no suspended connection */
     if (s->mhd) MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
+    if (s->quiesced) close(s->quiesced_fd);
+    s->quiesced = 0;
     fd_cache_free(s->cache);
     s->cache = NULL;
     fd_metrics_free(s->metrics);

@@ -148,6 +148,8 @@ typedef struct fd_server {
     fd_metrics *metrics;
     atomic_int ready;      /* /readyz */
     atomic_int draining;
+    int quiesced;    /* a drain took the listening socket: quiesced_fd, */
+    int quiesced_fd; /* closed after MHD_stop_daemon (MHD may still use it) */
     atomic_int inflight;
     atomic_int active;
     atomic_size_t mem_used, mem_peak; /* of cfg.max_memory (budget.c) */     /* requests between their headers and completion (the drain waits for them) */
