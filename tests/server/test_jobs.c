@@ -229,9 +229,12 @@ static int wait_training(tdb *t, fd_jobs *j, int64_t id, double timeout) {
     double t0 = now_s();
     while (now_s() - t0 < timeout) {
         cJSON *o = job_get(t, id);
-        int ok = o && !strcmp(jstr(o, "state"), "running") &&
-                 cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(o, "progress")) &&
-                 fd_jobs_running(j) == 1;
+        /* at least one step taken: a cancel then keeps a state past step 0
+         * (under sanitizers the first report can come before any step) */
+        cJSON *pr = o ? cJSON_GetObjectItemCaseSensitive(o, "progress") : NULL;
+        cJSON *st = cJSON_GetObjectItemCaseSensitive(pr, "step");
+        int ok = o && !strcmp(jstr(o, "state"), "running") && cJSON_IsObject(pr) &&
+                 cJSON_IsNumber(st) && st->valuedouble > 0 && fd_jobs_running(j) == 1;
         cJSON_Delete(o);
         if (ok) return 1;
         msleep(5);
