@@ -109,7 +109,7 @@ static int is_loopback(const char *host) { return !strncmp(host, "127.", 4) || !
  * fd_config: where the option table below writes. */
 static fd_server server;
 static struct {
-    const char *listen, *port_file;
+    const char *listen, *port_file, *train_sched;
     int blas_threads, train_threads, train_nice;
 } so;
 
@@ -125,8 +125,11 @@ static const fd_opt serve_options[] = {
      .help = "threads that share each training batch",
      .def_text = "the CPUs divided among the workers, 1 with --blas-threads above 1"},
     {"train-nice", 0, FD_OPT_INT, &so.train_nice, "FLOWD_TRAIN_NICE", 19, .lo = 0, .hi = 19, .arg = "N",
-     .help = "nice value of training threads, run under SCHED_BATCH so that request threads preempt "
+     .help = "nice value of training threads, run under --train-sched so that request threads preempt "
              "them; 0 = same priority as requests"},
+    {"train-sched", 0, FD_OPT_STR, &so.train_sched, "FLOWD_TRAIN_SCHED", .def_str = "idle", .arg = "idle|batch",
+     .help = "scheduling policy of training threads: idle (SCHED_IDLE: a request preempts them at once) "
+             "or batch (SCHED_BATCH at --train-nice)"},
     {"http-threads", 0, FD_OPT_INT, &server.cfg.http_threads, "FLOWD_HTTP_THREADS", 0, .lo = 1, .hi = 256,
      .arg = "N", .help = "request threads; event streams hold none", .def_text = "one per CPU, at least 2"},
     {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
@@ -221,6 +224,10 @@ static int serve_settle(fd_server *s) {
                         "call BLAS; use it with --blas-threads 1\n", so.train_threads);
         return 2;
     }
+    if (fd_jobs_set_train_sched(so.train_sched)) {
+        fprintf(stderr, "flowd serve: --train-sched wants idle or batch, got %s\n", so.train_sched);
+        return 2;
+    }
     c->conn_memory = 256 * 1024;
     if (parse_listen(so.listen, c)) {
         fprintf(stderr, "flowd serve: --listen wants HOST:PORT (IPv4) or [ADDRESS]:PORT (IPv6), got %s\n",
@@ -266,9 +273,10 @@ static void announce(const fd_server *s, fd_db *db) {
     }
     fd_log("info",
            "flowd %s listening on http://%s%s%s:%d (database %s, schema %d, %d training worker%s of %d "
-           "thread%s at nice %d, %d request threads)",
+           "thread%s at nice %d %s, %d request threads)",
             FD_VERSION, v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port, c->db_path, fd_db_schema_version(db), c->workers,
             c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
+            so.train_nice > 0 ? (strcmp(so.train_sched, "batch") ? "SCHED_IDLE" : "SCHED_BATCH") : "(as requests)",
             c->http_threads);
     if (!s->ntokens)
         fd_log("warn", "no --token-file: serving loopback only, without authentication");

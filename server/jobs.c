@@ -559,16 +559,31 @@ out:
 }
 
 /* ---- workers -------------------------------------------------------------------- */
-/* Training runs behind the request threads: SCHED_BATCH (a batch thread
- * does not preempt others when it wakes) at nice train_nice, so a request
- * thread that wakes takes the core at once.  Linux keeps both per thread,
- * and the threads the job creates (its training pool, its checkpoint
- * writer) inherit them.  Lowering one's own priority needs no privilege. */
+/* Training runs behind the request threads.  SCHED_IDLE (the default): a
+ * request thread that wakes preempts a training thread at once, whatever
+ * slice the training thread has left (under EEVDF a nice-19 SCHED_BATCH
+ * thread may keep the core to the end of its slice, which showed in the
+ * p99 of scoring requests while a job trained: bench/README.md).
+ * SCHED_BATCH at nice train_nice is the older, gentler choice.  Linux keeps
+ * both per thread, and the threads the job creates (its training pool)
+ * inherit them.  Lowering one's own priority needs no privilege. */
+static int g_train_sched = SCHED_IDLE;
+
+int fd_jobs_set_train_sched(const char *name) {
+    if (!strcmp(name, "idle")) g_train_sched = SCHED_IDLE;
+    else if (!strcmp(name, "batch")) g_train_sched = SCHED_BATCH;
+    else return -1;
+    return 0;
+}
+
 static void lower_priority(int nice_val) {
     if (nice_val <= 0) return;
     struct sched_param sp = {0};
-    if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp))
-        fd_log("warn", "training worker: cannot switch to SCHED_BATCH");
+    int pol = g_train_sched;
+    if (pthread_setschedparam(pthread_self(), pol, &sp))
+        fd_log("warn", "training worker: cannot switch to %s", pol == SCHED_IDLE ? "SCHED_IDLE" : "SCHED_BATCH");
+    /* also under SCHED_IDLE (whose weight is below any nice value): the
+     * value shows in ps and top, and stays if the policy is changed back */
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice_val))
         fd_log("warn", "training worker: cannot set nice %d: %s", nice_val, strerror(errno));
 }

@@ -467,6 +467,8 @@ TEST_T(jobs_uploaded_dataset, 60) {
 
 /* The threads of this process at nice n under SCHED_BATCH (Linux keeps
  * both per thread: /proc/self/task/TID/stat field 19, sched_getscheduler). */
+static int g_want_policy = SCHED_IDLE; /* fd_jobs_set_train_sched's default */
+
 static int threads_at_nice(int n) {
     DIR *d = opendir("/proc/self/task");
     if (!d) return -1;
@@ -486,14 +488,15 @@ static int threads_at_nice(int n) {
         /* after ')': field 3 (state) ... field 19 (nice) is the 17th */
         char *tok = strtok(s + 1, " ");
         for (int i = 1; tok && i < 17; i++) tok = strtok(NULL, " ");
-        if (tok && atoi(tok) == n && sched_getscheduler(atoi(e->d_name)) == SCHED_BATCH) count++;
+        if (tok && atoi(tok) == n && sched_getscheduler(atoi(e->d_name)) == g_want_policy) count++;
     }
     closedir(d);
     return count;
 }
 
-/* --train-nice: a job's threads (the worker and the other training
- * thread) run at the nice value under SCHED_BATCH; the calling (request)
+/* --train-nice, --train-sched: a job's threads (the worker and the other
+ * training thread) run at the nice value under SCHED_IDLE (the default) or
+ * SCHED_BATCH; the calling (request)
  * threads and the checkpoint writer, which holds the database's write lock
  * while it stores a snapshot, stay as they were; 0 leaves them all alone */
 TEST_T(jobs_training_threads_yield_to_requests, 60) {
@@ -504,7 +507,16 @@ TEST_T(jobs_training_threads_yield_to_requests, 60) {
     CHECK_EQ_INT(threads_at_nice(19), 0);
     errno = 0;
     int own_nice = getpriority(PRIO_PROCESS, 0); /* `nice make test` runs us at 10 or 19 */
-    for (int nice_val = 19; nice_val >= 0; nice_val -= 19) {
+    static const struct {
+        int nice;
+        const char *sched;
+        int policy;
+    } cases[] = {{19, "idle", SCHED_IDLE}, {19, "batch", SCHED_BATCH}, {0, "idle", SCHED_IDLE}};
+    CHECK(fd_jobs_set_train_sched("fifo") == -1);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int nice_val = cases[c].nice;
+        REQUIRE(fd_jobs_set_train_sched(cases[c].sched) == 0);
+        g_want_policy = cases[c].policy;
         fd_jobs *j = NULL;
         REQUIRE(fd_jobs_start(t.path, 1, 2, nice_val, &j, err, sizeof err) == 0);
         int64_t id = submit(&t, "nice", MOONS, 10000, NULL);
@@ -521,7 +533,9 @@ TEST_T(jobs_training_threads_yield_to_requests, 60) {
         CHECK(st != NULL);
         free(st);
         int n = threads_at_nice(19);
-        if (nice_val) CHECK_MSG(n >= 2, "%d threads at nice 19 (the worker and its pool thread)", n);
+        if (nice_val)
+            CHECK_MSG(n >= 2, "%d threads at nice 19 under %s (the worker and its pool thread)", n,
+                      cases[c].sched);
         else CHECK_EQ_INT(n, 0);
         CHECK_EQ_INT(getpriority(PRIO_PROCESS, 0), own_nice); /* this thread untouched */
         CHECK(fd_db_job_cancel(t.db, id, err, sizeof err) == 0);
@@ -532,6 +546,8 @@ TEST_T(jobs_training_threads_yield_to_requests, 60) {
         fd_jobs_stop(j);
         CHECK_EQ_INT(threads_at_nice(19), 0);
     }
+    REQUIRE(fd_jobs_set_train_sched("idle") == 0);
+    g_want_policy = SCHED_IDLE;
     unsetenv("FLOWD_CHECKPOINT_SECONDS");
     tdb_close(&t);
 }
