@@ -321,26 +321,36 @@ typedef struct train_arg {
     nf_real *dlogp;      /* (B) = -1/B */
     nf_real *logp;       /* (B), checked when there is no clipping */
     double lr, clip;
+    int grad_zero; /* the last step's fused Adam left the gradient zero */
 } train_arg;
 
+/* the trainer's step (core/train.c): the gradient zeroed only when the
+ * last step's optimizer did not leave it zero, the norm from the threads'
+ * reduction where it took it, the clip folded into the optimizer's pass */
 static int train_step(void *p) {
     train_arg *a = p;
     if (a->next + a->B > a->npool) a->next = 0;
     const nf_real *x = a->pool + (size_t)a->next * a->D;
     a->next += a->B;
-    nf_flow_zero_grad_ws(a->f, a->w);
+    if (!a->grad_zero) nf_flow_zero_grad_ws(a->f, a->w);
+    a->grad_zero = 0;
     int rc = nf_flow_log_prob_grad(a->f, a->w, x, NULL, a->B, 1, a->dlogp,
                                    a->clip > 0 ? NULL : a->logp, NULL, NULL);
     if (rc) return rc;
+    nf_real *g = nf_flow_grad(a->f);
+    double gs = 1;
     if (a->clip > 0) {
-        size_t P = nf_flow_num_params(a->f);
-        double norm = nf_clip_grad_norm_ws(a->w, nf_flow_grad(a->f), P, a->clip);
+        double ss, norm;
+        if (nf_ws_grad_sumsq(a->w, g, &ss)) norm = sqrt(ss);
+        else norm = nf_clip_grad_norm_ws(a->w, g, nf_flow_num_params(a->f), 0);
         if (!isfinite(norm)) return NF_ENONFINITE;
+        if (norm > a->clip) gs = a->clip / norm;
     } else {
         for (int i = 0; i < a->B; i++)
             if (!isfinite(a->logp[i])) return NF_ENONFINITE;
     }
-    nf_adam_step_ws(a->opt, a->w, nf_flow_params(a->f), nf_flow_grad(a->f), a->lr);
+    nf_adam_step_scaled_ws(a->opt, a->w, nf_flow_params(a->f), g, a->lr, gs, 1);
+    a->grad_zero = 1;
     return 0;
 }
 

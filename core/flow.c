@@ -86,6 +86,12 @@ struct nf_ws {
     int infer;        /* forward only (nf_ws_create_inference) */
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
     nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
+    /* the sum of squares of the gradient gss_grad, per range of
+     * nf_ws_parallel_for, taken while the last gradient call summed its
+     * parts (nf_ws_grad_sumsq); gss_grad NULL when there is none */
+    const nf_real *gss_grad;
+    int gss_np;
+    double gss[NF_PAR_MAX];
     nf_pool *pool;
     void *aux;        /* nf_ws_set_aux */
     void (*aux_free)(void *);
@@ -1013,22 +1019,58 @@ static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed
 }
 
 /* flow gradient += the parts' gradients, over parameter ranges on the
- * pool; the parts' buffers are left zero for the next call */
+ * pool; the parts' buffers are left zero for the next call.  The last
+ * part's pass also takes the sum of squares of the result (as
+ * nf_clip_grad_norm_ws does: four partial sums in double, in this order),
+ * which saves the trainer's norm a pass over the gradient. */
 typedef struct reduce_job {
     nf_real *g, **pgrad;
     int nparts;
+    double ss[NF_PAR_MAX];
 } reduce_job;
 
 NF_VEC static void reduce_part(void *arg, size_t i0, size_t i1, int t) {
-    (void)t;
     reduce_job *r = arg;
-    for (int u = 1; u < r->nparts; u++) {
-        nf_real *restrict pg = r->pgrad[u], *restrict g = r->g;
+    nf_real *restrict g = r->g;
+    for (int u = 1; u < r->nparts - 1; u++) {
+        nf_real *restrict pg = r->pgrad[u];
         for (size_t i = i0; i < i1; i++) {
             g[i] += pg[i];
             pg[i] = 0;
         }
     }
+    nf_real *restrict pg = r->pgrad[r->nparts - 1];
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        nf_real a0 = g[i] + pg[i], a1 = g[i + 1] + pg[i + 1];
+        nf_real a2 = g[i + 2] + pg[i + 2], a3 = g[i + 3] + pg[i + 3];
+        g[i] = a0, g[i + 1] = a1, g[i + 2] = a2, g[i + 3] = a3;
+        pg[i] = pg[i + 1] = pg[i + 2] = pg[i + 3] = 0;
+        s0 += (double)a0 * a0;
+        s1 += (double)a1 * a1;
+        s2 += (double)a2 * a2;
+        s3 += (double)a3 * a3;
+    }
+    for (; i < i1; i++) {
+        nf_real a = g[i] + pg[i];
+        g[i] = a;
+        pg[i] = 0;
+        s0 += (double)a * a;
+    }
+    r->ss[t] = (s0 + s1) + (s2 + s3);
+}
+
+int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, double *ss) {
+    if (!w || !grad || w->gss_grad != grad) return 0;
+    double s = 0;
+    for (int t = 0; t < w->gss_np; t++) s += w->gss[t];
+    *ss = s;
+    return 1;
+}
+
+void nf_ws_grad_changed(nf_ws *w) {
+    if (w) w->gss_grad = NULL;
 }
 
 /* mode 0: log_prob_grad_ex (wts = dlogp); 1: transform_grad (wts =
@@ -1039,6 +1081,7 @@ static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, 
                     const nf_real *dout, nf_real *logp, nf_real *logdet, nf_real *out,
                     nf_real *dx, nf_real *dctx) {
     par_job j = job_init(JOB_GRAD_FWD, f, w, B, 1);
+    w->gss_grad = NULL;
     j.x = x;
     j.ctx = ctx;
     j.training = training;
@@ -1063,8 +1106,10 @@ static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, 
     j.dctx = dctx;
     par_rows(&j);
     if (j.np > 1) {
-        reduce_job r = {f->grad, w->pgrad, j.np};
-        nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
+        reduce_job r = {.g = f->grad, .pgrad = w->pgrad, .nparts = j.np};
+        w->gss_np = nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
+        memcpy(w->gss, r.ss, sizeof r.ss);
+        w->gss_grad = f->grad;
     }
     return 0;
 }
@@ -1106,6 +1151,7 @@ static void zero_part(void *arg, size_t i0, size_t i1, int t) {
 
 int nf_flow_zero_grad_ws(nf_flow *f, nf_ws *w) {
     if (ensure_grad(f)) return NF_ENOMEM;
+    nf_ws_grad_changed(w);
     nf_ws_parallel_for(w, f->nparams, zero_part, f->grad);
     return 0;
 }

@@ -48,6 +48,8 @@ struct nf_trainer {
     /* state */
     int64_t step, batch_in_epoch, skipped;
     int epoch, done, have_best, consecutive_bad, es_bad, plateau_bad;
+    int grad_zero;     /* f->grad is zero: the last step's fused Adam left it so */
+    double gscale;     /* the clip's factor for this step's gradient (1: none) */
     double best_val, plateau_best, lr_scale, val_loss, val_bpd, nonfinite_frac;
     /* reporting */
     double acc_loss, last_lr, last_gn;
@@ -503,7 +505,10 @@ static double clip_both(nf_real *g1, size_t n1, nf_real *g2, size_t n2, double m
  * the batch, and after max_bad_batches in a row stops the run with a
  * message naming what went wrong; otherwise the optimizer step(s) of the
  * flow and, with variational dequantization, of q. */
-static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const char *outside) {
+/* fused: the flow's step is nf_adam_step_scaled_ws with the clip's factor
+ * t->gscale, leaving f->grad zero for the next step (the plain objective;
+ * clipping in place and a separate zeroing pass otherwise) */
+static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const char *outside, int fused) {
     nf_flow *f = t->f, *q = t->q;
     if (rc || !isfinite(loss) || !isfinite(gn)) {
         memcpy(f->buffers, t->keep_buffers, f->nbuffers * sizeof *f->buffers);
@@ -521,7 +526,12 @@ static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const cha
     } else {
         t->consecutive_bad = 0;
         double lr = lr_at(t, t->step);
-        nf_adam_step_ws(&t->opt, t->ws, f->params, f->grad, lr);
+        if (fused) {
+            nf_adam_step_scaled_ws(&t->opt, t->ws, f->params, f->grad, lr, t->gscale, 1);
+            t->grad_zero = 1;
+        } else {
+            nf_adam_step_ws(&t->opt, t->ws, f->params, f->grad, lr);
+        }
         if (q) nf_adam_step_ws(&t->qopt, t->qws, q->params, q->grad, lr);
         t->acc_loss += loss;
         t->acc_n++;
@@ -664,7 +674,7 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         int rc = nf_vdeq_grad_ctx(f, t->ws, q, t->qws, t->xb, t->cb, t->eps, B, t->cfg.levels, 1,
                                   t->cfg.jacobian_l2, t->vscratch, &loss);
         double gn = rc ? NAN : clip_both(f->grad, P, q->grad, q->nparams, t->cfg.clip_grad_norm);
-        return step_outcome(t, rc, loss, gn, "bound (rows outside the support)");
+        return step_outcome(t, rc, loss, gn, "bound (rows outside the support)", 0);
     }
     if (t->cfg.dequantize) {
         nf_rng r;
@@ -676,7 +686,8 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
     if (!t->dist) nf_flow_data_init(f, t->ws, t->xb, t->cb, B); /* no-op once act-norms are initialised */
     else if (dist_data_init(t)) return NF_ENOMEM;
     memcpy(t->keep_buffers, f->buffers, NB * sizeof *f->buffers);
-    nf_flow_zero_grad_ws(f, t->ws);
+    if (!t->grad_zero) nf_flow_zero_grad_ws(f, t->ws);
+    t->grad_zero = 0;
     nf_ode_stats o0, o1;
     if (t->ode) { /* the probes of this step: from (seed, step), so a resume draws them again */
         nf_ws_set_noise_seed(t->ws, t->cfg.seed * 0xD6E8FEB86659FD93ULL + 0x5000 + (uint64_t)t->step);
@@ -704,12 +715,23 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         if (drc) return drc;
     }
     loss /= B;
-    double gn = rc ? NAN : nf_clip_grad_norm_ws(t->ws, f->grad, P, t->cfg.clip_grad_norm);
+    /* the norm: from the threads' reduction when it took it (one pass
+     * less), the clip's factor folded into the optimizer's pass */
+    double gn = NAN, ss;
+    t->gscale = 1;
+    if (!rc) {
+        if (t->dist || !nf_ws_grad_sumsq(t->ws, f->grad, &ss)) gn = nf_clip_grad_norm_ws(t->ws, f->grad, P, 0);
+        else gn = isfinite(ss) ? sqrt(ss) : NAN;
+        if (!isfinite(gn)) gn = NAN;
+        double clip = t->cfg.clip_grad_norm;
+        if (isfinite(gn) && clip > 0 && gn > clip) t->gscale = clip / gn;
+    }
     return step_outcome(t, rc, loss, gn,
                         rc == NF_ESTEPS ? "ODE solve (more than max_steps steps: stiff dynamics; "
                                           "raise max_steps, loosen rtol/atol or add reg_kinetic/"
                                           "reg_jacobian)"
-                                        : "log-likelihood (rows outside the support)");
+                                        : "log-likelihood (rows outside the support)",
+                        1);
 }
 
 int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
@@ -719,6 +741,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     t->t_start = t->rep_time = t->last_ckpt = now_s();
     t->rep_step = t->step;
     t->err[0] = 0;
+    t->grad_zero = 0; /* the caller may have used the gradient since */
     if (t->C > 0 && !t->cb) {
         snprintf(t->err, sizeof t->err, "a conditional flow (context_dim %d) needs its context rows: "
                  "nf_trainer_set_context", t->C);

@@ -301,6 +301,94 @@ TEST(threads_adam_and_clip_match_plain) {
     nf_flow_free(f);
 }
 
+/* the trainer's fused passes (nf.h): the threads' reduction takes the
+ * gradient's sum of squares bit for bit as the clip would, forgets it when
+ * the gradient changes, and the scaled step equals clip + step while
+ * leaving the gradient zero */
+TEST(threads_fused_step_matches_clip_and_step) {
+    /* ~280k parameters: several 64Ki ranges per thread */
+    nf_flow *f = make("{\"dim\":8,\"preset\":\"realnvp\",\"depth\":4,\"hidden\":[256,256]}", 5);
+    REQUIRE(f);
+    const size_t P = nf_flow_num_params(f);
+    REQUIRE(P > 4 * 65536);
+    const int B = 64;
+    nf_real *x = malloc((size_t)B * 8 * sizeof *x), *dl = malloc(B * sizeof *dl);
+    nf_real *p0 = malloc(P * sizeof *p0), *ga = malloc(P * sizeof *ga), *pa = malloc(P * sizeof *pa);
+    REQUIRE(x && dl && p0 && ga && pa);
+    nf_rng r;
+    nf_rng_seed(&r, 3);
+    lc_randn(&r, x, (size_t)B * 8, 1, 0);
+    for (int i = 0; i < B; i++) dl[i] = (nf_real)(-1.0 / B);
+    memcpy(p0, nf_flow_params(f), P * sizeof *p0);
+    for (int threads = 2; threads <= 3; threads++) {
+        nf_ws *w;
+        REQUIRE(nf_ws_create_threads(f, B, threads, &w) == 0);
+        nf_real *g = nf_flow_grad(f);
+        double ss = -1;
+        REQUIRE(nf_flow_zero_grad_ws(f, w) == 0);
+        g = nf_flow_grad(f);
+        CHECK(!nf_ws_grad_sumsq(w, g, &ss));
+        REQUIRE(nf_flow_log_prob_grad(f, w, x, NULL, B, 1, dl, NULL, NULL, NULL) == 0);
+        REQUIRE(nf_ws_grad_sumsq(w, g, &ss) == 1);
+        CHECK(!nf_ws_grad_sumsq(w, ga, &ss)); /* another buffer */
+        REQUIRE(nf_ws_grad_sumsq(w, g, &ss) == 1);
+        double norm = nf_clip_grad_norm_ws(w, g, P, 0);
+        CHECK_MSG(sqrt(ss) == norm, "threads %d: sqrt(cached) %.17g, clip's norm %.17g", threads, sqrt(ss), norm);
+        CHECK(norm > 1e-3);
+        for (int kind = 0; kind < 2; kind++) {
+            for (int scaled = 0; scaled < 2; scaled++) {
+                double clip = scaled ? norm / 3 : 0, gs = scaled ? clip / norm : 1.0;
+                nf_adam a, b;
+                REQUIRE(nf_adam_init(&a, kind ? NF_OPT_ADAMW : NF_OPT_ADAM, P, 0.01) == 0);
+                REQUIRE(nf_adam_init(&b, kind ? NF_OPT_ADAMW : NF_OPT_ADAM, P, 0.01) == 0);
+                for (int step = 0; step < 2; step++) {
+                    /* a: clip in place, then the step, on copies */
+                    memcpy(ga, g, P * sizeof *g);
+                    memcpy(pa, step ? pa : p0, P * sizeof *pa);
+                    if (step == 0) memcpy(nf_flow_params(f), p0, P * sizeof *p0);
+                    double na = nf_clip_grad_norm_ws(w, ga, P, clip);
+                    CHECK(na == norm);
+                    nf_adam_step_ws(&a, NULL, pa, ga, 1e-3);
+                    /* b: one fused pass on the flow's own gradient */
+                    nf_real *keep = malloc(P * sizeof *keep);
+                    REQUIRE(keep);
+                    memcpy(keep, g, P * sizeof *g);
+                    nf_adam_step_scaled_ws(&b, w, nf_flow_params(f), g, 1e-3, gs, 1);
+                    CHECK(!nf_ws_grad_sumsq(w, g, &ss));
+                    size_t nz = 0;
+                    for (size_t i = 0; i < P; i++) nz += g[i] != 0;
+                    CHECK_MSG(nz == 0, "%zu gradient entries left non-zero", nz);
+                    memcpy(g, keep, P * sizeof *g); /* the same gradient for step 2 */
+                    free(keep);
+                }
+                CHECK_MSG(memcmp(pa, nf_flow_params(f), P * sizeof *pa) == 0,
+                          "threads %d kind %d scaled %d: parameters differ", threads, kind, scaled);
+                CHECK(memcmp(a.m, b.m, P * sizeof *a.m) == 0 && memcmp(a.v, b.v, P * sizeof *a.v) == 0);
+                /* without zeroing: the gradient is left scaled, as the clip leaves it */
+                nf_real *g2 = malloc(P * sizeof *g2);
+                REQUIRE(g2);
+                memcpy(g2, g, P * sizeof *g);
+                memcpy(ga, g, P * sizeof *g);
+                nf_clip_grad_norm_ws(w, ga, P, clip);
+                nf_adam_step_scaled_ws(&b, w, pa, g2, 1e-3, gs, 0);
+                CHECK(memcmp(g2, ga, P * sizeof *ga) == 0);
+                free(g2);
+                nf_adam_free(&a);
+                nf_adam_free(&b);
+            }
+        }
+        /* zeroing forgets the sum too */
+        REQUIRE(nf_flow_log_prob_grad(f, w, x, NULL, B, 1, dl, NULL, NULL, NULL) == 0);
+        CHECK(nf_ws_grad_sumsq(w, g, &ss) == 1);
+        nf_flow_zero_grad_ws(f, w);
+        CHECK(!nf_ws_grad_sumsq(w, g, &ss));
+        memcpy(nf_flow_params(f), p0, P * sizeof *p0);
+        nf_ws_free(w);
+    }
+    free(x), free(dl), free(p0), free(ga), free(pa);
+    nf_flow_free(f);
+}
+
 /* forward-only workspaces (one scratch, two row buffers), plain and
  * threaded: the plain workspace's rows; gradients refused */
 TEST(ws_inference_matches_plain) {
