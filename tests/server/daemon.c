@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -137,6 +138,10 @@ static void print_log_tail(dmn *d) {
 static void child_setup(dmn *d, const char *const *env, pid_t parent) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
+    if (d->rlimit_data > 0) {
+        struct rlimit rl = {(rlim_t)d->rlimit_data, (rlim_t)d->rlimit_data};
+        if (setrlimit(RLIMIT_DATA, &rl)) _exit(126);
+    }
     int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (fd >= 0) {
         dup2(fd, 1);

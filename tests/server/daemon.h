@@ -25,6 +25,7 @@ typedef struct dmn {
     int port;
     const char *token; /* sent as Bearer by dmn_http when set (borrowed) */
     int log_requests;  /* start without --quiet: one log line per request */
+    long rlimit_data;  /* > 0: the daemon starts under RLIMIT_DATA of this many bytes */
 } dmn;
 
 const char *dmn_bin(void);
