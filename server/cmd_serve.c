@@ -1,6 +1,7 @@
 /* cmd_serve.c: `flowd serve`, `flowd migrate`, `flowd export`, `flowd import`. */
 #include "cli.h"
 #include "cmd.h"
+#include "launcher.h"
 #include "server.h"
 
 #include "../core/job.h"
@@ -109,7 +110,7 @@ static int is_loopback(const char *host) { return !strncmp(host, "127.", 4) || !
  * fd_config: where the option table below writes. */
 static fd_server server;
 static struct {
-    const char *listen, *port_file;
+    const char *listen, *port_file, *mpi_launcher;
     int blas_threads, train_threads, train_nice;
 } so;
 
@@ -127,6 +128,12 @@ static const fd_opt serve_options[] = {
     {"train-nice", 0, FD_OPT_INT, &so.train_nice, "FLOWD_TRAIN_NICE", 19, .lo = 0, .hi = 19, .arg = "N",
      .help = "nice value of training threads, run under SCHED_BATCH so that request threads preempt "
              "them; 0 = same priority as requests"},
+    {"mpi-launcher", 0, FD_OPT_STR, &so.mpi_launcher, "FLOWD_MPI_LAUNCHER", .arg = "COMMAND",
+     .help = "run training jobs as MPI programs: COMMAND (split into words as a shell would, but no "
+             "shell runs it) followed by this flowd's `train` over the job's dataset exported under "
+             "the database's directory (mpi-jobs/), e.g. \"mpirun -n 4 --hostfile hosts\"; jobs that "
+             "flowd train cannot run (init, labels from a stored dataset, publish.optimizer_state) "
+             "still train in-process.  See docs/scale-out.md"},
     {"http-threads", 0, FD_OPT_INT, &server.cfg.http_threads, "FLOWD_HTTP_THREADS", 0, .lo = 1, .hi = 256,
      .arg = "N", .help = "request threads; event streams hold none", .def_text = "one per CPU, at least 2"},
     {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
@@ -228,6 +235,10 @@ static int serve_settle(fd_server *s) {
         return 2;
     }
     char err[512] = "";
+    if (fd_launcher_configure(so.mpi_launcher, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: %s\n", err);
+        return 2;
+    }
     if (c->token_file && load_tokens(s, c->token_file, err, sizeof err)) {
         fprintf(stderr, "flowd serve: %s\n", err);
         return 1;
@@ -270,6 +281,8 @@ static void announce(const fd_server *s, fd_db *db) {
             FD_VERSION, v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port, c->db_path, fd_db_schema_version(db), c->workers,
             c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
             c->http_threads);
+    if (fd_launcher_enabled())
+        fd_log("info", "training jobs run on the MPI launcher: %s ... flowd train", so.mpi_launcher);
     if (!s->ntokens)
         fd_log("warn", "no --token-file: serving loopback only, without authentication");
     fd_log("info", "try: curl -s http://%s%s%s:%d/v1/models", v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port);
