@@ -157,8 +157,9 @@ static const fd_opt train_options[] = {
     {"checkpoint-seconds", 0, FD_OPT_NUM, &to.ckpt_seconds, .def = 0, .lo = 0, .hi = 1e9, .arg = "S",
      .help = "also checkpoint when S seconds passed since the last one", .def_text = "0: off"},
     {"progress", 0, FD_OPT_STR, &to.progress, .arg = "FILE",
-     .help = "append one JSON object a line: {\"event\":\"progress\",...} for every report (the "
-             "fields of a job's \"progress\") and {\"event\":\"checkpoint\",\"step\":N} after "
+     .help = "append one JSON object a line: {\"event\":\"progress\",...} for the reports (the "
+             "fields of a job's \"progress\"; the latest training and validation report at most "
+             "every 0.1 s) and {\"event\":\"checkpoint\",\"step\":N} after "
              "every --checkpoint written; rank 0 writes it (flowd serve --mpi-launcher reads it)"},
     {"resume", 0, FD_OPT_STR, &to.resume, .arg = "FILE",
      .help = "continue from a --checkpoint file of the same job and data (every rank reads "
