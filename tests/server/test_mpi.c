@@ -535,3 +535,34 @@ TEST_T(mpi_launcher_failure_is_reported, 120) {
     CHECK(dmn_log_has(&d, "command substitution is not allowed"));
     dmn_cleanup(&d);
 }
+
+/* Any command line is a launcher: "env" runs flowd train as one process, so
+ * the launcher's machinery (export, progress file, publish, cleanup) runs
+ * in every variant, the sanitizers' included, without MPI. */
+TEST_T(mpi_launcher_plain_command_trains, 180) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    const char *args[] = {"--mpi-launcher", "env FLOWD_LAUNCHED=1", NULL};
+    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    long long id = submit_job(&d, "{\"model\":\"plain\",\"dataset\":{\"builtin\":\"moons\",\"n\":1000,\"seed\":2},"
+                                  "\"flow\":{\"preset\":\"maf\",\"depth\":2,\"hidden\":[16]},"
+                                  "\"train\":{\"epochs\":3,\"batch_size\":100,\"log_every\":1}}");
+    REQUIRE(id > 0);
+    char state[32] = "";
+    CHECK(wait_job(&d, id, 150, state, sizeof state) == 0);
+    char *e = job_error(&d, id);
+    CHECK_MSG(!strcmp(state, "succeeded"), "state %s: %s", state, e);
+    free(e);
+    CHECK(dmn_log_has(&d, "started on the MPI launcher (env"));
+    CHECK(dmn_log_has(&d, "1 rank)"));
+    char st[32];
+    CHECK_EQ_INT((long long)job_progress(&d, id, "step", st, sizeof st), 27); /* 900 rows / 100, 3 epochs */
+    hresp r;
+    REQUIRE(http_post_json(&d, "/v1/models/plain/log_prob", "{\"inputs\":[[0.5,0.25]]}", &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    hresp_free(&r);
+    char path[64];
+    snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
+    CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
+    dmn_cleanup(&d);
+}
