@@ -322,10 +322,12 @@ static pid_t spawn(char **argv, const char *out, const char *errf) {
         (void)w;
         _exit(127);
     }
+    int saved = errno;
     if (pid > 0) setpgid(pid, pid); /* the parent too: no race with the first kill */
     if (in >= 0) close(in);
     if (fo >= 0) close(fo);
     if (fe >= 0) close(fe);
+    errno = saved;
     return pid;
 }
 
