@@ -345,6 +345,15 @@ static char *job_error(dmn *d, long long id) {
     return s;
 }
 
+/* waits for the job to end and checks it ended in want (its error said) */
+static void expect_end(dmn *d, long long id, const char *want, double timeout_s) {
+    char state[32] = "";
+    CHECK(wait_job(d, id, timeout_s, state, sizeof state) == 0);
+    char *e = job_error(d, id);
+    CHECK_MSG(!strcmp(state, want), "job %lld: state %s, not %s: %s", id, state, want, e);
+    free(e);
+}
+
 /* waits until the running job reports a step past after; its step, or -1 */
 static double wait_step_past(dmn *d, long long id, double after, double timeout_s) {
     char st[32];
@@ -408,11 +417,7 @@ TEST_T(mpi_launcher_trains_a_stored_dataset_job, 300) {
     REQUIRE(id > 0);
     /* progress while it runs */
     CHECK_MSG(wait_step_past(&d, id, 0, 60) > 0, "no progress seen while the job ran");
-    char state[32] = "";
-    CHECK(wait_job(&d, id, 120, state, sizeof state) == 0);
-    char *e = job_error(&d, id);
-    CHECK_MSG(!strcmp(state, "succeeded"), "state %s: %s", state, e);
-    free(e);
+    expect_end(&d, id, "succeeded", 120);
     CHECK(dmn_log_has(&d, "started on the MPI launcher (mpirun"));
     CHECK_MSG(dmn_log_has(&d, "2 ranks)"), "flowd train did not report 2 ranks");
     /* the loss curve went into the job's metrics, and went down */
@@ -486,9 +491,7 @@ TEST_T(mpi_launcher_shutdown_resumes_and_cancel_stops, 300) {
     REQUIRE(http_post_json(&d, path, "{}", &r) == 0);
     CHECK_EQ_INT(r.status, 202);
     hresp_free(&r);
-    char state[32] = "";
-    CHECK(wait_job(&d, id, 60, state, sizeof state) == 0);
-    CHECK_MSG(!strcmp(state, "cancelled"), "state %s", state);
+    expect_end(&d, id, "cancelled", 60);
     if (pid2 > 0) CHECK_MSG(kill((pid_t)pid2, 0) != 0, "mpirun (pid %ld) still runs", pid2);
     snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
     CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
@@ -508,9 +511,7 @@ TEST_T(mpi_launcher_failure_is_reported, 120) {
                       "\"flow\":{\"preset\":\"maf\",\"depth\":2,\"hidden\":[8]},\"train\":{\"epochs\":1}}";
     long long id = submit_job(&d, job);
     REQUIRE(id > 0);
-    char state[32] = "";
-    CHECK(wait_job(&d, id, 60, state, sizeof state) == 0);
-    CHECK_MSG(!strcmp(state, "failed"), "state %s", state);
+    expect_end(&d, id, "failed", 60);
     char *e = job_error(&d, id);
     CHECK_MSG(strstr(e, "exited with status 3") && strstr(e, "launcher broke: no hosts"), "error: %s", e);
     free(e);
@@ -520,8 +521,7 @@ TEST_T(mpi_launcher_failure_is_reported, 120) {
     REQUIRE(dmn_start(&d, args, NULL) == 0);
     id = submit_job(&d, job);
     REQUIRE(id > 0);
-    CHECK(wait_job(&d, id, 60, state, sizeof state) == 0);
-    CHECK_MSG(!strcmp(state, "failed"), "state %s", state);
+    expect_end(&d, id, "failed", 60);
     e = job_error(&d, id);
     CHECK_MSG(strstr(e, "exited with status 127") && strstr(e, "cannot execute"), "error: %s", e);
     free(e);
@@ -548,11 +548,7 @@ TEST_T(mpi_launcher_plain_command_trains, 180) {
                                   "\"flow\":{\"preset\":\"maf\",\"depth\":2,\"hidden\":[16]},"
                                   "\"train\":{\"epochs\":3,\"batch_size\":100,\"log_every\":1}}");
     REQUIRE(id > 0);
-    char state[32] = "";
-    CHECK(wait_job(&d, id, 150, state, sizeof state) == 0);
-    char *e = job_error(&d, id);
-    CHECK_MSG(!strcmp(state, "succeeded"), "state %s: %s", state, e);
-    free(e);
+    expect_end(&d, id, "succeeded", 150);
     CHECK(dmn_log_has(&d, "started on the MPI launcher (env"));
     CHECK(dmn_log_has(&d, "1 rank)"));
     char st[32];
