@@ -9,15 +9,20 @@
 #   printf 'write %s\nread %s\n' "$(openssl rand -hex 24)" "$(openssl rand -hex 24)" > tokens
 #   docker run -d -p 8080:8080 -v flowd-data:/data \
 #       -v "$PWD/tokens:/run/secrets/flowd-tokens:ro" flowd
+# flowd has MPI (OpenMPI): training jobs on ranks inside the container with
+#   docker run ... -e FLOWD_MPI_LAUNCHER="mpirun -n 2" flowd
+# or data-parallel `flowd train` under mpirun (docs/scale-out.md).
 
 FROM debian:12 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libopenblas-dev libcjson-dev libsqlite3-dev \
         libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev libpng-dev libssl-dev libyaml-dev sqlite3 curl \
+        libopenmpi-dev openmpi-bin \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make clean && make -j"$(nproc)" build/rel/flowd build/rel/flowctl
+# MPI=1: data-parallel flowd train (docs/scale-out.md); a missing OpenMPI fails the build
+RUN make clean && make -j"$(nproc)" MPI=1 build/rel/flowd build/rel/flowctl
 
 FROM debian:12-slim
 ARG VERSION=0.1.0
@@ -33,7 +38,7 @@ LABEL org.opencontainers.image.title="flowd" \
       org.opencontainers.image.source="${SOURCE}"
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libopenblas0-pthread libcjson1 libsqlite3-0 libmicrohttpd12 libcurl4 zlib1g libpng16-16 \
-        libssl3 curl ca-certificates \
+        libssl3 curl ca-certificates libopenmpi3 openmpi-bin \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin flowd \
     && mkdir -p /data && chown flowd:flowd /data

@@ -1,6 +1,7 @@
 /* cmd_serve.c: `flowd serve`, `flowd migrate`, `flowd export`, `flowd import`. */
 #include "cli.h"
 #include "cmd.h"
+#include "launcher.h"
 #include "server.h"
 
 #include "../core/job.h"
@@ -109,7 +110,7 @@ static int is_loopback(const char *host) { return !strncmp(host, "127.", 4) || !
  * fd_config: where the option table below writes. */
 static fd_server server;
 static struct {
-    const char *listen, *port_file, *train_sched;
+    const char *listen, *port_file, *train_sched, *mpi_launcher;
     int blas_threads, train_threads, train_nice;
 } so;
 
@@ -130,6 +131,12 @@ static const fd_opt serve_options[] = {
     {"train-sched", 0, FD_OPT_STR, &so.train_sched, "FLOWD_TRAIN_SCHED", .def_str = "idle", .arg = "idle|batch",
      .help = "scheduling policy of training threads: idle (SCHED_IDLE: a request preempts them at once) "
              "or batch (SCHED_BATCH at --train-nice)"},
+    {"mpi-launcher", 0, FD_OPT_STR, &so.mpi_launcher, "FLOWD_MPI_LAUNCHER", .arg = "COMMAND",
+     .help = "run training jobs as MPI programs: COMMAND (split into words as a shell would, but no "
+             "shell runs it) followed by this flowd's `train` over the job's dataset exported under "
+             "the database's directory (mpi-jobs/), e.g. \"mpirun -n 4 --hostfile hosts\"; jobs that "
+             "flowd train cannot run (init, labels from a stored dataset, publish.optimizer_state) "
+             "still train in-process.  See docs/scale-out.md"},
     {"http-threads", 0, FD_OPT_INT, &server.cfg.http_threads, "FLOWD_HTTP_THREADS", 0, .lo = 1, .hi = 256,
      .arg = "N", .help = "request threads; event streams hold none", .def_text = "one per CPU, at least 2"},
     {"token-file", 0, FD_OPT_STR, &server.cfg.token_file, "FLOWD_TOKEN_FILE", .arg = "FILE", .env_nonempty = 1,
@@ -235,6 +242,10 @@ static int serve_settle(fd_server *s) {
         return 2;
     }
     char err[512] = "";
+    if (fd_launcher_configure(so.mpi_launcher, err, sizeof err)) {
+        fprintf(stderr, "flowd serve: %s\n", err);
+        return 2;
+    }
     if (c->token_file && load_tokens(s, c->token_file, err, sizeof err)) {
         fprintf(stderr, "flowd serve: %s\n", err);
         return 1;
@@ -278,6 +289,8 @@ static void announce(const fd_server *s, fd_db *db) {
             c->workers == 1 ? "" : "s", so.train_threads, so.train_threads == 1 ? "" : "s", so.train_nice,
             so.train_nice > 0 ? (strcmp(so.train_sched, "batch") ? "SCHED_IDLE" : "SCHED_BATCH") : "(as requests)",
             c->http_threads);
+    if (fd_launcher_enabled())
+        fd_log("info", "training jobs run on the MPI launcher: %s ... flowd train", so.mpi_launcher);
     if (!s->ntokens)
         fd_log("warn", "no --token-file: serving loopback only, without authentication");
     fd_log("info", "try: curl -s http://%s%s%s:%d/v1/models", v6 ? "[" : "", c->listen_host, v6 ? "]" : "", c->port);

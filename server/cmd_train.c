@@ -8,17 +8,21 @@
  * rank 0 alone reports, validates, checkpoints and writes the model. */
 #include "cli.h"
 #include "cmd.h"
+#include "launcher.h"
 #include "mpi.h"
 
 #include "../core/job.h"
 #include "../core/model.h"
 
 #include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile int cancel_flag;
@@ -29,8 +33,27 @@ static void on_sigint(int sig) {
 
 typedef struct {
     int tty;
-    FILE *out;
+    FILE *out;     /* NULL: nothing on stderr (--quiet) */
+    int fd;        /* --progress FILE, or -1 */
+    double last;   /* when reports last went to fd */
+    int held[2];   /* the latest training [0] and validation [1] report not written yet */
+    nf_train_metrics pending[2];
 } progress_ctx;
+
+#define PROGRESS_GAP_S 0.1
+
+/* one JSON object as one line of the --progress file, in one write(2), so
+ * that a reader never sees half a line after a whole one (launcher.h) */
+static void progress_line(int fd, cJSON *o) {
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!s) return;
+    size_t n = strlen(s);
+    s[n] = '\n'; /* the terminator's place: written, not kept */
+    ssize_t w = write(fd, s, n + 1);
+    (void)w;
+    free(s);
+}
 
 static void fmt_eta(double s, char *buf, size_t n) {
     if (!isfinite(s) || s < 0) {
@@ -42,8 +65,42 @@ static void fmt_eta(double s, char *buf, size_t n) {
     else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
 }
 
+static void progress_write(int fd, const nf_train_metrics *m) {
+    cJSON *o = fd_train_metrics_json(m);
+    if (o) {
+        cJSON_AddStringToObject(o, "event", "progress");
+        cJSON_AddBoolToObject(o, "is_validation", m->is_validation);
+    }
+    progress_line(fd, o);
+}
+
+/* --progress: the latest training and validation reports, at most every
+ * PROGRESS_GAP_S (a small flow reports thousands a second, and the daemon
+ * stores each line); what is held back goes out at the next gap or at the
+ * end (progress_flush), in step order */
+static void progress_flush(progress_ctx *p) {
+    int first = p->held[0] && p->held[1] && p->pending[1].step < p->pending[0].step ? 1 : 0;
+    for (int k = 0; k < 2; k++)
+        if (p->fd >= 0 && p->held[first ^ k]) progress_write(p->fd, &p->pending[first ^ k]);
+    p->held[0] = p->held[1] = 0;
+}
+
+static void progress_event(progress_ctx *p, const nf_train_metrics *m) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    int k = m->is_validation ? 1 : 0;
+    p->pending[k] = *m;
+    p->held[k] = 1;
+    if (now - p->last < PROGRESS_GAP_S) return;
+    progress_flush(p);
+    p->last = now;
+}
+
 static void on_progress(void *user, const nf_train_metrics *m) {
     progress_ctx *p = user;
+    if (p->fd >= 0) progress_event(p, m);
+    if (!p->out) return;
     char eta[32];
     fmt_eta(m->eta_seconds, eta, sizeof eta);
     if (p->tty) {
@@ -73,9 +130,11 @@ static void on_progress(void *user, const nf_train_metrics *m) {
 }
 
 static struct {
-    const char *config, *out, *checkpoint, *resume;
+    const char *config, *out, *checkpoint, *resume, *progress;
     int threads, quiet, ckpt_every;
+    double ckpt_seconds;
 } to;
+static int progress_fd = -1;
 
 static int g_rank, g_ranks = 1;
 
@@ -95,6 +154,13 @@ static const fd_opt train_options[] = {
     {"checkpoint-every", 0, FD_OPT_INT, &to.ckpt_every, .def = 0, .lo = 0, .hi = 1000000000,
      .arg = "N", .help = "steps between checkpoints", .def_text = "0: at every validation",
      .must = "0..1e9"},
+    {"checkpoint-seconds", 0, FD_OPT_NUM, &to.ckpt_seconds, .def = 0, .lo = 0, .hi = 1e9, .arg = "S",
+     .help = "also checkpoint when S seconds passed since the last one", .def_text = "0: off"},
+    {"progress", 0, FD_OPT_STR, &to.progress, .arg = "FILE",
+     .help = "append one JSON object a line: {\"event\":\"progress\",...} for the reports (the "
+             "fields of a job's \"progress\"; the latest training and validation report at most "
+             "every 0.1 s) and {\"event\":\"checkpoint\",\"step\":N} after "
+             "every --checkpoint written; rank 0 writes it (flowd serve --mpi-launcher reads it)"},
     {"resume", 0, FD_OPT_STR, &to.resume, .arg = "FILE",
      .help = "continue from a --checkpoint file of the same job and data (every rank reads "
              "it; any number of ranks resumes it exactly)"},
@@ -108,7 +174,9 @@ static const fd_cli train_cli = {
     "file (flow config, preprocessing, parameters, metrics, checksum), the same\n"
     "bytes the daemon stores as a model version.\n"
     "\n",
-    "Ctrl-C stops training; the best parameters so far are still written.\n"
+    "Ctrl-C, SIGTERM or SIGUSR1 (which mpirun passes on to every rank) stops\n"
+    "training after the current step (with --checkpoint, the state is saved\n"
+    "first); no model is written and the exit status is 1.\n"
     "Data-parallel: mpirun -n P flowd train ... (docs/scale-out.md).\n",
     train_options, FD_NOPTS(train_options), .bad_rc = 2};
 
@@ -138,6 +206,14 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
         fprintf(stderr, "flowd train: cannot write the checkpoint %s\n", to.checkpoint);
         return NF_EIO;
     }
+    if (progress_fd >= 0) {
+        cJSON *o = cJSON_CreateObject();
+        if (o) {
+            cJSON_AddStringToObject(o, "event", "checkpoint");
+            cJSON_AddNumberToObject(o, "step", (double)step);
+        }
+        progress_line(progress_fd, o);
+    }
     return 0;
 }
 
@@ -145,13 +221,18 @@ static int on_checkpoint(void *user, void *state, size_t len, int64_t step) {
 static int train_run(const nf_job *job, const nf_data *data, int threads) {
     char err[512] = "";
     int lead = g_rank == 0, quiet = to.quiet || !lead;
-    progress_ctx pc = {isatty(fileno(stderr)), stderr};
+    progress_ctx pc = {.tty = isatty(fileno(stderr)), .out = quiet ? NULL : stderr,
+                       .fd = lead ? progress_fd : -1};
     signal(SIGINT, on_sigint);
-    nf_train_hooks hooks = {.user = &pc, .progress = quiet ? NULL : on_progress,
+    signal(SIGTERM, on_sigint);
+    signal(SIGUSR1, on_sigint);
+    nf_train_hooks hooks = {.user = &pc, .progress = pc.out || pc.fd >= 0 ? on_progress : NULL,
                             .cancel = &cancel_flag, .dist = fd_mpi_dist()};
     if (to.checkpoint && lead) {
         hooks.checkpoint = on_checkpoint;
         hooks.checkpoint_every = to.ckpt_every;
+        hooks.checkpoint_seconds = to.ckpt_seconds;
+        hooks.checkpoint_on_cancel = 1;
     }
     void *resume = NULL;
     size_t resume_len = 0;
@@ -168,6 +249,7 @@ static int train_run(const nf_job *job, const nf_data *data, int threads) {
         fprintf(stderr, ")\n");
     }
     rc = nf_job_run(job, data, &hooks, resume, resume_len, &res, err, sizeof err);
+    progress_flush(&pc);
     free(resume);
     if (pc.tty && !quiet) fputc('\n', stderr);
     if (rc == NF_ECANCELLED) {
@@ -201,7 +283,14 @@ int cmd_train(int argc, char **argv) {
     int rc;
     if (fd_cli_parse(&train_cli, argc, argv, &rc)) return rc;
     if (fd_mpi_init(&argc, &argv, &g_rank, &g_ranks)) return 1;
-    rc = train_main();
+    if (to.progress && g_rank == 0 &&
+        (progress_fd = open(to.progress, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
+        fprintf(stderr, "flowd train: cannot open %s: %s\n", to.progress, strerror(errno));
+        rc = NF_EIO;
+    } else {
+        rc = train_main();
+    }
+    if (progress_fd >= 0) close(progress_fd);
     if (rc && g_ranks > 1 && rc != NF_ENONFINITE && rc != NF_ESTEPS && rc != NF_ECANCELLED)
         fd_mpi_abort(1); /* a failure of one rank: the others may be waiting in a collective */
     fd_mpi_finalize();

@@ -22,6 +22,7 @@
  * memory; a shutdown meanwhile leaves the job 'running' (it resumes and
  * publishes at the next start); only a permanent error, or the deadline,
  * fails it. */
+#include "launcher.h"
 #include "server.h"
 
 #include "../core/job.h"
@@ -162,26 +163,8 @@ static void log_db_error(fd_worker *w, int64_t id, const char *what, const char 
 static void on_progress(void *user, const nf_train_metrics *m) {
     run_ctx *r = user;
     char err[256] = "";
-    cJSON *o = cJSON_CreateObject();
+    cJSON *o = fd_train_metrics_json(m);
     if (o) {
-        cJSON_AddNumberToObject(o, "epoch", m->epoch);
-        cJSON_AddNumberToObject(o, "epochs", m->epochs);
-        cJSON_AddNumberToObject(o, "step", (double)m->step);
-        cJSON_AddNumberToObject(o, "total_steps", (double)m->total_steps);
-        nf_json_add_num(o, "train_loss", m->train_loss);
-        nf_json_add_num(o, "val_loss", m->val_loss);
-        if (isfinite(m->val_bits_per_dim)) nf_json_add_num(o, "val_bits_per_dim", m->val_bits_per_dim);
-        nf_json_add_num(o, "best_val_loss", m->best_val_loss);
-        nf_json_add_num(o, "lr", m->lr);
-        nf_json_add_num(o, "grad_norm", m->grad_norm);
-        nf_json_add_num(o, "samples_per_second", m->samples_per_second);
-        nf_json_add_num(o, "eta_seconds", m->eta_seconds);
-        if (m->ode) { /* continuous flows: what the ODE solves cost */
-            nf_json_add_num(o, "nfe", m->nfe);
-            nf_json_add_num(o, "nfe_forward", m->nfe_forward);
-            nf_json_add_num(o, "kinetic", m->kinetic);
-            nf_json_add_num(o, "jacobian", m->jacobian);
-        }
         char *s = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (s && fd_db_job_progress(r->w->db, r->id, s, err, sizeof err))
@@ -526,12 +509,23 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
                             .checkpoint_due = on_checkpoint_due,
                             .checkpoint_on_cancel = 1};
     nf_job_result res;
-    int rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
+    int rc;
+    char why[200];
+    /* --mpi-launcher: the job as an MPI program (launcher.c), with these hooks */
+    if (fd_launcher_takes(&job, why, sizeof why)) {
+        rc = fd_launcher_run(j->db_path, id, request, &job, &data, &hooks, state, state_len, &res,
+                             err, sizeof err);
+        goto ran;
+    }
+    if (fd_launcher_enabled())
+        fd_log("info", "job %" PRId64 ": trained in-process, not on the MPI launcher: %s", id, why);
+    rc = nf_job_run(&job, &data, &hooks, state, state_len, &res, err, sizeof err);
     if (state && (rc == NF_ECORRUPT || rc == NF_EFORMAT) && !FLAG(slot->cancel)) {
         fd_log("warn", "job %" PRId64 ": %s; restarting from scratch", id, err);
         nf_job_result_free(&res);
         rc = nf_job_run(&job, &data, &hooks, NULL, 0, &res, err, sizeof err);
     }
+ran:
     /* a shutdown keeps the last snapshot (the job resumes from it); any
      * other end deletes the state, so a waiting one is dropped */
     ckpt_writer_end(w->cw, rc == NF_ECANCELLED);

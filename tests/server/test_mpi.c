@@ -308,3 +308,257 @@ TEST_T(mpi_train_resume_across_rank_counts, 300) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK_EQ_INT(system(cmd), 0);
 }
+
+/* ---- flowd serve --mpi-launcher (server/launcher.c) --------------------------
+ * The real daemon with the launcher "mpirun -n 2 --oversubscribe" (as root
+ * OpenMPI wants the two variables of run_pair in the daemon's environment,
+ * which the launcher inherits). */
+#include "daemon.h"
+
+#include "../../core/data.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+static const char *const mpi_env[] = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                      "OPENBLAS_NUM_THREADS=1", NULL};
+static const char *const mpi_args[] = {"--mpi-launcher", "mpirun -n 2 --oversubscribe", NULL};
+
+/* a number field of the job's progress, or NAN */
+static double job_progress(dmn *d, long long id, const char *field, char *state, size_t n) {
+    cJSON *j = get_job(d, id);
+    const cJSON *p = j ? cJSON_GetObjectItemCaseSensitive(j, "progress") : NULL;
+    const cJSON *v = p ? cJSON_GetObjectItemCaseSensitive(p, field) : NULL;
+    const cJSON *st = j ? cJSON_GetObjectItemCaseSensitive(j, "state") : NULL;
+    snprintf(state, n, "%s", cJSON_IsString(st) ? st->valuestring : "");
+    double r = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    cJSON_Delete(j);
+    return r;
+}
+
+/* the "error" of a job, malloc'd ("" when none) */
+static char *job_error(dmn *d, long long id) {
+    cJSON *j = get_job(d, id);
+    const cJSON *e = j ? cJSON_GetObjectItemCaseSensitive(j, "error") : NULL;
+    char *s = strdup(cJSON_IsString(e) ? e->valuestring : "");
+    cJSON_Delete(j);
+    return s;
+}
+
+/* waits for the job to end and checks it ended in want (its error said) */
+static void expect_end(dmn *d, long long id, const char *want, double timeout_s) {
+    char state[32] = "";
+    CHECK(wait_job(d, id, timeout_s, state, sizeof state) == 0);
+    char *e = job_error(d, id);
+    CHECK_MSG(!strcmp(state, want), "job %lld: state %s, not %s: %s", id, state, want, e);
+    free(e);
+}
+
+/* waits until the running job reports a step past after; its step, or -1 */
+static double wait_step_past(dmn *d, long long id, double after, double timeout_s) {
+    char st[32];
+    for (double t0 = dmn_now(); dmn_now() - t0 < timeout_s; dmn_sleep_ms(50)) {
+        double s = job_progress(d, id, "step", st, sizeof st);
+        if (!strcmp(st, "running") && s > after) return s;
+        if (strcmp(st, "running") && strcmp(st, "queued")) return -1;
+    }
+    return -1;
+}
+
+/* the pid of "job N: started on the MPI launcher (..., pid P)" in the log, or 0 */
+static long launcher_pid(dmn *d, long long id) {
+    size_t len;
+    char *log = slurp(d->log, &len), needle[64], *p, *last = NULL;
+    snprintf(needle, sizeof needle, "job %lld: started on the MPI launcher", id);
+    for (p = log; p && (p = strstr(p, needle)); p++) last = p;
+    long pid = 0;
+    if (last && (p = strstr(last, ", pid "))) pid = strtol(p + 6, NULL, 10);
+    free(log);
+    return pid;
+}
+
+static int path_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* a moons job over a stored dataset (exported to .npy for the ranks) to
+ * 'succeeded', progress seen while it ran, the version scoring rows */
+TEST_T(mpi_launcher_trains_a_stored_dataset_job, 300) {
+    if (!have_mpirun()) return;
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    REQUIRE(dmn_start(&d, mpi_args, mpi_env) == 0);
+    /* 3000 moons rows as CSV */
+    nf_data m = {0};
+    char err[256];
+    REQUIRE(nf_data_builtin("moons", 3000, -1, 7, &m, err, sizeof err) == 0);
+    size_t cap = (size_t)m.n * 64, len = 0;
+    char *csv = malloc(cap);
+    REQUIRE(csv);
+    for (int64_t i = 0; i < m.n; i++)
+        len += (size_t)snprintf(csv + len, cap - len, "%.7g,%.7g\n", (double)m.x[2 * i], (double)m.x[2 * i + 1]);
+    nf_data_free(&m);
+    hreq q = {.method = "POST", .path = "/v1/datasets?name=moons3k", .ctype = "text/csv", .body = csv,
+              .len = len, .has_body = 1};
+    hresp r;
+    REQUIRE(dmn_http(&d, &q, &r) == 0);
+    free(csv);
+    CHECK_EQ_INT(r.status, 201);
+    const cJSON *dsid = r.json ? cJSON_GetObjectItemCaseSensitive(r.json, "id") : NULL;
+    char job[512];
+    snprintf(job, sizeof job,
+             "{\"model\":\"mpimoons\",\"dataset\":{\"id\":\"%s\"},\"flow\":{\"preset\":\"maf\",\"depth\":3,"
+             "\"hidden\":[32]},\"train\":{\"epochs\":100000,\"batch_size\":256,\"lr\":0.003,"
+             "\"log_every\":5,\"max_seconds\":4,\"seed\":3}}",
+             cJSON_IsString(dsid) ? dsid->valuestring : "missing");
+    hresp_free(&r);
+    long long id = submit_job(&d, job);
+    REQUIRE(id > 0);
+    /* progress while it runs */
+    CHECK_MSG(wait_step_past(&d, id, 0, 60) > 0, "no progress seen while the job ran");
+    expect_end(&d, id, "succeeded", 120);
+    CHECK(dmn_log_has(&d, "started on the MPI launcher (mpirun"));
+    CHECK_MSG(dmn_log_has(&d, "2 ranks)"), "flowd train did not report 2 ranks");
+    /* the loss curve went into the job's metrics, and went down */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/jobs/%lld/metrics?after_step=0&limit=10000", id);
+    REQUIRE(http_get(&d, path, &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    const cJSON *arr = r.json ? cJSON_GetObjectItemCaseSensitive(r.json, "metrics") : NULL;
+    int n = cJSON_GetArraySize(arr);
+    CHECK_MSG(n >= 3, "%d metric rows", n);
+    double first = NAN, last = NAN;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, arr) {
+        const cJSON *tl = cJSON_GetObjectItemCaseSensitive(row, "train_loss");
+        if (!cJSON_IsNumber(tl)) continue;
+        if (isnan(first)) first = tl->valuedouble;
+        last = tl->valuedouble;
+    }
+    CHECK_MSG(last < first - 0.1, "train loss %g -> %g", first, last);
+    hresp_free(&r);
+    /* the published version scores rows */
+    REQUIRE(http_post_json(&d, "/v1/models/mpimoons/log_prob", "{\"inputs\":[[0.5,0.25],[8,8]]}", &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    const cJSON *lp = r.json ? cJSON_GetObjectItemCaseSensitive(r.json, "log_prob") : NULL;
+    CHECK(cJSON_GetArraySize(lp) == 2);
+    if (cJSON_GetArraySize(lp) == 2) /* on the moons, far more likely than far off */
+        CHECK(cJSON_GetArrayItem(lp, 0)->valuedouble > cJSON_GetArrayItem(lp, 1)->valuedouble + 5);
+    hresp_free(&r);
+    snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
+    CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
+    dmn_cleanup(&d);
+}
+
+/* a shutdown stops the ranks with a checkpoint; the next start resumes from
+ * it on the launcher; a cancel stops them and leaves nothing running */
+TEST_T(mpi_launcher_shutdown_resumes_and_cancel_stops, 300) {
+    if (!have_mpirun()) return;
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    REQUIRE(dmn_start(&d, mpi_args, mpi_env) == 0);
+    long long id = submit_job(&d, "{\"model\":\"long\",\"dataset\":{\"builtin\":\"moons\",\"n\":4000,\"seed\":1},"
+                                  "\"flow\":{\"preset\":\"maf\",\"depth\":3,\"hidden\":[32]},"
+                                  "\"train\":{\"epochs\":100000,\"batch_size\":256,\"log_every\":5}}");
+    REQUIRE(id > 0);
+    double s1 = wait_step_past(&d, id, 0, 60);
+    CHECK_MSG(s1 > 0, "no progress");
+    long pid1 = launcher_pid(&d, id);
+    CHECK(pid1 > 0);
+    CHECK_EQ_INT(dmn_stop(&d), 0);
+    if (pid1 > 0) CHECK_MSG(kill((pid_t)pid1, 0) != 0, "mpirun (pid %ld) outlived the daemon", pid1);
+    CHECK(dmn_log_has(&d, "stopped for shutdown; it resumes at the next start"));
+    REQUIRE(dmn_start(&d, mpi_args, mpi_env) == 0);
+    char st[32];
+    double before = job_progress(&d, id, "step", st, sizeof st); /* stored before the stop */
+    CHECK_MSG(!strcmp(st, "running"), "state %s after the restart", st);
+    double s2 = wait_step_past(&d, id, before, 60); /* the resumed run reports */
+    CHECK_MSG(s2 > before, "no progress after the restart (step %g)", before);
+    CHECK(dmn_log_has(&d, "resuming from its saved state"));
+    /* it went on from the checkpoint taken at the stop, not from step 0 */
+    size_t len;
+    char *log = slurp(d.log, &len);
+    const char *rs = log ? strstr(log, "resuming at step ") : NULL;
+    double from = rs ? strtod(rs + 17, NULL) : -1;
+    free(log);
+    CHECK_MSG(from >= s1, "resumed at step %g, but step %g was reported before the stop", from, s1);
+    long pid2 = launcher_pid(&d, id);
+    CHECK(pid2 > 0 && pid2 != pid1);
+    hresp r;
+    char path[96];
+    snprintf(path, sizeof path, "/v1/jobs/%lld/cancel", id);
+    REQUIRE(http_post_json(&d, path, "{}", &r) == 0);
+    CHECK_EQ_INT(r.status, 202);
+    hresp_free(&r);
+    expect_end(&d, id, "cancelled", 60);
+    if (pid2 > 0) CHECK_MSG(kill((pid_t)pid2, 0) != 0, "mpirun (pid %ld) still runs", pid2);
+    snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
+    CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
+    dmn_cleanup(&d);
+}
+
+/* A launcher that fails: the job fails with its exit status and its last
+ * stderr lines.  No MPI needed (the launcher is a shell here), so it runs in
+ * every variant.  The variable FLOWD_MPI_LAUNCHER sets it as the flag does;
+ * a launcher line with command substitution is refused at start. */
+TEST_T(mpi_launcher_failure_is_reported, 120) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    const char *env[] = {"FLOWD_MPI_LAUNCHER=sh -c 'echo launcher broke: no hosts >&2; exit 3'", NULL};
+    REQUIRE(dmn_start(&d, NULL, env) == 0);
+    const char *job = "{\"model\":\"x\",\"dataset\":{\"builtin\":\"moons\",\"n\":500},"
+                      "\"flow\":{\"preset\":\"maf\",\"depth\":2,\"hidden\":[8]},\"train\":{\"epochs\":1}}";
+    long long id = submit_job(&d, job);
+    REQUIRE(id > 0);
+    expect_end(&d, id, "failed", 60);
+    char *e = job_error(&d, id);
+    CHECK_MSG(strstr(e, "exited with status 3") && strstr(e, "launcher broke: no hosts"), "error: %s", e);
+    free(e);
+    CHECK_EQ_INT(dmn_stop(&d), 0);
+    /* a launcher that cannot be executed at all */
+    const char *args[] = {"--mpi-launcher", "/nonexistent/mpirun -n 2", NULL};
+    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    id = submit_job(&d, job);
+    REQUIRE(id > 0);
+    expect_end(&d, id, "failed", 60);
+    e = job_error(&d, id);
+    CHECK_MSG(strstr(e, "exited with status 127") && strstr(e, "cannot execute"), "error: %s", e);
+    free(e);
+    char path[64];
+    snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
+    CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
+    CHECK_EQ_INT(dmn_stop(&d), 0);
+    /* refused at start: no shell runs the line */
+    const char *bad[] = {"serve", "--db", d.db, "--mpi-launcher", "mpirun $(touch /tmp/x) -n 2", NULL};
+    CHECK_EQ_INT(run_flowd(&d, bad, NULL, 30), 2);
+    CHECK(dmn_log_has(&d, "command substitution is not allowed"));
+    dmn_cleanup(&d);
+}
+
+/* Any command line is a launcher: "env" runs flowd train as one process, so
+ * the launcher's machinery (export, progress file, publish, cleanup) runs
+ * in every variant, the sanitizers' included, without MPI. */
+TEST_T(mpi_launcher_plain_command_trains, 180) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    const char *args[] = {"--mpi-launcher", "env FLOWD_LAUNCHED=1", NULL};
+    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    long long id = submit_job(&d, "{\"model\":\"plain\",\"dataset\":{\"builtin\":\"moons\",\"n\":1000,\"seed\":2},"
+                                  "\"flow\":{\"preset\":\"maf\",\"depth\":2,\"hidden\":[16]},"
+                                  "\"train\":{\"epochs\":3,\"batch_size\":100,\"log_every\":1}}");
+    REQUIRE(id > 0);
+    expect_end(&d, id, "succeeded", 150);
+    CHECK(dmn_log_has(&d, "started on the MPI launcher (env"));
+    CHECK(dmn_log_has(&d, "1 rank)"));
+    char st[32];
+    CHECK_EQ_INT((long long)job_progress(&d, id, "step", st, sizeof st), 27); /* 900 rows / 100, 3 epochs */
+    hresp r;
+    REQUIRE(http_post_json(&d, "/v1/models/plain/log_prob", "{\"inputs\":[[0.5,0.25]]}", &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    hresp_free(&r);
+    char path[64];
+    snprintf(path, sizeof path, "mpi-jobs/job-%lld", id);
+    CHECK_MSG(!path_exists(dmn_path(&d, path)), "the job's files were left behind");
+    dmn_cleanup(&d);
+}
