@@ -128,9 +128,10 @@ static const fd_opt serve_options[] = {
     {"train-nice", 0, FD_OPT_INT, &so.train_nice, "FLOWD_TRAIN_NICE", 19, .lo = 0, .hi = 19, .arg = "N",
      .help = "nice value of training threads, run under --train-sched so that request threads preempt "
              "them; 0 = same priority as requests"},
-    {"train-sched", 0, FD_OPT_STR, &so.train_sched, "FLOWD_TRAIN_SCHED", .def_str = "idle", .arg = "idle|batch",
-     .help = "scheduling policy of training threads: idle (SCHED_IDLE: a request preempts them at once) "
-             "or batch (SCHED_BATCH at --train-nice)"},
+    {"train-sched", 0, FD_OPT_STR, &so.train_sched, "FLOWD_TRAIN_SCHED", .def_str = "batch", .arg = "batch|idle",
+     .help = "scheduling policy of training threads: batch (SCHED_BATCH at --train-nice) or idle "
+             "(SCHED_IDLE: a waking request preempts them at once, and they get a core only when nothing "
+             "else wants it)"},
     {"mpi-launcher", 0, FD_OPT_STR, &so.mpi_launcher, "FLOWD_MPI_LAUNCHER", .arg = "COMMAND",
      .help = "run training jobs as MPI programs: COMMAND (split into words as a shell would, but no "
              "shell runs it) followed by this flowd's `train` over the job's dataset exported under "
@@ -232,7 +233,7 @@ static int serve_settle(fd_server *s) {
         return 2;
     }
     if (fd_jobs_set_train_sched(so.train_sched)) {
-        fprintf(stderr, "flowd serve: --train-sched wants idle or batch, got %s\n", so.train_sched);
+        fprintf(stderr, "flowd serve: --train-sched wants batch or idle, got %s\n", so.train_sched);
         return 2;
     }
     c->conn_memory = 256 * 1024;

@@ -553,15 +553,16 @@ out:
 }
 
 /* ---- workers -------------------------------------------------------------------- */
-/* Training runs behind the request threads.  SCHED_IDLE (the default): a
- * request thread that wakes preempts a training thread at once, whatever
- * slice the training thread has left (under EEVDF a nice-19 SCHED_BATCH
- * thread may keep the core to the end of its slice, which showed in the
- * p99 of scoring requests while a job trained: bench/README.md).
- * SCHED_BATCH at nice train_nice is the older, gentler choice.  Linux keeps
+/* Training runs behind the request threads.  SCHED_BATCH at nice
+ * train_nice (the default): a request thread that wakes takes the core.
+ * SCHED_IDLE (--train-sched idle): preempted at once whatever slice the
+ * training thread has left, at a weight below any nice value; on this
+ * machine it gave the same p99 of scoring requests while a W2-sized job
+ * trained (6.0 against 6.4 ms, bench/README.md), so it stays a choice.
+ * Linux keeps
  * both per thread, and the threads the job creates (its training pool)
  * inherit them.  Lowering one's own priority needs no privilege. */
-static int g_train_sched = SCHED_IDLE;
+static int g_train_sched = SCHED_BATCH;
 
 int fd_jobs_set_train_sched(const char *name) {
     if (!strcmp(name, "idle")) g_train_sched = SCHED_IDLE;

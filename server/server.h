@@ -110,14 +110,14 @@ typedef struct fd_jobs fd_jobs;
 /* Start n worker threads on db_path.  Jobs found running (the daemon died
  * under them) resume from their saved state; queued ones run in order. */
 /* n worker threads; each job's batch is split over train_threads threads
- * (nf_train_config.threads), which run under SCHED_IDLE (or SCHED_BATCH,
+ * (nf_train_config.threads), which run under SCHED_BATCH (or SCHED_IDLE,
  * fd_jobs_set_train_sched) at nice train_nice (0: as the daemon's other threads; at most 19).  Snapshots of
  * the training state are written by a writer thread per job (jobs.c). */
 #define FD_JOB_MAX_RESTARTS 3 /* starts of a job found running at start-up, in a row (jobs.c) */
 int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice, fd_jobs **out,
                   char *err, size_t errlen);
-/* The scheduling policy of training threads when train_nice > 0: "idle"
- * (SCHED_IDLE, the default) or "batch" (SCHED_BATCH); -1 for another name.
+/* The scheduling policy of training threads when train_nice > 0: "batch"
+ * (SCHED_BATCH, the default) or "idle" (SCHED_IDLE); -1 for another name.
  * Set before fd_jobs_start (`flowd serve --train-sched`). */
 int fd_jobs_set_train_sched(const char *name);
 /* Seconds a job's publish is retried (backoff 0.1 s doubling to 5 s) on a

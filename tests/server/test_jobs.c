@@ -467,7 +467,7 @@ TEST_T(jobs_uploaded_dataset, 60) {
 
 /* The threads of this process at nice n under SCHED_BATCH (Linux keeps
  * both per thread: /proc/self/task/TID/stat field 19, sched_getscheduler). */
-static int g_want_policy = SCHED_IDLE; /* fd_jobs_set_train_sched's default */
+static int g_want_policy = SCHED_BATCH; /* fd_jobs_set_train_sched's default */
 
 static int threads_at_nice(int n) {
     DIR *d = opendir("/proc/self/task");
@@ -495,8 +495,8 @@ static int threads_at_nice(int n) {
 }
 
 /* --train-nice, --train-sched: a job's threads (the worker and the other
- * training thread) run at the nice value under SCHED_IDLE (the default) or
- * SCHED_BATCH; the calling (request)
+ * training thread) run at the nice value under SCHED_BATCH (the default) or
+ * SCHED_IDLE; the calling (request)
  * threads and the checkpoint writer, which holds the database's write lock
  * while it stores a snapshot, stay as they were; 0 leaves them all alone */
 TEST_T(jobs_training_threads_yield_to_requests, 60) {
@@ -511,7 +511,7 @@ TEST_T(jobs_training_threads_yield_to_requests, 60) {
         int nice;
         const char *sched;
         int policy;
-    } cases[] = {{19, "idle", SCHED_IDLE}, {19, "batch", SCHED_BATCH}, {0, "idle", SCHED_IDLE}};
+    } cases[] = {{19, "batch", SCHED_BATCH}, {19, "idle", SCHED_IDLE}, {0, "batch", SCHED_BATCH}};
     CHECK(fd_jobs_set_train_sched("fifo") == -1);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int nice_val = cases[c].nice;
@@ -546,8 +546,8 @@ TEST_T(jobs_training_threads_yield_to_requests, 60) {
         fd_jobs_stop(j);
         CHECK_EQ_INT(threads_at_nice(19), 0);
     }
-    REQUIRE(fd_jobs_set_train_sched("idle") == 0);
-    g_want_policy = SCHED_IDLE;
+    REQUIRE(fd_jobs_set_train_sched("batch") == 0);
+    g_want_policy = SCHED_BATCH;
     unsetenv("FLOWD_CHECKPOINT_SECONDS");
     tdb_close(&t);
 }
