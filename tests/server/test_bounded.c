@@ -2,10 +2,17 @@
  * (issue 15):
  *  - a job is stored as its parsed request printed compactly: a body padded
  *    with 10 MB of whitespace stores a row of its fields' size, and GET
- *    /v1/jobs/{id} gives the same request back. */
+ *    /v1/jobs/{id} gives the same request back;
+ *  - a sample answer of 2 Mi rows (JSON and CSV) and an encode answer of
+ *    100,000 rows are written as they are sent: valid JSON that matches
+ *    openapi.yaml, every row there, and the daemon's peak RSS grows by the
+ *    numbers (8 bytes a row), not by a document of them;
+ *  - an answer whose numbers do not fit --max-memory is refused before any
+ *    work: 413 naming the limit and the bytes it needed. */
 #include "../test.h"
 
 #include "daemon.h"
+#include "oapi.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -70,5 +77,143 @@ TEST_T(bounded_job_body_stored_compact, 60) {
     cJSON_Delete(j);
     char st[32];
     CHECK(wait_job(&d, id, 60, st, sizeof st) == 0 && !strcmp(st, "succeeded"));
+    dmn_cleanup(&d);
+}
+
+extern const char fd_asset_openapi[];
+extern const unsigned long fd_asset_openapi_len;
+
+static void check_schema(const char *name, const cJSON *v) {
+    char err[512] = "";
+    cJSON *doc = oapi_parse(fd_asset_openapi, fd_asset_openapi_len, err, sizeof err);
+    CHECK_MSG(doc, "%s", err);
+    if (doc) CHECK_MSG(oapi_check(doc, name, v, err, sizeof err) == 0, "%s: %s", name, err);
+    cJSON_Delete(doc);
+}
+
+/* a copy of an answer with each array member cut to its first 100 items */
+static cJSON *cut_arrays(const cJSON *o) {
+    cJSON *c = cJSON_CreateObject();
+    for (const cJSON *m = o ? o->child : NULL; m; m = m->next) {
+        if (!cJSON_IsArray(m)) {
+            cJSON_AddItemToObject(c, m->string, cJSON_Duplicate(m, 1));
+            continue;
+        }
+        cJSON *a = cJSON_AddArrayToObject(c, m->string);
+        int k = 0;
+        for (const cJSON *e = m->child; e && k < 100; e = e->next, k++)
+            cJSON_AddItemToArray(a, cJSON_Duplicate(e, 1));
+    }
+    return c;
+}
+
+#define BIG_N 2000000
+
+TEST_T(bounded_large_answers_streamed, 120) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    static const char *const args[] = {"--max-sample", "2000000", NULL};
+    REQUIRE(dmn_start(&d, args, NULL) == 0);
+    REQUIRE(dmn_make_model(&d, "m", 0, NULL) == 0);
+    hresp r;
+    /* warm up (the model loaded, the first answer's buffers), then the resting peak */
+    http_post_json(&d, "/v1/models/m/sample", "{\"n\":1000,\"seed\":3}", &r);
+    CHECK_EQ_INT(r.status, 200);
+    hresp_free(&r);
+    long rest = dmn_peak_kib(&d);
+    char body[128];
+    snprintf(body, sizeof body, "{\"n\":%d,\"seed\":7,\"return_log_prob\":true}", BIG_N);
+    hreq q = {.method = "POST", .path = "/v1/models/m/sample", .ctype = "application/json",
+              .body = body, .len = strlen(body), .has_body = 1, .timeout_s = 120};
+    REQUIRE(dmn_http(&d, &q, &r) == 0);
+    CHECK_MSG(r.status == 200, "%ld %.300s", r.status, r.body);
+    char te[64];
+    CHECK(hresp_header(&r, "Transfer-Encoding", te, sizeof te) && strstr(te, "chunked"));
+    CHECK_MSG(r.json != NULL, "the answer (%zu bytes) is not JSON", r.len);
+    const cJSON *smp = cJSON_GetObjectItemCaseSensitive(r.json, "samples");
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(r.json, "log_prob");
+    CHECK_EQ_INT(cJSON_GetArraySize(smp), BIG_N);
+    CHECK_EQ_INT(cJSON_GetArraySize(lp), BIG_N);
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetArrayItem(smp, BIG_N - 1)), 2);
+    CHECK(r.len > 30u * BIG_N && r.body[r.len - 1] == '\n');
+    /* the schema, on a copy cut to its first rows (the checker walks every item) */
+    cJSON *cut = cut_arrays(r.json);
+    check_schema("SampleResponse", cut);
+    cJSON_Delete(cut);
+    /* the same draw again, as CSV: the same numbers, row for row */
+    char *json_first = cJSON_PrintUnformatted(cJSON_GetArrayItem(smp, 12345));
+    hresp_free(&r);
+    hreq qc = q;
+    qc.accept = "text/csv";
+    snprintf(body, sizeof body, "{\"n\":%d,\"seed\":7}", BIG_N);
+    qc.len = strlen(body);
+    REQUIRE(dmn_http(&d, &qc, &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    long lines = 0;
+    const char *row = NULL;
+    for (size_t i = 0; i < r.len; i++)
+        if (r.body[i] == '\n' && ++lines == 12346) row = r.body + i + 1;
+    CHECK_EQ_INT(lines, BIG_N + 1);
+    CHECK(!strncmp(r.body, "x0,x1\n", 6));
+    char want[96];
+    if (json_first) {
+        snprintf(want, sizeof want, "%s", json_first + 1); /* "[a,b]" as "a,b" */
+        want[strlen(want) - 1] = 0;
+    }
+    CHECK_MSG(row && json_first && !strncmp(row, want, strlen(want)) && row[strlen(want)] == '\n',
+              "CSV row %.40s, JSON row %s", row ? row : "", json_first ? json_first : "");
+    free(json_first);
+    hresp_free(&r);
+    /* encode 100,000 rows */
+    size_t cap = 100000 * 24 + 64, k = 0;
+    char *eb = malloc(cap);
+    REQUIRE(eb);
+    k += (size_t)snprintf(eb, cap, "{\"inputs\":[");
+    for (int i = 0; i < 100000; i++)
+        k += (size_t)snprintf(eb + k, cap - k, "%s[%.3f,%.3f]", i ? "," : "", (i % 200) / 50.0 - 2, (i % 77) / 30.0 - 1);
+    k += (size_t)snprintf(eb + k, cap - k, "]}");
+    hreq qe = {.method = "POST", .path = "/v1/models/m/encode", .ctype = "application/json",
+               .body = eb, .len = k, .has_body = 1, .timeout_s = 60};
+    REQUIRE(dmn_http(&d, &qe, &r) == 0);
+    free(eb);
+    CHECK_MSG(r.status == 200 && r.json, "%ld %.200s", r.status, r.body);
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "latents")), 100000);
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "log_det")), 100000);
+    cut = cut_arrays(r.json);
+    check_schema("EncodeResponse", cut);
+    cJSON_Delete(cut);
+    hresp_free(&r);
+    /* the peak: the 2 Mi samples' numbers are 16 MiB, log_prob 8 MiB; the
+     * text (some 60 MB) was never whole in the daemon */
+    long peak = dmn_peak_kib(&d);
+    fprintf(stderr, "    peak RSS %ld KiB, %ld KiB before the large answers\n", peak, rest);
+    CHECK_MSG(peak - rest < 48 * 1024, "peak RSS grew by %ld KiB", peak - rest);
+    CHECK(dmn_healthy(&d));
+    dmn_cleanup(&d);
+}
+
+TEST_T(bounded_answer_over_memory_refused, 60) {
+    dmn d;
+    REQUIRE(dmn_init(&d) == 0);
+    static const char *const args[] = {"--max-sample", "2000000", NULL};
+    static const char *const env[] = {"FLOWD_MAX_MEMORY=8388608", NULL};
+    REQUIRE(dmn_start(&d, args, env) == 0);
+    REQUIRE(dmn_make_model(&d, "m", 0, NULL) == 0);
+    hresp r;
+    char body[96];
+    snprintf(body, sizeof body, "{\"n\":%d}", BIG_N);
+    http_post_json(&d, "/v1/models/m/sample", body, &r);
+    CHECK_MSG(r.status == 413, "%ld %s", r.status, r.body);
+    CHECK(!strcmp(hresp_error_code(&r), "payload_too_large"));
+    const cJSON *det = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r.json, "error"), "details");
+    CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(det, "limit")) ?: "", "memory_budget"));
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(det, "max_bytes")) == 8388608);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(det, "wanted_bytes")) >= 16e6);
+    hresp_free(&r);
+    /* what fits is answered */
+    http_post_json(&d, "/v1/models/m/sample", "{\"n\":100000}", &r);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r.json, "samples")), 100000);
+    hresp_free(&r);
     dmn_cleanup(&d);
 }
