@@ -414,6 +414,8 @@ TEST_T(blobs_daemon_kill9_resumes_from_chunks, 240) {
     long long size = raw_int(d.db, "SELECT size_bytes FROM model_versions v JOIN models m "
                                    "ON m.id = v.model_id WHERE m.name = 'big'", 0);
     CHECK_MSG(nck >= 6 && size > 1500000, "model file of %lld bytes in %lld chunks", size, nck);
+    fprintf(stderr, "    state of step %lld in %lld chunks; model file %lld bytes in %lld chunks; peak RSS %ld KiB\n",
+            saved, chunks, size, nck, dmn_peak_kib(&d));
     size_t dl = 0, cl = 0;
     char *file = get_bytes(&d, "/v1/models/big/versions/1/checkpoint", &dl);
     long long mid = raw_int(d.db, "SELECT id FROM models WHERE name = 'big'", 0);
