@@ -8,7 +8,6 @@
 #include "db.h"
 
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +16,8 @@
 
 static const char *const kind_name[] = {"checkpoint", "optimizer state", "training state"};
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+/* a message into err (when given) */
+#define seterr(err, errlen, ...) ((err) && (errlen) ? (void)snprintf((err), (errlen), __VA_ARGS__) : (void)0)
 
 static int fail(sqlite3 *h, int rc, char *err, size_t errlen, const char *what) {
     seterr(err, errlen, "%s: %s", what, sqlite3_errmsg(h));

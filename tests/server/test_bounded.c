@@ -8,7 +8,8 @@
  *    openapi.yaml, every row there, and the daemon's peak RSS grows by the
  *    numbers (8 bytes a row), not by a document of them;
  *  - an answer whose numbers do not fit --max-memory is refused before any
- *    work: 413 naming the limit and the bytes it needed. */
+ *    work: 413 naming the limit and the bytes it needed (also a /v2 infer
+ *    sample, whose answer is printed whole: its numbers and text). */
 #include "../test.h"
 
 #include "daemon.h"
@@ -209,6 +210,14 @@ TEST_T(bounded_answer_over_memory_refused, 60) {
     CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(det, "limit")) ?: "", "memory_budget"));
     CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(det, "max_bytes")) == 8388608);
     CHECK(cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(det, "wanted_bytes")) >= 16e6);
+    hresp_free(&r);
+    /* the same through the standard protocol (its plain error body) */
+    snprintf(body, sizeof body, "{\"inputs\":[],\"parameters\":{\"op\":\"sample\",\"n\":%d}}", BIG_N);
+    http_post_json(&d, "/v2/models/m/infer", body, &r);
+    CHECK_MSG(r.status == 413 && strstr(r.body, "--max-memory"), "%ld %s", r.status, r.body);
+    hresp_free(&r);
+    http_post_json(&d, "/v2/models/m/infer", "{\"inputs\":[],\"parameters\":{\"op\":\"sample\",\"n\":1000}}", &r);
+    CHECK_EQ_INT(r.status, 200);
     hresp_free(&r);
     /* what fits is answered */
     http_post_json(&d, "/v1/models/m/sample", "{\"n\":100000}", &r);
