@@ -188,7 +188,12 @@ TEST_T(bounded_large_answers_streamed, 120) {
      * text (some 60 MB) was never whole in the daemon */
     long peak = dmn_peak_kib(&d);
     fprintf(stderr, "    peak RSS %ld KiB, %ld KiB before the large answers\n", peak, rest);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    /* a sanitizer's allocator holds freed memory: the bound is the release build's */
+    (void)rest;
+#else
     CHECK_MSG(peak - rest < 48 * 1024, "peak RSS grew by %ld KiB", peak - rest);
+#endif
     CHECK(dmn_healthy(&d));
     dmn_cleanup(&d);
 }
