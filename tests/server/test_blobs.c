@@ -358,7 +358,7 @@ TEST_T(blobs_daemon_kill9_resumes_from_chunks, 240) {
     snprintf(lim, sizeof lim, "FLOWD_DB_MAX_LENGTH=%d", LIMIT);
     const char *const env[] = {lim, "FLOWD_CHECKPOINT_SECONDS=0.2", NULL};
     REQUIRE(dmn_start(&d, NULL, env) == 0);
-    long long id = submit_job(&d, BIG_JOB("big", 60));
+    long long id = submit_job(&d, BIG_JOB("big", 24));
     REQUIRE(id > 0);
     /* a saved state in chunks, some steps in */
     double t0 = dmn_now();
@@ -388,7 +388,7 @@ TEST_T(blobs_daemon_kill9_resumes_from_chunks, 240) {
     snprintf(want, sizeof want, "resuming at step %lld", saved);
     CHECK_MSG(dmn_log_has(&d, want), "no '%s' in the log", want);
     /* the same job without the kill: the same model file */
-    long long ref = submit_job(&d, BIG_JOB("ref", 60));
+    long long ref = submit_job(&d, BIG_JOB("ref", 24));
     REQUIRE(ref > 0);
     REQUIRE(wait_job(&d, ref, 150, st, sizeof st) == 0);
     CHECK_MSG(!strcmp(st, "succeeded"), "reference state %s", st);
