@@ -236,7 +236,7 @@ ssize_t fd_answer_read(void *cls, char *buf, size_t max) {
             if (a->at < p->tlen) break; /* buf is full */
         } else {
             if (!a->csv && !a->opened) {
-                if (max - k < 2) break;
+                if (max - k < 1) break;
                 buf[k++] = '[';
                 a->opened = 1;
             }

@@ -1,5 +1,7 @@
 /* test_bounded.c: what one request may cost the daemon, beyond its body
  * (issue 15):
+ *  - server/stream.c writes, in blocks of any size from 1 byte, the text
+ *    cJSON prints for the whole document (non-finite numbers as null);
  *  - a job is stored as its parsed request printed compactly: a body padded
  *    with 10 MB of whitespace stores a row of its fields' size, and GET
  *    /v1/jobs/{id} gives the same request back;
@@ -12,13 +14,124 @@
  *    sample, whose answer is printed whole: its numbers and text). */
 #include "../test.h"
 
+#include "../../server/stream.h"
 #include "daemon.h"
 #include "oapi.h"
 
+#include "../../core/data.h"
+
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* an answer of n rows of D reals, log_prob, labels and a tail, read in
+ * blocks of blk bytes; and the same document printed whole by cJSON */
+static char *stream_text(int n, int D, size_t blk, int csv) {
+    nf_real *x = malloc((size_t)n * D * sizeof *x), *lp = malloc((size_t)n * sizeof *lp);
+    int *lb = malloc((size_t)n * sizeof *lb);
+    for (int i = 0; i < n * D; i++) x[i] = (nf_real)(i % 7 == 3 ? NAN : (i - 40) * 1.37e-3 * (i % 5 ? 1 : -1e30));
+    for (int i = 0; i < n; i++) lp[i] = i % 9 == 2 ? INFINITY : -(nf_real)i / 3, lb[i] = i % 4;
+    fd_answer *a;
+    if (csv) {
+        free(lp);
+        free(lb);
+        a = fd_answer_csv();
+        fd_answer_reals(a, NULL, x, (size_t)n, D);
+        fd_answer_tail(a, NULL);
+    } else {
+        cJSON *h = cJSON_CreateObject();
+        cJSON_AddStringToObject(h, "model", "m\"q");
+        cJSON_AddNumberToObject(h, "version", 3);
+        a = fd_answer_json(h);
+        fd_answer_reals(a, "samples", x, (size_t)n, D);
+        fd_answer_ints(a, "labels", lb, (size_t)n);
+        cJSON *mid = cJSON_CreateObject();
+        cJSON_AddStringToObject(mid, "trace", "exact");
+        fd_answer_members(a, mid);
+        fd_answer_reals(a, "log_prob", lp, (size_t)n, 0);
+        fd_answer_tail(a, cJSON_CreateObject());
+    }
+    if (!fd_answer_ok(a)) {
+        fd_answer_free(a);
+        return NULL;
+    }
+    size_t cap = 1 << 20, len = 0;
+    char *t = malloc(cap);
+    ssize_t k;
+    while ((k = fd_answer_read(a, t + len, blk)) != -1) {
+        if (k <= 0 || len + blk + 1 > cap) break;
+        len += (size_t)k;
+    }
+    t[len] = 0;
+    fd_answer_free(a);
+    return t;
+}
+
+static char *whole_text(int n, int D) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", "m\"q");
+    cJSON_AddNumberToObject(o, "version", 3);
+    cJSON *s = cJSON_AddArrayToObject(o, "samples"), *l, *p;
+    char num[32];
+    for (int i = 0; i < n; i++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int j = 0; j < D; j++) {
+            int q = i * D + j;
+            double v = (nf_real)(q % 7 == 3 ? NAN : (q - 40) * 1.37e-3 * (q % 5 ? 1 : -1e30));
+            snprintf(num, sizeof num, "%.9g", v);
+            cJSON_AddItemToArray(row, isfinite(v) ? cJSON_CreateRaw(num) : cJSON_CreateNull());
+        }
+        cJSON_AddItemToArray(s, row);
+    }
+    l = cJSON_AddArrayToObject(o, "labels");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(i % 4));
+    cJSON_AddStringToObject(o, "trace", "exact");
+    p = cJSON_AddArrayToObject(o, "log_prob");
+    for (int i = 0; i < n; i++) {
+        double v = i % 9 == 2 ? INFINITY : -(nf_real)i / 3;
+        snprintf(num, sizeof num, "%.9g", v);
+        cJSON_AddItemToArray(p, isfinite(v) ? cJSON_CreateRaw(num) : cJSON_CreateNull());
+    }
+    char *t = cJSON_PrintUnformatted(o), *u = malloc(strlen(t) + 2);
+    sprintf(u, "%s\n", t);
+    free(t);
+    cJSON_Delete(o);
+    return u;
+}
+
+TEST(bounded_stream_text_in_any_block_size) {
+    static const size_t blocks[] = {1, 2, 7, 63, 64, 65, 100, 4096, 65536};
+    char *want = whole_text(200, 3);
+    REQUIRE(want);
+    char *csv_want = NULL;
+    for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
+        char *got = stream_text(200, 3, blocks[b], 0);
+        CHECK_MSG(got && !strcmp(got, want), "block %zu: %.200s\n    want %.200s", blocks[b], got, want);
+        free(got);
+        got = stream_text(200, 3, blocks[b], 1);
+        if (!csv_want) csv_want = got;
+        else {
+            CHECK_MSG(got && !strcmp(got, csv_want), "CSV in blocks of %zu differs", blocks[b]);
+            free(got);
+        }
+    }
+    /* the CSV as nf_data_csv writes it */
+    nf_real *x = malloc(600 * sizeof *x);
+    for (int i = 0; i < 600; i++) x[i] = (nf_real)(i % 7 == 3 ? NAN : (i - 40) * 1.37e-3 * (i % 5 ? 1 : -1e30));
+    size_t len = 0;
+    char *c = nf_data_csv(x, 200, 3, NULL, &len);
+    CHECK(c && csv_want && !strcmp(c, csv_want));
+    free(c);
+    free(x);
+    free(csv_want);
+    /* empty arrays */
+    char *e = stream_text(0, 3, 5, 0);
+    CHECK_MSG(e && !strcmp(e, "{\"model\":\"m\\\"q\",\"version\":3,\"samples\":[],\"labels\":[],\"trace\":\"exact\",\"log_prob\":[]}\n"), "%s", e);
+    free(e);
+    free(want);
+}
 
 static long long raw_len(const char *db, long long id) {
     sqlite3 *h = NULL;
