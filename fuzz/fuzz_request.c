@@ -18,6 +18,7 @@
 #include "../server/api_models.c"
 #include "../server/api_v2.c"
 #include "../server/fields.c"
+#include "../server/stream.c"
 #include "../common/picture.c"
 
 #include "fuzz.h"
@@ -53,6 +54,40 @@ enum MHD_Result fd_send_bytes(fd_req *r, int status, const char *ct, void *buf, 
     sends++;
     free(buf);
     return MHD_YES;
+}
+/* a streamed answer (server/stream.h): read to its end, in blocks of an
+ * odd size; JSON must parse */
+enum MHD_Result fd_send_answer(fd_req *r, int status, const char *ct, fd_answer *a) {
+    sends++;
+    if (!fd_answer_ok(a)) {
+        fd_answer_free(a);
+        return MHD_YES;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    ssize_t n;
+    while (text && (n = fd_answer_read(a, text + len, cap - len - 1 < 777 ? cap - len - 1 : 777)) != FD_STREAM_END) {
+        if (n <= 0) abort(); /* no progress */
+        len += (size_t)n;
+        if (cap - len < 1024) {
+            char *t = realloc(text, cap *= 2);
+            if (!t) break;
+            text = t;
+        }
+    }
+    fd_answer_free(a);
+    if (text && !strcmp(ct, "application/json")) {
+        text[len] = 0;
+        cJSON *o = cJSON_ParseWithLength(text, len);
+        if (!o || !cJSON_IsObject(o) || text[len - 1] != '\n') abort();
+        cJSON_Delete(o);
+    }
+    free(text);
+    return MHD_YES;
+}
+int fd_req_reserve(fd_req *r, size_t bytes) { return bytes > ((size_t)1 << 30) ? -1 : 0; }
+enum MHD_Result fd_send_budget_error(fd_req *r, size_t bytes) {
+    return fd_send_error(r, 413, "payload_too_large", NULL, "%zu bytes", bytes);
 }
 enum MHD_Result fd_send_error(fd_req *r, int status, const char *code, cJSON *details, const char *fmt, ...) {
     sends++;

@@ -6,6 +6,12 @@ CREATE TABLE api_tokens (
     scope       TEXT    NOT NULL CHECK (scope IN ('read', 'write')),
     created_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE blob_chunks (
+    owner       TEXT    NOT NULL,
+    idx         INTEGER NOT NULL CHECK (idx >= 0),
+    data        BLOB    NOT NULL,
+    PRIMARY KEY (owner, idx)
+);
 CREATE TABLE datasets (
     id          TEXT    PRIMARY KEY,             -- "ds_" + 16 hex digits
     name        TEXT    NOT NULL,
@@ -37,7 +43,7 @@ CREATE TABLE job_train_state (
     step        INTEGER NOT NULL,
     state       BLOB    NOT NULL,                -- core trainer state blob (NFTS)
     updated_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
+, chunks INTEGER NOT NULL DEFAULT 0 CHECK (chunks >= 0));
 CREATE TABLE jobs (
     id               INTEGER PRIMARY KEY,
     submission_id    TEXT    UNIQUE,
@@ -76,7 +82,9 @@ CREATE TABLE model_versions (
     preprocess   TEXT    NOT NULL,               -- preprocessing JSON
     metrics      TEXT    NOT NULL,               -- training metrics JSON
     job_id       INTEGER REFERENCES jobs (id) ON DELETE SET NULL,
-    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), optimizer BLOB,
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), optimizer BLOB, checkpoint_chunks INTEGER NOT NULL DEFAULT 0
+    CHECK (checkpoint_chunks >= 0), optimizer_chunks INTEGER NOT NULL DEFAULT 0
+    CHECK (optimizer_chunks >= 0),
     PRIMARY KEY (model_id, version)
 ) WITHOUT ROWID;
 CREATE TABLE models (
@@ -84,3 +92,10 @@ CREATE TABLE models (
     name        TEXT    NOT NULL UNIQUE,
     created_at  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TRIGGER job_train_state_drop_chunks AFTER DELETE ON job_train_state BEGIN
+    DELETE FROM blob_chunks WHERE owner = 'train_state/' || old.job_id;
+END;
+CREATE TRIGGER model_versions_drop_chunks AFTER DELETE ON model_versions BEGIN
+    DELETE FROM blob_chunks WHERE owner IN ('checkpoint/' || old.model_id || '/' || old.version,
+                                            'optimizer/' || old.model_id || '/' || old.version);
+END;

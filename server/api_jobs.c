@@ -90,15 +90,18 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
     nf_job j;
     char err[512] = "";
     int rc = db ? nf_job_from_json(body, 0, &j, err, sizeof err) : 0;
-    cJSON_Delete(body);
+    if (!db || rc) cJSON_Delete(body);
     if (!db) return MHD_YES;
     if (rc) return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
+    /* from here every return deletes body (kept: the stored request is
+     * this tree printed compactly, not the bytes as sent) */
     /* the queue limit first: a full queue refuses at the cost of a count,
      * before the dataset lookup and the dry run build anything */
     int64_t counts[5];
     if (fd_db_job_counts(db, counts, err, sizeof err) == 0 && counts[0] >= r->srv->cfg.max_queued_jobs &&
         !(j.submission_id[0] && submission_exists(db, j.submission_id))) {
         nf_job_free(&j);
+        cJSON_Delete(body);
         return fd_send_error(r, 429, "overloaded", NULL, "%lld jobs are queued (limit %d); retry later",
                              (long long)counts[0], r->srv->cfg.max_queued_jobs);
     }
@@ -114,10 +117,12 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
             cJSON_AddStringToObject(d, "dataset", j.dataset_id);
             enum MHD_Result ret = fd_send_error(r, 422, "invalid_input", d, "dataset %s does not exist", j.dataset_id);
             nf_job_free(&j); /* zeroes j: after the message that names the id */
+            cJSON_Delete(body);
             return ret;
         }
         if (rc) {
             nf_job_free(&j);
+            cJSON_Delete(body);
             return fd_send_db_error(r, rc, err);
         }
         int64_t d64 = 2;
@@ -137,32 +142,40 @@ enum MHD_Result fd_api_jobs_create(fd_req *r, char **a) {
         cJSON_Delete(ds);
         if (j.labels_id[0] && labels_or_reply(r, db, &j, rows)) {
             nf_job_free(&j);
+            cJSON_Delete(body);
             return MHD_YES;
         }
     }
     if (nf_job_check(&j, dim, shape, is_int, vmin, vmax, err, sizeof err)) {
         nf_job_free(&j);
+        cJSON_Delete(body);
         return fd_send_error(r, 422, "invalid_input", NULL, "%s", err);
     }
     int init_version = 0; /* a warm start: checked here, pinned in the stored request */
     if (fd_job_init_or_reply(r, db, &j, dim, shape, is_int, vmin, vmax, &init_version)) {
         nf_job_free(&j);
+        cJSON_Delete(body);
         return MHD_YES;
     }
-    char *stored = NULL;
-    if (init_version > 0) {
-        cJSON *b = cJSON_Parse(r->body), *in = cJSON_GetObjectItemCaseSensitive(b, "init");
-        if (cJSON_IsObject(in)) {
-            cJSON_DeleteItemFromObjectCaseSensitive(in, "version");
-            cJSON_AddNumberToObject(in, "version", init_version);
-            stored = cJSON_PrintUnformatted(b);
-        }
-        cJSON_Delete(b);
+    /* stored: the parsed request printed compactly (no padding; a job
+     * carries no data rows, only a dataset's id or a generator's name), so
+     * a row is the size of its fields whatever the body's size, and
+     * listing jobs parses small texts */
+    cJSON *in = cJSON_GetObjectItemCaseSensitive(body, "init");
+    if (init_version > 0 && cJSON_IsObject(in)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(in, "version");
+        cJSON_AddNumberToObject(in, "version", init_version);
+    }
+    char *stored = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    if (!stored) {
+        nf_job_free(&j);
+        return fd_send_db_error(r, FD_ENOMEM, "out of memory printing the job");
     }
     int64_t id = 0;
     int existed = 0;
-    rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model,
-                          stored ? stored : r->body, &id, &existed, err, sizeof err);
+    rc = fd_db_job_create(db, j.submission_id[0] ? j.submission_id : NULL, j.model, stored, &id,
+                          &existed, err, sizeof err);
     free(stored);
     nf_job_free(&j);
     if (rc) return fd_send_db_error(r, rc, err);

@@ -12,6 +12,7 @@
  * scatter plot or legacy square grid is drawn from the samples by `flowd
  * sample` and `flowctl sample`.) */
 #include "server.h"
+#include "stream.h"
 
 #include "../common/picture.h"
 #include "../core/data.h"
@@ -110,20 +111,6 @@ static cJSON *raw_floats(const nf_real *v, size_t n) {
     cJSON *o = cJSON_CreateRaw(s);
     free(s);
     return o;
-}
-
-/* [[row],[row],...] */
-static cJSON *raw_rows(const nf_real *v, size_t n, int D) {
-    cJSON *a = cJSON_CreateArray();
-    for (size_t i = 0; a && i < n; i++) {
-        cJSON *row = raw_floats(v + i * D, (size_t)D);
-        if (!row) {
-            cJSON_Delete(a);
-            return NULL;
-        }
-        cJSON_AddItemToArray(a, row);
-    }
-    return a;
 }
 
 /* The model named in the path at the version given (0 = latest); sends the
@@ -704,6 +691,15 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     } else if (json_context(r, body, m->m, n, &ctx)) {
         goto out;
     }
+    /* the answer's numbers (and the .npy copy) come out of --max-memory;
+     * the text is written as it is sent (server/stream.h) */
+    fmt outf = accept_fmt(r);
+    size_t need = (size_t)N * D * sizeof *x * (outf == FMT_NPY ? 2 : 1) +
+                  (size_t)N * (want_lp ? sizeof *lp : 0) + (cls ? (size_t)N * sizeof(int) : 0);
+    if (!png && fd_req_reserve(r, need)) {
+        ret = fd_send_budget_error(r, need);
+        goto out;
+    }
     nf_ws *w = get_ws(m);
     x = malloc((size_t)N * D * sizeof *x);
     lp = want_lp ? malloc((size_t)N * sizeof *lp) : NULL;
@@ -721,13 +717,19 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
         ret = send_picture(r, m, x, N, cols, D, shape);
         goto out;
     }
-    fmt outf = accept_fmt(r);
-    if (outf != FMT_JSON) {
+    if (outf == FMT_NPY) {
         size_t len = 0;
-        /* header x0,x1,...: the CSV reads back as a dataset or a log_prob body */
-        char *b = outf == FMT_CSV ? nf_data_csv(x, N, D, NULL, &len) : nf_npy_f32(x, N, D, &len);
+        char *b = nf_npy_f32(x, N, D, &len);
         if (!b) fd_send_error(r, 500, "internal", NULL, "out of memory");
-        else ret = fd_send_bytes(r, 200, outf == FMT_CSV ? "text/csv" : "application/x-npy", b, len);
+        else ret = fd_send_bytes(r, 200, "application/x-npy", b, len);
+        goto out;
+    }
+    if (outf == FMT_CSV) { /* header x0,x1,...: it reads back as a dataset or a log_prob body */
+        fd_answer *ans = fd_answer_csv();
+        fd_answer_reals(ans, NULL, x, (size_t)N, D);
+        x = NULL;
+        fd_answer_tail(ans, NULL);
+        ret = fd_send_answer(r, 200, "text/csv", ans);
         goto out;
     }
     cJSON *o = cJSON_CreateObject();
@@ -735,14 +737,22 @@ enum MHD_Result fd_api_sample(fd_req *r, char **a) {
     cJSON_AddNumberToObject(o, "version", m->version);
     fd_json_add_u64(o, "seed", seed);
     cJSON_AddNumberToObject(o, "temperature", T);
-    cJSON_AddItemToObject(o, "samples", raw_rows(x, (size_t)N, D));
+    fd_answer *ans = fd_answer_json(o);
+    fd_answer_reals(ans, "samples", x, (size_t)N, D);
+    x = NULL;
     if (cls) { /* each sample's class, in the order drawn */
-        cJSON *l = cJSON_AddArrayToObject(o, "labels");
-        for (int i = 0; l && i < N; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(cls[i / n]));
+        int *l = malloc((size_t)N * sizeof *l);
+        for (int i = 0; l && i < N; i++) l[i] = cls[i / n];
+        fd_answer_ints(ans, "labels", l, (size_t)N);
     }
-    if (want_lp) cJSON_AddItemToObject(o, "log_prob", raw_floats(lp, (size_t)N));
-    if (want_lp) add_trace(o, f);
-    ret = fd_send_json(r, 200, o);
+    if (want_lp) {
+        fd_answer_reals(ans, "log_prob", lp, (size_t)N, 0);
+        lp = NULL;
+    }
+    cJSON *t = cJSON_CreateObject();
+    if (want_lp) add_trace(t, f);
+    fd_answer_tail(ans, t);
+    ret = fd_send_answer(r, 200, "application/json", ans);
 out:
     cJSON_Delete(body);
     free(x);
@@ -790,6 +800,14 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
             goto out;
         if (json_context(r, body, m->m, n, &ctx)) goto out;
     }
+    /* the answer's numbers (and the .npy copy) come out of --max-memory;
+     * the text is written as it is sent (server/stream.h) */
+    int npy = accept_fmt(r) == FMT_NPY;
+    size_t need = (size_t)n * (D + 1) * sizeof *y * (npy ? 2 : 1) + (size_t)n * sizeof(int);
+    if (fd_req_reserve(r, need)) {
+        ret = fd_send_budget_error(r, need);
+        goto out;
+    }
     nf_ws *w = get_ws(m);
     y = malloc((size_t)n * D * sizeof *y);
     ld = malloc((size_t)n * sizeof *ld);
@@ -802,7 +820,7 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
         send_solve_error(r, rc, enc ? "encode" : "decode");
         goto out;
     }
-    if (accept_fmt(r) == FMT_NPY) {
+    if (npy) {
         nf_real *yl = malloc((size_t)n * (D + 1) * sizeof *yl);
         size_t len = 0;
         char *b = NULL;
@@ -818,18 +836,27 @@ static enum MHD_Result code(fd_req *r, char **a, int enc) {
         else ret = fd_send_bytes(r, 200, "application/x-npy", b, len);
         goto out;
     }
+    int *oos = NULL, noos = 0; /* the rows out of the flow's support */
+    if (rc == NF_ENONFINITE && (oos = malloc((size_t)n * sizeof *oos)))
+        for (int i = 0; i < n; i++)
+            if (!isfinite(ld[i])) oos[noos++] = i;
+    if (rc == NF_ENONFINITE && !oos) {
+        fd_send_error(r, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", m->name);
     cJSON_AddNumberToObject(o, "version", m->version);
-    cJSON_AddItemToObject(o, enc ? "latents" : "outputs", raw_rows(y, (size_t)n, D));
-    cJSON_AddItemToObject(o, "log_det", raw_floats(ld, (size_t)n));
-    add_trace(o, f);
-    if (rc == NF_ENONFINITE) {
-        cJSON *oos = cJSON_AddArrayToObject(o, "out_of_support");
-        for (int i = 0; i < n; i++)
-            if (!isfinite(ld[i])) cJSON_AddItemToArray(oos, cJSON_CreateNumber(i));
-    }
-    ret = fd_send_json(r, 200, o);
+    fd_answer *ans = fd_answer_json(o);
+    fd_answer_reals(ans, enc ? "latents" : "outputs", y, (size_t)n, D);
+    fd_answer_reals(ans, "log_det", ld, (size_t)n, 0);
+    y = ld = NULL;
+    cJSON *t = cJSON_CreateObject();
+    add_trace(t, f);
+    fd_answer_members(ans, t);
+    if (rc == NF_ENONFINITE) fd_answer_ints(ans, "out_of_support", oos, (size_t)noos);
+    fd_answer_tail(ans, NULL);
+    ret = fd_send_answer(r, 200, "application/json", ans);
 out:
     cJSON_Delete(body);
     free(x);

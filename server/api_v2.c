@@ -427,6 +427,14 @@ enum MHD_Result fd_api_v2_infer(fd_req *r, char **a) {
         }
     }
     if (context_rows(r, in[1].v ? &in[1] : NULL, C, n, &ctx)) goto out;
+    /* the answer, from --max-memory before it is computed: its numbers
+     * (n x (D + 1)) and their text as out_tensor prints it (%.9g, at most
+     * 17 bytes a value) twice, in the tensor and in the printed document */
+    size_t need = (size_t)n * (D + 1) * (sizeof *y + 2 * 17);
+    if (fd_req_reserve(r, need)) {
+        ret = fd_send_budget_error(r, need);
+        goto out;
+    }
     nf_ws *w = fd_model_ws(m);
     y = malloc((size_t)n * D * sizeof *y);
     lp = malloc((size_t)n * sizeof *lp);

@@ -13,8 +13,11 @@
  *   (tests/server/test_db.c greps for it).  The only other SQL text run is
  *   the migrations compiled into the binary.
  * - Checkpoints and dataset rows are stored as BLOBs; datasets as float32
- *   little-endian (rows, dim). */
+ *   little-endian (rows, dim).  A model file, optimizer state or training
+ *   state longer than one chunk (server/blobs.h) is stored in chunk rows
+ *   instead, its own column then empty and its *_chunks column the count. */
 #include "db.h"
+#include "blobs.h"
 #include "../core/nf.h"
 
 #include <errno.h>
@@ -64,6 +67,8 @@ static int map_rc(int rc) {
     default: return FD_EDB;
     }
 }
+
+int fd_db_sqlite_code(int rc) { return map_rc(rc); }
 
 /* An SQLite failure (rc) while doing `what`: message into err, FD_* code back. */
 static int fail(fd_db *db, int rc, char *err, size_t errlen, const char *what) {
@@ -288,6 +293,14 @@ int fd_db_open(const char *path, fd_db **out, char *err, size_t errlen) {
      * connection. */
     const char *ng = getenv("FLOWD_DB_NO_GROWTH");
     if (ng && !strcmp(ng, "1")) sqlite3_exec(db->h, "PRAGMA max_page_count = 1", NULL, NULL, NULL);
+    /* tests only (tests/server/test_blobs.c): FLOWD_DB_MAX_LENGTH=N lowers
+     * this connection's SQLITE_LIMIT_LENGTH (the longest string, blob or
+     * row) to N bytes, so that a model or training state of a few MB is
+     * stored in many chunks (server/blobs.h) as one over 1e9 bytes is in a
+     * default build.  Values below 64 KiB are ignored. */
+    const char *ml = getenv("FLOWD_DB_MAX_LENGTH");
+    if (ml && atol(ml) >= 65536 && atol(ml) <= INT_MAX)
+        sqlite3_limit(db->h, SQLITE_LIMIT_LENGTH, (int)atol(ml));
     *out = db;
     return 0;
 }
@@ -669,6 +682,25 @@ int fd_db_model_delete(fd_db *db, const char *name, char *err, size_t errlen) {
     return r;
 }
 
+/* A value of kind longer than one chunk, owned by the model version
+ * (model_id, version), into chunk rows, and their number into the
+ * version's row; inside the caller's transaction. */
+static int chunks_store(fd_db *db, fd_blob_kind kind, int64_t model_id, int version,
+                        const void *buf, size_t len, char *err, size_t errlen) {
+    int n = 0, r = fd_blob_put(db->h, kind, model_id, version, buf, len, &n, err, errlen);
+    if (r) return r;
+    sqlite3_stmt *st = kind == FD_BLOB_CHECKPOINT
+                           ? Q(db, "UPDATE model_versions SET checkpoint_chunks = ?3 "
+                                   "WHERE model_id = ?1 AND version = ?2")
+                           : Q(db, "UPDATE model_versions SET optimizer_chunks = ?3 "
+                                   "WHERE model_id = ?1 AND version = ?2");
+    if (!st) return prep_fail(db, err, errlen);
+    sqlite3_bind_int64(st, 1, model_id);
+    sqlite3_bind_int(st, 2, version);
+    sqlite3_bind_int(st, 3, n);
+    return step_done(db, st, err, errlen, "record the chunks");
+}
+
 /* The body of fd_db_version_add, inside the caller's transaction. */
 static int version_add_tx(fd_db *db, const char *name, const void *checkpoint, size_t len,
                           int dim, int context_dim, const char *config, const char *preprocess,
@@ -692,14 +724,18 @@ static int version_add_tx(fd_db *db, const char *name, const void *checkpoint, s
     if ((r = step_done(db, st, err, errlen, "number the version"))) return r;
     char hex[65];
     fd_sha256_hex(checkpoint, len, hex);
+    /* longer than one chunk: the row gets an empty blob, the bytes go to
+     * model_version_chunks below (server/blobs.h) */
+    int chunked = len > fd_blob_chunk_bytes(db->h);
     st = Q(db, "INSERT INTO model_versions (model_id, version, checkpoint, sha256, size_bytes, "
                "dim, context_dim, config, preprocess, metrics, job_id) "
                "SELECT m.id, (SELECT last_version FROM model_version_seq WHERE name = ?1), "
                "?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
-               "FROM models m WHERE m.name = ?1 RETURNING version");
+               "FROM models m WHERE m.name = ?1 RETURNING version, model_id");
     if (!st) return prep_fail(db, err, errlen);
     bind_text(st, 1, name);
-    sqlite3_bind_blob64(st, 2, checkpoint, (sqlite3_uint64)len, SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 2, chunked ? "" : checkpoint, chunked ? 0 : (sqlite3_uint64)len,
+                        SQLITE_STATIC);
     bind_text(st, 3, hex);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)len);
     sqlite3_bind_int(st, 5, dim);
@@ -709,13 +745,17 @@ static int version_add_tx(fd_db *db, const char *name, const void *checkpoint, s
     bind_text(st, 9, metrics ? metrics : "{}");
     if (job_id > 0) sqlite3_bind_int64(st, 10, job_id);
     else sqlite3_bind_null(st, 10);
-    int rc = sqlite3_step(st);
+    int rc = sqlite3_step(st), v = 0;
+    int64_t model_id = 0;
     if (rc == SQLITE_ROW) {
-        if (version) *version = sqlite3_column_int(st, 0);
+        v = sqlite3_column_int(st, 0);
+        model_id = sqlite3_column_int64(st, 1);
+        if (version) *version = v;
         rc = sqlite3_step(st);
     }
     r = rc == SQLITE_DONE ? 0 : fail(db, rc, err, errlen, "add model version");
     done(st);
+    if (!r && chunked) r = chunks_store(db, FD_BLOB_CHECKPOINT, model_id, v, checkpoint, len, err, errlen);
     return r;
 }
 
@@ -768,7 +808,8 @@ int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size
                       int *version_out, char *err, size_t errlen) {
     *buf = NULL;
     *len = 0;
-    sqlite3_stmt *st = Q(db, "SELECT v.version, v.checkpoint, v.sha256, v.size_bytes "
+    sqlite3_stmt *st = Q(db, "SELECT v.version, v.checkpoint, v.sha256, v.size_bytes, "
+                             "v.checkpoint_chunks, v.model_id "
                              "FROM model_versions v JOIN models m ON m.id = v.model_id "
                              "WHERE m.name = ?1 AND (?2 = 0 OR v.version = ?2) "
                              "ORDER BY v.version DESC LIMIT 1");
@@ -783,21 +824,38 @@ int fd_db_version_get(fd_db *db, const char *name, int version, void **buf, size
     } else if (rc != SQLITE_ROW) {
         r = fail(db, rc, err, errlen, "get model version");
     } else {
-        int v = sqlite3_column_int(st, 0);
-        const void *blob = sqlite3_column_blob(st, 1);
-        size_t n = (size_t)sqlite3_column_bytes(st, 1);
+        int v = sqlite3_column_int(st, 0), nchunks = sqlite3_column_int(st, 4);
         const char *sha = col_text(st, 2);
-        char hex[65];
-        fd_sha256_hex(blob, n, hex);
-        if (!sha || strcmp(sha, hex) || (sqlite3_int64)n != sqlite3_column_int64(st, 3)) {
+        const void *blob = NULL;
+        void *whole = NULL; /* the chunks put together (read while st holds the snapshot) */
+        size_t n = 0;
+        char hex[65] = "";
+        if (nchunks > 0) {
+            r = fd_blob_get(db->h, FD_BLOB_CHECKPOINT, sqlite3_column_int64(st, 5), v, nchunks,
+                            sqlite3_column_int64(st, 3), &whole, &n, err, errlen);
+            blob = whole;
+        } else {
+            blob = sqlite3_column_blob(st, 1);
+            n = (size_t)sqlite3_column_bytes(st, 1);
+        }
+        if (!r) fd_sha256_hex(blob, n, hex);
+        if (r) {
+            /* reading the chunks failed; fd_blob_get said why */
+        } else if (!sha || strcmp(sha, hex) || (sqlite3_int64)n != sqlite3_column_int64(st, 3)) {
             seterr(err, errlen,
                    "checkpoint of model '%s' version %d is corrupt: sha256 %s, recorded %s", name,
                    v, hex, sha ? sha : "(null)");
             r = FD_ECORRUPT;
-        } else if (!(*buf = malloc(n ? n : 1))) {
-            r = FD_ENOMEM;
-        } else {
+        } else if (whole) {
+            *buf = whole;
+            whole = NULL;
+        } else if ((*buf = malloc(n ? n : 1))) {
             memcpy(*buf, blob, n);
+        } else {
+            r = FD_ENOMEM;
+        }
+        free(whole);
+        if (!r) {
             *len = n;
             if (version_out) *version_out = v;
         }
@@ -1546,14 +1604,25 @@ int fd_db_job_publish_ex(fd_db *db, int64_t id, const char *model, const void *c
         r = version_add_default_tx(db, model, checkpoint, len, dim, context_dim, config,
                                    preprocess, metrics, id, set_default, &v, err, errlen);
     if (!r && optimizer && optimizer_len) {
+        /* longer than one chunk: an empty blob here, the bytes in chunks */
+        int chunked = optimizer_len > fd_blob_chunk_bytes(db->h);
         sqlite3_stmt *st = Q(db, "UPDATE model_versions SET optimizer = ?3 WHERE version = ?2 AND "
-                                 "model_id = (SELECT id FROM models WHERE name = ?1)");
+                                 "model_id = (SELECT id FROM models WHERE name = ?1) "
+                                 "RETURNING model_id");
         if (!st) r = prep_fail(db, err, errlen);
         else {
             bind_text(st, 1, model);
             sqlite3_bind_int(st, 2, v);
-            sqlite3_bind_blob64(st, 3, optimizer, (sqlite3_uint64)optimizer_len, SQLITE_STATIC);
-            r = step_done(db, st, err, errlen, "store the optimizer state");
+            sqlite3_bind_blob64(st, 3, chunked ? "" : optimizer,
+                                chunked ? 0 : (sqlite3_uint64)optimizer_len, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            int64_t model_id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+            while (rc == SQLITE_ROW) rc = sqlite3_step(st);
+            r = rc == SQLITE_DONE ? 0 : fail(db, rc, err, errlen, "store the optimizer state");
+            done(st);
+            if (!r && chunked)
+                r = chunks_store(db, FD_BLOB_OPTIMIZER, model_id, v, optimizer, optimizer_len, err,
+                                 errlen);
         }
     }
     if (!r) r = job_finish_tx(db, id, "succeeded", v, NULL, 0, err, errlen);
@@ -1572,26 +1641,53 @@ int fd_db_train_state_put(fd_db *db, int64_t id, int64_t step, const void *state
         seterr(err, errlen, "empty train state");
         return FD_EINVAL;
     }
-    sqlite3_stmt *st = Q(db, "INSERT INTO job_train_state (job_id, step, state) "
-                             "VALUES (?1, ?2, ?3) ON CONFLICT (job_id) DO UPDATE SET "
-                             "step = excluded.step, state = excluded.state, "
+    /* one transaction: the row, then (longer than one chunk) its chunks
+     * replacing the previous state's, so a crash keeps one whole state */
+    int r = begin(db, err, errlen);
+    if (r) return r;
+    int chunked = len > fd_blob_chunk_bytes(db->h), n = 0;
+    sqlite3_stmt *st = Q(db, "INSERT INTO job_train_state (job_id, step, state, chunks) "
+                             "VALUES (?1, ?2, ?3, 0) ON CONFLICT (job_id) DO UPDATE SET "
+                             "step = excluded.step, state = excluded.state, chunks = 0, "
                              "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')");
-    if (!st) return prep_fail(db, err, errlen);
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_int64(st, 2, step);
-    sqlite3_bind_blob64(st, 3, state, (sqlite3_uint64)len, SQLITE_STATIC);
-    return step_done(db, st, err, errlen, "save train state");
+    if (!st) r = prep_fail(db, err, errlen);
+    else {
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int64(st, 2, step);
+        sqlite3_bind_blob64(st, 3, chunked ? "" : state, chunked ? 0 : (sqlite3_uint64)len,
+                            SQLITE_STATIC);
+        r = step_done(db, st, err, errlen, "save train state");
+    }
+    /* deletes the previous state's chunks in any case */
+    if (!r) r = fd_blob_put(db->h, FD_BLOB_TRAIN_STATE, id, 0, state, len, &n, err, errlen);
+    if (!r && n) {
+        if (!(st = Q(db, "UPDATE job_train_state SET chunks = ?2 WHERE job_id = ?1")))
+            r = prep_fail(db, err, errlen);
+        else {
+            sqlite3_bind_int64(st, 1, id);
+            sqlite3_bind_int(st, 2, n);
+            r = step_done(db, st, err, errlen, "record the chunks");
+        }
+    }
+    if (!r) r = commit(db, err, errlen);
+    if (r) rollback(db);
+    return r;
 }
 
 int fd_db_train_state_get(fd_db *db, int64_t id, void **state, size_t *len, int64_t *step,
                           char *err, size_t errlen) {
     *state = NULL;
     *len = 0;
-    sqlite3_stmt *st = Q(db, "SELECT step, state FROM job_train_state WHERE job_id = ?1");
+    sqlite3_stmt *st = Q(db, "SELECT step, state, chunks FROM job_train_state WHERE job_id = ?1");
     if (!st) return prep_fail(db, err, errlen);
     sqlite3_bind_int64(st, 1, id);
     int rc = sqlite3_step(st), r = 0;
-    if (rc == SQLITE_ROW) {
+    if (rc == SQLITE_ROW && sqlite3_column_int(st, 2) > 0) {
+        /* in chunks, read while st holds the snapshot */
+        r = fd_blob_get(db->h, FD_BLOB_TRAIN_STATE, id, 0, sqlite3_column_int(st, 2), 0, state,
+                        len, err, errlen);
+        if (!r && step) *step = sqlite3_column_int64(st, 0);
+    } else if (rc == SQLITE_ROW) {
         size_t n = (size_t)sqlite3_column_bytes(st, 1);
         const void *b = sqlite3_column_blob(st, 1);
         if (!(*state = malloc(n ? n : 1))) r = FD_ENOMEM;
@@ -1816,13 +1912,18 @@ int fd_db_version_optimizer(fd_db *db, const char *name, int version, void **buf
                             char *err, size_t errlen) {
     *buf = NULL;
     *len = 0;
-    sqlite3_stmt *st = Q(db, "SELECT v.optimizer FROM model_versions v JOIN models m ON m.id = v.model_id "
+    sqlite3_stmt *st = Q(db, "SELECT v.optimizer, v.optimizer_chunks, v.model_id FROM model_versions v "
+                             "JOIN models m ON m.id = v.model_id "
                              "WHERE m.name = ?1 AND v.version = ?2");
     if (!st) return prep_fail(db, err, errlen);
     bind_text(st, 1, name);
     sqlite3_bind_int(st, 2, version);
     int rc = sqlite3_step(st), r = 0;
-    if (rc == SQLITE_ROW) {
+    if (rc == SQLITE_ROW && sqlite3_column_int(st, 1) > 0) {
+        /* in chunks, read while st holds the snapshot */
+        r = fd_blob_get(db->h, FD_BLOB_OPTIMIZER, sqlite3_column_int64(st, 2), version,
+                        sqlite3_column_int(st, 1), 0, buf, len, err, errlen);
+    } else if (rc == SQLITE_ROW) {
         size_t n = (size_t)sqlite3_column_bytes(st, 0);
         if (sqlite3_column_type(st, 0) != SQLITE_NULL && n) {
             if (!(*buf = malloc(n))) r = FD_ENOMEM;

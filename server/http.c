@@ -21,6 +21,7 @@
  *   7. on_completed     the completion callback logs the request, records
  *                       metrics under the row's label and frees it. */
 #include "server.h"
+#include "stream.h"
 
 #include "../core/data.h"
 
@@ -414,6 +415,27 @@ enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls
     *e = (sse){.read = read, .done = done, .cls = cls, .conn = r->conn};
     r->streaming = 1; /* keeps its inflight slot until it ends */
     return queue(r, 200, resp, "text/event-stream", 0, NULL);
+}
+
+/* ---- answers written as they are sent (server/stream.h) ------------------------------ */
+static ssize_t answer_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    ssize_t n = fd_answer_read(cls, buf, max);
+    return n == FD_STREAM_END ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+enum MHD_Result fd_send_answer(fd_req *r, int status, const char *ctype, fd_answer *a) {
+    if (!fd_answer_ok(a)) {
+        fd_answer_free(a);
+        return fd_send_error(r, 500, "internal", NULL, "out of memory");
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 << 10, answer_read, a, fd_answer_free);
+    if (!resp) {
+        fd_answer_free(a);
+        return MHD_NO;
+    }
+    return queue(r, status, resp, ctype, 0, NULL);
 }
 
 /* ---- request helpers --------------------------------------------------------------- */

@@ -256,6 +256,11 @@ enum MHD_Result fd_send_json_at(fd_req *r, int status, cJSON *body, const char *
 #define FD_STREAM_END ((ssize_t)-1)
 typedef ssize_t (*fd_stream_reader)(void *cls, char *buf, size_t max);
 enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls, void (*done)(void *cls));
+/* A large answer (server/stream.h, taken): 200 with chunked transfer
+ * encoding, its text written a block at a time as it is sent; a broken
+ * one (an append failed) is a 500 instead. */
+struct fd_answer;
+enum MHD_Result fd_send_answer(fd_req *r, int status, const char *ctype, struct fd_answer *a);
 int fd_streams_start(void);
 void fd_streams_stop(void);
 int fd_streams_stopping(void);

@@ -1194,6 +1194,14 @@ TEST(db_no_sql_built_from_values) {
                               "%s: stmt_lit must be called only through the Q() macro", path);
                     continue;
                 }
+                if (!strcmp(arg, "blob_lit")) {
+                    /* server/blobs.c: reachable only through PREP() */
+                    CHECK_MSG(strstr(src, "#define PREP(h, blob_lit, owner) prep_owner((h), \"\" "
+                                          "blob_lit \"\", (owner))") &&
+                                  count_str(src, "prep_owner(") == 2,
+                              "%s: prep_owner must be called only through the PREP() macro", path);
+                    continue;
+                }
                 if (!strcmp(arg, "m->sql")) {
                     CHECK_MSG(strstr(src, "= &fd_migrations[i]"),
                               "%s: m->sql must be an embedded migration", path);
