@@ -340,16 +340,14 @@ static int train_step(void *p) {
     nf_real *g = nf_flow_grad(a->f);
     double gs = 1;
     if (a->clip > 0) {
-        double ss, norm;
-        if (nf_ws_grad_sumsq(a->w, g, &ss)) norm = sqrt(ss);
-        else norm = nf_clip_grad_norm_ws(a->w, g, nf_flow_num_params(a->f), 0);
+        double norm = nf_grad_norm_ws(a->w, g, nf_flow_num_params(a->f));
         if (!isfinite(norm)) return NF_ENONFINITE;
         if (norm > a->clip) gs = a->clip / norm;
     } else {
         for (int i = 0; i < a->B; i++)
             if (!isfinite(a->logp[i])) return NF_ENONFINITE;
     }
-    nf_adam_step_scaled_ws(a->opt, a->w, nf_flow_params(a->f), g, a->lr, gs, 1);
+    nf_adam_step_scaled_ws(a->opt, a->w, nf_flow_params(a->f), g, a->lr, gs);
     a->grad_zero = 1;
     return 0;
 }

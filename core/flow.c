@@ -90,6 +90,7 @@ struct nf_ws {
      * nf_ws_parallel_for, taken while the last gradient call summed its
      * parts (nf_ws_grad_sumsq); gss_grad NULL when there is none */
     const nf_real *gss_grad;
+    size_t gss_n;
     int gss_np;
     double gss[NF_PAR_MAX];
     nf_pool *pool;
@@ -1061,8 +1062,8 @@ NF_VEC static void reduce_part(void *arg, size_t i0, size_t i1, int t) {
     r->ss[t] = (s0 + s1) + (s2 + s3);
 }
 
-int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, double *ss) {
-    if (!w || !grad || w->gss_grad != grad) return 0;
+int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, size_t n, double *ss) {
+    if (!w || !grad || w->gss_grad != grad || w->gss_n != n) return 0;
     double s = 0;
     for (int t = 0; t < w->gss_np; t++) s += w->gss[t];
     *ss = s;
@@ -1110,6 +1111,7 @@ static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, 
         w->gss_np = nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
         memcpy(w->gss, r.ss, sizeof r.ss);
         w->gss_grad = f->grad;
+        w->gss_n = f->nparams;
     }
     return 0;
 }

@@ -294,18 +294,21 @@ double nf_clip_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n, double max_norm);
  * path; bench_core's too).  A threaded gradient call sums its threads'
  * parts into the gradient and takes its sum of squares on the way:
  * nf_ws_grad_sumsq gives it (1, *ss: bit for bit what
- * nf_clip_grad_norm_ws(w, grad, ...) would square and add) when the last
- * gradient call on w left it for this grad buffer, else 0.  Ask right
- * after the gradient call: a change to grad other than through w's
- * gradient calls is not seen (nf_ws_grad_changed says so).
- * nf_adam_step_scaled_ws is nf_adam_step_ws on the gradient scaled by
- * gscale (as nf_clip_grad_norm_ws scales it: rounded to nf_real), and with
- * zero_grad it leaves grad zero, so the next step needs no zeroing pass:
- * the same parameters and moments as clip + step, in one pass. */
-int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, double *ss);
+ * nf_clip_grad_norm_ws(w, grad, n, ...) would square and add) when the last
+ * gradient call on w left it for this buffer of n values, else 0.  A
+ * change to grad other than through w's gradient calls is not seen: say
+ * so with nf_ws_grad_changed (the trainer does after an MPI allreduce).
+ * nf_grad_norm_ws is that norm, or nf_clip_grad_norm_ws(w, grad, n, 0)'s
+ * pass where there is none.  nf_adam_step_scaled_ws is nf_adam_step_ws on
+ * the gradient scaled by gscale (as nf_clip_grad_norm_ws scales it:
+ * rounded to nf_real) that leaves the gradient zero, so the next step
+ * needs no zeroing pass: clip + step + zeroing in one pass, with the same
+ * parameters and moments. */
+int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, size_t n, double *ss);
 void nf_ws_grad_changed(nf_ws *w);
+double nf_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n);
 void nf_adam_step_scaled_ws(nf_adam *o, nf_ws *w, nf_real *params, nf_real *grad, double lr,
-                            double gscale, int zero_grad);
+                            double gscale);
 /* Optimizer state as a blob: "NFOP" u32 version u32 kind f64 b1 b2 eps wd u64 n
  * i64 t f32 m[n] f32 v[n] u32 crc32.  Caller free()s. */
 int nf_adam_save(const nf_adam *o, void **buf, size_t *len);

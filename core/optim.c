@@ -76,15 +76,20 @@ static adam_consts adam_begin(nf_adam *o, double lr) {
     return k;
 }
 
-/* elements [i0, i1) */
+/* elements [i0, i1).  fused (nf_adam_step_scaled_ws): the gradient is
+ * first scaled by s, rounded to nf_real as the clip's scale_range does
+ * (s = 1 leaves it), and zeroed behind, so clip + step + the next zeroing
+ * are one pass; g is written only then. */
 NF_VEC static void adam_range(const adam_consts *k, nf_real *restrict m, nf_real *restrict v,
-                              nf_real *restrict p, const nf_real *restrict g, size_t i0,
-                              size_t i1) {
+                              nf_real *restrict p, nf_real *restrict g, size_t i0, size_t i1,
+                              double s, int fused) {
     const nf_real b1 = k->b1, b2 = k->b2, c1 = k->c1, c2 = k->c2, step = k->step;
     const nf_real ibc2 = k->ibc2, eps = k->eps, wd = k->wd, decay = k->decay;
+    const int scale = fused && s != 1.0;
     if (k->adamw) {
         for (size_t i = i0; i < i1; i++) {
-            nf_real gi = g[i], pi = p[i] * decay; /* decoupled decay first */
+            nf_real gi = scale ? (nf_real)(g[i] * s) : g[i], pi = p[i] * decay; /* decoupled decay first */
+            if (fused) g[i] = 0;
             nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
             m[i] = mi;
             v[i] = vi;
@@ -92,7 +97,8 @@ NF_VEC static void adam_range(const adam_consts *k, nf_real *restrict m, nf_real
         }
     } else {
         for (size_t i = i0; i < i1; i++) {
-            nf_real gi = g[i] + wd * p[i]; /* L2 in the gradient */
+            nf_real gi = (scale ? (nf_real)(g[i] * s) : g[i]) + wd * p[i]; /* L2 in the gradient */
+            if (fused) g[i] = 0;
             nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
             m[i] = mi;
             v[i] = vi;
@@ -101,76 +107,42 @@ NF_VEC static void adam_range(const adam_consts *k, nf_real *restrict m, nf_real
     }
 }
 
-/* adam_range on the gradient scaled by s (rounded to nf_real, as
- * scale_range does), zeroing it behind: one pass instead of three */
-NF_VEC static void adam_range_fused(const adam_consts *k, nf_real *restrict m, nf_real *restrict v,
-                                    nf_real *restrict p, nf_real *restrict g, size_t i0, size_t i1,
-                                    double s, int scale) {
-    const nf_real b1 = k->b1, b2 = k->b2, c1 = k->c1, c2 = k->c2, step = k->step;
-    const nf_real ibc2 = k->ibc2, eps = k->eps, wd = k->wd, decay = k->decay;
-    for (size_t i = i0; i < i1; i++) {
-        nf_real gi = scale ? (nf_real)(g[i] * s) : g[i];
-        g[i] = 0;
-        nf_real pi = p[i];
-        if (k->adamw) pi = pi * decay;
-        else gi = gi + wd * pi;
-        nf_real mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi - step * mi / (NF_SQRT(vi * ibc2) + eps);
-    }
-}
-
 void nf_adam_step(nf_adam *o, nf_real *params, const nf_real *grad, double lr) {
     adam_consts k = adam_begin(o, lr);
-    adam_range(&k, o->m, o->v, params, grad, 0, o->n);
+    adam_range(&k, o->m, o->v, params, (nf_real *)grad, 0, o->n, 1.0, 0); /* not written */
 }
 
 typedef struct adam_job {
     const adam_consts *k;
     nf_adam *o;
-    nf_real *p;
-    const nf_real *g;
+    nf_real *p, *g;
+    double s;
+    int fused;
 } adam_job;
 
 static void adam_part(void *arg, size_t i0, size_t i1, int t) {
     (void)t;
     adam_job *a = arg;
-    adam_range(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1);
+    adam_range(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1, a->s, a->fused);
 }
 
 void nf_adam_step_ws(nf_adam *o, nf_ws *w, nf_real *params, const nf_real *grad, double lr) {
     adam_consts k = adam_begin(o, lr);
-    adam_job a = {&k, o, params, grad};
+    adam_job a = {&k, o, params, (nf_real *)grad, 1.0, 0}; /* not written */
     nf_ws_parallel_for(w, o->n, adam_part, &a);
 }
 
-typedef struct adam_fused_job {
-    const adam_consts *k;
-    nf_adam *o;
-    nf_real *p, *g;
-    double s;
-    int zero;
-} adam_fused_job;
-
-static void adam_fused_part(void *arg, size_t i0, size_t i1, int t) {
-    (void)t;
-    adam_fused_job *a = arg;
-    if (!a->zero) { /* scale in place, then the plain step (the caller keeps grad) */
-        for (size_t i = i0; a->s != 1.0 && i < i1; i++) a->g[i] = (nf_real)(a->g[i] * a->s);
-        adam_range(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1);
-    } else if (a->s != 1.0) {
-        adam_range_fused(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1, a->s, 1);
-    } else {
-        adam_range_fused(a->k, a->o->m, a->o->v, a->p, a->g, i0, i1, 1.0, 0);
-    }
+double nf_grad_norm_ws(nf_ws *w, nf_real *grad, size_t n) {
+    double ss;
+    if (nf_ws_grad_sumsq(w, grad, n, &ss)) return isfinite(ss) ? sqrt(ss) : NAN;
+    return nf_clip_grad_norm_ws(w, grad, n, 0);
 }
 
 void nf_adam_step_scaled_ws(nf_adam *o, nf_ws *w, nf_real *params, nf_real *grad, double lr,
-                            double gscale, int zero_grad) {
+                            double gscale) {
     adam_consts k = adam_begin(o, lr);
-    adam_fused_job a = {&k, o, params, grad, gscale, zero_grad};
-    nf_ws_parallel_for(w, o->n, adam_fused_part, &a);
+    adam_job a = {&k, o, params, grad, gscale, 1};
+    nf_ws_parallel_for(w, o->n, adam_part, &a);
     nf_ws_grad_changed(w);
 }
 

@@ -527,7 +527,7 @@ static int step_outcome(nf_trainer *t, int rc, double loss, double gn, const cha
         t->consecutive_bad = 0;
         double lr = lr_at(t, t->step);
         if (fused) {
-            nf_adam_step_scaled_ws(&t->opt, t->ws, f->params, f->grad, lr, t->gscale, 1);
+            nf_adam_step_scaled_ws(&t->opt, t->ws, f->params, f->grad, lr, t->gscale);
             t->grad_zero = 1;
         } else {
             nf_adam_step_ws(&t->opt, t->ws, f->params, f->grad, lr);
@@ -712,20 +712,15 @@ static int train_step(nf_trainer *t, const nf_train_hooks *h) {
         loss += -(double)t->logp[r] + t->cfg.jacobian_l2 * (double)t->logdet[r] * t->logdet[r];
     if (t->dist) {
         int drc = dist_reduce(t, h, &rc, &loss);
+        nf_ws_grad_changed(t->ws); /* the allreduce rewrote the gradient */
         if (drc) return drc;
     }
     loss /= B;
-    /* the norm: from the threads' reduction when it took it (one pass
-     * less), the clip's factor folded into the optimizer's pass */
-    double gn = NAN, ss;
-    t->gscale = 1;
-    if (!rc) {
-        if (t->dist || !nf_ws_grad_sumsq(t->ws, f->grad, &ss)) gn = nf_clip_grad_norm_ws(t->ws, f->grad, P, 0);
-        else gn = isfinite(ss) ? sqrt(ss) : NAN;
-        if (!isfinite(gn)) gn = NAN;
-        double clip = t->cfg.clip_grad_norm;
-        if (isfinite(gn) && clip > 0 && gn > clip) t->gscale = clip / gn;
-    }
+    /* the norm (from the threads' reduction where it took it), the clip's
+     * factor folded into the optimizer's pass */
+    double gn = rc ? NAN : nf_grad_norm_ws(t->ws, f->grad, P);
+    double clip = t->cfg.clip_grad_norm;
+    t->gscale = isfinite(gn) && clip > 0 && gn > clip ? clip / gn : 1;
     return step_outcome(t, rc, loss, gn,
                         rc == NF_ESTEPS ? "ODE solve (more than max_steps steps: stiff dynamics; "
                                           "raise max_steps, loosen rtol/atol or add reg_kinetic/"
