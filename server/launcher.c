@@ -248,12 +248,6 @@ static int write_job(job_dir *d, const char *request, const nf_job *job, char *e
 }
 
 /* ---- the child ---------------------------------------------------------------- */
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* argv: the launcher's words, then flowd train and its options (NULL-terminated) */
 static char **child_argv(job_dir *d, const nf_train_hooks *hooks, int resume, char *self) {
     static const char *const names[] = {"config", "job.json", "out", "model.flow", "checkpoint",
@@ -486,7 +480,7 @@ int fd_launcher_run(const char *db_path, int64_t id, const char *request, const 
         tail_read(t);
         if (!exited && waitpid(pid, &status, WNOHANG) == pid) exited = 1;
         if (exited && (stage == 0 || kill(-pid, 0))) break; /* stopped: until the group is gone */
-        double now = mono_s();
+        double now = fd_now();
         if (stage == 0 && hooks->cancel && __atomic_load_n(hooks->cancel, __ATOMIC_RELAXED)) {
             kill(-pid, SIGUSR1);
             stage = 1, t_stop = now;
