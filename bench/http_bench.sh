@@ -12,6 +12,7 @@
 #
 #   make bench-http                      (about 2 minutes)
 #   HTTP_BENCH_SECONDS=10 HTTP_BENCH_CONNECTIONS=32 HTTP_BENCH_THREADS=2 (defaults)
+#   HTTP_BENCH_SERVE_ARGS="--train-yield 0"  (added to `flowd serve`)
 #
 # wrk runs on the same machine as the daemon and takes CPU from it.
 set -eu
@@ -33,7 +34,8 @@ NAME=http_bench
 . "$(dirname "$0")/lib.sh"
 bench_tmp
 echo "http_bench: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-bench_serve "$FLOWD"
+# shellcheck disable=SC2086 # words on purpose
+bench_serve "$FLOWD" ${HTTP_BENCH_SERVE_ARGS:-}
 
 # submit a job and print its id
 submit() {
@@ -98,7 +100,7 @@ run_wrk log_prob_256_serial 256 1 1
 # daemon's default training threads and priority
 bench_gauss_npy "$TMP/w2.npy" 4000 784 5
 W2DS=$(bench_upload w2 "$TMP/w2.npy" application/x-npy)
-ID2=$(submit "{\"model\":\"w2-busy\",\"dataset\":{\"id\":\"$W2DS\"},\"flow\":{\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024]},\"train\":{\"epochs\":1000,\"batch_size\":128,\"max_seconds\":$((4 * DUR + 30))}}")
+ID2=$(submit "{\"model\":\"w2-busy\",\"dataset\":{\"id\":\"$W2DS\"},\"flow\":{\"preset\":\"maf\",\"depth\":5,\"hidden\":[1024]},\"train\":{\"epochs\":1000,\"batch_size\":128,\"log_every\":5,\"max_seconds\":$((4 * DUR + 30))}}")
 i=0
 while [ "$(job_state "$ID2")" != running ]; do
     i=$((i + 1))
@@ -109,15 +111,16 @@ sleep 2 # past the job's start-up (data load, first steps)
 run_wrk log_prob_1_training 1
 run_wrk log_prob_256_training 256
 TRAIN_STATE=$(job_state "$ID2")
+curl -sf "$URL/v1/jobs/$ID2" >"$TMP/train_job.json"
 curl -sf -X POST "$URL/v1/jobs/$ID2/cancel" >/dev/null || true
 
 # in-process reference: bench_core W1 with the daemon's single BLAS thread
 echo "http_bench: in-process W1 log_prob (bench_core, 1 BLAS thread) ..."
 FLOWD_BENCH_ONLY=W1 FLOWD_BENCH_OUT="$TMP/core.json" OPENBLAS_NUM_THREADS=1 "$CORE" >/dev/null
 
-$PY - "$TMP" "$OUT" "$DUR" "$CONNS" "$WT" "$TRAIN_STATE" "$(dirname "$0")" "$(head -n 1 "$TMP/serve.log")" <<'EOF'
+$PY - "$TMP" "$OUT" "$DUR" "$CONNS" "$WT" "$TRAIN_STATE" "$(dirname "$0")" "$(head -n 1 "$TMP/serve.log")" "${HTTP_BENCH_SERVE_ARGS:-}" <<'EOF'
 import json, os, re, sys
-tmp, out, dur, conns, wt, train_state, bench_dir, serve_line = sys.argv[1:9]
+tmp, out, dur, conns, wt, train_state, bench_dir, serve_line, serve_args = sys.argv[1:10]
 
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
@@ -145,6 +148,11 @@ NAMES = ("log_prob_1", "log_prob_256", "log_prob_1_serial", "log_prob_256_serial
 for name in NAMES:
     h[name] = parse(name)
 h["training_job_state_after"] = train_state
+h["serve_args"] = serve_args
+# the job's side: its progress after both runs (steps taken, rows/s since its
+# last report, seconds held back for requests: --train-yield)
+tp = json.load(open(f"{tmp}/train_job.json")).get("progress") or {}
+h["training_job_progress_after"] = {k: tp.get(k) for k in ("step", "samples_per_second", "held_seconds")}
 h["in_process"] = {"blas_threads": 1,
                    "log_prob_calls_per_s": {"1": core["1"], "256": core["256"] / 256}}
 # service-layer cost: one request at a time (1 connection) against one in-process
@@ -167,5 +175,8 @@ for b in ("1", "256"):
     print(f"in-process B={b}: {h['in_process']['log_prob_calls_per_s'][b]:.0f} calls/s "
           f"(1 BLAS thread, one call at a time); in-process / HTTP with 1 connection = "
           f"{h['service_cost_ratio_' + b]:.1f}x")
+tp = h["training_job_progress_after"]
+print(f"training job after both runs: step {tp['step']}, held back {tp['held_seconds']} s "
+      f"(serve args: {serve_args or 'defaults'})")
 print(f"JSON: {out} (\"http\")")
 EOF

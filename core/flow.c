@@ -20,6 +20,7 @@
 #include "kern.h"
 
 #include <math.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,6 +95,9 @@ struct nf_ws {
     int gss_np;
     double gss[NF_PAR_MAX];
     nf_pool *pool;
+    void (*pace)(void *user, double work_s); /* nf_ws_set_pace, on w and its sub */
+    void *pace_user;
+    double pace_t;    /* this thread's last pace (or pass start), monotonic seconds */
     void *aux;        /* nf_ws_set_aux */
     void (*aux_free)(void *);
 };
@@ -530,12 +534,31 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
 }
 
 /* density pass over one chunk; leaves h_1..h_K in w and the log-det sum in w->ld */
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* before layer k of a pass (k counted in the pass' order): the pace hook,
+ * if any, after the pass' first layer */
+static inline void ws_pace(nf_ws *w, int k) {
+    if (!w->pace) return;
+    double now = mono_s();
+    if (k > 0) {
+        w->pace(w->pace_user, now - w->pace_t);
+        now = mono_s();
+    }
+    w->pace_t = now;
+}
+
 static int inverse_chunk(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                          int training) {
     int bad = 0;
     memset(w->ld, 0, (size_t)B * sizeof *w->ld);
     const nf_real *in = x;
     for (int k = 0; k < f->nlayers; k++) {
+        ws_pace(w, k);
         nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, B, training);
         int rc = f->layers[k].ops->inverse(&f->layers[k], &c, in, w->h[k + 1], w->ld);
         if (rc == NF_ENONFINITE) bad = 1;
@@ -621,6 +644,7 @@ static int forward_chunk(const nf_flow *f, nf_ws *w, const nf_real *z, const nf_
     }
     const nf_real *in = z;
     for (int k = f->nlayers - 1; k >= 0; k--) {
+        ws_pace(w, f->nlayers - 1 - k);
         nf_ctx c = layer_ctx(f, w, f->grad, k, ctx, n, 0);
         c.no_logdet = !need_ld;
         /* write into h[k] (h[0] is the caller's x) */
@@ -684,6 +708,7 @@ static void backward_chain(const nf_flow *f, nf_ws *w, nf_real *grad, const nf_r
                            const nf_real *wreg) {
     nf_real *dz = w->g0, *dnext = w->g1;
     for (int k = f->nlayers - 1; k >= 0; k--) {
+        ws_pace(w, f->nlayers - 1 - k);
         nf_ctx c = layer_ctx(f, w, grad, k, ctx, B, training);
         c.dctx = dctx;
         c.wreg = wreg;
@@ -1179,6 +1204,12 @@ void nf_ws_ode_stats(const nf_ws *w, nf_ode_stats *out) {
 void nf_ws_ode_stats_reset(nf_ws *w) {
     memset(&w->ode, 0, sizeof w->ode);
     for (int t = 0; w->sub && t < w->nt; t++) memset(&w->sub[t]->ode, 0, sizeof w->ode);
+}
+
+void nf_ws_set_pace(nf_ws *w, void (*pace)(void *user, double work_s), void *user) {
+    w->pace = pace;
+    w->pace_user = user;
+    for (int t = 0; w->sub && t < w->nt; t++) nf_ws_set_pace(w->sub[t], pace, user);
 }
 
 void nf_ws_set_noise_seed(nf_ws *w, uint64_t seed) {

@@ -1012,6 +1012,8 @@ int nf_job_run(const nf_job *j, const nf_data *all, const nf_train_hooks *hooks,
     /* this run's training loop (validations and checkpoints included; a
      * resumed job counts from where it resumed) */
     cJSON_AddNumberToObject(m, "train_seconds", run_s);
+    /* of which held back by the caller's pace hook (a daemon answering requests) */
+    cJSON_AddNumberToObject(m, "held_seconds", res->last.held_seconds);
     if (run_s > 0)
         cJSON_AddNumberToObject(m, "samples_per_second",
                                 (double)(res->last.step - m0.step) * j->train.batch_size / run_s);

@@ -203,6 +203,13 @@ void nf_ws_ode_stats_reset(nf_ws *w);
  * it does not depend on chunking or threads.  Default 0.  The trainer sets
  * it from (seed, step) so a resumed run draws the same probes. */
 void nf_ws_set_noise_seed(nf_ws *w, uint64_t seed);
+/* Pacing: with pace set, every thread working on a pass of w calls
+ * pace(user, work_s) before each layer after the pass' first, work_s the
+ * seconds since its previous call (or the pass' start).  pace may block:
+ * a daemon holds training back there while it answers requests, so a
+ * held step costs the requests at most one layer's work.  It is called
+ * from several threads at once.  NULL (the default) turns it off. */
+void nf_ws_set_pace(nf_ws *w, void (*pace)(void *user, double work_s), void *user);
 /* 1 when log_prob, encode and decode of f are exact up to solver tolerance
  * (no cnf layer scores with a stochastic trace: dim above
  * NF_CNF_EXACT_MAX), 0 when log_prob is a Hutchinson estimate. */

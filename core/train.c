@@ -26,6 +26,9 @@
 struct nf_trainer {
     nf_flow *f;
     nf_train_config cfg;
+    void (*pace_fn)(void *, double); /* the run's hooks' pace (set_pace) */
+    void *pace_user;
+    int64_t held_ns;            /* time threads spent in it this run, summed (atomic) */
     const nf_real *train, *val;
     const nf_real *tctx, *vctx; /* (ntrain,C), (nval,C) context rows, or NULL (C == 0) */
     int64_t ntrain, nval;
@@ -347,6 +350,8 @@ void nf_trainer_metrics(const nf_trainer *t, nf_train_metrics *m) {
     double now = now_s(), dt = now - t->rep_time;
     int64_t ds = t->step - t->rep_step;
     m->samples_per_second = dt > 0 && ds > 0 ? (double)ds * t->B / dt : 0;
+    m->held_seconds = (double)__atomic_load_n(&t->held_ns, __ATOMIC_RELAXED) * 1e-9 /
+                      (t->cfg.threads > 1 ? t->cfg.threads : 1);
     if (t->ode) { /* since the last report, or that report's figures */
         const nf_ode_stats *o = &t->ode_acc;
         m->ode = t->ode;
@@ -383,6 +388,23 @@ static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
     }
 }
 
+/* the workspaces' pace (nf_ws_set_pace): the caller's hook, timed */
+static void trainer_pace(void *user, double work_s) {
+    nf_trainer *t = user;
+    double t0 = now_s();
+    t->pace_fn(t->pace_user, work_s);
+    __atomic_fetch_add(&t->held_ns, (int64_t)((now_s() - t0) * 1e9), __ATOMIC_RELAXED);
+}
+
+static void set_pace(nf_trainer *t, const nf_train_hooks *h) {
+    int on = h && h->pace;
+    t->pace_fn = on ? h->pace : NULL;
+    t->pace_user = on ? h->user : NULL;
+    nf_ws *ws[] = {t->ws, t->sws, t->qws};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+        if (ws[i]) nf_ws_set_pace(ws[i], on ? trainer_pace : NULL, on ? t : NULL);
+}
+
 /* validation; returns 1 when early stopping says stop, NF_ENOMEM (t->err
  * set) when an allocation failed: the scores would be NaN, not the model's;
  * NF_EIO when the broadcast of rank 0's scores failed */
@@ -413,6 +435,7 @@ static int validate(nf_trainer *t) {
     }
     if (s && !t->sws)
         nf_ws_create_ex(f, n, t->cfg.threads > 1 ? t->cfg.threads : 1, NF_WS_INFERENCE, &t->sws);
+    if (t->sws && t->pace_fn) nf_ws_set_pace(t->sws, trainer_pace, t);
     if (s && t->sws) {
         nf_flow_sample(f, t->sws, n, 1.0, t->cfg.seed + (uint64_t)t->step, sc, s, NULL);
         size_t bad = 0;
@@ -743,6 +766,8 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
         return NF_EINVAL;
     }
     if ((rc = use_dist(t, h ? h->dist : NULL))) return rc;
+    t->held_ns = 0;
+    set_pace(t, h);
     while (!t->done && t->epoch < t->cfg.epochs) {
         while (t->batch_in_epoch < t->spe) {
             /* atomic: another thread sets the flag while we train */
@@ -801,6 +826,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     t->done = 1;
 finish:
     if (t->acc_n) report(t, h, 0);
+    set_pace(t, NULL);
     /* whatever ended the run, the flow holds the best parameters seen */
     if (t->have_best) {
         memcpy(f->params, t->best_params, P * sizeof *f->params);

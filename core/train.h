@@ -93,6 +93,7 @@ typedef struct nf_train_metrics {
     double lr, grad_norm;
     double samples_per_second;
     double eta_seconds;
+    double held_seconds;      /* this run's time held back by the pace hook (a thread's average) */
     double nonfinite_sample_fraction;
     int64_t skipped_batches;
     int is_validation;        /* this report follows a validation */
@@ -165,6 +166,13 @@ typedef struct nf_train_hooks {
      * after augmentation and uniform dequantization noise (borrowed for
      * the call; for tests and diagnostics) */
     void (*batch)(void *user, const nf_real *x, int B, int D, int64_t step);
+    /* optional: installed on the run's workspaces (nf_ws_set_pace): each
+     * training thread calls it between the layers of every pass (steps,
+     * validation, the sample check) with the seconds of work since its
+     * last call; it may block (a daemon holds training back there while it
+     * answers requests).  Called from several threads at once.  The time
+     * spent in it shows as held_seconds. */
+    void (*pace)(void *user, double work_s);
 } nf_train_hooks;
 
 typedef struct nf_trainer nf_trainer;

@@ -112,6 +112,7 @@ static fd_server server;
 static struct {
     const char *listen, *port_file, *train_sched, *mpi_launcher;
     int blas_threads, train_threads, train_nice;
+    double train_yield_ms, train_share;
 } so;
 
 static const fd_opt serve_options[] = {
@@ -132,6 +133,13 @@ static const fd_opt serve_options[] = {
      .help = "scheduling policy of training threads: batch (SCHED_BATCH at --train-nice) or idle "
              "(SCHED_IDLE: a waking request preempts them at once, and they get a core only when nothing "
              "else wants it)"},
+    {"train-yield", 0, FD_OPT_NUM, &so.train_yield_ms, "FLOWD_TRAIN_YIELD", 2, .lo = 0, .hi = 10000, .arg = "MS",
+     .help = "training yields to requests: a step starts only after MS milliseconds with no request being "
+             "answered (a running step finishes); 0 = train alongside requests"},
+    {"train-share", 0, FD_OPT_NUM, &so.train_share, "FLOWD_TRAIN_SHARE", 0.1, .lo = 0, .hi = 1, .arg = "F",
+     .help = "the share of time training keeps while requests never pause (--train-yield): after "
+             "(1-F)/F times its average step held back, a step runs anyway; 0 = held back as long as "
+             "requests keep coming"},
     {"mpi-launcher", 0, FD_OPT_STR, &so.mpi_launcher, "FLOWD_MPI_LAUNCHER", .arg = "COMMAND",
      .help = "run training jobs as MPI programs: COMMAND (split into words as a shell would, but no "
              "shell runs it) followed by this flowd's `train` over the job's dataset exported under "
@@ -232,6 +240,7 @@ static int serve_settle(fd_server *s) {
                         "call BLAS; use it with --blas-threads 1\n", so.train_threads);
         return 2;
     }
+    fd_jobs_set_train_yield(so.train_yield_ms, so.train_share);
     if (fd_jobs_set_train_sched(so.train_sched)) {
         fprintf(stderr, "flowd serve: --train-sched wants batch or idle, got %s\n", so.train_sched);
         return 2;

@@ -403,6 +403,8 @@ static void sse_free(void *cls) {
     free(e);
 }
 
+static void end_busy(fd_req *r);
+
 enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls, void (*done)(void *cls)) {
     sse *e = calloc(1, sizeof *e);
     struct MHD_Response *resp =
@@ -414,6 +416,7 @@ enum MHD_Result fd_send_event_stream(fd_req *r, fd_stream_reader read, void *cls
     }
     *e = (sse){.read = read, .done = done, .cls = cls, .conn = r->conn};
     r->streaming = 1; /* keeps its inflight slot until it ends */
+    end_busy(r);      /* but a watcher does not hold training back */
     return queue(r, 200, resp, "text/event-stream", 0, NULL);
 }
 
@@ -787,6 +790,12 @@ static enum MHD_Result check_body_limit(fd_req *r) {
 
 /* Phase 4, admission: an inflight slot (health, readiness and metrics stay
  * answerable without one). */
+static void end_busy(fd_req *r) {
+    if (!r->busy) return;
+    r->busy = 0;
+    fd_jobs_request_end();
+}
+
 static enum MHD_Result admit(fd_req *r) {
     fd_server *s = r->srv;
     if (routes[r->route].scope == SCOPE_PUBLIC) return MHD_YES;
@@ -795,6 +804,8 @@ static enum MHD_Result admit(fd_req *r) {
         return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
     }
     r->counted = 1;
+    r->busy = 1; /* training waits until it is answered (fd_jobs_set_train_yield) */
+    fd_jobs_request_begin();
     /* and by bytes: the declared body is reserved and allocated now, whole */
     const char *cl = fd_req_header(r, "Content-Length");
     unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0;
@@ -925,6 +936,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     double dt = fd_now() - r->t0;
     release_slot(r);
+    end_busy(r);
     fd_metrics_request(s->metrics, r->route, r->status, dt);
     if (r->inf_model[0]) fd_metrics_inference(s->metrics, r->inf_model, r->inf_version, r->inf_op, r->status, dt);
     if (!s->cfg.quiet) {

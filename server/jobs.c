@@ -148,6 +148,46 @@ typedef struct run_ctx {
     int64_t id;
 } run_ctx;
 
+/* Requests being answered, and when the last one ended (fd_now, as
+ * nanoseconds): the pace hook holds training steps back while either says
+ * the daemon is busy.  Even at SCHED_IDLE, any training work on the cores
+ * doubled the p99 of scoring requests on the 2-core test machine (so did
+ * two plain SCHED_IDLE spin loops: bench/README.md), so training waits for
+ * gaps in the requests instead of only running behind them. */
+static atomic_int g_busy;
+static _Atomic int64_t g_last_end_ns;
+static double g_yield_quiet_s = 0.002, g_yield_share = 0.1;
+
+void fd_jobs_set_train_yield(double quiet_ms, double share) {
+    g_yield_quiet_s = quiet_ms > 0 ? quiet_ms * 1e-3 : 0;
+    g_yield_share = share;
+}
+void fd_jobs_request_begin(void) { atomic_fetch_add(&g_busy, 1); }
+void fd_jobs_request_end(void) {
+    atomic_store(&g_last_end_ns, (int64_t)(fd_now() * 1e9));
+    atomic_fetch_sub(&g_busy, 1);
+}
+
+/* nf_train_hooks.pace, on each training thread between layers: waits
+ * until the daemon has been without requests for the quiet time, or (with
+ * a share F) for at most (1-F)/F times the work just done, so training
+ * keeps F of the time while requests never pause */
+static void on_pace(void *user, double work_s) {
+    run_ctx *r = user;
+    double quiet = g_yield_quiet_s, share = g_yield_share;
+    if (quiet <= 0) return;
+    double t0 = fd_now(), most = share > 0 ? work_s * (1 - share) / share : INFINITY;
+    for (;;) {
+        if (FLAG(r->slot->cancel)) return; /* cancelled, or the daemon stops */
+        double now = fd_now(), since = now - (double)atomic_load(&g_last_end_ns) * 1e-9;
+        int busy = atomic_load(&g_busy) > 0;
+        if (!busy && since >= quiet) return;
+        double left = most - (now - t0), nap = busy || since < 0 ? quiet : quiet - since;
+        if (left <= 0) return;
+        sleep_s(nap < left ? nap : left);
+    }
+}
+
 /* last: the caller's rate-limit clock (the worker's, or its writer's) */
 static void log_db_error_at(double *last, int64_t id, const char *what, const char *err) {
     double now = mono_now();
@@ -507,7 +547,8 @@ static void run_job(fd_worker *w, fd_slot *slot, int64_t id, const char *request
                             .checkpoint_every = 0,
                             .checkpoint_seconds = j->ckpt_seconds,
                             .checkpoint_due = on_checkpoint_due,
-                            .checkpoint_on_cancel = 1};
+                            .checkpoint_on_cancel = 1,
+                            .pace = on_pace};
     nf_job_result res;
     int rc;
     char why[200];

@@ -111,6 +111,7 @@ cJSON *fd_train_metrics_json(const nf_train_metrics *m) {
     nf_json_add_num(o, "grad_norm", m->grad_norm);
     nf_json_add_num(o, "samples_per_second", m->samples_per_second);
     nf_json_add_num(o, "eta_seconds", m->eta_seconds);
+    nf_json_add_num(o, "held_seconds", m->held_seconds);
     if (m->ode) { /* continuous flows: what the ODE solves cost */
         nf_json_add_num(o, "nfe", m->nfe);
         nf_json_add_num(o, "nfe_forward", m->nfe_forward);
@@ -140,6 +141,7 @@ void fd_train_metrics_from_json(const cJSON *o, nf_train_metrics *m) {
     m->grad_norm = num_or_nan(o, "grad_norm");
     m->samples_per_second = num_or_nan(o, "samples_per_second");
     m->eta_seconds = num_or_nan(o, "eta_seconds");
+    m->held_seconds = isfinite(v = num_or_nan(o, "held_seconds")) ? v : 0;
     m->is_validation = cJSON_IsTrue(nf_json_get(o, "is_validation"));
     if (nf_json_get(o, "nfe")) {
         m->ode = 1;

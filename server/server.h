@@ -120,6 +120,15 @@ int fd_jobs_start(const char *db_path, int n, int train_threads, int train_nice,
  * (SCHED_BATCH, the default) or "idle" (SCHED_IDLE); -1 for another name.
  * Set before fd_jobs_start (`flowd serve --train-sched`). */
 int fd_jobs_set_train_sched(const char *name);
+/* Training yields to requests (`flowd serve --train-yield MS`): a training
+ * step (or validation chunk) starts only when no request is being answered
+ * and none ended in the last quiet_ms milliseconds (0: never holds back).
+ * A step already running finishes; a job held back this way waits without
+ * limit while requests keep coming (its metrics count held_seconds).
+ * http.c reports each request's start and end. */
+void fd_jobs_set_train_yield(double quiet_ms, double share);
+void fd_jobs_request_begin(void);
+void fd_jobs_request_end(void);
 /* Seconds a job's publish is retried (backoff 0.1 s doubling to 5 s) on a
  * transient database error, the trained model kept in memory; set by
  * `flowd serve --publish-retry` (default 300). */
@@ -173,6 +182,7 @@ typedef struct fd_req {
     size_t len, cap;
     int too_large;
     int counted;           /* holds an inflight slot */
+    int busy;              /* counted in fd_jobs_request_begin/end */
     int streaming;         /* answered with an event stream: keeps the slot */
     int route;             /* index into the route table, for metrics */
     char path[1024];       /* the URL split into segments by routing */

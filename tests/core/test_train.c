@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static nf_flow *make(const char *spec) {
     nf_flow *f = NULL;
@@ -663,3 +664,106 @@ TEST_T(train_checkpoint_due_and_ownership, 120) {
     nf_flow_free(d);
     free(x);
 }
+
+/* ---- pacing (nf_ws_set_pace, nf_train_hooks.pace) ---- */
+typedef struct {
+    int calls;   /* atomic: threads call at once */
+    int bad;     /* a work_s that is negative or not finite */
+    int sleep_us;
+} pace_ctx;
+
+static void pace_count(void *user, double work_s) {
+    pace_ctx *p = user;
+    __atomic_fetch_add(&p->calls, 1, __ATOMIC_RELAXED);
+    if (!(work_s >= 0) || !isfinite(work_s)) __atomic_store_n(&p->bad, 1, __ATOMIC_RELAXED);
+    if (p->sleep_us) {
+        struct timespec ts = {0, p->sleep_us * 1000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* the hook runs before every layer of a pass but the first, on every
+ * thread that has rows, and changes nothing the pass computes */
+TEST(ws_pace_between_layers) {
+    nf_flow *f = make("{\"dim\":3,\"preset\":\"realnvp\",\"depth\":3,\"hidden\":[8]}");
+    REQUIRE(f);
+    int L = nf_flow_num_layers(f);
+    REQUIRE(L > 2);
+    double H;
+    nf_real *x = gaussian_rows(64, 4, &H);
+    nf_real a[64], b[64 * 3];
+    for (int threads = 1; threads <= 2; threads++) {
+        nf_ws *w;
+        REQUIRE(nf_ws_create_threads(f, 64, threads, &w) == 0);
+        CHECK(nf_flow_log_prob(f, w, x, NULL, 64, a) == 0);
+        pace_ctx p = {0, 0, 0};
+        nf_ws_set_pace(w, pace_count, &p);
+        CHECK(nf_flow_log_prob(f, w, x, NULL, 64, b) == 0);
+        CHECK_EQ_INT(p.calls, threads * (L - 1));
+        CHECK(!memcmp(a, b, sizeof a));
+        p.calls = 0; /* a gradient pass: forward and backward */
+        nf_flow_zero_grad_ws(f, w);
+        nf_real dl[64];
+        for (int i = 0; i < 64; i++) dl[i] = -1.0f / 64;
+        CHECK(nf_flow_log_prob_grad(f, w, x, NULL, 64, 1, dl, b, NULL, NULL) == 0);
+        CHECK_EQ_INT(p.calls, threads * 2 * (L - 1));
+        p.calls = 0; /* sampling */
+        CHECK(nf_flow_sample(f, w, 64, 1.0, 7, NULL, b, NULL) == 0);
+        CHECK_EQ_INT(p.calls, threads * (L - 1));
+        CHECK(!p.bad);
+        nf_ws_set_pace(w, NULL, NULL); /* off again */
+        p.calls = 0;
+        CHECK(nf_flow_log_prob(f, w, x, NULL, 64, b) == 0);
+        CHECK_EQ_INT(p.calls, 0);
+        nf_ws_free(w);
+    }
+    nf_flow_free(f);
+    free(x);
+}
+
+/* a trainer with a pace hook that holds every call: the same parameters
+ * bit for bit, the hook called between layers on each thread, and the
+ * held time reported */
+static void pace_run(int threads) {
+    const char *spec = "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}";
+    double H;
+    nf_real *x = gaussian_rows(600, 9, &H);
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = 2;
+    c.batch_size = 50;
+    c.log_every = 0;
+    c.seed = 5;
+    c.threads = threads;
+    nf_flow *a = make(spec), *b = make(spec);
+    REQUIRE(a && b);
+    int L = nf_flow_num_layers(a);
+    nf_trainer *ta, *tb;
+    char err[200];
+    REQUIRE(nf_trainer_create(a, &c, x, 500, x + 500 * 3, 100, &ta, err, sizeof err) == 0);
+    REQUIRE(nf_trainer_create(b, &c, x, 500, x + 500 * 3, 100, &tb, err, sizeof err) == 0);
+    CHECK(nf_trainer_run(ta, NULL) == 0);
+    pace_ctx p = {0, 0, 100};
+    nf_train_hooks h = {.user = &p, .pace = pace_count};
+    CHECK(nf_trainer_run(tb, &h) == 0);
+    CHECK(!memcmp(nf_flow_params(a), nf_flow_params(b), nf_flow_num_params(a) * sizeof(nf_real)));
+    /* 20 steps, each a forward and a backward pass on every thread (and
+     * validations and sample checks besides) */
+    CHECK(p.calls >= 20 * 2 * (L - 1) * threads);
+    CHECK(!p.bad);
+    nf_train_metrics ma, mb;
+    nf_trainer_metrics(ta, &ma);
+    nf_trainer_metrics(tb, &mb);
+    CHECK(ma.held_seconds == 0);
+    /* each call slept at least 100 us, a thread's share of them */
+    CHECK_MSG(mb.held_seconds >= 0.9 * p.calls / threads * 100e-6, "held %g s for %d calls", mb.held_seconds,
+              p.calls);
+    nf_trainer_free(ta);
+    nf_trainer_free(tb);
+    nf_flow_free(a);
+    nf_flow_free(b);
+    free(x);
+}
+
+TEST_T(train_pace_hook_holds_between_layers, 120) { pace_run(1); }
+TEST_T(train_pace_hook_holds_between_layers_2_threads, 120) { pace_run(2); }

@@ -494,6 +494,69 @@ static int threads_at_nice(int n) {
     return count;
 }
 
+static double job_progress_num(tdb *t, int64_t id, const char *key) {
+    cJSON *o = job_get(t, id);
+    cJSON *pr = o ? cJSON_GetObjectItemCaseSensitive(o, "progress") : NULL;
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(pr, key);
+    double x = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    cJSON_Delete(o);
+    return x;
+}
+
+/* --train-yield: while a request is being answered (and for the quiet time
+ * after), training threads wait between layers: no step completes; after
+ * it, training goes on; with a share, it goes on anyway, more slowly; a
+ * held job still cancels at once, and reports the time it was held */
+TEST_T(jobs_training_waits_for_requests, 60) {
+    tdb t;
+    REQUIRE(tdb_open(&t) == 0);
+    char err[256] = "";
+    fd_jobs_set_train_yield(50, 0);
+    fd_jobs *j = NULL;
+    REQUIRE(fd_jobs_start(t.path, 1, 2, 0, &j, err, sizeof err) == 0);
+    int64_t id = submit(&t, "held", MOONS, 10000, ",\"log_every\":1");
+    REQUIRE(id > 0);
+    fd_jobs_notify(j);
+    REQUIRE(wait_training(&t, j, id, 20));
+    fd_jobs_request_begin(); /* a request, answered for as long as it takes */
+    msleep(200);             /* the step under way stops at its next layer */
+    double s1 = job_progress_num(&t, id, "step");
+    msleep(600);
+    double s2 = job_progress_num(&t, id, "step");
+    CHECK_MSG(s1 > 0 && s2 == s1, "steps %g then %g while a request was being answered", s1, s2);
+    fd_jobs_request_end();
+    double t0 = now_s(), s3 = s2;
+    while (s3 <= s2 + 2 && now_s() - t0 < 10) {
+        msleep(20);
+        s3 = job_progress_num(&t, id, "step");
+    }
+    CHECK_MSG(s3 > s2 + 2, "step %g, %g before the request ended", s3, s2);
+    /* a share: training keeps some of the time while requests never end */
+    fd_jobs_set_train_yield(50, 0.5);
+    fd_jobs_request_begin();
+    double s4 = job_progress_num(&t, id, "step"), s5 = s4;
+    t0 = now_s();
+    while (s5 <= s4 + 2 && now_s() - t0 < 10) {
+        msleep(20);
+        s5 = job_progress_num(&t, id, "step");
+    }
+    CHECK_MSG(s5 > s4 + 2, "step %g, %g when the request began (share 0.5)", s5, s4);
+    /* held again (share 0), the job cancels at once */
+    fd_jobs_set_train_yield(50, 0);
+    msleep(200);
+    CHECK(job_progress_num(&t, id, "held_seconds") > 0.4);
+    t0 = now_s();
+    CHECK(fd_db_job_cancel(t.db, id, err, sizeof err) == 0);
+    fd_jobs_cancel(j, id);
+    cJSON *o = wait_job(&t, id, "cancelled", 10);
+    CHECK(o != NULL);
+    cJSON_Delete(o);
+    CHECK_MSG(now_s() - t0 < 5, "cancelled after %.1f s while held", now_s() - t0);
+    fd_jobs_request_end();
+    fd_jobs_stop(j);
+    tdb_close(&t);
+}
+
 /* --train-nice, --train-sched: a job's threads (the worker and the other
  * training thread) run at the nice value under SCHED_BATCH (the default) or
  * SCHED_IDLE; the calling (request)
