@@ -156,11 +156,11 @@ typedef struct run_ctx {
  * gaps in the requests instead of only running behind them. */
 static atomic_int g_busy;
 static _Atomic int64_t g_last_end_ns;
-static double g_yield_quiet_s = 0.002, g_yield_share = 0.1;
+static _Atomic double g_yield_quiet_s = 0.002, g_yield_share = 0.1; /* set while jobs run (tests) */
 
 void fd_jobs_set_train_yield(double quiet_ms, double share) {
-    g_yield_quiet_s = quiet_ms > 0 ? quiet_ms * 1e-3 : 0;
-    g_yield_share = share;
+    atomic_store(&g_yield_quiet_s, quiet_ms > 0 ? quiet_ms * 1e-3 : 0);
+    atomic_store(&g_yield_share, share);
 }
 void fd_jobs_request_begin(void) { atomic_fetch_add(&g_busy, 1); }
 void fd_jobs_request_end(void) {
@@ -174,7 +174,7 @@ void fd_jobs_request_end(void) {
  * keeps F of the time while requests never pause */
 static void on_pace(void *user, double work_s) {
     run_ctx *r = user;
-    double quiet = g_yield_quiet_s, share = g_yield_share;
+    double quiet = atomic_load(&g_yield_quiet_s), share = atomic_load(&g_yield_share);
     if (quiet <= 0) return;
     double t0 = fd_now(), most = share > 0 ? work_s * (1 - share) / share : INFINITY;
     for (;;) {
