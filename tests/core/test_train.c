@@ -16,6 +16,17 @@ static nf_flow *make(const char *spec) {
     return f;
 }
 
+/* a default configuration with the few fields short tests set */
+static nf_train_config small_cfg(int epochs, int batch, int log_every, uint64_t seed) {
+    nf_train_config c;
+    nf_train_config_default(&c);
+    c.epochs = epochs;
+    c.batch_size = batch;
+    c.log_every = log_every;
+    c.seed = seed;
+    return c;
+}
+
 /* rows of N(0, A A^T) with A lower triangular */
 static nf_real *gaussian_rows(int n, uint64_t seed, double *entropy) {
     static const double A[3][3] = {{1.5, 0, 0}, {0.8, 0.6, 0}, {-0.5, 0.9, 0.3}};
@@ -274,12 +285,7 @@ TEST_T(train_hflip_batches_see_both_orientations, 120) {
     for (int hflip = 0; hflip < 2; hflip++) {
         nf_flow *f = make(spec);
         REQUIRE(f);
-        nf_train_config c;
-        nf_train_config_default(&c);
-        c.epochs = 2;
-        c.batch_size = 50;
-        c.log_every = 0;
-        c.seed = 3;
+        nf_train_config c = small_cfg(2, 50, 0, 3);
         c.hflip = hflip;
         nf_trainer *t;
         char err[200];
@@ -570,12 +576,7 @@ TEST_T(train_checkpoint_on_cancel_resumes_exactly, 300) {
     const char *spec = "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[16]}";
     double H;
     nf_real *x = gaussian_rows(2000, 8, &H);
-    nf_train_config c;
-    nf_train_config_default(&c);
-    c.epochs = 3;
-    c.batch_size = 50;
-    c.log_every = 1;
-    c.seed = 4;
+    nf_train_config c = small_cfg(3, 50, 1, 4);
     nf_flow *a = make(spec), *b = make(spec), *d = make(spec);
     nf_trainer *ta, *tb, *td;
     char err[200];
@@ -624,12 +625,7 @@ TEST_T(train_checkpoint_due_and_ownership, 120) {
     const char *spec = "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}";
     double H;
     nf_real *x = gaussian_rows(600, 9, &H);
-    nf_train_config c;
-    nf_train_config_default(&c);
-    c.epochs = 2;
-    c.batch_size = 50;
-    c.log_every = 0;
-    c.seed = 5;
+    nf_train_config c = small_cfg(2, 50, 0, 5);
     nf_flow *a = make(spec), *d = make(spec);
     nf_trainer *ta, *td;
     char err[200];
@@ -728,12 +724,7 @@ static void pace_run(int threads) {
     const char *spec = "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8]}";
     double H;
     nf_real *x = gaussian_rows(600, 9, &H);
-    nf_train_config c;
-    nf_train_config_default(&c);
-    c.epochs = 2;
-    c.batch_size = 50;
-    c.log_every = 0;
-    c.seed = 5;
+    nf_train_config c = small_cfg(2, 50, 0, 5);
     c.threads = threads;
     nf_flow *a = make(spec), *b = make(spec);
     REQUIRE(a && b);
