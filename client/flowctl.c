@@ -478,6 +478,7 @@ static int cmd_job(int argc, char **argv) {
         {"lr", fc_num(p, "lr", "%.3g")},
         {"samples/s", fc_num(p, "samples_per_second", "%.0f")},
         {"eta", fc_num(p, "eta_seconds", "%.0f s")},
+        {"held for requests", fc_num(p, "held_seconds", "%.1f s")},
         {"created", fc_time(j, "created_at")},
         {"started", fc_time(j, "started_at")},
         {"finished", fc_time(j, "finished_at")},
