@@ -533,7 +533,6 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
     return c;
 }
 
-/* density pass over one chunk; leaves h_1..h_K in w and the log-det sum in w->ld */
 static double mono_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -552,6 +551,7 @@ static inline void ws_pace(nf_ws *w, int k) {
     w->pace_t = now;
 }
 
+/* density pass over one chunk; leaves h_1..h_K in w and the log-det sum in w->ld */
 static int inverse_chunk(const nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B,
                          int training) {
     int bad = 0;

@@ -134,11 +134,12 @@ static const fd_opt serve_options[] = {
              "(SCHED_IDLE: a waking request preempts them at once, and they get a core only when nothing "
              "else wants it)"},
     {"train-yield", 0, FD_OPT_NUM, &so.train_yield_ms, "FLOWD_TRAIN_YIELD", 2, .lo = 0, .hi = 10000, .arg = "MS",
-     .help = "training yields to requests: a step starts only after MS milliseconds with no request being "
-             "answered (a running step finishes); 0 = train alongside requests"},
+     .help = "training yields to requests: its threads wait between layers until MS milliseconds have "
+             "passed with no request being answered; 0 = train alongside requests"},
     {"train-share", 0, FD_OPT_NUM, &so.train_share, "FLOWD_TRAIN_SHARE", 0.1, .lo = 0, .hi = 1, .arg = "F",
-     .help = "the share of time training keeps while requests never pause (--train-yield): after "
-             "(1-F)/F times its average step held back, a step runs anyway; 0 = held back as long as "
+     .def_text = "0.1",
+     .help = "the share of time training keeps while requests never pause (--train-yield): a thread "
+             "goes on after waiting (1-F)/F times the work it just did; 0 = held back as long as "
              "requests keep coming"},
     {"mpi-launcher", 0, FD_OPT_STR, &so.mpi_launcher, "FLOWD_MPI_LAUNCHER", .arg = "COMMAND",
      .help = "run training jobs as MPI programs: COMMAND (split into words as a shell would, but no "

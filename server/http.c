@@ -788,14 +788,16 @@ static enum MHD_Result check_body_limit(fd_req *r) {
     return MHD_YES;
 }
 
-/* Phase 4, admission: an inflight slot (health, readiness and metrics stay
- * answerable without one). */
+/* a request counted for the training yield (admit) is answered, or is an
+ * event stream that has started */
 static void end_busy(fd_req *r) {
     if (!r->busy) return;
     r->busy = 0;
     fd_jobs_request_end();
 }
 
+/* Phase 4, admission: an inflight slot (health, readiness and metrics stay
+ * answerable without one). */
 static enum MHD_Result admit(fd_req *r) {
     fd_server *s = r->srv;
     if (routes[r->route].scope == SCOPE_PUBLIC) return MHD_YES;
