@@ -39,12 +39,6 @@ void nf_eval_result_init(nf_eval_result *r) {
     r->nn_sample_mean = r->nn_test_mean = r->nn_ratio = NAN;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 /* n rows of x (row i0 + r, or idx[i0 + r] when idx is given) into dst
  * (n,D) as double, and their squared norms into norm (n) */
 static void gather(const nf_real *x, int D, const int64_t *idx, int64_t i0, int n, double *dst,
@@ -355,7 +349,7 @@ out:
 int nf_eval_flow_samples(const nf_flow *f, int levels, const nf_real *test, int64_t nt,
                          const nf_real *ref, int64_t nref, const nf_eval_opts *o,
                          nf_eval_result *r) {
-    double t0 = now_s();
+    double t0 = nf_mono_s();
     int D = nf_flow_dim(f), n = o->samples;
     if (nf_flow_context_dim(f) > 0) return NF_EUNSUPPORTED;
     if (n < 0 || !(o->temperature > 0) || !isfinite(o->temperature)) return NF_EINVAL;
@@ -366,13 +360,13 @@ int nf_eval_flow_samples(const nf_flow *f, int levels, const nf_real *test, int6
     nf_ws_free(w);
     if (!rc) rc = nf_eval_sample_set(x, n, levels, test, nt, ref, nref, D, o, r);
     nf_free(x);
-    r->seconds = now_s() - t0;
+    r->seconds = nf_mono_s() - t0;
     return rc;
 }
 
 int nf_model_evaluate(const nf_model *m, const nf_real *test, int64_t nt, const nf_real *ref,
                       int64_t nref, const nf_eval_opts *o, nf_eval_result *r) {
-    double t0 = now_s();
+    double t0 = nf_mono_s();
     int D = nf_flow_dim(m->flow);
     nf_eval_result_init(r);
     if (nf_flow_context_dim(m->flow) > 0) return NF_EUNSUPPORTED;
@@ -398,6 +392,6 @@ int nf_model_evaluate(const nf_model *m, const nf_real *test, int64_t nt, const 
     nf_free(lp);
     if (!rc && o->samples > 0)
         rc = nf_eval_flow_samples(m->flow, m->dequantize ? m->levels : 0, test, nt, ref, nref, o, r);
-    r->seconds = now_s() - t0;
+    r->seconds = nf_mono_s() - t0;
     return rc;
 }

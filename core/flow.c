@@ -20,7 +20,6 @@
 #include "kern.h"
 
 #include <math.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -533,20 +532,14 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
     return c;
 }
 
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* before layer k of a pass (k counted in the pass' order): the pace hook,
  * if any, after the pass' first layer */
 static inline void ws_pace(nf_ws *w, int k) {
     if (!w->pace) return;
-    double now = mono_s();
+    double now = nf_mono_s();
     if (k > 0) {
         w->pace(w->pace_user, now - w->pace_t);
-        now = mono_s();
+        now = nf_mono_s();
     }
     w->pace_t = now;
 }

@@ -347,6 +347,8 @@ int nf_layer_need_shape(const nf_layer *L, char *err, size_t errlen);
 
 /* ---- small shared helpers (core/util.c) --------------------------------- */
 void nf_set_err(char *err, size_t errlen, const char *fmt, ...);
+/* CLOCK_MONOTONIC in seconds (timings, the pace hook's work time) */
+double nf_mono_s(void);
 /* the JSON field getters (nf_json_int, nf_json_check_keys, ...): nf_json.h */
 
 /* C = alpha * A(M,K) * op(B) + beta * C, row-major; transA/transB 0 or 1.

@@ -98,12 +98,6 @@ void nf_train_config_default(nf_train_config *c) {
     c->threads = 1;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 double nf_bits_per_dim(double nll, int D) { return nll / (D * 0.6931471805599453); }
 
 /* mean NLL of x on workspace w, in chunks of its size; the dequantization
@@ -347,7 +341,7 @@ void nf_trainer_metrics(const nf_trainer *t, nf_train_metrics *m) {
     m->grad_norm = t->last_gn;
     m->nonfinite_sample_fraction = t->nonfinite_frac;
     m->skipped_batches = t->skipped;
-    double now = now_s(), dt = now - t->rep_time;
+    double now = nf_mono_s(), dt = now - t->rep_time;
     int64_t ds = t->step - t->rep_step;
     m->samples_per_second = dt > 0 && ds > 0 ? (double)ds * t->B / dt : 0;
     m->held_seconds = (double)__atomic_load_n(&t->held_ns, __ATOMIC_RELAXED) * 1e-9 /
@@ -384,16 +378,16 @@ static void report(nf_trainer *t, const nf_train_hooks *h, int is_val) {
         t->ode_last[3] = m.jacobian;
         memset(&t->ode_acc, 0, sizeof t->ode_acc);
         t->rep_step = t->step;
-        t->rep_time = now_s();
+        t->rep_time = nf_mono_s();
     }
 }
 
 /* the workspaces' pace (nf_ws_set_pace): the caller's hook, timed */
 static void trainer_pace(void *user, double work_s) {
     nf_trainer *t = user;
-    double t0 = now_s();
+    double t0 = nf_mono_s();
     t->pace_fn(t->pace_user, work_s);
-    __atomic_fetch_add(&t->held_ns, (int64_t)((now_s() - t0) * 1e9), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&t->held_ns, (int64_t)((nf_mono_s() - t0) * 1e9), __ATOMIC_RELAXED);
 }
 
 static void set_pace(nf_trainer *t, const nf_train_hooks *h) {
@@ -492,7 +486,7 @@ scores:;
  * caller's checkpoint_due, if any, agrees */
 static int ckpt_time_due(const nf_trainer *t, const nf_train_hooks *h) {
     if (!h || !(h->checkpoint_seconds > 0)) return 0;
-    double since = now_s() - t->last_ckpt;
+    double since = nf_mono_s() - t->last_ckpt;
     if (since < h->checkpoint_seconds) return 0;
     return !h->checkpoint_due || h->checkpoint_due(h->user, since);
 }
@@ -611,7 +605,7 @@ static int dist_reduce(nf_trainer *t, const nf_train_hooks *h, int *rc, double *
     const nf_train_dist *d = t->dist;
     double v[5] = {*loss, *rc != 0, *rc == NF_ESTEPS,
                    h && h->cancel && __atomic_load_n(h->cancel, __ATOMIC_RELAXED),
-                   t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds};
+                   t->cfg.max_seconds > 0 && nf_mono_s() - t->t_start > t->cfg.max_seconds};
     if (d->sum(d->user, t->f->grad, nf_flow_num_params(t->f)) || d->sum_f64(d->user, v, 5)) {
         snprintf(t->err, sizeof t->err, "the gradient reduction across ranks failed at step %lld",
                  (long long)t->step);
@@ -756,7 +750,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
     nf_flow *f = t->f;
     size_t P = nf_flow_num_params(f), NB = f->nbuffers;
     int rc = 0, every = h ? h->checkpoint_every : 0;
-    t->t_start = t->rep_time = t->last_ckpt = now_s();
+    t->t_start = t->rep_time = t->last_ckpt = nf_mono_s();
     t->rep_step = t->step;
     t->err[0] = 0;
     t->grad_zero = 0; /* the caller may have used the gradient since */
@@ -781,7 +775,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 goto finish;
             }
             if ((rc = train_step(t, h))) goto finish;
-            if (t->dist ? t->vote_time : t->cfg.max_seconds > 0 && now_s() - t->t_start > t->cfg.max_seconds) {
+            if (t->dist ? t->vote_time : t->cfg.max_seconds > 0 && nf_mono_s() - t->t_start > t->cfg.max_seconds) {
                 int v = validate(t); /* score the final parameters too */
                 if (v < 0) {
                     rc = v;
@@ -803,7 +797,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
                 if (t->done) goto finish;
             }
             if ((every && t->step % every == 0) || ckpt_time_due(t, h)) {
-                t->last_ckpt = now_s();
+                t->last_ckpt = nf_mono_s();
                 if ((rc = checkpoint(t, h))) goto finish;
             }
         }
@@ -818,7 +812,7 @@ int nf_trainer_run(nf_trainer *t, const nf_train_hooks *h) {
             if (v) t->done = 1;
             report(t, h, 1);
             if (!every && !(h && h->checkpoint_seconds > 0)) {
-                t->last_ckpt = now_s();
+                t->last_ckpt = nf_mono_s();
                 if ((rc = checkpoint(t, h))) goto finish;
             }
         }

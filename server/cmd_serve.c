@@ -133,10 +133,10 @@ static const fd_opt serve_options[] = {
      .help = "scheduling policy of training threads: batch (SCHED_BATCH at --train-nice) or idle "
              "(SCHED_IDLE: a waking request preempts them at once, and they get a core only when nothing "
              "else wants it)"},
-    {"train-yield", 0, FD_OPT_NUM, &so.train_yield_ms, "FLOWD_TRAIN_YIELD", 2, .lo = 0, .hi = 10000, .arg = "MS",
+    {"train-yield", 0, FD_OPT_NUM, &so.train_yield_ms, "FLOWD_TRAIN_YIELD", FD_TRAIN_YIELD_MS, .lo = 0, .hi = 10000, .arg = "MS",
      .help = "training yields to requests: its threads wait between layers until MS milliseconds have "
              "passed with no request being answered; 0 = train alongside requests"},
-    {"train-share", 0, FD_OPT_NUM, &so.train_share, "FLOWD_TRAIN_SHARE", 0.1, .lo = 0, .hi = 1, .arg = "F",
+    {"train-share", 0, FD_OPT_NUM, &so.train_share, "FLOWD_TRAIN_SHARE", FD_TRAIN_SHARE, .lo = 0, .hi = 1, .arg = "F",
      .def_text = "0.1",
      .help = "the share of time training keeps while requests never pause (--train-yield): a thread "
              "goes on after waiting (1-F)/F times the work it just did; 0 = held back as long as "

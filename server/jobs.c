@@ -156,7 +156,7 @@ typedef struct run_ctx {
  * gaps in the requests instead of only running behind them. */
 static atomic_int g_busy;
 static _Atomic int64_t g_last_end_ns;
-static _Atomic double g_yield_quiet_s = 0.002, g_yield_share = 0.1; /* set while jobs run (tests) */
+static _Atomic double g_yield_quiet_s = FD_TRAIN_YIELD_MS * 1e-3, g_yield_share = FD_TRAIN_SHARE; /* set while jobs run (tests) */
 
 void fd_jobs_set_train_yield(double quiet_ms, double share) {
     atomic_store(&g_yield_quiet_s, quiet_ms > 0 ? quiet_ms * 1e-3 : 0);
@@ -182,7 +182,7 @@ static void on_pace(void *user, double work_s) {
         double now = fd_now(), since = now - (double)atomic_load(&g_last_end_ns) * 1e-9;
         int busy = atomic_load(&g_busy) > 0;
         if (!busy && since >= quiet) return;
-        double left = most - (now - t0), nap = busy || since < 0 ? quiet : quiet - since;
+        double left = most - (now - t0), nap = busy ? quiet : quiet - since;
         if (left <= 0) return;
         sleep_s(nap < left ? nap : left);
     }

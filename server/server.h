@@ -126,6 +126,8 @@ int fd_jobs_set_train_sched(const char *name);
  * A step already running finishes; a job held back this way waits without
  * limit while requests keep coming (its metrics count held_seconds).
  * http.c reports each request's start and end. */
+#define FD_TRAIN_YIELD_MS 2.0 /* the defaults of --train-yield and --train-share */
+#define FD_TRAIN_SHARE 0.1
 void fd_jobs_set_train_yield(double quiet_ms, double share);
 void fd_jobs_request_begin(void);
 void fd_jobs_request_end(void);
