@@ -26,6 +26,9 @@
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
  * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
+ * FLOWD_BENCH_PACK=0 (score and sample unpacked; by default the flow is
+ * packed after the training figure, nf_flow_pack, as the daemon packs every
+ * model it loads; JSON "packed_bytes"),
  * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, W5, sgemm, serve, cnf_trace: run only
  * those, no table; "serve" builds the W1-W3 models in one process, scores 256
  * rows with each and reports that process's peak RSS; bench/compare.py uses
@@ -294,6 +297,7 @@ typedef struct result {
     char err[256];
     rate train_sps, lp_rps[4], sample_rps, gflops;
     double gflops_lp;    /* forward GFLOP/s at the largest log_prob batch */
+    size_t packed_bytes; /* nf_flow_packed_bytes when scoring and sampling */
     int lp_top;          /* that batch */
     unsigned lp_mask;    /* the log_prob batches measured (workload's lp_mask) */
     double exec_mac;     /* multiply-adds per row flowd executes (MADE stairs) */
@@ -599,6 +603,12 @@ static void run_workload(const workload *wl, result *res) {
         nf_ws_free(a.w);
     }
 
+    /* scoring and sampling as the daemon serves a loaded model: packed
+     * (nf_flow_pack), unless FLOWD_BENCH_PACK=0 (for the figures before) */
+    const char *pk = getenv("FLOWD_BENCH_PACK");
+    if (!(pk && !strcmp(pk, "0")) && (rc = nf_flow_pack(f))) die("pack", rc);
+    res->packed_bytes = nf_flow_packed_bytes(f);
+
     /* log_prob at each batch size, each with a workspace of that size */
     for (int k = 0; k < NLP; k++) {
         if (!(wl->lp_mask & 1u << k)) continue;
@@ -713,7 +723,8 @@ static long long serve_rss(const workload *wl) {
     nf_real *out = malloc((size_t)B * sizeof *out);
     for (int i = 0; i < 3; i++) {
         if ((rc = nf_flow_create(wl[i].spec, &f[i], err, sizeof err))) die(err, rc);
-        /* as the server does: a forward-only workspace of 256 rows */
+        /* as the server does: packed, a forward-only workspace of 256 rows */
+        if ((rc = nf_flow_pack(f[i]))) die("pack", rc);
         if ((rc = nf_ws_create_inference(f[i], B, &w[i]))) die("ws", rc);
     }
     for (int i = 0; i < 3; i++) {
@@ -998,6 +1009,7 @@ json:;
         add_rates(cJSON_AddObjectToObject(o, "min"), &res[i], 1);
         add_rates(cJSON_AddObjectToObject(o, "max"), &res[i], 2);
         add_rates(cJSON_AddObjectToObject(o, "repeats"), &res[i], 3);
+        cJSON_AddNumberToObject(o, "packed_bytes", (double)res[i].packed_bytes);
         if (res[i].ode) continue; /* GFLOP/s: per evaluation, not per row */
         cJSON_AddNumberToObject(o, "gflops", res[i].gflops.med);
         if (do_sgemm) cJSON_AddNumberToObject(o, "gflops_frac_peak", res[i].gflops.med / peak);

@@ -91,7 +91,7 @@ static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
     const int D = L->D, B = c->B;
     nf_real *out = ar_out(L, c); /* (B,2D) */
     nf_real *e = out + (size_t)4 * B * D, *dsdh = e + (size_t)B * D;
-    nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws);
+    nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws, c->wt);
     for (int b = 0; b < B; b++) {
         const nf_real *ur = u + (size_t)b * D, *o = out + (size_t)b * 2 * D;
         nf_real *yr = y + (size_t)b * D, *er = e + (size_t)b * D, *dr = dsdh + (size_t)b * D;
@@ -152,7 +152,7 @@ void nf_ar_solve_naive(const nf_layer *L, nf_ctx *c, const nf_real *y, nf_real *
     nf_real *out = ar_out(L, c); /* (B,2D) */
     memset(u, 0, sizeof(nf_real) * (size_t)B * D);
     for (int k = 0; k < D; k++) {
-        nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws);
+        nf_net_forward(&A->net, c->params, u, c->ctx, out, B, c->ws, c->wt);
         for (size_t n = 0; n < (size_t)B * D; n++) {
             nf_real s = ar_scale(out[2 * n], NULL);
             u[n] = (y[n] - out[2 * n + 1]) * AR_EXP(-s);
@@ -232,7 +232,7 @@ static void iaf_backward(const nf_layer *L, nf_ctx *c, const nf_real *z, const n
     nf_real *g = dout + 2 * BD;        /* (B,D) */
     nf_real *v = g + BD;               /* (B,D) */
     nf_real *w = v + BD;               /* (B,D) */
-    nf_net_forward(&A->net, c->params, z, c->ctx, out, B, c->ws);
+    nf_net_forward(&A->net, c->params, z, c->ctx, out, B, c->ws, c->wt);
 
     for (size_t n = 0; n < BD; n++) {
         nf_real dsdh;
@@ -310,6 +310,7 @@ static void ar_destroy(nf_layer *L) {
 static double ar_macs(const nf_layer *L, int executed) {
     return nf_net_macs(&((const ar_layer *)L->impl)->net, executed);
 }
+static nf_net *ar_net(const nf_layer *L) { return &((ar_layer *)L->impl)->net; }
 
 static const nf_layer_ops maf_ops = {
     .type = "maf",
@@ -323,6 +324,7 @@ static const nf_layer_ops maf_ops = {
     .to_json = ar_to_json,
     .destroy = ar_destroy,
     .macs = ar_macs,
+    .net = ar_net,
 };
 
 static const nf_layer_ops iaf_ops = {
@@ -337,6 +339,7 @@ static const nf_layer_ops iaf_ops = {
     .to_json = ar_to_json,
     .destroy = ar_destroy,
     .macs = ar_macs,
+    .net = ar_net,
 };
 
 static int ar_create(nf_layer *L, const cJSON *spec, int iaf, char *err, size_t errlen) {

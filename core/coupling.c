@@ -66,7 +66,7 @@ static void cp_condition(const coupling *c, nf_ctx *ctx, const nf_real *u, nf_re
             vr[c->id[i]] = ur[c->id[i]];
         }
     }
-    nf_net_forward(&c->net, ctx->params, b->xid, ctx->ctx, b->out, B, b->nws);
+    nf_net_forward(&c->net, ctx->params, b->xid, ctx->ctx, b->out, B, b->nws, ctx->wt);
 }
 
 static inline double clamp_s(double h) { return NF_SCALE_BOUND * tanh(h / NF_SCALE_BOUND); }
@@ -174,16 +174,19 @@ static void cp_destroy(nf_layer *L) {
 static double cp_macs(const nf_layer *L, int executed) {
     return nf_net_macs(&((const coupling *)L->impl)->net, executed);
 }
+static nf_net *cp_net(const nf_layer *L) { return &((coupling *)L->impl)->net; }
 
 static const nf_layer_ops additive_ops = {
     .type = "additive_coupling", .ws_size = cp_ws_size, .init = cp_init,
     .inverse = cp_inverse, .forward = cp_forward, .backward = cp_backward,
     .to_json = cp_to_json, .destroy = cp_destroy, .macs = cp_macs,
+    .net = cp_net,
 };
 static const nf_layer_ops affine_ops = {
     .type = "affine_coupling", .ws_size = cp_ws_size, .init = cp_init,
     .inverse = cp_inverse, .forward = cp_forward, .backward = cp_backward,
     .to_json = cp_to_json, .destroy = cp_destroy, .macs = cp_macs,
+    .net = cp_net,
 };
 
 static int cp_create(nf_layer *L, const cJSON *spec, int affine, char *err, size_t errlen) {

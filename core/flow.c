@@ -112,6 +112,7 @@ static void free_layers(nf_flow *f) {
 
 void nf_flow_free(nf_flow *f) {
     if (!f) return;
+    nf_flow_unpack(f);
     free_layers(f);
     nf_free(f->params);
     nf_free(f->grad);
@@ -291,7 +292,53 @@ const char *nf_flow_layer_type(const nf_flow *f, int k) {
     return k >= 0 && k < f->nlayers ? f->layers[k].ops->type : NULL;
 }
 size_t nf_flow_num_params(const nf_flow *f) { return f->nparams; }
-nf_real *nf_flow_params(nf_flow *f) { return f->params; }
+nf_real *nf_flow_params(nf_flow *f) {
+    nf_flow_unpack(f); /* the caller may write them */
+    return f->params;
+}
+
+void nf_flow_unpack(nf_flow *f) {
+    nf_free(f->pack);
+    nf_free(f->pack_off);
+    f->pack = NULL;
+    f->pack_off = NULL;
+}
+
+size_t nf_flow_packed_bytes(const nf_flow *f) { return f->pack ? f->pack_n * sizeof(nf_real) : 0; }
+
+int nf_flow_pack(nf_flow *f) {
+    nf_flow_unpack(f);
+#ifdef NF_DOUBLE
+    return 0;
+#else
+    if (!f->nlayers) return 0;
+    size_t *off = nf_malloc((size_t)f->nlayers * sizeof *off), total = 0;
+    if (!off) return NF_ENOMEM;
+    for (int k = 0; k < f->nlayers; k++) {
+        const nf_layer *L = &f->layers[k];
+        size_t n = L->ops->net ? nf_net_pack_layout(L->ops->net(L)) : 0;
+        off[k] = n ? total : NF_NO_PACK;
+        total += n;
+    }
+    if (!total) {
+        nf_free(off);
+        return 0;
+    }
+    nf_real *pack = nf_malloc(total * sizeof *pack);
+    if (!pack) {
+        nf_free(off);
+        return NF_ENOMEM;
+    }
+    for (int k = 0; k < f->nlayers; k++)
+        if (off[k] != NF_NO_PACK)
+            nf_net_pack(f->layers[k].ops->net(&f->layers[k]), f->params + f->layers[k].param_off,
+                        pack + off[k]);
+    f->pack = pack;
+    f->pack_off = off;
+    f->pack_n = total;
+    return 0;
+#endif
+}
 static int ensure_grad(nf_flow *f) {
     if (!f->grad) f->grad = nf_calloc(f->nparams + 1, sizeof *f->grad);
     return f->grad ? 0 : NF_ENOMEM;
@@ -304,6 +351,7 @@ int nf_flow_zero_grad(nf_flow *f) {
 }
 
 void nf_flow_init(nf_flow *f, uint64_t seed) {
+    nf_flow_unpack(f);
     nf_rng rng;
     for (int k = 0; k < f->nlayers; k++) {
         nf_layer *L = &f->layers[k];
@@ -317,6 +365,7 @@ void nf_flow_init(nf_flow *f, uint64_t seed) {
 }
 
 void nf_flow_constrain(nf_flow *f) {
+    nf_flow_unpack(f);
     for (int k = 0; k < f->nlayers; k++) {
         nf_layer *L = &f->layers[k];
         if (L->ops->constrain) L->ops->constrain(L, f->params + L->param_off);
@@ -528,6 +577,8 @@ static nf_ctx layer_ctx(const nf_flow *f, const nf_ws *w, nf_real *grad, int k,
         .ode = (nf_ode_stats *)&w->ode,
         .noise_seed = w->noise_seed,
         .row0 = w->row_cur,
+        .wt = w->infer && f->pack && f->pack_off[k] != NF_NO_PACK ? f->pack + f->pack_off[k]
+                                                                   : NULL,
     };
     return c;
 }
@@ -757,6 +808,7 @@ int nf_flow_log_prob_grad_ex(nf_flow *f, nf_ws *w, const nf_real *x, const nf_re
 }
 
 int nf_flow_data_init(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, int B) {
+    nf_flow_unpack(f); /* the layers write parameters */
     int rc = check_args(f, w, ctx, B);
     if (rc) return rc;
     if (w->nt > 1) w = w->sub[0]; /* sized for the whole batch when a layer has data_init */

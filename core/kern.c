@@ -15,6 +15,17 @@ void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, floa
     }
 }
 
+size_t nf_packed_floats(int N, int K) { return (size_t)((N + 15) / 16) * 16 * (size_t)K; }
+
+void nf_pack_panels(int N, int K, const float *W, int ldw, float *WT) {
+    for (int n0 = 0; n0 < N; n0 += 16) {
+        float *P = WT + (size_t)n0 * K;
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < 16; j++)
+                P[(size_t)k * 16 + j] = n0 + j < N ? W[(size_t)(n0 + j) * ldw + k] : 0.0f;
+    }
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -71,6 +82,69 @@ AVX2 static void gemv_avx2(int N, int K, const float *W, int ld, const float *x,
     }
 }
 
+/* nf_gemm_nt_small: C = A W^T (+ C) for N < 8, four rows of A at a time
+ * against one or two rows of W (eight or four 8-lane accumulators along
+ * k), each sum reduced horizontally at the end; a last 1-3 rows of A go
+ * through gemv_avx2. */
+AVX2 static void nt_small_avx2(int M, int N, int K, const float *A, int lda, const float *W,
+                               int ldw, float *C, int ldc, int acc) {
+    const int K8 = K & ~7;
+    int m = 0;
+    for (; m + 4 <= M; m += 4) {
+        const float *a0 = A + (size_t)m * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        float *c0 = C + (size_t)m * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+        int o = 0;
+        for (; o + 2 <= N; o += 2) {
+            const float *w0 = W + (size_t)o * ldw, *w1 = w0 + ldw;
+            __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00,
+                   s21 = s00, s30 = s00, s31 = s00;
+            for (int k = 0; k < K8; k += 8) {
+                __m256 v0 = _mm256_loadu_ps(w0 + k), v1 = _mm256_loadu_ps(w1 + k);
+                __m256 x = _mm256_loadu_ps(a0 + k);
+                s00 = _mm256_fmadd_ps(x, v0, s00);
+                s01 = _mm256_fmadd_ps(x, v1, s01);
+                x = _mm256_loadu_ps(a1 + k);
+                s10 = _mm256_fmadd_ps(x, v0, s10);
+                s11 = _mm256_fmadd_ps(x, v1, s11);
+                x = _mm256_loadu_ps(a2 + k);
+                s20 = _mm256_fmadd_ps(x, v0, s20);
+                s21 = _mm256_fmadd_ps(x, v1, s21);
+                x = _mm256_loadu_ps(a3 + k);
+                s30 = _mm256_fmadd_ps(x, v0, s30);
+                s31 = _mm256_fmadd_ps(x, v1, s31);
+            }
+            float r[8] = {hsum8(s00) + tail_dot(w0, a0, K8, K), hsum8(s01) + tail_dot(w1, a0, K8, K),
+                          hsum8(s10) + tail_dot(w0, a1, K8, K), hsum8(s11) + tail_dot(w1, a1, K8, K),
+                          hsum8(s20) + tail_dot(w0, a2, K8, K), hsum8(s21) + tail_dot(w1, a2, K8, K),
+                          hsum8(s30) + tail_dot(w0, a3, K8, K), hsum8(s31) + tail_dot(w1, a3, K8, K)};
+            float *cr[4] = {c0, c1, c2, c3};
+            for (int i = 0; i < 4; i++) {
+                cr[i][o] = acc ? cr[i][o] + r[2 * i] : r[2 * i];
+                cr[i][o + 1] = acc ? cr[i][o + 1] + r[2 * i + 1] : r[2 * i + 1];
+            }
+        }
+        for (; o < N; o++) {
+            const float *w0 = W + (size_t)o * ldw;
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int k = 0; k < K8; k += 8) {
+                __m256 v0 = _mm256_loadu_ps(w0 + k);
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + k), v0, s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a1 + k), v0, s1);
+                s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a2 + k), v0, s2);
+                s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a3 + k), v0, s3);
+            }
+            float r0 = hsum8(s0) + tail_dot(w0, a0, K8, K), r1 = hsum8(s1) + tail_dot(w0, a1, K8, K);
+            float r2 = hsum8(s2) + tail_dot(w0, a2, K8, K), r3 = hsum8(s3) + tail_dot(w0, a3, K8, K);
+            c0[o] = acc ? c0[o] + r0 : r0;
+            c1[o] = acc ? c1[o] + r1 : r1;
+            c2[o] = acc ? c2[o] + r2 : r2;
+            c3[o] = acc ? c3[o] + r3 : r3;
+        }
+    }
+    for (; m < M; m++)
+        gemv_avx2(N, K, W, ldw, A + (size_t)m * lda, C + (size_t)m * ldc, acc);
+}
+
 /* K = 1 (the first layer of a 2-D coupling's net reads one input): a
  * column, y = x0 W[:,0], vectorised along the rows when it is contiguous */
 AVX2 static void gemv_column_avx2(int N, const float *W, int ld, float x0, float *y, int acc) {
@@ -90,14 +164,20 @@ AVX2 static void gemv_column_avx2(int N, const float *W, int ld, float x0, float
  * zeroes C first) followed by a bias/ReLU pass over C. */
 AVX2 static inline __attribute__((always_inline)) void gba_tile(
     int mr, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-    const float *bias, int relu, int nr) {
+    const float *bias, int relu, int accum, int nr) {
     __m256 acc[6][2];
-    for (int i = 0; i < 6; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     __m256i m0 = _mm256_setzero_si256(), m1 = m0;
     if (nr < 16) {
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
         m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
+    }
+    /* accum: the sums start from C (C + A B, the products added in k order) */
+    for (int i = 0; i < 6; i++) {
+        const float *c = C + (size_t)i * ldc;
+        if (i >= mr || !accum) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        else if (nr == 16) acc[i][0] = _mm256_loadu_ps(c), acc[i][1] = _mm256_loadu_ps(c + 8);
+        else acc[i][0] = _mm256_maskload_ps(c, m0), acc[i][1] = _mm256_maskload_ps(c + 8, m1);
     }
     for (int k = 0; k < K; k++) {
         const float *b = B + (size_t)k * ldb;
@@ -120,6 +200,7 @@ AVX2 static inline __attribute__((always_inline)) void gba_tile(
     for (int i = 0; i < 6; i++)
         if (i < mr) {
             __m256 x0 = acc[i][0], x1 = acc[i][1];
+            float *c = C + (size_t)i * ldc;
             if (bias) {
                 __m256 bb = _mm256_set1_ps(bias[i]);
                 x0 = _mm256_add_ps(x0, bb);
@@ -129,7 +210,6 @@ AVX2 static inline __attribute__((always_inline)) void gba_tile(
                 x0 = _mm256_max_ps(x0, z);
                 x1 = _mm256_max_ps(x1, z);
             }
-            float *c = C + (size_t)i * ldc;
             if (nr == 16) {
                 _mm256_storeu_ps(c, x0);
                 _mm256_storeu_ps(c + 8, x1);
@@ -140,13 +220,14 @@ AVX2 static inline __attribute__((always_inline)) void gba_tile(
         }
 }
 
+/* ldb 0: B is in panels (nf_gemm_packed) */
 AVX2 static void gba_rows(int mr, int N, int K, const float *A, int lda, const float *B, int ldb,
-                          float *C, int ldc, const float *bias, int relu) {
+                          float *C, int ldc, const float *bias, int relu, int accum) {
 #define GBA_CASE(R)                                                                          \
     case R:                                                                                  \
         for (int n0 = 0; n0 < N; n0 += 16)                                                   \
-            gba_tile(R, K, A, lda, B + n0, ldb, C + n0, ldc, bias, relu,                     \
-                     N - n0 < 16 ? N - n0 : 16);                                             \
+            gba_tile(R, K, A, lda, ldb ? B + n0 : B + (size_t)n0 * K, ldb ? ldb : 16,        \
+                     C + n0, ldc, bias, relu, accum, N - n0 < 16 ? N - n0 : 16);             \
         break;
     switch (mr) {
         GBA_CASE(1) GBA_CASE(2) GBA_CASE(3) GBA_CASE(4) GBA_CASE(5) GBA_CASE(6)
@@ -155,10 +236,11 @@ AVX2 static void gba_rows(int mr, int N, int K, const float *A, int lda, const f
 }
 
 AVX2 static void gemm_bias_act_avx2(int M, int N, int K, const float *A, int lda, const float *B,
-                                    int ldb, float *C, int ldc, const float *bias, int relu) {
+                                    int ldb, float *C, int ldc, const float *bias, int relu,
+                                    int accum) {
     for (int m0 = 0; m0 < M; m0 += 6)
         gba_rows(M - m0 < 6 ? M - m0 : 6, N, K, A + (size_t)m0 * lda, lda, B, ldb,
-                 C + (size_t)m0 * ldc, ldc, bias ? bias + m0 : NULL, relu);
+                 C + (size_t)m0 * ldc, ldc, bias ? bias + m0 : NULL, relu, accum);
 }
 
 /* libgcc fills the CPU model in a constructor that runs before main */
@@ -175,7 +257,21 @@ void nf_gemv_rows(int N, int K, const float *W, int ld, const float *x, float *y
 int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float *C, int ldc, const float *bias, int relu) {
     if (!nf_kern_avx2() || K < 1) return 0;
-    gemm_bias_act_avx2(M, N, K, A, lda, B, ldb, C, ldc, bias, relu);
+    gemm_bias_act_avx2(M, N, K, A, lda, B, ldb, C, ldc, bias, relu, 0);
+    return 1;
+}
+
+int nf_gemm_nt_small(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                     float *C, int ldc, int acc) {
+    if (!nf_kern_avx2() || K < 8 || N < 1 || N >= 8) return 0;
+    nt_small_avx2(M, N, K, A, lda, W, ldw, C, ldc, acc);
+    return 1;
+}
+
+int nf_gemm_packed(int M, int N, int K, const float *A, int lda, const float *WT, float *C,
+                   int ldc, int acc) {
+    if (!nf_kern_avx2() || K < 1) return 0;
+    gemm_bias_act_avx2(M, N, K, A, lda, WT, 0, C, ldc, NULL, 0, acc);
     return 1;
 }
 
@@ -205,6 +301,17 @@ int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *
                      float *C, int ldc, const float *bias, int relu) {
     (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc,
         (void)bias, (void)relu;
+    return 0;
+}
+int nf_gemm_packed(int M, int N, int K, const float *A, int lda, const float *WT, float *C,
+                   int ldc, int acc) {
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)WT, (void)C, (void)ldc, (void)acc;
+    return 0;
+}
+int nf_gemm_nt_small(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                     float *C, int ldc, int acc) {
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)W, (void)ldw, (void)C, (void)ldc,
+        (void)acc;
     return 0;
 }
 int nf_kern_fused_gemm_wins(void) { return 0; }

@@ -64,6 +64,32 @@ void nf_gemv_rows_ref(int N, int K, const float *W, int ld, const float *x, floa
  * compares it with plain loops). */
 int nf_gemm_bias_act(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float *C, int ldc, const float *bias, int relu);
+/* C (M,N) = A W^T (+ C when acc): a dense layer's product x W^T with W
+ * (N,K) packed once (nf_flow_pack: a served model's weights) into panels of
+ * 16 columns of W^T: panel p holds W^T[k][16p..16p+15] for k = 0..K-1,
+ * 16 floats per k, contiguous, the last panel padded with zeros
+ * (nf_pack_panels; nf_packed_floats(N, K) in all).  Contiguous panels keep a
+ * strip in L1; W^T with a leading dimension of 128 floats maps a strip's
+ * rows onto an eighth of L1's sets, and a 32-row product ran 10% slower on
+ * one thread than on the other.  The same 6x16 kernel as nf_gemm_bias_act:
+ * nothing packed per call (OpenBLAS packs both operands on every call: a
+ * third of a 32-row 128x128 product's time), sums in k order.  Returns 1,
+ * or 0 having done nothing where it does not run (no AVX2, K < 1): the
+ * caller then takes nf_gemm with W. */
+int nf_gemm_packed(int M, int N, int K, const float *A, int lda, const float *WT, float *C,
+                   int ldc, int acc);
+size_t nf_packed_floats(int N, int K);
+/* WT = W (N,K) row-major with leading dimension ldw, in panels */
+void nf_pack_panels(int N, int K, const float *W, int ldw, float *WT);
+/* C (M,N) = A W^T (+ C when acc) for a narrow product (1 <= N < 8: the
+ * last layer of a 2-D coupling's net, scale and shift of one coordinate),
+ * W (N,K) row-major as stored, K >= 8: four rows of A against one or two of
+ * W, dot products along k.  OpenBLAS packs both operands for these and, in
+ * its pthread build, takes a lock per call that two threads scoring at
+ * once contend for.  Returns 1, or 0 having done nothing (no AVX2, N or K
+ * out of range). */
+int nf_gemm_nt_small(int M, int N, int K, const float *A, int lda, const float *W, int ldw,
+                     float *C, int ldc, int acc);
 /* 1 where nf_gemm_bias_act beats OpenBLAS + a bias pass: AVX2 here, and
  * OpenBLAS running AVX2 kernels (with its AVX-512 kernels, as its own
  * detection picks on AVX-512 machines unless OPENBLAS_CORETYPE says

@@ -79,6 +79,12 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preproc
     return nf_blob_finish(&w, buf, len);
 }
 
+int nf_model_pack(nf_model *m) {
+    int rc = nf_flow_pack(m->flow);
+    if (!rc && m->dequantizer) rc = nf_flow_pack(m->dequantizer);
+    return rc;
+}
+
 void nf_model_free(nf_model *m) {
     if (!m) return;
     nf_flow_free(m->flow);

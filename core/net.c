@@ -426,12 +426,45 @@ NF_VEC static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
         for (int j = 0; j < H; j++) y[(size_t)r * H + j] += b[j];
 }
 
+/* y (B,out) = x W^T (+ y when acc) for a layer whose weights read x
+ * whole (ldw = in): the packed product when the flow is packed (wt) and
+ * this layer is in the pack, the narrow kernel for < 8 outputs, else
+ * nf_gemm.  One row keeps nf_gemm's GEMV, which streams W once. */
+static void dense(const nf_linear *L, const nf_real *params, const nf_real *wt, int B,
+                  const nf_real *x, nf_real *y, int acc) {
+#ifndef NF_DOUBLE
+    if (wt && B > 1 && L->wt_off != NF_NO_PACK &&
+        nf_gemm_packed(B, L->out, L->in, x, L->in, wt + L->wt_off, y, L->out, acc))
+        return;
+    if (B > 1 && L->out < 8 && !L->stair && !L->mask &&
+        nf_gemm_nt_small(B, L->out, L->in, x, L->in, params + L->w_off, L->in, y, L->out, acc))
+        return;
+#else
+    (void)wt;
+#endif
+    nf_gemm(0, 1, B, L->out, L->in, 1, x, L->in, params + L->w_off, L->in, acc, y, L->out);
+}
+
 /* y (B,out) = [in, ctx] W^T for the first linear layer (two GEMMs over the
- * column blocks of W so the input is never copied). */
+ * column blocks of W so the input is never copied; packed, one block each). */
 static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *params,
-                         const nf_real *in, const nf_real *ctx, nf_real *y, int B) {
+                         const nf_real *wt, const nf_real *in, const nf_real *ctx, nf_real *y,
+                         int B) {
     const nf_real *W = params + L->w_off;
     int ld = n->in + n->ctx;
+#ifndef NF_DOUBLE
+    if (wt && B > 1 && L->wt_off != NF_NO_PACK && !L->stair) {
+        const nf_real *T = wt + L->wt_off;
+        int done = n->in == 0 || nf_gemm_packed(B, L->out, n->in, in, n->in, T, y, L->out, 0);
+        if (done && n->ctx > 0)
+            done = nf_gemm_packed(B, L->out, n->ctx, ctx, n->ctx,
+                                  T + (n->in > 0 ? nf_packed_floats(L->out, n->in) : 0), y,
+                                  L->out, n->in > 0);
+        if (done) return;
+    }
+#else
+    (void)wt;
+#endif
     if (n->in > 0 && L->stair)
         stair_forward(L->stair, B, in, n->in, W, ld, y, L->out);
     else if (n->in > 0)
@@ -442,7 +475,7 @@ static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *par
 }
 
 void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
-                    const nf_real *ctx, nf_real *out, int B, nf_real *ws) {
+                    const nf_real *ctx, nf_real *out, int B, nf_real *ws, const nf_real *wt) {
     if (n->kind != NF_NET_RESNET) {
         const nf_real *x = NULL;
         nf_real *p = ws;
@@ -451,12 +484,11 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
             int last = l == n->nlin - 1;
             nf_real *pre = last ? out : p, *post = p + (size_t)B * L->out;
             if (l == 0)
-                first_linear(n, L, params, in, ctx, pre, B);
+                first_linear(n, L, params, wt, in, ctx, pre, B);
             else if (L->stair)
                 stair_forward(L->stair, B, x, L->in, params + L->w_off, L->in, pre, L->out);
             else
-                nf_gemm(0, 1, B, L->out, L->in, 1, x, L->in, params + L->w_off, L->in, 0, pre,
-                        L->out);
+                dense(L, params, wt, B, x, pre, 0);
             if (last) {
                 add_bias(out, params + L->b_off, B, L->out);
             } else {
@@ -470,26 +502,60 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
     int H = n->hidden[0];
     size_t BH = (size_t)B * H;
     nf_real *s = ws;
-    first_linear(n, &n->lin[0], params, in, ctx, s, B);
+    first_linear(n, &n->lin[0], params, wt, in, ctx, s, B);
     add_bias(s, params + n->lin[0].b_off, B, H);
     for (int b = 0; b < n->nblocks; b++) {
         const nf_linear *L1 = &n->lin[1 + 2 * b], *L2 = &n->lin[2 + 2 * b];
         nf_real *a = s + BH, *u = a + BH, *au = u + BH, *s2 = au + BH;
         act_only(n->act, s, a, BH);
-        nf_gemm(0, 1, B, H, H, 1, a, H, params + L1->w_off, H, 0, u, H);
+        dense(L1, params, wt, B, a, u, 0);
         bias_act(n->act, u, au, params + L1->b_off, B, H);
         /* s2 = s + au W2^T + b2 */
         memcpy(s2, s, BH * sizeof *s2);
         add_bias(s2, params + L2->b_off, B, H);
-        nf_gemm(0, 1, B, H, H, 1, au, H, params + L2->w_off, H, 1, s2, H);
+        dense(L2, params, wt, B, au, s2, 1);
         s = s2;
     }
     const nf_linear *Lf = &n->lin[n->nlin - 1];
     nf_real *af = s + BH;
     act_only(n->act, s, af, BH);
-    nf_gemm(0, 1, B, n->out, H, 1, af, H, params + Lf->w_off, H, 0, out, n->out);
+    dense(Lf, params, wt, B, af, out, 0);
     add_bias(out, params + Lf->b_off, B, n->out);
 }
+
+#ifndef NF_DOUBLE
+/* The first layer's input and context columns are packed apart (a block
+ * each, the context's after the input's), as first_linear multiplies them. */
+size_t nf_net_pack_layout(nf_net *n) {
+    size_t total = 0;
+    for (int l = 0; l < n->nlin; l++) {
+        nf_linear *L = &n->lin[l];
+        L->wt_off = NF_NO_PACK;
+        if (L->stair || L->out < 8 || L->in > 1024) continue;
+        L->wt_off = total;
+        if (l == 0 && n->in > 0 && n->ctx > 0)
+            total += nf_packed_floats(L->out, n->in) + nf_packed_floats(L->out, n->ctx);
+        else
+            total += nf_packed_floats(L->out, L->in);
+    }
+    return total;
+}
+
+void nf_net_pack(const nf_net *n, const nf_real *params, nf_real *wt) {
+    for (int l = 0; l < n->nlin; l++) {
+        const nf_linear *L = &n->lin[l];
+        if (L->wt_off == NF_NO_PACK) continue;
+        const nf_real *W = params + L->w_off;
+        nf_real *T = wt + L->wt_off;
+        if (l == 0 && n->in > 0 && n->ctx > 0) {
+            nf_pack_panels(L->out, n->in, W, L->in, T);
+            nf_pack_panels(L->out, n->ctx, W + n->in, L->in, T + nf_packed_floats(L->out, n->in));
+        } else {
+            nf_pack_panels(L->out, L->in, W, L->in, T);
+        }
+    }
+}
+#endif
 
 /* ---- backward ----------------------------------------------------------------- */
 /* grad b += colsum(dy) */

@@ -76,6 +76,8 @@ typedef struct nf_ctx {
                                -dlogp_b of the layers' regularisers, else NULL */
     int no_logdet;          /* forward (sampling) only: nobody reads the log-det,
                                so a layer may leave it out (cnf: no trace) */
+    const nf_real *wt;      /* the packed weights of this layer's net
+                               (nf_flow_pack; inference workspaces only) or NULL */
 } nf_ctx;
 
 typedef struct nf_layer_ops {
@@ -102,6 +104,9 @@ typedef struct nf_layer_ops {
     /* optional: multiply-adds per row of one density pass in dense products;
      * executed = 0 counts masked weights too (nf_flow_macs_per_row) */
     double (*macs)(const nf_layer *L, int executed);
+    /* optional: the layer's conditioner net, whose dense weights
+     * nf_flow_pack transposes once (nf_ctx.wt then points at them) */
+    struct nf_net *(*net)(const nf_layer *L);
 } nf_layer_ops;
 
 struct nf_layer {
@@ -237,7 +242,11 @@ typedef struct nf_linear {
     uint8_t *mask;         /* (out,in) 0/1 or NULL (bytes: a quarter of a float mask) */
     nf_stair *stair;       /* MADE layers whose mask is a staircase (then mask is
                               NULL and context columns are unmasked) */
+    size_t wt_off;         /* where W^T sits in the net's packed weights
+                              (nf_net_pack_layout), or NF_NO_PACK */
 } nf_linear;
+
+#define NF_NO_PACK ((size_t)-1)
 
 typedef struct nf_net {
     nf_net_kind kind;
@@ -267,9 +276,17 @@ void nf_net_free(nf_net *n);
 void nf_net_init(const nf_net *n, nf_real *params, nf_rng *rng);
 void nf_net_constrain(const nf_net *n, nf_real *params);
 size_t nf_net_ws_size(const nf_net *n, int B);
-/* in (B,in), ctx (B,ctx) or NULL, out (B,out); stores activations in ws. */
+/* in (B,in), ctx (B,ctx) or NULL, out (B,out); stores activations in ws.
+ * wt: the net's packed weights (nf_ctx.wt) or NULL. */
 void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
-                    const nf_real *ctx, nf_real *out, int B, nf_real *ws);
+                    const nf_real *ctx, nf_real *out, int B, nf_real *ws, const nf_real *wt);
+/* Packed weights (nf_flow_pack, float build only): the dense layers a
+ * packed product serves (no staircase, >= 8 outputs, <= 1024 inputs) get
+ * their weights in nf_gemm_packed's panels at lin[l].wt_off, the others
+ * NF_NO_PACK.  Layout returns the floats needed (0: nothing to pack); pack
+ * writes them from the net's params. */
+size_t nf_net_pack_layout(nf_net *n);
+void nf_net_pack(const nf_net *n, const nf_real *params, nf_real *wt);
 /* After nf_net_forward with the same in/ctx/ws: dout (B,out) given;
  * grad (+=, may be NULL), din (B,in) (=, may be NULL), dctx (B,ctx) (+=, may
  * be NULL).  The activations stored by forward are not modified (backward
@@ -395,6 +412,9 @@ struct nf_flow {
     size_t nparams, nbuffers;
     nf_real *params, *grad, *buffers;
     uint64_t seed;
+    nf_real *pack;          /* nf_flow_pack's weights, or NULL */
+    size_t *pack_off;       /* (nlayers) each layer's block in pack, or NF_NO_PACK */
+    size_t pack_n;          /* floats in pack */
 };
 
 /* base distribution (core/base.c) */

@@ -20,6 +20,8 @@ struct nf_pool {
     atomic_uint gen;     /* bumped once per run */
     atomic_int pending;  /* workers still running the current run */
     atomic_int stop;
+    atomic_int sleepers; /* workers blocked (or about to block) on work_cv */
+    atomic_int caller_asleep; /* the caller blocked (or about to) on done_cv */
     nf_pool_fn fn;       /* the current run, published by gen */
     void *arg;
     struct worker { nf_pool *p; int t; } *w;
@@ -52,17 +54,26 @@ static void *worker_main(void *arg) {
                 if (++spins % 64 == 0 && now_ns() - t0 > SPIN_NS) break;
             }
             if (g == seen) {
+                /* counted as asleep before gen is read again: the caller
+                 * bumps gen, then reads sleepers (both sequentially
+                 * consistent), so either it sees us and broadcasts under
+                 * the mutex or we see its run here */
                 pthread_mutex_lock(&p->mu);
-                while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+                atomic_fetch_add(&p->sleepers, 1);
+                while ((g = atomic_load(&p->gen)) == seen &&
                        !atomic_load_explicit(&p->stop, memory_order_acquire))
                     pthread_cond_wait(&p->work_cv, &p->mu);
+                atomic_fetch_sub(&p->sleepers, 1);
                 pthread_mutex_unlock(&p->mu);
             }
         }
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
         seen = g;
         p->fn(p->arg, w->t);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+        /* the last one out wakes the caller only if it sleeps: a caller
+         * still spinning sees pending reach 0, and no mutex is taken
+         * (taking it every run collided with the caller's next run) */
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_asleep)) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done_cv);
             pthread_mutex_unlock(&p->mu);
@@ -89,6 +100,8 @@ int nf_pool_create(int n, nf_pool **out) {
     atomic_init(&p->gen, 0);
     atomic_init(&p->pending, 0);
     atomic_init(&p->stop, 0);
+    atomic_init(&p->sleepers, 0);
+    atomic_init(&p->caller_asleep, 0);
     for (int t = 1; t < n; t++) {
         p->w[t].p = p;
         p->w[t].t = t;
@@ -124,10 +137,12 @@ void nf_pool_run(nf_pool *p, nf_pool_fn fn, void *arg) {
     p->fn = fn;
     p->arg = arg;
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&p->work_cv);
-    pthread_mutex_unlock(&p->mu);
+    atomic_fetch_add(&p->gen, 1); /* publishes fn and arg */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->work_cv);
+        pthread_mutex_unlock(&p->mu);
+    }
     fn(arg, 0);
     long long t0 = now_ns();
     int spins = 0;
@@ -137,8 +152,9 @@ void nf_pool_run(nf_pool *p, nf_pool_fn fn, void *arg) {
     }
     if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
         pthread_mutex_lock(&p->mu);
-        while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-            pthread_cond_wait(&p->done_cv, &p->mu);
+        atomic_store(&p->caller_asleep, 1); /* then pending read again: see worker_main */
+        while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done_cv, &p->mu);
+        atomic_store(&p->caller_asleep, 0);
         pthread_mutex_unlock(&p->mu);
     }
 }

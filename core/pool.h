@@ -7,8 +7,9 @@
  * runs (one per layer pass of a training step) do not pay a futex wake-up
  * each time.  One run at a time: a pool belongs to one workspace, and a
  * workspace to one thread (nf.h).  Everything fn touches is published to
- * the workers by the pool's mutex and back to the caller by the same mutex
- * when the run ends. */
+ * the workers by the run counter and back to the caller by the count of
+ * workers still running; the mutex and condition variables are touched only
+ * by a side that goes to sleep and by whoever then has to wake it. */
 #ifndef NF_POOL_H
 #define NF_POOL_H
 

@@ -262,7 +262,7 @@ static nf_real *sc_condition(const nf_layer *L, nf_ctx *c, const nf_real *in) {
     nf_real *nws = th + (size_t)B * (2 * S->Dt * P) + (size_t)B * S->Dp;
     for (int b = 0; b < B; b++)
         for (int j = 0; j < S->Dp; j++) xp[(size_t)b * S->Dp + j] = in[(size_t)b * D + S->pass[j]];
-    nf_net_forward(&S->net, c->params, xp, c->ctx, th, B, nws);
+    nf_net_forward(&S->net, c->params, xp, c->ctx, th, B, nws, c->wt);
     return th;
 }
 
@@ -343,6 +343,7 @@ static void sc_destroy(nf_layer *L) {
 static double sc_macs(const nf_layer *L, int executed) {
     return nf_net_macs(&((const spline_coupling *)L->impl)->net, executed);
 }
+static nf_net *sc_net(const nf_layer *L) { return &((spline_coupling *)L->impl)->net; }
 
 static const nf_layer_ops sc_ops = {
     .type = "spline_coupling",
@@ -354,6 +355,7 @@ static const nf_layer_ops sc_ops = {
     .to_json = sc_to_json,
     .destroy = sc_destroy,
     .macs = sc_macs,
+    .net = sc_net,
 };
 
 int nf_spline_coupling_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {
@@ -437,7 +439,7 @@ static int sa_inverse(const nf_layer *L, nf_ctx *c, const nf_real *x, nf_real *z
     int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws;
     nf_rqs_knots kn;
-    nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
+    nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c), c->wt);
     for (int b = 0; b < B; b++) {
         double ld = 0;
         for (int i = 0; i < D; i++) {
@@ -481,7 +483,7 @@ int nf_spline_ar_forward_naive(const nf_layer *L, nf_ctx *c, const nf_real *z, n
     memset(x, 0, (size_t)B * D * sizeof *x);
     for (int k = 0; k < D; k++) {
         int i = S->order[k];
-        nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c));
+        nf_net_forward(&S->net, c->params, x, c->ctx, th, B, sa_net_ws(L, c), c->wt);
         for (int b = 0; b < B; b++) {
             double l;
             nf_rqs_build(&S->cf, th + ((size_t)b * D + i) * P, &kn);
@@ -535,6 +537,7 @@ static void sa_destroy(nf_layer *L) {
 static double sa_macs(const nf_layer *L, int executed) {
     return nf_net_macs(&((const spline_ar *)L->impl)->net, executed);
 }
+static nf_net *sa_net(const nf_layer *L) { return &((spline_ar *)L->impl)->net; }
 
 static const nf_layer_ops sa_ops = {
     .type = "spline_ar",
@@ -547,6 +550,7 @@ static const nf_layer_ops sa_ops = {
     .to_json = sa_to_json,
     .destroy = sa_destroy,
     .macs = sa_macs,
+    .net = sa_net,
 };
 
 int nf_spline_ar_create(nf_layer *L, const cJSON *spec, char *err, size_t errlen) {

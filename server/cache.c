@@ -124,6 +124,9 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
         snprintf(err, errlen, "model %s version %d cannot be loaded: %s", name, version, lerr);
         return FD_ECORRUPT;
     }
+    /* the weights packed once for scoring and sampling (core nf_flow_pack);
+     * out of memory for the copy, the model serves unpacked */
+    if (nf_model_pack(nm)) fd_log("warn", "model %s version %d serves unpacked: out of memory", name, version);
     m = calloc(1, sizeof *m);
     if (!m) {
         nf_model_free(nm);

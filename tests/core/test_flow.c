@@ -222,7 +222,7 @@ TEST(flow_net_matches_plain_loops) {
         nf_real in[12], ctx[8], out[20];
         lc_randn(&r, in, 12, 1, 0);
         lc_randn(&r, ctx, 8, 1, 0);
-        nf_net_forward(&n, p, in, ctx, out, 4, ws);
+        nf_net_forward(&n, p, in, ctx, out, 4, ws, NULL);
         for (int b = 0; b < 4; b++) {
             double h0[8], h1[8], o[8];
             int w0 = 5;
@@ -265,12 +265,12 @@ TEST(flow_made_autoregressive_property) {
         nf_net_constrain(&n, p);
         nf_real x[5], c[1] = {0.3f}, o1[10], o2[10];
         lc_randn(&r, x, 5, 1, 0);
-        nf_net_forward(&n, p, x, c, o1, 1, ws);
+        nf_net_forward(&n, p, x, c, o1, 1, ws, NULL);
         int seen_dep = 0;
         for (int j = 0; j < D; j++) {
             nf_real keep = x[j];
             x[j] += 0.5f;
-            nf_net_forward(&n, p, x, c, o2, 1, ws);
+            nf_net_forward(&n, p, x, c, o2, 1, ws, NULL);
             x[j] = keep;
             for (int i = 0; i < D; i++)
                 for (int q = 0; q < P; q++) {

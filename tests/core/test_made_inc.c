@@ -54,7 +54,7 @@ TEST(made_inc_outputs_match_forward) {
                     nf_net_constrain(&net, par);
                     lc_randn(&rng, x, (size_t)B * D, 1.0, 0.0);
                     lc_randn(&rng, ctx, (size_t)B * C, 1.0, 0.0);
-                    nf_net_forward(&net, par, x, C ? ctx : NULL, out, B, ws);
+                    nf_net_forward(&net, par, x, C ? ctx : NULL, out, B, ws, NULL);
                     nf_made_inc st;
                     nf_made_inc_begin(&st, &net, par, C ? ctx : NULL, B, iws);
                     double err = 0;

@@ -68,8 +68,8 @@ TEST(stair_made_matches_dense_mask) {
                 lc_randn(&r, cx, (size_t)B * 3, 1, 0);
                 lc_randn(&r, dout, (size_t)B * D * 2, 1, 0);
                 const nf_real *cp = C ? cx : NULL;
-                nf_net_forward(&a, pa, in, cp, oa, B, wa);
-                nf_net_forward(&b, pb, in, cp, ob, B, wb);
+                nf_net_forward(&a, pa, in, cp, oa, B, wa, NULL);
+                nf_net_forward(&b, pb, in, cp, ob, B, wb, NULL);
                 for (int i = 0; i < B * D * 2; i++) CHECK_CLOSE(oa[i], ob[i], 1e-5, 1e-5);
                 memset(dca, 0, sizeof dca);
                 memset(dcb, 0, sizeof dcb);
