@@ -26,9 +26,10 @@
  * Environment: FLOWD_BENCH_QUICK=1 (short repeats, ~15 s in all),
  * FLOWD_BENCH_W2_SAMPLE_N (rows per W2 sampling call, see below),
  * FLOWD_BENCH_OUT (JSON path, default build/bench/results.json),
- * FLOWD_BENCH_PACK=0 (score and sample unpacked; by default the flow is
- * packed after the training figure, nf_flow_pack, as the daemon packs every
- * model it loads; JSON "packed_bytes"),
+ * FLOWD_BENCH_PACK_MAX (bytes; after the training figure the flow is packed
+ * for scoring and sampling as the daemon packs a model it loads,
+ * nf_flow_pack_max, when the copy takes at most that, default 4 MiB as
+ * flowd serve --pack-max; 0 = unpacked; JSON "packed_bytes"),
  * FLOWD_BENCH_ONLY (comma list of W1, W2, W3, W4, W5, sgemm, serve, cnf_trace: run only
  * those, no table; "serve" builds the W1-W3 models in one process, scores 256
  * rows with each and reports that process's peak RSS; bench/compare.py uses
@@ -36,6 +37,7 @@
  * exist) is skipped with a message and an "error" in its JSON object.
  * The thread count is OpenBLAS's (OPENBLAS_NUM_THREADS; `make bench` sets 2).
  */
+#include "../core/model.h"
 #include "../core/nf.h"
 
 #include <cblas.h>
@@ -163,6 +165,13 @@ static int reset_hwm(void) {
 static int g_threads = 1, g_core_threads = 1;
 
 static void blas_for_workloads(void) { openblas_set_num_threads(g_core_threads > 1 ? 1 : g_threads); }
+
+/* the daemon's cap on a model's packed weights (flowd serve --pack-max,
+ * core/model.h NF_PACK_MAX_BYTES), or FLOWD_BENCH_PACK_MAX bytes (0: unpacked) */
+static size_t bench_pack_max(void) {
+    const char *e = getenv("FLOWD_BENCH_PACK_MAX");
+    return e && *e ? (size_t)strtoull(e, NULL, 10) : NF_PACK_MAX_BYTES;
+}
 
 /* ---- sgemm peak ------------------------------------------------------------------ */
 static double sgemm_gflops(int n, int runs) {
@@ -605,8 +614,7 @@ static void run_workload(const workload *wl, result *res) {
 
     /* scoring and sampling as the daemon serves a loaded model: packed
      * (nf_flow_pack), unless FLOWD_BENCH_PACK=0 (for the figures before) */
-    const char *pk = getenv("FLOWD_BENCH_PACK");
-    if (!(pk && !strcmp(pk, "0")) && (rc = nf_flow_pack(f))) die("pack", rc);
+    if ((rc = nf_flow_pack_max(f, bench_pack_max()))) die("pack", rc);
     res->packed_bytes = nf_flow_packed_bytes(f);
 
     /* log_prob at each batch size, each with a workspace of that size */
@@ -724,7 +732,7 @@ static long long serve_rss(const workload *wl) {
     for (int i = 0; i < 3; i++) {
         if ((rc = nf_flow_create(wl[i].spec, &f[i], err, sizeof err))) die(err, rc);
         /* as the server does: packed, a forward-only workspace of 256 rows */
-        if ((rc = nf_flow_pack(f[i]))) die("pack", rc);
+        if ((rc = nf_flow_pack_max(f[i], bench_pack_max()))) die("pack", rc);
         if ((rc = nf_ws_create_inference(f[i], B, &w[i]))) die("ws", rc);
     }
     for (int i = 0; i < 3; i++) {

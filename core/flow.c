@@ -306,9 +306,12 @@ void nf_flow_unpack(nf_flow *f) {
 
 size_t nf_flow_packed_bytes(const nf_flow *f) { return f->pack ? f->pack_n * sizeof(nf_real) : 0; }
 
-int nf_flow_pack(nf_flow *f) {
+int nf_flow_pack(nf_flow *f) { return nf_flow_pack_max(f, SIZE_MAX); }
+
+int nf_flow_pack_max(nf_flow *f, size_t max_bytes) {
     nf_flow_unpack(f);
 #ifdef NF_DOUBLE
+    (void)max_bytes;
     return 0;
 #else
     if (!f->nlayers) return 0;
@@ -320,7 +323,7 @@ int nf_flow_pack(nf_flow *f) {
         off[k] = n ? total : NF_NO_PACK;
         total += n;
     }
-    if (!total) {
+    if (!total || total > max_bytes / sizeof(nf_real)) { /* nothing, or over the cap */
         nf_free(off);
         return 0;
     }

@@ -79,9 +79,9 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *q, const cJSON *preproc
     return nf_blob_finish(&w, buf, len);
 }
 
-int nf_model_pack(nf_model *m) {
-    int rc = nf_flow_pack(m->flow);
-    if (!rc && m->dequantizer) rc = nf_flow_pack(m->dequantizer);
+int nf_model_pack(nf_model *m, size_t max_bytes) {
+    int rc = nf_flow_pack_max(m->flow, max_bytes);
+    if (!rc && m->dequantizer) rc = nf_flow_pack_max(m->dequantizer, max_bytes);
     return rc;
 }
 

@@ -56,10 +56,12 @@ int nf_model_save_ex(const nf_flow *flow, const nf_flow *dequantizer, const cJSO
  * anything else malformed; err says which.  Caller frees with nf_model_free. */
 int nf_model_load(const void *buf, size_t len, nf_model **out, char *err, size_t errlen);
 void nf_model_free(nf_model *m);
-/* nf_flow_pack on the model's flow and dequantizer: what a model loaded to
- * serve wants (the daemon's cache and the CLI's scoring do it).  On
+/* nf_flow_pack_max on the model's flow and dequantizer (each capped at
+ * max_bytes): what a model loaded to serve wants (the daemon's cache and
+ * the CLI's scoring do it, NF_PACK_MAX_BYTES unless told otherwise).  On
  * NF_ENOMEM the model stays usable, unpacked. */
-int nf_model_pack(nf_model *m);
+#define NF_PACK_MAX_BYTES ((size_t)4 << 20)
+int nf_model_pack(nf_model *m, size_t max_bytes);
 
 /* A forward-only workspace of m->flow for batches of at most max_batch
  * rows (nf_ws_create_inference) that also holds what scoring a dequantized

@@ -117,6 +117,10 @@ nf_real *nf_flow_params(nf_flow *f);
  * NF_ENOMEM (the flow stays unpacked); 0 and nothing done in the NF_DOUBLE
  * build or on a flow with nothing to pack. */
 int nf_flow_pack(nf_flow *f);
+/* The same, unless the packed weights would take more than max_bytes: then
+ * the flow stays unpacked (0 returned, nf_flow_packed_bytes 0).  The
+ * daemon's cap per model (flowd serve --pack-max-mb). */
+int nf_flow_pack_max(nf_flow *f, size_t max_bytes);
 void nf_flow_unpack(nf_flow *f);
 size_t nf_flow_packed_bytes(const nf_flow *f);
 /* (P) mirrors params; allocated on first use (NULL if that fails), so flows

@@ -25,11 +25,13 @@ struct fd_cache {
     uint64_t tick;
     uint64_t next_uid;
     uint64_t evictions; /* bumped by fd_cache_evict: a load that raced it is not cached */
+    size_t pack_max;    /* nf_model_pack's cap */
 };
 
-fd_cache *fd_cache_create(int capacity) {
+fd_cache *fd_cache_create(int capacity, size_t pack_max) {
     fd_cache *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    c->pack_max = pack_max;
     c->cap = capacity > 0 ? capacity : 16;
     c->slots = calloc((size_t)c->cap, sizeof *c->slots);
     if (!c->slots) {
@@ -124,9 +126,10 @@ int fd_cache_get(fd_cache *c, fd_db *db, const char *name, int version, fd_model
         snprintf(err, errlen, "model %s version %d cannot be loaded: %s", name, version, lerr);
         return FD_ECORRUPT;
     }
-    /* the weights packed once for scoring and sampling (core nf_flow_pack);
-     * out of memory for the copy, the model serves unpacked */
-    if (nf_model_pack(nm)) fd_log("warn", "model %s version %d serves unpacked: out of memory", name, version);
+    /* the weights packed once for scoring and sampling (core nf_flow_pack),
+     * up to --pack-max; out of memory for the copy, the model serves unpacked */
+    if (nf_model_pack(nm, c->pack_max))
+        fd_log("warn", "model %s version %d serves unpacked: out of memory", name, version);
     m = calloc(1, sizeof *m);
     if (!m) {
         nf_model_free(nm);

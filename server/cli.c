@@ -247,7 +247,7 @@ int fd_cli_load_model(const char *prog, const char *path, const char *use, nf_mo
         fprintf(stderr, "%s: %s: not a valid model file: %s\n", prog, path, err);
         return -1;
     }
-    (void)nf_model_pack(*m); /* out of memory for the copy: scores unpacked */
+    (void)nf_model_pack(*m, NF_PACK_MAX_BYTES); /* as the daemon's default; out of memory: unpacked */
     int cd = nf_flow_context_dim((*m)->flow);
     if (cd > 0) {
         fprintf(stderr, "%s: %s is a conditional model (context_dim %d); %s unconditional models only\n",

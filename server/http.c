@@ -985,7 +985,7 @@ int fd_server_start(fd_server *s, char *err, size_t errlen) {
         return -1;
     }
     s->metrics = fd_metrics_create();
-    s->cache = fd_cache_create(s->cfg.cache_models);
+    s->cache = fd_cache_create(s->cfg.cache_models, s->cfg.pack_max);
     if (!s->metrics || !s->cache) {
         snprintf(err, errlen, "out of memory");
         return -1;

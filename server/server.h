@@ -55,6 +55,7 @@ typedef struct fd_config {
     int max_inflight;      /* requests being handled at once before 503, default 256 */
     int max_queued_jobs;   /* queued jobs before 429, default 64 */
     int cache_models;      /* models kept loaded, default 16 */
+    size_t pack_max;       /* bytes of packed weights per model (nf_model_pack), default 4 MiB */
     const char *token_file;
     char *allow_origins;   /* --allow-origin: comma-separated origins, or NULL */
     int quiet;             /* no per-request log lines */
@@ -79,7 +80,9 @@ typedef struct fd_model {
 } fd_model;
 
 typedef struct fd_cache fd_cache;
-fd_cache *fd_cache_create(int capacity);
+/* pack_max: each loaded model's packed weights up to that many bytes
+ * (nf_model_pack; a larger model serves unpacked) */
+fd_cache *fd_cache_create(int capacity, size_t pack_max);
 void fd_cache_free(fd_cache *c);
 /* Get (loading from db on a miss) model name at version (0 = the model's
  * default: its "default" alias, else the latest).  The

@@ -65,7 +65,7 @@ TEST(routes_labels_from_table) {
     fd_server s;
     memset(&s, 0, sizeof s);
     s.metrics = fd_metrics_create();
-    s.cache = fd_cache_create(1);
+    s.cache = fd_cache_create(1, 0);
     REQUIRE(s.metrics && s.cache);
     for (int i = 0; i < n; i++) fd_metrics_request(s.metrics, i, 200 + i % 2, 0.001);
     char *text = fd_metrics_render(&s, db);
