@@ -22,6 +22,7 @@
  */
 #include "alloc.h"
 #include "nf_internal.h"
+#include "kern.h"
 #include "made_inc.h"
 
 #include <math.h>
@@ -96,6 +97,11 @@ static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
         const nf_real *ur = u + (size_t)b * D, *o = out + (size_t)b * 2 * D;
         nf_real *yr = y + (size_t)b * D, *er = e + (size_t)b * D, *dr = dsdh + (size_t)b * D;
         nf_real acc = 0;
+#ifndef NF_DOUBLE
+        /* nothing kept for a backward in a forward-only workspace */
+        acc = nf_maf_row(D, (float)NF_SCALE_BOUND, o, ur, yr, c->infer ? NULL : er,
+                         c->infer ? NULL : dr);
+#else
         if (c->infer) /* nothing kept for a backward */
             for (int i = 0; i < D; i++) {
                 nf_real s = ar_scale(o[2 * i], NULL);
@@ -109,6 +115,7 @@ static void ar_fast(const nf_layer *L, nf_ctx *c, const nf_real *u, nf_real *y,
                 yr[i] = ur[i] * er[i] + o[2 * i + 1];
                 acc += s;
             }
+#endif
         if (logdet) logdet[b] += sign * acc;
     }
 }

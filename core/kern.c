@@ -470,4 +470,52 @@ void nf_cs_row(int H, float t, const float *a, const float *c, const float *b, c
         memcpy(s, g, (size_t)H * sizeof *s);
     }
 }
+
+/* ---- MAF's affine step (nf_maf_row) ----------------------------------------- */
+/* tanh(x) as cs_tanh: (1 - e)/(1 + e), e = exp(-2|x|), the sign put back,
+ * and the odd series below |x| = 0.2 */
+static inline float tanh_vec(float x) {
+    float ax = fabsf(x), m2 = -2.0f * ax;
+    float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(m2 > -87.0f), m2, -87.0f));
+    float th = (1.0f - e) / (1.0f + e);
+    uint32_t ux, sign;
+    memcpy(&ux, &th, sizeof ux);
+    memcpy(&sign, &x, sizeof sign);
+    ux |= sign & 0x80000000u;
+    memcpy(&th, &ux, sizeof th);
+    float x2 = x * x;
+    float ser = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 +
+                                                                   x2 * (62.0f / 2835)))));
+    return fsel((uint32_t)0 - (uint32_t)(ax < 0.2f), ser, th);
+}
+
+/* s = S tanh(h / S) lies in [-S, S] (S = 3): expf_nonpos's reduction holds
+ * for positive arguments that far from overflow too */
+NF_VEC static float maf_keep(int D, float S, const float *restrict o, const float *restrict u,
+                             float *restrict y, float *restrict e, float *restrict dsdh) {
+    float acc = 0;
+    for (int i = 0; i < D; i++) {
+        float t = tanh_vec(o[2 * i] / S), s = S * t, es = expf_nonpos(s);
+        dsdh[i] = 1.0f - t * t;
+        e[i] = es;
+        y[i] = u[i] * es + o[2 * i + 1];
+        acc += s;
+    }
+    return acc;
+}
+
+NF_VEC static float maf_only(int D, float S, const float *restrict o, const float *restrict u,
+                             float *restrict y) {
+    float acc = 0;
+    for (int i = 0; i < D; i++) {
+        float s = S * tanh_vec(o[2 * i] / S);
+        y[i] = u[i] * expf_nonpos(s) + o[2 * i + 1];
+        acc += s;
+    }
+    return acc;
+}
+
+float nf_maf_row(int D, float S, const float *o, const float *u, float *y, float *e, float *dsdh) {
+    return e ? maf_keep(D, S, o, u, y, e, dsdh) : maf_only(D, S, o, u, y);
+}
 #endif

@@ -1,5 +1,6 @@
 /* test_autoregressive.c: MAF and IAF layers (core/autoregressive.c). */
 #include "../test.h"
+#include "../../core/kern.h"
 #include "layercheck.h"
 
 static const char *ar_orders[3] = {"asc", "desc", "random"};
@@ -166,4 +167,48 @@ TEST(ar_rejects_unknown_key) {
     CHECK(nf_flow_create("{\"dim\":3,\"layers\":[{\"type\":\"maf\",\"mask\":\"even\"}]}", &f, err,
                          sizeof err) != 0);
     CHECK(f == NULL);
+}
+
+/* MAF's vectorised affine step (core/kern.h nf_maf_row) against libm:
+ * s = 3 tanh(h/3) from deep in the tails through the series' range near
+ * zero, exp(s), ds/dh, y and the sum of s, with and without the values a
+ * backward keeps; every length around the vector width */
+TEST(ar_maf_row_kernel_matches_libm) {
+#ifdef NF_DOUBLE
+    return; /* float32 only: the double build keeps libm */
+#else
+    nf_rng r;
+    nf_rng_seed(&r, 21);
+    enum { DM = 37 };
+    float o[2 * DM], u[DM], y[DM], e[DM], d[DM], y2[DM];
+    for (int D = 1; D <= DM; D++)
+        for (int rep = 0; rep < 20; rep++) {
+            for (int i = 0; i < D; i++) {
+                double k = nf_rng_uniform(&r);
+                /* tails, the series' range (|h/3| < 0.2) and zero */
+                o[2 * i] = (float)(rep % 4 == 0 ? 40 * (k - 0.5) : rep % 4 == 1 ? 1.2 * (k - 0.5)
+                                   : rep % 4 == 2 ? 6 * (k - 0.5) : (i % 3 == 0 ? 0.0 : 1e-4 * k));
+                o[2 * i + 1] = (float)nf_rng_normal(&r);
+                u[i] = (float)nf_rng_normal(&r);
+            }
+            float sum = nf_maf_row(D, 3.0f, o, u, y, e, d);
+            float sum2 = nf_maf_row(D, 3.0f, o, u, y2, NULL, NULL);
+            double ref_sum = 0;
+            for (int i = 0; i < D; i++) {
+                double t = tanh((double)o[2 * i] / 3), s = 3 * t, es = exp(s);
+                double yr = (double)u[i] * es + (double)o[2 * i + 1];
+                ref_sum += s;
+                CHECK_MSG(fabs(e[i] - es) <= 1e-6 * es, "D=%d h=%g: exp(s) %g vs %g", D,
+                          (double)o[2 * i], (double)e[i], es);
+                CHECK_MSG(fabs(d[i] - (1 - t * t)) <= 1e-6, "D=%d h=%g: ds/dh %g vs %g", D,
+                          (double)o[2 * i], (double)d[i], 1 - t * t);
+                CHECK_MSG(fabs(y[i] - yr) <= 2e-6 * (fabs(u[i]) * es + fabs(o[2 * i + 1])),
+                          "D=%d h=%g: y %g vs %g", D, (double)o[2 * i], (double)y[i], yr);
+                CHECK(y2[i] == y[i]);
+            }
+            CHECK_MSG(fabs(sum - ref_sum) <= 1e-6 * (1 + 3.0 * D), "D=%d: sum %g vs %g", D,
+                      (double)sum, ref_sum);
+            CHECK(sum2 == sum);
+        }
+#endif
 }
