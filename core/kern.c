@@ -83,9 +83,9 @@ AVX2 static void gemv_avx2(int N, int K, const float *W, int ld, const float *x,
 }
 
 /* nf_gemm_nt_small: C = A W^T (+ C) for N < 8, four rows of A at a time
- * against one or two rows of W (eight or four 8-lane accumulators along
- * k), each sum reduced horizontally at the end; a last 1-3 rows of A go
- * through gemv_avx2. */
+ * against two rows of W (eight 8-lane accumulators along k), each sum
+ * reduced horizontally at the end; an odd last row of W against the four
+ * rows of A, and a last 1-3 rows of A, through gemv_avx2. */
 AVX2 static void nt_small_avx2(int M, int N, int K, const float *A, int lda, const float *W,
                                int ldw, float *C, int ldc, int acc) {
     const int K8 = K & ~7;
@@ -123,22 +123,13 @@ AVX2 static void nt_small_avx2(int M, int N, int K, const float *A, int lda, con
                 cr[i][o + 1] = acc ? cr[i][o + 1] + r[2 * i + 1] : r[2 * i + 1];
             }
         }
-        for (; o < N; o++) {
-            const float *w0 = W + (size_t)o * ldw;
-            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-            for (int k = 0; k < K8; k += 8) {
-                __m256 v0 = _mm256_loadu_ps(w0 + k);
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + k), v0, s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a1 + k), v0, s1);
-                s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a2 + k), v0, s2);
-                s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a3 + k), v0, s3);
-            }
-            float r0 = hsum8(s0) + tail_dot(w0, a0, K8, K), r1 = hsum8(s1) + tail_dot(w0, a1, K8, K);
-            float r2 = hsum8(s2) + tail_dot(w0, a2, K8, K), r3 = hsum8(s3) + tail_dot(w0, a3, K8, K);
-            c0[o] = acc ? c0[o] + r0 : r0;
-            c1[o] = acc ? c1[o] + r1 : r1;
-            c2[o] = acc ? c2[o] + r2 : r2;
-            c3[o] = acc ? c3[o] + r3 : r3;
+        for (; o < N; o++) { /* one row of W against the four of A: gemv_avx2's block */
+            float r[4];
+            gemv_avx2(4, K, a0, lda, W + (size_t)o * ldw, r, 0);
+            c0[o] = acc ? c0[o] + r[0] : r[0];
+            c1[o] = acc ? c1[o] + r[1] : r[1];
+            c2[o] = acc ? c2[o] + r[2] : r[2];
+            c3[o] = acc ? c3[o] + r[3] : r[3];
         }
     }
     for (; m < M; m++)
@@ -440,21 +431,27 @@ NF_VEC static void cs_gate(int H, float t, const float *restrict a, const float 
     }
 }
 
+/* tanh(x) = (1 - e)/(1 + e), e = exp(-2|x|), the sign put back, and the
+ * odd series to x^9 below |x| = 0.2 */
+static inline float tanh_vec(float x) {
+    float ax = fabsf(x), m2 = -2.0f * ax;
+    float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(m2 > -87.0f), m2, -87.0f));
+    float th = (1.0f - e) / (1.0f + e);
+    uint32_t ux, sign;
+    memcpy(&ux, &th, sizeof ux);
+    memcpy(&sign, &x, sizeof sign);
+    ux |= sign & 0x80000000u;
+    memcpy(&th, &ux, sizeof th);
+    float x2 = x * x;
+    float ser = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 +
+                                                                   x2 * (62.0f / 2835)))));
+    return fsel((uint32_t)0 - (uint32_t)(ax < 0.2f), ser, th);
+}
+
 NF_VEC static void cs_tanh(int H, const float *restrict g, const float *restrict p,
                            float *restrict o, float *restrict s) {
     for (int j = 0; j < H; j++) {
-        float x = p[j], ax = fabsf(x), m2 = -2.0f * ax;
-        float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(m2 > -87.0f), m2, -87.0f));
-        float th = (1.0f - e) / (1.0f + e);
-        uint32_t ux, sign;
-        memcpy(&ux, &th, sizeof ux);
-        memcpy(&sign, &x, sizeof sign);
-        ux |= sign & 0x80000000u;
-        memcpy(&th, &ux, sizeof th);
-        float x2 = x * x;
-        float ser = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 +
-                                                                       x2 * (62.0f / 2835)))));
-        float h = fsel((uint32_t)0 - (uint32_t)(ax < 0.2f), ser, th);
+        float h = tanh_vec(p[j]);
         o[j] = h;
         s[j] = (1.0f - h * h) * g[j];
     }
@@ -472,23 +469,6 @@ void nf_cs_row(int H, float t, const float *a, const float *c, const float *b, c
 }
 
 /* ---- MAF's affine step (nf_maf_row) ----------------------------------------- */
-/* tanh(x) as cs_tanh: (1 - e)/(1 + e), e = exp(-2|x|), the sign put back,
- * and the odd series below |x| = 0.2 */
-static inline float tanh_vec(float x) {
-    float ax = fabsf(x), m2 = -2.0f * ax;
-    float e = expf_nonpos(fsel((uint32_t)0 - (uint32_t)(m2 > -87.0f), m2, -87.0f));
-    float th = (1.0f - e) / (1.0f + e);
-    uint32_t ux, sign;
-    memcpy(&ux, &th, sizeof ux);
-    memcpy(&sign, &x, sizeof sign);
-    ux |= sign & 0x80000000u;
-    memcpy(&th, &ux, sizeof th);
-    float x2 = x * x;
-    float ser = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 +
-                                                                   x2 * (62.0f / 2835)))));
-    return fsel((uint32_t)0 - (uint32_t)(ax < 0.2f), ser, th);
-}
-
 /* s = S tanh(h / S) lies in [-S, S] (S = 3): expf_nonpos's reduction holds
  * for positive arguments that far from overflow too */
 NF_VEC static float maf_keep(int D, float S, const float *restrict o, const float *restrict u,
