@@ -302,9 +302,10 @@ void nf_flow_unpack(nf_flow *f) {
     nf_free(f->pack_off);
     f->pack = NULL;
     f->pack_off = NULL;
+    f->pack_n = 0;
 }
 
-size_t nf_flow_packed_bytes(const nf_flow *f) { return f->pack ? f->pack_n * sizeof(nf_real) : 0; }
+size_t nf_flow_packed_bytes(const nf_flow *f) { return f->pack_n * sizeof(nf_real); }
 
 int nf_flow_pack(nf_flow *f) { return nf_flow_pack_max(f, SIZE_MAX); }
 
@@ -314,7 +315,7 @@ int nf_flow_pack_max(nf_flow *f, size_t max_bytes) {
     (void)max_bytes;
     return 0;
 #else
-    if (!f->nlayers) return 0;
+    if (!f->nlayers || !nf_kern_avx2()) return 0; /* no kernel to read a pack */
     size_t *off = nf_malloc((size_t)f->nlayers * sizeof *off), total = 0;
     if (!off) return NF_ENOMEM;
     for (int k = 0; k < f->nlayers; k++) {

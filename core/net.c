@@ -426,7 +426,8 @@ NF_VEC static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
         for (int j = 0; j < H; j++) y[(size_t)r * H + j] += b[j];
 }
 
-/* y (B,out) = x W^T (+ y when acc) for a layer whose weights read x
+/* y (B,out) = x W^T (+ y when acc) for a dense layer (no staircase; a
+ * byte-masked layer's weights are zero where masked) whose weights read x
  * whole (ldw = in): the packed product when the flow is packed (wt) and
  * this layer is in the pack, the narrow kernel for < 8 outputs, else
  * nf_gemm.  One row keeps nf_gemm's GEMV, which streams W once. */
@@ -436,7 +437,7 @@ static void dense(const nf_linear *L, const nf_real *params, const nf_real *wt, 
     if (wt && B > 1 && L->wt_off != NF_NO_PACK &&
         nf_gemm_packed(B, L->out, L->in, x, L->in, wt + L->wt_off, y, L->out, acc))
         return;
-    if (B > 1 && L->out < 8 && !L->stair && !L->mask &&
+    if (B > 1 && L->out < 8 &&
         nf_gemm_nt_small(B, L->out, L->in, x, L->in, params + L->w_off, L->in, y, L->out, acc))
         return;
 #else
@@ -453,7 +454,7 @@ static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *par
     const nf_real *W = params + L->w_off;
     int ld = n->in + n->ctx;
 #ifndef NF_DOUBLE
-    if (wt && B > 1 && L->wt_off != NF_NO_PACK && !L->stair) {
+    if (wt && B > 1 && L->wt_off != NF_NO_PACK) {
         const nf_real *T = wt + L->wt_off;
         int done = n->in == 0 || nf_gemm_packed(B, L->out, n->in, in, n->in, T, y, L->out, 0);
         if (done && n->ctx > 0)

@@ -115,7 +115,8 @@ nf_real *nf_flow_params(nf_flow *f);
  * writing the parameters through a pointer kept from before the pack needs
  * nf_flow_pack again.  Call it before the flow is shared between threads.
  * NF_ENOMEM (the flow stays unpacked); 0 and nothing done in the NF_DOUBLE
- * build or on a flow with nothing to pack. */
+ * build, without AVX2 (no kernel to read it) or on a flow with nothing to
+ * pack. */
 int nf_flow_pack(nf_flow *f);
 /* The same, unless the packed weights would take more than max_bytes: then
  * the flow stays unpacked (0 returned, nf_flow_packed_bytes 0).  The

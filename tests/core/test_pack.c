@@ -193,7 +193,8 @@ TEST_T(pack_flow_matches_unpacked, 120) {
                 CHECK(nf_flow_packed_bytes(f) == 0);
                 REQUIRE(pack_run(f, threads, x, ctx, B, &u) == 0);
                 REQUIRE(nf_flow_pack(f) == 0);
-                CHECK_MSG(nf_flow_packed_bytes(f) > 0, "%s: nothing packed", pack_flows[i].name);
+                CHECK_MSG(nf_flow_packed_bytes(f) > 0 || !nf_kern_avx2(), "%s: nothing packed",
+                          pack_flows[i].name);
                 REQUIRE(pack_run(f, threads, x, ctx, B, &p) == 0);
                 size_t BD = (size_t)B * D;
                 CHECK_MSG(close_all(p.lp, u.lp, B, 2e-5), "%s B=%d threads=%d: log_prob",
@@ -222,6 +223,7 @@ TEST_T(pack_flow_matches_unpacked, 120) {
  * a pointer kept from before, outside the contract), a training workspace
  * scores the new parameters and an inference one does not. */
 TEST(pack_dropped_when_params_change) {
+    if (!nf_kern_avx2()) return; /* no AVX2: nothing is packed */
     nf_flow *f = pack_flow(0), *g = pack_flow(0);
     REQUIRE(f && g);
     enum { B = 40 };
@@ -286,8 +288,7 @@ TEST(pack_dropped_when_params_change) {
     nf_flow_free(g);
 }
 
-/* nothing to pack: flows without a dense net, and MADE staircases only
- * (a packed call then changes nothing) */
+/* nothing to pack: a flow without a dense net */
 TEST(pack_nothing_to_pack) {
     nf_flow *f = NULL;
     char err[256];
