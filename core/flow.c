@@ -65,7 +65,11 @@ const nf_layer_kind nf_layer_kinds[] = {
  * with sub[t].  Row-wise results (log p, z, x, dx) are the same as on one
  * thread; parameter gradients are summed part by part: part 0 into the
  * flow's gradient, part t > 0 into pgrad[t], then added in (reduce_part,
- * on the pool), which also re-zeroes pgrad[t] for the next call. */
+ * on the pool), which also re-zeroes pgrad[t] for the next call.  The big
+ * dense layers' weight gradients skip that: each part records them in its
+ * defer, and after the parts every thread computes a slice of them over
+ * all the rows, into the flow's gradient (nf_defer_run, nf_internal.h);
+ * reduce_part then only squares those ranges for the norm. */
 #define NF_WS_MAX_THREADS NF_PAR_MAX
 /* fewer rows than this per thread and a call stays on one thread */
 #define PAR_MIN_ROWS 8
@@ -86,6 +90,9 @@ struct nf_ws {
     int infer;        /* forward only (nf_ws_create_inference) */
     nf_ws **sub;      /* (nt) plain workspaces, nt > 1 */
     nf_real **pgrad;  /* (nt) gradients of parts 1..nt-1, allocated on first use */
+    nf_defer defer;   /* a part's deferred weight gradients (sub workspaces) */
+    size_t *dranges;  /* nf_defer_ranges' output, dranges_cap entries */
+    int dranges_cap;
     /* the sum of squares of the gradient gss_grad, per range of
      * nf_ws_parallel_for, taken while the last gradient call summed its
      * parts (nf_ws_grad_sumsq); gss_grad NULL when there is none */
@@ -512,6 +519,8 @@ void nf_ws_free(nf_ws *w) {
         for (int t = 0; t < w->nt; t++) nf_free(w->pgrad[t]);
     nf_free(w->sub);
     nf_free(w->pgrad);
+    nf_defer_free(&w->defer);
+    nf_free(w->dranges);
     nf_free(w->mem);
     nf_free(w->h);
     nf_free(w->lws);
@@ -984,8 +993,10 @@ static void par_part(void *arg, int t) {
             for (int r = 0; r < n; r++) w->bl[r] = j->wts ? j->wts[s + r] : 0;
         }
         w->row_cur = w->row0;
+        if (j->np > 1) nf_defer_begin(&w->defer, grad);
         backward_chain(f, w, grad, xs, cs, n, j->training, ROWS(j->dctx, s, C),
                        ROWS(j->dx, s, D), j->mode == 0 && j->training ? w->rw : NULL);
+        nf_defer_cur = NULL;
         break;
     }
     }
@@ -1094,46 +1105,108 @@ static int par_sample(const nf_flow *f, nf_ws *w, int n, double T, uint64_t seed
 }
 
 /* flow gradient += the parts' gradients, over parameter ranges on the
- * pool; the parts' buffers are left zero for the next call.  The last
- * part's pass also takes the sum of squares of the result (as
- * nf_clip_grad_norm_ws does: four partial sums in double, in this order),
- * which saves the trainer's norm a pass over the gradient. */
+ * pool; the parts' buffers are left zero for the next call.  The ranges
+ * the parts deferred (rg: nrg sorted [start, end) pairs) hold the final
+ * values already and the parts' buffers are zero there: they are only
+ * squared.  Each pass also takes the sum of squares of its range of the
+ * result exactly as nf_clip_grad_norm_ws does (four partial sums in
+ * double, lane (i - i0) % 4, the last (i1 - i0) % 4 entries into the
+ * first, added in this order), which saves the trainer's norm a pass. */
 typedef struct reduce_job {
     nf_real *g, **pgrad;
     int nparts;
+    const size_t *rg;
+    int nrg;
     double ss[NF_PAR_MAX];
 } reduce_job;
 
-NF_VEC static void reduce_part(void *arg, size_t i0, size_t i1, int t) {
-    reduce_job *r = arg;
+/* [a, b) of the range that started at i0; entries at or past q into s[0] */
+NF_VEC static void reduce_seg(const reduce_job *r, size_t a, size_t b, int add, size_t i0,
+                              size_t q, double *s) {
     nf_real *restrict g = r->g;
-    for (int u = 1; u < r->nparts - 1; u++) {
-        nf_real *restrict pg = r->pgrad[u];
-        for (size_t i = i0; i < i1; i++) {
-            g[i] += pg[i];
-            pg[i] = 0;
+    if (add) {
+        for (int u = 1; u < r->nparts; u++) {
+            nf_real *restrict pg = r->pgrad[u];
+            for (size_t i = a; i < b; i++) {
+                g[i] += pg[i];
+                pg[i] = 0;
+            }
         }
     }
-    nf_real *restrict pg = r->pgrad[r->nparts - 1];
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t i = i0;
-    for (; i + 4 <= i1; i += 4) {
-        nf_real a0 = g[i] + pg[i], a1 = g[i + 1] + pg[i + 1];
-        nf_real a2 = g[i + 2] + pg[i + 2], a3 = g[i + 3] + pg[i + 3];
-        g[i] = a0, g[i + 1] = a1, g[i + 2] = a2, g[i + 3] = a3;
-        pg[i] = pg[i + 1] = pg[i + 2] = pg[i + 3] = 0;
-        s0 += (double)a0 * a0;
-        s1 += (double)a1 * a1;
-        s2 += (double)a2 * a2;
-        s3 += (double)a3 * a3;
+    size_t i = a, qe = b < q ? b : q;
+    for (; i < qe && ((i - i0) & 3); i++) s[(i - i0) & 3] += (double)g[i] * g[i];
+    double s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+    for (; i + 4 <= qe; i += 4) {
+        s0 += (double)g[i] * g[i];
+        s1 += (double)g[i + 1] * g[i + 1];
+        s2 += (double)g[i + 2] * g[i + 2];
+        s3 += (double)g[i + 3] * g[i + 3];
     }
-    for (; i < i1; i++) {
-        nf_real a = g[i] + pg[i];
-        g[i] = a;
-        pg[i] = 0;
-        s0 += (double)a * a;
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+    for (; i < qe; i++) s[(i - i0) & 3] += (double)g[i] * g[i];
+    for (; i < b; i++) s[0] += (double)g[i] * g[i];
+}
+
+static void reduce_part(void *arg, size_t i0, size_t i1, int t) {
+    reduce_job *r = arg;
+    double s[4] = {0, 0, 0, 0};
+    size_t q = i0 + ((i1 - i0) & ~(size_t)3), i = i0;
+    int k = 0;
+    while (k < r->nrg && r->rg[2 * k + 1] <= i0) k++;
+    while (i < i1) {
+        if (k < r->nrg && r->rg[2 * k] <= i) { /* inside deferred range k */
+            size_t e = r->rg[2 * k + 1] < i1 ? r->rg[2 * k + 1] : i1;
+            reduce_seg(r, i, e, 0, i0, q, s);
+            i = e;
+            k++;
+        } else {
+            size_t e = k < r->nrg && r->rg[2 * k] < i1 ? r->rg[2 * k] : i1;
+            reduce_seg(r, i, e, 1, i0, q, s);
+            i = e;
+        }
     }
-    r->ss[t] = (s0 + s1) + (s2 + s3);
+    r->ss[t] = (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+typedef struct defer_job {
+    nf_defer *parts[NF_WS_MAX_THREADS];
+    int np;
+    nf_real *grad;
+} defer_job;
+
+static void defer_part(void *arg, int t) {
+    defer_job *d = arg;
+    if (t < d->np) nf_defer_run(d->parts, d->np, d->grad, t, d->np);
+}
+
+/* the parts' deferred weight gradients into f->grad, then the parts'
+ * buffers summed in (all but the deferred ranges) with the norm's squares */
+static void par_reduce(nf_flow *f, nf_ws *w, int np) {
+    defer_job d = {.np = np, .grad = f->grad};
+    int recorded = 0, failed = 0;
+    for (int t = 0; t < np; t++) {
+        d.parts[t] = &w->sub[t]->defer;
+        recorded += d.parts[t]->n;
+        failed |= d.parts[t]->failed;
+    }
+    int nrg = 0;
+    if (recorded) {
+        nf_pool_run(w->pool, defer_part, &d);
+        if (!failed && 4 * recorded > w->dranges_cap) {
+            size_t *r = nf_realloc(w->dranges, 4 * (size_t)recorded * sizeof *r);
+            if (r) w->dranges = r, w->dranges_cap = 4 * recorded;
+        }
+        /* a part that computed a product in place (no memory to record
+         * it) left it in its buffer: sum everything then */
+        if (!failed && w->dranges_cap >= 4 * recorded)
+            nrg = nf_defer_ranges(d.parts, np, w->dranges, w->dranges_cap);
+        if (nrg < 0) nrg = 0;
+    }
+    reduce_job r = {.g = f->grad, .pgrad = w->pgrad, .nparts = np, .rg = w->dranges, .nrg = nrg};
+    w->gss_np = nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
+    memcpy(w->gss, r.ss, sizeof r.ss);
+    w->gss_grad = f->grad;
+    w->gss_n = f->nparams;
 }
 
 int nf_ws_grad_sumsq(const nf_ws *w, const nf_real *grad, size_t n, double *ss) {
@@ -1180,13 +1253,7 @@ static int par_grad(nf_flow *f, nf_ws *w, const nf_real *x, const nf_real *ctx, 
     j.dx = dx;
     j.dctx = dctx;
     par_rows(&j);
-    if (j.np > 1) {
-        reduce_job r = {.g = f->grad, .pgrad = w->pgrad, .nparts = j.np};
-        w->gss_np = nf_ws_parallel_for(w, f->nparams, reduce_part, &r);
-        memcpy(w->gss, r.ss, sizeof r.ss);
-        w->gss_grad = f->grad;
-        w->gss_n = f->nparams;
-    }
+    if (j.np > 1) par_reduce(f, w, j.np);
     return 0;
 }
 

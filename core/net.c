@@ -212,30 +212,65 @@ static void stair_forward(const nf_stair *st, int B, const nf_real *X, int ldx, 
     }
 }
 
-/* gW (out, ldw) += dY^T X over the staircase (masked entries re-zeroed);
+/* gW (out, ldw) += dY^T X over tiles [t0, t1) of the staircase, masked
+ * entries re-zeroed if rezero (the last of several sums into gW) */
+static void stair_wgrad(const nf_stair *st, int t0, int t1, int B, const nf_real *dY, int ldy,
+                        const nf_real *X, int ldx, nf_real *gW, int ldw, int rezero) {
+    for (int t = t0; t < t1; t++) {
+        int r0 = st->ts[t], rows = st->ts[t + 1] - r0;
+        for (int r = 0; r < st->nruns; r++) {
+            int c0 = st->cs[r], k = st->tlen[(size_t)t * st->nruns + r];
+            if (!k) continue;
+            nf_real *g = gW + (size_t)r0 * ldw + c0;
+            nf_gemm(1, 0, rows, k, B, 1, dY + r0, ldy, X + c0, ldx, 1, g, ldw);
+            for (int q = 0; q < rows && rezero; q++) {
+                int l = st->len[(size_t)(r0 + q) * st->nruns + r];
+                if (l < k) memset(g + (size_t)q * ldw + l, 0, (size_t)(k - l) * sizeof *g);
+            }
+        }
+    }
+}
+
+/* gW (out, ldw) += dY^T X over the staircase when gW is given;
  * dX[:, :ncols] (ldx) = dY W when dX is given (written, not accumulated). */
 static void stair_backward(const nf_stair *st, int B, const nf_real *dY, int ldy,
                            const nf_real *X, int ldx, const nf_real *W, int ldw, nf_real *gW,
                            nf_real *dX, int ldxd) {
     int ncols = st->cs[st->nruns];
-    if (dX)
-        for (int b = 0; b < B; b++) memset(dX + (size_t)b * ldxd, 0, (size_t)ncols * sizeof *dX);
+    if (gW) stair_wgrad(st, 0, st->ntiles, B, dY, ldy, X, ldx, gW, ldw, 1);
+    if (!dX) return;
+    for (int b = 0; b < B; b++) memset(dX + (size_t)b * ldxd, 0, (size_t)ncols * sizeof *dX);
     for (int t = 0; t < st->ntiles; t++) {
         int r0 = st->ts[t], rows = st->ts[t + 1] - r0;
         for (int r = 0; r < st->nruns; r++) {
             int c0 = st->cs[r], k = st->tlen[(size_t)t * st->nruns + r];
-            if (!k) continue;
-            if (gW) {
-                nf_real *g = gW + (size_t)r0 * ldw + c0;
-                nf_gemm(1, 0, rows, k, B, 1, dY + r0, ldy, X + c0, ldx, 1, g, ldw);
-                for (int q = 0; q < rows; q++) {
-                    int l = st->len[(size_t)(r0 + q) * st->nruns + r];
-                    if (l < k) memset(g + (size_t)q * ldw + l, 0, (size_t)(k - l) * sizeof *g);
-                }
-            }
-            if (dX)
+            if (k)
                 nf_gemm(0, 0, B, k, rows, 1, dY + r0, ldy, W + (size_t)r0 * ldw + c0, ldw, 1,
                         dX + c0, ldxd);
+        }
+    }
+}
+
+/* the tiles [*t0, *t1) of thread t of np: contiguous, about equal work */
+static void stair_split(const nf_stair *st, int t, int np, int *t0, int *t1) {
+    double total = 0, acc = 0;
+    for (int i = 0; i < st->ntiles; i++)
+        for (int r = 0; r < st->nruns; r++)
+            total += (double)(st->ts[i + 1] - st->ts[i]) * st->tlen[(size_t)i * st->nruns + r];
+    *t0 = *t1 = st->ntiles;
+    int first = 1;
+    for (int i = 0; i < st->ntiles; i++) {
+        double c = 0;
+        for (int r = 0; r < st->nruns; r++)
+            c += (double)(st->ts[i + 1] - st->ts[i]) * st->tlen[(size_t)i * st->nruns + r];
+        int owner = total > 0 ? (int)((acc + c / 2) * np / total) : i * np / st->ntiles;
+        if (owner >= np) owner = np - 1;
+        acc += c;
+        if (owner == t && first) *t0 = i, first = 0;
+        if (owner > t) {
+            *t1 = i;
+            if (first) *t0 = i;
+            return;
         }
     }
 }
@@ -558,6 +593,152 @@ void nf_net_pack(const nf_net *n, const nf_real *params, nf_real *wt) {
 }
 #endif
 
+/* ---- deferred weight gradients (nf_internal.h) ---------------------------------- */
+_Thread_local nf_defer *nf_defer_cur;
+size_t nf_defer_min = NF_DEFER_MIN;
+
+void nf_defer_begin(nf_defer *d, const nf_real *grad_base) {
+    d->grad_base = grad_base;
+    d->aused = 0;
+    d->n = 0;
+    d->failed = 0;
+    nf_defer_cur = d;
+}
+
+void nf_defer_free(nf_defer *d) {
+    nf_free(d->arena);
+    nf_free(d->items);
+    memset(d, 0, sizeof *d);
+}
+
+/* Record grad W += dy^T [x | c], grad b += colsum(dy) for the current part
+ * (x: B rows of nin, c: B rows of nctx, nin + nctx = L->in).  1 when
+ * recorded, 0 when the caller computes it now. */
+static int defer_push(const nf_linear *L, nf_real *grad, const nf_real *dy, const nf_real *x,
+                      int nin, const nf_real *c, int nctx, int B) {
+    nf_defer *d = nf_defer_cur;
+    if (!d || B < 1) return 0;
+    /* worth it where summing a copy of dW costs more than copying the rows */
+    size_t wn = (size_t)L->in * L->out;
+    if (nf_defer_min && (wn < nf_defer_min || wn < (size_t)B * ((size_t)L->in + L->out)))
+        return 0;
+    size_t need = (size_t)B * ((size_t)L->out + (size_t)L->in);
+    if (d->n == d->icap) {
+        int cap = d->icap ? 2 * d->icap : 16;
+        nf_defer_item *it = nf_realloc(d->items, (size_t)cap * sizeof *it);
+        if (!it) return d->failed = 1, 0;
+        d->items = it;
+        d->icap = cap;
+    }
+    if (d->aused + need > d->acap) {
+        size_t cap = d->acap ? d->acap : (size_t)1 << 16;
+        while (cap < d->aused + need) cap *= 2;
+        nf_real *a = nf_realloc(d->arena, cap * sizeof *a);
+        if (!a) return d->failed = 1, 0;
+        d->arena = a;
+        d->acap = cap;
+    }
+    nf_defer_item *it = &d->items[d->n++];
+    it->L = L;
+    it->w_goff = (size_t)(grad + L->w_off - d->grad_base);
+    it->b_goff = (size_t)(grad + L->b_off - d->grad_base);
+    it->B = B;
+    it->dy = d->aused;
+    it->x = d->aused + (size_t)B * L->out;
+    d->aused += need;
+    memcpy(d->arena + it->dy, dy, (size_t)B * L->out * sizeof *dy);
+    nf_real *xr = d->arena + it->x;
+    if (nctx == 0) {
+        memcpy(xr, x, (size_t)B * nin * sizeof *x);
+        return 1;
+    }
+    for (int r = 0; r < B; r++, xr += L->in) {
+        if (nin) memcpy(xr, x + (size_t)r * nin, (size_t)nin * sizeof *x);
+        memcpy(xr + nin, c + (size_t)r * nctx, (size_t)nctx * sizeof *c);
+    }
+    return 1;
+}
+
+NF_VEC static void colsum_rows(nf_real *restrict gb, const nf_real *restrict dy, int B, int ld,
+                               int n) {
+    for (int r = 0; r < B; r++)
+        for (int j = 0; j < n; j++) gb[j] += dy[(size_t)r * ld + j];
+}
+
+void nf_defer_run(nf_defer *const *parts, int nparts, nf_real *grad, int t, int np) {
+    for (int p = 0; p < nparts; p++) {
+        const nf_defer *d = parts[p];
+        for (int i = 0; i < d->n; i++) {
+            const nf_defer_item *it = &d->items[i];
+            const nf_linear *L = it->L;
+            const nf_real *dy = d->arena + it->dy, *x = d->arena + it->x;
+            /* the mask once per product: after its last record */
+            int last = 1;
+            for (int q = p; q < nparts && last; q++)
+                for (int k = q == p ? i + 1 : 0; k < parts[q]->n && last; k++)
+                    if (parts[q]->items[k].L == L && parts[q]->items[k].w_goff == it->w_goff)
+                        last = 0;
+            int o0, o1;
+            if (L->stair) { /* its tiles; context columns (past the stair's) dense */
+                const nf_stair *st = L->stair;
+                int t0, t1, nc = st->cs[st->nruns];
+                stair_split(st, t, np, &t0, &t1);
+                o0 = st->ts[t0], o1 = st->ts[t1];
+                if (o0 == o1) continue;
+                stair_wgrad(st, t0, t1, it->B, dy, L->out, x, L->in, grad + it->w_goff, L->in,
+                            last);
+                if (nc < L->in)
+                    nf_gemm(1, 0, o1 - o0, L->in - nc, it->B, 1, dy + o0, L->out, x + nc, L->in,
+                            1, grad + it->w_goff + (size_t)o0 * L->in + nc, L->in);
+            } else {
+                o0 = (int)((int64_t)L->out * t / np), o1 = (int)((int64_t)L->out * (t + 1) / np);
+                if (o0 == o1) continue;
+                nf_gemm(1, 0, o1 - o0, L->in, it->B, 1, dy + o0, L->out, x, L->in, 1,
+                        grad + it->w_goff + (size_t)o0 * L->in, L->in);
+            }
+            nf_real *gW = grad + it->w_goff + (size_t)o0 * L->in;
+            colsum_rows(grad + it->b_goff + o0, dy + o0, it->B, L->out, o1 - o0);
+            if (last && L->mask) {
+                const uint8_t *m = L->mask + (size_t)o0 * L->in;
+                for (size_t e = 0; e < (size_t)(o1 - o0) * L->in; e++)
+                    if (!m[e]) gW[e] = 0;
+            }
+        }
+    }
+}
+
+static int cmp_range(const void *a, const void *b) {
+    const size_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+int nf_defer_ranges(nf_defer *const *parts, int nparts, size_t *r, int cap) {
+    int n = 0;
+    for (int p = 0; p < nparts; p++)
+        for (int i = 0; i < parts[p]->n; i++) {
+            const nf_defer_item *it = &parts[p]->items[i];
+            if (2 * n + 4 > cap) return -1;
+            r[2 * n] = it->w_goff;
+            r[2 * n + 1] = it->w_goff + (size_t)it->L->in * it->L->out;
+            r[2 * n + 2] = it->b_goff;
+            r[2 * n + 3] = it->b_goff + (size_t)it->L->out;
+            n += 2;
+        }
+    if (!n) return 0;
+    qsort(r, (size_t)n, 2 * sizeof *r, cmp_range);
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (m && r[2 * i] <= r[2 * m - 1]) {
+            if (r[2 * i + 1] > r[2 * m - 1]) r[2 * m - 1] = r[2 * i + 1];
+        } else {
+            r[2 * m] = r[2 * i];
+            r[2 * m + 1] = r[2 * i + 1];
+            m++;
+        }
+    }
+    return m;
+}
+
 /* ---- backward ----------------------------------------------------------------- */
 /* grad b += colsum(dy) */
 NF_VEC static void linear_bias_grad(const nf_linear *L, nf_real *grad, const nf_real *dy, int B) {
@@ -569,6 +750,7 @@ NF_VEC static void linear_bias_grad(const nf_linear *L, nf_real *grad, const nf_
 /* grad W += dy^T x, grad b += colsum(dy), then mask. */
 static void linear_param_grad(const nf_linear *L, nf_real *grad, const nf_real *dy,
                               const nf_real *x, int B) {
+    if (defer_push(L, grad, dy, x, L->in, NULL, 0, B)) return;
     nf_real *gW = grad + L->w_off;
     nf_gemm(1, 0, L->out, L->in, B, 1, dy, L->out, x, L->in, 1, gW, L->in);
     linear_bias_grad(L, grad, dy, B);
@@ -584,6 +766,7 @@ static void first_linear_backward(const nf_net *n, const nf_linear *L, const nf_
                                   const nf_real *dy, nf_real *din, nf_real *dctx, int B) {
     int ld = n->in + n->ctx;
     const nf_real *W = params + L->w_off;
+    if (grad && defer_push(L, grad, dy, in, n->in, ctx, n->ctx, B)) grad = NULL;
     if (L->stair && n->in > 0) { /* stairs: dW and din together, tile by tile */
         stair_backward(L->stair, B, dy, L->out, in, n->in, W, ld, grad ? grad + L->w_off : NULL,
                        din, n->in);
@@ -630,9 +813,11 @@ void nf_net_backward(const nf_net *n, const nf_real *params, nf_real *grad,
             }
             nf_real *dx = dy == g0 ? g1 : g0;
             if (L->stair) {
+                nf_real *g = grad && !defer_push(L, grad, dy, post[l - 1], L->in, NULL, 0, B)
+                                 ? grad : NULL;
                 stair_backward(L->stair, B, dy, L->out, post[l - 1], L->in, params + L->w_off,
-                               L->in, grad ? grad + L->w_off : NULL, dx, L->in);
-                if (grad) linear_bias_grad(L, grad, dy, B);
+                               L->in, g ? g + L->w_off : NULL, dx, L->in);
+                if (g) linear_bias_grad(L, g, dy, B);
             } else {
                 if (grad) linear_param_grad(L, grad, dy, post[l - 1], B);
                 nf_gemm(0, 0, B, L->in, L->out, 1, dy, L->out, params + L->w_off, L->in, 0, dx,

@@ -15,6 +15,9 @@ static const char *specs[] = {
     "{\"dim\":4,\"preset\":\"nsf\",\"depth\":2,\"hidden\":[16],\"bins\":4}",
     "{\"dim\":4,\"preset\":\"glow\",\"depth\":2,\"hidden\":[16]}",
     "{\"dim\":4,\"preset\":\"nsf_ar\",\"depth\":2,\"hidden\":[16],\"bins\":4}",
+    /* MADEs on byte masks and on stairs (make builds with 4-row tiles), with context */
+    "{\"dim\":5,\"context_dim\":2,\"layers\":[{\"type\":\"maf\",\"hidden\":[12,16],"
+    "\"order\":\"random\"},{\"type\":\"iaf\",\"hidden\":[16]}]}",
     "{\"dim\":3,\"preset\":\"realnvp\",\"depth\":2,\"hidden\":[8],\"context_dim\":2,"
     "\"base\":{\"type\":\"mixture\",\"components\":3}}",
     /* image layers (dim 4 as the others' at most 5), a split's tail */
@@ -27,7 +30,9 @@ static const char *specs[] = {
 static nf_flow *make(const char *spec, uint64_t seed) {
     nf_flow *f = NULL;
     char err[300] = "";
+    nf_stair_tile = 4; /* MADEs on staircases of 4-row tiles */
     int rc = nf_flow_create(spec, &f, err, sizeof err);
+    nf_stair_tile = NF_STAIR_TILE;
     CHECK_MSG(rc == 0, "nf_flow_create(%s): %s", spec, err);
     if (!f) return NULL;
     nf_rng r;
@@ -133,7 +138,7 @@ static int grad_call(nf_flow *f, nf_ws *ws, int mode, const nf_real *x, const nf
 
 /* log_prob_grad_ex (with the log-det penalty, dx and dctx) and the
  * transform pair: the threaded gradient is the plain one, summed in parts */
-TEST(threads_gradients_match_plain) {
+static void grads_match_plain(int threads) {
     enum { B = 40 };
     for (int s = 0; s < NSPECS; s++) {
         nf_flow *f = make(specs[s], 7 + s);
@@ -142,7 +147,7 @@ TEST(threads_gradients_match_plain) {
         size_t P = nf_flow_num_params(f);
         nf_ws *wp, *wt;
         REQUIRE(nf_ws_create(f, B, &wp) == 0);
-        REQUIRE(nf_ws_create_threads(f, B, 2, &wt) == 0);
+        REQUIRE(nf_ws_create_threads(f, B, threads, &wt) == 0);
         nf_real x[B * 5], ctx[B * 2], w[B], dout[B * 5];
         nf_real lpa[B], lpb[B], lda[B], ldb[B], dxa[B * 5], dxb[B * 5], dca[B * 2], dcb[B * 2];
         nf_real *ga = malloc(sizeof(nf_real) * P);
@@ -206,6 +211,18 @@ TEST(threads_gradients_match_plain) {
         nf_ws_free(wt);
         nf_flow_free(f);
     }
+}
+
+/* these nets are below nf_defer_min: the parts sum private copies */
+TEST(threads_gradients_match_plain) { grads_match_plain(2); }
+
+/* every dense product and staircase deferred (nf_internal.h): computed by
+ * the threads in output slices after the parts, on 2 and 3 threads */
+TEST(threads_gradients_match_plain_deferred) {
+    nf_defer_min = 0;
+    grads_match_plain(2);
+    grads_match_plain(3);
+    nf_defer_min = NF_DEFER_MIN;
 }
 
 /* a row outside the support (logit of a value > 1): log_prob says -inf for
