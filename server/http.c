@@ -801,18 +801,38 @@ static void end_busy(fd_req *r) {
 static enum MHD_Result admit(fd_req *r) {
     fd_server *s = r->srv;
     if (routes[r->route].scope == SCOPE_PUBLIC) return MHD_YES;
+    /* A refusal while the client is still sending its body waits for the
+     * body (read and dropped): a response queued before it makes
+     * libmicrohttpd close with the body unread, the kernel then resets the
+     * connection, and the reset can destroy the response before the
+     * client reads it (RFC 9112 section 9.6).  A client that asked
+     * "Expect: 100-continue" has sent no body yet and waits: answered at
+     * once.  Bodies past --max-body are refused at once (check_body_limit):
+     * those are not read. */
+    const char *te = fd_req_header(r, "Transfer-Encoding"), *cl = fd_req_header(r, "Content-Length");
+    const char *ex = fd_req_header(r, "Expect"); /* 100-continue: the client waits for the answer */
+    int body_follows = routes[r->route].body && ((cl && strtoull(cl, NULL, 10) > 0) || te) &&
+                       !(ex && !strcasecmp(ex, "100-continue"));
     if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
         atomic_fetch_sub(&s->inflight, 1);
+        if (body_follows) {
+            r->refused = 1;
+            return MHD_YES;
+        }
         return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
     }
     r->counted = 1;
     r->busy = 1; /* training waits until it is answered (fd_jobs_set_train_yield) */
     fd_jobs_request_begin();
     /* and by bytes: the declared body is reserved and allocated now, whole */
-    const char *cl = fd_req_header(r, "Content-Length");
     unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0;
     if (v > 0 && v <= s->cfg.max_body) {
-        if (fd_req_reserve(r, (size_t)v + 1)) return fd_send_budget_error(r, (size_t)v + 1);
+        if (fd_req_reserve(r, (size_t)v + 1)) {
+            if (!body_follows) return fd_send_budget_error(r, (size_t)v + 1);
+            r->refused = 2;
+            r->refused_bytes = (size_t)v + 1;
+            return MHD_YES;
+        }
         if (!(r->body = malloc((size_t)v + 1))) return MHD_NO;
         r->cap = (size_t)v + 1;
         r->body[0] = 0;
@@ -849,7 +869,7 @@ static enum MHD_Result on_headers(fd_server *s, struct MHD_Connection *conn, con
 static enum MHD_Result accumulate(fd_req *r, const char *data, size_t *size) {
     size_t n = *size;
     *size = 0;
-    if (r->status) return MHD_YES;
+    if (r->status || r->refused) return MHD_YES;
     if (!routes[r->route < NROUTES ? r->route : 0].body || r->len + n > r->srv->cfg.max_body) {
         r->too_large = r->len + n > r->srv->cfg.max_body;
         r->len += n; /* count, do not keep */
@@ -895,6 +915,9 @@ static void release_slot(fd_req *r) {
 /* Phase 6, dispatch: the body is complete; the route's handler answers
  * with the segments captured by routing. */
 static enum MHD_Result handle(fd_req *r) {
+    if (r->refused == 1)
+        return fd_send_error(r, 503, "overloaded", NULL, "too many requests in flight; retry shortly");
+    if (r->refused == 2) return fd_send_budget_error(r, r->refused_bytes);
     if (r->too_large) {
         cJSON *d = cJSON_CreateObject();
         cJSON_AddNumberToObject(d, "max_bytes", (double)r->srv->cfg.max_body);

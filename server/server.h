@@ -201,6 +201,10 @@ typedef struct fd_req {
     int inf_version, inf_op;
     size_t reserved;         /* bytes of the memory budget held (budget.c) */
     int mem_refused;         /* a chunked body outgrew the budget: 503 at dispatch */
+    int refused;             /* refused at admission with a body to come (1: in-flight
+                                limit, 2: memory budget): answered 503 once the body
+                                is drained, never before (http.c, admit) */
+    size_t refused_bytes;    /* what the budget was asked for (2) */
     char client_token[65];   /* sha256 hex of the token that authenticated, or "" */
     int bad_token;           /* a token was given and is not known (401 invalid_token) */
     const char *cors_origin; /* an --allow-origin Origin: echoed in Access-Control-Allow-Origin */
