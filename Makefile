@@ -20,7 +20,7 @@ ifeq ($(strip $(PKG_LIBS)),)
   PKG_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-pthread
   PKG_LIBS   := -lopenblas -lcjson -lsqlite3 -lmicrohttpd -lcurl -lz -lpng -lcrypto
 endif
-CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm
+CORE_LIBS := $(shell pkg-config --libs openblas libcjson zlib 2>/dev/null || echo -lopenblas -lcjson -lz) -lm -lmvec
 # the server tests read schema/openapi.yaml with libyaml (tests/server/oapi.c)
 TEST_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
 
@@ -104,12 +104,12 @@ $(BUILD)/test_core_f64: $(TCORE_F64) $(BUILD)/libflowcore_f64.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(TCORE_F64) $(BUILD)/libflowcore_f64.a $(CORE_LIBS)
 
 $(BUILD)/flowd: $(SERVER_OBJ) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(MPI_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(SERVER_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(MPI_LIBS) -lm -lmvec
 
 # flowctl, the command-line client: libcurl + cJSON, core's .npy module
 # (libflowcore.a), and common/picture.c for -o out.png
 $(BUILD)/flowctl: $(CLIENT_OBJ) $(BUILD)/libflowcore.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $(CLIENT_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(CLIENT_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) -lm -lmvec
 
 $(BUILD)/gen/migrations.c: $(wildcard migrations/*.sql) tools/embed_migrations.sh
 	@mkdir -p $(@D)
@@ -136,7 +136,7 @@ $(BUILD)/gen/assets.o: $(BUILD)/gen/assets.c $(BUILD)/flags
 # the server test binary links the daemon's code (not main.c) and starts the
 # real flowd binary for end-to-end tests
 $(BUILD)/test_server: $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(BUILD)/flowd
-	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) $(MPI_LIBS) -lm
+	$(CC) $(LDFLAGS_ALL) -o $@ $(TSERVER_OBJ) $(SERVER_LIB_OBJ) $(BUILD)/libflowcore.a $(PKG_LIBS) $(TEST_LIBS) $(MPI_LIBS) -lm -lmvec
 
 $(BUILD)/bench_core: $(BENCH_SRC:%.c=$(BUILD)/f32/%.o) $(BUILD)/libflowcore.a
 	$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(BUILD)/libflowcore.a $(CORE_LIBS)
@@ -228,14 +228,14 @@ $(FUZZ_DIR)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
 $(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/fuzz/fuzz_%.o $(FUZZ_CORE)
-	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm -pthread
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm -lmvec -pthread
 fuzz: deps-check $(FUZZ_BINS)
 	sh fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_NAMES)
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=10
 # rewrites the binary seeds of fuzz/corpus/ (valid inputs)
 fuzz-seeds: $(FUZZ_DIR)/obj/fuzz/gen_seeds.o $(FUZZ_CORE)
-	$(FUZZ_CC) $(FUZZ_SAN) -o $(FUZZ_DIR)/gen_seeds $^ $(PKG_LIBS) -lm -pthread
+	$(FUZZ_CC) $(FUZZ_SAN) -o $(FUZZ_DIR)/gen_seeds $^ $(PKG_LIBS) -lm -lmvec -pthread
 	$(FUZZ_DIR)/gen_seeds
 .PHONY: fuzz fuzz-smoke fuzz-seeds
 .PRECIOUS: $(FUZZ_DIR)/obj/%.o

@@ -31,6 +31,10 @@ static inline int nf_rqs_P(const nf_rqs_cfg *cf) { return 3 * cf->K - 1; }
 
 void nf_rqs_cfg_set(nf_rqs_cfg *cf, int K, double B, double min_w, double min_h, double min_d);
 void nf_rqs_build(const nf_rqs_cfg *cf, const nf_real *theta, nf_rqs_knots *kn);
+/* 1 (default): nf_rqs_build takes its exps and softpluses four at a time
+ * through libmvec where the CPU has AVX2 (within a few ulp of the scalar
+ * libm path); 0: always the scalar path (tests compare the two) */
+extern int nf_rqs_vector;
 /* density direction: g(x), *ld = log g'(x) */
 double nf_rqs_eval(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, double x, double *ld);
 /* sampling direction: g^-1(y), *ld = -log g'(g^-1(y)) */

@@ -15,6 +15,9 @@
  * Density direction (inverse, x -> z) evaluates g in closed form; sampling
  * (forward, z -> x) solves g's quadratic with the cancellation-free root.
  * All spline arithmetic is done in double and rounded once at the end.
+ * Building a spline's knots takes 3K-1 exps and K-1 log1ps; on AVX2 CPUs
+ * they go four at a time through glibc's vector maths (libmvec, linked as
+ * -lmvec; nf_rqs_vector), within a few ulp of libm's scalar calls.
  * The scalar spline (nf_rqs_*) is declared in rqs.h for the image coupling
  * (conv_coupling.c), which applies it per pixel.
  */
@@ -58,11 +61,77 @@ static void rqs_cumknots(const nf_real *u, int K, double B, double mn, double *s
     knots[K] = B;
 }
 
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__)
+/* The knots' exps and softpluses, four doubles at a time through glibc's
+ * vector maths (libmvec, AVX2 variants; within 4 ulp of libm), on CPUs
+ * with AVX2.  A spline's 3K-1 exps and K-1 log1ps were a quarter of a W3
+ * log_prob (30 scalar libm calls per transformed entry). */
+#include <immintrin.h>
+__attribute__((target("avx2"))) __m256d _ZGVdN4v_exp(__m256d);
+__attribute__((target("avx2"))) __m256d _ZGVdN4v_log1p(__m256d);
+
+/* e[k] = exp(u[k] - mx), k < K (u read as nf_real; e has room for K + 3) */
+__attribute__((target("avx2"))) static void exp_shift4(const nf_real *u, int K, double mx, double *e) {
+    double t[NF_RQS_KMAX + 4];
+    int k = 0;
+    for (; k < K; k++) t[k] = (double)u[k] - mx;
+    for (; k % 4; k++) t[k] = -1e3; /* padding: exp gives 0 */
+    for (int j = 0; j < k; j += 4) _mm256_storeu_pd(e + j, _ZGVdN4v_exp(_mm256_loadu_pd(t + j)));
+}
+
+/* sm, knots as rqs_cumknots, the exps from exp_shift4 */
+__attribute__((target("avx2"))) static void rqs_cumknots4(const nf_real *u, int K, double B, double mn,
+                                                         double *sm, double *knots) {
+    double e[NF_RQS_KMAX + 4], mx = u[0], sum = 0;
+    for (int k = 1; k < K; k++) mx = u[k] > mx ? u[k] : mx;
+    exp_shift4(u, K, mx, e);
+    for (int k = 0; k < K; k++) sum += e[k];
+    /* one division, then products (within an ulp of the quotients) */
+    double inv = 1.0 / sum, a = 2.0 * B * mn, b = 2.0 * B * (1.0 - K * mn);
+    for (int k = 0; k < K; k++) sm[k] = e[k] * inv;
+    knots[0] = -B;
+    for (int k = 0; k < K; k++) knots[k + 1] = knots[k] + (a + b * sm[k]);
+    knots[K] = B;
+}
+
+/* ds[1..K-1] = min_d + softplus(ud + c): max(v, 0) + log1p(exp(-|v|)) */
+__attribute__((target("avx2"))) static void rqs_derivs4(const nf_rqs_cfg *cf, const nf_real *ud, double *ds) {
+    int K = cf->K, n = K - 1, k = 0;
+    double v[NF_RQS_KMAX + 4];
+    for (; k < n; k++) v[k] = (double)ud[k] + cf->dconst;
+    for (; k % 4; k++) v[k] = 0;
+    const __m256d sign = _mm256_set1_pd(-0.0), zero = _mm256_setzero_pd(), md = _mm256_set1_pd(cf->min_d);
+    for (int j = 0; j < k; j += 4) {
+        __m256d x = _mm256_loadu_pd(v + j);
+        __m256d a = _mm256_or_pd(x, sign); /* -|x| */
+        __m256d sp = _mm256_add_pd(_mm256_max_pd(x, zero), _ZGVdN4v_log1p(_ZGVdN4v_exp(a)));
+        _mm256_storeu_pd(v + j, _mm256_add_pd(md, sp));
+    }
+    memcpy(ds + 1, v, (size_t)n * sizeof *ds);
+}
+
+static int rqs_mvec(void) {
+    static int have = -1;
+    if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return have && nf_rqs_vector;
+}
+#define RQS_MVEC 1
+#endif
+int nf_rqs_vector = 1;
+
 void nf_rqs_build(const nf_rqs_cfg *cf, const nf_real *theta, nf_rqs_knots *kn) {
     int K = cf->K;
+    kn->ds[0] = kn->ds[K] = 1.0;
+#ifdef RQS_MVEC
+    if (rqs_mvec()) {
+        rqs_cumknots4(theta, K, cf->B, cf->min_w, kn->smw, kn->xs);
+        rqs_cumknots4(theta + K, K, cf->B, cf->min_h, kn->smh, kn->ys);
+        rqs_derivs4(cf, theta + 2 * K, kn->ds);
+        return;
+    }
+#endif
     rqs_cumknots(theta, K, cf->B, cf->min_w, kn->smw, kn->xs);
     rqs_cumknots(theta + K, K, cf->B, cf->min_h, kn->smh, kn->ys);
-    kn->ds[0] = kn->ds[K] = 1.0;
     for (int k = 1; k < K; k++) kn->ds[k] = cf->min_d + softplus((double)theta[2 * K + k - 1] + cf->dconst);
 }
 
