@@ -9,9 +9,10 @@
  * before and after instead of checking each call.
  *
  * In production nf_alloc_hook is NULL and these are malloc, calloc, realloc
- * and free behind one well-predicted branch.  Core allocates only when
- * objects are created (never per forward/backward call), so the branch is
- * not measurable (docs/reliability.md).  Memory from nf_malloc is plain
+ * and free behind one well-predicted branch.  Core allocates when objects
+ * are created, and a threaded workspace on its first gradient call (the
+ * parts' gradient buffers and records, kept for the next calls), never in
+ * a call's steady state, so the branch is not measurable (docs/reliability.md).  Memory from nf_malloc is plain
  * malloc memory: buffers that the API hands back are still released with
  * free(). */
 #ifndef NF_ALLOC_H

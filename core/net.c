@@ -619,10 +619,8 @@ static int defer_push(const nf_linear *L, nf_real *grad, const nf_real *dy, cons
     nf_defer *d = nf_defer_cur;
     if (!d || B < 1) return 0;
     /* worth it where summing a copy of dW costs more than copying the rows */
-    size_t wn = (size_t)L->in * L->out;
-    if (nf_defer_min && (wn < nf_defer_min || wn < (size_t)B * ((size_t)L->in + L->out)))
-        return 0;
-    size_t need = (size_t)B * ((size_t)L->out + (size_t)L->in);
+    size_t wn = (size_t)L->in * L->out, need = (size_t)B * ((size_t)L->in + (size_t)L->out);
+    if (nf_defer_min && (wn < nf_defer_min || wn < need)) return 0;
     if (d->n == d->icap) {
         int cap = d->icap ? 2 * d->icap : 16;
         nf_defer_item *it = nf_realloc(d->items, (size_t)cap * sizeof *it);

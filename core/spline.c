@@ -110,11 +110,9 @@ __attribute__((target("avx2"))) static void rqs_derivs4(const nf_rqs_cfg *cf, co
     memcpy(ds + 1, v, (size_t)n * sizeof *ds);
 }
 
-static int rqs_mvec(void) {
-    static int have = -1;
-    if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return have && nf_rqs_vector;
-}
+/* __builtin_cpu_supports reads the bits libgcc set at start-up: no cache
+ * of our own (one written from several threads would be a data race) */
+static int rqs_mvec(void) { return nf_rqs_vector && __builtin_cpu_supports("avx2"); }
 #define RQS_MVEC 1
 #endif
 int nf_rqs_vector = 1;

@@ -811,8 +811,8 @@ static enum MHD_Result admit(fd_req *r) {
      * those are not read. */
     const char *te = fd_req_header(r, "Transfer-Encoding"), *cl = fd_req_header(r, "Content-Length");
     const char *ex = fd_req_header(r, "Expect"); /* 100-continue: the client waits for the answer */
-    int body_follows = routes[r->route].body && ((cl && strtoull(cl, NULL, 10) > 0) || te) &&
-                       !(ex && !strcasecmp(ex, "100-continue"));
+    unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0; /* declared */
+    int body_follows = routes[r->route].body && (v > 0 || te) && !(ex && !strcasecmp(ex, "100-continue"));
     if (atomic_fetch_add(&s->inflight, 1) >= s->cfg.max_inflight) {
         atomic_fetch_sub(&s->inflight, 1);
         if (body_follows) {
@@ -825,7 +825,6 @@ static enum MHD_Result admit(fd_req *r) {
     r->busy = 1; /* training waits until it is answered (fd_jobs_set_train_yield) */
     fd_jobs_request_begin();
     /* and by bytes: the declared body is reserved and allocated now, whole */
-    unsigned long long v = cl && routes[r->route].body ? strtoull(cl, NULL, 10) : 0;
     if (v > 0 && v <= s->cfg.max_body) {
         if (fd_req_reserve(r, (size_t)v + 1)) {
             if (!body_follows) return fd_send_budget_error(r, (size_t)v + 1);

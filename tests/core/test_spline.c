@@ -256,6 +256,7 @@ TEST(spline_bad_specs) {
  * within 1e-13 relative, the end knots pinned exactly, knots increasing;
  * bins 2..64, parameters from tiny to saturating */
 TEST(spline_knots_vector_matches_scalar) {
+    if (!__builtin_cpu_supports("avx2")) printf("    (no AVX2: both sides are the scalar path)\n");
     nf_rng r;
     nf_rng_seed(&r, 41);
     static const double scales[] = {1e-3, 1, 8, 40};

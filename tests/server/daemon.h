@@ -105,6 +105,9 @@ int http_post_json(dmn *d, const char *path, const char *json, hresp *out);
 int dmn_healthy(dmn *d);
 /* The "error.code" of an error body, or "" */
 const char *hresp_error_code(const hresp *r);
+/* A log_prob body {"inputs":[[0.5,0.25],...]} of at least min_bytes
+ * (malloc'd, NUL-terminated; *len its length), NULL when out of memory */
+char *rows_body(size_t min_bytes, size_t *len);
 
 /* ---- jobs -------------------------------------------------------------------- */
 /* POST /v1/jobs; returns the job id (> 0) or 0 (the response is printed). */

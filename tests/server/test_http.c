@@ -958,12 +958,9 @@ static void overload_body(dmn *d) {
      * answer before it left the body unread, and the close reset the
      * connection, sometimes before the client had read the answer) */
     {
-        size_t n = 4u << 20, k = 0;
-        char *big = malloc(n + 64);
+        size_t k;
+        char *big = rows_body(4u << 20, &k);
         REQUIRE(big);
-        k += (size_t)sprintf(big, "{\"inputs\":[");
-        while (k < n) k += (size_t)sprintf(big + k, "[0.5,0.25],");
-        k += (size_t)sprintf(big + k - 1, "]}") - 1;
         for (int i = 0; i < 8; i++) {
             hreq q = {.path = "/v1/models/o/log_prob", .ctype = "application/json", .body = big, .len = k,
                       .timeout_s = 30, .quiet = 1};

@@ -65,11 +65,9 @@ static void storm(long rlimit_data) {
     char *before = r.body ? strdup(r.body) : NULL;
     hresp_free(&r);
     long base = dmn_peak_kib(&d);
-    size_t cap = (4 << 20) + 64, k = 0;
-    char *body = malloc(cap + 16);
-    k += (size_t)sprintf(body, "{\"inputs\":[");
-    while (k < (size_t)(4 << 20)) k += (size_t)sprintf(body + k, "[0.5,0.25],");
-    k += (size_t)sprintf(body + k - 1, "]}") - 1;
+    size_t k;
+    char *body = rows_body(4 << 20, &k);
+    REQUIRE(body);
     client c[CLIENTS];
     pthread_t th[CLIENTS];
     double t0 = dmn_now();
@@ -139,12 +137,9 @@ TEST_T(memory_refusal_reads_the_body_first, 120) {
     REQUIRE(dmn_make_model(&d, "m", 0, NULL) == 0);
     const char *env[] = {"FLOWD_MAX_MEMORY=8388608", NULL};
     REQUIRE(dmn_start(&d, NULL, env) == 0);
-    size_t n = 12u << 20, k = 0;
-    char *body = malloc(n + 64);
+    size_t k;
+    char *body = rows_body(12u << 20, &k);
     REQUIRE(body);
-    k += (size_t)sprintf(body, "{\"inputs\":[");
-    while (k < n) k += (size_t)sprintf(body + k, "[0.5,0.25],");
-    k += (size_t)sprintf(body + k - 1, "]}") - 1;
     int ok = 0;
     for (int i = 0; i < 12; i++) {
         hresp r;
