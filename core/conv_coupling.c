@@ -236,21 +236,29 @@ static double cc_row(const conv_coupling *S, const nf_real *u, const nf_real *th
     double ld = 0;
     if (S->transform == CC_AFFINE && S->scale == CC_SIGMOID)
         return cc_row_sigmoid(S, u, th, qs, v, dir);
+    if (S->transform == CC_SPLINE) {
+        /* every pixel through nf_rqs_run (four at a time), the passing ones dropped */
+        double xb[CC_BLK], yb[CC_BLK], lb[CC_BLK];
+        for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+            int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+            for (int i = 0; i < n; i++) xb[i] = u[p0 + i];
+            nf_rqs_run(&S->cf, th + p0, 1, qs, n, xb, yb, lb, dir);
+            for (int i = 0; i < n; i++) {
+                if (pass && pass[p0 + i]) continue;
+                v[p0 + i] = (nf_real)yb[i];
+                ld += dir ? -lb[i] : lb[i]; /* nf_rqs_run's dir 1 gives -log g' */
+            }
+        }
+        return dir ? -ld : ld;
+    }
     for (int p = 0; p < S->P; p++) {
         if (pass && pass[p]) continue;
         double x = u[p], t = th[p], l = 0, y;
         if (S->transform == CC_ADDITIVE) {
             y = dir ? x - t : x + t;
-        } else if (S->transform == CC_AFFINE) {
+        } else { /* affine, exp scale */
             l = exp_scale(th[qs + p]);
             y = dir ? (x - t) * exp(-l) : x * exp(l) + t;
-        } else {
-            nf_real theta[3 * NF_RQS_KMAX];
-            nf_rqs_knots kn;
-            for (int q = 0; q < S->Q; q++) theta[q] = th[q * qs + p];
-            nf_rqs_build(&S->cf, theta, &kn);
-            y = dir ? nf_rqs_solve(&S->cf, &kn, x, &l) : nf_rqs_eval(&S->cf, &kn, x, &l);
-            l = dir ? -l : l; /* nf_rqs_solve gives -log g' */
         }
         v[p] = (nf_real)y;
         ld += l;
@@ -324,6 +332,22 @@ static void cc_row_backward(const conv_coupling *S, const nf_real *x, const nf_r
         }
         return;
     }
+    if (S->transform == CC_SPLINE) {
+        double xb[CC_BLK], gzb[CC_BLK], glb[CC_BLK], gxb[CC_BLK];
+        for (int p0 = 0; p0 < S->P; p0 += CC_BLK) {
+            int n = S->P - p0 < CC_BLK ? S->P - p0 : CC_BLK;
+            for (int i = 0; i < n; i++) xb[i] = x[p0 + i], gzb[i] = dz[p0 + i], glb[i] = dl;
+            nf_rqs_run_backward(&S->cf, th + p0, 1, qs, n, xb, gzb, glb, dth + p0, gxb);
+            for (int i = 0; i < n; i++) {
+                int p = p0 + i;
+                if (S->pass && S->pass[p])
+                    for (int q = 0; q < S->Q; q++) dth[q * qs + p] = 0;
+                else if (dx)
+                    dx[p] = (nf_real)gxb[i];
+            }
+        }
+        return;
+    }
     for (int p = 0; p < S->P; p++) {
         if (S->pass && S->pass[p]) {
             for (int q = 0; q < S->Q; q++) dth[q * qs + p] = 0;
@@ -333,19 +357,11 @@ static void cc_row_backward(const conv_coupling *S, const nf_real *x, const nf_r
         if (S->transform == CC_ADDITIVE) {
             dth[p] = (nf_real)g;
             gx = g;
-        } else if (S->transform == CC_AFFINE) {
+        } else { /* affine, exp scale */
             double s = exp_scale(th[qs + p]), e = exp(s), r = s / NF_SCALE_BOUND;
             dth[p] = (nf_real)g;
             dth[qs + p] = (nf_real)((g * x[p] * e + dl) * (1 - r * r));
             gx = g * e;
-        } else {
-            nf_real theta[3 * NF_RQS_KMAX];
-            double gth[3 * NF_RQS_KMAX];
-            nf_rqs_knots kn;
-            for (int q = 0; q < S->Q; q++) theta[q] = th[q * qs + p];
-            nf_rqs_build(&S->cf, theta, &kn);
-            gx = nf_rqs_backward(&S->cf, &kn, theta, x[p], g, dl, gth);
-            for (int q = 0; q < S->Q; q++) dth[q * qs + p] = (nf_real)gth[q];
         }
         if (dx) dx[p] = (nf_real)gx;
     }

@@ -45,6 +45,12 @@ double nf_rqs_solve(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, double y, doub
  * within a few ulp of the one-at-a-time path, which other CPUs take. */
 void nf_rqs_run(const nf_rqs_cfg *cf, const nf_real *th, size_t es, size_t qs, int n,
                 const double *x, double *y, double *ld, int dir);
+/* backward of nf_rqs_run's dir 0: gz[e] = dJ/dy (gz NULL: 0), gl[e] =
+ * dJ/d(log g'); writes dJ/dtheta to gth[e*es + q*qs] (rounded to nf_real)
+ * and gx[e] = dJ/dx.  Four at a time on AVX2 CPUs, as nf_rqs_run. */
+void nf_rqs_run_backward(const nf_rqs_cfg *cf, const nf_real *th, size_t es, size_t qs, int n,
+                         const double *x, const double *gz, const double *gl, nf_real *gth,
+                         double *gx);
 /* backward of nf_rqs_eval at x: gz = dJ/dz, gl = dJ/d(log g'); writes
  * gth (3K-1) = dJ/dtheta and returns dJ/dx */
 double nf_rqs_backward(const nf_rqs_cfg *cf, const nf_rqs_knots *kn, const nf_real *theta,

@@ -117,9 +117,9 @@ __attribute__((target("avx2"))) static void rqs_derivs4(const nf_rqs_cfg *cf, co
 
 __attribute__((target("avx2"))) __m256d _ZGVdN4v_log(__m256d);
 
-/* Four splines evaluated (dir 0) or solved (dir 1) side by side, one per
- * lane, as nf_rqs_build followed by nf_rqs_eval / nf_rqs_solve compute
- * them, with these differences:
+/* Four splines side by side, one per lane, as nf_rqs_build followed by
+ * nf_rqs_eval / nf_rqs_solve / nf_rqs_backward compute them, with these
+ * differences:
  *   - the bin is found by counting the knots at or below the input and its
  *     ends picked with blends, not by a binary search;
  *   - only the two derivatives at the bin's ends are computed (2 softpluses
@@ -128,24 +128,34 @@ __attribute__((target("avx2"))) __m256d _ZGVdN4v_log(__m256d);
  *     ulp: every factor lies in [1e-8, 1e8] for the allowed minimum widths).
  * The knots use the same operations in the same order as rqs_cumknots4 and
  * rqs_derivs4 (no FMA: the core is built -std=c11, which does not contract),
- * so they are identical; the results differ from the scalar path only by the
- * logs.  Lane l's parameter q is th[idx[l] + q*qs]. */
-__attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const nf_real *th,
-                                                    __m128i idx, size_t qs, __m256d x,
-                                                    double *yo, double *ldo, int dir) {
+ * so they are identical; the results differ from the one-spline path only
+ * by the logs.  Lane l's parameter q is th[idx[l] + q*qs]. */
+typedef struct rqs4 {
+    __m256d T[3 * NF_RQS_KMAX];                   /* parameters */
+    __m256d xs[NF_RQS_KMAX + 1], ys[NF_RQS_KMAX + 1]; /* knots */
+    __m256d smw[NF_RQS_KMAX], smh[NF_RQS_KMAX];     /* softmaxes */
+    __m256d in, xc;           /* x inside [-B, B]; x there, else 0 */
+    __m256d xk, xk1, yk, yk1; /* the bin's ends */
+    __m256d kf;               /* the bin, as a double */
+    __m256d first, last;      /* bin 0, bin K-1 */
+    __m256d d0, d1, e0, e1;   /* end derivatives; exp(-|ud + c|) of each */
+    __m256d v0, v1;           /* ud + c at the ends (sigmoid's sign) */
+} rqs4;
+
+__attribute__((target("avx2"), always_inline)) static inline void
+rqs_front4(const nf_rqs_cfg *cf, const nf_real *th, __m128i idx, size_t qs, __m256d x, int dir, rqs4 *o) {
     const int K = cf->K;
     const double B = cf->B;
-    __m256d T[3 * NF_RQS_KMAX], xs[NF_RQS_KMAX + 1], ys[NF_RQS_KMAX + 1];
     for (int q = 0; q < 3 * K - 1; q++)
 #ifdef NF_DOUBLE
-        T[q] = _mm256_i32gather_pd(th + q * qs, idx, 8);
+        o->T[q] = _mm256_i32gather_pd(th + q * qs, idx, 8);
 #else
-        T[q] = _mm256_cvtps_pd(_mm_i32gather_ps(th + q * qs, idx, 4));
+        o->T[q] = _mm256_cvtps_pd(_mm_i32gather_ps(th + q * qs, idx, 4));
 #endif
     /* knots: softmax of T[0..K-1] (widths) and T[K..2K-1] (heights) */
     for (int side = 0; side < 2; side++) {
-        const __m256d *u = T + side * K;
-        __m256d *kn = side ? ys : xs, e[NF_RQS_KMAX];
+        const __m256d *u = o->T + side * K;
+        __m256d *kn = side ? o->ys : o->xs, *sm = side ? o->smh : o->smw, e[NF_RQS_KMAX];
         double mn = side ? cf->min_h : cf->min_w;
         __m256d mx = u[0], sum = _mm256_setzero_pd();
         for (int k = 1; k < K; k++) mx = _mm256_max_pd(u[k], mx);
@@ -154,47 +164,64 @@ __attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const
         __m256d a = _mm256_set1_pd(2.0 * B * mn), b = _mm256_set1_pd(2.0 * B * (1.0 - K * mn));
         kn[0] = _mm256_set1_pd(-B);
         for (int k = 0; k < K; k++)
-            kn[k + 1] = _mm256_add_pd(kn[k], _mm256_add_pd(a, _mm256_mul_pd(b, _mm256_mul_pd(e[k], inv))));
+            kn[k + 1] = _mm256_add_pd(kn[k], _mm256_add_pd(a, _mm256_mul_pd(b, sm[k] = _mm256_mul_pd(e[k], inv))));
         kn[K] = _mm256_set1_pd(B);
     }
-    /* inside [-B, B] (NaN is not); outside lanes compute at 0, then pass x */
-    __m256d in = _mm256_and_pd(_mm256_cmp_pd(x, _mm256_set1_pd(-B), _CMP_GE_OQ),
-                               _mm256_cmp_pd(x, _mm256_set1_pd(B), _CMP_LE_OQ));
-    __m256d xc = _mm256_and_pd(x, in);
-    const __m256d *by = dir ? ys : xs;
+    /* inside [-B, B] (NaN is not); outside lanes compute at 0 */
+    o->in = _mm256_and_pd(_mm256_cmp_pd(x, _mm256_set1_pd(-B), _CMP_GE_OQ),
+                          _mm256_cmp_pd(x, _mm256_set1_pd(B), _CMP_LE_OQ));
+    __m256d xc = o->xc = _mm256_and_pd(x, o->in);
+    const __m256d *by = dir ? o->ys : o->xs, one = _mm256_set1_pd(1.0);
     /* bin k = #{j in 1..K-1 : v >= knot_j}: blend in the ends as j passes */
-    __m256d xk = xs[0], xk1 = xs[1], yk = ys[0], yk1 = ys[1];
-    __m256d u0 = T[2 * K], u1 = T[2 * K]; /* ud_{k-1}, ud_k (meaningful where interior) */
+    __m256d xk = o->xs[0], xk1 = o->xs[1], yk = o->ys[0], yk1 = o->ys[1], kf = _mm256_setzero_pd();
+    __m256d u0 = o->T[2 * K], u1 = o->T[2 * K]; /* ud_{k-1}, ud_k (meaningful where interior) */
     __m256d first = _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), last = _mm256_setzero_pd();
     for (int j = 1; j < K; j++) {
         __m256d m = _mm256_cmp_pd(xc, by[j], _CMP_GE_OQ);
-        xk = _mm256_blendv_pd(xk, xs[j], m);
-        xk1 = _mm256_blendv_pd(xk1, xs[j + 1], m);
-        yk = _mm256_blendv_pd(yk, ys[j], m);
-        yk1 = _mm256_blendv_pd(yk1, ys[j + 1], m);
-        u0 = _mm256_blendv_pd(u0, T[2 * K + j - 1], m);
-        if (j + 1 < K) u1 = _mm256_blendv_pd(u1, T[2 * K + j], m);
+        xk = _mm256_blendv_pd(xk, o->xs[j], m);
+        xk1 = _mm256_blendv_pd(xk1, o->xs[j + 1], m);
+        yk = _mm256_blendv_pd(yk, o->ys[j], m);
+        yk1 = _mm256_blendv_pd(yk1, o->ys[j + 1], m);
+        u0 = _mm256_blendv_pd(u0, o->T[2 * K + j - 1], m);
+        if (j + 1 < K) u1 = _mm256_blendv_pd(u1, o->T[2 * K + j], m);
+        kf = _mm256_add_pd(kf, _mm256_and_pd(m, one));
         if (j == 1) first = _mm256_andnot_pd(m, first);
         if (j == K - 1) last = m;
     }
-    /* d = min_d + softplus(u + c), as rqs_derivs4; 1 at the outer knots */
-    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), sign = _mm256_set1_pd(-0.0);
+    o->xk = xk, o->xk1 = xk1, o->yk = yk, o->yk1 = yk1, o->kf = kf, o->first = first, o->last = last;
+    /* d = min_d + softplus(v), v = ud + c, as rqs_derivs4; 1 at the outer knots */
+    const __m256d zero = _mm256_setzero_pd(), sign = _mm256_set1_pd(-0.0);
     const __m256d dc = _mm256_set1_pd(cf->dconst), md = _mm256_set1_pd(cf->min_d);
-    __m256d v0 = _mm256_add_pd(u0, dc), v1 = _mm256_add_pd(u1, dc);
-    __m256d d0 = _mm256_add_pd(md, _mm256_add_pd(_mm256_max_pd(v0, zero),
-                                                 _ZGVdN4v_log1p(_ZGVdN4v_exp(_mm256_or_pd(v0, sign)))));
-    __m256d d1 = _mm256_add_pd(md, _mm256_add_pd(_mm256_max_pd(v1, zero),
-                                                 _ZGVdN4v_log1p(_ZGVdN4v_exp(_mm256_or_pd(v1, sign)))));
-    d0 = _mm256_blendv_pd(d0, one, first);
-    d1 = _mm256_blendv_pd(d1, one, last);
-    __m256d w = _mm256_sub_pd(xk1, xk), h = _mm256_sub_pd(yk1, yk), s = _mm256_div_pd(h, w);
-    __m256d two = _mm256_set1_pd(2.0), delta = _mm256_sub_pd(_mm256_add_pd(d0, d1), _mm256_mul_pd(two, s));
+    __m256d v0 = o->v0 = _mm256_add_pd(u0, dc), v1 = o->v1 = _mm256_add_pd(u1, dc);
+    __m256d e0 = o->e0 = _ZGVdN4v_exp(_mm256_or_pd(v0, sign)), e1 = o->e1 = _ZGVdN4v_exp(_mm256_or_pd(v1, sign));
+    __m256d d0 = _mm256_add_pd(md, _mm256_add_pd(_mm256_max_pd(v0, zero), _ZGVdN4v_log1p(e0)));
+    __m256d d1 = _mm256_add_pd(md, _mm256_add_pd(_mm256_max_pd(v1, zero), _ZGVdN4v_log1p(e1)));
+    o->d0 = _mm256_blendv_pd(d0, one, first);
+    o->d1 = _mm256_blendv_pd(d1, one, last);
+}
+
+/* v clamped to [lo, hi], NaN kept (as clamp01 and clampr) */
+__attribute__((target("avx2"), always_inline)) static inline __m256d clamp4(__m256d v, __m256d lo, __m256d hi) {
+    v = _mm256_blendv_pd(v, lo, _mm256_cmp_pd(v, lo, _CMP_LT_OQ));
+    return _mm256_blendv_pd(v, hi, _mm256_cmp_pd(v, hi, _CMP_GT_OQ));
+}
+
+/* nf_rqs_eval (dir 0) or nf_rqs_solve (dir 1) of four splines: y, ld */
+__attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const nf_real *th,
+                                                    __m128i idx, size_t qs, __m256d x,
+                                                    double *yo, double *ldo, int dir) {
+    rqs4 o;
+    rqs_front4(cf, th, idx, qs, x, dir, &o);
+    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), two = _mm256_set1_pd(2.0);
+    __m256d d0 = o.d0, d1 = o.d1, xc = o.xc;
+    __m256d w = _mm256_sub_pd(o.xk1, o.xk), h = _mm256_sub_pd(o.yk1, o.yk), s = _mm256_div_pd(h, w);
+    __m256d delta = _mm256_sub_pd(_mm256_add_pd(d0, d1), _mm256_mul_pd(two, s));
     __m256d xi, out;
     if (!dir) {
-        xi = _mm256_div_pd(_mm256_sub_pd(xc, xk), w);
+        xi = _mm256_div_pd(_mm256_sub_pd(xc, o.xk), w);
     } else {
         /* a xi^2 + b xi + c = 0, xi = 2c / (-b - sqrt(b^2 - 4ac)) */
-        __m256d dy = _mm256_sub_pd(xc, yk);
+        __m256d dy = _mm256_sub_pd(xc, o.yk);
         __m256d a = _mm256_add_pd(_mm256_mul_pd(h, _mm256_sub_pd(s, d0)), _mm256_mul_pd(dy, delta));
         __m256d b = _mm256_sub_pd(_mm256_mul_pd(h, d0), _mm256_mul_pd(dy, delta));
         __m256d c = _mm256_mul_pd(_mm256_sub_pd(zero, s), dy);
@@ -204,28 +231,100 @@ __attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const
         __m256d nz = _mm256_cmp_pd(q, zero, _CMP_NEQ_UQ);
         xi = _mm256_and_pd(_mm256_div_pd(_mm256_mul_pd(two, c), q), nz);
     }
-    /* clamp to [0, 1] keeping NaN, as clamp01 */
-    xi = _mm256_blendv_pd(xi, zero, _mm256_cmp_pd(xi, zero, _CMP_LT_OQ));
-    xi = _mm256_blendv_pd(xi, one, _mm256_cmp_pd(xi, one, _CMP_GT_OQ));
+    xi = clamp4(xi, zero, one);
     __m256d om = _mm256_sub_pd(one, xi), t = _mm256_mul_pd(xi, om), xx = _mm256_mul_pd(xi, xi);
     __m256d den = _mm256_add_pd(s, _mm256_mul_pd(delta, t));
     __m256d n2 = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(d1, xx), _mm256_mul_pd(_mm256_mul_pd(two, s), t)),
                                _mm256_mul_pd(d0, _mm256_mul_pd(om, om)));
     __m256d lg = _ZGVdN4v_log(_mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(s, s), n2), _mm256_mul_pd(den, den)));
-    __m256d lo, hi;
     if (!dir) {
-        out = _mm256_add_pd(yk, _mm256_div_pd(_mm256_mul_pd(h, _mm256_add_pd(_mm256_mul_pd(s, xx),
-                                                                              _mm256_mul_pd(d0, t))), den));
-        lo = yk, hi = yk1;
+        out = _mm256_add_pd(o.yk, _mm256_div_pd(_mm256_mul_pd(h, _mm256_add_pd(_mm256_mul_pd(s, xx),
+                                                                                _mm256_mul_pd(d0, t))), den));
+        out = clamp4(out, o.yk, o.yk1);
     } else {
-        out = _mm256_add_pd(xk, _mm256_mul_pd(xi, w));
-        lo = xk, hi = xk1;
+        out = clamp4(_mm256_add_pd(o.xk, _mm256_mul_pd(xi, w)), o.xk, o.xk1);
         lg = _mm256_sub_pd(zero, lg);
     }
-    out = _mm256_blendv_pd(out, lo, _mm256_cmp_pd(out, lo, _CMP_LT_OQ));
-    out = _mm256_blendv_pd(out, hi, _mm256_cmp_pd(out, hi, _CMP_GT_OQ));
-    _mm256_storeu_pd(yo, _mm256_blendv_pd(x, out, in));
-    _mm256_storeu_pd(ldo, _mm256_and_pd(lg, in));
+    _mm256_storeu_pd(yo, _mm256_blendv_pd(x, out, o.in));
+    _mm256_storeu_pd(ldo, _mm256_and_pd(lg, o.in));
+}
+
+/* nf_rqs_backward of four splines: gth (P x 4, parameter-major) and gx */
+__attribute__((target("avx2"))) static void rqs_back4(const nf_rqs_cfg *cf, const nf_real *th, __m128i idx,
+                                                     size_t qs, __m256d x, __m256d gz, __m256d gl,
+                                                     __m256d *gth, double *gxo) {
+    const int K = cf->K;
+    rqs4 o;
+    rqs_front4(cf, th, idx, qs, x, 0, &o);
+    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), two = _mm256_set1_pd(2.0);
+    __m256d d0 = o.d0, d1 = o.d1;
+    __m256d w = _mm256_sub_pd(o.xk1, o.xk), h = _mm256_sub_pd(o.yk1, o.yk), s = _mm256_div_pd(h, w);
+    __m256d xi = clamp4(_mm256_div_pd(_mm256_sub_pd(o.xc, o.xk), w), zero, one);
+    __m256d om = _mm256_sub_pd(one, xi), t = _mm256_mul_pd(xi, om), xx = _mm256_mul_pd(xi, xi);
+    __m256d delta = _mm256_sub_pd(_mm256_add_pd(d0, d1), _mm256_mul_pd(two, s));
+    __m256d den = _mm256_add_pd(s, _mm256_mul_pd(delta, t));
+    __m256d num = _mm256_add_pd(_mm256_mul_pd(s, xx), _mm256_mul_pd(d0, t));
+    __m256d n2 = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(d1, xx), _mm256_mul_pd(_mm256_mul_pd(two, s), t)),
+                               _mm256_mul_pd(d0, _mm256_mul_pd(om, om)));
+    __m256d den2 = _mm256_mul_pd(den, den);
+    __m256d gp = _mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(s, s), n2), den2);
+    __m256d omt2 = _mm256_sub_pd(one, _mm256_mul_pd(two, t)); /* 1 - 2t */
+    __m256d omx2 = _mm256_sub_pd(one, _mm256_mul_pd(two, xi)); /* 1 - 2 xi */
+    __m256d t2den = _mm256_div_pd(_mm256_mul_pd(two, t), den);
+    __m256d dz_ds = _mm256_div_pd(_mm256_mul_pd(h, _mm256_sub_pd(_mm256_mul_pd(xx, den), _mm256_mul_pd(num, omt2))), den2);
+    __m256d dz_dd0 = _mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(h, t), _mm256_sub_pd(den, num)), den2);
+    __m256d dz_dd1 = _mm256_div_pd(_mm256_mul_pd(_mm256_sub_pd(zero, h), _mm256_mul_pd(num, t)), den2);
+    __m256d dz_dxi = _mm256_mul_pd(gp, w);
+    __m256d dl_ds = _mm256_sub_pd(_mm256_add_pd(_mm256_div_pd(two, s), _mm256_div_pd(_mm256_mul_pd(two, t), n2)),
+                                  _mm256_div_pd(_mm256_mul_pd(two, omt2), den));
+    __m256d dl_dd0 = _mm256_sub_pd(_mm256_div_pd(_mm256_mul_pd(om, om), n2), t2den);
+    __m256d dl_dd1 = _mm256_sub_pd(_mm256_div_pd(xx, n2), t2den);
+    __m256d dl_dxi = _mm256_sub_pd(
+        _mm256_div_pd(_mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(two, d1), xi),
+                                                  _mm256_mul_pd(_mm256_mul_pd(two, s), omx2)),
+                                    _mm256_mul_pd(_mm256_mul_pd(two, d0), om)),
+                      n2),
+        _mm256_div_pd(_mm256_mul_pd(_mm256_mul_pd(two, delta), omx2), den));
+    __m256d gs = _mm256_add_pd(_mm256_mul_pd(gz, dz_ds), _mm256_mul_pd(gl, dl_ds));
+    __m256d gxi = _mm256_add_pd(_mm256_mul_pd(gz, dz_dxi), _mm256_mul_pd(gl, dl_dxi));
+    __m256d gd0 = _mm256_add_pd(_mm256_mul_pd(gz, dz_dd0), _mm256_mul_pd(gl, dl_dd0));
+    __m256d gd1 = _mm256_add_pd(_mm256_mul_pd(gz, dz_dd1), _mm256_mul_pd(gl, dl_dd1));
+    __m256d gh = _mm256_add_pd(_mm256_div_pd(_mm256_mul_pd(gz, num), den), _mm256_div_pd(gs, w));
+    __m256d gw = _mm256_div_pd(_mm256_sub_pd(zero, _mm256_add_pd(_mm256_mul_pd(gs, s), _mm256_mul_pd(gxi, xi))), w);
+    __m256d gx = _mm256_div_pd(gxi, w);
+    /* knot gradients; knots 0 and K are constants */
+    __m256d gxk = _mm256_andnot_pd(o.first, _mm256_sub_pd(_mm256_sub_pd(zero, gx), gw));
+    __m256d gxk1 = _mm256_andnot_pd(o.last, gw);
+    __m256d gyk = _mm256_andnot_pd(o.first, _mm256_sub_pd(gz, gh));
+    __m256d gyk1 = _mm256_andnot_pd(o.last, gh);
+    /* knot j's bin sizes: d knot_j / d sm_i = 2B(1-K mn) [i<j]; softmax back */
+    __m256d cw = _mm256_set1_pd(2 * cf->B * (1 - K * cf->min_w)), ch = _mm256_set1_pd(2 * cf->B * (1 - K * cf->min_h));
+    __m256d dotw = zero, doth = zero, gwv[NF_RQS_KMAX], ghv[NF_RQS_KMAX];
+    for (int i = 0; i < K; i++) {
+        __m256d iv = _mm256_set1_pd(i);
+        __m256d lt = _mm256_cmp_pd(iv, o.kf, _CMP_LT_OQ), le = _mm256_cmp_pd(iv, o.kf, _CMP_LE_OQ);
+        gwv[i] = _mm256_mul_pd(cw, _mm256_add_pd(_mm256_and_pd(lt, gxk), _mm256_and_pd(le, gxk1)));
+        ghv[i] = _mm256_mul_pd(ch, _mm256_add_pd(_mm256_and_pd(lt, gyk), _mm256_and_pd(le, gyk1)));
+        dotw = _mm256_add_pd(dotw, _mm256_mul_pd(o.smw[i], gwv[i]));
+        doth = _mm256_add_pd(doth, _mm256_mul_pd(o.smh[i], ghv[i]));
+    }
+    /* sigmoid(v) from e = exp(-|v|): 1/(1+e) for v >= 0, e/(1+e) below */
+    __m256d s0 = _mm256_div_pd(_mm256_blendv_pd(one, o.e0, _mm256_cmp_pd(o.v0, zero, _CMP_LT_OQ)),
+                               _mm256_add_pd(one, o.e0));
+    __m256d s1 = _mm256_div_pd(_mm256_blendv_pd(one, o.e1, _mm256_cmp_pd(o.v1, zero, _CMP_LT_OQ)),
+                               _mm256_add_pd(one, o.e1));
+    __m256d g0 = _mm256_andnot_pd(o.first, _mm256_mul_pd(gd0, s0)), g1 = _mm256_andnot_pd(o.last, _mm256_mul_pd(gd1, s1));
+    for (int i = 0; i < K; i++) {
+        gth[i] = _mm256_and_pd(o.in, _mm256_mul_pd(o.smw[i], _mm256_sub_pd(gwv[i], dotw)));
+        gth[K + i] = _mm256_and_pd(o.in, _mm256_mul_pd(o.smh[i], _mm256_sub_pd(ghv[i], doth)));
+    }
+    /* interior derivative j = q+1 sits at 2K + q: d0 is knot k (q = k-1), d1 knot k+1 (q = k) */
+    for (int q = 0; q < K - 1; q++) {
+        __m256d qv = _mm256_set1_pd(q);
+        __m256d at0 = _mm256_cmp_pd(_mm256_add_pd(qv, one), o.kf, _CMP_EQ_OQ), at1 = _mm256_cmp_pd(qv, o.kf, _CMP_EQ_OQ);
+        gth[2 * K + q] = _mm256_and_pd(o.in, _mm256_add_pd(_mm256_and_pd(at0, g0), _mm256_and_pd(at1, g1)));
+    }
+    _mm256_storeu_pd(gxo, _mm256_blendv_pd(gz, gx, o.in));
 }
 
 /* nf_rqs_run four splines at a time; a short last group repeats its last
@@ -240,6 +339,30 @@ __attribute__((target("avx2"))) static void rqs_run_avx2(const nf_rqs_cfg *cf, c
         double yv[4], lv[4];
         rqs_run4(cf, th + e * es, idx, qs, xv, yv, lv, dir);
         for (int l = 0; l < r; l++) y[e + l] = yv[l], ld[e + l] = lv[l];
+    }
+}
+
+/* nf_rqs_run_backward four splines at a time, spare lanes as above */
+__attribute__((target("avx2"))) static void rqs_back_avx2(const nf_rqs_cfg *cf, const nf_real *th,
+                                                         size_t es, size_t qs, int n, const double *x,
+                                                         const double *gz, const double *gl,
+                                                         nf_real *gth, double *gx) {
+    const int P = nf_rqs_P(cf);
+    __m256d g[3 * NF_RQS_KMAX];
+    for (int e = 0; e < n; e += 4) {
+        int r = n - e < 4 ? n - e : 4, l1 = r > 1, l2 = r > 2 ? 2 : r - 1, l3 = r - 1;
+        __m256d xv = _mm256_setr_pd(x[e], x[e + l1], x[e + l2], x[e + l3]);
+        __m256d gzv = gz ? _mm256_setr_pd(gz[e], gz[e + l1], gz[e + l2], gz[e + l3]) : _mm256_setzero_pd();
+        __m256d glv = _mm256_setr_pd(gl[e], gl[e + l1], gl[e + l2], gl[e + l3]);
+        __m128i idx = _mm_setr_epi32(0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es));
+        double gv[4] __attribute__((aligned(32))), gxv[4];
+        rqs_back4(cf, th + e * es, idx, qs, xv, gzv, glv, g, gxv);
+        for (int l = 0; l < r; l++) gx[e + l] = gxv[l];
+        for (int q = 0; q < P; q++) {
+            _mm256_store_pd(gv, g[q]);
+            nf_real *o = gth + e * es + q * qs;
+            for (int l = 0; l < r; l++) o[l * es] = (nf_real)gv[l];
+        }
     }
 }
 
@@ -346,6 +469,28 @@ void nf_rqs_run(const nf_rqs_cfg *cf, const nf_real *th, size_t es, size_t qs, i
         }
         nf_rqs_build(cf, t, &kn);
         y[e] = dir ? nf_rqs_solve(cf, &kn, x[e], ld + e) : nf_rqs_eval(cf, &kn, x[e], ld + e);
+    }
+}
+
+void nf_rqs_run_backward(const nf_rqs_cfg *cf, const nf_real *th, size_t es, size_t qs, int n,
+                         const double *x, const double *gz, const double *gl, nf_real *gth,
+                         double *gx) {
+#ifdef RQS_MVEC
+    if (rqs_mvec() && es <= 0x7fffffff / 4) {
+        rqs_back_avx2(cf, th, es, qs, n, x, gz, gl, gth, gx);
+        return;
+    }
+#endif
+    const int P = nf_rqs_P(cf);
+    nf_real tq[3 * NF_RQS_KMAX];
+    double g[3 * NF_RQS_KMAX];
+    nf_rqs_knots kn;
+    for (int e = 0; e < n; e++) {
+        const nf_real *t = th + e * es;
+        for (int q = 0; q < P; q++) tq[q] = t[q * qs];
+        nf_rqs_build(cf, tq, &kn);
+        gx[e] = nf_rqs_backward(cf, &kn, tq, x[e], gz ? gz[e] : 0, gl[e], g);
+        for (int q = 0; q < P; q++) gth[e * es + q * qs] = (nf_real)g[q];
     }
 }
 
@@ -490,6 +635,33 @@ static void rqs_rows(const nf_rqs_cfg *cf, const nf_real *th, int P, int B, int 
     }
 }
 
+/* The backward of rqs_rows' dir 0: spline (b, j) gets dJ/dz from dz (NULL:
+ * none) at its place and dJ/d(log-det) from dlogdet[b] (NULL: none); its
+ * parameters' gradient goes to dth + (b n + j) P, dJ/dx to dx (when given)
+ * at its place. */
+static void rqs_rows_back(const nf_rqs_cfg *cf, const nf_real *th, int P, int B, int n, const int *col,
+                          const nf_real *x, const nf_real *dz, const nf_real *dlogdet, int ld,
+                          nf_real *dth, nf_real *dx) {
+    double xb[RQS_CHUNK], gzb[RQS_CHUNK], glb[RQS_CHUNK], gxb[RQS_CHUNK];
+    size_t total = (size_t)B * n;
+    int b = 0, j = 0;
+    for (size_t e0 = 0; e0 < total; e0 += RQS_CHUNK) {
+        int m = total - e0 < RQS_CHUNK ? (int)(total - e0) : RQS_CHUNK, bb = b, jj = j;
+        for (int i = 0; i < m; i++) {
+            size_t at = (size_t)bb * ld + (col ? col[jj] : jj);
+            xb[i] = x[at];
+            gzb[i] = dz ? dz[at] : 0;
+            glb[i] = dlogdet ? dlogdet[bb] : 0;
+            if (++jj == n) jj = 0, bb++;
+        }
+        nf_rqs_run_backward(cf, th + e0 * P, (size_t)P, 1, m, xb, dz ? gzb : NULL, glb, dth + e0 * P, gxb);
+        for (int i = 0; i < m; i++) {
+            if (dx) dx[(size_t)b * ld + (col ? col[j] : j)] = (nf_real)gxb[i];
+            if (++j == n) j = 0, b++;
+        }
+    }
+}
+
 /* ws: xp (B,Dp) | theta (B,Dt*P) | dtheta (B,Dt*P) | dxp (B,Dp) | net */
 static size_t sc_ws_size(const nf_layer *L, int B) {
     const spline_coupling *S = L->impl;
@@ -541,19 +713,8 @@ static void sc_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *xp = c->ws, *th = xp + (size_t)B * S->Dp, *dth = th + (size_t)B * S->Dt * P;
     nf_real *dxp = dth + (size_t)B * S->Dt * P, *nws = dxp + (size_t)B * S->Dp;
-    nf_rqs_knots kn;
-    double gth[3 * NF_RQS_KMAX];
     (void)z;
-    for (int b = 0; b < B; b++) {
-        double gl = dlogdet ? dlogdet[b] : 0;
-        for (int j = 0; j < S->Dt; j++) {
-            size_t i = (size_t)b * D + S->tr[j], o = ((size_t)b * S->Dt + j) * P;
-            nf_rqs_build(&S->cf, th + o, &kn);
-            double gx = nf_rqs_backward(&S->cf, &kn, th + o, x[i], dz ? dz[i] : 0, gl, gth);
-            for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
-            if (dx) dx[i] = (nf_real)gx;
-        }
-    }
+    rqs_rows_back(&S->cf, th, P, B, S->Dt, S->tr, x, dz, dlogdet, D, dth, dx);
     nf_net_backward(&S->net, c->params, c->grad, xp, c->ctx, dth, dx ? dxp : NULL, c->dctx, B, nws);
     if (dx)
         for (int b = 0; b < B; b++)
@@ -723,19 +884,8 @@ static void sa_backward(const nf_layer *L, nf_ctx *c, const nf_real *x, const nf
     const spline_ar *S = L->impl;
     int B = c->B, D = L->D, P = nf_rqs_P(&S->cf);
     nf_real *th = c->ws, *dth = th + (size_t)B * D * P, *dxm = dth + (size_t)B * D * P;
-    nf_rqs_knots kn;
-    double gth[3 * NF_RQS_KMAX];
     (void)z;
-    for (int b = 0; b < B; b++) {
-        double gl = dlogdet ? dlogdet[b] : 0;
-        for (int i = 0; i < D; i++) {
-            size_t e = (size_t)b * D + i, o = e * P;
-            nf_rqs_build(&S->cf, th + o, &kn);
-            double gx = nf_rqs_backward(&S->cf, &kn, th + o, x[e], dz ? dz[e] : 0, gl, gth);
-            for (int p = 0; p < P; p++) dth[o + p] = (nf_real)gth[p];
-            if (dx) dx[e] = (nf_real)gx;
-        }
-    }
+    rqs_rows_back(&S->cf, th, P, B, D, NULL, x, dz, dlogdet, D, dth, dx);
     nf_net_backward(&S->net, c->params, c->grad, x, c->ctx, dth, dx ? dxm : NULL, c->dctx, B,
                     sa_net_ws(L, c));
     if (dx)
