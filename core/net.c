@@ -461,6 +461,19 @@ NF_VEC static void add_bias(nf_real *y, const nf_real *b, int B, int H) {
         for (int j = 0; j < H; j++) y[(size_t)r * H + j] += b[j];
 }
 
+/* y = x + b over (B,H) (x NULL: y = b in every row).  A product then added
+ * onto y (acc) gives fl(xW^T + b) as adding b after it would: one pass over y
+ * fewer, and no zeroing of y inside OpenBLAS (beta 0). */
+NF_VEC static void set_bias(nf_real *y, const nf_real *x, const nf_real *b, int B, int H) {
+    for (int r = 0; r < B; r++) {
+        nf_real *q = y + (size_t)r * H;
+        if (x)
+            for (int j = 0; j < H; j++) q[j] = x[(size_t)r * H + j] + b[j];
+        else
+            memcpy(q, b, (size_t)H * sizeof *q);
+    }
+}
+
 /* y (B,out) = x W^T (+ y when acc) for a dense layer (no staircase; a
  * byte-masked layer's weights are zero where masked) whose weights read x
  * whole (ldw = in): the packed product when the flow is packed (wt) and
@@ -485,28 +498,28 @@ static void dense(const nf_linear *L, const nf_real *params, const nf_real *wt, 
  * column blocks of W so the input is never copied; packed, one block each). */
 static void first_linear(const nf_net *n, const nf_linear *L, const nf_real *params,
                          const nf_real *wt, const nf_real *in, const nf_real *ctx, nf_real *y,
-                         int B) {
+                         int B, int acc) {
     const nf_real *W = params + L->w_off;
     int ld = n->in + n->ctx;
 #ifndef NF_DOUBLE
     if (wt && B > 1 && L->wt_off != NF_NO_PACK) {
         const nf_real *T = wt + L->wt_off;
-        int done = n->in == 0 || nf_gemm_packed(B, L->out, n->in, in, n->in, T, y, L->out, 0);
+        int done = n->in == 0 || nf_gemm_packed(B, L->out, n->in, in, n->in, T, y, L->out, acc);
         if (done && n->ctx > 0)
             done = nf_gemm_packed(B, L->out, n->ctx, ctx, n->ctx,
                                   T + (n->in > 0 ? nf_packed_floats(L->out, n->in) : 0), y,
-                                  L->out, n->in > 0);
+                                  L->out, n->in > 0 || acc);
         if (done) return;
     }
 #else
     (void)wt;
 #endif
     if (n->in > 0 && L->stair)
-        stair_forward(L->stair, B, in, n->in, W, ld, y, L->out);
+        stair_forward(L->stair, B, in, n->in, W, ld, y, L->out); /* never acc (MLPs only) */
     else if (n->in > 0)
-        nf_gemm(0, 1, B, L->out, n->in, 1, in, n->in, W, ld, 0, y, L->out);
+        nf_gemm(0, 1, B, L->out, n->in, 1, in, n->in, W, ld, acc, y, L->out);
     if (n->ctx > 0)
-        nf_gemm(0, 1, B, L->out, n->ctx, 1, ctx, n->ctx, W + n->in, ld, n->in > 0 ? 1 : 0, y,
+        nf_gemm(0, 1, B, L->out, n->ctx, 1, ctx, n->ctx, W + n->in, ld, n->in > 0 || acc, y,
                 L->out);
 }
 
@@ -520,7 +533,7 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
             int last = l == n->nlin - 1;
             nf_real *pre = last ? out : p, *post = p + (size_t)B * L->out;
             if (l == 0)
-                first_linear(n, L, params, wt, in, ctx, pre, B);
+                first_linear(n, L, params, wt, in, ctx, pre, B, 0);
             else if (L->stair)
                 stair_forward(L->stair, B, x, L->in, params + L->w_off, L->in, pre, L->out);
             else
@@ -538,25 +551,24 @@ void nf_net_forward(const nf_net *n, const nf_real *params, const nf_real *in,
     int H = n->hidden[0];
     size_t BH = (size_t)B * H;
     nf_real *s = ws;
-    first_linear(n, &n->lin[0], params, wt, in, ctx, s, B);
-    add_bias(s, params + n->lin[0].b_off, B, H);
+    set_bias(s, NULL, params + n->lin[0].b_off, B, H);
+    first_linear(n, &n->lin[0], params, wt, in, ctx, s, B, 1);
     for (int b = 0; b < n->nblocks; b++) {
         const nf_linear *L1 = &n->lin[1 + 2 * b], *L2 = &n->lin[2 + 2 * b];
         nf_real *a = s + BH, *u = a + BH, *au = u + BH, *s2 = au + BH;
         act_only(n->act, s, a, BH);
         dense(L1, params, wt, B, a, u, 0);
         bias_act(n->act, u, au, params + L1->b_off, B, H);
-        /* s2 = s + au W2^T + b2 */
-        memcpy(s2, s, BH * sizeof *s2);
-        add_bias(s2, params + L2->b_off, B, H);
+        /* s2 = (s + b2) + au W2^T */
+        set_bias(s2, s, params + L2->b_off, B, H);
         dense(L2, params, wt, B, au, s2, 1);
         s = s2;
     }
     const nf_linear *Lf = &n->lin[n->nlin - 1];
     nf_real *af = s + BH;
     act_only(n->act, s, af, BH);
-    dense(Lf, params, wt, B, af, out, 0);
-    add_bias(out, params + Lf->b_off, B, n->out);
+    set_bias(out, NULL, params + Lf->b_off, B, n->out);
+    dense(Lf, params, wt, B, af, out, 1);
 }
 
 #ifndef NF_DOUBLE

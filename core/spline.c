@@ -129,7 +129,7 @@ __attribute__((target("avx2"))) __m256d _ZGVdN4v_log(__m256d);
  * The knots use the same operations in the same order as rqs_cumknots4 and
  * rqs_derivs4 (no FMA: the core is built -std=c11, which does not contract),
  * so they are identical; the results differ from the one-spline path only
- * by the logs.  Lane l's parameter q is th[idx[l] + q*qs]. */
+ * by the logs.  Lane l's parameter q is th[off[l] + q*qs]. */
 typedef struct rqs4 {
     __m256d T[3 * NF_RQS_KMAX];                   /* parameters */
     __m256d xs[NF_RQS_KMAX + 1], ys[NF_RQS_KMAX + 1]; /* knots */
@@ -143,10 +143,26 @@ typedef struct rqs4 {
 } rqs4;
 
 __attribute__((target("avx2"), always_inline)) static inline void
-rqs_front4(const nf_rqs_cfg *cf, const nf_real *th, __m128i idx, size_t qs, __m256d x, int dir, rqs4 *o) {
-    const int K = cf->K;
+rqs_front4(const nf_rqs_cfg *cf, const nf_real *th, const int *off, size_t qs, __m256d x, int dir, rqs4 *o) {
+    const int K = cf->K, P = 3 * K - 1;
     const double B = cf->B;
-    for (int q = 0; q < 3 * K - 1; q++)
+    int q = 0;
+#ifndef NF_DOUBLE
+    if (qs == 1) {
+        /* each lane's parameters are contiguous: 4x4 blocks transposed */
+        const float *r0 = th + off[0], *r1 = th + off[1], *r2 = th + off[2], *r3 = th + off[3];
+        for (; q + 4 <= P; q += 4) {
+            __m128 a = _mm_loadu_ps(r0 + q), b = _mm_loadu_ps(r1 + q);
+            __m128 c = _mm_loadu_ps(r2 + q), d = _mm_loadu_ps(r3 + q);
+            _MM_TRANSPOSE4_PS(a, b, c, d);
+            o->T[q] = _mm256_cvtps_pd(a), o->T[q + 1] = _mm256_cvtps_pd(b);
+            o->T[q + 2] = _mm256_cvtps_pd(c), o->T[q + 3] = _mm256_cvtps_pd(d);
+        }
+        for (; q < P; q++) o->T[q] = _mm256_setr_pd(r0[q], r1[q], r2[q], r3[q]);
+    }
+#endif
+    __m128i idx = _mm_loadu_si128((const __m128i *)off);
+    for (; q < P; q++)
 #ifdef NF_DOUBLE
         o->T[q] = _mm256_i32gather_pd(th + q * qs, idx, 8);
 #else
@@ -162,9 +178,9 @@ rqs_front4(const nf_rqs_cfg *cf, const nf_real *th, __m128i idx, size_t qs, __m2
         for (int k = 0; k < K; k++) sum = _mm256_add_pd(sum, e[k] = _ZGVdN4v_exp(_mm256_sub_pd(u[k], mx)));
         __m256d inv = _mm256_div_pd(_mm256_set1_pd(1.0), sum);
         __m256d a = _mm256_set1_pd(2.0 * B * mn), b = _mm256_set1_pd(2.0 * B * (1.0 - K * mn));
-        kn[0] = _mm256_set1_pd(-B);
+        __m256d run = kn[0] = _mm256_set1_pd(-B); /* the sum kept in a register */
         for (int k = 0; k < K; k++)
-            kn[k + 1] = _mm256_add_pd(kn[k], _mm256_add_pd(a, _mm256_mul_pd(b, sm[k] = _mm256_mul_pd(e[k], inv))));
+            kn[k + 1] = run = _mm256_add_pd(run, _mm256_add_pd(a, _mm256_mul_pd(b, sm[k] = _mm256_mul_pd(e[k], inv))));
         kn[K] = _mm256_set1_pd(B);
     }
     /* inside [-B, B] (NaN is not); outside lanes compute at 0 */
@@ -208,10 +224,10 @@ __attribute__((target("avx2"), always_inline)) static inline __m256d clamp4(__m2
 
 /* nf_rqs_eval (dir 0) or nf_rqs_solve (dir 1) of four splines: y, ld */
 __attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const nf_real *th,
-                                                    __m128i idx, size_t qs, __m256d x,
+                                                    const int *off, size_t qs, __m256d x,
                                                     double *yo, double *ldo, int dir) {
     rqs4 o;
-    rqs_front4(cf, th, idx, qs, x, dir, &o);
+    rqs_front4(cf, th, off, qs, x, dir, &o);
     const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), two = _mm256_set1_pd(2.0);
     __m256d d0 = o.d0, d1 = o.d1, xc = o.xc;
     __m256d w = _mm256_sub_pd(o.xk1, o.xk), h = _mm256_sub_pd(o.yk1, o.yk), s = _mm256_div_pd(h, w);
@@ -250,12 +266,12 @@ __attribute__((target("avx2"))) static void rqs_run4(const nf_rqs_cfg *cf, const
 }
 
 /* nf_rqs_backward of four splines: gth (P x 4, parameter-major) and gx */
-__attribute__((target("avx2"))) static void rqs_back4(const nf_rqs_cfg *cf, const nf_real *th, __m128i idx,
+__attribute__((target("avx2"))) static void rqs_back4(const nf_rqs_cfg *cf, const nf_real *th, const int *off,
                                                      size_t qs, __m256d x, __m256d gz, __m256d gl,
                                                      __m256d *gth, double *gxo) {
     const int K = cf->K;
     rqs4 o;
-    rqs_front4(cf, th, idx, qs, x, 0, &o);
+    rqs_front4(cf, th, off, qs, x, 0, &o);
     const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), two = _mm256_set1_pd(2.0);
     __m256d d0 = o.d0, d1 = o.d1;
     __m256d w = _mm256_sub_pd(o.xk1, o.xk), h = _mm256_sub_pd(o.yk1, o.yk), s = _mm256_div_pd(h, w);
@@ -335,9 +351,9 @@ __attribute__((target("avx2"))) static void rqs_run_avx2(const nf_rqs_cfg *cf, c
     for (int e = 0; e < n; e += 4) {
         int r = n - e < 4 ? n - e : 4, l1 = r > 1, l2 = r > 2 ? 2 : r - 1, l3 = r - 1;
         __m256d xv = _mm256_setr_pd(x[e], x[e + l1], x[e + l2], x[e + l3]);
-        __m128i idx = _mm_setr_epi32(0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es));
+        const int off[4] = {0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es)};
         double yv[4], lv[4];
-        rqs_run4(cf, th + e * es, idx, qs, xv, yv, lv, dir);
+        rqs_run4(cf, th + e * es, off, qs, xv, yv, lv, dir);
         for (int l = 0; l < r; l++) y[e + l] = yv[l], ld[e + l] = lv[l];
     }
 }
@@ -354,9 +370,9 @@ __attribute__((target("avx2"))) static void rqs_back_avx2(const nf_rqs_cfg *cf, 
         __m256d xv = _mm256_setr_pd(x[e], x[e + l1], x[e + l2], x[e + l3]);
         __m256d gzv = gz ? _mm256_setr_pd(gz[e], gz[e + l1], gz[e + l2], gz[e + l3]) : _mm256_setzero_pd();
         __m256d glv = _mm256_setr_pd(gl[e], gl[e + l1], gl[e + l2], gl[e + l3]);
-        __m128i idx = _mm_setr_epi32(0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es));
+        const int off[4] = {0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es)};
         double gv[4] __attribute__((aligned(32))), gxv[4];
-        rqs_back4(cf, th + e * es, idx, qs, xv, gzv, glv, g, gxv);
+        rqs_back4(cf, th + e * es, off, qs, xv, gzv, glv, g, gxv);
         for (int l = 0; l < r; l++) gx[e + l] = gxv[l];
         for (int q = 0; q < P; q++) {
             _mm256_store_pd(gv, g[q]);
