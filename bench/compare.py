@@ -317,7 +317,23 @@ def targets(res):
     add("serving peak RSS flowd/torch", _get(res, "serve", "ratio"), 0.2, ge=False)
     add("HTTP W1 B=1 req/s", _get(res, "http", "log_prob_1", "requests_per_s"), 10000)
     add("HTTP W1 B=1 p99 ms", _get(res, "http", "log_prob_1", "latency_ms", "p99"), 5, ge=False)
+    add("HTTP W1 B=1 p99 ms, job training", _get(res, "http", "log_prob_1_training", "latency_ms", "p99"),
+        5, ge=False)
     return t
+
+
+def measured_at(bench_dir):
+    """{"measured_at": UTC time, "commit": the checkout's HEAD or None}, for
+    figures another script writes into results.json (http, daemon)"""
+    import datetime
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "-C", bench_dir, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"measured_at": now, "commit": commit}
 
 
 def _get(d, *path):
@@ -542,6 +558,8 @@ def print_table(res, torch_ok):
     print(line + " peak RSS")
     if "http" in res:
         h = res["http"]
+        print(f"HTTP figures from make bench-http at {h.get('measured_at', 'an unrecorded time')}"
+              f" (commit {h.get('commit') or 'unrecorded'}), not this run:")
         for k in ("log_prob_1", "log_prob_256", "log_prob_1_training", "log_prob_256_training"):
             if k in h:
                 v = h[k]

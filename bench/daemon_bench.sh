@@ -119,7 +119,7 @@ $PY - "$TMP" "$OUT" "$EPOCHS" "$(head -n 1 "$TMP/serve.log")" "$(dirname "$0")" 
 import json, sys
 tmp, out, epochs, serve_line, bench_dir = sys.argv[1:6]
 sys.path.insert(0, bench_dir)
-from compare import read_results, write_results  # noqa: E402
+from compare import measured_at, read_results, write_results  # noqa: E402
 res = read_results(out)
 # the core bench's train figure (a median) from a `make bench` that left one
 core = {key: res.get(w, {}).get("flowd", {}).get("train_samples_per_s")
@@ -139,6 +139,7 @@ for key in ("mnist", "w1", "w3"):
           f"{a['wall_seconds']:>15.1f}{b['wall_seconds']:>14.1f}")
 print("(core bench: W2's 784-D MAF on Gaussian rows, no dequantization or validation; "
       "blank without a build/bench/results.json)")
+d.update(measured_at(bench_dir))
 res["daemon"] = d
 write_results(out, res)
 print(f"JSON: {out} (\"daemon\")")

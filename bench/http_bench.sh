@@ -138,6 +138,8 @@ def parse(name):
             "socket_errors": errs.group(1).strip() if errs else None,
             "load1_before": float(open(f"{tmp}/{name}.load").read())}
 
+sys.path.insert(0, bench_dir)
+from compare import measured_at, read_results, write_results  # noqa: E402
 core = json.load(open(f"{tmp}/core.json"))["W1"]["flowd"]["log_prob_rows_per_s"]
 h = {"model": "realnvp depth 8 hidden [128,128], 2-D (W1), trained 1 epoch via the API",
      "training_alongside": "MAF 5x1024 on 784-D rows (W2-sized), batch 128, daemon defaults",
@@ -149,6 +151,8 @@ for name in NAMES:
     h[name] = parse(name)
 h["training_job_state_after"] = train_state
 h["serve_args"] = serve_args
+# when and what: make bench's table shows these figures beside its own
+h.update(measured_at(bench_dir))
 # the job's side: its progress after both runs (steps taken, rows/s since its
 # last report, seconds held back for requests: --train-yield)
 tp = json.load(open(f"{tmp}/train_job.json")).get("progress") or {}
@@ -159,8 +163,6 @@ h["in_process"] = {"blas_threads": 1,
 # call at a time, both on one core's worth of work
 for b in ("1", "256"):
     h[f"service_cost_ratio_{b}"] = h["in_process"]["log_prob_calls_per_s"][b] / h[f"log_prob_{b}_serial"]["requests_per_s"]
-sys.path.insert(0, bench_dir)
-from compare import read_results, write_results  # noqa: E402
 res = read_results(out)
 res["http"] = h
 write_results(out, res)
