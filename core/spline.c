@@ -343,18 +343,27 @@ __attribute__((target("avx2"))) static void rqs_back4(const nf_rqs_cfg *cf, cons
     _mm256_storeu_pd(gxo, _mm256_blendv_pd(gz, gx, o.in));
 }
 
+/* The lanes of a group of four starting with `left` splines to go: lane i
+ * takes spline l[i] of the group, a short last group repeating its last
+ * spline in the spare lanes; returns how many lanes are real. */
+static int rqs_lanes(int left, int l[4]) {
+    int r = left < 4 ? left : 4;
+    for (int i = 0; i < 4; i++) l[i] = i < r ? i : r - 1;
+    return r;
+}
+
 /* nf_rqs_run four splines at a time; a short last group repeats its last
  * spline in the spare lanes */
 __attribute__((target("avx2"))) static void rqs_run_avx2(const nf_rqs_cfg *cf, const nf_real *th,
                                                         size_t es, size_t qs, int n, const double *x,
                                                         double *y, double *ld, int dir) {
     for (int e = 0; e < n; e += 4) {
-        int r = n - e < 4 ? n - e : 4, l1 = r > 1, l2 = r > 2 ? 2 : r - 1, l3 = r - 1;
-        __m256d xv = _mm256_setr_pd(x[e], x[e + l1], x[e + l2], x[e + l3]);
-        const int off[4] = {0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es)};
+        int l[4], r = rqs_lanes(n - e, l);
+        const int off[4] = {0, (int)(l[1] * es), (int)(l[2] * es), (int)(l[3] * es)};
+        __m256d xv = _mm256_setr_pd(x[e], x[e + l[1]], x[e + l[2]], x[e + l[3]]);
         double yv[4], lv[4];
         rqs_run4(cf, th + e * es, off, qs, xv, yv, lv, dir);
-        for (int l = 0; l < r; l++) y[e + l] = yv[l], ld[e + l] = lv[l];
+        for (int i = 0; i < r; i++) y[e + i] = yv[i], ld[e + i] = lv[i];
     }
 }
 
@@ -366,18 +375,18 @@ __attribute__((target("avx2"))) static void rqs_back_avx2(const nf_rqs_cfg *cf, 
     const int P = nf_rqs_P(cf);
     __m256d g[3 * NF_RQS_KMAX];
     for (int e = 0; e < n; e += 4) {
-        int r = n - e < 4 ? n - e : 4, l1 = r > 1, l2 = r > 2 ? 2 : r - 1, l3 = r - 1;
-        __m256d xv = _mm256_setr_pd(x[e], x[e + l1], x[e + l2], x[e + l3]);
-        __m256d gzv = gz ? _mm256_setr_pd(gz[e], gz[e + l1], gz[e + l2], gz[e + l3]) : _mm256_setzero_pd();
-        __m256d glv = _mm256_setr_pd(gl[e], gl[e + l1], gl[e + l2], gl[e + l3]);
-        const int off[4] = {0, (int)(l1 * es), (int)(l2 * es), (int)(l3 * es)};
+        int l[4], r = rqs_lanes(n - e, l);
+        const int off[4] = {0, (int)(l[1] * es), (int)(l[2] * es), (int)(l[3] * es)};
+        __m256d xv = _mm256_setr_pd(x[e], x[e + l[1]], x[e + l[2]], x[e + l[3]]);
+        __m256d gzv = gz ? _mm256_setr_pd(gz[e], gz[e + l[1]], gz[e + l[2]], gz[e + l[3]]) : _mm256_setzero_pd();
+        __m256d glv = _mm256_setr_pd(gl[e], gl[e + l[1]], gl[e + l[2]], gl[e + l[3]]);
         double gv[4] __attribute__((aligned(32))), gxv[4];
         rqs_back4(cf, th + e * es, off, qs, xv, gzv, glv, g, gxv);
-        for (int l = 0; l < r; l++) gx[e + l] = gxv[l];
+        for (int i = 0; i < r; i++) gx[e + i] = gxv[i];
         for (int q = 0; q < P; q++) {
             _mm256_store_pd(gv, g[q]);
             nf_real *o = gth + e * es + q * qs;
-            for (int l = 0; l < r; l++) o[l * es] = (nf_real)gv[l];
+            for (int i = 0; i < r; i++) o[i * es] = (nf_real)gv[i];
         }
     }
 }

@@ -294,7 +294,7 @@ TEST(spline_knots_vector_matches_scalar) {
  * followed by nf_rqs_eval / nf_rqs_solve one spline at a time: outputs and
  * log-dets within 1e-12, identical bins (inputs on the knots themselves,
  * both ends, the tails, NaN and infinities), counts that leave 1-3 spare
- * lanes, and parameters strided as the image coupling lays them out (qs > 1);
+ * lanes, and parameters strided as the image coupling lays them out (qs = N);
  * with nf_rqs_vector 0 nf_rqs_run must be that reference exactly */
 static int run_near(double p, double q) {
     if (isnan(q)) return isnan(p);
@@ -310,13 +310,13 @@ TEST(spline_run_vector_matches_scalar) {
     enum { N = 23 };
     for (int K = 2; K <= NF_RQS_KMAX; K += K < 10 ? 1 : 9)
         for (int si = 0; si < 4; si++)
-            for (int qs = 1; qs <= 3; qs += 2) {
+            for (int qs = 1; qs <= N; qs += N - 1) { /* image layout: qs = N pixels */
                 int P = 3 * K - 1;
                 size_t es = qs == 1 ? (size_t)P : 1;
                 nf_rqs_cfg cf;
                 nf_rqs_cfg_set(&cf, K, 3.0, 1e-3, 1e-3, 1e-3);
-                nf_real th[N * 3 * NF_RQS_KMAX * 3];
-                for (int i = 0; i < N * P * qs; i++) th[i] = (nf_real)(scales[si] * nf_rng_normal(&r));
+                nf_real th[N * 3 * NF_RQS_KMAX];
+                for (int i = 0; i < N * P; i++) th[i] = (nf_real)(scales[si] * nf_rng_normal(&r));
                 for (int dir = 0; dir < 2; dir++) {
                     double x[N], y[2][N], ld[2][N];
                     for (int e = 0; e < N; e++) {
